@@ -1,0 +1,153 @@
+//! Request extractors for the edge: strict JSON and query parsing with problem+json
+//! rejections, the caller's credentials, and the client address. No business rules.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::control::{Actor, ParticipantId, Role, RoomId};
+use crate::session::{API_KEY_PREFIX, Claims};
+
+/// `axum::Json` whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Who is calling: the operator (API key) or a participant (session token).
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Operator,
+    Participant(Claims),
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Operator => Actor::Operator,
+            Caller::Participant(c) => Actor::Participant(c.participant.clone()),
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Participant(_) => Err(ApiError::forbidden(
+                "operator_only",
+                "this call needs the operator API key",
+            )),
+        }
+    }
+
+    /// The operator, or a moderator whose token is for this very room.
+    pub fn require_moderator_of(&self, room: &RoomId) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Participant(c) if &c.room != room => Err(ApiError::forbidden(
+                "wrong_room",
+                "this session token belongs to another room",
+            )),
+            Caller::Participant(c) if c.role != Role::Moderator => Err(ApiError::forbidden(
+                "moderator_only",
+                "only moderators of this room may do this",
+            )),
+            Caller::Participant(_) => Ok(()),
+        }
+    }
+
+    pub fn participant(&self) -> Option<&ParticipantId> {
+        match self {
+            Caller::Operator => None,
+            Caller::Participant(c) => Some(&c.participant),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_credentials",
+                    "send `Authorization: Bearer <api key or session token>`",
+                )
+            })?
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_credentials",
+                    "the Authorization header must be `Bearer <credential>`",
+                )
+            })?;
+        if value.starts_with(API_KEY_PREFIX) {
+            return if state.operator_key.matches(value) {
+                Ok(Caller::Operator)
+            } else {
+                Err(ApiError::unauthorized(
+                    "invalid_api_key",
+                    "the API key is not valid",
+                ))
+            };
+        }
+        let claims = state.signer.verify(value, state.clock.now_ms())?;
+        // A banned identity's tokens stop working at once, not when they expire.
+        if state
+            .store
+            .is_banned(claims.room.clone(), claims.participant.clone())
+            .await?
+        {
+            return Err(ApiError::forbidden(
+                "banned",
+                "you are banned from this room",
+            ));
+        }
+        Ok(Caller::Participant(claims))
+    }
+}
+
+/// The client's address, for rate limits: the peer address, or the first `X-Forwarded-For`
+/// entry when the operator said a trusted proxy sits in front.
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.config.trust_forwarded_for
+            && let Some(ip) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return Ok(ClientIp(ip));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .ok_or_else(ApiError::internal)?;
+        Ok(ClientIp(peer))
+    }
+}
+
+/// Parses a `{room}` path segment; a malformed id is simply a room that does not exist.
+pub fn room_id(raw: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(raw).ok_or_else(ApiError::room_not_found)
+}

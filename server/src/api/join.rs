@@ -1,0 +1,94 @@
+//! `POST /api/v1/join`: redeem an invite for a session token. The one call without an API
+//! key, so it is rate-limited per client address before anything else happens.
+
+use axum::extract::State;
+use governor::clock::{Clock as _, DefaultClock};
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ClientIp};
+use super::state::AppState;
+use super::views::{JoinAnswer, JoinRequest};
+use crate::clock::rfc3339;
+use crate::control::{ControlError, IdentitySecret, InviteCode, validate};
+use crate::session::Claims;
+
+/// Redeem an invite: display name and code in, session token out.
+#[utoipa::path(post, path = "/api/v1/join", tag = "join",
+    request_body = JoinRequest,
+    responses(
+        (status = 200, body = JoinAnswer),
+        (status = 400, description = "Malformed code", body = Problem),
+        (status = 403, description = "Banned", body = Problem),
+        (status = 404, description = "Unknown or revoked code", body = Problem),
+        (status = 410, description = "Expired, used up, or the room ended", body = Problem),
+        (status = 422, body = Problem),
+        (status = 429, description = "Too many attempts; see Retry-After", body = Problem),
+    ))]
+pub async fn redeem(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<JoinRequest>,
+) -> Result<axum::Json<JoinAnswer>, ApiError> {
+    if let Err(not_until) = state.join_limiter.check_key(&ip) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        state.metrics.join_outcome("rate_limited");
+        return Err(ApiError::rate_limited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
+    let result = redeem_checked(&state, body).await;
+    state.metrics.join_outcome(match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    });
+    result.map(axum::Json)
+}
+
+async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswer, ApiError> {
+    let code = InviteCode::parse(&body.invite).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "malformed_invite",
+            "that is not an invite code or link",
+        )
+    })?;
+    let display_name = validate::display_name(&body.display_name)?;
+    let identity = body
+        .identity
+        .as_deref()
+        .map(|s| {
+            IdentitySecret::parse(s).ok_or_else(|| {
+                ControlError::invalid(
+                    "invalid_identity",
+                    "identity must be 16 to 128 URL-safe characters",
+                )
+            })
+        })
+        .transpose()?;
+    let now = state.clock.now_ms();
+    let redemption = state
+        .store
+        .redeem(code, display_name, identity, now)
+        .await?;
+    let ttl_ms = (state.config.limits.session_ttl_secs as i64).saturating_mul(1000);
+    let claims = Claims {
+        room: redemption.room.id.clone(),
+        participant: redemption.participant_id.clone(),
+        role: redemption.role,
+        name: redemption.display_name.clone(),
+        iat: now,
+        exp: now.saturating_add(ttl_ms),
+    };
+    tracing::info!(room = %claims.room, participant = %claims.participant, role = %claims.role, "invite redeemed");
+    Ok(JoinAnswer {
+        token: state.signer.sign(&claims),
+        expires_at: rfc3339(claims.exp),
+        participant_id: redemption.participant_id,
+        role: redemption.role,
+        room_id: redemption.room.id,
+        room_title: redemption.room.title,
+        display_name: redemption.display_name,
+        signal_url: state.signal_url(),
+        identity: redemption.new_identity.map(|s| s.as_str().to_owned()),
+    })
+}

@@ -1,0 +1,171 @@
+//! The HTTP edge: the moderator REST API, health, metrics and the OpenAPI document.
+//! Handlers parse, authenticate, call the store or the room, and render; no rules here.
+
+mod error;
+mod events;
+mod extract;
+mod invites;
+mod join;
+mod participants;
+mod rooms;
+mod state;
+mod system;
+pub mod views;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, Problem};
+pub use extract::Caller;
+pub use state::AppState;
+
+use crate::control::PageRequest;
+use crate::metrics::HttpLabels;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Stoa API", description = "Moderator REST API of Stoa, a server for live invite-only audio rooms."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "rooms", description = "Rooms and their audit log"),
+        (name = "invites", description = "Invite links"),
+        (name = "join", description = "Redeeming an invite"),
+        (name = "participants", description = "Live participants and moderation"),
+        (name = "system", description = "Health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator API key, or a moderator's session token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route the server answers, with its OpenAPI description alongside.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(rooms::create_room, rooms::list_rooms))
+        .routes(routes!(rooms::get_room, rooms::end_room))
+        .routes(routes!(invites::create_invite, invites::list_invites))
+        .routes(routes!(invites::revoke_invite))
+        .routes(routes!(join::redeem))
+        .routes(routes!(participants::list_participants))
+        .routes(routes!(participants::set_role))
+        .routes(routes!(participants::mute))
+        .routes(routes!(participants::remove))
+        .routes(routes!(events::list_events))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+}
+
+/// The OpenAPI document as served at `/api/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+/// Assembles the whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (router, openapi) = api_routes().split_for_parts();
+    let _ = state.openapi_json.set(
+        openapi
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises"),
+    );
+    router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Turns `?limit=&cursor=` into a store page request, refusing nonsense.
+fn page_request(q: &views::PageQuery, state: &AppState) -> Result<PageRequest, ApiError> {
+    let max = state.config.limits.max_page_size;
+    let limit = q.limit.unwrap_or(50.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "cursor must be a next_cursor value from an earlier page",
+            )
+        })?),
+    };
+    Ok(PageRequest { after, limit })
+}

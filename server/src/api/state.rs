@@ -1,0 +1,73 @@
+//! What every handler can reach: the store, the clock, credentials, limits and metrics.
+//! Built once at start; cheap to clone (everything inside is shared).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::control::Store;
+use crate::metrics::Metrics;
+use crate::session::{OperatorKey, TokenSigner};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Clock,
+    pub config: Arc<Config>,
+    /// `public_url` or the address actually bound, without a trailing slash.
+    pub base_url: Arc<str>,
+    pub operator_key: OperatorKey,
+    pub signer: TokenSigner,
+    pub metrics: Metrics,
+    pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// The OpenAPI document, rendered once the router is assembled.
+    pub openapi_json: Arc<OnceLock<String>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        config: Arc<Config>,
+        base_url: String,
+        operator_key: OperatorKey,
+        signer: TokenSigner,
+    ) -> Self {
+        let limits = &config.limits;
+        let quota =
+            Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
+        AppState {
+            store,
+            clock,
+            config,
+            base_url: base_url.into(),
+            operator_key,
+            signer,
+            metrics: Metrics::default(),
+            join_limiter: Arc::new(RateLimiter::keyed(quota)),
+            openapi_json: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// `ws(s)://host/api/v1/signal`, derived from the base URL.
+    pub fn signal_url(&self) -> String {
+        let base = &self.base_url;
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_string()
+        };
+        format!("{ws}/api/v1/signal")
+    }
+
+    pub fn invite_url(&self, code: &str) -> String {
+        format!("{}/i/{code}", self.base_url)
+    }
+}

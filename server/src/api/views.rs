@@ -1,0 +1,234 @@
+//! The JSON shapes the API speaks: request bodies (strict: unknown fields refused) and
+//! answers. Conversions from domain types live here; decisions do not.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::clock::rfc3339;
+use crate::control::{AuditEvent, Invite, ParticipantId, Role, Room, RoomId};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    /// 1 to 100 characters, no control characters.
+    pub title: String,
+    /// Most people in the room at once (1 to 100000); default: no room-specific limit.
+    pub max_participants: Option<u32>,
+    /// Most people on stage at once (1 to 100).
+    pub max_stage: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub title: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; set once the room was ended.
+    pub ended_at: Option<String>,
+    pub live: bool,
+    pub participant_count: u32,
+    pub max_participants: Option<u32>,
+    pub max_stage: Option<u32>,
+}
+
+impl RoomView {
+    pub fn new(room: &Room, live: bool, participant_count: u32) -> Self {
+        RoomView {
+            id: room.id.clone(),
+            title: room.title.clone(),
+            created_at: rfc3339(room.created_at_ms),
+            ended_at: room.ended_at_ms.map(rfc3339),
+            live,
+            participant_count,
+            max_participants: room.limits.max_participants,
+            max_stage: room.limits.max_stage,
+        }
+    }
+}
+
+/// A room with the people in it right now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomDetail {
+    #[serde(flatten)]
+    pub room: RoomView,
+    pub participants: Vec<ParticipantView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParticipantView {
+    pub id: ParticipantId,
+    pub display_name: String,
+    pub role: Role,
+    pub on_stage: bool,
+    pub hand_raised: bool,
+    pub muted: bool,
+    pub speaking: bool,
+    /// `connected` or `reconnecting`.
+    pub presence: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvite {
+    /// The role the invite grants; default `listener`.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Up to 100 characters, shown to moderators only.
+    pub label: Option<String>,
+    /// 1 to 1000000; default unlimited.
+    pub max_uses: Option<u32>,
+    /// 1 s to 1 year; default never expires.
+    pub expires_in_secs: Option<u64>,
+}
+
+fn default_role() -> Role {
+    Role::Listener
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InviteView {
+    pub id: String,
+    pub room_id: RoomId,
+    pub role: Role,
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub created_at: String,
+}
+
+impl From<&Invite> for InviteView {
+    fn from(i: &Invite) -> Self {
+        InviteView {
+            id: i.id.to_string(),
+            room_id: i.room_id.clone(),
+            role: i.role,
+            label: i.label.clone(),
+            max_uses: i.max_uses,
+            uses: i.uses,
+            expires_at: i.expires_at_ms.map(rfc3339),
+            revoked: i.revoked,
+            created_at: rfc3339(i.created_at_ms),
+        }
+    }
+}
+
+/// An invite as created: the only time its `code` is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedInviteView {
+    #[serde(flatten)]
+    pub invite: InviteView,
+    pub code: String,
+    /// The link to share: `<public url>/i/<code>`.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The invite code, or the whole invite link.
+    pub invite: String,
+    /// 1 to 40 characters, no control characters.
+    pub display_name: String,
+    /// The secret from an earlier join's `identity`, to come back as the same participant.
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinAnswer {
+    /// Session token: present it in the first signaling message.
+    pub token: String,
+    pub expires_at: String,
+    pub participant_id: ParticipantId,
+    pub role: Role,
+    pub room_id: RoomId,
+    pub room_title: String,
+    pub display_name: String,
+    pub signal_url: String,
+    /// Set when the server made a new identity: keep it and send it on the next join.
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRole {
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveQuery {
+    /// Also ban the identity from this room.
+    #[serde(default)]
+    pub ban: bool,
+    /// With `ban`: also revoke the invite they came through.
+    #[serde(default)]
+    pub revoke_invite: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    pub at: String,
+    /// `operator`, `system` or a participant id.
+    pub actor: String,
+    /// e.g. `room.created`, `invite.revoked`, `participant.banned`.
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+impl From<AuditEvent> for EventView {
+    fn from(e: AuditEvent) -> Self {
+        EventView {
+            id: e.seq,
+            at: rfc3339(e.at_ms),
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+        }
+    }
+}
+
+macro_rules! page_view {
+    ($name:ident, $item:ty) => {
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Pass as `cursor` for the next page; null on the last page.
+            pub next_cursor: Option<String>,
+        }
+
+        impl $name {
+            pub fn new(page: crate::control::Page<$item>) -> Self {
+                $name {
+                    items: page.items,
+                    next_cursor: page.next_cursor.map(|c| c.to_string()),
+                }
+            }
+        }
+    };
+}
+
+page_view!(RoomPage, RoomView);
+page_view!(InvitePage, InviteView);
+page_view!(EventPage, EventView);
+page_view!(ParticipantPage, ParticipantView);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,280 @@
+//! Server configuration: embedded defaults, then a TOML file, then `STOA_*` environment
+//! variables, then command-line flags (flags win). Parsing only; nothing here opens sockets.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `stoa serve` needs to run. `Config::default()` is a working local setup.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP (or HTTPS, with TLS) listen address.
+    pub bind: SocketAddr,
+    /// Base URL put into invite links and signaling URLs; defaults to `http(s)://<bind>`.
+    pub public_url: Option<String>,
+    /// Where the database, the operator key and the signing key live.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// First UDP port of the media workers (media lands with the media core).
+    pub media_port: Option<u16>,
+    /// Address advertised in ICE candidates.
+    pub public_ip: Option<IpAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Operator key from the environment (`STOA_API_KEY`); never read from the file so it
+    /// does not end up in configuration that gets shared.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    /// Create a demo room on first start and print a fresh moderator link for it at every start.
+    pub demo_room: bool,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    pub limits: Limits,
+}
+
+/// Bounds on what one client or one request may cost.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Invite redemptions allowed per client address per minute (sustained rate).
+    pub joins_per_minute: u32,
+    /// Redemptions a client address may make in a burst before the rate applies.
+    pub join_burst: u32,
+    /// Lifetime of a session token.
+    pub session_ttl_secs: u64,
+    /// Largest page a list endpoint returns.
+    pub max_page_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            data_dir: PathBuf::from("./stoa-data"),
+            log_format: LogFormat::Human,
+            media_port: None,
+            public_ip: None,
+            tls_cert: None,
+            tls_key: None,
+            api_key: None,
+            demo_room: true,
+            trust_forwarded_for: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024,
+            joins_per_minute: 30,
+            join_burst: 20,
+            session_ttl_secs: 15 * 60,
+            max_page_size: 200,
+        }
+    }
+}
+
+/// Settings given on the command line or in `STOA_*` variables; `None` keeps the file's value.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "STOA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long, env = "STOA_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Base URL used in invite links.
+    #[arg(long, env = "STOA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Data folder (database, keys).
+    #[arg(long, env = "STOA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "STOA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// First UDP port of the media workers.
+    #[arg(long, env = "STOA_MEDIA_PORT")]
+    pub media_port: Option<u16>,
+    /// Address put in ICE candidates.
+    #[arg(long, env = "STOA_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// PEM certificate chain; serves HTTPS together with --tls-key.
+    #[arg(long, env = "STOA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "STOA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Do not create or print the demo room.
+    #[arg(long, env = "STOA_NO_DEMO")]
+    pub no_demo: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the file named by the overrides (if any), applies the overrides, then checks.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.api_key = std::env::var("STOA_API_KEY").ok().filter(|k| !k.is_empty());
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.bind {
+            self.bind = v;
+        }
+        if let Some(v) = &o.public_url {
+            self.public_url = Some(v.clone());
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = o.media_port {
+            self.media_port = Some(v);
+        }
+        if let Some(v) = o.public_ip {
+            self.public_ip = Some(v);
+        }
+        if let Some(v) = &o.tls_cert {
+            self.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &o.tls_key {
+            self.tls_key = Some(v.clone());
+        }
+        if o.no_demo {
+            self.demo_room = false;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "public_url must start with http:// or https://, got {url:?}"
+            )));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes < 1024 || l.joins_per_minute == 0 || l.join_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: max_body_bytes >= 1024, joins_per_minute and join_burst > 0".into(),
+            ));
+        }
+        if l.session_ttl_secs < 30 || l.max_page_size == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: session_ttl_secs >= 30 and max_page_size > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The base URL for links, without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls_enabled() { "https" } else { "http" };
+                format!("{scheme}://{}", self.bind)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./stoa-data"));
+        assert_eq!(c.public_base_url(), "http://127.0.0.1:8080");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let mut c = Config::from_toml(
+            "bind = \"0.0.0.0:9000\"\npublic_url = \"https://rooms.example/\"\n[limits]\njoins_per_minute = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.joins_per_minute, 5);
+        assert_eq!(c.limits.join_burst, Limits::default().join_burst);
+        assert_eq!(c.public_base_url(), "https://rooms.example");
+        c.apply(&Overrides {
+            bind: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(c.bind.to_string(), "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("bnid = \"x\"").is_err());
+        assert!(Config::from_toml("bind = 5").is_err());
+        let c = Config {
+            public_url: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

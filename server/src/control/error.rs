@@ -1,0 +1,42 @@
+//! Why a control-plane operation did not happen. Each variant maps to one stable API code
+//! at the edge; this module does not know about HTTP.
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no such room")]
+    RoomNotFound,
+    #[error("no such invite")]
+    InviteNotFound,
+    #[error("no such participant")]
+    ParticipantNotFound,
+    #[error("the room has ended")]
+    RoomEnded,
+    /// Unknown or revoked code: deliberately the same answer, so codes cannot be probed.
+    #[error("this invite link is not valid")]
+    InviteInvalid,
+    #[error("this invite link has expired")]
+    InviteExpired,
+    #[error("this invite link has been used the maximum number of times")]
+    InviteUsedUp,
+    #[error("you are banned from this room")]
+    Banned,
+    #[error("{detail}")]
+    Invalid { code: &'static str, detail: String },
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl ControlError {
+    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+        ControlError::Invalid {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ControlError {
+    fn from(e: rusqlite::Error) -> Self {
+        ControlError::Storage(e.to_string())
+    }
+}

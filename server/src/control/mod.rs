@@ -1,0 +1,18 @@
+//! The control plane: durable facts (rooms, invites, identities, bans, the audit log) and the
+//! rules for creating and redeeming them. Knows SQLite; knows nothing of HTTP or sockets.
+
+mod error;
+mod ids;
+mod invite_code;
+mod model;
+mod store;
+pub mod validate;
+
+pub use error::ControlError;
+pub use ids::{InviteId, ParticipantId, Role, RoomId, random_token};
+pub use invite_code::{IdentitySecret, InviteCode};
+pub use model::{
+    Actor, AuditEvent, CreatedInvite, Invite, NewInvite, NewRoom, Page, PageRequest, Redemption,
+    Room, RoomLimits,
+};
+pub use store::Store;

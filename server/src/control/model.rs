@@ -1,0 +1,126 @@
+//! Plain data the control plane stores and returns: rooms, invites, redemptions, audit
+//! events, pages. No behaviour beyond small derived facts.
+
+use super::{IdentitySecret, InviteCode, InviteId, ParticipantId, Role, RoomId};
+
+/// Optional per-room bounds; `None` means the server-wide default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoomLimits {
+    pub max_participants: Option<u32>,
+    pub max_stage: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    pub id: RoomId,
+    pub title: String,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub limits: RoomLimits,
+}
+
+impl Room {
+    pub fn is_ended(&self) -> bool {
+        self.ended_at_ms.is_some()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewRoom {
+    pub title: String,
+    pub limits: RoomLimits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invite {
+    pub id: InviteId,
+    pub room_id: RoomId,
+    pub role: Role,
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewInvite {
+    pub role: Role,
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub expires_in_secs: Option<u64>,
+}
+
+/// The result of redeeming an invite: who the person is in this room, and as what.
+#[derive(Clone, Debug)]
+pub struct Redemption {
+    pub room: Room,
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub role: Role,
+    pub invite_id: InviteId,
+    /// Present when the server made a new identity: the client must keep it to come back
+    /// as the same participant.
+    pub new_identity: Option<IdentitySecret>,
+}
+
+/// A freshly created invite and its code, shown once.
+#[derive(Clone, Debug)]
+pub struct CreatedInvite {
+    pub invite: Invite,
+    pub code: InviteCode,
+}
+
+/// Who did something, for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    Operator,
+    Participant(ParticipantId),
+    /// The server itself (startup links, grace expiry).
+    System,
+}
+
+impl Actor {
+    pub fn as_audit_str(&self) -> &str {
+        match self {
+            Actor::Operator => "operator",
+            Actor::Participant(id) => id.as_str(),
+            Actor::System => "system",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub room_id: RoomId,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Keyset pagination: items after `after` (an opaque cursor), at most `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRequest {
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}

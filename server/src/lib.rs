@@ -1,0 +1,14 @@
+//! Stoa: a self-hosted server for live, invite-only audio rooms.
+//! The library holds every layer so tests can start a whole server in-process; `main.rs` is the CLI.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod server;
+pub mod session;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use server::{RunningServer, start};

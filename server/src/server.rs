@@ -1,0 +1,167 @@
+//! Starting and stopping a whole Stoa server: data folder, keys, store, HTTP(S) listener,
+//! the startup link. Used by `stoa serve` and, in-process, by the tests.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::api::{self, AppState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::control::Store;
+use crate::session::{OperatorKey, TokenSigner, load_or_create_secret};
+
+/// Where the operator key came from, for the startup banner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Environment,
+    File { path: PathBuf, created: bool },
+}
+
+/// A link printed at start so a new user can walk straight into a room.
+#[derive(Clone, Debug)]
+pub struct StartupLink {
+    pub room_title: String,
+    pub url: String,
+}
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub key_source: KeySource,
+    pub startup_link: Option<StartupLink>,
+    pub state: AppState,
+    handle: Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        self.task.await.context("server task panicked")??;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself (it normally does not).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")??;
+        Ok(())
+    }
+
+    pub fn handle(&self) -> Handle<SocketAddr> {
+        self.handle.clone()
+    }
+}
+
+/// Starts a server with the system clock.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// Starts a server whose notion of time is `clock` (tests pass a manual clock).
+pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir)
+        .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
+
+    let store = Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?;
+    let (operator_key, key_source) = match &config.api_key {
+        Some(key) => (OperatorKey::new(key), KeySource::Environment),
+        None => {
+            let path = data_dir.join("operator.key");
+            let existed = path.exists();
+            let key = load_or_create_secret(&path, OperatorKey::generate)
+                .with_context(|| format!("cannot read or create {}", path.display()))?;
+            (
+                OperatorKey::new(&key),
+                KeySource::File {
+                    path,
+                    created: !existed,
+                },
+            )
+        }
+    };
+    let signer = TokenSigner::load_or_create(&data_dir.join("signing.key"))
+        .context("cannot read or create the token signing key")?;
+
+    let listener = TcpListener::bind(config.bind)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let base_url = match &config.public_url {
+        Some(_) => config.public_base_url(),
+        None => {
+            let scheme = if config.tls_enabled() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{addr}")
+        }
+    };
+
+    let config = Arc::new(config);
+    let state = AppState::new(
+        store.clone(),
+        clock.clone(),
+        config.clone(),
+        base_url.clone(),
+        operator_key,
+        signer,
+    );
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = Handle::new();
+    let task = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = RustlsConfig::from_pem_file(cert, key)
+                .await
+                .context("cannot load the TLS certificate or key")?;
+            let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            tokio::spawn(server.serve(app))
+        }
+        _ => {
+            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            tokio::spawn(server.serve(app))
+        }
+    };
+
+    let startup_link = if config.demo_room {
+        store
+            .startup_link(clock.now_ms())
+            .await?
+            .map(|(room, created)| StartupLink {
+                room_title: room.title,
+                url: state.invite_url(created.code.as_str()),
+            })
+    } else {
+        None
+    };
+
+    Ok(RunningServer {
+        addr,
+        base_url,
+        key_source,
+        startup_link,
+        state,
+        handle,
+        task,
+    })
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}

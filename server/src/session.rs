@@ -1,0 +1,241 @@
+//! Credentials: the operator API key and signed session tokens (room, participant, role,
+//! expiry). Signing and checking only; what a credential may do is decided by the caller.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::control::{ParticipantId, Role, RoomId, random_token};
+
+const TOKEN_PREFIX: &str = "st1.";
+pub const API_KEY_PREFIX: &str = "stoa_sk_";
+
+/// What a session token asserts. Short-lived; bound to one room, participant and role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(rename = "r")]
+    pub room: RoomId,
+    #[serde(rename = "p")]
+    pub participant: ParticipantId,
+    pub role: Role,
+    /// Display name given at redemption, so joining a live room needs no database read.
+    #[serde(rename = "n")]
+    pub name: String,
+    /// Issued at and expiry, Unix milliseconds.
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed session token")]
+    Malformed,
+    #[error("session token signature does not match")]
+    BadSignature,
+    #[error("session token has expired")]
+    Expired,
+}
+
+/// Signs and verifies session tokens with an HMAC-SHA256 key kept in the data folder.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: [u8; 32],
+}
+
+impl TokenSigner {
+    pub fn new(key: [u8; 32]) -> Self {
+        TokenSigner { key }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length")
+    }
+
+    /// `st1.<base64url(json claims)>.<base64url(hmac)>`
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{TOKEN_PREFIX}{payload}.{sig}")
+    }
+
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
+        if token.len() > 1024 {
+            return Err(TokenError::Malformed);
+        }
+        let rest = token
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::Malformed)?;
+        let (payload, sig) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.exp <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Loads the signing key from `path`, creating it (owner-only) on first start.
+    pub fn load_or_create(path: &Path) -> std::io::Result<Self> {
+        let key = load_or_create_secret(path, || {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).expect("the OS random generator is unavailable");
+            URL_SAFE_NO_PAD.encode(key)
+        })?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(key.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not hold a 32-byte key", path.display()),
+                )
+            })?;
+        Ok(TokenSigner::new(bytes))
+    }
+}
+
+/// The operator key. Only its hash is kept in memory; comparison is constant-time.
+#[derive(Clone)]
+pub struct OperatorKey {
+    hash: [u8; 32],
+}
+
+impl OperatorKey {
+    pub fn new(key: &str) -> Self {
+        OperatorKey {
+            hash: Sha256::digest(key.as_bytes()).into(),
+        }
+    }
+
+    pub fn generate() -> String {
+        format!("{API_KEY_PREFIX}{}", random_token(32))
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        hash.ct_eq(&self.hash).into()
+    }
+}
+
+/// Reads a secret file, or creates it with `make()` readable by the owner only.
+pub fn load_or_create_secret(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = make();
+            write_private(path, &secret)?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            room: RoomId::generate(),
+            participant: ParticipantId::generate(),
+            role: Role::Moderator,
+            name: "Ada".into(),
+            iat: 0,
+            exp,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_expiry() {
+        let signer = TokenSigner::new([7; 32]);
+        let c = claims(10_000);
+        let token = signer.sign(&c);
+        assert_eq!(signer.verify(&token, 9_999), Ok(c));
+        assert_eq!(signer.verify(&token, 10_000), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn forgeries_are_refused() {
+        let signer = TokenSigner::new([7; 32]);
+        let other = TokenSigner::new([8; 32]);
+        let token = other.sign(&claims(i64::MAX));
+        assert_eq!(signer.verify(&token, 0), Err(TokenError::BadSignature));
+        // Swap the payload for one claiming another role, keep the signature.
+        let good = signer.sign(&claims(i64::MAX));
+        let (_, sig) = good.rsplit_once('.').unwrap();
+        let mut forged_claims = claims(i64::MAX);
+        forged_claims.role = Role::Listener;
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap());
+        let forged = format!("{TOKEN_PREFIX}{forged_payload}.{sig}");
+        assert_eq!(signer.verify(&forged, 0), Err(TokenError::BadSignature));
+        for junk in ["", "st1.", "st1.a.b", "xx.a.b", "st1.%%%.%%%"] {
+            assert!(signer.verify(junk, 0).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn operator_key_matches_only_itself() {
+        let key = OperatorKey::generate();
+        let op = OperatorKey::new(&key);
+        assert!(op.matches(&key));
+        assert!(!op.matches(&format!("{key}x")));
+        assert!(!op.matches(""));
+    }
+
+    #[test]
+    fn secrets_are_private_files() {
+        let dir = tempdir();
+        let path = dir.join("k");
+        let a = load_or_create_secret(&path, || "one".into()).unwrap();
+        let b = load_or_create_secret(&path, || "two".into()).unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("one", "one"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("stoa-session-{}", random_token(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
