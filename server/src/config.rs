@@ -93,34 +93,34 @@ impl Default for Limits {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
     /// TOML configuration file.
-    #[arg(long, env = "STOA_CONFIG")]
+    #[arg(long, global = true, env = "STOA_CONFIG")]
     pub config: Option<PathBuf>,
     /// HTTP listen address.
-    #[arg(long, env = "STOA_BIND")]
+    #[arg(long, global = true, env = "STOA_BIND")]
     pub bind: Option<SocketAddr>,
     /// Base URL used in invite links.
-    #[arg(long, env = "STOA_PUBLIC_URL")]
+    #[arg(long, global = true, env = "STOA_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Data folder (database, keys).
-    #[arg(long, env = "STOA_DATA_DIR")]
+    #[arg(long, global = true, env = "STOA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Log format.
-    #[arg(long, env = "STOA_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, env = "STOA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// First UDP port of the media workers.
-    #[arg(long, env = "STOA_MEDIA_PORT")]
+    #[arg(long, global = true, env = "STOA_MEDIA_PORT")]
     pub media_port: Option<u16>,
     /// Address put in ICE candidates.
-    #[arg(long, env = "STOA_PUBLIC_IP")]
+    #[arg(long, global = true, env = "STOA_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
     /// PEM certificate chain; serves HTTPS together with --tls-key.
-    #[arg(long, env = "STOA_TLS_CERT", requires = "tls_key")]
+    #[arg(long, global = true, env = "STOA_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "STOA_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, global = true, env = "STOA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Do not create or print the demo room.
-    #[arg(long, env = "STOA_NO_DEMO")]
+    #[arg(long, global = true, env = "STOA_NO_DEMO")]
     pub no_demo: bool,
 }
 

@@ -1,1 +1,216 @@
+//! Test support for Stoa's end-to-end tests: a real server started in-process on an
+//! ephemeral port with a temporary data folder, and a small REST client for it.
 
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use stoa::{Clock, Config, RunningServer};
+use tempfile::TempDir;
+
+/// A running server plus what a test needs to talk to it.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub dir: TempDir,
+    pub config: Config,
+    pub clock: Clock,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub api_key: String,
+}
+
+/// The answer to a request: status, headers and the JSON body (Null if none).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The problem+json `code`, if this is an error answer.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected answer: {:?}",
+            self.body
+        );
+        self.body
+    }
+
+    #[track_caller]
+    pub fn expect_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status.as_u16(), self.code()),
+            (status, code),
+            "unexpected answer: {:?}",
+            self.body
+        );
+        let content_type = self.headers[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap();
+        assert_eq!(content_type, "application/problem+json");
+        for field in ["type", "title", "status", "detail", "code"] {
+            assert!(
+                !self.body[field].is_null(),
+                "problem without {field}: {:?}",
+                self.body
+            );
+        }
+    }
+}
+
+impl TestServer {
+    /// A server with test defaults: no demo room, a manual clock, a generous join rate.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            demo_room: false,
+            ..Config::default()
+        };
+        config.limits.joins_per_minute = 10_000;
+        config.limits.join_burst = 10_000;
+        adjust(&mut config);
+        Self::boot(dir, config, Clock::manual()).await
+    }
+
+    async fn boot(dir: TempDir, config: Config, clock: Clock) -> Self {
+        let server = stoa::server::start_with_clock(config.clone(), clock.clone())
+            .await
+            .expect("server starts");
+        let api_key = std::fs::read_to_string(config.data_dir.join("operator.key"))
+            .expect("operator key written")
+            .trim()
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        TestServer {
+            base: server.base_url.clone(),
+            server: Some(server),
+            dir,
+            config,
+            clock,
+            http,
+            api_key,
+        }
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data folder.
+    pub async fn restart(mut self) -> Self {
+        self.server
+            .take()
+            .unwrap()
+            .shutdown()
+            .await
+            .expect("clean shutdown");
+        let TestServer {
+            dir, config, clock, ..
+        } = self;
+        Self::boot(dir, config, clock).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request with an optional bearer credential and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(auth) = auth {
+            req = req.bearer_auth(auth);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn op(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call(method, path, Some(&self.api_key.clone()), body)
+            .await
+    }
+
+    pub async fn create_room(&self, title: &str) -> String {
+        let room = self
+            .op(
+                Method::POST,
+                "/api/v1/rooms",
+                Some(json!({ "title": title })),
+            )
+            .await
+            .expect(201);
+        room["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an invite with the operator key; `extra` may add label, max_uses, expiry.
+    pub async fn create_invite(&self, room: &str, role: &str, extra: Value) -> Value {
+        let mut body = json!({ "role": role });
+        if let Value::Object(map) = extra {
+            body.as_object_mut().unwrap().extend(map);
+        }
+        self.op(
+            Method::POST,
+            &format!("/api/v1/rooms/{room}/invites"),
+            Some(body),
+        )
+        .await
+        .expect(201)
+    }
+
+    pub async fn join(&self, code: &str, name: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/api/v1/join",
+            None,
+            Some(json!({ "invite": code, "display_name": name })),
+        )
+        .await
+    }
+
+    /// Makes an invite of `role` in `room` and redeems it: the join answer.
+    pub async fn participant(&self, room: &str, role: &str, name: &str) -> Value {
+        let invite = self.create_invite(room, role, json!({})).await;
+        self.join(invite["code"].as_str().unwrap(), name)
+            .await
+            .expect(200)
+    }
+}

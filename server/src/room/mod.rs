@@ -1,0 +1,18 @@
+//! The live room: a pure state machine that takes a command and returns events and effects.
+//! No I/O, clock, randomness or async here; the room task and the edges carry the results out.
+
+pub mod command;
+pub mod event;
+pub mod participant;
+pub mod refusal;
+pub mod snapshot;
+pub mod state;
+
+pub use command::{Actor, Command, ConnectionId};
+pub use event::{
+    Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,
+};
+pub use participant::{Participant, ParticipantView, Presence};
+pub use refusal::Refusal;
+pub use snapshot::{AudiencePage, Snapshot};
+pub use state::{RoomLimits, RoomState};

@@ -1,0 +1,529 @@
+//! Moderation beyond the stage: remove, ban, promote, demote, the REST role call, ending the room.
+//! Every action here is audited, whoever did it; persisting is left to the edges as effects.
+
+use serde_json::json;
+
+use crate::control::{ParticipantId, Role};
+use crate::room::state::{RoomState, audit};
+use crate::room::{
+    Actor, Audience, AuditAction, CloseReason, Effect, EventKind, LeaveReason, Outcome,
+    Participant, Presence, Refusal,
+};
+
+impl RoomState {
+    pub(super) fn remove(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        ban: bool,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        let participant = self.moderation_target(actor, target)?;
+        let (view, connection) = (participant.view(), participant.connection);
+        let (reason, close, action) = if ban {
+            (LeaveReason::Banned, CloseReason::Banned, AuditAction::Ban)
+        } else {
+            (
+                LeaveReason::Removed,
+                CloseReason::Removed,
+                AuditAction::Remove,
+            )
+        };
+        self.depart(target, reason, out);
+        // Even while reconnecting: a half-dead socket the edge still holds must not linger.
+        out.effect(Effect::CloseConnection {
+            participant: target.clone(),
+            connection,
+            reason: close,
+        });
+        if ban {
+            self.banned.insert(target.clone());
+            out.effect(Effect::PersistBan {
+                participant: target.clone(),
+            });
+        }
+        out.effect(audit(actor, action, &view));
+        Ok(())
+    }
+
+    /// A promoted participant keeps their place: a speaker stays on stage, a listener in the
+    /// audience (with hand and invitation cleared, which are for listeners only).
+    pub(super) fn promote(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        if self.moderation_target(actor, target)?.role == Role::Moderator {
+            return Ok(());
+        }
+        self.set_live_role(actor, target, Role::Moderator, AuditAction::Promote, out);
+        Ok(())
+    }
+
+    /// A moderator on stage becomes a speaker, one in the audience a listener.
+    pub(super) fn demote(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        let participant = self.stepping_down(actor, target)?;
+        if participant.role != Role::Moderator {
+            return Ok(());
+        }
+        let role = if participant.on_stage {
+            Role::Speaker
+        } else {
+            Role::Listener
+        };
+        self.demote_to(actor, target, role, out)
+    }
+
+    /// The REST role call, mapped onto the commands people use, so it follows the same rules:
+    /// a listener asked to speak is only invited.
+    pub(super) fn set_role(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        role: Role,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        let current = self.stepping_down(actor, target)?.role;
+        match (current, role) {
+            (Role::Listener, Role::Listener)
+            | (Role::Speaker, Role::Speaker)
+            | (Role::Moderator, Role::Moderator) => Ok(()),
+            (Role::Listener | Role::Speaker, Role::Moderator) => self.promote(actor, target, out),
+            (Role::Listener, Role::Speaker) => self.invite_to_stage(actor, target, out),
+            (Role::Speaker, Role::Listener) => self.move_to_audience(actor, target, out),
+            (Role::Moderator, role) => self.demote_to(actor, target, role, out),
+        }
+    }
+
+    /// Demotion is the one moderation command a moderator may aim at themselves (stepping
+    /// down); the others act on someone else.
+    fn stepping_down(
+        &self,
+        actor: &Actor,
+        target: &ParticipantId,
+    ) -> Result<&Participant, Refusal> {
+        self.require_moderator(actor)?;
+        self.participants
+            .get(target)
+            .ok_or(Refusal::ParticipantNotFound)
+    }
+
+    /// `role` is speaker (on stage) or listener (in the audience).
+    ///
+    /// A participant may not leave the room without a moderator by stepping down, so that
+    /// someone present can still run it. The operator may: the REST API can always moderate,
+    /// and an operator demoting the last moderator means it on purpose.
+    fn demote_to(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        role: Role,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        // The actor is a moderator too, so only the last moderator demoting themselves gets here
+        // with a single moderator in the room.
+        if actor.participant().is_some() && self.moderators.len() <= 1 {
+            return Err(Refusal::LastModerator);
+        }
+        let on_stage = role != Role::Listener;
+        if on_stage && !self.participants[target].on_stage && self.stage_is_full() {
+            return Err(Refusal::StageFull);
+        }
+        self.set_live_role(actor, target, role, AuditAction::Demote, out);
+        Ok(())
+    }
+
+    fn set_live_role(
+        &mut self,
+        actor: &Actor,
+        target: &ParticipantId,
+        role: Role,
+        action: AuditAction,
+        out: &mut Outcome,
+    ) {
+        let changed = self.change(target, out, |p| {
+            match role {
+                Role::Listener => {
+                    p.on_stage = false;
+                    p.muted = false;
+                }
+                Role::Speaker => p.on_stage = true,
+                Role::Moderator => {}
+            }
+            if role != Role::Listener {
+                p.hand_raised = false;
+                p.invited = false;
+            }
+            p.role = role;
+        });
+        out.event(
+            changed.audience(Audience::ModeratorsAnd(target.clone())),
+            EventKind::RoleChanged {
+                participant: changed.view.clone(),
+                by: actor.clone(),
+            },
+        );
+        // Gaining or losing moderator changes what they may see (the audience list).
+        out.effect(Effect::RefreshSnapshot {
+            participant: target.clone(),
+        });
+        out.effect(audit(actor, action, &changed.view));
+    }
+
+    /// Everyone is disconnected and the room refuses everything from now on. No per-person
+    /// leave events: one `room_ended` tells everyone at once.
+    pub(super) fn end(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
+        self.require_moderator(actor)?;
+        let participants = std::mem::take(&mut self.participants);
+        for participant in participants.values() {
+            if participant.may_send() {
+                out.effect(Effect::SendPermission {
+                    participant: participant.id.clone(),
+                    allowed: false,
+                });
+            }
+            if participant.presence == Presence::Connected {
+                out.effect(Effect::CloseConnection {
+                    participant: participant.id.clone(),
+                    connection: participant.connection,
+                    reason: CloseReason::RoomEnded,
+                });
+            }
+        }
+        self.stage.clear();
+        self.hands.clear();
+        self.moderators.clear();
+        self.deadlines.clear();
+        self.speakers.clear();
+        self.ended = true;
+        out.event(
+            Audience::Everyone,
+            EventKind::RoomEnded { by: actor.clone() },
+        );
+        out.effect(Effect::PersistRoomEnded);
+        out.effect(Effect::Audit {
+            actor: actor.clone(),
+            action: AuditAction::End,
+            target: None,
+            detail: json!({ "participants": participants.len() }),
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::control::{ParticipantId, Role};
+    use crate::room::state::testkit::*;
+    use crate::room::{Actor, Audience, AuditAction, CloseReason, Command, Effect, EventKind};
+
+    #[test]
+    fn removing_closes_the_connection_revokes_sending_and_is_audited() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let speaker = room.join("speaker", Role::Speaker);
+        let connection = room.get(&speaker).connection;
+
+        let out = room.ok(
+            &who(&host),
+            Command::Remove {
+                target: speaker.clone(),
+            },
+        );
+        assert_eq!(types(&out), ["participant_left"]);
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        assert_eq!(send_permissions(&out), [(speaker.clone(), false)]);
+        assert!(out.effects.contains(&Effect::CloseConnection {
+            participant: speaker.clone(),
+            connection,
+            reason: CloseReason::Removed,
+        }));
+        assert_eq!(audits(&out), [(AuditAction::Remove, Some(speaker.clone()))]);
+        assert!(
+            !out.effects
+                .iter()
+                .any(|e| matches!(e, Effect::PersistBan { .. }))
+        );
+
+        // Removal is not a ban: the same session token may come back.
+        room.join("speaker", Role::Speaker);
+    }
+
+    #[test]
+    fn banning_persists_the_ban_and_keeps_them_out() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let listener = room.join("listener", Role::Listener);
+        let connection = room.get(&listener).connection;
+
+        let out = room.ok(
+            &who(&host),
+            Command::Ban {
+                target: listener.clone(),
+            },
+        );
+        assert_eq!(types(&out), ["participant_left"]);
+        assert_eq!(out.events[0].audience, Audience::Moderators);
+        assert!(out.effects.contains(&Effect::CloseConnection {
+            participant: listener.clone(),
+            connection,
+            reason: CloseReason::Banned,
+        }));
+        assert!(out.effects.contains(&Effect::PersistBan {
+            participant: listener.clone(),
+        }));
+        assert_eq!(audits(&out), [(AuditAction::Ban, Some(listener.clone()))]);
+
+        let connection = room.connect();
+        let join = Command::Join {
+            display_name: "Back".into(),
+            role: Role::Listener,
+            connection,
+        };
+        assert_eq!(room.refused(&who(&listener), join), "banned");
+    }
+
+    #[test]
+    fn the_last_moderator_cannot_step_down_but_the_operator_can_demote_them() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        for command in [
+            Command::Demote {
+                target: host.clone(),
+            },
+            Command::SetRole {
+                target: host.clone(),
+                role: Role::Listener,
+            },
+            Command::SetRole {
+                target: host.clone(),
+                role: Role::Speaker,
+            },
+        ] {
+            assert_eq!(room.refused(&who(&host), command), "last_moderator");
+        }
+
+        let out = room.ok(
+            &Actor::Operator,
+            Command::Demote {
+                target: host.clone(),
+            },
+        );
+        assert_eq!(types(&out), ["role_changed"]);
+        assert_eq!(room.get(&host).role, Role::Speaker);
+        assert!(room.get(&host).on_stage);
+        assert_eq!(audits(&out), [(AuditAction::Demote, Some(host.clone()))]);
+        assert!(out.effects.contains(&Effect::RefreshSnapshot {
+            participant: host.clone(),
+        }));
+        assert_eq!(room.state.moderators().count(), 0);
+    }
+
+    #[test]
+    fn a_moderator_may_step_down_while_another_remains() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let cohost = room.join("cohost", Role::Moderator);
+        room.ok(&who(&cohost), Command::LeaveStage);
+        let out = room.ok(
+            &who(&cohost),
+            Command::Demote {
+                target: cohost.clone(),
+            },
+        );
+        // An audience moderator becoming a listener is nobody else's business but moderators'.
+        assert_eq!(
+            out.events[0].audience,
+            Audience::ModeratorsAnd(cohost.clone())
+        );
+        assert_eq!(room.get(&cohost).role, Role::Listener);
+        assert_eq!(
+            room.refused(
+                &who(&host),
+                Command::Demote {
+                    target: host.clone()
+                }
+            ),
+            "last_moderator"
+        );
+    }
+
+    #[test]
+    fn promotion_keeps_the_place_and_clears_listener_only_state() {
+        let mut room = TestRoom::new();
+        let speaker = room.join("speaker", Role::Speaker);
+        let listener = room.join("listener", Role::Listener);
+        room.ok(&who(&listener), Command::RaiseHand);
+        room.ok(
+            &Actor::Operator,
+            Command::InviteToStage {
+                target: listener.clone(),
+            },
+        );
+
+        let out = room.ok(
+            &Actor::Operator,
+            Command::Promote {
+                target: speaker.clone(),
+            },
+        );
+        assert_eq!(types(&out), ["role_changed"]);
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        assert!(send_permissions(&out).is_empty());
+        assert!(room.get(&speaker).on_stage);
+
+        let out = room.ok(
+            &Actor::Operator,
+            Command::Promote {
+                target: listener.clone(),
+            },
+        );
+        // Their hand was public, so everyone sees it go down with the promotion.
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        let p = room.get(&listener);
+        assert_eq!(p.role, Role::Moderator);
+        assert!(!p.on_stage && !p.hand_raised && !p.invited);
+        assert!(
+            room.state
+                .snapshot_for(&listener)
+                .unwrap()
+                .audience
+                .is_some()
+        );
+        assert!(
+            room.ok(&Actor::Operator, Command::Promote { target: listener })
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_rest_role_call_follows_the_same_rules_as_people() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let listener = room.join("listener", Role::Listener);
+        let speaker = room.join("speaker", Role::Speaker);
+        let cohost = room.join("cohost", Role::Moderator);
+        let set = |target: &ParticipantId, role| Command::SetRole {
+            target: target.clone(),
+            role,
+        };
+
+        // A listener moved up is invited, not put on stage.
+        let out = room.ok(&Actor::Operator, set(&listener, Role::Speaker));
+        assert_eq!(types(&out), ["invited_to_stage"]);
+        assert_eq!(room.get(&listener).role, Role::Listener);
+        assert!(room.get(&listener).invited);
+
+        let out = room.ok(&who(&host), set(&speaker, Role::Listener));
+        assert_eq!(types(&out), ["left_stage"]);
+        assert_eq!(room.get(&speaker).role, Role::Listener);
+
+        // An on-stage moderator to listener: off the stage and demoted, in one change.
+        let out = room.ok(&who(&host), set(&cohost, Role::Listener));
+        assert_eq!(types(&out), ["role_changed"]);
+        assert_eq!(send_permissions(&out), [(cohost.clone(), false)]);
+        assert_eq!(room.get(&cohost).role, Role::Listener);
+        assert!(!room.get(&cohost).on_stage);
+
+        // An audience moderator to speaker: demoted onto the stage.
+        room.ok(&Actor::Operator, set(&cohost, Role::Moderator));
+        assert!(!room.get(&cohost).on_stage);
+        let out = room.ok(&who(&host), set(&cohost, Role::Speaker));
+        assert_eq!(types(&out), ["role_changed"]);
+        assert_eq!(send_permissions(&out), [(cohost.clone(), true)]);
+        assert_eq!(room.get(&cohost).role, Role::Speaker);
+        assert!(room.get(&cohost).on_stage);
+
+        assert!(room.ok(&who(&host), set(&cohost, Role::Speaker)).is_empty());
+        assert_eq!(
+            room.refused(&who(&host), set(&pid("ghost"), Role::Speaker)),
+            "participant_not_found"
+        );
+        assert_eq!(
+            room.refused(&who(&speaker), set(&listener, Role::Speaker)),
+            "not_permitted"
+        );
+    }
+
+    #[test]
+    fn demoting_onto_a_full_stage_is_refused() {
+        let mut room = TestRoom::with_limits(10, 1, 30_000);
+        let host = room.join("host", Role::Moderator);
+        let cohost = room.join("cohost", Role::Moderator);
+        assert!(!room.get(&cohost).on_stage);
+        let command = Command::SetRole {
+            target: cohost.clone(),
+            role: Role::Speaker,
+        };
+        assert_eq!(room.refused(&who(&host), command), "stage_full");
+    }
+
+    #[test]
+    fn ending_closes_everyone_and_refuses_everything_after() {
+        let (mut ended, cast) = cast_room();
+        let host = cast.mod_on.clone();
+        let reconnecting = cast.listener.clone();
+        let connection = ended.get(&reconnecting).connection;
+        ended.ok(&who(&reconnecting), Command::Disconnect { connection });
+        let present = ended.state.participant_count() as usize;
+
+        let out = ended.ok(&who(&host), Command::End);
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        assert_eq!(out.events[0].kind, EventKind::RoomEnded { by: who(&host) });
+        let closed: Vec<_> = out
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::CloseConnection {
+                    participant,
+                    reason: CloseReason::RoomEnded,
+                    ..
+                } => Some(participant.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed.len(), present - 1, "all but the one already gone");
+        assert!(!closed.contains(&reconnecting));
+        assert!(out.effects.contains(&Effect::PersistRoomEnded));
+        assert_eq!(audits(&out), [(AuditAction::End, None)]);
+        assert!(ended.state.is_ended() && ended.state.is_empty());
+        assert_eq!(ended.state.audience_count(), 0);
+
+        let actors = [
+            who(&host),
+            who(&cast.listener),
+            Actor::Operator,
+            Actor::System,
+        ];
+        for command in every_command(&cast) {
+            for actor in &actors {
+                let code = ended.refused(actor, command.clone());
+                assert_eq!(code, "room_ended", "{actor:?} {command:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_operator_can_end_a_room_and_others_cannot() {
+        let (mut room, cast) = cast_room();
+        assert_eq!(
+            room.refused(&who(&cast.speaker), Command::End),
+            "not_permitted"
+        );
+        assert_eq!(room.refused(&Actor::System, Command::End), "not_permitted");
+        let out = room.ok(&Actor::Operator, Command::End);
+        assert_eq!(
+            out.events[0].kind,
+            EventKind::RoomEnded {
+                by: Actor::Operator
+            }
+        );
+    }
+}
