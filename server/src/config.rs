@@ -32,6 +32,52 @@ pub struct Config {
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
     pub trust_forwarded_for: bool,
     pub limits: Limits,
+    pub signal: SignalSettings,
+}
+
+/// Live rooms and their signaling sockets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalSettings {
+    /// How long a participant whose socket dropped keeps their place (role, hand, stage).
+    pub resume_grace_secs: u64,
+    /// How often the server pings each socket.
+    pub ping_interval_ms: u64,
+    /// A socket silent for this long is considered dead.
+    pub ping_timeout_ms: u64,
+    /// Time a new socket has to send its `join` or `resume`.
+    pub join_timeout_ms: u64,
+    /// Largest message accepted; bigger ones get a `message_too_large` error.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per socket, and the burst allowed above it.
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
+    /// Refused messages (bad JSON, unknown types, floods) a socket may send within ten
+    /// seconds before it is closed.
+    pub max_strikes: u32,
+    /// Messages queued for one socket before it is considered too slow and dropped.
+    pub outbox_capacity: usize,
+    /// Default room bounds when a room has none of its own.
+    pub room_max_participants: u32,
+    pub room_max_stage: u32,
+}
+
+impl Default for SignalSettings {
+    fn default() -> Self {
+        SignalSettings {
+            resume_grace_secs: 20,
+            ping_interval_ms: 5_000,
+            ping_timeout_ms: 15_000,
+            join_timeout_ms: 10_000,
+            max_message_bytes: 64 * 1024,
+            messages_per_sec: 20,
+            message_burst: 40,
+            max_strikes: 20,
+            outbox_capacity: 1024,
+            room_max_participants: 10_000,
+            room_max_stage: 20,
+        }
+    }
 }
 
 /// Bounds on what one client or one request may cost.
@@ -73,6 +119,7 @@ impl Default for Config {
             demo_room: true,
             trust_forwarded_for: false,
             limits: Limits::default(),
+            signal: SignalSettings::default(),
         }
     }
 }
@@ -217,6 +264,22 @@ impl Config {
         if l.session_ttl_secs < 30 || l.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits: session_ttl_secs >= 30 and max_page_size > 0".into(),
+            ));
+        }
+        let sig = &self.signal;
+        if sig.ping_interval_ms == 0
+            || sig.ping_timeout_ms <= sig.ping_interval_ms
+            || sig.max_message_bytes < 1024
+            || sig.messages_per_sec == 0
+            || sig.message_burst == 0
+            || sig.outbox_capacity < 16
+            || sig.room_max_participants == 0
+            || sig.room_max_stage == 0
+        {
+            return Err(ConfigError::Invalid(
+                "signal: ping_timeout_ms > ping_interval_ms > 0, max_message_bytes >= 1024, \
+                 rates > 0, outbox_capacity >= 16, room limits > 0"
+                    .into(),
             ));
         }
         Ok(())

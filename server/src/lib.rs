@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod signal;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -20,6 +20,16 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
 /// All of the server's metrics. Cloning shares the same underlying atomics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -28,6 +38,9 @@ pub struct Metrics {
     pub rooms_created: Counter,
     pub invites_created: Counter,
     pub live_rooms: Gauge,
+    pub signal_sockets: Gauge,
+    pub signal_messages: Family<KindLabels, Counter>,
+    pub signal_errors: Family<CodeLabels, Counter>,
 }
 
 impl Metrics {
@@ -61,6 +74,22 @@ impl Metrics {
         self.joins
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn signal_error(&self, code: &str) {
+        self.signal_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn signal_message(&self, kind: &str) {
+        self.signal_messages
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
             })
             .inc();
     }

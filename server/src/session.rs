@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::control::{ParticipantId, Role, RoomId, random_token};
 
 const TOKEN_PREFIX: &str = "st1.";
+const RESUME_PREFIX: &str = "rs1.";
 pub const API_KEY_PREFIX: &str = "stoa_sk_";
 
 /// What a session token asserts. Short-lived; bound to one room, participant and role.
@@ -28,6 +29,16 @@ pub struct Claims {
     pub name: String,
     /// Issued at and expiry, Unix milliseconds.
     pub iat: i64,
+    pub exp: i64,
+}
+
+/// What a resume token asserts: this participant of this room may take its place back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeClaims {
+    #[serde(rename = "r")]
+    pub room: RoomId,
+    #[serde(rename = "p")]
+    pub participant: ParticipantId,
     pub exp: i64,
 }
 
@@ -58,36 +69,63 @@ impl TokenSigner {
 
     /// `st1.<base64url(json claims)>.<base64url(hmac)>`
     pub fn sign(&self, claims: &Claims) -> String {
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{TOKEN_PREFIX}{payload}.{sig}")
+        self.sign_as(TOKEN_PREFIX, claims)
     }
 
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
+        let claims: Claims = self.verify_as(TOKEN_PREFIX, token)?;
+        if claims.exp <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// `rs1.…`: lets a dropped signaling socket take its participant back. The prefix is part
+    /// of the MAC, so a resume token is never accepted as a session token, nor the reverse.
+    pub fn sign_resume(&self, claims: &ResumeClaims) -> String {
+        self.sign_as(RESUME_PREFIX, claims)
+    }
+
+    pub fn verify_resume(&self, token: &str, now_ms: i64) -> Result<ResumeClaims, TokenError> {
+        let claims: ResumeClaims = self.verify_as(RESUME_PREFIX, token)?;
+        if claims.exp <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    fn sign_as<T: Serialize>(&self, prefix: &str, claims: &T) -> String {
+        let json = serde_json::to_vec(claims).expect("claims serialise");
+        let payload = URL_SAFE_NO_PAD.encode(json);
+        let mut mac = self.mac();
+        mac.update(prefix.as_bytes());
+        mac.update(payload.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{prefix}{payload}.{sig}")
+    }
+
+    fn verify_as<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        token: &str,
+    ) -> Result<T, TokenError> {
         if token.len() > 1024 {
             return Err(TokenError::Malformed);
         }
-        let rest = token
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::Malformed)?;
+        let rest = token.strip_prefix(prefix).ok_or(TokenError::Malformed)?;
         let (payload, sig) = rest.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
+        mac.update(prefix.as_bytes());
         mac.update(payload.as_bytes());
         mac.verify_slice(&sig)
             .map_err(|_| TokenError::BadSignature)?;
         let json = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now_ms {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
     }
 
     /// Loads the signing key from `path`, creating it (owner-only) on first start.
@@ -206,6 +244,27 @@ mod tests {
         for junk in ["", "st1.", "st1.a.b", "xx.a.b", "st1.%%%.%%%"] {
             assert!(signer.verify(junk, 0).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn resume_and_session_tokens_do_not_mix() {
+        let signer = TokenSigner::new([7; 32]);
+        let c = claims(i64::MAX);
+        let resume = signer.sign_resume(&ResumeClaims {
+            room: c.room.clone(),
+            participant: c.participant.clone(),
+            exp: 10,
+        });
+        assert!(signer.verify_resume(&resume, 9).is_ok());
+        assert_eq!(signer.verify_resume(&resume, 10), Err(TokenError::Expired));
+        assert!(signer.verify(&resume, 0).is_err());
+        // Same payload under the other prefix: the MAC covers the prefix too.
+        let session = signer.sign(&c);
+        let relabelled = session.replacen(TOKEN_PREFIX, RESUME_PREFIX, 1);
+        assert_eq!(
+            signer.verify_resume(&relabelled, 0),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::control::ControlError;
+use crate::room::{LiveError, Refusal};
 use crate::session::TokenError;
 
 /// An RFC 9457 problem document. `code` is stable and meant for programs; `detail` for people.
@@ -187,5 +188,33 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        use StatusCode as S;
+        let status = match r {
+            Refusal::NotPermitted | Refusal::NotInRoom | Refusal::Banned => S::FORBIDDEN,
+            Refusal::ParticipantNotFound => S::NOT_FOUND,
+            Refusal::InvalidTarget => S::UNPROCESSABLE_ENTITY,
+            Refusal::RoomEnded => S::GONE,
+            Refusal::NotOnStage
+            | Refusal::NotAListener
+            | Refusal::NoInvitation
+            | Refusal::StageFull
+            | Refusal::RoomFull
+            | Refusal::LastModerator => S::CONFLICT,
+        };
+        ApiError::new(status, r.code(), r.message())
+    }
+}
+
+impl From<LiveError> for ApiError {
+    fn from(e: LiveError) -> Self {
+        match e {
+            LiveError::NotLive => ApiError::room_not_live(),
+            LiveError::Refused(r) => r.into(),
+        }
     }
 }

@@ -39,6 +39,7 @@ use crate::metrics::HttpLabels;
         (name = "invites", description = "Invite links"),
         (name = "join", description = "Redeeming an invite"),
         (name = "participants", description = "Live participants and moderation"),
+        (name = "signal", description = "The signaling WebSocket (see docs/protocol.md)"),
         (name = "system", description = "Health, metrics, this document"),
     )
 )]
@@ -77,6 +78,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
+        .routes(routes!(crate::signal::session::signal))
 }
 
 /// The OpenAPI document as served at `/api/v1/openapi.json`.

@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Caller, room_id};
 use super::state::AppState;
-use super::views::{PageQuery, ParticipantPage, RemoveQuery, SetRole};
+use super::views::{PageQuery, ParticipantPage, ParticipantView, RemoveQuery, SetRole};
 use crate::control::{ControlError, ParticipantId, RoomId};
+use crate::room::{Command, LiveError, Refusal};
 
 async fn live_room(state: &AppState, caller: &Caller, room: &str) -> Result<RoomId, ApiError> {
     let room = room_id(room)?;
@@ -34,10 +35,36 @@ pub async fn list_participants(
     State(state): State<AppState>,
     caller: Caller,
     Path(room): Path<String>,
-    ApiQuery(_query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<ParticipantPage>, ApiError> {
-    live_room(&state, &caller, &room).await?;
-    Err(ApiError::room_not_live())
+    let room = live_room(&state, &caller, &room).await?;
+    let max = state.config.limits.max_page_size;
+    let limit = query.limit.unwrap_or(50.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    let after = match &query.cursor {
+        None => None,
+        Some(c) => Some(ParticipantId::parse(c).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "cursor must be a next_cursor value from an earlier page",
+            )
+        })?),
+    };
+    let (people, next) = state
+        .live
+        .participants(&room, after, limit as usize)
+        .await?;
+    Ok(axum::Json(ParticipantPage {
+        items: people.into_iter().map(ParticipantView::from).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
 /// Change a participant's role. Moving a listener up to speaker is an invitation they accept.
@@ -51,11 +78,19 @@ pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
     Path((room, participant)): Path<(String, String)>,
-    ApiJson(_body): ApiJson<SetRole>,
+    ApiJson(body): ApiJson<SetRole>,
 ) -> Result<StatusCode, ApiError> {
-    live_room(&state, &caller, &room).await?;
-    participant_id(&participant)?;
-    Err(ApiError::room_not_live())
+    let room = live_room(&state, &caller, &room).await?;
+    let target = participant_id(&participant)?;
+    let command = Command::SetRole {
+        target,
+        role: body.role,
+    };
+    state
+        .live
+        .command(&room, caller.actor(), command, false)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Mute a speaker (they may unmute themselves).
@@ -69,12 +104,16 @@ pub async fn mute(
     caller: Caller,
     Path((room, participant)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    live_room(&state, &caller, &room).await?;
-    participant_id(&participant)?;
-    Err(ApiError::room_not_live())
+    let room = live_room(&state, &caller, &room).await?;
+    let target = participant_id(&participant)?;
+    state
+        .live
+        .command(&room, caller.actor(), Command::Mute { target }, false)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-/// Remove a participant; `?ban=true` also bans their identity from the room.
+/// Remove a participant; `?ban=true` also bans their identity from the room, live or not.
 #[utoipa::path(delete, path = "/api/v1/rooms/{room}/participants/{participant}", tag = "participants",
     params(("room" = String, Path, description = "Room id"), ("participant" = String, Path, description = "Participant id"), RemoveQuery),
     responses((status = 204, description = "Removed (and banned)"), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -87,26 +126,41 @@ pub async fn remove(
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     let room = live_room(&state, &caller, &room).await?;
-    let participant = participant_id(&participant)?;
-    if caller.participant() == Some(&participant) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_target",
-            "you cannot remove yourself; leave the room instead",
-        ));
+    let target = participant_id(&participant)?;
+    if caller.participant() == Some(&target) {
+        return Err(Refusal::InvalidTarget.into());
     }
-    if !query.ban {
-        return Err(ApiError::room_not_live());
+    let command = if query.ban {
+        Command::Ban {
+            target: target.clone(),
+        }
+    } else {
+        Command::Remove {
+            target: target.clone(),
+        }
+    };
+    match state
+        .live
+        .command(&room, caller.actor(), command, query.revoke_invite)
+        .await
+    {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        // Someone who is not in the room right now can still be banned: the ban is recorded
+        // and keeps them out of every later visit.
+        Err(LiveError::NotLive | LiveError::Refused(Refusal::ParticipantNotFound)) if query.ban => {
+            state
+                .store
+                .ban(
+                    room,
+                    target,
+                    query.revoke_invite,
+                    caller.actor(),
+                    state.clock.now_ms(),
+                    true,
+                )
+                .await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => Err(e.into()),
     }
-    state
-        .store
-        .ban(
-            room,
-            participant,
-            query.revoke_invite,
-            caller.actor(),
-            state.clock.now_ms(),
-        )
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
 }

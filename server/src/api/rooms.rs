@@ -8,8 +8,17 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
-use super::views::{CreateRoom, PageQuery, RoomDetail, RoomPage, RoomView};
-use crate::control::{ControlError, NewRoom, RoomLimits, validate};
+use super::views::{CreateRoom, PageQuery, ParticipantView, RoomDetail, RoomPage, RoomView};
+use crate::control::{ControlError, NewRoom, Room, RoomLimits, validate};
+use crate::room::{Command, LiveError};
+
+/// How many participants `GET /rooms/{room}` lists; the participants endpoint pages the rest.
+const ROOM_DETAIL_PARTICIPANTS: usize = 200;
+
+fn live_view(state: &AppState, room: &Room) -> RoomView {
+    let count = state.live.get(&room.id).map(|h| h.participant_count());
+    RoomView::new(room, count.is_some_and(|c| c > 0), count.unwrap_or(0))
+}
 
 fn bounded(
     value: Option<u32>,
@@ -98,9 +107,17 @@ pub async fn get_room(
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;
     let room = state.store.room(room).await?;
+    let participants = match state
+        .live
+        .participants(&room.id, None, ROOM_DETAIL_PARTICIPANTS)
+        .await
+    {
+        Ok((people, _)) => people.into_iter().map(ParticipantView::from).collect(),
+        Err(_) => Vec::new(),
+    };
     Ok(axum::Json(RoomDetail {
-        room: RoomView::new(&room, false, 0),
-        participants: Vec::new(),
+        room: live_view(&state, &room),
+        participants,
     }))
 }
 
@@ -117,10 +134,22 @@ pub async fn end_room(
 ) -> Result<StatusCode, ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;
-    state
-        .store
-        .end_room(room.clone(), caller.actor(), state.clock.now_ms())
-        .await?;
+    // A live room ends through its task (everyone is disconnected, the end is recorded);
+    // a room nobody is in is ended in the store directly.
+    match state
+        .live
+        .command(&room, caller.actor(), Command::End, false)
+        .await
+    {
+        Ok(()) => {}
+        Err(LiveError::NotLive) => {
+            state
+                .store
+                .end_room(room.clone(), caller.actor(), state.clock.now_ms(), true)
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(%room, "room ended");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Store;
 use crate::metrics::Metrics;
+use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
 
 #[derive(Clone)]
@@ -23,6 +24,7 @@ pub struct AppState {
     pub operator_key: OperatorKey,
     pub signer: TokenSigner,
     pub metrics: Metrics,
+    pub live: LiveRooms,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// The OpenAPI document, rendered once the router is assembled.
     pub openapi_json: Arc<OnceLock<String>>,
@@ -41,6 +43,13 @@ impl AppState {
         let quota =
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
+        let metrics = Metrics::default();
+        let live = LiveRooms::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.signal.clone(),
+        );
         AppState {
             store,
             clock,
@@ -48,7 +57,8 @@ impl AppState {
             base_url: base_url.into(),
             operator_key,
             signer,
-            metrics: Metrics::default(),
+            metrics,
+            live,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
             openapi_json: Arc::new(OnceLock::new()),
         }

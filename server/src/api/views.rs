@@ -68,6 +68,21 @@ pub struct ParticipantView {
     pub presence: String,
 }
 
+impl From<crate::room::ParticipantView> for ParticipantView {
+    fn from(p: crate::room::ParticipantView) -> Self {
+        ParticipantView {
+            id: p.id,
+            display_name: p.display_name,
+            role: p.role,
+            on_stage: p.on_stage,
+            hand_raised: p.hand_raised,
+            muted: p.muted,
+            speaking: p.speaking,
+            presence: p.presence.as_str().to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvite {

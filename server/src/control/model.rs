@@ -72,22 +72,41 @@ pub struct CreatedInvite {
     pub code: InviteCode,
 }
 
-/// Who did something, for the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who does something: asks a room for a change, or appears in the audit log. Permissions are
+/// always decided from the actor's live state in the room, never from a role the caller claims.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Actor {
+    /// The REST API key: every moderator action, without being a participant.
     Operator,
+    /// A participant, through their signaling session or their session token on REST.
     Participant(ParticipantId),
-    /// The server itself (startup links, grace expiry).
+    /// The server itself: startup links, the room task's timer (`Tick`), media (`SetSpeaking`).
+    /// Kept apart so no client message can ever be mapped onto those commands by mistake.
     System,
 }
 
 impl Actor {
+    /// `"operator"`, `"system"` or a participant id (they start with `pt_`, so the three
+    /// cannot be confused).
     pub fn as_audit_str(&self) -> &str {
         match self {
             Actor::Operator => "operator",
             Actor::Participant(id) => id.as_str(),
             Actor::System => "system",
         }
+    }
+
+    pub fn participant(&self) -> Option<&ParticipantId> {
+        match self {
+            Actor::Participant(id) => Some(id),
+            Actor::Operator | Actor::System => None,
+        }
+    }
+}
+
+impl serde::Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_audit_str())
     }
 }
 

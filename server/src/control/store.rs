@@ -110,7 +110,14 @@ impl Store {
     }
 
     /// Marks the room ended; its invites stop working. Refuses a room already ended.
-    pub async fn end_room(&self, id: RoomId, actor: Actor, now_ms: i64) -> Result<Room> {
+    /// `record` writes the audit line (a live room writes its own, from the room's events).
+    pub async fn end_room(
+        &self,
+        id: RoomId,
+        actor: Actor,
+        now_ms: i64,
+        record: bool,
+    ) -> Result<Room> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let mut room = room_by_id(&tx, &id)?.ok_or(ControlError::RoomNotFound)?;
@@ -121,15 +128,17 @@ impl Store {
                 "UPDATE rooms SET ended_at = ?2 WHERE id = ?1",
                 params![id.as_str(), now_ms],
             )?;
-            audit(
-                &tx,
-                &id,
-                &actor,
-                "room.ended",
-                None,
-                serde_json::json!({}),
-                now_ms,
-            )?;
+            if record {
+                audit(
+                    &tx,
+                    &id,
+                    &actor,
+                    "room.ended",
+                    None,
+                    serde_json::json!({}),
+                    now_ms,
+                )?;
+            }
             tx.commit()?;
             room.ended_at_ms = Some(now_ms);
             Ok(room)
@@ -327,6 +336,8 @@ impl Store {
     }
 
     /// Bans a participant identity from a room; optionally revokes the invite they used.
+    /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
+    /// always recorded.
     pub async fn ban(
         &self,
         room: RoomId,
@@ -334,6 +345,7 @@ impl Store {
         revoke_invite: bool,
         actor: Actor,
         now_ms: i64,
+        record: bool,
     ) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -356,7 +368,6 @@ impl Store {
                     actor.as_audit_str()
                 ],
             )?;
-            let mut revoked = None;
             if revoke_invite
                 && let Some(invite_id) = invite_id
                 && tx.execute(
@@ -364,16 +375,24 @@ impl Store {
                     params![invite_id, now_ms],
                 )? > 0
             {
-                revoked = Some(invite_id);
+                audit(
+                    &tx,
+                    &room,
+                    &actor,
+                    "invite.revoked",
+                    Some(&invite_id),
+                    serde_json::json!({ "because_banned": participant.as_str() }),
+                    now_ms,
+                )?;
             }
-            if inserted > 0 || revoked.is_some() {
+            if record && inserted > 0 {
                 audit(
                     &tx,
                     &room,
                     &actor,
                     "participant.banned",
                     Some(participant.as_str()),
-                    serde_json::json!({ "revoked_invite": revoked }),
+                    serde_json::json!({}),
                     now_ms,
                 )?;
             }

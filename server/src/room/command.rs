@@ -1,43 +1,11 @@
 //! What can be asked of a live room: who is asking (`Actor`) and what they ask (`Command`).
 //! Plain data only: parsing protocol messages and authenticating callers belong to the edges.
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::control::{ParticipantId, Role};
 
-/// Who sends a command. Permissions are always decided from the actor's live state in the
-/// room, never from a role the caller claims.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Actor {
-    /// The REST API key: every moderator action, without being a participant.
-    Operator,
-    /// A participant, through their signaling session or their session token on REST.
-    Participant(ParticipantId),
-    /// The server itself: the room task's timer (`Tick`) and media (`SetSpeaking`). Kept apart
-    /// so no client message can ever be mapped onto those commands by mistake.
-    System,
-}
-
-impl Actor {
-    pub fn participant(&self) -> Option<&ParticipantId> {
-        match self {
-            Actor::Participant(id) => Some(id),
-            Actor::Operator | Actor::System => None,
-        }
-    }
-}
-
-/// As one string in events and the audit log: `"operator"`, `"system"` or a participant id
-/// (participant ids start with `pt_`, so the three cannot be confused).
-impl Serialize for Actor {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Actor::Operator => serializer.serialize_str("operator"),
-            Actor::System => serializer.serialize_str("system"),
-            Actor::Participant(id) => serializer.serialize_str(id.as_str()),
-        }
-    }
-}
+pub use crate::control::Actor;
 
 /// One signaling connection, numbered by the edge (a process-wide counter is enough). It lets
 /// the room tell a stale "socket dropped" from the live connection that replaced it, and lets

@@ -190,16 +190,16 @@ impl AuditAction {
     /// Stable: stored in the audit log.
     pub fn as_str(self) -> &'static str {
         match self {
-            AuditAction::LowerHand => "lower_hand",
-            AuditAction::InviteToStage => "invite_to_stage",
-            AuditAction::CancelInvitation => "cancel_invitation",
-            AuditAction::MoveToAudience => "move_to_audience",
-            AuditAction::Mute => "mute",
-            AuditAction::Remove => "remove",
-            AuditAction::Ban => "ban",
-            AuditAction::Promote => "promote",
-            AuditAction::Demote => "demote",
-            AuditAction::End => "end",
+            AuditAction::LowerHand => "participant.hand_lowered",
+            AuditAction::InviteToStage => "participant.invited_to_stage",
+            AuditAction::CancelInvitation => "participant.invitation_cancelled",
+            AuditAction::MoveToAudience => "participant.moved_to_audience",
+            AuditAction::Mute => "participant.muted",
+            AuditAction::Remove => "participant.removed",
+            AuditAction::Ban => "participant.banned",
+            AuditAction::Promote => "participant.promoted",
+            AuditAction::Demote => "participant.demoted",
+            AuditAction::End => "room.ended",
         }
     }
 }

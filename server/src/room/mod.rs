@@ -1,6 +1,7 @@
 //! The live room: a pure state machine that takes a command and returns events and effects.
 //! No I/O, clock, randomness or async here; the room task and the edges carry the results out.
 
+pub mod actor;
 pub mod command;
 pub mod event;
 pub mod participant;
@@ -8,6 +9,9 @@ pub mod refusal;
 pub mod snapshot;
 pub mod state;
 
+pub use actor::{
+    Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle, close_code,
+};
 pub use command::{Actor, Command, ConnectionId};
 pub use event::{
     Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,

@@ -1,0 +1,769 @@
+//! The live room: one task per room owning its `RoomState`, fed commands through a queue, and
+//! the concurrent map that finds a room's task by id. Carries out the state machine's effects
+//! (fan-out to sockets, closes, persistence); decides nothing itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Actor, Audience, AudiencePage, CloseReason, Command, ConnectionId, Effect, Event,
+    ParticipantView, Refusal, RoomLimits, RoomState,
+};
+use crate::clock::Clock;
+use crate::config::SignalSettings;
+use crate::control::{ParticipantId, Role, Room, RoomId, Store};
+use crate::metrics::Metrics;
+use crate::signal::protocol::{RequestId, ServerMessage, event_message};
+
+/// How often a room checks grace deadlines and coalesces audience-count updates.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What a room sends to one signaling socket.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(Utf8Bytes),
+    /// Close the socket with this WebSocket close code and reason code.
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+pub type Outbox = mpsc::Sender<Outbound>;
+
+/// WebSocket close codes the server uses (4000–4999 are for applications).
+pub mod close_code {
+    pub const REMOVED: u16 = 4001;
+    pub const BANNED: u16 = 4003;
+    pub const REPLACED: u16 = 4004;
+    pub const ROOM_ENDED: u16 = 4005;
+    pub const TOO_SLOW: u16 = 4008;
+    pub const TIMED_OUT: u16 = 4000;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const REFUSED: u16 = 4403;
+    pub const NOT_FOUND: u16 = 4404;
+    pub const POLICY: u16 = 1008;
+}
+
+fn close_code_for(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::Replaced => close_code::REPLACED,
+        CloseReason::Removed => close_code::REMOVED,
+        CloseReason::Banned => close_code::BANNED,
+        CloseReason::RoomEnded => close_code::ROOM_ENDED,
+    }
+}
+
+/// A socket asking to join (or resume its place in) a live room.
+pub struct Connect {
+    pub participant: ParticipantId,
+    pub display_name: String,
+    pub role: Role,
+    /// When the session token was issued: a token from before a removal cannot rejoin.
+    pub token_issued_at_ms: i64,
+    pub resume: bool,
+    pub connection: ConnectionId,
+    pub outbox: Outbox,
+    pub request_id: Option<RequestId>,
+    pub resume_token: String,
+}
+
+#[derive(Debug)]
+pub enum ConnectError {
+    Refused(Refusal),
+    /// Removed from this room after this token was issued: redeem an invite again.
+    Removed,
+}
+
+/// Why a REST call could not act on the live room.
+#[derive(Debug)]
+pub enum LiveError {
+    NotLive,
+    Refused(Refusal),
+}
+
+enum RoomMsg {
+    Connect(Box<Connect>, oneshot::Sender<Result<(), ConnectOutcome>>),
+    Disconnect {
+        participant: ParticipantId,
+        connection: ConnectionId,
+    },
+    FromSocket {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        command: Command,
+    },
+    ListAudience {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        after: Option<ParticipantId>,
+        limit: usize,
+    },
+    Rest {
+        actor: Actor,
+        command: Command,
+        revoke_invite: bool,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Participants {
+        after: Option<ParticipantId>,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<ParticipantView>, Option<ParticipantId>)>,
+    },
+}
+
+enum ConnectOutcome {
+    Failed(ConnectError),
+    /// The room task was shutting down; start a new one and try again.
+    Gone(Box<Connect>),
+}
+
+/// A live room's queue, plus a few numbers readable without asking it.
+#[derive(Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomMsg>,
+    generation: u64,
+    participants: Arc<AtomicU32>,
+}
+
+impl RoomHandle {
+    pub fn participant_count(&self) -> u32 {
+        self.participants.load(Ordering::Relaxed)
+    }
+
+    pub async fn disconnect(&self, participant: ParticipantId, connection: ConnectionId) {
+        let _ = self
+            .tx
+            .send(RoomMsg::Disconnect {
+                participant,
+                connection,
+            })
+            .await;
+    }
+
+    /// A command from a signaling socket; the answer (`ok`/`error`) goes to its outbox.
+    /// Returns false when the room is gone.
+    pub async fn from_socket(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        command: Command,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::FromSocket {
+                participant,
+                connection,
+                request_id,
+                command,
+            })
+            .await
+            .is_ok()
+    }
+
+    pub async fn list_audience(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        after: Option<ParticipantId>,
+        limit: usize,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::ListAudience {
+                participant,
+                connection,
+                request_id,
+                after,
+                limit,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+/// Every live room of this server, by id.
+#[derive(Clone)]
+pub struct LiveRooms {
+    rooms: Arc<DashMap<RoomId, RoomHandle>>,
+    deps: Deps,
+}
+
+#[derive(Clone)]
+struct Deps {
+    store: Store,
+    clock: Clock,
+    metrics: Metrics,
+    settings: Arc<SignalSettings>,
+    generations: Arc<AtomicU64>,
+}
+
+impl LiveRooms {
+    pub fn new(store: Store, clock: Clock, metrics: Metrics, settings: SignalSettings) -> Self {
+        LiveRooms {
+            rooms: Arc::new(DashMap::new()),
+            deps: Deps {
+                store,
+                clock,
+                metrics,
+                settings: Arc::new(settings),
+                generations: Arc::new(AtomicU64::new(1)),
+            },
+        }
+    }
+
+    pub fn get(&self, room: &RoomId) -> Option<RoomHandle> {
+        self.rooms
+            .get(room)
+            .map(|h| h.clone())
+            .filter(|h| !h.tx.is_closed())
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    fn get_or_start(&self, room: &Room) -> RoomHandle {
+        match self.rooms.entry(room.id.clone()) {
+            Entry::Occupied(mut o) => {
+                if o.get().tx.is_closed() {
+                    o.insert(self.start(room));
+                }
+                o.get().clone()
+            }
+            Entry::Vacant(v) => v.insert(self.start(room)).clone(),
+        }
+    }
+
+    fn start(&self, room: &Room) -> RoomHandle {
+        let settings = &self.deps.settings;
+        let limits = RoomLimits {
+            max_participants: room
+                .limits
+                .max_participants
+                .unwrap_or(settings.room_max_participants),
+            max_stage: room.limits.max_stage.unwrap_or(settings.room_max_stage),
+            resume_grace_ms: settings.resume_grace_secs.saturating_mul(1000),
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = RoomHandle {
+            tx,
+            generation: self.deps.generations.fetch_add(1, Ordering::Relaxed),
+            participants: Arc::new(AtomicU32::new(0)),
+        };
+        let task = RoomTask {
+            state: RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),
+            title: room.title.clone(),
+            connections: HashMap::new(),
+            removed_at: HashMap::new(),
+            seq: 0,
+            last_audience_count: 0,
+            pending_revoke: false,
+            handle: handle.clone(),
+            rooms: self.rooms.clone(),
+            deps: self.deps.clone(),
+        };
+        self.deps.metrics.live_rooms.inc();
+        tracing::debug!(room = %room.id, "room is live");
+        tokio::spawn(task.run(rx));
+        handle
+    }
+
+    /// Joins (or resumes) a socket into the room, starting the room's task if needed.
+    pub async fn connect(&self, room: &Room, connect: Connect) -> Result<RoomHandle, ConnectError> {
+        let mut connect = Box::new(connect);
+        // A room task that just emptied may be shutting down as we reach it; it hands the
+        // request back and the next lookup starts a fresh task. Bounded, to be safe.
+        for _ in 0..16 {
+            let handle = self.get_or_start(room);
+            let (reply, answer) = oneshot::channel();
+            if let Err(mpsc::error::SendError(msg)) =
+                handle.tx.send(RoomMsg::Connect(connect, reply)).await
+            {
+                let RoomMsg::Connect(back, _) = msg else {
+                    break;
+                };
+                connect = back;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(handle),
+                Ok(Err(ConnectOutcome::Failed(e))) => return Err(e),
+                Ok(Err(ConnectOutcome::Gone(back))) => connect = back,
+                Err(_) => break,
+            }
+        }
+        Err(ConnectError::Refused(Refusal::NotInRoom))
+    }
+
+    /// A moderation call from the REST API.
+    pub async fn command(
+        &self,
+        room: &RoomId,
+        actor: Actor,
+        command: Command,
+        revoke_invite: bool,
+    ) -> Result<(), LiveError> {
+        let handle = self.get(room).ok_or(LiveError::NotLive)?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .tx
+            .send(RoomMsg::Rest {
+                actor,
+                command,
+                revoke_invite,
+                reply,
+            })
+            .await
+            .map_err(|_| LiveError::NotLive)?;
+        answer
+            .await
+            .map_err(|_| LiveError::NotLive)?
+            .map_err(LiveError::Refused)
+    }
+
+    /// Who is in the room, in participant-id order, a page at a time.
+    pub async fn participants(
+        &self,
+        room: &RoomId,
+        after: Option<ParticipantId>,
+        limit: usize,
+    ) -> Result<(Vec<ParticipantView>, Option<ParticipantId>), LiveError> {
+        let handle = self.get(room).ok_or(LiveError::NotLive)?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .tx
+            .send(RoomMsg::Participants {
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| LiveError::NotLive)?;
+        answer.await.map_err(|_| LiveError::NotLive)
+    }
+}
+
+struct Conn {
+    id: ConnectionId,
+    outbox: Outbox,
+}
+
+struct RoomTask {
+    state: RoomState,
+    title: String,
+    connections: HashMap<ParticipantId, Conn>,
+    /// When each participant was last removed: their older tokens cannot bring them back.
+    removed_at: HashMap<ParticipantId, i64>,
+    seq: u64,
+    last_audience_count: u32,
+    /// Set while a REST ban asked to revoke the invite the person came through.
+    pending_revoke: bool,
+    handle: RoomHandle,
+    rooms: Arc<DashMap<RoomId, RoomHandle>>,
+    deps: Deps,
+}
+
+impl RoomTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+            self.handle
+                .participants
+                .store(self.state.participant_count(), Ordering::Relaxed);
+            if self.state.is_ended() || (self.state.is_empty() && self.connections.is_empty()) {
+                break;
+            }
+        }
+        let generation = self.handle.generation;
+        self.rooms
+            .remove_if(self.state.room(), |_, h| h.generation == generation);
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                RoomMsg::Connect(connect, reply) => {
+                    let answer = if self.state.is_ended() {
+                        ConnectOutcome::Failed(ConnectError::Refused(Refusal::RoomEnded))
+                    } else {
+                        ConnectOutcome::Gone(connect)
+                    };
+                    let _ = reply.send(Err(answer));
+                }
+                RoomMsg::Rest { reply, .. } => {
+                    let _ = reply.send(Err(Refusal::RoomEnded));
+                }
+                _ => {}
+            }
+        }
+        self.deps.metrics.live_rooms.dec();
+        tracing::debug!(room = %self.state.room(), "room is no longer live");
+    }
+
+    fn now(&self) -> u64 {
+        self.deps.clock.now_ms().max(0) as u64
+    }
+
+    async fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Connect(connect, reply) => {
+                let result = self.connect(*connect).await;
+                let _ = reply.send(result.map_err(ConnectOutcome::Failed));
+            }
+            RoomMsg::Disconnect {
+                participant,
+                connection,
+            } => {
+                if self
+                    .connections
+                    .get(&participant)
+                    .is_some_and(|c| c.id == connection)
+                {
+                    self.connections.remove(&participant);
+                }
+                let actor = Actor::Participant(participant);
+                self.apply(&actor, Command::Disconnect { connection })
+                    .await
+                    .ok();
+            }
+            RoomMsg::FromSocket {
+                participant,
+                connection,
+                request_id,
+                command,
+            } => {
+                // Late messages from a socket that was replaced or closed are ignored.
+                if !self
+                    .connections
+                    .get(&participant)
+                    .is_some_and(|c| c.id == connection)
+                {
+                    return;
+                }
+                let actor = Actor::Participant(participant.clone());
+                let answer = match self.apply(&actor, command).await {
+                    Ok(()) => request_id
+                        .as_ref()
+                        .map(|id| ServerMessage::Ok { id }.to_json()),
+                    Err(refusal) => {
+                        self.deps.metrics.signal_error(refusal.code());
+                        Some(
+                            ServerMessage::Error {
+                                id: request_id.as_ref(),
+                                code: refusal.code(),
+                                message: refusal.message(),
+                            }
+                            .to_json(),
+                        )
+                    }
+                };
+                if let Some(text) = answer {
+                    self.send_to(&participant, text.into());
+                }
+            }
+            RoomMsg::ListAudience {
+                participant,
+                connection,
+                request_id,
+                after,
+                limit,
+            } => {
+                if !self
+                    .connections
+                    .get(&participant)
+                    .is_some_and(|c| c.id == connection)
+                {
+                    return;
+                }
+                let page: AudiencePage = self.state.audience_page(after.as_ref(), limit);
+                let text = ServerMessage::AudiencePage {
+                    id: request_id.as_ref(),
+                    page: &page,
+                }
+                .to_json();
+                self.send_to(&participant, text.into());
+            }
+            RoomMsg::Rest {
+                actor,
+                command,
+                revoke_invite,
+                reply,
+            } => {
+                self.pending_revoke = revoke_invite;
+                let result = self.apply(&actor, command).await;
+                self.pending_revoke = false;
+                let _ = reply.send(result);
+            }
+            RoomMsg::Participants {
+                after,
+                limit,
+                reply,
+            } => {
+                let mut page: Vec<ParticipantView> = self
+                    .state
+                    .participants()
+                    .filter(|p| after.as_ref().is_none_or(|a| &p.id > a))
+                    .take(limit + 1)
+                    .map(|p| p.view())
+                    .collect();
+                let next = if page.len() > limit {
+                    page.truncate(limit);
+                    page.last().map(|p| p.id.clone())
+                } else {
+                    None
+                };
+                let _ = reply.send((page, next));
+            }
+        }
+    }
+
+    async fn connect(&mut self, c: Connect) -> Result<(), ConnectError> {
+        if !c.resume
+            && self
+                .removed_at
+                .get(&c.participant)
+                .is_some_and(|at| *at >= c.token_issued_at_ms)
+        {
+            return Err(ConnectError::Removed);
+        }
+        let command = if c.resume {
+            Command::Resume {
+                connection: c.connection,
+            }
+        } else {
+            Command::Join {
+                display_name: c.display_name,
+                role: c.role,
+                connection: c.connection,
+            }
+        };
+        let actor = Actor::Participant(c.participant.clone());
+        self.apply(&actor, command)
+            .await
+            .map_err(ConnectError::Refused)?;
+        let Some(snapshot) = self.state.snapshot_for(&c.participant) else {
+            return Err(ConnectError::Refused(Refusal::NotInRoom));
+        };
+        let welcome = ServerMessage::Welcome {
+            id: c.request_id.as_ref(),
+            room_title: &self.title,
+            seq: self.seq,
+            resume_token: &c.resume_token,
+            resume_grace_secs: self.deps.settings.resume_grace_secs,
+            snapshot: &snapshot,
+        }
+        .to_json();
+        // The welcome is the socket's first message, so it cannot be refused for lack of room.
+        let _ = c.outbox.try_send(Outbound::Text(welcome.into()));
+        self.connections.insert(
+            c.participant,
+            Conn {
+                id: c.connection,
+                outbox: c.outbox,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) {
+        if self.state.next_deadline().is_some_and(|d| d <= self.now()) {
+            self.apply(&Actor::System, Command::Tick).await.ok();
+        }
+        let count = self.state.audience_count();
+        if count != self.last_audience_count {
+            self.last_audience_count = count;
+            let text: Utf8Bytes = ServerMessage::AudienceCount { count }.to_json().into();
+            let everyone: Vec<ParticipantId> = self.connections.keys().cloned().collect();
+            for id in everyone {
+                self.send_to(&id, text.clone());
+            }
+            self.drop_slow().await;
+        }
+    }
+
+    /// Applies a command, then carries out everything it caused.
+    async fn apply(&mut self, actor: &Actor, command: Command) -> Result<(), Refusal> {
+        let now = self.now();
+        let outcome = self.state.apply(actor, command, now)?;
+        self.deliver(outcome.events);
+        for effect in outcome.effects {
+            self.carry_out(effect).await;
+        }
+        self.drop_slow().await;
+        Ok(())
+    }
+
+    fn deliver(&mut self, events: Vec<Event>) {
+        for event in events {
+            self.seq += 1;
+            let text: Utf8Bytes = event_message(self.seq, &event.kind).into();
+            match event.audience {
+                Audience::Everyone => {
+                    for conn in self.connections.values() {
+                        Self::push(conn, &text);
+                    }
+                }
+                Audience::Moderators | Audience::ModeratorsAnd(_) => {
+                    for id in self.state.moderators() {
+                        if let Some(conn) = self.connections.get(id) {
+                            Self::push(conn, &text);
+                        }
+                    }
+                    if let Audience::ModeratorsAnd(id) = &event.audience
+                        && !self
+                            .state
+                            .participant(id)
+                            .is_some_and(|p| p.role == Role::Moderator)
+                        && let Some(conn) = self.connections.get(id)
+                    {
+                        Self::push(conn, &text);
+                    }
+                }
+                Audience::Only(id) => {
+                    if let Some(conn) = self.connections.get(&id) {
+                        Self::push(conn, &text);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues without waiting: a full queue marks the socket as too slow (see `drop_slow`).
+    fn push(conn: &Conn, text: &Utf8Bytes) {
+        let _ = conn.outbox.try_send(Outbound::Text(text.clone()));
+    }
+
+    fn send_to(&mut self, participant: &ParticipantId, text: Utf8Bytes) {
+        if let Some(conn) = self.connections.get(participant) {
+            Self::push(conn, &text);
+        }
+    }
+
+    /// Sockets whose queue filled up are cut loose, so one slow reader never holds the room
+    /// back; their participants get the usual grace period to come back.
+    async fn drop_slow(&mut self) {
+        loop {
+            let slow: Vec<(ParticipantId, ConnectionId)> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| c.outbox.capacity() == 0)
+                .map(|(p, c)| (p.clone(), c.id))
+                .collect();
+            if slow.is_empty() {
+                return;
+            }
+            for (participant, connection) in slow {
+                tracing::info!(%participant, "dropping a socket that does not keep up");
+                self.deps.metrics.signal_error("too_slow");
+                self.connections.remove(&participant);
+                let actor = Actor::Participant(participant);
+                let now = self.now();
+                if let Ok(outcome) =
+                    self.state
+                        .apply(&actor, Command::Disconnect { connection }, now)
+                {
+                    self.deliver(outcome.events);
+                    for effect in outcome.effects {
+                        Box::pin(self.carry_out(effect)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, effect: Effect) {
+        let now = self.deps.clock.now_ms();
+        let room = self.state.room().clone();
+        let store = &self.deps.store;
+        let result = match effect {
+            Effect::CloseConnection {
+                participant,
+                connection,
+                reason,
+            } => {
+                if reason == CloseReason::Removed {
+                    self.removed_at.insert(participant.clone(), now);
+                }
+                if self
+                    .connections
+                    .get(&participant)
+                    .is_some_and(|c| c.id == connection)
+                    && let Some(conn) = self.connections.remove(&participant)
+                {
+                    let _ = conn.outbox.try_send(Outbound::Close {
+                        code: close_code_for(reason),
+                        reason: reason.code(),
+                    });
+                }
+                Ok(())
+            }
+            Effect::RefreshSnapshot { participant } => {
+                if let Some(snapshot) = self.state.snapshot_for(&participant) {
+                    let text = ServerMessage::Snapshot {
+                        seq: self.seq,
+                        snapshot: &snapshot,
+                    }
+                    .to_json();
+                    self.send_to(&participant, text.into());
+                }
+                Ok(())
+            }
+            Effect::SendPermission {
+                participant,
+                allowed,
+            } => {
+                tracing::debug!(%participant, allowed, "send permission");
+                Ok(())
+            }
+            Effect::PersistBan { participant } => {
+                let revoke = self.pending_revoke;
+                store
+                    .ban(room, participant, revoke, Actor::System, now, false)
+                    .await
+            }
+            Effect::PersistRoomEnded => {
+                match store.end_room(room, Actor::System, now, false).await {
+                    Err(crate::control::ControlError::RoomEnded) => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            }
+            Effect::Audit {
+                actor,
+                action,
+                target,
+                detail,
+            } => {
+                store
+                    .record_audit(
+                        room,
+                        actor,
+                        action.as_str().to_owned(),
+                        target.map(|t| t.to_string()),
+                        detail,
+                        now,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(room = %self.state.room(), error = %e, "could not persist a room effect");
+        }
+    }
+}

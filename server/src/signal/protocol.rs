@@ -1,0 +1,321 @@
+//! The signaling wire format: JSON text messages with a `type` field, both directions.
+//! Decoding is strict and bounded and never panics; it knows nothing about rooms' rules.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::control::{ParticipantId, Role};
+use crate::room::{AudiencePage, EventKind, Snapshot};
+
+/// A client-chosen request id, echoed in the reply: a short string or a non-negative integer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Number(u64),
+    Text(String),
+}
+
+const MAX_ID_CHARS: usize = 64;
+
+/// What a client may send. `join` or `resume` must come first, and only once.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Join {
+        token: String,
+    },
+    Resume {
+        resume_token: String,
+    },
+    Ping,
+    Leave,
+    RaiseHand,
+    LowerHand {
+        participant: Option<ParticipantId>,
+    },
+    InviteToStage {
+        participant: ParticipantId,
+    },
+    CancelInvitation {
+        participant: ParticipantId,
+    },
+    AcceptInvitation,
+    DeclineInvitation,
+    JoinStage,
+    LeaveStage,
+    MoveToAudience {
+        participant: ParticipantId,
+    },
+    Mute {
+        participant: ParticipantId,
+    },
+    MuteSelf,
+    Unmute,
+    Remove {
+        participant: ParticipantId,
+    },
+    Ban {
+        participant: ParticipantId,
+    },
+    Promote {
+        participant: ParticipantId,
+    },
+    Demote {
+        participant: ParticipantId,
+    },
+    SetRole {
+        participant: ParticipantId,
+        role: Role,
+    },
+    EndRoom,
+    ListAudience {
+        after: Option<ParticipantId>,
+        limit: Option<u32>,
+    },
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "join",
+    "resume",
+    "ping",
+    "leave",
+    "raise_hand",
+    "lower_hand",
+    "invite_to_stage",
+    "cancel_invitation",
+    "accept_invitation",
+    "decline_invitation",
+    "join_stage",
+    "leave_stage",
+    "move_to_audience",
+    "mute",
+    "mute_self",
+    "unmute",
+    "remove",
+    "ban",
+    "promote",
+    "demote",
+    "set_role",
+    "end_room",
+    "list_audience",
+];
+
+/// Why a message could not be decoded; `code()` is what the client sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    InvalidJson(String),
+    UnknownType(String),
+    InvalidMessage(String),
+    InvalidId,
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::InvalidMessage(_) => "invalid_message",
+            DecodeError::InvalidId => "invalid_id",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            DecodeError::InvalidJson(e) => format!("not valid JSON: {e}"),
+            DecodeError::UnknownType(t) => format!("unknown message type {t:?}"),
+            DecodeError::InvalidMessage(e) => format!("malformed message: {e}"),
+            DecodeError::InvalidId => {
+                format!(
+                    "id must be a non-negative integer or a string of at most {MAX_ID_CHARS} characters"
+                )
+            }
+        }
+    }
+}
+
+/// A decoded message: its request id, its `type` and its content.
+pub type Decoded = (Option<RequestId>, &'static str, ClientMessage);
+
+/// Decodes one text message. On failure the request id is still returned when it could be
+/// read, so the error can be matched to the request.
+pub fn decode(text: &str) -> Result<Decoded, (Option<RequestId>, DecodeError)> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| (None, DecodeError::InvalidJson(e.to_string())))?;
+    let Value::Object(mut map) = value else {
+        return Err((
+            None,
+            DecodeError::InvalidMessage("expected a JSON object".into()),
+        ));
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(raw) => match serde_json::from_value::<RequestId>(raw) {
+            Ok(RequestId::Text(s)) if s.chars().count() > MAX_ID_CHARS => {
+                return Err((None, DecodeError::InvalidId));
+            }
+            Ok(id) => Some(id),
+            Err(_) => return Err((None, DecodeError::InvalidId)),
+        },
+    };
+    let kind = match map.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => {
+            return Err((
+                id,
+                DecodeError::InvalidMessage("`type` must be a string".into()),
+            ));
+        }
+        None => return Err((id, DecodeError::InvalidMessage("missing `type`".into()))),
+    };
+    let Some(known) = KNOWN_TYPES.iter().copied().find(|t| *t == kind) else {
+        let shown: String = kind.chars().take(40).collect();
+        return Err((id, DecodeError::UnknownType(shown)));
+    };
+    match serde_json::from_value::<ClientMessage>(Value::Object(map)) {
+        Ok(message) => Ok((id, known, message)),
+        Err(e) => Err((id, DecodeError::InvalidMessage(e.to_string()))),
+    }
+}
+
+/// What the server sends, besides room events (see [`event_message`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// First message after a successful `join` or `resume`.
+    Welcome {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        room_title: &'a str,
+        seq: u64,
+        resume_token: &'a str,
+        resume_grace_secs: u64,
+        snapshot: &'a Snapshot,
+    },
+    /// The whole view again, when something changed that is easier to resend than to patch.
+    Snapshot { seq: u64, snapshot: &'a Snapshot },
+    /// A request was carried out (its effects arrive as events).
+    Ok { id: &'a RequestId },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        code: &'a str,
+        message: &'a str,
+    },
+    /// How many people are in the audience; coalesced, a few per second at most.
+    AudienceCount { count: u32 },
+    AudiencePage {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        #[serde(flatten)]
+        page: &'a AudiencePage,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    /// Sent just before the server closes the socket on purpose.
+    Closed { reason: &'a str },
+}
+
+impl ServerMessage<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages serialise")
+    }
+}
+
+/// A room event as sent: its own fields plus `type` and the room-wide `seq`.
+pub fn event_message(seq: u64, event: &EventKind) -> String {
+    let mut value = serde_json::to_value(event).expect("events serialise");
+    if let Value::Object(map) = &mut value {
+        map.insert("seq".into(), Value::from(seq));
+    }
+    value.to_string()
+}
+
+/// Used by tests and docs: every client type the decoder accepts.
+pub fn known_types() -> &'static [&'static str] {
+    KNOWN_TYPES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_with_and_without_id() {
+        assert_eq!(
+            decode(r#"{"type":"raise_hand"}"#),
+            Ok((None, "raise_hand", ClientMessage::RaiseHand))
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","token":"t","id":7}"#),
+            Ok((
+                Some(RequestId::Number(7)),
+                "join",
+                ClientMessage::Join { token: "t".into() }
+            ))
+        );
+        let (id, _, msg) = decode(r#"{"id":"a1","type":"mute","participant":"pt_x"}"#).unwrap();
+        assert_eq!(id, Some(RequestId::Text("a1".into())));
+        assert!(matches!(msg, ClientMessage::Mute { .. }));
+    }
+
+    #[test]
+    fn refusals_have_stable_codes_and_keep_the_id() {
+        let code = |text: &str| decode(text).unwrap_err().1.code();
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_message");
+        assert_eq!(code(r#"{"id":1}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":5}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"fly"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"mute"}"#), "invalid_message");
+        assert_eq!(
+            code(r#"{"type":"mute","participant":3}"#),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"raise_hand","extra":true}"#),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"set_role","participant":"pt_x","role":"king"}"#),
+            "invalid_message"
+        );
+        assert_eq!(code(r#"{"type":"ping","id":-1}"#), "invalid_id");
+        assert_eq!(code(r#"{"type":"ping","id":{"a":1}}"#), "invalid_id");
+        let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65));
+        assert_eq!(code(&long), "invalid_id");
+        let (id, err) = decode(r#"{"type":"fly","id":"q"}"#).unwrap_err();
+        assert_eq!(
+            (id, err.code()),
+            (Some(RequestId::Text("q".into())), "unknown_type")
+        );
+    }
+
+    #[test]
+    fn every_known_type_decodes_from_a_minimal_message() {
+        for t in known_types() {
+            let text = match *t {
+                "join" => r#"{"type":"join","token":"x"}"#.to_owned(),
+                "resume" => r#"{"type":"resume","resume_token":"x"}"#.to_owned(),
+                "set_role" => {
+                    r#"{"type":"set_role","participant":"pt_x","role":"speaker"}"#.to_owned()
+                }
+                "invite_to_stage" | "cancel_invitation" | "move_to_audience" | "mute"
+                | "remove" | "ban" | "promote" | "demote" => {
+                    format!(r#"{{"type":"{t}","participant":"pt_x"}}"#)
+                }
+                _ => format!(r#"{{"type":"{t}"}}"#),
+            };
+            assert!(decode(&text).is_ok(), "{t}: {:?}", decode(&text));
+        }
+    }
+
+    #[test]
+    fn events_carry_type_and_seq() {
+        let text = event_message(9, &EventKind::ActiveSpeakers { speakers: vec![] });
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "active_speakers");
+        assert_eq!(v["seq"], 9);
+    }
+}

@@ -1,0 +1,518 @@
+//! One signaling socket from upgrade to close: the join/resume handshake, per-socket bounds
+//! (size, rate, strikes), keep-alive, and relaying between the socket and the room task.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::protocol::{ClientMessage, RequestId, ServerMessage, decode};
+use crate::api::AppState;
+use crate::control::{ControlError, ParticipantId, Role, Room};
+use crate::room::{
+    Command, Connect, ConnectError, ConnectionId, Outbound, Refusal, RoomHandle, close_code,
+};
+use crate::session::{ResumeClaims, TokenError};
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// How long a resume token stays valid; it only works while its participant is still in the
+/// room (connected or within the grace period), so this merely bounds its lifetime.
+const RESUME_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Refused messages are forgiven after this long.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The signaling WebSocket.
+#[utoipa::path(get, path = "/api/v1/signal", tag = "signal",
+    responses((status = 101, description = "WebSocket upgrade; see docs/protocol.md")))]
+pub async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    // Messages up to this size are read and refused politely; larger ones end the socket.
+    let hard_cap = (state.config.signal.max_message_bytes * 16).max(1 << 20);
+    upgrade
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| async move {
+            state.metrics.signal_sockets.inc();
+            Session::new(socket, state.clone()).run().await;
+            state.metrics.signal_sockets.dec();
+        })
+}
+
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    limiter: DefaultDirectRateLimiter,
+    strikes: u32,
+    strikes_since: Instant,
+}
+
+/// Who this socket speaks for, once joined.
+struct Joined {
+    room: RoomHandle,
+    participant: ParticipantId,
+    connection: ConnectionId,
+    outbox: mpsc::Receiver<Outbound>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn new(socket: WebSocket, state: AppState) -> Self {
+        let s = &state.config.signal;
+        let quota =
+            Quota::per_second(NonZeroU32::new(s.messages_per_sec).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(s.message_burst).unwrap_or(NonZeroU32::MIN));
+        Session {
+            socket,
+            limiter: RateLimiter::direct(quota),
+            strikes: 0,
+            strikes_since: Instant::now(),
+            state,
+        }
+    }
+
+    async fn run(mut self) {
+        let Some(joined) = self.handshake().await else {
+            return;
+        };
+        self.relay(joined).await;
+    }
+
+    async fn send(&mut self, message: ServerMessage<'_>) -> bool {
+        self.socket
+            .send(Message::Text(message.to_json().into()))
+            .await
+            .is_ok()
+    }
+
+    async fn error(&mut self, id: Option<&RequestId>, code: &str, message: &str) -> bool {
+        self.state.metrics.signal_error(code);
+        self.send(ServerMessage::Error { id, code, message }).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self.send(ServerMessage::Closed { reason }).await;
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+
+    /// Counts a refused message; a socket that keeps misbehaving is closed.
+    async fn strike(&mut self) -> Flow {
+        if self.strikes_since.elapsed() > STRIKE_WINDOW {
+            self.strikes = 0;
+            self.strikes_since = Instant::now();
+        }
+        self.strikes += 1;
+        if self.strikes > self.state.config.signal.max_strikes {
+            tracing::info!("closing a signaling socket that keeps sending bad messages");
+            self.close(close_code::POLICY, "misbehaving").await;
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// Bounds every message: size, rate, decoding. Returns what to act on, if anything.
+    async fn screen(
+        &mut self,
+        text: &str,
+    ) -> Result<Option<(Option<RequestId>, ClientMessage)>, ()> {
+        let settings = &self.state.config.signal;
+        if text.len() > settings.max_message_bytes {
+            let limit = settings.max_message_bytes;
+            self.error(
+                None,
+                "message_too_large",
+                &format!("messages are limited to {limit} bytes"),
+            )
+            .await;
+            return self.strike_result().await;
+        }
+        if self.limiter.check().is_err() {
+            self.error(None, "rate_limited", "too many messages; slow down")
+                .await;
+            return self.strike_result().await;
+        }
+        match decode(text) {
+            Ok((id, kind, message)) => {
+                self.state.metrics.signal_message(kind);
+                Ok(Some((id, message)))
+            }
+            Err((id, e)) => {
+                self.error(id.as_ref(), e.code(), &e.message()).await;
+                self.strike_result().await
+            }
+        }
+    }
+
+    async fn strike_result(&mut self) -> Result<Option<(Option<RequestId>, ClientMessage)>, ()> {
+        match self.strike().await {
+            Flow::Continue => Ok(None),
+            Flow::Stop => Err(()),
+        }
+    }
+
+    /// Waits for `join` or `resume`, authenticates it and enters the room.
+    async fn handshake(&mut self) -> Option<Joined> {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.state.config.signal.join_timeout_ms);
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+                Err(_) => {
+                    self.close(close_code::UNAUTHORIZED, "join_timeout").await;
+                    return None;
+                }
+                Ok(None | Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return None,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let text = match frame {
+                Message::Text(text) => text,
+                Message::Binary(_) => {
+                    self.error(None, "binary_not_supported", "send JSON text messages")
+                        .await;
+                    if let Flow::Stop = self.strike().await {
+                        return None;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let (id, message) = match self.screen(text.as_str()).await {
+                Err(()) => return None,
+                Ok(None) => continue,
+                Ok(Some(m)) => m,
+            };
+            match message {
+                ClientMessage::Join { token } => return self.join(id, Some(token), None).await,
+                ClientMessage::Resume { resume_token } => {
+                    return self.join(id, None, Some(resume_token)).await;
+                }
+                ClientMessage::Ping => {
+                    self.send(ServerMessage::Pong { id: id.as_ref() }).await;
+                }
+                _ => {
+                    self.error(id.as_ref(), "join_first", "send `join` or `resume` first")
+                        .await;
+                    if let Flow::Stop = self.strike().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        id: Option<RequestId>,
+        token: Option<String>,
+        resume_token: Option<String>,
+    ) -> Option<Joined> {
+        let now = self.state.clock.now_ms();
+        let signer = &self.state.signer;
+        let claims = match (&token, &resume_token) {
+            (Some(token), _) => signer
+                .verify(token, now)
+                .map(|c| (c.room, c.participant, c.role, c.name, c.iat, false)),
+            (None, Some(resume)) => signer.verify_resume(resume, now).map(
+                |ResumeClaims {
+                     room, participant, ..
+                 }| {
+                    (room, participant, Role::Listener, String::new(), now, true)
+                },
+            ),
+            (None, None) => Err(TokenError::Malformed),
+        };
+        let (room_id, participant, role, name, issued_at, resume) = match claims {
+            Ok(c) => c,
+            Err(e) => {
+                let code = match e {
+                    TokenError::Expired => "token_expired",
+                    _ => "invalid_token",
+                };
+                self.error(id.as_ref(), code, &e.to_string()).await;
+                self.close(close_code::UNAUTHORIZED, code).await;
+                return None;
+            }
+        };
+        let store = self.state.store.clone();
+        let room = match room_open_to(&store, &room_id, &participant).await {
+            Ok(room) => room,
+            Err((close, code, message)) => {
+                self.error(id.as_ref(), code, message).await;
+                self.close(close, code).await;
+                return None;
+            }
+        };
+        let connection = ConnectionId(NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
+        let (outbox, inbox) = mpsc::channel(self.state.config.signal.outbox_capacity);
+        let resume_token = signer.sign_resume(&ResumeClaims {
+            room: room_id.clone(),
+            participant: participant.clone(),
+            exp: now.saturating_add(RESUME_TOKEN_TTL_MS),
+        });
+        let connect = Connect {
+            participant: participant.clone(),
+            display_name: name,
+            role,
+            token_issued_at_ms: issued_at,
+            resume,
+            connection,
+            outbox,
+            request_id: id.clone(),
+            resume_token,
+        };
+        match self.state.live.connect(&room, connect).await {
+            Ok(handle) => {
+                tracing::debug!(room = %room_id, %participant, resume, "socket joined");
+                Some(Joined {
+                    room: handle,
+                    participant,
+                    connection,
+                    outbox: inbox,
+                })
+            }
+            Err(e) => {
+                let (code, message, close) = match &e {
+                    ConnectError::Removed => (
+                        "removed",
+                        "you were removed from this room; open an invite link again",
+                        close_code::REMOVED,
+                    ),
+                    ConnectError::Refused(Refusal::NotInRoom) if resume => (
+                        "resume_expired",
+                        "your place in the room has expired; join again",
+                        close_code::REFUSED,
+                    ),
+                    ConnectError::Refused(r) => (r.code(), r.message(), close_code::REFUSED),
+                };
+                self.error(id.as_ref(), code, message).await;
+                self.close(close, code).await;
+                None
+            }
+        }
+    }
+}
+
+/// The room exists, has not ended, and does not ban this identity.
+async fn room_open_to(
+    store: &crate::control::Store,
+    room: &crate::control::RoomId,
+    participant: &ParticipantId,
+) -> Result<Room, (u16, &'static str, &'static str)> {
+    let internal = (1011, "internal", "the server could not check this room");
+    let found = match store.room(room.clone()).await {
+        Ok(r) => r,
+        Err(ControlError::RoomNotFound) => {
+            return Err((close_code::NOT_FOUND, "room_not_found", "no such room"));
+        }
+        Err(_) => return Err(internal),
+    };
+    if found.is_ended() {
+        return Err((close_code::ROOM_ENDED, "room_ended", "the room has ended"));
+    }
+    match store.is_banned(room.clone(), participant.clone()).await {
+        Ok(false) => Ok(found),
+        Ok(true) => Err((
+            close_code::BANNED,
+            "banned",
+            "you are banned from this room",
+        )),
+        Err(_) => Err(internal),
+    }
+}
+
+impl Session {
+    /// Joined: socket ⇄ room until either side ends it.
+    async fn relay(mut self, mut joined: Joined) {
+        let signal = self.state.config.signal.clone();
+        let mut ping = tokio::time::interval(Duration::from_millis(signal.ping_interval_ms));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timeout = Duration::from_millis(signal.ping_timeout_ms);
+        let mut last_heard = Instant::now();
+        let mut left_on_purpose = false;
+        loop {
+            tokio::select! {
+                out = joined.outbox.recv() => match out {
+                    Some(Outbound::Text(text)) => {
+                        if self.socket.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outbound::Close { code, reason }) => {
+                        self.close(code, reason).await;
+                        left_on_purpose = true;
+                        break;
+                    }
+                    None => {
+                        // The room let go of this socket: it did not keep up, or the room ended.
+                        self.close(close_code::TOO_SLOW, "too_slow").await;
+                        break;
+                    }
+                },
+                frame = self.socket.recv() => {
+                    let frame = match frame {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(frame)) => frame,
+                    };
+                    last_heard = Instant::now();
+                    match frame {
+                        Message::Text(text) => {
+                            if let Flow::Stop = self.on_text(text.as_str(), &joined, &mut left_on_purpose).await {
+                                break;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            self.error(None, "binary_not_supported", "send JSON text messages").await;
+                            if let Flow::Stop = self.strike().await {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > timeout {
+                        tracing::debug!(participant = %joined.participant, "signaling socket timed out");
+                        self.close(close_code::TIMED_OUT, "ping_timeout").await;
+                        break;
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                },
+            }
+        }
+        if !left_on_purpose {
+            joined
+                .room
+                .disconnect(joined.participant.clone(), joined.connection)
+                .await;
+        }
+    }
+
+    async fn on_text(&mut self, text: &str, joined: &Joined, left: &mut bool) -> Flow {
+        let (id, message) = match self.screen(text).await {
+            Err(()) => return Flow::Stop,
+            Ok(None) => return Flow::Continue,
+            Ok(Some(m)) => m,
+        };
+        let command = match message {
+            ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
+                self.error(
+                    id.as_ref(),
+                    "already_joined",
+                    "this socket has already joined",
+                )
+                .await;
+                return Flow::Continue;
+            }
+            ClientMessage::Ping => {
+                self.send(ServerMessage::Pong { id: id.as_ref() }).await;
+                return Flow::Continue;
+            }
+            ClientMessage::ListAudience { after, limit } => {
+                let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
+                let ok = joined
+                    .room
+                    .list_audience(
+                        joined.participant.clone(),
+                        joined.connection,
+                        id,
+                        after,
+                        limit,
+                    )
+                    .await;
+                return if ok { Flow::Continue } else { Flow::Stop };
+            }
+            other => match command_for(other) {
+                Some(command) => command,
+                None => return Flow::Continue,
+            },
+        };
+        let leaving = matches!(command, Command::Leave);
+        *left |= leaving;
+        if !joined
+            .room
+            .from_socket(joined.participant.clone(), joined.connection, id, command)
+            .await
+        {
+            self.close(close_code::ROOM_ENDED, "room_ended").await;
+            return Flow::Stop;
+        }
+        if leaving {
+            let _ = self
+                .socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "left".into(),
+                })))
+                .await;
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+}
+
+/// Maps a room action message to the room's command; `None` for the messages the session
+/// handles itself (join, resume, ping, audience paging).
+fn command_for(message: ClientMessage) -> Option<Command> {
+    Some(match message {
+        ClientMessage::RaiseHand => Command::RaiseHand,
+        ClientMessage::LowerHand { participant } => Command::LowerHand {
+            target: participant,
+        },
+        ClientMessage::InviteToStage { participant } => Command::InviteToStage {
+            target: participant,
+        },
+        ClientMessage::CancelInvitation { participant } => Command::CancelInvitation {
+            target: participant,
+        },
+        ClientMessage::AcceptInvitation => Command::AcceptInvitation,
+        ClientMessage::DeclineInvitation => Command::DeclineInvitation,
+        ClientMessage::JoinStage => Command::JoinStage,
+        ClientMessage::LeaveStage => Command::LeaveStage,
+        ClientMessage::MoveToAudience { participant } => Command::MoveToAudience {
+            target: participant,
+        },
+        ClientMessage::Mute { participant } => Command::Mute {
+            target: participant,
+        },
+        ClientMessage::MuteSelf => Command::MuteSelf,
+        ClientMessage::Unmute => Command::Unmute,
+        ClientMessage::Remove { participant } => Command::Remove {
+            target: participant,
+        },
+        ClientMessage::Ban { participant } => Command::Ban {
+            target: participant,
+        },
+        ClientMessage::Promote { participant } => Command::Promote {
+            target: participant,
+        },
+        ClientMessage::Demote { participant } => Command::Demote {
+            target: participant,
+        },
+        ClientMessage::SetRole { participant, role } => Command::SetRole {
+            target: participant,
+            role,
+        },
+        ClientMessage::EndRoom => Command::End,
+        ClientMessage::Leave => Command::Leave,
+        ClientMessage::Join { .. }
+        | ClientMessage::Resume { .. }
+        | ClientMessage::Ping
+        | ClientMessage::ListAudience { .. } => return None,
+    })
+}
