@@ -295,3 +295,333 @@ async fn rest_moderation_acts_on_live_sockets() {
     }
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_identity_is_cut_off_and_cannot_rejoin() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Bans").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let identity = "browser-kept-identity-secret-42";
+    let redeem = |role: &'static str| {
+        let t = &t;
+        let room = room.clone();
+        async move {
+            let invite = t.create_invite(&room, role, json!({})).await;
+            t.call(
+                Method::POST,
+                "/api/v1/join",
+                None,
+                Some(json!({ "invite": invite["code"], "display_name": "Troll", "identity": identity })),
+            )
+            .await
+        }
+    };
+    let answer = redeem("listener").await.expect(200);
+    let mut troll = SignalClient::join(&answer).await;
+    let tid = troll.participant_id();
+    m.wait_about("participant_joined", &tid).await;
+    m.ok(json!({ "type": "ban", "participant": tid })).await;
+    assert_eq!(troll.wait_closed().await, (4003, "banned".to_owned()));
+    m.wait(|e| {
+        e["type"] == "participant_left"
+            && e["participant"] == tid.as_str()
+            && e["reason"] == "banned"
+    })
+    .await;
+    // Not through another invite of the room…
+    redeem("speaker").await.expect_problem(403, "banned");
+    // …nor with the token they still hold.
+    let mut back = SignalClient::open(&s(&answer["signal_url"])).await;
+    back.send(json!({ "type": "join", "token": answer["token"] }))
+        .await;
+    assert_eq!(back.wait_type("error").await["code"], "banned");
+    assert_eq!(back.wait_closed().await.0, 4003);
+    let events = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
+        .await
+        .expect(200);
+    let bans = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "participant.banned")
+        .count();
+    assert_eq!(bans, 1, "{events}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_within_grace_keeps_state_and_expiry_removes() {
+    let t = TestServer::start().await;
+    let (_room, mut m, sp, mut l) = room_of_three(&t).await;
+    let (sid, lid) = (sp.participant_id(), l.participant_id());
+    l.ok(json!({ "type": "raise_hand" })).await;
+    m.wait_about("hand_raised", &lid).await;
+
+    let token = l.resume_token();
+    let signal_url = t.url("/api/v1/signal").replace("http://", "ws://");
+    l.drop_connection();
+    let ev = m.wait_about("presence_changed", &lid).await;
+    assert_eq!(ev["participant"]["presence"], "reconnecting");
+    // Half the grace period later, the socket comes back.
+    t.clock.advance(Duration::from_secs(10));
+    let mut l = SignalClient::resume(&signal_url, &token).await;
+    let you = &l.welcome["snapshot"]["you"];
+    assert_eq!(
+        (you["id"].as_str(), you["hand_raised"].as_bool()),
+        (Some(lid.as_str()), Some(true))
+    );
+    assert_eq!(you["presence"], "connected");
+    let ev = m.wait_about("presence_changed", &lid).await;
+    assert_eq!(ev["participant"]["presence"], "connected");
+
+    // The speaker vanishes and does not come back: after the grace period everyone sees it.
+    sp.drop_connection();
+    m.wait_about("presence_changed", &sid).await;
+    t.clock
+        .advance(Duration::from_secs(t.config.signal.resume_grace_secs + 1));
+    for c in [&mut m, &mut l] {
+        let ev = c
+            .wait(|e| e["type"] == "participant_left" && e["participant"] == sid.as_str())
+            .await;
+        assert_eq!(ev["reason"], "timed_out");
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_resume_is_refused_and_a_second_socket_replaces_the_first() {
+    let t = TestServer::start().await;
+    let room = t.create_room("R").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let answer = t.participant(&room, "speaker", "Sam").await;
+    let mut first = SignalClient::join(&answer).await;
+    let sid = first.participant_id();
+    // Same participant, second socket: the first is closed as replaced, state is kept.
+    first.ok(json!({ "type": "mute_self" })).await;
+    let mut second = SignalClient::join(&answer).await;
+    assert_eq!(first.wait_closed().await, (4004, "replaced".to_owned()));
+    assert_eq!(second.welcome["snapshot"]["you"]["muted"], true);
+    second.ok(json!({ "type": "unmute" })).await;
+    m.wait_about("unmuted", &sid).await;
+
+    let token = second.resume_token();
+    second.drop_connection();
+    m.wait_about("presence_changed", &sid).await;
+    t.clock
+        .advance(Duration::from_secs(t.config.signal.resume_grace_secs + 1));
+    m.wait(|e| e["type"] == "participant_left" && e["participant"] == sid.as_str())
+        .await;
+    let mut late = SignalClient::open(&s(&answer["signal_url"])).await;
+    late.send(json!({ "type": "resume", "resume_token": token }))
+        .await;
+    assert_eq!(late.wait_type("error").await["code"], "resume_expired");
+    late.wait_closed().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_sockets_are_found_by_keepalive() {
+    let t = TestServer::start_with(|c| {
+        c.signal.ping_interval_ms = 100;
+        c.signal.ping_timeout_ms = 400;
+    })
+    .await;
+    let room = t.create_room("K").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    // This client never reads again, so it never answers the server's pings.
+    let silent = SignalClient::join(&t.participant(&room, "listener", "Zzz").await).await;
+    let zid = silent.participant_id();
+    let ev = m.wait_about("presence_changed", &zid).await;
+    assert_eq!(ev["participant"]["presence"], "reconnecting");
+    // The moderator keeps reading (and so answering pings): still connected.
+    m.sync().await;
+    drop(silent);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_errors_and_the_socket_stays_usable() {
+    let t = TestServer::start_with(|c| c.signal.join_timeout_ms = 300).await;
+    let room = t.create_room("B").await;
+    let answer = t.participant(&room, "listener", "Lee").await;
+    let url = s(&answer["signal_url"]);
+
+    // Before joining: only join/resume (and ping) are accepted.
+    let mut c = SignalClient::open(&url).await;
+    c.refused(json!({ "type": "raise_hand" }), "join_first")
+        .await;
+    c.send(json!({ "type": "join", "token": "st1.forged.token" }))
+        .await;
+    assert_eq!(c.wait_type("error").await["code"], "invalid_token");
+    assert_eq!(c.wait_closed().await.0, 4401);
+    // Saying nothing at all is closed too.
+    let mut idle = SignalClient::open(&url).await;
+    assert_eq!(idle.wait_closed().await, (4401, "join_timeout".to_owned()));
+
+    let mut c = SignalClient::join(&answer).await;
+    c.send_text(format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    ))
+    .await;
+    assert_eq!(c.wait_type("error").await["code"], "message_too_large");
+    c.send_text("{not json".into()).await;
+    assert_eq!(c.wait_type("error").await["code"], "invalid_json");
+    c.refused(json!({ "type": "teleport" }), "unknown_type")
+        .await;
+    c.refused(json!({ "type": "mute" }), "invalid_message")
+        .await;
+    c.refused(
+        json!({ "type": "mute", "participant": 12 }),
+        "invalid_message",
+    )
+    .await;
+    c.refused(
+        json!({ "type": "join", "token": answer["token"] }),
+        "already_joined",
+    )
+    .await;
+    c.send(json!({ "type": "raise_hand", "id": { "nested": true } }))
+        .await;
+    assert_eq!(c.wait_type("error").await["code"], "invalid_id");
+    // Still usable.
+    c.sync().await;
+    c.ok(json!({ "type": "raise_hand" })).await;
+
+    // Expired tokens are refused before joining anything.
+    t.clock
+        .advance(Duration::from_secs(t.config.limits.session_ttl_secs + 1));
+    let mut late = SignalClient::open(&url).await;
+    late.send(json!({ "type": "join", "token": answer["token"] }))
+        .await;
+    assert_eq!(late.wait_type("error").await["code"], "token_expired");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_limited_and_persistent_abuse_is_closed() {
+    let t = TestServer::start_with(|c| {
+        c.signal.messages_per_sec = 5;
+        c.signal.message_burst = 5;
+        c.signal.max_strikes = 5;
+    })
+    .await;
+    let room = t.create_room("F").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut c = SignalClient::join(&t.participant(&room, "listener", "Flood").await).await;
+    let cid = c.participant_id();
+    for _ in 0..30 {
+        c.send(json!({ "type": "ping" })).await;
+    }
+    let (code, reason) = c.wait_closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "misbehaving"));
+    assert!(c.received.iter().any(|e| e["code"] == "rate_limited"));
+    // The room carries on; the flooder is merely reconnecting.
+    m.wait_about("presence_changed", &cid).await;
+    m.sync().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_live_room_disconnects_everyone() {
+    let t = TestServer::start().await;
+    let (room, mut m, mut sp, mut l) = room_of_three(&t).await;
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+    for c in [&mut m, &mut sp, &mut l] {
+        c.wait_type("room_ended").await;
+        assert_eq!(c.wait_closed().await, (4005, "room_ended".to_owned()));
+    }
+    let shown = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(200);
+    assert!(shown["ended_at"].is_string());
+    assert_eq!(shown["live"], false);
+    t.join(&s(&invite["code"]), "Late")
+        .await
+        .expect_problem(410, "room_ended");
+    let events = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
+        .await
+        .expect(200);
+    let ended: Vec<_> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "room.ended")
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["actor"], "operator");
+    t.stop().await;
+}
+
+/// 500 listeners in one room: each hears about stage changes, none hears about 499 joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_audience_gets_stage_changes_not_each_others_joins() {
+    const LISTENERS: usize = 500;
+    let t = TestServer::start().await;
+    let room = t.create_room("Big").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut sp = SignalClient::join(&t.participant(&room, "speaker", "Sam").await).await;
+    let sid = sp.participant_id();
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    let code = s(&invite["code"]);
+    let mut listeners = Vec::with_capacity(LISTENERS);
+    for batch in 0..LISTENERS / 50 {
+        let joins = (0..50).map(|i| {
+            let (t, code) = (&t, code.clone());
+            async move {
+                let answer = t
+                    .join(&code, &format!("listener {}", batch * 50 + i))
+                    .await
+                    .expect(200);
+                SignalClient::join(&answer).await
+            }
+        });
+        listeners.extend(futures::future::join_all(joins).await);
+    }
+    sp.ok(json!({ "type": "mute_self" })).await;
+    let waits = listeners.iter_mut().map(|l| {
+        let sid = sid.clone();
+        async move {
+            l.wait_about("muted", &sid).await;
+        }
+    });
+    futures::future::join_all(waits).await;
+    for l in &listeners {
+        let joins = l
+            .received
+            .iter()
+            .filter(|e| e["type"] == "participant_joined")
+            .count();
+        assert_eq!(
+            joins, 0,
+            "a listener was told about other listeners joining"
+        );
+    }
+    // Moderators do see the audience, and the count reaches everyone.
+    m.sync().await;
+    let seen = m
+        .received
+        .iter()
+        .filter(|e| e["type"] == "participant_joined")
+        .count();
+    assert_eq!(seen, LISTENERS + 1);
+    let last = listeners.last_mut().unwrap();
+    last.wait(|e| e["type"] == "audience_count" && e["count"] == LISTENERS)
+        .await;
+    let counts = last
+        .received
+        .iter()
+        .filter(|e| e["type"] == "audience_count")
+        .count();
+    assert!(
+        counts < LISTENERS / 5,
+        "audience_count not coalesced: {counts} updates"
+    );
+    t.stop().await;
+}

@@ -417,6 +417,13 @@ impl RoomTask {
         tracing::debug!(room = %self.state.room(), "room is no longer live");
     }
 
+    /// Whether `connection` is the socket this participant speaks through right now.
+    fn is_current(&self, participant: &ParticipantId, connection: ConnectionId) -> bool {
+        self.connections
+            .get(participant)
+            .is_some_and(|c| c.id == connection)
+    }
+
     fn now(&self) -> u64 {
         self.deps.clock.now_ms().max(0) as u64
     }
@@ -431,11 +438,7 @@ impl RoomTask {
                 participant,
                 connection,
             } => {
-                if self
-                    .connections
-                    .get(&participant)
-                    .is_some_and(|c| c.id == connection)
-                {
+                if self.is_current(&participant, connection) {
                     self.connections.remove(&participant);
                 }
                 let actor = Actor::Participant(participant);
@@ -450,11 +453,7 @@ impl RoomTask {
                 command,
             } => {
                 // Late messages from a socket that was replaced or closed are ignored.
-                if !self
-                    .connections
-                    .get(&participant)
-                    .is_some_and(|c| c.id == connection)
-                {
+                if !self.is_current(&participant, connection) {
                     return;
                 }
                 let actor = Actor::Participant(participant.clone());
@@ -485,11 +484,7 @@ impl RoomTask {
                 after,
                 limit,
             } => {
-                if !self
-                    .connections
-                    .get(&participant)
-                    .is_some_and(|c| c.id == connection)
-                {
+                if !self.is_current(&participant, connection) {
                     return;
                 }
                 let page: AudiencePage = self.state.audience_page(after.as_ref(), limit);
@@ -701,10 +696,7 @@ impl RoomTask {
                 if reason == CloseReason::Removed {
                     self.removed_at.insert(participant.clone(), now);
                 }
-                if self
-                    .connections
-                    .get(&participant)
-                    .is_some_and(|c| c.id == connection)
+                if self.is_current(&participant, connection)
                     && let Some(conn) = self.connections.remove(&participant)
                 {
                     let _ = conn.outbox.try_send(Outbound::Close {

@@ -17,7 +17,8 @@ pub enum RequestId {
 
 const MAX_ID_CHARS: usize = 64;
 
-/// What a client may send. `join` or `resume` must come first, and only once.
+/// What a client may send. `join` or `resume` must come first, and only once. Variants
+/// without fields are written `{}` so that unknown fields are refused for them too.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
@@ -27,9 +28,9 @@ pub enum ClientMessage {
     Resume {
         resume_token: String,
     },
-    Ping,
-    Leave,
-    RaiseHand,
+    Ping {},
+    Leave {},
+    RaiseHand {},
     LowerHand {
         participant: Option<ParticipantId>,
     },
@@ -39,18 +40,18 @@ pub enum ClientMessage {
     CancelInvitation {
         participant: ParticipantId,
     },
-    AcceptInvitation,
-    DeclineInvitation,
-    JoinStage,
-    LeaveStage,
+    AcceptInvitation {},
+    DeclineInvitation {},
+    JoinStage {},
+    LeaveStage {},
     MoveToAudience {
         participant: ParticipantId,
     },
     Mute {
         participant: ParticipantId,
     },
-    MuteSelf,
-    Unmute,
+    MuteSelf {},
+    Unmute {},
     Remove {
         participant: ParticipantId,
     },
@@ -67,7 +68,7 @@ pub enum ClientMessage {
         participant: ParticipantId,
         role: Role,
     },
-    EndRoom,
+    EndRoom {},
     ListAudience {
         after: Option<ParticipantId>,
         limit: Option<u32>,
@@ -245,7 +246,7 @@ mod tests {
     fn decodes_with_and_without_id() {
         assert_eq!(
             decode(r#"{"type":"raise_hand"}"#),
-            Ok((None, "raise_hand", ClientMessage::RaiseHand))
+            Ok((None, "raise_hand", ClientMessage::RaiseHand {}))
         );
         assert_eq!(
             decode(r#"{"type":"join","token":"t","id":7}"#),

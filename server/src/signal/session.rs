@@ -25,6 +25,8 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// How long a resume token stays valid; it only works while its participant is still in the
 /// room (connected or within the grace period), so this merely bounds its lifetime.
 const RESUME_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long a closing socket waits for the client to acknowledge the close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Refused messages are forgiven after this long.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -108,6 +110,17 @@ impl Session {
                 reason: reason.into(),
             })))
             .await;
+        // Finish the closing handshake, reading (and ignoring) whatever the client still
+        // sends: dropping a socket with unread data makes the kernel reset the connection,
+        // and the client would lose the close frame that tells it why.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(frame)) = self.socket.recv().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Counts a refused message; a socket that keeps misbehaving is closed.
@@ -200,7 +213,7 @@ impl Session {
                 ClientMessage::Resume { resume_token } => {
                     return self.join(id, None, Some(resume_token)).await;
                 }
-                ClientMessage::Ping => {
+                ClientMessage::Ping {} => {
                     self.send(ServerMessage::Pong { id: id.as_ref() }).await;
                 }
                 _ => {
@@ -419,7 +432,7 @@ impl Session {
                 .await;
                 return Flow::Continue;
             }
-            ClientMessage::Ping => {
+            ClientMessage::Ping {} => {
                 self.send(ServerMessage::Pong { id: id.as_ref() }).await;
                 return Flow::Continue;
             }
@@ -470,7 +483,7 @@ impl Session {
 /// handles itself (join, resume, ping, audience paging).
 fn command_for(message: ClientMessage) -> Option<Command> {
     Some(match message {
-        ClientMessage::RaiseHand => Command::RaiseHand,
+        ClientMessage::RaiseHand {} => Command::RaiseHand,
         ClientMessage::LowerHand { participant } => Command::LowerHand {
             target: participant,
         },
@@ -480,18 +493,18 @@ fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::CancelInvitation { participant } => Command::CancelInvitation {
             target: participant,
         },
-        ClientMessage::AcceptInvitation => Command::AcceptInvitation,
-        ClientMessage::DeclineInvitation => Command::DeclineInvitation,
-        ClientMessage::JoinStage => Command::JoinStage,
-        ClientMessage::LeaveStage => Command::LeaveStage,
+        ClientMessage::AcceptInvitation {} => Command::AcceptInvitation,
+        ClientMessage::DeclineInvitation {} => Command::DeclineInvitation,
+        ClientMessage::JoinStage {} => Command::JoinStage,
+        ClientMessage::LeaveStage {} => Command::LeaveStage,
         ClientMessage::MoveToAudience { participant } => Command::MoveToAudience {
             target: participant,
         },
         ClientMessage::Mute { participant } => Command::Mute {
             target: participant,
         },
-        ClientMessage::MuteSelf => Command::MuteSelf,
-        ClientMessage::Unmute => Command::Unmute,
+        ClientMessage::MuteSelf {} => Command::MuteSelf,
+        ClientMessage::Unmute {} => Command::Unmute,
         ClientMessage::Remove { participant } => Command::Remove {
             target: participant,
         },
@@ -508,11 +521,11 @@ fn command_for(message: ClientMessage) -> Option<Command> {
             target: participant,
             role,
         },
-        ClientMessage::EndRoom => Command::End,
-        ClientMessage::Leave => Command::Leave,
+        ClientMessage::EndRoom {} => Command::End,
+        ClientMessage::Leave {} => Command::Leave,
         ClientMessage::Join { .. }
         | ClientMessage::Resume { .. }
-        | ClientMessage::Ping
+        | ClientMessage::Ping {}
         | ClientMessage::ListAudience { .. } => return None,
     })
 }
