@@ -5,6 +5,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod media;
 pub mod metrics;
 pub mod room;
 pub mod server;

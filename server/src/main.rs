@@ -1,6 +1,7 @@
 //! The `stoa` command: `stoa serve` (the default) runs the server; `stoa room …` and
 //! `stoa invite …` are admin commands that talk to a running server with the operator key.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -118,7 +119,12 @@ fn init_logging(format: LogFormat) {
     // rtc's DTLS layer warns about every DTLS 1.3 extension Chromium offers; that is noise.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rtc_dtls=error,webrtc_dtls=error"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr, so stdout carries only the start banner (and the admin commands'
+    // output), and colour only when stderr is a terminal.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -128,21 +134,22 @@ fn init_logging(format: LogFormat) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let server = stoa::start(config).await?;
-    println!();
-    println!("  Stoa is running at {}", server.base_url);
+    let mut banner = format!("\n  Stoa is running at {}\n", server.base_url);
     match &server.key_source {
-        KeySource::Environment => println!("  Operator API key: taken from STOA_API_KEY"),
-        KeySource::File { path, created } => println!(
-            "  Operator API key: {}{}",
-            path.display(),
-            if *created { " (new)" } else { "" }
-        ),
+        KeySource::Environment => banner += "  Operator API key: taken from STOA_API_KEY\n",
+        KeySource::File { path, created } => {
+            let new = if *created { " (new)" } else { "" };
+            banner += &format!("  Operator API key: {}{new}\n", path.display());
+        }
     }
     if let Some(link) = &server.startup_link {
-        println!("  Moderator link for \"{}\" (valid 24 h):", link.room_title);
-        println!("    {}", link.url);
+        banner += &format!(
+            "  Moderator link for \"{}\" (valid 24 h):\n    {}\n",
+            link.room_title, link.url
+        );
     }
-    println!();
+    // Whoever started us may have stopped reading stdout; that must not stop the server.
+    let _ = writeln!(std::io::stdout(), "{banner}");
     tracing::info!(addr = %server.addr, "listening");
 
     let handle = server.handle();
@@ -259,30 +266,32 @@ mod admin {
     pub async fn list_rooms(config: &Config, target: &Target) -> anyhow::Result<()> {
         let c = client(config, target)?;
         let mut cursor: Option<String> = None;
-        println!("ID\tCREATED\tENDED\tTITLE");
+        let mut rows = Vec::new();
         loop {
-            let mut req = c
-                .http
-                .get(format!("{}/api/v1/rooms", c.base))
-                .query(&[("limit", "200")]);
+            let mut req = c.http.get(format!("{}/api/v1/rooms", c.base));
             if let Some(cur) = &cursor {
                 req = req.query(&[("cursor", cur)]);
             }
             let page = c.send(req).await?;
             for room in page["items"].as_array().into_iter().flatten() {
-                println!(
+                rows.push(format!(
                     "{}\t{}\t{}\t{}",
                     room["id"].as_str().unwrap_or(""),
                     room["created_at"].as_str().unwrap_or(""),
                     room["ended_at"].as_str().unwrap_or("-"),
                     room["title"].as_str().unwrap_or("")
-                );
+                ));
             }
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return Ok(()),
+                None => break,
             }
         }
+        println!("ID\tCREATED\tENDED\tTITLE");
+        for row in rows {
+            println!("{row}");
+        }
+        Ok(())
     }
 
     pub async fn create_invite(

@@ -30,6 +30,8 @@ fn serve(data: &Path) -> (Child, String, String) {
             link = Some(line.trim().to_owned());
         }
     }
+    // Keep draining stdout so the server never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     (child, url.unwrap(), link.unwrap())
 }
 

@@ -268,6 +268,21 @@ async fn authorisation_matrix() {
     .await
     .expect(204);
 
+    // The scheme name is case-insensitive; a malformed header is not.
+    t.call(Method::GET, "/api/v1/rooms", None, None)
+        .await
+        .expect_problem(401, "missing_credentials");
+    let lower = t
+        .http
+        .get(t.url("/api/v1/rooms"))
+        .header("authorization", format!("bearer {}", t.api_key));
+    assert_eq!(lower.send().await.unwrap().status(), 200);
+    let basic = t
+        .http
+        .get(t.url("/api/v1/rooms"))
+        .header("authorization", "Basic abc");
+    assert_eq!(basic.send().await.unwrap().status(), 401);
+
     // Tokens expire.
     let fresh = t.create_room("C").await;
     let m = t.participant(&fresh, "moderator", "M2").await;
@@ -880,8 +895,14 @@ async fn openapi_lists_every_route() {
             "{route} is in the document but not served"
         );
     }
-    // Every error answer documents the problem schema.
+    // Every error answer documents the problem schema, as problem+json.
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    let not_found = &doc["paths"]["/api/v1/rooms/{room}"]["get"]["responses"]["404"]["content"];
+    assert!(
+        not_found["application/problem+json"].is_object(),
+        "{not_found}"
+    );
+    assert!(not_found.get("application/json").is_none());
     t.stop().await;
 }
 

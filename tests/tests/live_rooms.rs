@@ -55,7 +55,8 @@ async fn stage_flow_seen_by_everyone_in_order() {
         snap.get("audience").is_none(),
         "only moderators get the audience list"
     );
-    assert!(m.welcome["snapshot"]["audience"].is_array());
+    let audience = &m.welcome["snapshot"]["audience"];
+    assert!(audience["participants"].is_array(), "{audience}");
     assert!(l.welcome["resume_token"].is_string());
 
     l.ok(json!({ "type": "raise_hand" })).await;
@@ -624,4 +625,59 @@ async fn a_large_audience_gets_stage_changes_not_each_others_joins() {
         "audience_count not coalesced: {counts} updates"
     );
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_empties_the_room_and_absent_moderators_can_still_use_rest() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Leave").await;
+    let base = format!("/api/v1/rooms/{room}");
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut l = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    let lid = l.participant_id();
+
+    // Anyone may page through the audience.
+    let page = l
+        .request(json!({ "type": "list_audience", "limit": 10 }))
+        .await;
+    assert_eq!(page["type"], "audience_page");
+    assert_eq!(page["participants"][0]["id"], lid.as_str());
+
+    // A moderator who is not connected acts through REST with their session token.
+    let absent = t.participant(&room, "moderator", "Remote").await;
+    let answer = t
+        .call(
+            Method::DELETE,
+            &format!("{base}/participants/{lid}"),
+            Some(&s(&absent["token"])),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, 204, "{:?}", answer.body);
+    assert_eq!(l.wait_closed().await.0, 4001);
+    let events = t
+        .op(Method::GET, &format!("{base}/events"), None)
+        .await
+        .expect(200);
+    let removed = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "participant.removed")
+        .unwrap();
+    assert_eq!(removed["actor"], absent["participant_id"]);
+
+    // `leave` is acknowledged, then the socket closes normally; the room then winds down.
+    let answer = m.request(json!({ "type": "leave" })).await;
+    assert_eq!(answer["type"], "ok");
+    assert_eq!(m.wait_closed().await, (1000, "left".to_owned()));
+    for _ in 0..200 {
+        let shown = t.op(Method::GET, &base, None).await.expect(200);
+        if shown["live"] == false && t.running().state.live.live_count() == 0 {
+            t.stop().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the room stayed live after everyone left");
 }

@@ -1,9 +1,9 @@
 //! `GET /api/v1/rooms/{room}/events`: the room's audit log, oldest first, paginated.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiQuery, Caller, room_id};
+use super::extract::{ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
 use super::views::{EventPage, EventView, PageQuery};
@@ -16,7 +16,7 @@ use super::views::{EventPage, EventView, PageQuery};
 pub async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<EventPage>, ApiError> {
     let room = room_id(&room)?;

@@ -4,18 +4,48 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 
 use super::error::ApiError;
 use super::state::AppState;
 use crate::control::{Actor, ParticipantId, Role, RoomId};
 use crate::session::{API_KEY_PREFIX, Claims};
 
-/// `axum::Json` whose rejections are problem+json.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body that must be an object of exactly the expected shape; rejections are
+/// problem+json. (serde alone would also accept a struct written as a JSON array.)
 pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// `axum::extract::Path` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
 
 /// `axum::extract::Query` whose rejections are problem+json.
 #[derive(FromRequestParts)]
@@ -86,23 +116,25 @@ impl FromRequestParts<AppState> for Caller {
             })?
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            // The scheme name is case-insensitive (RFC 9110, section 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credential)| credential.trim())
             .ok_or_else(|| {
                 ApiError::unauthorized(
                     "invalid_credentials",
                     "the Authorization header must be `Bearer <credential>`",
                 )
             })?;
+        // Checked first, whatever its shape: an operator may set any STOA_API_KEY.
+        if state.operator_key.matches(value) {
+            return Ok(Caller::Operator);
+        }
         if value.starts_with(API_KEY_PREFIX) {
-            return if state.operator_key.matches(value) {
-                Ok(Caller::Operator)
-            } else {
-                Err(ApiError::unauthorized(
-                    "invalid_api_key",
-                    "the API key is not valid",
-                ))
-            };
+            return Err(ApiError::unauthorized(
+                "invalid_api_key",
+                "the API key is not valid",
+            ));
         }
         let claims = state.signer.verify(value, state.clock.now_ms())?;
         // A banned identity's tokens stop working at once, not when they expire.
@@ -150,4 +182,27 @@ impl FromRequestParts<AppState> for ClientIp {
 /// Parses a `{room}` path segment; a malformed id is simply a room that does not exist.
 pub fn room_id(raw: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(raw).ok_or_else(ApiError::room_not_found)
+}
+
+/// The join rate limit, checked before the body is even read, so a flood of junk costs the
+/// server as little as possible and counts against the sender.
+pub struct JoinAllowance;
+
+impl FromRequestParts<AppState> for JoinAllowance {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        use governor::clock::{Clock as _, DefaultClock};
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        match state.join_limiter.check_key(&ip) {
+            Ok(()) => Ok(JoinAllowance),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                state.metrics.join_outcome("rate_limited");
+                Err(ApiError::rate_limited(
+                    wait.as_secs_f64().ceil().max(1.0) as u64
+                ))
+            }
+        }
+    }
 }

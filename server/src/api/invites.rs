@@ -1,11 +1,11 @@
 //! `/api/v1/rooms/{room}/invites`: make, list and revoke invite links. The code is shown
 //! once, in the answer to create; afterwards invites are managed by id.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiQuery, Caller, room_id};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
 use super::views::{CreateInvite, CreatedInviteView, InvitePage, InviteView, PageQuery};
@@ -24,7 +24,7 @@ const MAX_EXPIRY_SECS: u64 = 365 * 24 * 3600;
 pub async fn create_invite(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiJson(body): ApiJson<CreateInvite>,
 ) -> Result<(StatusCode, axum::Json<CreatedInviteView>), ApiError> {
     let room = room_id(&room)?;
@@ -76,7 +76,7 @@ pub async fn create_invite(
 pub async fn list_invites(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<InvitePage>, ApiError> {
     let room = room_id(&room)?;
@@ -98,7 +98,7 @@ pub async fn list_invites(
 pub async fn revoke_invite(
     State(state): State<AppState>,
     caller: Caller,
-    Path((room, invite)): Path<(String, String)>,
+    ApiPath((room, invite)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;

@@ -2,10 +2,9 @@
 //! key, so it is rate-limited per client address before anything else happens.
 
 use axum::extract::State;
-use governor::clock::{Clock as _, DefaultClock};
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ClientIp};
+use super::extract::{ApiJson, JoinAllowance};
 use super::state::AppState;
 use super::views::{JoinAnswer, JoinRequest};
 use crate::clock::rfc3339;
@@ -26,17 +25,13 @@ use crate::session::Claims;
     ))]
 pub async fn redeem(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    ApiJson(body): ApiJson<JoinRequest>,
+    _allowed: JoinAllowance,
+    body: Result<ApiJson<JoinRequest>, ApiError>,
 ) -> Result<axum::Json<JoinAnswer>, ApiError> {
-    if let Err(not_until) = state.join_limiter.check_key(&ip) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        state.metrics.join_outcome("rate_limited");
-        return Err(ApiError::rate_limited(
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        ));
-    }
-    let result = redeem_checked(&state, body).await;
+    let result = match body {
+        Ok(ApiJson(body)) => redeem_checked(&state, body).await,
+        Err(e) => Err(e),
+    };
     state.metrics.join_outcome(match &result {
         Ok(_) => "ok",
         Err(e) => e.code,

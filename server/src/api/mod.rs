@@ -62,6 +62,42 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Problem answers are `application/problem+json`, not plain JSON; utoipa cannot say so per
+/// response without repeating it everywhere, so the document is corrected here, once.
+struct ProblemContentType;
+
+impl Modify for ProblemContentType {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let is_problem = response.content.get("application/json").is_some_and(|c| {
+                        matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"))
+                    });
+                    if is_problem
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response
+                            .content
+                            .insert("application/problem+json".to_owned(), content);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every route the server answers, with its OpenAPI description alongside.
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -83,12 +119,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document as served at `/api/v1/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+    let mut openapi = api_routes().split_for_parts().1;
+    // Paths are added by the router after `ApiDoc`'s own modifiers ran.
+    ProblemContentType.modify(&mut openapi);
+    openapi
 }
 
 /// Assembles the whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let (router, openapi) = api_routes().split_for_parts();
+    let (router, mut openapi) = api_routes().split_for_parts();
+    ProblemContentType.modify(&mut openapi);
     let _ = state.openapi_json.set(
         openapi
             .to_pretty_json()
@@ -96,6 +136,7 @@ pub fn router(state: AppState) -> Router {
     );
     router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -125,6 +166,14 @@ async fn not_found() -> ApiError {
         axum::http::StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
     )
 }
 

@@ -1,11 +1,11 @@
 //! `/api/v1/rooms/{room}/participants`: who is here and the moderation calls. They act on
 //! the live room; a ban is also recorded durably, so it works when nobody is connected.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiQuery, Caller, room_id};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::state::AppState;
 use super::views::{PageQuery, ParticipantPage, ParticipantView, RemoveQuery, SetRole};
 use crate::control::{ControlError, ParticipantId, RoomId};
@@ -34,7 +34,7 @@ fn participant_id(raw: &str) -> Result<ParticipantId, ApiError> {
 pub async fn list_participants(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<ParticipantPage>, ApiError> {
     let room = live_room(&state, &caller, &room).await?;
@@ -77,7 +77,7 @@ pub async fn list_participants(
 pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
-    Path((room, participant)): Path<(String, String)>,
+    ApiPath((room, participant)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SetRole>,
 ) -> Result<StatusCode, ApiError> {
     let room = live_room(&state, &caller, &room).await?;
@@ -102,7 +102,7 @@ pub async fn set_role(
 pub async fn mute(
     State(state): State<AppState>,
     caller: Caller,
-    Path((room, participant)): Path<(String, String)>,
+    ApiPath((room, participant)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let room = live_room(&state, &caller, &room).await?;
     let target = participant_id(&participant)?;
@@ -122,7 +122,7 @@ pub async fn mute(
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path((room, participant)): Path<(String, String)>,
+    ApiPath((room, participant)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     let room = live_room(&state, &caller, &room).await?;

@@ -1,11 +1,11 @@
 //! `/api/v1/rooms`: create, list, show and end rooms. Thin: authenticate, validate the
 //! body, ask the store, render.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiQuery, Caller, room_id};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
 use super::views::{CreateRoom, PageQuery, ParticipantView, RoomDetail, RoomPage, RoomView};
@@ -102,7 +102,7 @@ pub async fn list_rooms(
 pub async fn get_room(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
 ) -> Result<axum::Json<RoomDetail>, ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;
@@ -130,7 +130,7 @@ pub async fn get_room(
 pub async fn end_room(
     State(state): State<AppState>,
     caller: Caller,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;

@@ -113,7 +113,8 @@ impl SlotRewriter {
         self.selected
     }
 
-    /// Chooses the source the slot carries, by the SSRC of its packets. Any change, even back
+    /// Chooses the source the slot carries: the SSRC of the speaker's packets, or any other
+    /// number that names that stream uniquely in the room. Any change, even back
     /// to a source heard before, is a switch: the next packet of the new source continues the
     /// slot's numbering, and older packets of it are dropped.
     pub fn set_source(&mut self, source: Option<u32>) {
@@ -123,16 +124,19 @@ impl SlotRewriter {
         }
     }
 
-    /// The last packet that advanced the stream, with its arrival time: what an RTCP sender
-    /// report extrapolates from.
-    pub fn last_sent(&self) -> Option<(u16, u32, u64)> {
+    /// The slot's RTP timestamp at `now_us`, extrapolated from the last packet that advanced
+    /// the stream: what an RTCP sender report pairs with its NTP time. `None` before the
+    /// first packet.
+    pub fn timestamp_at(&self, now_us: u64) -> Option<u32> {
         match self.last {
             LastOut::Nothing { .. } => None,
             LastOut::Sent {
-                seq,
-                timestamp,
-                at_us,
-            } => Some((seq, timestamp, at_us)),
+                timestamp, at_us, ..
+            } => {
+                let elapsed_ticks =
+                    now_us.saturating_sub(at_us).saturating_mul(TICKS_PER_MS) / 1000;
+                Some(timestamp.wrapping_add(elapsed_ticks as u32))
+            }
         }
     }
 
@@ -593,6 +597,22 @@ mod tests {
             }
             assert_eq!(slot.ssrc(), SLOT_SSRC);
         }
+    }
+
+    #[test]
+    fn sender_report_timestamp_follows_wall_time_from_the_last_packet() {
+        let mut slot = SlotRewriter::new(SLOT_SSRC, 1000, u32::MAX - 100);
+        assert_eq!(slot.timestamp_at(0), None);
+        slot.set_source(Some(A));
+        assert!(slot.rewrite(A, 10, TA, 1_000_000).is_ok());
+        assert!(slot.rewrite(A, 9, TA - F, 1_030_000).is_err());
+        assert_eq!(slot.timestamp_at(1_000_000), Some(u32::MAX - 100));
+        assert_eq!(slot.timestamp_at(1_100_000), Some(4800 - 101), "wraps");
+        assert_eq!(
+            slot.timestamp_at(999_000),
+            Some(u32::MAX - 100),
+            "never backwards"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub type Outbox = mpsc::Sender<Outbound>;
 
 /// WebSocket close codes the server uses (4000–4999 are for applications).
 pub mod close_code {
+    pub const LEFT: u16 = 1000;
     pub const REMOVED: u16 = 4001;
     pub const BANNED: u16 = 4003;
     pub const REPLACED: u16 = 4004;
@@ -268,6 +269,7 @@ impl LiveRooms {
             seq: 0,
             last_audience_count: 0,
             pending_revoke: false,
+            audit_as: None,
             handle: handle.clone(),
             rooms: self.rooms.clone(),
             deps: self.deps.clone(),
@@ -369,6 +371,8 @@ struct RoomTask {
     last_audience_count: u32,
     /// Set while a REST ban asked to revoke the invite the person came through.
     pending_revoke: bool,
+    /// Set while a moderator absent from the room acts through REST: the audit names them.
+    audit_as: Option<Actor>,
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     deps: Deps,
@@ -457,6 +461,7 @@ impl RoomTask {
                     return;
                 }
                 let actor = Actor::Participant(participant.clone());
+                let leaving = matches!(command, Command::Leave);
                 let answer = match self.apply(&actor, command).await {
                     Ok(()) => request_id
                         .as_ref()
@@ -475,6 +480,12 @@ impl RoomTask {
                 };
                 if let Some(text) = answer {
                     self.send_to(&participant, text.into());
+                }
+                if leaving && let Some(conn) = self.connections.remove(&participant) {
+                    let _ = conn.outbox.try_send(Outbound::Close {
+                        code: close_code::LEFT,
+                        reason: "left",
+                    });
                 }
             }
             RoomMsg::ListAudience {
@@ -501,9 +512,20 @@ impl RoomTask {
                 revoke_invite,
                 reply,
             } => {
+                // A moderator calling REST with their session token need not be in the room:
+                // their token already proved the role, so they act with the operator's reach,
+                // and the audit log still names them.
+                let acting = match &actor {
+                    Actor::Participant(p) if self.state.participant(p).is_none() => {
+                        self.audit_as = Some(actor.clone());
+                        Actor::Operator
+                    }
+                    _ => actor,
+                };
                 self.pending_revoke = revoke_invite;
-                let result = self.apply(&actor, command).await;
+                let result = self.apply(&acting, command).await;
                 self.pending_revoke = false;
+                self.audit_as = None;
                 let _ = reply.send(result);
             }
             RoomMsg::Participants {
@@ -737,11 +759,14 @@ impl RoomTask {
                 }
             }
             Effect::Audit {
-                actor,
+                mut actor,
                 action,
                 target,
                 detail,
             } => {
+                if let Some(delegate) = &self.audit_as {
+                    actor = delegate.clone();
+                }
                 store
                     .record_audit(
                         room,

@@ -22,9 +22,9 @@ pub struct Snapshot {
     pub active_speakers: Vec<ParticipantId>,
     /// Everyone not on stage, including moderators in the audience.
     pub audience_count: u32,
-    /// Moderators only: everyone not on stage.
+    /// Moderators only: the first page of everyone not on stage (`next` continues it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub audience: Option<Vec<ParticipantView>>,
+    pub audience: Option<AudiencePage>,
     /// Moderators only: listeners invited to the stage who have not answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_invitations: Option<Vec<ParticipantId>>,

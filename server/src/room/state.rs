@@ -54,6 +54,9 @@ pub struct RoomState {
     speakers: Vec<ParticipantId>,
 }
 
+/// How many audience members a moderator's snapshot lists; `list_audience` pages the rest.
+pub const SNAPSHOT_AUDIENCE_PAGE: usize = 200;
+
 impl RoomState {
     pub fn new(room: RoomId, limits: RoomLimits, now_ms: u64) -> Self {
         Self {
@@ -193,7 +196,9 @@ impl RoomState {
         self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
-    /// What `viewer` is shown on (re)connecting; `None` if they are not in the room.
+    /// What `viewer` is shown on (re)connecting; `None` if they are not in the room. Moderators
+    /// get the first page of the audience; the rest is paged on request, so a snapshot of a
+    /// huge room stays small.
     pub fn snapshot_for(&self, viewer: &ParticipantId) -> Option<Snapshot> {
         let you = self.participants.get(viewer)?;
         let is_moderator = you.role == Role::Moderator;
@@ -207,13 +212,7 @@ impl RoomState {
             raised_hands: views(&self.hands),
             active_speakers: self.speakers.clone(),
             audience_count: self.audience_count(),
-            audience: is_moderator.then(|| {
-                self.participants
-                    .values()
-                    .filter(|p| !p.on_stage)
-                    .map(Participant::view)
-                    .collect()
-            }),
+            audience: is_moderator.then(|| self.audience_page(None, SNAPSHOT_AUDIENCE_PAGE)),
             pending_invitations: is_moderator.then(|| {
                 self.participants
                     .values()
@@ -935,7 +934,7 @@ mod tests {
         assert!(json.get("audience").is_none());
 
         let host = room.state.snapshot_for(&cast.mod_off).unwrap();
-        assert_eq!(host.audience.map(|a| a.len()), Some(4));
+        assert_eq!(host.audience.map(|a| a.participants.len()), Some(4));
         assert_eq!(host.pending_invitations, Some(vec![cast.invited.clone()]));
         assert!(room.state.snapshot_for(&pid("stranger")).is_none());
         assert!(

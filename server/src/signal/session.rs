@@ -251,11 +251,18 @@ impl Session {
         let (room_id, participant, role, name, issued_at, resume) = match claims {
             Ok(c) => c,
             Err(e) => {
-                let code = match e {
-                    TokenError::Expired => "token_expired",
-                    _ => "invalid_token",
+                let (code, message) = match (e, resume_token.is_some()) {
+                    (TokenError::Expired, true) => (
+                        "resume_expired",
+                        "this resume token has expired; join again",
+                    ),
+                    (_, true) => ("invalid_token", "this is not a valid resume token"),
+                    (TokenError::Expired, false) => {
+                        ("token_expired", "the session token has expired")
+                    }
+                    (_, false) => ("invalid_token", "this is not a valid session token"),
                 };
-                self.error(id.as_ref(), code, &e.to_string()).await;
+                self.error(id.as_ref(), code, message).await;
                 self.close(close_code::UNAUTHORIZED, code).await;
                 return None;
             }
@@ -308,6 +315,14 @@ impl Session {
                         "resume_expired",
                         "your place in the room has expired; join again",
                         close_code::REFUSED,
+                    ),
+                    ConnectError::Refused(Refusal::Banned) => {
+                        ("banned", Refusal::Banned.message(), close_code::BANNED)
+                    }
+                    ConnectError::Refused(Refusal::RoomEnded) => (
+                        "room_ended",
+                        Refusal::RoomEnded.message(),
+                        close_code::ROOM_ENDED,
                     ),
                     ConnectError::Refused(r) => (r.code(), r.message(), close_code::REFUSED),
                 };
@@ -383,7 +398,7 @@ impl Session {
                     last_heard = Instant::now();
                     match frame {
                         Message::Text(text) => {
-                            if let Flow::Stop = self.on_text(text.as_str(), &joined, &mut left_on_purpose).await {
+                            if let Flow::Stop = self.on_text(text.as_str(), &joined).await {
                                 break;
                             }
                         }
@@ -416,7 +431,7 @@ impl Session {
         }
     }
 
-    async fn on_text(&mut self, text: &str, joined: &Joined, left: &mut bool) -> Flow {
+    async fn on_text(&mut self, text: &str, joined: &Joined) -> Flow {
         let (id, message) = match self.screen(text).await {
             Err(()) => return Flow::Stop,
             Ok(None) => return Flow::Continue,
@@ -455,24 +470,13 @@ impl Session {
                 None => return Flow::Continue,
             },
         };
-        let leaving = matches!(command, Command::Leave);
-        *left |= leaving;
+        // After `leave` the room answers `ok` and then closes this socket through the outbox.
         if !joined
             .room
             .from_socket(joined.participant.clone(), joined.connection, id, command)
             .await
         {
             self.close(close_code::ROOM_ENDED, "room_ended").await;
-            return Flow::Stop;
-        }
-        if leaving {
-            let _ = self
-                .socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "left".into(),
-                })))
-                .await;
             return Flow::Stop;
         }
         Flow::Continue
