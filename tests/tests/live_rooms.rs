@@ -189,6 +189,17 @@ async fn rest_moderation_acts_on_live_sockets() {
         (shown["live"].as_bool(), shown["participant_count"].as_u64()),
         (Some(true), Some(3))
     );
+    let rooms = t.op(Method::GET, "/api/v1/rooms", None).await.expect(200);
+    let item = rooms["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == room.as_str())
+        .unwrap();
+    assert_eq!(
+        (item["live"].as_bool(), item["participant_count"].as_u64()),
+        (Some(true), Some(3))
+    );
 
     t.op(
         Method::POST,

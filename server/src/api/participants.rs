@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::state::AppState;
-use super::views::{PageQuery, ParticipantPage, ParticipantView, RemoveQuery, SetRole};
+use super::views::{PageQuery, ParticipantPage, RemoveQuery, SetRole};
 use crate::control::{ControlError, ParticipantId, RoomId};
 use crate::room::{Command, LiveError, Refusal};
 
@@ -62,7 +62,7 @@ pub async fn list_participants(
         .participants(&room, after, limit as usize)
         .await?;
     Ok(axum::Json(ParticipantPage {
-        items: people.into_iter().map(ParticipantView::from).collect(),
+        items: people,
         next_cursor: next.map(|id| id.to_string()),
     }))
 }

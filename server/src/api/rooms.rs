@@ -8,7 +8,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
-use super::views::{CreateRoom, PageQuery, ParticipantView, RoomDetail, RoomPage, RoomView};
+use super::views::{CreateRoom, PageQuery, RoomDetail, RoomPage, RoomView};
 use crate::control::{ControlError, NewRoom, Room, RoomLimits, validate};
 use crate::room::{Command, LiveError};
 
@@ -90,7 +90,7 @@ pub async fn list_rooms(
         .list_rooms(page_request(&query, &state)?)
         .await?;
     Ok(axum::Json(RoomPage::new(
-        page.map(|room| RoomView::new(&room, false, 0)),
+        page.map(|room| live_view(&state, &room)),
     )))
 }
 
@@ -112,7 +112,7 @@ pub async fn get_room(
         .participants(&room.id, None, ROOM_DETAIL_PARTICIPANTS)
         .await
     {
-        Ok((people, _)) => people.into_iter().map(ParticipantView::from).collect(),
+        Ok((people, _)) => people,
         Err(_) => Vec::new(),
     };
     Ok(axum::Json(RoomDetail {

@@ -55,33 +55,7 @@ pub struct RoomDetail {
     pub participants: Vec<ParticipantView>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ParticipantView {
-    pub id: ParticipantId,
-    pub display_name: String,
-    pub role: Role,
-    pub on_stage: bool,
-    pub hand_raised: bool,
-    pub muted: bool,
-    pub speaking: bool,
-    /// `connected` or `reconnecting`.
-    pub presence: String,
-}
-
-impl From<crate::room::ParticipantView> for ParticipantView {
-    fn from(p: crate::room::ParticipantView) -> Self {
-        ParticipantView {
-            id: p.id,
-            display_name: p.display_name,
-            role: p.role,
-            on_stage: p.on_stage,
-            hand_raised: p.hand_raised,
-            muted: p.muted,
-            speaking: p.speaking,
-            presence: p.presence.as_str().to_owned(),
-        }
-    }
-}
+pub use crate::room::ParticipantView;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -270,6 +270,7 @@ impl LiveRooms {
             last_audience_count: 0,
             pending_revoke: false,
             audit_as: None,
+            acting: Actor::System,
             handle: handle.clone(),
             rooms: self.rooms.clone(),
             deps: self.deps.clone(),
@@ -373,6 +374,8 @@ struct RoomTask {
     pending_revoke: bool,
     /// Set while a moderator absent from the room acts through REST: the audit names them.
     audit_as: Option<Actor>,
+    /// Who asked for the command being carried out (bans record who made them).
+    acting: Actor,
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     deps: Deps,
@@ -617,6 +620,7 @@ impl RoomTask {
 
     /// Applies a command, then carries out everything it caused.
     async fn apply(&mut self, actor: &Actor, command: Command) -> Result<(), Refusal> {
+        self.acting = actor.clone();
         let now = self.now();
         let outcome = self.state.apply(actor, command, now)?;
         self.deliver(outcome.events);
@@ -748,9 +752,8 @@ impl RoomTask {
             }
             Effect::PersistBan { participant } => {
                 let revoke = self.pending_revoke;
-                store
-                    .ban(room, participant, revoke, Actor::System, now, false)
-                    .await
+                let by = self.audit_as.clone().unwrap_or_else(|| self.acting.clone());
+                store.ban(room, participant, revoke, by, now, false).await
             }
             Effect::PersistRoomEnded => {
                 match store.end_room(room, Actor::System, now, false).await {

@@ -83,8 +83,8 @@ impl Serialize for Presence {
     }
 }
 
-/// A participant as sent to clients and tools.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A participant as sent to clients and tools (signaling and REST alike).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ParticipantView {
     pub id: ParticipantId,
     pub display_name: String,
@@ -93,5 +93,7 @@ pub struct ParticipantView {
     pub hand_raised: bool,
     pub muted: bool,
     pub speaking: bool,
+    /// `connected` or `reconnecting`.
+    #[schema(value_type = String, example = "connected")]
     pub presence: Presence,
 }
