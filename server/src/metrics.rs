@@ -67,6 +67,21 @@ impl Metrics {
             "Rooms with a live session",
             self.live_rooms.clone(),
         );
+        r.register(
+            "signal_sockets",
+            "Open signaling WebSockets",
+            self.signal_sockets.clone(),
+        );
+        r.register(
+            "signal_messages",
+            "Signaling messages received, by type",
+            self.signal_messages.clone(),
+        );
+        r.register(
+            "signal_errors",
+            "Signaling errors sent, by code",
+            self.signal_errors.clone(),
+        );
         r
     }
 

@@ -38,6 +38,7 @@ pub struct RunningServer {
     pub startup_link: Option<StartupLink>,
     pub state: AppState,
     handle: Handle<SocketAddr>,
+    housekeeping: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -45,13 +46,16 @@ impl RunningServer {
     /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        self.housekeeping.abort();
         self.task.await.context("server task panicked")??;
         Ok(())
     }
 
     /// Waits until the server stops by itself (it normally does not).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("server task panicked")??;
+        let result = self.task.await;
+        self.housekeeping.abort();
+        result.context("server task panicked")??;
         Ok(())
     }
 
@@ -117,6 +121,16 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         signer,
     );
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // The join limiter keeps a bucket per client address; forget the idle ones now and then.
+    let limiter = state.join_limiter.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    });
     let handle = Handle::new();
     let task = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
@@ -151,6 +165,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         startup_link,
         state,
         handle,
+        housekeeping,
         task,
     })
 }

@@ -39,6 +39,10 @@ pub struct ResumeClaims {
     pub room: RoomId,
     #[serde(rename = "p")]
     pub participant: ParticipantId,
+    /// Changes with every welcome, so each resume token works once and an older one never
+    /// takes over a newer connection.
+    #[serde(rename = "n")]
+    pub nonce: u64,
     pub exp: i64,
 }
 
@@ -253,6 +257,7 @@ mod tests {
         let resume = signer.sign_resume(&ResumeClaims {
             room: c.room.clone(),
             participant: c.participant.clone(),
+            nonce: 1,
             exp: 10,
         });
         assert!(signer.verify_resume(&resume, 9).is_ok());

@@ -435,8 +435,8 @@ async fn late_resume_is_refused_and_a_second_socket_replaces_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_sockets_are_found_by_keepalive() {
     let t = TestServer::start_with(|c| {
-        c.signal.ping_interval_ms = 100;
-        c.signal.ping_timeout_ms = 400;
+        c.signal.ping_interval_ms = 200;
+        c.signal.ping_timeout_ms = 1_000;
     })
     .await;
     let room = t.create_room("K").await;
@@ -582,6 +582,7 @@ async fn a_large_audience_gets_stage_changes_not_each_others_joins() {
     let sid = sp.participant_id();
     let invite = t.create_invite(&room, "listener", json!({})).await;
     let code = s(&invite["code"]);
+    let started = std::time::Instant::now();
     let mut listeners = Vec::with_capacity(LISTENERS);
     for batch in 0..LISTENERS / 50 {
         let joins = (0..50).map(|i| {
@@ -631,9 +632,11 @@ async fn a_large_audience_gets_stage_changes_not_each_others_joins() {
         .iter()
         .filter(|e| e["type"] == "audience_count")
         .count();
+    // Coalesced: at most one update per 250 ms tick, however many people joined meanwhile.
+    let ticks = started.elapsed().as_millis() as usize / 250 + 2;
     assert!(
-        counts < LISTENERS / 5,
-        "audience_count not coalesced: {counts} updates"
+        counts <= ticks,
+        "audience_count not coalesced: {counts} updates in {ticks} ticks"
     );
     t.stop().await;
 }
@@ -691,4 +694,90 @@ async fn leaving_empties_the_room_and_absent_moderators_can_still_use_rest() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the room stayed live after everyone left");
+}
+
+/// A session token says what was true when it was issued; what the room decided since wins:
+/// a demoted moderator's token no longer moderates, a removed person's token no longer works
+/// (even after the room task restarted), and a resume token works once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_tokens_cannot_undo_what_the_room_decided() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Decisions").await;
+    let base = format!("/api/v1/rooms/{room}");
+    let mut ada = SignalClient::join(&t.participant(&room, "moderator", "Ada").await).await;
+    let max_answer = t.participant(&room, "moderator", "Max").await;
+    let max_token = s(&max_answer["token"]);
+    let mut max = SignalClient::join(&max_answer).await;
+    let mid = max.participant_id();
+
+    ada.ok(json!({ "type": "demote", "participant": mid }))
+        .await;
+    max.wait_about("role_changed", &mid).await;
+    // On REST, the old token is a moderator's no more.
+    t.call(
+        Method::POST,
+        &format!("{base}/invites"),
+        Some(&max_token),
+        Some(json!({ "role": "moderator" })),
+    )
+    .await
+    .expect_problem(403, "moderator_only");
+    // Leaving and rejoining with it does not bring the role back.
+    max.ok(json!({ "type": "leave" })).await;
+    max.wait_closed().await;
+    let max = SignalClient::join(&max_answer).await;
+    assert_ne!(
+        max.welcome["snapshot"]["you"]["role"], "moderator",
+        "{}",
+        max.welcome
+    );
+
+    // A removed participant's token is void, on REST and on the socket, even once the room
+    // task that removed them is gone.
+    let lee_answer = t.participant(&room, "listener", "Lee").await;
+    let mut lee = SignalClient::join(&lee_answer).await;
+    let lid = lee.participant_id();
+    ada.ok(json!({ "type": "remove", "participant": lid }))
+        .await;
+    lee.wait_closed().await;
+    for mut c in [ada, max] {
+        c.ok(json!({ "type": "leave" })).await;
+        c.wait_closed().await;
+    }
+    for _ in 0..200 {
+        if t.running().state.live.live_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        t.running().state.live.live_count(),
+        0,
+        "the room task did not stop"
+    );
+    let mut back = SignalClient::open(&s(&lee_answer["signal_url"])).await;
+    back.send(json!({ "type": "join", "token": lee_answer["token"] }))
+        .await;
+    assert_eq!(back.wait_type("error").await["code"], "removed");
+    assert_eq!(back.wait_closed().await.0, 4001);
+    // A new redemption of an invite is a fresh start.
+    let again = t.participant(&room, "listener", "Lee again").await;
+    SignalClient::join(&again).await;
+
+    // Resume tokens work once: the newest one only.
+    let kim_answer = t.participant(&room, "speaker", "Kim").await;
+    let kim = SignalClient::join(&kim_answer).await;
+    let first_token = kim.resume_token();
+    let url = s(&kim_answer["signal_url"]);
+    kim.drop_connection();
+    let kim = SignalClient::resume(&url, &first_token).await;
+    assert_ne!(kim.resume_token(), first_token);
+    let mut replay = SignalClient::open(&url).await;
+    replay
+        .send(json!({ "type": "resume", "resume_token": first_token }))
+        .await;
+    assert_eq!(replay.wait_type("error").await["code"], "resume_expired");
+    replay.wait_closed().await;
+    let _ = base;
+    t.stop().await;
 }

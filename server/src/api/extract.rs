@@ -136,23 +136,31 @@ impl FromRequestParts<AppState> for Caller {
                 "the API key is not valid",
             ));
         }
-        let claims = state.signer.verify(value, state.clock.now_ms())?;
-        // A banned identity's tokens stop working at once, not when they expire.
-        if state
+        let mut claims = state.signer.verify(value, state.clock.now_ms())?;
+        // What the room decided since the token was issued outranks the token: a ban or a
+        // removal voids it at once, and a role changed live replaces the role it claims.
+        let standing = state
             .store
-            .is_banned(claims.room.clone(), claims.participant.clone())
-            .await?
-        {
+            .standing(claims.room.clone(), claims.participant.clone())
+            .await?;
+        if standing.banned {
             return Err(ApiError::forbidden(
                 "banned",
                 "you are banned from this room",
             ));
         }
+        if standing.removed_since(claims.iat) {
+            return Err(ApiError::unauthorized(
+                "removed",
+                "you were removed from this room; this token no longer works",
+            ));
+        }
+        claims.role = standing.role(claims.role);
         Ok(Caller::Participant(claims))
     }
 }
 
-/// The client's address, for rate limits: the peer address, or the first `X-Forwarded-For`
+/// The client's address, for rate limits: the peer address, or the last `X-Forwarded-For`
 /// entry when the operator said a trusted proxy sits in front.
 pub struct ClientIp(pub IpAddr);
 
@@ -165,7 +173,9 @@ impl FromRequestParts<AppState> for ClientIp {
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                // The right-most entry is the one our proxy added; earlier ones are whatever
+                // the client claimed.
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         {
             return Ok(ClientIp(ip));

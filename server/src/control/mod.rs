@@ -13,6 +13,6 @@ pub use ids::{InviteId, ParticipantId, Role, RoomId, random_token};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
     Actor, AuditEvent, CreatedInvite, Invite, NewInvite, NewRoom, Page, PageRequest, Redemption,
-    Room, RoomLimits,
+    Room, RoomLimits, Standing,
 };
 pub use store::Store;

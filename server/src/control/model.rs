@@ -65,6 +65,28 @@ pub struct Redemption {
     pub new_identity: Option<IdentitySecret>,
 }
 
+/// What live rooms decided about an identity, which outranks what its session token says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    pub banned: bool,
+    /// The role a live room gave it since its last redemption.
+    pub live_role: Option<Role>,
+    /// When it was last removed; tokens issued before then are void.
+    pub removed_at_ms: Option<i64>,
+}
+
+impl Standing {
+    /// The role to act with, given the role a token claims.
+    pub fn role(&self, token_role: Role) -> Role {
+        self.live_role.unwrap_or(token_role)
+    }
+
+    /// Whether a token issued at `issued_at_ms` was voided by a later removal.
+    pub fn removed_since(&self, issued_at_ms: i64) -> bool {
+        self.removed_at_ms.is_some_and(|at| at >= issued_at_ms)
+    }
+}
+
 /// A freshly created invite and its code, shown once.
 #[derive(Clone, Debug)]
 pub struct CreatedInvite {

@@ -7,14 +7,17 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use rusqlite_migration::{M, Migrations};
 
-use super::model::{CreatedInvite, PageRequest};
+use super::model::{CreatedInvite, PageRequest, Standing};
 use super::{
     Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
     NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
 };
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("migrations/0001_init.sql")),
+        M::up(include_str!("migrations/0002_identity_standing.sql")),
+    ])
 }
 
 /// Handle to the control-plane database; cheap to clone.
@@ -290,7 +293,7 @@ impl Store {
                 Some(id) => {
                     tx.execute(
                         "UPDATE identities SET display_name = ?2, last_joined_at = ?3,
-                         invite_id = ?4 WHERE id = ?1",
+                         invite_id = ?4, live_role = NULL WHERE id = ?1",
                         params![id, display_name, now_ms, invite.id.as_str()],
                     )?;
                     ParticipantId::from_trusted(id)
@@ -397,6 +400,50 @@ impl Store {
                 )?;
             }
             tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where an identity stands in its room now: banned, its live role, its last removal.
+    pub async fn standing(&self, room: RoomId, participant: ParticipantId) -> Result<Standing> {
+        self.call(move |c| {
+            let row: Option<(Option<String>, Option<i64>)> = c
+                .query_row(
+                    "SELECT live_role, removed_at FROM identities WHERE id = ?1 AND room_id = ?2",
+                    params![participant.as_str(), room.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (role, removed_at_ms) = row.unwrap_or((None, None));
+            Ok(Standing {
+                banned: is_banned(c, &room, participant.as_str())?,
+                live_role: role.as_deref().and_then(Role::parse),
+                removed_at_ms,
+            })
+        })
+        .await
+    }
+
+    /// Records a role a live room gave this identity.
+    pub async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE identities SET live_role = ?2 WHERE id = ?1",
+                params![participant.as_str(), role.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that a live room removed this identity.
+    pub async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE identities SET removed_at = ?2 WHERE id = ?1",
+                params![participant.as_str(), now_ms],
+            )?;
             Ok(())
         })
         .await

@@ -7,13 +7,24 @@ pub const MAX_TITLE_CHARS: usize = 100;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 40;
 pub const MAX_LABEL_CHARS: usize = 100;
 
+/// Invisible formatting characters (zero-width, bidirectional overrides, soft hyphen) that
+/// would let "Ada" and "Ada\u{200b}" pass for each other, or reverse text on screen.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
+}
+
 fn clean(
     value: &str,
     max_chars: usize,
     code: &'static str,
     what: &str,
 ) -> Result<String, ControlError> {
-    if value.chars().any(char::is_control) {
+    if value
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(ControlError::invalid(
             code,
             format!("{what} must not contain control characters"),
@@ -80,6 +91,9 @@ mod tests {
         assert_eq!(code(display_name(" \t ")), "invalid_display_name");
         assert_eq!(code(display_name("Ada\nLovelace")), "invalid_display_name");
         assert_eq!(code(display_name("\u{202e}x\u{0}")), "invalid_display_name");
+        assert_eq!(code(display_name("Ada\u{200b}")), "invalid_display_name");
+        assert_eq!(code(display_name("\u{202e}nimda")), "invalid_display_name");
+        assert_eq!(display_name("Zoë 🎙").unwrap(), "Zoë 🎙");
         assert_eq!(code(display_name(&"n".repeat(41))), "invalid_display_name");
     }
 }

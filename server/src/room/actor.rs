@@ -13,7 +13,7 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Actor, Audience, AudiencePage, CloseReason, Command, ConnectionId, Effect, Event,
+    Actor, Audience, AudiencePage, CloseReason, Command, ConnectionId, Effect, Event, EventKind,
     ParticipantView, Refusal, RoomLimits, RoomState,
 };
 use crate::clock::Clock;
@@ -66,10 +66,12 @@ fn close_code_for(reason: CloseReason) -> u16 {
 pub struct Connect {
     pub participant: ParticipantId,
     pub display_name: String,
+    /// The role to join with: the token's, or the one a live room gave this identity since.
     pub role: Role,
-    /// When the session token was issued: a token from before a removal cannot rejoin.
-    pub token_issued_at_ms: i64,
-    pub resume: bool,
+    /// `Some(nonce)` to resume: the nonce of the resume token presented.
+    pub resume: Option<u64>,
+    /// The nonce inside the resume token this connection's welcome hands out.
+    pub resume_nonce: u64,
     pub connection: ConnectionId,
     pub outbox: Outbox,
     pub request_id: Option<RequestId>,
@@ -79,8 +81,6 @@ pub struct Connect {
 #[derive(Debug)]
 pub enum ConnectError {
     Refused(Refusal),
-    /// Removed from this room after this token was issued: redeem an invite again.
-    Removed,
 }
 
 /// Why a REST call could not act on the live room.
@@ -265,7 +265,8 @@ impl LiveRooms {
             state: RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),
             title: room.title.clone(),
             connections: HashMap::new(),
-            removed_at: HashMap::new(),
+            resume_nonces: HashMap::new(),
+            recorded_roles: HashMap::new(),
             seq: 0,
             last_audience_count: 0,
             pending_revoke: false,
@@ -366,8 +367,10 @@ struct RoomTask {
     state: RoomState,
     title: String,
     connections: HashMap<ParticipantId, Conn>,
-    /// When each participant was last removed: their older tokens cannot bring them back.
-    removed_at: HashMap<ParticipantId, i64>,
+    /// The nonce of the one resume token that may take each participant back.
+    resume_nonces: HashMap<ParticipantId, u64>,
+    /// Each participant's role as last recorded in the store, to record only changes.
+    recorded_roles: HashMap<ParticipantId, Role>,
     seq: u64,
     last_audience_count: u32,
     /// Set while a REST ban asked to revoke the invite the person came through.
@@ -414,7 +417,9 @@ impl RoomTask {
                     };
                     let _ = reply.send(Err(answer));
                 }
-                RoomMsg::Rest { reply, .. } => {
+                // Dropping the reply tells the caller the room is not live (so a ban falls
+                // back to the store); only a room that really ended says so.
+                RoomMsg::Rest { reply, .. } if self.state.is_ended() => {
                     let _ = reply.send(Err(Refusal::RoomEnded));
                 }
                 _ => {}
@@ -555,25 +560,25 @@ impl RoomTask {
     }
 
     async fn connect(&mut self, c: Connect) -> Result<(), ConnectError> {
-        if !c.resume
-            && self
-                .removed_at
-                .get(&c.participant)
-                .is_some_and(|at| *at >= c.token_issued_at_ms)
-        {
-            return Err(ConnectError::Removed);
-        }
-        let command = if c.resume {
-            Command::Resume {
-                connection: c.connection,
+        let command = match c.resume {
+            Some(presented) => {
+                // Only the newest resume token works, and only once.
+                if self.resume_nonces.get(&c.participant) != Some(&presented) {
+                    return Err(ConnectError::Refused(Refusal::NotInRoom));
+                }
+                Command::Resume {
+                    connection: c.connection,
+                }
             }
-        } else {
-            Command::Join {
+            None => Command::Join {
                 display_name: c.display_name,
                 role: c.role,
                 connection: c.connection,
-            }
+            },
         };
+        if c.resume.is_none() {
+            self.recorded_roles.insert(c.participant.clone(), c.role);
+        }
         let actor = Actor::Participant(c.participant.clone());
         self.apply(&actor, command)
             .await
@@ -592,6 +597,8 @@ impl RoomTask {
         .to_json();
         // The welcome is the socket's first message, so it cannot be refused for lack of room.
         let _ = c.outbox.try_send(Outbound::Text(welcome.into()));
+        self.resume_nonces
+            .insert(c.participant.clone(), c.resume_nonce);
         self.connections.insert(
             c.participant,
             Conn {
@@ -623,12 +630,43 @@ impl RoomTask {
         self.acting = actor.clone();
         let now = self.now();
         let outcome = self.state.apply(actor, command, now)?;
+        self.record_roles(&outcome.events).await;
         self.deliver(outcome.events);
         for effect in outcome.effects {
             self.carry_out(effect).await;
         }
         self.drop_slow().await;
         Ok(())
+    }
+
+    /// Writes down roles the room changed, so that a session token issued earlier cannot
+    /// bring back the old role (for a rejoin, or on REST), even after this task is gone.
+    async fn record_roles(&mut self, events: &[Event]) {
+        for event in events {
+            let view = match &event.kind {
+                EventKind::ParticipantLeft { participant, .. } => {
+                    self.recorded_roles.remove(participant);
+                    self.resume_nonces.remove(participant);
+                    continue;
+                }
+                EventKind::RoleChanged { participant, .. }
+                | EventKind::JoinedStage { participant }
+                | EventKind::LeftStage { participant, .. } => participant,
+                _ => continue,
+            };
+            if self.recorded_roles.get(&view.id) == Some(&view.role) {
+                continue;
+            }
+            self.recorded_roles.insert(view.id.clone(), view.role);
+            if let Err(e) = self
+                .deps
+                .store
+                .set_live_role(view.id.clone(), view.role)
+                .await
+            {
+                tracing::error!(participant = %view.id, error = %e, "could not record a role");
+            }
+        }
     }
 
     fn deliver(&mut self, events: Vec<Event>) {
@@ -719,9 +757,11 @@ impl RoomTask {
                 connection,
                 reason,
             } => {
-                if reason == CloseReason::Removed {
-                    self.removed_at.insert(participant.clone(), now);
-                }
+                let result = if reason == CloseReason::Removed {
+                    store.mark_removed(participant.clone(), now).await
+                } else {
+                    Ok(())
+                };
                 if self.is_current(&participant, connection)
                     && let Some(conn) = self.connections.remove(&participant)
                 {
@@ -730,7 +770,7 @@ impl RoomTask {
                         reason: reason.code(),
                     });
                 }
-                Ok(())
+                result
             }
             Effect::RefreshSnapshot { participant } => {
                 if let Some(snapshot) = self.state.snapshot_for(&participant) {

@@ -256,7 +256,8 @@ mod tests {
                 ClientMessage::Join { token: "t".into() }
             ))
         );
-        let (id, _, msg) = decode(r#"{"id":"a1","type":"mute","participant":"pt_x"}"#).unwrap();
+        let (id, _, msg) =
+            decode(r#"{"id":"a1","type":"mute","participant":"pt_AAAAAAAAAAAAAAAA"}"#).unwrap();
         assert_eq!(id, Some(RequestId::Text("a1".into())));
         assert!(matches!(msg, ClientMessage::Mute { .. }));
     }
@@ -279,7 +280,7 @@ mod tests {
             "invalid_message"
         );
         assert_eq!(
-            code(r#"{"type":"set_role","participant":"pt_x","role":"king"}"#),
+            code(r#"{"type":"set_role","participant":"pt_AAAAAAAAAAAAAAAA","role":"king"}"#),
             "invalid_message"
         );
         assert_eq!(code(r#"{"type":"ping","id":-1}"#), "invalid_id");
@@ -300,11 +301,12 @@ mod tests {
                 "join" => r#"{"type":"join","token":"x"}"#.to_owned(),
                 "resume" => r#"{"type":"resume","resume_token":"x"}"#.to_owned(),
                 "set_role" => {
-                    r#"{"type":"set_role","participant":"pt_x","role":"speaker"}"#.to_owned()
+                    r#"{"type":"set_role","participant":"pt_AAAAAAAAAAAAAAAA","role":"speaker"}"#
+                        .to_owned()
                 }
                 "invite_to_stage" | "cancel_invitation" | "move_to_audience" | "mute"
                 | "remove" | "ban" | "promote" | "demote" => {
-                    format!(r#"{{"type":"{t}","participant":"pt_x"}}"#)
+                    format!(r#"{{"type":"{t}","participant":"pt_AAAAAAAAAAAAAAAA"}}"#)
                 }
                 _ => format!(r#"{{"type":"{t}"}}"#),
             };

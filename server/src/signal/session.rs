@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::protocol::{ClientMessage, RequestId, ServerMessage, decode};
 use crate::api::AppState;
-use crate::control::{ControlError, ParticipantId, Role, Room};
+use crate::control::{ControlError, ParticipantId, Role, Room, Standing};
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, Outbound, Refusal, RoomHandle, close_code,
 };
@@ -89,11 +89,18 @@ impl Session {
         self.relay(joined).await;
     }
 
+    /// Writes one frame, giving up when the client does not take it within the ping timeout:
+    /// a client that stops reading must not hold its session (and its room seat) forever.
+    async fn write(&mut self, frame: Message) -> bool {
+        let limit = Duration::from_millis(self.state.config.signal.ping_timeout_ms);
+        matches!(
+            tokio::time::timeout(limit, self.socket.send(frame)).await,
+            Ok(Ok(()))
+        )
+    }
+
     async fn send(&mut self, message: ServerMessage<'_>) -> bool {
-        self.socket
-            .send(Message::Text(message.to_json().into()))
-            .await
-            .is_ok()
+        self.write(Message::Text(message.to_json().into())).await
     }
 
     async fn error(&mut self, id: Option<&RequestId>, code: &str, message: &str) -> bool {
@@ -102,14 +109,18 @@ impl Session {
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self.send(ServerMessage::Closed { reason }).await;
-        let _ = self
-            .socket
-            .send(Message::Close(Some(CloseFrame {
+        if !self.send(ServerMessage::Closed { reason }).await {
+            return;
+        }
+        if !self
+            .write(Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
             })))
-            .await;
+            .await
+        {
+            return;
+        }
         // Finish the closing handshake, reading (and ignoring) whatever the client still
         // sends: dropping a socket with unread data makes the kernel reset the connection,
         // and the client would lose the close frame that tells it why.
@@ -235,17 +246,22 @@ impl Session {
     ) -> Option<Joined> {
         let now = self.state.clock.now_ms();
         let signer = &self.state.signer;
+        let mut presented_nonce = None;
         let claims = match (&token, &resume_token) {
             (Some(token), _) => signer
                 .verify(token, now)
                 .map(|c| (c.room, c.participant, c.role, c.name, c.iat, false)),
-            (None, Some(resume)) => signer.verify_resume(resume, now).map(
-                |ResumeClaims {
-                     room, participant, ..
-                 }| {
-                    (room, participant, Role::Listener, String::new(), now, true)
-                },
-            ),
+            (None, Some(resume)) => signer.verify_resume(resume, now).map(|r| {
+                presented_nonce = Some(r.nonce);
+                (
+                    r.room,
+                    r.participant,
+                    Role::Listener,
+                    String::new(),
+                    now,
+                    true,
+                )
+            }),
             (None, None) => Err(TokenError::Malformed),
         };
         let (room_id, participant, role, name, issued_at, resume) = match claims {
@@ -268,27 +284,41 @@ impl Session {
             }
         };
         let store = self.state.store.clone();
-        let room = match room_open_to(&store, &room_id, &participant).await {
-            Ok(room) => room,
+        let (room, standing) = match room_open_to(&store, &room_id, &participant).await {
+            Ok(found) => found,
             Err((close, code, message)) => {
                 self.error(id.as_ref(), code, message).await;
                 self.close(close, code).await;
                 return None;
             }
         };
+        if !resume && standing.removed_since(issued_at) {
+            let (code, message) = (
+                "removed",
+                "you were removed from this room; open an invite link again",
+            );
+            self.error(id.as_ref(), code, message).await;
+            self.close(close_code::REMOVED, code).await;
+            return None;
+        }
+        let role = standing.role(role);
         let connection = ConnectionId(NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
+        let mut nonce_bytes = [0u8; 8];
+        getrandom::fill(&mut nonce_bytes).expect("the OS random generator is unavailable");
+        let resume_nonce = u64::from_le_bytes(nonce_bytes);
         let (outbox, inbox) = mpsc::channel(self.state.config.signal.outbox_capacity);
         let resume_token = signer.sign_resume(&ResumeClaims {
             room: room_id.clone(),
             participant: participant.clone(),
+            nonce: resume_nonce,
             exp: now.saturating_add(RESUME_TOKEN_TTL_MS),
         });
         let connect = Connect {
             participant: participant.clone(),
             display_name: name,
             role,
-            token_issued_at_ms: issued_at,
-            resume,
+            resume: resume.then_some(presented_nonce.unwrap_or_default()),
+            resume_nonce,
             connection,
             outbox,
             request_id: id.clone(),
@@ -306,11 +336,6 @@ impl Session {
             }
             Err(e) => {
                 let (code, message, close) = match &e {
-                    ConnectError::Removed => (
-                        "removed",
-                        "you were removed from this room; open an invite link again",
-                        close_code::REMOVED,
-                    ),
                     ConnectError::Refused(Refusal::NotInRoom) if resume => (
                         "resume_expired",
                         "your place in the room has expired; join again",
@@ -334,12 +359,12 @@ impl Session {
     }
 }
 
-/// The room exists, has not ended, and does not ban this identity.
+/// The room exists and has not ended; returns where this identity stands in it.
 async fn room_open_to(
     store: &crate::control::Store,
     room: &crate::control::RoomId,
     participant: &ParticipantId,
-) -> Result<Room, (u16, &'static str, &'static str)> {
+) -> Result<(Room, Standing), (u16, &'static str, &'static str)> {
     let internal = (1011, "internal", "the server could not check this room");
     let found = match store.room(room.clone()).await {
         Ok(r) => r,
@@ -351,13 +376,13 @@ async fn room_open_to(
     if found.is_ended() {
         return Err((close_code::ROOM_ENDED, "room_ended", "the room has ended"));
     }
-    match store.is_banned(room.clone(), participant.clone()).await {
-        Ok(false) => Ok(found),
-        Ok(true) => Err((
+    match store.standing(room.clone(), participant.clone()).await {
+        Ok(s) if s.banned => Err((
             close_code::BANNED,
             "banned",
             "you are banned from this room",
         )),
+        Ok(s) => Ok((found, s)),
         Err(_) => Err(internal),
     }
 }
@@ -375,7 +400,7 @@ impl Session {
             tokio::select! {
                 out = joined.outbox.recv() => match out {
                     Some(Outbound::Text(text)) => {
-                        if self.socket.send(Message::Text(text)).await.is_err() {
+                        if !self.write(Message::Text(text)).await {
                             break;
                         }
                     }
@@ -417,7 +442,7 @@ impl Session {
                         self.close(close_code::TIMED_OUT, "ping_timeout").await;
                         break;
                     }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if !self.write(Message::Ping(Default::default())).await {
                         break;
                     }
                 },
