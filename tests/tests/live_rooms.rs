@@ -332,7 +332,8 @@ async fn banned_identity_is_cut_off_and_cannot_rejoin() {
     let mut troll = SignalClient::join(&answer).await;
     let tid = troll.participant_id();
     m.wait_about("participant_joined", &tid).await;
-    m.ok(json!({ "type": "ban", "participant": tid })).await;
+    m.ok(json!({ "type": "ban", "participant": tid, "revoke_invite": true }))
+        .await;
     assert_eq!(troll.wait_closed().await, (4003, "banned".to_owned()));
     m.wait(|e| {
         e["type"] == "participant_left"
@@ -342,6 +343,18 @@ async fn banned_identity_is_cut_off_and_cannot_rejoin() {
     .await;
     // Not through another invite of the room…
     redeem("speaker").await.expect_problem(403, "banned");
+    // …and the link they came through is closed to everyone, so a new identity cannot use it.
+    let used = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/invites"), None)
+        .await
+        .expect(200);
+    let revoked = used["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["revoked"] == true)
+        .count();
+    assert_eq!(revoked, 1, "{used}");
     // …nor with the token they still hold.
     let mut back = SignalClient::open(&s(&answer["signal_url"])).await;
     back.send(json!({ "type": "join", "token": answer["token"] }))

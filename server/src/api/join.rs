@@ -55,7 +55,7 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
             IdentitySecret::parse(s).ok_or_else(|| {
                 ControlError::invalid(
                     "invalid_identity",
-                    "identity must be 16 to 128 URL-safe characters",
+                    "identity must be 22 to 128 URL-safe characters",
                 )
             })
         })

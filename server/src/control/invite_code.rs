@@ -53,9 +53,10 @@ impl IdentitySecret {
         IdentitySecret(random_token(32))
     }
 
-    /// 16 to 128 URL-safe characters.
+    /// 22 to 128 URL-safe characters: at least as much as 128 random bits, so a secret a
+    /// client chose is no easier to guess than one we would have made.
     pub fn parse(input: &str) -> Option<Self> {
-        ((16..=128).contains(&input.len()) && url_safe(input))
+        ((22..=128).contains(&input.len()) && url_safe(input))
             .then(|| IdentitySecret(input.to_owned()))
     }
 
@@ -103,8 +104,8 @@ mod tests {
 
     #[test]
     fn identity_secret_bounds() {
-        assert!(IdentitySecret::parse("a".repeat(15).as_str()).is_none());
-        assert!(IdentitySecret::parse("a".repeat(16).as_str()).is_some());
+        assert!(IdentitySecret::parse("a".repeat(21).as_str()).is_none());
+        assert!(IdentitySecret::parse("a".repeat(22).as_str()).is_some());
         assert!(IdentitySecret::parse("a".repeat(129).as_str()).is_none());
         assert!(IdentitySecret::parse("aaaaaaaaaaaaaaaa aaaa").is_none());
     }

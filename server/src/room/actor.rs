@@ -101,6 +101,7 @@ enum RoomMsg {
         connection: ConnectionId,
         request_id: Option<RequestId>,
         command: Command,
+        revoke_invite: bool,
     },
     ListAudience {
         participant: ParticipantId,
@@ -159,6 +160,7 @@ impl RoomHandle {
         connection: ConnectionId,
         request_id: Option<RequestId>,
         command: Command,
+        revoke_invite: bool,
     ) -> bool {
         self.tx
             .send(RoomMsg::FromSocket {
@@ -166,6 +168,7 @@ impl RoomHandle {
                 connection,
                 request_id,
                 command,
+                revoke_invite,
             })
             .await
             .is_ok()
@@ -463,6 +466,7 @@ impl RoomTask {
                 connection,
                 request_id,
                 command,
+                revoke_invite,
             } => {
                 // Late messages from a socket that was replaced or closed are ignored.
                 if !self.is_current(&participant, connection) {
@@ -470,7 +474,10 @@ impl RoomTask {
                 }
                 let actor = Actor::Participant(participant.clone());
                 let leaving = matches!(command, Command::Leave);
-                let answer = match self.apply(&actor, command).await {
+                self.pending_revoke = revoke_invite;
+                let applied = self.apply(&actor, command).await;
+                self.pending_revoke = false;
+                let answer = match applied {
                     Ok(()) => request_id
                         .as_ref()
                         .map(|id| ServerMessage::Ok { id }.to_json()),

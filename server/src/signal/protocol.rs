@@ -57,6 +57,10 @@ pub enum ClientMessage {
     },
     Ban {
         participant: ParticipantId,
+        /// Also revoke the invite they came through, so the link cannot bring them (under
+        /// a new identity) back.
+        #[serde(default)]
+        revoke_invite: bool,
     },
     Promote {
         participant: ParticipantId,

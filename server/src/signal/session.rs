@@ -490,6 +490,25 @@ impl Session {
                     .await;
                 return if ok { Flow::Continue } else { Flow::Stop };
             }
+            ClientMessage::Ban {
+                participant,
+                revoke_invite,
+            } => {
+                let command = Command::Ban {
+                    target: participant,
+                };
+                let sent = joined
+                    .room
+                    .from_socket(
+                        joined.participant.clone(),
+                        joined.connection,
+                        id,
+                        command,
+                        revoke_invite,
+                    )
+                    .await;
+                return if sent { Flow::Continue } else { Flow::Stop };
+            }
             other => match command_for(other) {
                 Some(command) => command,
                 None => return Flow::Continue,
@@ -498,7 +517,13 @@ impl Session {
         // After `leave` the room answers `ok` and then closes this socket through the outbox.
         if !joined
             .room
-            .from_socket(joined.participant.clone(), joined.connection, id, command)
+            .from_socket(
+                joined.participant.clone(),
+                joined.connection,
+                id,
+                command,
+                false,
+            )
             .await
         {
             self.close(close_code::ROOM_ENDED, "room_ended").await;
@@ -537,7 +562,7 @@ fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Remove { participant } => Command::Remove {
             target: participant,
         },
-        ClientMessage::Ban { participant } => Command::Ban {
+        ClientMessage::Ban { participant, .. } => Command::Ban {
             target: participant,
         },
         ClientMessage::Promote { participant } => Command::Promote {
