@@ -153,9 +153,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %server.addr, "listening");
 
     let handle = server.handle();
+    let live = server.state.live.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        live.shutdown().await;
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     server.wait().await

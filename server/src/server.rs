@@ -45,6 +45,7 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.live.shutdown().await;
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
         self.housekeeping.abort();
         self.task.await.context("server task panicked")??;

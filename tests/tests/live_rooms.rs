@@ -794,3 +794,19 @@ async fn stale_tokens_cannot_undo_what_the_room_decided() {
     let _ = base;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_tells_every_socket_why() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Bye").await;
+    let mut m = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut l = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    let stopping = tokio::spawn(t.stop());
+    for c in [&mut m, &mut l] {
+        assert_eq!(
+            c.wait_closed().await,
+            (1012, "server_restarting".to_owned())
+        );
+    }
+    stopping.await.unwrap();
+}

@@ -41,6 +41,7 @@ pub type Outbox = mpsc::Sender<Outbound>;
 /// WebSocket close codes the server uses (4000–4999 are for applications).
 pub mod close_code {
     pub const LEFT: u16 = 1000;
+    pub const SERVER_RESTARTING: u16 = 1012;
     pub const REMOVED: u16 = 4001;
     pub const BANNED: u16 = 4003;
     pub const REPLACED: u16 = 4004;
@@ -121,6 +122,8 @@ enum RoomMsg {
         limit: usize,
         reply: oneshot::Sender<(Vec<ParticipantView>, Option<ParticipantId>)>,
     },
+    /// The server is stopping: tell every socket why, then end the task.
+    Shutdown,
 }
 
 enum ConnectOutcome {
@@ -275,6 +278,7 @@ impl LiveRooms {
             pending_revoke: false,
             audit_as: None,
             acting: Actor::System,
+            stopping: false,
             handle: handle.clone(),
             rooms: self.rooms.clone(),
             deps: self.deps.clone(),
@@ -311,6 +315,15 @@ impl LiveRooms {
             }
         }
         Err(ConnectError::Refused(Refusal::NotInRoom))
+    }
+
+    /// Closes every live socket with 1012 `server_restarting` and stops the room tasks, so
+    /// clients learn why they were cut off and come back by joining again.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = self.rooms.iter().map(|h| h.clone()).collect();
+        for handle in handles {
+            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+        }
     }
 
     /// A moderation call from the REST API.
@@ -382,6 +395,8 @@ struct RoomTask {
     audit_as: Option<Actor>,
     /// Who asked for the command being carried out (bans record who made them).
     acting: Actor,
+    /// The server is shutting down.
+    stopping: bool,
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     deps: Deps,
@@ -402,7 +417,10 @@ impl RoomTask {
             self.handle
                 .participants
                 .store(self.state.participant_count(), Ordering::Relaxed);
-            if self.state.is_ended() || (self.state.is_empty() && self.connections.is_empty()) {
+            if self.stopping
+                || self.state.is_ended()
+                || (self.state.is_empty() && self.connections.is_empty())
+            {
                 break;
             }
         }
@@ -542,6 +560,15 @@ impl RoomTask {
                 self.pending_revoke = false;
                 self.audit_as = None;
                 let _ = reply.send(result);
+            }
+            RoomMsg::Shutdown => {
+                for (_, conn) in self.connections.drain() {
+                    let _ = conn.outbox.try_send(Outbound::Close {
+                        code: close_code::SERVER_RESTARTING,
+                        reason: "server_restarting",
+                    });
+                }
+                self.stopping = true;
             }
             RoomMsg::Participants {
                 after,
