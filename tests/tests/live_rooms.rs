@@ -768,6 +768,9 @@ async fn stale_tokens_cannot_undo_what_the_room_decided() {
         0,
         "the room task did not stop"
     );
+    t.call(Method::GET, &base, Some(&s(&lee_answer["token"])), None)
+        .await
+        .expect_problem(401, "removed");
     let mut back = SignalClient::open(&s(&lee_answer["signal_url"])).await;
     back.send(json!({ "type": "join", "token": lee_answer["token"] }))
         .await;
@@ -791,7 +794,6 @@ async fn stale_tokens_cannot_undo_what_the_room_decided() {
         .await;
     assert_eq!(replay.wait_type("error").await["code"], "resume_expired");
     replay.wait_closed().await;
-    let _ = base;
     t.stop().await;
 }
 
