@@ -199,6 +199,7 @@ impl From<Refusal> for ApiError {
             Refusal::ParticipantNotFound => S::NOT_FOUND,
             Refusal::InvalidTarget => S::UNPROCESSABLE_ENTITY,
             Refusal::RoomEnded => S::GONE,
+            Refusal::TooSoon => S::TOO_MANY_REQUESTS,
             Refusal::NotOnStage
             | Refusal::NotAListener
             | Refusal::NoInvitation

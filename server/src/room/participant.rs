@@ -24,6 +24,8 @@ pub struct Participant {
     pub connection: ConnectionId,
     pub joined_at_ms: u64,
     pub speaking: bool,
+    /// When the hand last went up, for the cooldown between raises.
+    pub hand_raised_at_ms: Option<u64>,
 }
 
 impl Participant {

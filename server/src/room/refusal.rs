@@ -24,6 +24,9 @@ pub enum Refusal {
     RoomFull,
     /// The last moderator in the room cannot step down.
     LastModerator,
+    /// A hand raised again too soon after the last raise: every raise reaches the whole room,
+    /// so one listener toggling their hand must not flood thousands of others.
+    TooSoon,
     /// This identity was banned from the room.
     Banned,
     RoomEnded,
@@ -43,6 +46,7 @@ impl Refusal {
             Refusal::StageFull => "stage_full",
             Refusal::RoomFull => "room_full",
             Refusal::LastModerator => "last_moderator",
+            Refusal::TooSoon => "too_soon",
             Refusal::Banned => "banned",
             Refusal::RoomEnded => "room_ended",
         }
@@ -61,6 +65,7 @@ impl Refusal {
             Refusal::StageFull => "the stage is full",
             Refusal::RoomFull => "the room is full",
             Refusal::LastModerator => "the last moderator in the room cannot step down",
+            Refusal::TooSoon => "wait a moment before raising your hand again",
             Refusal::Banned => "you are banned from this room",
             Refusal::RoomEnded => "the room has ended",
         }

@@ -101,7 +101,7 @@ impl RoomState {
             }
             Command::Leave => self.leave(actor, &mut out),
             Command::Tick => self.tick(actor, now_ms, &mut out),
-            Command::RaiseHand => self.raise_hand(actor, &mut out),
+            Command::RaiseHand => self.raise_hand(actor, now_ms, &mut out),
             Command::LowerHand { target } => self.lower_hand(actor, target, &mut out),
             Command::InviteToStage { target } => self.invite_to_stage(actor, &target, &mut out),
             Command::CancelInvitation { target } => {

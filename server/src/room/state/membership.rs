@@ -65,6 +65,7 @@ impl RoomState {
             connection,
             joined_at_ms: now_ms,
             speaking: false,
+            hand_raised_at_ms: None,
         };
         let audience = if participant.is_public() {
             Audience::Everyone

@@ -5,8 +5,16 @@ use crate::control::{ParticipantId, Role};
 use crate::room::state::{Changed, RoomState, audit};
 use crate::room::{Actor, Audience, AuditAction, EventKind, Outcome, Participant, Refusal};
 
+/// Shortest time between two raises of one listener's hand.
+pub const HAND_COOLDOWN_MS: u64 = 2_000;
+
 impl RoomState {
-    pub(super) fn raise_hand(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
+    pub(super) fn raise_hand(
+        &mut self,
+        actor: &Actor,
+        now_ms: u64,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
         let participant = self.member(actor)?;
         if participant.role != Role::Listener {
             return Err(Refusal::NotAListener);
@@ -14,8 +22,17 @@ impl RoomState {
         if participant.hand_raised {
             return Ok(());
         }
+        if participant
+            .hand_raised_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < HAND_COOLDOWN_MS)
+        {
+            return Err(Refusal::TooSoon);
+        }
         let id = participant.id.clone();
-        let changed = self.change(&id, out, |p| p.hand_raised = true);
+        let changed = self.change(&id, out, |p| {
+            p.hand_raised = true;
+            p.hand_raised_at_ms = Some(now_ms);
+        });
         out.event(
             changed.audience(Audience::Moderators),
             EventKind::HandRaised {
@@ -338,6 +355,7 @@ impl RoomState {
 
 #[cfg(test)]
 mod tests {
+    use super::HAND_COOLDOWN_MS;
     use crate::control::{ParticipantId, Role};
     use crate::room::state::testkit::*;
     use crate::room::{Actor, Audience, AuditAction, Command};
@@ -584,6 +602,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_cannot_be_raised_again_straight_away() {
+        let mut room = TestRoom::new();
+        let listener = room.join("listener", Role::Listener);
+        room.ok(&who(&listener), Command::RaiseHand);
+        room.ok(&who(&listener), Command::LowerHand { target: None });
+        room.now += HAND_COOLDOWN_MS - 1;
+        assert_eq!(
+            room.refused(&who(&listener), Command::RaiseHand),
+            "too_soon"
+        );
+        room.now += 1;
+        let out = room.ok(&who(&listener), Command::RaiseHand);
+        assert_eq!(types(&out), ["hand_raised"]);
+    }
+
+    #[test]
     fn a_moderator_lowers_someone_elses_hand() {
         let mut room = TestRoom::new();
         let host = room.join("host", Role::Moderator);
@@ -603,6 +637,7 @@ mod tests {
         );
 
         // Naming oneself as the target is the same as lowering one's own hand.
+        room.now += HAND_COOLDOWN_MS;
         room.ok(&who(&listener), Command::RaiseHand);
         let out = room.ok(
             &who(&listener),
