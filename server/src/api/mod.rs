@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -140,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            refuse_oversized_bodies,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -167,6 +171,40 @@ async fn not_found() -> ApiError {
         "not_found",
         "no such endpoint",
     )
+}
+
+/// Oversized bodies we still read (and drop) before answering, up to this size.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Refuses a body whose declared length is over the limit. A moderately oversized body is read
+/// and dropped first (bounded in size and time): closing a connection with unread data makes
+/// the kernel reset it, and the client would see a broken connection instead of our 413.
+async fn refuse_oversized_bodies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(len) if len > limit => {
+            if len <= DRAIN_LIMIT {
+                let drain = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+            }
+            ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than the {limit} bytes the server accepts"),
+            )
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 async fn method_not_allowed() -> ApiError {
