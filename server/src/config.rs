@@ -57,6 +57,8 @@ pub struct SignalSettings {
     pub max_strikes: u32,
     /// Messages queued for one socket before it is considered too slow and dropped.
     pub outbox_capacity: usize,
+    /// Signaling sockets one client address may hold open at once.
+    pub max_sockets_per_address: u32,
     /// Default room bounds when a room has none of its own.
     pub room_max_participants: u32,
     pub room_max_stage: u32,
@@ -74,6 +76,7 @@ impl Default for SignalSettings {
             message_burst: 40,
             max_strikes: 20,
             outbox_capacity: 1024,
+            max_sockets_per_address: 50,
             room_max_participants: 10_000,
             room_max_stage: 20,
         }
@@ -273,6 +276,7 @@ impl Config {
             || sig.messages_per_sec == 0
             || sig.message_burst == 0
             || sig.outbox_capacity < 16
+            || sig.max_sockets_per_address == 0
             || sig.room_max_participants == 0
             || sig.room_max_stage == 0
         {

@@ -84,6 +84,8 @@ impl TestServer {
         };
         config.limits.joins_per_minute = 10_000;
         config.limits.join_burst = 10_000;
+        // Every test client comes from 127.0.0.1.
+        config.signal.max_sockets_per_address = 10_000;
         adjust(&mut config);
         Self::boot(dir, config, Clock::manual()).await
     }

@@ -812,3 +812,29 @@ async fn stopping_the_server_tells_every_socket_why() {
     }
     stopping.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_unbounded_sockets() {
+    let t = TestServer::start_with(|c| c.signal.max_sockets_per_address = 2).await;
+    let url = t.url("/api/v1/signal").replace("http://", "ws://");
+    let first = SignalClient::open(&url).await;
+    let _second = SignalClient::open(&url).await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+        }
+        other => panic!("a third socket was accepted: {:?}", other.map(|_| ())),
+    }
+    // A socket given back makes room for a new one.
+    first.close().await;
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&url).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the freed slot was not given back");
+    t.stop().await;
+}

@@ -24,7 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, Problem};
-pub use extract::Caller;
+pub use extract::{Caller, ClientIp};
 pub use state::AppState;
 
 use crate::control::PageRequest;

@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub live: LiveRooms,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Open signaling sockets per client address.
+    pub sockets_per_address: Arc<dashmap::DashMap<IpAddr, u32>>,
     /// The OpenAPI document, rendered once the router is assembled.
     pub openapi_json: Arc<OnceLock<String>>,
 }
@@ -60,6 +62,7 @@ impl AppState {
             metrics,
             live,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
+            sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),
         }
     }

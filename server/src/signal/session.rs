@@ -13,12 +13,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::protocol::{ClientMessage, RequestId, ServerMessage, decode};
-use crate::api::AppState;
+use crate::api::{ApiError, AppState, ClientIp};
 use crate::control::{ControlError, ParticipantId, Role, Room, Standing};
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, Outbound, Refusal, RoomHandle, close_code,
 };
 use crate::session::{ResumeClaims, TokenError};
+use axum::http::StatusCode;
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
@@ -33,17 +34,63 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// The signaling WebSocket.
 #[utoipa::path(get, path = "/api/v1/signal", tag = "signal",
     responses((status = 101, description = "WebSocket upgrade; see docs/protocol.md")))]
-pub async fn signal(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn signal(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Counted before the upgrade, so one address cannot hold an unbounded number of sockets
+    // (each costs a task and buffers, authenticated or not).
+    let slot = SocketSlot::take(&state, ip).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sockets",
+            "too many signaling connections from your address",
+        )
+    })?;
     // Messages up to this size are read and refused politely; larger ones end the socket.
     let hard_cap = (state.config.signal.max_message_bytes * 16).max(1 << 20);
-    upgrade
+    Ok(upgrade
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| async move {
             state.metrics.signal_sockets.inc();
             Session::new(socket, state.clone()).run().await;
             state.metrics.signal_sockets.dec();
+            drop(slot);
+        }))
+}
+
+/// One of the signaling sockets an address may hold; given back when dropped.
+struct SocketSlot {
+    counts: std::sync::Arc<dashmap::DashMap<std::net::IpAddr, u32>>,
+    ip: std::net::IpAddr,
+}
+
+impl SocketSlot {
+    fn take(state: &AppState, ip: std::net::IpAddr) -> Option<SocketSlot> {
+        let limit = state.config.signal.max_sockets_per_address;
+        let mut count = state.sockets_per_address.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(SocketSlot {
+            counts: state.sockets_per_address.clone(),
+            ip,
         })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.counts.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
 }
 
 struct Session {
