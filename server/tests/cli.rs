@@ -1,38 +1,17 @@
 //! The `stoa` binary as a user runs it: `stoa serve` prints the URL, the key location and a
 //! demo link; the admin commands talk to it; SIGTERM stops it cleanly.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stoa");
+use common::{BIN, Served};
 
-/// Starts `stoa serve` on an ephemeral port and reads the banner up to the demo link.
+/// Starts `stoa serve` with its demo room: the child, the base URL and the printed link.
 fn serve(data: &Path) -> (Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env_remove("STOA_API_KEY")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("stoa starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut url = None;
-    let mut link = None;
-    while link.is_none() {
-        let line = lines.next().expect("banner line").unwrap();
-        if let Some(rest) = line.trim().strip_prefix("Stoa is running at ") {
-            url = Some(rest.to_owned());
-        }
-        if line.trim().contains("/i/") {
-            link = Some(line.trim().to_owned());
-        }
-    }
-    // Keep draining stdout so the server never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, url.unwrap(), link.unwrap())
+    let Served { child, url, link } = common::serve(data, true, "warn");
+    (child, url, link.expect("a demo link"))
 }
 
 fn admin(data: &Path, server: &str, args: &[&str]) -> String {

@@ -4,15 +4,15 @@
 //! SQLite's integrity check must pass.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stoa");
+mod common;
+
 const ROUNDS: usize = 8;
 
 struct Server {
@@ -22,28 +22,17 @@ struct Server {
 }
 
 fn start(data: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--no-demo", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env_remove("STOA_API_KEY")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stoa starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("banner").unwrap();
-        if let Some(rest) = line.trim().strip_prefix("Stoa is running at ") {
-            break rest.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let served = common::serve(data, false, "error");
+    assert!(served.link.is_none(), "--no-demo still printed a demo link");
     let key = std::fs::read_to_string(data.join("operator.key"))
         .unwrap()
         .trim()
         .to_owned();
-    Server { child, url, key }
+    Server {
+        child: served.child,
+        url: served.url,
+        key,
+    }
 }
 
 /// What the server acknowledged before it died.
