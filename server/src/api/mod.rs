@@ -242,6 +242,16 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 
 /// Turns `?limit=&cursor=` into a store page request, refusing nonsense.
 fn page_request(q: &views::PageQuery, state: &AppState) -> Result<PageRequest, ApiError> {
+    let (after, limit) = page_bounds(q, state, |c| c.parse::<i64>().ok().filter(|n| *n >= 0))?;
+    Ok(PageRequest { after, limit })
+}
+
+/// The checked `limit` and the cursor, parsed by `cursor` (each list has its own kind).
+fn page_bounds<C>(
+    q: &views::PageQuery,
+    state: &AppState,
+    cursor: impl Fn(&str) -> Option<C>,
+) -> Result<(Option<C>, u32), ApiError> {
     let max = state.config.limits.max_page_size;
     let limit = q.limit.unwrap_or(50.min(max));
     if limit == 0 || limit > max {
@@ -253,7 +263,7 @@ fn page_request(q: &views::PageQuery, state: &AppState) -> Result<PageRequest, A
     }
     let after = match &q.cursor {
         None => None,
-        Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        Some(c) => Some(cursor(c).ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid_cursor",
@@ -261,5 +271,5 @@ fn page_request(q: &views::PageQuery, state: &AppState) -> Result<PageRequest, A
             )
         })?),
     };
-    Ok(PageRequest { after, limit })
+    Ok((after, limit))
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
+use super::page_bounds;
 use super::state::AppState;
 use super::views::{PageQuery, ParticipantPage, RemoveQuery, SetRole};
 use crate::control::{ControlError, ParticipantId, RoomId};
@@ -38,25 +39,7 @@ pub async fn list_participants(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<ParticipantPage>, ApiError> {
     let room = live_room(&state, &caller, &room).await?;
-    let max = state.config.limits.max_page_size;
-    let limit = query.limit.unwrap_or(50.min(max));
-    if limit == 0 || limit > max {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be between 1 and {max}"),
-        ));
-    }
-    let after = match &query.cursor {
-        None => None,
-        Some(c) => Some(ParticipantId::parse(c).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "cursor must be a next_cursor value from an earlier page",
-            )
-        })?),
-    };
+    let (after, limit) = page_bounds(&query, &state, ParticipantId::parse)?;
     let (people, next) = state
         .live
         .participants(&room, after, limit as usize)

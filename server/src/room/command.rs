@@ -67,7 +67,8 @@ pub enum Command {
     },
     MuteSelf,
     Unmute,
-    /// Disconnect someone; they may come back with their session token.
+    /// Disconnect someone; they may come back by redeeming an invite again (the edge refuses
+    /// tokens issued before the removal).
     Remove {
         target: ParticipantId,
     },

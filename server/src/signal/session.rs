@@ -509,6 +509,15 @@ impl Session {
             Ok(None) => return Flow::Continue,
             Ok(Some(m)) => m,
         };
+        // A ban may also revoke the invite the person came through: a detail of persisting it,
+        // carried beside the room command.
+        let revoke_invite = matches!(
+            message,
+            ClientMessage::Ban {
+                revoke_invite: true,
+                ..
+            }
+        );
         let command = match message {
             ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
                 self.error(
@@ -537,25 +546,6 @@ impl Session {
                     .await;
                 return if ok { Flow::Continue } else { Flow::Stop };
             }
-            ClientMessage::Ban {
-                participant,
-                revoke_invite,
-            } => {
-                let command = Command::Ban {
-                    target: participant,
-                };
-                let sent = joined
-                    .room
-                    .from_socket(
-                        joined.participant.clone(),
-                        joined.connection,
-                        id,
-                        command,
-                        revoke_invite,
-                    )
-                    .await;
-                return if sent { Flow::Continue } else { Flow::Stop };
-            }
             other => match command_for(other) {
                 Some(command) => command,
                 None => return Flow::Continue,
@@ -569,7 +559,7 @@ impl Session {
                 joined.connection,
                 id,
                 command,
-                false,
+                revoke_invite,
             )
             .await
         {

@@ -251,7 +251,8 @@ mod tests {
                 .any(|e| matches!(e, Effect::PersistBan { .. }))
         );
 
-        // Removal is not a ban: the same session token may come back.
+        // The room keeps no ban for a removal: the edge refuses tokens issued before it (the
+        // store records it), so this rejoin stands for a fresh redemption of an invite.
         room.join("speaker", Role::Speaker);
     }
 
