@@ -17,7 +17,8 @@ pub struct Config {
     /// Where the database, the operator key and the signing key live.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
-    /// First UDP port of the media workers (media lands with the media core).
+    /// First UDP port of the media workers (worker `i` uses `media_port + i`); unset, each
+    /// worker takes a free port. The UDP sockets bind to the IP of `bind`.
     pub media_port: Option<u16>,
     /// Address advertised in ICE candidates.
     pub public_ip: Option<IpAddr>,
@@ -33,6 +34,44 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub limits: Limits,
     pub signal: SignalSettings,
+    pub media: MediaSettings,
+}
+
+/// The WebRTC media workers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Worker threads, one UDP socket each; 0 means one per CPU core.
+    pub workers: usize,
+    /// Audio streams every listener receives: the loudest speakers at any moment.
+    pub slots: usize,
+    /// A connection whose peer has not been heard (ICE consent) for this long is muted…
+    pub ice_disconnected_ms: u64,
+    /// …and this much longer, closed and freed.
+    pub ice_failed_ms: u64,
+    /// WebRTC connections the server accepts in total; more are refused with `media_full`.
+    pub max_connections: usize,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings {
+            workers: 0,
+            slots: 3,
+            ice_disconnected_ms: 6_000,
+            ice_failed_ms: 4_000,
+            max_connections: 20_000,
+        }
+    }
+}
+
+impl MediaSettings {
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Live rooms and their signaling sockets.
@@ -123,6 +162,7 @@ impl Default for Config {
             trust_forwarded_for: false,
             limits: Limits::default(),
             signal: SignalSettings::default(),
+            media: MediaSettings::default(),
         }
     }
 }
@@ -283,6 +323,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "signal: ping_timeout_ms > ping_interval_ms > 0, max_message_bytes >= 1024, \
                  rates > 0, outbox_capacity >= 16, room limits > 0"
+                    .into(),
+            ));
+        }
+        let m = &self.media;
+        if m.workers > 64
+            || m.slots == 0
+            || m.slots > 8
+            || m.ice_disconnected_ms < 1000
+            || m.ice_failed_ms < 1000
+            || m.max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "media: workers <= 64, slots 1..=8, ICE timeouts >= 1000 ms, max_connections > 0"
                     .into(),
             ));
         }

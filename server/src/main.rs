@@ -154,10 +154,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let handle = server.handle();
     let live = server.state.live.clone();
+    let media = server.state.media.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         live.shutdown().await;
+        media.stop().await;
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     server.wait().await

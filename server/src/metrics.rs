@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +31,111 @@ pub struct CodeLabels {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub worker: String,
+    pub reason: String,
+}
+
+/// The media path's metrics. Workers take their own counters out of the families once at
+/// start, so counting a packet is one atomic add, never a lookup.
+#[derive(Clone)]
+pub struct MediaMetrics {
+    pub datagrams_in: Family<WorkerLabels, Counter>,
+    pub bytes_in: Family<WorkerLabels, Counter>,
+    pub datagrams_out: Family<WorkerLabels, Counter>,
+    pub bytes_out: Family<WorkerLabels, Counter>,
+    pub send_calls: Family<WorkerLabels, Counter>,
+    pub rtp_in: Family<WorkerLabels, Counter>,
+    pub rtp_forwarded: Family<WorkerLabels, Counter>,
+    pub dropped: Family<DropLabels, Counter>,
+    pub connections: Family<WorkerLabels, Gauge>,
+    /// From a speaker's packet arriving to its last copy being handed to the kernel.
+    pub forward_seconds: Histogram,
+    /// From the answer to the connection's DTLS being up.
+    pub connect_seconds: Histogram,
+    pub rr_fraction_lost: Histogram,
+    pub rr_jitter_seconds: Histogram,
+    pub rtt_seconds: Histogram,
+}
+
+impl Default for MediaMetrics {
+    fn default() -> Self {
+        Self {
+            datagrams_in: Family::default(),
+            bytes_in: Family::default(),
+            datagrams_out: Family::default(),
+            bytes_out: Family::default(),
+            send_calls: Family::default(),
+            rtp_in: Family::default(),
+            rtp_forwarded: Family::default(),
+            dropped: Family::default(),
+            connections: Family::default(),
+            // 5 µs .. ~80 ms
+            forward_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 15)),
+            // 1 ms .. ~16 s
+            connect_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 15)),
+            rr_fraction_lost: Histogram::new([0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
+            // 0.1 ms .. ~1.6 s
+            rr_jitter_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 15)),
+            rtt_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 15)),
+        }
+    }
+}
+
+impl MediaMetrics {
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("media");
+        r.register("datagrams_in", "UDP datagrams received", self.datagrams_in.clone());
+        r.register("bytes_in", "UDP bytes received", self.bytes_in.clone());
+        r.register("datagrams_out", "UDP datagrams sent", self.datagrams_out.clone());
+        r.register("bytes_out", "UDP bytes sent", self.bytes_out.clone());
+        r.register("send_calls", "Send system calls (batched)", self.send_calls.clone());
+        r.register("rtp_in", "RTP packets accepted from speakers", self.rtp_in.clone());
+        r.register(
+            "rtp_forwarded",
+            "RTP packets written to listeners (one per packet and listener)",
+            self.rtp_forwarded.clone(),
+        );
+        r.register(
+            "dropped",
+            "Datagrams and packets dropped, by reason",
+            self.dropped.clone(),
+        );
+        r.register("connections", "WebRTC connections", self.connections.clone());
+        r.register(
+            "forward_seconds",
+            "Time from a speaker's packet arriving to its copies being sent",
+            self.forward_seconds.clone(),
+        );
+        r.register(
+            "connect_seconds",
+            "Time from the answer to the connection being up",
+            self.connect_seconds.clone(),
+        );
+        r.register(
+            "rr_fraction_lost",
+            "Loss reported by listeners' receiver reports",
+            self.rr_fraction_lost.clone(),
+        );
+        r.register(
+            "rr_jitter_seconds",
+            "Jitter reported by listeners' receiver reports",
+            self.rr_jitter_seconds.clone(),
+        );
+        r.register(
+            "rtt_seconds",
+            "Round-trip time from receiver reports",
+            self.rtt_seconds.clone(),
+        );
+    }
+}
+
 /// All of the server's metrics. Cloning shares the same underlying atomics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -41,6 +147,7 @@ pub struct Metrics {
     pub signal_sockets: Gauge,
     pub signal_messages: Family<KindLabels, Counter>,
     pub signal_errors: Family<CodeLabels, Counter>,
+    pub media: MediaMetrics,
 }
 
 impl Metrics {
@@ -82,6 +189,7 @@ impl Metrics {
             "Signaling errors sent, by code",
             self.signal_errors.clone(),
         );
+        self.media.register(&mut r);
         r
     }
 

@@ -14,6 +14,8 @@ use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Store;
+use crate::media::{Media, MediaOptions};
+use crate::metrics::Metrics;
 use crate::session::{OperatorKey, TokenSigner, load_or_create_secret};
 
 /// Where the operator key came from, for the startup banner.
@@ -39,6 +41,7 @@ pub struct RunningServer {
     pub state: AppState,
     handle: Handle<SocketAddr>,
     housekeeping: tokio::task::JoinHandle<()>,
+    media_task: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -46,6 +49,8 @@ impl RunningServer {
     /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.state.live.shutdown().await;
+        self.state.media.stop().await;
+        self.media_task.abort();
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
         self.housekeeping.abort();
         self.task.await.context("server task panicked")??;
@@ -56,6 +61,7 @@ impl RunningServer {
     pub async fn wait(self) -> anyhow::Result<()> {
         let result = self.task.await;
         self.housekeeping.abort();
+        self.media_task.abort();
         result.context("server task panicked")??;
         Ok(())
     }
@@ -112,6 +118,16 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         }
     };
 
+    let metrics = Metrics::default();
+    let media_options = MediaOptions {
+        settings: config.media.clone(),
+        bind_ip: config.bind.ip(),
+        port: config.media_port,
+        public_ip: config.public_ip,
+    };
+    let (media, media_reports) =
+        Media::start(&media_options, &metrics.media).context("cannot start the media workers")?;
+
     let config = Arc::new(config);
     let state = AppState::new(
         store.clone(),
@@ -120,7 +136,13 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         base_url.clone(),
         operator_key,
         signer,
+        metrics,
+        media.clone(),
     );
+    let live = state.live.clone();
+    let media_task = tokio::spawn(media.run_reports(media_reports, move |room, levels| {
+        live.media_speaking(room, levels)
+    }));
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();
@@ -167,6 +189,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         state,
         handle,
         housekeeping,
+        media_task,
         task,
     })
 }

@@ -10,6 +10,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Store;
+use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
@@ -25,6 +26,7 @@ pub struct AppState {
     pub signer: TokenSigner,
     pub metrics: Metrics,
     pub live: LiveRooms,
+    pub media: Media,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Open signaling sockets per client address.
     pub sockets_per_address: Arc<dashmap::DashMap<IpAddr, u32>>,
@@ -40,17 +42,19 @@ impl AppState {
         base_url: String,
         operator_key: OperatorKey,
         signer: TokenSigner,
+        metrics: Metrics,
+        media: Media,
     ) -> Self {
         let limits = &config.limits;
         let quota =
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
-        let metrics = Metrics::default();
         let live = LiveRooms::new(
             store.clone(),
             clock.clone(),
             metrics.clone(),
             config.signal.clone(),
+            media.clone(),
         );
         AppState {
             store,
@@ -61,6 +65,7 @@ impl AppState {
             signer,
             metrics,
             live,
+            media,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),

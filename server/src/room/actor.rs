@@ -19,8 +19,9 @@ use super::{
 use crate::clock::Clock;
 use crate::config::SignalSettings;
 use crate::control::{ParticipantId, Role, Room, RoomId, Store};
+use crate::media::Media;
 use crate::metrics::Metrics;
-use crate::signal::protocol::{RequestId, ServerMessage, event_message};
+use crate::signal::protocol::{MediaInfo, RequestId, ServerMessage, event_message};
 
 /// How often a room checks grace deadlines and coalesces audience-count updates.
 const TICK: Duration = Duration::from_millis(250);
@@ -122,6 +123,15 @@ enum RoomMsg {
         limit: usize,
         reply: oneshot::Sender<(Vec<ParticipantView>, Option<ParticipantId>)>,
     },
+    /// The participant's WebRTC offer; the answer goes out through their socket.
+    MediaOffer {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        sdp: String,
+    },
+    /// From media: who is speaking, loudest first.
+    Speaking(Vec<(ParticipantId, u8)>),
     /// The server is stopping: tell every socket why, then end the task.
     Shutdown,
 }
@@ -198,6 +208,27 @@ impl RoomHandle {
     }
 }
 
+impl RoomHandle {
+    /// Hands a WebRTC offer to the room, which knows whether the participant may speak.
+    pub async fn media_offer(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        sdp: String,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::MediaOffer {
+                participant,
+                connection,
+                request_id,
+                sdp,
+            })
+            .await
+            .is_ok()
+    }
+}
+
 /// Every live room of this server, by id.
 #[derive(Clone)]
 pub struct LiveRooms {
@@ -212,10 +243,17 @@ struct Deps {
     metrics: Metrics,
     settings: Arc<SignalSettings>,
     generations: Arc<AtomicU64>,
+    media: Media,
 }
 
 impl LiveRooms {
-    pub fn new(store: Store, clock: Clock, metrics: Metrics, settings: SignalSettings) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        settings: SignalSettings,
+        media: Media,
+    ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
             deps: Deps {
@@ -224,6 +262,7 @@ impl LiveRooms {
                 metrics,
                 settings: Arc::new(settings),
                 generations: Arc::new(AtomicU64::new(1)),
+                media,
             },
         }
     }
@@ -233,6 +272,14 @@ impl LiveRooms {
             .get(room)
             .map(|h| h.clone())
             .filter(|h| !h.tx.is_closed())
+    }
+
+    /// Media's report of who is speaking in a room. Dropped if the room is busy: the next
+    /// report comes a moment later.
+    pub fn media_speaking(&self, room: &RoomId, levels: Vec<(ParticipantId, u8)>) {
+        if let Some(handle) = self.get(room) {
+            let _ = handle.tx.try_send(RoomMsg::Speaking(levels));
+        }
     }
 
     pub fn live_count(&self) -> usize {
@@ -427,6 +474,7 @@ impl RoomTask {
         let generation = self.handle.generation;
         self.rooms
             .remove_if(self.state.room(), |_, h| h.generation == generation);
+        self.deps.media.close_room(self.state.room());
         rx.close();
         while let Ok(msg) = rx.try_recv() {
             match msg {
@@ -561,6 +609,17 @@ impl RoomTask {
                 self.audit_as = None;
                 let _ = reply.send(result);
             }
+            RoomMsg::MediaOffer {
+                participant,
+                connection,
+                request_id,
+                sdp,
+            } => self.media_offer(participant, connection, request_id, sdp),
+            RoomMsg::Speaking(levels) => {
+                self.apply(&Actor::System, Command::SetSpeaking { levels })
+                    .await
+                    .ok();
+            }
             RoomMsg::Shutdown => {
                 for (_, conn) in self.connections.drain() {
                     let _ = conn.outbox.try_send(Outbound::Close {
@@ -591,6 +650,65 @@ impl RoomTask {
                 let _ = reply.send((page, next));
             }
         }
+    }
+
+    /// Passes an offer to media with the participant's standing; the answer (or refusal) is
+    /// sent to their socket when media has it, without holding up the room.
+    fn media_offer(
+        &mut self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        sdp: String,
+    ) {
+        if !self.is_current(&participant, connection) {
+            return;
+        }
+        let (Some(p), Some(conn)) = (
+            self.state.participant(&participant),
+            self.connections.get(&participant),
+        ) else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        self.deps.media.offer(
+            self.state.room(),
+            &participant,
+            sdp,
+            p.on_stage,
+            p.may_send(),
+            reply,
+        );
+        let outbox = conn.outbox.clone();
+        let metrics = self.deps.metrics.clone();
+        tokio::spawn(async move {
+            let text = match tokio::time::timeout(Duration::from_secs(10), answer).await {
+                Ok(Ok(Ok(sdp))) => ServerMessage::MediaAnswer {
+                    id: request_id.as_ref(),
+                    sdp: &sdp,
+                }
+                .to_json(),
+                Ok(Ok(Err(e))) => {
+                    metrics.signal_error(e.code);
+                    ServerMessage::Error {
+                        id: request_id.as_ref(),
+                        code: e.code,
+                        message: &e.message,
+                    }
+                    .to_json()
+                }
+                _ => {
+                    metrics.signal_error("media_unavailable");
+                    ServerMessage::Error {
+                        id: request_id.as_ref(),
+                        code: "media_unavailable",
+                        message: "the media service did not answer; try again",
+                    }
+                    .to_json()
+                }
+            };
+            let _ = outbox.try_send(Outbound::Text(text.into()));
+        });
     }
 
     async fn connect(&mut self, c: Connect) -> Result<(), ConnectError> {
@@ -626,6 +744,9 @@ impl RoomTask {
             seq: self.seq,
             resume_token: &c.resume_token,
             resume_grace_secs: self.deps.settings.resume_grace_secs,
+            media: MediaInfo {
+                slots: self.deps.media.slots(),
+            },
             snapshot: &snapshot,
         }
         .to_json();
@@ -681,6 +802,11 @@ impl RoomTask {
                 EventKind::ParticipantLeft { participant, .. } => {
                     self.recorded_roles.remove(participant);
                     self.resume_nonces.remove(participant);
+                    self.deps.media.close(self.state.room(), participant);
+                    continue;
+                }
+                EventKind::RoomEnded { .. } => {
+                    self.deps.media.close_room(self.state.room());
                     continue;
                 }
                 EventKind::RoleChanged { participant, .. }
@@ -821,7 +947,9 @@ impl RoomTask {
                 participant,
                 allowed,
             } => {
-                tracing::debug!(%participant, allowed, "send permission");
+                self.deps
+                    .media
+                    .set_send_permission(&room, &participant, allowed);
                 Ok(())
             }
             Effect::PersistBan { participant } => {

@@ -77,6 +77,18 @@ pub enum ClientMessage {
         after: Option<ParticipantId>,
         limit: Option<u32>,
     },
+    /// A WebRTC offer (the client always offers); answered with `media_answer`.
+    MediaOffer {
+        sdp: String,
+    },
+    /// A trickled ICE candidate. The server is ICE-lite and learns the client's address from
+    /// its connectivity checks, so these are checked for size and otherwise not needed.
+    IceCandidate {
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_m_line_index: Option<u16>,
+        username_fragment: Option<String>,
+    },
 }
 
 const KNOWN_TYPES: &[&str] = &[
@@ -103,6 +115,8 @@ const KNOWN_TYPES: &[&str] = &[
     "set_role",
     "end_room",
     "list_audience",
+    "media_offer",
+    "ice_candidate",
 ];
 
 /// Why a message could not be decoded; `code()` is what the client sees.
@@ -194,7 +208,15 @@ pub enum ServerMessage<'a> {
         seq: u64,
         resume_token: &'a str,
         resume_grace_secs: u64,
+        /// What the client's WebRTC offer must look like.
+        media: MediaInfo,
         snapshot: &'a Snapshot,
+    },
+    /// The answer to a `media_offer`.
+    MediaAnswer {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        sdp: &'a str,
     },
     /// The whole view again, when something changed that is easier to resend than to patch.
     Snapshot { seq: u64, snapshot: &'a Snapshot },
@@ -220,6 +242,13 @@ pub enum ServerMessage<'a> {
     },
     /// Sent just before the server closes the socket on purpose.
     Closed { reason: &'a str },
+}
+
+/// Media parameters a client needs before it offers.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MediaInfo {
+    /// Audio sections to offer: one per slot (the loudest speakers); the first may send.
+    pub slots: usize,
 }
 
 impl ServerMessage<'_> {
@@ -304,6 +333,8 @@ mod tests {
             let text = match *t {
                 "join" => r#"{"type":"join","token":"x"}"#.to_owned(),
                 "resume" => r#"{"type":"resume","resume_token":"x"}"#.to_owned(),
+                "media_offer" => r#"{"type":"media_offer","sdp":"v=0"}"#.to_owned(),
+                "ice_candidate" => r#"{"type":"ice_candidate","candidate":"candidate:1"}"#.to_owned(),
                 "set_role" => {
                     r#"{"type":"set_role","participant":"pt_AAAAAAAAAAAAAAAA","role":"speaker"}"#
                         .to_owned()

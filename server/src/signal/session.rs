@@ -30,6 +30,8 @@ const RESUME_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Refused messages are forgiven after this long.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// An ICE candidate line is under 200 characters in practice.
+const MAX_CANDIDATE_CHARS: usize = 1024;
 
 /// The signaling WebSocket.
 #[utoipa::path(get, path = "/api/v1/signal", tag = "signal",
@@ -546,6 +548,31 @@ impl Session {
                     .await;
                 return if ok { Flow::Continue } else { Flow::Stop };
             }
+            ClientMessage::MediaOffer { sdp } => {
+                let ok = joined
+                    .room
+                    .media_offer(joined.participant.clone(), joined.connection, id, sdp)
+                    .await;
+                return if ok { Flow::Continue } else { Flow::Stop };
+            }
+            ClientMessage::IceCandidate {
+                candidate,
+                sdp_mid,
+                username_fragment,
+                ..
+            } => {
+                let too_long = candidate.len() > MAX_CANDIDATE_CHARS
+                    || sdp_mid.is_some_and(|m| m.len() > 64)
+                    || username_fragment.is_some_and(|u| u.len() > 256);
+                if too_long {
+                    self.error(id.as_ref(), "invalid_message", "candidate too long").await;
+                    return self.strike().await;
+                }
+                if let Some(id) = &id {
+                    self.send(ServerMessage::Ok { id }).await;
+                }
+                return Flow::Continue;
+            }
             other => match command_for(other) {
                 Some(command) => command,
                 None => return Flow::Continue,
@@ -617,6 +644,8 @@ fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Join { .. }
         | ClientMessage::Resume { .. }
         | ClientMessage::Ping {}
-        | ClientMessage::ListAudience { .. } => return None,
+        | ClientMessage::ListAudience { .. }
+        | ClientMessage::MediaOffer { .. }
+        | ClientMessage::IceCandidate { .. } => return None,
     })
 }

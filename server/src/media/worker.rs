@@ -1,0 +1,1058 @@
+//! One media worker: a thread with one UDP socket and the WebRTC connections assigned to it.
+//! It owns them outright (no locks): the rest of the server talks to it through two queues,
+//! control (negotiation, permissions, closes) and fan-out (speakers' packets from the other
+//! workers). Each turn of its loop reads datagrams, runs due timers, and sends in batches.
+//!
+//! Per packet from a speaker: decrypted once where it arrives, checked against the speaker's
+//! rights, then handed once to every worker hosting the room (an `Arc`, no copy). Per packet
+//! and listener: a slot lookup, the `SlotRewriter`, `rtc`'s SRTP write, and a copy into the
+//! send batch.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::audio_level::AudioLevel;
+use super::batch::{MAX_DATAGRAM, SendBatch};
+use super::demux::{self, Kind};
+use super::engine::{self, AUDIO_LEVEL_URI, OPUS_PT};
+use super::selector::{SelectorConfig, SpeakerSelector};
+use super::slot::SlotRewriter;
+use super::{MediaError, random_alnum, random_u32};
+use crate::control::{ParticipantId, RoomId};
+use crate::metrics::{DropLabels, MediaMetrics, WorkerLabels};
+
+/// A connection's number, unique in the process; routes control messages to it.
+pub type ConnKey = u32;
+
+/// How often slots are re-decided from the levels heard.
+const SELECT_EVERY: Duration = Duration::from_millis(20);
+/// How often the speakers' levels go to their rooms.
+const LEVELS_EVERY: Duration = Duration::from_millis(250);
+/// Datagrams read per readiness event before the loop turns (timers, other queues).
+const READ_BURST: usize = 64;
+/// Fan-out packets handled per turn.
+const FANOUT_BURST: usize = 256;
+/// Addresses one connection may be reached from (a browser checks from several).
+const MAX_ADDRS_PER_CONN: usize = 8;
+
+/// A room as a worker sees it.
+#[derive(Clone)]
+pub struct RoomRef {
+    pub key: u32,
+    pub id: RoomId,
+    /// Bit `i`: worker `i` hosts connections of this room. Read once per speaker packet.
+    pub workers: Arc<AtomicU64>,
+}
+
+pub enum Control {
+    /// Answer an offer: a new connection, or a renegotiation of an existing one.
+    Offer {
+        key: ConnKey,
+        room: RoomRef,
+        participant: ParticipantId,
+        offer: Box<RTCSessionDescription>,
+        on_stage: bool,
+        may_send: bool,
+        reply: oneshot::Sender<Result<String, MediaError>>,
+    },
+    Permission {
+        key: ConnKey,
+        may_send: bool,
+    },
+    Close {
+        key: ConnKey,
+    },
+    Stats {
+        reply: oneshot::Sender<WorkerStats>,
+    },
+    Stop,
+}
+
+/// A speaker's packet, decrypted and checked, on its way to every worker of the room.
+pub struct Forwarded {
+    pub room: u32,
+    pub source: u32,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub level: Option<AudioLevel>,
+    pub payload: Bytes,
+    pub arrived: Instant,
+}
+
+pub enum Fanout {
+    Packet(Arc<Forwarded>),
+    /// The source stopped for good (left, closed): drop it from the room's selection.
+    Forget { room: u32, source: u32 },
+}
+
+/// What workers tell the rest of the server.
+pub enum Report {
+    /// The speakers this worker receives, heard in `room` lately, loudest first.
+    Levels {
+        worker: usize,
+        room: RoomId,
+        levels: Vec<(ParticipantId, u8)>,
+    },
+    /// The worker closed a connection on its own (its peer went away).
+    Closed {
+        key: ConnKey,
+        room: RoomId,
+        participant: ParticipantId,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    pub connections: usize,
+    pub connected: usize,
+    pub rooms: usize,
+}
+
+pub struct WorkerLink {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub fanout: mpsc::Sender<Fanout>,
+    pub addr: SocketAddr,
+}
+
+pub struct WorkerSetup {
+    pub index: usize,
+    pub socket: std::net::UdpSocket,
+    pub advertised: SocketAddr,
+    pub certificate: RTCCertificate,
+    pub slots: usize,
+    pub ice_disconnected: Duration,
+    pub ice_failed: Duration,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub fanout: mpsc::Receiver<Fanout>,
+    pub peers: Vec<mpsc::Sender<Fanout>>,
+    pub reports: mpsc::UnboundedSender<Report>,
+    pub metrics: MediaMetrics,
+    pub sources: Arc<AtomicU32>,
+}
+
+struct OutSlot {
+    sender: RTCRtpSenderId,
+    rewriter: SlotRewriter,
+}
+
+struct Conn {
+    pc: RTCPeerConnection,
+    room: u32,
+    participant: ParticipantId,
+    ufrag: String,
+    /// This connection's audio in the room's selection (and in every slot it feeds).
+    source: u32,
+    slots: Vec<OutSlot>,
+    /// The last negotiation gave it a receiving path on our side (it was on stage).
+    receiving: bool,
+    /// The room says it may be heard now (on stage, not muted, connected).
+    may_send: bool,
+    inbound_ssrc: Option<u32>,
+    inbound_level_id: Option<u8>,
+    connected: bool,
+    answered_at: Instant,
+    addrs: Vec<SocketAddr>,
+    /// The earliest deadline queued in the timer heap for this connection.
+    scheduled: Option<Instant>,
+}
+
+struct WorkerRoom {
+    id: RoomId,
+    workers: Arc<AtomicU64>,
+    selector: SpeakerSelector<u32>,
+    members: Vec<ConnKey>,
+    last_levels: Vec<ParticipantId>,
+}
+
+struct Counters {
+    datagrams_in: Counter,
+    bytes_in: Counter,
+    datagrams_out: Counter,
+    bytes_out: Counter,
+    send_calls: Counter,
+    rtp_in: Counter,
+    forwarded: Counter,
+    connections: Gauge,
+    unroutable: Counter,
+    malformed: Counter,
+    oversized: Counter,
+    no_send_path: Counter,
+    not_allowed: Counter,
+    unknown_ssrc: Counter,
+    rejected: Counter,
+    fanout_full: Counter,
+    send_failed: Counter,
+    forward_failed: Counter,
+}
+
+impl Counters {
+    fn new(m: &MediaMetrics, index: usize) -> Self {
+        let w = WorkerLabels {
+            worker: index.to_string(),
+        };
+        let drop = |reason: &str| {
+            m.dropped
+                .get_or_create(&DropLabels {
+                    worker: index.to_string(),
+                    reason: reason.to_owned(),
+                })
+                .clone()
+        };
+        Self {
+            datagrams_in: m.datagrams_in.get_or_create(&w).clone(),
+            bytes_in: m.bytes_in.get_or_create(&w).clone(),
+            datagrams_out: m.datagrams_out.get_or_create(&w).clone(),
+            bytes_out: m.bytes_out.get_or_create(&w).clone(),
+            send_calls: m.send_calls.get_or_create(&w).clone(),
+            rtp_in: m.rtp_in.get_or_create(&w).clone(),
+            forwarded: m.rtp_forwarded.get_or_create(&w).clone(),
+            connections: m.connections.get_or_create(&w).clone(),
+            unroutable: drop("unroutable"),
+            malformed: drop("malformed"),
+            oversized: drop("oversized"),
+            no_send_path: drop("no_send_path"),
+            not_allowed: drop("not_allowed"),
+            unknown_ssrc: drop("unknown_ssrc"),
+            rejected: drop("rejected"),
+            fanout_full: drop("fanout_full"),
+            send_failed: drop("send_failed"),
+            forward_failed: drop("forward_failed"),
+        }
+    }
+}
+
+pub struct Worker {
+    index: usize,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    advertised: SocketAddr,
+    certificate: RTCCertificate,
+    slots: usize,
+    ice_disconnected: Duration,
+    ice_failed: Duration,
+    conns: HashMap<ConnKey, Conn>,
+    by_addr: HashMap<SocketAddr, ConnKey>,
+    by_ufrag: HashMap<String, ConnKey>,
+    rooms: HashMap<u32, WorkerRoom>,
+    timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    fanout: mpsc::Receiver<Fanout>,
+    peers: Vec<mpsc::Sender<Fanout>>,
+    reports: mpsc::UnboundedSender<Report>,
+    metrics: MediaMetrics,
+    counters: Counters,
+    sources: Arc<AtomicU32>,
+    batch: SendBatch,
+    recv_buf: Vec<u8>,
+    /// Reused between calls: a connection's decrypted inbound packets.
+    inbound: Vec<rtc::rtp::Packet>,
+    epoch: Instant,
+    next_select: Instant,
+    next_levels: Instant,
+}
+
+impl Worker {
+    /// Runs the worker on the current thread until `Control::Stop` or until every sender
+    /// of its control queue is gone.
+    pub fn run(setup: WorkerSetup) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            setup.socket.set_nonblocking(true)?;
+            let local_addr = setup.socket.local_addr()?;
+            let socket = UdpSocket::from_std(setup.socket)?;
+            let now = Instant::now();
+            let mut worker = Worker {
+                index: setup.index,
+                socket,
+                local_addr,
+                advertised: setup.advertised,
+                certificate: setup.certificate,
+                slots: setup.slots,
+                ice_disconnected: setup.ice_disconnected,
+                ice_failed: setup.ice_failed,
+                conns: HashMap::new(),
+                by_addr: HashMap::new(),
+                by_ufrag: HashMap::new(),
+                rooms: HashMap::new(),
+                timers: BinaryHeap::new(),
+                control: setup.control,
+                fanout: setup.fanout,
+                peers: setup.peers,
+                reports: setup.reports,
+                counters: Counters::new(&setup.metrics, setup.index),
+                metrics: setup.metrics,
+                sources: setup.sources,
+                batch: SendBatch::default(),
+                recv_buf: vec![0; MAX_DATAGRAM + 1],
+                inbound: Vec::with_capacity(16),
+                epoch: now,
+                next_select: now + SELECT_EVERY,
+                next_levels: now + LEVELS_EVERY,
+            };
+            worker.serve().await;
+            Ok(())
+        })
+    }
+
+    async fn serve(&mut self) {
+        loop {
+            self.flush();
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                command = self.control.recv() => match command {
+                    None | Some(Control::Stop) => break,
+                    Some(command) => self.on_control(command),
+                },
+                Some(first) = self.fanout.recv() => {
+                    self.on_fanout(first);
+                    for _ in 0..FANOUT_BURST {
+                        match self.fanout.try_recv() {
+                            Ok(next) => self.on_fanout(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                ready = self.socket.readable() => {
+                    if ready.is_ok() {
+                        self.read_burst();
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+            self.on_timers(Instant::now());
+        }
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key, false);
+        }
+        self.flush();
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = if self.rooms.is_empty() {
+            Instant::now() + Duration::from_secs(1)
+        } else {
+            self.next_select.min(self.next_levels)
+        };
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            wake = wake.min(*at);
+        }
+        wake
+    }
+
+    fn now_us(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let done = self.batch.flush(&self.socket);
+        self.counters.datagrams_out.inc_by(done.datagrams);
+        self.counters.bytes_out.inc_by(done.bytes);
+        self.counters.send_calls.inc_by(done.calls);
+        self.counters.send_failed.inc_by(done.dropped);
+    }
+
+    fn send(&mut self, datagram: &[u8], to: SocketAddr) {
+        if self.batch.is_full() {
+            self.flush();
+        }
+        self.batch.push(datagram, to);
+    }
+
+    // ---- input ----------------------------------------------------------------------
+
+    fn read_burst(&mut self) {
+        for _ in 0..READ_BURST {
+            match self.socket.try_recv_from(&mut self.recv_buf) {
+                Ok((n, from)) => self.on_datagram(n, from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors surface here on Linux (a peer's port closed); not fatal.
+                    tracing::trace!(error = %e, "media socket receive error");
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, n: usize, from: SocketAddr) {
+        self.counters.datagrams_in.inc();
+        self.counters.bytes_in.inc_by(n as u64);
+        if n > MAX_DATAGRAM {
+            self.counters.oversized.inc();
+            return;
+        }
+        let datagram = &self.recv_buf[..n];
+        let kind = demux::classify(datagram);
+        if kind == Kind::Other {
+            self.counters.malformed.inc();
+            return;
+        }
+        // A binding request is routed by its USERNAME every time: a browser may check from
+        // several addresses, and a NAT may rebind. The connection verifies the request's
+        // integrity itself, so a forged one only maps the forger's own address.
+        let by_ufrag = if kind == Kind::Stun {
+            demux::server_ufrag(datagram).and_then(|u| self.by_ufrag.get(u).copied())
+        } else {
+            None
+        };
+        let key = match by_ufrag.or_else(|| self.by_addr.get(&from).copied()) {
+            Some(key) => key,
+            None => {
+                self.counters.unroutable.inc();
+                return;
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            self.counters.unroutable.inc();
+            return;
+        };
+        if by_ufrag.is_some() && !conn.addrs.contains(&from) {
+            if conn.addrs.len() == MAX_ADDRS_PER_CONN {
+                let oldest = conn.addrs.remove(0);
+                self.by_addr.remove(&oldest);
+            }
+            conn.addrs.push(from);
+            self.by_addr.insert(from, key);
+        }
+        // `rtc` would decrypt and deliver RTP even on a connection we answered without a
+        // receiving path, so the rule is applied here, before any crypto is spent.
+        if kind == Kind::Rtp && !conn.receiving {
+            self.counters.no_send_path.inc();
+            return;
+        }
+        let now = Instant::now();
+        let message = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        };
+        if let Err(e) = conn.pc.handle_read(message) {
+            self.counters.rejected.inc();
+            tracing::trace!(conn = key, error = %e, "datagram refused by the connection");
+        }
+        self.drain(key, now);
+    }
+
+    /// Everything a connection has queued after an input: datagrams, events, media.
+    fn drain(&mut self, key: ConnKey, now: Instant) {
+        let mut inbound = std::mem::take(&mut self.inbound);
+        let mut closed = false;
+        {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                self.inbound = inbound;
+                return;
+            };
+            while let Some(out) = conn.pc.poll_write() {
+                if self.batch.is_full() {
+                    let done = self.batch.flush(&self.socket);
+                    self.counters.datagrams_out.inc_by(done.datagrams);
+                    self.counters.bytes_out.inc_by(done.bytes);
+                    self.counters.send_calls.inc_by(done.calls);
+                    self.counters.send_failed.inc_by(done.dropped);
+                }
+                self.batch.push(&out.message, out.transport.peer_addr);
+            }
+            while let Some(event) = conn.pc.poll_event() {
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                        RTCPeerConnectionState::Connected if !conn.connected => {
+                            conn.connected = true;
+                            self.metrics
+                                .connect_seconds
+                                .observe(now.duration_since(conn.answered_at).as_secs_f64());
+                        }
+                        RTCPeerConnectionState::Disconnected => conn.connected = false,
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            closed = true;
+                        }
+                        _ => {}
+                    },
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        conn.inbound_ssrc = Some(init.ssrc);
+                        conn.inbound_level_id = conn.pc.rtp_receiver(init.receiver_id).and_then(
+                            |mut receiver| {
+                                receiver
+                                    .get_parameters()
+                                    .rtp_parameters
+                                    .header_extensions
+                                    .iter()
+                                    .find(|h| h.uri == AUDIO_LEVEL_URI)
+                                    .map(|h| h.id as u8)
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(TaggedRTCMessage { message, .. }) = conn.pc.poll_read() {
+                match message {
+                    RTCMessage::RtpPacket(_, packet) => inbound.push(packet),
+                    RTCMessage::RtcpPacket(_, packets) => {
+                        for packet in &packets {
+                            if let Some(rr) = packet.as_any().downcast_ref::<ReceiverReport>() {
+                                observe_receiver_report(&self.metrics, rr);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            schedule(&mut self.timers, key, conn);
+        }
+        for packet in inbound.drain(..) {
+            self.ingress(key, packet, now);
+        }
+        self.inbound = inbound;
+        if closed {
+            self.close(key, true);
+        }
+    }
+
+    /// A speaker's decrypted packet: checked against their rights, then fanned out.
+    fn ingress(&mut self, key: ConnKey, packet: rtc::rtp::Packet, now: Instant) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        if !conn.may_send {
+            self.counters.not_allowed.inc();
+            return;
+        }
+        if conn.inbound_ssrc != Some(packet.header.ssrc) || packet.header.payload_type != OPUS_PT
+        {
+            self.counters.unknown_ssrc.inc();
+            return;
+        }
+        self.counters.rtp_in.inc();
+        let level = conn
+            .inbound_level_id
+            .and_then(|id| packet.header.get_extension(id))
+            .and_then(|data| AudioLevel::from_element(&data));
+        let forwarded = Arc::new(Forwarded {
+            room: conn.room,
+            source: conn.source,
+            seq: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            level,
+            payload: packet.payload,
+            arrived: now,
+        });
+        let Some(room) = self.rooms.get(&conn.room) else {
+            return;
+        };
+        let mask = room.workers.load(Ordering::Relaxed);
+        for (index, peer) in self.peers.iter().enumerate() {
+            if index != self.index
+                && mask & (1 << index) != 0
+                && peer
+                    .try_send(Fanout::Packet(Arc::clone(&forwarded)))
+                    .is_err()
+            {
+                self.counters.fanout_full.inc();
+            }
+        }
+        self.forward(&forwarded);
+    }
+
+    fn on_fanout(&mut self, message: Fanout) {
+        match message {
+            Fanout::Packet(packet) => self.forward(&packet),
+            Fanout::Forget { room, source } => self.forget(room, source),
+        }
+    }
+
+    /// One speaker packet to every local listener whose slots carry that speaker.
+    fn forward(&mut self, packet: &Forwarded) {
+        let now = Instant::now();
+        let now_us = self.now_us(now);
+        let Some(room) = self.rooms.get_mut(&packet.room) else {
+            return;
+        };
+        if let Some(level) = packet.level {
+            room.selector
+                .observe(packet.source, level.level, level.voice_activity, now_us);
+        } else {
+            // No level extension negotiated: count the packet as plain speech.
+            room.selector.observe(packet.source, 30, true, now_us);
+        }
+        for &key in &room.members {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if !conn.connected || conn.source == packet.source {
+                continue;
+            }
+            let Some(slot) = conn
+                .slots
+                .iter_mut()
+                .find(|s| s.rewriter.source() == Some(packet.source))
+            else {
+                continue;
+            };
+            let Ok(out) = slot
+                .rewriter
+                .rewrite(packet.source, packet.seq, packet.timestamp, now_us)
+            else {
+                continue;
+            };
+            let rtp = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: packet.marker || out.switched,
+                    payload_type: OPUS_PT,
+                    sequence_number: out.seq,
+                    timestamp: out.timestamp,
+                    ssrc: slot.rewriter.ssrc(),
+                    ..Default::default()
+                },
+                payload: packet.payload.clone(),
+            };
+            let written = conn
+                .pc
+                .rtp_sender(slot.sender)
+                .map(|mut sender| sender.write_rtp(now, rtp));
+            if matches!(written, Some(Ok(()))) {
+                self.counters.forwarded.inc();
+            } else {
+                self.counters.forward_failed.inc();
+            }
+            while let Some(out) = conn.pc.poll_write() {
+                if self.batch.is_full() {
+                    let done = self.batch.flush(&self.socket);
+                    self.counters.datagrams_out.inc_by(done.datagrams);
+                    self.counters.bytes_out.inc_by(done.bytes);
+                    self.counters.send_calls.inc_by(done.calls);
+                    self.counters.send_failed.inc_by(done.dropped);
+                }
+                self.batch.push(&out.message, out.transport.peer_addr);
+            }
+            schedule(&mut self.timers, key, conn);
+        }
+        self.flush();
+        self.metrics
+            .forward_seconds
+            .observe(packet.arrived.elapsed().as_secs_f64());
+    }
+
+    fn forget(&mut self, room: u32, source: u32) {
+        let now_us = self.now_us(Instant::now());
+        if let Some(room) = self.rooms.get_mut(&room)
+            && room.selector.remove(source)
+        {
+            room.selector.update(now_us);
+            apply_slots(room, &mut self.conns);
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------------------
+
+    fn on_timers(&mut self, now: Instant) {
+        let mut due = 0;
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now || due > 1024 {
+                break;
+            }
+            self.timers.pop();
+            due += 1;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if conn.scheduled != Some(at) {
+                continue; // superseded by an earlier deadline that already ran
+            }
+            conn.scheduled = None;
+            if let Err(e) = conn.pc.handle_timeout(now) {
+                tracing::trace!(conn = key, error = %e, "timeout handling failed");
+            }
+            self.drain(key, now);
+        }
+        if now >= self.next_select {
+            self.next_select = now + SELECT_EVERY;
+            let now_us = self.now_us(now);
+            for room in self.rooms.values_mut() {
+                if room.selector.update(now_us) {
+                    apply_slots(room, &mut self.conns);
+                }
+            }
+        }
+        if now >= self.next_levels {
+            self.next_levels = now + LEVELS_EVERY;
+            self.report_levels(now);
+        }
+    }
+
+    /// Tells each room who of the speakers received here is talking, when that changed.
+    fn report_levels(&mut self, now: Instant) {
+        let now_us = self.now_us(now);
+        for room in self.rooms.values_mut() {
+            let mut levels: Vec<(ParticipantId, u8)> = room
+                .selector
+                .active_speakers(now_us)
+                .filter_map(|s| {
+                    room.members
+                        .iter()
+                        .filter_map(|k| self.conns.get(k))
+                        .find(|c| c.source == s.key)
+                        .map(|c| (c.participant.clone(), s.level))
+                })
+                .collect();
+            levels.sort_by_key(|(_, level)| *level);
+            let who: Vec<ParticipantId> = levels.iter().map(|(p, _)| p.clone()).collect();
+            if who != room.last_levels {
+                room.last_levels = who;
+                let _ = self.reports.send(Report::Levels {
+                    worker: self.index,
+                    room: room.id.clone(),
+                    levels,
+                });
+            }
+        }
+    }
+
+    // ---- control --------------------------------------------------------------------
+
+    fn on_control(&mut self, command: Control) {
+        match command {
+            Control::Offer {
+                key,
+                room,
+                participant,
+                offer,
+                on_stage,
+                may_send,
+                reply,
+            } => {
+                let now = Instant::now();
+                let result = if self.conns.contains_key(&key) {
+                    self.renegotiate(key, *offer, on_stage, may_send, now)
+                } else {
+                    self.open(key, room, participant, *offer, on_stage, may_send, now)
+                };
+                let result = result.map_err(|e| {
+                    tracing::debug!(conn = key, error = %e, "offer refused");
+                    MediaError::new("invalid_sdp", format!("the offer could not be applied: {e}"))
+                });
+                if result.is_ok() {
+                    self.drain(key, now);
+                }
+                let _ = reply.send(result);
+            }
+            Control::Permission { key, may_send } => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.may_send = may_send;
+                }
+            }
+            Control::Close { key } => self.close(key, false),
+            Control::Stats { reply } => {
+                let _ = reply.send(WorkerStats {
+                    connections: self.conns.len(),
+                    connected: self.conns.values().filter(|c| c.connected).count(),
+                    rooms: self.rooms.len(),
+                });
+            }
+            Control::Stop => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        key: ConnKey,
+        room: RoomRef,
+        participant: ParticipantId,
+        offer: RTCSessionDescription,
+        on_stage: bool,
+        may_send: bool,
+        now: Instant,
+    ) -> anyhow::Result<String> {
+        let ufrag = random_alnum(16);
+        let config = RTCConfigurationBuilder::new()
+            .with_certificates(vec![self.certificate.clone()])
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_setting_engine(engine::setting_engine(
+                ufrag.clone(),
+                random_alnum(32),
+                self.ice_disconnected,
+                self.ice_failed,
+            ))
+            .with_media_engine(engine::media_engine()?)
+            .with_interceptor_registry(engine::registry())
+            .build(now)?;
+        // Our outbound slots first, so the offered sections pair with them in order.
+        let mut slots = Vec::with_capacity(self.slots);
+        for index in 0..self.slots {
+            let ssrc = random_u32();
+            let track = MediaStreamTrack::new(
+                format!("stoa-{key}"),
+                format!("slot-{index}"),
+                format!("slot-{index}"),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: engine::opus_codec().rtp_codec,
+                    ..Default::default()
+                }],
+            );
+            let sender = pc.add_track(track)?;
+            slots.push(OutSlot {
+                sender,
+                rewriter: SlotRewriter::new(ssrc, random_u32() as u16, random_u32()),
+            });
+        }
+        pc.set_remote_description(now, offer)?;
+        set_directions(&mut pc, on_stage);
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.advertised.ip().to_string(),
+                port: self.advertised.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        let answer = pc.create_answer(None)?;
+        pc.set_local_description(now, answer)?;
+        let sdp = pc
+            .local_description()
+            .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
+            .sdp
+            .clone();
+
+        let source = self.sources.fetch_add(1, Ordering::Relaxed);
+        let room_key = room.key;
+        let entry = self.rooms.entry(room_key).or_insert_with(|| WorkerRoom {
+            id: room.id.clone(),
+            workers: room.workers.clone(),
+            selector: SpeakerSelector::with_capacity(
+                SelectorConfig {
+                    slots: self.slots,
+                    ..SelectorConfig::default()
+                },
+                8,
+            ),
+            members: Vec::new(),
+            last_levels: Vec::new(),
+        });
+        entry.members.push(key);
+        self.by_ufrag.insert(ufrag.clone(), key);
+        let mut conn = Conn {
+            pc,
+            room: room_key,
+            participant,
+            ufrag,
+            source,
+            slots,
+            receiving: on_stage,
+            may_send,
+            inbound_ssrc: None,
+            inbound_level_id: None,
+            connected: false,
+            answered_at: now,
+            addrs: Vec::new(),
+            scheduled: None,
+        };
+        for (slot, heard) in conn.slots.iter_mut().zip(entry.selector.slots_for(source)) {
+            slot.rewriter.set_source(heard);
+        }
+        schedule(&mut self.timers, key, &mut conn);
+        self.conns.insert(key, conn);
+        self.counters.connections.set(self.conns.len() as i64);
+        Ok(sdp)
+    }
+
+    fn renegotiate(
+        &mut self,
+        key: ConnKey,
+        offer: RTCSessionDescription,
+        on_stage: bool,
+        may_send: bool,
+        now: Instant,
+    ) -> anyhow::Result<String> {
+        let conn = self
+            .conns
+            .get_mut(&key)
+            .ok_or_else(|| anyhow::anyhow!("no such connection"))?;
+        conn.pc.set_remote_description(now, offer)?;
+        set_directions(&mut conn.pc, on_stage);
+        let answer = conn.pc.create_answer(None)?;
+        conn.pc.set_local_description(now, answer)?;
+        conn.receiving = on_stage;
+        conn.may_send = may_send;
+        Ok(conn
+            .pc
+            .local_description()
+            .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
+            .sdp
+            .clone())
+    }
+
+    /// Frees everything of one connection. `report`: the worker decided this (the peer went
+    /// away), so the rest of the server must be told.
+    fn close(&mut self, key: ConnKey, report: bool) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let _ = conn.pc.close();
+        while let Some(out) = conn.pc.poll_write() {
+            self.send(&out.message, out.transport.peer_addr);
+        }
+        self.by_ufrag.remove(&conn.ufrag);
+        for addr in &conn.addrs {
+            if self.by_addr.get(addr) == Some(&key) {
+                self.by_addr.remove(addr);
+            }
+        }
+        self.counters.connections.set(self.conns.len() as i64);
+        let room_id = self.rooms.get(&conn.room).map(|r| r.id.clone());
+        if let Some(room) = self.rooms.get_mut(&conn.room) {
+            room.members.retain(|k| *k != key);
+            let mask = room.workers.load(Ordering::Relaxed);
+            for (index, peer) in self.peers.iter().enumerate() {
+                if index != self.index && mask & (1 << index) != 0 {
+                    let _ = peer.try_send(Fanout::Forget {
+                        room: conn.room,
+                        source: conn.source,
+                    });
+                }
+            }
+            if room.members.is_empty() {
+                let id = room.id.clone();
+                let had_levels = !room.last_levels.is_empty();
+                self.rooms.remove(&conn.room);
+                if had_levels {
+                    let _ = self.reports.send(Report::Levels {
+                        worker: self.index,
+                        room: id,
+                        levels: Vec::new(),
+                    });
+                }
+            } else {
+                self.forget(conn.room, conn.source);
+            }
+        }
+        if report && let Some(room) = room_id {
+            let _ = self.reports.send(Report::Closed {
+                key,
+                room,
+                participant: conn.participant,
+            });
+        }
+    }
+}
+
+/// Queues the connection's next deadline if it is earlier than the one already queued.
+fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, ConnKey)>>, key: ConnKey, conn: &mut Conn) {
+    if let Some(at) = conn.pc.poll_timeout()
+        && conn.scheduled.is_none_or(|queued| at < queued)
+    {
+        conn.scheduled = Some(at);
+        timers.push(Reverse((at, key)));
+    }
+}
+
+/// Points every member's slots at what the room's selection says they hear now.
+fn apply_slots(room: &WorkerRoom, conns: &mut HashMap<ConnKey, Conn>) {
+    for key in &room.members {
+        if let Some(conn) = conns.get_mut(key) {
+            for (slot, heard) in conn.slots.iter_mut().zip(room.selector.slots_for(conn.source)) {
+                slot.rewriter.set_source(heard);
+            }
+        }
+    }
+}
+
+/// Our side of each audio section: every slot sends; the first section also receives when
+/// the participant is on stage. A listener's answer therefore says `recvonly` everywhere.
+fn set_directions(pc: &mut RTCPeerConnection, on_stage: bool) {
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    for (index, id) in ids.into_iter().enumerate() {
+        if let Some(mut transceiver) = pc.rtp_transceiver(id) {
+            let wanted = if index == 0 && on_stage {
+                RTCRtpTransceiverDirection::Sendrecv
+            } else {
+                RTCRtpTransceiverDirection::Sendonly
+            };
+            if transceiver.direction() != wanted {
+                transceiver.set_direction(wanted);
+            }
+        }
+    }
+}
+
+/// Loss, jitter and round-trip time from a listener's report about one of our slots.
+fn observe_receiver_report(metrics: &MediaMetrics, rr: &ReceiverReport) {
+    let arrival = ntp_middle_now();
+    for report in &rr.reports {
+        metrics
+            .rr_fraction_lost
+            .observe(f64::from(report.fraction_lost) / 256.0);
+        metrics
+            .rr_jitter_seconds
+            .observe(f64::from(report.jitter) / 48_000.0);
+        if report.last_sender_report != 0 {
+            // RFC 3550 §6.4.1, in 1/65536 s.
+            let rtt = arrival
+                .wrapping_sub(report.last_sender_report)
+                .wrapping_sub(report.delay);
+            if rtt < 65_536 * 10 {
+                metrics.rtt_seconds.observe(f64::from(rtt) / 65_536.0);
+            }
+        }
+    }
+}
+
+/// The middle 32 bits of the current NTP time, as in receiver reports' LSR field.
+fn ntp_middle_now() -> u32 {
+    let since_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_unix.as_secs() + 2_208_988_800;
+    let fraction = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    (((seconds & 0xffff) << 16) | (fraction >> 16)) as u32
+}
