@@ -91,12 +91,28 @@ impl Default for MediaMetrics {
 impl MediaMetrics {
     fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("media");
-        r.register("datagrams_in", "UDP datagrams received", self.datagrams_in.clone());
+        r.register(
+            "datagrams_in",
+            "UDP datagrams received",
+            self.datagrams_in.clone(),
+        );
         r.register("bytes_in", "UDP bytes received", self.bytes_in.clone());
-        r.register("datagrams_out", "UDP datagrams sent", self.datagrams_out.clone());
+        r.register(
+            "datagrams_out",
+            "UDP datagrams sent",
+            self.datagrams_out.clone(),
+        );
         r.register("bytes_out", "UDP bytes sent", self.bytes_out.clone());
-        r.register("send_calls", "Send system calls (batched)", self.send_calls.clone());
-        r.register("rtp_in", "RTP packets accepted from speakers", self.rtp_in.clone());
+        r.register(
+            "send_calls",
+            "Send system calls (batched)",
+            self.send_calls.clone(),
+        );
+        r.register(
+            "rtp_in",
+            "RTP packets accepted from speakers",
+            self.rtp_in.clone(),
+        );
         r.register(
             "rtp_forwarded",
             "RTP packets written to listeners (one per packet and listener)",
@@ -107,7 +123,11 @@ impl MediaMetrics {
             "Datagrams and packets dropped, by reason",
             self.dropped.clone(),
         );
-        r.register("connections", "WebRTC connections", self.connections.clone());
+        r.register(
+            "connections",
+            "WebRTC connections",
+            self.connections.clone(),
+        );
         r.register(
             "forward_seconds",
             "Time from a speaker's packet arriving to its copies being sent",

@@ -16,10 +16,10 @@ use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEng
 use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::header::PacketType;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
@@ -38,7 +38,6 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: OPUS_PT,
-        ..Default::default()
     }
 }
 
@@ -89,8 +88,8 @@ pub fn setting_engine(
 
 /// The one DTLS certificate all connections of this process present.
 pub fn certificate() -> anyhow::Result<RTCCertificate> {
-    let provider =
-        rtc::crypto::default_provider().map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?;
+    let provider = rtc::crypto::default_provider()
+        .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?;
     let certificate = RTCCertificate::generate(
         provider.crypto(),
         SignatureScheme::EcdsaP256Sha256,

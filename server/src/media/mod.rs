@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::MediaSettings;
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::MediaMetrics;
-use worker::{Control, ConnKey, Report, RoomRef, Worker, WorkerLink, WorkerSetup};
+use worker::{ConnKey, Control, Report, RoomRef, Worker, WorkerLink, WorkerSetup};
 
 /// Speakers' packets queued for one worker from the others before new ones are dropped.
 const FANOUT_QUEUE: usize = 4096;
@@ -115,13 +115,16 @@ impl Media {
         let mut sockets = Vec::with_capacity(count);
         for index in 0..count {
             let port = match options.port {
-                Some(base) => base.checked_add(index as u16).ok_or_else(|| {
-                    anyhow::anyhow!("media port {base} + {index} is past 65535")
-                })?,
+                Some(base) => base
+                    .checked_add(index as u16)
+                    .ok_or_else(|| anyhow::anyhow!("media port {base} + {index} is past 65535"))?,
                 None => 0,
             };
             let socket = UdpSocket::bind(SocketAddr::new(options.bind_ip, port)).map_err(|e| {
-                anyhow::anyhow!("cannot bind media UDP socket {}:{port}: {e}", options.bind_ip)
+                anyhow::anyhow!(
+                    "cannot bind media UDP socket {}:{port}: {e}",
+                    options.bind_ip
+                )
             })?;
             grow_buffers(&socket);
             sockets.push(socket);
@@ -272,7 +275,11 @@ impl Media {
 
     /// Closes a participant's connection and frees its state.
     pub fn close(&self, room: &RoomId, participant: &ParticipantId) {
-        if let Some((_, placed)) = self.inner.conns.remove(&(room.clone(), participant.clone())) {
+        if let Some((_, placed)) = self
+            .inner
+            .conns
+            .remove(&(room.clone(), participant.clone()))
+        {
             self.unplace(room, placed);
             let _ = self.inner.workers[placed.worker]
                 .control
@@ -313,7 +320,13 @@ impl Media {
         for link in &self.inner.workers {
             let _ = link.control.send(Control::Stop);
         }
-        let threads: Vec<_> = self.inner.threads.lock().expect("poisoned").drain(..).collect();
+        let threads: Vec<_> = self
+            .inner
+            .threads
+            .lock()
+            .expect("poisoned")
+            .drain(..)
+            .collect();
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
@@ -370,35 +383,46 @@ impl Media {
     }
 
     fn place(&self, room: &RoomId, participant: &ParticipantId) -> Result<Placed, MediaError> {
-        match self.inner.conns.entry((room.clone(), participant.clone())) {
-            Entry::Occupied(e) => Ok(*e.get()),
+        let key = (room.clone(), participant.clone());
+        if let Some(placed) = self.inner.conns.get(&key) {
+            return Ok(*placed);
+        }
+        // `len` locks every shard: never call it while holding an entry of the same map.
+        if self.inner.conns.len() >= self.inner.max_connections {
+            return Err(MediaError::new(
+                "media_full",
+                "the server carries as many audio connections as it is configured for",
+            ));
+        }
+        let worker = (0..self.inner.load.len())
+            .min_by_key(|&i| self.inner.load[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let placed = Placed {
+            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+            worker,
+        };
+        // A room offers one message at a time, so nobody races this insert for the same
+        // participant; if something did, the first placement stands.
+        match self.inner.conns.entry(key) {
+            Entry::Occupied(e) => return Ok(*e.get()),
             Entry::Vacant(e) => {
-                if self.inner.conns.len() >= self.inner.max_connections {
-                    return Err(MediaError::new(
-                        "media_full",
-                        "the server carries as many audio connections as it is configured for",
-                    ));
-                }
-                let worker = (0..self.inner.load.len())
-                    .min_by_key(|&i| self.inner.load[i].load(Ordering::Relaxed))
-                    .unwrap_or(0);
-                let placed = Placed {
-                    key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
-                    worker,
-                };
                 e.insert(placed);
-                self.inner.load[worker].fetch_add(1, Ordering::Relaxed);
-                let workers = self.inner.workers.len();
-                let mut hub_room = self.inner.rooms.entry(room.clone()).or_insert_with(|| HubRoom {
-                    key: self.inner.next_room.fetch_add(1, Ordering::Relaxed),
-                    workers: Arc::new(AtomicU64::new(0)),
-                    counts: vec![0; workers],
-                });
-                hub_room.counts[worker] += 1;
-                hub_room.workers.fetch_or(1 << worker, Ordering::Relaxed);
-                Ok(placed)
             }
         }
+        self.inner.load[worker].fetch_add(1, Ordering::Relaxed);
+        let workers = self.inner.workers.len();
+        let mut hub_room = self
+            .inner
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| HubRoom {
+                key: self.inner.next_room.fetch_add(1, Ordering::Relaxed),
+                workers: Arc::new(AtomicU64::new(0)),
+                counts: vec![0; workers],
+            });
+        hub_room.counts[worker] += 1;
+        hub_room.workers.fetch_or(1 << worker, Ordering::Relaxed);
+        Ok(placed)
     }
 
     fn unplace(&self, room: &RoomId, placed: Placed) {

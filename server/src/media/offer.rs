@@ -64,8 +64,9 @@ pub fn check_offer(sdp: String, slots: usize) -> Result<RTCSessionDescription, O
         let opus = media.attributes.iter().any(|a| {
             a.key == "rtpmap"
                 && a.value.as_deref().is_some_and(|v| {
-                    v.split_once(' ')
-                        .is_some_and(|(_, codec)| codec.to_ascii_lowercase().starts_with("opus/48000"))
+                    v.split_once(' ').is_some_and(|(_, codec)| {
+                        codec.to_ascii_lowercase().starts_with("opus/48000")
+                    })
                 })
         });
         if !opus {
@@ -104,7 +105,9 @@ mod tests {
 
     #[test]
     fn accepts_n_opus_sections() {
-        let sections: Vec<String> = (0..3).map(|i| section("audio", "opus/48000/2", i)).collect();
+        let sections: Vec<String> = (0..3)
+            .map(|i| section("audio", "opus/48000/2", i))
+            .collect();
         assert!(check_offer(offer(&sections), 3).is_ok());
     }
 
@@ -121,11 +124,17 @@ mod tests {
             "unsupported_media"
         );
         assert_eq!(
-            code(offer(&[audio(0), section("video", "VP8/90000", 1), audio(2)]), 3),
+            code(
+                offer(&[audio(0), section("video", "VP8/90000", 1), audio(2)]),
+                3
+            ),
             "unsupported_media"
         );
         assert_eq!(
-            code(offer(&[audio(0), section("audio", "PCMU/8000", 1), audio(2)]), 3),
+            code(
+                offer(&[audio(0), section("audio", "PCMU/8000", 1), audio(2)]),
+                3
+            ),
             "unsupported_codec"
         );
     }

@@ -109,7 +109,10 @@ pub struct Forwarded {
 pub enum Fanout {
     Packet(Arc<Forwarded>),
     /// The source stopped for good (left, closed): drop it from the room's selection.
-    Forget { room: u32, source: u32 },
+    Forget {
+        room: u32,
+        source: u32,
+    },
 }
 
 /// What workers tell the rest of the server.
@@ -507,17 +510,18 @@ impl Worker {
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                         conn.inbound_ssrc = Some(init.ssrc);
-                        conn.inbound_level_id = conn.pc.rtp_receiver(init.receiver_id).and_then(
-                            |mut receiver| {
-                                receiver
-                                    .get_parameters()
-                                    .rtp_parameters
-                                    .header_extensions
-                                    .iter()
-                                    .find(|h| h.uri == AUDIO_LEVEL_URI)
-                                    .map(|h| h.id as u8)
-                            },
-                        );
+                        conn.inbound_level_id =
+                            conn.pc
+                                .rtp_receiver(init.receiver_id)
+                                .and_then(|mut receiver| {
+                                    receiver
+                                        .get_parameters()
+                                        .rtp_parameters
+                                        .header_extensions
+                                        .iter()
+                                        .find(|h| h.uri == AUDIO_LEVEL_URI)
+                                        .map(|h| h.id as u8)
+                                });
                     }
                     _ => {}
                 }
@@ -555,8 +559,7 @@ impl Worker {
             self.counters.not_allowed.inc();
             return;
         }
-        if conn.inbound_ssrc != Some(packet.header.ssrc) || packet.header.payload_type != OPUS_PT
-        {
+        if conn.inbound_ssrc != Some(packet.header.ssrc) || packet.header.payload_type != OPUS_PT {
             self.counters.unknown_ssrc.inc();
             return;
         }
@@ -627,9 +630,9 @@ impl Worker {
             else {
                 continue;
             };
-            let Ok(out) = slot
-                .rewriter
-                .rewrite(packet.source, packet.seq, packet.timestamp, now_us)
+            let Ok(out) =
+                slot.rewriter
+                    .rewrite(packet.source, packet.seq, packet.timestamp, now_us)
             else {
                 continue;
             };
@@ -664,7 +667,11 @@ impl Worker {
                 }
                 self.batch.push(&out.message, out.transport.peer_addr);
             }
-            schedule(&mut self.timers, key, conn);
+            // Writing media does not bring a connection's timers forward; only look when none
+            // is queued (asking costs as much as the rest of this loop).
+            if conn.scheduled.is_none() {
+                schedule(&mut self.timers, key, conn);
+            }
         }
         self.flush();
         self.metrics
@@ -768,7 +775,10 @@ impl Worker {
                 };
                 let result = result.map_err(|e| {
                     tracing::debug!(conn = key, error = %e, "offer refused");
-                    MediaError::new("invalid_sdp", format!("the offer could not be applied: {e}"))
+                    MediaError::new(
+                        "invalid_sdp",
+                        format!("the offer could not be applied: {e}"),
+                    )
                 });
                 if result.is_ok() {
                     self.drain(key, now);
@@ -1000,7 +1010,11 @@ fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, ConnKey)>>, key: ConnKey, 
 fn apply_slots(room: &WorkerRoom, conns: &mut HashMap<ConnKey, Conn>) {
     for key in &room.members {
         if let Some(conn) = conns.get_mut(key) {
-            for (slot, heard) in conn.slots.iter_mut().zip(room.selector.slots_for(conn.source)) {
+            for (slot, heard) in conn
+                .slots
+                .iter_mut()
+                .zip(room.selector.slots_for(conn.source))
+            {
                 slot.rewriter.set_source(heard);
             }
         }

@@ -334,7 +334,9 @@ mod tests {
                 "join" => r#"{"type":"join","token":"x"}"#.to_owned(),
                 "resume" => r#"{"type":"resume","resume_token":"x"}"#.to_owned(),
                 "media_offer" => r#"{"type":"media_offer","sdp":"v=0"}"#.to_owned(),
-                "ice_candidate" => r#"{"type":"ice_candidate","candidate":"candidate:1"}"#.to_owned(),
+                "ice_candidate" => {
+                    r#"{"type":"ice_candidate","candidate":"candidate:1"}"#.to_owned()
+                }
                 "set_role" => {
                     r#"{"type":"set_role","participant":"pt_AAAAAAAAAAAAAAAA","role":"speaker"}"#
                         .to_owned()

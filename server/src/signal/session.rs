@@ -565,7 +565,8 @@ impl Session {
                     || sdp_mid.is_some_and(|m| m.len() > 64)
                     || username_fragment.is_some_and(|u| u.len() > 256);
                 if too_long {
-                    self.error(id.as_ref(), "invalid_message", "candidate too long").await;
+                    self.error(id.as_ref(), "invalid_message", "candidate too long")
+                        .await;
                     return self.strike().await;
                 }
                 if let Some(id) = &id {

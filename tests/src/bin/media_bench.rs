@@ -1,0 +1,1711 @@
+//! `stoa-media-bench`: what one forwarded packet costs the server, per listener.
+//!
+//! A benchmark, not a test. It starts Stoa's real media service in this process (one worker,
+//! the thread `stoa-media-0`), connects one speaker and N listeners as `rtc` sans-IO clients over
+//! loopback UDP (one socket each, all driven by the main thread through epoll), lets the speaker
+//! send one 80-byte packet every 20 ms, and reads the worker thread's CPU time over a steady
+//! window. Reported per N:
+//!
+//! - server CPU per forwarded packet × listener: the worker thread's CPU time (all of it: SRTP,
+//!   `rtc`'s write path, `sendmmsg`, timers, RTCP and STUN from the clients) divided by the
+//!   packets it forwarded in the window (its `rtp_forwarded` counter);
+//! - the baseline: a bare `rtc::srtp` AES-128-GCM encrypt of the same 92-byte RTP packets, one
+//!   context per listener, timed in the same run on the same core, and the ratio of the two;
+//! - loss: what the listeners received against what the speaker sent;
+//! - heap per listener connection, from a counting global allocator that tags every block with
+//!   the side (server or client) of the code that allocated it.
+//!
+//! Usage: `stoa-media-bench [--listeners 10,100,1000] [--seconds 10] [--interval-ms 20]
+//! [--no-pin]`. Method and results: `docs/benchmarks.md`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::crypto::SignatureScheme;
+use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::json;
+use stoa::config::MediaSettings;
+use stoa::control::{ParticipantId, RoomId};
+use stoa::media::{Media, MediaOptions};
+use stoa::metrics::{DropLabels, MediaMetrics, WorkerLabels};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+const OPUS_PT: u8 = 111;
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// RFC 6464 byte the speaker sends: voice activity set, level 10 (-10 dBov, loud).
+const LEVEL_BYTE: u8 = 0x80 | 10;
+/// About one 20 ms Opus voice frame.
+const PAYLOAD_BYTES: usize = 80;
+const WORKER_THREAD: &str = "stoa-media-0";
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+/// Time after the last packet for stragglers to reach the listeners.
+const TAIL: Duration = Duration::from_millis(300);
+/// From the speaker's first packet to the heap mark (selection settles in ~20–40 ms).
+const SETTLE: Duration = Duration::from_secs(1);
+/// Connected but silent: the worker's background cost.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+/// Window in which allocations per forwarded packet are counted (not timed).
+const ALLOC_WINDOW: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Encryptions timed for the baseline at every N.
+const BASELINE_ENCRYPTS: usize = 1_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator
+// ---------------------------------------------------------------------------------------------
+
+/// Which side allocated a block. Threads start as `SERVER` (the worker and anything else the
+/// server spawns); the bench's own threads switch to `CLIENT` and switch back to `SERVER`
+/// only around calls into the server (`Media::offer` parses the SDP on the caller's thread).
+const SERVER: u8 = 0;
+const CLIENT: u8 = 1;
+
+thread_local! {
+    static CLASS: Cell<u8> = const { Cell::new(SERVER) };
+}
+
+#[repr(align(64))]
+struct Padded(AtomicI64);
+
+/// Net bytes allocated minus freed per class while counting is on. A block is charged to the
+/// class that allocated it (the tag sits in the byte before it), whichever thread frees it, so
+/// the difference of two readings is the change of that class's live heap.
+static LIVE: [Padded; 2] = [Padded(AtomicI64::new(0)), Padded(AtomicI64::new(0))];
+/// Allocation calls (alloc, alloc_zeroed, realloc) per class of the calling thread.
+static CALLS: [Padded; 2] = [Padded(AtomicI64::new(0)), Padded(AtomicI64::new(0))];
+/// Off during the timed window: then the allocator costs one TLS read and one byte store.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+struct CountingAlloc;
+
+/// The block as asked from `System`: `offset` bytes in front of the caller's, the last of
+/// which holds the class.
+#[inline]
+fn outer(layout: Layout) -> (Layout, usize) {
+    let offset = layout.align().max(16);
+    // SAFETY: `offset` is a power of two; the size cannot overflow for any layout Rust makes
+    // (it is below isize::MAX - align).
+    let outer = unsafe { Layout::from_size_align_unchecked(layout.size() + offset, offset) };
+    (outer, offset)
+}
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let (outer, offset) = outer(layout);
+        // SAFETY: forwarded to System with a non-zero size.
+        let base = unsafe { System.alloc(outer) };
+        if base.is_null() {
+            return base;
+        }
+        let class = CLASS.with(Cell::get);
+        // SAFETY: `offset` ≥ 1 bytes lie in front of the returned block, inside `outer`.
+        let user = unsafe { base.add(offset) };
+        unsafe { user.sub(1).write(class) };
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE[class as usize]
+                .0
+                .fetch_add(layout.size() as i64, Ordering::Relaxed);
+            CALLS[class as usize].0.fetch_add(1, Ordering::Relaxed);
+        }
+        user
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let (outer, offset) = outer(layout);
+        // SAFETY: as in `alloc`.
+        let base = unsafe { System.alloc_zeroed(outer) };
+        if base.is_null() {
+            return base;
+        }
+        let class = CLASS.with(Cell::get);
+        let user = unsafe { base.add(offset) };
+        unsafe { user.sub(1).write(class) };
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE[class as usize]
+                .0
+                .fetch_add(layout.size() as i64, Ordering::Relaxed);
+            CALLS[class as usize].0.fetch_add(1, Ordering::Relaxed);
+        }
+        user
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (outer, offset) = outer(layout);
+        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
+        let class = unsafe { ptr.sub(1).read() };
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE[class as usize]
+                .0
+                .fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
+        unsafe { System.dealloc(ptr.sub(offset), outer) };
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let (outer, offset) = outer(layout);
+        // SAFETY: as in `dealloc`; System keeps the prefix (and so the tag) when it moves.
+        let class = unsafe { ptr.sub(1).read() };
+        let base = unsafe { System.realloc(ptr.sub(offset), outer, new_size + offset) };
+        if base.is_null() {
+            return base;
+        }
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE[class as usize]
+                .0
+                .fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+            CALLS[CLASS.with(Cell::get) as usize]
+                .0
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { base.add(offset) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn set_class(class: u8) {
+    CLASS.with(|c| c.set(class));
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct HeapMark {
+    server: i64,
+    client: i64,
+    server_calls: i64,
+    rss_kib: i64,
+}
+
+fn heap_mark() -> HeapMark {
+    HeapMark {
+        server: LIVE[SERVER as usize].0.load(Ordering::Relaxed),
+        client: LIVE[CLIENT as usize].0.load(Ordering::Relaxed),
+        server_calls: CALLS[SERVER as usize].0.load(Ordering::Relaxed),
+        rss_kib: rss_kib().unwrap_or(0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads, CPU time, affinity
+// ---------------------------------------------------------------------------------------------
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: no arguments, no memory.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+fn pin(tid: libc::pid_t, cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is empty; the size passed is its own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The id of this process's thread named `name` (comm, as the kernel shows it).
+fn find_thread(name: &str) -> Option<libc::pid_t> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            return entry.file_name().to_str()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// CPU time (user + system) of any thread of this process, in ns: the kernel's per-thread CPU
+/// clock, `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`, as `pthread_getcpuclockid` builds it.
+fn thread_cpu_ns(tid: libc::pid_t) -> u64 {
+    let clock = ((!(tid as u32)) << 3) as libc::clockid_t | 6;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// utime + stime of a thread from /proc, in ns (clock-tick resolution: a cross-check).
+fn thread_stat_ns(tid: libc::pid_t) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return 0;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    // After the comm: state is field 3; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: no memory.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
+}
+
+/// Ticks the hypervisor ran something else while `cpu` wanted to run (`steal` in /proc/stat).
+fn steal_ticks(cpu: usize) -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let name = format!("cpu{cpu}");
+    stat.lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .and_then(|l| l.split_whitespace().nth(8)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// epoll over the clients' sockets
+// ---------------------------------------------------------------------------------------------
+
+struct Poller {
+    fd: RawFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Poller {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Poller {
+            fd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 512],
+        })
+    }
+
+    fn add(&self, fd: RawFd, token: usize) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token as u64,
+        };
+        // SAFETY: valid descriptors and event pointer.
+        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Tokens of the readable sockets, waiting at most `timeout` (rounded up to 1 ms).
+    fn wait(&mut self, timeout: Duration, ready: &mut Vec<usize>) {
+        ready.clear();
+        let ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
+        // SAFETY: the buffer holds `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd,
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ms,
+            )
+        };
+        for event in self.events.iter().take(n.max(0) as usize) {
+            let token = event.u64;
+            ready.push(token as usize);
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients: `rtc` sans-IO peer connections, one UDP socket each
+// ---------------------------------------------------------------------------------------------
+
+/// A listener's view of the one stream it receives: packets, and loss from sequence gaps.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rx {
+    packets: u64,
+    first: Option<i64>,
+    highest: i64,
+}
+
+impl Rx {
+    fn record(&mut self, seq: u16) {
+        self.packets += 1;
+        match self.first {
+            None => {
+                self.first = Some(i64::from(seq));
+                self.highest = i64::from(seq);
+            }
+            Some(first) => {
+                let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
+                let extended = self.highest + delta;
+                self.highest = self.highest.max(extended);
+                self.first = Some(first.min(extended));
+            }
+        }
+    }
+
+    /// Sequence numbers from the first to the highest seen.
+    fn span(&self) -> u64 {
+        self.first.map_or(0, |f| (self.highest - f + 1) as u64)
+    }
+}
+
+struct Tx {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    level_id: Option<u8>,
+    seq: u16,
+    timestamp: u32,
+    sent: u64,
+    refused: u64,
+}
+
+struct Client {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    participant: ParticipantId,
+    connected: bool,
+    failed: bool,
+    scheduled: Option<Instant>,
+    rx: Rx,
+    other_ssrc_packets: u64,
+    tx: Option<Tx>,
+    send_errors: u64,
+}
+
+struct Clients {
+    list: Vec<Client>,
+    poller: Poller,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    buf: Vec<u8>,
+    ready: Vec<usize>,
+    payload: Bytes,
+    cert: RTCCertificate,
+    room: RoomId,
+    slots: usize,
+    next_send: Instant,
+    interval: Duration,
+    late_sends: u64,
+}
+
+fn opus() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_PT,
+    }
+}
+
+/// What a browser offers for Stoa, minus the extras: Opus 111 and the audio-level extension,
+/// with receiver and sender reports.
+fn client_engine() -> Result<(MediaEngine, Registry)> {
+    let mut engine = MediaEngine::default();
+    engine.register_codec(opus(), RtpCodecKind::Audio)?;
+    engine.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
+    let registry = Registry::new()
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(Slot::SenderReport, SenderReportBuilder::new().build());
+    Ok((engine, registry))
+}
+
+impl Clients {
+    fn new(media: &Media, room: RoomId, interval: Duration) -> Result<Self> {
+        let provider =
+            rtc::crypto::default_provider().map_err(|e| format!("no crypto provider: {e:?}"))?;
+        let cert = RTCCertificate::generate(
+            provider.crypto(),
+            SignatureScheme::EcdsaP256Sha256,
+            CertificateParams::new(vec!["bench-client".to_owned()])?,
+        )?;
+        let mut payload = vec![0u8; PAYLOAD_BYTES];
+        for byte in payload.iter_mut() {
+            *byte = rand::random();
+        }
+        Ok(Clients {
+            list: Vec::new(),
+            poller: Poller::new()?,
+            timers: BinaryHeap::new(),
+            buf: vec![0; 2048],
+            ready: Vec::with_capacity(512),
+            payload: Bytes::from(payload),
+            cert,
+            room,
+            slots: media.slots(),
+            next_send: Instant::now(),
+            interval,
+            late_sends: 0,
+        })
+    }
+
+    /// Opens one connection: our offer straight into `Media::offer`, its answer back.
+    fn join(&mut self, media: &Media, speaker: bool) -> Result<usize> {
+        let now = Instant::now();
+        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let (engine, registry) = client_engine()?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![self.cert.clone()])
+                    .build(),
+            )
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        let mut tx = None;
+        let mut recvonly = self.slots;
+        if speaker {
+            let ssrc: u32 = rand::random();
+            let sender = pc.add_track(MediaStreamTrack::new(
+                "bench-mic".to_owned(),
+                "mic".to_owned(),
+                "mic".to_owned(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: opus().rtp_codec,
+                    ..Default::default()
+                }],
+            ))?;
+            tx = Some(Tx {
+                sender,
+                ssrc,
+                level_id: None,
+                seq: rand::random(),
+                timestamp: rand::random(),
+                sent: 0,
+                refused: 0,
+            });
+            recvonly -= 1;
+        }
+        for _ in 0..recvonly {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )?;
+        }
+        let offer = pc.create_offer(None)?;
+        pc.set_local_description(now, offer)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        let sdp = pc
+            .local_description()
+            .ok_or("no local description")?
+            .sdp
+            .clone();
+
+        let participant = ParticipantId::generate();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        set_class(SERVER);
+        media.offer(&self.room, &participant, sdp, speaker, speaker, reply);
+        set_class(CLIENT);
+        let answer = answer
+            .blocking_recv()
+            .map_err(|_| "the media worker dropped the offer")?
+            .map_err(|e| format!("offer refused: {} {}", e.code, e.message))?;
+        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
+        if let Some(tx) = tx.as_mut() {
+            tx.level_id = pc.rtp_sender(tx.sender).and_then(|mut s| {
+                s.get_parameters()
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|h| h.uri == AUDIO_LEVEL_URI)
+                    .map(|h| h.id as u8)
+            });
+        }
+        let index = self.list.len();
+        self.poller.add(socket.as_raw_fd(), index)?;
+        self.list.push(Client {
+            pc,
+            socket,
+            local,
+            participant,
+            connected: false,
+            failed: false,
+            scheduled: None,
+            rx: Rx::default(),
+            other_ssrc_packets: 0,
+            tx,
+            send_errors: 0,
+        });
+        self.drain(index);
+        Ok(index)
+    }
+
+    /// Everything a client has queued: datagrams out, state changes, received media.
+    fn drain(&mut self, index: usize) {
+        let client = &mut self.list[index];
+        while let Some(out) = client.pc.poll_write() {
+            if client
+                .socket
+                .send_to(&out.message, out.transport.peer_addr)
+                .is_err()
+            {
+                client.send_errors += 1;
+            }
+        }
+        while let Some(event) = client.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                match state {
+                    RTCPeerConnectionState::Connected => client.connected = true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        client.connected = false;
+                        client.failed = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        while let Some(message) = client.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = message.message {
+                if client.tx.is_none() {
+                    client.rx.record(packet.header.sequence_number);
+                } else {
+                    client.other_ssrc_packets += 1;
+                }
+            }
+        }
+        if let Some(at) = client.pc.poll_timeout()
+            && client.scheduled.is_none_or(|queued| at < queued)
+        {
+            client.scheduled = Some(at);
+            self.timers.push(Reverse((at, index)));
+        }
+    }
+
+    /// One turn: waits for datagrams until `until` (or the next client timer), feeds them in,
+    /// then runs the due timers.
+    fn turn(&mut self, until: Instant) {
+        let now = Instant::now();
+        let mut wake = until;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            wake = wake.min(*at);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        self.poller
+            .wait(wake.saturating_duration_since(now), &mut ready);
+        for &index in &ready {
+            let mut fed = false;
+            for _ in 0..64 {
+                let client = &mut self.list[index];
+                match client.socket.recv_from(&mut self.buf) {
+                    Ok((n, from)) => {
+                        let message = TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: client.local,
+                                peer_addr: from,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message: BytesMut::from(&self.buf[..n]),
+                        };
+                        let _ = client.pc.handle_read(message);
+                        fed = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if fed {
+                self.drain(index);
+            }
+        }
+        self.ready = ready;
+        let now = Instant::now();
+        for _ in 0..4096 {
+            let Some(Reverse((at, index))) = self.timers.peek().copied() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let client = &mut self.list[index];
+            if client.scheduled != Some(at) {
+                continue;
+            }
+            client.scheduled = None;
+            let _ = client.pc.handle_timeout(now);
+            self.drain(index);
+        }
+    }
+
+    /// Non-blocking: one look at the sockets and the timers.
+    fn poll_once(&mut self) {
+        self.turn(Instant::now());
+    }
+
+    /// One packet from the speaker (client 0): 80 bytes, audio level 10 with voice, 20 ms of
+    /// timestamp.
+    fn speak(&mut self) {
+        let now = Instant::now();
+        let payload = self.payload.clone();
+        let client = &mut self.list[0];
+        let Some(tx) = client.tx.as_mut() else {
+            return;
+        };
+        let mut header = rtc::rtp::header::Header {
+            version: 2,
+            marker: tx.sent == 0,
+            payload_type: OPUS_PT,
+            sequence_number: tx.seq,
+            timestamp: tx.timestamp,
+            ssrc: tx.ssrc,
+            ..Default::default()
+        };
+        if let Some(id) = tx.level_id {
+            let _ = header.set_extension(id, Bytes::from_static(&[LEVEL_BYTE]));
+        }
+        tx.seq = tx.seq.wrapping_add(1);
+        tx.timestamp = tx.timestamp.wrapping_add(960);
+        let written = client
+            .pc
+            .rtp_sender(tx.sender)
+            .map(|mut s| s.write_rtp(now, rtc::rtp::Packet { header, payload }));
+        if matches!(written, Some(Ok(()))) {
+            tx.sent += 1;
+        } else {
+            tx.refused += 1;
+        }
+        self.drain(0);
+    }
+
+    fn speaker_sent(&self) -> u64 {
+        self.list[0].tx.as_ref().map_or(0, |t| t.sent)
+    }
+
+    /// Runs the loop until `until`, the speaker sending on its pace when `speaking`.
+    fn run_until(&mut self, until: Instant, speaking: bool) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            if speaking && now >= self.next_send {
+                self.speak();
+                self.next_send += self.interval;
+                if now > self.next_send + self.interval {
+                    self.late_sends += 1;
+                    self.next_send = now + self.interval;
+                }
+                continue;
+            }
+            let wake = if speaking {
+                until.min(self.next_send)
+            } else {
+                until
+            };
+            self.turn(wake);
+        }
+    }
+
+    fn listeners(&self) -> impl Iterator<Item = &Client> {
+        self.list.iter().filter(|c| c.tx.is_none())
+    }
+
+    fn all_connected(&self) -> bool {
+        self.list.iter().all(|c| c.connected)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: bare SRTP encrypt of the packets the server sends
+// ---------------------------------------------------------------------------------------------
+
+/// ns per `encrypt_rtp_with_header` of the forwarded packet (12-byte header, no extension, 80
+/// bytes of payload → 108 bytes out), AES-128-GCM, one context per listener with random keys,
+/// visiting the contexts in turn as the forwarder does. Runs on the server's core.
+fn srtp_baseline(listeners: usize, payload: &[u8], pin_cpu: Option<usize>) -> Result<f64> {
+    let payload = payload.to_vec();
+    std::thread::Builder::new()
+        .name("bench-srtp".to_owned())
+        .spawn(move || -> Result<f64> {
+            set_class(CLIENT);
+            if let Some(cpu) = pin_cpu {
+                pin(0, cpu);
+            }
+            let provider = rtc::crypto::default_provider()
+                .map_err(|e| format!("no crypto provider: {e:?}"))?;
+            let profile = rtc::srtp::protection_profile::ProtectionProfile::AeadAes128Gcm;
+            let mut contexts = Vec::with_capacity(listeners);
+            let mut headers = Vec::with_capacity(listeners);
+            for _ in 0..listeners {
+                let key: [u8; 16] = rand::random();
+                let salt: [u8; 12] = rand::random();
+                contexts.push(rtc::srtp::context::Context::new(
+                    &key,
+                    &salt,
+                    profile,
+                    None,
+                    None,
+                    provider.crypto(),
+                )?);
+                headers.push(rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: OPUS_PT,
+                    sequence_number: rand::random(),
+                    timestamp: rand::random(),
+                    ssrc: rand::random(),
+                    ..Default::default()
+                });
+            }
+            let packet = rtc::rtp::Packet {
+                header: headers[0].clone(),
+                payload: Bytes::from(payload),
+            };
+            let mut plain = BytesMut::zeroed(packet.marshal_size());
+            packet.marshal_to(&mut plain)?;
+            let rounds = BASELINE_ENCRYPTS.div_ceil(listeners).max(10);
+            let mut run = |rounds: usize| -> Result<Duration> {
+                let start = Instant::now();
+                for _ in 0..rounds {
+                    for (context, header) in contexts.iter_mut().zip(headers.iter_mut()) {
+                        header.sequence_number = header.sequence_number.wrapping_add(1);
+                        plain[2..4].copy_from_slice(&header.sequence_number.to_be_bytes());
+                        plain[8..12].copy_from_slice(&header.ssrc.to_be_bytes());
+                        let out = context.encrypt_rtp_with_header(&plain, header)?;
+                        std::hint::black_box(out);
+                    }
+                }
+                Ok(start.elapsed())
+            };
+            run(rounds / 10 + 1)?; // warm-up
+            let elapsed = run(rounds)?;
+            Ok(elapsed.as_secs_f64() * 1e9 / (rounds * listeners) as f64)
+        })?
+        .join()
+        .map_err(|_| "the baseline thread panicked")?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library path in memory: the server's write path without sockets, wakeups or the worker loop
+// ---------------------------------------------------------------------------------------------
+
+/// One server-side connection configured exactly as the worker configures its own (the
+/// server's `engine` module, three send-only slots), paired in memory with an `rtc` client.
+struct MemoryPair {
+    server: RTCPeerConnection,
+    /// Kept alive with its server side; only the handshake used it.
+    _client: RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    seq: u16,
+}
+
+const MEMORY_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_000);
+
+fn shuttle(
+    from: &mut RTCPeerConnection,
+    to: &mut RTCPeerConnection,
+    from_addr: SocketAddr,
+    to_addr: SocketAddr,
+    now: Instant,
+) -> usize {
+    let mut moved = 0;
+    while let Some(out) = from.poll_write() {
+        moved += 1;
+        let _ = to.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: to_addr,
+                peer_addr: from_addr,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: out.message,
+        });
+    }
+    moved
+}
+
+fn connected(pc: &mut RTCPeerConnection, flag: &mut bool) {
+    while let Some(event) = pc.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+            RTCPeerConnectionState::Connected,
+        ) = event
+        {
+            *flag = true;
+        }
+    }
+}
+
+fn memory_pair(
+    index: usize,
+    server_cert: &RTCCertificate,
+    client_cert: &RTCCertificate,
+    slots: usize,
+) -> Result<MemoryPair> {
+    use stoa::media::engine;
+    let client_addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        20_000 + (index % 40_000) as u16,
+    );
+    let now = Instant::now();
+    let (client_engine, client_registry) = client_engine()?;
+    let mut client = RTCPeerConnectionBuilder::new()
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![client_cert.clone()])
+                .build(),
+        )
+        .with_media_engine(client_engine)
+        .with_interceptor_registry(client_registry)
+        .build(now)?;
+    for _ in 0..slots {
+        client.add_transceiver_from_kind(
+            RtpCodecKind::Audio,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )?;
+    }
+    let offer = client.create_offer(None)?;
+    client.set_local_description(now, offer)?;
+    add_host_candidate(&mut client, client_addr)?;
+    let offer = client.local_description().ok_or("no offer")?;
+
+    let mut ufrag = String::new();
+    while ufrag.len() < 16 {
+        ufrag.push(char::from(b'a' + rand::random::<u8>() % 26));
+    }
+    let mut server = RTCPeerConnectionBuilder::new()
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![server_cert.clone()])
+                .build(),
+        )
+        .with_setting_engine(engine::setting_engine(
+            ufrag,
+            "0123456789abcdefghijklmnopqrstuv".to_owned(),
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        ))
+        .with_media_engine(engine::media_engine()?)
+        .with_interceptor_registry(engine::registry())
+        .build(now)?;
+    let mut first = None;
+    for slot in 0..slots {
+        let ssrc: u32 = rand::random();
+        let sender = server.add_track(MediaStreamTrack::new(
+            format!("stoa-{index}"),
+            format!("slot-{slot}"),
+            format!("slot-{slot}"),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: engine::opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        ))?;
+        first.get_or_insert((sender, ssrc));
+    }
+    server.set_remote_description(now, offer)?;
+    let ids: Vec<_> = server.get_transceivers().collect();
+    for id in ids {
+        if let Some(mut transceiver) = server.rtp_transceiver(id) {
+            transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
+    }
+    add_host_candidate(&mut server, MEMORY_SERVER)?;
+    let answer = server.create_answer(None)?;
+    server.set_local_description(now, answer)?;
+    client.set_remote_description(now, server.local_description().ok_or("no answer")?)?;
+
+    let (mut client_up, mut server_up) = (false, false);
+    let start = Instant::now();
+    while !(client_up && server_up) {
+        let now = Instant::now();
+        let _ = client.handle_timeout(now);
+        let _ = server.handle_timeout(now);
+        let moved = shuttle(&mut client, &mut server, client_addr, MEMORY_SERVER, now)
+            + shuttle(&mut server, &mut client, MEMORY_SERVER, client_addr, now);
+        connected(&mut client, &mut client_up);
+        connected(&mut server, &mut server_up);
+        if moved == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("in-memory pair {index} did not connect").into());
+        }
+    }
+    while server.poll_read().is_some() {}
+    while client.poll_read().is_some() {}
+    let (sender, ssrc) = first.ok_or("no slot")?;
+    Ok(MemoryPair {
+        server,
+        _client: client,
+        sender,
+        ssrc,
+        seq: rand::random(),
+    })
+}
+
+fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<()> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    Ok(())
+}
+
+/// ns per packet × listener of `write_rtp` + draining `poll_write` (the notes' figure), and of
+/// the same plus one `poll_timeout` (what the worker's forward also does per listener). On the
+/// server's core, with nothing else running.
+fn library_path(listeners: usize, slots: usize, pin_cpu: Option<usize>) -> Result<(f64, f64)> {
+    std::thread::Builder::new()
+        .name("bench-library".to_owned())
+        .spawn(move || -> Result<(f64, f64)> {
+            set_class(CLIENT);
+            if let Some(cpu) = pin_cpu {
+                pin(0, cpu);
+            }
+            let provider = rtc::crypto::default_provider()
+                .map_err(|e| format!("no crypto provider: {e:?}"))?;
+            let certificate = || -> Result<RTCCertificate> {
+                Ok(RTCCertificate::generate(
+                    provider.crypto(),
+                    SignatureScheme::EcdsaP256Sha256,
+                    CertificateParams::new(vec!["bench".to_owned()])?,
+                )?)
+            };
+            let (server_cert, client_cert) = (certificate()?, certificate()?);
+            let mut pairs = Vec::with_capacity(listeners);
+            for index in 0..listeners {
+                pairs.push(memory_pair(index, &server_cert, &client_cert, slots)?);
+            }
+            let payload = Bytes::from(vec![0x5a; PAYLOAD_BYTES]);
+            let packets = (200_000 / listeners).clamp(200, 2_000);
+            let mut timestamp = 0u32;
+            let mut run = |with_timeout: bool| -> Result<f64> {
+                let start = Instant::now();
+                let now = Instant::now();
+                let mut bytes = 0usize;
+                for _ in 0..packets {
+                    timestamp = timestamp.wrapping_add(960);
+                    for pair in pairs.iter_mut() {
+                        pair.seq = pair.seq.wrapping_add(1);
+                        let packet = rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                payload_type: OPUS_PT,
+                                sequence_number: pair.seq,
+                                timestamp,
+                                ssrc: pair.ssrc,
+                                ..Default::default()
+                            },
+                            payload: payload.clone(),
+                        };
+                        if let Some(mut sender) = pair.server.rtp_sender(pair.sender) {
+                            sender.write_rtp(now, packet)?;
+                        }
+                        while let Some(out) = pair.server.poll_write() {
+                            bytes += out.message.len();
+                        }
+                        if with_timeout {
+                            std::hint::black_box(pair.server.poll_timeout());
+                        }
+                    }
+                }
+                std::hint::black_box(bytes);
+                Ok(start.elapsed().as_secs_f64() * 1e9 / (packets * listeners) as f64)
+            };
+            run(false)?; // warm-up
+            let bare = run(false)?;
+            let with_timeout = run(true)?;
+            Ok((bare, with_timeout))
+        })?
+        .join()
+        .map_err(|_| "the library-path thread panicked")?
+}
+
+// ---------------------------------------------------------------------------------------------
+// One scenario
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    at: Option<Instant>,
+    server_cpu_ns: u64,
+    server_stat_ns: u64,
+    client_cpu_ns: u64,
+    forwarded: u64,
+    datagrams_in: u64,
+    datagrams_out: u64,
+    send_calls: u64,
+    speaker_sent: u64,
+    steal_ticks: u64,
+}
+
+struct Probe {
+    metrics: MediaMetrics,
+    worker_tid: libc::pid_t,
+    client_tid: libc::pid_t,
+}
+
+/// A per-worker counter of the media metrics (worker 0), without naming prometheus-client.
+macro_rules! worker_counter {
+    ($metrics:expr, $field:ident) => {
+        $metrics
+            .$field
+            .get_or_create(&WorkerLabels {
+                worker: "0".to_owned(),
+            })
+            .get()
+    };
+}
+
+impl Probe {
+    fn snapshot(&self, clients: &Clients) -> Snapshot {
+        Snapshot {
+            at: Some(Instant::now()),
+            server_cpu_ns: thread_cpu_ns(self.worker_tid),
+            server_stat_ns: thread_stat_ns(self.worker_tid),
+            client_cpu_ns: thread_cpu_ns(self.client_tid),
+            forwarded: worker_counter!(self.metrics, rtp_forwarded),
+            datagrams_in: worker_counter!(self.metrics, datagrams_in),
+            datagrams_out: worker_counter!(self.metrics, datagrams_out),
+            send_calls: worker_counter!(self.metrics, send_calls),
+            speaker_sent: clients.speaker_sent(),
+            steal_ticks: steal_ticks(SERVER_CPU),
+        }
+    }
+
+    fn dropped(&self) -> Vec<(String, u64)> {
+        [
+            "unroutable",
+            "malformed",
+            "oversized",
+            "no_send_path",
+            "not_allowed",
+            "unknown_ssrc",
+            "rejected",
+            "fanout_full",
+            "send_failed",
+            "forward_failed",
+        ]
+        .iter()
+        .map(|reason| {
+            let n = self
+                .metrics
+                .dropped
+                .get_or_create(&DropLabels {
+                    worker: "0".to_owned(),
+                    reason: (*reason).to_owned(),
+                })
+                .get();
+            ((*reason).to_owned(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    listeners: usize,
+    connect_s: f64,
+    window_s: f64,
+    speaker_packets: u64,
+    forwarded: u64,
+    expected: u64,
+    received: u64,
+    seq_span: u64,
+    seq_received: u64,
+    server_cpu_ms: f64,
+    server_stat_ms: f64,
+    client_cpu_ms: f64,
+    us_per_forward: f64,
+    us_per_forward_stat: f64,
+    srtp_ns: f64,
+    /// In memory: `write_rtp` + drain `poll_write`, then the same plus `poll_timeout`.
+    library_ns: f64,
+    library_timeout_ns: f64,
+    datagrams_in: u64,
+    datagrams_out: u64,
+    send_calls: u64,
+    heap_server_per_listener: f64,
+    heap_client_per_listener: f64,
+    rss_per_listener_kib: f64,
+    allocs_per_forward: f64,
+    idle_cpu_ms_per_s: f64,
+    /// CPU 0's steal time over the window, in percent of the window.
+    steal_percent: f64,
+    late_sends: u64,
+    client_send_errors: u64,
+    failed_clients: usize,
+    dropped: Vec<(String, u64)>,
+}
+
+impl Outcome {
+    /// Server CPU per packet × listener once the idle background (same connections, nobody
+    /// speaking) is taken out.
+    fn above_idle_us(&self) -> f64 {
+        (self.server_cpu_ms - self.idle_cpu_ms_per_s * self.window_s) * 1e3
+            / self.forwarded.max(1) as f64
+    }
+}
+
+/// Extra server CPU per extra packet × listener between two runs: the slope, free of the costs
+/// that do not grow with the audience (receiving and decrypting the speaker, loop turns).
+fn marginal_us(a: &Outcome, b: &Outcome) -> f64 {
+    let cpu = b.server_cpu_ms / b.window_s - a.server_cpu_ms / a.window_s;
+    let forwarded = b.forwarded as f64 / b.window_s - a.forwarded as f64 / a.window_s;
+    cpu * 1e3 / forwarded
+}
+
+struct Options {
+    listeners: Vec<usize>,
+    seconds: f64,
+    interval: Duration,
+    pin: bool,
+}
+
+fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
+    let pinning = options.pin;
+    let srtp_ns = srtp_baseline(
+        listeners,
+        &[0x5a; PAYLOAD_BYTES],
+        pinning.then_some(SERVER_CPU),
+    )?;
+
+    let (library_ns, library_timeout_ns) = library_path(
+        listeners,
+        MediaSettings::default().slots,
+        pinning.then_some(SERVER_CPU),
+    )?;
+
+    let metrics = MediaMetrics::default();
+    let media_options = MediaOptions {
+        settings: MediaSettings {
+            workers: 1,
+            ..Default::default()
+        },
+        bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: None,
+        public_ip: None,
+    };
+    set_class(SERVER);
+    let started = Media::start(&media_options, &metrics);
+    set_class(CLIENT);
+    let (media, reports) = started?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reporter = {
+        let media = media.clone();
+        std::thread::Builder::new()
+            .name("bench-reports".to_owned())
+            .spawn(move || {
+                // Server code: its allocations count as the server's.
+                set_class(SERVER);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(media.run_reports(reports, |_, _| {}));
+            })?
+    };
+    let started_at = Instant::now();
+    let worker_tid = loop {
+        if let Some(tid) = find_thread(WORKER_THREAD) {
+            break tid;
+        }
+        if started_at.elapsed() > Duration::from_secs(5) {
+            return Err(format!("no thread named {WORKER_THREAD}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if pinning && !pin(worker_tid, SERVER_CPU) {
+        eprintln!("warning: could not pin {WORKER_THREAD} to CPU {SERVER_CPU}");
+    }
+    let probe = Probe {
+        metrics: metrics.clone(),
+        worker_tid,
+        client_tid: gettid(),
+    };
+
+    let room = RoomId::generate();
+    let mut clients = Clients::new(&media, room.clone(), options.interval)?;
+
+    // The speaker first, connected, so the heap marks below hold listeners only.
+    clients.join(&media, true)?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while !clients.all_connected() {
+        if Instant::now() > deadline {
+            return Err("the speaker did not connect".into());
+        }
+        clients.turn(Instant::now() + Duration::from_millis(5));
+    }
+    // Let the server finish its side too.
+    clients.run_until(Instant::now() + Duration::from_millis(100), false);
+
+    COUNTING.store(true, Ordering::SeqCst);
+    let heap0 = heap_mark();
+    let connect_start = Instant::now();
+    for _ in 0..listeners {
+        clients.join(&media, false)?;
+        clients.poll_once();
+    }
+    while !clients.all_connected() {
+        if Instant::now() > deadline {
+            let up = clients.list.iter().filter(|c| c.connected).count();
+            return Err(format!("only {up} of {} clients connected", clients.list.len()).into());
+        }
+        clients.turn(Instant::now() + Duration::from_millis(5));
+    }
+    let connect_s = connect_start.elapsed().as_secs_f64();
+    // The server marks a connection up when its own DTLS side completes; wait for all.
+    loop {
+        let stats = runtime.block_on(media.worker_stats());
+        if stats.iter().map(|s| s.connected).sum::<usize>() == listeners + 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the server did not see every connection up".into());
+        }
+        clients.run_until(Instant::now() + Duration::from_millis(20), false);
+    }
+
+    eprintln!("  N={listeners}: all connected in {connect_s:.2} s");
+
+    // Idle: every connection up, nobody speaking. What the worker spends on timers, consent
+    // checks and reports alone.
+    let idle_start = probe.snapshot(&clients);
+    clients.run_until(Instant::now() + IDLE_WINDOW, false);
+    let idle_end = probe.snapshot(&clients);
+    let idle_cpu_ms_per_s = (idle_end.server_cpu_ns - idle_start.server_cpu_ns) as f64
+        / 1e6
+        / idle_end
+            .at
+            .zip(idle_start.at)
+            .map_or(1.0, |(e, s)| e.duration_since(s).as_secs_f64());
+
+    // Speak; the slot is assigned within a few packets. Heap mark once settled.
+    clients.next_send = Instant::now();
+    clients.run_until(Instant::now() + SETTLE, true);
+    let heap1 = heap_mark();
+
+    // Allocation calls per forwarded packet (counted, not timed).
+    let alloc_start = (heap_mark(), probe.snapshot(&clients));
+    clients.run_until(Instant::now() + ALLOC_WINDOW, true);
+    let alloc_end = (heap_mark(), probe.snapshot(&clients));
+    COUNTING.store(false, Ordering::SeqCst);
+    let allocs_per_forward = (alloc_end.0.server_calls - alloc_start.0.server_calls) as f64
+        / (alloc_end.1.forwarded - alloc_start.1.forwarded).max(1) as f64;
+
+    // The timed window: from just before one send to just before the send after the last.
+    let sends = ((options.seconds * 1000.0) / options.interval.as_secs_f64() / 1000.0)
+        .round()
+        .max(1.0) as u64;
+    let mut rx_before: Vec<u64> = Vec::new();
+    let mut start = Snapshot::default();
+    let mut done = 0;
+    let late_before = clients.late_sends;
+    let end = loop {
+        clients.run_until(clients.next_send, false);
+        if done == 0 {
+            start = probe.snapshot(&clients);
+            rx_before = clients.listeners().map(|c| c.rx.packets).collect();
+            eprintln!(
+                "  N={listeners}: timed window starts ({sends} packets; worker tid {worker_tid})"
+            );
+        }
+        if done == sends {
+            break probe.snapshot(&clients);
+        }
+        clients.speak();
+        done += 1;
+        let now = Instant::now();
+        clients.next_send += clients.interval;
+        if now > clients.next_send + clients.interval {
+            clients.late_sends += 1;
+            clients.next_send = now + clients.interval;
+        }
+    };
+    // Stragglers.
+    clients.run_until(Instant::now() + TAIL, false);
+    let speaker_packets = end.speaker_sent - start.speaker_sent;
+    let received: u64 = clients
+        .listeners()
+        .zip(&rx_before)
+        .map(|(c, before)| c.rx.packets - before)
+        .sum();
+    let seq_span: u64 = clients.listeners().map(|c| c.rx.span()).sum();
+    let seq_received: u64 = clients.listeners().map(|c| c.rx.packets).sum();
+
+    let forwarded = end.forwarded - start.forwarded;
+    let server_ns = end.server_cpu_ns - start.server_cpu_ns;
+    let stat_ns = end.server_stat_ns - start.server_stat_ns;
+    let outcome = Outcome {
+        listeners,
+        connect_s,
+        window_s: end
+            .at
+            .zip(start.at)
+            .map_or(0.0, |(e, s)| e.duration_since(s).as_secs_f64()),
+        speaker_packets,
+        forwarded,
+        expected: speaker_packets * listeners as u64,
+        received,
+        seq_span,
+        seq_received,
+        server_cpu_ms: server_ns as f64 / 1e6,
+        server_stat_ms: stat_ns as f64 / 1e6,
+        client_cpu_ms: (end.client_cpu_ns - start.client_cpu_ns) as f64 / 1e6,
+        us_per_forward: server_ns as f64 / 1e3 / forwarded.max(1) as f64,
+        us_per_forward_stat: stat_ns as f64 / 1e3 / forwarded.max(1) as f64,
+        srtp_ns,
+        library_ns,
+        library_timeout_ns,
+        datagrams_in: end.datagrams_in - start.datagrams_in,
+        datagrams_out: end.datagrams_out - start.datagrams_out,
+        send_calls: end.send_calls - start.send_calls,
+        heap_server_per_listener: (heap1.server - heap0.server) as f64 / listeners as f64,
+        heap_client_per_listener: (heap1.client - heap0.client) as f64 / listeners as f64,
+        rss_per_listener_kib: (heap1.rss_kib - heap0.rss_kib) as f64 / listeners as f64,
+        allocs_per_forward,
+        idle_cpu_ms_per_s,
+        steal_percent: {
+            // SAFETY: no memory.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+            (end.steal_ticks - start.steal_ticks) as f64 / hz * 100.0 / options.seconds
+        },
+        late_sends: clients.late_sends - late_before,
+        client_send_errors: clients.list.iter().map(|c| c.send_errors).sum(),
+        failed_clients: clients.list.iter().filter(|c| c.failed).count(),
+        dropped: probe.dropped(),
+    };
+
+    // Tear down: the worker closes every connection, then the clients go.
+    for client in &clients.list {
+        set_class(SERVER);
+        media.close(&room, &client.participant);
+        set_class(CLIENT);
+    }
+    runtime.block_on(media.stop());
+    drop(clients);
+    drop(media);
+    let _ = reporter.join();
+    Ok(outcome)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line and output
+// ---------------------------------------------------------------------------------------------
+
+fn parse_args() -> Result<Options> {
+    let mut options = Options {
+        listeners: vec![10, 100, 1000],
+        seconds: 10.0,
+        interval: Duration::from_millis(20),
+        pin: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--listeners" => {
+                options.listeners = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()?;
+                if options.listeners.contains(&0) {
+                    return Err("--listeners: every count must be at least 1".into());
+                }
+            }
+            "--seconds" => options.seconds = value()?.parse()?,
+            "--interval-ms" => options.interval = Duration::from_millis(value()?.parse()?),
+            "--no-pin" => options.pin = false,
+            "-h" | "--help" => {
+                println!(
+                    "stoa-media-bench [--listeners 10,100,1000] [--seconds 10] \
+                     [--interval-ms 20] [--no-pin]\n\n\
+                     Server CPU per forwarded packet x listener against a bare SRTP encrypt, \
+                     loss, and heap per connection. See docs/benchmarks.md."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (see --help)").into()),
+        }
+    }
+    if options.interval.is_zero() {
+        return Err("--interval-ms must be at least 1".into());
+    }
+    Ok(options)
+}
+
+fn loss_percent(expected: u64, received: u64) -> f64 {
+    if expected == 0 {
+        return 0.0;
+    }
+    (expected as f64 - received as f64) / expected as f64 * 100.0
+}
+
+fn main() -> Result<()> {
+    set_class(CLIENT);
+    let options = parse_args()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin_ok = options.pin && cpus >= 2 && pin(0, CLIENT_CPU);
+    let options = Options {
+        pin: pin_ok,
+        ..options
+    };
+    let began = Instant::now();
+    println!(
+        "stoa-media-bench: listeners {:?}, window {} s, one {PAYLOAD_BYTES}-byte packet every {} ms, \
+         {cpus} CPUs, {}",
+        options.listeners,
+        options.seconds,
+        options.interval.as_millis(),
+        if options.pin {
+            format!("server worker pinned to CPU {SERVER_CPU}, bench threads to CPU {CLIENT_CPU}")
+        } else {
+            "not pinned".to_owned()
+        }
+    );
+    let mut outcomes = Vec::new();
+    for &listeners in &options.listeners {
+        let t = Instant::now();
+        let outcome = scenario(&options, listeners)?;
+        eprintln!(
+            "  N={listeners}: done in {:.1} s (connect {:.2} s)",
+            t.elapsed().as_secs_f64(),
+            outcome.connect_s
+        );
+        outcomes.push(outcome);
+    }
+
+    println!();
+    println!(
+        "{:>9} | {:>12} | {:>9} | {:>6} | {:>8} | {:>20} | {:>7} | {:>10} | {:>10} | {:>9} | {:>11}",
+        "listeners",
+        "µs/pkt×lst",
+        "SRTP µs",
+        "ratio",
+        "server %",
+        "received/expected",
+        "loss %",
+        "heap srv",
+        "heap cli",
+        "RSS",
+        "allocs/pkt"
+    );
+    for o in &outcomes {
+        println!(
+            "{:>9} | {:>12.3} | {:>9.3} | {:>6.1} | {:>7.1}% | {:>20} | {:>7.3} | {:>6.1} KiB | {:>6.1} KiB | {:>5.0} KiB | {:>11.1}",
+            o.listeners,
+            o.us_per_forward,
+            o.srtp_ns / 1e3,
+            o.us_per_forward * 1e3 / o.srtp_ns,
+            o.server_cpu_ms / 10.0 / o.window_s,
+            format!("{}/{}", o.received, o.expected),
+            loss_percent(o.expected, o.received),
+            o.heap_server_per_listener / 1024.0,
+            o.heap_client_per_listener / 1024.0,
+            o.rss_per_listener_kib,
+            o.allocs_per_forward,
+        );
+    }
+    println!();
+    for pair in outcomes.windows(2) {
+        println!(
+            "marginal {} → {} listeners: {:.3} µs server CPU per extra packet × listener",
+            pair[0].listeners,
+            pair[1].listeners,
+            marginal_us(&pair[0], &pair[1])
+        );
+    }
+    for o in &outcomes {
+        println!(
+            "N={}: library path in memory (write_rtp + poll_write): {:.3} µs ({:.1}× SRTP); \
+             with poll_timeout as the worker calls it: {:.3} µs",
+            o.listeners,
+            o.library_ns / 1e3,
+            o.library_ns / o.srtp_ns,
+            o.library_timeout_ns / 1e3
+        );
+    }
+    for o in &outcomes {
+        println!(
+            "N={}: idle (connected, silent) {:.1} ms CPU per s; above idle {:.3} µs/pkt×lst",
+            o.listeners,
+            o.idle_cpu_ms_per_s,
+            o.above_idle_us()
+        );
+    }
+    println!();
+    for o in &outcomes {
+        println!(
+            "N={}: window {:.2} s, speaker {} pkts, server forwarded {} (in {} datagrams, out {} \
+             in {} send calls), server CPU {:.1} ms (/proc ticks: {:.0} ms → {:.2} µs/pkt×lst), \
+             client thread CPU {:.1} ms, connect {:.2} s, seq-gap loss {:.3}% ({} of {}), \
+             late sends {}, client send errors {}, failed clients {}, server drops {:?}, \
+             CPU {SERVER_CPU} steal {:.1}%",
+            o.listeners,
+            o.window_s,
+            o.speaker_packets,
+            o.forwarded,
+            o.datagrams_in,
+            o.datagrams_out,
+            o.send_calls,
+            o.server_cpu_ms,
+            o.server_stat_ms,
+            o.us_per_forward_stat,
+            o.client_cpu_ms,
+            o.connect_s,
+            loss_percent(o.seq_span, o.seq_received),
+            o.seq_span.saturating_sub(o.seq_received),
+            o.seq_span,
+            o.late_sends,
+            o.client_send_errors,
+            o.failed_clients,
+            o.dropped,
+            o.steal_percent,
+        );
+    }
+    let results: Vec<_> = outcomes
+        .iter()
+        .map(|o| {
+            json!({
+                "listeners": o.listeners,
+                "window_s": o.window_s,
+                "speaker_packets": o.speaker_packets,
+                "forwarded": o.forwarded,
+                "expected": o.expected,
+                "received": o.received,
+                "loss_percent": loss_percent(o.expected, o.received),
+                "seq_gap_loss_percent": loss_percent(o.seq_span, o.seq_received),
+                "server_cpu_ms": o.server_cpu_ms,
+                "server_cpu_percent": o.server_cpu_ms / 10.0 / o.window_s,
+                "us_per_packet_listener": o.us_per_forward,
+                "us_per_packet_listener_above_idle": o.above_idle_us(),
+                "idle_server_cpu_ms_per_s": o.idle_cpu_ms_per_s,
+                "srtp_encrypt_us": o.srtp_ns / 1e3,
+                "ratio_to_srtp": o.us_per_forward * 1e3 / o.srtp_ns,
+                "library_write_us": o.library_ns / 1e3,
+                "library_write_poll_timeout_us": o.library_timeout_ns / 1e3,
+                "client_cpu_ms": o.client_cpu_ms,
+                "datagrams_in": o.datagrams_in,
+                "datagrams_out": o.datagrams_out,
+                "send_calls": o.send_calls,
+                "heap_server_bytes_per_listener": o.heap_server_per_listener,
+                "heap_client_bytes_per_listener": o.heap_client_per_listener,
+                "rss_kib_per_listener": o.rss_per_listener_kib,
+                "server_allocs_per_forward": o.allocs_per_forward,
+                "connect_s": o.connect_s,
+                "server_cpu_steal_percent": o.steal_percent,
+                "dropped": o.dropped.iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let marginal: Vec<_> = outcomes
+        .windows(2)
+        .map(|pair| {
+            json!({
+                "from": pair[0].listeners,
+                "to": pair[1].listeners,
+                "us_per_packet_listener": marginal_us(&pair[0], &pair[1]),
+            })
+        })
+        .collect();
+    println!();
+    println!(
+        "{}",
+        json!({
+            "marginal": marginal,
+            "bench": "stoa-media-bench",
+            "interval_ms": options.interval.as_millis() as u64,
+            "payload_bytes": PAYLOAD_BYTES,
+            "window_s": options.seconds,
+            "cpus": cpus,
+            "pinned": options.pin,
+            "total_s": began.elapsed().as_secs_f64(),
+            "results": results,
+        })
+    );
+    eprintln!("total {:.1} s", began.elapsed().as_secs_f64());
+    Ok(())
+}
