@@ -116,9 +116,15 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    // rtc's DTLS layer warns about every DTLS 1.3 extension Chromium offers; that is noise.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rtc_dtls=error,webrtc_dtls=error"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            // The WebRTC stack logs every connection's state changes at info; Stoa's own
+            // media logs say what matters. Chromium's DTLS 1.3 extensions make rtc_dtls warn
+            // on every handshake.
+            "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_sctp=warn,\
+             rtc_interceptor=warn,rtc_stun=warn",
+        )
+    });
     // Logs go to stderr, so stdout carries only the start banner (and the admin commands'
     // output), and colour only when stderr is a terminal.
     let builder = tracing_subscriber::fmt()

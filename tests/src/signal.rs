@@ -178,6 +178,26 @@ impl SignalClient {
         .await
     }
 
+    /// The next message that arrives within `limit` (taken), or `None` if none did or the
+    /// socket closed (see `closed`). For tools that watch a room rather than expect a message.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(i) = self.taken.iter().position(|t| !t) {
+            self.taken[i] = true;
+            return Some(self.received[i].clone());
+        }
+        if self.closed.is_some() {
+            return None;
+        }
+        match tokio::time::timeout(limit, self.read_one()).await {
+            Ok(true) => {
+                let last = self.received.len() - 1;
+                self.taken[last] = true;
+                Some(self.received[last].clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Reads until the server closes the socket; returns the close code and reason.
     pub async fn wait_closed(&mut self) -> (u16, String) {
         while self.closed.is_none() {

@@ -97,11 +97,24 @@ async fn two_speakers_reach_a_listener_on_two_slots_with_no_loss() {
     let room = t.create_room("Tones").await;
     let low = Member::join(&t, &room, "speaker", "Low", speaking(440.0, -12.0)).await;
     let high = Member::join(&t, &room, "speaker", "High", speaking(880.0, -12.0)).await;
-    let ear = Member::join(&t, &room, "listener", "Ear", listener).await;
+    let mut ear = Member::join(&t, &room, "listener", "Ear", listener).await;
 
     let slot_low = hears(&ear, 440.0).await;
     let slot_high = hears(&ear, 880.0).await;
     assert_ne!(slot_low, slot_high, "each speaker has a slot of its own");
+
+    // Media tells the room who is talking, and the room tells everyone.
+    let (low_id, high_id) = (low.id(), high.id());
+    let both = ear
+        .signal
+        .wait(|m| {
+            m["type"] == "active_speakers"
+                && m["speakers"].as_array().is_some_and(|s| {
+                    s.len() == 2 && s.contains(&json!(low_id)) && s.contains(&json!(high_id))
+                })
+        })
+        .await;
+    assert!(both["seq"].is_u64());
 
     // Over a steady 3 s window, what each speaker sent arrives.
     let before = ear.peer.report();
@@ -329,6 +342,9 @@ async fn ten_percent_loss_still_carries_the_tone() {
         report.slots[slot]
     );
     assert!(report.slots[slot].injected_losses > 0);
+    // Receiver reports from the listener reached the server's metrics (they come about once
+    // a second per stream).
+    assert!(metric(&t, "stoa_media_rr_fraction_lost_count", "").await > 0);
     t.stop().await;
 }
 

@@ -911,6 +911,7 @@ impl Worker {
             slot.rewriter.set_source(heard);
         }
         schedule(&mut self.timers, key, &mut conn);
+        tracing::debug!(worker = self.index, conn = key, room = %room.id, participant = %conn.participant, on_stage, "media connection opened");
         self.conns.insert(key, conn);
         self.counters.connections.set(self.conns.len() as i64);
         Ok(sdp)
@@ -948,6 +949,7 @@ impl Worker {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        tracing::debug!(worker = self.index, conn = key, participant = %conn.participant, by_peer = report, "media connection closed");
         let _ = conn.pc.close();
         while let Some(out) = conn.pc.poll_write() {
             self.send(&out.message, out.transport.peer_addr);
