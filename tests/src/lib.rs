@@ -87,6 +87,8 @@ impl TestServer {
         config.limits.join_burst = 10_000;
         // Every test client comes from 127.0.0.1.
         config.signal.max_sockets_per_address = 10_000;
+        // Two media workers whatever the machine, so fan-out between workers is exercised.
+        config.media.workers = 2;
         adjust(&mut config);
         Self::boot(dir, config, Clock::manual()).await
     }

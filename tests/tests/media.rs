@@ -197,6 +197,7 @@ async fn three_slots_carry_the_three_loudest_and_follow_a_change() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = took.expect("the loudest speaker took a slot");
+    eprintln!("the slot followed the new loudest speaker in {took:?}");
     // Selection (smoothing + a 200 ms hold) plus a 100 ms detection window.
     assert!(took <= Duration::from_millis(600), "switch took {took:?}");
     let report = ear.peer.report();

@@ -9,7 +9,7 @@
 //! send batch.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -58,6 +58,8 @@ const LEVELS_EVERY: Duration = Duration::from_millis(250);
 const READ_BURST: usize = 64;
 /// Fan-out packets handled per turn.
 const FANOUT_BURST: usize = 256;
+/// Connections this worker closed on its own, remembered so a late offer for one is refused.
+const RETIRED_KEYS: usize = 1024;
 /// Addresses one connection may be reached from (a browser checks from several).
 const MAX_ADDRS_PER_CONN: usize = 8;
 
@@ -265,6 +267,7 @@ pub struct Worker {
     by_ufrag: HashMap<String, ConnKey>,
     rooms: HashMap<u32, WorkerRoom>,
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    retired: VecDeque<ConnKey>,
     control: mpsc::UnboundedReceiver<Control>,
     fanout: mpsc::Receiver<Fanout>,
     peers: Vec<mpsc::Sender<Fanout>>,
@@ -307,6 +310,7 @@ impl Worker {
                 by_ufrag: HashMap::new(),
                 rooms: HashMap::new(),
                 timers: BinaryHeap::new(),
+                retired: VecDeque::with_capacity(RETIRED_KEYS),
                 control: setup.control,
                 fanout: setup.fanout,
                 peers: setup.peers,
@@ -768,11 +772,31 @@ impl Worker {
                 reply,
             } => {
                 let now = Instant::now();
-                let result = if self.conns.contains_key(&key) {
+                let existed = self.conns.contains_key(&key);
+                if !existed && self.retired.contains(&key) {
+                    // Closed here (its peer went away) while this offer was on its way; the
+                    // hub forgets the key when our report arrives, and the next offer gets a
+                    // fresh connection.
+                    let _ = reply.send(Err(MediaError::new(
+                        "media_unavailable",
+                        "the connection was just closed; offer again",
+                    )));
+                    return;
+                }
+                let (room_id, who) = (room.id.clone(), participant.clone());
+                let result = if existed {
                     self.renegotiate(key, *offer, on_stage, may_send, now)
                 } else {
                     self.open(key, room, participant, *offer, on_stage, may_send, now)
                 };
+                if result.is_err() && !existed {
+                    // Nothing was kept; let the hub forget the placement.
+                    let _ = self.reports.send(Report::Closed {
+                        key,
+                        room: room_id,
+                        participant: who,
+                    });
+                }
                 let result = result.map_err(|e| {
                     tracing::debug!(conn = key, error = %e, "offer refused");
                     MediaError::new(
@@ -987,6 +1011,12 @@ impl Worker {
             } else {
                 self.forget(conn.room, conn.source);
             }
+        }
+        if report {
+            if self.retired.len() == RETIRED_KEYS {
+                self.retired.pop_front();
+            }
+            self.retired.push_back(key);
         }
         if report && let Some(room) = room_id {
             let _ = self.reports.send(Report::Closed {
