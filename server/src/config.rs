@@ -20,6 +20,9 @@ pub struct Config {
     /// First UDP port of the media workers (worker `i` uses `media_port + i`); unset, each
     /// worker takes a free port. The UDP sockets bind to the IP of `bind`.
     pub media_port: Option<u16>,
+    /// IP the media UDP sockets bind to; defaults to the IP of `bind`. Behind a reverse proxy
+    /// (HTTP on 127.0.0.1) set it to an address clients can reach, or `0.0.0.0`.
+    pub media_bind: Option<IpAddr>,
     /// Address advertised in ICE candidates.
     pub public_ip: Option<IpAddr>,
     pub tls_cert: Option<PathBuf>,
@@ -154,6 +157,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./stoa-data"),
             log_format: LogFormat::Human,
             media_port: None,
+            media_bind: None,
             public_ip: None,
             tls_cert: None,
             tls_key: None,
@@ -200,6 +204,9 @@ pub struct Overrides {
     /// First UDP port of the media workers.
     #[arg(long, global = true, env = "STOA_MEDIA_PORT")]
     pub media_port: Option<u16>,
+    /// IP the media UDP sockets bind to (default: the IP of --bind).
+    #[arg(long, global = true, env = "STOA_MEDIA_BIND")]
+    pub media_bind: Option<IpAddr>,
     /// Address put in ICE candidates.
     #[arg(long, global = true, env = "STOA_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
@@ -270,6 +277,9 @@ impl Config {
         }
         if let Some(v) = o.media_port {
             self.media_port = Some(v);
+        }
+        if let Some(v) = o.media_bind {
+            self.media_bind = Some(v);
         }
         if let Some(v) = o.public_ip {
             self.public_ip = Some(v);

@@ -121,7 +121,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let metrics = Metrics::default();
     let media_options = MediaOptions {
         settings: config.media.clone(),
-        bind_ip: config.bind.ip(),
+        bind_ip: config.media_bind.unwrap_or(config.bind.ip()),
         port: config.media_port,
         public_ip: config.public_ip,
     };

@@ -11,6 +11,7 @@ mod rooms;
 mod state;
 mod system;
 pub mod views;
+pub mod web;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -135,6 +136,7 @@ pub fn router(state: AppState) -> Router {
             .expect("the OpenAPI document serialises"),
     );
     router
+        .merge(web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))

@@ -234,6 +234,36 @@ impl Store {
         .await
     }
 
+    /// What an invite link leads to, checked as redeeming would check it but without using it:
+    /// the room and the role. Unknown and revoked codes fail alike (`InviteInvalid`).
+    pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Role)> {
+        self.call(move |c| {
+            let invite = c
+                .query_row(
+                    &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE code_hash = ?1"),
+                    params![&code.hash()[..]],
+                    |r| invite_from_row(r, 0),
+                )
+                .optional()?
+                .ok_or(ControlError::InviteInvalid)?;
+            if invite.revoked {
+                return Err(ControlError::InviteInvalid);
+            }
+            let room = room_by_id(c, &invite.room_id)?.ok_or(ControlError::InviteInvalid)?;
+            if room.is_ended() {
+                return Err(ControlError::RoomEnded);
+            }
+            if invite.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                return Err(ControlError::InviteExpired);
+            }
+            if invite.max_uses.is_some_and(|max| invite.uses >= max) {
+                return Err(ControlError::InviteUsedUp);
+            }
+            Ok((room, invite.role))
+        })
+        .await
+    }
+
     /// Redeems an invite: checks it, refuses banned identities, counts the use atomically and
     /// records the identity, all in one transaction.
     pub async fn redeem(

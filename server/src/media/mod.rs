@@ -136,11 +136,17 @@ impl Media {
             fanout_tx.push(tx);
             fanout_rx.push(rx);
         }
+        let (control_tx, control_rx): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
         let mut links = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        for (index, (socket, fanout)) in sockets.into_iter().zip(fanout_rx).enumerate() {
+        for (index, ((socket, fanout), control_rx)) in sockets
+            .into_iter()
+            .zip(fanout_rx)
+            .zip(control_rx)
+            .enumerate()
+        {
             let addr = socket.local_addr()?;
-            let (control_tx, control_rx) = mpsc::unbounded_channel();
             let setup = WorkerSetup {
                 index,
                 socket,
@@ -152,6 +158,7 @@ impl Media {
                 control: control_rx,
                 fanout,
                 peers: fanout_tx.clone(),
+                peer_controls: control_tx.clone(),
                 reports: reports_tx.clone(),
                 metrics: metrics.clone(),
                 sources: sources.clone(),
@@ -165,7 +172,7 @@ impl Media {
                 })?;
             threads.push(thread);
             links.push(WorkerLink {
-                control: control_tx,
+                control: control_tx[index].clone(),
                 fanout: fanout_tx[index].clone(),
                 addr,
             });

@@ -93,6 +93,12 @@ pub enum Control {
     Stats {
         reply: oneshot::Sender<WorkerStats>,
     },
+    /// A source of the room stopped for good on another worker (left, closed): drop it from
+    /// this worker's selection for the room.
+    Forget {
+        room: u32,
+        source: u32,
+    },
     Stop,
 }
 
@@ -110,11 +116,6 @@ pub struct Forwarded {
 
 pub enum Fanout {
     Packet(Arc<Forwarded>),
-    /// The source stopped for good (left, closed): drop it from the room's selection.
-    Forget {
-        room: u32,
-        source: u32,
-    },
 }
 
 /// What workers tell the rest of the server.
@@ -157,6 +158,7 @@ pub struct WorkerSetup {
     pub control: mpsc::UnboundedReceiver<Control>,
     pub fanout: mpsc::Receiver<Fanout>,
     pub peers: Vec<mpsc::Sender<Fanout>>,
+    pub peer_controls: Vec<mpsc::UnboundedSender<Control>>,
     pub reports: mpsc::UnboundedSender<Report>,
     pub metrics: MediaMetrics,
     pub sources: Arc<AtomicU32>,
@@ -182,7 +184,8 @@ struct Conn {
     inbound_ssrc: Option<u32>,
     inbound_level_id: Option<u8>,
     connected: bool,
-    answered_at: Instant,
+    /// Until the connection first comes up.
+    answered_at: Option<Instant>,
     addrs: Vec<SocketAddr>,
     /// The earliest deadline queued in the timer heap for this connection.
     scheduled: Option<Instant>,
@@ -215,6 +218,7 @@ struct Counters {
     fanout_full: Counter,
     send_failed: Counter,
     forward_failed: Counter,
+    stale: Counter,
 }
 
 impl Counters {
@@ -249,6 +253,7 @@ impl Counters {
             fanout_full: drop("fanout_full"),
             send_failed: drop("send_failed"),
             forward_failed: drop("forward_failed"),
+            stale: drop("stale"),
         }
     }
 }
@@ -271,6 +276,7 @@ pub struct Worker {
     control: mpsc::UnboundedReceiver<Control>,
     fanout: mpsc::Receiver<Fanout>,
     peers: Vec<mpsc::Sender<Fanout>>,
+    peer_controls: Vec<mpsc::UnboundedSender<Control>>,
     reports: mpsc::UnboundedSender<Report>,
     metrics: MediaMetrics,
     counters: Counters,
@@ -314,6 +320,7 @@ impl Worker {
                 control: setup.control,
                 fanout: setup.fanout,
                 peers: setup.peers,
+                peer_controls: setup.peer_controls,
                 reports: setup.reports,
                 counters: Counters::new(&setup.metrics, setup.index),
                 metrics: setup.metrics,
@@ -449,7 +456,9 @@ impl Worker {
         if by_ufrag.is_some() && !conn.addrs.contains(&from) {
             if conn.addrs.len() == MAX_ADDRS_PER_CONN {
                 let oldest = conn.addrs.remove(0);
-                self.by_addr.remove(&oldest);
+                if self.by_addr.get(&oldest) == Some(&key) {
+                    self.by_addr.remove(&oldest);
+                }
             }
             conn.addrs.push(from);
             self.by_addr.insert(from, key);
@@ -502,9 +511,12 @@ impl Worker {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                         RTCPeerConnectionState::Connected if !conn.connected => {
                             conn.connected = true;
-                            self.metrics
-                                .connect_seconds
-                                .observe(now.duration_since(conn.answered_at).as_secs_f64());
+                            // Only the first time: a reconnection is not a setup.
+                            if let Some(answered) = conn.answered_at.take() {
+                                self.metrics
+                                    .connect_seconds
+                                    .observe(now.duration_since(answered).as_secs_f64());
+                            }
                         }
                         RTCPeerConnectionState::Disconnected => conn.connected = false,
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
@@ -602,7 +614,6 @@ impl Worker {
     fn on_fanout(&mut self, message: Fanout) {
         match message {
             Fanout::Packet(packet) => self.forward(&packet),
-            Fanout::Forget { room, source } => self.forget(room, source),
         }
     }
 
@@ -638,6 +649,8 @@ impl Worker {
                 slot.rewriter
                     .rewrite(packet.source, packet.seq, packet.timestamp, now_us)
             else {
+                // A duplicate, or a straggler from before a switch or far too late.
+                self.counters.stale.inc();
                 continue;
             };
             let rtp = rtc::rtp::Packet {
@@ -790,7 +803,12 @@ impl Worker {
                     self.open(key, room, participant, *offer, on_stage, may_send, now)
                 };
                 if result.is_err() && !existed {
-                    // Nothing was kept; let the hub forget the placement.
+                    // Nothing was kept; let the hub forget the placement, and refuse a re-offer
+                    // that still carries this key (the hub will give the next one a new key).
+                    if self.retired.len() == RETIRED_KEYS {
+                        self.retired.pop_front();
+                    }
+                    self.retired.push_back(key);
                     let _ = self.reports.send(Report::Closed {
                         key,
                         room: room_id,
@@ -822,6 +840,7 @@ impl Worker {
                     rooms: self.rooms.len(),
                 });
             }
+            Control::Forget { room, source } => self.forget(room, source),
             Control::Stop => {}
         }
     }
@@ -927,7 +946,7 @@ impl Worker {
             inbound_ssrc: None,
             inbound_level_id: None,
             connected: false,
-            answered_at: now,
+            answered_at: Some(now),
             addrs: Vec::new(),
             scheduled: None,
         };
@@ -989,9 +1008,10 @@ impl Worker {
         if let Some(room) = self.rooms.get_mut(&conn.room) {
             room.members.retain(|k| *k != key);
             let mask = room.workers.load(Ordering::Relaxed);
-            for (index, peer) in self.peers.iter().enumerate() {
+            for (index, peer) in self.peer_controls.iter().enumerate() {
                 if index != self.index && mask & (1 << index) != 0 {
-                    let _ = peer.try_send(Fanout::Forget {
+                    // The control queue, not fan-out: this must not be lost to a full queue.
+                    let _ = peer.send(Control::Forget {
                         room: conn.room,
                         source: conn.source,
                     });
@@ -1054,7 +1074,7 @@ fn apply_slots(room: &WorkerRoom, conns: &mut HashMap<ConnKey, Conn>) {
 }
 
 /// Our side of each audio section: every slot sends; the first section also receives when
-/// the participant is on stage. A listener's answer therefore says `recvonly` everywhere.
+/// the participant is on stage. A listener's answer therefore says `a=sendonly` everywhere (the client only receives).
 fn set_directions(pc: &mut RTCPeerConnection, on_stage: bool) {
     let ids: Vec<_> = pc.get_transceivers().collect();
     for (index, id) in ids.into_iter().enumerate() {

@@ -1,0 +1,170 @@
+//! The browser client: its files (embedded at build time from `client-web/`) and the pages
+//! that start it. `/i/{code}` looks the invite up without using it, so the landing page can
+//! show the room's title before anyone joins.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::extract::JoinAllowance;
+use super::{ApiError, AppState};
+use crate::control::{ControlError, InviteCode};
+
+mod assets {
+    include!(concat!(env!("OUT_DIR"), "/client_assets.rs"));
+}
+
+/// Where the invite data goes in `index.html`.
+const MARKER: &str = "<!--STOA_INVITE-->";
+
+/// The client is only its own files; the signaling socket is the same origin.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
+                   base-uri 'none'; form-action 'self'";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/i/{code}", get(invite_page))
+        .route("/app/{file}", get(asset))
+}
+
+/// The embedded files, by name (for tests and the docs).
+pub fn asset_names() -> impl Iterator<Item = &'static str> {
+    assets::ASSETS.iter().map(|(name, _)| *name)
+}
+
+fn find(name: &str) -> Option<&'static [u8]> {
+    assets::ASSETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        Some("webmanifest") => "application/manifest+json",
+        Some("wav") => "audio/wav",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match find(&file) {
+        Some(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type(&file)),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response(),
+    }
+}
+
+async fn home() -> Response {
+    page(
+        StatusCode::OK,
+        json!({
+            "valid": false,
+            "reason": "no_invite",
+            "message": "Open an invite link to join a room.",
+        }),
+    )
+}
+
+/// Rate-limited like redeeming, since it also tells whether a code is valid.
+async fn invite_page(
+    State(state): State<AppState>,
+    _allowance: JoinAllowance,
+    Path(code): Path<String>,
+) -> Response {
+    let checked = match InviteCode::parse(&code) {
+        Some(parsed) => {
+            state
+                .store
+                .preview_invite(parsed, state.clock.now_ms())
+                .await
+        }
+        None => Err(ControlError::InviteInvalid),
+    };
+    let (status, info) = match checked {
+        Ok((room, role)) => (
+            StatusCode::OK,
+            json!({ "code": code, "valid": true, "room_title": room.title, "role": role }),
+        ),
+        Err(e) => {
+            let (status, reason, message) = match e {
+                ControlError::InviteInvalid => (
+                    StatusCode::NOT_FOUND,
+                    "invite_invalid",
+                    "This invite link is not valid. Ask the person who sent it for a new one.",
+                ),
+                ControlError::InviteExpired => (
+                    StatusCode::GONE,
+                    "invite_expired",
+                    "This invite link has expired. Ask for a new one.",
+                ),
+                ControlError::InviteUsedUp => (
+                    StatusCode::GONE,
+                    "invite_used_up",
+                    "This invite link has been used as many times as it allows.",
+                ),
+                ControlError::RoomEnded => (StatusCode::GONE, "room_ended", "This room has ended."),
+                other => {
+                    tracing::error!(error = %other, "could not look up an invite");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "Something went wrong on the server. Try again in a moment.",
+                    )
+                }
+            };
+            (
+                status,
+                json!({ "code": code, "valid": false, "reason": reason, "message": message }),
+            )
+        }
+    };
+    page(status, info)
+}
+
+/// `index.html` with the invite data in place of the marker, as a JSON data block. `<` is
+/// escaped so no value (a room title) can close the block.
+fn page(status: StatusCode, info: Value) -> Response {
+    let Some(index) = find("index.html") else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "client_missing",
+            "this build has no browser client",
+        )
+        .into_response();
+    };
+    let data = info.to_string().replace('<', "\\u003c");
+    let html = String::from_utf8_lossy(index).replacen(
+        MARKER,
+        &format!(r#"<script type="application/json" id="stoa-invite">{data}</script>"#),
+        1,
+    );
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    response
+}
