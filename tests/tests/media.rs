@@ -501,3 +501,26 @@ async fn garbage_datagrams_are_counted_and_harm_nobody() {
     assert!(metric(&t, "stoa_media_dropped_total", "reason=\"malformed\"").await > 0);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_peer_connection_from_the_same_participant_replaces_the_old_one() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Reload").await;
+    let _speaker = Member::join(&t, &room, "speaker", "Sam", speaking(440.0, -12.0)).await;
+    let mut ear = Member::join(&t, &room, "listener", "Ear", listener).await;
+    hears(&ear, 440.0).await;
+
+    // A reloaded page: same participant, same socket here, a brand-new peer connection with
+    // new ICE credentials. The server must not treat its offer as a renegotiation.
+    ear.peer.close().await;
+    let slots = media_slots(&ear.signal.welcome);
+    let fresh = MediaPeer::new(MediaConfig::listener("Ear again", slots))
+        .await
+        .unwrap();
+    fresh.negotiate(&mut ear.signal).await.expect("answered");
+    fresh.wait_connected(CONNECT).await;
+    ear.peer = fresh;
+    hears(&ear, 440.0).await;
+    assert_eq!(t.running().state.media.connection_count(), 2);
+    t.stop().await;
+}

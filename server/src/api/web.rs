@@ -86,9 +86,26 @@ async fn home() -> Response {
 /// Rate-limited like redeeming, since it also tells whether a code is valid.
 async fn invite_page(
     State(state): State<AppState>,
-    _allowance: JoinAllowance,
+    allowance: Result<JoinAllowance, ApiError>,
     Path(code): Path<String>,
 ) -> Response {
+    if let Err(limited) = allowance {
+        let mut response = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({
+                "code": code,
+                "valid": false,
+                "reason": "rate_limited",
+                "message": "Too many attempts from your network. Wait a minute and reload.",
+            }),
+        );
+        if let Some(secs) = limited.retry_after_secs
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let checked = match InviteCode::parse(&code) {
         Some(parsed) => {
             state
@@ -101,7 +118,13 @@ async fn invite_page(
     let (status, info) = match checked {
         Ok((room, role)) => (
             StatusCode::OK,
-            json!({ "code": code, "valid": true, "room_title": room.title, "role": role }),
+            json!({
+                "code": code,
+                "valid": true,
+                "room_id": room.id,
+                "room_title": room.title,
+                "role": role,
+            }),
         ),
         Err(e) => {
             let (status, reason, message) = match e {

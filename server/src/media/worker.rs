@@ -183,6 +183,8 @@ struct Conn {
     may_send: bool,
     inbound_ssrc: Option<u32>,
     inbound_level_id: Option<u8>,
+    /// The client's ICE username fragment, from its offer: a different one is a new peer.
+    remote_ufrag: Option<String>,
     connected: bool,
     /// Until the connection first comes up.
     answered_at: Option<Instant>,
@@ -797,6 +799,18 @@ impl Worker {
                     return;
                 }
                 let (room_id, who) = (room.id.clone(), participant.clone());
+                // An offer from a new peer connection (the page was reloaded, the app
+                // restarted) carries new ICE credentials: that is a new connection, not a
+                // renegotiation of the old one, which is closed.
+                let restarted = existed
+                    && self
+                        .conns
+                        .get(&key)
+                        .is_some_and(|c| c.remote_ufrag != ice_ufrag(&offer.sdp));
+                if restarted {
+                    self.close(key, false);
+                }
+                let existed = existed && !restarted;
                 let result = if existed {
                     self.renegotiate(key, *offer, on_stage, may_send, now)
                 } else {
@@ -895,6 +909,7 @@ impl Worker {
                 rewriter: SlotRewriter::new(ssrc, random_u32() as u16, random_u32()),
             });
         }
+        let remote_ufrag = ice_ufrag(&offer.sdp);
         pc.set_remote_description(now, offer)?;
         set_directions(&mut pc, on_stage);
         let candidate = CandidateHostConfig {
@@ -945,6 +960,7 @@ impl Worker {
             may_send,
             inbound_ssrc: None,
             inbound_level_id: None,
+            remote_ufrag,
             connected: false,
             answered_at: Some(now),
             addrs: Vec::new(),
@@ -1046,6 +1062,13 @@ impl Worker {
             });
         }
     }
+}
+
+/// The first `a=ice-ufrag:` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|line| line.trim_end().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned)
 }
 
 /// Queues the connection's next deadline if it is earlier than the one already queued.

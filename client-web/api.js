@@ -1,0 +1,99 @@
+// @ts-check
+/**
+ * The few REST calls the web client makes: redeem an invite, and (moderators) make invite links.
+ * Same origin only; problem documents become ApiError with the server's stable code.
+ */
+
+/** @typedef {"listener" | "speaker" | "moderator"} Role */
+
+/**
+ * @typedef {Object} JoinAnswer
+ * @property {string} token
+ * @property {string} expires_at
+ * @property {string} participant_id
+ * @property {Role} role
+ * @property {string} room_id
+ * @property {string} room_title
+ * @property {string} display_name
+ * @property {string} signal_url
+ * @property {string | null} identity
+ */
+
+/**
+ * @typedef {Object} CreatedInvite
+ * @property {string} id
+ * @property {string} code
+ * @property {string} url
+ * @property {Role} role
+ * @property {number | null} max_uses
+ * @property {string | null} expires_at
+ */
+
+export class ApiError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {number} status
+   */
+  constructor(code, message, status) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/**
+ * @param {string} path
+ * @param {{ method?: string, body?: unknown, token?: string }} options
+ */
+async function call(path, { method = "GET", body, token } = {}) {
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError("network", "could not reach the server", 0);
+  }
+  const text = await response.text();
+  /** @type {any} */
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const code = typeof data?.code === "string" ? data.code : "internal";
+    throw new ApiError(code, typeof data?.detail === "string" ? data.detail : response.statusText, response.status);
+  }
+  return data;
+}
+
+/**
+ * Redeems an invite code.
+ * @param {{ invite: string, display_name: string, identity?: string }} request
+ * @returns {Promise<JoinAnswer>}
+ */
+export function redeemInvite(request) {
+  return call("/api/v1/join", { method: "POST", body: request });
+}
+
+/**
+ * Makes an invite link for a room, as a moderator.
+ * @param {string} roomId
+ * @param {string} token the moderator's session token
+ * @param {{ role: Role, max_uses?: number, expires_in_secs?: number }} request
+ * @returns {Promise<CreatedInvite>}
+ */
+export function createInvite(roomId, token, request) {
+  return call(`/api/v1/rooms/${encodeURIComponent(roomId)}/invites`, { method: "POST", body: request, token });
+}

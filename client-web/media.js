@@ -1,0 +1,333 @@
+// @ts-check
+/**
+ * The audio path: one RTCPeerConnection with a receive-only transceiver per slot, the
+ * microphone on the first one while on stage, renegotiated over signaling; playback and a
+ * mic level meter. It asks for the microphone only when told the person is on stage.
+ */
+
+import { SignalError } from "./signal.js";
+
+/** A connection comes up ~0.1 s after the answer; one still down after this is stale. */
+const CONNECT_WATCHDOG_MS = 4000;
+const RETRY_OFFER_MS = 1500;
+/**
+ * After a reload the server may still hold our previous connection and renegotiate it with
+ * the new one's offer, which can never connect. It closes a connection ~10 s after its ICE
+ * checks stop (6 s + 4 s), so a stale connection is dropped and the next offer waits this long.
+ */
+const STALE_CONNECTION_WAIT_MS = 11_000;
+
+/**
+ * @typedef {Object} MediaSignal
+ * @property {(type: string, fields?: Record<string, unknown>) => Promise<any>} request
+ */
+
+/**
+ * Events:
+ * - `autoplay-blocked`: the browser refused to start playback without a gesture; call
+ *   `resumePlayback()` from a click;
+ * - `playing`: playback runs (after a refusal);
+ * - `mic`: the microphone started or stopped (see `sending`);
+ * - `mic-error`: `{ name }`, getUserMedia failed (`NotAllowedError`, `NotFoundError`, …);
+ * - `error`: `{ code, message }`, the server refused an offer;
+ * - `state`: the connection state changed (`pc.connectionState`).
+ */
+export class MediaSession extends EventTarget {
+  /** @type {RTCPeerConnection} */
+  pc;
+  #signal;
+  #slots;
+  /** @type {HTMLAudioElement[]} */
+  #players = [];
+  /** @type {MediaStream | null} */
+  #mic = null;
+  #wantSend = false;
+  #muted = false;
+  #micRefused = false;
+  #needsOffer = true;
+  #closed = false;
+  #playbackBlocked = false;
+  /** @type {Promise<void>} */
+  #queue = Promise.resolve();
+  /** @type {number | undefined} */
+  #watchdog;
+  /** @type {number | undefined} */
+  #retryTimer;
+  /** No offer before this time (ms since epoch): see STALE_CONNECTION_WAIT_MS. */
+  #holdOffersUntil = 0;
+  /** @type {AudioContext | null} */
+  #audioContext = null;
+  /** @type {AnalyserNode | null} */
+  #analyser = null;
+  /** @type {Float32Array | null} */
+  #samples = null;
+
+  /**
+   * @param {{ signal: MediaSignal, slots: number, container: HTMLElement }} options
+   *   `container`: where the (invisible) audio elements go
+   */
+  constructor({ signal, slots, container }) {
+    super();
+    this.#signal = signal;
+    this.#slots = slots;
+    for (let i = 0; i < slots; i++) {
+      const audio = document.createElement("audio");
+      audio.autoplay = true;
+      audio.dataset.slot = String(i);
+      container.append(audio);
+      this.#players.push(audio);
+    }
+    this.pc = this.#createConnection();
+  }
+
+  /** Whether the microphone is live (on stage, granted). */
+  get sending() {
+    return this.#mic !== null;
+  }
+
+  /**
+   * Tells the session where the person stands; it catches up in the background.
+   * @param {{ onStage: boolean, muted: boolean }} standing
+   */
+  sync({ onStage, muted }) {
+    if (!onStage) this.#micRefused = false;
+    this.#wantSend = onStage;
+    this.#muted = muted;
+    if (this.#mic) for (const track of this.#mic.getAudioTracks()) track.enabled = !muted;
+    this.#schedule();
+  }
+
+  /** Tries the microphone again after it was refused (the person changed the permission). */
+  retryMic() {
+    this.#micRefused = false;
+    this.#schedule();
+  }
+
+  /** The signaling socket is back: send any offer that could not go out meanwhile. */
+  resync() {
+    this.#schedule();
+  }
+
+  /**
+   * The server no longer has our media connection (we joined afresh): start a new one.
+   */
+  restart() {
+    this.#enqueue(async () => {
+      this.#replaceConnection();
+    });
+    this.#schedule();
+  }
+
+  /** Starts playback after a user gesture, when autoplay was refused. */
+  async resumePlayback() {
+    await this.#audioContext?.resume().catch(() => {});
+    const results = await Promise.allSettled(this.#players.filter((a) => a.srcObject).map((a) => a.play()));
+    if (results.every((r) => r.status === "fulfilled")) {
+      this.#playbackBlocked = false;
+      this.dispatchEvent(new Event("playing"));
+    }
+  }
+
+  /** The microphone's level now, 0 (silence or muted) to 1 (loud). */
+  level() {
+    if (!this.#analyser || !this.#samples || this.#muted) return 0;
+    this.#analyser.getFloatTimeDomainData(/** @type {Float32Array<ArrayBuffer>} */ (this.#samples));
+    let sum = 0;
+    for (const s of this.#samples) sum += s * s;
+    const rms = Math.sqrt(sum / this.#samples.length);
+    // -60 dBFS → 0, 0 dBFS → 1: speech sits in the middle of the bar.
+    const db = 20 * Math.log10(Math.max(rms, 1e-6));
+    return Math.min(1, Math.max(0, (db + 60) / 60));
+  }
+
+  /** Stops everything: microphone, playback, the connection. */
+  close() {
+    this.#closed = true;
+    window.clearTimeout(this.#watchdog);
+    window.clearTimeout(this.#retryTimer);
+    this.#stopMic();
+    this.pc.close();
+    for (const audio of this.#players) {
+      audio.srcObject = null;
+      audio.remove();
+    }
+    this.#audioContext?.close().catch(() => {});
+    this.#audioContext = null;
+  }
+
+  #schedule() {
+    this.#enqueue(() => this.#reconcile());
+  }
+
+  /** @param {() => Promise<void>} step */
+  #enqueue(step) {
+    this.#queue = this.#queue.then(step).catch((error) => {
+      console.error("media:", error);
+    });
+  }
+
+  /** One step towards the wanted state; every change of wish schedules another. */
+  async #reconcile() {
+    if (this.#closed) return;
+    const first = this.pc.getTransceivers()[0];
+    if (this.#wantSend && !this.#mic && !this.#micRefused) {
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+          video: false,
+        });
+      } catch (error) {
+        this.#micRefused = true;
+        const name = error instanceof DOMException ? error.name : "Error";
+        this.dispatchEvent(new CustomEvent("mic-error", { detail: { name } }));
+        return;
+      }
+      if (this.#closed || !this.#wantSend) {
+        for (const track of stream.getTracks()) track.stop();
+        return;
+      }
+      this.#mic = stream;
+      const track = stream.getAudioTracks()[0];
+      track.enabled = !this.#muted;
+      await first.sender.replaceTrack(track);
+      first.direction = "sendrecv";
+      this.#needsOffer = true;
+      this.#startMeter(stream);
+      this.dispatchEvent(new Event("mic"));
+    } else if (!this.#wantSend && this.#mic) {
+      this.#stopMic();
+      this.dispatchEvent(new Event("mic"));
+      await first.sender.replaceTrack(null);
+      first.direction = "recvonly";
+      this.#needsOffer = true;
+    }
+    if (!this.#needsOffer) return;
+    const wait = this.#holdOffersUntil - Date.now();
+    if (wait > 0) {
+      window.clearTimeout(this.#retryTimer);
+      this.#retryTimer = window.setTimeout(() => this.#schedule(), wait);
+      return;
+    }
+    await this.#offer();
+  }
+
+  async #offer() {
+    const pc = this.pc;
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    let answer;
+    try {
+      answer = await this.#signal.request("media_offer", { sdp: offer.sdp });
+    } catch (error) {
+      // Keep the offer wanted; it goes out again on resync (disconnected) or soon (busy).
+      await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      const code = error instanceof SignalError ? error.code : "internal";
+      if (code === "media_unavailable") {
+        window.clearTimeout(this.#retryTimer);
+        this.#retryTimer = window.setTimeout(() => this.restart(), RETRY_OFFER_MS);
+      } else if (code !== "disconnected") {
+        this.dispatchEvent(new CustomEvent("error", { detail: { code, message: error instanceof Error ? error.message : "" } }));
+      }
+      return;
+    }
+    if (pc !== this.pc || pc.signalingState !== "have-local-offer") return;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    this.#needsOffer = false;
+    this.#armWatchdog(pc);
+  }
+
+  /**
+   * A connection that does not come up (the server dropped it, or kept an older one of ours
+   * after a reload) is replaced by a new one.
+   * @param {RTCPeerConnection} pc
+   */
+  #armWatchdog(pc) {
+    window.clearTimeout(this.#watchdog);
+    if (pc.connectionState === "connected") return;
+    this.#watchdog = window.setTimeout(() => {
+      if (pc !== this.pc || pc.connectionState === "connected" || this.#closed) return;
+      // Closing ours stops its checks, so the server lets its side go; then offer afresh.
+      this.#holdOffersUntil = Date.now() + STALE_CONNECTION_WAIT_MS;
+      this.restart();
+    }, CONNECT_WATCHDOG_MS);
+  }
+
+  #createConnection() {
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    for (let i = 0; i < this.#slots; i++) pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addEventListener("track", (event) => {
+      const index = pc.getTransceivers().indexOf(event.transceiver);
+      const audio = this.#players[index];
+      if (!audio) return;
+      audio.srcObject = new MediaStream([event.track]);
+      this.#play(audio);
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc !== this.pc) return;
+      this.dispatchEvent(new CustomEvent("state", { detail: pc.connectionState }));
+      if (pc.connectionState === "connected") window.clearTimeout(this.#watchdog);
+      if (pc.connectionState === "failed" && !this.#closed) this.restart();
+    });
+    return pc;
+  }
+
+  /** A new RTCPeerConnection; the next reconcile offers it, with the mic if on stage. */
+  #replaceConnection() {
+    window.clearTimeout(this.#watchdog);
+    const old = this.pc;
+    this.pc = this.#createConnection();
+    old.close();
+    if (this.#mic) {
+      const track = this.#mic.getAudioTracks()[0];
+      const first = this.pc.getTransceivers()[0];
+      first.sender.replaceTrack(track).catch(() => {});
+      first.direction = "sendrecv";
+    }
+    this.#needsOffer = true;
+    this.dispatchEvent(new CustomEvent("state", { detail: this.pc.connectionState }));
+  }
+
+  /** @param {HTMLAudioElement} audio */
+  #play(audio) {
+    audio.play().then(
+      () => {
+        if (this.#playbackBlocked && this.#players.every((a) => !a.srcObject || !a.paused)) {
+          this.#playbackBlocked = false;
+          this.dispatchEvent(new Event("playing"));
+        }
+      },
+      (error) => {
+        if (error instanceof DOMException && error.name === "NotAllowedError" && !this.#playbackBlocked) {
+          this.#playbackBlocked = true;
+          this.dispatchEvent(new Event("autoplay-blocked"));
+        }
+      },
+    );
+  }
+
+  /** @param {MediaStream} stream */
+  #startMeter(stream) {
+    try {
+      this.#audioContext ??= new AudioContext();
+      this.#audioContext.resume().catch(() => {});
+      const source = this.#audioContext.createMediaStreamSource(stream);
+      const analyser = this.#audioContext.createAnalyser();
+      analyser.fftSize = 1024;
+      source.connect(analyser);
+      this.#analyser = analyser;
+      this.#samples = new Float32Array(analyser.fftSize);
+    } catch {
+      // No meter is better than no microphone.
+      this.#analyser = null;
+    }
+  }
+
+  #stopMic() {
+    if (this.#mic) for (const track of this.#mic.getTracks()) track.stop();
+    this.#mic = null;
+    this.#analyser?.disconnect();
+    this.#analyser = null;
+    this.#samples = null;
+  }
+}
