@@ -11,9 +11,10 @@ import { SignalError } from "./signal.js";
 const CONNECT_WATCHDOG_MS = 4000;
 const RETRY_OFFER_MS = 1500;
 /**
- * After a reload the server may still hold our previous connection and renegotiate it with
- * the new one's offer, which can never connect. It closes a connection ~10 s after its ICE
- * checks stop (6 s + 4 s), so a stale connection is dropped and the next offer waits this long.
+ * A safety net: the server replaces its side when an offer comes from a new peer connection
+ * (new ICE credentials, as after a reload), so a connection that does not come up is rare. If
+ * one still does not, wait until the server has surely dropped it (its ICE timeouts, 6 s +
+ * 4 s by default) before offering again.
  */
 const STALE_CONNECTION_WAIT_MS = 11_000;
 
