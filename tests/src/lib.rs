@@ -1,7 +1,9 @@
 //! Test support for Stoa's end-to-end tests: a real server started in-process on an
 //! ephemeral port with a temporary data folder, and a small REST client for it.
 
+pub mod loadgen;
 pub mod media;
+pub mod rtc_client;
 pub mod signal;
 
 use std::time::Duration;

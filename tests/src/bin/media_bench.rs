@@ -22,19 +22,16 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::SignatureScheme;
-use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -42,8 +39,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
@@ -54,6 +50,7 @@ use stoa::config::MediaSettings;
 use stoa::control::{ParticipantId, RoomId};
 use stoa::media::{Media, MediaOptions};
 use stoa::metrics::{DropLabels, MediaMetrics, WorkerLabels};
+use stoa_tests::rtc_client::{Poller, client_engine};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -299,63 +296,6 @@ fn rss_kib() -> Option<i64> {
 // epoll over the clients' sockets
 // ---------------------------------------------------------------------------------------------
 
-struct Poller {
-    fd: RawFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    fn new() -> io::Result<Self> {
-        // SAFETY: plain system call.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Poller {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 512],
-        })
-    }
-
-    fn add(&self, fd: RawFd, token: usize) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token as u64,
-        };
-        // SAFETY: valid descriptors and event pointer.
-        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Tokens of the readable sockets, waiting at most `timeout` (rounded up to 1 ms).
-    fn wait(&mut self, timeout: Duration, ready: &mut Vec<usize>) {
-        ready.clear();
-        let ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
-        // SAFETY: the buffer holds `events.len()` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd,
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                ms,
-            )
-        };
-        for event in self.events.iter().take(n.max(0) as usize) {
-            let token = event.u64;
-            ready.push(token as usize);
-        }
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor, closed once.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Clients: `rtc` sans-IO peer connections, one UDP socket each
 // ---------------------------------------------------------------------------------------------
@@ -430,37 +370,6 @@ struct Clients {
     late_sends: u64,
 }
 
-fn opus() -> RTCRtpCodecParameters {
-    RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-            rtcp_feedback: vec![],
-        },
-        payload_type: OPUS_PT,
-    }
-}
-
-/// What a browser offers for Stoa, minus the extras: Opus 111 and the audio-level extension,
-/// with receiver and sender reports.
-fn client_engine() -> Result<(MediaEngine, Registry)> {
-    let mut engine = MediaEngine::default();
-    engine.register_codec(opus(), RtpCodecKind::Audio)?;
-    engine.register_header_extension(
-        RTCRtpHeaderExtensionCapability {
-            uri: AUDIO_LEVEL_URI.to_owned(),
-        },
-        RtpCodecKind::Audio,
-        None,
-    )?;
-    let registry = Registry::new()
-        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-        .with(Slot::SenderReport, SenderReportBuilder::new().build());
-    Ok((engine, registry))
-}
-
 impl Clients {
     fn new(media: &Media, room: RoomId, interval: Duration) -> Result<Self> {
         let provider =
@@ -520,7 +429,7 @@ impl Clients {
                         ssrc: Some(ssrc),
                         ..Default::default()
                     },
-                    codec: opus().rtp_codec,
+                    codec: stoa::media::engine::opus_codec().rtp_codec,
                     ..Default::default()
                 }],
             ))?;
@@ -968,7 +877,7 @@ fn memory_pair(
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: engine::opus_codec().rtp_codec,
+                codec: stoa::media::engine::opus_codec().rtp_codec,
                 ..Default::default()
             }],
         ))?;
