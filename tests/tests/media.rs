@@ -524,3 +524,31 @@ async fn a_new_peer_connection_from_the_same_participant_replaces_the_old_one() 
     assert_eq!(t.running().state.media.connection_count(), 2);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_limit_is_answered_with_media_full_and_frees_up() {
+    let t = TestServer::start_with(|c| c.media.max_connections = 1).await;
+    let room = t.create_room("Small").await;
+    let mut first = Member::join(&t, &room, "listener", "One", listener).await;
+    let mut second = SignalClient::join(&t.participant(&room, "listener", "Two").await).await;
+    let slots = media_slots(&second.welcome);
+    let peer = MediaPeer::new(MediaConfig::listener("Two", slots))
+        .await
+        .unwrap();
+    let refused = peer.negotiate(&mut second).await.unwrap_err();
+    assert_eq!(refused.code(), Some("media_full"));
+
+    first.signal.ok(json!({ "type": "leave" })).await;
+    let media = t.running().state.media.clone();
+    wait_for(
+        || media.connection_count() == 0,
+        "the first connection closes",
+    )
+    .await;
+    let peer = MediaPeer::new(MediaConfig::listener("Two", slots))
+        .await
+        .unwrap();
+    peer.negotiate(&mut second).await.expect("room again");
+    peer.wait_connected(CONNECT).await;
+    t.stop().await;
+}

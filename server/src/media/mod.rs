@@ -91,6 +91,8 @@ struct Inner {
     next_room: AtomicU32,
     slots: usize,
     max_connections: usize,
+    /// Connections placed (the size of `conns`, kept exactly for the bound).
+    placed: AtomicUsize,
 }
 
 /// The media service: cheap to clone, shared by rooms.
@@ -194,6 +196,7 @@ impl Media {
                 next_room: AtomicU32::new(1),
                 slots: options.settings.slots,
                 max_connections: options.settings.max_connections,
+                placed: AtomicUsize::new(0),
             }),
         };
         Ok((media, reports_rx))
@@ -394,8 +397,15 @@ impl Media {
         if let Some(placed) = self.inner.conns.get(&key) {
             return Ok(*placed);
         }
-        // `len` locks every shard: never call it while holding an entry of the same map.
-        if self.inner.conns.len() >= self.inner.max_connections {
+        // Reserve a place first, atomically, so concurrent rooms cannot overshoot the bound.
+        let max = self.inner.max_connections;
+        let reserved = self
+            .inner
+            .placed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if reserved.is_err() {
             return Err(MediaError::new(
                 "media_full",
                 "the server carries as many audio connections as it is configured for",
@@ -411,7 +421,10 @@ impl Media {
         // A room offers one message at a time, so nobody races this insert for the same
         // participant; if something did, the first placement stands.
         match self.inner.conns.entry(key) {
-            Entry::Occupied(e) => return Ok(*e.get()),
+            Entry::Occupied(e) => {
+                self.inner.placed.fetch_sub(1, Ordering::AcqRel);
+                return Ok(*e.get());
+            }
             Entry::Vacant(e) => {
                 e.insert(placed);
             }
@@ -433,6 +446,7 @@ impl Media {
     }
 
     fn unplace(&self, room: &RoomId, placed: Placed) {
+        self.inner.placed.fetch_sub(1, Ordering::AcqRel);
         self.inner.load[placed.worker].fetch_sub(1, Ordering::Relaxed);
         let empty = match self.inner.rooms.get_mut(room) {
             Some(mut hub_room) => {
