@@ -394,18 +394,7 @@ impl Worker {
         if self.batch.is_empty() {
             return;
         }
-        let done = self.batch.flush(&self.socket);
-        self.counters.datagrams_out.inc_by(done.datagrams);
-        self.counters.bytes_out.inc_by(done.bytes);
-        self.counters.send_calls.inc_by(done.calls);
-        self.counters.send_failed.inc_by(done.dropped);
-    }
-
-    fn send(&mut self, datagram: &[u8], to: SocketAddr) {
-        if self.batch.is_full() {
-            self.flush();
-        }
-        self.batch.push(datagram, to);
+        flush_batch(&mut self.batch, &self.socket, &self.counters);
     }
 
     // ---- input ----------------------------------------------------------------------
@@ -498,16 +487,7 @@ impl Worker {
                 self.inbound = inbound;
                 return;
             };
-            while let Some(out) = conn.pc.poll_write() {
-                if self.batch.is_full() {
-                    let done = self.batch.flush(&self.socket);
-                    self.counters.datagrams_out.inc_by(done.datagrams);
-                    self.counters.bytes_out.inc_by(done.bytes);
-                    self.counters.send_calls.inc_by(done.calls);
-                    self.counters.send_failed.inc_by(done.dropped);
-                }
-                self.batch.push(&out.message, out.transport.peer_addr);
-            }
+            queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
             while let Some(event) = conn.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -676,16 +656,7 @@ impl Worker {
             } else {
                 self.counters.forward_failed.inc();
             }
-            while let Some(out) = conn.pc.poll_write() {
-                if self.batch.is_full() {
-                    let done = self.batch.flush(&self.socket);
-                    self.counters.datagrams_out.inc_by(done.datagrams);
-                    self.counters.bytes_out.inc_by(done.bytes);
-                    self.counters.send_calls.inc_by(done.calls);
-                    self.counters.send_failed.inc_by(done.dropped);
-                }
-                self.batch.push(&out.message, out.transport.peer_addr);
-            }
+            queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
             // Writing media does not bring a connection's timers forward; only look when none
             // is queued (asking costs as much as the rest of this loop).
             if conn.scheduled.is_none() {
@@ -819,10 +790,7 @@ impl Worker {
                 if result.is_err() && !existed {
                     // Nothing was kept; let the hub forget the placement, and refuse a re-offer
                     // that still carries this key (the hub will give the next one a new key).
-                    if self.retired.len() == RETIRED_KEYS {
-                        self.retired.pop_front();
-                    }
-                    self.retired.push_back(key);
+                    self.retire(key);
                     let _ = self.reports.send(Report::Closed {
                         key,
                         room: room_id,
@@ -1002,6 +970,14 @@ impl Worker {
             .clone())
     }
 
+    /// Remembers a key this worker gave up on its own, so a late offer for it is refused.
+    fn retire(&mut self, key: ConnKey) {
+        if self.retired.len() == RETIRED_KEYS {
+            self.retired.pop_front();
+        }
+        self.retired.push_back(key);
+    }
+
     /// Frees everything of one connection. `report`: the worker decided this (the peer went
     /// away), so the rest of the server must be told.
     fn close(&mut self, key: ConnKey, report: bool) {
@@ -1010,9 +986,7 @@ impl Worker {
         };
         tracing::debug!(worker = self.index, conn = key, participant = %conn.participant, by_peer = report, "media connection closed");
         let _ = conn.pc.close();
-        while let Some(out) = conn.pc.poll_write() {
-            self.send(&out.message, out.transport.peer_addr);
-        }
+        queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
         self.by_ufrag.remove(&conn.ufrag);
         for addr in &conn.addrs {
             if self.by_addr.get(addr) == Some(&key) {
@@ -1049,10 +1023,7 @@ impl Worker {
             }
         }
         if report {
-            if self.retired.len() == RETIRED_KEYS {
-                self.retired.pop_front();
-            }
-            self.retired.push_back(key);
+            self.retire(key);
         }
         if report && let Some(room) = room_id {
             let _ = self.reports.send(Report::Closed {
@@ -1062,6 +1033,29 @@ impl Worker {
             });
         }
     }
+}
+
+/// Moves everything a connection has to send into the batch, sending full batches on the way.
+fn queue_writes(
+    pc: &mut RTCPeerConnection,
+    batch: &mut SendBatch,
+    socket: &UdpSocket,
+    counters: &Counters,
+) {
+    while let Some(out) = pc.poll_write() {
+        if batch.is_full() {
+            flush_batch(batch, socket, counters);
+        }
+        batch.push(&out.message, out.transport.peer_addr);
+    }
+}
+
+fn flush_batch(batch: &mut SendBatch, socket: &UdpSocket, counters: &Counters) {
+    let done = batch.flush(socket);
+    counters.datagrams_out.inc_by(done.datagrams);
+    counters.bytes_out.inc_by(done.bytes);
+    counters.send_calls.inc_by(done.calls);
+    counters.send_failed.inc_by(done.dropped);
 }
 
 /// The first `a=ice-ufrag:` of an SDP.
