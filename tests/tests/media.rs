@@ -152,6 +152,11 @@ async fn two_speakers_reach_a_listener_on_two_slots_with_no_loss() {
     hears(&high, 440.0).await;
     assert_eq!(low.slot_with(440.0, Duration::from_secs(1)), None);
     assert_eq!(high.slot_with(880.0, Duration::from_secs(1)), None);
+    // All three connections carried forwarded audio on the lean SRTP path, their keys proven
+    // against `rtc`'s own output first (server/src/media/srtp.rs).
+    let stats = t.running().state.media.worker_stats().await;
+    assert_eq!(stats.iter().map(|w| w.lean).sum::<usize>(), 3, "{stats:?}");
+    assert_eq!(stats.iter().map(|w| w.lean_off).sum::<usize>(), 0, "{stats:?}");
     t.stop().await;
 }
 

@@ -63,6 +63,28 @@ impl SendBatch {
         self.queued.push((start, datagram.len(), to));
     }
 
+    /// Queues a datagram that `write` builds in place (no copy); it returns the length, or
+    /// `None` to queue nothing. The caller flushes when `is_full`. Returns whether it queued.
+    pub fn push_with(
+        &mut self,
+        to: SocketAddr,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
+        debug_assert!(!self.is_full(), "flush a full batch before pushing");
+        if self.is_full() {
+            self.oversized += 1;
+            return false;
+        }
+        let start = self.queued.len() * MAX_DATAGRAM;
+        match write(&mut self.data[start..start + MAX_DATAGRAM]) {
+            Some(len) if len <= MAX_DATAGRAM => {
+                self.queued.push((start, len, to));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sends everything queued and empties the batch. Never waits: what the kernel will not
     /// take now is dropped and counted (a full send buffer means the host is over capacity,
     /// and late audio is worthless anyway).

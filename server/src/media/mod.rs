@@ -12,6 +12,7 @@ pub mod engine;
 pub mod offer;
 pub mod selector;
 pub mod slot;
+pub mod srtp;
 pub mod worker;
 
 use std::collections::HashMap;

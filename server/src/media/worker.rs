@@ -32,6 +32,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
+use rtc::crypto::RTCCryptoProvider;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
@@ -43,6 +44,7 @@ use super::demux::{self, Kind};
 use super::engine::{self, AUDIO_LEVEL_URI, OPUS_PT};
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
+use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
 use super::{MediaError, random_alnum, random_u32};
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::{DropLabels, MediaMetrics, WorkerLabels};
@@ -139,6 +141,10 @@ pub struct WorkerStats {
     pub connections: usize,
     pub connected: usize,
     pub rooms: usize,
+    /// Connections whose forwarded audio takes the lean SRTP path.
+    pub lean: usize,
+    /// Connections that gave up on it (their keys never matched `rtc`'s output).
+    pub lean_off: usize,
 }
 
 pub struct WorkerLink {
@@ -167,6 +173,7 @@ pub struct WorkerSetup {
 struct OutSlot {
     sender: RTCRtpSenderId,
     rewriter: SlotRewriter,
+    rollover: Rollover,
 }
 
 struct Conn {
@@ -189,6 +196,12 @@ struct Conn {
     /// Until the connection first comes up.
     answered_at: Option<Instant>,
     addrs: Vec<SocketAddr>,
+    /// Where `rtc` last sent this connection's SRTP/SRTCP: the selected ICE pair's remote.
+    dest: Option<SocketAddr>,
+    /// This connection's crypto provider, which learns its SRTP keys.
+    tap: Arc<KeyTap>,
+    /// Whether forwarded audio bypasses `rtc`'s write path (see `srtp`).
+    lean: Lean,
     /// The earliest deadline queued in the timer heap for this connection.
     scheduled: Option<Instant>,
 }
@@ -284,6 +297,10 @@ pub struct Worker {
     counters: Counters,
     sources: Arc<AtomicU32>,
     batch: SendBatch,
+    /// The real crypto provider; each connection's `KeyTap` wraps it.
+    crypto: Arc<dyn RTCCryptoProvider>,
+    /// Where a probe's own encryption is written, to compare with `rtc`'s.
+    probe_buf: Vec<u8>,
     recv_buf: Vec<u8>,
     /// Reused between calls: a connection's decrypted inbound packets.
     inbound: Vec<rtc::rtp::Packet>,
@@ -328,6 +345,9 @@ impl Worker {
                 metrics: setup.metrics,
                 sources: setup.sources,
                 batch: SendBatch::default(),
+                crypto: rtc::crypto::default_provider()
+                    .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?,
+                probe_buf: vec![0; MAX_DATAGRAM],
                 recv_buf: vec![0; MAX_DATAGRAM + 1],
                 inbound: Vec::with_capacity(16),
                 epoch: now,
@@ -487,7 +507,13 @@ impl Worker {
                 self.inbound = inbound;
                 return;
             };
-            queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
+            queue_writes(
+                &mut conn.pc,
+                &mut conn.dest,
+                &mut self.batch,
+                &self.socket,
+                &self.counters,
+            );
             while let Some(event) = conn.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -635,14 +661,40 @@ impl Worker {
                 self.counters.stale.inc();
                 continue;
             };
+            let header = RtpHeader {
+                marker: packet.marker || out.switched,
+                payload_type: OPUS_PT,
+                seq: out.seq,
+                timestamp: out.timestamp,
+                ssrc: slot.rewriter.ssrc(),
+            };
+            let rollover = slot.rollover.next(out.seq);
+            // The lean path: seal straight into the send batch.
+            if let Some(dest) = conn.dest
+                && let Some(sender) = conn.lean.sender(&conn.tap)
+            {
+                if self.batch.is_full() {
+                    flush_batch(&mut self.batch, &self.socket, &self.counters);
+                }
+                if self.batch.push_with(dest, |buf| {
+                    sender.seal(&header, rollover, &packet.payload, buf)
+                }) {
+                    self.counters.forwarded.inc();
+                } else {
+                    self.counters.forward_failed.inc();
+                }
+                continue;
+            }
+            // `rtc`'s path, until the connection's keys are proven (or for good if they never
+            // are); while probing, what it produced for this packet is compared with ours.
             let rtp = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
-                    marker: packet.marker || out.switched,
+                    marker: header.marker,
                     payload_type: OPUS_PT,
-                    sequence_number: out.seq,
-                    timestamp: out.timestamp,
-                    ssrc: slot.rewriter.ssrc(),
+                    sequence_number: header.seq,
+                    timestamp: header.timestamp,
+                    ssrc: header.ssrc,
                     ..Default::default()
                 },
                 payload: packet.payload.clone(),
@@ -656,7 +708,51 @@ impl Worker {
             } else {
                 self.counters.forward_failed.inc();
             }
-            queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
+            if conn.lean.is_probing() {
+                let (lean, tap, crypto, scratch) = (
+                    &mut conn.lean,
+                    &conn.tap,
+                    self.crypto.crypto(),
+                    &mut self.probe_buf,
+                );
+                queue_writes_inspecting(
+                    &mut conn.pc,
+                    &mut conn.dest,
+                    &mut self.batch,
+                    &self.socket,
+                    &self.counters,
+                    |datagram| {
+                        if !is_packet(datagram, &header) {
+                            return;
+                        }
+                        let learned = lean.learn(
+                            tap,
+                            crypto,
+                            &header,
+                            rollover,
+                            &packet.payload,
+                            datagram,
+                            scratch,
+                        );
+                        match learned {
+                            Learned::Proven => tracing::debug!(conn = key, "lean SRTP path proven"),
+                            Learned::GaveUp => tracing::warn!(
+                                conn = key,
+                                "SRTP keys never matched rtc's output; staying on rtc's write path"
+                            ),
+                            Learned::NotYet => {}
+                        }
+                    },
+                );
+            } else {
+                queue_writes(
+                    &mut conn.pc,
+                    &mut conn.dest,
+                    &mut self.batch,
+                    &self.socket,
+                    &self.counters,
+                );
+            }
             // Writing media does not bring a connection's timers forward; only look when none
             // is queued (asking costs as much as the rest of this loop).
             if conn.scheduled.is_none() {
@@ -820,6 +916,12 @@ impl Worker {
                     connections: self.conns.len(),
                     connected: self.conns.values().filter(|c| c.connected).count(),
                     rooms: self.rooms.len(),
+                    lean: self.conns.values().filter(|c| c.lean.is_ready()).count(),
+                    lean_off: self
+                        .conns
+                        .values()
+                        .filter(|c| matches!(c.lean, Lean::Off))
+                        .count(),
                 });
             }
             Control::Forget { room, source } => self.forget(room, source),
@@ -839,17 +941,20 @@ impl Worker {
         now: Instant,
     ) -> anyhow::Result<String> {
         let ufrag = random_alnum(16);
+        let tap = KeyTap::new(Arc::clone(&self.crypto));
+        let mut setting_engine = engine::setting_engine(
+            ufrag.clone(),
+            random_alnum(32),
+            self.ice_disconnected,
+            self.ice_failed,
+        );
+        setting_engine.set_crypto_provider(Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>);
         let config = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(config)
-            .with_setting_engine(engine::setting_engine(
-                ufrag.clone(),
-                random_alnum(32),
-                self.ice_disconnected,
-                self.ice_failed,
-            ))
+            .with_setting_engine(setting_engine)
             .with_media_engine(engine::media_engine()?)
             .with_interceptor_registry(engine::registry())
             .build(now)?;
@@ -875,6 +980,7 @@ impl Worker {
             slots.push(OutSlot {
                 sender,
                 rewriter: SlotRewriter::new(ssrc, random_u32() as u16, random_u32()),
+                rollover: Rollover::default(),
             });
         }
         let remote_ufrag = ice_ufrag(&offer.sdp);
@@ -932,6 +1038,9 @@ impl Worker {
             connected: false,
             answered_at: Some(now),
             addrs: Vec::new(),
+            dest: None,
+            tap,
+            lean: Lean::default(),
             scheduled: None,
         };
         for (slot, heard) in conn.slots.iter_mut().zip(entry.selector.slots_for(source)) {
@@ -986,7 +1095,13 @@ impl Worker {
         };
         tracing::debug!(worker = self.index, conn = key, participant = %conn.participant, by_peer = report, "media connection closed");
         let _ = conn.pc.close();
-        queue_writes(&mut conn.pc, &mut self.batch, &self.socket, &self.counters);
+        queue_writes(
+                &mut conn.pc,
+                &mut conn.dest,
+                &mut self.batch,
+                &self.socket,
+                &self.counters,
+            );
         self.by_ufrag.remove(&conn.ufrag);
         for addr in &conn.addrs {
             if self.by_addr.get(addr) == Some(&key) {
@@ -1036,18 +1151,45 @@ impl Worker {
 }
 
 /// Moves everything a connection has to send into the batch, sending full batches on the way.
+/// Notes where the connection's SRTP/SRTCP goes (the selected pair), for the lean path.
 fn queue_writes(
     pc: &mut RTCPeerConnection,
+    dest: &mut Option<SocketAddr>,
     batch: &mut SendBatch,
     socket: &UdpSocket,
     counters: &Counters,
+) {
+    queue_writes_inspecting(pc, dest, batch, socket, counters, |_| {});
+}
+
+/// `queue_writes`, showing each datagram to `inspect` on the way.
+fn queue_writes_inspecting(
+    pc: &mut RTCPeerConnection,
+    dest: &mut Option<SocketAddr>,
+    batch: &mut SendBatch,
+    socket: &UdpSocket,
+    counters: &Counters,
+    mut inspect: impl FnMut(&[u8]),
 ) {
     while let Some(out) = pc.poll_write() {
         if batch.is_full() {
             flush_batch(batch, socket, counters);
         }
+        if matches!(demux::classify(&out.message), Kind::Rtp | Kind::Rtcp) {
+            *dest = Some(out.transport.peer_addr);
+        }
+        inspect(&out.message);
         batch.push(&out.message, out.transport.peer_addr);
     }
+}
+
+/// Whether `datagram` is the SRTP packet `rtc` made of `header` (its header is in clear).
+fn is_packet(datagram: &[u8], header: &RtpHeader) -> bool {
+    datagram.len() > 12
+        && matches!(demux::classify(datagram), Kind::Rtp)
+        && datagram[1] & 0x7f == header.payload_type
+        && datagram[2..4] == header.seq.to_be_bytes()
+        && datagram[8..12] == header.ssrc.to_be_bytes()
 }
 
 fn flush_batch(batch: &mut SendBatch, socket: &UdpSocket, counters: &Counters) {
