@@ -11,6 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -234,6 +235,7 @@ struct Counters {
     send_failed: Counter,
     forward_failed: Counter,
     stale: Counter,
+    panicked: Counter,
 }
 
 impl Counters {
@@ -269,6 +271,7 @@ impl Counters {
             send_failed: drop("send_failed"),
             forward_failed: drop("forward_failed"),
             stale: drop("stale"),
+            panicked: drop("panicked"),
         }
     }
 }
@@ -491,11 +494,30 @@ impl Worker {
             },
             message: BytesMut::from(datagram),
         };
-        if let Err(e) = conn.pc.handle_read(message) {
-            self.counters.rejected.inc();
-            tracing::trace!(conn = key, error = %e, "datagram refused by the connection");
+        self.guarded(key, |worker| {
+            if let Some(conn) = worker.conns.get_mut(&key)
+                && let Err(e) = conn.pc.handle_read(message)
+            {
+                worker.counters.rejected.inc();
+                tracing::trace!(conn = key, error = %e, "datagram refused by the connection");
+            }
+            worker.drain(key, now);
+        });
+    }
+
+    /// Runs `f`, which drives connection `key` through `rtc`. Should `rtc` panic on some input,
+    /// that connection is closed and counted (`panicked`); the worker and every other
+    /// connection on it go on.
+    fn guarded(&mut self, key: ConnKey, f: impl FnOnce(&mut Self)) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(self))).is_err() {
+            self.counters.panicked.inc();
+            tracing::error!(
+                worker = self.index,
+                conn = key,
+                "a media connection panicked; it is closed, the worker goes on"
+            );
+            self.close(key, true);
         }
-        self.drain(key, now);
     }
 
     /// Everything a connection has queued after an input: datagrams, events, media.
@@ -792,10 +814,14 @@ impl Worker {
                 continue; // superseded by an earlier deadline that already ran
             }
             conn.scheduled = None;
-            if let Err(e) = conn.pc.handle_timeout(now) {
-                tracing::trace!(conn = key, error = %e, "timeout handling failed");
-            }
-            self.drain(key, now);
+            self.guarded(key, |worker| {
+                if let Some(conn) = worker.conns.get_mut(&key)
+                    && let Err(e) = conn.pc.handle_timeout(now)
+                {
+                    tracing::trace!(conn = key, error = %e, "timeout handling failed");
+                }
+                worker.drain(key, now);
+            });
         }
         if now >= self.next_select {
             self.next_select = now + SELECT_EVERY;
@@ -878,11 +904,19 @@ impl Worker {
                     self.close(key, false);
                 }
                 let existed = existed && !restarted;
-                let result = if existed {
-                    self.renegotiate(key, *offer, on_stage, may_send, now)
-                } else {
-                    self.open(key, room, participant, *offer, on_stage, may_send, now)
-                };
+                // `rtc` parses the offer: a panic there refuses this offer and nothing else.
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if existed {
+                        self.renegotiate(key, *offer, on_stage, may_send, now)
+                    } else {
+                        self.open(key, room, participant, *offer, on_stage, may_send, now)
+                    }
+                }))
+                .unwrap_or_else(|_| {
+                    self.counters.panicked.inc();
+                    tracing::error!(conn = key, "applying an offer panicked; it is refused");
+                    Err(anyhow::anyhow!("the offer made the WebRTC library fail"))
+                });
                 if result.is_err() && !existed {
                     // Nothing was kept; let the hub forget the placement, and refuse a re-offer
                     // that still carries this key (the hub will give the next one a new key).
@@ -901,7 +935,7 @@ impl Worker {
                     )
                 });
                 if result.is_ok() {
-                    self.drain(key, now);
+                    self.guarded(key, |worker| worker.drain(key, now));
                 }
                 let _ = reply.send(result);
             }
@@ -1094,14 +1128,17 @@ impl Worker {
             return;
         };
         tracing::debug!(worker = self.index, conn = key, participant = %conn.participant, by_peer = report, "media connection closed");
-        let _ = conn.pc.close();
-        queue_writes(
+        // After a panic the connection may be broken inside: closing it must not panic again.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ = conn.pc.close();
+            queue_writes(
                 &mut conn.pc,
                 &mut conn.dest,
                 &mut self.batch,
                 &self.socket,
                 &self.counters,
             );
+        }));
         self.by_ufrag.remove(&conn.ufrag);
         for addr in &conn.addrs {
             if self.by_addr.get(addr) == Some(&key) {
