@@ -156,7 +156,11 @@ async fn two_speakers_reach_a_listener_on_two_slots_with_no_loss() {
     // against `rtc`'s own output first (server/src/media/srtp.rs).
     let stats = t.running().state.media.worker_stats().await;
     assert_eq!(stats.iter().map(|w| w.lean).sum::<usize>(), 3, "{stats:?}");
-    assert_eq!(stats.iter().map(|w| w.lean_off).sum::<usize>(), 0, "{stats:?}");
+    assert_eq!(
+        stats.iter().map(|w| w.lean_off).sum::<usize>(),
+        0,
+        "{stats:?}"
+    );
     t.stop().await;
 }
 

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use rtc::crypto::{
     ActiveKeyExchange, AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, CbcAlgorithm, CbcCipher,
     CryptoAlgorithm, CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac,
-    PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey,
-    StreamCipher, StreamCipherAlgorithm,
+    PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
+    StreamCipherAlgorithm,
 };
 
 /// RFC 3711 key derivation labels.
@@ -133,8 +133,7 @@ impl RTCCrypto for TapCrypto {
         block: &mut [u8],
     ) -> Result<(), CryptoError> {
         // Only SRTP's key derivation encrypts single AES blocks in `rtc`.
-        if algorithm == BlockCipherAlgorithm::Aes128 && key.len() == KEY_LEN && block.len() == 16
-        {
+        if algorithm == BlockCipherAlgorithm::Aes128 && key.len() == KEY_LEN && block.len() == 16 {
             let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
             if noted.len() < MAX_NOTED {
                 let mut d = Derivation {
@@ -280,11 +279,7 @@ impl SrtpSender {
     }
 }
 
-fn derive(
-    crypto: &dyn RTCCrypto,
-    master: &MasterKey,
-    label: u8,
-) -> Result<[u8; 16], CryptoError> {
+fn derive(crypto: &dyn RTCCrypto, master: &MasterKey, label: u8) -> Result<[u8; 16], CryptoError> {
     let mut block = [0u8; 16];
     block[..SALT_LEN].copy_from_slice(&master.salt);
     block[7] ^= label;
@@ -467,11 +462,17 @@ mod tests {
                 timestamp: 960 * n,
                 ssrc: 0x1234_5678,
             };
-            let payload: Vec<u8> = (0..(40 + n as usize % 80)).map(|i| i as u8 ^ 0x5a).collect();
+            let payload: Vec<u8> = (0..(40 + n as usize % 80))
+                .map(|i| i as u8 ^ 0x5a)
+                .collect();
             let expected = reference.encrypt_rtp(&plain(&header, &payload)).unwrap();
             let roc = rollover.next(seq);
             let len = ours.seal(&header, roc, &payload, &mut buf).unwrap();
-            assert_eq!(&buf[..len], &expected[..], "packet {n} (seq {seq}, roc {roc})");
+            assert_eq!(
+                &buf[..len],
+                &expected[..],
+                "packet {n} (seq {seq}, roc {roc})"
+            );
             seq = seq.wrapping_add(1);
         }
         assert_eq!(rollover.roc, 1);
