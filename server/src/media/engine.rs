@@ -3,9 +3,11 @@
 //! sender and receiver reports, and a tap that lets the reports reach the worker.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::crypto::SignatureScheme;
+use rtc::crypto::{RTCCryptoProvider, SignatureScheme};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{
     Attribute, Interceptor, Packet, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
@@ -14,7 +16,15 @@ use rtc::interceptor::{
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
-use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::rtcp::header::PacketType;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -84,6 +94,134 @@ pub fn setting_engine(
             Some(Duration::from_secs(2)),
         )
         .build()
+}
+
+/// What one answering connection is built from.
+pub struct AnswerSetup {
+    pub certificate: RTCCertificate,
+    /// Our ICE credentials: the ufrag is how binding requests find the connection.
+    pub ufrag: String,
+    pub password: String,
+    pub ice_disconnected: Duration,
+    pub ice_failed: Duration,
+    /// The connection's crypto provider (a `srtp::KeyTap` in the worker).
+    pub crypto: Arc<dyn RTCCryptoProvider>,
+    /// One sending slot per SSRC, in order.
+    pub ssrcs: Vec<u32>,
+    /// The media stream id of our tracks.
+    pub stream: String,
+    /// The host candidate put in the answer.
+    pub advertised: SocketAddr,
+}
+
+/// The server side of a new connection: the configuration above, one sending track per slot
+/// (added first, so the offered sections pair with them in order), the offer, directions by
+/// stage, our host candidate, and the answer set as local description. Returns the connection
+/// and its slots' senders.
+pub fn answer(
+    setup: AnswerSetup,
+    offer: RTCSessionDescription,
+    on_stage: bool,
+    now: Instant,
+) -> anyhow::Result<(RTCPeerConnection, Vec<RTCRtpSenderId>)> {
+    let mut setting_engine = setting_engine(
+        setup.ufrag,
+        setup.password,
+        setup.ice_disconnected,
+        setup.ice_failed,
+    );
+    setting_engine.set_crypto_provider(setup.crypto);
+    let config = RTCConfigurationBuilder::new()
+        .with_certificates(vec![setup.certificate])
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_setting_engine(setting_engine)
+        .with_media_engine(media_engine()?)
+        .with_interceptor_registry(registry())
+        .build(now)?;
+    let mut senders = Vec::with_capacity(setup.ssrcs.len());
+    for (index, &ssrc) in setup.ssrcs.iter().enumerate() {
+        let track = MediaStreamTrack::new(
+            setup.stream.clone(),
+            format!("slot-{index}"),
+            format!("slot-{index}"),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        );
+        senders.push(pc.add_track(track)?);
+    }
+    pc.set_remote_description(now, offer)?;
+    set_directions(&mut pc, on_stage);
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: setup.advertised.ip().to_string(),
+            port: setup.advertised.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    let answer = pc.create_answer(None)?;
+    pc.set_local_description(now, answer)?;
+    anyhow::ensure!(
+        pc.local_description().is_some(),
+        "no local description after answering"
+    );
+    Ok((pc, senders))
+}
+
+/// A new offer on an existing connection (the person joined or left the stage): directions
+/// by stage, and a new answer.
+pub fn reanswer(
+    pc: &mut RTCPeerConnection,
+    offer: RTCSessionDescription,
+    on_stage: bool,
+    now: Instant,
+) -> anyhow::Result<String> {
+    pc.set_remote_description(now, offer)?;
+    set_directions(pc, on_stage);
+    let answer = pc.create_answer(None)?;
+    pc.set_local_description(now, answer)?;
+    local_sdp(pc)
+}
+
+/// The answer a connection gives, to send back to the client.
+pub fn local_sdp(pc: &RTCPeerConnection) -> anyhow::Result<String> {
+    Ok(pc
+        .local_description()
+        .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
+        .sdp
+        .clone())
+}
+
+/// Our side of each audio section: every slot sends; the first section also receives when the
+/// participant is on stage. A listener's answer therefore says `a=sendonly` everywhere (the
+/// client only receives).
+fn set_directions(pc: &mut RTCPeerConnection, on_stage: bool) {
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    for (index, id) in ids.into_iter().enumerate() {
+        if let Some(mut transceiver) = pc.rtp_transceiver(id) {
+            let wanted = if index == 0 && on_stage {
+                RTCRtpTransceiverDirection::Sendrecv
+            } else {
+                RTCRtpTransceiverDirection::Sendonly
+            };
+            if transceiver.direction() != wanted {
+                transceiver.set_direction(wanted);
+            }
+        }
+    }
 }
 
 /// The one DTLS certificate all connections of this process present.

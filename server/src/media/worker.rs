@@ -20,20 +20,14 @@ use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rtc::crypto::RTCCryptoProvider;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::RTCCertificate;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
@@ -42,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audio_level::AudioLevel;
 use super::batch::{MAX_DATAGRAM, SendBatch};
 use super::demux::{self, Kind};
-use super::engine::{self, AUDIO_LEVEL_URI, OPUS_PT};
+use super::engine::{self, AUDIO_LEVEL_URI, AnswerSetup, OPUS_PT};
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
 use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
@@ -976,69 +970,34 @@ impl Worker {
     ) -> anyhow::Result<String> {
         let ufrag = random_alnum(16);
         let tap = KeyTap::new(Arc::clone(&self.crypto));
-        let mut setting_engine = engine::setting_engine(
-            ufrag.clone(),
-            random_alnum(32),
-            self.ice_disconnected,
-            self.ice_failed,
-        );
-        setting_engine.set_crypto_provider(Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>);
-        let config = RTCConfigurationBuilder::new()
-            .with_certificates(vec![self.certificate.clone()])
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(config)
-            .with_setting_engine(setting_engine)
-            .with_media_engine(engine::media_engine()?)
-            .with_interceptor_registry(engine::registry())
-            .build(now)?;
-        // Our outbound slots first, so the offered sections pair with them in order.
-        let mut slots = Vec::with_capacity(self.slots);
-        for index in 0..self.slots {
-            let ssrc = random_u32();
-            let track = MediaStreamTrack::new(
-                format!("stoa-{key}"),
-                format!("slot-{index}"),
-                format!("slot-{index}"),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: engine::opus_codec().rtp_codec,
-                    ..Default::default()
-                }],
-            );
-            let sender = pc.add_track(track)?;
-            slots.push(OutSlot {
+        let ssrcs: Vec<u32> = (0..self.slots).map(|_| random_u32()).collect();
+        let remote_ufrag = ice_ufrag(&offer.sdp);
+        let (pc, senders) = engine::answer(
+            AnswerSetup {
+                certificate: self.certificate.clone(),
+                ufrag: ufrag.clone(),
+                password: random_alnum(32),
+                ice_disconnected: self.ice_disconnected,
+                ice_failed: self.ice_failed,
+                crypto: Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>,
+                ssrcs: ssrcs.clone(),
+                stream: format!("stoa-{key}"),
+                advertised: self.advertised,
+            },
+            offer,
+            on_stage,
+            now,
+        )?;
+        let sdp = engine::local_sdp(&pc)?;
+        let slots: Vec<OutSlot> = senders
+            .into_iter()
+            .zip(ssrcs)
+            .map(|(sender, ssrc)| OutSlot {
                 sender,
                 rewriter: SlotRewriter::new(ssrc, random_u32() as u16, random_u32()),
                 rollover: Rollover::default(),
-            });
-        }
-        let remote_ufrag = ice_ufrag(&offer.sdp);
-        pc.set_remote_description(now, offer)?;
-        set_directions(&mut pc, on_stage);
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: self.advertised.ip().to_string(),
-                port: self.advertised.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-        let answer = pc.create_answer(None)?;
-        pc.set_local_description(now, answer)?;
-        let sdp = pc
-            .local_description()
-            .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
-            .sdp
-            .clone();
+            })
+            .collect();
 
         let source = self.sources.fetch_add(1, Ordering::Relaxed);
         let room_key = room.key;
@@ -1099,18 +1058,10 @@ impl Worker {
             .conns
             .get_mut(&key)
             .ok_or_else(|| anyhow::anyhow!("no such connection"))?;
-        conn.pc.set_remote_description(now, offer)?;
-        set_directions(&mut conn.pc, on_stage);
-        let answer = conn.pc.create_answer(None)?;
-        conn.pc.set_local_description(now, answer)?;
+        let sdp = engine::reanswer(&mut conn.pc, offer, on_stage, now)?;
         conn.receiving = on_stage;
         conn.may_send = may_send;
-        Ok(conn
-            .pc
-            .local_description()
-            .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
-            .sdp
-            .clone())
+        Ok(sdp)
     }
 
     /// Remembers a key this worker gave up on its own, so a late offer for it is refused.
@@ -1264,24 +1215,6 @@ fn apply_slots(room: &WorkerRoom, conns: &mut HashMap<ConnKey, Conn>) {
                 .zip(room.selector.slots_for(conn.source))
             {
                 slot.rewriter.set_source(heard);
-            }
-        }
-    }
-}
-
-/// Our side of each audio section: every slot sends; the first section also receives when
-/// the participant is on stage. A listener's answer therefore says `a=sendonly` everywhere (the client only receives).
-fn set_directions(pc: &mut RTCPeerConnection, on_stage: bool) {
-    let ids: Vec<_> = pc.get_transceivers().collect();
-    for (index, id) in ids.into_iter().enumerate() {
-        if let Some(mut transceiver) = pc.rtp_transceiver(id) {
-            let wanted = if index == 0 && on_stage {
-                RTCRtpTransceiverDirection::Sendrecv
-            } else {
-                RTCRtpTransceiverDirection::Sendonly
-            };
-            if transceiver.direction() != wanted {
-                transceiver.set_direction(wanted);
             }
         }
     }
