@@ -1,77 +1,72 @@
 //! `stoa-loadgen`'s core: loads a running server with real WebRTC clients and measures it.
+//! It only drives clients and reads `/proc`; starting servers and searching for capacity live
+//! in [`capacity`], the UDP floor in [`floor`], the SVG in [`plot`].
 //!
 //! Against a server at `url` (loopback only unless `allow_remote`), with the operator key, it
 //! creates a room and two invites (speaker, listener) through the REST API, redeems one invite
 //! per client (`POST /api/v1/join`), joins every client over its own signaling WebSocket (tokio
 //! tasks, one [`SignalClient`] each) and opens its media as an `rtc` sans-IO peer connection.
-//! All peer connections live on one thread (the media thread), each with its own loopback UDP
-//! socket, driven through epoll and a timer heap, as `stoa-media-bench` does.
+//! All peer connections live on one thread (the media thread, [`Peers`]), each with its own
+//! UDP socket.
 //!
-//! Once every client has joined (or failed), the speakers send real Opus frames (a 440 Hz tone
-//! with a little noise, mono, 20 ms, with the RFC 6464 audio-level extension) for `seconds`;
-//! listeners count what arrives. Measured:
+//! The speakers join first and start sending real Opus frames (a 440 Hz tone with a little
+//! noise, mono, 20 ms, with the RFC 6464 audio-level extension) as soon as their media is up;
+//! then the listeners join, `join_concurrency` at a time (all at once for a burst). Once every
+//! client has joined (or failed), the run waits `settle`, then measures a window of `seconds`:
 //!
-//! - joins: successes, failures, and the time from the redeem request to the media connection
-//!   reaching `connected`;
-//! - per listener: packets expected (what the speakers sent from the first packet of theirs that
-//!   listener received), received, lost; and loss from RTP sequence gaps per stream;
-//! - server-added delay: every payload a speaker sends is hashed and stamped (CLOCK_REALTIME
-//!   just before the packet is encrypted and sent); listeners' sockets carry kernel receive
-//!   stamps (`SO_TIMESTAMPNS`, same clock), and the payload the listener decrypts is hashed and
-//!   looked up. The server forwards payloads unchanged (it rewrites SSRC, sequence number and
-//!   timestamp, never the payload), so the hash identifies the packet. What is measured
-//!   includes the client's own SRTP encrypt and `sendto` and both kernels' loopback paths, but
-//!   not the client's receive-side processing;
-//! - the server's CPU time (utime + stime) over the sending window and its resident memory,
-//!   from `/proc/<server_pid>`, when a pid is given.
+//! - joins: successes, failures, the time from a listener's redeem request to its media
+//!   connection reaching `connected`, and to its first audio packet;
+//! - per listener, over the window: packets expected (every packet the speakers sent in the
+//!   window: every listener hears every speaker while speakers ≤ the server's slots), received,
+//!   lost; RTP sequence gaps over the whole run as a second check;
+//! - server-added delay: every packet a speaker sends is stamped (CLOCK_REALTIME, just before
+//!   `rtc` encrypts and sends it); listeners' sockets carry kernel receive stamps
+//!   (`SO_TIMESTAMPNS`, same clock, taken when the server's send delivers the datagram on
+//!   loopback, so a busy client does not inflate it);
+//! - the server's CPU (whole process and per thread, from `/proc/<pid>/task/*/schedstat`) and
+//!   resident memory, and the load generator's own CPU, so that a saturated client shows.
 //!
-//! Everything is bounded: joins time out, the run lasts `seconds`, then it stops by itself.
+//! **The lean listener.** Decrypting every packet for every listener through `rtc` would cost
+//! the client about what forwarding costs the server. SRTP leaves the RTP header in clear, and
+//! the server forwards a speaker's payload unchanged, rewriting SSRC, sequence number and
+//! timestamp with a constant offset per slot while the slot keeps its speaker. So a listener
+//! lets `rtc` decrypt its first packets on each stream: the decrypted payload's hash names the
+//! speaker's packet, which gives the stream's sequence offset. After that it reads only the
+//! header of most packets and maps the sequence number back to the speaker's packet, and still
+//! hands one packet in `check_every` to `rtc` to decrypt, authenticate, and confirm the
+//! mapping (a mismatch counts as `remapped` and relearns it). `check_every = 1` decrypts all.
+//!
+//! Everything is bounded: joins time out, the run lasts `settle + seconds`, then it stops.
 
-use crate::rtc_client::{Poller, client_engine};
-use std::cmp::Reverse;
+pub mod capacity;
+pub mod floor;
+pub mod plot;
+pub mod procfs;
+
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rtc::crypto::SignatureScheme;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::media::{SAMPLE_RATE, audio_level};
+use crate::media::{FRAME_SAMPLES, SAMPLE_RATE, audio_level};
+use crate::rtc_client::{BoxError, Observer, Peers, realtime_ns};
 use crate::signal::SignalClient;
+use procfs::ProcessSample;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const OPUS_PT: u8 = 111;
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 const FRAME: Duration = Duration::from_millis(20);
-const FRAME_SAMPLES: usize = (SAMPLE_RATE / 50) as usize;
-/// Time after the last packet for stragglers to reach the listeners.
+/// Time after the window for stragglers to reach the listeners.
 const TAIL: Duration = Duration::from_millis(500);
 /// Longest the media thread sleeps before looking at its command queue.
 const COMMAND_POLL: Duration = Duration::from_millis(5);
+/// Packets `rtc` decrypts on a new stream before the header alone is trusted.
+const LEARN_PACKETS: u32 = 3;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -82,8 +77,10 @@ pub struct Options {
     pub api_key: String,
     pub speakers: usize,
     pub listeners: usize,
-    /// Length of the sending window.
+    /// Length of the measured window.
     pub seconds: f64,
+    /// Time between the last join and the window.
+    pub settle: Duration,
     /// The server's process id, for CPU and memory from `/proc`.
     pub server_pid: Option<u32>,
     /// Allow a server that is not on a loopback address.
@@ -92,6 +89,9 @@ pub struct Options {
     pub join_concurrency: usize,
     /// How long the whole join phase may take.
     pub join_timeout: Duration,
+    /// `rtc` decrypts one received packet in this many (after the first few of each stream);
+    /// 1 decrypts every packet.
+    pub check_every: u32,
     /// A progress line on stderr every second.
     pub progress: bool,
 }
@@ -104,10 +104,12 @@ impl Default for Options {
             speakers: 1,
             listeners: 10,
             seconds: 10.0,
+            settle: Duration::from_secs(2),
             server_pid: None,
             allow_remote: false,
             join_concurrency: 64,
             join_timeout: Duration::from_secs(60),
+            check_every: 50,
             progress: true,
         }
     }
@@ -140,8 +142,79 @@ impl Dist {
         }
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         json!({ "count": self.count, "p50": self.p50, "p95": self.p95, "p99": self.p99, "max": self.max })
+    }
+}
+
+/// Delays in µs, log-linear buckets (1 µs below 1 ms, 10 µs below 10 ms, 100 µs below 100 ms,
+/// 1 ms above): percentiles within 1%, constant memory, one add per packet.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    count: usize,
+    max: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+            count: 0,
+            max: 0.0,
+        }
+    }
+}
+
+impl Histogram {
+    fn bucket(us: u64) -> usize {
+        match us {
+            0..1_000 => us as usize,
+            1_000..10_000 => 1_000 + (us as usize - 1_000) / 10,
+            10_000..100_000 => 1_900 + (us as usize - 10_000) / 100,
+            100_000..10_000_000 => 2_800 + (us as usize - 100_000) / 1_000,
+            _ => 12_700,
+        }
+    }
+
+    fn lower_bound(bucket: usize) -> f64 {
+        match bucket {
+            0..1_000 => bucket as f64,
+            1_000..1_900 => 1_000.0 + (bucket - 1_000) as f64 * 10.0,
+            1_900..2_800 => 10_000.0 + (bucket - 1_900) as f64 * 100.0,
+            _ => 100_000.0 + (bucket - 2_800) as f64 * 1_000.0,
+        }
+    }
+
+    pub fn add(&mut self, us: f64) {
+        let us = us.max(0.0);
+        self.counts[Self::bucket(us as u64)] += 1;
+        self.count += 1;
+        self.max = self.max.max(us);
+    }
+
+    pub fn dist(&self) -> Dist {
+        if self.count == 0 {
+            return Dist::default();
+        }
+        let at = |q: f64| {
+            let rank = ((self.count as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (bucket, &n) in self.counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Self::lower_bound(bucket).min(self.max);
+                }
+            }
+            self.max
+        };
+        Dist {
+            count: self.count,
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: self.max,
+        }
     }
 }
 
@@ -150,12 +223,16 @@ impl Dist {
 pub struct ListenerReport {
     pub joined: bool,
     pub connected: bool,
+    /// Packets received over the whole run.
+    pub heard: u64,
+    /// In the window: what the speakers sent, what arrived of it, what did not.
     pub expected: u64,
     pub received: u64,
     pub lost: u64,
-    /// Packets missing from the sequence numbers of the streams received.
+    /// Packets missing from the sequence numbers of the streams received (whole run).
     pub seq_lost: u64,
-    /// Received packets whose payload no speaker sent in this run (should stay 0).
+    /// Packets whose payload no speaker sent in this run, or whose header maps to no packet
+    /// (should stay 0).
     pub unmatched: u64,
 }
 
@@ -169,16 +246,69 @@ impl ListenerReport {
     }
 }
 
-/// The server's CPU and memory over the sending window.
+/// How the lean listeners checked what they counted.
 #[derive(Clone, Copy, Debug, Default)]
+pub struct Checks {
+    /// Packets `rtc` decrypted and authenticated for listeners.
+    pub decrypted: u64,
+    /// Of those, sampled packets whose payload matched what the header mapping predicted.
+    pub confirmed: u64,
+    /// Sampled packets whose payload did not match the mapping (it was relearnt).
+    pub remapped: u64,
+    /// Packets counted from the header alone.
+    pub header_only: u64,
+}
+
+/// The server's CPU and memory over the window.
+#[derive(Clone, Debug, Default)]
 pub struct ServerUsage {
     /// VmRSS before the first join, KiB.
     pub rss_before_joins_kib: u64,
     pub cpu_seconds: f64,
     pub window_seconds: f64,
+    /// CPU seconds per thread name over the window, largest first.
+    pub threads: Vec<(String, f64)>,
     pub rss_start_kib: u64,
     pub rss_end_kib: u64,
     pub rss_max_kib: u64,
+    /// Seconds its threads were runnable but waited for a CPU (other processes on its core).
+    pub waited_seconds: f64,
+}
+
+impl ServerUsage {
+    pub fn cpu_share(&self) -> f64 {
+        self.cpu_seconds / self.window_seconds.max(1e-9)
+    }
+
+    /// CPU seconds of the media worker threads (`stoa-media-*`).
+    pub fn media_cpu_seconds(&self) -> f64 {
+        self.threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("stoa-media"))
+            .map(|(_, s)| s)
+            .sum()
+    }
+}
+
+/// The load generator's own CPU over the window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientUsage {
+    /// Whole process, in cores (1.0 = one core busy).
+    pub cpu_share: f64,
+    /// The media thread alone.
+    pub media_share: f64,
+    /// The speakers could not keep their 20 ms pace this many times in the window.
+    pub late_sends: u64,
+    /// Share of the window its threads were runnable but waited for a CPU.
+    pub waited_share: f64,
+}
+
+impl ClientUsage {
+    /// The client was the bottleneck, or close to it: pinned to one core, it used ≥ 90 % of
+    /// it.
+    pub fn saturated(&self) -> bool {
+        self.cpu_share >= 0.9
+    }
 }
 
 /// What a run measured.
@@ -191,17 +321,26 @@ pub struct Report {
     pub joins_failed: usize,
     /// The first few join failures, as text.
     pub join_errors: Vec<String>,
-    /// Redeem request → media connected, ms.
+    /// Listeners: redeem request → media connected, ms.
     pub join_ms: Dist,
-    /// From the first join request to the last client's media connected, s.
+    /// Listeners: redeem request → first audio packet, ms.
+    pub first_audio_ms: Dist,
+    /// From the first listener's join request to the last listener's media connected, s.
     pub all_connected_s: f64,
+    /// From the first listener's join request to the last listener's first audio, s (0 if
+    /// some never heard any).
+    pub all_hearing_s: f64,
+    /// Packets the speakers sent over the whole run, and in the window.
     pub sent: u64,
+    pub window_sent: u64,
     pub per_listener: Vec<ListenerReport>,
-    /// Server-added delay, µs.
+    /// Server-added delay over the window, µs.
     pub delay_us: Dist,
+    /// Mean size of the datagrams the listeners received, bytes.
+    pub datagram_bytes: f64,
+    pub checks: Checks,
     pub server: Option<ServerUsage>,
-    /// The speakers could not keep their 20 ms pace this many times (the client is overloaded).
-    pub late_sends: u64,
+    pub client: ClientUsage,
 }
 
 impl Report {
@@ -224,88 +363,120 @@ impl Report {
             .fold(0.0, f64::max)
     }
     pub fn silent_listeners(&self) -> usize {
-        self.per_listener.iter().filter(|l| l.received == 0).count()
+        self.per_listener.iter().filter(|l| l.heard == 0).count()
+    }
+    pub fn unmatched(&self) -> u64 {
+        self.per_listener.iter().map(|l| l.unmatched).sum()
     }
 
-    /// Audio flowed: every listener received packets and none lost more than 5%.
+    /// Audio flowed: every listener heard packets and none lost more than 5% in the window.
     pub fn audio_ok(&self) -> bool {
-        self.sent > 0 && self.silent_listeners() == 0 && self.worst_loss() <= 0.05
+        self.window_sent > 0 && self.silent_listeners() == 0 && self.worst_loss() <= 0.05
+    }
+
+    /// Server CPU per received packet × listener, µs (needs the server pid).
+    pub fn cpu_us_per_packet_listener(&self) -> Option<f64> {
+        let s = self.server.as_ref()?;
+        let received = self.received();
+        (received > 0).then(|| s.cpu_seconds * 1e6 / received as f64)
+    }
+
+    /// The media worker threads' CPU per received packet × listener, µs.
+    pub fn media_us_per_packet_listener(&self) -> Option<f64> {
+        let s = self.server.as_ref()?;
+        let received = self.received();
+        (received > 0).then(|| s.media_cpu_seconds() * 1e6 / received as f64)
+    }
+
+    /// Server RSS growth from before the joins to the end of the window, per joined client.
+    pub fn rss_per_client_kib(&self) -> Option<f64> {
+        let s = self.server.as_ref()?;
+        (self.joins_ok > 0)
+            .then(|| (s.rss_end_kib as f64 - s.rss_before_joins_kib as f64) / self.joins_ok as f64)
     }
 
     pub fn to_json(&self) -> Value {
-        let listeners: Vec<_> = self.per_listener.iter().map(|l| l.loss()).collect();
         let min_received = self
             .per_listener
             .iter()
             .map(|l| l.received)
             .min()
             .unwrap_or(0);
-        let server = self.server.map(|s| {
+        let server = self.server.as_ref().map(|s| {
             json!({
                 "cpu_seconds": s.cpu_seconds,
                 "window_seconds": s.window_seconds,
-                "cpu_share": s.cpu_seconds / s.window_seconds.max(1e-9),
+                "cpu_share": s.cpu_share(),
+                "media_cpu_share": s.media_cpu_seconds() / s.window_seconds.max(1e-9),
+                "threads": s.threads.iter().map(|(n, c)| json!({ "name": n, "cpu_share": c / s.window_seconds.max(1e-9) })).collect::<Vec<_>>(),
                 "cpu_us_per_packet_listener": self.cpu_us_per_packet_listener(),
+                "media_us_per_packet_listener": self.media_us_per_packet_listener(),
                 "rss_before_joins_kib": s.rss_before_joins_kib,
                 "rss_start_kib": s.rss_start_kib,
                 "rss_per_client_kib": self.rss_per_client_kib(),
                 "rss_end_kib": s.rss_end_kib,
                 "rss_max_kib": s.rss_max_kib,
+                "waited_share": s.waited_seconds / s.window_seconds.max(1e-9),
             })
         });
+        let c = &self.checks;
         json!({
             "speakers": self.speakers,
             "listeners": self.listeners,
             "seconds": self.seconds,
-            "joins": { "ok": self.joins_ok, "failed": self.joins_failed, "ms": self.join_ms.json(), "all_connected_s": self.all_connected_s },
+            "joins": {
+                "ok": self.joins_ok,
+                "failed": self.joins_failed,
+                "errors": self.join_errors,
+                "ms": self.join_ms.json(),
+                "first_audio_ms": self.first_audio_ms.json(),
+                "all_connected_s": self.all_connected_s,
+                "all_hearing_s": self.all_hearing_s,
+            },
             "packets": {
                 "sent": self.sent,
+                "window_sent": self.window_sent,
                 "expected": self.expected(),
                 "received": self.received(),
                 "lost": self.lost(),
                 "loss": self.loss(),
-                "worst_listener_loss": listeners.iter().copied().fold(0.0, f64::max),
+                "worst_listener_loss": self.worst_loss(),
                 "min_received": min_received,
                 "silent_listeners": self.silent_listeners(),
                 "seq_lost": self.per_listener.iter().map(|l| l.seq_lost).sum::<u64>(),
-                "unmatched": self.per_listener.iter().map(|l| l.unmatched).sum::<u64>(),
+                "unmatched": self.unmatched(),
+                "datagram_bytes": self.datagram_bytes,
             },
+            "checks": { "decrypted": c.decrypted, "confirmed": c.confirmed, "remapped": c.remapped, "header_only": c.header_only },
             "delay_us": self.delay_us.json(),
             "server": server,
-            "late_sends": self.late_sends,
+            "client": {
+                "cpu_share": self.client.cpu_share,
+                "media_share": self.client.media_share,
+                "late_sends": self.client.late_sends,
+                "waited_share": self.client.waited_share,
+                "saturated": self.client.saturated(),
+            },
             "audio_ok": self.audio_ok(),
         })
-    }
-
-    /// Server CPU per received packet × listener, µs (needs the server pid).
-    pub fn cpu_us_per_packet_listener(&self) -> Option<f64> {
-        let s = self.server?;
-        let received = self.received();
-        (received > 0).then(|| s.cpu_seconds * 1e6 / received as f64)
-    }
-
-    /// Server RSS growth from before the joins to the end of the window, per joined client.
-    pub fn rss_per_client_kib(&self) -> Option<f64> {
-        let s = self.server?;
-        (self.joins_ok > 0)
-            .then(|| (s.rss_end_kib as f64 - s.rss_before_joins_kib as f64) / self.joins_ok as f64)
     }
 
     pub fn text(&self) -> String {
         let mut out = String::new();
         let j = &self.join_ms;
+        let f = &self.first_audio_ms;
         let d = &self.delay_us;
         out += &format!(
-            "stoa-loadgen: {} speaker(s), {} listener(s), {:.1} s of audio\n",
+            "stoa-loadgen: {} speaker(s), {} listener(s), {:.1} s window\n",
             self.speakers, self.listeners, self.seconds
         );
         out += &format!(
-            "joins: {} ok, {} failed; redeem → media connected ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n",
+            "joins: {} ok, {} failed; listener redeem → media connected ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n",
             self.joins_ok, self.joins_failed, j.p50, j.p95, j.p99, j.max
         );
         out += &format!(
-            "joins: the last client's media connected {:.2} s after the first join request\n",
-            self.all_connected_s
+            "joins: listener redeem → first audio ms: p50 {:.1}  p95 {:.1}  max {:.1}; all connected {:.2} s, all hearing {:.2} s after the first listener's join request\n",
+            f.p50, f.p95, f.max, self.all_connected_s, self.all_hearing_s
         );
         for e in &self.join_errors {
             out += &format!("  join error: {e}\n");
@@ -320,8 +491,8 @@ impl Report {
             .min()
             .unwrap_or(0);
         out += &format!(
-            "packets: sent {} by the speakers; listeners expected {}, received {}, lost {} ({:.3}%); worst listener {:.3}%, fewest received {}, silent listeners {}; sequence-gap loss {}; unmatched payloads {}\n",
-            self.sent,
+            "packets in the window: sent {} by the speakers; listeners expected {}, received {}, lost {} ({:.3}%); worst listener {:.3}%, fewest received {}; silent listeners {}; sequence-gap loss (whole run) {}; unmatched {}\n",
+            self.window_sent,
             self.expected(),
             self.received(),
             self.lost(),
@@ -330,34 +501,52 @@ impl Report {
             min_received,
             self.silent_listeners(),
             self.per_listener.iter().map(|l| l.seq_lost).sum::<u64>(),
-            self.per_listener.iter().map(|l| l.unmatched).sum::<u64>(),
+            self.unmatched(),
+        );
+        let c = &self.checks;
+        out += &format!(
+            "checks: {} packets decrypted and authenticated by rtc, {} confirmed the header mapping, {} remapped; {} counted from the header\n",
+            c.decrypted, c.confirmed, c.remapped, c.header_only
         );
         out += &format!(
             "server-added delay µs ({} samples): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
             d.count, d.p50, d.p95, d.p99, d.max
         );
-        if let Some(s) = self.server {
+        if let Some(s) = &self.server {
+            let threads: Vec<String> = s
+                .threads
+                .iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {:.1}%", c / s.window_seconds.max(1e-9) * 100.0))
+                .collect();
             out += &format!(
-                "server: CPU {:.3} s over {:.2} s ({:.1}% of a core), {} per packet × listener; RSS {} KiB before the joins, {} → {} KiB over the window (max {}), {} per joined client\n",
-                s.cpu_seconds,
-                s.window_seconds,
-                s.cpu_seconds / s.window_seconds.max(1e-9) * 100.0,
+                "server: CPU {:.1}% of a core ({}), waited for a CPU {:.1}% of the window; {} per packet × listener ({} in the media workers); RSS {} KiB before the joins, {} → {} KiB over the window, {} per joined client\n",
+                s.cpu_share() * 100.0,
+                threads.join(", "),
+                s.waited_seconds / s.window_seconds.max(1e-9) * 100.0,
                 self.cpu_us_per_packet_listener()
+                    .map_or("-".to_owned(), |v| format!("{v:.2} µs")),
+                self.media_us_per_packet_listener()
                     .map_or("-".to_owned(), |v| format!("{v:.2} µs")),
                 s.rss_before_joins_kib,
                 s.rss_start_kib,
                 s.rss_end_kib,
-                s.rss_max_kib,
                 self.rss_per_client_kib()
                     .map_or("-".to_owned(), |v| format!("{v:.1} KiB")),
             );
         }
-        if self.late_sends > 0 {
-            out += &format!(
-                "client: the speakers fell behind their pace {} times\n",
-                self.late_sends
-            );
-        }
+        out += &format!(
+            "client: CPU {:.1}% of a core (media thread {:.1}%), waited for a CPU {:.1}% of the window, late sends {}{}\n",
+            self.client.cpu_share * 100.0,
+            self.client.media_share * 100.0,
+            self.client.waited_share * 100.0,
+            self.client.late_sends,
+            if self.client.saturated() {
+                " — SATURATED: these figures may show the client's limit, not the server's"
+            } else {
+                ""
+            }
+        );
         out += &format!("audio: {}\n", if self.audio_ok() { "ok" } else { "FAILED" });
         out
     }
@@ -372,10 +561,14 @@ impl Report {
 struct Shared {
     sending: AtomicBool,
     stop: AtomicBool,
+    /// The window, as realtime ns of the speakers' send stamps; 0 = not started / not ended.
+    window_start: AtomicI64,
+    window_end: AtomicI64,
     connected: AtomicU64,
     media_failed: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    late_sends: AtomicU64,
 }
 
 enum Command {
@@ -384,6 +577,7 @@ enum Command {
         speaker: bool,
         slots: usize,
         started: Instant,
+        started_rt: i64,
         reply: tokio::sync::oneshot::Sender<Result<(usize, String), String>>,
     },
     Answer {
@@ -461,6 +655,130 @@ async fn rest(
     serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}"))
 }
 
+/// Join tasks and what they report.
+struct Joins {
+    outcomes: tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
+    outcome_tx: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Joins {
+    fn new(concurrency: usize) -> Self {
+        let (outcome_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+        Joins {
+            outcomes,
+            outcome_tx,
+            stop: tokio::sync::watch::channel(false).0,
+            gate: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// Starts one client's join; once joined, its task keeps the signaling socket read (pings,
+    /// events) until the run stops.
+    fn spawn(
+        &self,
+        http: &reqwest::Client,
+        options: &Options,
+        code: &str,
+        name: String,
+        speaker: bool,
+        commands: &mpsc::Sender<Command>,
+    ) {
+        let (http, options, code, commands) = (
+            http.clone(),
+            options.clone(),
+            code.to_owned(),
+            commands.clone(),
+        );
+        let gate = self.gate.clone();
+        let outcome_tx = self.outcome_tx.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            // A nested task, so that a panic inside SignalClient counts as a failed join.
+            let joined = tokio::spawn(async move {
+                join_one(&http, &options, &code, &name, speaker, commands).await
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("join task panicked: {e}")));
+            drop(permit);
+            match joined {
+                Ok(mut signal) => {
+                    let _ = outcome_tx.send(Ok(()));
+                    while !*stop.borrow() && signal.closed.is_none() {
+                        tokio::select! {
+                            _ = stop.changed() => {}
+                            _ = signal.next_within(Duration::from_secs(5)) => {}
+                        }
+                    }
+                    signal.close().await;
+                }
+                Err(e) => {
+                    let _ = outcome_tx.send(Err(e));
+                }
+            }
+        });
+    }
+
+    /// Waits for `count` join outcomes (or the deadline) and adds them to the report.
+    async fn collect(
+        &mut self,
+        count: usize,
+        deadline: tokio::time::Instant,
+        report: &mut Report,
+        mut progress: impl FnMut(&Report),
+    ) {
+        let mut answered = 0;
+        while answered < count {
+            match tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+                self.outcomes.recv(),
+            )
+            .await
+            {
+                Ok(Some(Ok(()))) => {
+                    report.joins_ok += 1;
+                    answered += 1;
+                }
+                Ok(Some(Err(e))) => {
+                    report.joins_failed += 1;
+                    answered += 1;
+                    if report.join_errors.len() < 5 {
+                        report.join_errors.push(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) if tokio::time::Instant::now() >= deadline => break,
+                Err(_) => progress(report),
+            }
+        }
+        if answered < count {
+            report.joins_failed += count - answered;
+            report.join_errors.push(format!(
+                "{} join(s) unanswered at the deadline",
+                count - answered
+            ));
+        }
+    }
+}
+
+/// Waits until `done` holds or the deadline passes, calling `progress` about once a second.
+async fn wait_until(
+    deadline: tokio::time::Instant,
+    mut done: impl FnMut() -> bool,
+    mut progress: impl FnMut(),
+) {
+    let mut last = Instant::now();
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            progress();
+        }
+    }
+}
+
 /// Runs the load and returns what it measured. Errors only for what stops the whole run
 /// (bad target, REST refusals); client failures are counted in the report.
 pub async fn run(options: Options) -> Result<Report, String> {
@@ -504,176 +822,186 @@ pub async fn run(options: Options) -> Result<Report, String> {
         );
     }
 
-    let rss_before_joins = options.server_pid.and_then(proc_usage).map_or(0, |u| u.1);
+    let rss_before_joins = options
+        .server_pid
+        .and_then(ProcessSample::read)
+        .map_or(0, |u| u.rss_kib);
     let shared = Arc::new(Shared::default());
     let (commands, command_rx) = mpsc::channel::<Command>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let media_shared = shared.clone();
     let bind_ip = local_ip(server_ip);
+    let check_every = options.check_every.max(1);
+    let speakers = options.speakers;
     std::thread::Builder::new()
-        .name("loadgen-media".to_owned())
+        .name(MEDIA_THREAD.to_owned())
         .spawn(move || {
-            let result = MediaThread::new(bind_ip, media_shared, command_rx)
+            let result = MediaThread::new(bind_ip, media_shared, command_rx, check_every, speakers)
                 .map_err(|e| e.to_string())
                 .map(MediaThread::run);
             let _ = done_tx.send(result);
         })
         .map_err(|e| e.to_string())?;
 
-    // Joins, a few at a time; each task then keeps its socket read (WebSocket pings) until stop.
-    let (outcome_tx, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
-    let gate = Arc::new(tokio::sync::Semaphore::new(options.join_concurrency.max(1)));
     let started = Instant::now();
-    for i in 0..total {
-        let speaker = i < options.speakers;
-        let code = codes[usize::from(!speaker)].clone();
-        let http = http.clone();
-        let options = options.clone();
-        let commands = commands.clone();
-        let shared = shared.clone();
-        let gate = gate.clone();
-        let outcome_tx = outcome_tx.clone();
-        tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
-            let name = format!("{}{i}", if speaker { "speaker" } else { "listener" });
-            // A nested task, so that a panic inside SignalClient counts as a failed join.
-            let joined = tokio::spawn(async move {
-                join_one(&http, &options, &code, &name, speaker, commands).await
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("join task panicked: {e}")));
-            drop(permit);
-            match joined {
-                Ok(mut signal) => {
-                    let _ = outcome_tx.send(Ok(()));
-                    while !shared.stop.load(Ordering::Relaxed) && signal.closed.is_none() {
-                        signal.next_within(Duration::from_millis(250)).await;
-                    }
-                    signal.close().await;
-                }
-                Err(e) => {
-                    let _ = outcome_tx.send(Err(e));
-                }
-            }
-        });
-    }
-    drop(outcome_tx);
-    drop(commands);
-
     let mut report = Report {
         speakers: options.speakers,
         listeners: options.listeners,
         seconds: options.seconds,
         ..Report::default()
     };
-    let deadline = tokio::time::Instant::now() + options.join_timeout;
-    let mut last_progress = Instant::now();
-    let progress = |phase: &str, report: &Report, shared: &Shared| {
-        eprintln!(
-            "[{:6.1}s] {phase}: joined {}/{} (failed {}), media connected {} (failed {}), sent {}, received {}",
-            started.elapsed().as_secs_f64(),
-            report.joins_ok,
-            total,
-            report.joins_failed,
-            shared.connected.load(Ordering::Relaxed),
-            shared.media_failed.load(Ordering::Relaxed),
-            shared.sent.load(Ordering::Relaxed),
-            shared.received.load(Ordering::Relaxed),
-        );
+    let show = |phase: &str, report: &Report, shared: &Shared| {
+        if options.progress {
+            eprintln!(
+                "[{:6.1}s] {phase}: joined {}/{} (failed {}), media connected {} (failed {}), sent {}, received {}",
+                started.elapsed().as_secs_f64(),
+                report.joins_ok,
+                total,
+                report.joins_failed,
+                shared.connected.load(Ordering::Relaxed),
+                shared.media_failed.load(Ordering::Relaxed),
+                shared.sent.load(Ordering::Relaxed),
+                shared.received.load(Ordering::Relaxed),
+            );
+        }
     };
-    // Phase 1: every join answered (or the deadline).
-    while report.joins_ok + report.joins_failed < total {
-        match tokio::time::timeout_at(
-            deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
-            outcome_rx.recv(),
-        )
-        .await
-        {
-            Ok(Some(Ok(()))) => report.joins_ok += 1,
-            Ok(Some(Err(e))) => {
-                report.joins_failed += 1;
-                if report.join_errors.len() < 5 {
-                    report.join_errors.push(e);
-                }
-            }
-            Ok(None) => break,
-            Err(_) if tokio::time::Instant::now() >= deadline => break,
-            Err(_) => {}
-        }
-        if options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            progress("joining", &report, &shared);
-        }
-    }
-    let unanswered = total - report.joins_ok - report.joins_failed;
-    if unanswered > 0 {
-        report.joins_failed += unanswered;
-        report
-            .join_errors
-            .push(format!("{unanswered} join(s) unanswered at the deadline"));
-    }
-    // Phase 2: every joined client's media connected (or failed, or the deadline).
-    while (shared.connected.load(Ordering::Relaxed) + shared.media_failed.load(Ordering::Relaxed))
-        < report.joins_ok as u64
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if options.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            progress("connecting", &report, &shared);
-        }
-    }
+    let deadline = tokio::time::Instant::now() + options.join_timeout;
+    let media_settled = |shared: &Shared, joined: usize| {
+        (shared.connected.load(Ordering::Relaxed) + shared.media_failed.load(Ordering::Relaxed))
+            >= joined as u64
+    };
 
-    // Phase 3: the sending window.
-    let usage_start = options.server_pid.and_then(proc_usage);
-    let window_start = Instant::now();
-    let mut rss_max = usage_start.map_or(0, |u| u.1);
+    // Phase 1: the speakers, connected, then sending.
+    let mut joins = Joins::new(options.join_concurrency);
+    for i in 0..options.speakers {
+        joins.spawn(
+            &http,
+            &options,
+            &codes[0],
+            format!("speaker{i}"),
+            true,
+            &commands,
+        );
+    }
+    joins
+        .collect(options.speakers, deadline, &mut report, |r| {
+            show("speakers joining", r, &shared)
+        })
+        .await;
+    wait_until(
+        deadline,
+        || media_settled(&shared, report.joins_ok),
+        || show("speakers connecting", &report, &shared),
+    )
+    .await;
     shared.sending.store(true, Ordering::Relaxed);
+
+    // Phase 2: the listeners, `join_concurrency` at a time.
+    for i in 0..options.listeners {
+        joins.spawn(
+            &http,
+            &options,
+            &codes[1],
+            format!("listener{i}"),
+            false,
+            &commands,
+        );
+    }
+    drop(commands);
+    joins
+        .collect(options.listeners, deadline, &mut report, |r| {
+            show("joining", r, &shared)
+        })
+        .await;
+    wait_until(
+        deadline,
+        || media_settled(&shared, report.joins_ok),
+        || show("connecting", &report, &shared),
+    )
+    .await;
+
+    // Phase 3: settle, then the window.
+    tokio::time::sleep(options.settle).await;
+    let server_start = options.server_pid.and_then(ProcessSample::read);
+    let client_start = ProcessSample::read(std::process::id());
+    let late_start = shared.late_sends.load(Ordering::Relaxed);
+    let window_start = Instant::now();
+    shared.window_start.store(realtime_ns(), Ordering::Relaxed);
+    let mut rss_max = server_start.as_ref().map_or(0, |u| u.rss_kib);
     let window = Duration::from_secs_f64(options.seconds.max(0.0));
     while window_start.elapsed() < window {
         let left = window.saturating_sub(window_start.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-        if let Some(u) = options.server_pid.and_then(proc_usage) {
-            rss_max = rss_max.max(u.1);
+        if let Some(u) = options.server_pid.and_then(ProcessSample::read) {
+            rss_max = rss_max.max(u.rss_kib);
         }
-        if options.progress {
-            progress("sending", &report, &shared);
-        }
+        show("measuring", &report, &shared);
     }
-    shared.sending.store(false, Ordering::Relaxed);
-    let usage_end = options.server_pid.and_then(proc_usage);
+    shared.window_end.store(realtime_ns(), Ordering::Relaxed);
+    let server_end = options.server_pid.and_then(ProcessSample::read);
+    let client_end = ProcessSample::read(std::process::id());
     let window_seconds = window_start.elapsed().as_secs_f64();
+    report.client.late_sends = shared.late_sends.load(Ordering::Relaxed) - late_start;
+    shared.sending.store(false, Ordering::Relaxed);
     tokio::time::sleep(TAIL).await;
     shared.stop.store(true, Ordering::Relaxed);
+    let _ = joins.stop.send(true);
     let media = done_rx
         .await
         .map_err(|_| "the media thread died".to_owned())??;
 
-    if let (Some(a), Some(b)) = (usage_start, usage_end) {
+    if let (Some(a), Some(b)) = (&server_start, &server_end) {
         report.server = Some(ServerUsage {
             rss_before_joins_kib: rss_before_joins,
-            cpu_seconds: (b.0 - a.0).max(0.0),
+            cpu_seconds: b.cpu.since(&a.cpu),
             window_seconds,
-            rss_start_kib: a.1,
-            rss_end_kib: b.1,
-            rss_max_kib: rss_max.max(b.1),
+            threads: b.cpu.threads_since(&a.cpu),
+            rss_start_kib: a.rss_kib,
+            rss_end_kib: b.rss_kib,
+            rss_max_kib: rss_max.max(b.rss_kib),
+            waited_seconds: b.cpu.waited_since(&a.cpu),
         });
     }
+    if let (Some(a), Some(b)) = (&client_start, &client_end) {
+        report.client.cpu_share = b.cpu.since(&a.cpu) / window_seconds.max(1e-9);
+        report.client.waited_share = b.cpu.waited_since(&a.cpu) / window_seconds.max(1e-9);
+        report.client.media_share = b
+            .cpu
+            .threads_since(&a.cpu)
+            .iter()
+            .filter(|(name, _)| name == MEDIA_THREAD)
+            .map(|(_, s)| s)
+            .sum::<f64>()
+            / window_seconds.max(1e-9);
+    }
     report.join_ms = Dist::of(media.join_ms);
-    report.all_connected_s = media.last_connected.map_or(0.0, |at| {
-        at.saturating_duration_since(started).as_secs_f64()
-    });
-    report.delay_us = Dist::of(media.delays_us);
+    report.first_audio_ms = Dist::of(media.first_audio_ms);
+    let listeners_started = media.listeners_started;
+    report.all_connected_s = media
+        .last_connected
+        .zip(listeners_started)
+        .map_or(0.0, |(at, from)| {
+            at.saturating_duration_since(from).as_secs_f64()
+        });
+    report.all_hearing_s = match (media.last_first_audio, media.first_listener_rt) {
+        (Some(last), Some(first)) if media.listeners.iter().all(|l| l.heard > 0) => {
+            (last - first) as f64 / 1e9
+        }
+        _ => 0.0,
+    };
+    report.delay_us = media.delay.dist();
     report.sent = media.sent;
-    report.late_sends = media.late_sends;
+    report.window_sent = media.window_sent;
+    report.datagram_bytes = media.datagram_bytes;
+    report.checks = media.checks;
     report.per_listener = media.listeners;
     // Listeners that never got as far as the media thread.
     let missing = options.listeners.saturating_sub(report.per_listener.len());
     report
         .per_listener
         .extend((0..missing).map(|_| ListenerReport {
-            expected: media.sent_window,
-            lost: media.sent_window,
+            expected: media.window_sent,
+            lost: media.window_sent,
             ..ListenerReport::default()
         }));
     Ok(report)
@@ -690,6 +1018,7 @@ async fn join_one(
     commands: mpsc::Sender<Command>,
 ) -> Result<SignalClient, String> {
     let started = Instant::now();
+    let started_rt = realtime_ns();
     let answer = rest(
         http,
         options,
@@ -708,6 +1037,7 @@ async fn join_one(
             speaker,
             slots,
             started,
+            started_rt,
             reply,
         })
         .map_err(|_| "media thread gone")?;
@@ -730,43 +1060,12 @@ async fn join_one(
     Ok(signal)
 }
 
-/// CPU seconds (utime + stime) and VmRSS (KiB) of a process.
-fn proc_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11..13)?
-        .iter()
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    // SAFETY: no memory.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks as f64 / hz, rss))
-}
-
 // ---------------------------------------------------------------------------------------------
-// The media thread: every peer connection, one UDP socket each, epoll and a timer heap
+// The media thread: every peer connection, and what the listeners count
 // ---------------------------------------------------------------------------------------------
 
-/// CLOCK_REALTIME in ns: the clock of the kernel's SO_TIMESTAMPNS receive stamps.
-fn realtime_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+/// The media thread's name (its CPU is reported on its own).
+pub const MEDIA_THREAD: &str = "loadgen-media";
 
 fn payload_hash(payload: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -774,78 +1073,9 @@ fn payload_hash(payload: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Turns on kernel receive stamps (CLOCK_REALTIME) for a socket.
-fn enable_timestamps(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// One datagram with its sender and its kernel receive stamp (realtime ns), non-blocking.
-fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, i64)> {
-    // SAFETY: zeroed plain C structs; every pointer handed to recvmsg points into locals that
-    // outlive the call, with their true lengths.
-    unsafe {
-        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut control = [0u64; 16];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut stamp = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-            {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                stamp = Some(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        let from = match i32::from(addr.ss_family) {
-            libc::AF_INET => {
-                let a: libc::sockaddr_in =
-                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
-                SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
-                    u16::from_be(a.sin_port),
-                )
-            }
-            libc::AF_INET6 => {
-                let a: libc::sockaddr_in6 =
-                    std::ptr::read_unaligned((&addr as *const libc::sockaddr_storage).cast());
-                SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
-                    u16::from_be(a.sin6_port),
-                )
-            }
-            _ => return Err(io::Error::other("unknown address family")),
-        };
-        Ok((n as usize, from, stamp.unwrap_or_else(realtime_ns)))
-    }
+/// RTP (not RTCP, STUN or DTLS) by RFC 7983's first byte and RFC 5761's payload types.
+fn is_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] & 0xC0 == 0x80 && !(192..=223).contains(&data[1])
 }
 
 /// Loss from sequence gaps on one received stream.
@@ -880,71 +1110,213 @@ impl SeqSpan {
     }
 }
 
-struct Speaker {
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    level_id: Option<u8>,
-    seq: u16,
-    timestamp: u32,
-    sample: u64,
+/// What one speaker sent: the send stamp of every packet, in order, from sequence `first_seq`.
+struct Sent {
+    first_seq: Option<u16>,
+    stamps: Vec<i64>,
     encoder: opus::Encoder,
-    /// Send stamps (realtime ns) of every packet sent, in order.
-    sends: Vec<i64>,
+    sample: u64,
 }
 
+impl Sent {
+    fn seq_of(&self, index: usize) -> u16 {
+        self.first_seq.unwrap_or(0).wrapping_add(index as u16)
+    }
+
+    /// The latest packet sent with sequence number `seq`.
+    fn locate(&self, seq: u16) -> Option<usize> {
+        let last = self.stamps.len().checked_sub(1)?;
+        let back = self.seq_of(last).wrapping_sub(seq) as usize;
+        last.checked_sub(back)
+    }
+}
+
+/// A stream a listener receives (one per slot in use).
+struct Stream {
+    ssrc: u32,
+    /// The speaker this stream carries and the sequence offset: out = speaker's + offset.
+    mapping: Option<(usize, u16)>,
+    packets: u32,
+    span: SeqSpan,
+}
+
+/// A listener's ears.
 #[derive(Default)]
-struct Listening {
-    received: u64,
+struct Ear {
+    started: Option<Instant>,
+    started_rt: i64,
+    streams: Vec<Stream>,
+    heard: u64,
+    window_received: u64,
     unmatched: u64,
-    streams: HashMap<u32, SeqSpan>,
-    /// Per speaker, the send stamp of the first of its packets this listener received.
-    first_from: HashMap<usize, i64>,
+    /// The send index of the packet `rtc` is decrypting, as the header mapping predicted it.
+    predicted: Option<(usize, usize)>,
 }
 
-struct Client {
-    pc: RTCPeerConnection,
-    socket: UdpSocket,
-    local: SocketAddr,
-    started: Instant,
-    answered: bool,
-    connected: bool,
-    failed: bool,
-    scheduled: Option<Instant>,
-    speaker: Option<Speaker>,
-    listening: Listening,
-    /// Kernel stamp of the datagram being fed in.
-    rx_stamp: i64,
+enum Role {
+    Speaker(usize),
+    Listener(usize),
+}
+
+/// The listeners' side of the media thread: what they received, matched to what was sent.
+struct Meter {
+    roles: Vec<Role>,
+    speakers: Vec<Sent>,
+    ears: Vec<Ear>,
+    /// Payload hash → (speaker, send index).
+    by_hash: HashMap<u64, (usize, usize)>,
+    check_every: u32,
+    window: (i64, i64),
+    delay: Histogram,
+    checks: Checks,
+    datagram_bytes: u64,
+    datagrams: u64,
+    join_ms: Vec<f64>,
+    first_audio_ms: Vec<f64>,
+    last_connected: Option<Instant>,
+    listeners_started: Option<Instant>,
+    first_listener_rt: Option<i64>,
+    last_first_audio: Option<i64>,
+    shared: Arc<Shared>,
+}
+
+impl Meter {
+    fn in_window(&self, stamp: i64) -> bool {
+        self.window.0 != 0
+            && stamp >= self.window.0
+            && (self.window.1 == 0 || stamp < self.window.1)
+    }
+
+    /// A listener received speaker `s`'s packet `index`, at `stamp`.
+    fn record(&mut self, listener: usize, s: usize, index: usize, stamp: i64) {
+        let sent = self.speakers[s].stamps[index];
+        let in_window = self.in_window(sent);
+        let ear = &mut self.ears[listener];
+        if ear.heard == 0 {
+            self.first_audio_ms
+                .push((stamp - ear.started_rt) as f64 / 1e6);
+            self.last_first_audio = Some(self.last_first_audio.map_or(stamp, |l| l.max(stamp)));
+        }
+        ear.heard += 1;
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
+        if in_window {
+            ear.window_received += 1;
+            self.delay.add((stamp - sent) as f64 / 1e3);
+        }
+    }
+}
+
+impl Observer for Meter {
+    fn datagram(&mut self, peer: usize, data: &[u8], stamp: i64) -> bool {
+        let Role::Listener(l) = self.roles[peer] else {
+            return true;
+        };
+        if !is_rtp(data) {
+            return true;
+        }
+        self.datagrams += 1;
+        self.datagram_bytes += data.len() as u64;
+        let seq = u16::from_be_bytes([data[2], data[3]]);
+        let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let ear = &mut self.ears[l];
+        let stream = match ear.streams.iter().position(|s| s.ssrc == ssrc) {
+            Some(i) => &mut ear.streams[i],
+            None => {
+                ear.streams.push(Stream {
+                    ssrc,
+                    mapping: None,
+                    packets: 0,
+                    span: SeqSpan::default(),
+                });
+                ear.streams.last_mut().expect("just pushed")
+            }
+        };
+        stream.packets += 1;
+        stream.span.record(seq);
+        ear.predicted = None;
+        let Some((s, offset)) = stream.mapping else {
+            return true;
+        };
+        let Some(index) = self.speakers[s].locate(seq.wrapping_sub(offset)) else {
+            stream.mapping = None;
+            return true;
+        };
+        if stream.packets <= LEARN_PACKETS || stream.packets % self.check_every == 0 {
+            // `rtc` decrypts it; `rtp` compares the payload with this prediction.
+            ear.predicted = Some((s, index));
+            return true;
+        }
+        self.checks.header_only += 1;
+        self.record(l, s, index, stamp);
+        false
+    }
+
+    fn rtp(&mut self, peer: usize, packet: &rtc::rtp::Packet, stamp: i64) {
+        let Role::Listener(l) = self.roles[peer] else {
+            return;
+        };
+        self.checks.decrypted += 1;
+        let Some(&(s, index)) = self.by_hash.get(&payload_hash(&packet.payload)) else {
+            self.ears[l].unmatched += 1;
+            return;
+        };
+        let offset = packet
+            .header
+            .sequence_number
+            .wrapping_sub(self.speakers[s].seq_of(index));
+        let ear = &mut self.ears[l];
+        match ear.predicted.take() {
+            Some(p) if p == (s, index) => self.checks.confirmed += 1,
+            Some(_) => self.checks.remapped += 1,
+            None => {}
+        }
+        if let Some(stream) = ear
+            .streams
+            .iter_mut()
+            .find(|st| st.ssrc == packet.header.ssrc)
+        {
+            stream.mapping = Some((s, offset));
+        }
+        self.record(l, s, index, stamp);
+    }
+
+    fn connected(&mut self, peer: usize) {
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        if let Role::Listener(l) = self.roles[peer]
+            && let Some(started) = self.ears[l].started
+        {
+            self.join_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            self.last_connected = Some(Instant::now());
+        }
+    }
+
+    fn failed(&mut self, _peer: usize) {
+        self.shared.media_failed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct MediaResult {
     join_ms: Vec<f64>,
+    first_audio_ms: Vec<f64>,
     last_connected: Option<Instant>,
-    delays_us: Vec<f64>,
+    listeners_started: Option<Instant>,
+    first_listener_rt: Option<i64>,
+    last_first_audio: Option<i64>,
+    delay: Histogram,
     sent: u64,
-    /// What a listener that never connected should have received.
-    sent_window: u64,
-    late_sends: u64,
+    window_sent: u64,
+    datagram_bytes: f64,
+    checks: Checks,
     listeners: Vec<ListenerReport>,
 }
 
 struct MediaThread {
-    bind_ip: IpAddr,
+    peers: Peers,
+    meter: Meter,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
-    cert: RTCCertificate,
-    list: Vec<Client>,
-    poller: Poller,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    buf: Vec<u8>,
-    ready: Vec<usize>,
-    /// Payload hash → (speaker index in `list`, send stamp).
-    sent: HashMap<u64, (usize, i64)>,
-    delays_us: Vec<f64>,
-    join_ms: Vec<f64>,
-    last_connected: Option<Instant>,
     next_send: Option<Instant>,
-    late_sends: u64,
 }
 
 impl MediaThread {
@@ -952,31 +1324,47 @@ impl MediaThread {
         bind_ip: IpAddr,
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
+        check_every: u32,
+        speakers: usize,
     ) -> Result<Self, BoxError> {
-        let provider =
-            rtc::crypto::default_provider().map_err(|e| format!("no crypto provider: {e:?}"))?;
-        let cert = RTCCertificate::generate(
-            provider.crypto(),
-            SignatureScheme::EcdsaP256Sha256,
-            CertificateParams::new(vec!["stoa-loadgen".to_owned()])?,
-        )?;
+        let mut sent = Vec::new();
+        for _ in 0..speakers {
+            sent.push(Sent {
+                first_seq: None,
+                stamps: Vec::new(),
+                encoder: opus::Encoder::new(
+                    SAMPLE_RATE,
+                    opus::Channels::Mono,
+                    opus::Application::Voip,
+                )?,
+                sample: 0,
+            });
+        }
         Ok(MediaThread {
-            bind_ip,
+            peers: Peers::new(bind_ip, true, "stoa-loadgen")?,
+            meter: Meter {
+                roles: Vec::new(),
+                speakers: sent,
+                ears: Vec::new(),
+                by_hash: HashMap::new(),
+                check_every,
+                window: (0, 0),
+                delay: Histogram::default(),
+                checks: Checks::default(),
+                datagram_bytes: 0,
+                datagrams: 0,
+                join_ms: Vec::new(),
+                first_audio_ms: Vec::new(),
+                last_connected: None,
+                listeners_started: None,
+                first_listener_rt: None,
+                last_first_audio: None,
+                shared: shared.clone(),
+            },
             shared,
             commands,
             commands_open: true,
-            cert,
-            list: Vec::new(),
-            poller: Poller::new()?,
-            timers: BinaryHeap::new(),
-            buf: vec![0; 2048],
-            ready: Vec::with_capacity(512),
-            sent: HashMap::new(),
-            delays_us: Vec::new(),
-            join_ms: Vec::new(),
-            last_connected: None,
             next_send: None,
-            late_sends: 0,
         })
     }
 
@@ -985,120 +1373,42 @@ impl MediaThread {
         speaker: bool,
         slots: usize,
         started: Instant,
+        started_rt: i64,
     ) -> Result<(usize, String), BoxError> {
-        let now = Instant::now();
-        let socket = UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))?;
-        socket.set_nonblocking(true)?;
-        enable_timestamps(&socket)?;
-        let local = socket.local_addr()?;
-        let (engine, registry) = client_engine()?;
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![self.cert.clone()])
-                    .build(),
-            )
-            .with_media_engine(engine)
-            .with_interceptor_registry(registry)
-            .build(now)?;
-        let mut tx = None;
-        let mut recvonly = slots;
+        let speakers_so_far = self
+            .meter
+            .roles
+            .iter()
+            .filter(|r| matches!(r, Role::Speaker(_)))
+            .count();
+        if speaker && speakers_so_far >= self.meter.speakers.len() {
+            return Err("more speakers than the run was set up for".into());
+        }
+        let (index, sdp) = self.peers.open(speaker, slots)?;
         if speaker {
-            let ssrc: u32 = rand::random();
-            let sender = pc.add_track(MediaStreamTrack::new(
-                "loadgen-mic".to_owned(),
-                "mic".to_owned(),
-                "mic".to_owned(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: stoa::media::engine::opus_codec().rtp_codec,
-                    ..Default::default()
-                }],
-            ))?;
-            tx = Some(Speaker {
-                sender,
-                ssrc,
-                level_id: None,
-                seq: rand::random(),
-                timestamp: rand::random(),
-                sample: 0,
-                encoder: opus::Encoder::new(
-                    SAMPLE_RATE,
-                    opus::Channels::Mono,
-                    opus::Application::Voip,
-                )?,
-                sends: Vec::new(),
+            self.meter.roles.push(Role::Speaker(speakers_so_far));
+        } else {
+            let l = self.meter.ears.len();
+            self.meter.roles.push(Role::Listener(l));
+            self.meter.ears.push(Ear {
+                started: Some(started),
+                started_rt,
+                ..Ear::default()
             });
-            recvonly = recvonly.saturating_sub(1);
+            let meter = &mut self.meter;
+            meter.listeners_started = Some(
+                meter
+                    .listeners_started
+                    .map_or(started, |at| at.min(started)),
+            );
+            meter.first_listener_rt = Some(
+                meter
+                    .first_listener_rt
+                    .map_or(started_rt, |at| at.min(started_rt)),
+            );
         }
-        for _ in 0..recvonly {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )?;
-        }
-        let offer = pc.create_offer(None)?;
-        pc.set_local_description(now, offer)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-        let sdp = pc
-            .local_description()
-            .ok_or("no local description")?
-            .sdp
-            .clone();
-        let index = self.list.len();
-        self.poller.add(socket.as_raw_fd(), index)?;
-        self.list.push(Client {
-            pc,
-            socket,
-            local,
-            started,
-            answered: false,
-            connected: false,
-            failed: false,
-            scheduled: None,
-            speaker: tx,
-            listening: Listening::default(),
-            rx_stamp: 0,
-        });
+        debug_assert_eq!(index + 1, self.meter.roles.len());
         Ok((index, sdp))
-    }
-
-    fn answer(&mut self, index: usize, sdp: String) -> Result<(), BoxError> {
-        let client = self.list.get_mut(index).ok_or("no such client")?;
-        client
-            .pc
-            .set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
-        client.answered = true;
-        if let Some(tx) = client.speaker.as_mut() {
-            tx.level_id = client.pc.rtp_sender(tx.sender).and_then(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|h| h.uri == AUDIO_LEVEL_URI)
-                    .map(|h| h.id as u8)
-            });
-        }
-        self.drain(index);
-        Ok(())
     }
 
     fn handle_commands(&mut self) {
@@ -1108,15 +1418,19 @@ impl MediaThread {
                     speaker,
                     slots,
                     started,
+                    started_rt,
                     reply,
                 }) => {
                     let _ = reply.send(
-                        self.open(speaker, slots, started)
+                        self.open(speaker, slots, started, started_rt)
                             .map_err(|e| e.to_string()),
                     );
                 }
                 Ok(Command::Answer { index, sdp, reply }) => {
-                    let result = self.answer(index, sdp).map_err(|e| e.to_string());
+                    let result = self
+                        .peers
+                        .answer(index, sdp, &mut self.meter)
+                        .map_err(|e| e.to_string());
                     if result.is_err() {
                         self.shared.media_failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1128,204 +1442,80 @@ impl MediaThread {
         }
     }
 
-    /// Everything a client has queued: datagrams out, state changes, received media.
-    fn drain(&mut self, index: usize) {
-        let client = &mut self.list[index];
-        while let Some(out) = client.pc.poll_write() {
-            let _ = client.socket.send_to(&out.message, out.transport.peer_addr);
-        }
-        while let Some(event) = client.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                match state {
-                    RTCPeerConnectionState::Connected if !client.connected && !client.failed => {
-                        client.connected = true;
-                        self.join_ms
-                            .push(client.started.elapsed().as_secs_f64() * 1e3);
-                        self.last_connected = Some(Instant::now());
-                        self.shared.connected.fetch_add(1, Ordering::Relaxed);
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                        if !client.failed =>
-                    {
-                        client.failed = true;
-                        if client.connected {
-                            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        client.connected = false;
-                        self.shared.media_failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        while let Some(message) = client.pc.poll_read() {
-            let RTCMessage::RtpPacket(_, packet) = message.message else {
-                continue;
-            };
-            if client.speaker.is_some() {
-                continue;
-            }
-            let l = &mut client.listening;
-            l.received += 1;
-            self.shared.received.fetch_add(1, Ordering::Relaxed);
-            l.streams
-                .entry(packet.header.ssrc)
-                .or_default()
-                .record(packet.header.sequence_number);
-            match self.sent.get(&payload_hash(&packet.payload)) {
-                Some(&(speaker, stamp)) => {
-                    self.delays_us.push((client.rx_stamp - stamp) as f64 / 1e3);
-                    l.first_from.entry(speaker).or_insert(stamp);
-                }
-                None => l.unmatched += 1,
-            }
-        }
-        if let Some(at) = client.pc.poll_timeout()
-            && client.scheduled.is_none_or(|queued| at < queued)
-        {
-            client.scheduled = Some(at);
-            self.timers.push(Reverse((at, index)));
-        }
-    }
-
-    /// Waits for datagrams until `until` (or the next client timer), feeds them in, then runs
-    /// the due timers.
-    fn turn(&mut self, until: Instant) {
-        let now = Instant::now();
-        let mut wake = until;
-        if let Some(Reverse((at, _))) = self.timers.peek() {
-            wake = wake.min(*at);
-        }
-        let mut ready = std::mem::take(&mut self.ready);
-        self.poller
-            .wait(wake.saturating_duration_since(now), &mut ready);
-        for &index in &ready {
-            let mut fed = false;
-            for _ in 0..64 {
-                let client = &mut self.list[index];
-                match recv_stamped(client.socket.as_raw_fd(), &mut self.buf) {
-                    Ok((n, from, stamp)) => {
-                        client.rx_stamp = stamp;
-                        let message = TaggedBytesMut {
-                            now: Instant::now(),
-                            transport: TransportContext {
-                                local_addr: client.local,
-                                peer_addr: from,
-                                ecn: None,
-                                transport_protocol: TransportProtocol::UDP,
-                            },
-                            message: BytesMut::from(&self.buf[..n]),
-                        };
-                        let _ = client.pc.handle_read(message);
-                        // Drain per datagram: the receive stamp belongs to this one.
-                        self.drain(index);
-                        fed = true;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if fed {
-                self.drain(index);
-            }
-        }
-        self.ready = ready;
-        let now = Instant::now();
-        for _ in 0..4096 {
-            let Some(Reverse((at, index))) = self.timers.peek().copied() else {
-                break;
-            };
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let client = &mut self.list[index];
-            if client.scheduled != Some(at) {
-                continue;
-            }
-            client.scheduled = None;
-            let _ = client.pc.handle_timeout(now);
-            self.drain(index);
-        }
-    }
-
     /// One 20 ms Opus frame from every connected speaker.
     fn speak(&mut self) {
-        for index in 0..self.list.len() {
-            let client = &mut self.list[index];
-            if !client.connected {
-                continue;
-            }
-            let Some(tx) = client.speaker.as_mut() else {
+        for index in 0..self.peers.len() {
+            let Role::Speaker(s) = self.meter.roles[index] else {
                 continue;
             };
+            let peer = self.peers.get(index);
+            if !peer.connected {
+                continue;
+            }
+            let seq = peer.track.as_ref().map_or(0, |t| t.seq);
+            let sent = &mut self.meter.speakers[s];
             // A 440 Hz tone at about -20 dBov plus a little noise, so that no two frames (of
-            // this or another speaker) encode alike and the payload hash identifies a packet.
+            // this or another speaker) encode alike and the payload hash names a packet.
             let pcm: Vec<i16> = (0..FRAME_SAMPLES as u64)
                 .map(|i| {
-                    let n = tx.sample + i;
+                    let n = sent.sample + i;
                     let phase =
                         2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(SAMPLE_RATE);
                     let noise = i16::from(rand::random::<i8>() / 4);
                     (4634.0 * phase.sin()) as i16 + noise
                 })
                 .collect();
-            tx.sample += FRAME_SAMPLES as u64;
+            sent.sample += FRAME_SAMPLES as u64;
             let mut out = vec![0u8; 1500];
-            let Ok(len) = tx.encoder.encode(&pcm, &mut out) else {
+            let Ok(len) = sent.encoder.encode(&pcm, &mut out) else {
                 continue;
             };
             out.truncate(len);
             let (level, voice) = audio_level(&pcm);
-            let mut header = rtc::rtp::header::Header {
-                version: 2,
-                marker: tx.sends.is_empty(),
-                payload_type: OPUS_PT,
-                sequence_number: tx.seq,
-                timestamp: tx.timestamp,
-                ssrc: tx.ssrc,
-                ..Default::default()
-            };
-            if let Some(id) = tx.level_id {
-                let byte = level | if voice { 0x80 } else { 0 };
-                let _ = header.set_extension(id, Bytes::copy_from_slice(&[byte]));
-            }
-            tx.seq = tx.seq.wrapping_add(1);
-            tx.timestamp = tx.timestamp.wrapping_add(FRAME_SAMPLES as u32);
             let hash = payload_hash(&out);
             let stamp = realtime_ns();
-            let written = client.pc.rtp_sender(tx.sender).map(|mut s| {
-                s.write_rtp(
-                    Instant::now(),
-                    rtc::rtp::Packet {
-                        header,
-                        payload: Bytes::from(out),
-                    },
-                )
-            });
-            if matches!(written, Some(Ok(()))) {
-                tx.sends.push(stamp);
+            // Every call to `send_rtp` uses one sequence number, so index ↔ sequence holds.
+            sent.first_seq.get_or_insert(seq);
+            let send_index = sent.stamps.len();
+            sent.stamps.push(stamp);
+            let ok = self.peers.send_rtp(
+                index,
+                Bytes::from(out),
+                Some(level | if voice { 0x80 } else { 0 }),
+                FRAME_SAMPLES as u32,
+                &mut self.meter,
+            );
+            if ok {
                 // A repeated payload cannot be told apart: forget it rather than misattribute.
-                if self.sent.insert(hash, (index, stamp)).is_some() {
-                    self.sent.insert(hash, (usize::MAX, stamp));
+                if self.meter.by_hash.insert(hash, (s, send_index)).is_some() {
+                    self.meter.by_hash.remove(&hash);
                 }
                 self.shared.sent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.meter.speakers[s].stamps[send_index] = i64::MIN / 2;
             }
-            self.drain(index);
         }
     }
 
     fn run(mut self) -> MediaResult {
         loop {
             self.handle_commands();
+            self.meter.window = (
+                self.shared.window_start.load(Ordering::Relaxed),
+                self.shared.window_end.load(Ordering::Relaxed),
+            );
             let now = Instant::now();
             let sending = self.shared.sending.load(Ordering::Relaxed);
+            if !sending {
+                self.next_send = None;
+            }
             if sending {
                 let next = *self.next_send.get_or_insert(now);
                 if now >= next {
                     self.speak();
                     let mut next = next + FRAME;
                     if now > next + FRAME {
-                        self.late_sends += 1;
+                        self.shared.late_sends.fetch_add(1, Ordering::Relaxed);
                         next = now + FRAME;
                     }
                     self.next_send = Some(next);
@@ -1339,50 +1529,54 @@ impl MediaThread {
             if sending && let Some(next) = self.next_send {
                 wake = wake.min(next);
             }
-            self.turn(wake);
+            self.peers.turn(wake, &mut self.meter);
         }
         self.finish()
     }
 
     fn finish(self) -> MediaResult {
-        let speakers: Vec<(usize, &Speaker)> = self
-            .list
+        let meter = self.meter;
+        let in_window = |t: &i64| meter.in_window(*t);
+        let sent: u64 = meter
+            .speakers
             .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.speaker.as_ref().map(|s| (i, s)))
-            .collect();
-        let sent: u64 = speakers.iter().map(|(_, s)| s.sends.len() as u64).sum();
+            .map(|s| s.stamps.iter().filter(|&&t| t > 0).count() as u64)
+            .sum();
+        let window_sent: u64 = meter
+            .speakers
+            .iter()
+            .map(|s| s.stamps.iter().filter(|t| in_window(t)).count() as u64)
+            .sum();
         let mut listeners = Vec::new();
-        for client in self.list.iter().filter(|c| c.speaker.is_none()) {
-            let l = &client.listening;
-            // Expected: per speaker heard, what it sent from the first packet of its that this
-            // listener received. A speaker never heard counts in full (unless the room has
-            // more speakers than slots, where the server may rightly leave some out).
-            let mut expected = 0;
-            for (index, s) in &speakers {
-                expected += match l.first_from.get(index) {
-                    Some(first) => s.sends.iter().filter(|&&t| t >= *first).count() as u64,
-                    None => s.sends.len() as u64,
-                };
-            }
-            let matched = l.received - l.unmatched;
+        for (index, role) in meter.roles.iter().enumerate() {
+            let Role::Listener(l) = *role else {
+                continue;
+            };
+            let ear = &meter.ears[l];
+            let peer = self.peers.get(index);
             listeners.push(ListenerReport {
-                joined: client.answered,
-                connected: client.connected,
-                expected,
-                received: l.received,
-                lost: expected.saturating_sub(matched),
-                seq_lost: l.streams.values().map(SeqSpan::lost).sum(),
-                unmatched: l.unmatched,
+                joined: peer.answered,
+                connected: peer.connected,
+                heard: ear.heard,
+                expected: window_sent,
+                received: ear.window_received,
+                lost: window_sent.saturating_sub(ear.window_received),
+                seq_lost: ear.streams.iter().map(|s| s.span.lost()).sum(),
+                unmatched: ear.unmatched,
             });
         }
         MediaResult {
-            join_ms: self.join_ms,
-            last_connected: self.last_connected,
-            delays_us: self.delays_us,
+            join_ms: meter.join_ms.clone(),
+            first_audio_ms: meter.first_audio_ms.clone(),
+            last_connected: meter.last_connected,
+            listeners_started: meter.listeners_started,
+            first_listener_rt: meter.first_listener_rt,
+            last_first_audio: meter.last_first_audio,
+            delay: meter.delay.clone(),
             sent,
-            sent_window: sent,
-            late_sends: self.late_sends,
+            window_sent,
+            datagram_bytes: meter.datagram_bytes as f64 / meter.datagrams.max(1) as f64,
+            checks: meter.checks,
             listeners,
         }
     }

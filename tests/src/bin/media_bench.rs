@@ -20,10 +20,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,8 +30,6 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -50,13 +45,12 @@ use stoa::config::MediaSettings;
 use stoa::control::{ParticipantId, RoomId};
 use stoa::media::{Media, MediaOptions};
 use stoa::metrics::{DropLabels, MediaMetrics, WorkerLabels};
-use stoa_tests::rtc_client::{Poller, client_engine};
+use stoa_tests::rtc_client::{Observer, Peers, client_engine};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 const OPUS_PT: u8 = 111;
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// RFC 6464 byte the speaker sends: voice activity set, level 10 (-10 dBov, loud).
 const LEVEL_BYTE: u8 = 0x80 | 10;
 /// About one 20 ms Opus voice frame.
@@ -293,10 +287,6 @@ fn rss_kib() -> Option<i64> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// epoll over the clients' sockets
-// ---------------------------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------------------------
 // Clients: `rtc` sans-IO peer connections, one UDP socket each
 // ---------------------------------------------------------------------------------------------
 
@@ -331,38 +321,30 @@ impl Rx {
     }
 }
 
-struct Tx {
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    level_id: Option<u8>,
-    seq: u16,
-    timestamp: u32,
-    sent: u64,
-    refused: u64,
+/// What the bench counts per client, fed by [`Peers`]: listeners' streams, and RTP a speaker
+/// received (none expected: the server never echoes a speaker).
+#[derive(Default)]
+struct Counts {
+    rx: Vec<Rx>,
+    speaker: Vec<bool>,
+    other_ssrc_packets: u64,
 }
 
-struct Client {
-    pc: RTCPeerConnection,
-    socket: UdpSocket,
-    local: SocketAddr,
-    participant: ParticipantId,
-    connected: bool,
-    failed: bool,
-    scheduled: Option<Instant>,
-    rx: Rx,
-    other_ssrc_packets: u64,
-    tx: Option<Tx>,
-    send_errors: u64,
+impl Observer for Counts {
+    fn rtp(&mut self, peer: usize, packet: &rtc::rtp::Packet, _stamp: i64) {
+        if self.speaker[peer] {
+            self.other_ssrc_packets += 1;
+        } else {
+            self.rx[peer].record(packet.header.sequence_number);
+        }
+    }
 }
 
 struct Clients {
-    list: Vec<Client>,
-    poller: Poller,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    buf: Vec<u8>,
-    ready: Vec<usize>,
+    peers: Peers,
+    counts: Counts,
+    participants: Vec<ParticipantId>,
     payload: Bytes,
-    cert: RTCCertificate,
     room: RoomId,
     slots: usize,
     next_send: Instant,
@@ -372,25 +354,15 @@ struct Clients {
 
 impl Clients {
     fn new(media: &Media, room: RoomId, interval: Duration) -> Result<Self> {
-        let provider =
-            rtc::crypto::default_provider().map_err(|e| format!("no crypto provider: {e:?}"))?;
-        let cert = RTCCertificate::generate(
-            provider.crypto(),
-            SignatureScheme::EcdsaP256Sha256,
-            CertificateParams::new(vec!["bench-client".to_owned()])?,
-        )?;
         let mut payload = vec![0u8; PAYLOAD_BYTES];
         for byte in payload.iter_mut() {
             *byte = rand::random();
         }
         Ok(Clients {
-            list: Vec::new(),
-            poller: Poller::new()?,
-            timers: BinaryHeap::new(),
-            buf: vec![0; 2048],
-            ready: Vec::with_capacity(512),
+            peers: Peers::new(IpAddr::V4(Ipv4Addr::LOCALHOST), false, "bench-client")?,
+            counts: Counts::default(),
+            participants: Vec::new(),
             payload: Bytes::from(payload),
-            cert,
             room,
             slots: media.slots(),
             next_send: Instant::now(),
@@ -401,213 +373,25 @@ impl Clients {
 
     /// Opens one connection: our offer straight into `Media::offer`, its answer back.
     fn join(&mut self, media: &Media, speaker: bool) -> Result<usize> {
-        let now = Instant::now();
-        let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
-        socket.set_nonblocking(true)?;
-        let local = socket.local_addr()?;
-        let (engine, registry) = client_engine()?;
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![self.cert.clone()])
-                    .build(),
-            )
-            .with_media_engine(engine)
-            .with_interceptor_registry(registry)
-            .build(now)?;
-        let mut tx = None;
-        let mut recvonly = self.slots;
-        if speaker {
-            let ssrc: u32 = rand::random();
-            let sender = pc.add_track(MediaStreamTrack::new(
-                "bench-mic".to_owned(),
-                "mic".to_owned(),
-                "mic".to_owned(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: stoa::media::engine::opus_codec().rtp_codec,
-                    ..Default::default()
-                }],
-            ))?;
-            tx = Some(Tx {
-                sender,
-                ssrc,
-                level_id: None,
-                seq: rand::random(),
-                timestamp: rand::random(),
-                sent: 0,
-                refused: 0,
-            });
-            recvonly -= 1;
-        }
-        for _ in 0..recvonly {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )?;
-        }
-        let offer = pc.create_offer(None)?;
-        pc.set_local_description(now, offer)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-        let sdp = pc
-            .local_description()
-            .ok_or("no local description")?
-            .sdp
-            .clone();
-
+        let (index, sdp) = self.peers.open(speaker, self.slots)?;
+        self.counts.rx.push(Rx::default());
+        self.counts.speaker.push(speaker);
         let participant = ParticipantId::generate();
         let (reply, answer) = tokio::sync::oneshot::channel();
         set_class(SERVER);
         media.offer(&self.room, &participant, sdp, speaker, speaker, reply);
         set_class(CLIENT);
+        self.participants.push(participant);
         let answer = answer
             .blocking_recv()
             .map_err(|_| "the media worker dropped the offer")?
             .map_err(|e| format!("offer refused: {} {}", e.code, e.message))?;
-        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
-        if let Some(tx) = tx.as_mut() {
-            tx.level_id = pc.rtp_sender(tx.sender).and_then(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|h| h.uri == AUDIO_LEVEL_URI)
-                    .map(|h| h.id as u8)
-            });
-        }
-        let index = self.list.len();
-        self.poller.add(socket.as_raw_fd(), index)?;
-        self.list.push(Client {
-            pc,
-            socket,
-            local,
-            participant,
-            connected: false,
-            failed: false,
-            scheduled: None,
-            rx: Rx::default(),
-            other_ssrc_packets: 0,
-            tx,
-            send_errors: 0,
-        });
-        self.drain(index);
+        self.peers.answer(index, answer, &mut self.counts)?;
         Ok(index)
     }
 
-    /// Everything a client has queued: datagrams out, state changes, received media.
-    fn drain(&mut self, index: usize) {
-        let client = &mut self.list[index];
-        while let Some(out) = client.pc.poll_write() {
-            if client
-                .socket
-                .send_to(&out.message, out.transport.peer_addr)
-                .is_err()
-            {
-                client.send_errors += 1;
-            }
-        }
-        while let Some(event) = client.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                match state {
-                    RTCPeerConnectionState::Connected => client.connected = true,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        client.connected = false;
-                        client.failed = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        while let Some(message) = client.pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, packet) = message.message {
-                if client.tx.is_none() {
-                    client.rx.record(packet.header.sequence_number);
-                } else {
-                    client.other_ssrc_packets += 1;
-                }
-            }
-        }
-        if let Some(at) = client.pc.poll_timeout()
-            && client.scheduled.is_none_or(|queued| at < queued)
-        {
-            client.scheduled = Some(at);
-            self.timers.push(Reverse((at, index)));
-        }
-    }
-
-    /// One turn: waits for datagrams until `until` (or the next client timer), feeds them in,
-    /// then runs the due timers.
     fn turn(&mut self, until: Instant) {
-        let now = Instant::now();
-        let mut wake = until;
-        if let Some(Reverse((at, _))) = self.timers.peek() {
-            wake = wake.min(*at);
-        }
-        let mut ready = std::mem::take(&mut self.ready);
-        self.poller
-            .wait(wake.saturating_duration_since(now), &mut ready);
-        for &index in &ready {
-            let mut fed = false;
-            for _ in 0..64 {
-                let client = &mut self.list[index];
-                match client.socket.recv_from(&mut self.buf) {
-                    Ok((n, from)) => {
-                        let message = TaggedBytesMut {
-                            now: Instant::now(),
-                            transport: TransportContext {
-                                local_addr: client.local,
-                                peer_addr: from,
-                                ecn: None,
-                                transport_protocol: TransportProtocol::UDP,
-                            },
-                            message: BytesMut::from(&self.buf[..n]),
-                        };
-                        let _ = client.pc.handle_read(message);
-                        fed = true;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if fed {
-                self.drain(index);
-            }
-        }
-        self.ready = ready;
-        let now = Instant::now();
-        for _ in 0..4096 {
-            let Some(Reverse((at, index))) = self.timers.peek().copied() else {
-                break;
-            };
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let client = &mut self.list[index];
-            if client.scheduled != Some(at) {
-                continue;
-            }
-            client.scheduled = None;
-            let _ = client.pc.handle_timeout(now);
-            self.drain(index);
-        }
+        self.peers.turn(until, &mut self.counts);
     }
 
     /// Non-blocking: one look at the sockets and the timers.
@@ -618,40 +402,17 @@ impl Clients {
     /// One packet from the speaker (client 0): 80 bytes, audio level 10 with voice, 20 ms of
     /// timestamp.
     fn speak(&mut self) {
-        let now = Instant::now();
-        let payload = self.payload.clone();
-        let client = &mut self.list[0];
-        let Some(tx) = client.tx.as_mut() else {
-            return;
-        };
-        let mut header = rtc::rtp::header::Header {
-            version: 2,
-            marker: tx.sent == 0,
-            payload_type: OPUS_PT,
-            sequence_number: tx.seq,
-            timestamp: tx.timestamp,
-            ssrc: tx.ssrc,
-            ..Default::default()
-        };
-        if let Some(id) = tx.level_id {
-            let _ = header.set_extension(id, Bytes::from_static(&[LEVEL_BYTE]));
-        }
-        tx.seq = tx.seq.wrapping_add(1);
-        tx.timestamp = tx.timestamp.wrapping_add(960);
-        let written = client
-            .pc
-            .rtp_sender(tx.sender)
-            .map(|mut s| s.write_rtp(now, rtc::rtp::Packet { header, payload }));
-        if matches!(written, Some(Ok(()))) {
-            tx.sent += 1;
-        } else {
-            tx.refused += 1;
-        }
-        self.drain(0);
+        self.peers.send_rtp(
+            0,
+            self.payload.clone(),
+            Some(LEVEL_BYTE),
+            960,
+            &mut self.counts,
+        );
     }
 
     fn speaker_sent(&self) -> u64 {
-        self.list[0].tx.as_ref().map_or(0, |t| t.sent)
+        self.peers.get(0).track.as_ref().map_or(0, |t| t.sent)
     }
 
     /// Runs the loop until `until`, the speaker sending on its pace when `speaking`.
@@ -679,12 +440,18 @@ impl Clients {
         }
     }
 
-    fn listeners(&self) -> impl Iterator<Item = &Client> {
-        self.list.iter().filter(|c| c.tx.is_none())
+    /// Every listener's stream counts.
+    fn listeners(&self) -> impl Iterator<Item = &Rx> {
+        self.counts
+            .rx
+            .iter()
+            .zip(&self.counts.speaker)
+            .filter(|(_, speaker)| !**speaker)
+            .map(|(rx, _)| rx)
     }
 
     fn all_connected(&self) -> bool {
-        self.list.iter().all(|c| c.connected)
+        self.peers.all_connected()
     }
 }
 
@@ -1240,8 +1007,8 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     }
     while !clients.all_connected() {
         if Instant::now() > deadline {
-            let up = clients.list.iter().filter(|c| c.connected).count();
-            return Err(format!("only {up} of {} clients connected", clients.list.len()).into());
+            let up = clients.peers.iter().filter(|c| c.connected).count();
+            return Err(format!("only {up} of {} clients connected", clients.peers.len()).into());
         }
         clients.turn(Instant::now() + Duration::from_millis(5));
     }
@@ -1297,7 +1064,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
         clients.run_until(clients.next_send, false);
         if done == 0 {
             start = probe.snapshot(&clients);
-            rx_before = clients.listeners().map(|c| c.rx.packets).collect();
+            rx_before = clients.listeners().map(|rx| rx.packets).collect();
             eprintln!(
                 "  N={listeners}: timed window starts ({sends} packets; worker tid {worker_tid})"
             );
@@ -1320,10 +1087,10 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     let received: u64 = clients
         .listeners()
         .zip(&rx_before)
-        .map(|(c, before)| c.rx.packets - before)
+        .map(|(rx, before)| rx.packets - before)
         .sum();
-    let seq_span: u64 = clients.listeners().map(|c| c.rx.span()).sum();
-    let seq_received: u64 = clients.listeners().map(|c| c.rx.packets).sum();
+    let seq_span: u64 = clients.listeners().map(Rx::span).sum();
+    let seq_received: u64 = clients.listeners().map(|rx| rx.packets).sum();
 
     let forwarded = end.forwarded - start.forwarded;
     let server_ns = end.server_cpu_ns - start.server_cpu_ns;
@@ -1363,15 +1130,15 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
             (end.steal_ticks - start.steal_ticks) as f64 / hz * 100.0 / options.seconds
         },
         late_sends: clients.late_sends - late_before,
-        client_send_errors: clients.list.iter().map(|c| c.send_errors).sum(),
-        failed_clients: clients.list.iter().filter(|c| c.failed).count(),
+        client_send_errors: clients.peers.iter().map(|c| c.send_errors).sum(),
+        failed_clients: clients.peers.iter().filter(|c| c.failed).count(),
         dropped: probe.dropped(),
     };
 
     // Tear down: the worker closes every connection, then the clients go.
-    for client in &clients.list {
+    for participant in &clients.participants {
         set_class(SERVER);
-        media.close(&room, &client.participant);
+        media.close(&room, participant);
         set_class(CLIENT);
     }
     runtime.block_on(media.stop());
