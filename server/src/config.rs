@@ -35,6 +35,9 @@ pub struct Config {
     pub demo_room: bool,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
     pub trust_forwarded_for: bool,
+    /// Other web origins (`https://tools.example.org`) whose pages may call the API from a
+    /// browser (CORS). Empty by default: only the server's own origin.
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub signal: SignalSettings,
     pub media: MediaSettings,
@@ -104,6 +107,9 @@ pub struct SignalSettings {
     /// Default room bounds when a room has none of its own.
     pub room_max_participants: u32,
     pub room_max_stage: u32,
+    /// Rooms live at once (each holds a task and its participants' state); one more is
+    /// refused with `too_many_rooms`.
+    pub max_live_rooms: u32,
 }
 
 impl Default for SignalSettings {
@@ -121,6 +127,7 @@ impl Default for SignalSettings {
             max_sockets_per_address: 50,
             room_max_participants: 10_000,
             room_max_stage: 20,
+            max_live_rooms: 1_000,
         }
     }
 }
@@ -139,6 +146,8 @@ pub struct Limits {
     pub session_ttl_secs: u64,
     /// Largest page a list endpoint returns.
     pub max_page_size: u32,
+    /// Time a client has to send a request's headers; a slower one is disconnected.
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -164,6 +173,7 @@ impl Default for Config {
             api_key: None,
             demo_room: true,
             trust_forwarded_for: false,
+            allowed_origins: Vec::new(),
             limits: Limits::default(),
             signal: SignalSettings::default(),
             media: MediaSettings::default(),
@@ -179,6 +189,7 @@ impl Default for Limits {
             join_burst: 20,
             session_ttl_secs: 15 * 60,
             max_page_size: 200,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -314,6 +325,11 @@ impl Config {
                 "limits: max_body_bytes >= 1024, joins_per_minute and join_burst > 0".into(),
             ));
         }
+        if l.header_read_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "limits: header_read_timeout_ms >= 100".into(),
+            ));
+        }
         if l.session_ttl_secs < 30 || l.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits: session_ttl_secs >= 30 and max_page_size > 0".into(),
@@ -329,12 +345,21 @@ impl Config {
             || sig.max_sockets_per_address == 0
             || sig.room_max_participants == 0
             || sig.room_max_stage == 0
+            || sig.max_live_rooms == 0
         {
             return Err(ConfigError::Invalid(
                 "signal: ping_timeout_ms > ping_interval_ms > 0, max_message_bytes >= 1024, \
                  rates > 0, outbox_capacity >= 16, room limits > 0"
                     .into(),
             ));
+        }
+        for origin in &self.allowed_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "allowed_origins: {origin:?} is not an origin like https://tools.example.org \
+                     (scheme and host, an optional port, no path, no wildcard)"
+                )));
+            }
         }
         let m = &self.media;
         if m.workers > 64
@@ -366,6 +391,20 @@ impl Config {
             }
         }
     }
+}
+
+/// `http(s)://host[:port]`, exactly as a browser writes it in `Origin` (no path, no `*`).
+fn is_origin(s: &str) -> bool {
+    let Some(authority) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 #[cfg(test)]
@@ -406,5 +445,33 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        for good in [
+            "https://tools.example.org",
+            "http://127.0.0.1:3000",
+            "http://[::1]:80",
+        ] {
+            let c = Config {
+                allowed_origins: vec![good.into()],
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "*",
+            "https://*.example.org",
+            "https://a.example/",
+            "tools.example.org",
+            "https://",
+        ] {
+            let c = Config {
+                allowed_origins: vec![bad.into()],
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }

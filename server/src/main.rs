@@ -125,6 +125,9 @@ fn init_logging(format: LogFormat) {
              rtc_interceptor=warn,rtc_stun=warn",
         )
     });
+    // Whatever RUST_LOG asks for: tungstenite logs every WebSocket message at trace level,
+    // and signaling messages carry session and resume tokens.
+    let filter = filter.add_directive("tungstenite=debug".parse().expect("a valid directive"));
     // Logs go to stderr, so stdout carries only the start banner (and the admin commands'
     // output), and colour only when stderr is a terminal.
     let builder = tracing_subscriber::fmt()

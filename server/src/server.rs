@@ -155,16 +155,27 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         }
     });
     let handle = Handle::new();
+    let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let task = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("cannot load the TLS certificate or key")?;
-            let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            // axum-server turns hyper's header timeout off; a client trickling its headers
+            // would hold the connection for ever.
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(header_timeout);
             tokio::spawn(server.serve(app))
         }
         _ => {
-            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(header_timeout);
             tokio::spawn(server.serve(app))
         }
     };

@@ -7,6 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::headers::SecurityHeaders;
+use super::origin::Origins;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Store;
@@ -32,6 +34,10 @@ pub struct AppState {
     pub sockets_per_address: Arc<dashmap::DashMap<IpAddr, u32>>,
     /// The OpenAPI document, rendered once the router is assembled.
     pub openapi_json: Arc<OnceLock<String>>,
+    /// The headers every answer carries.
+    pub security_headers: Arc<SecurityHeaders>,
+    /// Web origins allowed to call from a browser.
+    pub origins: Arc<Origins>,
 }
 
 impl AppState {
@@ -57,6 +63,9 @@ impl AppState {
             config.signal.clone(),
             media.clone(),
         );
+        let https = config.tls_enabled() || base_url.starts_with("https://");
+        let security_headers = Arc::new(SecurityHeaders::new(https));
+        let origins = Arc::new(Origins::new(&base_url, &config.allowed_origins));
         AppState {
             store,
             clock,
@@ -70,6 +79,8 @@ impl AppState {
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),
+            security_headers,
+            origins,
         }
     }
 

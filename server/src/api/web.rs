@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde_json::{Value, json};
 
 use super::extract::JoinAllowance;
@@ -25,11 +25,27 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
                    base-uri 'none'; form-action 'self'";
 
+/// The pages and files, each answering GET (and HEAD). Kept as one table so the list the
+/// tests check (`paths`) is the list the router serves.
+fn table() -> [(&'static str, MethodRouter<AppState>); 3] {
+    [
+        ("/", get(home)),
+        ("/i/{code}", get(invite_page)),
+        ("/app/{file}", get(asset)),
+    ]
+}
+
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(home))
-        .route("/i/{code}", get(invite_page))
-        .route("/app/{file}", get(asset))
+    table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| {
+            router.route(path, route)
+        })
+}
+
+/// The path templates `routes` serves, for the tests that must cover every route.
+pub fn paths() -> Vec<&'static str> {
+    table().into_iter().map(|(path, _)| path).collect()
 }
 
 /// The embedded files, by name (for tests and the docs).
@@ -64,6 +80,8 @@ async fn asset(Path(file): Path<String>) -> Response {
             [
                 (header::CONTENT_TYPE, content_type(&file)),
                 (header::CACHE_CONTROL, "no-cache"),
+                // `index.html` opened as a file must run under the page's policy.
+                (header::CONTENT_SECURITY_POLICY, CSP),
             ],
             bytes,
         )

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -83,6 +83,8 @@ pub struct Connect {
 #[derive(Debug)]
 pub enum ConnectError {
     Refused(Refusal),
+    /// The room is not live and the server already runs `max_live_rooms` rooms.
+    TooManyRooms,
 }
 
 /// Why a REST call could not act on the live room.
@@ -243,6 +245,9 @@ struct Deps {
     metrics: Metrics,
     settings: Arc<SignalSettings>,
     generations: Arc<AtomicU64>,
+    /// Room tasks running now, bounded by `max_live_rooms`. Counted apart from the map,
+    /// which cannot be measured while one of its entries is held.
+    running: Arc<AtomicUsize>,
     media: Media,
 }
 
@@ -262,6 +267,7 @@ impl LiveRooms {
                 metrics,
                 settings: Arc::new(settings),
                 generations: Arc::new(AtomicU64::new(1)),
+                running: Arc::new(AtomicUsize::new(0)),
                 media,
             },
         }
@@ -286,20 +292,30 @@ impl LiveRooms {
         self.rooms.len()
     }
 
-    fn get_or_start(&self, room: &Room) -> RoomHandle {
+    /// The room's task, started if it is not running; `None` when starting one would exceed
+    /// `max_live_rooms`.
+    fn get_or_start(&self, room: &Room) -> Option<RoomHandle> {
         match self.rooms.entry(room.id.clone()) {
             Entry::Occupied(mut o) => {
                 if o.get().tx.is_closed() {
-                    o.insert(self.start(room));
+                    o.insert(self.start(room)?);
                 }
-                o.get().clone()
+                Some(o.get().clone())
             }
-            Entry::Vacant(v) => v.insert(self.start(room)).clone(),
+            Entry::Vacant(v) => Some(v.insert(self.start(room)?).clone()),
         }
     }
 
-    fn start(&self, room: &Room) -> RoomHandle {
+    fn start(&self, room: &Room) -> Option<RoomHandle> {
         let settings = &self.deps.settings;
+        let max = usize::try_from(settings.max_live_rooms).unwrap_or(usize::MAX);
+        // Reserved before the task exists, so concurrent joins cannot overshoot the bound.
+        self.deps
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         let limits = RoomLimits {
             max_participants: room
                 .limits
@@ -333,7 +349,7 @@ impl LiveRooms {
         self.deps.metrics.live_rooms.inc();
         tracing::debug!(room = %room.id, "room is live");
         tokio::spawn(task.run(rx));
-        handle
+        Some(handle)
     }
 
     /// Joins (or resumes) a socket into the room, starting the room's task if needed.
@@ -342,7 +358,9 @@ impl LiveRooms {
         // A room task that just emptied may be shutting down as we reach it; it hands the
         // request back and the next lookup starts a fresh task. Bounded, to be safe.
         for _ in 0..16 {
-            let handle = self.get_or_start(room);
+            let Some(handle) = self.get_or_start(room) else {
+                return Err(ConnectError::TooManyRooms);
+            };
             let (reply, answer) = oneshot::channel();
             if let Err(mpsc::error::SendError(msg)) =
                 handle.tx.send(RoomMsg::Connect(connect, reply)).await
@@ -474,6 +492,7 @@ impl RoomTask {
         let generation = self.handle.generation;
         self.rooms
             .remove_if(self.state.room(), |_, h| h.generation == generation);
+        self.deps.running.fetch_sub(1, Ordering::AcqRel);
         self.deps.media.close_room(self.state.room());
         rx.close();
         while let Ok(msg) = rx.try_recv() {

@@ -159,7 +159,7 @@ pub type Decoded = (Option<RequestId>, &'static str, ClientMessage);
 /// read, so the error can be matched to the request.
 pub fn decode(text: &str) -> Result<Decoded, (Option<RequestId>, DecodeError)> {
     let value: Value =
-        serde_json::from_str(text).map_err(|e| (None, DecodeError::InvalidJson(e.to_string())))?;
+        serde_json::from_str(text).map_err(|e| (None, DecodeError::InvalidJson(bounded(e))))?;
     let Value::Object(mut map) = value else {
         return Err((
             None,
@@ -192,8 +192,22 @@ pub fn decode(text: &str) -> Result<Decoded, (Option<RequestId>, DecodeError)> {
     };
     match serde_json::from_value::<ClientMessage>(Value::Object(map)) {
         Ok(message) => Ok((id, known, message)),
-        Err(e) => Err((id, DecodeError::InvalidMessage(e.to_string()))),
+        Err(e) => Err((id, DecodeError::InvalidMessage(bounded(e)))),
     }
+}
+
+/// Longest parser detail echoed back in an error: serde quotes field names and values, and a
+/// client must not be able to make the server send back most of what it sent.
+const MAX_DETAIL_CHARS: usize = 120;
+
+fn bounded(error: serde_json::Error) -> String {
+    let detail = error.to_string();
+    if detail.chars().count() <= MAX_DETAIL_CHARS {
+        return detail;
+    }
+    let mut cut: String = detail.chars().take(MAX_DETAIL_CHARS).collect();
+    cut.push('…');
+    cut
 }
 
 /// What the server sends, besides room events (see [`event_message`]).
@@ -274,6 +288,21 @@ pub fn known_types() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_details_are_bounded_whatever_was_sent() {
+        let field = "x".repeat(60_000);
+        let unknown_field = format!(r#"{{"type":"raise_hand","{field}":1}}"#);
+        let broken_json = format!(r#"{{"type":"raise_hand","a":"{field}"#);
+        for text in [unknown_field, broken_json] {
+            let (_, error) = decode(&text).unwrap_err();
+            assert!(
+                error.message().chars().count() <= MAX_DETAIL_CHARS + 40,
+                "{} chars echoed",
+                error.message().len()
+            );
+        }
+    }
 
     #[test]
     fn decodes_with_and_without_id() {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -35,12 +36,20 @@ const MAX_CANDIDATE_CHARS: usize = 1024;
 
 /// The signaling WebSocket.
 #[utoipa::path(get, path = "/api/v1/signal", tag = "signal",
-    responses((status = 101, description = "WebSocket upgrade; see docs/protocol.md")))]
+    responses(
+        (status = 101, description = "WebSocket upgrade; see docs/protocol.md"),
+        (status = 426, description = "Not a WebSocket upgrade request", body = crate::api::Problem),
+        (status = 429, description = "Too many sockets from this address", body = crate::api::Problem),
+    ))]
 pub async fn signal(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(_) => return Ok(upgrade_required()),
+    };
     // Counted before the upgrade, so one address cannot hold an unbounded number of sockets
     // (each costs a task and buffers, authenticated or not).
     let slot = SocketSlot::take(&state, ip).ok_or_else(|| {
@@ -61,6 +70,26 @@ pub async fn signal(
             state.metrics.signal_sockets.dec();
             drop(slot);
         }))
+}
+
+/// A plain HTTP request to the WebSocket endpoint: 426 as problem+json, naming the protocol
+/// and version it takes (RFC 9110, section 15.5.22; RFC 6455, section 4.4).
+fn upgrade_required() -> Response {
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    let mut response = ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "upgrade_required",
+        "this endpoint is the signaling WebSocket; open it with a WebSocket client",
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    response
 }
 
 /// One of the signaling sockets an address may hold; given back when dropped.
@@ -399,6 +428,11 @@ impl Session {
                         close_code::ROOM_ENDED,
                     ),
                     ConnectError::Refused(r) => (r.code(), r.message(), close_code::REFUSED),
+                    ConnectError::TooManyRooms => (
+                        "too_many_rooms",
+                        "the server is running as many rooms as it allows; try again later",
+                        close_code::REFUSED,
+                    ),
                 };
                 self.error(id.as_ref(), code, message).await;
                 self.close(close, code).await;
@@ -600,7 +634,7 @@ impl Session {
 
 /// Maps a room action message to the room's command; `None` for the messages the session
 /// handles itself (join, resume, ping, audience paging).
-fn command_for(message: ClientMessage) -> Option<Command> {
+pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
     Some(match message {
         ClientMessage::RaiseHand {} => Command::RaiseHand,
         ClientMessage::LowerHand { participant } => Command::LowerHand {

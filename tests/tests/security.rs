@@ -1,0 +1,1329 @@
+//! The security review as tests: every route against every kind of caller, every signaling
+//! message against every role, session tokens, invite enumeration, headers, CORS and Origin.
+//! The matrices are tables; a route or a message type without a row fails the test.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use stoa::control::{ParticipantId, Role, RoomId};
+use stoa::session::{Claims, TokenSigner};
+use stoa_tests::signal::SignalClient;
+use stoa_tests::{Answer, TestServer};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+fn s(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_owned()
+}
+
+fn signer(t: &TestServer) -> TokenSigner {
+    TokenSigner::load_or_create(&t.config.data_dir.join("signing.key")).expect("signing key")
+}
+
+/// The claims a join answer's session token carries, rebuilt from the answer.
+fn claims_of(answer: &Value, now_ms: i64) -> Claims {
+    Claims {
+        room: RoomId::parse(&s(&answer["room_id"])).unwrap(),
+        participant: ParticipantId::parse(&s(&answer["participant_id"])).unwrap(),
+        role: Role::parse(&s(&answer["role"])).unwrap(),
+        name: s(&answer["display_name"]),
+        iat: now_ms,
+        exp: now_ms + 600_000,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every REST route × every kind of caller
+
+/// The callers of the matrix, in the column order of `Row::expect`.
+const CALLERS: [&str; 11] = [
+    "no credential",
+    "garbage",
+    "forged token",
+    "expired token",
+    "removed participant",
+    "banned participant",
+    "listener",
+    "speaker",
+    "moderator",
+    "moderator of another room",
+    "operator",
+];
+
+/// What a caller gets: a status and, for refusals, the problem code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Success with this status (or a page, for the web routes).
+    Ok(u16),
+    Problem(u16, &'static str),
+}
+
+use Expect::{Ok as Yes, Problem as No};
+
+/// Refusals every authenticated route gives before it looks at anything else.
+const UNAUTHENTICATED: [Expect; 6] = [
+    No(401, "missing_credentials"),
+    No(401, "invalid_token"),
+    No(401, "invalid_token"),
+    No(401, "token_expired"),
+    No(401, "removed"),
+    No(403, "banned"),
+];
+
+const fn operator_only(ok: u16) -> [Expect; 11] {
+    let u = UNAUTHENTICATED;
+    [
+        u[0],
+        u[1],
+        u[2],
+        u[3],
+        u[4],
+        u[5],
+        No(403, "operator_only"),
+        No(403, "operator_only"),
+        No(403, "operator_only"),
+        No(403, "operator_only"),
+        Yes(ok),
+    ]
+}
+
+const fn moderators(ok: u16) -> [Expect; 11] {
+    let u = UNAUTHENTICATED;
+    [
+        u[0],
+        u[1],
+        u[2],
+        u[3],
+        u[4],
+        u[5],
+        No(403, "moderator_only"),
+        No(403, "moderator_only"),
+        Yes(ok),
+        No(403, "wrong_room"),
+        Yes(ok),
+    ]
+}
+
+const fn anyone(e: Expect) -> [Expect; 11] {
+    [e; 11]
+}
+
+/// One route: the template (as the router and the OpenAPI document name it), how to fill it
+/// in, and what each caller gets.
+struct Row {
+    method: Method,
+    template: &'static str,
+    path: fn(&World) -> String,
+    body: fn(&World) -> Option<Value>,
+    /// Changes what later callers would see: each caller that succeeds gets a fresh world.
+    destructive: bool,
+    expect: [Expect; 11],
+}
+
+fn no_body(_: &World) -> Option<Value> {
+    None
+}
+
+const FALLBACK: &str = "(any other path)";
+
+fn rest_table() -> Vec<Row> {
+    vec![
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms",
+            path: |_| "/api/v1/rooms".into(),
+            body: |_| Some(json!({ "title": "New" })),
+            destructive: false,
+            expect: operator_only(201),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms",
+            path: |_| "/api/v1/rooms".into(),
+            body: no_body,
+            destructive: false,
+            expect: operator_only(200),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}",
+            path: |w| format!("/api/v1/rooms/{}", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}",
+            path: |w| format!("/api/v1/rooms/{}", w.room),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/invites",
+            path: |w| format!("/api/v1/rooms/{}/invites", w.room),
+            body: |_| Some(json!({ "role": "moderator" })),
+            destructive: false,
+            expect: moderators(201),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/invites",
+            path: |w| format!("/api/v1/rooms/{}/invites", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/invites/{invite}",
+            path: |w| format!("/api/v1/rooms/{}/invites/{}", w.room, w.invite_id),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/participants",
+            path: |w| format!("/api/v1/rooms/{}/participants", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/participants/{participant}/role",
+            path: |w| format!("/api/v1/rooms/{}/participants/{}/role", w.room, w.target),
+            body: |_| Some(json!({ "role": "listener" })),
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/participants/{participant}/mute",
+            path: |w| format!("/api/v1/rooms/{}/participants/{}/mute", w.room, w.target),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/participants/{participant}",
+            path: |w| format!("/api/v1/rooms/{}/participants/{}", w.room, w.target),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/events",
+            path: |w| format!("/api/v1/rooms/{}/events", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        // Public: whatever credential comes along is ignored.
+        Row {
+            method: Method::POST,
+            template: "/api/v1/join",
+            path: |_| "/api/v1/join".into(),
+            body: |w| Some(json!({ "invite": w.code, "display_name": "Walk-in" })),
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/signal",
+            path: |_| "/api/v1/signal".into(),
+            body: no_body,
+            destructive: false,
+            // Without a WebSocket handshake; the socket's own checks are the signaling matrix.
+            expect: anyone(No(426, "upgrade_required")),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/openapi.json",
+            path: |_| "/api/v1/openapi.json".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/healthz",
+            path: |_| "/healthz".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/metrics",
+            path: |_| "/metrics".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/",
+            path: |_| "/".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/i/{code}",
+            path: |w| format!("/i/{}", w.code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/app/{file}",
+            path: |_| "/app/app.js".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: FALLBACK,
+            path: |_| "/api/v1/nowhere".into(),
+            body: no_body,
+            destructive: false,
+            expect: anyone(No(404, "not_found")),
+        },
+    ]
+}
+
+/// Two rooms and one credential of each kind. Room A is live: its moderator, speaker and
+/// listener are connected, and so is `target`, a speaker the participant routes act on.
+struct World {
+    room: String,
+    invite_id: String,
+    code: String,
+    target: String,
+    credentials: Vec<Option<String>>,
+    _sockets: Vec<SignalClient>,
+}
+
+impl World {
+    async fn new(t: &TestServer) -> World {
+        let room = t.create_room("A").await;
+        let other = t.create_room("B").await;
+        let invite = t.create_invite(&room, "listener", json!({})).await;
+        let listener = t.participant(&room, "listener", "Lee").await;
+        let speaker = t.participant(&room, "speaker", "Sam").await;
+        let moderator = t.participant(&room, "moderator", "Ada").await;
+        let foreign = t.participant(&other, "moderator", "Xi").await;
+        let target = t.participant(&room, "speaker", "Tia").await;
+        let removed = t.participant(&room, "listener", "Rex").await;
+        let banned = t.participant(&room, "listener", "Bo").await;
+        let mut sockets = Vec::new();
+        for answer in [&moderator, &speaker, &listener, &target, &removed, &banned] {
+            sockets.push(SignalClient::join(answer).await);
+        }
+        let base = format!("/api/v1/rooms/{room}/participants");
+        let (rex, bo) = (s(&removed["participant_id"]), s(&banned["participant_id"]));
+        t.op(Method::DELETE, &format!("{base}/{rex}"), None)
+            .await
+            .expect(204);
+        t.op(Method::DELETE, &format!("{base}/{bo}?ban=true"), None)
+            .await
+            .expect(204);
+        let banned_socket = sockets.pop().unwrap();
+        let removed_socket = sockets.pop().unwrap();
+        for mut gone in [removed_socket, banned_socket] {
+            gone.wait_closed().await;
+        }
+
+        let real = signer(t);
+        let now = t.clock.now_ms();
+        let mut expired = claims_of(&moderator, now - 20 * 60_000);
+        expired.exp = now - 5 * 60_000;
+        // The right shape and claims, signed with a key that is not the server's.
+        let forged = TokenSigner::new([7; 32]).sign(&claims_of(&moderator, now));
+        let token = |v: &Value| Some(s(&v["token"]));
+        let credentials = vec![
+            None,
+            Some("garbage".into()),
+            Some(forged),
+            Some(real.sign(&expired)),
+            token(&removed),
+            token(&banned),
+            token(&listener),
+            token(&speaker),
+            token(&moderator),
+            token(&foreign),
+            Some(t.api_key.clone()),
+        ];
+        World {
+            room,
+            invite_id: s(&invite["id"]),
+            code: s(&invite["code"]),
+            target: s(&target["participant_id"]),
+            credentials,
+            _sockets: sockets,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_against_every_caller() {
+    let t = TestServer::start().await;
+    let table = rest_table();
+
+    // The table covers exactly the routes the server has: the OpenAPI document is generated
+    // from the same router as the API, and the web routes come from their own table.
+    let mut served: BTreeSet<(String, String)> = BTreeSet::new();
+    for (path, item) in stoa::api::openapi_document().paths.paths {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ] {
+            if op.is_some() {
+                served.insert((method.into(), path.clone()));
+            }
+        }
+    }
+    for path in stoa::api::web::paths() {
+        served.insert(("GET".into(), path.into()));
+    }
+    served.insert(("GET".into(), FALLBACK.into()));
+    let rows: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|r| (r.method.to_string(), r.template.to_owned()))
+        .collect();
+    assert_eq!(rows.len(), table.len(), "a route has two rows");
+    assert_eq!(rows, served, "rows and routes differ");
+
+    let shared = World::new(&t).await;
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for row in &table {
+        for (column, caller) in CALLERS.iter().enumerate() {
+            let expected = row.expect[column];
+            let fresh;
+            let world = if row.destructive && matches!(expected, Yes(_)) {
+                fresh = World::new(&t).await;
+                &fresh
+            } else {
+                &shared
+            };
+            let answer = t
+                .call(
+                    row.method.clone(),
+                    &(row.path)(world),
+                    world.credentials[column].as_deref(),
+                    (row.body)(world),
+                )
+                .await;
+            cases += 1;
+            let got = match answer.status.as_u16() {
+                status @ 100..400 => Yes(status),
+                status => No(status, leak(answer.code())),
+            };
+            if got != expected {
+                failures.push(format!(
+                    "{} {} as {caller}: expected {expected:?}, got {got:?} {}",
+                    row.method, row.template, answer.body
+                ));
+            } else if let No(status, code) = expected {
+                answer.expect_problem(status, code);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_eq!(cases, table.len() * CALLERS.len());
+    t.stop().await;
+}
+
+/// Problem codes are compared as `&'static str`; a test may leak the few it reads.
+fn leak(code: &str) -> &'static str {
+    Box::leak(code.to_owned().into_boxed_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every signaling message × every role
+
+/// The roles of the signaling matrix, in the column order of `Action::expect`.
+const ROLES: [&str; 4] = [
+    "listener",
+    "speaker",
+    "moderator on stage",
+    "moderator in the audience",
+];
+
+/// The answer a message gets: `ok`, another reply type (`pong`, `audience_page`), an error
+/// with its code, or the socket closed with this reason before any answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    Ok,
+    Other(&'static str),
+    Error(&'static str),
+    Closed(&'static str),
+}
+
+/// Sends `message` with an id and reads until its answer, or until the socket closes.
+async fn answer_to(socket: &mut SignalClient, mut message: Value) -> (Reply, Value) {
+    const ID: &str = "matrix";
+    message["id"] = json!(ID);
+    socket.send(message).await;
+    loop {
+        match socket.next_within(stoa_tests::signal::WAIT).await {
+            Some(m) if m["id"] == ID => {
+                let reply = match m["type"].as_str() {
+                    Some("ok") => Reply::Ok,
+                    Some("error") => Reply::Error(leak(m["code"].as_str().unwrap_or(""))),
+                    other => Reply::Other(leak(other.unwrap_or("?"))),
+                };
+                return (reply, m);
+            }
+            Some(_) => continue,
+            None => {
+                let reason = socket.closed.clone().map(|c| c.1).unwrap_or_default();
+                return (Reply::Closed(leak(&reason)), Value::Null);
+            }
+        }
+    }
+}
+
+const OK: Reply = Reply::Ok;
+const NOT_PERMITTED: Reply = Reply::Error("not_permitted");
+const NOT_A_LISTENER: Reply = Reply::Error("not_a_listener");
+const NOT_ON_STAGE: Reply = Reply::Error("not_on_stage");
+const NO_INVITATION: Reply = Reply::Error("no_invitation");
+const MODERATION: [Reply; 4] = [NOT_PERMITTED, NOT_PERMITTED, OK, OK];
+
+/// A room with one participant in each state a message may need, all connected.
+struct Cast {
+    room: String,
+    sockets: Vec<SignalClient>,
+    answers: Vec<Value>,
+}
+
+/// Who is who in `Cast`: the four actors first, in `ROLES` order, then the targets.
+const LISTENER: usize = 0;
+const MOD_ON: usize = 2;
+/// A listener with a raised hand.
+const HAND: usize = 4;
+/// A listener invited to the stage.
+const INVITED: usize = 5;
+const OTHER_SPEAKER: usize = 6;
+/// A moderator on stage, to be demoted.
+const OTHER_MOD: usize = 7;
+
+impl Cast {
+    async fn new(t: &TestServer) -> Cast {
+        let room = t.create_room("Matrix").await;
+        let mut answers = Vec::new();
+        let mut sockets = Vec::new();
+        for (role, name) in [
+            ("listener", "Lee"),
+            ("speaker", "Sam"),
+            ("moderator", "Ada"),
+            ("moderator", "Mo"),
+            ("listener", "Hal"),
+            ("listener", "Ivy"),
+            ("speaker", "Oz"),
+            ("moderator", "Ole"),
+        ] {
+            let answer = t.participant(&room, role, name).await;
+            sockets.push(SignalClient::join(&answer).await);
+            answers.push(answer);
+        }
+        let mut cast = Cast {
+            room,
+            sockets,
+            answers,
+        };
+        cast.sockets[3].ok(json!({ "type": "leave_stage" })).await;
+        cast.sockets[HAND].ok(json!({ "type": "raise_hand" })).await;
+        let invited = cast.id(INVITED);
+        cast.sockets[MOD_ON]
+            .ok(json!({ "type": "invite_to_stage", "participant": invited }))
+            .await;
+        cast
+    }
+
+    fn id(&self, who: usize) -> String {
+        s(&self.answers[who]["participant_id"])
+    }
+}
+
+/// An operator REST call: method, path, body.
+type Call = (Method, String, Option<Value>);
+
+struct Action {
+    kind: &'static str,
+    /// Done first, by the operator through REST.
+    setup: fn(&Cast) -> Vec<Call>,
+    message: fn(&Cast, usize) -> Value,
+    expect: [Reply; 4],
+}
+
+fn nothing(_: &Cast) -> Vec<Call> {
+    Vec::new()
+}
+
+fn signal_table() -> Vec<Action> {
+    vec![
+        Action {
+            kind: "join",
+            setup: nothing,
+            message: |c, me| json!({ "type": "join", "token": c.answers[me]["token"] }),
+            expect: [Reply::Error("already_joined"); 4],
+        },
+        Action {
+            kind: "resume",
+            setup: nothing,
+            message: |c, me| json!({ "type": "resume", "resume_token": c.sockets[me].resume_token() }),
+            expect: [Reply::Error("already_joined"); 4],
+        },
+        Action {
+            kind: "ping",
+            setup: nothing,
+            message: |_, _| json!({ "type": "ping" }),
+            expect: [Reply::Other("pong"); 4],
+        },
+        Action {
+            kind: "leave",
+            setup: nothing,
+            message: |_, _| json!({ "type": "leave" }),
+            expect: [OK; 4],
+        },
+        Action {
+            kind: "raise_hand",
+            setup: nothing,
+            message: |_, _| json!({ "type": "raise_hand" }),
+            expect: [OK, NOT_A_LISTENER, NOT_A_LISTENER, NOT_A_LISTENER],
+        },
+        Action {
+            kind: "lower_hand",
+            setup: nothing,
+            message: |_, _| json!({ "type": "lower_hand" }),
+            expect: [OK, NOT_A_LISTENER, NOT_A_LISTENER, NOT_A_LISTENER],
+        },
+        Action {
+            kind: "lower_hand",
+            setup: nothing,
+            message: |c, _| json!({ "type": "lower_hand", "participant": c.id(HAND) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "invite_to_stage",
+            setup: nothing,
+            message: |c, _| json!({ "type": "invite_to_stage", "participant": c.id(HAND) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "cancel_invitation",
+            setup: nothing,
+            message: |c, _| json!({ "type": "cancel_invitation", "participant": c.id(INVITED) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "accept_invitation",
+            setup: |c| vec![invite_listener(c)],
+            message: |_, _| json!({ "type": "accept_invitation" }),
+            expect: [OK, NO_INVITATION, NO_INVITATION, NO_INVITATION],
+        },
+        Action {
+            kind: "decline_invitation",
+            setup: |c| vec![invite_listener(c)],
+            message: |_, _| json!({ "type": "decline_invitation" }),
+            expect: [OK, NO_INVITATION, NO_INVITATION, NO_INVITATION],
+        },
+        Action {
+            kind: "join_stage",
+            setup: nothing,
+            message: |_, _| json!({ "type": "join_stage" }),
+            expect: [NOT_PERMITTED, OK, OK, OK],
+        },
+        Action {
+            kind: "leave_stage",
+            setup: nothing,
+            message: |_, _| json!({ "type": "leave_stage" }),
+            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+        },
+        Action {
+            kind: "move_to_audience",
+            setup: nothing,
+            message: |c, _| json!({ "type": "move_to_audience", "participant": c.id(OTHER_SPEAKER) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "mute",
+            setup: nothing,
+            message: |c, _| json!({ "type": "mute", "participant": c.id(OTHER_SPEAKER) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "mute_self",
+            setup: nothing,
+            message: |_, _| json!({ "type": "mute_self" }),
+            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+        },
+        Action {
+            kind: "unmute",
+            setup: |c| {
+                [1, MOD_ON]
+                    .into_iter()
+                    .map(|who| {
+                        let path =
+                            format!("/api/v1/rooms/{}/participants/{}/mute", c.room, c.id(who));
+                        (Method::POST, path, None)
+                    })
+                    .collect()
+            },
+            message: |_, _| json!({ "type": "unmute" }),
+            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+        },
+        Action {
+            kind: "remove",
+            setup: nothing,
+            message: |c, _| json!({ "type": "remove", "participant": c.id(HAND) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "ban",
+            setup: nothing,
+            message: |c, _| json!({ "type": "ban", "participant": c.id(HAND) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "promote",
+            setup: nothing,
+            message: |c, _| json!({ "type": "promote", "participant": c.id(HAND) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "demote",
+            setup: nothing,
+            message: |c, _| json!({ "type": "demote", "participant": c.id(OTHER_MOD) }),
+            expect: MODERATION,
+        },
+        Action {
+            kind: "set_role",
+            setup: nothing,
+            message: |c, _| {
+                json!({ "type": "set_role", "participant": c.id(HAND), "role": "speaker" })
+            },
+            expect: MODERATION,
+        },
+        Action {
+            kind: "end_room",
+            setup: nothing,
+            message: |_, _| json!({ "type": "end_room" }),
+            // Everyone, the moderator who ended it included, is told and disconnected.
+            expect: [
+                NOT_PERMITTED,
+                NOT_PERMITTED,
+                Reply::Closed("room_ended"),
+                Reply::Closed("room_ended"),
+            ],
+        },
+        Action {
+            kind: "list_audience",
+            setup: nothing,
+            message: |_, _| json!({ "type": "list_audience" }),
+            expect: [Reply::Other("audience_page"); 4],
+        },
+        Action {
+            kind: "media_offer",
+            setup: nothing,
+            // Whether an offer may send is media's decision (tests/tests/media.rs); here: it
+            // reaches media from every role and a bad one is refused alike.
+            message: |_, _| json!({ "type": "media_offer", "sdp": "v=0" }),
+            expect: [Reply::Error("invalid_sdp"); 4],
+        },
+        Action {
+            kind: "ice_candidate",
+            setup: nothing,
+            message: |_, _| {
+                json!({ "type": "ice_candidate", "candidate": "candidate:1 1 udp 2130706431 192.0.2.1 50000 typ host" })
+            },
+            expect: [OK; 4],
+        },
+    ]
+    .into_iter()
+    .chain(std::iter::once(Action {
+        kind: "accept_invitation",
+        setup: nothing,
+        message: |_, _| json!({ "type": "accept_invitation" }),
+        // Without an invitation nobody can step up this way.
+        expect: [NO_INVITATION; 4],
+    }))
+    .collect()
+}
+
+fn invite_listener(c: &Cast) -> Call {
+    let path = format!(
+        "/api/v1/rooms/{}/participants/{}/role",
+        c.room,
+        c.id(LISTENER)
+    );
+    (Method::POST, path, Some(json!({ "role": "speaker" })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_signaling_message_against_every_role() {
+    let t = TestServer::start().await;
+    let table = signal_table();
+    let covered: BTreeSet<&str> = table.iter().map(|a| a.kind).collect();
+    let known: BTreeSet<&str> = stoa::signal::protocol::known_types()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(
+        covered, known,
+        "message types without a row, or rows for none"
+    );
+
+    let mut failures = Vec::new();
+    for action in &table {
+        for (me, role) in ROLES.iter().enumerate() {
+            let mut cast = Cast::new(&t).await;
+            for (method, path, body) in (action.setup)(&cast) {
+                let answer = t.op(method.clone(), &path, body).await;
+                assert!(
+                    answer.status.is_success(),
+                    "setup {path}: {:?}",
+                    answer.body
+                );
+            }
+            let message = (action.message)(&cast, me);
+            let (got, answer) = answer_to(&mut cast.sockets[me], message).await;
+            if got != action.expect[me] {
+                failures.push(format!(
+                    "{} as {role}: expected {:?}, got {answer}",
+                    action.kind, action.expect[me]
+                ));
+            }
+            // Whatever happened, the room still answers: the actor if still connected (not
+            // after leaving or ending the room), else the other moderator.
+            let witness = if matches!(got, Reply::Closed(_)) || action.kind == "leave" {
+                OTHER_MOD
+            } else {
+                me
+            };
+            if got != Reply::Closed("room_ended") {
+                cast.sockets[witness].sync().await;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session tokens
+
+/// Opens a socket, sends `message`, and returns the error code and the close code.
+async fn refused_at_handshake(t: &TestServer, message: Value) -> (String, u16) {
+    let url = t.running().state.signal_url();
+    let mut socket = SignalClient::open(&url).await;
+    let mut message = message;
+    message["id"] = json!(1);
+    socket.send(message).await;
+    let error = socket.wait_type("error").await;
+    let (close, _) = socket.wait_closed().await;
+    (s(&error["code"]), close)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tokens_cannot_be_forged_replayed_or_outlive_a_removal() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Tokens").await;
+    let other = t.create_room("Elsewhere").await;
+    let moderator = t.participant(&room, "moderator", "Ada").await;
+    let token = s(&moderator["token"]);
+    let now = t.clock.now_ms();
+    let join = |token: &str| json!({ "type": "join", "token": token });
+
+    // Forged: the right claims under another key; or the real signature over changed claims
+    // (a listener's token claiming to be a moderator's, a token moved to another room).
+    let forged = TokenSigner::new([7; 32]).sign(&claims_of(&moderator, now));
+    let listener = t.participant(&room, "listener", "Lee").await;
+    let (_, listener_sig) = s(&listener["token"])
+        .rsplit_once('.')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    let mut promoted = claims_of(&listener, now);
+    promoted.role = Role::Moderator;
+    let mut moved = claims_of(&moderator, now);
+    moved.room = RoomId::parse(&other).unwrap();
+    let resigned = |claims: &Claims, sig: &str| {
+        let signed = TokenSigner::new([0; 32]).sign(claims);
+        let (body, _) = signed.rsplit_once('.').unwrap();
+        format!("{body}.{sig}")
+    };
+    let (_, moderator_sig) = token.rsplit_once('.').unwrap();
+    let tampered = [
+        forged,
+        resigned(&promoted, &listener_sig),
+        resigned(&moved, moderator_sig),
+        format!("{token}x"),
+        token.replacen("st1.", "rs1.", 1),
+    ];
+    for bad in &tampered {
+        for path in [
+            format!("/api/v1/rooms/{room}"),
+            format!("/api/v1/rooms/{other}"),
+        ] {
+            t.call(Method::GET, &path, Some(bad), None)
+                .await
+                .expect_problem(401, "invalid_token");
+        }
+        assert_eq!(
+            refused_at_handshake(&t, join(bad)).await,
+            ("invalid_token".into(), 4401),
+            "{bad}"
+        );
+    }
+    // Expired, on both edges.
+    let mut old = claims_of(&moderator, now - 3_600_000);
+    old.exp = now - 1;
+    let expired = signer(&t).sign(&old);
+    t.call(
+        Method::GET,
+        &format!("/api/v1/rooms/{room}"),
+        Some(&expired),
+        None,
+    )
+    .await
+    .expect_problem(401, "token_expired");
+    assert_eq!(
+        refused_at_handshake(&t, join(&expired)).await,
+        ("token_expired".into(), 4401)
+    );
+    // Replayed for another room: the room is inside the signed token, so REST refuses it
+    // elsewhere and the socket only ever joins the token's own room.
+    t.call(
+        Method::GET,
+        &format!("/api/v1/rooms/{other}"),
+        Some(&token),
+        None,
+    )
+    .await
+    .expect_problem(403, "wrong_room");
+    let mut ada = SignalClient::join(&moderator).await;
+    assert_eq!(ada.welcome["snapshot"]["room"], room.as_str());
+
+    // Removed and banned: the token, a rejoin with it and the resume token all stop working.
+    for ban in [false, true] {
+        let answer = t
+            .participant(&room, "speaker", if ban { "Bo" } else { "Rex" })
+            .await;
+        let victim = SignalClient::join(&answer).await;
+        let resume = victim.resume_token();
+        let id = victim.participant_id();
+        let mut victim = victim;
+        let kind = if ban { "ban" } else { "remove" };
+        ada.ok(json!({ "type": kind, "participant": id })).await;
+        let (close, _) = victim.wait_closed().await;
+        let (rest, code, close_expected) = if ban {
+            ((403, "banned"), "banned", 4003)
+        } else {
+            ((401, "removed"), "removed", 4001)
+        };
+        assert_eq!(close, close_expected);
+        t.call(
+            Method::GET,
+            &format!("/api/v1/rooms/{room}/participants"),
+            Some(&s(&answer["token"])),
+            None,
+        )
+        .await
+        .expect_problem(rest.0, rest.1);
+        assert_eq!(
+            refused_at_handshake(&t, join(&s(&answer["token"]))).await,
+            (code.into(), close_expected)
+        );
+        let resumed =
+            refused_at_handshake(&t, json!({ "type": "resume", "resume_token": resume })).await;
+        let expected = if ban {
+            ("banned".into(), 4003)
+        } else {
+            ("resume_expired".into(), 4403)
+        };
+        assert_eq!(resumed, expected, "resume after {kind}");
+    }
+    ada.sync().await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invite codes
+
+/// Headers that may differ between two otherwise identical answers.
+fn comparable(answer: &Answer) -> Vec<(String, String)> {
+    answer
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "date")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_unknown_invite_codes_look_the_same() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Codes").await;
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    let revoked = s(&invite["code"]);
+    t.op(
+        Method::DELETE,
+        &format!("/api/v1/rooms/{room}/invites/{}", s(&invite["id"])),
+        None,
+    )
+    .await
+    .expect(204);
+    // Well-formed, never issued.
+    let unknown = "Zm9yZ2VkLWNvZGUtMTIzNA";
+    assert_eq!(unknown.len(), revoked.len());
+
+    let a = t.join(&revoked, "Eve").await;
+    let b = t.join(unknown, "Eve").await;
+    a.expect_problem(404, "invite_invalid");
+    assert_eq!((a.status, &a.body), (b.status, &b.body));
+    assert_eq!(comparable(&a), comparable(&b));
+
+    // The landing page: the same page, status and headers, but for the code it echoes.
+    let page = |code: &str| {
+        let url = t.url(&format!("/i/{code}"));
+        let http = t.http.clone();
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            let status = res.status();
+            let headers: Vec<(String, String)> = res
+                .headers()
+                .iter()
+                .filter(|(n, _)| *n != "date")
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+                .collect();
+            (status, headers, res.text().await.unwrap())
+        }
+    };
+    let (sa, ha, pa) = page(&revoked).await;
+    let (sb, hb, pb) = page(unknown).await;
+    assert_eq!(sa, StatusCode::NOT_FOUND);
+    assert!(pa.contains("\"reason\":\"invite_invalid\""), "{pa}");
+    assert_eq!((sa, ha), (sb, hb));
+    assert_eq!(pa.replace(&revoked, "CODE"), pb.replace(unknown, "CODE"));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_codes_is_rate_limited_per_address_on_every_door() {
+    let t = TestServer::start_with(|c| {
+        c.limits.join_burst = 4;
+        c.limits.joins_per_minute = 1;
+    })
+    .await;
+    let guess = "AAAAAAAAAAAAAAAAAAAAAA";
+    // Redeeming and looking at the page draw on one allowance.
+    t.join(guess, "Eve")
+        .await
+        .expect_problem(404, "invite_invalid");
+    t.join(guess, "Eve")
+        .await
+        .expect_problem(404, "invite_invalid");
+    for _ in 0..2 {
+        let page = t
+            .http
+            .get(t.url(&format!("/i/{guess}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    }
+    let limited = t.join(guess, "Eve").await;
+    limited.expect_problem(429, "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    let page = t
+        .http
+        .get(t.url(&format!("/i/{guess}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(page.headers().contains_key("retry-after"));
+    // A real code is refused too while the address is limited: guessing cannot be told apart.
+    let room = t.create_room("R").await;
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    t.join(&s(&invite["code"]), "Eve")
+        .await
+        .expect_problem(429, "rate_limited");
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers, CORS and Origin
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers() {
+    let t = TestServer::start().await;
+    let key = t.api_key.clone();
+    let big = "x".repeat(t.config.limits.max_body_bytes + 10);
+    let room = t.create_room("Headers").await;
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    let requests: Vec<(&str, reqwest::RequestBuilder, u16, bool)> = vec![
+        ("json", t.http.get(t.url("/healthz")), 200, false),
+        ("metrics", t.http.get(t.url("/metrics")), 200, false),
+        ("401", t.http.get(t.url("/api/v1/rooms")), 401, false),
+        ("404", t.http.get(t.url("/nowhere")), 404, false),
+        (
+            "405",
+            t.http.put(t.url("/api/v1/rooms")).bearer_auth(&key),
+            405,
+            false,
+        ),
+        (
+            "413",
+            t.http
+                .post(t.url("/api/v1/rooms"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(big),
+            413,
+            false,
+        ),
+        ("426", t.http.get(t.url("/api/v1/signal")), 426, false),
+        (
+            "foreign origin",
+            t.http
+                .get(t.url("/healthz"))
+                .header("origin", "https://evil.example"),
+            403,
+            false,
+        ),
+        ("home page", t.http.get(t.url("/")), 200, true),
+        (
+            "invite page",
+            t.http.get(t.url(&format!("/i/{}", s(&invite["code"])))),
+            200,
+            true,
+        ),
+        ("bad invite page", t.http.get(t.url("/i/nope")), 404, true),
+        ("asset", t.http.get(t.url("/app/app.js")), 200, true),
+    ];
+    for (what, request, status, page) in requests {
+        let res = request.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{what}");
+        let h = res.headers();
+        let get = |name: &str| {
+            h.get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(get("x-frame-options"), "DENY", "{what}");
+        assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(get("cross-origin-opener-policy"), "same-origin", "{what}");
+        assert_eq!(get("cross-origin-resource-policy"), "same-origin", "{what}");
+        let permissions = get("permissions-policy");
+        assert!(
+            permissions.contains("microphone=(self)") && permissions.contains("camera=()"),
+            "{what}: {permissions}"
+        );
+        let csp = get("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+        if page {
+            assert!(
+                csp.contains("default-src 'self'") && csp.contains("script-src 'self'"),
+                "{what}: {csp}"
+            );
+            assert!(!csp.contains("unsafe"), "{what}: {csp}");
+        } else {
+            assert!(csp.starts_with("default-src 'none'"), "{what}: {csp}");
+            assert_eq!(get("cache-control"), "no-store", "{what}");
+        }
+        // Plain HTTP: no HSTS (browsers ignore it there, and it would pin a dev host).
+        assert!(!h.contains_key("strict-transport-security"), "{what}");
+        assert!(
+            !h.keys().any(|k| k.as_str().starts_with("access-control-")),
+            "{what}"
+        );
+    }
+    t.stop().await;
+
+    // Behind a TLS proxy (an https public URL), every answer asks for HTTPS from then on.
+    let t =
+        TestServer::start_with(|c| c.public_url = Some("https://rooms.example.org".into())).await;
+    let addr = t.running().addr;
+    for path in ["/healthz", "/", "/nowhere"] {
+        let res = t
+            .http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["strict-transport-security"],
+            "max-age=31536000",
+            "{path}"
+        );
+    }
+    t.stop().await;
+}
+
+fn preflight(t: &TestServer, origin: &str) -> reqwest::RequestBuilder {
+    t.http
+        .request(Method::OPTIONS, t.url("/api/v1/rooms"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+}
+
+fn access_control(h: &reqwest::header::HeaderMap) -> Vec<String> {
+    h.keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .map(|k| k.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_requests_are_refused_unless_configured() {
+    let tools = "https://tools.example.org";
+    let t = TestServer::start_with(|c| c.allowed_origins = vec![tools.into()]).await;
+    let key = t.api_key.clone();
+    // Foreign origins: preflight and request alike are refused, with no CORS headers.
+    for origin in [
+        "https://evil.example",
+        "null",
+        "https://tools.example.org.evil.example",
+        "http://tools.example.org",
+    ] {
+        for request in [
+            preflight(&t, origin),
+            t.http
+                .get(t.url("/api/v1/rooms"))
+                .bearer_auth(&key)
+                .header("origin", origin),
+            t.http
+                .post(t.url("/api/v1/join"))
+                .header("origin", origin)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        ] {
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin}");
+            assert!(access_control(res.headers()).is_empty(), "{origin}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["code"], "origin_not_allowed");
+        }
+    }
+    // The configured origin: a preflight that names it (never `*`), and the request too.
+    let res = preflight(&t, tools).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], tools);
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, DELETE");
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    assert!(!h.contains_key("access-control-allow-credentials"));
+    assert_eq!(h["vary"], "origin");
+    let res = t
+        .http
+        .get(t.url("/api/v1/rooms"))
+        .bearer_auth(&key)
+        .header("origin", tools)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["access-control-allow-origin"], tools);
+    // The server's own pages (same origin): served, and no CORS headers needed.
+    // Also under another name than the public URL: the origin is the host asked for.
+    let port = t.running().addr.port();
+    for (origin, host) in [
+        (t.base.clone(), format!("127.0.0.1:{port}")),
+        (
+            format!("http://localhost:{port}"),
+            format!("localhost:{port}"),
+        ),
+    ] {
+        let res = t
+            .http
+            .get(t.url("/api/v1/rooms"))
+            .bearer_auth(&key)
+            .header("origin", origin.as_str())
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{origin}");
+        assert!(access_control(res.headers()).is_empty());
+    }
+    // Without `Origin` (scripts, tools): as always.
+    t.op(Method::GET, "/api/v1/rooms", None).await.expect(200);
+    // A preflight from our own origin is not a CORS request: the route answers (405).
+    let res = preflight(&t, &t.base).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    t.stop().await;
+
+    // By default no other origin is allowed, not even one that was configured above.
+    let t = TestServer::start().await;
+    let res = preflight(&t, tools).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(access_control(res.headers()).is_empty());
+    t.stop().await;
+}
+
+/// Opens the signaling socket with an `Origin` header, as a browser page would.
+async fn open_with_origin(
+    url: &str,
+    origin: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_str(origin).unwrap());
+    tokio_tungstenite::connect_async(request).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signaling_socket_checks_origin() {
+    let tools = "https://tools.example.org";
+    let t = TestServer::start_with(|c| c.allowed_origins = vec![tools.into()]).await;
+    let url = t.running().state.signal_url();
+    for origin in ["https://evil.example", "null"] {
+        match open_with_origin(&url, origin).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{origin}");
+                let body: Value =
+                    serde_json::from_slice(response.body().as_deref().unwrap_or(b"null")).unwrap();
+                assert_eq!(body["code"], "origin_not_allowed");
+            }
+            other => panic!("{origin}: the handshake was not refused: {other:?}"),
+        }
+    }
+    for origin in [t.base.as_str(), tools] {
+        open_with_origin(&url, origin)
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+    }
+    // No Origin at all (bots, the Rust client): allowed, and the token still decides.
+    let room = t.create_room("WS").await;
+    SignalClient::join(&t.participant(&room, "listener", "Bot").await).await;
+    t.stop().await;
+}
