@@ -5,6 +5,8 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod metrics;
 pub mod room;
