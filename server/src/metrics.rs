@@ -1,5 +1,6 @@
 //! Prometheus metrics the server exports at `/metrics`: counters and gauges registered once
-//! at start and updated with atomics. Rendering only; no HTTP here.
+//! at start and updated with atomics, plus process and runtime gauges read when rendering.
+//! Rendering only; no HTTP here.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -156,6 +157,77 @@ impl MediaMetrics {
     }
 }
 
+/// What the process and its async runtime hold right now, read at each render (from the
+/// current tokio runtime and, on Linux, `/proc/self`), so leaks show up as gauges that do not
+/// come back down.
+#[derive(Clone, Default)]
+pub struct ProcessMetrics {
+    pub alive_tasks: Gauge,
+    pub open_fds: Gauge,
+    pub threads: Gauge,
+    pub resident_memory_bytes: Gauge,
+}
+
+impl ProcessMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.sub_registry_with_prefix("runtime").register(
+            "alive_tasks",
+            "Tasks alive in the server's tokio runtime",
+            self.alive_tasks.clone(),
+        );
+        if !proc_self_readable() {
+            return;
+        }
+        let r = r.sub_registry_with_prefix("process");
+        r.register(
+            "open_fds",
+            "Open file descriptors (sockets included)",
+            self.open_fds.clone(),
+        );
+        r.register("threads", "Operating system threads", self.threads.clone());
+        r.register(
+            "resident_memory_bytes",
+            "Resident set size",
+            self.resident_memory_bytes.clone(),
+        );
+    }
+
+    /// Reads the current values. Called from inside the runtime (the `/metrics` handler).
+    fn refresh(&self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.alive_tasks
+                .set(runtime.metrics().num_alive_tasks() as i64);
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            // Listing the folder opens a descriptor of its own, which the listing includes.
+            self.open_fds.set(entries.count().saturating_sub(1) as i64);
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(threads) = status_field(&status, "Threads:") {
+                self.threads.set(threads);
+            }
+            if let Some(kib) = status_field(&status, "VmRSS:") {
+                self.resident_memory_bytes.set(kib * 1024);
+            }
+        }
+    }
+}
+
+fn proc_self_readable() -> bool {
+    std::path::Path::new("/proc/self/status").exists()
+}
+
+/// The first number after `name` in `/proc/self/status` (`VmRSS:   1234 kB`).
+fn status_field(status: &str, name: &str) -> Option<i64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// All of the server's metrics. Cloning shares the same underlying atomics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -168,6 +240,7 @@ pub struct Metrics {
     pub signal_messages: Family<KindLabels, Counter>,
     pub signal_errors: Family<CodeLabels, Counter>,
     pub media: MediaMetrics,
+    pub process: ProcessMetrics,
 }
 
 impl Metrics {
@@ -210,6 +283,7 @@ impl Metrics {
             self.signal_errors.clone(),
         );
         self.media.register(&mut r);
+        self.process.register(&mut r);
         r
     }
 
@@ -238,9 +312,44 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry())
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_read_from_proc_status_lines() {
+        let status = "Name:\tstoa\nThreads:\t7\nVmRSS:\t   2048 kB\n";
+        assert_eq!(status_field(status, "Threads:"), Some(7));
+        assert_eq!(status_field(status, "VmRSS:"), Some(2048));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn process_and_runtime_gauges_are_rendered() {
+        let metrics = Metrics::default();
+        let held = tokio::spawn(std::future::pending::<()>());
+        let text = metrics.render();
+        held.abort();
+        let value = |name: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("stoa_runtime_alive_tasks") >= 1);
+        if proc_self_readable() {
+            assert!(value("stoa_process_open_fds") >= 3);
+            assert!(value("stoa_process_threads") >= 2);
+            assert!(value("stoa_process_resident_memory_bytes") > 1 << 20);
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod loadgen;
 pub mod media;
 pub mod rtc_client;
 pub mod signal;
+pub mod soak;
 
 use std::time::Duration;
 

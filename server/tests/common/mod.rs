@@ -17,11 +17,23 @@ pub struct Served {
 
 /// Starts `stoa serve` with `data` as its folder and reads the banner (up to the demo link
 /// when `demo` is set). Logs go to the test's stderr only at `log_level`.
+#[allow(dead_code)] // each test binary compiles this module and uses some of it
 pub fn serve(data: &Path, demo: bool, log_level: &str) -> Served {
+    serve_with_args(data, demo, log_level, &[])
+}
+
+/// Like [`serve`], with more arguments for `stoa serve` (e.g. `--config`).
+pub fn serve_with_args(
+    data: &Path,
+    demo: bool,
+    log_level: &str,
+    extra: &[&std::ffi::OsStr],
+) -> Served {
     let mut command = Command::new(BIN);
     command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data);
+        .arg(data)
+        .args(extra);
     if !demo {
         command.arg("--no-demo");
     }
