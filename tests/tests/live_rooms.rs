@@ -838,3 +838,36 @@ async fn one_address_cannot_hold_unbounded_sockets() {
     assert!(again.is_some(), "the freed slot was not given back");
     t.stop().await;
 }
+
+/// A `DELETE` that found the room empty ended it in the store while someone was joining; the
+/// live room that person opened then ends too, and the end is recorded once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_racing_a_join_is_recorded_once() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Race").await;
+    let mut lee = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    // What the racing `DELETE` did on the store path, before the room went live.
+    let id = stoa::control::RoomId::parse(&room).unwrap();
+    t.running()
+        .state
+        .store
+        .end_room(id, stoa::control::Actor::Operator, 0, true)
+        .await
+        .unwrap();
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+    lee.wait_closed().await;
+    let events = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
+        .await
+        .expect(200);
+    let ends = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "room.ended")
+        .count();
+    assert_eq!(ends, 1, "{events}");
+    t.stop().await;
+}

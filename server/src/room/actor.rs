@@ -13,8 +13,8 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Actor, Audience, AudiencePage, CloseReason, Command, ConnectionId, Effect, Event, EventKind,
-    ParticipantView, Refusal, RoomLimits, RoomState,
+    Actor, Audience, AudiencePage, AuditAction, CloseReason, Command, ConnectionId, Effect, Event,
+    EventKind, ParticipantView, Refusal, RoomLimits, RoomState,
 };
 use crate::clock::Clock;
 use crate::config::SignalSettings;
@@ -341,6 +341,7 @@ impl LiveRooms {
             pending_revoke: false,
             audit_as: None,
             acting: Actor::System,
+            end_recorded_elsewhere: false,
             stopping: false,
             handle: handle.clone(),
             rooms: self.rooms.clone(),
@@ -460,6 +461,9 @@ struct RoomTask {
     audit_as: Option<Actor>,
     /// Who asked for the command being carried out (bans record who made them).
     acting: Actor,
+    /// The store already had this room ended (a racing `DELETE` ended it while nobody was
+    /// in yet): the end is not recorded a second time.
+    end_recorded_elsewhere: bool,
     /// The server is shutting down.
     stopping: bool,
     handle: RoomHandle,
@@ -978,10 +982,17 @@ impl RoomTask {
             }
             Effect::PersistRoomEnded => {
                 match store.end_room(room, Actor::System, now, false).await {
-                    Err(crate::control::ControlError::RoomEnded) => Ok(()),
+                    Err(crate::control::ControlError::RoomEnded) => {
+                        self.end_recorded_elsewhere = true;
+                        Ok(())
+                    }
                     other => other.map(|_| ()),
                 }
             }
+            Effect::Audit {
+                action: AuditAction::End,
+                ..
+            } if self.end_recorded_elsewhere => Ok(()),
             Effect::Audit {
                 mut actor,
                 action,
