@@ -160,18 +160,7 @@ pub fn answer(
     }
     pc.set_remote_description(now, offer)?;
     set_directions(&mut pc, on_stage);
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: setup.advertised.ip().to_string(),
-            port: setup.advertised.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    add_host_candidate(&mut pc, setup.advertised)?;
     let answer = pc.create_answer(None)?;
     pc.set_local_description(now, answer)?;
     anyhow::ensure!(
@@ -179,6 +168,24 @@ pub fn answer(
         "no local description after answering"
     );
     Ok((pc, senders))
+}
+
+/// Adds our one host candidate (UDP, `addr`) to a connection; clients built by the test tools
+/// use it too.
+pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    Ok(())
 }
 
 /// A new offer on an existing connection (the person joined or left the stage): directions

@@ -31,7 +31,6 @@ use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -609,7 +608,7 @@ fn memory_pair(
     }
     let offer = client.create_offer(None)?;
     client.set_local_description(now, offer)?;
-    add_host_candidate(&mut client, client_addr)?;
+    stoa::media::engine::add_host_candidate(&mut client, client_addr)?;
     let offer = client.local_description().ok_or("no offer")?;
 
     let mut ufrag = String::new();
@@ -657,7 +656,7 @@ fn memory_pair(
             transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
         }
     }
-    add_host_candidate(&mut server, MEMORY_SERVER)?;
+    stoa::media::engine::add_host_candidate(&mut server, MEMORY_SERVER)?;
     let answer = server.create_answer(None)?;
     server.set_local_description(now, answer)?;
     client.set_remote_description(now, server.local_description().ok_or("no answer")?)?;
@@ -689,22 +688,6 @@ fn memory_pair(
         ssrc,
         seq: rand::random(),
     })
-}
-
-fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<()> {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    Ok(())
 }
 
 /// ns per packet × listener of `write_rtp` + draining `poll_write` (the notes' figure), and of
