@@ -56,7 +56,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::media::{FRAME_SAMPLES, SAMPLE_RATE, audio_level};
-use crate::rtc_client::{BoxError, Observer, Peers, realtime_ns};
+use crate::rtc_client::{BoxError, Observer, Peers, SeqSpan, realtime_ns};
 use crate::signal::SignalClient;
 use procfs::ProcessSample;
 
@@ -1076,38 +1076,6 @@ fn payload_hash(payload: &[u8]) -> u64 {
 /// RTP (not RTCP, STUN or DTLS) by RFC 7983's first byte and RFC 5761's payload types.
 fn is_rtp(data: &[u8]) -> bool {
     data.len() >= 12 && data[0] & 0xC0 == 0x80 && !(192..=223).contains(&data[1])
-}
-
-/// Loss from sequence gaps on one received stream.
-#[derive(Clone, Copy, Debug, Default)]
-struct SeqSpan {
-    packets: u64,
-    first: Option<i64>,
-    highest: i64,
-}
-
-impl SeqSpan {
-    fn record(&mut self, seq: u16) {
-        self.packets += 1;
-        match self.first {
-            None => {
-                self.first = Some(i64::from(seq));
-                self.highest = i64::from(seq);
-            }
-            Some(first) => {
-                let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
-                let extended = self.highest + delta;
-                self.highest = self.highest.max(extended);
-                self.first = Some(first.min(extended));
-            }
-        }
-    }
-
-    fn lost(&self) -> u64 {
-        self.first.map_or(0, |f| {
-            ((self.highest - f + 1) as u64).saturating_sub(self.packets)
-        })
-    }
 }
 
 /// What one speaker sent: the send stamp of every packet, in order, from sequence `first_seq`.

@@ -678,3 +678,40 @@ impl Peers {
         }
     }
 }
+
+/// Packets received on one RTP stream and the span of sequence numbers they cover (extended
+/// across wraps), so loss is read from gaps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeqSpan {
+    pub packets: u64,
+    first: Option<i64>,
+    highest: i64,
+}
+
+impl SeqSpan {
+    pub fn record(&mut self, seq: u16) {
+        self.packets += 1;
+        match self.first {
+            None => {
+                self.first = Some(i64::from(seq));
+                self.highest = i64::from(seq);
+            }
+            Some(first) => {
+                let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
+                let extended = self.highest + delta;
+                self.highest = self.highest.max(extended);
+                self.first = Some(first.min(extended));
+            }
+        }
+    }
+
+    /// Sequence numbers from the first to the highest seen.
+    pub fn span(&self) -> u64 {
+        self.first.map_or(0, |f| (self.highest - f + 1) as u64)
+    }
+
+    /// Sequence numbers in the span that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.span().saturating_sub(self.packets)
+    }
+}

@@ -44,7 +44,7 @@ use stoa::config::MediaSettings;
 use stoa::control::{ParticipantId, RoomId};
 use stoa::media::{Media, MediaOptions};
 use stoa::metrics::{DropLabels, MediaMetrics, WorkerLabels};
-use stoa_tests::rtc_client::{Observer, Peers, client_engine};
+use stoa_tests::rtc_client::{Observer, Peers, SeqSpan, client_engine};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -289,42 +289,11 @@ fn rss_kib() -> Option<i64> {
 // Clients: `rtc` sans-IO peer connections, one UDP socket each
 // ---------------------------------------------------------------------------------------------
 
-/// A listener's view of the one stream it receives: packets, and loss from sequence gaps.
-#[derive(Clone, Copy, Debug, Default)]
-struct Rx {
-    packets: u64,
-    first: Option<i64>,
-    highest: i64,
-}
-
-impl Rx {
-    fn record(&mut self, seq: u16) {
-        self.packets += 1;
-        match self.first {
-            None => {
-                self.first = Some(i64::from(seq));
-                self.highest = i64::from(seq);
-            }
-            Some(first) => {
-                let delta = i64::from(seq.wrapping_sub(self.highest as u16) as i16);
-                let extended = self.highest + delta;
-                self.highest = self.highest.max(extended);
-                self.first = Some(first.min(extended));
-            }
-        }
-    }
-
-    /// Sequence numbers from the first to the highest seen.
-    fn span(&self) -> u64 {
-        self.first.map_or(0, |f| (self.highest - f + 1) as u64)
-    }
-}
-
 /// What the bench counts per client, fed by [`Peers`]: listeners' streams, and RTP a speaker
 /// received (none expected: the server never echoes a speaker).
 #[derive(Default)]
 struct Counts {
-    rx: Vec<Rx>,
+    rx: Vec<SeqSpan>,
     speaker: Vec<bool>,
     other_ssrc_packets: u64,
 }
@@ -373,7 +342,7 @@ impl Clients {
     /// Opens one connection: our offer straight into `Media::offer`, its answer back.
     fn join(&mut self, media: &Media, speaker: bool) -> Result<usize> {
         let (index, sdp) = self.peers.open(speaker, self.slots)?;
-        self.counts.rx.push(Rx::default());
+        self.counts.rx.push(SeqSpan::default());
         self.counts.speaker.push(speaker);
         let participant = ParticipantId::generate();
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -440,7 +409,7 @@ impl Clients {
     }
 
     /// Every listener's stream counts.
-    fn listeners(&self) -> impl Iterator<Item = &Rx> {
+    fn listeners(&self) -> impl Iterator<Item = &SeqSpan> {
         self.counts
             .rx
             .iter()
@@ -1072,7 +1041,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
         .zip(&rx_before)
         .map(|(rx, before)| rx.packets - before)
         .sum();
-    let seq_span: u64 = clients.listeners().map(Rx::span).sum();
+    let seq_span: u64 = clients.listeners().map(SeqSpan::span).sum();
     let seq_received: u64 = clients.listeners().map(|rx| rx.packets).sum();
 
     let forwarded = end.forwarded - start.forwarded;
