@@ -625,7 +625,7 @@ use crate::media::audio_level::AudioLevel;
 use crate::media::batch::MAX_DATAGRAM;
 use crate::media::demux::{self, Kind};
 use crate::media::engine::{self, AUDIO_LEVEL_URI, OPUS_PT};
-use crate::media::offer::check_offer;
+use crate::media::offer::{Offer, check_offer};
 
 /// The server's ICE credentials in the harness. A worker draws them at random; fixed ones let
 /// a seed carry a STUN request whose integrity checks out.
@@ -753,14 +753,10 @@ fn certificate() -> RTCCertificate {
 
 /// The server side of a connection, built by the same function a media worker uses
 /// (`engine::answer`), with a `KeyTap` provider as in the worker.
-pub fn answerer(
-    offer: RTCSessionDescription,
-    on_stage: bool,
-    now: Instant,
-) -> anyhow::Result<RTCPeerConnection> {
+pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RTCPeerConnection> {
     let provider = rtc::crypto::default_provider()
         .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?;
-    let (pc, _senders) = engine::answer(
+    let (pc, _answered) = engine::answer(
         engine::AnswerSetup {
             certificate: certificate(),
             ufrag: SERVER_UFRAG.to_owned(),
@@ -782,11 +778,11 @@ pub fn answerer(
 /// A new offer on an existing connection, as `Worker::renegotiate` applies it.
 pub fn renegotiate(
     pc: &mut RTCPeerConnection,
-    offer: RTCSessionDescription,
+    offer: Offer,
     on_stage: bool,
     now: Instant,
 ) -> anyhow::Result<()> {
-    engine::reanswer(pc, offer, on_stage, now).map(drop)
+    engine::reanswer(pc, offer, slots(), on_stage, now).map(drop)
 }
 
 /// An SDP offer as it arrives in `media_offer` (`data[0]`: on stage? a renegotiation of a
@@ -801,12 +797,11 @@ pub fn sdp_offer(data: &[u8]) {
     };
     let on_stage = flags & 1 != 0;
     let now = Instant::now();
-    let Ok(offer) = check_offer(sdp.to_owned(), slots()) else {
+    let Ok(offer) = check_offer(sdp.to_owned()) else {
         return;
     };
     if flags & 2 != 0 {
-        let first =
-            check_offer(BROWSER_OFFER.to_owned(), slots()).expect("the browser offer passes");
+        let first = check_offer(BROWSER_OFFER.to_owned()).expect("the browser offer passes");
         let mut pc = answerer(first, !on_stage, now).expect("the browser offer is answered");
         if renegotiate(&mut pc, offer, on_stage, now).is_ok() {
             let mut conn = Served::new(pc, on_stage);
@@ -983,7 +978,7 @@ impl Pair {
             .local_description()
             .ok_or_else(|| anyhow::anyhow!("no offer"))?
             .sdp;
-        let offer = check_offer(offer_sdp, slots()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let offer = check_offer(offer_sdp).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let pc = answerer(offer, true, now)?;
         let answer = pc
             .local_description()
@@ -1192,8 +1187,8 @@ impl MediaHarness {
         match state {
             DatagramState::Fresh | DatagramState::AfterBinding => {
                 let now = Instant::now();
-                let offer = check_offer(BROWSER_OFFER.to_owned(), slots())
-                    .expect("the browser offer passes");
+                let offer =
+                    check_offer(BROWSER_OFFER.to_owned()).expect("the browser offer passes");
                 let pc = answerer(offer, on_stage, now).expect("the browser offer is answered");
                 let mut conn = Served::new(pc, on_stage);
                 conn.drain();

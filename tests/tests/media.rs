@@ -561,3 +561,93 @@ async fn the_connection_limit_is_answered_with_media_full_and_frees_up() {
     peer.wait_connected(CONNECT).await;
     t.stop().await;
 }
+
+/// Records the answers a peer receives, so a test can read the server's ICE credentials.
+struct Recording<'a> {
+    signal: &'a mut SignalClient,
+    answers: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl stoa_tests::media::OfferChannel for Recording<'_> {
+    async fn exchange(
+        &mut self,
+        offer_sdp: String,
+    ) -> Result<String, stoa_tests::media::MediaError> {
+        let answer = self.signal.exchange(offer_sdp).await?;
+        self.answers.push(answer.clone());
+        Ok(answer)
+    }
+}
+
+/// A binding request with the speaker's server ufrag and a made-up password, from a new
+/// address each time: before the fix, ten of them pushed the speaker's real address out of
+/// the routing table and its audio stopped (#13, item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_binding_requests_do_not_move_anyone() {
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, TransactionId};
+    use rtc::stun::textattrs::Username;
+
+    let t = TestServer::start().await;
+    let room = t.create_room("Forged").await;
+    let mut signal = SignalClient::join(&t.participant(&room, "speaker", "Sam").await).await;
+    let slots = media_slots(&signal.welcome);
+    let speaker = MediaPeer::new(MediaConfig::speaker(
+        "Sam",
+        slots,
+        AudioSource::tone(440.0, -12.0),
+    ))
+    .await
+    .unwrap();
+    let mut recording = Recording {
+        signal: &mut signal,
+        answers: Vec::new(),
+    };
+    speaker.negotiate(&mut recording).await.unwrap();
+    let answer = recording.answers.pop().unwrap();
+    speaker.wait_connected(CONNECT).await;
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .to_owned();
+    let candidate_port: u16 = answer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ear = Member::join(&t, &room, "listener", "Ear", listener).await;
+    let slot = hears(&ear, 440.0).await;
+
+    let provider = rtc::crypto::default_provider().unwrap();
+    for i in 0..20u8 {
+        let mut message = Message::new();
+        message
+            .build(&[
+                Box::new(BINDING_REQUEST),
+                Box::new(TransactionId([i; 12])),
+                Box::new(Username::new(ATTR_USERNAME, format!("{ufrag}:evil"))),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    "notTheServersPassword00000000000".to_owned(),
+                    provider.crypto(),
+                )),
+            ])
+            .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .send_to(&message.raw, ("127.0.0.1", candidate_port))
+            .unwrap();
+    }
+    // The speaker goes on being heard: its address still routes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fraction = ear.peer.tone_fraction(slot, 440.0, since, Instant::now());
+    assert!(fraction >= 0.9, "the speaker is still heard: {fraction}");
+    assert!(metric(&t, "stoa_media_dropped_total", "reason=\"rejected\"").await >= 20);
+    t.stop().await;
+}

@@ -66,6 +66,22 @@ pub fn server_ufrag(datagram: &[u8]) -> Option<&str> {
     None
 }
 
+/// Whether a binding request's MESSAGE-INTEGRITY checks with the connection's ICE password
+/// (RFC 8445 §7.2.2: short-term credentials). Only a request that passes may change where a
+/// connection is reached; a forged one must not redirect anyone's audio. Copies the datagram:
+/// it runs once per new source address, never per media packet.
+pub fn binding_integrity_ok(
+    datagram: &[u8],
+    password: &str,
+    crypto: &dyn rtc::crypto::RTCCrypto,
+) -> bool {
+    let mut message = rtc::stun::message::Message::new();
+    message.raw = datagram.to_vec();
+    message.decode().is_ok()
+        && rtc::stun::integrity::MessageIntegrity::check(&mut message, password.as_bytes(), crypto)
+            .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +102,29 @@ mod tests {
         m.extend_from_slice(&[7; 12]);
         m.extend_from_slice(&attrs);
         m
+    }
+
+    #[test]
+    fn only_the_right_password_passes_the_integrity_check() {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let request = crate::fuzzing::browser_binding_request([9; 12]);
+        let right = crate::fuzzing::SERVER_PWD;
+        assert!(binding_integrity_ok(&request, right, provider.crypto()));
+        assert!(!binding_integrity_ok(
+            &request,
+            "wrongPassword0123456789012345678",
+            provider.crypto()
+        ));
+        let mut tampered = request.clone();
+        let last = tampered.len() - 30;
+        tampered[last] ^= 1;
+        assert!(!binding_integrity_ok(&tampered, right, provider.crypto()));
+        assert!(!binding_integrity_ok(
+            &request[..20],
+            right,
+            provider.crypto()
+        ));
+        assert!(!binding_integrity_ok(&[], right, provider.crypto()));
     }
 
     #[test]

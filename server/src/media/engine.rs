@@ -18,7 +18,6 @@ use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
@@ -31,9 +30,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
+
+use super::answer::{Plan, finish};
+use super::offer::{Direction, Offer};
 use rtc::shared::error::Error;
 
-/// Chromium's payload type for Opus; matching it keeps answers and forwarded packets simple.
+/// Opus's payload type in our own media engine (Chromium's). Each connection answers with the
+/// type its client offered ([`SlotSender::payload_type`], [`Inbound::payload_type`]).
 pub const OPUS_PT: u8 = 111;
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
@@ -106,7 +109,7 @@ pub struct AnswerSetup {
     pub ice_failed: Duration,
     /// The connection's crypto provider (a `srtp::KeyTap` in the worker).
     pub crypto: Arc<dyn RTCCryptoProvider>,
-    /// One sending slot per SSRC, in order.
+    /// SSRCs for the slots, in order: at most this many slots are sent.
     pub ssrcs: Vec<u32>,
     /// The media stream id of our tracks.
     pub stream: String,
@@ -114,16 +117,51 @@ pub struct AnswerSetup {
     pub advertised: SocketAddr,
 }
 
+/// One slot this connection sends: on which sender, with which SSRC and payload type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotSender {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    /// Opus as this client numbered it (111 in Chromium, 109 in Firefox, 96 in aiortc).
+    pub payload_type: u8,
+}
+
+/// What the client's microphone section negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub payload_type: u8,
+    /// The offer said `vad=off` on the audio-level extension: the V bit means nothing.
+    pub vad_off: bool,
+}
+
+/// An answer and what the worker needs to serve it.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    pub sdp: String,
+    pub plan: Plan,
+    /// The slots, in slot order.
+    pub slots: Vec<SlotSender>,
+    pub inbound: Option<Inbound>,
+}
+
+impl Answered {
+    /// The server receives this client's audio (its microphone section, on stage).
+    pub fn receives(&self) -> bool {
+        self.plan.receives()
+    }
+}
+
 /// The server side of a new connection: the configuration above, one sending track per slot
-/// (added first, so the offered sections pair with them in order), the offer, directions by
-/// stage, our host candidate, and the answer set as local description. Returns the connection
-/// and its slots' senders.
+/// the offer can receive (added first, so `rtc` pairs them with the receiving sections in
+/// order), the offer, each section's direction from the [`Plan`], our host candidate, and the
+/// answer set as local description.
 pub fn answer(
     setup: AnswerSetup,
-    offer: RTCSessionDescription,
+    offer: Offer,
     on_stage: bool,
     now: Instant,
-) -> anyhow::Result<(RTCPeerConnection, Vec<RTCRtpSenderId>)> {
+) -> anyhow::Result<(RTCPeerConnection, Answered)> {
+    let plan = Plan::new(&offer.sections, setup.ssrcs.len(), on_stage);
     let mut setting_engine = setting_engine(
         setup.ufrag,
         setup.password,
@@ -140,8 +178,7 @@ pub fn answer(
         .with_media_engine(media_engine()?)
         .with_interceptor_registry(registry())
         .build(now)?;
-    let mut senders = Vec::with_capacity(setup.ssrcs.len());
-    for (index, &ssrc) in setup.ssrcs.iter().enumerate() {
+    for (index, &ssrc) in setup.ssrcs.iter().take(plan.slot_count()).enumerate() {
         let track = MediaStreamTrack::new(
             setup.stream.clone(),
             format!("slot-{index}"),
@@ -156,18 +193,10 @@ pub fn answer(
                 ..Default::default()
             }],
         );
-        senders.push(pc.add_track(track)?);
+        pc.add_track(track)?;
     }
-    pc.set_remote_description(now, offer)?;
-    set_directions(&mut pc, on_stage);
-    add_host_candidate(&mut pc, setup.advertised)?;
-    let answer = pc.create_answer(None)?;
-    pc.set_local_description(now, answer)?;
-    anyhow::ensure!(
-        pc.local_description().is_some(),
-        "no local description after answering"
-    );
-    Ok((pc, senders))
+    let answered = apply_offer(&mut pc, offer, plan, Some(setup.advertised), now)?;
+    Ok((pc, answered))
 }
 
 /// Adds our one host candidate (UDP, `addr`) to a connection; clients built by the test tools
@@ -188,47 +217,135 @@ pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyho
     Ok(())
 }
 
-/// A new offer on an existing connection (the person joined or left the stage): directions
-/// by stage, and a new answer.
+/// A new offer on an existing connection (the person joined or left the stage, or the client
+/// changed its sections). Slots stay on the sections that already carry them; a receiving
+/// section the client adds later gets no slot (it is rejected) unless it reuses a sender.
 pub fn reanswer(
     pc: &mut RTCPeerConnection,
-    offer: RTCSessionDescription,
+    offer: Offer,
+    slots: usize,
     on_stage: bool,
     now: Instant,
-) -> anyhow::Result<String> {
-    pc.set_remote_description(now, offer)?;
-    set_directions(pc, on_stage);
-    let answer = pc.create_answer(None)?;
-    pc.set_local_description(now, answer)?;
-    local_sdp(pc)
+) -> anyhow::Result<Answered> {
+    let plan = Plan::new(&offer.sections, slots, on_stage);
+    apply_offer(pc, offer, plan, None, now)
 }
 
-/// The answer a connection gives, to send back to the client.
+/// Applies `offer` to `pc`, sets every transceiver's direction from the plan (by mid), adds
+/// `candidate` (on the first answer), answers, and reads back which sender carries which slot
+/// with which payload type.
+fn apply_offer(
+    pc: &mut RTCPeerConnection,
+    offer: Offer,
+    mut plan: Plan,
+    candidate: Option<SocketAddr>,
+    now: Instant,
+) -> anyhow::Result<Answered> {
+    pc.set_remote_description(now, offer.description.clone())?;
+    if let Some(addr) = candidate {
+        add_host_candidate(pc, addr)?;
+    }
+    let mut slots: Vec<Option<SlotSender>> = vec![None; plan.slot_count()];
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    for id in ids {
+        let Some(mut transceiver) = pc.rtp_transceiver(id) else {
+            continue;
+        };
+        let Some(index) = transceiver.mid().as_deref().and_then(|mid| {
+            plan.sections
+                .iter()
+                .position(|s| s.mid.as_deref() == Some(mid))
+        }) else {
+            continue;
+        };
+        let sender = transceiver.sender();
+        let section = &mut plan.sections[index];
+        if section.slot.is_some() && sender.is_none() {
+            // A receiving section this connection has no track for (added in a later offer):
+            // it cannot carry a slot.
+            section.slot = None;
+            section.answer = section
+                .mic
+                .then(|| Direction::from_flags(false, section.receives));
+        }
+        let wanted = match section.answer {
+            Some(direction) => direction_of(direction),
+            None => RTCRtpTransceiverDirection::Inactive,
+        };
+        if transceiver.direction() != wanted {
+            transceiver.set_direction(wanted);
+        }
+        if let (Some(slot), Some(sender)) = (section.slot, sender) {
+            slots[slot] = Some(SlotSender {
+                sender,
+                ssrc: 0,
+                payload_type: 0,
+            });
+        }
+    }
+    let answer = pc.create_answer(None)?;
+    pc.set_local_description(now, answer)?;
+    let sdp = finish(&local_sdp(pc)?, &offer, &plan)?;
+    // What `rtc` negotiated for each slot's sender: the SSRC of its track and Opus's payload
+    // type on that leg (the one `write_rtp` accepts, and so the one the lean path must use).
+    let mut senders = Vec::with_capacity(slots.len());
+    for slot in slots.into_iter().flatten() {
+        let mut sender = pc
+            .rtp_sender(slot.sender)
+            .ok_or_else(|| anyhow::anyhow!("a slot's sender is gone"))?;
+        let parameters = sender.get_parameters();
+        let ssrc = parameters
+            .encodings
+            .iter()
+            .find_map(|e| e.rtp_coding_parameters.ssrc)
+            .ok_or_else(|| anyhow::anyhow!("a slot's sender has no SSRC"))?;
+        let payload_type = parameters
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+            .map(|c| c.payload_type)
+            .ok_or_else(|| anyhow::anyhow!("Opus was not negotiated on a slot"))?;
+        senders.push(SlotSender {
+            sender: slot.sender,
+            ssrc,
+            payload_type,
+        });
+    }
+    let inbound = plan.mic().and_then(|mic| {
+        let offered = offer
+            .sections
+            .iter()
+            .find(|s| s.mid.is_some() && s.mid == mic.mid)?;
+        Some(Inbound {
+            payload_type: offered.opus_pt?,
+            vad_off: offered.vad_off,
+        })
+    });
+    Ok(Answered {
+        sdp,
+        plan,
+        slots: senders,
+        inbound,
+    })
+}
+
+fn direction_of(direction: Direction) -> RTCRtpTransceiverDirection {
+    match direction {
+        Direction::SendRecv => RTCRtpTransceiverDirection::Sendrecv,
+        Direction::SendOnly => RTCRtpTransceiverDirection::Sendonly,
+        Direction::RecvOnly => RTCRtpTransceiverDirection::Recvonly,
+        Direction::Inactive => RTCRtpTransceiverDirection::Inactive,
+    }
+}
+
+/// The answer a connection gives, as `rtc` wrote it.
 pub fn local_sdp(pc: &RTCPeerConnection) -> anyhow::Result<String> {
     Ok(pc
         .local_description()
         .ok_or_else(|| anyhow::anyhow!("no local description after answering"))?
         .sdp
         .clone())
-}
-
-/// Our side of each audio section: every slot sends; the first section also receives when the
-/// participant is on stage. A listener's answer therefore says `a=sendonly` everywhere (the
-/// client only receives).
-fn set_directions(pc: &mut RTCPeerConnection, on_stage: bool) {
-    let ids: Vec<_> = pc.get_transceivers().collect();
-    for (index, id) in ids.into_iter().enumerate() {
-        if let Some(mut transceiver) = pc.rtp_transceiver(id) {
-            let wanted = if index == 0 && on_stage {
-                RTCRtpTransceiverDirection::Sendrecv
-            } else {
-                RTCRtpTransceiverDirection::Sendonly
-            };
-            if transceiver.direction() != wanted {
-                transceiver.set_direction(wanted);
-            }
-        }
-    }
 }
 
 /// The one DTLS certificate all connections of this process present.
@@ -304,4 +421,187 @@ impl Interceptor for ReportTap {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::answer::answer_problems;
+    use crate::media::offer::check_offer;
+    use crate::media::offer::tests::{Shape, offer_sdp};
+    use crate::media::srtp::KeyTap;
+    use Direction::*;
+
+    fn setup(slots: usize) -> AnswerSetup {
+        static CERTIFICATE: std::sync::OnceLock<RTCCertificate> = std::sync::OnceLock::new();
+        let provider = rtc::crypto::default_provider().unwrap();
+        AnswerSetup {
+            certificate: CERTIFICATE.get_or_init(|| certificate().unwrap()).clone(),
+            ufrag: "stoaTestUfrag012".to_owned(),
+            password: "stoaTestPassword0123456789abcdef".to_owned(),
+            ice_disconnected: Duration::from_secs(5),
+            ice_failed: Duration::from_secs(15),
+            crypto: KeyTap::new(provider),
+            ssrcs: (0..slots as u32).map(|i| 7000 + i).collect(),
+            stream: "stoa-test".to_owned(),
+            advertised: "127.0.0.1:40000".parse().unwrap(),
+        }
+    }
+
+    fn answered(sdp: &str, slots: usize, on_stage: bool) -> (RTCPeerConnection, Answered) {
+        let offer = check_offer(sdp.to_owned()).unwrap();
+        answer(setup(slots), offer, on_stage, Instant::now())
+            .unwrap_or_else(|e| panic!("{e}\n{sdp}"))
+    }
+
+    const LEVEL: &str = "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+    const LEVEL_VAD_OFF: &str = "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level vad=off";
+
+    /// Directions × payload types × fmtp × extensions × stage, each answered by the real
+    /// connection builder and checked against RFC 3264 and Stoa's own promises.
+    #[test]
+    fn every_offer_shape_gets_a_valid_answer() {
+        let shapes: &[&[Direction]] = &[
+            &[RecvOnly, RecvOnly, RecvOnly],
+            &[SendRecv, RecvOnly, RecvOnly],
+            &[SendOnly, RecvOnly, RecvOnly, RecvOnly],
+            &[SendOnly, RecvOnly, RecvOnly],
+            &[SendOnly],
+            &[RecvOnly],
+            &[SendRecv],
+            &[RecvOnly, RecvOnly, RecvOnly, RecvOnly, RecvOnly],
+            &[SendOnly, SendOnly, RecvOnly],
+            &[Inactive, RecvOnly, SendRecv],
+        ];
+        let mut answers = 0;
+        for directions in shapes {
+            for pt in [111u8, 109, 96] {
+                for fmtp in [true, false] {
+                    for ext in [Some(LEVEL), Some(LEVEL_VAD_OFF), None] {
+                        for on_stage in [false, true] {
+                            let sdp = offer_sdp(
+                                &directions
+                                    .iter()
+                                    .map(|&d| Shape {
+                                        pt,
+                                        direction: Some(d),
+                                        fmtp,
+                                        ext,
+                                        ..Shape::default()
+                                    })
+                                    .collect::<Vec<_>>(),
+                            );
+                            let case = format!(
+                                "{directions:?} pt {pt} fmtp {fmtp} ext {ext:?} on stage {on_stage}"
+                            );
+                            let (_pc, a) = answered(&sdp, 3, on_stage);
+                            let problems = answer_problems(&sdp, &a.sdp);
+                            assert!(problems.is_empty(), "{case}: {problems:?}\n{}", a.sdp);
+                            assert_eq!(a.slots.len(), a.plan.slot_count(), "{case}");
+                            let receiving = directions.iter().filter(|d| d.receives()).count();
+                            assert_eq!(a.slots.len(), receiving.min(3), "{case}");
+                            assert!(a.slots.iter().all(|s| s.payload_type == pt), "{case}");
+                            let ssrcs: Vec<u32> = a.slots.iter().map(|s| s.ssrc).collect();
+                            let mut unique = ssrcs.clone();
+                            unique.dedup();
+                            assert_eq!(unique.len(), ssrcs.len(), "{case}");
+                            // Each slot's SSRC is announced in its own section, and only there.
+                            for (slot, sender) in a.slots.iter().enumerate() {
+                                let mid = a
+                                    .plan
+                                    .sections
+                                    .iter()
+                                    .find(|s| s.slot == Some(slot))
+                                    .and_then(|s| s.mid.clone())
+                                    .unwrap();
+                                let section = a
+                                    .sdp
+                                    .split("m=audio")
+                                    .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+                                    .unwrap();
+                                assert!(
+                                    section.contains(&format!("a=ssrc:{} ", sender.ssrc)),
+                                    "{case}: slot {slot} not in section {mid}\n{}",
+                                    a.sdp
+                                );
+                            }
+                            let mic = directions.iter().position(|d| d.sends());
+                            assert_eq!(
+                                a.inbound.map(|i| i.payload_type),
+                                mic.map(|_| pt),
+                                "{case}"
+                            );
+                            assert_eq!(
+                                a.inbound.map(|i| i.vad_off),
+                                mic.map(|_| ext == Some(LEVEL_VAD_OFF)),
+                                "{case}"
+                            );
+                            assert_eq!(a.receives(), mic.is_some() && on_stage, "{case}");
+                            answers += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(answers, 10 * 3 * 2 * 3 * 2);
+    }
+
+    #[test]
+    fn chromiums_offer_is_answered_with_opus_only() {
+        let (_pc, a) = answered(crate::fuzzing::BROWSER_OFFER, 3, true);
+        assert_eq!(
+            answer_problems(crate::fuzzing::BROWSER_OFFER, &a.sdp),
+            Vec::<String>::new()
+        );
+        assert!(!a.sdp.contains("red/48000"), "{}", a.sdp);
+        assert_eq!(a.slots.len(), 3);
+        assert!(a.receives());
+    }
+
+    #[test]
+    fn a_video_section_is_rejected_and_audio_still_answered() {
+        let sdp = offer_sdp(&[
+            Shape {
+                direction: Some(SendRecv),
+                ..Shape::default()
+            },
+            Shape {
+                kind: "video",
+                codec: "VP8/90000",
+                pt: 96,
+                direction: Some(SendRecv),
+                ..Shape::default()
+            },
+        ]);
+        let (_pc, a) = answered(&sdp, 3, true);
+        assert_eq!(answer_problems(&sdp, &a.sdp), Vec::<String>::new());
+        assert!(a.sdp.contains("m=video 0 "), "{}", a.sdp);
+        assert_eq!(a.slots.len(), 1);
+    }
+
+    #[test]
+    fn renegotiating_onto_the_stage_keeps_the_slots() {
+        let listener: Vec<Shape<'_>> = (0..3).map(|_| Shape::default()).collect();
+        let (mut pc, first) = answered(&offer_sdp(&listener), 3, false);
+        assert!(!first.receives());
+        let mut speaker = listener;
+        speaker[0].direction = Some(SendRecv);
+        let sdp = offer_sdp(&speaker);
+        let offer = check_offer(sdp.clone()).unwrap();
+        let again = reanswer(&mut pc, offer, 3, true, Instant::now()).unwrap();
+        assert_eq!(answer_problems(&sdp, &again.sdp), Vec::<String>::new());
+        assert!(again.receives());
+        assert_eq!(
+            again.slots, first.slots,
+            "same senders, SSRCs and payload types"
+        );
+        // And back to the audience.
+        let back = check_offer(offer_sdp(
+            &(0..3).map(|_| Shape::default()).collect::<Vec<_>>(),
+        ))
+        .unwrap();
+        let off = reanswer(&mut pc, back, 3, false, Instant::now()).unwrap();
+        assert!(!off.receives());
+        assert_eq!(off.slots, first.slots);
+    }
 }

@@ -5,6 +5,7 @@
 //! (offers, send permissions, closes); it places connections on workers and passes messages.
 //! Nothing here is on the per-packet path except inside [`worker`].
 
+pub mod answer;
 pub mod audio_level;
 pub mod batch;
 pub mod demux;
@@ -230,7 +231,7 @@ impl Media {
         may_send: bool,
         reply: oneshot::Sender<Result<String, MediaError>>,
     ) {
-        let offer = match offer::check_offer(sdp, self.inner.slots) {
+        let offer = match offer::check_offer(sdp) {
             Ok(offer) => offer,
             Err(e) => {
                 let _ = reply.send(Err(e.into()));

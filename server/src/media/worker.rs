@@ -24,7 +24,6 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -36,7 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::audio_level::AudioLevel;
 use super::batch::{MAX_DATAGRAM, SendBatch};
 use super::demux::{self, Kind};
-use super::engine::{self, AUDIO_LEVEL_URI, AnswerSetup, OPUS_PT};
+use super::engine::{self, AUDIO_LEVEL_URI, AnswerSetup, Answered, Inbound, SlotSender};
+use super::offer::Offer;
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
 use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
@@ -75,7 +75,7 @@ pub enum Control {
         key: ConnKey,
         room: RoomRef,
         participant: ParticipantId,
-        offer: Box<RTCSessionDescription>,
+        offer: Box<Offer>,
         on_stage: bool,
         may_send: bool,
         reply: oneshot::Sender<Result<String, MediaError>>,
@@ -167,8 +167,21 @@ pub struct WorkerSetup {
 
 struct OutSlot {
     sender: RTCRtpSenderId,
+    /// Opus as this listener's client numbers it.
+    payload_type: u8,
     rewriter: SlotRewriter,
     rollover: Rollover,
+}
+
+impl OutSlot {
+    fn new(slot: SlotSender) -> Self {
+        OutSlot {
+            sender: slot.sender,
+            payload_type: slot.payload_type,
+            rewriter: SlotRewriter::new(slot.ssrc, random_u32() as u16, random_u32()),
+            rollover: Rollover::default(),
+        }
+    }
 }
 
 struct Conn {
@@ -176,6 +189,8 @@ struct Conn {
     room: u32,
     participant: ParticipantId,
     ufrag: String,
+    /// Our ICE password: a binding request from a new address must check with it.
+    password: String,
     /// This connection's audio in the room's selection (and in every slot it feeds).
     source: u32,
     slots: Vec<OutSlot>,
@@ -185,6 +200,11 @@ struct Conn {
     may_send: bool,
     inbound_ssrc: Option<u32>,
     inbound_level_id: Option<u8>,
+    /// What the microphone section negotiated (payload type, whether the V bit is in use).
+    inbound: Option<Inbound>,
+    /// A packet from this client has had the RFC 6464 V bit set: from then on it is trusted.
+    /// Until then (some clients never set it) the level alone tells speech from silence.
+    voice_bit_seen: bool,
     /// The client's ICE username fragment, from its offer: a different one is a new peer.
     remote_ufrag: Option<String>,
     connected: bool,
@@ -462,6 +482,12 @@ impl Worker {
             return;
         };
         if by_ufrag.is_some() && !conn.addrs.contains(&from) {
+            // Only a request that proves it knows our password may add a route; a forged one
+            // is left to `rtc`, which refuses it, and changes nothing here.
+            if !demux::binding_integrity_ok(datagram, &conn.password, self.crypto.crypto()) {
+                self.counters.rejected.inc();
+                return;
+            }
             if conn.addrs.len() == MAX_ADDRS_PER_CONN {
                 let oldest = conn.addrs.remove(0);
                 if self.by_addr.get(&oldest) == Some(&key) {
@@ -592,14 +618,20 @@ impl Worker {
 
     /// A speaker's decrypted packet: checked against their rights, then fanned out.
     fn ingress(&mut self, key: ConnKey, packet: rtc::rtp::Packet, now: Instant) {
-        let Some(conn) = self.conns.get(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         if !conn.may_send {
             self.counters.not_allowed.inc();
             return;
         }
-        if conn.inbound_ssrc != Some(packet.header.ssrc) || packet.header.payload_type != OPUS_PT {
+        let Some(inbound) = conn.inbound else {
+            self.counters.unknown_ssrc.inc();
+            return;
+        };
+        if conn.inbound_ssrc != Some(packet.header.ssrc)
+            || packet.header.payload_type != inbound.payload_type
+        {
             self.counters.unknown_ssrc.inc();
             return;
         }
@@ -607,7 +639,14 @@ impl Worker {
         let level = conn
             .inbound_level_id
             .and_then(|id| packet.header.get_extension(id))
-            .and_then(|data| AudioLevel::from_element(&data));
+            .and_then(|data| AudioLevel::from_element(&data))
+            .map(|mut level| {
+                conn.voice_bit_seen |= level.voice_activity;
+                if inbound.vad_off || !conn.voice_bit_seen {
+                    level.voice_activity = true;
+                }
+                level
+            });
         let forwarded = Arc::new(Forwarded {
             room: conn.room,
             source: conn.source,
@@ -679,7 +718,7 @@ impl Worker {
             };
             let header = RtpHeader {
                 marker: packet.marker || out.switched,
-                payload_type: OPUS_PT,
+                payload_type: slot.payload_type,
                 seq: out.seq,
                 timestamp: out.timestamp,
                 ssrc: slot.rewriter.ssrc(),
@@ -707,7 +746,7 @@ impl Worker {
                 header: rtc::rtp::header::Header {
                     version: 2,
                     marker: header.marker,
-                    payload_type: OPUS_PT,
+                    payload_type: header.payload_type,
                     sequence_number: header.seq,
                     timestamp: header.timestamp,
                     ssrc: header.ssrc,
@@ -893,7 +932,7 @@ impl Worker {
                     && self
                         .conns
                         .get(&key)
-                        .is_some_and(|c| c.remote_ufrag != ice_ufrag(&offer.sdp));
+                        .is_some_and(|c| c.remote_ufrag != ice_ufrag(&offer.description.sdp));
                 if restarted {
                     self.close(key, false);
                 }
@@ -963,24 +1002,24 @@ impl Worker {
         key: ConnKey,
         room: RoomRef,
         participant: ParticipantId,
-        offer: RTCSessionDescription,
+        offer: Offer,
         on_stage: bool,
         may_send: bool,
         now: Instant,
     ) -> anyhow::Result<String> {
         let ufrag = random_alnum(16);
+        let password = random_alnum(32);
         let tap = KeyTap::new(Arc::clone(&self.crypto));
-        let ssrcs: Vec<u32> = (0..self.slots).map(|_| random_u32()).collect();
-        let remote_ufrag = ice_ufrag(&offer.sdp);
-        let (pc, senders) = engine::answer(
+        let remote_ufrag = ice_ufrag(&offer.description.sdp);
+        let (pc, answered) = engine::answer(
             AnswerSetup {
                 certificate: self.certificate.clone(),
                 ufrag: ufrag.clone(),
-                password: random_alnum(32),
+                password: password.clone(),
                 ice_disconnected: self.ice_disconnected,
                 ice_failed: self.ice_failed,
                 crypto: Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>,
-                ssrcs: ssrcs.clone(),
+                ssrcs: (0..self.slots).map(|_| random_u32()).collect(),
                 stream: format!("stoa-{key}"),
                 advertised: self.advertised,
             },
@@ -988,16 +1027,14 @@ impl Worker {
             on_stage,
             now,
         )?;
-        let sdp = engine::local_sdp(&pc)?;
-        let slots: Vec<OutSlot> = senders
-            .into_iter()
-            .zip(ssrcs)
-            .map(|(sender, ssrc)| OutSlot {
-                sender,
-                rewriter: SlotRewriter::new(ssrc, random_u32() as u16, random_u32()),
-                rollover: Rollover::default(),
-            })
-            .collect();
+        let Answered {
+            sdp,
+            slots,
+            inbound,
+            ..
+        } = answered;
+        let receiving = inbound.is_some() && on_stage;
+        let slots: Vec<OutSlot> = slots.into_iter().map(OutSlot::new).collect();
 
         let source = self.sources.fetch_add(1, Ordering::Relaxed);
         let room_key = room.key;
@@ -1021,12 +1058,15 @@ impl Worker {
             room: room_key,
             participant,
             ufrag,
+            password,
             source,
             slots,
-            receiving: on_stage,
+            receiving,
             may_send,
             inbound_ssrc: None,
             inbound_level_id: None,
+            inbound,
+            voice_bit_seen: false,
             remote_ufrag,
             connected: false,
             answered_at: Some(now),
@@ -1040,7 +1080,7 @@ impl Worker {
             slot.rewriter.set_source(heard);
         }
         schedule(&mut self.timers, key, &mut conn);
-        tracing::debug!(worker = self.index, conn = key, room = %room.id, participant = %conn.participant, on_stage, "media connection opened");
+        tracing::debug!(worker = self.index, conn = key, room = %room.id, participant = %conn.participant, on_stage, slots = conn.slots.len(), "media connection opened");
         self.conns.insert(key, conn);
         self.counters.connections.set(self.conns.len() as i64);
         Ok(sdp)
@@ -1049,7 +1089,7 @@ impl Worker {
     fn renegotiate(
         &mut self,
         key: ConnKey,
-        offer: RTCSessionDescription,
+        offer: Offer,
         on_stage: bool,
         may_send: bool,
         now: Instant,
@@ -1058,10 +1098,37 @@ impl Worker {
             .conns
             .get_mut(&key)
             .ok_or_else(|| anyhow::anyhow!("no such connection"))?;
-        let sdp = engine::reanswer(&mut conn.pc, offer, on_stage, now)?;
-        conn.receiving = on_stage;
+        let answered = engine::reanswer(&mut conn.pc, offer, self.slots, on_stage, now)?;
+        conn.receiving = answered.inbound.is_some() && on_stage;
         conn.may_send = may_send;
-        Ok(sdp)
+        conn.inbound = answered.inbound;
+        // A slot that stays on its sender keeps its rewriter (the client's stream continues);
+        // one that moved or is new starts afresh.
+        let mut old = std::mem::take(&mut conn.slots);
+        conn.slots = answered
+            .slots
+            .iter()
+            .map(
+                |&sent| match old.iter().position(|o| o.sender == sent.sender) {
+                    Some(at) => {
+                        let mut kept = old.swap_remove(at);
+                        kept.payload_type = sent.payload_type;
+                        kept
+                    }
+                    None => OutSlot::new(sent),
+                },
+            )
+            .collect();
+        if let Some(room) = self.rooms.get(&conn.room) {
+            for (slot, heard) in conn
+                .slots
+                .iter_mut()
+                .zip(room.selector.slots_for(conn.source))
+            {
+                slot.rewriter.set_source(heard);
+            }
+        }
+        Ok(answered.sdp)
     }
 
     /// Remembers a key this worker gave up on its own, so a late offer for it is refused.
