@@ -1,12 +1,14 @@
-//! Runs the browser tests (`tests/browser/`, Playwright driving Debian's Chromium) against
-//! this build's `stoa` binary, so the README's test command covers the web client too.
-//! Needs Node.js, npm and /usr/bin/chromium (`.ci/run` installs them).
+//! Runs the browser tests (`tests/browser/`: Playwright driving Debian's Chromium, puppeteer
+//! driving Firefox ESR over WebDriver BiDi inside a private network namespace) against this
+//! build's `stoa` binary, so the README's test command covers the web client too. Needs
+//! Node.js, npm, /usr/bin/chromium, /usr/bin/firefox-esr, `ip` and root for the namespace
+//! (`.ci/run` installs them).
 
 use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn the_web_client_works_in_chromium() {
+fn the_web_client_works_in_chromium_and_firefox() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
     for (tool, hint) in [
         ("node", "install Node.js (apt-get install nodejs npm)"),
@@ -19,7 +21,11 @@ fn the_web_client_works_in_chromium() {
         Path::new("/usr/bin/chromium").exists(),
         "the browser tests need Debian's Chromium: apt-get install chromium"
     );
-    let installed = ["playwright-core", "typescript"]
+    assert!(
+        Path::new("/usr/bin/firefox-esr").exists(),
+        "the browser tests need Debian's Firefox ESR: apt-get install firefox-esr"
+    );
+    let installed = ["playwright-core", "puppeteer-core", "typescript"]
         .iter()
         .all(|m| dir.join("node_modules").join(m).exists());
     if !installed {

@@ -6,7 +6,8 @@
  *   stoa serve --bind 127.0.0.1:18400 --public-url http://127.0.0.1:18401 --data-dir /tmp/ui-dev
  *   STOA_URL=http://127.0.0.1:18400 PORT=18401 node dev-server.js
  *
- * (`--public-url` makes invite links and the signaling URL point at this server.)
+ * (`--public-url` makes invite links and the signaling URL point at this server; `HOST`, default
+ * 127.0.0.1, is the address this one listens on.)
  */
 
 import { readFile } from "node:fs/promises";
@@ -74,6 +75,6 @@ server.on("upgrade", (req, socket, head) => {
   socket.on("error", () => upstream.destroy());
 });
 
-server.listen(PORT, "127.0.0.1", () => {
-  console.log(`web client from ${CLIENT} on http://127.0.0.1:${PORT}, everything else from ${TARGET.origin}`);
+server.listen(PORT, process.env.HOST ?? "127.0.0.1", () => {
+  console.log(`web client from ${CLIENT} on http://${process.env.HOST ?? "127.0.0.1"}:${PORT}, everything else from ${TARGET.origin}`);
 });

@@ -6,7 +6,7 @@
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -30,7 +30,6 @@ const CHROMIUM_FLAGS = [
   "--disable-quic",
   "--use-fake-ui-for-media-stream",
   "--use-fake-device-for-media-stream",
-  "--allow-loopback-in-peer-connection",
 ];
 
 /** @type {(() => Promise<void>)[]} */
@@ -57,12 +56,12 @@ export async function tempDir(/** @type {string} */ prefix) {
   return dir;
 }
 
-/** A TCP port nobody is listening on right now. */
-export function freePort() {
+/** A TCP port nobody is listening on right now (on `host`, 127.0.0.1 by default). */
+export function freePort(host = "127.0.0.1") {
   return new Promise((resolvePort, reject) => {
     const server = createServer();
     server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
+    server.listen(0, host, () => {
       const address = server.address();
       const port = typeof address === "object" && address ? address.port : 0;
       server.close(() => resolvePort(port));
@@ -77,27 +76,30 @@ export function freePort() {
  */
 
 /**
- * Starts `stoa serve` with a fresh data folder and a known operator key.
+ * Starts `stoa serve` with a fresh data folder and a known operator key. `host`: the address
+ * it binds (HTTP and media; its ICE candidates carry it), 127.0.0.1 unless told; the Firefox
+ * tests give it their network namespace's address. `log`: its file name in artifacts/.
+ * @param {{ host?: string, log?: string }} [options]
  * @returns {Promise<Server>}
  */
-export async function startServer() {
+export async function startServer({ host = "127.0.0.1", log: logName = "server.log" } = {}) {
   const bin = process.env.STOA_BIN ? resolve(process.env.STOA_BIN) : resolve(here, "../../target/release/stoa");
   const dataDir = await tempDir("stoa-browser-data-");
   const key = `test-${randomBytes(18).toString("base64url")}`;
   await mkdir(ARTIFACTS, { recursive: true });
-  const log = createWriteStream(join(ARTIFACTS, "server.log"));
+  const log = createWriteStream(join(ARTIFACTS, logName));
 
   let lastError = "";
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
+    const port = await freePort(host);
     // STOA_WEB_FROM_DISK=1: pages come from client-web/ through dev-server.js, so client
     // changes are tested without rebuilding the server (which embeds the files).
     const fromDisk = Boolean(process.env.STOA_WEB_FROM_DISK);
-    const proxyPort = fromDisk ? await freePort() : port;
-    const base = `http://127.0.0.1:${proxyPort}`;
+    const proxyPort = fromDisk ? await freePort(host) : port;
+    const base = `http://${host}:${proxyPort}`;
     if (fromDisk) {
       const proxy = spawn(process.execPath, [join(here, "dev-server.js")], {
-        env: { ...process.env, PORT: String(proxyPort), STOA_URL: `http://127.0.0.1:${port}` },
+        env: { ...process.env, HOST: host, PORT: String(proxyPort), STOA_URL: `http://${host}:${port}` },
         stdio: ["ignore", "ignore", "inherit"],
       });
       children.push(proxy);
@@ -105,8 +107,10 @@ export async function startServer() {
         proxy.kill("SIGKILL");
       });
     }
-    const serveArgs = ["serve", "--bind", `127.0.0.1:${port}`, "--data-dir", dataDir, "--no-demo"];
+    const serveArgs = ["serve", "--bind", `${host}:${port}`, "--data-dir", dataDir, "--no-demo"];
     if (fromDisk) serveArgs.push("--public-url", base);
+    // Off loopback, say where media goes, so that ICE candidates carry this address.
+    if (host !== "127.0.0.1") serveArgs.push("--media-bind", host, "--public-ip", host);
     const child = spawn(bin, serveArgs, {
       env: { ...process.env, STOA_API_KEY: key, RUST_LOG: process.env.RUST_LOG ?? "info" },
       stdio: ["ignore", "pipe", "pipe"],
@@ -132,7 +136,7 @@ export async function startServer() {
     lastError = `stoa did not become healthy on ${base}`;
     // Another process may have taken the port between the probe and the bind: try another.
   }
-  throw new Error(`${lastError}; see ${join(ARTIFACTS, "server.log")} (binary: ${bin})`);
+  throw new Error(`${lastError}; see ${join(ARTIFACTS, logName)} (binary: ${bin})`);
 }
 
 /**
@@ -223,11 +227,16 @@ export async function writeToneWav(path, { hz = 440, seconds = 4, amplitude = 0.
  * `refusePlayback`: media elements refuse to play (NotAllowedError, as a browser's autoplay
  * policy does) until the person clicks the page's "Tap to listen" button. Chromium's own policy
  * cannot be provoked reliably under automation, whose input counts as user activation.
- * @param {{ name: string, wav?: string, viewport?: { width: number, height: number }, refusePlayback?: boolean }} options
+ * `origin`: a page origin that is not loopback (the Firefox tests' namespace address), which
+ * Chromium is told to treat as secure so that it offers the microphone; without it, the
+ * browser gathers a 127.0.0.1 candidate (`--allow-loopback-in-peer-connection`).
+ * The returned `errors` collects the page's console errors and uncaught exceptions.
+ * @param {{ name: string, wav?: string, viewport?: { width: number, height: number }, refusePlayback?: boolean, origin?: string }} options
  */
-export async function openBrowser({ name, wav, viewport = { width: 1280, height: 800 }, refusePlayback = false }) {
+export async function openBrowser({ name, wav, viewport = { width: 1280, height: 800 }, refusePlayback = false, origin }) {
   const profile = await tempDir(`stoa-browser-${name}-`);
   const args = [...CHROMIUM_FLAGS, "--autoplay-policy=no-user-gesture-required"];
+  args.push(origin ? `--unsafely-treat-insecure-origin-as-secure=${origin}` : "--allow-loopback-in-peer-connection");
   if (wav) args.push(`--use-file-for-fake-audio-capture=${wav}`);
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -271,11 +280,98 @@ export async function openBrowser({ name, wav, viewport = { width: 1280, height:
     });
   }
   const page = context.pages()[0] ?? (await context.newPage());
-  page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
-  page.on("console", (message) => {
-    if (message.type() === "error") console.error(`[${name}] console:`, message.text());
+  /** @type {string[]} */
+  const errors = [];
+  page.on("pageerror", (error) => {
+    errors.push(`page error: ${error.message}`);
+    console.error(`[${name}] page error:`, error);
   });
-  return { name, context, page };
+  page.on("console", (message) => {
+    if (message.type() !== "error") return;
+    errors.push(message.text());
+    console.error(`[${name}] console:`, message.text());
+  });
+  return { name, context, page, errors };
+}
+
+const FIREFOX = process.env.FIREFOX_BIN ?? "/usr/bin/firefox-esr";
+
+/**
+ * Prefs for a headless Firefox with a fake microphone (a tone) and autoplay allowed, on a page
+ * that is not a secure context (the Firefox tests' namespace address): see the field notes.
+ */
+const FIREFOX_PREFS = {
+  "media.navigator.streams.fake": true,
+  "media.navigator.permission.disabled": true,
+  "media.devices.insecure.enabled": true,
+  "media.getusermedia.insecure.enabled": true,
+  "media.autoplay.default": 0,
+  "media.autoplay.blocking_policy": 0,
+};
+
+/**
+ * One person's Firefox (Debian's firefox-esr, headless), driven over WebDriver BiDi by
+ * puppeteer-core, with its own profile and one page. `errors` collects console errors and
+ * uncaught exceptions. Firefox never gathers a loopback candidate: open it inside the
+ * namespace of netns.js, with the server on the namespace's address.
+ * @param {{ name: string }} options
+ */
+export async function openFirefox({ name }) {
+  /** @type {typeof import("puppeteer-core").launch} */
+  let launch;
+  try {
+    ({ launch } = await import("puppeteer-core"));
+  } catch (error) {
+    throw new Error(`the Firefox tests need puppeteer-core: run \`npm ci\` in tests/browser (${/** @type {Error} */ (error).message})`);
+  }
+  if (!existsSync(FIREFOX)) throw new Error(`the Firefox tests need Debian's firefox-esr at ${FIREFOX}: apt-get install firefox-esr`);
+  const profile = await tempDir(`stoa-firefox-${name}-`);
+  const browser = await launch({
+    browser: "firefox",
+    protocol: "webDriverBiDi",
+    executablePath: FIREFOX,
+    headless: true,
+    userDataDir: profile,
+    extraPrefsFirefox: FIREFOX_PREFS,
+    timeout: 30_000,
+    // The test process owns signals; cleanup() closes the browser.
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
+  });
+  const pid = browser.process()?.pid;
+  cleanups.push(async () => {
+    const closing = browser.close();
+    const killer = setTimeout(() => {
+      try {
+        if (pid) process.kill(pid, "SIGKILL");
+      } catch {
+        // Gone meanwhile.
+      }
+    }, 5000);
+    await closing.finally(() => clearTimeout(killer));
+  });
+  const page = (await browser.pages())[0] ?? (await browser.newPage());
+  page.setDefaultTimeout(15_000);
+  /** @type {string[]} */
+  const errors = [];
+  page.on("pageerror", (error) => {
+    const message = error instanceof Error ? error.message : String(error);
+    errors.push(`page error: ${message}`);
+    console.error(`[${name}] page error:`, message);
+  });
+  page.on("console", (message) => {
+    if (message.type() !== "error") return;
+    errors.push(message.text());
+    console.error(`[${name}] console:`, message.text());
+  });
+  // WebDriver BiDi passes an Error logged to the console without its name or message: log
+  // errors as text, so that "media: InvalidAccessError: …" reaches the test.
+  await page.evaluateOnNewDocument(() => {
+    const error = console.error.bind(console);
+    console.error = (...args) => error(...args.map((a) => (a instanceof Error || a instanceof DOMException ? `${a.name}: ${a.message}` : a)));
+  });
+  return { name, browser, page, errors };
 }
 
 /**

@@ -1,0 +1,251 @@
+/**
+ * A private network namespace for tests that cannot use loopback: Firefox never gathers a
+ * loopback ICE candidate, so its WebRTC tests run the server, the browsers and the test process
+ * itself inside a namespace made here, with `lo` up and a veth pair whose two ends (and two
+ * addresses from a random 10.x.y.0/24) are both inside it, and a default route onto that pair.
+ * Traffic never leaves the namespace.
+ *
+ * The test process re-runs itself inside the namespace (`runInsideNetns`), so the browsers'
+ * control sockets (Firefox's WebDriver BiDi WebSocket listens on the namespace's 127.0.0.1), the
+ * server's HTTP port and the operator's REST calls all live in one network. The outer process
+ * owns the namespace: it deletes it when the inner run ends, and on SIGINT/SIGTERM. A namespace
+ * left by a run that was killed outright (its name carries the creator's pid) is swept, with any
+ * process still inside it, by the next run.
+ *
+ * Needs root and `ip` from iproute2 with `ip netns` (CI runs as root).
+ */
+
+import { execFileSync, spawn } from "node:child_process";
+import { randomBytes, randomInt } from "node:crypto";
+import { readlinkSync, statSync } from "node:fs";
+
+/** Every namespace made here is called `stoa-test-<pid of its creator>-<random hex>`. */
+const PREFIX = "stoa-test-";
+const NAME = /^stoa-test-(\d+)-[0-9a-f]+$/u;
+
+/**
+ * @typedef {Object} Netns
+ * @property {string} name      e.g. stoa-test-1234-a1b2c3
+ * @property {string} serverIp  the address the server binds (one end of the veth pair)
+ * @property {string} clientIp  the other end (the browsers' candidates carry both)
+ */
+
+/**
+ * Runs `ip` and returns its standard output; throws with its standard error.
+ * @param {string[]} args
+ */
+function ip(args) {
+  try {
+    return execFileSync("ip", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 10_000 });
+  } catch (error) {
+    const e = /** @type {{ stderr?: string, message: string, code?: string }} */ (error);
+    const detail = e.code === "ENOENT" ? "the `ip` command is not installed (apt-get install iproute2)" : (e.stderr || e.message).trim();
+    throw new Error(`ip ${args.join(" ")}: ${detail}`);
+  }
+}
+
+/** @param {number} pid */
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return /** @type {{ code?: string }} */ (error).code === "EPERM";
+  }
+}
+
+/**
+ * Processes inside a namespace (the server and browsers a test started there).
+ * @param {string} name
+ */
+function pidsIn(name) {
+  try {
+    return ip(["netns", "pids", name])
+      .split(/\s+/u)
+      .filter(Boolean)
+      .map(Number)
+      .filter((pid) => pid !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Kills what is left inside one of our namespaces and deletes it. Idempotent.
+ * @param {string} name
+ */
+export function destroyNetns(name) {
+  if (!NAME.test(name)) throw new Error(`not a test namespace: ${name}`);
+  for (const pid of pidsIn(name)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
+  try {
+    ip(["netns", "del", name]);
+  } catch (error) {
+    if (!/No such file|Cannot remove namespace file/u.test(String(error))) throw error;
+  }
+}
+
+/** Deletes namespaces left by earlier runs whose creating process is gone. */
+export function sweepStaleNetns() {
+  let listing = "";
+  try {
+    listing = ip(["netns", "list"]);
+  } catch {
+    return;
+  }
+  for (const line of listing.split("\n")) {
+    const name = line.split(" ")[0];
+    const match = NAME.exec(name);
+    if (match && !alive(Number(match[1]))) {
+      try {
+        destroyNetns(name);
+      } catch (error) {
+        console.error(`could not remove the stale namespace ${name}:`, error);
+      }
+    }
+  }
+}
+
+/**
+ * Makes a namespace with `lo` up and a veth pair, both ends inside, on a random /24 of 10/8,
+ * and a default route to the pair's client end (Firefox needs one to gather candidates).
+ * Throws a clear error when namespaces cannot be made here (not root, no `ip netns`).
+ * @returns {Netns}
+ */
+export function createNetns() {
+  if (typeof process.getuid === "function" && process.getuid() !== 0) {
+    throw new Error("the Firefox tests make a private network namespace (ip netns add) and need root");
+  }
+  sweepStaleNetns();
+  const name = `${PREFIX}${process.pid}-${randomBytes(3).toString("hex")}`;
+  const subnet = `10.${randomInt(16, 250)}.${randomInt(0, 256)}`;
+  const netns = { name, serverIp: `${subnet}.1`, clientIp: `${subnet}.2` };
+  try {
+    ip(["netns", "add", name]);
+  } catch (error) {
+    throw new Error(`cannot make a private network namespace for the Firefox tests (needs root and iproute2's ip netns): ${/** @type {Error} */ (error).message}`);
+  }
+  try {
+    ip(["-n", name, "link", "set", "lo", "up"]);
+    ip(["-n", name, "link", "add", "stoa0", "type", "veth", "peer", "name", "stoa1"]);
+    ip(["-n", name, "addr", "add", `${netns.serverIp}/24`, "dev", "stoa0"]);
+    ip(["-n", name, "addr", "add", `${netns.clientIp}/24`, "dev", "stoa1"]);
+    ip(["-n", name, "link", "set", "stoa0", "up"]);
+    ip(["-n", name, "link", "set", "stoa1", "up"]);
+    // Firefox gathers no host candidate at all without a default route (it asks which address
+    // the default route would use). This one leads to the veth's other end, also inside the
+    // namespace, which forwards nothing: anything not for the two addresses is dropped.
+    ip(["-n", name, "route", "add", "default", "dev", "stoa1", "src", netns.clientIp]);
+  } catch (error) {
+    destroyNetns(name);
+    throw new Error(`cannot set up the network namespace ${name} (veth pair): ${/** @type {Error} */ (error).message}`);
+  }
+  return netns;
+}
+
+/**
+ * The namespace this process runs in, when it was started by `runInsideNetns`.
+ * @returns {Netns | null}
+ */
+export function currentNetns() {
+  const name = process.env.STOA_NETNS;
+  const serverIp = process.env.STOA_NETNS_SERVER_IP;
+  const clientIp = process.env.STOA_NETNS_CLIENT_IP;
+  if (!name || !serverIp || !clientIp) return null;
+  return { name, serverIp, clientIp };
+}
+
+/**
+ * Whether this process runs in the namespace called `name` (its /run/netns file is the same
+ * namespace as /proc/self/ns/net, `net:[inode]`).
+ * @param {string} name
+ */
+export function inNetns(name) {
+  try {
+    return readlinkSync("/proc/self/ns/net") === `net:[${statSync(`/run/netns/${name}`).ino}]`;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs this script again inside a fresh namespace, with the same Node options, environment
+ * and standard output (so that `node --test` reads the inner run's results as this file's),
+ * then deletes the namespace. Resolves to the inner run's exit code.
+ * @param {string} script  absolute path of the test file
+ * @returns {Promise<number>}
+ */
+export async function runInsideNetns(script) {
+  const netns = createNetns();
+  /** @type {import("node:child_process").ChildProcess | null} */
+  let child = null;
+  let destroyed = false;
+  const teardown = () => {
+    if (destroyed) return;
+    destroyed = true;
+    try {
+      destroyNetns(netns.name);
+    } catch (error) {
+      console.error(`could not remove the namespace ${netns.name}:`, error);
+    }
+  };
+  process.once("exit", teardown);
+  /** @param {NodeJS.Signals} signal */
+  const forward = (signal) => {
+    // Give the inner run a moment to close its browsers and server, then remove everything.
+    child?.kill(signal);
+    setTimeout(() => {
+      teardown();
+      process.exit(1);
+    }, 5000).unref();
+  };
+  process.on("SIGINT", forward);
+  process.on("SIGTERM", forward);
+  try {
+    child = spawn("ip", ["netns", "exec", netns.name, process.execPath, ...process.execArgv, script], {
+      env: {
+        ...process.env,
+        STOA_NETNS: netns.name,
+        STOA_NETNS_SERVER_IP: netns.serverIp,
+        STOA_NETNS_CLIENT_IP: netns.clientIp,
+      },
+      stdio: "inherit",
+    });
+    const running = /** @type {import("node:child_process").ChildProcess} */ (child);
+    return await new Promise((resolveCode, reject) => {
+      running.once("error", reject);
+      running.once("exit", (code, signal) => resolveCode(code ?? (signal ? 128 : 1)));
+    });
+  } finally {
+    process.off("SIGINT", forward);
+    process.off("SIGTERM", forward);
+    teardown();
+  }
+}
+
+/**
+ * For the inner run: when the outer process is gone (killed outright), run `stop` and exit,
+ * so that no browser or server outlives the test. Also runs `stop` on SIGINT/SIGTERM.
+ * @param {() => Promise<void>} stop
+ */
+export function exitWithParent(stop) {
+  const parent = process.ppid;
+  let stopping = false;
+  const finish = () => {
+    if (stopping) return;
+    stopping = true;
+    const hard = setTimeout(() => process.exit(1), 5000);
+    hard.unref();
+    stop().finally(() => process.exit(1));
+  };
+  setInterval(() => {
+    if (process.ppid !== parent) finish();
+  }, 500).unref();
+  process.once("SIGINT", finish);
+  process.once("SIGTERM", finish);
+}
