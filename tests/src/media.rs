@@ -653,6 +653,8 @@ pub struct MediaConfig {
     pub loss_seed: u64,
     /// How much decoded audio (and packet log) each slot keeps.
     pub keep_audio: Duration,
+    /// The local address the connection gathers its one host candidate on.
+    pub local_ip: std::net::IpAddr,
 }
 
 impl MediaConfig {
@@ -666,6 +668,7 @@ impl MediaConfig {
             receive_loss: 0.0,
             loss_seed: 1,
             keep_audio: Duration::from_secs(30),
+            local_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 
@@ -684,6 +687,12 @@ impl MediaConfig {
             rogue: true,
             ..Self::speaker(name, slots, source)
         }
+    }
+
+    /// Gathers on `ip` instead of 127.0.0.1 (e.g. `::1` to test IPv6).
+    pub fn on(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_ip = ip;
+        self
     }
 
     /// Drops `fraction` of incoming RTP packets before decoding, from a generator seeded with `seed`.
@@ -1126,13 +1135,14 @@ fn report_registry() -> Registry {
 /// A loopback peer connection built like Stoa's clients (see the module docs).
 async fn build_peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
+    local_ip: std::net::IpAddr,
 ) -> Result<Arc<dyn PeerConnection>, MediaError> {
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build()) // no STUN/TURN servers
         .with_media_engine(audio_media_engine()?)
         .with_interceptor_registry(report_registry())
         .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .with_udp_addrs(vec![std::net::SocketAddr::new(local_ip, 0).to_string()])
         .build()
         .await?;
     Ok(Arc::new(pc))
@@ -1187,7 +1197,7 @@ impl MediaPeer {
             peer_connection: peer_connection.clone(),
             readers: readers.clone(),
         });
-        let pc = build_peer_connection(handler).await?;
+        let pc = build_peer_connection(handler, shared.config.local_ip).await?;
         let _ = peer_connection.set(Arc::downgrade(&pc));
         for _ in 0..shared.config.slots {
             pc.add_transceiver_from_kind(
@@ -1908,7 +1918,9 @@ mod tests {
                 echo: tracks[ECHO_SLOT].clone(),
                 echo_ssrc: 0x0E00 + ECHO_SLOT as u32,
             });
-            let pc = build_peer_connection(handler).await.unwrap();
+            let pc = build_peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into())
+                .await
+                .unwrap();
             // Before the first offer, as the server does: `rtc` gives a transceiver that an
             // offer creates for a recvonly m-line no receiver, so a later sendrecv re-offer
             // (start_speaking) would never deliver the microphone.

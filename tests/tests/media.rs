@@ -651,3 +651,38 @@ async fn forged_binding_requests_do_not_move_anyone() {
     assert!(metric(&t, "stoa_media_dropped_total", "reason=\"rejected\"").await >= 20);
     t.stop().await;
 }
+
+/// Media bound to IPv6 loopback: the answer advertises `::1` and a speaker is heard over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn media_over_ipv6() {
+    let v6: std::net::IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    let t = TestServer::start_with(|c| c.media_bind = Some(v6)).await;
+    let room = t.create_room("Six").await;
+    let mut signal = SignalClient::join(&t.participant(&room, "speaker", "Sam").await).await;
+    let slots = media_slots(&signal.welcome);
+    let speaker =
+        MediaPeer::new(MediaConfig::speaker("Sam", slots, AudioSource::tone(440.0, -12.0)).on(v6))
+            .await
+            .unwrap();
+    let mut recording = Recording {
+        signal: &mut signal,
+        answers: Vec::new(),
+    };
+    speaker.negotiate(&mut recording).await.unwrap();
+    let answer = recording.answers.pop().unwrap();
+    let candidates: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert!(
+        !candidates.is_empty() && candidates.iter().all(|c| c.contains(" ::1 ")),
+        "{answer}"
+    );
+    speaker.wait_connected(CONNECT).await;
+    let ear = Member::join(&t, &room, "listener", "Ear", |name, slots| {
+        MediaConfig::listener(name, slots).on(v6)
+    })
+    .await;
+    hears(&ear, 440.0).await;
+    t.stop().await;
+}
