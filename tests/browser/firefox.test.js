@@ -14,15 +14,31 @@
  */
 
 import assert from "node:assert/strict";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
-import { ARTIFACTS, cleanup, openBrowser, openFirefox, startServer, tempDir, waitFor, writeToneWav } from "./harness.js";
+import {
+  ARTIFACTS,
+  account,
+  chromiumPeer,
+  cleanup,
+  firefoxPeer,
+  hearsAudio,
+  joinRoom,
+  keepDescriptions,
+  mediaConnected,
+  mediaStats,
+  noConsoleErrors,
+  openBrowser,
+  openFirefox,
+  recordDescriptions,
+  startServer,
+  tempDir,
+  waitFor,
+  writeToneWav,
+} from "./harness.js";
 import { currentNetns, exitWithParent, inNetns, runInsideNetns } from "./netns.js";
-
-/** Energy a stream must gain in a second to count as audio arriving (see room.test.js). */
-const AUDIBLE = 0.002;
 
 const netns = currentNetns();
 if (!netns) {
@@ -46,203 +62,8 @@ if (!netns) {
   firefoxTests(netns);
 }
 
-/**
- * @typedef {Object} Peer  one person's browser, Chromium or Firefox
- * @property {string} name
- * @property {"chromium" | "firefox"} engine
- * @property {string[]} errors   console errors and uncaught exceptions so far
- * @property {number} mark       where the current test's errors start in `errors`
- * @property {(url: string) => Promise<unknown>} goto
- * @property {(testid: string, state?: string) => Promise<unknown>} waitForTestId
- * @property {(testid: string, text: string) => Promise<void>} fill
- * @property {(testid: string) => Promise<void>} click
- * @property {<T>(fn: () => T | Promise<T>) => Promise<T>} evaluate
- */
-
-/**
- * @param {Awaited<ReturnType<typeof openBrowser>>} chromium
- * @returns {Peer}
- */
-function chromiumPeer({ name, page, errors }) {
-  return {
-    name,
-    engine: "chromium",
-    errors,
-    mark: 0,
-    goto: (url) => page.goto(url),
-    waitForTestId: (testid, state) => page.locator(selector(testid, state)).waitFor(),
-    fill: (testid, text) => page.getByTestId(testid).fill(text),
-    click: (testid) => page.getByTestId(testid).click(),
-    evaluate: (fn) => page.evaluate(fn),
-  };
-}
-
-/**
- * @param {Awaited<ReturnType<typeof openFirefox>>} firefox
- * @returns {Peer}
- */
-function firefoxPeer({ name, page, errors }) {
-  return {
-    name,
-    engine: "firefox",
-    errors,
-    mark: 0,
-    goto: (url) => page.goto(url),
-    waitForTestId: (testid, state) => page.waitForSelector(selector(testid, state)),
-    fill: (testid, text) => page.locator(selector(testid)).fill(text),
-    click: (testid) => page.locator(selector(testid)).click(),
-    evaluate: (fn) => /** @type {any} */ (page.evaluate(fn)),
-  };
-}
-
-/**
- * @param {string} testid
- * @param {string} [state]
- */
-function selector(testid, state) {
-  return `[data-testid="${testid}"]${state ? `[data-state="${state}"]` : ""}`;
-}
-
-/**
- * Records, before any of the page's code runs, every answer the page applies and how that
- * went: a browser's refusal of the server's answer is the first thing to know when audio fails.
- */
-function recordDescriptions() {
-  const w = /** @type {any} */ (window);
-  w.__descriptions = [];
-  const original = /** @type {(this: RTCPeerConnection, d: RTCSessionDescriptionInit) => Promise<void>} */ (
-    RTCPeerConnection.prototype.setRemoteDescription
-  );
-  /** @this {RTCPeerConnection} @param {RTCSessionDescriptionInit} description */
-  RTCPeerConnection.prototype.setRemoteDescription = async function (description) {
-    const entry = { offer: this.localDescription?.sdp ?? null, answer: description?.sdp ?? null, error: /** @type {string | null} */ (null) };
-    w.__descriptions.push(entry);
-    try {
-      return await original.call(this, description);
-    } catch (error) {
-      entry.error = `${/** @type {Error} */ (error).name}: ${/** @type {Error} */ (error).message}`;
-      throw error;
-    }
-  };
-}
-
-/**
- * What a page's RTCPeerConnection says about itself and its audio.
- * @param {Peer} peer
- */
-function mediaStats(peer) {
-  return peer.evaluate(async () => {
-    const pc = /** @type {RTCPeerConnection | null} */ (/** @type {any} */ (window).stoa?.pc ?? null);
-    const descriptions = /** @type {{ error: string | null }[]} */ (/** @type {any} */ (window).__descriptions ?? []);
-    const refused = descriptions.map((d) => d.error).filter(Boolean);
-    if (!pc) return { pc: false, refused, connectionState: "none", iceConnectionState: "none", signalingState: "none", offered: false, answered: false, inbound: [], outbound: [] };
-    /** @type {{ key: string, packets: number, energy: number, level: number }[]} */
-    const inbound = [];
-    /** @type {{ key: string, packets: number }[]} */
-    const outbound = [];
-    const report = await pc.getStats();
-    report.forEach((s) => {
-      if (s.kind !== "audio" && s.mediaType !== "audio") return;
-      if (s.type === "inbound-rtp") {
-        inbound.push({ key: String(s.mid ?? s.ssrc), packets: s.packetsReceived ?? 0, energy: s.totalAudioEnergy ?? 0, level: s.audioLevel ?? 0 });
-      } else if (s.type === "outbound-rtp") {
-        outbound.push({ key: String(s.mid ?? s.ssrc), packets: s.packetsSent ?? 0 });
-      }
-    });
-    return {
-      pc: true,
-      refused,
-      connectionState: pc.connectionState,
-      iceConnectionState: pc.iceConnectionState,
-      signalingState: pc.signalingState,
-      offered: pc.localDescription?.type === "offer" || descriptions.length > 0,
-      answered: pc.currentRemoteDescription !== null,
-      inbound,
-      outbound,
-    };
-  });
-}
-
-/** @typedef {Awaited<ReturnType<typeof mediaStats>>} MediaStats */
-
-/**
- * A short account of a page's media, for failure messages.
- * @param {Peer} peer
- * @param {MediaStats | null} stats
- */
-function account(peer, stats) {
-  const parts = [`${peer.name} (${peer.engine})`];
-  if (stats) {
-    parts.push(`pc ${stats.connectionState}/ice ${stats.iceConnectionState}/signaling ${stats.signalingState}`);
-    parts.push(`offer sent: ${stats.offered}, answer applied: ${stats.answered}`);
-    if (stats.refused.length) parts.push(`answer refused: ${stats.refused.join(" | ")}`);
-    if (stats.inbound.length) parts.push(`inbound ${JSON.stringify(stats.inbound)}`);
-    if (stats.outbound.length) parts.push(`outbound ${JSON.stringify(stats.outbound)}`);
-  }
-  const errors = peer.errors.slice(peer.mark);
-  if (errors.length) parts.push(`console errors: ${errors.join(" | ")}`);
-  return parts.join("; ");
-}
-
-/**
- * Opens an invite link, joins with a name, and waits for the room.
- * @param {Peer} peer
- * @param {string} link
- * @param {string} name
- */
-async function joinRoom(peer, link, name) {
-  await peer.goto(link);
-  await peer.fill("display-name", name);
-  await peer.click("join");
-  await peer.waitForTestId("connection-state", "connected");
-}
-
-/**
- * Waits for the media connection to come up: the offer goes out, the answer is applied, and
- * `connectionState` is "connected".
- * @param {Peer} peer
- */
-async function mediaConnected(peer) {
-  /** @type {MediaStats | null} */
-  let last = null;
-  try {
-    await waitFor(
-      async () => {
-        last = await mediaStats(peer);
-        return last.connectionState === "connected";
-      },
-      { timeout: 15_000, interval: 100, message: "connectionState connected" },
-    );
-  } catch (error) {
-    throw new Error(`${peer.name}'s media connection did not come up: ${account(peer, last)}`, { cause: error });
-  }
-}
-
-/**
- * Waits until the listener receives audio: over one second, an inbound stream gains packets
- * and energy, and its level is above zero. Returns that stream's gain.
- * @param {Peer} listener
- */
-async function hearsAudio(listener) {
-  /** @type {MediaStats | null} */
-  let last = null;
-  const deadline = Date.now() + 15_000;
-  while (Date.now() < deadline) {
-    const before = await mediaStats(listener);
-    await new Promise((r) => setTimeout(r, 1000));
-    last = await mediaStats(listener);
-    const start = new Map(before.inbound.map((s) => [s.key, s]));
-    const gains = last.inbound.map((s) => ({
-      key: s.key,
-      packets: s.packets - (start.get(s.key)?.packets ?? 0),
-      energy: s.energy - (start.get(s.key)?.energy ?? 0),
-      level: s.level,
-    }));
-    const heard = gains.find((g) => g.packets > 0 && g.energy > AUDIBLE && g.level > 0);
-    if (heard) return heard;
-  }
-  throw new Error(`${listener.name} hears no audio within 15 s: ${account(listener, last)}`);
-}
+/** @typedef {import("./harness.js").Peer} Peer */
+/** @typedef {import("./harness.js").MediaStats} MediaStats */
 
 /**
  * Waits until the speaker's outbound audio packets rise.
@@ -279,25 +100,6 @@ async function candidatesOnNamespaceAddress(peer) {
     candidates.length > 0 && candidates.every((line) => line.split(" ")[4] === server),
     `${peer.name}: the answer's candidates are on ${server}: ${JSON.stringify(candidates)}`,
   );
-}
-
-/** @param {Peer[]} peers */
-function noConsoleErrors(peers) {
-  for (const peer of peers) assert.deepEqual(peer.errors.slice(peer.mark), [], `${peer.name} (${peer.engine}) logged errors`);
-}
-
-/**
- * Keeps what a failed test leaves behind: each page's offers, answers and refusals.
- * @param {string} test
- * @param {Peer[]} peers
- */
-async function keepDescriptions(test, peers) {
-  await mkdir(ARTIFACTS, { recursive: true });
-  for (const peer of peers) {
-    const descriptions = await peer.evaluate(() => /** @type {any} */ (window).__descriptions ?? []).catch(() => []);
-    const file = join(ARTIFACTS, `firefox-${test}-${peer.name}.sdp.json`);
-    await writeFile(file, JSON.stringify(descriptions, null, 2)).catch(() => {});
-  }
 }
 
 /** @param {import("./netns.js").Netns} netns */
@@ -341,7 +143,7 @@ function firefoxTests(netns) {
       noConsoleErrors([speaker, listener]);
       return { sent, heard };
     } catch (error) {
-      await keepDescriptions(test, [speaker, listener]);
+      await keepDescriptions(`firefox-${test}`, [speaker, listener]);
       throw error;
     }
   }

@@ -4,6 +4,7 @@
  * stats read from the page. Owns every process it starts and stops them all in `cleanup()`.
  */
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync } from "node:fs";
@@ -137,6 +138,62 @@ export async function startServer({ host = "127.0.0.1", log: logName = "server.l
     // Another process may have taken the port between the probe and the bind: try another.
   }
   throw new Error(`${lastError}; see ${join(ARTIFACTS, logName)} (binary: ${bin})`);
+}
+
+/**
+ * @typedef {Object} Process  a helper process that `cleanup()` stops
+ * @property {import("node:child_process").ChildProcess} child
+ * @property {Promise<string>} exited   settles when it has ended, with how ("exit 1", "SIGTERM", "spawn error: …")
+ * @property {() => boolean} running
+ * @property {() => Promise<void>} stop  SIGTERM, then SIGKILL after 3 s; waits for the end
+ * @property {() => string} output       what it wrote so far, stdout and stderr interleaved
+ * @property {string} log               the file in artifacts/ that keeps the same
+ */
+
+/**
+ * Starts a helper process (the aiortc client, say) that `cleanup()` stops if it still runs.
+ * Its stdout and stderr go to artifacts/`log` and are kept for failure messages.
+ * @param {string} command
+ * @param {string[]} args
+ * @param {{ log: string, env?: NodeJS.ProcessEnv }} options
+ * @returns {Promise<Process>}
+ */
+export async function startProcess(command, args, { log: logName, env = process.env }) {
+  await mkdir(ARTIFACTS, { recursive: true });
+  const logPath = join(ARTIFACTS, logName);
+  const log = createWriteStream(logPath);
+  let output = "";
+  const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  children.push(child);
+  for (const stream of [child.stdout, child.stderr]) {
+    stream?.on("data", (/** @type {Buffer} */ chunk) => {
+      output += chunk.toString();
+      log.write(chunk);
+    });
+  }
+  let ended = false;
+  /** @type {Promise<string>} */
+  const exited = new Promise((resolveExit) => {
+    child.once("error", (error) => {
+      ended = true;
+      resolveExit(`spawn error: ${error.message}`);
+    });
+    child.once("close", (code, signal) => {
+      ended = true;
+      resolveExit(signal ? signal : `exit ${code}`);
+    });
+  });
+  exited.then(() => log.end());
+  const stop = async () => {
+    if (!ended) {
+      child.kill("SIGTERM");
+      const killer = setTimeout(() => child.kill("SIGKILL"), 3000);
+      await exited;
+      clearTimeout(killer);
+    }
+  };
+  cleanups.push(stop);
+  return { child, exited, running: () => !ended, stop, output: () => output, log: logPath };
 }
 
 /**
@@ -449,4 +506,233 @@ export async function energyGain(page, windowMs) {
     packets: s.packets - (start.get(s.key)?.packets ?? 0),
     energy: s.energy - (start.get(s.key)?.energy ?? 0),
   }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// One person's page, Chromium or Firefox, and its media as the page's getStats() reports it
+// (firefox.test.js and aiortc.test.js).
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Energy one inbound stream must gain in a second to count as audio arriving. Chromium's
+ * default fake microphone (a short beep each second) gives ~0.006 per second; a tone, ~0.2.
+ */
+export const AUDIBLE = 0.002;
+
+/**
+ * @typedef {Object} Peer  one person's browser, Chromium or Firefox
+ * @property {string} name
+ * @property {"chromium" | "firefox"} engine
+ * @property {string[]} errors   console errors and uncaught exceptions so far
+ * @property {number} mark       where the current test's errors start in `errors`
+ * @property {(url: string) => Promise<unknown>} goto
+ * @property {(testid: string, state?: string) => Promise<unknown>} waitForTestId
+ * @property {(testid: string, text: string) => Promise<void>} fill
+ * @property {(testid: string) => Promise<void>} click
+ * @property {<T>(fn: () => T | Promise<T>) => Promise<T>} evaluate
+ */
+
+/**
+ * @param {Awaited<ReturnType<typeof openBrowser>>} chromium
+ * @returns {Peer}
+ */
+export function chromiumPeer({ name, page, errors }) {
+  return {
+    name,
+    engine: "chromium",
+    errors,
+    mark: 0,
+    goto: (url) => page.goto(url),
+    waitForTestId: (testid, state) => page.locator(selector(testid, state)).waitFor(),
+    fill: (testid, text) => page.getByTestId(testid).fill(text),
+    click: (testid) => page.getByTestId(testid).click(),
+    evaluate: (fn) => page.evaluate(fn),
+  };
+}
+
+/**
+ * @param {Awaited<ReturnType<typeof openFirefox>>} firefox
+ * @returns {Peer}
+ */
+export function firefoxPeer({ name, page, errors }) {
+  return {
+    name,
+    engine: "firefox",
+    errors,
+    mark: 0,
+    goto: (url) => page.goto(url),
+    waitForTestId: (testid, state) => page.waitForSelector(selector(testid, state)),
+    fill: (testid, text) => page.locator(selector(testid)).fill(text),
+    click: (testid) => page.locator(selector(testid)).click(),
+    evaluate: (fn) => /** @type {any} */ (page.evaluate(fn)),
+  };
+}
+
+/**
+ * @param {string} testid
+ * @param {string} [state]
+ */
+function selector(testid, state) {
+  return `[data-testid="${testid}"]${state ? `[data-state="${state}"]` : ""}`;
+}
+
+/**
+ * Records, before any of the page's code runs, every answer the page applies and how that
+ * went: a browser's refusal of the server's answer is the first thing to know when audio fails.
+ */
+export function recordDescriptions() {
+  const w = /** @type {any} */ (window);
+  w.__descriptions = [];
+  const original = /** @type {(this: RTCPeerConnection, d: RTCSessionDescriptionInit) => Promise<void>} */ (
+    RTCPeerConnection.prototype.setRemoteDescription
+  );
+  /** @this {RTCPeerConnection} @param {RTCSessionDescriptionInit} description */
+  RTCPeerConnection.prototype.setRemoteDescription = async function (description) {
+    const entry = { offer: this.localDescription?.sdp ?? null, answer: description?.sdp ?? null, error: /** @type {string | null} */ (null) };
+    w.__descriptions.push(entry);
+    try {
+      return await original.call(this, description);
+    } catch (error) {
+      entry.error = `${/** @type {Error} */ (error).name}: ${/** @type {Error} */ (error).message}`;
+      throw error;
+    }
+  };
+}
+
+/**
+ * What a page's RTCPeerConnection says about itself and its audio.
+ * @param {Peer} peer
+ */
+export function mediaStats(peer) {
+  return peer.evaluate(async () => {
+    const pc = /** @type {RTCPeerConnection | null} */ (/** @type {any} */ (window).stoa?.pc ?? null);
+    const descriptions = /** @type {{ error: string | null }[]} */ (/** @type {any} */ (window).__descriptions ?? []);
+    const refused = descriptions.map((d) => d.error).filter(Boolean);
+    if (!pc) return { pc: false, refused, connectionState: "none", iceConnectionState: "none", signalingState: "none", offered: false, answered: false, inbound: [], outbound: [] };
+    /** @type {{ key: string, packets: number, energy: number, level: number }[]} */
+    const inbound = [];
+    /** @type {{ key: string, packets: number }[]} */
+    const outbound = [];
+    const report = await pc.getStats();
+    report.forEach((s) => {
+      if (s.kind !== "audio" && s.mediaType !== "audio") return;
+      if (s.type === "inbound-rtp") {
+        inbound.push({ key: String(s.mid ?? s.ssrc), packets: s.packetsReceived ?? 0, energy: s.totalAudioEnergy ?? 0, level: s.audioLevel ?? 0 });
+      } else if (s.type === "outbound-rtp") {
+        outbound.push({ key: String(s.mid ?? s.ssrc), packets: s.packetsSent ?? 0 });
+      }
+    });
+    return {
+      pc: true,
+      refused,
+      connectionState: pc.connectionState,
+      iceConnectionState: pc.iceConnectionState,
+      signalingState: pc.signalingState,
+      offered: pc.localDescription?.type === "offer" || descriptions.length > 0,
+      answered: pc.currentRemoteDescription !== null,
+      inbound,
+      outbound,
+    };
+  });
+}
+
+/** @typedef {Awaited<ReturnType<typeof mediaStats>>} MediaStats */
+
+/**
+ * A short account of a page's media, for failure messages.
+ * @param {Peer} peer
+ * @param {MediaStats | null} stats
+ */
+export function account(peer, stats) {
+  const parts = [`${peer.name} (${peer.engine})`];
+  if (stats) {
+    parts.push(`pc ${stats.connectionState}/ice ${stats.iceConnectionState}/signaling ${stats.signalingState}`);
+    parts.push(`offer sent: ${stats.offered}, answer applied: ${stats.answered}`);
+    if (stats.refused.length) parts.push(`answer refused: ${stats.refused.join(" | ")}`);
+    if (stats.inbound.length) parts.push(`inbound ${JSON.stringify(stats.inbound)}`);
+    if (stats.outbound.length) parts.push(`outbound ${JSON.stringify(stats.outbound)}`);
+  }
+  const errors = peer.errors.slice(peer.mark);
+  if (errors.length) parts.push(`console errors: ${errors.join(" | ")}`);
+  return parts.join("; ");
+}
+
+/**
+ * Opens an invite link, joins with a name, and waits for the room.
+ * @param {Peer} peer
+ * @param {string} link
+ * @param {string} name
+ */
+export async function joinRoom(peer, link, name) {
+  await peer.goto(link);
+  await peer.fill("display-name", name);
+  await peer.click("join");
+  await peer.waitForTestId("connection-state", "connected");
+}
+
+/**
+ * Waits for the media connection to come up: the offer goes out, the answer is applied, and
+ * `connectionState` is "connected".
+ * @param {Peer} peer
+ */
+export async function mediaConnected(peer) {
+  /** @type {MediaStats | null} */
+  let last = null;
+  try {
+    await waitFor(
+      async () => {
+        last = await mediaStats(peer);
+        return last.connectionState === "connected";
+      },
+      { timeout: 15_000, interval: 100, message: "connectionState connected" },
+    );
+  } catch (error) {
+    throw new Error(`${peer.name}'s media connection did not come up: ${account(peer, last)}`, { cause: error });
+  }
+}
+
+/**
+ * Waits until the listener receives audio: over one second, an inbound stream gains packets
+ * and energy, and its level is above zero. Returns that stream's gain.
+ * @param {Peer} listener
+ */
+export async function hearsAudio(listener) {
+  /** @type {MediaStats | null} */
+  let last = null;
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    const before = await mediaStats(listener);
+    await new Promise((r) => setTimeout(r, 1000));
+    last = await mediaStats(listener);
+    const start = new Map(before.inbound.map((s) => [s.key, s]));
+    const gains = last.inbound.map((s) => ({
+      key: s.key,
+      packets: s.packets - (start.get(s.key)?.packets ?? 0),
+      energy: s.energy - (start.get(s.key)?.energy ?? 0),
+      level: s.level,
+    }));
+    const heard = gains.find((g) => g.packets > 0 && g.energy > AUDIBLE && g.level > 0);
+    if (heard) return heard;
+  }
+  throw new Error(`${listener.name} hears no audio within 15 s: ${account(listener, last)}`);
+}
+
+/** @param {Peer[]} peers */
+export function noConsoleErrors(peers) {
+  for (const peer of peers) assert.deepEqual(peer.errors.slice(peer.mark), [], `${peer.name} (${peer.engine}) logged errors`);
+}
+
+/**
+ * Keeps what a failed test leaves behind: each page's offers, answers and refusals, in
+ * artifacts/`test`-`peer`.sdp.json (the page needs `recordDescriptions` as an init script).
+ * @param {string} test
+ * @param {Peer[]} peers
+ */
+export async function keepDescriptions(test, peers) {
+  await mkdir(ARTIFACTS, { recursive: true });
+  for (const peer of peers) {
+    const descriptions = await peer.evaluate(() => /** @type {any} */ (window).__descriptions ?? []).catch(() => []);
+    const file = join(ARTIFACTS, `${test}-${peer.name}.sdp.json`);
+    await writeFile(file, JSON.stringify(descriptions, null, 2)).catch(() => {});
+  }
 }

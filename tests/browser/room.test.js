@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -154,7 +154,6 @@ function step(name, body) {
 
 describe("a live room in three browsers", { timeout: 120_000 }, () => {
   before(async () => {
-    await rm(ARTIFACTS, { recursive: true, force: true });
     await mkdir(ARTIFACTS, { recursive: true });
     server = await startServer();
     room = await server.api("POST", "/api/v1/rooms", { title: "Friday jam" });
