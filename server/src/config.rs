@@ -57,6 +57,9 @@ pub struct MediaSettings {
     pub ice_failed_ms: u64,
     /// WebRTC connections the server accepts in total; more are refused with `media_full`.
     pub max_connections: usize,
+    /// ICE-TCP (RFC 6544): each worker also listens on TCP, at its UDP port number when
+    /// `media_port` is set, so clients whose network blocks UDP still get audio.
+    pub tcp: bool,
 }
 
 impl Default for MediaSettings {
@@ -67,6 +70,7 @@ impl Default for MediaSettings {
             ice_disconnected_ms: 6_000,
             ice_failed_ms: 4_000,
             max_connections: 20_000,
+            tcp: true,
         }
     }
 }

@@ -767,6 +767,7 @@ pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RT
             ssrcs: (0..slots()).map(|index| 1000 + index as u32).collect(),
             stream: "stoa-fuzz".to_owned(),
             advertised: SERVER_ADDR,
+            advertised_tcp: None,
         },
         offer,
         on_stage,

@@ -14,6 +14,7 @@
  */
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -100,6 +101,43 @@ async function candidatesOnNamespaceAddress(peer) {
     candidates.length > 0 && candidates.every((line) => line.split(" ")[4] === server),
     `${peer.name}: the answer's candidates are on ${server}: ${JSON.stringify(candidates)}`,
   );
+}
+
+const UDP_BLOCK_TABLE = "stoa_block_udp";
+
+/** Drops every UDP datagram sent inside this namespace (the test's own netns). */
+function blockUdp() {
+  const rules = `table inet ${UDP_BLOCK_TABLE} {\n chain out {\n type filter hook output priority 0; policy accept;\n meta l4proto udp drop\n }\n}\n`;
+  execFileSync("nft", ["-f", "-"], { input: rules });
+}
+
+function unblockUdp() {
+  execFileSync("nft", ["delete", "table", "inet", UDP_BLOCK_TABLE]);
+}
+
+/**
+ * The transport protocol of the page's selected ICE candidate pair (local side).
+ * @param {Peer} peer
+ */
+function selectedProtocol(peer) {
+  return peer.evaluate(async () => {
+    const pc = /** @type {RTCPeerConnection | null} */ (/** @type {any} */ (window).stoa?.pc ?? null);
+    if (!pc) return "none";
+    const report = await pc.getStats();
+    /** @type {any} */
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+    });
+    if (!pair) {
+      report.forEach((s) => {
+        if (s.type === "candidate-pair" && (s.selected || (s.nominated && s.state === "succeeded"))) pair = s;
+      });
+    }
+    if (!pair) return "no pair";
+    const local = report.get(pair.localCandidateId);
+    return String(local?.protocol ?? "unknown");
+  });
 }
 
 /** @param {import("./netns.js").Netns} netns */
@@ -202,6 +240,26 @@ function firefoxTests(netns) {
     it("a Firefox listener hears a Firefox speaker (a Firefox-only room)", { timeout: 40_000 }, async (t) => {
       const { sent, heard } = await speakerToListener("firefox-only", peers.foxSpeaker, peers.foxListener);
       t.diagnostic(`speaker sent ${sent} packets; listener over 1 s: ${JSON.stringify(heard)}`);
+    });
+
+    it("with UDP blocked, Chromium and Firefox are heard over ICE-TCP", { timeout: 60_000 }, async (t) => {
+      // Every UDP datagram inside the namespace is dropped (nftables), as on a network that
+      // lets only TCP through; HTTP and the signaling socket are TCP and unaffected.
+      blockUdp();
+      try {
+        const started = Date.now();
+        const { sent, heard } = await speakerToListener("tcp-chromium-to-firefox", peers.chromeSpeaker, peers.foxListener);
+        const joined = Date.now() - started;
+        for (const peer of [peers.chromeSpeaker, peers.foxListener]) {
+          assert.equal(await selectedProtocol(peer), "tcp", `${peer.name}'s selected candidate pair is TCP`);
+        }
+        t.diagnostic(`over TCP: speaker sent ${sent} packets; listener over 1 s: ${JSON.stringify(heard)}; join to audio ${joined} ms`);
+        const back = await speakerToListener("tcp-firefox-to-chromium", peers.foxSpeaker, peers.chromeListener);
+        assert.equal(await selectedProtocol(peers.chromeListener), "tcp");
+        t.diagnostic(`over TCP: Firefox speaker sent ${back.sent}; Chromium listener ${JSON.stringify(back.heard)}`);
+      } finally {
+        unblockUdp();
+      }
     });
   });
 }

@@ -115,6 +115,8 @@ pub struct AnswerSetup {
     pub stream: String,
     /// The host candidate put in the answer.
     pub advertised: SocketAddr,
+    /// The passive ICE-TCP host candidate (RFC 6544), when the worker listens on TCP.
+    pub advertised_tcp: Option<SocketAddr>,
 }
 
 /// One slot this connection sends: on which sender, with which SSRC and payload type.
@@ -195,8 +197,20 @@ pub fn answer(
         );
         pc.add_track(track)?;
     }
-    let answered = apply_offer(&mut pc, offer, plan, Some(setup.advertised), now)?;
+    let candidates = Candidates {
+        udp: setup.advertised,
+        tcp: setup.advertised_tcp,
+    };
+    let answered = apply_offer(&mut pc, offer, plan, Some(candidates), now)?;
     Ok((pc, answered))
+}
+
+/// The server's candidates for one connection: its worker's UDP address and, when it listens
+/// on TCP, a passive ICE-TCP one (lower priority: UDP wins wherever it gets through).
+#[derive(Clone, Copy, Debug)]
+struct Candidates {
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
 }
 
 /// Adds our one host candidate (UDP, `addr`) to a connection; clients built by the test tools
@@ -211,6 +225,23 @@ pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyho
             ..Default::default()
         },
         ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    Ok(())
+}
+
+/// Adds a passive ICE-TCP host candidate (RFC 6544): clients connect to it.
+pub fn add_tcp_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: rtc::ice::tcp_type::TcpType::Passive,
     }
     .new_candidate_host()?;
     pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
@@ -232,18 +263,21 @@ pub fn reanswer(
 }
 
 /// Applies `offer` to `pc`, sets every transceiver's direction from the plan (by mid), adds
-/// `candidate` (on the first answer), answers, and reads back which sender carries which slot
+/// `candidates` (on the first answer), answers, and reads back which sender carries which slot
 /// with which payload type.
 fn apply_offer(
     pc: &mut RTCPeerConnection,
     offer: Offer,
     mut plan: Plan,
-    candidate: Option<SocketAddr>,
+    candidates: Option<Candidates>,
     now: Instant,
 ) -> anyhow::Result<Answered> {
     pc.set_remote_description(now, offer.description.clone())?;
-    if let Some(addr) = candidate {
-        add_host_candidate(pc, addr)?;
+    if let Some(candidates) = candidates {
+        add_host_candidate(pc, candidates.udp)?;
+        if let Some(tcp) = candidates.tcp {
+            add_tcp_candidate(pc, tcp)?;
+        }
     }
     let mut slots: Vec<Option<SlotSender>> = vec![None; plan.slot_count()];
     let ids: Vec<_> = pc.get_transceivers().collect();
@@ -445,6 +479,7 @@ mod tests {
             ssrcs: (0..slots as u32).map(|i| 7000 + i).collect(),
             stream: "stoa-test".to_owned(),
             advertised: "127.0.0.1:40000".parse().unwrap(),
+            advertised_tcp: Some("127.0.0.1:40000".parse().unwrap()),
         }
     }
 

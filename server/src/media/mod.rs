@@ -14,6 +14,7 @@ pub mod offer;
 pub mod selector;
 pub mod slot;
 pub mod srtp;
+pub mod tcp;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -131,7 +132,27 @@ impl Media {
                 )
             })?;
             grow_buffers(&socket);
-            sockets.push(socket);
+            // ICE-TCP at the same port number when ports are fixed (one number per worker to
+            // open in a firewall, for both protocols), else any free port.
+            let tcp = if options.settings.tcp {
+                let tcp_port = if options.port.is_some() {
+                    socket.local_addr()?.port()
+                } else {
+                    0
+                };
+                let listener =
+                    std::net::TcpListener::bind(SocketAddr::new(options.bind_ip, tcp_port))
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "cannot bind media TCP socket {}:{tcp_port}: {e}",
+                                options.bind_ip
+                            )
+                        })?;
+                Some(listener)
+            } else {
+                None
+            };
+            sockets.push((socket, tcp));
         }
         let mut fanout_rx = Vec::with_capacity(count);
         let mut fanout_tx = Vec::with_capacity(count);
@@ -144,16 +165,24 @@ impl Media {
             (0..count).map(|_| mpsc::unbounded_channel()).unzip();
         let mut links = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        for (index, ((socket, fanout), control_rx)) in sockets
+        for (index, (((socket, tcp), fanout), control_rx)) in sockets
             .into_iter()
             .zip(fanout_rx)
             .zip(control_rx)
             .enumerate()
         {
             let addr = socket.local_addr()?;
+            let tcp = match tcp {
+                Some(listener) => {
+                    let port = listener.local_addr()?.port();
+                    Some((listener, SocketAddr::new(advertised_ip, port)))
+                }
+                None => None,
+            };
             let setup = WorkerSetup {
                 index,
                 socket,
+                tcp,
                 advertised: SocketAddr::new(advertised_ip, addr.port()),
                 certificate: certificate.clone(),
                 slots: options.settings.slots,

@@ -40,12 +40,20 @@ use super::offer::Offer;
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
 use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
+use super::tcp::{TcpEvent, TcpSide};
 use super::{MediaError, random_alnum, random_u32};
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::{DropLabels, MediaMetrics, WorkerLabels};
 
 /// A connection's number, unique in the process; routes control messages to it.
 pub type ConnKey = u32;
+
+/// Where a client is reached: an address, over UDP or over one of our ICE-TCP streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Peer {
+    addr: SocketAddr,
+    tcp: bool,
+}
 
 /// How often slots are re-decided from the levels heard.
 const SELECT_EVERY: Duration = Duration::from_millis(20);
@@ -152,6 +160,8 @@ pub struct WorkerSetup {
     pub index: usize,
     pub socket: std::net::UdpSocket,
     pub advertised: SocketAddr,
+    /// ICE-TCP listener (non-blocking is set here) and the address its candidate advertises.
+    pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
     pub certificate: RTCCertificate,
     pub slots: usize,
     pub ice_disconnected: Duration,
@@ -210,9 +220,9 @@ struct Conn {
     connected: bool,
     /// Until the connection first comes up.
     answered_at: Option<Instant>,
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<Peer>,
     /// Where `rtc` last sent this connection's SRTP/SRTCP: the selected ICE pair's remote.
-    dest: Option<SocketAddr>,
+    dest: Option<Peer>,
     /// This connection's crypto provider, which learns its SRTP keys.
     tap: Arc<KeyTap>,
     /// Whether forwarded audio bypasses `rtc`'s write path (see `srtp`).
@@ -293,14 +303,20 @@ impl Counters {
 pub struct Worker {
     index: usize,
     socket: UdpSocket,
+    /// ICE-TCP: the listener and streams of this worker, when enabled.
+    tcp: Option<TcpSide>,
+    tcp_events: Option<mpsc::Receiver<TcpEvent>>,
+    /// The TCP listener's own address (its port differs from the UDP one unless fixed).
+    tcp_local: Option<SocketAddr>,
     local_addr: SocketAddr,
     advertised: SocketAddr,
+    advertised_tcp: Option<SocketAddr>,
     certificate: RTCCertificate,
     slots: usize,
     ice_disconnected: Duration,
     ice_failed: Duration,
     conns: HashMap<ConnKey, Conn>,
-    by_addr: HashMap<SocketAddr, ConnKey>,
+    by_addr: HashMap<Peer, ConnKey>,
     by_ufrag: HashMap<String, ConnKey>,
     rooms: HashMap<u32, WorkerRoom>,
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
@@ -337,18 +353,31 @@ impl Worker {
             setup.socket.set_nonblocking(true)?;
             let local_addr = setup.socket.local_addr()?;
             let socket = UdpSocket::from_std(setup.socket)?;
+            let (tcp, tcp_events, advertised_tcp) = match setup.tcp {
+                Some((listener, advertised)) => {
+                    listener.set_nonblocking(true)?;
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let (side, events) = TcpSide::new(listener);
+                    (Some(side), Some(events), Some(advertised))
+                }
+                None => (None, None, None),
+            };
             let now = Instant::now();
             let mut worker = Worker {
                 index: setup.index,
                 socket,
                 local_addr,
                 advertised: setup.advertised,
+                advertised_tcp,
                 certificate: setup.certificate,
                 slots: setup.slots,
                 ice_disconnected: setup.ice_disconnected,
                 ice_failed: setup.ice_failed,
                 conns: HashMap::new(),
                 by_addr: HashMap::new(),
+                tcp_local: tcp.as_ref().and_then(|t| t.local_addr().ok()),
+                tcp,
+                tcp_events,
                 by_ufrag: HashMap::new(),
                 rooms: HashMap::new(),
                 timers: BinaryHeap::new(),
@@ -400,6 +429,8 @@ impl Worker {
                         self.read_burst();
                     }
                 }
+                Some(accepted) = accept_tcp(self.tcp.as_ref()) => self.on_tcp_accept(accepted),
+                Some(event) = tcp_event(self.tcp_events.as_mut()) => self.on_tcp_event(event),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
             self.on_timers(Instant::now());
@@ -439,7 +470,13 @@ impl Worker {
     fn read_burst(&mut self) {
         for _ in 0..READ_BURST {
             match self.socket.try_recv_from(&mut self.recv_buf) {
-                Ok((n, from)) => self.on_datagram(n, from),
+                Ok((n, from)) => self.on_datagram(
+                    n,
+                    Peer {
+                        addr: from,
+                        tcp: false,
+                    },
+                ),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // ICMP errors surface here on Linux (a peer's port closed); not fatal.
@@ -449,7 +486,57 @@ impl Worker {
         }
     }
 
-    fn on_datagram(&mut self, n: usize, from: SocketAddr) {
+    fn on_tcp_accept(&mut self, accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        match accepted {
+            Ok((stream, from)) => {
+                if !tcp.adopt(stream, from) {
+                    self.counters.rejected.inc();
+                    tracing::warn!(worker = self.index, "too many ICE-TCP streams; one refused");
+                }
+            }
+            Err(e) => tracing::debug!(worker = self.index, error = %e, "ICE-TCP accept failed"),
+        }
+    }
+
+    fn on_tcp_event(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Frame { from, frame } => {
+                // Bounded by the reader (at most a datagram's size).
+                let n = frame.len().min(self.recv_buf.len());
+                self.recv_buf[..n].copy_from_slice(&frame[..n]);
+                self.on_datagram(
+                    n,
+                    Peer {
+                        addr: from,
+                        tcp: true,
+                    },
+                );
+            }
+            TcpEvent::Closed { from } => {
+                let peer = Peer {
+                    addr: from,
+                    tcp: true,
+                };
+                if let Some(tcp) = self.tcp.as_mut() {
+                    tcp.close(&from);
+                }
+                if let Some(key) = self.by_addr.remove(&peer)
+                    && let Some(conn) = self.conns.get_mut(&key)
+                {
+                    conn.addrs.retain(|a| *a != peer);
+                    if conn.dest == Some(peer) {
+                        conn.dest = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, n: usize, peer: Peer) {
+        let from = peer.addr;
         self.counters.datagrams_in.inc();
         self.counters.bytes_in.inc_by(n as u64);
         if n > MAX_DATAGRAM {
@@ -470,7 +557,7 @@ impl Worker {
         } else {
             None
         };
-        let key = match by_ufrag.or_else(|| self.by_addr.get(&from).copied()) {
+        let key = match by_ufrag.or_else(|| self.by_addr.get(&peer).copied()) {
             Some(key) => key,
             None => {
                 self.counters.unroutable.inc();
@@ -481,7 +568,7 @@ impl Worker {
             self.counters.unroutable.inc();
             return;
         };
-        if by_ufrag.is_some() && !conn.addrs.contains(&from) {
+        if by_ufrag.is_some() && !conn.addrs.contains(&peer) {
             // Only a request that proves it knows our password may add a route; a forged one
             // is left to `rtc`, which refuses it, and changes nothing here.
             if !demux::binding_integrity_ok(datagram, &conn.password, self.crypto.crypto()) {
@@ -494,8 +581,8 @@ impl Worker {
                     self.by_addr.remove(&oldest);
                 }
             }
-            conn.addrs.push(from);
-            self.by_addr.insert(from, key);
+            conn.addrs.push(peer);
+            self.by_addr.insert(peer, key);
         }
         // `rtc` would decrypt and deliver RTP even on a connection we answered without a
         // receiving path, so the rule is applied here, before any crypto is spent.
@@ -507,10 +594,18 @@ impl Worker {
         let message = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local_addr,
+                local_addr: if peer.tcp {
+                    self.tcp_local.unwrap_or(self.local_addr)
+                } else {
+                    self.local_addr
+                },
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: if peer.tcp {
+                    TransportProtocol::TCP
+                } else {
+                    TransportProtocol::UDP
+                },
             },
             message: BytesMut::from(datagram),
         };
@@ -554,6 +649,7 @@ impl Worker {
                 &mut conn.dest,
                 &mut self.batch,
                 &self.socket,
+                self.tcp.as_ref(),
                 &self.counters,
             );
             while let Some(event) = conn.pc.poll_event() {
@@ -725,7 +821,10 @@ impl Worker {
             };
             let rollover = slot.rollover.next(out.seq);
             // The lean path: seal straight into the send batch.
-            if let Some(dest) = conn.dest
+            if let Some(Peer {
+                addr: dest,
+                tcp: false,
+            }) = conn.dest
                 && let Some(sender) = conn.lean.sender(&conn.tap)
             {
                 if self.batch.is_full() {
@@ -775,6 +874,7 @@ impl Worker {
                     &mut conn.dest,
                     &mut self.batch,
                     &self.socket,
+                    self.tcp.as_ref(),
                     &self.counters,
                     |datagram| {
                         if !is_packet(datagram, &header) {
@@ -805,6 +905,7 @@ impl Worker {
                     &mut conn.dest,
                     &mut self.batch,
                     &self.socket,
+                    self.tcp.as_ref(),
                     &self.counters,
                 );
             }
@@ -1022,6 +1123,7 @@ impl Worker {
                 ssrcs: (0..self.slots).map(|_| random_u32()).collect(),
                 stream: format!("stoa-{key}"),
                 advertised: self.advertised,
+                advertised_tcp: self.advertised_tcp,
             },
             offer,
             on_stage,
@@ -1154,13 +1256,19 @@ impl Worker {
                 &mut conn.dest,
                 &mut self.batch,
                 &self.socket,
+                self.tcp.as_ref(),
                 &self.counters,
             );
         }));
         self.by_ufrag.remove(&conn.ufrag);
-        for addr in &conn.addrs {
-            if self.by_addr.get(addr) == Some(&key) {
-                self.by_addr.remove(addr);
+        for peer in &conn.addrs {
+            if self.by_addr.get(peer) == Some(&key) {
+                self.by_addr.remove(peer);
+                if peer.tcp
+                    && let Some(tcp) = self.tcp.as_mut()
+                {
+                    tcp.close(&peer.addr);
+                }
             }
         }
         self.counters.connections.set(self.conns.len() as i64);
@@ -1209,32 +1317,69 @@ impl Worker {
 /// Notes where the connection's SRTP/SRTCP goes (the selected pair), for the lean path.
 fn queue_writes(
     pc: &mut RTCPeerConnection,
-    dest: &mut Option<SocketAddr>,
+    dest: &mut Option<Peer>,
     batch: &mut SendBatch,
     socket: &UdpSocket,
+    tcp: Option<&TcpSide>,
     counters: &Counters,
 ) {
-    queue_writes_inspecting(pc, dest, batch, socket, counters, |_| {});
+    queue_writes_inspecting(pc, dest, batch, socket, tcp, counters, |_| {});
 }
 
 /// `queue_writes`, showing each datagram to `inspect` on the way.
+#[allow(clippy::too_many_arguments)]
 fn queue_writes_inspecting(
     pc: &mut RTCPeerConnection,
-    dest: &mut Option<SocketAddr>,
+    dest: &mut Option<Peer>,
     batch: &mut SendBatch,
     socket: &UdpSocket,
+    tcp: Option<&TcpSide>,
     counters: &Counters,
     mut inspect: impl FnMut(&[u8]),
 ) {
     while let Some(out) = pc.poll_write() {
+        let peer = Peer {
+            addr: out.transport.peer_addr,
+            tcp: out.transport.transport_protocol == TransportProtocol::TCP,
+        };
+        if matches!(demux::classify(&out.message), Kind::Rtp | Kind::Rtcp) {
+            *dest = Some(peer);
+        }
+        inspect(&out.message);
+        if peer.tcp {
+            match tcp.map(|t| t.send(peer.addr, &out.message)) {
+                Some(Ok(())) => {
+                    counters.datagrams_out.inc();
+                    counters.bytes_out.inc_by(out.message.len() as u64);
+                }
+                _ => {
+                    counters.send_failed.inc();
+                }
+            }
+            continue;
+        }
         if batch.is_full() {
             flush_batch(batch, socket, counters);
         }
-        if matches!(demux::classify(&out.message), Kind::Rtp | Kind::Rtcp) {
-            *dest = Some(out.transport.peer_addr);
-        }
-        inspect(&out.message);
         batch.push(&out.message, out.transport.peer_addr);
+    }
+}
+
+/// The next ICE-TCP client, or never when TCP is off.
+async fn accept_tcp(
+    tcp: Option<&TcpSide>,
+) -> Option<std::io::Result<(tokio::net::TcpStream, SocketAddr)>> {
+    match tcp {
+        Some(tcp) => Some(tcp.accept().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next frame or closed stream from ICE-TCP, or never when TCP is off.
+async fn tcp_event(events: Option<&mut mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 
