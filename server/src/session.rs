@@ -30,6 +30,11 @@ pub struct Claims {
     /// Issued at and expiry, Unix milliseconds.
     pub iat: i64,
     pub exp: i64,
+    /// The identity's token generation (one per redemption) this token was issued at; a role
+    /// the room recorded at this generation or later outranks `role`. Tokens from before
+    /// generations existed read as 0, the oldest.
+    #[serde(rename = "g", default)]
+    pub generation: i64,
 }
 
 /// What a resume token asserts: this participant of this room may take its place back.
@@ -174,6 +179,7 @@ impl OperatorKey {
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         hash.ct_eq(&self.hash).into()
     }
+
 }
 
 /// Reads a secret file, or creates it with `make()` readable by the owner only.
@@ -219,6 +225,7 @@ mod tests {
             name: "Ada".into(),
             iat: 0,
             exp,
+            generation: 1,
         }
     }
 

@@ -32,6 +32,8 @@ fn claims_of(answer: &Value, now_ms: i64) -> Claims {
         name: s(&answer["display_name"]),
         iat: now_ms,
         exp: now_ms + 600_000,
+        // A first redemption starts an identity's first token generation.
+        generation: 1,
     }
 }
 
@@ -1325,5 +1327,129 @@ async fn the_signaling_socket_checks_origin() {
     // No Origin at all (bots, the Rust client): allowed, and the token still decides.
     let room = t.create_room("WS").await;
     SignalClient::join(&t.participant(&room, "listener", "Bot").await).await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles the room took away
+
+/// Redeems `code` again as the identity of an earlier join answer.
+async fn redeem_as(t: &TestServer, code: &str, name: &str, identity: &str) -> Value {
+    t.call(
+        Method::POST,
+        "/api/v1/join",
+        None,
+        Some(json!({ "invite": code, "display_name": name, "identity": identity })),
+    )
+    .await
+    .expect(200)
+}
+
+async fn make_invite(t: &TestServer, token: &str, room: &str, role: &str) -> Answer {
+    t.call(
+        Method::POST,
+        &format!("/api/v1/rooms/{room}/invites"),
+        Some(token),
+        Some(json!({ "role": role })),
+    )
+    .await
+}
+
+/// Whatever role the room last gave a person wins over every token issued before: a demoted
+/// moderator or a speaker moved to the audience cannot get the role back by redeeming another
+/// link, leaving and rejoining, resuming, or waiting for a restart. Only a new redemption of a
+/// link that grants a role (a room decision) gives that role, and only to the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_room_took_away_stays_taken_from_older_tokens() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Demotions").await;
+    let public = s(&t.create_invite(&room, "listener", json!({})).await["code"]);
+    let max_answer = t.participant(&room, "moderator", "Max").await;
+    let mut max = SignalClient::join(&max_answer).await;
+    let ada_answer = t.participant(&room, "moderator", "Ada").await;
+    let ada_token = s(&ada_answer["token"]);
+    let ada_identity = s(&ada_answer["identity"]);
+    let mut ada = SignalClient::join(&ada_answer).await;
+    let aid = ada.participant_id();
+    let sam_answer = t.participant(&room, "speaker", "Sam").await;
+    let sam_identity = s(&sam_answer["identity"]);
+    let mut sam = SignalClient::join(&sam_answer).await;
+    let sid = sam.participant_id();
+
+    // Demoted, a moderator becomes a speaker; moved to the audience, a speaker a listener.
+    max.ok(json!({ "type": "demote", "participant": aid }))
+        .await;
+    ada.wait_about("role_changed", &aid).await;
+    max.ok(json!({ "type": "move_to_audience", "participant": sid }))
+        .await;
+    sam.wait_about("left_stage", &sid).await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+
+    // Both redeem the public listener link again as themselves, then leave. The new tokens
+    // carry what the room left them, no more.
+    let ada_again = redeem_as(&t, &public, "Ada", &ada_identity).await;
+    let sam_again = redeem_as(&t, &public, "Sam", &sam_identity).await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    assert_eq!(ada_again["role"], "speaker");
+    assert_eq!(sam_again["role"], "listener");
+    for mut c in [ada, sam] {
+        c.ok(json!({ "type": "leave" })).await;
+        c.wait_closed().await;
+    }
+    // Rejoining with the old tokens: the room's decision, not the token's role.
+    let mut ada = SignalClient::join(&ada_answer).await;
+    assert_eq!(ada.welcome["snapshot"]["you"]["role"], "speaker");
+    ada.refused(
+        json!({ "type": "demote", "participant": max.participant_id() }),
+        "not_permitted",
+    )
+    .await;
+    let sam = SignalClient::join(&sam_answer).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    // Resuming keeps it too.
+    let url = s(&sam_answer["signal_url"]);
+    let resume = sam.resume_token();
+    sam.drop_connection();
+    let sam = SignalClient::resume(&url, &resume).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    sam.close().await;
+
+    // A moderator deliberately hands Ada a new moderator link: the new token moderates, the
+    // old one still does not.
+    let fresh = s(
+        &make_invite(&t, &s(&max_answer["token"]), &room, "moderator")
+            .await
+            .expect(201)["code"],
+    );
+    let ada_new = redeem_as(&t, &fresh, "Ada", &ada_identity).await;
+    assert_eq!(ada_new["role"], "moderator");
+    make_invite(&t, &s(&ada_new["token"]), &room, "listener")
+        .await
+        .expect(201);
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    ada.ok(json!({ "type": "leave" })).await;
+    ada.wait_closed().await;
+    max.ok(json!({ "type": "leave" })).await;
+    max.wait_closed().await;
+
+    // And after a restart.
+    let t = t.restart().await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    make_invite(&t, &s(&ada_new["token"]), &room, "listener")
+        .await
+        .expect(201);
+    let mut answer = sam_answer.clone();
+    answer["signal_url"] = json!(t.running().state.signal_url());
+    let sam = SignalClient::join(&answer).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    sam.close().await;
     t.stop().await;
 }

@@ -138,7 +138,8 @@ impl FromRequestParts<AppState> for Caller {
         }
         let mut claims = state.signer.verify(value, state.clock.now_ms())?;
         // What the room decided since the token was issued outranks the token: a ban or a
-        // removal voids it at once, and a role changed live replaces the role it claims.
+        // removal voids it at once, and a role changed live replaces the role it claims (for
+        // every token issued before the change, whatever was redeemed since).
         let standing = state
             .store
             .standing(claims.room.clone(), claims.participant.clone())
@@ -155,7 +156,7 @@ impl FromRequestParts<AppState> for Caller {
                 "you were removed from this room; this token no longer works",
             ));
         }
-        claims.role = standing.role(claims.role);
+        claims.role = standing.role(claims.role, claims.generation);
         Ok(Caller::Participant(claims))
     }
 }
