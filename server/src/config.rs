@@ -146,8 +146,16 @@ pub struct Limits {
     pub session_ttl_secs: u64,
     /// Largest page a list endpoint returns.
     pub max_page_size: u32,
-    /// Time a client has to send a request's headers; a slower one is disconnected.
+    /// Time a client has to send a request's headers; a slower one is disconnected. It also
+    /// bounds the time from connecting (or finishing the TLS handshake) to the first request.
     pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed: one that
+    /// sends nothing, stalls in a request body, or stops reading. Must exceed
+    /// `signal.ping_interval_ms` (the pings keep quiet signaling sockets alive).
+    pub idle_timeout_ms: u64,
+    /// HTTP connections open at once; more are closed on arrival, logged and counted
+    /// (`stoa_http_connections_refused_total`). 0: the open-file limit less a reserve.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -190,6 +198,8 @@ impl Default for Limits {
             session_ttl_secs: 15 * 60,
             max_page_size: 200,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_connections: 0,
         }
     }
 }
@@ -328,6 +338,11 @@ impl Config {
         if l.header_read_timeout_ms < 100 {
             return Err(ConfigError::Invalid(
                 "limits: header_read_timeout_ms >= 100".into(),
+            ));
+        }
+        if l.idle_timeout_ms < 100 || l.idle_timeout_ms <= self.signal.ping_interval_ms {
+            return Err(ConfigError::Invalid(
+                "limits: idle_timeout_ms >= 100 and > signal.ping_interval_ms".into(),
             ));
         }
         if l.session_ttl_secs < 30 || l.max_page_size == 0 {

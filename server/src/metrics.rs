@@ -241,6 +241,7 @@ pub struct Metrics {
     pub signal_errors: Family<CodeLabels, Counter>,
     pub media: MediaMetrics,
     pub process: ProcessMetrics,
+    pub connections: crate::connection::ConnectionMetrics,
 }
 
 impl Metrics {
@@ -281,6 +282,21 @@ impl Metrics {
             "signal_errors",
             "Signaling errors sent, by code",
             self.signal_errors.clone(),
+        );
+        r.register(
+            "http_connections_open",
+            "Open HTTP connections (WebSockets included)",
+            self.connections.open.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed on arrival because limits.max_connections were open",
+            self.connections.refused.clone(),
+        );
+        r.register(
+            "http_accept_errors",
+            "Failed accepts of new connections (typically: out of file descriptors)",
+            self.connections.accept_errors.clone(),
         );
         self.media.register(&mut r);
         self.process.register(&mut r);

@@ -13,6 +13,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::connection::{self, GuardedAcceptor};
 use crate::control::Store;
 use crate::media::{Media, MediaOptions};
 use crate::metrics::Metrics;
@@ -79,6 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 /// Starts a server whose notion of time is `clock` (tests pass a manual clock).
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    let descriptor_limit = connection::raise_descriptor_limit();
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir)
         .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
@@ -156,12 +158,37 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     });
     let handle = Handle::new();
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
+    // Every connection holds a descriptor: idle and stalled ones are closed on a timer, and
+    // past the cap new ones are refused (logged and counted) rather than starving the rest.
+    let max_connections = match config.limits.max_connections {
+        0 => connection::default_max_connections(descriptor_limit),
+        n => n,
+    };
+    let guarded = GuardedAcceptor::new(
+        max_connections,
+        Duration::from_millis(config.limits.idle_timeout_ms),
+        state.metrics.connections.clone(),
+    );
+    let on_accept_error = {
+        let guarded = guarded.clone();
+        // Without an address it is the listener's own accept that failed; with one, a connection
+        // our acceptor refused or whose TLS handshake failed (already counted, or routine).
+        move |peer: Option<&SocketAddr>, e: &std::io::Error| {
+            if peer.is_none() {
+                guarded.accept_failed(e);
+            }
+        }
+    };
     let task = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("cannot load the TLS certificate or key")?;
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .map(|tls| tls.handshake_timeout(header_timeout).acceptor(guarded))
+                .handle(handle.clone())
+                .first_request_timeout(header_timeout)
+                .accept_error_handler(on_accept_error);
             // axum-server turns hyper's header timeout off; a client trickling its headers
             // would hold the connection for ever.
             server
@@ -171,7 +198,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             tokio::spawn(server.serve(app))
         }
         _ => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(guarded)
+                .handle(handle.clone())
+                .first_request_timeout(header_timeout)
+                .accept_error_handler(on_accept_error);
             server
                 .http_builder()
                 .http1()

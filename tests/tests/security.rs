@@ -3,6 +3,7 @@
 //! The matrices are tables; a route or a message type without a row fails the test.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -1451,5 +1452,132 @@ async fn a_role_the_room_took_away_stays_taken_from_older_tokens() {
     let sam = SignalClient::join(&answer).await;
     assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
     sam.close().await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections that send nothing, and what closes them
+
+/// Reads until the server closes the connection; how long that took, or None if it was still
+/// open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
+}
+
+async fn raw(t: &TestServer, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(t.running().addr)
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// The idle bound the tests below run with (the default is 30 s).
+const IDLE_MS: u64 = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_are_closed_on_a_timer() {
+    let t = TestServer::start_with(|c| {
+        c.limits.idle_timeout_ms = IDLE_MS;
+        c.limits.header_read_timeout_ms = IDLE_MS;
+        c.signal.ping_interval_ms = 200;
+        c.signal.ping_timeout_ms = 1_000;
+    })
+    .await;
+    let bound = Duration::from_millis(IDLE_MS * 5);
+    let cases: [(&str, &[u8]); 5] = [
+        ("nothing at all", b""),
+        ("an h2c preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        ("half a request line", b"GET /healthz HT"),
+        (
+            "a stalled body",
+            b"POST /api/v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"invite\":",
+        ),
+        (
+            "an idle keep-alive connection",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    let mut streams = Vec::new();
+    for (what, bytes) in cases {
+        streams.push((what, raw(&t, bytes).await));
+    }
+    for (what, stream) in &mut streams {
+        assert!(
+            closed_within(stream, bound).await.is_some(),
+            "{what}: still open after {bound:?}"
+        );
+    }
+    // A signaling socket that answers pings stays open however long it is quiet.
+    let room = t.create_room("Quiet").await;
+    let mut quiet = SignalClient::join(&t.participant(&room, "listener", "Q").await).await;
+    let until = Instant::now() + Duration::from_millis(IDLE_MS * 3);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        // Reading is what answers the server's pings.
+        quiet.next_within(left).await;
+        assert!(quiet.closed.is_none(), "{:?}", quiet.closed);
+    }
+    quiet.sync().await;
+    assert!(quiet.closed.is_none());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_counted_and_do_not_starve_others() {
+    let t = TestServer::start_with(|c| {
+        c.limits.idle_timeout_ms = 2_000;
+        c.limits.max_connections = 3;
+        c.signal.ping_interval_ms = 200;
+        c.signal.ping_timeout_ms = 1_000;
+    })
+    .await;
+    // The test's own HTTP client must not hold pooled connections that count against the limit.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(raw(&t, b"").await);
+    }
+    // The fourth is closed at once, long before the idle timer.
+    let mut refused = raw(&t, b"").await;
+    let took = closed_within(&mut refused, Duration::from_secs(10))
+        .await
+        .expect("refused");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    // The idle ones go on the timer, and the server serves others again.
+    for stream in &mut idle {
+        closed_within(stream, Duration::from_secs(10))
+            .await
+            .expect("closed by the idle timer");
+    }
+    let fresh = reqwest::Client::new();
+    let metrics = fresh
+        .get(t.url("/metrics"))
+        .bearer_auth(&t.api_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = metrics
+        .lines()
+        .find(|l| l.starts_with("stoa_http_connections_refused_total"))
+        .unwrap_or_else(|| panic!("no refusal counter in {metrics}"));
+    assert!(refusals.ends_with(" 1"), "{refusals}");
     t.stop().await;
 }
