@@ -1581,3 +1581,105 @@ async fn connections_past_the_limit_are_refused_counted_and_do_not_starve_others
     assert!(refusals.ends_with(" 1"), "{refusals}");
     t.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive after a refusal, and ambiguous message framing
+
+/// Sends raw bytes on a new connection and returns the response head, lower-cased.
+async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+fn post(path: &str, auth: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_say_connection_close() {
+    let t = TestServer::start_with(|c| {
+        c.limits.join_burst = 1;
+        c.limits.joins_per_minute = 1;
+    })
+    .await;
+    let room = t.create_room("Close").await;
+    let listener = t.participant(&room, "listener", "Lee").await;
+    let body = json!({ "role": "listener", "label": "x".repeat(200) }).to_string();
+    let invites = format!("/api/v1/rooms/{room}/invites");
+    let join_body =
+        json!({ "invite": "AAAAAAAAAAAAAAAAAAAAAA", "display_name": "Eve" }).to_string();
+    let cases = [
+        ("401", post(&invites, None, &body)),
+        ("401", post(&invites, Some("stoa_sk_wrong"), &body)),
+        ("403", post(&invites, Some(&s(&listener["token"])), &body)),
+        ("429", post("/api/v1/join", None, &join_body)),
+    ];
+    for (status, request) in cases {
+        let mut stream = raw(&t, &request).await;
+        let head = response_head(&mut stream).await;
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(10))
+                .await
+                .is_some()
+        );
+    }
+    // Content-Length and chunked together: answered, then the connection is closed.
+    let mut stream = raw(
+        &t,
+        b"POST /api/v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let head = response_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 4"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    // Also when the request would otherwise succeed.
+    let body = r#"{"title":"Framed twice"}"#;
+    let request = format!(
+        "POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        t.api_key,
+        body.len(),
+        body.len()
+    );
+    let mut stream = raw(&t, request.as_bytes()).await;
+    let head = response_head(&mut stream).await;
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    t.stop().await;
+}
