@@ -1683,3 +1683,43 @@ async fn refusals_before_the_body_is_read_say_connection_close() {
     );
     t.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The client address behind a proxy
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_takes_the_right_most_address_across_every_header_line() {
+    let t = TestServer::start_with(|c| {
+        c.trust_forwarded_for = true;
+        c.limits.join_burst = 3;
+        c.limits.joins_per_minute = 1;
+    })
+    .await;
+    let body = json!({ "invite": "AAAAAAAAAAAAAAAAAAAAAA", "display_name": "Eve" });
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        // The client's own line first, then the one HAProxy (`option forwardfor`) appends.
+        let res = t
+            .http
+            .post(t.url("/api/v1/join"))
+            .header("x-forwarded-for", format!("10.1.2.{i}, 10.9.9.{i}"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 429, 429, 429]);
+    // Another client behind the same proxy has its own allowance.
+    let res = t
+        .http
+        .post(t.url("/api/v1/join"))
+        .header("x-forwarded-for", "203.0.113.8")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    t.stop().await;
+}

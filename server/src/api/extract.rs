@@ -161,8 +161,8 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The client's address, for rate limits: the peer address, or the last `X-Forwarded-For`
-/// entry when the operator said a trusted proxy sits in front.
+/// The client's address, for rate limits: the peer address, or the right-most entry of all
+/// `X-Forwarded-For` lines together when the operator said a trusted proxy sits in front.
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
@@ -172,12 +172,16 @@ impl FromRequestParts<AppState> for ClientIp {
         if state.config.trust_forwarded_for
             && let Some(ip) = parts
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
+                .get_all("x-forwarded-for")
+                .iter()
+                // Every header line, in order, is one list: a proxy that appends a line of its
+                // own (HAProxy's `option forwardfor`) reads like one that extends the last.
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|entry| entry.trim_ascii())
+                .rfind(|entry| !entry.is_empty())
                 // The right-most entry is the one our proxy added; earlier ones are whatever
                 // the client claimed.
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .and_then(|entry| std::str::from_utf8(entry).ok()?.parse::<IpAddr>().ok())
         {
             return Ok(ClientIp(ip));
         }
