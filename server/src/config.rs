@@ -156,6 +156,11 @@ pub struct Limits {
     /// HTTP connections open at once; more are closed on arrival, logged and counted
     /// (`stoa_http_connections_refused_total`). 0: the open-file limit less a reserve.
     pub max_connections: usize,
+    /// Failed authentications (wrong API key, invalid session token) allowed per client
+    /// address per minute, and the burst above it; past them every call with credentials from
+    /// that address gets 429 `too_many_failures` until the allowance refills.
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -200,6 +205,8 @@ impl Default for Limits {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             max_connections: 0,
+            auth_failures_per_minute: 10,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -343,6 +350,11 @@ impl Config {
         if l.idle_timeout_ms < 100 || l.idle_timeout_ms <= self.signal.ping_interval_ms {
             return Err(ConfigError::Invalid(
                 "limits: idle_timeout_ms >= 100 and > signal.ping_interval_ms".into(),
+            ));
+        }
+        if l.auth_failures_per_minute == 0 || l.auth_failure_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: auth_failures_per_minute and auth_failure_burst > 0".into(),
             ));
         }
         if l.session_ttl_secs < 30 || l.max_page_size == 0 {

@@ -242,6 +242,7 @@ pub struct Metrics {
     pub media: MediaMetrics,
     pub process: ProcessMetrics,
     pub connections: crate::connection::ConnectionMetrics,
+    pub auth_throttled: Counter,
 }
 
 impl Metrics {
@@ -297,6 +298,11 @@ impl Metrics {
             "http_accept_errors",
             "Failed accepts of new connections (typically: out of file descriptors)",
             self.connections.accept_errors.clone(),
+        );
+        r.register(
+            "auth_throttled",
+            "Calls refused with too_many_failures (an address failed authentication too often)",
+            self.auth_throttled.clone(),
         );
         self.media.register(&mut r);
         self.process.register(&mut r);

@@ -80,6 +80,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 /// Starts a server whose notion of time is `clock` (tests pass a manual clock).
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    if let Some(key) = &config.api_key {
+        OperatorKey::check_strength(key).map_err(anyhow::Error::msg)?;
+    }
     let descriptor_limit = connection::raise_descriptor_limit();
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir)
@@ -148,12 +151,14 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();
+    let auth_throttle = state.auth_throttle.clone();
     let housekeeping = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
             limiter.retain_recent();
             limiter.shrink_to_fit();
+            auth_throttle.retain_recent();
         }
     });
     let handle = Handle::new();

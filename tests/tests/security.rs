@@ -1723,3 +1723,55 @@ async fn forwarded_for_takes_the_right_most_address_across_every_header_line() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     t.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operator key
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_operator_keys_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for weak in [
+        "a",
+        "secret",
+        "stoa_sk_loadgen",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        let config = stoa::Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            demo_room: false,
+            api_key: Some(weak.into()),
+            ..stoa::Config::default()
+        };
+        let refused = stoa::server::start_with_clock(config, stoa::Clock::manual()).await;
+        let message = format!("{:#}", refused.err().expect("refused"));
+        assert!(message.contains("128 bits"), "{weak}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_throttled_per_address() {
+    let t = TestServer::start_with(|c| {
+        c.limits.auth_failure_burst = 5;
+        c.limits.auth_failures_per_minute = 1;
+    })
+    .await;
+    for i in 0..5 {
+        t.call(
+            Method::GET,
+            "/api/v1/rooms",
+            Some(&format!("stoa_sk_guess{i}")),
+            None,
+        )
+        .await
+        .expect_problem(401, "invalid_api_key");
+    }
+    for credential in ["stoa_sk_guess", "garbage", t.api_key.as_str()] {
+        let answer = t
+            .call(Method::GET, "/api/v1/rooms", Some(credential), None)
+            .await;
+        answer.expect_problem(429, "too_many_failures");
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    t.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The HTTP edge: the moderator REST API, health, metrics and the OpenAPI document.
 //! Handlers parse, authenticate, call the store or the room, and render; no rules here.
 
+mod auth_throttle;
 mod error;
 mod events;
 mod extract;
