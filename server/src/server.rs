@@ -87,6 +87,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir)
         .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
+    make_private(&data_dir)
+        .with_context(|| format!("cannot make {} private", data_dir.display()))?;
 
     let store = Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?;
     let (operator_key, key_source) = match &config.api_key {
@@ -240,6 +242,43 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         task,
     })
 }
+
+/// The data folder holds names, the audit log and the keys: owner only, whatever mode an older
+/// version or a hand-made folder left it with. The database is created 0600 before SQLite
+/// opens it (SQLite gives its -wal and -shm files the database file's mode).
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("stoa.db"))?;
+        for name in PRIVATE_FILES {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Files of the data folder that only the server's user may read.
+const PRIVATE_FILES: [&str; 5] = [
+    "stoa.db",
+    "stoa.db-wal",
+    "stoa.db-shm",
+    "operator.key",
+    "signing.key",
+];
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();

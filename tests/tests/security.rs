@@ -1775,3 +1775,39 @@ async fn failed_authentication_is_throttled_per_address() {
     }
     t.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files in the data folder
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_folder_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestServer::start().await;
+    t.create_room("Private").await;
+    let data = t.config.data_dir.clone();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = [
+        "stoa.db",
+        "stoa.db-wal",
+        "stoa.db-shm",
+        "operator.key",
+        "signing.key",
+    ];
+    assert_eq!(mode(&data), 0o700);
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "new {f}");
+    }
+    // A folder made by an older version, or by hand with the usual umask.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in files {
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let t = t.restart().await;
+    t.create_room("Still private").await;
+    assert_eq!(mode(&data), 0o700);
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    t.stop().await;
+}
