@@ -236,8 +236,8 @@ impl Store {
     }
 
     /// What an invite link leads to, checked as redeeming would check it but without using it:
-    /// the room and the role. Unknown and revoked codes fail alike (`InviteInvalid`).
-    pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Role)> {
+    /// the room and the invite. Unknown and revoked codes fail alike (`InviteInvalid`).
+    pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Invite)> {
         self.call(move |c| {
             let invite = c
                 .query_row(
@@ -260,7 +260,7 @@ impl Store {
             if invite.max_uses.is_some_and(|max| invite.uses >= max) {
                 return Err(ControlError::InviteUsedUp);
             }
-            Ok((room, invite.role))
+            Ok((room, invite))
         })
         .await
     }
