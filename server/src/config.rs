@@ -474,6 +474,22 @@ mod tests {
         assert!(c.validate().is_err());
     }
 
+    /// operations.md shows what an unknown key gets; keep it true as settings are added.
+    #[test]
+    fn the_unknown_key_example_in_the_docs_is_what_the_server_says() {
+        let message = Config::from_toml("bnid = \"x\"").unwrap_err();
+        let said = message.lines().last().unwrap();
+        assert!(said.starts_with("unknown field `bnid`"), "{message}");
+        let docs = include_str!("../../docs/operations.md");
+        assert!(docs.contains(said), "operations.md should show: {said}");
+        for (key, example) in [
+            ("[limits]", "idle_timeout_ms = 30000"),
+            ("[limits]", "auth_failure_burst = 20"),
+        ] {
+            assert!(docs.contains(example), "{key} {example}");
+        }
+    }
+
     #[test]
     fn allowed_origins_must_be_origins() {
         for good in [

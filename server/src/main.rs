@@ -119,13 +119,14 @@ fn init_logging(format: LogFormat) {
     // Logs go to stderr, so stdout carries only the start banner (and the admin commands'
     // output), and colour only when stderr is a terminal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing::subscriber::set_global_default(log_subscriber(
+    // `init` also routes the `log` crate's records (the WebRTC stack, tungstenite) through the
+    // same filter.
+    tracing_subscriber::util::SubscriberInitExt::init(log_subscriber(
         rust_log.as_deref(),
         format,
         ansi,
         std::io::stderr,
-    ))
-    .expect("logging is set up once");
+    ));
 }
 
 /// The log filter: `RUST_LOG` if set, else Stoa's default.
@@ -149,8 +150,9 @@ fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
 
 /// Crates whose debug and trace lines carry secrets, capped at `info` whatever `RUST_LOG`
 /// says: rtc_ice logs the client's ICE password, tungstenite every WebSocket frame (and
-/// signaling messages carry session and resume tokens).
-const SECRETIVE_TARGETS: [&str; 3] = ["rtc_ice", "tungstenite", "tokio_tungstenite"];
+/// signaling messages carry session and resume tokens). `tokio_tungstenite` is another target:
+/// its trace lines are about polling, not payloads.
+const SECRETIVE_TARGETS: [&str; 2] = ["rtc_ice", "tungstenite"];
 
 /// Whether a log line may be written: `info` and above for the crates above, anything else.
 /// Checked after the filter too, so a more specific `RUST_LOG` directive
@@ -404,7 +406,7 @@ mod tests {
             // What rtc_ice and tungstenite write at debug: the ICE password, WebSocket frames.
             tracing::debug!(target: "rtc_ice::agent", "remote pwd hunter2-ice-password");
             tracing::debug!(target: "tungstenite::protocol", "frame st1.session-token");
-            tracing::trace!(target: "tokio_tungstenite", "frame st1.session-token");
+            tracing::trace!(target: "tungstenite", "frame st1.session-token");
             tracing::info!(target: "stoa::api", "an ordinary line");
         });
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
