@@ -88,6 +88,7 @@ Object.defineProperty(window, "stoa", {
 start();
 
 function start() {
+  storage.forgetExpiredInvites();
   if (!invite.valid || !invite.code) {
     mountInvalid(root, invite);
     return;
@@ -133,7 +134,7 @@ async function join(name) {
     try {
       const answer = await redeemInvite({ invite: code, display_name: name, ...(identity ? { identity } : {}) });
       if (answer.identity) storage.setIdentity(answer.room_id, answer.identity);
-      storage.setRoomOfInvite(code, answer.room_id);
+      storage.setRoomOfInvite(code, answer.room_id, invite.expires_at);
       enterRoom({ ...answer, resume_token: null });
       return null;
     } catch (error) {

@@ -9,7 +9,7 @@ const SENTENCES = {
   // Redeeming an invite (REST).
   rate_limited: "Too many attempts from your network. Wait a few seconds and try again.",
   malformed_invite: "This invite link is not valid. Check that you copied all of it.",
-  invalid_display_name: "Choose a name of 1 to 40 characters, without special control characters.",
+  invalid_display_name: "Choose a name of 1 to 40 characters, with visible letters and without invisible or control characters.",
   invalid_identity: "Your browser's saved identity for this room is damaged. Clear this site's data and try again.",
   invite_invalid: "This invite link is not valid. Ask the person who sent it for a new one.",
   invite_expired: "This invite link has expired. Ask for a new one.",

@@ -13,6 +13,7 @@ import { h, icon } from "./dom.js";
  * @property {string} [room_title]
  * @property {string} [room_id]
  * @property {"listener" | "speaker" | "moderator"} [role]
+ * @property {string | null} [expires_at]  when the invite stops working (RFC 3339), if it does
  * @property {string} [reason]
  * @property {string} [message]
  */

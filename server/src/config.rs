@@ -150,8 +150,21 @@ pub struct Limits {
     pub session_ttl_secs: u64,
     /// Largest page a list endpoint returns.
     pub max_page_size: u32,
-    /// Time a client has to send a request's headers; a slower one is disconnected.
+    /// Time a client has to send a request's headers; a slower one is disconnected. It also
+    /// bounds the time from connecting (or finishing the TLS handshake) to the first request.
     pub header_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long is closed: one that
+    /// sends nothing, stalls in a request body, or stops reading. Must exceed
+    /// `signal.ping_interval_ms` (the pings keep quiet signaling sockets alive).
+    pub idle_timeout_ms: u64,
+    /// HTTP connections open at once; more are closed on arrival, logged and counted
+    /// (`stoa_http_connections_refused_total`). 0: the open-file limit less a reserve.
+    pub max_connections: usize,
+    /// Failed authentications (wrong API key, invalid session token) allowed per client
+    /// address per minute, and the burst above it; past them every call with credentials from
+    /// that address gets 429 `too_many_failures` until the allowance refills.
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -194,6 +207,10 @@ impl Default for Limits {
             session_ttl_secs: 15 * 60,
             max_page_size: 200,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_connections: 0,
+            auth_failures_per_minute: 10,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -334,6 +351,16 @@ impl Config {
                 "limits: header_read_timeout_ms >= 100".into(),
             ));
         }
+        if l.idle_timeout_ms < 100 || l.idle_timeout_ms <= self.signal.ping_interval_ms {
+            return Err(ConfigError::Invalid(
+                "limits: idle_timeout_ms >= 100 and > signal.ping_interval_ms".into(),
+            ));
+        }
+        if l.auth_failures_per_minute == 0 || l.auth_failure_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: auth_failures_per_minute and auth_failure_burst > 0".into(),
+            ));
+        }
         if l.session_ttl_secs < 30 || l.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits: session_ttl_secs >= 30 and max_page_size > 0".into(),
@@ -449,6 +476,22 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    /// operations.md shows what an unknown key gets; keep it true as settings are added.
+    #[test]
+    fn the_unknown_key_example_in_the_docs_is_what_the_server_says() {
+        let message = Config::from_toml("bnid = \"x\"").unwrap_err();
+        let said = message.lines().last().unwrap();
+        assert!(said.starts_with("unknown field `bnid`"), "{message}");
+        let docs = include_str!("../../docs/operations.md");
+        assert!(docs.contains(said), "operations.md should show: {said}");
+        for (key, example) in [
+            ("[limits]", "idle_timeout_ms = 30000"),
+            ("[limits]", "auth_failure_burst = 20"),
+        ] {
+            assert!(docs.contains(example), "{key} {example}");
+        }
     }
 
     #[test]

@@ -448,6 +448,9 @@ impl RestHarness {
         // The join limit is per address and would stop the body from being read at all.
         config.limits.joins_per_minute = u32::MAX / 2;
         config.limits.join_burst = u32::MAX / 2;
+        // Likewise the failed-authentication allowance: fuzz inputs present junk credentials.
+        config.limits.auth_failures_per_minute = u32::MAX / 2;
+        config.limits.auth_failure_burst = u32::MAX / 2;
         config.media.workers = 1;
         let (router, room, invite, participant) = runtime.block_on(async {
             let metrics = crate::metrics::Metrics::default();

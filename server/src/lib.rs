@@ -4,6 +4,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;

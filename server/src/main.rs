@@ -115,28 +115,75 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(
-            // The WebRTC stack logs every connection's state changes at info; Stoa's own
-            // media logs say what matters. Chromium's DTLS 1.3 extensions make rtc_dtls warn
-            // on every handshake.
-            "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_sctp=warn,\
-             rtc_interceptor=warn,rtc_stun=warn",
-        )
-    });
-    // Whatever RUST_LOG asks for: tungstenite logs every WebSocket message at trace level,
-    // and signaling messages carry session and resume tokens.
-    let filter = filter.add_directive("tungstenite=debug".parse().expect("a valid directive"));
+    let rust_log = std::env::var("RUST_LOG").ok();
     // Logs go to stderr, so stdout carries only the start banner (and the admin commands'
     // output), and colour only when stderr is a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // `init` also routes the `log` crate's records (the WebRTC stack, tungstenite) through the
+    // same filter.
+    tracing_subscriber::util::SubscriberInitExt::init(log_subscriber(
+        rust_log.as_deref(),
+        format,
+        ansi,
+        std::io::stderr,
+    ));
+}
+
+/// The log filter: `RUST_LOG` if set, else Stoa's default.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let filter = rust_log
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(
+                // The WebRTC stack logs every connection's state changes at info; Stoa's own
+                // media logs say what matters. Chromium's DTLS 1.3 extensions make rtc_dtls
+                // warn on every handshake.
+                "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_sctp=warn,\
+                 rtc_interceptor=warn,rtc_stun=warn",
+            )
+        });
+    SECRETIVE_TARGETS.iter().fold(filter, |filter, target| {
+        filter.add_directive(format!("{target}=info").parse().expect("a valid directive"))
+    })
+}
+
+/// Crates whose debug and trace lines carry secrets, capped at `info` whatever `RUST_LOG`
+/// says: rtc_ice logs the client's ICE password, tungstenite every WebSocket frame (and
+/// signaling messages carry session and resume tokens). `tokio_tungstenite` is another target:
+/// its trace lines are about polling, not payloads.
+const SECRETIVE_TARGETS: [&str; 2] = ["rtc_ice", "tungstenite"];
+
+/// Whether a log line may be written: `info` and above for the crates above, anything else.
+/// Checked after the filter too, so a more specific `RUST_LOG` directive
+/// (`rtc_ice::agent=trace`) cannot bring the lines back.
+fn keeps_secrets(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::INFO
+        || !SECRETIVE_TARGETS.iter().any(|target| {
+            meta.target()
+                .strip_prefix(target)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+fn log_subscriber<W>(
+    rust_log: Option<&str>,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_env_filter(log_filter(rust_log))
+        .with_writer(writer)
+        .with_ansi(ansi);
+    let secrets = tracing_subscriber::filter::filter_fn(keeps_secrets);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => Box::new(builder.finish().with(secrets)),
+        LogFormat::Json => Box::new(builder.json().finish().with(secrets)),
     }
 }
 
@@ -323,5 +370,64 @@ mod admin {
             .await?;
         println!("{}", invite["url"].as_str().unwrap_or(""));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Captured {
+            self.clone()
+        }
+    }
+
+    fn logged(rust_log: Option<&str>, format: LogFormat) -> String {
+        let out = Captured::default();
+        let subscriber = log_subscriber(rust_log, format, false, out.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            // What rtc_ice and tungstenite write at debug: the ICE password, WebSocket frames.
+            tracing::debug!(target: "rtc_ice::agent", "remote pwd hunter2-ice-password");
+            tracing::debug!(target: "tungstenite::protocol", "frame st1.session-token");
+            tracing::trace!(target: "tungstenite", "frame st1.session-token");
+            tracing::info!(target: "stoa::api", "an ordinary line");
+        });
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_logs_whatever_the_filter() {
+        for rust_log in [
+            None,
+            Some("info"),
+            Some("debug"),
+            Some("trace"),
+            Some("rtc_ice=trace,tungstenite=trace,info"),
+            Some("rtc_ice::agent=trace,tungstenite::protocol=trace,info"),
+        ] {
+            for format in [LogFormat::Human, LogFormat::Json] {
+                let out = logged(rust_log, format);
+                assert!(out.contains("an ordinary line"), "{rust_log:?}: {out}");
+                assert!(!out.contains("hunter2"), "{rust_log:?}: {out}");
+                assert!(!out.contains("st1."), "{rust_log:?}: {out}");
+            }
+        }
     }
 }

@@ -241,6 +241,8 @@ pub struct Metrics {
     pub signal_errors: Family<CodeLabels, Counter>,
     pub media: MediaMetrics,
     pub process: ProcessMetrics,
+    pub connections: crate::connection::ConnectionMetrics,
+    pub auth_throttled: Counter,
 }
 
 impl Metrics {
@@ -281,6 +283,26 @@ impl Metrics {
             "signal_errors",
             "Signaling errors sent, by code",
             self.signal_errors.clone(),
+        );
+        r.register(
+            "http_connections_open",
+            "Open HTTP connections (WebSockets included)",
+            self.connections.open.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed on arrival because limits.max_connections were open",
+            self.connections.refused.clone(),
+        );
+        r.register(
+            "http_accept_errors",
+            "Failed accepts of new connections (typically: out of file descriptors)",
+            self.connections.accept_errors.clone(),
+        );
+        r.register(
+            "auth_throttled",
+            "Calls refused with too_many_failures (an address failed authentication too often)",
+            self.auth_throttled.clone(),
         );
         self.media.register(&mut r);
         self.process.register(&mut r);

@@ -13,6 +13,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::connection::{self, GuardedAcceptor};
 use crate::control::Store;
 use crate::media::{Media, MediaOptions};
 use crate::metrics::Metrics;
@@ -79,9 +80,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 /// Starts a server whose notion of time is `clock` (tests pass a manual clock).
 pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    if let Some(key) = &config.api_key {
+        OperatorKey::check_strength(key).map_err(anyhow::Error::msg)?;
+    }
+    let descriptor_limit = connection::raise_descriptor_limit();
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir)
         .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
+    make_private(&data_dir)
+        .with_context(|| format!("cannot make {} private", data_dir.display()))?;
 
     let store = Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?;
     let (operator_key, key_source) = match &config.api_key {
@@ -146,22 +153,49 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();
+    let auth_throttle = state.auth_throttle.clone();
     let housekeeping = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
             limiter.retain_recent();
             limiter.shrink_to_fit();
+            auth_throttle.retain_recent();
         }
     });
     let handle = Handle::new();
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
+    // Every connection holds a descriptor: idle and stalled ones are closed on a timer, and
+    // past the cap new ones are refused (logged and counted) rather than starving the rest.
+    let max_connections = match config.limits.max_connections {
+        0 => connection::default_max_connections(descriptor_limit),
+        n => n,
+    };
+    let guarded = GuardedAcceptor::new(
+        max_connections,
+        Duration::from_millis(config.limits.idle_timeout_ms),
+        state.metrics.connections.clone(),
+    );
+    let on_accept_error = {
+        let guarded = guarded.clone();
+        // Without an address it is the listener's own accept that failed; with one, a connection
+        // our acceptor refused or whose TLS handshake failed (already counted, or routine).
+        move |peer: Option<&SocketAddr>, e: &std::io::Error| {
+            if peer.is_none() {
+                guarded.accept_failed(e);
+            }
+        }
+    };
     let task = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("cannot load the TLS certificate or key")?;
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .map(|tls| tls.handshake_timeout(header_timeout).acceptor(guarded))
+                .handle(handle.clone())
+                .first_request_timeout(header_timeout)
+                .accept_error_handler(on_accept_error);
             // axum-server turns hyper's header timeout off; a client trickling its headers
             // would hold the connection for ever.
             server
@@ -171,7 +205,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             tokio::spawn(server.serve(app))
         }
         _ => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(guarded)
+                .handle(handle.clone())
+                .first_request_timeout(header_timeout)
+                .accept_error_handler(on_accept_error);
             server
                 .http_builder()
                 .http1()
@@ -204,6 +242,43 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         task,
     })
 }
+
+/// The data folder holds names, the audit log and the keys: owner only, whatever mode an older
+/// version or a hand-made folder left it with. The database is created 0600 before SQLite
+/// opens it (SQLite gives its -wal and -shm files the database file's mode).
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("stoa.db"))?;
+        for name in PRIVATE_FILES {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Files of the data folder that only the server's user may read.
+const PRIVATE_FILES: [&str; 5] = [
+    "stoa.db",
+    "stoa.db-wal",
+    "stoa.db-shm",
+    "operator.key",
+    "signing.key",
+];
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();

@@ -30,6 +30,11 @@ pub struct Claims {
     /// Issued at and expiry, Unix milliseconds.
     pub iat: i64,
     pub exp: i64,
+    /// The identity's token generation (one per redemption) this token was issued at; a role
+    /// the room recorded at this generation or later outranks `role`. Tokens from before
+    /// generations existed read as 0, the oldest.
+    #[serde(rename = "g", default)]
+    pub generation: i64,
 }
 
 /// What a resume token asserts: this participant of this room may take its place back.
@@ -174,6 +179,45 @@ impl OperatorKey {
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         hash.ct_eq(&self.hash).into()
     }
+
+    /// Refuses an operator-chosen key (`STOA_API_KEY`) that is too easy to guess.
+    pub fn check_strength(key: &str) -> Result<(), String> {
+        let bits = estimated_entropy_bits(key);
+        if bits < MIN_KEY_BITS {
+            return Err(format!(
+                "STOA_API_KEY is too weak: about {bits:.0} bits, at least {MIN_KEY_BITS:.0} bits \
+                 are needed (128 bits: e.g. 22 random base64url characters or 32 random hex \
+                 digits; `openssl rand -base64 24` makes one). Or leave it unset and Stoa \
+                 generates a key into operator.key"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The least guessing work an operator key must demand.
+pub const MIN_KEY_BITS: f64 = 128.0;
+
+/// A generous estimate of a key's entropy, to catch keys that are plainly weak: its length
+/// times the bits one random character of its alphabet carries (4 for hex digits, 6 for the
+/// base64 alphabets, 6.5 for other printable ASCII, 7 beyond ASCII), and nothing at all for a
+/// key of fewer than 8 distinct characters.
+pub fn estimated_entropy_bits(key: &str) -> f64 {
+    let distinct: std::collections::BTreeSet<char> = key.chars().collect();
+    if distinct.len() < 8 {
+        return 0.0;
+    }
+    let base64 = |c: &char| c.is_ascii_alphanumeric() || "-_+/=".contains(*c);
+    let per_char = if distinct.iter().all(char::is_ascii_hexdigit) {
+        4.0
+    } else if distinct.iter().all(base64) {
+        6.0
+    } else if distinct.iter().all(|c| c.is_ascii_graphic() || *c == ' ') {
+        6.5
+    } else {
+        7.0
+    };
+    key.chars().count() as f64 * per_char
 }
 
 /// Reads a secret file, or creates it with `make()` readable by the owner only.
@@ -219,6 +263,7 @@ mod tests {
             name: "Ada".into(),
             iat: 0,
             exp,
+            generation: 1,
         }
     }
 
@@ -279,6 +324,32 @@ mod tests {
         assert!(op.matches(&key));
         assert!(!op.matches(&format!("{key}x")));
         assert!(!op.matches(""));
+    }
+
+    #[test]
+    fn weak_operator_keys_are_refused() {
+        let (repeated, alternating) = ("a".repeat(64), "ab".repeat(40));
+        for weak in [
+            "",
+            "a",
+            "secret",
+            "stoa_sk_loadgen",
+            "correcthorse",
+            repeated.as_str(),
+            alternating.as_str(),
+        ] {
+            assert!(OperatorKey::check_strength(weak).is_err(), "{weak:?}");
+        }
+        for strong in [
+            OperatorKey::generate(),
+            random_token(16),
+            "3f9a1c07b2e84d5a9c6e0f1b2d3a4c5e".to_owned(),
+            format!("test-{}", random_token(18)),
+        ] {
+            assert!(OperatorKey::check_strength(&strong).is_ok(), "{strong:?}");
+        }
+        let message = OperatorKey::check_strength("a").unwrap_err();
+        assert!(message.contains("128 bits"), "{message}");
     }
 
     #[test]

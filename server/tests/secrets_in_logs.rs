@@ -101,7 +101,7 @@ impl RawSocket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
-    let key = format!("stoa_sk_{}", "k3Y-".repeat(8));
+    let key = format!("stoa_sk_{}", stoa::control::random_token(24));
     let mut child = Command::new(BIN)
         .args(["serve", "--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
         .arg(dir.path().join("data"))

@@ -88,6 +88,9 @@ impl TestServer {
         };
         config.limits.joins_per_minute = 10_000;
         config.limits.join_burst = 10_000;
+        // The security matrix presents wrong credentials on purpose, many times over.
+        config.limits.auth_failures_per_minute = 10_000;
+        config.limits.auth_failure_burst = 10_000;
         // Every test client comes from 127.0.0.1.
         config.signal.max_sockets_per_address = 10_000;
         // Two media workers whatever the machine, so fan-out between workers is exercised.

@@ -3,6 +3,7 @@
 //! The matrices are tables; a route or a message type without a row fails the test.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -32,6 +33,8 @@ fn claims_of(answer: &Value, now_ms: i64) -> Claims {
         name: s(&answer["display_name"]),
         iat: now_ms,
         exp: now_ms + 600_000,
+        // A first redemption starts an identity's first token generation.
+        generation: 1,
     }
 }
 
@@ -1325,5 +1328,486 @@ async fn the_signaling_socket_checks_origin() {
     // No Origin at all (bots, the Rust client): allowed, and the token still decides.
     let room = t.create_room("WS").await;
     SignalClient::join(&t.participant(&room, "listener", "Bot").await).await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles the room took away
+
+/// Redeems `code` again as the identity of an earlier join answer.
+async fn redeem_as(t: &TestServer, code: &str, name: &str, identity: &str) -> Value {
+    t.call(
+        Method::POST,
+        "/api/v1/join",
+        None,
+        Some(json!({ "invite": code, "display_name": name, "identity": identity })),
+    )
+    .await
+    .expect(200)
+}
+
+async fn make_invite(t: &TestServer, token: &str, room: &str, role: &str) -> Answer {
+    t.call(
+        Method::POST,
+        &format!("/api/v1/rooms/{room}/invites"),
+        Some(token),
+        Some(json!({ "role": role })),
+    )
+    .await
+}
+
+/// Whatever role the room last gave a person wins over every token issued before: a demoted
+/// moderator or a speaker moved to the audience cannot get the role back by redeeming another
+/// link, leaving and rejoining, resuming, or waiting for a restart. Only a new redemption of a
+/// link that grants a role (a room decision) gives that role, and only to the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_room_took_away_stays_taken_from_older_tokens() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Demotions").await;
+    let public = s(&t.create_invite(&room, "listener", json!({})).await["code"]);
+    let max_answer = t.participant(&room, "moderator", "Max").await;
+    let mut max = SignalClient::join(&max_answer).await;
+    let ada_answer = t.participant(&room, "moderator", "Ada").await;
+    let ada_token = s(&ada_answer["token"]);
+    let ada_identity = s(&ada_answer["identity"]);
+    let mut ada = SignalClient::join(&ada_answer).await;
+    let aid = ada.participant_id();
+    let sam_answer = t.participant(&room, "speaker", "Sam").await;
+    let sam_identity = s(&sam_answer["identity"]);
+    let mut sam = SignalClient::join(&sam_answer).await;
+    let sid = sam.participant_id();
+
+    // Demoted, a moderator becomes a speaker; moved to the audience, a speaker a listener.
+    max.ok(json!({ "type": "demote", "participant": aid }))
+        .await;
+    ada.wait_about("role_changed", &aid).await;
+    max.ok(json!({ "type": "move_to_audience", "participant": sid }))
+        .await;
+    sam.wait_about("left_stage", &sid).await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+
+    // Both redeem the public listener link again as themselves, then leave. The new tokens
+    // carry what the room left them, no more.
+    let ada_again = redeem_as(&t, &public, "Ada", &ada_identity).await;
+    let sam_again = redeem_as(&t, &public, "Sam", &sam_identity).await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    assert_eq!(ada_again["role"], "speaker");
+    assert_eq!(sam_again["role"], "listener");
+    for mut c in [ada, sam] {
+        c.ok(json!({ "type": "leave" })).await;
+        c.wait_closed().await;
+    }
+    // Rejoining with the old tokens: the room's decision, not the token's role.
+    let mut ada = SignalClient::join(&ada_answer).await;
+    assert_eq!(ada.welcome["snapshot"]["you"]["role"], "speaker");
+    ada.refused(
+        json!({ "type": "demote", "participant": max.participant_id() }),
+        "not_permitted",
+    )
+    .await;
+    let sam = SignalClient::join(&sam_answer).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    // Resuming keeps it too.
+    let url = s(&sam_answer["signal_url"]);
+    let resume = sam.resume_token();
+    sam.drop_connection();
+    let sam = SignalClient::resume(&url, &resume).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    sam.close().await;
+
+    // A moderator deliberately hands Ada a new moderator link: the new token moderates, the
+    // old one still does not.
+    let fresh = s(
+        &make_invite(&t, &s(&max_answer["token"]), &room, "moderator")
+            .await
+            .expect(201)["code"],
+    );
+    let ada_new = redeem_as(&t, &fresh, "Ada", &ada_identity).await;
+    assert_eq!(ada_new["role"], "moderator");
+    make_invite(&t, &s(&ada_new["token"]), &room, "listener")
+        .await
+        .expect(201);
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    ada.ok(json!({ "type": "leave" })).await;
+    ada.wait_closed().await;
+    max.ok(json!({ "type": "leave" })).await;
+    max.wait_closed().await;
+
+    // And after a restart.
+    let t = t.restart().await;
+    make_invite(&t, &ada_token, &room, "moderator")
+        .await
+        .expect_problem(403, "moderator_only");
+    make_invite(&t, &s(&ada_new["token"]), &room, "listener")
+        .await
+        .expect(201);
+    let mut answer = sam_answer.clone();
+    answer["signal_url"] = json!(t.running().state.signal_url());
+    let sam = SignalClient::join(&answer).await;
+    assert_eq!(sam.welcome["snapshot"]["you"]["role"], "listener");
+    sam.close().await;
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections that send nothing, and what closes them
+
+/// Reads until the server closes the connection; how long that took, or None if it was still
+/// open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
+}
+
+async fn raw(t: &TestServer, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(t.running().addr)
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// The idle bound the tests below run with (the default is 30 s).
+const IDLE_MS: u64 = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_are_closed_on_a_timer() {
+    let t = TestServer::start_with(|c| {
+        c.limits.idle_timeout_ms = IDLE_MS;
+        c.limits.header_read_timeout_ms = IDLE_MS;
+        c.signal.ping_interval_ms = 200;
+        c.signal.ping_timeout_ms = 1_000;
+    })
+    .await;
+    let bound = Duration::from_millis(IDLE_MS * 5);
+    let cases: [(&str, &[u8]); 5] = [
+        ("nothing at all", b""),
+        ("an h2c preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        ("half a request line", b"GET /healthz HT"),
+        (
+            "a stalled body",
+            b"POST /api/v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"invite\":",
+        ),
+        (
+            "an idle keep-alive connection",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    let mut streams = Vec::new();
+    for (what, bytes) in cases {
+        streams.push((what, raw(&t, bytes).await));
+    }
+    for (what, stream) in &mut streams {
+        assert!(
+            closed_within(stream, bound).await.is_some(),
+            "{what}: still open after {bound:?}"
+        );
+    }
+    // A signaling socket that answers pings stays open however long it is quiet.
+    let room = t.create_room("Quiet").await;
+    let mut quiet = SignalClient::join(&t.participant(&room, "listener", "Q").await).await;
+    let until = Instant::now() + Duration::from_millis(IDLE_MS * 3);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        // Reading is what answers the server's pings.
+        quiet.next_within(left).await;
+        assert!(quiet.closed.is_none(), "{:?}", quiet.closed);
+    }
+    quiet.sync().await;
+    assert!(quiet.closed.is_none());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_counted_and_do_not_starve_others() {
+    let t = TestServer::start_with(|c| {
+        c.limits.idle_timeout_ms = 2_000;
+        c.limits.max_connections = 3;
+        c.signal.ping_interval_ms = 200;
+        c.signal.ping_timeout_ms = 1_000;
+    })
+    .await;
+    // The test's own HTTP client must not hold pooled connections that count against the limit.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(raw(&t, b"").await);
+    }
+    // The fourth is closed at once, long before the idle timer.
+    let mut refused = raw(&t, b"").await;
+    let took = closed_within(&mut refused, Duration::from_secs(10))
+        .await
+        .expect("refused");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    // The idle ones go on the timer, and the server serves others again.
+    for stream in &mut idle {
+        closed_within(stream, Duration::from_secs(10))
+            .await
+            .expect("closed by the idle timer");
+    }
+    let fresh = reqwest::Client::new();
+    let metrics = fresh
+        .get(t.url("/metrics"))
+        .bearer_auth(&t.api_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = metrics
+        .lines()
+        .find(|l| l.starts_with("stoa_http_connections_refused_total"))
+        .unwrap_or_else(|| panic!("no refusal counter in {metrics}"));
+    assert!(refusals.ends_with(" 1"), "{refusals}");
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive after a refusal, and ambiguous message framing
+
+/// Sends raw bytes on a new connection and returns the response head, lower-cased.
+async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head ended: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+fn post(path: &str, auth: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_say_connection_close() {
+    let t = TestServer::start_with(|c| {
+        c.limits.join_burst = 1;
+        c.limits.joins_per_minute = 1;
+    })
+    .await;
+    let room = t.create_room("Close").await;
+    let listener = t.participant(&room, "listener", "Lee").await;
+    let body = json!({ "role": "listener", "label": "x".repeat(200) }).to_string();
+    let invites = format!("/api/v1/rooms/{room}/invites");
+    let join_body =
+        json!({ "invite": "AAAAAAAAAAAAAAAAAAAAAA", "display_name": "Eve" }).to_string();
+    let cases = [
+        ("401", post(&invites, None, &body)),
+        ("401", post(&invites, Some("stoa_sk_wrong"), &body)),
+        ("403", post(&invites, Some(&s(&listener["token"])), &body)),
+        ("429", post("/api/v1/join", None, &join_body)),
+    ];
+    for (status, request) in cases {
+        let mut stream = raw(&t, &request).await;
+        let head = response_head(&mut stream).await;
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(10))
+                .await
+                .is_some()
+        );
+    }
+    // Content-Length and chunked together: answered, then the connection is closed.
+    let mut stream = raw(
+        &t,
+        b"POST /api/v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    let head = response_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 4"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    // Also when the request would otherwise succeed.
+    let body = r#"{"title":"Framed twice"}"#;
+    let request = format!(
+        "POST /api/v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        t.api_key,
+        body.len(),
+        body.len()
+    );
+    let mut stream = raw(&t, request.as_bytes()).await;
+    let head = response_head(&mut stream).await;
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client address behind a proxy
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_takes_the_right_most_address_across_every_header_line() {
+    let t = TestServer::start_with(|c| {
+        c.trust_forwarded_for = true;
+        c.limits.join_burst = 3;
+        c.limits.joins_per_minute = 1;
+    })
+    .await;
+    let body = json!({ "invite": "AAAAAAAAAAAAAAAAAAAAAA", "display_name": "Eve" });
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        // The client's own line first, then the one HAProxy (`option forwardfor`) appends.
+        let res = t
+            .http
+            .post(t.url("/api/v1/join"))
+            .header("x-forwarded-for", format!("10.1.2.{i}, 10.9.9.{i}"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 429, 429, 429]);
+    // Another client behind the same proxy has its own allowance.
+    let res = t
+        .http
+        .post(t.url("/api/v1/join"))
+        .header("x-forwarded-for", "203.0.113.8")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator key
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_operator_keys_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for weak in [
+        "a",
+        "secret",
+        "stoa_sk_loadgen",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        let config = stoa::Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            demo_room: false,
+            api_key: Some(weak.into()),
+            ..stoa::Config::default()
+        };
+        let refused = stoa::server::start_with_clock(config, stoa::Clock::manual()).await;
+        let message = format!("{:#}", refused.err().expect("refused"));
+        assert!(message.contains("128 bits"), "{weak}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_throttled_per_address() {
+    let t = TestServer::start_with(|c| {
+        c.limits.auth_failure_burst = 5;
+        c.limits.auth_failures_per_minute = 1;
+    })
+    .await;
+    for i in 0..5 {
+        t.call(
+            Method::GET,
+            "/api/v1/rooms",
+            Some(&format!("stoa_sk_guess{i}")),
+            None,
+        )
+        .await
+        .expect_problem(401, "invalid_api_key");
+    }
+    for credential in ["stoa_sk_guess", "garbage", t.api_key.as_str()] {
+        let answer = t
+            .call(Method::GET, "/api/v1/rooms", Some(credential), None)
+            .await;
+        answer.expect_problem(429, "too_many_failures");
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    t.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files in the data folder
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_folder_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestServer::start().await;
+    t.create_room("Private").await;
+    let data = t.config.data_dir.clone();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = [
+        "stoa.db",
+        "stoa.db-wal",
+        "stoa.db-shm",
+        "operator.key",
+        "signing.key",
+    ];
+    assert_eq!(mode(&data), 0o700);
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "new {f}");
+    }
+    // A folder made by an older version, or by hand with the usual umask.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in files {
+        std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let t = t.restart().await;
+    t.create_room("Still private").await;
+    assert_eq!(mode(&data), 0o700);
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
     t.stop().await;
 }

@@ -26,7 +26,11 @@ async fn the_landing_page_names_the_room_without_using_the_invite() {
         .create_room("</script><script>alert(1)</script> & friends")
         .await;
     let invite = t
-        .create_invite(&room, "speaker", json!({ "max_uses": 1 }))
+        .create_invite(
+            &room,
+            "speaker",
+            json!({ "max_uses": 1, "expires_in_secs": 3600 }),
+        )
         .await;
     let code = invite["code"].as_str().unwrap();
 
@@ -56,6 +60,8 @@ async fn the_landing_page_names_the_room_without_using_the_invite() {
             "</script><script>alert(1)</script> & friends"
         );
         assert_eq!(data["role"], "speaker");
+        // The page forgets the code when the invite expires (client-web/storage.js).
+        assert_eq!(data["expires_at"], invite["expires_at"]);
     }
     // Looking did not use it: the one use is still there.
     t.join(code, "Ada").await.expect(200);

@@ -72,6 +72,20 @@ impl ApiError {
         }
     }
 
+    /// The caller's address failed authentication too often (see `AuthThrottle`).
+    pub fn too_many_failures(retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "too many failed authentications from this address; retry in {retry_after_secs} s"
+                ),
+            )
+        }
+    }
+
     pub fn internal() -> Self {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -105,63 +105,94 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_credentials",
-                    "send `Authorization: Bearer <api key or session token>`",
-                )
-            })?
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            // The scheme name is case-insensitive (RFC 9110, section 11.1).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, credential)| credential.trim())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "invalid_credentials",
-                    "the Authorization header must be `Bearer <credential>`",
-                )
-            })?;
-        // Checked first, whatever its shape: an operator may set any STOA_API_KEY.
-        if state.operator_key.matches(value) {
-            return Ok(Caller::Operator);
-        }
-        if value.starts_with(API_KEY_PREFIX) {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION).cloned() else {
             return Err(ApiError::unauthorized(
-                "invalid_api_key",
-                "the API key is not valid",
+                "missing_credentials",
+                "send `Authorization: Bearer <api key or session token>`",
             ));
+        };
+        // An address that failed too often is refused before its credential is looked at.
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        if let Err(wait) = state.auth_throttle.check(ip) {
+            state.metrics.auth_throttled.inc();
+            return Err(ApiError::too_many_failures(wait));
         }
-        let mut claims = state.signer.verify(value, state.clock.now_ms())?;
-        // What the room decided since the token was issued outranks the token: a ban or a
-        // removal voids it at once, and a role changed live replaces the role it claims.
-        let standing = state
-            .store
-            .standing(claims.room.clone(), claims.participant.clone())
-            .await?;
-        if standing.banned {
-            return Err(ApiError::forbidden(
-                "banned",
-                "you are banned from this room",
-            ));
+        match authenticate(&value, state).await {
+            Err(e)
+                if matches!(
+                    e.code,
+                    "invalid_credentials" | "invalid_api_key" | "invalid_token"
+                ) =>
+            {
+                match state.auth_throttle.failed(ip) {
+                    Some(wait) => {
+                        state.metrics.auth_throttled.inc();
+                        tracing::warn!(%ip, "throttling an address that failed authentication too often");
+                        Err(ApiError::too_many_failures(wait))
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
         }
-        if standing.removed_since(claims.iat) {
-            return Err(ApiError::unauthorized(
-                "removed",
-                "you were removed from this room; this token no longer works",
-            ));
-        }
-        claims.role = standing.role(claims.role);
-        Ok(Caller::Participant(claims))
     }
 }
 
-/// The client's address, for rate limits: the peer address, or the last `X-Forwarded-For`
-/// entry when the operator said a trusted proxy sits in front.
+/// Checks a credential: the operator key, or a session token read against what the room
+/// decided since it was issued.
+async fn authenticate(
+    value: &axum::http::HeaderValue,
+    state: &AppState,
+) -> Result<Caller, ApiError> {
+    let value = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credential)| credential.trim())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid_credentials",
+                "the Authorization header must be `Bearer <credential>`",
+            )
+        })?;
+    // Checked first, whatever its shape: an operator may set any strong STOA_API_KEY.
+    if state.operator_key.matches(value) {
+        return Ok(Caller::Operator);
+    }
+    if value.starts_with(API_KEY_PREFIX) {
+        return Err(ApiError::unauthorized(
+            "invalid_api_key",
+            "the API key is not valid",
+        ));
+    }
+    let mut claims = state.signer.verify(value, state.clock.now_ms())?;
+    // What the room decided since the token was issued outranks the token: a ban or a
+    // removal voids it at once, and a role changed live replaces the role it claims (for
+    // every token issued before the change, whatever was redeemed since).
+    let standing = state
+        .store
+        .standing(claims.room.clone(), claims.participant.clone())
+        .await?;
+    if standing.banned {
+        return Err(ApiError::forbidden(
+            "banned",
+            "you are banned from this room",
+        ));
+    }
+    if standing.removed_since(claims.iat) {
+        return Err(ApiError::unauthorized(
+            "removed",
+            "you were removed from this room; this token no longer works",
+        ));
+    }
+    claims.role = standing.role(claims.role, claims.generation);
+    Ok(Caller::Participant(claims))
+}
+
+/// The client's address, for rate limits: the peer address, or the right-most entry of all
+/// `X-Forwarded-For` lines together when the operator said a trusted proxy sits in front.
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
@@ -171,12 +202,16 @@ impl FromRequestParts<AppState> for ClientIp {
         if state.config.trust_forwarded_for
             && let Some(ip) = parts
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
+                .get_all("x-forwarded-for")
+                .iter()
+                // Every header line, in order, is one list: a proxy that appends a line of its
+                // own (HAProxy's `option forwardfor`) reads like one that extends the last.
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|entry| entry.trim_ascii())
+                .rfind(|entry| !entry.is_empty())
                 // The right-most entry is the one our proxy added; earlier ones are whatever
                 // the client claimed.
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .and_then(|entry| std::str::from_utf8(entry).ok()?.parse::<IpAddr>().ok())
         {
             return Ok(ClientIp(ip));
         }

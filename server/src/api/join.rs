@@ -73,6 +73,7 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         name: redemption.display_name.clone(),
         iat: now,
         exp: now.saturating_add(ttl_ms),
+        generation: redemption.generation,
     };
     tracing::info!(room = %claims.room, participant = %claims.participant, role = %claims.role, "invite redeemed");
     Ok(JoinAnswer {

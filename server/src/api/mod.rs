@@ -1,6 +1,7 @@
 //! The HTTP edge: the moderator REST API, health, metrics and the OpenAPI document.
 //! Handlers parse, authenticate, call the store or the room, and render; no rules here.
 
+mod auth_throttle;
 mod error;
 mod events;
 mod extract;
@@ -153,11 +154,45 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(close_after_refusals))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             headers::add_security_headers,
         ))
         .with_state(state)
+}
+
+/// Refusals often come before the body is read (401, 403, 429, 413 …); hyper then cannot reuse
+/// the connection and would drop it silently, so the client's next request on it would fail.
+/// An error answer to a request that sent a body therefore says `Connection: close`. A request
+/// framed both by `Content-Length` and by `Transfer-Encoding` is refused and its connection
+/// closed (RFC 9112, section 6.3): a proxy in front of us might have framed it the other way.
+async fn close_after_refusals(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut response = if chunked && headers.contains_key(header::CONTENT_LENGTH) {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "ambiguous_length",
+            "a request may not have both Content-Length and Transfer-Encoding",
+        )
+        .into_response()
+    } else {
+        next.run(request).await
+    };
+    let has_body = chunked || declared.is_some_and(|n| n > 0);
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

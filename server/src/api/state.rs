@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::auth_throttle::AuthThrottle;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
 use crate::clock::Clock;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub live: LiveRooms,
     pub media: Media,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Failed authentications per client address.
+    pub auth_throttle: Arc<AuthThrottle>,
     /// Open signaling sockets per client address.
     pub sockets_per_address: Arc<dashmap::DashMap<IpAddr, u32>>,
     /// The OpenAPI document, rendered once the router is assembled.
@@ -56,6 +59,10 @@ impl AppState {
         let quota =
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
+        let auth_throttle = Arc::new(AuthThrottle::new(
+            limits.auth_failures_per_minute,
+            limits.auth_failure_burst,
+        ));
         let live = LiveRooms::new(
             store.clone(),
             clock.clone(),
@@ -77,6 +84,7 @@ impl AppState {
             live,
             media,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
+            auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),
             security_headers,

@@ -134,14 +134,16 @@ async fn invite_page(
         None => Err(ControlError::InviteInvalid),
     };
     let (status, info) = match checked {
-        Ok((room, role)) => (
+        Ok((room, invite)) => (
             StatusCode::OK,
             json!({
                 "code": code,
                 "valid": true,
                 "room_id": room.id,
                 "room_title": room.title,
-                "role": role,
+                "role": invite.role,
+                // The page keeps the code no longer than the invite works.
+                "expires_at": invite.expires_at_ms.map(crate::clock::rfc3339),
             }),
         ),
         Err(e) => {

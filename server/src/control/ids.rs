@@ -88,8 +88,11 @@ prefixed_id!(
     "inv_"
 );
 
-/// What a participant may do in a room; see the role table in the product brief.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+/// What a participant may do in a room; see the role table in the product brief. Ordered by
+/// reach: listener < speaker < moderator.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Listener,

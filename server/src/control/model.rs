@@ -59,6 +59,8 @@ pub struct Redemption {
     pub participant_id: ParticipantId,
     pub display_name: String,
     pub role: Role,
+    /// The identity's token generation this redemption started; its session token carries it.
+    pub generation: i64,
     pub invite_id: InviteId,
     /// Present when the server made a new identity: the client must keep it to come back
     /// as the same participant.
@@ -69,16 +71,25 @@ pub struct Redemption {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Standing {
     pub banned: bool,
-    /// The role a live room gave it since its last redemption.
+    /// The role a live room last gave it, if any…
     pub live_role: Option<Role>,
+    /// …and the identity's token generation when it did: tokens of this generation or older
+    /// act with the live role whatever role they claim.
+    pub live_role_generation: i64,
     /// When it was last removed; tokens issued before then are void.
     pub removed_at_ms: Option<i64>,
 }
 
 impl Standing {
-    /// The role to act with, given the role a token claims.
-    pub fn role(&self, token_role: Role) -> Role {
-        self.live_role.unwrap_or(token_role)
+    /// The role to act with, given the role a token claims and the generation it was issued
+    /// at. A token issued before the room last changed the role gets the room's role; only a
+    /// token from a later redemption carries its own (which that redemption already derived
+    /// from the live role and the invite's role).
+    pub fn role(&self, token_role: Role, token_generation: i64) -> Role {
+        match self.live_role {
+            Some(live) if token_generation <= self.live_role_generation => live,
+            _ => token_role,
+        }
     }
 
     /// Whether a token issued at `issued_at_ms` was voided by a later removal.

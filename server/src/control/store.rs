@@ -17,6 +17,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("migrations/0001_init.sql")),
         M::up(include_str!("migrations/0002_identity_standing.sql")),
+        M::up(include_str!("migrations/0003_token_generation.sql")),
     ])
 }
 
@@ -235,8 +236,8 @@ impl Store {
     }
 
     /// What an invite link leads to, checked as redeeming would check it but without using it:
-    /// the room and the role. Unknown and revoked codes fail alike (`InviteInvalid`).
-    pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Role)> {
+    /// the room and the invite. Unknown and revoked codes fail alike (`InviteInvalid`).
+    pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Invite)> {
         self.call(move |c| {
             let invite = c
                 .query_row(
@@ -259,7 +260,7 @@ impl Store {
             if invite.max_uses.is_some_and(|max| invite.uses >= max) {
                 return Err(ControlError::InviteUsedUp);
             }
-            Ok((room, invite.role))
+            Ok((room, invite))
         })
         .await
     }
@@ -319,21 +320,30 @@ impl Store {
             if counted == 0 {
                 return Err(ControlError::InviteUsedUp);
             }
-            let participant_id = match existing {
+            // A redemption starts a new token generation. What a live room decided stays in
+            // force (it is not reset): the new token gets the invite's role or the live role,
+            // whichever reaches further, and tokens of earlier generations keep answering to
+            // the live role. See `Standing::role`.
+            let (participant_id, generation, role) = match existing {
                 Some(id) => {
-                    tx.execute(
+                    let (generation, live_role): (i64, Option<String>) = tx.query_row(
                         "UPDATE identities SET display_name = ?2, last_joined_at = ?3,
-                         invite_id = ?4, live_role = NULL WHERE id = ?1",
+                         invite_id = ?4, token_generation = token_generation + 1
+                         WHERE id = ?1 RETURNING token_generation, live_role",
                         params![id, display_name, now_ms, invite.id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
-                    ParticipantId::from_trusted(id)
+                    let live_role = live_role.as_deref().and_then(Role::parse);
+                    let role = live_role.map_or(invite.role, |live| live.max(invite.role));
+                    (ParticipantId::from_trusted(id), generation, role)
                 }
                 None => {
                     let id = ParticipantId::generate();
                     tx.execute(
                         "INSERT INTO identities
-                         (id, room_id, secret_hash, display_name, invite_id, created_at, last_joined_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                         (id, room_id, secret_hash, display_name, invite_id, created_at,
+                          last_joined_at, token_generation)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)",
                         params![
                             id.as_str(),
                             room.id.as_str(),
@@ -343,7 +353,7 @@ impl Store {
                             now_ms
                         ],
                     )?;
-                    id
+                    (id, 1, invite.role)
                 }
             };
             audit(
@@ -352,7 +362,7 @@ impl Store {
                 &Actor::Participant(participant_id.clone()),
                 "invite.redeemed",
                 Some(invite.id.as_str()),
-                serde_json::json!({ "role": invite.role, "display_name": display_name }),
+                serde_json::json!({ "role": role, "display_name": display_name }),
                 now_ms,
             )?;
             tx.commit()?;
@@ -360,7 +370,8 @@ impl Store {
                 room,
                 participant_id,
                 display_name,
-                role: invite.role,
+                role,
+                generation,
                 invite_id: invite.id,
                 new_identity: new_identity.then_some(secret),
             })
@@ -438,28 +449,32 @@ impl Store {
     /// Where an identity stands in its room now: banned, its live role, its last removal.
     pub async fn standing(&self, room: RoomId, participant: ParticipantId) -> Result<Standing> {
         self.call(move |c| {
-            let row: Option<(Option<String>, Option<i64>)> = c
+            let row: Option<(Option<String>, i64, Option<i64>)> = c
                 .query_row(
-                    "SELECT live_role, removed_at FROM identities WHERE id = ?1 AND room_id = ?2",
+                    "SELECT live_role, live_role_generation, removed_at FROM identities
+                     WHERE id = ?1 AND room_id = ?2",
                     params![participant.as_str(), room.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let (role, removed_at_ms) = row.unwrap_or((None, None));
+            let (role, live_role_generation, removed_at_ms) = row.unwrap_or((None, 0, None));
             Ok(Standing {
                 banned: is_banned(c, &room, participant.as_str())?,
                 live_role: role.as_deref().and_then(Role::parse),
+                live_role_generation,
                 removed_at_ms,
             })
         })
         .await
     }
 
-    /// Records a role a live room gave this identity.
+    /// Records a role a live room gave this identity, at its current token generation: every
+    /// session token issued so far now acts with this role.
     pub async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE identities SET live_role = ?2 WHERE id = ?1",
+                "UPDATE identities SET live_role = ?2, live_role_generation = token_generation
+                 WHERE id = ?1",
                 params![participant.as_str(), role.as_str()],
             )?;
             Ok(())
@@ -834,6 +849,87 @@ mod tests {
             store.redeem(later.code, "C".into(), None, 60_000).await,
             Err(ControlError::InviteExpired)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_live_role_outranks_every_older_token_across_redemptions() {
+        let store = Store::open_in_memory().unwrap();
+        let room = store
+            .create_room(room_new("t"), Actor::Operator, 1_000)
+            .await
+            .unwrap();
+        let invite = |role| NewInvite {
+            role,
+            ..invite_new(None)
+        };
+        let moderators = store
+            .create_invite(
+                room.id.clone(),
+                invite(Role::Moderator),
+                Actor::Operator,
+                1_000,
+            )
+            .await
+            .unwrap();
+        let public = store
+            .create_invite(
+                room.id.clone(),
+                invite(Role::Listener),
+                Actor::Operator,
+                1_000,
+            )
+            .await
+            .unwrap();
+        let first = store
+            .redeem(moderators.code.clone(), "Ada".into(), None, 2_000)
+            .await
+            .unwrap();
+        let (id, secret) = (first.participant_id.clone(), first.new_identity.clone());
+        let standing = || store.standing(room.id.clone(), id.clone());
+        store
+            .set_live_role(id.clone(), Role::Listener)
+            .await
+            .unwrap();
+        assert_eq!(
+            standing().await.unwrap().role(first.role, first.generation),
+            Role::Listener
+        );
+        // Redeeming the public link again neither resets the live role for the old token nor
+        // gives the new one more than the room left.
+        let again = store
+            .redeem(public.code.clone(), "Ada".into(), secret.clone(), 3_000)
+            .await
+            .unwrap();
+        assert!(again.generation > first.generation);
+        assert_eq!(again.role, Role::Listener);
+        let now = standing().await.unwrap();
+        assert_eq!(now.role(first.role, first.generation), Role::Listener);
+        assert_eq!(now.role(again.role, again.generation), Role::Listener);
+        // A moderator link redeemed on purpose grants the role to the new token only.
+        let promoted = store
+            .redeem(moderators.code.clone(), "Ada".into(), secret.clone(), 4_000)
+            .await
+            .unwrap();
+        assert_eq!(promoted.role, Role::Moderator);
+        let now = standing().await.unwrap();
+        assert_eq!(
+            now.role(promoted.role, promoted.generation),
+            Role::Moderator
+        );
+        assert_eq!(now.role(first.role, first.generation), Role::Listener);
+        // A role the room gave is kept when a lower link is redeemed again.
+        store
+            .set_live_role(id.clone(), Role::Speaker)
+            .await
+            .unwrap();
+        let lower = store
+            .redeem(public.code.clone(), "Ada".into(), secret, 5_000)
+            .await
+            .unwrap();
+        assert_eq!(lower.role, Role::Speaker);
+        let now = standing().await.unwrap();
+        assert_eq!(now.role(promoted.role, promoted.generation), Role::Speaker);
+        assert_eq!(now.role(lower.role, lower.generation), Role::Speaker);
     }
 
     #[tokio::test]

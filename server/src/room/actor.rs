@@ -869,10 +869,10 @@ impl RoomTask {
                         }
                     }
                     if let Audience::ModeratorsAnd(id) = &event.audience
-                        && !self
+                        && self
                             .state
                             .participant(id)
-                            .is_some_and(|p| p.role == Role::Moderator)
+                            .is_none_or(|p| p.role != Role::Moderator)
                         && let Some(conn) = self.connections.get(id)
                     {
                         Self::push(conn, &text);

@@ -326,9 +326,17 @@ impl Session {
         let signer = &self.state.signer;
         let mut presented_nonce = None;
         let claims = match (&token, &resume_token) {
-            (Some(token), _) => signer
-                .verify(token, now)
-                .map(|c| (c.room, c.participant, c.role, c.name, c.iat, false)),
+            (Some(token), _) => signer.verify(token, now).map(|c| {
+                (
+                    c.room,
+                    c.participant,
+                    c.role,
+                    c.name,
+                    c.iat,
+                    c.generation,
+                    false,
+                )
+            }),
             (None, Some(resume)) => signer.verify_resume(resume, now).map(|r| {
                 presented_nonce = Some(r.nonce);
                 (
@@ -337,12 +345,14 @@ impl Session {
                     Role::Listener,
                     String::new(),
                     now,
+                    // The room keeps a resumed participant's role; this is only a fallback.
+                    0,
                     true,
                 )
             }),
             (None, None) => Err(TokenError::Malformed),
         };
-        let (room_id, participant, role, name, issued_at, resume) = match claims {
+        let (room_id, participant, role, name, issued_at, generation, resume) = match claims {
             Ok(c) => c,
             Err(e) => {
                 let (code, message) = match (e, resume_token.is_some()) {
@@ -379,7 +389,7 @@ impl Session {
             self.close(close_code::REMOVED, code).await;
             return None;
         }
-        let role = standing.role(role);
+        let role = standing.role(role, generation);
         let connection = ConnectionId(NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
         let mut nonce_bytes = [0u8; 8];
         getrandom::fill(&mut nonce_bytes).expect("the OS random generator is unavailable");

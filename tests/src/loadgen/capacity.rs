@@ -112,7 +112,12 @@ impl ServerProcess {
         .map_err(|e| e.to_string())?;
         let log =
             std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
-        let api_key = format!("stoa_sk_loadgen_{:016x}", rand::random::<u64>());
+        // 128 random bits: the server refuses weaker operator keys.
+        let api_key = format!(
+            "stoa_sk_loadgen_{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let mut command = Command::new(stoa);
         command
             .arg("serve")
