@@ -62,6 +62,11 @@ pub async fn signal(
     // Messages up to this size are read and refused politely; larger ones end the socket.
     let hard_cap = (state.config.signal.max_message_bytes * 16).max(1 << 20);
     Ok(upgrade
+        // tungstenite reserves its read buffer up front, 128 KiB by default: for a protocol
+        // whose messages are a few hundred bytes that was half of a listener's memory. Bigger
+        // messages are still read whole, in several reads.
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(SOCKET_WRITE_BUFFER)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| async move {
@@ -71,6 +76,11 @@ pub async fn signal(
             drop(slot);
         }))
 }
+
+/// Bytes a signaling socket reads at a time (and keeps reserved for it).
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
+/// Bytes of outgoing frames gathered before a write (each message is flushed anyway).
+const SOCKET_WRITE_BUFFER: usize = 8 * 1024;
 
 /// A plain HTTP request to the WebSocket endpoint: 426 as problem+json, naming the protocol
 /// and version it takes (RFC 9110, section 15.5.22; RFC 6455, section 4.4).
