@@ -14,7 +14,6 @@
  */
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,7 +38,7 @@ import {
   waitFor,
   writeToneWav,
 } from "./harness.js";
-import { currentNetns, exitWithParent, inNetns, runInsideNetns } from "./netns.js";
+import { blockUdp, currentNetns, exitWithParent, inNetns, runInsideNetns, unblockUdp } from "./netns.js";
 
 const netns = currentNetns();
 if (!netns) {
@@ -101,18 +100,6 @@ async function candidatesOnNamespaceAddress(peer) {
     candidates.length > 0 && candidates.every((line) => line.split(" ")[4] === server),
     `${peer.name}: the answer's candidates are on ${server}: ${JSON.stringify(candidates)}`,
   );
-}
-
-const UDP_BLOCK_TABLE = "stoa_block_udp";
-
-/** Drops every UDP datagram sent inside this namespace (the test's own netns). */
-function blockUdp() {
-  const rules = `table inet ${UDP_BLOCK_TABLE} {\n chain out {\n type filter hook output priority 0; policy accept;\n meta l4proto udp drop\n }\n}\n`;
-  execFileSync("nft", ["-f", "-"], { input: rules });
-}
-
-function unblockUdp() {
-  execFileSync("nft", ["delete", "table", "inet", UDP_BLOCK_TABLE]);
 }
 
 /**

@@ -249,3 +249,20 @@ export function exitWithParent(stop) {
   process.once("SIGINT", finish);
   process.once("SIGTERM", finish);
 }
+
+const UDP_BLOCK_TABLE = "stoa_block_udp";
+
+/**
+ * Drops every UDP datagram sent inside the namespace this process runs in (nftables), as on a
+ * network that lets only TCP through. Only ever call it inside a namespace of our own.
+ */
+export function blockUdp() {
+  if (!currentNetns()) throw new Error("blockUdp outside the test's network namespace");
+  const rules = `table inet ${UDP_BLOCK_TABLE} {\n chain out {\n type filter hook output priority 0; policy accept;\n meta l4proto udp drop\n }\n}\n`;
+  execFileSync("nft", ["-f", "-"], { input: rules });
+}
+
+/** Lets UDP through again. */
+export function unblockUdp() {
+  execFileSync("nft", ["delete", "table", "inet", UDP_BLOCK_TABLE]);
+}
