@@ -56,6 +56,10 @@ pub struct MediaMetrics {
     pub rtp_forwarded: Family<WorkerLabels, Counter>,
     pub dropped: Family<DropLabels, Counter>,
     pub connections: Family<WorkerLabels, Gauge>,
+    /// Datagrams that arrived framed on an ICE-TCP stream (also counted in `datagrams_in`).
+    pub tcp_frames_in: Family<WorkerLabels, Counter>,
+    /// ICE-TCP streams open now.
+    pub tcp_streams: Family<WorkerLabels, Gauge>,
     /// From a speaker's packet arriving to its last copy being handed to the kernel.
     pub forward_seconds: Histogram,
     /// From the answer to the connection's DTLS being up.
@@ -77,6 +81,8 @@ impl Default for MediaMetrics {
             rtp_forwarded: Family::default(),
             dropped: Family::default(),
             connections: Family::default(),
+            tcp_frames_in: Family::default(),
+            tcp_streams: Family::default(),
             // 5 µs .. ~80 ms
             forward_seconds: Histogram::new(exponential_buckets(5e-6, 2.0, 15)),
             // 1 ms .. ~16 s
@@ -128,6 +134,16 @@ impl MediaMetrics {
             "connections",
             "WebRTC connections",
             self.connections.clone(),
+        );
+        r.register(
+            "tcp_frames_in",
+            "Datagrams received framed on ICE-TCP streams (also in datagrams_in)",
+            self.tcp_frames_in.clone(),
+        );
+        r.register(
+            "tcp_streams",
+            "ICE-TCP streams open",
+            self.tcp_streams.clone(),
         );
         r.register(
             "forward_seconds",

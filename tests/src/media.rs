@@ -655,6 +655,9 @@ pub struct MediaConfig {
     pub keep_audio: Duration,
     /// The local address the connection gathers its one host candidate on.
     pub local_ip: std::net::IpAddr,
+    /// Gather no UDP candidate, only an active ICE-TCP one: a client on a network that blocks
+    /// UDP, which reaches the server through its passive TCP candidate.
+    pub tcp_only: bool,
 }
 
 impl MediaConfig {
@@ -669,6 +672,7 @@ impl MediaConfig {
             loss_seed: 1,
             keep_audio: Duration::from_secs(30),
             local_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            tcp_only: false,
         }
     }
 
@@ -687,6 +691,12 @@ impl MediaConfig {
             rogue: true,
             ..Self::speaker(name, slots, source)
         }
+    }
+
+    /// Connects over ICE-TCP only (see [`MediaConfig::tcp_only`]).
+    pub fn over_tcp_only(mut self) -> Self {
+        self.tcp_only = true;
+        self
     }
 
     /// Gathers on `ip` instead of 127.0.0.1 (e.g. `::1` to test IPv6).
@@ -1136,15 +1146,22 @@ fn report_registry() -> Registry {
 async fn build_peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
     local_ip: std::net::IpAddr,
+    tcp_only: bool,
 ) -> Result<Arc<dyn PeerConnection>, MediaError> {
-    let pc = PeerConnectionBuilder::new()
+    let local = std::net::SocketAddr::new(local_ip, 0).to_string();
+    let builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build()) // no STUN/TURN servers
         .with_media_engine(audio_media_engine()?)
         .with_interceptor_registry(report_registry())
-        .with_handler(handler)
-        .with_udp_addrs(vec![std::net::SocketAddr::new(local_ip, 0).to_string()])
-        .build()
-        .await?;
+        .with_handler(handler);
+    let builder = if tcp_only {
+        builder
+            .with_udp_addrs(Vec::<String>::new())
+            .with_tcp_addrs(vec![local])
+    } else {
+        builder.with_udp_addrs(vec![local])
+    };
+    let pc = builder.build().await?;
     Ok(Arc::new(pc))
 }
 
@@ -1197,7 +1214,8 @@ impl MediaPeer {
             peer_connection: peer_connection.clone(),
             readers: readers.clone(),
         });
-        let pc = build_peer_connection(handler, shared.config.local_ip).await?;
+        let pc =
+            build_peer_connection(handler, shared.config.local_ip, shared.config.tcp_only).await?;
         let _ = peer_connection.set(Arc::downgrade(&pc));
         for _ in 0..shared.config.slots {
             pc.add_transceiver_from_kind(
@@ -1251,9 +1269,31 @@ impl MediaPeer {
             }
         };
         let accepts = answer_accepts_audio(&answer);
+        // `webrtc` 0.21 dials a passive TCP candidate only when it is trickled, not when it
+        // comes in the description: hand it the answer's TCP candidates again.
+        let tcp_candidates: Vec<String> = if self.shared.config.tcp_only {
+            answer
+                .lines()
+                .filter_map(|l| l.trim_end().strip_prefix("a="))
+                .filter(|c| c.starts_with("candidate:") && c.contains(" tcp "))
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.pc
             .set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
+        for candidate in tcp_candidates {
+            self.pc
+                .add_ice_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate,
+                    sdp_mid: Some("0".to_owned()),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                })
+                .await?;
+        }
         self.shared
             .send_permitted
             .store(accepts || self.shared.config.rogue, Ordering::SeqCst);
@@ -1918,7 +1958,7 @@ mod tests {
                 echo: tracks[ECHO_SLOT].clone(),
                 echo_ssrc: 0x0E00 + ECHO_SLOT as u32,
             });
-            let pc = build_peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into())
+            let pc = build_peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into(), false)
                 .await
                 .unwrap();
             // Before the first offer, as the server does: `rtc` gives a transceiver that an

@@ -686,3 +686,26 @@ async fn media_over_ipv6() {
     hears(&ear, 440.0).await;
     t.stop().await;
 }
+
+/// A speaker and a listener whose clients gather no UDP candidate at all (a network that
+/// blocks UDP): both reach the server over ICE-TCP, and the listener hears the speaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_can_only_use_tcp_speak_and_hear() {
+    let t = TestServer::start().await;
+    let room = t.create_room("TCP only").await;
+    let _speaker = Member::join(&t, &room, "speaker", "Sam", |name, slots| {
+        MediaConfig::speaker(name, slots, AudioSource::tone(440.0, -12.0)).over_tcp_only()
+    })
+    .await;
+    let ear = Member::join(&t, &room, "listener", "Ear", |name, slots| {
+        MediaConfig::listener(name, slots).over_tcp_only()
+    })
+    .await;
+    hears(&ear, 440.0).await;
+    // Nothing of theirs came over UDP: every datagram the workers read was framed on TCP.
+    assert_eq!(
+        metric(&t, "stoa_media_datagrams_in_total", "").await,
+        metric(&t, "stoa_media_tcp_frames_in_total", "").await,
+    );
+    t.stop().await;
+}

@@ -248,6 +248,8 @@ struct Counters {
     rtp_in: Counter,
     forwarded: Counter,
     connections: Gauge,
+    tcp_frames_in: Counter,
+    tcp_streams: Gauge,
     unroutable: Counter,
     malformed: Counter,
     oversized: Counter,
@@ -284,6 +286,8 @@ impl Counters {
             rtp_in: m.rtp_in.get_or_create(&w).clone(),
             forwarded: m.rtp_forwarded.get_or_create(&w).clone(),
             connections: m.connections.get_or_create(&w).clone(),
+            tcp_frames_in: m.tcp_frames_in.get_or_create(&w).clone(),
+            tcp_streams: m.tcp_streams.get_or_create(&w).clone(),
             unroutable: drop("unroutable"),
             malformed: drop("malformed"),
             oversized: drop("oversized"),
@@ -496,6 +500,7 @@ impl Worker {
                     self.counters.rejected.inc();
                     tracing::warn!(worker = self.index, "too many ICE-TCP streams; one refused");
                 }
+                self.counters.tcp_streams.set(tcp.streams() as i64);
             }
             Err(e) => tracing::debug!(worker = self.index, error = %e, "ICE-TCP accept failed"),
         }
@@ -505,6 +510,7 @@ impl Worker {
         match event {
             TcpEvent::Frame { from, frame } => {
                 // Bounded by the reader (at most a datagram's size).
+                self.counters.tcp_frames_in.inc();
                 let n = frame.len().min(self.recv_buf.len());
                 self.recv_buf[..n].copy_from_slice(&frame[..n]);
                 self.on_datagram(
@@ -522,6 +528,7 @@ impl Worker {
                 };
                 if let Some(tcp) = self.tcp.as_mut() {
                     tcp.close(&from);
+                    self.counters.tcp_streams.set(tcp.streams() as i64);
                 }
                 if let Some(key) = self.by_addr.remove(&peer)
                     && let Some(conn) = self.conns.get_mut(&key)
