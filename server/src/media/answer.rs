@@ -138,10 +138,11 @@ pub fn finish(sdp: &str, offer: &Offer, plan: &Plan) -> anyhow::Result<String> {
             write_rejected(&mut out, lines, offered);
             continue;
         };
-        let opus_pt = offered.opus_pt;
-        let has_fmtp = opus_pt.is_some_and(|pt| {
-            let prefix = format!("a=fmtp:{pt} ");
-            lines.iter().any(|l| l.starts_with(&prefix))
+        // Where the Opus fmtp line goes when `rtc` wrote none: right after Opus's rtpmap.
+        let fmtp_after = offered.opus_pt.and_then(|pt| {
+            let fmtp = format!("a=fmtp:{pt} ");
+            (!lines.iter().any(|l| l.starts_with(&fmtp)))
+                .then(|| (format!("a=rtpmap:{pt} "), format!("{fmtp}{OPUS_FMTP}")))
         });
         for line in lines {
             let attribute = line.strip_prefix("a=").unwrap_or("");
@@ -154,11 +155,10 @@ pub fn finish(sdp: &str, offer: &Offer, plan: &Plan) -> anyhow::Result<String> {
                 continue;
             }
             let _ = write!(out, "{line}\r\n");
-            if let Some(pt) = opus_pt
-                && !has_fmtp
-                && line.starts_with(&format!("a=rtpmap:{pt} "))
+            if let Some((rtpmap, fmtp)) = &fmtp_after
+                && line.starts_with(rtpmap.as_str())
             {
-                let _ = write!(out, "a=fmtp:{pt} {OPUS_FMTP}\r\n");
+                let _ = write!(out, "{fmtp}\r\n");
             }
         }
         let _ = write!(out, "a={}\r\n", direction.attribute());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rtc::crypto::{RTCCryptoProvider, SignatureScheme};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{
     Attribute, Interceptor, Packet, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
     StreamInfo, TaggedPacket,
@@ -216,32 +217,29 @@ struct Candidates {
 /// Adds our one host candidate (UDP, `addr`) to a connection; clients built by the test tools
 /// use it too.
 pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    Ok(())
+    add_candidate(pc, addr, "udp", TcpType::Unspecified)
 }
 
 /// Adds a passive ICE-TCP host candidate (RFC 6544): clients connect to it.
 pub fn add_tcp_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
+    add_candidate(pc, addr, "tcp", TcpType::Passive)
+}
+
+fn add_candidate(
+    pc: &mut RTCPeerConnection,
+    addr: SocketAddr,
+    network: &str,
+    tcp_type: TcpType,
+) -> anyhow::Result<()> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "tcp".to_owned(),
+            network: network.to_owned(),
             address: addr.ip().to_string(),
             port: addr.port(),
             component: 1,
             ..Default::default()
         },
-        tcp_type: rtc::ice::tcp_type::TcpType::Passive,
+        tcp_type,
     }
     .new_candidate_host()?;
     pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
