@@ -41,6 +41,38 @@ pub struct Config {
     pub limits: Limits,
     pub signal: SignalSettings,
     pub media: MediaSettings,
+    pub broadcast: BroadcastSettings,
+}
+
+/// The broadcast tier: the stage mixed once per room, served as LL-HLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BroadcastSettings {
+    /// Serve broadcasts at all.
+    pub enabled: bool,
+    /// Speakers heard at once in the mix (the loudest).
+    pub voices: usize,
+    /// Bit rate of the mix's Opus encoder.
+    pub bitrate: u32,
+    /// A room's mix stops when nobody has asked for it for this long.
+    pub idle_secs: u64,
+    /// Playlist links are signed per room and period: a link works for one to two periods.
+    pub link_period_secs: u64,
+    /// Rooms mixed at once; past that, `broadcast_full` (each mix costs about 1 % of a core).
+    pub max_rooms: usize,
+}
+
+impl Default for BroadcastSettings {
+    fn default() -> Self {
+        BroadcastSettings {
+            enabled: true,
+            voices: 3,
+            bitrate: 32_000,
+            idle_secs: 30,
+            link_period_secs: 300,
+            max_rooms: 200,
+        }
+    }
 }
 
 /// The WebRTC media workers.
@@ -194,6 +226,7 @@ impl Default for Config {
             limits: Limits::default(),
             signal: SignalSettings::default(),
             media: MediaSettings::default(),
+            broadcast: BroadcastSettings::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! The library holds every layer so tests can start a whole server in-process; `main.rs` is the CLI.
 
 pub mod api;
+pub mod broadcast;
 pub mod clock;
 pub mod config;
 pub mod connection;

@@ -72,6 +72,15 @@ impl TokenSigner {
         TokenSigner { key }
     }
 
+    /// A key for another use (`label` says which), derived from the signing key, so the
+    /// cluster's one shared secret covers it too.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"stoa derived key\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length")
     }

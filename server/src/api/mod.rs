@@ -2,6 +2,7 @@
 //! Handlers parse, authenticate, call the store or the room, and render; no rules here.
 
 mod auth_throttle;
+mod broadcast;
 mod error;
 mod events;
 mod extract;
@@ -114,6 +115,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(participants::mute))
         .routes(routes!(participants::remove))
         .routes(routes!(events::list_events))
+        .routes(routes!(broadcast::broadcast_link))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
@@ -139,6 +141,10 @@ pub fn router(state: AppState) -> Router {
     );
     router
         .merge(web::routes())
+        .route(
+            "/broadcast/{room}/{access}/{file}",
+            axum::routing::get(broadcast::broadcast_file),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))

@@ -10,6 +10,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::auth_throttle::AuthThrottle;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
+use crate::broadcast::Broadcasts;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::Store;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub live: LiveRooms,
     pub media: Media,
+    pub broadcasts: Broadcasts,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
@@ -70,6 +72,13 @@ impl AppState {
             config.signal.clone(),
             media.clone(),
         );
+        let broadcasts = Broadcasts::new(
+            config.broadcast.clone(),
+            media.clone(),
+            store.clone(),
+            clock.clone(),
+            signer.derive("broadcast links"),
+        );
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
         let origins = Arc::new(Origins::new(&base_url, &config.allowed_origins));
@@ -83,6 +92,7 @@ impl AppState {
             metrics,
             live,
             media,
+            broadcasts,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),

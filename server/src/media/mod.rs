@@ -14,6 +14,7 @@ pub mod offer;
 pub mod selector;
 pub mod slot;
 pub mod srtp;
+pub mod tap;
 pub mod tcp;
 pub mod worker;
 
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::MediaSettings;
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::MediaMetrics;
+use tap::RoomTap;
 use worker::{ConnKey, Control, Report, RoomRef, Worker, WorkerLink, WorkerSetup};
 
 /// Speakers' packets queued for one worker from the others before new ones are dropped.
@@ -80,6 +82,7 @@ struct Placed {
 struct HubRoom {
     key: u32,
     workers: Arc<AtomicU64>,
+    tap: Arc<RoomTap>,
     /// Connections of the room per worker.
     counts: Vec<u32>,
 }
@@ -90,6 +93,8 @@ struct Inner {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     conns: DashMap<(RoomId, ParticipantId), Placed>,
     rooms: DashMap<RoomId, HubRoom>,
+    /// Taps of rooms that have one, whether or not the room has connections right now.
+    taps: DashMap<RoomId, Arc<RoomTap>>,
     next_key: AtomicU32,
     next_room: AtomicU32,
     slots: usize,
@@ -223,6 +228,7 @@ impl Media {
                 threads: Mutex::new(threads),
                 conns: DashMap::new(),
                 rooms: DashMap::new(),
+                taps: DashMap::new(),
                 next_key: AtomicU32::new(1),
                 next_room: AtomicU32::new(1),
                 slots: options.settings.slots,
@@ -469,6 +475,7 @@ impl Media {
             .or_insert_with(|| HubRoom {
                 key: self.inner.next_room.fetch_add(1, Ordering::Relaxed),
                 workers: Arc::new(AtomicU64::new(0)),
+                tap: self.inner.taps.entry(room.clone()).or_default().clone(),
                 counts: vec![0; workers],
             });
         hub_room.counts[worker] += 1;
@@ -496,6 +503,23 @@ impl Media {
             self.inner
                 .rooms
                 .remove_if(room, |_, r| r.counts.iter().all(|c| *c == 0));
+            self.inner.taps.remove_if(room, |_, t| !t.attached());
+        }
+    }
+
+    /// The room's tap, for the mixer: [`RoomTap::attach`] a queue to receive its speakers'
+    /// packets. [`Media::untap`] when done.
+    pub fn tap(&self, room: &RoomId) -> Arc<RoomTap> {
+        self.inner.taps.entry(room.clone()).or_default().clone()
+    }
+
+    /// Detaches the room's tap and forgets it if the room has no connections.
+    pub fn untap(&self, room: &RoomId) {
+        if let Some(tap) = self.inner.taps.get(room).map(|t| t.clone()) {
+            tap.detach();
+        }
+        if !self.inner.rooms.contains_key(room) {
+            self.inner.taps.remove_if(room, |_, t| !t.attached());
         }
     }
 
@@ -504,6 +528,7 @@ impl Media {
             key: r.key,
             id: room.clone(),
             workers: r.workers.clone(),
+            tap: r.tap.clone(),
         })
     }
 }

@@ -40,6 +40,7 @@ use super::offer::Offer;
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
 use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
+use super::tap::RoomTap;
 use super::tcp::{TcpEvent, TcpSide};
 use super::{MediaError, random_alnum, random_u32};
 use crate::control::{ParticipantId, RoomId};
@@ -75,6 +76,8 @@ pub struct RoomRef {
     pub id: RoomId,
     /// Bit `i`: worker `i` hosts connections of this room. Read once per speaker packet.
     pub workers: Arc<AtomicU64>,
+    /// Where the room's speakers' packets also go while it is mixed.
+    pub tap: Arc<RoomTap>,
 }
 
 pub enum Control {
@@ -234,6 +237,7 @@ struct Conn {
 struct WorkerRoom {
     id: RoomId,
     workers: Arc<AtomicU64>,
+    tap: Arc<RoomTap>,
     selector: SpeakerSelector<u32>,
     members: Vec<ConnKey>,
     last_levels: Vec<ParticipantId>,
@@ -763,6 +767,7 @@ impl Worker {
         let Some(room) = self.rooms.get(&conn.room) else {
             return;
         };
+        room.tap.offer(&forwarded);
         let mask = room.workers.load(Ordering::Relaxed);
         for (index, peer) in self.peers.iter().enumerate() {
             if index != self.index
@@ -1150,6 +1155,7 @@ impl Worker {
         let entry = self.rooms.entry(room_key).or_insert_with(|| WorkerRoom {
             id: room.id.clone(),
             workers: room.workers.clone(),
+            tap: room.tap.clone(),
             selector: SpeakerSelector::with_capacity(
                 SelectorConfig {
                     slots: self.slots,

@@ -1,0 +1,348 @@
+//! The stage, mixed once: each speaker's Opus packets wait in a small jitter buffer, are
+//! decoded (concealment for a lost one), the loudest few are summed, and the sum is encoded as
+//! one Opus stream. Sans-IO: packets and ticks in, one encoded 20 ms frame out per tick; the
+//! caller owns the clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+use opus::{Application, Bitrate, Channels, Decoder, Encoder};
+
+/// Samples per 20 ms frame at 48 kHz, mono: one tick of the mix.
+pub const FRAME: usize = 960;
+/// Packets a source gathers before it starts playing (40 ms of jitter absorbed).
+const DEPTH: usize = 2;
+/// Packets a source may hold; past that it skips ahead (a speaker whose packets came in a
+/// burst after a stall must not keep the mix behind).
+const MAX_WAITING: usize = 25;
+/// Ticks without a packet after which a source stops playing (and starts buffering anew).
+const IDLE_TICKS: u32 = 10;
+/// The largest Opus packet (RFC 6716: 1275 bytes per frame, up to 3 frames of 20 ms).
+const MAX_PACKET: usize = 4000;
+/// Silence, in RFC 6464 terms (-127 dBov).
+const SILENT: u8 = 127;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MixSettings {
+    /// How many speakers are heard at once (the loudest), like a WebRTC listener's slots.
+    pub voices: usize,
+    pub bitrate: i32,
+}
+
+impl Default for MixSettings {
+    fn default() -> Self {
+        MixSettings {
+            voices: 3,
+            bitrate: 32_000,
+        }
+    }
+}
+
+/// What goes wrong in the codec (never expected with valid settings: libopus refused).
+#[derive(Debug, thiserror::Error)]
+#[error("opus: {0}")]
+pub struct MixError(#[from] opus::Error);
+
+struct Source {
+    decoder: Decoder,
+    /// Extended sequence number → (payload, level), in order.
+    waiting: BTreeMap<u64, (Bytes, u8)>,
+    /// The sequence number to decode next, once playing.
+    next: Option<u64>,
+    /// The extended sequence number of the last packet received (for unwrapping).
+    last: Option<u64>,
+    /// Decoded samples not yet mixed.
+    pcm: VecDeque<i16>,
+    playing: bool,
+    idle: u32,
+    /// Level of the audio being played (0 loudest, 127 silence).
+    level: u8,
+}
+
+impl Source {
+    fn new() -> Result<Self, MixError> {
+        Ok(Source {
+            decoder: Decoder::new(48_000, Channels::Mono)?,
+            waiting: BTreeMap::new(),
+            next: None,
+            last: None,
+            pcm: VecDeque::with_capacity(4 * FRAME),
+            playing: false,
+            idle: 0,
+            level: SILENT,
+        })
+    }
+
+    /// Extends a 16-bit sequence number to the one nearest the last seen.
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.last {
+            None => (1 << 16) + u64::from(seq),
+            Some(last) => {
+                let base = last & !0xffff;
+                let candidates = [base.wrapping_sub(1 << 16), base, base + (1 << 16)];
+                candidates
+                    .into_iter()
+                    .map(|b| b + u64::from(seq))
+                    .min_by_key(|c| c.abs_diff(last))
+                    .unwrap_or(base + u64::from(seq))
+            }
+        };
+        self.last = Some(self.last.map_or(ext, |l| l.max(ext)));
+        ext
+    }
+
+    fn push(&mut self, seq: u16, payload: Bytes, level: u8) {
+        let ext = self.extend(seq);
+        if self.next.is_some_and(|next| ext < next) {
+            return; // too late: its time has passed
+        }
+        self.waiting.insert(ext, (payload, level));
+        while self.waiting.len() > MAX_WAITING {
+            self.waiting.pop_first();
+            if let (Some(next), Some((&first, _))) = (self.next, self.waiting.first_key_value()) {
+                self.next = Some(next.max(first));
+            }
+        }
+    }
+
+    /// Decodes until a frame's worth of samples is ready, or there is nothing to decode.
+    fn fill(&mut self, scratch: &mut [i16; 3 * FRAME]) -> Result<(), MixError> {
+        if !self.playing {
+            if self.waiting.len() < DEPTH {
+                return Ok(());
+            }
+            self.playing = true;
+            self.next = self.waiting.first_key_value().map(|(k, _)| *k);
+        }
+        while self.pcm.len() < FRAME {
+            let Some(next) = self.next else { break };
+            let decoded = match self.waiting.remove(&next) {
+                Some((payload, level)) => {
+                    self.level = level;
+                    self.decoder.decode(&payload, scratch, false)?
+                }
+                // Lost (a later one is here): concealment fills its 20 ms.
+                None if !self.waiting.is_empty() => {
+                    self.decoder.decode(&[], &mut scratch[..FRAME], false)?
+                }
+                None => break,
+            };
+            self.pcm.extend(&scratch[..decoded]);
+            self.next = Some(next + 1);
+        }
+        if self.pcm.len() < FRAME {
+            self.idle += 1;
+            if self.idle > IDLE_TICKS {
+                self.playing = false;
+                self.next = None;
+                self.pcm.clear();
+                self.level = SILENT;
+                self.decoder.reset_state()?;
+            }
+        } else {
+            self.idle = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The mixer of one room.
+pub struct Mixer {
+    settings: MixSettings,
+    sources: HashMap<u32, Source>,
+    encoder: Encoder,
+    scratch: Box<[i16; 3 * FRAME]>,
+    sum: Box<[i32; FRAME]>,
+    frame: Box<[i16; FRAME]>,
+    packet: Box<[u8; MAX_PACKET]>,
+    chosen: Vec<u32>,
+    pre_skip: u16,
+}
+
+impl Mixer {
+    pub fn new(settings: MixSettings) -> Result<Self, MixError> {
+        let mut encoder = Encoder::new(48_000, Channels::Mono, Application::Audio)?;
+        encoder.set_bitrate(Bitrate::Bits(settings.bitrate))?;
+        let pre_skip = encoder.get_lookahead()? as u16;
+        Ok(Mixer {
+            settings,
+            sources: HashMap::new(),
+            encoder,
+            scratch: Box::new([0; 3 * FRAME]),
+            sum: Box::new([0; FRAME]),
+            frame: Box::new([0; FRAME]),
+            packet: Box::new([0; MAX_PACKET]),
+            chosen: Vec::with_capacity(settings.voices),
+            pre_skip,
+        })
+    }
+
+    /// Samples a player drops at the start of the stream (the encoder's lookahead).
+    pub fn pre_skip(&self) -> u16 {
+        self.pre_skip
+    }
+
+    /// A speaker's packet: `level` is its RFC 6464 level (0 loudest), if it had one.
+    pub fn push(
+        &mut self,
+        source: u32,
+        seq: u16,
+        payload: Bytes,
+        level: Option<u8>,
+    ) -> Result<(), MixError> {
+        let entry = match self.sources.entry(source) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Source::new()?),
+        };
+        entry.push(seq, payload, level.unwrap_or(SILENT / 2));
+        Ok(())
+    }
+
+    /// A speaker left: their voice stops at once.
+    pub fn forget(&mut self, source: u32) {
+        self.sources.remove(&source);
+    }
+
+    /// Mixes the next 20 ms and encodes it: the Opus packet of this tick.
+    pub fn tick(&mut self) -> Result<&[u8], MixError> {
+        let scratch = &mut *self.scratch;
+        for source in self.sources.values_mut() {
+            source.fill(scratch)?;
+        }
+        // The loudest voices with something to say this tick.
+        self.chosen.clear();
+        self.chosen.extend(
+            self.sources
+                .iter()
+                .filter(|(_, s)| s.pcm.len() >= FRAME)
+                .map(|(id, _)| *id),
+        );
+        let sources = &self.sources;
+        self.chosen
+            .sort_unstable_by_key(|id| (sources[id].level, *id));
+        self.chosen.truncate(self.settings.voices);
+        self.sum.fill(0);
+        for id in &self.chosen {
+            let source = self.sources.get_mut(id).expect("chosen from the map");
+            for (acc, sample) in self.sum.iter_mut().zip(source.pcm.drain(..FRAME)) {
+                *acc += i32::from(sample);
+            }
+        }
+        // Voices not chosen move on too, so they are in time when they become loud.
+        for (id, source) in &mut self.sources {
+            if !self.chosen.contains(id) && source.pcm.len() >= FRAME {
+                source.pcm.drain(..FRAME);
+            }
+        }
+        for (out, acc) in self.frame.iter_mut().zip(self.sum.iter()) {
+            *out = (*acc).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+        }
+        let n = self.encoder.encode(&self.frame[..], &mut self.packet[..])?;
+        Ok(&self.packet[..n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opus packets of a sine tone, 20 ms each.
+    fn tone(freq: f64, frames: usize) -> Vec<Bytes> {
+        let mut enc = Encoder::new(48_000, Channels::Mono, Application::Audio).unwrap();
+        (0..frames)
+            .map(|f| {
+                let pcm: Vec<i16> = (0..FRAME)
+                    .map(|i| {
+                        let t = (f * FRAME + i) as f64 / 48_000.0;
+                        ((t * freq * std::f64::consts::TAU).sin() * 8000.0) as i16
+                    })
+                    .collect();
+                Bytes::from(enc.encode_vec(&pcm, MAX_PACKET).unwrap())
+            })
+            .collect()
+    }
+
+    /// Decodes a run of mixer output and measures the power at `freq` (Goertzel), relative
+    /// to the total power: near 1 for a pure tone at that frequency.
+    fn share_at(packets: &[Vec<u8>], freq: f64) -> f64 {
+        let mut dec = Decoder::new(48_000, Channels::Mono).unwrap();
+        let mut pcm = Vec::new();
+        let mut buf = [0i16; 3 * FRAME];
+        for p in packets {
+            let n = dec.decode(p, &mut buf, false).unwrap();
+            pcm.extend_from_slice(&buf[..n]);
+        }
+        let pcm = &pcm[pcm.len() / 2..];
+        let k = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        let mut total = 0.0;
+        for &x in pcm {
+            let x = f64::from(x);
+            let s = x + k * s1 - s2;
+            s2 = s1;
+            s1 = s;
+            total += x * x;
+        }
+        let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+        power / (total * pcm.len() as f64 / 2.0)
+    }
+
+    #[test]
+    fn one_speaker_comes_out_as_they_went_in_with_lost_and_late_packets() {
+        let mut mixer = Mixer::new(MixSettings::default()).unwrap();
+        let packets = tone(440.0, 100);
+        let mut out = Vec::new();
+        for i in 0..packets.len() {
+            // Every tenth is lost; the sixth and seventh of ten arrive swapped. The sequence
+            // numbers wrap around 65535 on the way.
+            if i % 10 != 3 {
+                let seq = match i % 10 {
+                    5 => i + 1,
+                    6 => i - 1,
+                    _ => i,
+                };
+                let wire_seq = (65_500 + seq as u32) as u16;
+                mixer
+                    .push(7, wire_seq, packets[seq].clone(), Some(30))
+                    .unwrap();
+            }
+            out.push(mixer.tick().unwrap().to_vec());
+        }
+        assert!(share_at(&out, 440.0) > 0.8, "{}", share_at(&out, 440.0));
+    }
+
+    #[test]
+    fn two_speakers_are_both_heard_and_silence_is_encoded_when_nobody_speaks() {
+        let mut mixer = Mixer::new(MixSettings::default()).unwrap();
+        let (a, b) = (tone(440.0, 100), tone(1000.0, 100));
+        let mut out = Vec::new();
+        for i in 0..100 {
+            mixer.push(1, i as u16, a[i].clone(), Some(20)).unwrap();
+            mixer.push(2, i as u16, b[i].clone(), Some(25)).unwrap();
+            out.push(mixer.tick().unwrap().to_vec());
+        }
+        let (at_a, at_b) = (share_at(&out, 440.0), share_at(&out, 1000.0));
+        assert!(at_a > 0.3 && at_b > 0.3, "440 Hz {at_a}, 1 kHz {at_b}");
+        // Nobody: the stream goes on, quietly.
+        let quiet: Vec<Vec<u8>> = (0..50).map(|_| mixer.tick().unwrap().to_vec()).collect();
+        assert!(quiet.iter().all(|p| !p.is_empty()));
+    }
+
+    #[test]
+    fn only_the_loudest_voices_are_mixed() {
+        let mut mixer = Mixer::new(MixSettings {
+            voices: 1,
+            ..MixSettings::default()
+        })
+        .unwrap();
+        let (a, b) = (tone(440.0, 100), tone(1000.0, 100));
+        let mut out = Vec::new();
+        for i in 0..100 {
+            mixer.push(1, i as u16, a[i].clone(), Some(50)).unwrap();
+            mixer.push(2, i as u16, b[i].clone(), Some(10)).unwrap();
+            out.push(mixer.tick().unwrap().to_vec());
+        }
+        assert!(share_at(&out, 1000.0) > 0.8);
+        assert!(share_at(&out, 440.0) < 0.05);
+    }
+}

@@ -1,0 +1,404 @@
+//! The broadcast tier: a room's stage mixed once (Opus decode, mix, encode) and served as
+//! Low-Latency HLS, for audiences larger than WebRTC per listener should carry. The server's
+//! cost does not grow with the audience: every part is immutable, and any HTTP cache or CDN in
+//! front serves the listeners.
+//!
+//! - [`mix`]: the sans-IO mixer (jitter buffers, concealment, the loudest voices, one encoder).
+//! - [`mp4`]: Opus in fragmented MP4 (CMAF).
+//! - [`hls`]: parts, segments and the media playlist.
+//! - this file: a room's mix as a task fed by the media workers' tap
+//!   ([`crate::media::tap`]), started on demand, stopped when nobody asks for it; and the
+//!   signed, rotating links that give access to it.
+//!
+//! Access: a broadcast's files live under `/broadcast/{room}/{period}.{signature}/`. The
+//! signature (HMAC of the room and the period with a key derived from the signing key) is the
+//! same for everyone in the room during a period, so caches keep one copy; a link works for
+//! one to two periods (5 minutes each by default), so a leaked one soon stops working.
+
+pub mod hls;
+pub mod mix;
+pub mod mp4;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::Clock;
+use crate::config::BroadcastSettings;
+use crate::control::{RoomId, Store};
+use crate::media::Media;
+use hls::{HlsSettings, Position, Stream};
+use mix::{MixSettings, Mixer};
+
+/// Speaker packets waiting for the mixer (about a second of five voices).
+const TAP_QUEUE: usize = 256;
+/// How often the mixer looks at whether its room still exists.
+const ROOM_CHECK: Duration = Duration::from_secs(2);
+
+/// Why a broadcast cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("no such room")]
+    RoomNotFound,
+    #[error("the room has ended")]
+    RoomEnded,
+    #[error("broadcasts are turned off on this server")]
+    Disabled,
+    #[error("this server mixes as many rooms as it may; try again later")]
+    Full,
+    #[error("the server could not start the mix")]
+    Internal,
+}
+
+/// A link to a room's broadcast.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Path of the playlist, from the server's root (`/broadcast/…/playlist.m3u8`).
+    pub path: String,
+    /// When the link stops working, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// What the access part of a broadcast path is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Valid,
+    /// It was valid; its time is over.
+    Expired,
+    /// It never was (another room's, forged, malformed).
+    Invalid,
+}
+
+/// A room's mix while it runs.
+pub struct Live {
+    pub stream: Mutex<Stream>,
+    /// The last part published; changes wake blocked playlist requests.
+    published: watch::Sender<Option<Position>>,
+    /// Set when the room ended: the playlist then ends too.
+    ended: watch::Sender<bool>,
+    last_request: AtomicI64,
+}
+
+impl Live {
+    /// Notes that someone asked for the broadcast (it keeps the mix running).
+    pub fn touch(&self, now_ms: i64) {
+        self.last_request.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Position>> {
+        self.published.subscribe()
+    }
+
+    pub fn ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+}
+
+#[derive(Clone)]
+pub struct Broadcasts {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: BroadcastSettings,
+    hls: HlsSettings,
+    media: Media,
+    store: Store,
+    clock: Clock,
+    key: [u8; 32],
+    live: DashMap<RoomId, Arc<Live>>,
+}
+
+impl Broadcasts {
+    pub fn new(
+        settings: BroadcastSettings,
+        media: Media,
+        store: Store,
+        clock: Clock,
+        key: [u8; 32],
+    ) -> Self {
+        Broadcasts {
+            inner: Arc::new(Inner {
+                settings,
+                hls: HlsSettings::default(),
+                media,
+                store,
+                clock,
+                key,
+                live: DashMap::new(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &BroadcastSettings {
+        &self.inner.settings
+    }
+
+    /// The room's mix if it is running (it is not started).
+    pub fn get(&self, room: &RoomId) -> Option<Arc<Live>> {
+        self.inner.live.get(room).map(|l| l.clone())
+    }
+
+    pub fn hls_settings(&self) -> HlsSettings {
+        self.inner.hls
+    }
+
+    /// Rooms being mixed now.
+    pub fn running(&self) -> usize {
+        self.inner.live.len()
+    }
+
+    fn period_ms(&self) -> i64 {
+        (self.inner.settings.link_period_secs.max(1) * 1000) as i64
+    }
+
+    fn signature(&self, room: &RoomId, period: i64) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.inner.key).expect("HMAC accepts any key length");
+        mac.update(room.as_str().as_bytes());
+        mac.update(b"\0");
+        mac.update(&period.to_be_bytes());
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..12])
+    }
+
+    /// The link to a room's broadcast valid now.
+    pub fn link(&self, room: &RoomId) -> Link {
+        let now = self.inner.clock.now_ms();
+        let period = now.div_euclid(self.period_ms());
+        Link {
+            path: format!(
+                "/broadcast/{room}/{period}.{}/playlist.m3u8",
+                self.signature(room, period)
+            ),
+            expires_at_ms: (period + 2) * self.period_ms(),
+        }
+    }
+
+    /// Checks the `{period}.{signature}` part of a path.
+    pub fn check_access(&self, room: &RoomId, access: &str) -> Access {
+        let Some((period, signature)) = access.split_once('.') else {
+            return Access::Invalid;
+        };
+        if period.is_empty() || period.len() > 15 || !period.bytes().all(|b| b.is_ascii_digit()) {
+            return Access::Invalid;
+        }
+        let Ok(period) = period.parse::<i64>() else {
+            return Access::Invalid;
+        };
+        let expected = self.signature(room, period);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            signature.as_bytes(),
+        )) {
+            return Access::Invalid;
+        }
+        let now = self.inner.clock.now_ms().div_euclid(self.period_ms());
+        if period == now || period + 1 == now {
+            Access::Valid
+        } else {
+            Access::Expired
+        }
+    }
+
+    /// The room's running mix, started if it is not running.
+    pub async fn ensure(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
+        if !self.inner.settings.enabled {
+            return Err(BroadcastError::Disabled);
+        }
+        if let Some(live) = self.inner.live.get(room) {
+            return Ok(live.clone());
+        }
+        match self.inner.store.room(room.clone()).await {
+            Ok(r) if r.is_ended() => return Err(BroadcastError::RoomEnded),
+            Ok(_) => {}
+            Err(crate::control::ControlError::RoomNotFound) => {
+                return Err(BroadcastError::RoomNotFound);
+            }
+            Err(_) => return Err(BroadcastError::Internal),
+        }
+        if self.inner.live.len() >= self.inner.settings.max_rooms {
+            return Err(BroadcastError::Full);
+        }
+        let mut mixer = Mixer::new(MixSettings {
+            voices: self.inner.settings.voices.max(1),
+            bitrate: self.inner.settings.bitrate as i32,
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot start a mix");
+            BroadcastError::Internal
+        })?;
+        let now = self.inner.clock.now_ms();
+        let stream = Stream::new(
+            self.inner.hls,
+            crate::media::random_alnum(10),
+            mp4::OpusTrack {
+                channels: 1,
+                pre_skip: mixer.pre_skip(),
+            },
+            now,
+        );
+        let live = Arc::new(Live {
+            stream: Mutex::new(stream),
+            published: watch::channel(None).0,
+            ended: watch::channel(false).0,
+            last_request: AtomicI64::new(now),
+        });
+        // Two requests may race to start it: the first one in the map wins.
+        let live = match self.inner.live.entry(room.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(e) => return Ok(e.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(e) => e.insert(live).clone(),
+        };
+        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+        self.inner.media.tap(room).attach(tx);
+        // Silence until the first speaker is heard: the stream starts at once.
+        let _ = mixer.tick();
+        tracing::info!(room = %room, "broadcast started");
+        tokio::spawn(self.clone().run(room.clone(), live.clone(), mixer, rx));
+        Ok(live)
+    }
+
+    /// Mixes every 20 ms until nobody asks for the broadcast any more.
+    async fn run(
+        self,
+        room: RoomId,
+        live: Arc<Live>,
+        mut mixer: Mixer,
+        mut packets: mpsc::Receiver<Arc<crate::media::worker::Forwarded>>,
+    ) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        // Late ticks are caught up: the stream's timeline has no holes.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut room_check = tokio::time::interval(ROOM_CHECK);
+        let idle = Duration::from_secs(self.inner.settings.idle_secs);
+        let mut idle_since = tokio::time::Instant::now();
+        let mut last_seen = live.last_request.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                Some(packet) = packets.recv() => {
+                    if let Err(e) = mixer.push(
+                        packet.source,
+                        packet.seq,
+                        packet.payload.clone(),
+                        packet.level.map(|l| l.level),
+                    ) {
+                        tracing::warn!(room = %room, error = %e, "mixer refused a packet");
+                    }
+                }
+                _ = ticker.tick() => {
+                    let frame = match mixer.tick() {
+                        Ok(frame) => Bytes::copy_from_slice(frame),
+                        Err(e) => {
+                            tracing::error!(room = %room, error = %e, "mix failed");
+                            break;
+                        }
+                    };
+                    let now = self.inner.clock.now_ms();
+                    let published = live
+                        .stream
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_frame(frame, now);
+                    if let Some(position) = published {
+                        live.published.send_replace(Some(position));
+                        let seen = live.last_request.load(Ordering::Relaxed);
+                        if seen != last_seen {
+                            last_seen = seen;
+                            idle_since = tokio::time::Instant::now();
+                        } else if idle_since.elapsed() >= idle {
+                            break;
+                        }
+                    }
+                }
+                _ = room_check.tick() => {
+                    match self.inner.store.room(room.clone()).await {
+                        Ok(r) if !r.is_ended() => {}
+                        // Ended (or gone): players see the end of the playlist, then it stops.
+                        _ => {
+                            live.ended.send_replace(true);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.media.untap(&room);
+        self.inner
+            .live
+            .remove_if(&room, |_, running| Arc::ptr_eq(running, &live));
+        tracing::info!(room = %room, "broadcast stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broadcasts(clock: Clock) -> Broadcasts {
+        // A media service is needed for the type only; links never touch it.
+        let store = Store::open_in_memory().unwrap();
+        let (media, _) = Media::start(
+            &crate::media::MediaOptions {
+                settings: crate::config::MediaSettings {
+                    workers: 1,
+                    tcp: false,
+                    ..Default::default()
+                },
+                bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                port: None,
+                public_ip: None,
+            },
+            &crate::metrics::Metrics::default().media,
+        )
+        .unwrap();
+        Broadcasts::new(BroadcastSettings::default(), media, store, clock, [7; 32])
+    }
+
+    #[tokio::test]
+    async fn links_are_the_same_for_everyone_and_stop_working_after_two_periods() {
+        let clock = Clock::manual();
+        let b = broadcasts(clock.clone());
+        let room = RoomId::parse("rm_AAAAAAAAAAAAAAAA").unwrap();
+        let other = RoomId::parse("rm_BBBBBBBBBBBBBBBB").unwrap();
+        let link = b.link(&room);
+        assert_eq!(
+            link.path,
+            b.link(&room).path,
+            "one link per room and period"
+        );
+        let access = link.path.split('/').nth(3).unwrap().to_owned();
+        assert_eq!(b.check_access(&room, &access), Access::Valid);
+        assert_eq!(
+            b.check_access(&other, &access),
+            Access::Invalid,
+            "another room's link"
+        );
+        let (period, _) = access.split_once('.').unwrap();
+        assert_eq!(
+            b.check_access(&room, &format!("{period}.AAAA")),
+            Access::Invalid
+        );
+        assert_eq!(b.check_access(&room, "1.2.3"), Access::Invalid);
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(
+            b.check_access(&room, &access),
+            Access::Valid,
+            "the next period too"
+        );
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(
+            b.check_access(&room, &access),
+            Access::Expired,
+            "then it has expired"
+        );
+        assert!(link.expires_at_ms <= clock.now_ms());
+        assert_ne!(b.link(&room).path, link.path, "a new link replaces it");
+    }
+}

@@ -1,0 +1,51 @@
+//! A room's tap: where its speakers' packets also go while the room is mixed (the broadcast
+//! tier, recordings). The worker a speaker's packet arrives on offers it once, after the
+//! speaker's rights were checked: per speaker packet one atomic load when nobody listens, and
+//! a non-blocking send (an `Arc`, no copy) when someone does. A full queue drops the packet,
+//! as the network would; the mixer conceals it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::worker::Forwarded;
+
+/// What a tap delivers.
+pub type TapSender = mpsc::Sender<Arc<Forwarded>>;
+
+#[derive(Default)]
+pub struct RoomTap {
+    on: AtomicBool,
+    sink: Mutex<Option<TapSender>>,
+}
+
+impl RoomTap {
+    /// Starts delivering the room's packets to `sink` (replacing any earlier one).
+    pub fn attach(&self, sink: TapSender) {
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        self.on.store(true, Ordering::Release);
+    }
+
+    pub fn detach(&self) {
+        self.on.store(false, Ordering::Release);
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn attached(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    /// Called by the worker for each accepted speaker packet. Never blocks: if the sink is
+    /// being swapped right now, this packet is not offered.
+    pub(crate) fn offer(&self, packet: &Arc<Forwarded>) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(sink) = self.sink.try_lock()
+            && let Some(sink) = sink.as_ref()
+        {
+            let _ = sink.try_send(Arc::clone(packet));
+        }
+    }
+}
