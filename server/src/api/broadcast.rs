@@ -175,15 +175,14 @@ async fn serve(
             ));
         }
     }
-    let now = state.clock.now_ms();
     if name == "playlist.m3u8" {
         let blocking = blocking_params(query)?;
         let live = state.broadcasts.ensure(&room).await.map_err(refusal)?;
-        live.touch(now);
+        live.touch();
         return playlist(&live, blocking).await;
     }
     let live = state.broadcasts.get(&room).ok_or_else(not_found)?;
-    live.touch(now);
+    live.touch();
     let resource = {
         let stream = live.stream.lock().unwrap_or_else(|e| e.into_inner());
         parse_name(stream.id(), name).ok_or_else(not_found)?
@@ -203,6 +202,10 @@ async fn playlist(live: &Live, blocking: Option<(u64, Option<u32>)>) -> Result<R
             }
         }
         wait_for(live, |stream| stream.has(msn, part)).await?;
+    } else {
+        // A broadcast that just started lists no segment yet; players that read only whole
+        // segments (ffmpeg) would find nothing to play. Its first second is worth the wait.
+        wait_for(live, |stream| stream.has(0, None)).await?;
     }
     let text = live
         .stream

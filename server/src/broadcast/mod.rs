@@ -19,7 +19,7 @@ pub mod hls;
 pub mod mix;
 pub mod mp4;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,13 +84,14 @@ pub struct Live {
     published: watch::Sender<Option<Position>>,
     /// Set when the room ended: the playlist then ends too.
     ended: watch::Sender<bool>,
-    last_request: AtomicI64,
+    /// Requests so far; while the count moves, someone listens.
+    requests: AtomicU64,
 }
 
 impl Live {
     /// Notes that someone asked for the broadcast (it keeps the mix running).
-    pub fn touch(&self, now_ms: i64) {
-        self.last_request.fetch_max(now_ms, Ordering::Relaxed);
+    pub fn touch(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Position>> {
@@ -249,7 +250,7 @@ impl Broadcasts {
             stream: Mutex::new(stream),
             published: watch::channel(None).0,
             ended: watch::channel(false).0,
-            last_request: AtomicI64::new(now),
+            requests: AtomicU64::new(0),
         });
         // Two requests may race to start it: the first one in the map wins.
         let live = match self.inner.live.entry(room.clone()) {
@@ -279,7 +280,7 @@ impl Broadcasts {
         let mut room_check = tokio::time::interval(ROOM_CHECK);
         let idle = Duration::from_secs(self.inner.settings.idle_secs);
         let mut idle_since = tokio::time::Instant::now();
-        let mut last_seen = live.last_request.load(Ordering::Relaxed);
+        let mut last_seen = live.requests.load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 Some(packet) = packets.recv() => {
@@ -308,7 +309,7 @@ impl Broadcasts {
                         .push_frame(frame, now);
                     if let Some(position) = published {
                         live.published.send_replace(Some(position));
-                        let seen = live.last_request.load(Ordering::Relaxed);
+                        let seen = live.requests.load(Ordering::Relaxed);
                         if seen != last_seen {
                             last_seen = seen;
                             idle_since = tokio::time::Instant::now();
