@@ -122,7 +122,11 @@ export class PeopleList {
     setText(/** @type {HTMLElement} */ (li.querySelector(".initials")), initials(p.display_name));
     show(/** @type {HTMLElement} */ (li.querySelector(".muted-badge")), muted);
 
-    setText(/** @type {HTMLElement} */ (li.querySelector(".name-text")), self ? `${p.display_name} (you)` : p.display_name);
+    const name = self ? `${p.display_name} (you)` : p.display_name;
+    const nameText = /** @type {HTMLElement} */ (li.querySelector(".name-text"));
+    setText(nameText, name);
+    // A name cut short by an ellipsis is still there in full on hover.
+    setAttr(nameText, "title", name);
     // Muted and speaking show as the badge and the ring; words for screen readers.
     setText(/** @type {HTMLElement} */ (li.querySelector(".state-text")), [muted ? ", muted" : "", speaking ? ", speaking" : ""].join(""));
     /** @type {string[]} */
