@@ -10,21 +10,9 @@ import { describe, it } from "node:test";
 
 import { ROLES, actionsFor, commandOf, may, mayToOthers } from "../../client-web/permissions.js";
 import { fromSnapshot } from "../../client-web/room.js";
+import { participant } from "./fixtures.js";
 
 const table = JSON.parse(await readFile(new URL("../../client-web/permissions.json", import.meta.url), "utf8"));
-
-/** @param {Partial<Record<string, unknown>> & { id: string, role: string }} fields */
-function participant(fields) {
-  return {
-    display_name: fields.id,
-    on_stage: false,
-    hand_raised: false,
-    muted: false,
-    speaking: false,
-    presence: "connected",
-    ...fields,
-  };
-}
 
 /**
  * Each role as the person may find it in the room: a listener quiet, with a hand up or invited;
