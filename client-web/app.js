@@ -1,20 +1,22 @@
 // @ts-check
 /**
  * The web client's entry point: reads the invite the server put in the page, joins, and wires
- * signaling, media and the views together. Owns the app state; the modules it uses own the rest.
+ * signaling, media and the views together. The app state is one `AppState` (app-state.js);
+ * this file turns what happens into calls on it, and renders it.
  */
 
 import { ApiError, createInvite, redeemInvite } from "./api.js";
+import { AppState } from "./app-state.js";
 import { describeClose, describeError } from "./errors.js";
 import { mountInvalid, mountLanding } from "./landing.js";
 import { MediaSession } from "./media.js";
-import { addAudiencePage, announce, applyEvent, fromSnapshot, me } from "./room.js";
+import { commandOf } from "./permissions.js";
+import { me } from "./room.js";
 import { RoomView } from "./room-view.js";
 import { SignalClient, SignalError } from "./signal.js";
 import * as storage from "./storage.js";
 
 /** @typedef {import("./landing.js").InviteInfo} InviteInfo */
-/** @typedef {import("./room-view.js").ConnectionState} ConnectionState */
 /** @typedef {import("./storage.js").Session} Session */
 
 /** Close reasons after which coming back through the link makes sense. */
@@ -29,58 +31,19 @@ const HEADINGS = {
   stage_full: "The stage is full",
 };
 
-const NOTICE_MS = 10_000;
-
+/** Where the page goes: the mount point in index.html. */
 const root = /** @type {HTMLElement} */ (document.getElementById("app"));
-const invite = readInvite();
-
-/** Everything the page shows comes from here. */
-const state = {
-  invite,
-  /** @type {Session | null} */
-  session: null,
-  /** @type {ConnectionState} */
-  connection: "joining",
-  title: invite.room_title ?? "",
-  /** @type {import("./room.js").Room | null} */
-  room: null,
-  /** @type {string | null} */
-  endHeading: null,
-  /** @type {string | null} */
-  endReason: null,
-  canRejoin: false,
-  playbackBlocked: false,
-  /** @type {string | null} */
-  notice: null,
-  /** The audio connection has been down for a noticeable while. */
-  audioConnecting: false,
-};
-
-/** @type {SignalClient | null} */
-let signal = null;
-/** @type {MediaSession | null} */
-let media = null;
-/** @type {RoomView | null} */
-let view = null;
-let renderQueued = false;
-let meterRunning = false;
-/** @type {number | undefined} */
-let noticeTimer;
-/** @type {number | undefined} */
-let audioTimer;
-
-/** How long the audio may take to connect before the page says it is working on it. */
-const AUDIO_PATIENCE_MS = 1500;
+const state = new AppState(readInvite(), render);
 
 // For tests and for the curious: the live connection and the state behind the page.
 Object.defineProperty(window, "stoa", {
   value: {
     state,
     get pc() {
-      return media?.pc ?? null;
+      return state.media?.pc ?? null;
     },
     get signal() {
-      return signal;
+      return state.signal;
     },
   },
 });
@@ -89,6 +52,7 @@ start();
 
 function start() {
   storage.forgetExpiredInvites();
+  const invite = state.invite;
   if (!invite.valid || !invite.code) {
     mountInvalid(root, invite);
     return;
@@ -115,9 +79,8 @@ function readInvite() {
 
 /** @param {string | null} note */
 function showLanding(note) {
-  view = null;
-  state.room = null;
-  mountLanding(root, { invite, name: storage.displayName(), note, onJoin: join });
+  state.toLanding();
+  mountLanding(root, { invite: state.invite, name: storage.displayName(), note, onJoin: join });
 }
 
 /**
@@ -126,6 +89,7 @@ function showLanding(note) {
  * @returns {Promise<string | null>} a sentence for the person, or null once in
  */
 async function join(name) {
+  const invite = state.invite;
   const code = /** @type {string} */ (invite.code);
   storage.setDisplayName(name);
   const roomId = invite.room_id ?? storage.roomOfInvite(code);
@@ -152,19 +116,14 @@ async function join(name) {
 
 /** @param {Session} session */
 function enterRoom(session) {
-  state.session = session;
-  state.title = session.room_title;
-  state.connection = "joining";
-  state.notice = null;
-  state.playbackBlocked = false;
-  storage.setSession(/** @type {string} */ (invite.code), session);
-
-  view = new RoomView(root, {
+  storage.setSession(/** @type {string} */ (state.invite.code), session);
+  const view = new RoomView(root, {
     onAction: (action) => void ownAction(action),
     onParticipantAction: (action, p) => void participantAction(action, p.id, p.display_name),
     onCreateInvite: makeInvite,
+    micLevel: () => state.media?.level() ?? 0,
   });
-  signal = new SignalClient({
+  const signal = new SignalClient({
     url: session.signal_url,
     token: session.token,
     tokenExpiresAt: Date.parse(session.expires_at),
@@ -173,8 +132,8 @@ function enterRoom(session) {
   signal.addEventListener("status", (event) => onStatus(/** @type {CustomEvent} */ (event).detail));
   signal.addEventListener("welcome", (event) => onWelcome(/** @type {CustomEvent} */ (event).detail));
   signal.addEventListener("message", (event) => onMessage(/** @type {CustomEvent} */ (event).detail));
+  state.enter(session, view, signal);
   signal.start();
-  render();
 }
 
 /** @param {import("./signal.js").StatusDetail} detail */
@@ -183,120 +142,94 @@ function onStatus(detail) {
     case "joining":
     case "connected":
     case "reconnecting":
-      state.connection = detail.status;
-      if (detail.status === "reconnecting") view?.announce("Connection lost. Reconnecting.");
+      state.setConnection(detail.status);
+      if (detail.status === "reconnecting") state.view?.announce("Connection lost. Reconnecting.");
       break;
     case "closed":
       closed(detail.reason ?? "connection_lost");
       return;
   }
-  render();
 }
 
 /** @param {{ message: any, resumed: boolean }} detail */
 function onWelcome({ message, resumed }) {
   const first = state.room === null;
-  state.room = fromSnapshot(message.room_title, message.snapshot);
-  state.title = message.room_title;
+  state.setSnapshot(message.room_title, message.snapshot);
+  const { signal, view } = state;
   if (state.session && signal) {
-    state.session.resume_token = signal.resumeToken;
-    storage.setSession(/** @type {string} */ (invite.code), state.session);
+    state.setResumeToken(signal.resumeToken);
+    storage.setSession(/** @type {string} */ (state.invite.code), state.session);
   }
-  if (!media && signal && view) {
-    media = new MediaSession({ signal, slots: message.media?.slots ?? 3, container: view.playerContainer });
-    media.addEventListener("autoplay-blocked", () => {
-      state.playbackBlocked = true;
-      render();
-    });
-    media.addEventListener("playing", () => {
-      state.playbackBlocked = false;
-      render();
-    });
-    media.addEventListener("mic", render);
-    media.addEventListener("state", (event) => onAudioState(/** @type {CustomEvent} */ (event).detail));
-    onAudioState(media.pc.connectionState);
+  if (!state.media && signal && view) {
+    const media = new MediaSession({ signal, slots: message.media?.slots ?? 3, container: view.playerContainer });
+    media.addEventListener("autoplay-blocked", () => state.setPlaybackBlocked(true));
+    media.addEventListener("playing", () => state.setPlaybackBlocked(false));
+    media.addEventListener("mic", () => state.changed());
+    media.addEventListener("state", (event) => state.audioStateChanged(/** @type {CustomEvent} */ (event).detail));
+    state.audioStateChanged(media.pc.connectionState);
     media.addEventListener("mic-error", (event) => onMicError(/** @type {CustomEvent} */ (event).detail.name));
     media.addEventListener("error", (event) => {
       const { code, message: text } = /** @type {CustomEvent} */ (event).detail;
-      setNotice(describeError(code, text));
+      state.showNotice(describeError(code, text));
     });
-  } else if (media && !resumed) {
+    state.setMedia(media);
+  } else if (state.media && !resumed) {
     // A fresh join: the server made us a new participant session, with no media connection.
-    media.restart();
+    state.media.restart();
   } else {
-    media?.resync();
+    state.media?.resync();
   }
   syncMedia();
   view?.announce(first ? `You joined ${message.room_title}.` : "Reconnected.");
-  render();
 }
 
 /** @param {any} message */
 function onMessage(message) {
   switch (message.type) {
     case "snapshot":
-      state.room = fromSnapshot(state.title, message.snapshot);
+      state.setSnapshot(state.title, message.snapshot);
       break;
     case "error":
-      setNotice(describeError(message.code, message.message));
+      state.showNotice(describeError(message.code, message.message));
       break;
     default: {
       if (!state.room) return;
-      applyEvent(state.room, message);
-      const text = announce(state.room, message);
-      if (text) view?.announce(text);
+      const text = state.applyRoomEvent(message);
+      if (text) state.view?.announce(text);
     }
   }
   syncMedia();
-  render();
 }
 
 /** @param {string} reason */
 function closed(reason) {
-  window.clearTimeout(audioTimer);
-  state.audioConnecting = false;
-  media?.close();
-  media = null;
-  signal = null;
-  storage.forgetSession(/** @type {string} */ (invite.code));
+  state.media?.close();
+  state.disconnected();
+  storage.forgetSession(/** @type {string} */ (state.invite.code));
   if (reason === "left") {
     showLanding(`You left ${state.title}.`);
     return;
   }
-  state.connection = reason === "room_ended" ? "ended" : "removed";
-  state.endHeading = HEADINGS[/** @type {keyof typeof HEADINGS} */ (reason)] ?? "Disconnected";
-  state.endReason = describeClose(reason);
-  state.canRejoin = REJOINABLE.has(reason);
-  state.playbackBlocked = false;
-  state.notice = null;
-  view?.announce(state.endReason);
-  render();
+  const ending = describeClose(reason);
+  state.end({
+    connection: reason === "room_ended" ? "ended" : "removed",
+    heading: HEADINGS[/** @type {keyof typeof HEADINGS} */ (reason)] ?? "Disconnected",
+    reason: ending,
+    canRejoin: REJOINABLE.has(reason),
+  });
+  state.view?.announce(ending);
 }
 
 /** Tells the media path where this person stands now. */
 function syncMedia() {
-  if (!media || !state.room) return;
+  if (!state.media || !state.room) return;
   const self = me(state.room);
-  media.sync({ onStage: self.on_stage, muted: self.muted });
-}
-
-/** @param {RTCPeerConnectionState} connectionState */
-function onAudioState(connectionState) {
-  window.clearTimeout(audioTimer);
-  if (connectionState === "connected") {
-    state.audioConnecting = false;
-    render();
-    return;
-  }
-  audioTimer = window.setTimeout(() => {
-    state.audioConnecting = true;
-    render();
-  }, AUDIO_PATIENCE_MS);
+  state.media.sync({ onStage: self.on_stage, muted: self.muted });
 }
 
 /** @param {string} name */
 function onMicError(name) {
-  setNotice(
+  state.showNotice(
     name === "NotAllowedError"
       ? "Stoa can't use your microphone. Allow microphone access for this site in your browser, then press Unmute."
       : "No microphone could be opened. Check that one is connected, then press Unmute.",
@@ -311,19 +244,19 @@ function onMicError(name) {
  * @param {Record<string, unknown>} [fields]
  */
 async function request(type, fields) {
-  if (!signal) return null;
+  if (!state.signal) return null;
   try {
-    return await signal.request(type, fields);
+    return await state.signal.request(type, fields);
   } catch (error) {
     const code = error instanceof SignalError ? error.code : "internal";
-    setNotice(describeError(code, error instanceof Error ? error.message : undefined));
+    state.showNotice(describeError(code, error instanceof Error ? error.message : undefined));
     return null;
   }
 }
 
 /** @param {import("./room-view.js").OwnAction} action */
 async function ownAction(action) {
-  const room = state.room;
+  const { room, media, view } = state;
   switch (action) {
     case "raise-hand":
       return request("raise_hand");
@@ -346,7 +279,7 @@ async function ownAction(action) {
     case "join-stage":
       return request("join_stage");
     case "leave-room":
-      return signal?.leave();
+      return state.signal?.leave();
     case "end-room": {
       if (!view) return;
       const { confirmed } = await view.confirm({
@@ -362,16 +295,14 @@ async function ownAction(action) {
     case "more-audience": {
       if (!room?.audienceNext) return;
       const page = await request("list_audience", { after: room.audienceNext, limit: 200 });
-      if (page && state.room === room) addAudiencePage(room, page);
-      render();
+      state.addAudiencePage(room, page);
       return;
     }
     case "rejoin":
       showLanding(null);
       return;
     case "dismiss-notice":
-      state.notice = null;
-      render();
+      state.dismissNotice();
       return;
   }
 }
@@ -382,21 +313,8 @@ async function ownAction(action) {
  * @param {string} name
  */
 async function participantAction(action, participant, name) {
+  const view = state.view;
   switch (action) {
-    case "invite-to-stage":
-      return request("invite_to_stage", { participant });
-    case "cancel-invitation":
-      return request("cancel_invitation", { participant });
-    case "lower-hand":
-      return request("lower_hand", { participant });
-    case "mute":
-      return request("mute", { participant });
-    case "move-to-audience":
-      return request("move_to_audience", { participant });
-    case "make-moderator":
-      return request("promote", { participant });
-    case "remove-moderator":
-      return request("demote", { participant });
     case "remove": {
       const answer = await view?.confirm({
         heading: `Remove ${name}?`,
@@ -416,12 +334,14 @@ async function participantAction(action, participant, name) {
       if (answer?.confirmed) await request("ban", { participant, revoke_invite: answer.checked });
       return;
     }
+    default:
+      return request(commandOf(action), { participant });
   }
 }
 
 /**
  * Makes an invite link with the moderator's own session token.
- * @param {import("./room-view.js").InviteRequest} request
+ * @param {import("./invite-dialog.js").InviteRequest} request
  * @returns {Promise<{ url: string } | { error: string }>}
  */
 async function makeInvite(request) {
@@ -436,49 +356,21 @@ async function makeInvite(request) {
   }
 }
 
-/** @param {string} text */
-function setNotice(text) {
-  state.notice = text;
-  window.clearTimeout(noticeTimer);
-  noticeTimer = window.setTimeout(() => {
-    state.notice = null;
-    render();
-  }, NOTICE_MS);
-  render();
-}
-
-function render() {
-  if (renderQueued) return;
-  renderQueued = true;
-  queueMicrotask(() => {
-    renderQueued = false;
-    view?.update({
-      connection: state.connection,
-      title: state.title,
-      room: state.room,
-      endHeading: state.endHeading,
-      endReason: state.endReason,
-      canRejoin: state.canRejoin,
-      playbackBlocked: state.playbackBlocked,
-      micLive: media?.sending ?? false,
-      notice: state.notice,
-      audioConnecting: state.audioConnecting,
-    });
-    if (media?.sending && !meterRunning) runMeter();
+/**
+ * Shows the state on the room page (AppState calls it once after each batch of changes).
+ * @param {AppState} state
+ */
+function render(state) {
+  state.view?.update({
+    connection: state.connection,
+    title: state.title,
+    room: state.room,
+    endHeading: state.endHeading,
+    endReason: state.endReason,
+    canRejoin: state.canRejoin,
+    playbackBlocked: state.playbackBlocked,
+    micLive: state.media?.sending ?? false,
+    notice: state.notice,
+    audioConnecting: state.audioConnecting,
   });
-}
-
-/** Moves the mic level bar while the microphone is live. */
-function runMeter() {
-  meterRunning = true;
-  const tick = () => {
-    if (!media?.sending || !view) {
-      meterRunning = false;
-      view?.setLevel(0);
-      return;
-    }
-    view.setLevel(media.level());
-    requestAnimationFrame(tick);
-  };
-  requestAnimationFrame(tick);
 }

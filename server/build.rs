@@ -8,6 +8,7 @@ use std::path::Path;
 const SERVED: &[&str] = &[
     "html",
     "js",
+    "json",
     "css",
     "svg",
     "png",

@@ -7,6 +7,9 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod control;
+// The fuzz targets' harness: built for `fuzz/` (which turns the feature on) and for unit tests,
+// never into a release build.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;

@@ -22,7 +22,13 @@ const PORT = Number(process.env.PORT ?? 18401);
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; " +
   "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-const TYPES = { html: "text/html; charset=utf-8", js: "text/javascript; charset=utf-8", css: "text/css; charset=utf-8", svg: "image/svg+xml" };
+const TYPES = {
+  html: "text/html; charset=utf-8",
+  js: "text/javascript; charset=utf-8",
+  json: "application/json",
+  css: "text/css; charset=utf-8",
+  svg: "image/svg+xml",
+};
 const INVITE_BLOCK = /<script type="application\/json" id="stoa-invite">[\s\S]*?<\/script>/u;
 
 const server = createServer(async (req, res) => {

@@ -6,25 +6,13 @@
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { describe, it } from "node:test";
+import { participant } from "./fixtures.js";
 
 // client-web has no package.json saying "module"; room.js imports nothing, so load it as data.
 const source = await readFile(new URL("../../client-web/room.js", import.meta.url), "utf8");
 const { fromSnapshot, applyEvent, addAudiencePage, me, announce } = await import(
   `data:text/javascript;charset=utf-8,${encodeURIComponent(source)}`
 );
-
-/** @param {Partial<Record<string, unknown>> & { id: string, display_name: string }} fields */
-function participant(fields) {
-  return {
-    role: "listener",
-    on_stage: false,
-    hand_raised: false,
-    muted: false,
-    speaking: false,
-    presence: "connected",
-    ...fields,
-  };
-}
 
 const ada = participant({ id: "pt_ada", display_name: "Ada", role: "moderator", on_stage: true });
 const sam = participant({ id: "pt_sam", display_name: "Sam", role: "speaker", on_stage: true });

@@ -143,6 +143,7 @@ async fn the_client_files_are_served_with_their_types() {
         let kind = file.headers()["content-type"].to_str().unwrap().to_owned();
         let expected = match name.rsplit_once('.').unwrap().1 {
             "js" => "text/javascript",
+            "json" => "application/json",
             "css" => "text/css",
             "html" => "text/html",
             "svg" => "image/svg+xml",

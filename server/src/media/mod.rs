@@ -11,6 +11,7 @@ pub mod batch;
 pub mod demux;
 pub mod engine;
 pub mod offer;
+pub mod rtp;
 pub mod selector;
 pub mod slot;
 pub mod srtp;

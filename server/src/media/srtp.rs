@@ -25,6 +25,8 @@ use rtc::crypto::{
     StreamCipherAlgorithm,
 };
 
+use super::rtp::{HEADER_LEN, RtpHeader};
+
 /// RFC 3711 key derivation labels.
 const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
 const LABEL_SRTP_SALT: u8 = 0x02;
@@ -32,7 +34,6 @@ const LABEL_SRTP_SALT: u8 = 0x02;
 const KEY_LEN: usize = 16;
 const SALT_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
-pub const HEADER_LEN: usize = 12;
 /// Derivations a handshake makes: four per direction (RTP/RTCP key and salt).
 const MAX_NOTED: usize = 32;
 
@@ -209,26 +210,6 @@ impl RTCCrypto for TapCrypto {
         self.inner
             .crypto()
             .verify_signature(scheme, public_key, message, signature)
-    }
-}
-
-/// The fields of an outgoing RTP header Stoa sets (version 2, no padding, extensions or CSRCs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RtpHeader {
-    pub marker: bool,
-    pub payload_type: u8,
-    pub seq: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
-}
-
-impl RtpHeader {
-    fn write(&self, out: &mut [u8]) {
-        out[0] = 0x80;
-        out[1] = (u8::from(self.marker) << 7) | (self.payload_type & 0x7f);
-        out[2..4].copy_from_slice(&self.seq.to_be_bytes());
-        out[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
-        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
     }
 }
 
