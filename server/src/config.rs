@@ -438,6 +438,19 @@ impl Config {
                     .into(),
             ));
         }
+        let b = &self.broadcast;
+        if b.voices == 0
+            || b.voices > 16
+            || !(6_000..=510_000).contains(&b.bitrate)
+            || b.idle_secs == 0
+            || b.link_period_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "broadcast: voices 1..=16, bitrate 6000..=510000, idle_secs and \
+                 link_period_secs > 0"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
