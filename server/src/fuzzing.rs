@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use crate::control::{ParticipantId, Role, RoomId};
 use crate::room::{Actor, Command, Effect, Outcome, Participant, Presence, RoomLimits, RoomState};
-use crate::signal::protocol::{ClientMessage, RequestId, ServerMessage, decode, known_types};
+use crate::wire::{ClientMessage, RequestId, ServerMessage, decode, known_types};
 
 // ---- signaling --------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ impl RoomHarness {
     fn check_outcome(&self, outcome: &Outcome, shown: &str) {
         for event in &outcome.events {
             // Every event must render for the wire.
-            let text = crate::signal::protocol::event_message(1, &event.kind);
+            let text = crate::wire::event_message(1, &event.kind);
             assert!(
                 text.starts_with('{'),
                 "{shown}: an event rendered as {text}"

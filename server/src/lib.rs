@@ -8,12 +8,15 @@ pub mod connection;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod layering;
 pub mod media;
 pub mod metrics;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod wire;
 
 pub use clock::Clock;
 pub use config::Config;

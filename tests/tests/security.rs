@@ -785,10 +785,7 @@ async fn every_signaling_message_against_every_role() {
     let t = TestServer::start().await;
     let table = signal_table();
     let covered: BTreeSet<&str> = table.iter().map(|a| a.kind).collect();
-    let known: BTreeSet<&str> = stoa::signal::protocol::known_types()
-        .iter()
-        .copied()
-        .collect();
+    let known: BTreeSet<&str> = stoa::wire::known_types().iter().copied().collect();
     assert_eq!(
         covered, known,
         "message types without a row, or rows for none"

@@ -17,6 +17,7 @@ use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
+use crate::signal::SignalContext;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub live: LiveRooms,
     pub media: Media,
+    /// What each signaling socket's session is given.
+    pub signal: SignalContext,
     pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
@@ -70,6 +73,14 @@ impl AppState {
             config.signal.clone(),
             media.clone(),
         );
+        let signal = SignalContext {
+            settings: Arc::new(config.signal.clone()),
+            store: store.clone(),
+            clock: clock.clone(),
+            signer: signer.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+        };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
         let origins = Arc::new(Origins::new(&base_url, &config.allowed_origins));
@@ -83,6 +94,7 @@ impl AppState {
             metrics,
             live,
             media,
+            signal,
             join_limiter: Arc::new(RateLimiter::keyed(quota)),
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),

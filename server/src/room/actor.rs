@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +20,10 @@ use crate::config::SignalSettings;
 use crate::control::{ParticipantId, Role, Room, RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
-use crate::signal::protocol::{MediaInfo, RequestId, ServerMessage, event_message};
+use crate::wire::{
+    AudiencePageMessage, MediaInfo, RequestId, ServerMessage, SnapshotMessage, Text, Welcome,
+    close_code, event_message,
+};
 
 /// How often a room checks grace deadlines and coalesces audience-count updates.
 const TICK: Duration = Duration::from_millis(250);
@@ -29,31 +31,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// What a room sends to one signaling socket.
 #[derive(Debug)]
 pub enum Outbound {
-    Text(Utf8Bytes),
+    /// One encoded message; the same bytes may be queued to many sockets.
+    Text(Text),
     /// Close the socket with this WebSocket close code and reason code.
-    Close {
-        code: u16,
-        reason: &'static str,
-    },
+    Close { code: u16, reason: &'static str },
 }
 
 pub type Outbox = mpsc::Sender<Outbound>;
-
-/// WebSocket close codes the server uses (4000–4999 are for applications).
-pub mod close_code {
-    pub const LEFT: u16 = 1000;
-    pub const SERVER_RESTARTING: u16 = 1012;
-    pub const REMOVED: u16 = 4001;
-    pub const BANNED: u16 = 4003;
-    pub const REPLACED: u16 = 4004;
-    pub const ROOM_ENDED: u16 = 4005;
-    pub const TOO_SLOW: u16 = 4008;
-    pub const TIMED_OUT: u16 = 4000;
-    pub const UNAUTHORIZED: u16 = 4401;
-    pub const REFUSED: u16 = 4403;
-    pub const NOT_FOUND: u16 = 4404;
-    pub const POLICY: u16 = 1008;
-}
 
 fn close_code_for(reason: CloseReason) -> u16 {
     match reason {
@@ -603,7 +587,7 @@ impl RoomTask {
                     return;
                 }
                 let page: AudiencePage = self.state.audience_page(after.as_ref(), limit);
-                let text = ServerMessage::AudiencePage {
+                let text = AudiencePageMessage {
                     id: request_id.as_ref(),
                     page: &page,
                 }
@@ -761,7 +745,7 @@ impl RoomTask {
         let Some(snapshot) = self.state.snapshot_for(&c.participant) else {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
-        let welcome = ServerMessage::Welcome {
+        let welcome = Welcome {
             id: c.request_id.as_ref(),
             room_title: &self.title,
             seq: self.seq,
@@ -794,7 +778,7 @@ impl RoomTask {
         let count = self.state.audience_count();
         if count != self.last_audience_count {
             self.last_audience_count = count;
-            let text: Utf8Bytes = ServerMessage::AudienceCount { count }.to_json().into();
+            let text: Text = ServerMessage::AudienceCount { count }.to_json().into();
             let everyone: Vec<ParticipantId> = self.connections.keys().cloned().collect();
             for id in everyone {
                 self.send_to(&id, text.clone());
@@ -855,7 +839,7 @@ impl RoomTask {
     fn deliver(&mut self, events: Vec<Event>) {
         for event in events {
             self.seq += 1;
-            let text: Utf8Bytes = event_message(self.seq, &event.kind).into();
+            let text: Text = event_message(self.seq, &event.kind).into();
             match event.audience {
                 Audience::Everyone => {
                     for conn in self.connections.values() {
@@ -888,11 +872,11 @@ impl RoomTask {
     }
 
     /// Queues without waiting: a full queue marks the socket as too slow (see `drop_slow`).
-    fn push(conn: &Conn, text: &Utf8Bytes) {
+    fn push(conn: &Conn, text: &Text) {
         let _ = conn.outbox.try_send(Outbound::Text(text.clone()));
     }
 
-    fn send_to(&mut self, participant: &ParticipantId, text: Utf8Bytes) {
+    fn send_to(&mut self, participant: &ParticipantId, text: Text) {
         if let Some(conn) = self.connections.get(participant) {
             Self::push(conn, &text);
         }
@@ -957,7 +941,7 @@ impl RoomTask {
             }
             Effect::RefreshSnapshot { participant } => {
                 if let Some(snapshot) = self.state.snapshot_for(&participant) {
-                    let text = ServerMessage::Snapshot {
+                    let text = SnapshotMessage {
                         seq: self.seq,
                         snapshot: &snapshot,
                     }

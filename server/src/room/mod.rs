@@ -9,9 +9,7 @@ pub mod refusal;
 pub mod snapshot;
 pub mod state;
 
-pub use actor::{
-    Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle, close_code,
-};
+pub use actor::{Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle};
 pub use command::{Actor, Command, ConnectionId};
 pub use event::{
     Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,
