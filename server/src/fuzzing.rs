@@ -172,7 +172,7 @@ impl RoomHarness {
                     }
                 }
                 for effect in &outcome.effects {
-                    if let Effect::PersistBan { participant } = effect {
+                    if let Effect::PersistBan { participant, .. } = effect {
                         assert_eq!(kind, CommandKind::Ban, "{shown} banned someone");
                         self.banned.insert(participant.clone());
                     }
@@ -198,7 +198,7 @@ impl RoomHarness {
                 )
             }
             CommandKind::Moderation | CommandKind::Ban => match actor {
-                Actor::Operator => {}
+                Actor::Operator | Actor::RestModerator(_) => {}
                 Actor::System => panic!("{shown}: moderation by the system"),
                 Actor::Participant(_) => assert_eq!(
                     live_role,
@@ -474,7 +474,7 @@ impl RestHarness {
                             max_stage: None,
                         },
                     },
-                    Actor::Operator,
+                    crate::control::Actor::Operator,
                     now,
                 )
                 .await
@@ -488,7 +488,7 @@ impl RestHarness {
                         max_uses: None,
                         expires_in_secs: None,
                     },
-                    Actor::Operator,
+                    crate::control::Actor::Operator,
                     now,
                 )
                 .await

@@ -60,10 +60,20 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the store and the audit log name for this call.
     pub fn actor(&self) -> Actor {
         match self {
             Caller::Operator => Actor::Operator,
             Caller::Participant(c) => Actor::Participant(c.participant.clone()),
+        }
+    }
+
+    /// Who asks a live room: the operator, or a moderator over REST (whom the room treats as
+    /// the participant they are while they are in it).
+    pub fn room_actor(&self) -> crate::room::Actor {
+        match self {
+            Caller::Operator => crate::room::Actor::Operator,
+            Caller::Participant(c) => crate::room::Actor::RestModerator(c.participant.clone()),
         }
     }
 

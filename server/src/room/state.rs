@@ -17,6 +17,7 @@ use crate::room::{
     Actor, Audience, AudiencePage, AuditAction, Command, Effect, EventKind, LeaveReason, Outcome,
     Participant, ParticipantView, Presence, Refusal, Snapshot,
 };
+use membership::NewConnection;
 
 /// Per-room limits, fixed when the room goes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +88,16 @@ impl RoomState {
         if self.ended {
             return Err(Refusal::RoomEnded);
         }
+        // A moderator's REST call while they are in the room is theirs as a participant: their
+        // live role decides, as it would on their socket.
+        let in_room;
+        let actor = match actor {
+            Actor::RestModerator(id) if self.participants.contains_key(id) => {
+                in_room = Actor::Participant(id.clone());
+                &in_room
+            }
+            actor => actor,
+        };
         let speakers_before = self.speakers.clone();
         let mut out = Outcome::default();
         match command {
@@ -94,8 +105,32 @@ impl RoomState {
                 display_name,
                 role,
                 connection,
-            } => self.join(actor, display_name, role, connection, now_ms, &mut out),
-            Command::Resume { connection } => self.resume(actor, connection, now_ms, &mut out),
+                resume_nonce,
+            } => self.join(
+                actor,
+                display_name,
+                role,
+                NewConnection {
+                    connection,
+                    resume_nonce,
+                },
+                now_ms,
+                &mut out,
+            ),
+            Command::Resume {
+                connection,
+                presented,
+                resume_nonce,
+            } => self.resume(
+                actor,
+                presented,
+                NewConnection {
+                    connection,
+                    resume_nonce,
+                },
+                now_ms,
+                &mut out,
+            ),
             Command::Disconnect { connection } => {
                 self.disconnect(actor, connection, now_ms, &mut out)
             }
@@ -115,8 +150,11 @@ impl RoomState {
             Command::Mute { target } => self.mute(actor, &target, &mut out),
             Command::MuteSelf => self.mute_self(actor, &mut out),
             Command::Unmute => self.unmute(actor, &mut out),
-            Command::Remove { target } => self.remove(actor, &target, false, &mut out),
-            Command::Ban { target } => self.remove(actor, &target, true, &mut out),
+            Command::Remove { target } => self.remove(actor, &target, None, &mut out),
+            Command::Ban {
+                target,
+                revoke_invite,
+            } => self.remove(actor, &target, Some(revoke_invite), &mut out),
             Command::Promote { target } => self.promote(actor, &target, &mut out),
             Command::Demote { target } => self.demote(actor, &target, &mut out),
             Command::SetRole { target, role } => self.set_role(actor, &target, role, &mut out),
@@ -249,14 +287,15 @@ impl RoomState {
     fn member(&self, actor: &Actor) -> Result<&Participant, Refusal> {
         match actor {
             Actor::Participant(id) => self.participants.get(id).ok_or(Refusal::NotInRoom),
-            Actor::Operator | Actor::System => Err(Refusal::NotPermitted),
+            Actor::Operator | Actor::RestModerator(_) | Actor::System => Err(Refusal::NotPermitted),
         }
     }
 
-    /// Moderation is for the operator and for participants whose live role is moderator.
+    /// Moderation is for the operator, moderators over REST from outside the room, and
+    /// participants whose live role is moderator.
     fn require_moderator(&self, actor: &Actor) -> Result<(), Refusal> {
         match actor {
-            Actor::Operator => Ok(()),
+            Actor::Operator | Actor::RestModerator(_) => Ok(()),
             Actor::System => Err(Refusal::NotPermitted),
             Actor::Participant(id) => match self.participants.get(id) {
                 None => Err(Refusal::NotInRoom),
@@ -285,7 +324,9 @@ impl RoomState {
     fn require_system(actor: &Actor) -> Result<(), Refusal> {
         match actor {
             Actor::System => Ok(()),
-            Actor::Operator | Actor::Participant(_) => Err(Refusal::NotPermitted),
+            Actor::Operator | Actor::RestModerator(_) | Actor::Participant(_) => {
+                Err(Refusal::NotPermitted)
+            }
         }
     }
 
@@ -311,6 +352,7 @@ impl RoomState {
             .expect("commands check that their subject is in the room before changing it");
         let before = Marks::of(participant);
         let was_public = participant.is_public();
+        let old_role = participant.role;
         edit(participant);
         if !participant.may_send() {
             participant.speaking = false;
@@ -322,6 +364,12 @@ impl RoomState {
             view: participant.view(),
         };
         self.reindex(id, before, after, out);
+        if changed.view.role != old_role {
+            out.effect(Effect::RecordRole {
+                participant: id.clone(),
+                role: changed.view.role,
+            });
+        }
         changed
     }
 
@@ -331,6 +379,9 @@ impl RoomState {
             return;
         };
         self.reindex(id, Marks::of(&participant), Marks::ABSENT, out);
+        out.effect(Effect::CloseMedia {
+            participant: id.clone(),
+        });
         let audience = if participant.is_public() {
             Audience::Everyone
         } else {
@@ -639,6 +690,7 @@ mod tests {
             setup: none,
             command: |c| Command::Ban {
                 target: c.hand.clone(),
+                revoke_invite: false,
             },
             expected: MODERATION,
         },
@@ -743,14 +795,26 @@ mod tests {
         let ghost = || pid("ghost");
         let cases: Vec<(Command, &str)> = vec![
             (Command::Remove { target: me() }, "invalid_target"),
-            (Command::Ban { target: me() }, "invalid_target"),
+            (
+                Command::Ban {
+                    target: me(),
+                    revoke_invite: false,
+                },
+                "invalid_target",
+            ),
             (Command::Mute { target: me() }, "invalid_target"),
             (Command::MoveToAudience { target: me() }, "invalid_target"),
             (Command::InviteToStage { target: me() }, "invalid_target"),
             (Command::CancelInvitation { target: me() }, "invalid_target"),
             (Command::Promote { target: me() }, "invalid_target"),
             (Command::Remove { target: ghost() }, "participant_not_found"),
-            (Command::Ban { target: ghost() }, "participant_not_found"),
+            (
+                Command::Ban {
+                    target: ghost(),
+                    revoke_invite: false,
+                },
+                "participant_not_found",
+            ),
             (Command::Mute { target: ghost() }, "participant_not_found"),
             (
                 Command::MoveToAudience { target: ghost() },
@@ -993,6 +1057,7 @@ mod tests {
                 display_name: "S".into(),
                 role: Role::Speaker,
                 connection: ConnectionId(77),
+                resume_nonce: ConnectionId(77).0,
             },
         );
         assert_eq!(out.events[0].audience, Audience::Everyone);

@@ -488,15 +488,6 @@ impl Session {
             Ok(None) => return Flow::Continue,
             Ok(Some(m)) => m,
         };
-        // A ban may also revoke the invite the person came through: a detail of persisting it,
-        // carried beside the room command.
-        let revoke_invite = matches!(
-            message,
-            ClientMessage::Ban {
-                revoke_invite: true,
-                ..
-            }
-        );
         let command = match message {
             ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
                 self.error(
@@ -559,13 +550,7 @@ impl Session {
         // After `leave` the room answers `ok` and then closes this socket through the outbox.
         if !joined
             .room
-            .from_socket(
-                joined.participant.clone(),
-                joined.connection,
-                id,
-                command,
-                revoke_invite,
-            )
+            .from_socket(joined.participant.clone(), joined.connection, id, command)
             .await
         {
             self.close(close_code::ROOM_ENDED, "room_ended").await;
@@ -604,8 +589,12 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Remove { participant } => Command::Remove {
             target: participant,
         },
-        ClientMessage::Ban { participant, .. } => Command::Ban {
+        ClientMessage::Ban {
+            participant,
+            revoke_invite,
+        } => Command::Ban {
             target: participant,
+            revoke_invite,
         },
         ClientMessage::Promote { participant } => Command::Promote {
             target: participant,

@@ -358,7 +358,7 @@ mod tests {
     use super::HAND_COOLDOWN_MS;
     use crate::control::{ParticipantId, Role};
     use crate::room::state::testkit::*;
-    use crate::room::{Actor, Audience, AuditAction, Command};
+    use crate::room::{Actor, Audience, AuditAction, Command, Effect};
 
     #[test]
     fn the_whole_stage_flow() {
@@ -735,5 +735,52 @@ mod tests {
         let granted: Vec<_> = room.state.participants().filter(|p| p.may_send()).collect();
         assert_eq!(granted.len(), 1);
         assert!(room.get(&host).may_send());
+    }
+
+    /// Who had their role written down, in order.
+    fn recorded_roles(out: &crate::room::Outcome) -> Vec<(ParticipantId, Role)> {
+        out.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RecordRole { participant, role } => Some((participant.clone(), *role)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_role_the_room_changes_is_recorded_and_nothing_else() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let listener = room.join("listener", Role::Listener);
+        room.ok(
+            &who(&host),
+            Command::InviteToStage {
+                target: listener.clone(),
+            },
+        );
+        let out = room.ok(&who(&listener), Command::AcceptInvitation);
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Speaker)]);
+        let out = room.ok(&who(&listener), Command::LeaveStage);
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Listener)]);
+        let out = room.ok(
+            &who(&host),
+            Command::Promote {
+                target: listener.clone(),
+            },
+        );
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Moderator)]);
+        // A moderator stepping on and off the stage keeps their role: nothing to record.
+        for command in [Command::JoinStage, Command::MuteSelf, Command::LeaveStage] {
+            let out = room.ok(&who(&listener), command);
+            assert!(recorded_roles(&out).is_empty(), "{out:?}");
+        }
+        let out = room.ok(
+            &who(&host),
+            Command::Demote {
+                target: listener.clone(),
+            },
+        );
+        assert_eq!(recorded_roles(&out), [(listener, Role::Listener)]);
     }
 }
