@@ -5,6 +5,7 @@ pub mod actor;
 pub mod command;
 pub mod event;
 pub mod participant;
+pub mod permissions;
 pub mod refusal;
 pub mod snapshot;
 pub mod state;

@@ -13,6 +13,7 @@ use std::ops::Bound;
 use serde_json::json;
 
 use crate::control::{ParticipantId, Role, RoomId};
+use crate::room::permissions::{self, Action, OnTarget, OnYourself, Permit, Standing};
 use crate::room::{
     Actor, Audience, AudiencePage, AuditAction, Command, Effect, EventKind, LeaveReason, Outcome,
     Participant, ParticipantView, Presence, Refusal, Snapshot,
@@ -283,50 +284,69 @@ impl RoomState {
         self.stage.len() >= to_usize(self.limits.max_stage)
     }
 
-    /// The acting participant, for commands about oneself.
-    fn member(&self, actor: &Actor) -> Result<&Participant, Refusal> {
+    /// Checks `action` against the room's rules (`permissions.rs`) for this actor's standing,
+    /// and returns the acting participant, if the actor is one.
+    fn permit(&self, actor: &Actor, action: Action) -> Result<Option<&Participant>, Refusal> {
+        let rule = permissions::rule(action);
+        let (standing, member) = match actor {
+            Actor::Participant(id) => match self.participants.get(id) {
+                Some(p) => (Standing::of(p), Some(p)),
+                None => return Err(rule.for_stranger()),
+            },
+            Actor::Operator | Actor::RestModerator(_) => (Standing::Operator, None),
+            Actor::System => (Standing::System, None),
+        };
+        match rule.for_actor(standing) {
+            Permit::Allowed => Ok(member),
+            Permit::Refused(refusal) => Err(refusal),
+        }
+    }
+
+    /// The acting participant, for an action on oneself.
+    fn member(&self, actor: &Actor, action: Action) -> Result<&Participant, Refusal> {
+        self.permit(actor, action)?.ok_or(Refusal::NotPermitted)
+    }
+
+    /// The target of an action on someone else, and whether the action changes them (the
+    /// rules say so from who they are and, for some actions, from their state).
+    fn target(
+        &self,
+        actor: &Actor,
+        action: Action,
+        target: &ParticipantId,
+    ) -> Result<(&Participant, bool), Refusal> {
+        self.permit(actor, action)?;
+        let rule = permissions::rule(action)
+            .target
+            .expect("an action on someone else has a rule for its target");
+        if actor.participant() == Some(target) {
+            match rule.yourself {
+                OnYourself::Allowed => {}
+                OnYourself::Refused(refusal) => return Err(refusal),
+                // Routed to that other action by the command before it gets here.
+                OnYourself::Becomes(_) => return Err(Refusal::InvalidTarget),
+            }
+        }
+        let participant = self
+            .participants
+            .get(target)
+            .ok_or(Refusal::ParticipantNotFound)?;
+        match rule.on(Standing::of(participant)) {
+            OnTarget::Applies => {
+                let changes = rule.only_if.is_none_or(|c| c.holds(participant));
+                Ok((participant, changes))
+            }
+            OnTarget::NoChange => Ok((participant, false)),
+            OnTarget::Refused(refusal) => Err(refusal),
+        }
+    }
+
+    /// A participant identity present in the room, for a connection's own life (resuming),
+    /// which is not an action of the rules: no one else can resume for them.
+    fn present(&self, actor: &Actor) -> Result<&Participant, Refusal> {
         match actor {
             Actor::Participant(id) => self.participants.get(id).ok_or(Refusal::NotInRoom),
             Actor::Operator | Actor::RestModerator(_) | Actor::System => Err(Refusal::NotPermitted),
-        }
-    }
-
-    /// Moderation is for the operator, moderators over REST from outside the room, and
-    /// participants whose live role is moderator.
-    fn require_moderator(&self, actor: &Actor) -> Result<(), Refusal> {
-        match actor {
-            Actor::Operator | Actor::RestModerator(_) => Ok(()),
-            Actor::System => Err(Refusal::NotPermitted),
-            Actor::Participant(id) => match self.participants.get(id) {
-                None => Err(Refusal::NotInRoom),
-                Some(p) if p.role == Role::Moderator => Ok(()),
-                Some(_) => Err(Refusal::NotPermitted),
-            },
-        }
-    }
-
-    /// The target of a moderation command: someone else who is in the room. Acting on oneself
-    /// has its own commands (`Leave`, `MuteSelf`, `LeaveStage`), which keeps intent explicit.
-    fn moderation_target(
-        &self,
-        actor: &Actor,
-        target: &ParticipantId,
-    ) -> Result<&Participant, Refusal> {
-        self.require_moderator(actor)?;
-        if actor.participant() == Some(target) {
-            return Err(Refusal::InvalidTarget);
-        }
-        self.participants
-            .get(target)
-            .ok_or(Refusal::ParticipantNotFound)
-    }
-
-    fn require_system(actor: &Actor) -> Result<(), Refusal> {
-        match actor {
-            Actor::System => Ok(()),
-            Actor::Operator | Actor::RestModerator(_) | Actor::Participant(_) => {
-                Err(Refusal::NotPermitted)
-            }
         }
     }
 
@@ -521,7 +541,10 @@ mod tests {
     use serde_json::json;
 
     use super::testkit::*;
-    use crate::control::Role;
+    use crate::control::{ParticipantId, Role};
+    use crate::room::permissions::{
+        self, Action, OnTarget, OnYourself, PERMISSIONS, Permit, Standing,
+    };
     use crate::room::{Actor, Audience, Command, ConnectionId};
 
     type Expected = Result<(), &'static str>;
@@ -535,7 +558,7 @@ mod tests {
 
     /// An action of the product's role table: an optional setup (done by the operator), then
     /// the command under test.
-    struct Action {
+    struct Row {
         name: &'static str,
         setup: fn(&Cast) -> Vec<Command>,
         command: fn(&Cast) -> Command,
@@ -547,8 +570,10 @@ mod tests {
         Vec::new()
     }
 
-    const ROLE_TABLE: &[Action] = &[
-        Action {
+    /// The product's role table written out by hand, not derived from `permissions::PERMISSIONS`:
+    /// this is what checks that table (which the state machine reads) says what the product says.
+    const ROLE_TABLE: &[Row] = &[
+        Row {
             name: "raise hand",
             setup: none,
             command: |_| Command::RaiseHand,
@@ -560,7 +585,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "lower own hand",
             setup: none,
             command: |_| Command::LowerHand { target: None },
@@ -572,7 +597,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "lower someone else's hand",
             setup: none,
             command: |c| Command::LowerHand {
@@ -580,7 +605,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "invite a listener to speak",
             setup: none,
             command: |c| Command::InviteToStage {
@@ -588,7 +613,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "cancel an invitation",
             setup: none,
             command: |c| Command::CancelInvitation {
@@ -596,7 +621,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "accept an invitation",
             setup: |c| {
                 vec![Command::InviteToStage {
@@ -612,7 +637,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "decline an invitation",
             setup: |c| {
                 vec![Command::InviteToStage {
@@ -628,25 +653,25 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "step onto the stage",
             setup: none,
             command: |_| Command::JoinStage,
             expected: [NOT_PERMITTED, OK, OK, OK, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "leave the stage",
             setup: none,
             command: |_| Command::LeaveStage,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "mute self",
             setup: none,
             command: |_| Command::MuteSelf,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "unmute self",
             setup: |c| {
                 vec![
@@ -661,7 +686,7 @@ mod tests {
             command: |_| Command::Unmute,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "move a speaker to the audience",
             setup: none,
             command: |c| Command::MoveToAudience {
@@ -669,7 +694,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "mute another speaker",
             setup: none,
             command: |c| Command::Mute {
@@ -677,7 +702,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "remove a participant",
             setup: none,
             command: |c| Command::Remove {
@@ -685,7 +710,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "ban a participant",
             setup: none,
             command: |c| Command::Ban {
@@ -694,7 +719,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "promote to moderator",
             setup: none,
             command: |c| Command::Promote {
@@ -702,7 +727,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "demote from moderator",
             setup: none,
             command: |c| Command::Demote {
@@ -710,7 +735,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "set a role (REST)",
             setup: none,
             command: |c| Command::SetRole {
@@ -719,25 +744,25 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "end the room",
             setup: none,
             command: |_| Command::End,
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "leave the room",
             setup: none,
             command: |_| Command::Leave,
             expected: [OK, OK, OK, OK, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "tick (the server only)",
             setup: none,
             command: |_| Command::Tick,
             expected: [NOT_PERMITTED; 5],
         },
-        Action {
+        Row {
             name: "report speakers (media only)",
             setup: none,
             command: |c| Command::SetSpeaking {
@@ -771,6 +796,90 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// The command for a moderation action aimed at `target`; `None` for the REST role call,
+    /// whose effect depends on the role asked for (it has its own tests).
+    fn command_on(action: Action, target: ParticipantId) -> Option<Command> {
+        Some(match action {
+            Action::LowerHand => Command::LowerHand {
+                target: Some(target),
+            },
+            Action::InviteToStage => Command::InviteToStage { target },
+            Action::CancelInvitation => Command::CancelInvitation { target },
+            Action::MoveToAudience => Command::MoveToAudience { target },
+            Action::Mute => Command::Mute { target },
+            Action::Remove => Command::Remove { target },
+            Action::Ban => Command::Ban {
+                target,
+                revoke_invite: false,
+            },
+            Action::Promote => Command::Promote { target },
+            Action::Demote => Command::Demote { target },
+            _ => return None,
+        })
+    }
+
+    /// The rules' target columns (what a moderator's client offers for each person) are what
+    /// the room does: every action on someone else, against a participant of each kind.
+    #[test]
+    fn the_rules_for_targets_are_what_the_room_does() {
+        let (_, cast) = cast_room();
+        let targets = [
+            (Standing::Listener, &cast.listener),
+            (Standing::Listener, &cast.hand),
+            (Standing::Listener, &cast.invited),
+            (Standing::Speaker, &cast.other_speaker),
+            (Standing::ModeratorOnStage, &cast.other_mod),
+            (Standing::ModeratorInAudience, &cast.mod_off),
+        ];
+        let mut checked = 0;
+        for rule in PERMISSIONS {
+            let Some(on) = &rule.target else {
+                continue;
+            };
+            if command_on(rule.action, cast.listener.clone()).is_none() {
+                assert_eq!(rule.action, Action::SetRole);
+                continue;
+            }
+            let command = |target: &ParticipantId| command_on(rule.action, target.clone());
+            for (standing, id) in targets {
+                let (mut room, _) = cast_room();
+                let before = room.get(id).clone();
+                let got = room.apply(&Actor::Operator, command(id).unwrap());
+                let shown = format!("{:?} on {standing:?} {id}: {got:?}", rule.action);
+                match on.on(standing) {
+                    OnTarget::Refused(refusal) => assert_eq!(got, Err(refusal), "{shown}"),
+                    OnTarget::NoChange => assert!(got.unwrap().is_empty(), "{shown}"),
+                    OnTarget::Applies => {
+                        let changes = on.only_if.is_none_or(|c| c.holds(&before));
+                        assert_eq!(!got.unwrap().is_empty(), changes, "{shown}");
+                    }
+                }
+                checked += 1;
+            }
+            // Aimed by a moderator at themselves.
+            let (mut room, _) = cast_room();
+            let got = room
+                .apply(&who(&cast.mod_on), command(&cast.mod_on).unwrap())
+                .map(|_| ());
+            let expected = match on.yourself {
+                OnYourself::Allowed => Ok(()),
+                OnYourself::Refused(refusal) => Err(refusal),
+                OnYourself::Becomes(own) => {
+                    match permissions::rule(own).for_actor(Standing::ModeratorOnStage) {
+                        Permit::Allowed => Ok(()),
+                        Permit::Refused(refusal) => Err(refusal),
+                    }
+                }
+            };
+            assert_eq!(got, expected, "{:?} on oneself", rule.action);
+        }
+        assert_eq!(
+            checked,
+            9 * targets.len(),
+            "an action on someone else went unchecked"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! period, leaving. Who may do what on stage and in moderation lives beside this file.
 
 use crate::control::{ParticipantId, Role};
+use crate::room::permissions::Action;
 use crate::room::state::{RoomState, to_usize};
 use crate::room::{
     Actor, Audience, CloseReason, ConnectionId, Effect, EventKind, LeaveReason, Outcome,
@@ -96,7 +97,7 @@ impl RoomState {
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
+        let participant = self.present(actor)?;
         if participant.expired(now_ms) || participant.resume_nonce != presented {
             return Err(Refusal::NotInRoom);
         }
@@ -173,7 +174,7 @@ impl RoomState {
 
     /// They go for good, and the socket they asked through is closed (after their answer).
     pub(super) fn leave(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
+        let participant = self.member(actor, Action::Leave)?;
         let (id, connection) = (participant.id.clone(), participant.connection);
         self.depart(&id, LeaveReason::Left, out);
         out.effect(Effect::CloseConnection {
@@ -190,7 +191,7 @@ impl RoomState {
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        Self::require_system(actor)?;
+        self.permit(actor, Action::Tick)?;
         while let Some((deadline_ms, id)) = self.deadlines.first().cloned() {
             if deadline_ms > now_ms {
                 break;

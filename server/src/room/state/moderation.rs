@@ -2,10 +2,11 @@
 //! Every action here is audited, whoever did it; persisting is left to the edges as effects.
 
 use crate::control::{ParticipantId, Role};
+use crate::room::permissions::Action;
 use crate::room::state::{RoomState, audit};
 use crate::room::{
-    Actor, Audience, AuditAction, CloseReason, Effect, EventKind, LeaveReason, Outcome,
-    Participant, Presence, Refusal,
+    Actor, Audience, AuditAction, CloseReason, Effect, EventKind, LeaveReason, Outcome, Presence,
+    Refusal,
 };
 
 impl RoomState {
@@ -17,7 +18,12 @@ impl RoomState {
         ban: Option<bool>,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.moderation_target(actor, target)?;
+        let action = if ban.is_some() {
+            Action::Ban
+        } else {
+            Action::Remove
+        };
+        let (participant, _) = self.target(actor, action, target)?;
         let (view, connection) = (participant.view(), participant.connection);
         let (reason, close, action) = if ban.is_some() {
             (LeaveReason::Banned, CloseReason::Banned, AuditAction::Ban)
@@ -60,7 +66,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        if self.moderation_target(actor, target)?.role == Role::Moderator {
+        if !self.target(actor, Action::Promote, target)?.1 {
             return Ok(());
         }
         self.set_live_role(actor, target, Role::Moderator, AuditAction::Promote, out);
@@ -74,8 +80,8 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.stepping_down(actor, target)?;
-        if participant.role != Role::Moderator {
+        let (participant, changes) = self.target(actor, Action::Demote, target)?;
+        if !changes {
             return Ok(());
         }
         let role = if participant.on_stage {
@@ -95,7 +101,7 @@ impl RoomState {
         role: Role,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let current = self.stepping_down(actor, target)?.role;
+        let current = self.target(actor, Action::SetRole, target)?.0.role;
         match (current, role) {
             (Role::Listener, Role::Listener)
             | (Role::Speaker, Role::Speaker)
@@ -105,19 +111,6 @@ impl RoomState {
             (Role::Speaker, Role::Listener) => self.move_to_audience(actor, target, out),
             (Role::Moderator, role) => self.demote_to(actor, target, role, out),
         }
-    }
-
-    /// Demotion is the one moderation command a moderator may aim at themselves (stepping
-    /// down); the others act on someone else.
-    fn stepping_down(
-        &self,
-        actor: &Actor,
-        target: &ParticipantId,
-    ) -> Result<&Participant, Refusal> {
-        self.require_moderator(actor)?;
-        self.participants
-            .get(target)
-            .ok_or(Refusal::ParticipantNotFound)
     }
 
     /// `role` is speaker (on stage) or listener (in the audience).
@@ -185,7 +178,7 @@ impl RoomState {
     /// Everyone is disconnected and the room refuses everything from now on. No per-person
     /// leave events: one `room_ended` tells everyone at once.
     pub(super) fn end(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        self.require_moderator(actor)?;
+        self.permit(actor, Action::EndRoom)?;
         let participants = std::mem::take(&mut self.participants);
         for participant in participants.values() {
             if participant.may_send() {
