@@ -262,21 +262,13 @@ impl LiveRooms {
         actor: Actor,
         command: Command,
     ) -> Result<(), LiveError> {
-        let handle = self.get(room).ok_or(LiveError::NotLive)?;
-        let (reply, answer) = oneshot::channel();
-        handle
-            .tx
-            .send(RoomMsg::Rest {
-                actor,
-                command,
-                reply,
-            })
-            .await
-            .map_err(|_| LiveError::NotLive)?;
-        answer
-            .await
-            .map_err(|_| LiveError::NotLive)?
-            .map_err(LiveError::Refused)
+        self.ask(room, |reply| RoomMsg::Rest {
+            actor,
+            command,
+            reply,
+        })
+        .await?
+        .map_err(LiveError::Refused)
     }
 
     /// Who is in the room, in participant-id order, a page at a time.
@@ -286,15 +278,26 @@ impl LiveRooms {
         after: Option<ParticipantId>,
         limit: usize,
     ) -> Result<(Vec<ParticipantView>, Option<ParticipantId>), LiveError> {
+        self.ask(room, |reply| RoomMsg::Participants {
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a live room a message that carries its own reply channel, and waits for the
+    /// answer; `NotLive` if the room is not running or stops before it answers.
+    async fn ask<T>(
+        &self,
+        room: &RoomId,
+        message: impl FnOnce(oneshot::Sender<T>) -> RoomMsg,
+    ) -> Result<T, LiveError> {
         let handle = self.get(room).ok_or(LiveError::NotLive)?;
         let (reply, answer) = oneshot::channel();
         handle
             .tx
-            .send(RoomMsg::Participants {
-                after,
-                limit,
-                reply,
-            })
+            .send(message(reply))
             .await
             .map_err(|_| LiveError::NotLive)?;
         answer.await.map_err(|_| LiveError::NotLive)
