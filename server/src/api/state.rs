@@ -5,12 +5,12 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 
 use super::auth_throttle::AuthThrottle;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
-use crate::clock::Clock;
+use crate::clock::{Clock, KeyedRateLimiter};
 use crate::config::Config;
 use crate::control::Store;
 use crate::media::Media;
@@ -33,7 +33,7 @@ pub struct AppState {
     pub media: Media,
     /// What each signaling socket's session is given.
     pub signal: SignalContext,
-    pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    pub join_limiter: Arc<KeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Open signaling sockets per client address.
@@ -62,9 +62,11 @@ impl AppState {
         let quota =
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
+        let join_limiter = Arc::new(RateLimiter::dashmap_with_clock(quota, clock.clone()));
         let auth_throttle = Arc::new(AuthThrottle::new(
             limits.auth_failures_per_minute,
             limits.auth_failure_burst,
+            clock.clone(),
         ));
         let live = LiveRooms::new(
             store.clone(),
@@ -95,7 +97,7 @@ impl AppState {
             live,
             media,
             signal,
-            join_limiter: Arc::new(RateLimiter::keyed(quota)),
+            join_limiter,
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),

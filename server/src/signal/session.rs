@@ -9,11 +9,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, DirectRateLimiter};
 use crate::config::SignalSettings;
 use crate::control::{ControlError, ParticipantId, Role, Room, Standing, Store};
 use crate::metrics::Metrics;
@@ -54,7 +54,8 @@ pub async fn run(socket: WebSocket, context: SignalContext) {
 struct Session {
     socket: WebSocket,
     state: SignalContext,
-    limiter: DefaultDirectRateLimiter,
+    /// Messages per second, on the server's clock.
+    limiter: DirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
 }
@@ -80,7 +81,7 @@ impl Session {
                 .allow_burst(NonZeroU32::new(s.message_burst).unwrap_or(NonZeroU32::MIN));
         Session {
             socket,
-            limiter: RateLimiter::direct(quota),
+            limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             strikes: 0,
             strikes_since: Instant::now(),
             state,
