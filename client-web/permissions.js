@@ -25,8 +25,48 @@ import { me } from "./room.js";
 
 /** @typedef {Record<Role, Rights>} RoleTable */
 
-/** The server's table. */
-export const ROLES = /** @type {RoleTable} */ (table.roles);
+/**
+ * The server's table, as `server/src/room/permissions.rs` writes it: per action, its signaling
+ * message, what each actor gets (`"allowed"` or a refusal code), and a `target` column when it
+ * names someone else.
+ * @typedef {{ message: string | null, actors: Record<string, string>, target?: Record<string, string> | null }} TableAction
+ * @typedef {{ actions: Record<string, TableAction> }} ServerTable
+ */
+
+/** Which of the table's actor columns stand for each role (a moderator is on stage or not). */
+const COLUMNS = /** @type {Record<Role, string[]>} */ ({
+  listener: ["listener"],
+  speaker: ["speaker"],
+  moderator: ["moderator_on_stage", "moderator_in_audience"],
+});
+
+/**
+ * What each role may send, derived from the server's table: a message is open to a role when
+ * one of the role's columns allows it; it goes under `may_to_others` when it names someone.
+ * Server-only commands (no message) are left out.
+ * @param {ServerTable} server
+ * @returns {RoleTable}
+ */
+export function rolesFrom(server) {
+  /** @type {RoleTable} */
+  const roles = {
+    listener: { may: [], may_to_others: [] },
+    speaker: { may: [], may_to_others: [] },
+    moderator: { may: [], may_to_others: [] },
+  };
+  for (const action of Object.values(server.actions)) {
+    if (!action.message) continue;
+    for (const role of /** @type {Role[]} */ (Object.keys(COLUMNS))) {
+      if (!COLUMNS[role].some((column) => action.actors[column] === "allowed")) continue;
+      const list = action.target ? roles[role].may_to_others : roles[role].may;
+      if (!list.includes(action.message)) list.push(action.message);
+    }
+  }
+  return roles;
+}
+
+/** The server's table, by role. */
+export const ROLES = rolesFrom(/** @type {ServerTable} */ (table));
 
 /**
  * @typedef {Object} MenuAction

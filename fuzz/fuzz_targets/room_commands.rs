@@ -49,8 +49,10 @@ enum What {
         role: RolePick,
         connection: u8,
     },
+    /// `presented` is the resume token's nonce; a join's token gets its connection's number.
     Resume {
         connection: u8,
+        presented: u8,
     },
     Disconnect {
         connection: u8,
@@ -72,7 +74,7 @@ enum What {
     MuteSelf,
     Unmute,
     Remove(u8),
-    Ban(u8),
+    Ban(u8, bool),
     Promote(u8),
     Demote(u8),
     SetRole(u8, RolePick),
@@ -102,9 +104,15 @@ fn command(what: What) -> Command {
             display_name: name.chars().take(40).collect(),
             role: role(pick),
             connection: ConnectionId(u64::from(connection)),
+            resume_nonce: u64::from(connection),
         },
-        What::Resume { connection } => Command::Resume {
+        What::Resume {
+            connection,
+            presented,
+        } => Command::Resume {
             connection: ConnectionId(u64::from(connection)),
+            presented: u64::from(presented),
+            resume_nonce: u64::from(connection),
         },
         What::Disconnect { connection } => Command::Disconnect {
             connection: ConnectionId(u64::from(connection)),
@@ -126,7 +134,10 @@ fn command(what: What) -> Command {
         What::MuteSelf => Command::MuteSelf,
         What::Unmute => Command::Unmute,
         What::Remove(t) => Command::Remove { target: person(t) },
-        What::Ban(t) => Command::Ban { target: person(t) },
+        What::Ban(t, revoke_invite) => Command::Ban {
+            target: person(t),
+            revoke_invite,
+        },
         What::Promote(t) => Command::Promote { target: person(t) },
         What::Demote(t) => Command::Demote { target: person(t) },
         What::SetRole(t, pick) => Command::SetRole {

@@ -1,9 +1,11 @@
-//! The server's notion of "now", passed around as a value so expiry rules can be tested
-//! with a hand-driven clock instead of sleeps. Owns no timers.
+//! The server's notion of "now", passed around as a value so expiry rules and rate limits can
+//! be tested with a hand-driven clock instead of sleeps. Owns no timers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use governor::nanos::Nanos;
 
 use time::OffsetDateTime;
 
@@ -43,6 +45,55 @@ impl Clock {
             Source::Manual(ms) => ms.load(Ordering::SeqCst),
         }
     }
+
+    /// Time for measuring intervals (rate limits, throttles): monotonic on the system clock,
+    /// so a step of the wall clock neither refills nor drains an allowance; a manual clock's
+    /// own time in tests.
+    pub fn elapsed(&self) -> Duration {
+        match &*self.0 {
+            Source::System => {
+                static START: OnceLock<Instant> = OnceLock::new();
+                START.get_or_init(Instant::now).elapsed()
+            }
+            Source::Manual(ms) => Duration::from_millis(ms.load(Ordering::SeqCst).max(0) as u64),
+        }
+    }
+}
+
+/// Rate limiters (governor) run on this clock too: a test moves them with `advance`.
+impl governor::clock::Clock for Clock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.elapsed())
+    }
+}
+
+/// A rate limit per key (a client address), on the server's clock.
+pub type KeyedRateLimiter<K> = governor::RateLimiter<
+    K,
+    governor::state::keyed::DefaultKeyedStateStore<K>,
+    Clock,
+    governor::middleware::NoOpMiddleware<Nanos>,
+>;
+
+/// A rate limit of its own (one socket's messages), on the server's clock.
+pub type DirectRateLimiter = governor::RateLimiter<
+    governor::state::direct::NotKeyed,
+    governor::state::InMemoryState,
+    Clock,
+    governor::middleware::NoOpMiddleware<Nanos>,
+>;
+
+/// How long until `not_until` allows again, rounded up to whole seconds (at least one), as
+/// `Retry-After` wants it.
+pub fn retry_after_secs(not_until: &governor::NotUntil<Nanos>, clock: &Clock) -> u64 {
+    use governor::clock::Clock as _;
+    whole_seconds(not_until.wait_time_from(clock.now()))
+}
+
+pub fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Renders a Unix-milliseconds timestamp as RFC 3339 (UTC).
@@ -64,6 +115,34 @@ mod tests {
         assert_eq!(clock.now_ms(), t0);
         clock.advance(Duration::from_secs(2));
         assert_eq!(clock.now_ms(), t0 + 2000);
+    }
+
+    #[test]
+    fn a_rate_limit_on_a_manual_clock_refills_only_when_advanced() {
+        use std::num::NonZeroU32;
+
+        use governor::{Quota, RateLimiter};
+
+        let clock = Clock::manual();
+        let quota = Quota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::new(2).unwrap());
+        let limiter: DirectRateLimiter = RateLimiter::direct_with_clock(quota, clock.clone());
+        assert!(limiter.check().is_ok() && limiter.check().is_ok());
+        let refused = limiter.check().unwrap_err();
+        assert_eq!(retry_after_secs(&refused, &clock), 1);
+        assert!(limiter.check().is_err(), "time stood still");
+        clock.advance(Duration::from_millis(999));
+        assert!(limiter.check().is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err());
+    }
+
+    #[test]
+    fn the_system_clock_measures_intervals_monotonically() {
+        let clock = Clock::system();
+        let a = clock.elapsed();
+        let b = clock.elapsed();
+        assert!(b >= a);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use crate::control::{ParticipantId, Role, RoomId};
 use crate::room::{Actor, Command, Effect, Outcome, Participant, Presence, RoomLimits, RoomState};
-use crate::signal::protocol::{ClientMessage, RequestId, ServerMessage, decode, known_types};
+use crate::wire::{ClientMessage, RequestId, ServerMessage, decode, known_types};
 
 // ---- signaling --------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ impl RoomHarness {
                     }
                 }
                 for effect in &outcome.effects {
-                    if let Effect::PersistBan { participant } = effect {
+                    if let Effect::PersistBan { participant, .. } = effect {
                         assert_eq!(kind, CommandKind::Ban, "{shown} banned someone");
                         self.banned.insert(participant.clone());
                     }
@@ -198,7 +198,7 @@ impl RoomHarness {
                 )
             }
             CommandKind::Moderation | CommandKind::Ban => match actor {
-                Actor::Operator => {}
+                Actor::Operator | Actor::RestModerator(_) => {}
                 Actor::System => panic!("{shown}: moderation by the system"),
                 Actor::Participant(_) => assert_eq!(
                     live_role,
@@ -218,7 +218,7 @@ impl RoomHarness {
     fn check_outcome(&self, outcome: &Outcome, shown: &str) {
         for event in &outcome.events {
             // Every event must render for the wire.
-            let text = crate::signal::protocol::event_message(1, &event.kind);
+            let text = crate::wire::event_message(1, &event.kind);
             assert!(
                 text.starts_with('{'),
                 "{shown}: an event rendered as {text}"
@@ -474,7 +474,7 @@ impl RestHarness {
                             max_stage: None,
                         },
                     },
-                    Actor::Operator,
+                    crate::control::Actor::Operator,
                     now,
                 )
                 .await
@@ -488,7 +488,7 @@ impl RestHarness {
                         max_uses: None,
                         expires_in_secs: None,
                     },
-                    Actor::Operator,
+                    crate::control::Actor::Operator,
                     now,
                 )
                 .await

@@ -12,12 +12,15 @@ pub mod control;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod layering;
 pub mod media;
 pub mod metrics;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod wire;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -157,12 +157,13 @@ async fn message_rate_and_size_are_bounded() {
         }
     }
     assert!(refused >= 2, "{refused} of 5 pings refused");
-    // Over the size limit: refused, the socket stays (the rate refills at one a second).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Over the size limit: refused, the socket stays (the rate refills at one a second of the
+    // server's clock, which this test moves by hand).
+    t.clock.advance(Duration::from_millis(1100));
     lee.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1100)))
         .await;
     assert_eq!(lee.wait_type("error").await["code"], "message_too_large");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t.clock.advance(Duration::from_millis(1100));
     lee.sync().await;
     // Past the hard cap (16 times the limit, at least 1 MiB) the connection is dropped; the
     // room and the others carry on.

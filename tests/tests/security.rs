@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stoa::control::{ParticipantId, Role, RoomId};
+use stoa::room::permissions::{self, Permit, Standing};
 use stoa::session::{Claims, TokenSigner};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{Answer, TestServer};
@@ -503,11 +504,19 @@ async fn answer_to(socket: &mut SignalClient, mut message: Value) -> (Reply, Val
 }
 
 const OK: Reply = Reply::Ok;
-const NOT_PERMITTED: Reply = Reply::Error("not_permitted");
-const NOT_A_LISTENER: Reply = Reply::Error("not_a_listener");
-const NOT_ON_STAGE: Reply = Reply::Error("not_on_stage");
 const NO_INVITATION: Reply = Reply::Error("no_invitation");
-const MODERATION: [Reply; 4] = [NOT_PERMITTED, NOT_PERMITTED, OK, OK];
+
+/// What the room's rules (`stoa::room::permissions`, the table the server decides by) say each
+/// role of `ROLES` gets for `action`: `allowed` if allowed, else the refusal's code. This
+/// matrix checks the rules hold end to end, over real sockets; the room's unit tests check the
+/// table itself against the product's role table, written out by hand.
+fn by_the_rules(action: permissions::Action, allowed: Reply) -> [Reply; 4] {
+    let rule = permissions::rule(action);
+    Standing::PARTICIPANTS.map(|standing| match rule.for_actor(standing) {
+        Permit::Allowed => allowed,
+        Permit::Refused(refusal) => Reply::Error(refusal.code()),
+    })
+}
 
 /// A room with one participant in each state a message may need, all connected.
 struct Cast {
@@ -604,79 +613,79 @@ fn signal_table() -> Vec<Action> {
             kind: "leave",
             setup: nothing,
             message: |_, _| json!({ "type": "leave" }),
-            expect: [OK; 4],
+            expect: by_the_rules(permissions::Action::Leave, OK),
         },
         Action {
             kind: "raise_hand",
             setup: nothing,
             message: |_, _| json!({ "type": "raise_hand" }),
-            expect: [OK, NOT_A_LISTENER, NOT_A_LISTENER, NOT_A_LISTENER],
+            expect: by_the_rules(permissions::Action::RaiseHand, OK),
         },
         Action {
             kind: "lower_hand",
             setup: nothing,
             message: |_, _| json!({ "type": "lower_hand" }),
-            expect: [OK, NOT_A_LISTENER, NOT_A_LISTENER, NOT_A_LISTENER],
+            expect: by_the_rules(permissions::Action::LowerOwnHand, OK),
         },
         Action {
             kind: "lower_hand",
             setup: nothing,
             message: |c, _| json!({ "type": "lower_hand", "participant": c.id(HAND) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::LowerHand, OK),
         },
         Action {
             kind: "invite_to_stage",
             setup: nothing,
             message: |c, _| json!({ "type": "invite_to_stage", "participant": c.id(HAND) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::InviteToStage, OK),
         },
         Action {
             kind: "cancel_invitation",
             setup: nothing,
             message: |c, _| json!({ "type": "cancel_invitation", "participant": c.id(INVITED) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::CancelInvitation, OK),
         },
         Action {
             kind: "accept_invitation",
             setup: |c| vec![invite_listener(c)],
             message: |_, _| json!({ "type": "accept_invitation" }),
-            expect: [OK, NO_INVITATION, NO_INVITATION, NO_INVITATION],
+            expect: by_the_rules(permissions::Action::AcceptInvitation, OK),
         },
         Action {
             kind: "decline_invitation",
             setup: |c| vec![invite_listener(c)],
             message: |_, _| json!({ "type": "decline_invitation" }),
-            expect: [OK, NO_INVITATION, NO_INVITATION, NO_INVITATION],
+            expect: by_the_rules(permissions::Action::DeclineInvitation, OK),
         },
         Action {
             kind: "join_stage",
             setup: nothing,
             message: |_, _| json!({ "type": "join_stage" }),
-            expect: [NOT_PERMITTED, OK, OK, OK],
+            expect: by_the_rules(permissions::Action::JoinStage, OK),
         },
         Action {
             kind: "leave_stage",
             setup: nothing,
             message: |_, _| json!({ "type": "leave_stage" }),
-            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+            expect: by_the_rules(permissions::Action::LeaveStage, OK),
         },
         Action {
             kind: "move_to_audience",
             setup: nothing,
             message: |c, _| json!({ "type": "move_to_audience", "participant": c.id(OTHER_SPEAKER) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::MoveToAudience, OK),
         },
         Action {
             kind: "mute",
             setup: nothing,
             message: |c, _| json!({ "type": "mute", "participant": c.id(OTHER_SPEAKER) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::Mute, OK),
         },
         Action {
             kind: "mute_self",
             setup: nothing,
             message: |_, _| json!({ "type": "mute_self" }),
-            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+            expect: by_the_rules(permissions::Action::MuteSelf, OK),
         },
         Action {
             kind: "unmute",
@@ -691,31 +700,31 @@ fn signal_table() -> Vec<Action> {
                     .collect()
             },
             message: |_, _| json!({ "type": "unmute" }),
-            expect: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE],
+            expect: by_the_rules(permissions::Action::Unmute, OK),
         },
         Action {
             kind: "remove",
             setup: nothing,
             message: |c, _| json!({ "type": "remove", "participant": c.id(HAND) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::Remove, OK),
         },
         Action {
             kind: "ban",
             setup: nothing,
             message: |c, _| json!({ "type": "ban", "participant": c.id(HAND) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::Ban, OK),
         },
         Action {
             kind: "promote",
             setup: nothing,
             message: |c, _| json!({ "type": "promote", "participant": c.id(HAND) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::Promote, OK),
         },
         Action {
             kind: "demote",
             setup: nothing,
             message: |c, _| json!({ "type": "demote", "participant": c.id(OTHER_MOD) }),
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::Demote, OK),
         },
         Action {
             kind: "set_role",
@@ -723,19 +732,14 @@ fn signal_table() -> Vec<Action> {
             message: |c, _| {
                 json!({ "type": "set_role", "participant": c.id(HAND), "role": "speaker" })
             },
-            expect: MODERATION,
+            expect: by_the_rules(permissions::Action::SetRole, OK),
         },
         Action {
             kind: "end_room",
             setup: nothing,
             message: |_, _| json!({ "type": "end_room" }),
             // Everyone, the moderator who ended it included, is told and disconnected.
-            expect: [
-                NOT_PERMITTED,
-                NOT_PERMITTED,
-                Reply::Closed("room_ended"),
-                Reply::Closed("room_ended"),
-            ],
+            expect: by_the_rules(permissions::Action::EndRoom, Reply::Closed("room_ended")),
         },
         Action {
             kind: "list_audience",
@@ -785,10 +789,7 @@ async fn every_signaling_message_against_every_role() {
     let t = TestServer::start().await;
     let table = signal_table();
     let covered: BTreeSet<&str> = table.iter().map(|a| a.kind).collect();
-    let known: BTreeSet<&str> = stoa::signal::protocol::known_types()
-        .iter()
-        .copied()
-        .collect();
+    let known: BTreeSet<&str> = stoa::wire::known_types().iter().copied().collect();
     assert_eq!(
         covered, known,
         "message types without a row, or rows for none"

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::clock::retry_after_secs;
 use crate::control::{Actor, ParticipantId, Role, RoomId};
 use crate::session::{API_KEY_PREFIX, Claims};
 
@@ -60,10 +61,20 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the store and the audit log name for this call.
     pub fn actor(&self) -> Actor {
         match self {
             Caller::Operator => Actor::Operator,
             Caller::Participant(c) => Actor::Participant(c.participant.clone()),
+        }
+    }
+
+    /// Who asks a live room: the operator, or a moderator over REST (whom the room treats as
+    /// the participant they are while they are in it).
+    pub fn room_actor(&self) -> crate::room::Actor {
+        match self {
+            Caller::Operator => crate::room::Actor::Operator,
+            Caller::Participant(c) => crate::room::Actor::RestModerator(c.participant.clone()),
         }
     }
 
@@ -237,16 +248,15 @@ impl FromRequestParts<AppState> for JoinAllowance {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        use governor::clock::{Clock as _, DefaultClock};
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         match state.join_limiter.check_key(&ip) {
             Ok(()) => Ok(JoinAllowance),
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
                 state.metrics.join_outcome("rate_limited");
-                Err(ApiError::rate_limited(
-                    wait.as_secs_f64().ceil().max(1.0) as u64
-                ))
+                Err(ApiError::rate_limited(retry_after_secs(
+                    &not_until,
+                    &state.clock,
+                )))
             }
         }
     }

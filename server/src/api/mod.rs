@@ -12,6 +12,7 @@ mod join;
 mod origin;
 mod participants;
 mod rooms;
+mod signal;
 mod state;
 mod system;
 pub mod views;
@@ -119,7 +120,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
-        .routes(routes!(crate::signal::session::signal))
+        .routes(routes!(signal::signal))
 }
 
 /// The OpenAPI document as served at `/api/v1/openapi.json`.

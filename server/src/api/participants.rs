@@ -71,7 +71,7 @@ pub async fn set_role(
     };
     state
         .live
-        .command(&room, caller.actor(), command, false)
+        .command(&room, caller.room_actor(), command)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -91,7 +91,7 @@ pub async fn mute(
     let target = participant_id(&participant)?;
     state
         .live
-        .command(&room, caller.actor(), Command::Mute { target }, false)
+        .command(&room, caller.room_actor(), Command::Mute { target })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -116,6 +116,7 @@ pub async fn remove(
     let command = if query.ban {
         Command::Ban {
             target: target.clone(),
+            revoke_invite: query.revoke_invite,
         }
     } else {
         Command::Remove {
@@ -124,7 +125,7 @@ pub async fn remove(
     };
     match state
         .live
-        .command(&room, caller.actor(), command, query.revoke_invite)
+        .command(&room, caller.room_actor(), command)
         .await
     {
         Ok(()) => Ok(StatusCode::NO_CONTENT),

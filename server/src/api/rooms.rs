@@ -138,14 +138,19 @@ pub async fn end_room(
     // a room nobody is in is ended in the store directly.
     match state
         .live
-        .command(&room, caller.actor(), Command::End, false)
+        .command(&room, caller.room_actor(), Command::End)
         .await
     {
         Ok(()) => {}
         Err(LiveError::NotLive) => {
             state
                 .store
-                .end_room(room.clone(), caller.actor(), state.clock.now_ms(), true)
+                .end_room(
+                    room.clone(),
+                    caller.actor(),
+                    state.clock.now_ms(),
+                    Some(serde_json::json!({})),
+                )
                 .await?;
         }
         Err(e) => return Err(e.into()),

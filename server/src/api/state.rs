@@ -5,19 +5,20 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 
 use super::auth_throttle::AuthThrottle;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
 use crate::broadcast::Broadcasts;
-use crate::clock::Clock;
+use crate::clock::{Clock, KeyedRateLimiter};
 use crate::config::Config;
 use crate::control::Store;
 use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
+use crate::signal::SignalContext;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -32,7 +33,9 @@ pub struct AppState {
     pub live: LiveRooms,
     pub media: Media,
     pub broadcasts: Broadcasts,
-    pub join_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// What each signaling socket's session is given.
+    pub signal: SignalContext,
+    pub join_limiter: Arc<KeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Open signaling sockets per client address.
@@ -61,9 +64,11 @@ impl AppState {
         let quota =
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
+        let join_limiter = Arc::new(RateLimiter::dashmap_with_clock(quota, clock.clone()));
         let auth_throttle = Arc::new(AuthThrottle::new(
             limits.auth_failures_per_minute,
             limits.auth_failure_burst,
+            clock.clone(),
         ));
         let live = LiveRooms::new(
             store.clone(),
@@ -79,6 +84,14 @@ impl AppState {
             clock.clone(),
             signer.derive("broadcast links"),
         );
+        let signal = SignalContext {
+            settings: Arc::new(config.signal.clone()),
+            store: store.clone(),
+            clock: clock.clone(),
+            signer: signer.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+        };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
         let origins = Arc::new(Origins::new(&base_url, &config.allowed_origins));
@@ -93,7 +106,8 @@ impl AppState {
             live,
             media,
             broadcasts,
-            join_limiter: Arc::new(RateLimiter::keyed(quota)),
+            signal,
+            join_limiter,
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),

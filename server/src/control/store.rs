@@ -115,12 +115,14 @@ impl Store {
 
     /// Marks the room ended; its invites stop working. Refuses a room already ended.
     /// `record` writes the audit line (a live room writes its own, from the room's events).
+    /// Ends a room. With `audit_detail`, its `room.ended` line is written in the same
+    /// transaction, so an end is recorded exactly when it happens.
     pub async fn end_room(
         &self,
         id: RoomId,
         actor: Actor,
         now_ms: i64,
-        record: bool,
+        audit_detail: Option<serde_json::Value>,
     ) -> Result<Room> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -132,16 +134,8 @@ impl Store {
                 "UPDATE rooms SET ended_at = ?2 WHERE id = ?1",
                 params![id.as_str(), now_ms],
             )?;
-            if record {
-                audit(
-                    &tx,
-                    &id,
-                    &actor,
-                    "room.ended",
-                    None,
-                    serde_json::json!({}),
-                    now_ms,
-                )?;
+            if let Some(detail) = audit_detail {
+                audit(&tx, &id, &actor, "room.ended", None, detail, now_ms)?;
             }
             tx.commit()?;
             room.ended_at_ms = Some(now_ms);

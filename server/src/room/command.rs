@@ -3,9 +3,57 @@
 
 use serde::Serialize;
 
-use crate::control::{ParticipantId, Role};
+use crate::control::{self, ParticipantId, Role};
 
-pub use crate::control::Actor;
+/// Who asks the room for something. What they may do is decided from their live standing in the
+/// room (`RoomState::apply`), never from a role the caller claims.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    /// A participant, through their signaling session.
+    Participant(ParticipantId),
+    /// The REST API with the operator's key: every moderator action, without being in the room.
+    Operator,
+    /// The REST API with a moderator's session token. While they are in the room they act as
+    /// the participant they are (their live role decides); away from it, with the operator's
+    /// reach, since their token proved the role. Either way the audit log names them.
+    RestModerator(ParticipantId),
+    /// The server itself: the room task's timer (`Tick`), media (`SetSpeaking`). Kept apart so
+    /// no client message can ever be mapped onto those commands by mistake.
+    System,
+}
+
+impl Actor {
+    /// The participant acting from inside the room, if that is who this is.
+    pub fn participant(&self) -> Option<&ParticipantId> {
+        match self {
+            Actor::Participant(id) => Some(id),
+            Actor::Operator | Actor::RestModerator(_) | Actor::System => None,
+        }
+    }
+
+    /// Who the audit log and the store name for what this actor did.
+    pub fn recorded_as(&self) -> control::Actor {
+        match self {
+            Actor::Participant(id) | Actor::RestModerator(id) => {
+                control::Actor::Participant(id.clone())
+            }
+            Actor::Operator => control::Actor::Operator,
+            Actor::System => control::Actor::System,
+        }
+    }
+}
+
+/// Events name who acted (`by`). A moderator acting over REST from outside the room is shown
+/// as the operator: the people in the room have never seen them, and the audit log names them.
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Actor::Participant(id) => serializer.serialize_str(id.as_str()),
+            Actor::Operator | Actor::RestModerator(_) => serializer.serialize_str("operator"),
+            Actor::System => serializer.serialize_str("system"),
+        }
+    }
+}
 
 /// One signaling connection, numbered by the edge (a process-wide counter is enough). It lets
 /// the room tell a stale "socket dropped" from the live connection that replaced it, and lets
@@ -20,16 +68,22 @@ pub struct ConnectionId(pub u64);
 pub enum Command {
     /// A new signaling connection for the actor. `role` comes from the session token and is
     /// used only when the identity is not already in the room; an identity already present is
-    /// reattached with its live state and its older connection is closed.
+    /// reattached with its live state and its older connection is closed. `resume_nonce` is the
+    /// nonce of the resume token this connection is given: from now on only that token resumes.
     Join {
         display_name: String,
         role: Role,
         connection: ConnectionId,
+        resume_nonce: u64,
     },
     /// A new connection for an identity still in the room (within the grace period after a
-    /// dropped socket, or while the old socket is not yet known to be dead).
+    /// dropped socket, or while the old socket is not yet known to be dead), by the resume
+    /// token whose nonce is `presented`. Only the newest token works, and only once: the new
+    /// connection's token (`resume_nonce`) replaces it.
     Resume {
         connection: ConnectionId,
+        presented: u64,
+        resume_nonce: u64,
     },
     /// The socket `connection` dropped: the participant gets the grace period to resume.
     Disconnect {
@@ -72,9 +126,11 @@ pub enum Command {
     Remove {
         target: ParticipantId,
     },
-    /// Remove and keep them out of this room for good.
+    /// Remove and keep them out of this room for good; `revoke_invite` also revokes the invite
+    /// they came through, so the link cannot bring them back under a new identity.
     Ban {
         target: ParticipantId,
+        revoke_invite: bool,
     },
     /// Make someone a moderator; they keep their place on or off the stage.
     Promote {

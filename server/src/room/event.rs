@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::control::ParticipantId;
+use crate::control::{ParticipantId, Role};
 use crate::room::{Actor, ConnectionId, ParticipantView};
 
 /// The result of an accepted command. Both lists may be empty (an idempotent repeat).
@@ -117,7 +117,8 @@ pub enum LeaveReason {
     TimedOut,
 }
 
-/// Work for the edges, in the order given.
+/// Work for the edges, in the order given. Each one says all the edges need to carry it out:
+/// the room task adds no context of its own.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Close this signaling connection with this reason; a connection already gone is ignored.
@@ -128,19 +129,37 @@ pub enum Effect {
     },
     /// Their role changed to or from moderator, which changes what they may see: send them a
     /// fresh `snapshot_for` (it includes or drops the audience list).
-    RefreshSnapshot {
-        participant: ParticipantId,
-    },
+    RefreshSnapshot { participant: ParticipantId },
     /// Media: may this participant send audio now (on stage, not muted, connected)? Sent on
     /// every change, including to false when they leave.
     SendPermission {
         participant: ParticipantId,
         allowed: bool,
     },
+    /// Media: they left the room; close their WebRTC connection.
+    CloseMedia { participant: ParticipantId },
+    /// Media: the room ended; close every connection it has.
+    CloseRoomMedia,
+    /// They were removed: write it down, so that session tokens issued before now stop working
+    /// (they may come back only by redeeming an invite again).
+    RecordRemoval { participant: ParticipantId },
+    /// The room changed their role: write it down, so that a session token issued earlier
+    /// cannot bring back the old role (on a rejoin, or on REST), even after the room is gone.
+    RecordRole {
+        participant: ParticipantId,
+        role: Role,
+    },
+    /// Keep this identity out of the room for good; `revoke_invite` also revokes the invite it
+    /// came through. `by` is who banned them.
     PersistBan {
         participant: ParticipantId,
+        by: Actor,
+        revoke_invite: bool,
     },
-    PersistRoomEnded,
+    /// The room ended: record it with its audit line (`room.ended`, `by`, how many people were
+    /// in), both in one write. A room the store already had ended (a racing `DELETE` that wrote
+    /// its own line) is left as it is, so the end is recorded once.
+    PersistRoomEnded { by: Actor, participants: usize },
     /// One line in the room's audit log, for every moderation action whoever did it.
     Audit {
         actor: Actor,
@@ -152,6 +171,8 @@ pub enum Effect {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {
+    /// They left the room by asking to.
+    Left,
     /// The same identity connected again elsewhere.
     Replaced,
     Removed,
@@ -163,6 +184,7 @@ impl CloseReason {
     /// Stable: sent to the client before the socket closes.
     pub fn code(self) -> &'static str {
         match self {
+            CloseReason::Left => "left",
             CloseReason::Replaced => "replaced",
             CloseReason::Removed => "removed",
             CloseReason::Banned => "banned",
@@ -183,7 +205,6 @@ pub enum AuditAction {
     Ban,
     Promote,
     Demote,
-    End,
 }
 
 impl AuditAction {
@@ -199,7 +220,6 @@ impl AuditAction {
             AuditAction::Ban => "participant.banned",
             AuditAction::Promote => "participant.promoted",
             AuditAction::Demote => "participant.demoted",
-            AuditAction::End => "room.ended",
         }
     }
 }

@@ -5,13 +5,12 @@ pub mod actor;
 pub mod command;
 pub mod event;
 pub mod participant;
+pub mod permissions;
 pub mod refusal;
 pub mod snapshot;
 pub mod state;
 
-pub use actor::{
-    Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle, close_code,
-};
+pub use actor::{Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle};
 pub use command::{Actor, Command, ConnectionId};
 pub use event::{
     Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,

@@ -22,6 +22,9 @@ pub struct Participant {
     pub presence: Presence,
     /// The signaling connection that currently speaks for this identity.
     pub connection: ConnectionId,
+    /// The nonce of the one resume token that may take this identity back (the token handed
+    /// to `connection`); any other, older one is refused.
+    pub resume_nonce: u64,
     pub joined_at_ms: u64,
     pub speaking: bool,
     /// When the hand last went up, for the cooldown between raises.

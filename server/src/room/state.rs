@@ -13,10 +13,12 @@ use std::ops::Bound;
 use serde_json::json;
 
 use crate::control::{ParticipantId, Role, RoomId};
+use crate::room::permissions::{self, Action, OnTarget, OnYourself, Permit, Standing};
 use crate::room::{
     Actor, Audience, AudiencePage, AuditAction, Command, Effect, EventKind, LeaveReason, Outcome,
     Participant, ParticipantView, Presence, Refusal, Snapshot,
 };
+use membership::NewConnection;
 
 /// Per-room limits, fixed when the room goes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +89,16 @@ impl RoomState {
         if self.ended {
             return Err(Refusal::RoomEnded);
         }
+        // A moderator's REST call while they are in the room is theirs as a participant: their
+        // live role decides, as it would on their socket.
+        let in_room;
+        let actor = match actor {
+            Actor::RestModerator(id) if self.participants.contains_key(id) => {
+                in_room = Actor::Participant(id.clone());
+                &in_room
+            }
+            actor => actor,
+        };
         let speakers_before = self.speakers.clone();
         let mut out = Outcome::default();
         match command {
@@ -94,8 +106,32 @@ impl RoomState {
                 display_name,
                 role,
                 connection,
-            } => self.join(actor, display_name, role, connection, now_ms, &mut out),
-            Command::Resume { connection } => self.resume(actor, connection, now_ms, &mut out),
+                resume_nonce,
+            } => self.join(
+                actor,
+                display_name,
+                role,
+                NewConnection {
+                    connection,
+                    resume_nonce,
+                },
+                now_ms,
+                &mut out,
+            ),
+            Command::Resume {
+                connection,
+                presented,
+                resume_nonce,
+            } => self.resume(
+                actor,
+                presented,
+                NewConnection {
+                    connection,
+                    resume_nonce,
+                },
+                now_ms,
+                &mut out,
+            ),
             Command::Disconnect { connection } => {
                 self.disconnect(actor, connection, now_ms, &mut out)
             }
@@ -115,8 +151,11 @@ impl RoomState {
             Command::Mute { target } => self.mute(actor, &target, &mut out),
             Command::MuteSelf => self.mute_self(actor, &mut out),
             Command::Unmute => self.unmute(actor, &mut out),
-            Command::Remove { target } => self.remove(actor, &target, false, &mut out),
-            Command::Ban { target } => self.remove(actor, &target, true, &mut out),
+            Command::Remove { target } => self.remove(actor, &target, None, &mut out),
+            Command::Ban {
+                target,
+                revoke_invite,
+            } => self.remove(actor, &target, Some(revoke_invite), &mut out),
             Command::Promote { target } => self.promote(actor, &target, &mut out),
             Command::Demote { target } => self.demote(actor, &target, &mut out),
             Command::SetRole { target, role } => self.set_role(actor, &target, role, &mut out),
@@ -245,47 +284,69 @@ impl RoomState {
         self.stage.len() >= to_usize(self.limits.max_stage)
     }
 
-    /// The acting participant, for commands about oneself.
-    fn member(&self, actor: &Actor) -> Result<&Participant, Refusal> {
-        match actor {
-            Actor::Participant(id) => self.participants.get(id).ok_or(Refusal::NotInRoom),
-            Actor::Operator | Actor::System => Err(Refusal::NotPermitted),
-        }
-    }
-
-    /// Moderation is for the operator and for participants whose live role is moderator.
-    fn require_moderator(&self, actor: &Actor) -> Result<(), Refusal> {
-        match actor {
-            Actor::Operator => Ok(()),
-            Actor::System => Err(Refusal::NotPermitted),
+    /// Checks `action` against the room's rules (`permissions.rs`) for this actor's standing,
+    /// and returns the acting participant, if the actor is one.
+    fn permit(&self, actor: &Actor, action: Action) -> Result<Option<&Participant>, Refusal> {
+        let rule = permissions::rule(action);
+        let (standing, member) = match actor {
             Actor::Participant(id) => match self.participants.get(id) {
-                None => Err(Refusal::NotInRoom),
-                Some(p) if p.role == Role::Moderator => Ok(()),
-                Some(_) => Err(Refusal::NotPermitted),
+                Some(p) => (Standing::of(p), Some(p)),
+                None => return Err(rule.for_stranger()),
             },
+            Actor::Operator | Actor::RestModerator(_) => (Standing::Operator, None),
+            Actor::System => (Standing::System, None),
+        };
+        match rule.for_actor(standing) {
+            Permit::Allowed => Ok(member),
+            Permit::Refused(refusal) => Err(refusal),
         }
     }
 
-    /// The target of a moderation command: someone else who is in the room. Acting on oneself
-    /// has its own commands (`Leave`, `MuteSelf`, `LeaveStage`), which keeps intent explicit.
-    fn moderation_target(
+    /// The acting participant, for an action on oneself.
+    fn member(&self, actor: &Actor, action: Action) -> Result<&Participant, Refusal> {
+        self.permit(actor, action)?.ok_or(Refusal::NotPermitted)
+    }
+
+    /// The target of an action on someone else, and whether the action changes them (the
+    /// rules say so from who they are and, for some actions, from their state).
+    fn target(
         &self,
         actor: &Actor,
+        action: Action,
         target: &ParticipantId,
-    ) -> Result<&Participant, Refusal> {
-        self.require_moderator(actor)?;
+    ) -> Result<(&Participant, bool), Refusal> {
+        self.permit(actor, action)?;
+        let rule = permissions::rule(action)
+            .target
+            .expect("an action on someone else has a rule for its target");
         if actor.participant() == Some(target) {
-            return Err(Refusal::InvalidTarget);
+            match rule.yourself {
+                OnYourself::Allowed => {}
+                OnYourself::Refused(refusal) => return Err(refusal),
+                // Routed to that other action by the command before it gets here.
+                OnYourself::Becomes(_) => return Err(Refusal::InvalidTarget),
+            }
         }
-        self.participants
+        let participant = self
+            .participants
             .get(target)
-            .ok_or(Refusal::ParticipantNotFound)
+            .ok_or(Refusal::ParticipantNotFound)?;
+        match rule.on(Standing::of(participant)) {
+            OnTarget::Applies => {
+                let changes = rule.only_if.is_none_or(|c| c.holds(participant));
+                Ok((participant, changes))
+            }
+            OnTarget::NoChange => Ok((participant, false)),
+            OnTarget::Refused(refusal) => Err(refusal),
+        }
     }
 
-    fn require_system(actor: &Actor) -> Result<(), Refusal> {
+    /// A participant identity present in the room, for a connection's own life (resuming),
+    /// which is not an action of the rules: no one else can resume for them.
+    fn present(&self, actor: &Actor) -> Result<&Participant, Refusal> {
         match actor {
-            Actor::System => Ok(()),
-            Actor::Operator | Actor::Participant(_) => Err(Refusal::NotPermitted),
+            Actor::Participant(id) => self.participants.get(id).ok_or(Refusal::NotInRoom),
+            Actor::Operator | Actor::RestModerator(_) | Actor::System => Err(Refusal::NotPermitted),
         }
     }
 
@@ -311,6 +372,7 @@ impl RoomState {
             .expect("commands check that their subject is in the room before changing it");
         let before = Marks::of(participant);
         let was_public = participant.is_public();
+        let old_role = participant.role;
         edit(participant);
         if !participant.may_send() {
             participant.speaking = false;
@@ -322,6 +384,12 @@ impl RoomState {
             view: participant.view(),
         };
         self.reindex(id, before, after, out);
+        if changed.view.role != old_role {
+            out.effect(Effect::RecordRole {
+                participant: id.clone(),
+                role: changed.view.role,
+            });
+        }
         changed
     }
 
@@ -331,6 +399,9 @@ impl RoomState {
             return;
         };
         self.reindex(id, Marks::of(&participant), Marks::ABSENT, out);
+        out.effect(Effect::CloseMedia {
+            participant: id.clone(),
+        });
         let audience = if participant.is_public() {
             Audience::Everyone
         } else {
@@ -470,7 +541,10 @@ mod tests {
     use serde_json::json;
 
     use super::testkit::*;
-    use crate::control::Role;
+    use crate::control::{ParticipantId, Role};
+    use crate::room::permissions::{
+        self, Action, OnTarget, OnYourself, PERMISSIONS, Permit, Standing,
+    };
     use crate::room::{Actor, Audience, Command, ConnectionId};
 
     type Expected = Result<(), &'static str>;
@@ -484,7 +558,7 @@ mod tests {
 
     /// An action of the product's role table: an optional setup (done by the operator), then
     /// the command under test.
-    struct Action {
+    struct Row {
         name: &'static str,
         setup: fn(&Cast) -> Vec<Command>,
         command: fn(&Cast) -> Command,
@@ -496,8 +570,10 @@ mod tests {
         Vec::new()
     }
 
-    const ROLE_TABLE: &[Action] = &[
-        Action {
+    /// The product's role table written out by hand, not derived from `permissions::PERMISSIONS`:
+    /// this is what checks that table (which the state machine reads) says what the product says.
+    const ROLE_TABLE: &[Row] = &[
+        Row {
             name: "raise hand",
             setup: none,
             command: |_| Command::RaiseHand,
@@ -509,7 +585,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "lower own hand",
             setup: none,
             command: |_| Command::LowerHand { target: None },
@@ -521,7 +597,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "lower someone else's hand",
             setup: none,
             command: |c| Command::LowerHand {
@@ -529,7 +605,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "invite a listener to speak",
             setup: none,
             command: |c| Command::InviteToStage {
@@ -537,7 +613,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "cancel an invitation",
             setup: none,
             command: |c| Command::CancelInvitation {
@@ -545,7 +621,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "accept an invitation",
             setup: |c| {
                 vec![Command::InviteToStage {
@@ -561,7 +637,7 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "decline an invitation",
             setup: |c| {
                 vec![Command::InviteToStage {
@@ -577,25 +653,25 @@ mod tests {
                 NOT_PERMITTED,
             ],
         },
-        Action {
+        Row {
             name: "step onto the stage",
             setup: none,
             command: |_| Command::JoinStage,
             expected: [NOT_PERMITTED, OK, OK, OK, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "leave the stage",
             setup: none,
             command: |_| Command::LeaveStage,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "mute self",
             setup: none,
             command: |_| Command::MuteSelf,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "unmute self",
             setup: |c| {
                 vec![
@@ -610,7 +686,7 @@ mod tests {
             command: |_| Command::Unmute,
             expected: [NOT_ON_STAGE, OK, OK, NOT_ON_STAGE, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "move a speaker to the audience",
             setup: none,
             command: |c| Command::MoveToAudience {
@@ -618,7 +694,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "mute another speaker",
             setup: none,
             command: |c| Command::Mute {
@@ -626,7 +702,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "remove a participant",
             setup: none,
             command: |c| Command::Remove {
@@ -634,15 +710,16 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "ban a participant",
             setup: none,
             command: |c| Command::Ban {
                 target: c.hand.clone(),
+                revoke_invite: false,
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "promote to moderator",
             setup: none,
             command: |c| Command::Promote {
@@ -650,7 +727,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "demote from moderator",
             setup: none,
             command: |c| Command::Demote {
@@ -658,7 +735,7 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "set a role (REST)",
             setup: none,
             command: |c| Command::SetRole {
@@ -667,25 +744,25 @@ mod tests {
             },
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "end the room",
             setup: none,
             command: |_| Command::End,
             expected: MODERATION,
         },
-        Action {
+        Row {
             name: "leave the room",
             setup: none,
             command: |_| Command::Leave,
             expected: [OK, OK, OK, OK, NOT_PERMITTED],
         },
-        Action {
+        Row {
             name: "tick (the server only)",
             setup: none,
             command: |_| Command::Tick,
             expected: [NOT_PERMITTED; 5],
         },
-        Action {
+        Row {
             name: "report speakers (media only)",
             setup: none,
             command: |c| Command::SetSpeaking {
@@ -721,6 +798,90 @@ mod tests {
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 
+    /// The command for a moderation action aimed at `target`; `None` for the REST role call,
+    /// whose effect depends on the role asked for (it has its own tests).
+    fn command_on(action: Action, target: ParticipantId) -> Option<Command> {
+        Some(match action {
+            Action::LowerHand => Command::LowerHand {
+                target: Some(target),
+            },
+            Action::InviteToStage => Command::InviteToStage { target },
+            Action::CancelInvitation => Command::CancelInvitation { target },
+            Action::MoveToAudience => Command::MoveToAudience { target },
+            Action::Mute => Command::Mute { target },
+            Action::Remove => Command::Remove { target },
+            Action::Ban => Command::Ban {
+                target,
+                revoke_invite: false,
+            },
+            Action::Promote => Command::Promote { target },
+            Action::Demote => Command::Demote { target },
+            _ => return None,
+        })
+    }
+
+    /// The rules' target columns (what a moderator's client offers for each person) are what
+    /// the room does: every action on someone else, against a participant of each kind.
+    #[test]
+    fn the_rules_for_targets_are_what_the_room_does() {
+        let (_, cast) = cast_room();
+        let targets = [
+            (Standing::Listener, &cast.listener),
+            (Standing::Listener, &cast.hand),
+            (Standing::Listener, &cast.invited),
+            (Standing::Speaker, &cast.other_speaker),
+            (Standing::ModeratorOnStage, &cast.other_mod),
+            (Standing::ModeratorInAudience, &cast.mod_off),
+        ];
+        let mut checked = 0;
+        for rule in PERMISSIONS {
+            let Some(on) = &rule.target else {
+                continue;
+            };
+            if command_on(rule.action, cast.listener.clone()).is_none() {
+                assert_eq!(rule.action, Action::SetRole);
+                continue;
+            }
+            let command = |target: &ParticipantId| command_on(rule.action, target.clone());
+            for (standing, id) in targets {
+                let (mut room, _) = cast_room();
+                let before = room.get(id).clone();
+                let got = room.apply(&Actor::Operator, command(id).unwrap());
+                let shown = format!("{:?} on {standing:?} {id}: {got:?}", rule.action);
+                match on.on(standing) {
+                    OnTarget::Refused(refusal) => assert_eq!(got, Err(refusal), "{shown}"),
+                    OnTarget::NoChange => assert!(got.unwrap().is_empty(), "{shown}"),
+                    OnTarget::Applies => {
+                        let changes = on.only_if.is_none_or(|c| c.holds(&before));
+                        assert_eq!(!got.unwrap().is_empty(), changes, "{shown}");
+                    }
+                }
+                checked += 1;
+            }
+            // Aimed by a moderator at themselves.
+            let (mut room, _) = cast_room();
+            let got = room
+                .apply(&who(&cast.mod_on), command(&cast.mod_on).unwrap())
+                .map(|_| ());
+            let expected = match on.yourself {
+                OnYourself::Allowed => Ok(()),
+                OnYourself::Refused(refusal) => Err(refusal),
+                OnYourself::Becomes(own) => {
+                    match permissions::rule(own).for_actor(Standing::ModeratorOnStage) {
+                        Permit::Allowed => Ok(()),
+                        Permit::Refused(refusal) => Err(refusal),
+                    }
+                }
+            };
+            assert_eq!(got, expected, "{:?} on oneself", rule.action);
+        }
+        assert_eq!(
+            checked,
+            9 * targets.len(),
+            "an action on someone else went unchecked"
+        );
+    }
+
     #[test]
     fn only_the_stage_may_send_audio() {
         let (room, cast) = cast_room();
@@ -743,14 +904,26 @@ mod tests {
         let ghost = || pid("ghost");
         let cases: Vec<(Command, &str)> = vec![
             (Command::Remove { target: me() }, "invalid_target"),
-            (Command::Ban { target: me() }, "invalid_target"),
+            (
+                Command::Ban {
+                    target: me(),
+                    revoke_invite: false,
+                },
+                "invalid_target",
+            ),
             (Command::Mute { target: me() }, "invalid_target"),
             (Command::MoveToAudience { target: me() }, "invalid_target"),
             (Command::InviteToStage { target: me() }, "invalid_target"),
             (Command::CancelInvitation { target: me() }, "invalid_target"),
             (Command::Promote { target: me() }, "invalid_target"),
             (Command::Remove { target: ghost() }, "participant_not_found"),
-            (Command::Ban { target: ghost() }, "participant_not_found"),
+            (
+                Command::Ban {
+                    target: ghost(),
+                    revoke_invite: false,
+                },
+                "participant_not_found",
+            ),
             (Command::Mute { target: ghost() }, "participant_not_found"),
             (
                 Command::MoveToAudience { target: ghost() },
@@ -993,6 +1166,7 @@ mod tests {
                 display_name: "S".into(),
                 role: Role::Speaker,
                 connection: ConnectionId(77),
+                resume_nonce: ConnectionId(77).0,
             },
         );
         assert_eq!(out.events[0].audience, Audience::Everyone);

@@ -1,7 +1,7 @@
-//! The signaling edge: one WebSocket per participant at `/api/v1/signal`. Authenticates the
-//! first message, then relays commands to the live room and its events back; no room rules.
+//! The signaling edge: one session per WebSocket at `/api/v1/signal`. Authenticates the first
+//! message, then relays commands to the live room and its events back; no room rules.
+//! The wire format is `wire`'s; the HTTP upgrade is the API's.
 
-pub mod protocol;
 pub mod session;
 
-pub use session::signal;
+pub use session::{SignalContext, run};

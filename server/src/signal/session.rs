@@ -1,26 +1,27 @@
 //! One signaling socket from upgrade to close: the join/resume handshake, per-socket bounds
 //! (size, rate, strikes), keep-alive, and relaying between the socket and the room task.
+//! The HTTP upgrade itself (and the per-address socket count) is the API's (`api/signal.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::protocol::{ClientMessage, RequestId, ServerMessage, decode};
-use crate::api::{ApiError, AppState, ClientIp};
-use crate::control::{ControlError, ParticipantId, Role, Room, Standing};
+use crate::clock::{Clock, DirectRateLimiter};
+use crate::config::SignalSettings;
+use crate::control::{ControlError, ParticipantId, Role, Room, Standing, Store};
+use crate::metrics::Metrics;
 use crate::room::{
-    Command, Connect, ConnectError, ConnectionId, Outbound, Refusal, RoomHandle, close_code,
+    Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
 };
-use crate::session::{ResumeClaims, TokenError};
-use axum::http::StatusCode;
+use crate::session::{ResumeClaims, TokenError, TokenSigner};
+use crate::wire::{ClientMessage, RequestId, ServerMessage, close_code, decode};
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
@@ -34,110 +35,27 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// An ICE candidate line is under 200 characters in practice.
 const MAX_CANDIDATE_CHARS: usize = 1024;
 
-/// The signaling WebSocket.
-#[utoipa::path(get, path = "/api/v1/signal", tag = "signal",
-    responses(
-        (status = 101, description = "WebSocket upgrade; see docs/protocol.md"),
-        (status = 426, description = "Not a WebSocket upgrade request", body = crate::api::Problem),
-        (status = 429, description = "Too many sockets from this address", body = crate::api::Problem),
-    ))]
-pub async fn signal(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(_) => return Ok(upgrade_required()),
-    };
-    // Counted before the upgrade, so one address cannot hold an unbounded number of sockets
-    // (each costs a task and buffers, authenticated or not).
-    let slot = SocketSlot::take(&state, ip).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_sockets",
-            "too many signaling connections from your address",
-        )
-    })?;
-    // Messages up to this size are read and refused politely; larger ones end the socket.
-    let hard_cap = (state.config.signal.max_message_bytes * 16).max(1 << 20);
-    Ok(upgrade
-        // tungstenite reserves its read buffer up front, 128 KiB by default: for a protocol
-        // whose messages are a few hundred bytes that was half of a listener's memory. Bigger
-        // messages are still read whole, in several reads.
-        .read_buffer_size(SOCKET_READ_BUFFER)
-        .write_buffer_size(SOCKET_WRITE_BUFFER)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| async move {
-            state.metrics.signal_sockets.inc();
-            Session::new(socket, state.clone()).run().await;
-            state.metrics.signal_sockets.dec();
-            drop(slot);
-        }))
+/// What a signaling session needs from the rest of the server; built once, cloned per socket.
+#[derive(Clone)]
+pub struct SignalContext {
+    pub settings: Arc<SignalSettings>,
+    pub store: Store,
+    pub clock: Clock,
+    pub signer: TokenSigner,
+    pub live: LiveRooms,
+    pub metrics: Metrics,
 }
 
-/// Bytes a signaling socket reads at a time (and keeps reserved for it).
-const SOCKET_READ_BUFFER: usize = 4 * 1024;
-/// Bytes of outgoing frames gathered before a write (each message is flushed anyway).
-const SOCKET_WRITE_BUFFER: usize = 8 * 1024;
-
-/// A plain HTTP request to the WebSocket endpoint: 426 as problem+json, naming the protocol
-/// and version it takes (RFC 9110, section 15.5.22; RFC 6455, section 4.4).
-fn upgrade_required() -> Response {
-    use axum::http::{HeaderValue, header};
-    use axum::response::IntoResponse;
-    let mut response = ApiError::new(
-        StatusCode::UPGRADE_REQUIRED,
-        "upgrade_required",
-        "this endpoint is the signaling WebSocket; open it with a WebSocket client",
-    )
-    .into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    response
-}
-
-/// One of the signaling sockets an address may hold; given back when dropped.
-struct SocketSlot {
-    counts: std::sync::Arc<dashmap::DashMap<std::net::IpAddr, u32>>,
-    ip: std::net::IpAddr,
-}
-
-impl SocketSlot {
-    fn take(state: &AppState, ip: std::net::IpAddr) -> Option<SocketSlot> {
-        let limit = state.config.signal.max_sockets_per_address;
-        let mut count = state.sockets_per_address.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(SocketSlot {
-            counts: state.sockets_per_address.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        if let dashmap::mapref::entry::Entry::Occupied(mut e) = self.counts.entry(self.ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-    }
+/// Runs one upgraded signaling socket until it closes.
+pub async fn run(socket: WebSocket, context: SignalContext) {
+    Session::new(socket, context).run().await;
 }
 
 struct Session {
     socket: WebSocket,
-    state: AppState,
-    limiter: DefaultDirectRateLimiter,
+    state: SignalContext,
+    /// Messages per second, on the server's clock.
+    limiter: DirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
 }
@@ -156,14 +74,14 @@ enum Flow {
 }
 
 impl Session {
-    fn new(socket: WebSocket, state: AppState) -> Self {
-        let s = &state.config.signal;
+    fn new(socket: WebSocket, state: SignalContext) -> Self {
+        let s = &state.settings;
         let quota =
             Quota::per_second(NonZeroU32::new(s.messages_per_sec).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(s.message_burst).unwrap_or(NonZeroU32::MIN));
         Session {
             socket,
-            limiter: RateLimiter::direct(quota),
+            limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             strikes: 0,
             strikes_since: Instant::now(),
             state,
@@ -180,7 +98,7 @@ impl Session {
     /// Writes one frame, giving up when the client does not take it within the ping timeout:
     /// a client that stops reading must not hold its session (and its room seat) forever.
     async fn write(&mut self, frame: Message) -> bool {
-        let limit = Duration::from_millis(self.state.config.signal.ping_timeout_ms);
+        let limit = Duration::from_millis(self.state.settings.ping_timeout_ms);
         matches!(
             tokio::time::timeout(limit, self.socket.send(frame)).await,
             Ok(Ok(()))
@@ -229,7 +147,7 @@ impl Session {
             self.strikes_since = Instant::now();
         }
         self.strikes += 1;
-        if self.strikes > self.state.config.signal.max_strikes {
+        if self.strikes > self.state.settings.max_strikes {
             tracing::info!("closing a signaling socket that keeps sending bad messages");
             self.close(close_code::POLICY, "misbehaving").await;
             return Flow::Stop;
@@ -242,7 +160,7 @@ impl Session {
         &mut self,
         text: &str,
     ) -> Result<Option<(Option<RequestId>, ClientMessage)>, ()> {
-        let settings = &self.state.config.signal;
+        let settings = &self.state.settings;
         if text.len() > settings.max_message_bytes {
             let limit = settings.max_message_bytes;
             self.error(
@@ -279,8 +197,7 @@ impl Session {
 
     /// Waits for `join` or `resume`, authenticates it and enters the room.
     async fn handshake(&mut self) -> Option<Joined> {
-        let deadline =
-            Instant::now() + Duration::from_millis(self.state.config.signal.join_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.state.settings.join_timeout_ms);
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
                 Err(_) => {
@@ -404,7 +321,7 @@ impl Session {
         let mut nonce_bytes = [0u8; 8];
         getrandom::fill(&mut nonce_bytes).expect("the OS random generator is unavailable");
         let resume_nonce = u64::from_le_bytes(nonce_bytes);
-        let (outbox, inbox) = mpsc::channel(self.state.config.signal.outbox_capacity);
+        let (outbox, inbox) = mpsc::channel(self.state.settings.outbox_capacity);
         let resume_token = signer.sign_resume(&ResumeClaims {
             room: room_id.clone(),
             participant: participant.clone(),
@@ -468,7 +385,11 @@ async fn room_open_to(
     room: &crate::control::RoomId,
     participant: &ParticipantId,
 ) -> Result<(Room, Standing), (u16, &'static str, &'static str)> {
-    let internal = (1011, "internal", "the server could not check this room");
+    let internal = (
+        close_code::INTERNAL,
+        "internal",
+        "the server could not check this room",
+    );
     let found = match store.room(room.clone()).await {
         Ok(r) => r,
         Err(ControlError::RoomNotFound) => {
@@ -493,7 +414,7 @@ async fn room_open_to(
 impl Session {
     /// Joined: socket ⇄ room until either side ends it.
     async fn relay(mut self, mut joined: Joined) {
-        let signal = self.state.config.signal.clone();
+        let signal = self.state.settings.clone();
         let mut ping = tokio::time::interval(Duration::from_millis(signal.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let timeout = Duration::from_millis(signal.ping_timeout_ms);
@@ -503,6 +424,9 @@ impl Session {
             tokio::select! {
                 out = joined.outbox.recv() => match out {
                     Some(Outbound::Text(text)) => {
+                        // Made from a `String`, so the check cannot fail; it costs a scan of a
+                        // few hundred bytes.
+                        let text = Utf8Bytes::try_from(text.into_bytes()).unwrap_or_default();
                         if !self.write(Message::Text(text)).await {
                             break;
                         }
@@ -565,15 +489,6 @@ impl Session {
             Ok(None) => return Flow::Continue,
             Ok(Some(m)) => m,
         };
-        // A ban may also revoke the invite the person came through: a detail of persisting it,
-        // carried beside the room command.
-        let revoke_invite = matches!(
-            message,
-            ClientMessage::Ban {
-                revoke_invite: true,
-                ..
-            }
-        );
         let command = match message {
             ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
                 self.error(
@@ -636,13 +551,7 @@ impl Session {
         // After `leave` the room answers `ok` and then closes this socket through the outbox.
         if !joined
             .room
-            .from_socket(
-                joined.participant.clone(),
-                joined.connection,
-                id,
-                command,
-                revoke_invite,
-            )
+            .from_socket(joined.participant.clone(), joined.connection, id, command)
             .await
         {
             self.close(close_code::ROOM_ENDED, "room_ended").await;
@@ -681,8 +590,12 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Remove { participant } => Command::Remove {
             target: participant,
         },
-        ClientMessage::Ban { participant, .. } => Command::Ban {
+        ClientMessage::Ban {
+            participant,
+            revoke_invite,
+        } => Command::Ban {
             target: participant,
+            revoke_invite,
         },
         ClientMessage::Promote { participant } => Command::Promote {
             target: participant,

@@ -2,11 +2,19 @@
 //! period, leaving. Who may do what on stage and in moderation lives beside this file.
 
 use crate::control::{ParticipantId, Role};
+use crate::room::permissions::Action;
 use crate::room::state::{RoomState, to_usize};
 use crate::room::{
     Actor, Audience, CloseReason, ConnectionId, Effect, EventKind, LeaveReason, Outcome,
     Participant, Presence, Refusal,
 };
+
+/// A signaling connection taking over an identity, and the nonce of the resume token it is
+/// handed (the only one that may take the identity back after it).
+pub(super) struct NewConnection {
+    pub connection: ConnectionId,
+    pub resume_nonce: u64,
+}
 
 impl RoomState {
     pub(super) fn join(
@@ -14,7 +22,7 @@ impl RoomState {
         actor: &Actor,
         display_name: String,
         role: Role,
-        connection: ConnectionId,
+        new: NewConnection,
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
@@ -28,7 +36,7 @@ impl RoomState {
         if existing.is_some_and(|p| !p.expired(now_ms)) {
             // The token's role may be stale (promoted, moved to the audience since): the live
             // state wins.
-            self.reattach(id, connection, out);
+            self.reattach(id, new, out);
             return Ok(());
         }
         // An entry whose grace ran out is gone, only not yet ticked away: it must not count
@@ -62,7 +70,8 @@ impl RoomState {
             muted: false,
             invited: false,
             presence: Presence::Connected,
-            connection,
+            connection: new.connection,
+            resume_nonce: new.resume_nonce,
             joined_at_ms: now_ms,
             speaking: false,
             hand_raised_at_ms: None,
@@ -78,25 +87,35 @@ impl RoomState {
         Ok(())
     }
 
+    /// Only the newest resume token works, and only once: a stale or replayed one is refused
+    /// as if the identity were gone, revealing nothing.
     pub(super) fn resume(
         &mut self,
         actor: &Actor,
-        connection: ConnectionId,
+        presented: u64,
+        new: NewConnection,
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        if participant.expired(now_ms) {
+        let participant = self.present(actor)?;
+        if participant.expired(now_ms) || participant.resume_nonce != presented {
             return Err(Refusal::NotInRoom);
         }
         let id = participant.id.clone();
-        self.reattach(&id, connection, out);
+        self.reattach(&id, new, out);
         Ok(())
     }
 
     /// A new connection takes over an identity that is still in the room, with all its state.
-    fn reattach(&mut self, id: &ParticipantId, connection: ConnectionId, out: &mut Outcome) {
-        let participant = &self.participants[id];
+    fn reattach(&mut self, id: &ParticipantId, new: NewConnection, out: &mut Outcome) {
+        let participant = self
+            .participants
+            .get_mut(id)
+            .expect("reattach is called for someone in the room");
+        // Whatever else happens, only the token handed to this connection resumes from now on
+        // (the nonce is no index and no right, so it needs no `change`).
+        participant.resume_nonce = new.resume_nonce;
+        let connection = new.connection;
         let (old_connection, old_presence) = (participant.connection, participant.presence);
         if old_connection == connection && old_presence == Presence::Connected {
             return;
@@ -153,9 +172,16 @@ impl RoomState {
         Ok(())
     }
 
+    /// They go for good, and the socket they asked through is closed (after their answer).
     pub(super) fn leave(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let id = self.member(actor)?.id.clone();
+        let participant = self.member(actor, Action::Leave)?;
+        let (id, connection) = (participant.id.clone(), participant.connection);
         self.depart(&id, LeaveReason::Left, out);
+        out.effect(Effect::CloseConnection {
+            participant: id,
+            connection,
+            reason: CloseReason::Left,
+        });
         Ok(())
     }
 
@@ -165,7 +191,7 @@ impl RoomState {
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        Self::require_system(actor)?;
+        self.permit(actor, Action::Tick)?;
         while let Some((deadline_ms, id)) = self.deadlines.first().cloned() {
             if deadline_ms > now_ms {
                 break;
@@ -194,6 +220,7 @@ mod tests {
                 display_name: "Listener".into(),
                 role: Role::Listener,
                 connection,
+                resume_nonce: connection.0,
             },
         );
         assert_eq!(types(&out), ["participant_joined"]);
@@ -226,6 +253,7 @@ mod tests {
                     display_name: role.as_str().into(),
                     role,
                     connection,
+                    resume_nonce: connection.0,
                 },
             );
             assert_eq!(types(&out), ["participant_joined"]);
@@ -254,6 +282,7 @@ mod tests {
                 display_name: "Listener".into(),
                 role: Role::Listener,
                 connection: new,
+                resume_nonce: new.0,
             },
         );
         assert!(out.events.is_empty());
@@ -303,6 +332,7 @@ mod tests {
                     display_name: "Three".into(),
                     role,
                     connection,
+                    resume_nonce: connection.0,
                 },
             );
             assert_eq!(code, "room_full");
@@ -323,6 +353,7 @@ mod tests {
                 display_name: "Second".into(),
                 role: Role::Speaker,
                 connection,
+                resume_nonce: connection.0,
             },
         );
         assert_eq!(code, "stage_full");
@@ -338,6 +369,7 @@ mod tests {
             display_name: "Op".into(),
             role: Role::Moderator,
             connection,
+            resume_nonce: connection.0,
         };
         assert_eq!(
             room.refused(&Actor::Operator, join.clone()),
@@ -350,6 +382,7 @@ mod tests {
             &Actor::Operator,
             Command::Ban {
                 target: listener.clone(),
+                revoke_invite: false,
             },
         );
         let connection = room.connect();
@@ -359,6 +392,7 @@ mod tests {
                 display_name: "Again".into(),
                 role: Role::Listener,
                 connection,
+                resume_nonce: connection.0,
             },
         );
         assert_eq!(code, "banned");
@@ -418,13 +452,13 @@ mod tests {
 
         room.now = 29_000;
         let connection = room.connect();
-        let out = room.ok(&who(&listener), Command::Resume { connection });
+        let out = room.ok(&who(&listener), room.resume(&listener, connection));
         assert_eq!(types(&out), ["presence_changed"]);
         assert!(room.get(&listener).hand_raised);
         assert_eq!(room.get(&listener).presence, Presence::Connected);
 
         let connection = room.connect();
-        let out = room.ok(&who(&speaker), Command::Resume { connection });
+        let out = room.ok(&who(&speaker), room.resume(&speaker, connection));
         assert_eq!(send_permissions(&out), [(speaker.clone(), true)]);
         assert!(room.get(&speaker).on_stage);
 
@@ -454,7 +488,7 @@ mod tests {
         room.now = 30_000;
         let connection = room.connect();
         assert_eq!(
-            room.refused(&who(&listener), Command::Resume { connection }),
+            room.refused(&who(&listener), room.resume(&listener, connection)),
             "not_in_room"
         );
         let out = room.ok(
@@ -463,6 +497,7 @@ mod tests {
                 display_name: "Listener".into(),
                 role: Role::Listener,
                 connection,
+                resume_nonce: connection.0,
             },
         );
         assert_eq!(types(&out), ["participant_left", "participant_joined"]);
@@ -476,7 +511,7 @@ mod tests {
         let speaker = room.join("speaker", Role::Speaker);
         let old = room.get(&speaker).connection;
         let new = room.connect();
-        let out = room.ok(&who(&speaker), Command::Resume { connection: new });
+        let out = room.ok(&who(&speaker), room.resume(&speaker, new));
         assert!(out.events.is_empty());
         assert_eq!(
             out.effects,
@@ -489,9 +524,7 @@ mod tests {
         assert_eq!(
             room.refused(
                 &who(&pid("stranger")),
-                Command::Resume {
-                    connection: ConnectionId(99)
-                }
+                room.resume(&pid("stranger"), ConnectionId(99))
             ),
             "not_in_room"
         );
@@ -507,5 +540,70 @@ mod tests {
             room.ok(&who(&listener), Command::Disconnect { connection })
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn leaving_closes_the_socket_it_was_asked_on_and_the_media() {
+        let mut room = TestRoom::new();
+        let speaker = room.join("speaker", Role::Speaker);
+        let connection = room.get(&speaker).connection;
+        let out = room.ok(&who(&speaker), Command::Leave);
+        assert!(out.effects.contains(&Effect::CloseConnection {
+            participant: speaker.clone(),
+            connection,
+            reason: CloseReason::Left,
+        }));
+        assert!(out.effects.contains(&Effect::CloseMedia {
+            participant: speaker.clone(),
+        }));
+    }
+
+    #[test]
+    fn every_departure_closes_the_media_of_whoever_left() {
+        let mut room = TestRoom::with_limits(10, 6, 1_000);
+        let listener = room.join("listener", Role::Listener);
+        let connection = room.get(&listener).connection;
+        let out = room.ok(&who(&listener), Command::Disconnect { connection });
+        assert!(
+            !out.effects
+                .iter()
+                .any(|e| matches!(e, Effect::CloseMedia { .. })),
+            "a dropped socket keeps its place, and its media, for the grace period"
+        );
+        room.now = 1_000;
+        let out = room.ok(&Actor::System, Command::Tick);
+        assert_eq!(
+            out.effects,
+            [Effect::CloseMedia {
+                participant: listener
+            }]
+        );
+    }
+
+    #[test]
+    fn only_the_newest_resume_token_resumes_and_only_once() {
+        let mut room = TestRoom::new();
+        let listener = room.join("listener", Role::Listener);
+        let first = room.get(&listener).resume_nonce;
+        let resume = |presented: u64, connection: u64| Command::Resume {
+            connection: ConnectionId(connection),
+            presented,
+            resume_nonce: connection,
+        };
+        assert_eq!(
+            room.refused(&who(&listener), resume(first + 1, 50)),
+            "not_in_room"
+        );
+        room.ok(&who(&listener), resume(first, 51));
+        assert_eq!(room.get(&listener).resume_nonce, 51);
+        // The token just used is spent; the one handed to the new connection works.
+        assert_eq!(
+            room.refused(&who(&listener), resume(first, 52)),
+            "not_in_room"
+        );
+        room.ok(&who(&listener), resume(51, 53));
+        // A join (a fresh session token) hands out a new resume token too.
+        room.rejoin(&listener, Role::Listener);
+        assert_eq!(room.refused(&who(&listener), resume(53, 54)), "not_in_room");
     }
 }

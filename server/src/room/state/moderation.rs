@@ -1,26 +1,31 @@
 //! Moderation beyond the stage: remove, ban, promote, demote, the REST role call, ending the room.
 //! Every action here is audited, whoever did it; persisting is left to the edges as effects.
 
-use serde_json::json;
-
 use crate::control::{ParticipantId, Role};
+use crate::room::permissions::Action;
 use crate::room::state::{RoomState, audit};
 use crate::room::{
-    Actor, Audience, AuditAction, CloseReason, Effect, EventKind, LeaveReason, Outcome,
-    Participant, Presence, Refusal,
+    Actor, Audience, AuditAction, CloseReason, Effect, EventKind, LeaveReason, Outcome, Presence,
+    Refusal,
 };
 
 impl RoomState {
+    /// `ban` is `Some(revoke_invite)` for a ban, `None` for a removal.
     pub(super) fn remove(
         &mut self,
         actor: &Actor,
         target: &ParticipantId,
-        ban: bool,
+        ban: Option<bool>,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.moderation_target(actor, target)?;
+        let action = if ban.is_some() {
+            Action::Ban
+        } else {
+            Action::Remove
+        };
+        let (participant, _) = self.target(actor, action, target)?;
         let (view, connection) = (participant.view(), participant.connection);
-        let (reason, close, action) = if ban {
+        let (reason, close, action) = if ban.is_some() {
             (LeaveReason::Banned, CloseReason::Banned, AuditAction::Ban)
         } else {
             (
@@ -30,16 +35,23 @@ impl RoomState {
             )
         };
         self.depart(target, reason, out);
+        if ban.is_none() {
+            out.effect(Effect::RecordRemoval {
+                participant: target.clone(),
+            });
+        }
         // Even while reconnecting: a half-dead socket the edge still holds must not linger.
         out.effect(Effect::CloseConnection {
             participant: target.clone(),
             connection,
             reason: close,
         });
-        if ban {
+        if let Some(revoke_invite) = ban {
             self.banned.insert(target.clone());
             out.effect(Effect::PersistBan {
                 participant: target.clone(),
+                by: actor.clone(),
+                revoke_invite,
             });
         }
         out.effect(audit(actor, action, &view));
@@ -54,7 +66,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        if self.moderation_target(actor, target)?.role == Role::Moderator {
+        if !self.target(actor, Action::Promote, target)?.1 {
             return Ok(());
         }
         self.set_live_role(actor, target, Role::Moderator, AuditAction::Promote, out);
@@ -68,8 +80,8 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.stepping_down(actor, target)?;
-        if participant.role != Role::Moderator {
+        let (participant, changes) = self.target(actor, Action::Demote, target)?;
+        if !changes {
             return Ok(());
         }
         let role = if participant.on_stage {
@@ -89,7 +101,7 @@ impl RoomState {
         role: Role,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let current = self.stepping_down(actor, target)?.role;
+        let current = self.target(actor, Action::SetRole, target)?.0.role;
         match (current, role) {
             (Role::Listener, Role::Listener)
             | (Role::Speaker, Role::Speaker)
@@ -99,19 +111,6 @@ impl RoomState {
             (Role::Speaker, Role::Listener) => self.move_to_audience(actor, target, out),
             (Role::Moderator, role) => self.demote_to(actor, target, role, out),
         }
-    }
-
-    /// Demotion is the one moderation command a moderator may aim at themselves (stepping
-    /// down); the others act on someone else.
-    fn stepping_down(
-        &self,
-        actor: &Actor,
-        target: &ParticipantId,
-    ) -> Result<&Participant, Refusal> {
-        self.require_moderator(actor)?;
-        self.participants
-            .get(target)
-            .ok_or(Refusal::ParticipantNotFound)
     }
 
     /// `role` is speaker (on stage) or listener (in the audience).
@@ -179,7 +178,7 @@ impl RoomState {
     /// Everyone is disconnected and the room refuses everything from now on. No per-person
     /// leave events: one `room_ended` tells everyone at once.
     pub(super) fn end(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        self.require_moderator(actor)?;
+        self.permit(actor, Action::EndRoom)?;
         let participants = std::mem::take(&mut self.participants);
         for participant in participants.values() {
             if participant.may_send() {
@@ -206,12 +205,10 @@ impl RoomState {
             Audience::Everyone,
             EventKind::RoomEnded { by: actor.clone() },
         );
-        out.effect(Effect::PersistRoomEnded);
-        out.effect(Effect::Audit {
-            actor: actor.clone(),
-            action: AuditAction::End,
-            target: None,
-            detail: json!({ "participants": participants.len() }),
+        out.effect(Effect::CloseRoomMedia);
+        out.effect(Effect::PersistRoomEnded {
+            by: actor.clone(),
+            participants: participants.len(),
         });
         Ok(())
     }
@@ -267,6 +264,7 @@ mod tests {
             &who(&host),
             Command::Ban {
                 target: listener.clone(),
+                revoke_invite: false,
             },
         );
         assert_eq!(types(&out), ["participant_left"]);
@@ -278,6 +276,8 @@ mod tests {
         }));
         assert!(out.effects.contains(&Effect::PersistBan {
             participant: listener.clone(),
+            by: who(&host),
+            revoke_invite: false,
         }));
         assert_eq!(audits(&out), [(AuditAction::Ban, Some(listener.clone()))]);
 
@@ -286,6 +286,7 @@ mod tests {
             display_name: "Back".into(),
             role: Role::Listener,
             connection,
+            resume_nonce: connection.0,
         };
         assert_eq!(room.refused(&who(&listener), join), "banned");
     }
@@ -492,8 +493,13 @@ mod tests {
             .collect();
         assert_eq!(closed.len(), present - 1, "all but the one already gone");
         assert!(!closed.contains(&reconnecting));
-        assert!(out.effects.contains(&Effect::PersistRoomEnded));
-        assert_eq!(audits(&out), [(AuditAction::End, None)]);
+        // The end is recorded with its audit line in one effect, not as a separate line.
+        assert!(out.effects.contains(&Effect::PersistRoomEnded {
+            by: who(&host),
+            participants: present,
+        }));
+        assert!(audits(&out).is_empty());
+        assert!(out.effects.contains(&Effect::CloseRoomMedia));
         assert!(ended.state.is_ended() && ended.state.is_empty());
         assert_eq!(ended.state.audience_count(), 0);
 
@@ -525,6 +531,144 @@ mod tests {
             EventKind::RoomEnded {
                 by: Actor::Operator
             }
+        );
+    }
+
+    #[test]
+    fn a_ban_carries_who_banned_and_whether_to_revoke_the_invite() {
+        for revoke_invite in [false, true] {
+            let mut room = TestRoom::new();
+            let host = room.join("host", Role::Moderator);
+            let listener = room.join("listener", Role::Listener);
+            let out = room.ok(
+                &who(&host),
+                Command::Ban {
+                    target: listener.clone(),
+                    revoke_invite,
+                },
+            );
+            let bans: Vec<_> = out
+                .effects
+                .iter()
+                .filter(|e| matches!(e, Effect::PersistBan { .. }))
+                .collect();
+            assert_eq!(
+                bans,
+                [&Effect::PersistBan {
+                    participant: listener.clone(),
+                    by: who(&host),
+                    revoke_invite,
+                }]
+            );
+            // A ban is not a removal: the identity stays out, its tokens need no voiding.
+            assert!(
+                !out.effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::RecordRemoval { .. }))
+            );
+        }
+    }
+
+    #[test]
+    fn a_removal_is_recorded_before_the_socket_closes() {
+        let mut room = TestRoom::new();
+        let listener = room.join("listener", Role::Listener);
+        let out = room.ok(
+            &Actor::Operator,
+            Command::Remove {
+                target: listener.clone(),
+            },
+        );
+        let at = |wanted: fn(&Effect) -> bool| out.effects.iter().position(wanted);
+        let recorded = at(|e| matches!(e, Effect::RecordRemoval { .. })).expect("recorded");
+        let closed = at(|e| matches!(e, Effect::CloseConnection { .. })).expect("closed");
+        assert!(recorded < closed, "{:?}", out.effects);
+        assert!(out.effects.contains(&Effect::RecordRemoval {
+            participant: listener.clone(),
+        }));
+        assert!(out.effects.contains(&Effect::CloseMedia {
+            participant: listener,
+        }));
+    }
+
+    #[test]
+    fn a_moderator_over_rest_from_outside_acts_with_the_operators_reach_and_is_named() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let speaker = room.join("speaker", Role::Speaker);
+        // Their token says moderator; they are not in the room.
+        let remote = Actor::RestModerator(pid("remote"));
+        let out = room.ok(
+            &remote,
+            Command::Mute {
+                target: speaker.clone(),
+            },
+        );
+        // People are told the operator did it (they have never seen this moderator)…
+        let json = serde_json::to_value(&out.events[0].kind).unwrap();
+        assert_eq!(json["by"], "operator");
+        // …and the audit log names them.
+        assert_eq!(
+            recorded_actors(&out),
+            [crate::control::Actor::Participant(pid("remote"))]
+        );
+        // With the operator's reach, they may demote the last moderator present.
+        room.ok(&remote, Command::Demote { target: host });
+        let out = room.ok(
+            &remote,
+            Command::Ban {
+                target: speaker.clone(),
+                revoke_invite: true,
+            },
+        );
+        assert!(out.effects.contains(&Effect::PersistBan {
+            participant: speaker,
+            by: remote.clone(),
+            revoke_invite: true,
+        }));
+        // Nothing of a participant's own: they are not one here.
+        assert_eq!(room.refused(&remote, Command::RaiseHand), "not_permitted");
+    }
+
+    #[test]
+    fn a_moderator_over_rest_from_inside_acts_as_the_participant_they_are() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let cohost = room.join("cohost", Role::Moderator);
+        let speaker = room.join("speaker", Role::Speaker);
+        let rest = Actor::RestModerator(cohost.clone());
+        let out = room.ok(
+            &rest,
+            Command::Mute {
+                target: speaker.clone(),
+            },
+        );
+        let json = serde_json::to_value(&out.events[0].kind).unwrap();
+        assert_eq!(json["by"], cohost.as_str());
+        assert_eq!(
+            recorded_actors(&out),
+            [crate::control::Actor::Participant(cohost.clone())]
+        );
+        // Themselves is themselves, not "someone else" as for the operator.
+        assert_eq!(
+            room.refused(
+                &rest,
+                Command::Remove {
+                    target: cohost.clone()
+                }
+            ),
+            "invalid_target"
+        );
+        // Demoted live, their token no longer lets them moderate.
+        room.ok(
+            &who(&host),
+            Command::Demote {
+                target: cohost.clone(),
+            },
+        );
+        assert_eq!(
+            room.refused(&rest, Command::Mute { target: speaker }),
+            "not_permitted"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! Rules only; media enforces the resulting send rights on its own path.
 
 use crate::control::{ParticipantId, Role};
+use crate::room::permissions::Action;
 use crate::room::state::{Changed, RoomState, audit};
 use crate::room::{Actor, Audience, AuditAction, EventKind, Outcome, Participant, Refusal};
 
@@ -15,10 +16,7 @@ impl RoomState {
         now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        if participant.role != Role::Listener {
-            return Err(Refusal::NotAListener);
-        }
+        let participant = self.member(actor, Action::RaiseHand)?;
         if participant.hand_raised {
             return Ok(());
         }
@@ -48,18 +46,19 @@ impl RoomState {
         target: Option<ParticipantId>,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
+        // Naming oneself is lowering one's own hand (the rules: `OnYourself::Becomes`).
         let someone_else = target.filter(|target| actor.participant() != Some(target));
-        let id = match &someone_else {
+        let (id, changes) = match &someone_else {
             None => {
-                let participant = self.member(actor)?;
-                if participant.role != Role::Listener {
-                    return Err(Refusal::NotAListener);
-                }
-                participant.id.clone()
+                let participant = self.member(actor, Action::LowerOwnHand)?;
+                (participant.id.clone(), participant.hand_raised)
             }
-            Some(target) => self.moderation_target(actor, target)?.id.clone(),
+            Some(target) => {
+                let (participant, changes) = self.target(actor, Action::LowerHand, target)?;
+                (participant.id.clone(), changes)
+            }
         };
-        if !self.participants[&id].hand_raised {
+        if !changes {
             return Ok(());
         }
         let changed = self.change(&id, out, |p| p.hand_raised = false);
@@ -82,11 +81,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.moderation_target(actor, target)?;
-        if participant.role != Role::Listener {
-            return Err(Refusal::NotAListener);
-        }
-        if participant.invited {
+        if !self.target(actor, Action::InviteToStage, target)?.1 {
             return Ok(());
         }
         // Checked again on accepting; refusing here spares the listener an invitation they
@@ -112,7 +107,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        if !self.moderation_target(actor, target)?.invited {
+        if !self.target(actor, Action::CancelInvitation, target)?.1 {
             return Ok(());
         }
         let changed = self.change(target, out, |p| p.invited = false);
@@ -132,7 +127,7 @@ impl RoomState {
         actor: &Actor,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
+        let participant = self.member(actor, Action::AcceptInvitation)?;
         if !participant.invited {
             return Err(Refusal::NoInvitation);
         }
@@ -162,7 +157,7 @@ impl RoomState {
         actor: &Actor,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
+        let participant = self.member(actor, Action::DeclineInvitation)?;
         if !participant.invited {
             return Err(Refusal::NoInvitation);
         }
@@ -191,13 +186,9 @@ impl RoomState {
     }
 
     pub(super) fn join_stage(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        match participant.role {
-            // Listeners come up only by accepting an invitation.
-            Role::Listener => return Err(Refusal::NotPermitted),
-            Role::Speaker => return Ok(()),
-            Role::Moderator if participant.on_stage => return Ok(()),
-            Role::Moderator => {}
+        let participant = self.member(actor, Action::JoinStage)?;
+        if participant.on_stage {
+            return Ok(());
         }
         if self.stage_is_full() {
             return Err(Refusal::StageFull);
@@ -214,11 +205,7 @@ impl RoomState {
     }
 
     pub(super) fn leave_stage(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        if !participant.on_stage {
-            return Err(Refusal::NotOnStage);
-        }
-        let id = participant.id.clone();
+        let id = self.member(actor, Action::LeaveStage)?.id.clone();
         self.step_off_stage(&id, actor, out);
         Ok(())
     }
@@ -229,7 +216,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        if !self.moderation_target(actor, target)?.on_stage {
+        if !self.target(actor, Action::MoveToAudience, target)?.1 {
             return Ok(());
         }
         let changed = self.step_off_stage(target, actor, out);
@@ -262,11 +249,7 @@ impl RoomState {
         target: &ParticipantId,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
-        let participant = self.moderation_target(actor, target)?;
-        if !participant.on_stage {
-            return Err(Refusal::NotOnStage);
-        }
-        if participant.muted {
+        if !self.target(actor, Action::Mute, target)?.1 {
             return Ok(());
         }
         let changed = self.set_muted(target, true, actor, out);
@@ -275,10 +258,7 @@ impl RoomState {
     }
 
     pub(super) fn mute_self(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        if !participant.on_stage {
-            return Err(Refusal::NotOnStage);
-        }
+        let participant = self.member(actor, Action::MuteSelf)?;
         if !participant.muted {
             let id = participant.id.clone();
             self.set_muted(&id, true, actor, out);
@@ -288,10 +268,7 @@ impl RoomState {
 
     /// Only for oneself: a moderator may silence someone, never open their microphone.
     pub(super) fn unmute(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
-        let participant = self.member(actor)?;
-        if !participant.on_stage {
-            return Err(Refusal::NotOnStage);
-        }
+        let participant = self.member(actor, Action::Unmute)?;
         if participant.muted {
             let id = participant.id.clone();
             self.set_muted(&id, false, actor, out);
@@ -328,7 +305,7 @@ impl RoomState {
         actor: &Actor,
         levels: Vec<(ParticipantId, u8)>,
     ) -> Result<(), Refusal> {
-        Self::require_system(actor)?;
+        self.permit(actor, Action::ReportSpeakers)?;
         let mut heard: Vec<(ParticipantId, u8)> = levels
             .into_iter()
             .filter(|(id, _)| self.participants.get(id).is_some_and(Participant::may_send))
@@ -358,7 +335,7 @@ mod tests {
     use super::HAND_COOLDOWN_MS;
     use crate::control::{ParticipantId, Role};
     use crate::room::state::testkit::*;
-    use crate::room::{Actor, Audience, AuditAction, Command};
+    use crate::room::{Actor, Audience, AuditAction, Command, Effect};
 
     #[test]
     fn the_whole_stage_flow() {
@@ -735,5 +712,52 @@ mod tests {
         let granted: Vec<_> = room.state.participants().filter(|p| p.may_send()).collect();
         assert_eq!(granted.len(), 1);
         assert!(room.get(&host).may_send());
+    }
+
+    /// Who had their role written down, in order.
+    fn recorded_roles(out: &crate::room::Outcome) -> Vec<(ParticipantId, Role)> {
+        out.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RecordRole { participant, role } => Some((participant.clone(), *role)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_role_the_room_changes_is_recorded_and_nothing_else() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let listener = room.join("listener", Role::Listener);
+        room.ok(
+            &who(&host),
+            Command::InviteToStage {
+                target: listener.clone(),
+            },
+        );
+        let out = room.ok(&who(&listener), Command::AcceptInvitation);
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Speaker)]);
+        let out = room.ok(&who(&listener), Command::LeaveStage);
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Listener)]);
+        let out = room.ok(
+            &who(&host),
+            Command::Promote {
+                target: listener.clone(),
+            },
+        );
+        assert_eq!(recorded_roles(&out), [(listener.clone(), Role::Moderator)]);
+        // A moderator stepping on and off the stage keeps their role: nothing to record.
+        for command in [Command::JoinStage, Command::MuteSelf, Command::LeaveStage] {
+            let out = room.ok(&who(&listener), command);
+            assert!(recorded_roles(&out).is_empty(), "{out:?}");
+        }
+        let out = room.ok(
+            &who(&host),
+            Command::Demote {
+                target: listener.clone(),
+            },
+        );
+        assert_eq!(recorded_roles(&out), [(listener, Role::Listener)]);
     }
 }

@@ -49,6 +49,15 @@ impl TestRoom {
         ConnectionId(self.next_connection)
     }
 
+    /// A resume by the newest token of `id` (each connection's token nonce is its number).
+    pub fn resume(&self, id: &ParticipantId, connection: ConnectionId) -> Command {
+        Command::Resume {
+            connection,
+            presented: self.state.participant(id).map_or(0, |p| p.resume_nonce),
+            resume_nonce: connection.0,
+        }
+    }
+
     /// Applies a command as the room task would, then checks what must always hold.
     pub fn apply(&mut self, actor: &Actor, command: Command) -> Result<Outcome, Refusal> {
         let before = self.state.clone();
@@ -84,6 +93,7 @@ impl TestRoom {
                 display_name: name.into(),
                 role,
                 connection,
+                resume_nonce: connection.0,
             },
         );
         id
@@ -97,6 +107,7 @@ impl TestRoom {
                 display_name: "again".into(),
                 role,
                 connection,
+                resume_nonce: connection.0,
             },
         )
     }
@@ -167,9 +178,12 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
             display_name: "x".into(),
             role: Role::Listener,
             connection: ConnectionId(1_000),
+            resume_nonce: 1_000,
         },
         Command::Resume {
             connection: ConnectionId(1_001),
+            presented: 0,
+            resume_nonce: 1_001,
         },
         Command::Disconnect {
             connection: ConnectionId(1),
@@ -195,7 +209,10 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
         Command::MuteSelf,
         Command::Unmute,
         Command::Remove { target: t() },
-        Command::Ban { target: t() },
+        Command::Ban {
+            target: t(),
+            revoke_invite: false,
+        },
         Command::Promote { target: t() },
         Command::Demote {
             target: cast.other_mod.clone(),
@@ -275,6 +292,19 @@ pub(crate) fn audits(out: &Outcome) -> Vec<(AuditAction, Option<ParticipantId>)>
         .iter()
         .filter_map(|effect| match effect {
             Effect::Audit { action, target, .. } => Some((*action, target.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Who each effect that names an actor (audit lines, bans, the end) names.
+pub(crate) fn recorded_actors(out: &Outcome) -> Vec<crate::control::Actor> {
+    out.effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Audit { actor, .. }
+            | Effect::PersistBan { by: actor, .. }
+            | Effect::PersistRoomEnded { by: actor, .. } => Some(actor.recorded_as()),
             _ => None,
         })
         .collect()

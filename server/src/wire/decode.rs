@@ -1,11 +1,10 @@
-//! The signaling wire format: JSON text messages with a `type` field, both directions.
-//! Decoding is strict and bounded and never panics; it knows nothing about rooms' rules.
+//! What clients send: JSON text messages with a `type` field, decoded strictly and bounded.
+//! Never panics; knows nothing about rooms' rules (mapping a message to a command is the edge's).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::control::{ParticipantId, Role};
-use crate::room::{AudiencePage, EventKind, Snapshot};
 
 /// A client-chosen request id, echoed in the reply: a short string or a non-negative integer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,76 +209,6 @@ fn bounded(error: serde_json::Error) -> String {
     cut
 }
 
-/// What the server sends, besides room events (see [`event_message`]).
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage<'a> {
-    /// First message after a successful `join` or `resume`.
-    Welcome {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
-        room_title: &'a str,
-        seq: u64,
-        resume_token: &'a str,
-        resume_grace_secs: u64,
-        /// What the client's WebRTC offer must look like.
-        media: MediaInfo,
-        snapshot: &'a Snapshot,
-    },
-    /// The answer to a `media_offer`.
-    MediaAnswer {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
-        sdp: &'a str,
-    },
-    /// The whole view again, when something changed that is easier to resend than to patch.
-    Snapshot { seq: u64, snapshot: &'a Snapshot },
-    /// A request was carried out (its effects arrive as events).
-    Ok { id: &'a RequestId },
-    Error {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
-        code: &'a str,
-        message: &'a str,
-    },
-    /// How many people are in the audience; coalesced, a few per second at most.
-    AudienceCount { count: u32 },
-    AudiencePage {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
-        #[serde(flatten)]
-        page: &'a AudiencePage,
-    },
-    Pong {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
-    },
-    /// Sent just before the server closes the socket on purpose.
-    Closed { reason: &'a str },
-}
-
-/// Media parameters a client needs before it offers.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct MediaInfo {
-    /// Audio sections to offer: one per slot (the loudest speakers); the first may send.
-    pub slots: usize,
-}
-
-impl ServerMessage<'_> {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("server messages serialise")
-    }
-}
-
-/// A room event as sent: its own fields plus `type` and the room-wide `seq`.
-pub fn event_message(seq: u64, event: &EventKind) -> String {
-    let mut value = serde_json::to_value(event).expect("events serialise");
-    if let Value::Object(map) = &mut value {
-        map.insert("seq".into(), Value::from(seq));
-    }
-    value.to_string()
-}
-
 /// Used by tests and docs: every client type the decoder accepts.
 pub fn known_types() -> &'static [&'static str] {
     KNOWN_TYPES
@@ -378,13 +307,5 @@ mod tests {
             };
             assert!(decode(&text).is_ok(), "{t}: {:?}", decode(&text));
         }
-    }
-
-    #[test]
-    fn events_carry_type_and_seq() {
-        let text = event_message(9, &EventKind::ActiveSpeakers { speakers: vec![] });
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["type"], "active_speakers");
-        assert_eq!(v["seq"], 9);
     }
 }

@@ -1,0 +1,113 @@
+//! The live room's task: one tokio task per room owning its `RoomState`, fed through a queue,
+//! and the map that finds it by id. It carries out what the state machine decided; it decides
+//! nothing itself.
+//!
+//! - `rooms.rs`: the map of live rooms, and the handles callers send through;
+//! - `task.rs`: the loop: messages in, the state machine applied, slow sockets let go;
+//! - `fanout.rs`: events and replies encoded once and queued to the sockets that may see them;
+//! - `persist.rs`: bans, roles, removals, the end and the audit log, written to the store;
+//! - `media.rs`: offers, send rights and closes handed to media.
+
+mod fanout;
+mod media;
+mod persist;
+mod rooms;
+mod task;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Actor, Command, ConnectionId, ParticipantView, Refusal};
+use crate::control::{ParticipantId, Role};
+use crate::wire::{RequestId, Text};
+
+pub use rooms::{LiveRooms, RoomHandle};
+
+/// What a room sends to one signaling socket.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One encoded message; the same bytes may be queued to many sockets.
+    Text(Text),
+    /// Close the socket with this WebSocket close code and reason code.
+    Close { code: u16, reason: &'static str },
+}
+
+pub type Outbox = mpsc::Sender<Outbound>;
+
+/// A socket asking to join (or resume its place in) a live room.
+pub struct Connect {
+    pub participant: ParticipantId,
+    pub display_name: String,
+    /// The role to join with: the token's, or the one a live room gave this identity since.
+    pub role: Role,
+    /// `Some(nonce)` to resume: the nonce of the resume token presented.
+    pub resume: Option<u64>,
+    /// The nonce inside the resume token this connection's welcome hands out.
+    pub resume_nonce: u64,
+    pub connection: ConnectionId,
+    pub outbox: Outbox,
+    pub request_id: Option<RequestId>,
+    pub resume_token: String,
+}
+
+#[derive(Debug)]
+pub enum ConnectError {
+    Refused(Refusal),
+    /// The room is not live and the server already runs `max_live_rooms` rooms.
+    TooManyRooms,
+}
+
+/// Why a REST call could not act on the live room.
+#[derive(Debug)]
+pub enum LiveError {
+    NotLive,
+    Refused(Refusal),
+}
+
+/// What reaches a room's task through its queue.
+enum RoomMsg {
+    Connect(Box<Connect>, oneshot::Sender<Result<(), ConnectOutcome>>),
+    Disconnect {
+        participant: ParticipantId,
+        connection: ConnectionId,
+    },
+    FromSocket {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        command: Command,
+    },
+    ListAudience {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        after: Option<ParticipantId>,
+        limit: usize,
+    },
+    Rest {
+        actor: Actor,
+        command: Command,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Participants {
+        after: Option<ParticipantId>,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<ParticipantView>, Option<ParticipantId>)>,
+    },
+    /// The participant's WebRTC offer; the answer goes out through their socket.
+    MediaOffer {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        sdp: String,
+    },
+    /// From media: who is speaking, loudest first.
+    Speaking(Vec<(ParticipantId, u8)>),
+    /// The server is stopping: tell every socket why, then end the task.
+    Shutdown,
+}
+
+enum ConnectOutcome {
+    Failed(ConnectError),
+    /// The room task was shutting down; start a new one and try again.
+    Gone(Box<Connect>),
+}

@@ -1,0 +1,305 @@
+//! The map of live rooms, and the handle callers use to reach one room's task. Starting a
+//! room's task (bounded by `max_live_rooms`) happens here; running it is `task.rs`'s.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{mpsc, oneshot};
+
+use super::task::RoomTask;
+use super::{Connect, ConnectError, ConnectOutcome, LiveError, RoomMsg};
+use crate::clock::Clock;
+use crate::config::SignalSettings;
+use crate::control::{ParticipantId, Room, RoomId, Store};
+use crate::media::Media;
+use crate::metrics::Metrics;
+use crate::room::{Actor, Command, ConnectionId, ParticipantView, Refusal, RoomLimits, RoomState};
+use crate::wire::RequestId;
+
+/// A live room's queue, plus a few numbers readable without asking it.
+#[derive(Clone)]
+pub struct RoomHandle {
+    pub(super) tx: mpsc::Sender<RoomMsg>,
+    pub(super) generation: u64,
+    pub(super) participants: Arc<AtomicU32>,
+}
+
+impl RoomHandle {
+    pub fn participant_count(&self) -> u32 {
+        self.participants.load(Ordering::Relaxed)
+    }
+
+    pub async fn disconnect(&self, participant: ParticipantId, connection: ConnectionId) {
+        let _ = self
+            .tx
+            .send(RoomMsg::Disconnect {
+                participant,
+                connection,
+            })
+            .await;
+    }
+
+    /// A command from a signaling socket; the answer (`ok`/`error`) goes to its outbox.
+    /// Returns false when the room is gone.
+    pub async fn from_socket(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        command: Command,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::FromSocket {
+                participant,
+                connection,
+                request_id,
+                command,
+            })
+            .await
+            .is_ok()
+    }
+
+    pub async fn list_audience(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        after: Option<ParticipantId>,
+        limit: usize,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::ListAudience {
+                participant,
+                connection,
+                request_id,
+                after,
+                limit,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+impl RoomHandle {
+    /// Hands a WebRTC offer to the room, which knows whether the participant may speak.
+    pub async fn media_offer(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        request_id: Option<RequestId>,
+        sdp: String,
+    ) -> bool {
+        self.tx
+            .send(RoomMsg::MediaOffer {
+                participant,
+                connection,
+                request_id,
+                sdp,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+/// Every live room of this server, by id.
+#[derive(Clone)]
+pub struct LiveRooms {
+    rooms: Arc<DashMap<RoomId, RoomHandle>>,
+    deps: Deps,
+}
+
+/// What every room task shares.
+#[derive(Clone)]
+pub(super) struct Deps {
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub settings: Arc<SignalSettings>,
+    generations: Arc<AtomicU64>,
+    /// Room tasks running now, bounded by `max_live_rooms`. Counted apart from the map,
+    /// which cannot be measured while one of its entries is held.
+    pub running: Arc<AtomicUsize>,
+    pub media: Media,
+}
+
+impl LiveRooms {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        settings: SignalSettings,
+        media: Media,
+    ) -> Self {
+        LiveRooms {
+            rooms: Arc::new(DashMap::new()),
+            deps: Deps {
+                store,
+                clock,
+                metrics,
+                settings: Arc::new(settings),
+                generations: Arc::new(AtomicU64::new(1)),
+                running: Arc::new(AtomicUsize::new(0)),
+                media,
+            },
+        }
+    }
+
+    pub fn get(&self, room: &RoomId) -> Option<RoomHandle> {
+        self.rooms
+            .get(room)
+            .map(|h| h.clone())
+            .filter(|h| !h.tx.is_closed())
+    }
+
+    /// Media's report of who is speaking in a room. Dropped if the room is busy: the next
+    /// report comes a moment later.
+    pub fn media_speaking(&self, room: &RoomId, levels: Vec<(ParticipantId, u8)>) {
+        if let Some(handle) = self.get(room) {
+            let _ = handle.tx.try_send(RoomMsg::Speaking(levels));
+        }
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The room's task, started if it is not running; `None` when starting one would exceed
+    /// `max_live_rooms`.
+    fn get_or_start(&self, room: &Room) -> Option<RoomHandle> {
+        match self.rooms.entry(room.id.clone()) {
+            Entry::Occupied(mut o) => {
+                if o.get().tx.is_closed() {
+                    o.insert(self.start(room)?);
+                }
+                Some(o.get().clone())
+            }
+            Entry::Vacant(v) => Some(v.insert(self.start(room)?).clone()),
+        }
+    }
+
+    fn start(&self, room: &Room) -> Option<RoomHandle> {
+        let settings = &self.deps.settings;
+        let max = usize::try_from(settings.max_live_rooms).unwrap_or(usize::MAX);
+        // Reserved before the task exists, so concurrent joins cannot overshoot the bound.
+        self.deps
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        let limits = RoomLimits {
+            max_participants: room
+                .limits
+                .max_participants
+                .unwrap_or(settings.room_max_participants),
+            max_stage: room.limits.max_stage.unwrap_or(settings.room_max_stage),
+            resume_grace_ms: settings.resume_grace_secs.saturating_mul(1000),
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = RoomHandle {
+            tx,
+            generation: self.deps.generations.fetch_add(1, Ordering::Relaxed),
+            participants: Arc::new(AtomicU32::new(0)),
+        };
+        let task = RoomTask::new(
+            RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),
+            room.title.clone(),
+            handle.clone(),
+            self.rooms.clone(),
+            self.deps.clone(),
+        );
+        self.deps.metrics.live_rooms.inc();
+        tracing::debug!(room = %room.id, "room is live");
+        tokio::spawn(task.run(rx));
+        Some(handle)
+    }
+
+    /// Joins (or resumes) a socket into the room, starting the room's task if needed.
+    pub async fn connect(&self, room: &Room, connect: Connect) -> Result<RoomHandle, ConnectError> {
+        let mut connect = Box::new(connect);
+        // A room task that just emptied may be shutting down as we reach it; it hands the
+        // request back and the next lookup starts a fresh task. Bounded, to be safe.
+        for _ in 0..16 {
+            let Some(handle) = self.get_or_start(room) else {
+                return Err(ConnectError::TooManyRooms);
+            };
+            let (reply, answer) = oneshot::channel();
+            if let Err(mpsc::error::SendError(msg)) =
+                handle.tx.send(RoomMsg::Connect(connect, reply)).await
+            {
+                let RoomMsg::Connect(back, _) = msg else {
+                    break;
+                };
+                connect = back;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(handle),
+                Ok(Err(ConnectOutcome::Failed(e))) => return Err(e),
+                Ok(Err(ConnectOutcome::Gone(back))) => connect = back,
+                Err(_) => break,
+            }
+        }
+        Err(ConnectError::Refused(Refusal::NotInRoom))
+    }
+
+    /// Closes every live socket with 1012 `server_restarting` and stops the room tasks, so
+    /// clients learn why they were cut off and come back by joining again.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = self.rooms.iter().map(|h| h.clone()).collect();
+        for handle in handles {
+            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+        }
+    }
+
+    /// A moderation call from the REST API.
+    pub async fn command(
+        &self,
+        room: &RoomId,
+        actor: Actor,
+        command: Command,
+    ) -> Result<(), LiveError> {
+        self.ask(room, |reply| RoomMsg::Rest {
+            actor,
+            command,
+            reply,
+        })
+        .await?
+        .map_err(LiveError::Refused)
+    }
+
+    /// Who is in the room, in participant-id order, a page at a time.
+    pub async fn participants(
+        &self,
+        room: &RoomId,
+        after: Option<ParticipantId>,
+        limit: usize,
+    ) -> Result<(Vec<ParticipantView>, Option<ParticipantId>), LiveError> {
+        self.ask(room, |reply| RoomMsg::Participants {
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a live room a message that carries its own reply channel, and waits for the
+    /// answer; `NotLive` if the room is not running or stops before it answers.
+    async fn ask<T>(
+        &self,
+        room: &RoomId,
+        message: impl FnOnce(oneshot::Sender<T>) -> RoomMsg,
+    ) -> Result<T, LiveError> {
+        let handle = self.get(room).ok_or(LiveError::NotLive)?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .tx
+            .send(message(reply))
+            .await
+            .map_err(|_| LiveError::NotLive)?;
+        answer.await.map_err(|_| LiveError::NotLive)
+    }
+}

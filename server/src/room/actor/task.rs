@@ -1,0 +1,408 @@
+//! One room's task: takes messages off its queue, applies commands to the state machine and
+//! carries out the outcome (events, then effects), lets go of sockets that cannot keep up, and
+//! stops when the room is empty or ended. The rules are `RoomState`'s; this is the loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use super::fanout::Conn;
+use super::rooms::{Deps, RoomHandle};
+use super::{Connect, ConnectError, ConnectOutcome, Outbound, RoomMsg};
+use crate::control::{ParticipantId, RoomId};
+use crate::room::{
+    Actor, CloseReason, Command, ConnectionId, Effect, ParticipantView, Refusal, RoomState,
+};
+use crate::wire::{ServerMessage, Text, close_code};
+
+/// How often a room checks grace deadlines and coalesces audience-count updates.
+const TICK: Duration = Duration::from_millis(250);
+
+pub(super) struct RoomTask {
+    pub state: RoomState,
+    pub title: String,
+    /// The socket each connected participant speaks through.
+    pub connections: HashMap<ParticipantId, Conn>,
+    /// The number of the last event sent, for clients to notice gaps.
+    pub seq: u64,
+    pub last_audience_count: u32,
+    /// The server is shutting down.
+    stopping: bool,
+    handle: RoomHandle,
+    rooms: Arc<DashMap<RoomId, RoomHandle>>,
+    pub deps: Deps,
+}
+
+/// The `ok` a socket is owed for a command it sent, and where it goes.
+struct Answer {
+    participant: ParticipantId,
+    connection: ConnectionId,
+    ok: Option<Text>,
+}
+
+impl RoomTask {
+    pub fn new(
+        state: RoomState,
+        title: String,
+        handle: RoomHandle,
+        rooms: Arc<DashMap<RoomId, RoomHandle>>,
+        deps: Deps,
+    ) -> Self {
+        RoomTask {
+            state,
+            title,
+            connections: HashMap::new(),
+            seq: 0,
+            last_audience_count: 0,
+            stopping: false,
+            handle,
+            rooms,
+            deps,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+            self.handle
+                .participants
+                .store(self.state.participant_count(), Ordering::Relaxed);
+            if self.stopping
+                || self.state.is_ended()
+                || (self.state.is_empty() && self.connections.is_empty())
+            {
+                break;
+            }
+        }
+        let generation = self.handle.generation;
+        self.rooms
+            .remove_if(self.state.room(), |_, h| h.generation == generation);
+        self.deps.running.fetch_sub(1, Ordering::AcqRel);
+        self.deps.media.close_room(self.state.room());
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                RoomMsg::Connect(connect, reply) => {
+                    let answer = if self.state.is_ended() {
+                        ConnectOutcome::Failed(ConnectError::Refused(Refusal::RoomEnded))
+                    } else {
+                        ConnectOutcome::Gone(connect)
+                    };
+                    let _ = reply.send(Err(answer));
+                }
+                // Dropping the reply tells the caller the room is not live (so a ban falls
+                // back to the store); only a room that really ended says so.
+                RoomMsg::Rest { reply, .. } if self.state.is_ended() => {
+                    let _ = reply.send(Err(Refusal::RoomEnded));
+                }
+                _ => {}
+            }
+        }
+        self.deps.metrics.live_rooms.dec();
+        tracing::debug!(room = %self.state.room(), "room is no longer live");
+    }
+
+    /// Whether `connection` is the socket this participant speaks through right now.
+    pub fn is_current(&self, participant: &ParticipantId, connection: ConnectionId) -> bool {
+        self.connections
+            .get(participant)
+            .is_some_and(|c| c.id == connection)
+    }
+
+    fn now(&self) -> u64 {
+        self.deps.clock.now_ms().max(0) as u64
+    }
+
+    async fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Connect(connect, reply) => {
+                let result = self.connect(*connect).await;
+                let _ = reply.send(result.map_err(ConnectOutcome::Failed));
+            }
+            RoomMsg::Disconnect {
+                participant,
+                connection,
+            } => {
+                if self.is_current(&participant, connection) {
+                    self.connections.remove(&participant);
+                }
+                let actor = Actor::Participant(participant);
+                self.command(&actor, Command::Disconnect { connection }, None)
+                    .await
+                    .ok();
+            }
+            RoomMsg::FromSocket {
+                participant,
+                connection,
+                request_id,
+                command,
+            } => {
+                // Late messages from a socket that was replaced or closed are ignored.
+                if !self.is_current(&participant, connection) {
+                    return;
+                }
+                let actor = Actor::Participant(participant.clone());
+                let answer = Answer {
+                    participant: participant.clone(),
+                    connection,
+                    ok: request_id
+                        .as_ref()
+                        .map(|id| ServerMessage::Ok { id }.to_json().into()),
+                };
+                if let Err(refusal) = self.command(&actor, command, Some(answer)).await {
+                    self.deps.metrics.signal_error(refusal.code());
+                    let text = ServerMessage::Error {
+                        id: request_id.as_ref(),
+                        code: refusal.code(),
+                        message: refusal.message(),
+                    }
+                    .to_json();
+                    self.send_to(&participant, text.into());
+                }
+            }
+            RoomMsg::ListAudience {
+                participant,
+                connection,
+                request_id,
+                after,
+                limit,
+            } => {
+                if self.is_current(&participant, connection) {
+                    self.send_audience_page(&participant, request_id.as_ref(), after, limit);
+                }
+            }
+            RoomMsg::Rest {
+                actor,
+                command,
+                reply,
+            } => {
+                let result = self.command(&actor, command, None).await;
+                let _ = reply.send(result);
+            }
+            RoomMsg::MediaOffer {
+                participant,
+                connection,
+                request_id,
+                sdp,
+            } => {
+                if self.is_current(&participant, connection) {
+                    self.media_offer(participant, request_id, sdp);
+                }
+            }
+            RoomMsg::Speaking(levels) => {
+                self.command(&Actor::System, Command::SetSpeaking { levels }, None)
+                    .await
+                    .ok();
+            }
+            RoomMsg::Shutdown => {
+                for (_, conn) in self.connections.drain() {
+                    let _ = conn.outbox.try_send(Outbound::Close {
+                        code: close_code::SERVER_RESTARTING,
+                        reason: "server_restarting",
+                    });
+                }
+                self.stopping = true;
+            }
+            RoomMsg::Participants {
+                after,
+                limit,
+                reply,
+            } => {
+                let mut page: Vec<ParticipantView> = self
+                    .state
+                    .participants()
+                    .filter(|p| after.as_ref().is_none_or(|a| &p.id > a))
+                    .take(limit + 1)
+                    .map(|p| p.view())
+                    .collect();
+                let next = if page.len() > limit {
+                    page.truncate(limit);
+                    page.last().map(|p| p.id.clone())
+                } else {
+                    None
+                };
+                let _ = reply.send((page, next));
+            }
+        }
+    }
+
+    async fn connect(&mut self, c: Connect) -> Result<(), ConnectError> {
+        let command = match c.resume {
+            Some(presented) => Command::Resume {
+                connection: c.connection,
+                presented,
+                resume_nonce: c.resume_nonce,
+            },
+            None => Command::Join {
+                display_name: c.display_name,
+                role: c.role,
+                connection: c.connection,
+                resume_nonce: c.resume_nonce,
+            },
+        };
+        let actor = Actor::Participant(c.participant.clone());
+        self.command(&actor, command, None)
+            .await
+            .map_err(ConnectError::Refused)?;
+        let Some(snapshot) = self.state.snapshot_for(&c.participant) else {
+            return Err(ConnectError::Refused(Refusal::NotInRoom));
+        };
+        self.welcome(&c.outbox, c.request_id.as_ref(), &c.resume_token, &snapshot);
+        self.connections.insert(
+            c.participant,
+            Conn {
+                id: c.connection,
+                outbox: c.outbox,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) {
+        if self.state.next_deadline().is_some_and(|d| d <= self.now()) {
+            self.command(&Actor::System, Command::Tick, None).await.ok();
+        }
+        let count = self.state.audience_count();
+        if count != self.last_audience_count {
+            self.last_audience_count = count;
+            self.send_audience_count(count);
+            self.drop_slow().await;
+        }
+    }
+
+    /// A command from outside the task: applied, carried out, then any socket it left behind
+    /// its queue is let go. `answer` is the `ok` owed to the socket that sent it, if one did.
+    async fn command(
+        &mut self,
+        actor: &Actor,
+        command: Command,
+        answer: Option<Answer>,
+    ) -> Result<(), Refusal> {
+        let applied = self.apply(actor, command, answer).await;
+        self.drop_slow().await;
+        applied
+    }
+
+    /// Applies a command to the state machine, then carries out everything it caused: events
+    /// to their audiences first (people learn why before their socket closes), then effects,
+    /// in order. A socket that asked to leave gets its `ok` before the close; one closed for
+    /// another reason (the room it ended) is told by the event instead.
+    async fn apply(
+        &mut self,
+        actor: &Actor,
+        command: Command,
+        answer: Option<Answer>,
+    ) -> Result<(), Refusal> {
+        let now = self.now();
+        let outcome = self.state.apply(actor, command, now)?;
+        self.deliver(outcome.events);
+        let mut own_close = None;
+        for effect in outcome.effects {
+            match (&effect, &answer) {
+                (
+                    Effect::CloseConnection {
+                        participant,
+                        connection,
+                        reason: CloseReason::Left,
+                    },
+                    Some(answer),
+                ) if *participant == answer.participant && *connection == answer.connection => {
+                    own_close = Some(effect);
+                }
+                _ => self.carry_out(effect).await,
+            }
+        }
+        if let Some(Answer {
+            participant,
+            ok: Some(ok),
+            ..
+        }) = answer
+        {
+            self.send_to(&participant, ok);
+        }
+        if let Some(effect) = own_close {
+            self.carry_out(effect).await;
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::CloseConnection {
+                participant,
+                connection,
+                reason,
+            } => self.close_connection(&participant, connection, reason),
+            Effect::RefreshSnapshot { participant } => self.refresh_snapshot(&participant),
+            Effect::SendPermission {
+                participant,
+                allowed,
+            } => self.media_send_permission(&participant, allowed),
+            Effect::CloseMedia { participant } => self.media_close(&participant),
+            Effect::CloseRoomMedia => self.media_close_room(),
+            Effect::RecordRole { participant, role } => {
+                self.record_role(participant, role).await;
+            }
+            Effect::RecordRemoval { participant } => self.record_removal(participant).await,
+            Effect::PersistBan {
+                participant,
+                by,
+                revoke_invite,
+            } => self.persist_ban(participant, by, revoke_invite).await,
+            Effect::PersistRoomEnded { by, participants } => {
+                self.persist_end(by, participants).await;
+            }
+            Effect::Audit {
+                actor,
+                action,
+                target,
+                detail,
+            } => self.audit(actor, action, target, detail).await,
+        }
+    }
+
+    /// Sockets whose queue filled up are cut loose, so one slow reader never holds the room
+    /// back; their participants get the usual grace period to come back, through `apply`
+    /// like any dropped socket.
+    async fn drop_slow(&mut self) {
+        loop {
+            let slow: Vec<(ParticipantId, ConnectionId)> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| c.outbox.capacity() == 0)
+                .map(|(p, c)| (p.clone(), c.id))
+                .collect();
+            if slow.is_empty() {
+                return;
+            }
+            for (participant, connection) in slow {
+                tracing::info!(%participant, "dropping a socket that does not keep up");
+                self.deps.metrics.signal_error("too_slow");
+                self.connections.remove(&participant);
+                let actor = Actor::Participant(participant);
+                self.apply(&actor, Command::Disconnect { connection }, None)
+                    .await
+                    .ok();
+            }
+        }
+    }
+}
+
+// The store may reject a room effect (a full disk, say); it is logged and the room carries on.
+pub(super) fn log_failure(room: &RoomId, result: Result<(), crate::control::ControlError>) {
+    if let Err(e) = result {
+        tracing::error!(%room, error = %e, "could not persist a room effect");
+    }
+}
