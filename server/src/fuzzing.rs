@@ -771,6 +771,7 @@ pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RT
             stream: "stoa-fuzz".to_owned(),
             advertised: SERVER_ADDR,
             advertised_tcp: None,
+            red: crate::config::MediaSettings::default().red > 0,
         },
         offer,
         on_stage,

@@ -37,9 +37,10 @@ use super::batch::{MAX_DATAGRAM, SendBatch};
 use super::demux::{self, Kind};
 use super::engine::{self, AUDIO_LEVEL_URI, AnswerSetup, Answered, Inbound, SlotSender};
 use super::offer::Offer;
+use super::red::{self, Frame, History, MAX_REDUNDANCY};
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
-use super::srtp::{KeyTap, Lean, Learned, Rollover, RtpHeader};
+use super::srtp::{HEADER_LEN, KeyTap, Lean, Learned, Rollover, RtpHeader, TAG_LEN};
 use super::tcp::{TcpEvent, TcpSide};
 use super::{MediaError, random_alnum, random_u32};
 use crate::control::{ParticipantId, RoomId};
@@ -115,7 +116,12 @@ pub struct Forwarded {
     pub timestamp: u32,
     pub marker: bool,
     pub level: Option<AudioLevel>,
+    /// The Opus frame: the whole payload, or a RED packet's primary block.
     pub payload: Bytes,
+    /// The speaker's frames just before this one (newest first, at most `[media] red`): what
+    /// RED listeners get repeated in this packet. From the speaker's own RED blocks or from
+    /// the frames the server kept; references to their packets' bytes, not copies.
+    pub redundancy: [Option<Frame>; MAX_REDUNDANCY],
     pub arrived: Instant,
 }
 
@@ -173,12 +179,17 @@ pub struct WorkerSetup {
     pub reports: mpsc::UnboundedSender<Report>,
     pub metrics: MediaMetrics,
     pub sources: Arc<AtomicU32>,
+    /// Earlier frames repeated in each packet to RED listeners (`[media] red`); 0: RED is
+    /// not negotiated.
+    pub red: usize,
 }
 
 struct OutSlot {
     sender: RTCRtpSenderId,
     /// Opus as this listener's client numbers it.
     payload_type: u8,
+    /// RED as this listener's client numbers it, when negotiated: the slot then sends RED.
+    red_payload_type: Option<u8>,
     rewriter: SlotRewriter,
     rollover: Rollover,
 }
@@ -188,6 +199,7 @@ impl OutSlot {
         OutSlot {
             sender: slot.sender,
             payload_type: slot.payload_type,
+            red_payload_type: slot.red_payload_type,
             rewriter: SlotRewriter::new(slot.ssrc, random_u32() as u16, random_u32()),
             rollover: Rollover::default(),
         }
@@ -212,6 +224,8 @@ struct Conn {
     inbound_level_id: Option<u8>,
     /// What the microphone section negotiated (payload type, whether the V bit is in use).
     inbound: Option<Inbound>,
+    /// The last frames received from this client (speakers only): RED listeners' redundancy.
+    history: History,
     /// A packet from this client has had the RFC 6464 V bit set: from then on it is trusted.
     /// Until then (some clients never set it) the level alone tells speech from silence.
     voice_bit_seen: bool,
@@ -256,6 +270,7 @@ struct Counters {
     no_send_path: Counter,
     not_allowed: Counter,
     unknown_ssrc: Counter,
+    bad_red: Counter,
     rejected: Counter,
     fanout_full: Counter,
     send_failed: Counter,
@@ -294,6 +309,7 @@ impl Counters {
             no_send_path: drop("no_send_path"),
             not_allowed: drop("not_allowed"),
             unknown_ssrc: drop("unknown_ssrc"),
+            bad_red: drop("bad_red"),
             rejected: drop("rejected"),
             fanout_full: drop("fanout_full"),
             send_failed: drop("send_failed"),
@@ -317,6 +333,7 @@ pub struct Worker {
     advertised_tcp: Option<SocketAddr>,
     certificate: RTCCertificate,
     slots: usize,
+    red: usize,
     ice_disconnected: Duration,
     ice_failed: Duration,
     conns: HashMap<ConnKey, Conn>,
@@ -338,6 +355,8 @@ pub struct Worker {
     crypto: Arc<dyn RTCCryptoProvider>,
     /// Where a probe's own encryption is written, to compare with `rtc`'s.
     probe_buf: Vec<u8>,
+    /// Where a listener's payload is built for `rtc`'s write path (RED is built per listener).
+    payload_buf: Vec<u8>,
     recv_buf: Vec<u8>,
     /// Reused between calls: a connection's decrypted inbound packets.
     inbound: Vec<rtc::rtp::Packet>,
@@ -375,6 +394,7 @@ impl Worker {
                 advertised_tcp,
                 certificate: setup.certificate,
                 slots: setup.slots,
+                red: setup.red,
                 ice_disconnected: setup.ice_disconnected,
                 ice_failed: setup.ice_failed,
                 conns: HashMap::new(),
@@ -398,6 +418,7 @@ impl Worker {
                 crypto: rtc::crypto::default_provider()
                     .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?,
                 probe_buf: vec![0; MAX_DATAGRAM],
+                payload_buf: vec![0; MAX_DATAGRAM],
                 recv_buf: vec![0; MAX_DATAGRAM + 1],
                 inbound: Vec::with_capacity(16),
                 epoch: now,
@@ -732,11 +753,39 @@ impl Worker {
             self.counters.unknown_ssrc.inc();
             return;
         };
+        let is_red = inbound.red_payload_type == Some(packet.header.payload_type);
         if conn.inbound_ssrc != Some(packet.header.ssrc)
-            || packet.header.payload_type != inbound.payload_type
+            || (packet.header.payload_type != inbound.payload_type && !is_red)
         {
             self.counters.unknown_ssrc.inc();
             return;
+        }
+        let timestamp = packet.header.timestamp;
+        let mut payload = packet.payload;
+        if is_red {
+            let Ok(parsed) = red::parse(&payload, inbound.payload_type) else {
+                self.counters.bad_red.inc();
+                return;
+            };
+            // The speaker's own repeats fill the history where a packet of theirs was lost
+            // on the way here.
+            if self.red > 0 {
+                for (offset, block) in parsed.earlier.into_iter().flatten() {
+                    conn.history.remember(Frame {
+                        timestamp: timestamp.wrapping_sub(offset),
+                        payload: payload.slice(block),
+                    });
+                }
+            }
+            payload = payload.slice(parsed.primary);
+        }
+        let mut redundancy: [Option<Frame>; MAX_REDUNDANCY] = Default::default();
+        if self.red > 0 {
+            redundancy = conn.history.before(timestamp, self.red);
+            conn.history.remember(Frame {
+                timestamp,
+                payload: payload.clone(),
+            });
         }
         self.counters.rtp_in.inc();
         let level = conn
@@ -754,10 +803,11 @@ impl Worker {
             room: conn.room,
             source: conn.source,
             seq: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
+            timestamp,
             marker: packet.header.marker,
             level,
-            payload: packet.payload,
+            payload,
+            redundancy,
             arrived: now,
         });
         let Some(room) = self.rooms.get(&conn.room) else {
@@ -821,13 +871,13 @@ impl Worker {
             };
             let header = RtpHeader {
                 marker: packet.marker || out.switched,
-                payload_type: slot.payload_type,
+                payload_type: slot.red_payload_type.unwrap_or(slot.payload_type),
                 seq: out.seq,
                 timestamp: out.timestamp,
                 ssrc: slot.rewriter.ssrc(),
             };
             let rollover = slot.rollover.next(out.seq);
-            // The lean path: seal straight into the send batch.
+            // The lean path: the payload built and sealed straight into the send batch.
             if let Some(Peer {
                 addr: dest,
                 tcp: false,
@@ -838,7 +888,9 @@ impl Worker {
                     flush_batch(&mut self.batch, &self.socket, &self.counters);
                 }
                 if self.batch.push_with(dest, |buf| {
-                    sender.seal(&header, rollover, &packet.payload, buf)
+                    let end = buf.len().checked_sub(TAG_LEN)?;
+                    let body = listener_payload(slot, packet, buf.get_mut(HEADER_LEN..end)?)?;
+                    sender.seal_in_place(&header, rollover, body, buf)
                 }) {
                     self.counters.forwarded.inc();
                 } else {
@@ -848,6 +900,17 @@ impl Worker {
             }
             // `rtc`'s path, until the connection's keys are proven (or for good if they never
             // are); while probing, what it produced for this packet is compared with ours.
+            let payload = if slot.red_payload_type.is_some() {
+                match listener_payload(slot, packet, &mut self.payload_buf) {
+                    Some(len) => Bytes::copy_from_slice(&self.payload_buf[..len]),
+                    None => {
+                        self.counters.forward_failed.inc();
+                        continue;
+                    }
+                }
+            } else {
+                packet.payload.clone()
+            };
             let rtp = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
@@ -858,7 +921,7 @@ impl Worker {
                     ssrc: header.ssrc,
                     ..Default::default()
                 },
-                payload: packet.payload.clone(),
+                payload: payload.clone(),
             };
             let written = conn
                 .pc
@@ -887,15 +950,8 @@ impl Worker {
                         if !is_packet(datagram, &header) {
                             return;
                         }
-                        let learned = lean.learn(
-                            tap,
-                            crypto,
-                            &header,
-                            rollover,
-                            &packet.payload,
-                            datagram,
-                            scratch,
-                        );
+                        let learned =
+                            lean.learn(tap, crypto, &header, rollover, &payload, datagram, scratch);
                         match learned {
                             Learned::Proven => tracing::debug!(conn = key, "lean SRTP path proven"),
                             Learned::GaveUp => tracing::warn!(
@@ -1131,6 +1187,7 @@ impl Worker {
                 stream: format!("stoa-{key}"),
                 advertised: self.advertised,
                 advertised_tcp: self.advertised_tcp,
+                red: self.red > 0,
             },
             offer,
             on_stage,
@@ -1175,6 +1232,7 @@ impl Worker {
             inbound_ssrc: None,
             inbound_level_id: None,
             inbound,
+            history: History::default(),
             voice_bit_seen: false,
             remote_ufrag,
             connected: false,
@@ -1222,6 +1280,7 @@ impl Worker {
                     Some(at) => {
                         let mut kept = old.swap_remove(at);
                         kept.payload_type = sent.payload_type;
+                        kept.red_payload_type = sent.red_payload_type;
                         kept
                     }
                     None => OutSlot::new(sent),
@@ -1388,6 +1447,25 @@ async fn tcp_event(events: Option<&mut mpsc::Receiver<TcpEvent>>) -> Option<TcpE
         Some(events) => events.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Writes what `slot`'s listener receives of `packet` into `out`: the Opus frame, or for a RED
+/// listener a RED payload with the earlier frames of the slot's current turn. Returns the
+/// length; `None` if it does not fit. Allocates nothing.
+fn listener_payload(slot: &OutSlot, packet: &Forwarded, out: &mut [u8]) -> Option<usize> {
+    if slot.red_payload_type.is_none() {
+        let len = packet.payload.len();
+        out.get_mut(..len)?.copy_from_slice(&packet.payload);
+        return Some(len);
+    }
+    red::write(
+        out,
+        slot.payload_type,
+        &packet.payload,
+        packet.timestamp,
+        &packet.redundancy,
+        |timestamp| slot.rewriter.in_turn(packet.source, timestamp),
+    )
 }
 
 /// Whether `datagram` is the SRTP packet `rtc` made of `header` (its header is in clear).
