@@ -260,7 +260,9 @@ struct Counters {
     bytes_out: Counter,
     send_calls: Counter,
     rtp_in: Counter,
+    red_in: Counter,
     forwarded: Counter,
+    red_out: Counter,
     connections: Gauge,
     tcp_frames_in: Counter,
     tcp_streams: Gauge,
@@ -299,7 +301,9 @@ impl Counters {
             bytes_out: m.bytes_out.get_or_create(&w).clone(),
             send_calls: m.send_calls.get_or_create(&w).clone(),
             rtp_in: m.rtp_in.get_or_create(&w).clone(),
+            red_in: m.rtp_red_in.get_or_create(&w).clone(),
             forwarded: m.rtp_forwarded.get_or_create(&w).clone(),
+            red_out: m.rtp_red_out.get_or_create(&w).clone(),
             connections: m.connections.get_or_create(&w).clone(),
             tcp_frames_in: m.tcp_frames_in.get_or_create(&w).clone(),
             tcp_streams: m.tcp_streams.get_or_create(&w).clone(),
@@ -778,6 +782,7 @@ impl Worker {
                 }
             }
             payload = payload.slice(parsed.primary);
+            self.counters.red_in.inc();
         }
         let mut redundancy: [Option<Frame>; MAX_REDUNDANCY] = Default::default();
         if self.red > 0 {
@@ -893,6 +898,9 @@ impl Worker {
                     sender.seal_in_place(&header, rollover, body, buf)
                 }) {
                     self.counters.forwarded.inc();
+                    if slot.red_payload_type.is_some() {
+                        self.counters.red_out.inc();
+                    }
                 } else {
                     self.counters.forward_failed.inc();
                 }
@@ -929,6 +937,9 @@ impl Worker {
                 .map(|mut sender| sender.write_rtp(now, rtp));
             if matches!(written, Some(Ok(()))) {
                 self.counters.forwarded.inc();
+                if slot.red_payload_type.is_some() {
+                    self.counters.red_out.inc();
+                }
             } else {
                 self.counters.forward_failed.inc();
             }
