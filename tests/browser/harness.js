@@ -148,6 +148,19 @@ export async function startServer({ host = "127.0.0.1", log: logName = "server.l
 }
 
 /**
+ * The sum of a counter or gauge over its label sets, from the server's `/metrics`.
+ * @param {Server} server
+ * @param {string} name  e.g. stoa_media_rtp_in_total
+ */
+export async function serverMetric(server, name) {
+  const text = await (await fetch(`${server.base}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `))
+    .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
+}
+
+/**
  * @typedef {Object} Process  a helper process that `cleanup()` stops
  * @property {import("node:child_process").ChildProcess} child
  * @property {Promise<string>} exited   settles when it has ended, with how ("exit 1", "SIGTERM", "spawn error: …")

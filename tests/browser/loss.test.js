@@ -41,6 +41,7 @@ import {
   openBrowser,
   openPages,
   recordDescriptions,
+  serverMetric,
   startServer,
   tempDir,
   waitFor,
@@ -218,19 +219,6 @@ function delta(a, b) {
   };
 }
 
-/**
- * The sum of a counter over its label sets, from the server's `/metrics`.
- * @param {import("./harness.js").Server} server
- * @param {string} name
- */
-async function metric(server, name) {
-  const text = await (await fetch(`${server.base}/metrics`)).text();
-  return text
-    .split("\n")
-    .filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `))
-    .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
-}
-
 /** @param {number} share */
 const percent = (share) => `${(share * 100).toFixed(2)} %`;
 
@@ -292,7 +280,7 @@ function lossTests(netns) {
         // The server counts what arrives as RED (Chromium's stats name the codec inside it).
         const arrived = await waitFor(
           async () => {
-            const [all, red] = [await metric(server, "stoa_media_rtp_in_total"), await metric(server, "stoa_media_rtp_red_in_total")];
+            const [all, red] = [await serverMetric(server, "stoa_media_rtp_in_total"), await serverMetric(server, "stoa_media_rtp_red_in_total")];
             return all > 50 && { all, red };
           },
           { timeout: 5000, message: "speaker packets at the server" },
@@ -315,11 +303,11 @@ function lossTests(netns) {
         await new Promise((r) => setTimeout(r, 1500));
         const first = await Promise.all(listeners.map(received));
         const droppedBefore = lossCounts();
-        const redOutBefore = await metric(server, "stoa_media_rtp_red_out_total");
+        const redOutBefore = await serverMetric(server, "stoa_media_rtp_red_out_total");
         await new Promise((r) => setTimeout(r, WINDOW_MS));
         const last = await Promise.all(listeners.map(received));
         const droppedAfter = lossCounts();
-        const redOut = (await metric(server, "stoa_media_rtp_red_out_total")) - redOutBefore;
+        const redOut = (await serverMetric(server, "stoa_media_rtp_red_out_total")) - redOutBefore;
         clearLoss();
         t.diagnostic(`server: ${redOut} RED packets sent to listeners in the window`);
         t.diagnostic(`speaker's uplink as the server reports it: ${JSON.stringify(await uplinkReports(speaker))}`);
