@@ -10,7 +10,7 @@
  * (`numgen random`); two in a row out of every twenty and three out of every thirty
  * (`numgen inc`: bursts, 10 % each); and, for the baseline in the same run, listeners whose
  * browser does not offer RED (their transceivers' codec preferences leave `audio/red` out), so
- * the server sends them the plain Opus primary, at 10 % and 20 %. The speaker sends RED
+ * the server sends them the plain Opus primary, with no loss, 10 % and 20 %. The speaker sends RED
  * (Chromium does when the answer prefers it); the server re-packs it for each RED listener with
  * up to `[media] red` (2) earlier frames of the slot's current turn.
  *
@@ -71,6 +71,7 @@ const LISTENERS = /** @type {const} */ ([
   { name: "red-20", red: true, pick: "numgen random mod 100 < 20" },
   { name: "red-burst2", red: true, pick: "numgen inc mod 20 < 2" },
   { name: "red-burst3", red: true, pick: "numgen inc mod 30 < 3" },
+  { name: "opus-clean", red: false, pick: null },
   { name: "opus-10", red: false, pick: "numgen random mod 100 < 10" },
   { name: "opus-20", red: false, pick: "numgen random mod 100 < 20" },
 ]);
