@@ -357,6 +357,15 @@ export async function openBrowser({ name, wav, viewport = { width: 1280, height:
     });
   }
   const page = context.pages()[0] ?? (await context.newPage());
+  return { name, context, page, errors: pageErrors(name, page) };
+}
+
+/**
+ * Collects a Chromium page's console errors and uncaught exceptions (and logs them as they come).
+ * @param {string} name
+ * @param {import("playwright-core").Page} page
+ */
+function pageErrors(name, page) {
   /** @type {string[]} */
   const errors = [];
   page.on("pageerror", (error) => {
@@ -368,7 +377,7 @@ export async function openBrowser({ name, wav, viewport = { width: 1280, height:
     errors.push(message.text());
     console.error(`[${name}] console:`, message.text());
   });
-  return { name, context, page, errors };
+  return errors;
 }
 
 /**
@@ -388,18 +397,7 @@ export async function openPages({ names, origin }) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     context.setDefaultTimeout(15_000);
     const page = await context.newPage();
-    /** @type {string[]} */
-    const errors = [];
-    page.on("pageerror", (error) => {
-      errors.push(`page error: ${error.message}`);
-      console.error(`[${name}] page error:`, error);
-    });
-    page.on("console", (message) => {
-      if (message.type() !== "error") return;
-      errors.push(message.text());
-      console.error(`[${name}] console:`, message.text());
-    });
-    pages.push({ name, context, page, errors });
+    pages.push({ name, context, page, errors: pageErrors(name, page) });
   }
   return pages;
 }

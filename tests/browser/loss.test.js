@@ -50,7 +50,7 @@ import {
   waitFor,
   writeToneWav,
 } from "./harness.js";
-import { clearLoss, currentNetns, dropUdpTo, exitWithParent, lossCounts, runInsideNetns } from "./netns.js";
+import { clearLoss, dropUdpTo, inOwnNetns, lossCounts } from "./netns.js";
 
 /** How long each listener's concealment is measured, all at once. */
 const WINDOW_MS = 15_000;
@@ -76,28 +76,10 @@ const LISTENERS = /** @type {const} */ ([
   { name: "opus-20", red: false, pick: "numgen random mod 100 < 20" },
 ]);
 
-const netns = currentNetns();
-if (!netns) {
-  /** @type {Error | null} */
-  let failure = null;
-  try {
-    process.exitCode = await runInsideNetns(fileURLToPath(import.meta.url));
-  } catch (error) {
-    failure = /** @type {Error} */ (error);
-  }
-  if (failure) {
-    const reason = failure;
-    it("audio through loss (needs a private network namespace)", () => {
-      throw reason;
-    });
-  }
-} else {
-  exitWithParent(async () => {
-    clearLoss();
-    await cleanup();
-  });
-  lossTests(netns);
-}
+await inOwnNetns(fileURLToPath(import.meta.url), "audio through loss (needs a private network namespace)", lossTests, async () => {
+  clearLoss();
+  await cleanup();
+});
 
 /** @typedef {import("./harness.js").Peer} Peer */
 

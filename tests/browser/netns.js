@@ -18,6 +18,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomInt } from "node:crypto";
 import { readlinkSync, statSync } from "node:fs";
+import { it } from "node:test";
 
 /** Every namespace made here is called `stoa-test-<pid of its creator>-<random hex>`. */
 const PREFIX = "stoa-test-";
@@ -225,6 +226,39 @@ export async function runInsideNetns(script) {
     process.off("SIGINT", forward);
     process.off("SIGTERM", forward);
     teardown();
+  }
+}
+
+/**
+ * The two halves of a test file that needs its own namespace. In the outer run (no namespace
+ * yet) it makes one and runs `script` again inside it; under `node --test` the inner run writes
+ * its results to the same standard output, as if they were this file's, and a failure to make
+ * the namespace is reported as the failed test `title`. In the inner run it calls `tests` with
+ * the namespace, having arranged for `stop` to run when the outer process goes away.
+ * @param {string} script  the test file's absolute path
+ * @param {string} title
+ * @param {(netns: Netns) => void} tests
+ * @param {() => Promise<void>} stop
+ */
+export async function inOwnNetns(script, title, tests, stop) {
+  const netns = currentNetns();
+  if (netns) {
+    exitWithParent(stop);
+    tests(netns);
+    return;
+  }
+  /** @type {Error | null} */
+  let failure = null;
+  try {
+    process.exitCode = await runInsideNetns(script);
+  } catch (error) {
+    failure = /** @type {Error} */ (error);
+  }
+  if (failure) {
+    const reason = failure;
+    it(title, () => {
+      throw reason;
+    });
   }
 }
 

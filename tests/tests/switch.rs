@@ -54,6 +54,25 @@ fn speaker(source: AudioSource) -> impl FnOnce(usize) -> MediaConfig {
     move |slots| MediaConfig::speaker("speaker", slots, source)
 }
 
+/// In a new room: a speaker playing 440 Hz at -20 dBov, a speaker sending silence, and a
+/// listener with every slot the server offers.
+async fn a_talker_a_silent_one_and_a_listener(t: &TestServer) -> (Member, Member, Member) {
+    let room = t.create_room("Switch").await;
+    let talker = join(
+        t,
+        &room,
+        "speaker",
+        speaker(AudioSource::tone(440.0, -20.0)),
+    )
+    .await;
+    let silent = join(t, &room, "speaker", speaker(AudioSource::Silence)).await;
+    let ear = join(t, &room, "listener", |slots| {
+        MediaConfig::listener("ear", slots)
+    })
+    .await;
+    (talker, silent, ear)
+}
+
 /// The largest hole (ms of timeline between one frame's end and the next one's start) among
 /// consecutive packets of `packets` that arrived after `since`, with the arrival gap there.
 fn largest_hole(packets: &[PacketInfo], since: Instant) -> (f64, Duration) {
@@ -76,19 +95,7 @@ fn largest_hole(packets: &[PacketInfo], since: Instant) -> (f64, Duration) {
 async fn a_slot_moving_to_a_louder_speaker_leaves_a_gap_under_60_ms() {
     // One slot in the room: it carries whoever is loudest, so a new loudest speaker moves it.
     let t = TestServer::start_with(|c| c.media.slots = 1).await;
-    let room = t.create_room("Switch").await;
-    let a = join(
-        &t,
-        &room,
-        "speaker",
-        speaker(AudioSource::tone(440.0, -20.0)),
-    )
-    .await;
-    let b = join(&t, &room, "speaker", speaker(AudioSource::Silence)).await;
-    let ear = join(&t, &room, "listener", |slots| {
-        MediaConfig::listener("ear", slots)
-    })
-    .await;
+    let (a, b, ear) = a_talker_a_silent_one_and_a_listener(&t).await;
     ear.peer
         .wait_for_tone(0, 440.0, Duration::from_secs(5))
         .await;
@@ -134,19 +141,7 @@ async fn a_slot_moving_to_a_louder_speaker_leaves_a_gap_under_60_ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_speaker_reaches_a_free_slot_within_a_frame_or_two() {
     let t = TestServer::start().await;
-    let room = t.create_room("Onset").await;
-    let _a = join(
-        &t,
-        &room,
-        "speaker",
-        speaker(AudioSource::tone(440.0, -20.0)),
-    )
-    .await;
-    let b = join(&t, &room, "speaker", speaker(AudioSource::Silence)).await;
-    let ear = join(&t, &room, "listener", |slots| {
-        MediaConfig::listener("ear", slots)
-    })
-    .await;
+    let (_a, b, ear) = a_talker_a_silent_one_and_a_listener(&t).await;
     let slots = ear.peer.report().slots.len();
     assert!(slots >= 2, "a free slot to come into");
     let a_slot = loop {

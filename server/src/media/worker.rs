@@ -704,6 +704,8 @@ impl Worker {
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                         conn.inbound_ssrc = Some(init.ssrc);
+                        // A new stream numbers its timestamps afresh.
+                        conn.history.clear();
                         conn.inbound_level_id =
                             conn.pc
                                 .rtp_receiver(init.receiver_id)
