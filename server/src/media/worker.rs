@@ -4,9 +4,10 @@
 //! workers). Each turn of its loop reads datagrams, runs due timers, and sends in batches.
 //!
 //! Per packet from a speaker: decrypted once where it arrives, checked against the speaker's
-//! rights, then handed once to every worker hosting the room (an `Arc`, no copy). Per packet
-//! and listener: a slot lookup, the `SlotRewriter`, `rtc`'s SRTP write, and a copy into the
-//! send batch.
+//! rights, a RED payload read into its Opus frame, then handed once to every worker hosting the
+//! room (an `Arc`, no copy) with the speaker's last frames beside it. Per packet and listener: a
+//! slot lookup, the `SlotRewriter`, and the payload (the Opus frame, or RED with the frames of
+//! the slot's current turn) written and sealed in place in the send batch.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
