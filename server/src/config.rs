@@ -92,6 +92,10 @@ pub struct MediaSettings {
     /// ICE-TCP (RFC 6544): each worker also listens on TCP, at its UDP port number when
     /// `media_port` is set, so clients whose network blocks UDP still get audio.
     pub tcp: bool,
+    /// RFC 2198 redundancy for listeners whose client negotiates `red/48000/2` (Chromium):
+    /// each packet repeats this many earlier frames of the same speaker, so a lost packet is
+    /// rebuilt from the next ones. 0 leaves RED out of the negotiation (Opus only).
+    pub red: usize,
 }
 
 impl Default for MediaSettings {
@@ -103,6 +107,7 @@ impl Default for MediaSettings {
             ice_failed_ms: 4_000,
             max_connections: 20_000,
             tcp: true,
+            red: 2,
         }
     }
 }
@@ -432,9 +437,11 @@ impl Config {
             || m.ice_disconnected_ms < 1000
             || m.ice_failed_ms < 1000
             || m.max_connections == 0
+            || m.red > crate::media::red::MAX_REDUNDANCY
         {
             return Err(ConfigError::Invalid(
-                "media: workers <= 64, slots 1..=8, ICE timeouts >= 1000 ms, max_connections > 0"
+                "media: workers <= 64, slots 1..=8, ICE timeouts >= 1000 ms, max_connections > 0, \
+                 red 0..=2"
                     .into(),
             ));
         }

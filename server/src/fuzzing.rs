@@ -627,8 +627,9 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use crate::media::audio_level::AudioLevel;
 use crate::media::batch::MAX_DATAGRAM;
 use crate::media::demux::{self, Kind};
-use crate::media::engine::{self, AUDIO_LEVEL_URI, OPUS_PT};
+use crate::media::engine::{self, AUDIO_LEVEL_URI, OPUS_PT, RED_PT};
 use crate::media::offer::{Offer, check_offer};
+use crate::media::red;
 
 /// The server's ICE credentials in the harness. A worker draws them at random; fixed ones let
 /// a seed carry a STUN request whose integrity checks out.
@@ -771,6 +772,7 @@ pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RT
             stream: "stoa-fuzz".to_owned(),
             advertised: SERVER_ADDR,
             advertised_tcp: None,
+            red: crate::config::MediaSettings::default().red > 0,
         },
         offer,
         on_stage,
@@ -824,6 +826,8 @@ struct Served {
     pc: RTCPeerConnection,
     receiving: bool,
     inbound_ssrc: Option<u32>,
+    /// The speaker's last frames, as `Worker::ingress` keeps them for RED listeners.
+    history: red::History,
     level_id: Option<u8>,
     connected: bool,
     closed: bool,
@@ -839,6 +843,7 @@ impl Served {
             pc,
             receiving,
             inbound_ssrc: None,
+            history: red::History::default(),
             level_id: None,
             connected: false,
             closed: false,
@@ -916,14 +921,42 @@ impl Served {
             match message {
                 RTCMessage::RtpPacket(_, packet) => {
                     self.rtp_in += 1;
-                    // `Worker::ingress`: the level from the negotiated extension.
+                    // `Worker::ingress`: the level from the negotiated extension, a RED payload
+                    // read, and what a RED listener would be sent of it.
+                    let pt = packet.header.payload_type;
                     if self.inbound_ssrc == Some(packet.header.ssrc)
-                        && packet.header.payload_type == OPUS_PT
+                        && (pt == OPUS_PT || pt == RED_PT)
                     {
                         let _ = self
                             .level_id
                             .and_then(|id| packet.header.get_extension(id))
                             .and_then(|data| AudioLevel::from_element(&data));
+                        if pt == RED_PT
+                            && let Ok(parsed) = red::parse(&packet.payload, OPUS_PT)
+                        {
+                            let timestamp = packet.header.timestamp;
+                            for (offset, block) in parsed.earlier.into_iter().flatten() {
+                                self.history.remember(red::Frame {
+                                    timestamp: timestamp.wrapping_sub(offset),
+                                    payload: packet.payload.slice(block),
+                                });
+                            }
+                            let primary = packet.payload.slice(parsed.primary);
+                            let earlier = self.history.before(timestamp, red::MAX_REDUNDANCY);
+                            let mut out = [0u8; MAX_DATAGRAM];
+                            let _ = red::write(
+                                &mut out,
+                                OPUS_PT,
+                                &primary,
+                                timestamp,
+                                &earlier,
+                                |_| true,
+                            );
+                            self.history.remember(red::Frame {
+                                timestamp,
+                                payload: primary,
+                            });
+                        }
                     }
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
@@ -1057,7 +1090,10 @@ impl Pair {
     /// negotiated, so the packet gets as far as the server's reading of it).
     fn send_rtp(&mut self, mut packet: rtc::rtp::Packet, record: Option<&mut Vec<Vec<u8>>>) {
         packet.header.ssrc = CLIENT_MIC_SSRC;
-        packet.header.payload_type = OPUS_PT;
+        // Opus, or RED when the input asks for RED's payload type (as Chromium sends it).
+        if packet.header.payload_type != RED_PT {
+            packet.header.payload_type = OPUS_PT;
+        }
         packet.header.version = 2;
         if let Some(mut sender) = self.client.rtp_sender(self.mic) {
             let _ = sender.write_rtp(self.now, packet);
@@ -1087,7 +1123,7 @@ fn client_offerer(now: Instant) -> anyhow::Result<RTCPeerConnection> {
                 .with_certificates(vec![certificate])
                 .build(),
         )
-        .with_media_engine(engine::media_engine()?)
+        .with_media_engine(engine::media_engine_with(true)?)
         .with_interceptor_registry(registry)
         .build(now)?;
     pc.add_track(rtc::media_stream::MediaStreamTrack::new(
@@ -1530,6 +1566,38 @@ mod tests {
         };
         pair.send_rtp(packet, None);
         assert_eq!(pair.server.rtp_in, 1);
+        // RED (as Chromium sends it) is negotiated too, and read as the worker reads it: one
+        // earlier frame 20 ms back, then the primary.
+        let red = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: RED_PT,
+                sequence_number: 2,
+                timestamp: 960,
+                ssrc: CLIENT_MIC_SSRC,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(&[
+                0x80 | OPUS_PT,
+                (960u32 >> 6) as u8,
+                ((960u32 & 0x3f) << 2) as u8,
+                2,
+                OPUS_PT,
+                0xfc,
+                7,
+                0xfc,
+                8,
+            ]),
+        };
+        pair.send_rtp(red, None);
+        assert_eq!(pair.server.rtp_in, 2);
+        let kept = pair.server.history.before(1920, 2);
+        let kept: Vec<_> = kept
+            .iter()
+            .flatten()
+            .map(|f| (f.timestamp, f.payload.to_vec()))
+            .collect();
+        assert_eq!(kept, [(960, vec![0xfc, 8]), (0, vec![0xfc, 7])]);
     }
 
     /// Writes the seed corpora into `fuzz/corpus/` (run by `scripts/fuzz.sh --seeds`).

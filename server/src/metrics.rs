@@ -53,6 +53,8 @@ pub struct MediaMetrics {
     pub bytes_out: Family<WorkerLabels, Counter>,
     pub send_calls: Family<WorkerLabels, Counter>,
     pub rtp_in: Family<WorkerLabels, Counter>,
+    pub rtp_red_in: Family<WorkerLabels, Counter>,
+    pub rtp_red_out: Family<WorkerLabels, Counter>,
     pub rtp_forwarded: Family<WorkerLabels, Counter>,
     pub dropped: Family<DropLabels, Counter>,
     pub connections: Family<WorkerLabels, Gauge>,
@@ -78,6 +80,8 @@ impl Default for MediaMetrics {
             bytes_out: Family::default(),
             send_calls: Family::default(),
             rtp_in: Family::default(),
+            rtp_red_in: Family::default(),
+            rtp_red_out: Family::default(),
             rtp_forwarded: Family::default(),
             dropped: Family::default(),
             connections: Family::default(),
@@ -121,9 +125,19 @@ impl MediaMetrics {
             self.rtp_in.clone(),
         );
         r.register(
+            "rtp_red_in",
+            "Of those, RED (RFC 2198) packets",
+            self.rtp_red_in.clone(),
+        );
+        r.register(
             "rtp_forwarded",
             "RTP packets written to listeners (one per packet and listener)",
             self.rtp_forwarded.clone(),
+        );
+        r.register(
+            "rtp_red_out",
+            "Of those, RED packets (to listeners that negotiated it)",
+            self.rtp_red_out.clone(),
         );
         r.register(
             "dropped",

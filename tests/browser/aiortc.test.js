@@ -1,7 +1,9 @@
 /**
  * aiortc speakers heard by Chromium (issue #12): each way an aiortc program offers to speak
  * (`addTrack`, a `sendonly` transceiver, a bot's one `sendonly` section) is heard by a Chromium
- * listener, at the tone it sends. The aiortc-listener half is tests/tests/interop.rs.
+ * listener, at the tone it sends. The aiortc-listener half is tests/tests/interop.rs. And the
+ * other way (issue #19): a Chromium speaker, who sends RED, is heard at its tone by an aiortc
+ * listener, which does not offer RED and gets the plain Opus the server takes out of it.
  *
  * One server, one Chromium listener, and per mode a fresh room, with
  * tests/interop/aiortc_client.py as the speaker (a child process, stopped after its test and in
@@ -30,9 +32,12 @@ import {
   noConsoleErrors,
   openBrowser,
   recordDescriptions,
+  serverMetric,
   startProcess,
   startServer,
+  tempDir,
   waitFor,
+  writeToneWav,
 } from "./harness.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -171,6 +176,56 @@ describe("aiortc speakers heard by a Chromium listener", { timeout: 120_000 }, (
   );
 
   after(() => cleanup(), { timeout: 30_000 });
+
+  it("an aiortc listener hears a Chromium speaker who sends RED", { timeout: 45_000 }, async (t) => {
+    const hz = 440;
+    const media = await tempDir("stoa-aiortc-media-");
+    const tone = join(media, `tone-${hz}.wav`);
+    await writeToneWav(tone, { hz, seconds: 4, amplitude: 0.5, burstMs: 400 });
+    const speakerBrowser = await openBrowser({ name: "chromium-red-speaker", wav: tone });
+    await speakerBrowser.context.addInitScript(recordDescriptions);
+    const speaker = chromiumPeer(speakerBrowser);
+    const { id } = await server.api("POST", "/api/v1/rooms", { title: "Chromium to aiortc" });
+    const speakerInvite = await server.api("POST", `/api/v1/rooms/${id}/invites`, { role: "speaker" });
+    const listenerInvite = await server.api("POST", `/api/v1/rooms/${id}/invites`, { role: "listener" });
+    /** @type {import("./harness.js").Process | null} */
+    let aiortc = null;
+    try {
+      await joinRoom(speaker, speakerInvite.url, "Sam");
+      await mediaConnected(speaker);
+      const redBefore = await serverMetric(server, "stoa_media_rtp_red_in_total");
+      await waitFor(async () => (await serverMetric(server, "stoa_media_rtp_red_in_total")) > redBefore + 20, {
+        timeout: 5000,
+        message: "the Chromium speaker's packets arrive as RED",
+      });
+      // Stops once a slot carried 2 s of the tone (bursts of 0.4 s), at the latest after 15 s.
+      aiortc = await startProcess(
+        PYTHON,
+        ["-u", CLIENT, "--server", server.base, `--invite=${listenerInvite.code}`, "--name", "aiortc listener", "--mode", "listen", "--seconds", "15", "--min-tone", "2"],
+        { log: "aiortc-listen-red.log" },
+      );
+      const ended = await aiortc.exited;
+      const lines = aiortc.output().trim().split("\n");
+      /** @type {any} */
+      const result = JSON.parse(lines.findLast((line) => line.startsWith("{")) ?? "{}");
+      assert.equal(ended, "exit 0", `the aiortc listener failed: ${JSON.stringify(result)}`);
+      assert.ok(!/red\/48000/u.test(aiortc.output()), "aiortc was answered without RED");
+      /** @type {any[]} */
+      const slots = result.slots ?? [];
+      const loudest = slots.reduce((top, s) => (top === null || s.loud_frames > top.loud_frames ? s : top), null);
+      assert.ok(loudest && loudest.hz !== null && Math.abs(loudest.hz - hz) <= HZ_TOLERANCE, `aiortc decodes the speaker's ${hz} Hz: ${JSON.stringify(slots)}`);
+      assert.ok(loudest.tone_secs >= 1, `enough of the tone to judge: ${JSON.stringify(loudest)}`);
+      noConsoleErrors([speaker]);
+      t.diagnostic(`aiortc listener: ${JSON.stringify(loudest)}`);
+    } catch (error) {
+      await keepDescriptions("aiortc-red-speaker", [speaker]);
+      const output = aiortc ? `\n---- aiortc listener (${aiortc.log}):\n${tail(aiortc.output())}` : "";
+      throw new Error(`${/** @type {Error} */ (error).message}${output}`, { cause: error });
+    } finally {
+      await aiortc?.stop();
+      await speakerBrowser.context.close();
+    }
+  });
 
   for (const { mode, hz } of MODES) {
     it(`a Chromium listener hears an aiortc speaker (${mode}, ${hz} Hz)`, { timeout: 40_000 }, async (t) => {

@@ -38,29 +38,11 @@ import {
   waitFor,
   writeToneWav,
 } from "./harness.js";
-import { blockUdp, currentNetns, exitWithParent, inNetns, runInsideNetns, unblockUdp } from "./netns.js";
+import { blockUdp, currentNetns, inNetns, inOwnNetns, unblockUdp } from "./netns.js";
 
+/** Set in the inner run, which runs the tests inside the namespace. */
 const netns = currentNetns();
-if (!netns) {
-  // The outer run: make the namespace and run this file again inside it. Under `node --test`
-  // the inner run writes its results to the same standard output, as if they were ours.
-  /** @type {Error | null} */
-  let failure = null;
-  try {
-    process.exitCode = await runInsideNetns(fileURLToPath(import.meta.url));
-  } catch (error) {
-    failure = /** @type {Error} */ (error);
-  }
-  if (failure) {
-    const reason = failure;
-    it("Firefox in a live room (needs a private network namespace)", () => {
-      throw reason;
-    });
-  }
-} else {
-  exitWithParent(cleanup);
-  firefoxTests(netns);
-}
+await inOwnNetns(fileURLToPath(import.meta.url), "Firefox in a live room (needs a private network namespace)", firefoxTests, cleanup);
 
 /** @typedef {import("./harness.js").Peer} Peer */
 /** @typedef {import("./harness.js").MediaStats} MediaStats */

@@ -80,12 +80,19 @@ export function freePort(host = "127.0.0.1") {
  * Starts `stoa serve` with a fresh data folder and a known operator key. `host`: the address
  * it binds (HTTP and media; its ICE candidates carry it), 127.0.0.1 unless told; the Firefox
  * tests give it their network namespace's address. `log`: its file name in artifacts/.
- * @param {{ host?: string, log?: string }} [options]
+ * `config`: the text of a TOML configuration file to start it with (`--config`).
+ * @param {{ host?: string, log?: string, config?: string }} [options]
  * @returns {Promise<Server>}
  */
-export async function startServer({ host = "127.0.0.1", log: logName = "server.log" } = {}) {
+export async function startServer({ host = "127.0.0.1", log: logName = "server.log", config } = {}) {
   const bin = process.env.STOA_BIN ? resolve(process.env.STOA_BIN) : resolve(here, "../../target/release/stoa");
   const dataDir = await tempDir("stoa-browser-data-");
+  const configArgs = [];
+  if (config !== undefined) {
+    const file = join(dataDir, "stoa.toml");
+    await writeFile(file, config);
+    configArgs.push("--config", file);
+  }
   const key = `test-${randomBytes(18).toString("base64url")}`;
   await mkdir(ARTIFACTS, { recursive: true });
   const log = createWriteStream(join(ARTIFACTS, logName));
@@ -108,7 +115,7 @@ export async function startServer({ host = "127.0.0.1", log: logName = "server.l
         proxy.kill("SIGKILL");
       });
     }
-    const serveArgs = ["serve", "--bind", `${host}:${port}`, "--data-dir", dataDir, "--no-demo"];
+    const serveArgs = ["serve", "--bind", `${host}:${port}`, "--data-dir", dataDir, "--no-demo", ...configArgs];
     if (fromDisk) serveArgs.push("--public-url", base);
     // Off loopback, say where media goes, so that ICE candidates carry this address.
     if (host !== "127.0.0.1") serveArgs.push("--media-bind", host, "--public-ip", host);
@@ -138,6 +145,19 @@ export async function startServer({ host = "127.0.0.1", log: logName = "server.l
     // Another process may have taken the port between the probe and the bind: try another.
   }
   throw new Error(`${lastError}; see ${join(ARTIFACTS, logName)} (binary: ${bin})`);
+}
+
+/**
+ * The sum of a counter or gauge over its label sets, from the server's `/metrics`.
+ * @param {Server} server
+ * @param {string} name  e.g. stoa_media_rtp_in_total
+ */
+export async function serverMetric(server, name) {
+  const text = await (await fetch(`${server.base}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `))
+    .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
 }
 
 /**
@@ -337,6 +357,15 @@ export async function openBrowser({ name, wav, viewport = { width: 1280, height:
     });
   }
   const page = context.pages()[0] ?? (await context.newPage());
+  return { name, context, page, errors: pageErrors(name, page) };
+}
+
+/**
+ * Collects a Chromium page's console errors and uncaught exceptions (and logs them as they come).
+ * @param {string} name
+ * @param {import("playwright-core").Page} page
+ */
+function pageErrors(name, page) {
   /** @type {string[]} */
   const errors = [];
   page.on("pageerror", (error) => {
@@ -348,7 +377,29 @@ export async function openBrowser({ name, wav, viewport = { width: 1280, height:
     errors.push(message.text());
     console.error(`[${name}] console:`, message.text());
   });
-  return { name, context, page, errors };
+  return errors;
+}
+
+/**
+ * Several people's pages in one Chromium process, each in its own isolated context (no shared
+ * storage or cookies): cheaper than a browser each when many listeners are needed. No fake
+ * microphone file (that is one per process: speakers get `openBrowser`). `origin` as in
+ * `openBrowser`. Each page's `errors` collects its console errors and uncaught exceptions.
+ * @param {{ names: string[], origin?: string }} options
+ */
+export async function openPages({ names, origin }) {
+  const args = [...CHROMIUM_FLAGS, "--autoplay-policy=no-user-gesture-required"];
+  args.push(origin ? `--unsafely-treat-insecure-origin-as-secure=${origin}` : "--allow-loopback-in-peer-connection");
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, timeout: 30_000, args, ignoreDefaultArgs: ["--mute-audio"] });
+  cleanups.push(() => browser.close());
+  const pages = [];
+  for (const name of names) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    context.setDefaultTimeout(15_000);
+    const page = await context.newPage();
+    pages.push({ name, context, page, errors: pageErrors(name, page) });
+  }
+  return pages;
 }
 
 const FIREFOX = process.env.FIREFOX_BIN ?? "/usr/bin/firefox-esr";

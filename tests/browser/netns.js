@@ -18,6 +18,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomInt } from "node:crypto";
 import { readlinkSync, statSync } from "node:fs";
+import { it } from "node:test";
 
 /** Every namespace made here is called `stoa-test-<pid of its creator>-<random hex>`. */
 const PREFIX = "stoa-test-";
@@ -229,6 +230,39 @@ export async function runInsideNetns(script) {
 }
 
 /**
+ * The two halves of a test file that needs its own namespace. In the outer run (no namespace
+ * yet) it makes one and runs `script` again inside it; under `node --test` the inner run writes
+ * its results to the same standard output, as if they were this file's, and a failure to make
+ * the namespace is reported as the failed test `title`. In the inner run it calls `tests` with
+ * the namespace, having arranged for `stop` to run when the outer process goes away.
+ * @param {string} script  the test file's absolute path
+ * @param {string} title
+ * @param {(netns: Netns) => void} tests
+ * @param {() => Promise<void>} stop
+ */
+export async function inOwnNetns(script, title, tests, stop) {
+  const netns = currentNetns();
+  if (netns) {
+    exitWithParent(stop);
+    tests(netns);
+    return;
+  }
+  /** @type {Error | null} */
+  let failure = null;
+  try {
+    process.exitCode = await runInsideNetns(script);
+  } catch (error) {
+    failure = /** @type {Error} */ (error);
+  }
+  if (failure) {
+    const reason = failure;
+    it(title, () => {
+      throw reason;
+    });
+  }
+}
+
+/**
  * For the inner run: when the outer process is gone (killed outright), run `stop` and exit,
  * so that no browser or server outlives the test. Also runs `stop` on SIGINT/SIGTERM.
  * @param {() => Promise<void>} stop
@@ -265,4 +299,59 @@ export function blockUdp() {
 /** Lets UDP through again. */
 export function unblockUdp() {
   execFileSync("nft", ["delete", "table", "inet", UDP_BLOCK_TABLE]);
+}
+
+const LOSS_TABLE = "stoa_loss";
+
+/**
+ * Drops part of the RTP packets that arrive inside this process's namespace for one
+ * destination (`addr`, `port`; RTCP, STUN and DTLS pass): those for which the nftables
+ * expression `pick` is true, e.g. `numgen random mod 100 < 10` (10 % at random) or
+ * `numgen inc mod 30 < 3` (three in a row out of every thirty). They are dropped on the input
+ * hook, as a network loses packets: the sender is not told. (On the output hook the sender's
+ * `sendmmsg` would see each drop as an error.) The rule counts what it drops, and a rule before
+ * it counts all RTP to that destination; `lossCounts()` reads them back as `name` and
+ * `name-all`. Only ever call it inside a namespace of our own.
+ * @param {string} name  a label for the rule (letters, digits, dashes)
+ * @param {string} addr
+ * @param {number} port
+ * @param {string} pick
+ */
+export function dropUdpTo(name, addr, port, pick) {
+  if (!currentNetns()) throw new Error("dropUdpTo outside the test's network namespace");
+  if (!/^[\w-]+$/u.test(name) || !/^[\d.]+$/u.test(addr) || !Number.isInteger(port)) throw new Error(`bad loss rule ${name} ${addr}:${port}`);
+  // RTP only: version 2 in the first two bits, and not an RTCP packet type (200-207, which
+  // read as 72-79 without the marker bit). STUN and DTLS start with other bits.
+  const match = `ip daddr ${addr} udp dport ${port} @th,64,2 2 @th,73,7 != 72-79`;
+  const rules =
+    `table inet ${LOSS_TABLE} {\n chain in {\n type filter hook input priority 0; policy accept;\n }\n}\n` +
+    `add rule inet ${LOSS_TABLE} in ${match} counter comment "${name}-all"\n` +
+    `add rule inet ${LOSS_TABLE} in ${match} ${pick} counter drop comment "${name}"\n`;
+  execFileSync("nft", ["-f", "-"], { input: rules });
+}
+
+/**
+ * Datagrams dropped so far by each `dropUdpTo` rule, by its name.
+ * @returns {Record<string, number>}
+ */
+export function lossCounts() {
+  const listing = JSON.parse(execFileSync("nft", ["-j", "list", "table", "inet", LOSS_TABLE], { encoding: "utf8" }));
+  /** @type {Record<string, number>} */
+  const counts = {};
+  for (const item of listing.nftables ?? []) {
+    const rule = item.rule;
+    if (!rule?.comment) continue;
+    const counter = (rule.expr ?? []).find((/** @type {any} */ e) => e.counter)?.counter;
+    counts[rule.comment] = counter?.packets ?? 0;
+  }
+  return counts;
+}
+
+/** Removes every `dropUdpTo` rule. */
+export function clearLoss() {
+  try {
+    execFileSync("nft", ["delete", "table", "inet", LOSS_TABLE], { stdio: "ignore" });
+  } catch {
+    // No rules were made.
+  }
 }

@@ -28,7 +28,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use stoa::media::engine::media_engine;
+use stoa::media::engine::media_engine_with;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,11 +103,17 @@ impl Drop for Poller {
 /// What a browser offers for Stoa, minus the extras: Opus 111 and the audio-level extension,
 /// with receiver and sender reports.
 pub fn client_engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
-    // The server's own engine is exactly that: Opus 111 and the audio-level extension.
+    client_engine_with(false)
+}
+
+/// [`client_engine`], offering RED over Opus too when `red` (PT 63, as Chromium does).
+pub fn client_engine_with(red: bool) -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
+    // The server's own engine is exactly that: Opus 111 (and RED 63) and the audio-level
+    // extension.
     let registry = Registry::new()
         .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
         .with(Slot::SenderReport, SenderReportBuilder::new().build());
-    Ok((media_engine()?, registry))
+    Ok((media_engine_with(red)?, registry))
 }
 
 /// CLOCK_REALTIME in ns: the clock of the kernel's `SO_TIMESTAMPNS` receive stamps.
@@ -372,9 +378,16 @@ pub struct Peers {
     cert: RTCCertificate,
     bind_ip: IpAddr,
     timestamps: bool,
+    /// New clients offer RED over Opus (see [`Peers::offer_red`]).
+    red: bool,
 }
 
 impl Peers {
+    /// Clients opened from now on offer RED over Opus beside Opus, so the server sends them RED.
+    pub fn offer_red(&mut self, red: bool) {
+        self.red = red;
+    }
+
     /// Clients whose sockets bind to `bind_ip`; `timestamps` turns on kernel receive stamps.
     pub fn new(bind_ip: IpAddr, timestamps: bool, name: &str) -> Result<Self, BoxError> {
         let provider =
@@ -393,6 +406,7 @@ impl Peers {
             cert,
             bind_ip,
             timestamps,
+            red: false,
         })
     }
 
@@ -423,7 +437,7 @@ impl Peers {
         let now = Instant::now();
         let socket = client_socket(self.bind_ip, self.timestamps)?;
         let local = socket.local_addr()?;
-        let (engine, registry) = client_engine()?;
+        let (engine, registry) = client_engine_with(self.red)?;
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()

@@ -145,6 +145,10 @@ pub fn finish(sdp: &str, offer: &Offer, plan: &Plan) -> anyhow::Result<String> {
                 .then(|| (format!("a=rtpmap:{pt} "), format!("{fmtp}{OPUS_FMTP}")))
         });
         for line in lines {
+            if line.starts_with("m=") {
+                write_m_line(&mut out, line, offered.red_pt);
+                continue;
+            }
             let attribute = line.strip_prefix("a=").unwrap_or("");
             let key = attribute.split(':').next().unwrap_or("");
             if Direction::from_attribute(attribute).is_some()
@@ -170,6 +174,25 @@ pub fn finish(sdp: &str, offer: &Offer, plan: &Plan) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// An accepted section's `m=` line, with RED (when answered) moved before the other formats:
+/// a browser sends RED only when the answer prefers it to Opus (Chromium picks RED when it
+/// precedes the codec it carries).
+fn write_m_line(out: &mut String, line: &str, red_pt: Option<u8>) {
+    let red = red_pt.map(|pt| pt.to_string());
+    let mut words = line.split(' ');
+    let head: Vec<&str> = words.by_ref().take(3).collect();
+    let formats: Vec<&str> = words.collect();
+    let Some(red) = red.filter(|red| formats.contains(&red.as_str())) else {
+        let _ = write!(out, "{line}\r\n");
+        return;
+    };
+    let _ = write!(out, "{} {red}", head.join(" "));
+    for format in formats.iter().filter(|f| **f != red) {
+        let _ = write!(out, " {format}");
+    }
+    out.push_str("\r\n");
+}
+
 fn write_rejected(out: &mut String, lines: &[&str], offered: &OfferedSection) {
     // `m=<kind> <port> <proto> <fmt> …`: keep kind and proto, port 0, one format.
     let mut words = lines
@@ -187,6 +210,16 @@ fn write_rejected(out: &mut String, lines: &[&str], offered: &OfferedSection) {
     if let Some(mid) = &offered.mid {
         let _ = write!(out, "a=mid:{mid}\r\n");
     }
+}
+
+/// Whether the section of `sdp` with this `mid` lists payload type `pt` in its `m=` line.
+pub fn answers_format(sdp: &str, mid: Option<&str>, pt: u8) -> bool {
+    let (_, sections) = split_sections(sdp);
+    let pt = pt.to_string();
+    sections.iter().any(|lines| {
+        mid.is_some_and(|mid| lines.iter().any(|l| l.strip_prefix("a=mid:") == Some(mid)))
+            && lines[0].split(' ').skip(3).any(|f| f == pt)
+    })
 }
 
 /// The session part's lines and each media section's lines (starting with its `m=`).
@@ -299,6 +332,33 @@ pub fn answer_problems(offer: &str, answer: &str) -> Vec<String> {
                 problems.push(format!("{at}: no fmtp for Opus"))
             }
             (_, None) => problems.push(format!("{at}: no Opus in an accepted section")),
+            _ => {}
+        }
+        let red = |lines: &[&str]| {
+            lines.iter().find_map(|l| {
+                let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+                codec
+                    .eq_ignore_ascii_case("red/48000/2")
+                    .then(|| pt.to_owned())
+            })
+        };
+        match (red(o), red(a), opus(a)) {
+            (Some(op), Some(ap), _) if op != ap => {
+                problems.push(format!("{at}: RED offered as {op}, answered as {ap}"))
+            }
+            (_, Some(ap), Some(opus)) => {
+                if am.get(3) != Some(&ap) {
+                    problems.push(format!("{at}: RED answered but not preferred (first)"));
+                }
+                let fmtp = format!("a=fmtp:{ap} ");
+                let carries_opus = a.iter().any(|l| {
+                    l.strip_prefix(&fmtp)
+                        .is_some_and(|blocks| blocks.split('/').all(|b| b == opus))
+                });
+                if !carries_opus {
+                    problems.push(format!("{at}: RED's fmtp does not name Opus ({opus})"));
+                }
+            }
             _ => {}
         }
         if !a.iter().any(|l| l.starts_with("a=candidate:")) {
@@ -436,5 +496,33 @@ mod tests {
         assert_eq!(answer_problems(&offer, &no_candidates).len(), 1);
         let other_pt = good.replace("111", "96");
         assert!(!answer_problems(&offer, &other_pt).is_empty());
+
+        let offer = offer_sdp(&[Shape {
+            direction: Some(SendOnly),
+            red: Some(63),
+            ..Shape::default()
+        }]);
+        let good = offer
+            .replace("a=sendonly", "a=recvonly")
+            .replace("SAVPF 111 63", "SAVPF 63 111")
+            .replace(
+                "a=rtcp-mux",
+                "a=rtcp-mux\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates",
+            );
+        assert_eq!(answer_problems(&offer, &good), Vec::<String>::new());
+        let opus_first = good.replace("SAVPF 63 111", "SAVPF 111 63");
+        assert_eq!(answer_problems(&offer, &opus_first).len(), 1);
+        let wrong_fmtp = good.replace("a=fmtp:63 111/111", "a=fmtp:63 111/0");
+        assert_eq!(answer_problems(&offer, &wrong_fmtp).len(), 1);
+        let renumbered = good
+            .replace("SAVPF 63 111", "SAVPF 64 111")
+            .replace(":63 ", ":64 ");
+        assert!(!answer_problems(&offer, &renumbered).is_empty());
+        // RED answered where it was not offered.
+        let plain = offer_sdp(&[Shape {
+            direction: Some(SendOnly),
+            ..Shape::default()
+        }]);
+        assert!(!answer_problems(&plain, &good).is_empty());
     }
 }

@@ -32,13 +32,17 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingPar
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
 
-use super::answer::{Plan, finish};
+use super::answer::{self, Plan, finish};
 use super::offer::{Direction, Offer};
 use rtc::shared::error::Error;
 
 /// Opus's payload type in our own media engine (Chromium's). Each connection answers with the
 /// type its client offered ([`SlotSender::payload_type`], [`Inbound::payload_type`]).
 pub const OPUS_PT: u8 = 111;
+/// RED's (RFC 2198) payload type in our own media engine (Chromium's); as with Opus, each
+/// connection uses the type its client offered.
+pub const RED_PT: u8 = 63;
+pub const MIME_TYPE_RED: &str = "audio/red";
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// Opus as browsers offer it: 48 kHz, stereo in SDP (mono inside is fine), in-band FEC.
@@ -55,10 +59,33 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
     }
 }
 
+/// RED carrying Opus, as Chromium offers it: the fmtp names the payload type of each block
+/// (the primary and one earlier frame); any count of Opus blocks matches it.
+pub fn red_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_RED.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: format!("{OPUS_PT}/{OPUS_PT}"),
+            rtcp_feedback: vec![],
+        },
+        payload_type: RED_PT,
+    }
+}
+
 /// Opus plus RFC 6464 audio levels and nothing else, so answers stay short.
 pub fn media_engine() -> Result<MediaEngine, Error> {
+    media_engine_with(false)
+}
+
+/// [`media_engine`], with RED over Opus when `red` (the server's, with `[media] red` > 0).
+pub fn media_engine_with(red: bool) -> Result<MediaEngine, Error> {
     let mut engine = MediaEngine::default();
     engine.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+    if red {
+        engine.register_codec(red_codec(), RtpCodecKind::Audio)?;
+    }
     engine.register_header_extension(
         RTCRtpHeaderExtensionCapability {
             uri: AUDIO_LEVEL_URI.to_owned(),
@@ -118,6 +145,8 @@ pub struct AnswerSetup {
     pub advertised: SocketAddr,
     /// The passive ICE-TCP host candidate (RFC 6544), when the worker listens on TCP.
     pub advertised_tcp: Option<SocketAddr>,
+    /// Negotiate RED over Opus with clients that offer it.
+    pub red: bool,
 }
 
 /// One slot this connection sends: on which sender, with which SSRC and payload type.
@@ -127,12 +156,17 @@ pub struct SlotSender {
     pub ssrc: u32,
     /// Opus as this client numbered it (111 in Chromium, 109 in Firefox, 96 in aiortc).
     pub payload_type: u8,
+    /// RED over Opus as this client numbered it, when negotiated (63 in Chromium): the slot
+    /// then sends RED.
+    pub red_payload_type: Option<u8>,
 }
 
 /// What the client's microphone section negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inbound {
     pub payload_type: u8,
+    /// RED over Opus, when negotiated: the client may send either.
+    pub red_payload_type: Option<u8>,
     /// The offer said `vad=off` on the audio-level extension: the V bit means nothing.
     pub vad_off: bool,
 }
@@ -178,7 +212,7 @@ pub fn answer(
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(config)
         .with_setting_engine(setting_engine)
-        .with_media_engine(media_engine()?)
+        .with_media_engine(media_engine_with(setup.red)?)
         .with_interceptor_registry(registry())
         .build(now)?;
     for (index, &ssrc) in setup.ssrcs.iter().take(plan.slot_count()).enumerate() {
@@ -277,7 +311,8 @@ fn apply_offer(
             add_tcp_candidate(pc, tcp)?;
         }
     }
-    let mut slots: Vec<Option<SlotSender>> = vec![None; plan.slot_count()];
+    // Each slot's sender, and RED's payload type in its offered section (if usable there).
+    let mut slots: Vec<Option<(RTCRtpSenderId, Option<u8>)>> = vec![None; plan.slot_count()];
     let ids: Vec<_> = pc.get_transceivers().collect();
     for id in ids {
         let Some(mut transceiver) = pc.rtp_transceiver(id) else {
@@ -308,22 +343,19 @@ fn apply_offer(
             transceiver.set_direction(wanted);
         }
         if let (Some(slot), Some(sender)) = (section.slot, sender) {
-            slots[slot] = Some(SlotSender {
-                sender,
-                ssrc: 0,
-                payload_type: 0,
-            });
+            slots[slot] = Some((sender, offer.sections[index].red_pt));
         }
     }
     let answer = pc.create_answer(None)?;
     pc.set_local_description(now, answer)?;
     let sdp = finish(&local_sdp(pc)?, &offer, &plan)?;
-    // What `rtc` negotiated for each slot's sender: the SSRC of its track and Opus's payload
-    // type on that leg (the one `write_rtp` accepts, and so the one the lean path must use).
+    // What `rtc` negotiated for each slot's sender: the SSRC of its track and Opus's (and RED's)
+    // payload type on that leg (the ones `write_rtp` accepts, and so the ones the lean path must
+    // use).
     let mut senders = Vec::with_capacity(slots.len());
-    for slot in slots.into_iter().flatten() {
+    for (id, offered_red) in slots.into_iter().flatten() {
         let mut sender = pc
-            .rtp_sender(slot.sender)
+            .rtp_sender(id)
             .ok_or_else(|| anyhow::anyhow!("a slot's sender is gone"))?;
         let parameters = sender.get_parameters();
         let ssrc = parameters
@@ -338,10 +370,16 @@ fn apply_offer(
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
             .map(|c| c.payload_type)
             .ok_or_else(|| anyhow::anyhow!("Opus was not negotiated on a slot"))?;
+        let red_payload_type = offered_red.filter(|&red| {
+            parameters.rtp_parameters.codecs.iter().any(|c| {
+                c.payload_type == red && c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RED)
+            })
+        });
         senders.push(SlotSender {
-            sender: slot.sender,
+            sender: id,
             ssrc,
             payload_type,
+            red_payload_type,
         });
     }
     let inbound = plan.mic().and_then(|mic| {
@@ -351,6 +389,9 @@ fn apply_offer(
             .find(|s| s.mid.is_some() && s.mid == mic.mid)?;
         Some(Inbound {
             payload_type: offered.opus_pt?,
+            red_payload_type: offered
+                .red_pt
+                .filter(|&red| answer::answers_format(&sdp, mic.mid.as_deref(), red)),
             vad_off: offered.vad_off,
         })
     });
@@ -464,7 +505,7 @@ mod tests {
     use crate::media::srtp::KeyTap;
     use Direction::*;
 
-    fn setup(slots: usize) -> AnswerSetup {
+    fn setup(slots: usize, red: bool) -> AnswerSetup {
         static CERTIFICATE: std::sync::OnceLock<RTCCertificate> = std::sync::OnceLock::new();
         let provider = rtc::crypto::default_provider().unwrap();
         AnswerSetup {
@@ -478,19 +519,38 @@ mod tests {
             stream: "stoa-test".to_owned(),
             advertised: "127.0.0.1:40000".parse().unwrap(),
             advertised_tcp: Some("127.0.0.1:40000".parse().unwrap()),
+            red,
         }
     }
 
     fn answered(sdp: &str, slots: usize, on_stage: bool) -> (RTCPeerConnection, Answered) {
+        answered_with(sdp, slots, on_stage, true)
+    }
+
+    fn answered_with(
+        sdp: &str,
+        slots: usize,
+        on_stage: bool,
+        red: bool,
+    ) -> (RTCPeerConnection, Answered) {
         let offer = check_offer(sdp.to_owned()).unwrap();
-        answer(setup(slots), offer, on_stage, Instant::now())
+        answer(setup(slots, red), offer, on_stage, Instant::now())
             .unwrap_or_else(|e| panic!("{e}\n{sdp}"))
     }
 
     const LEVEL: &str = "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level";
     const LEVEL_VAD_OFF: &str = "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level vad=off";
 
-    /// Directions × payload types × fmtp × extensions × stage, each answered by the real
+    /// The m= line of the section with this mid.
+    fn m_line<'a>(sdp: &'a str, mid: &str) -> &'a str {
+        sdp.split("m=")
+            .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+            .and_then(|s| s.lines().next())
+            .unwrap()
+    }
+
+    /// Directions × payload types × fmtp × extensions × stage × RED (not offered; offered to a
+    /// server that negotiates it; offered to one that does not), each answered by the real
     /// connection builder and checked against RFC 3264 and Stoa's own promises.
     #[test]
     fn every_offer_shape_gets_a_valid_answer() {
@@ -506,89 +566,140 @@ mod tests {
             &[SendOnly, SendOnly, RecvOnly],
             &[Inactive, RecvOnly, SendRecv],
         ];
+        // (RED's payload type in the offer, the server negotiates RED)
+        let reds = [(None, true), (Some(63u8), true), (Some(63), false)];
         let mut answers = 0;
         for directions in shapes {
             for pt in [111u8, 109, 96] {
                 for fmtp in [true, false] {
                     for ext in [Some(LEVEL), Some(LEVEL_VAD_OFF), None] {
                         for on_stage in [false, true] {
-                            let sdp = offer_sdp(
-                                &directions
-                                    .iter()
-                                    .map(|&d| Shape {
-                                        pt,
-                                        direction: Some(d),
-                                        fmtp,
-                                        ext,
-                                        ..Shape::default()
-                                    })
-                                    .collect::<Vec<_>>(),
-                            );
-                            let case = format!(
-                                "{directions:?} pt {pt} fmtp {fmtp} ext {ext:?} on stage {on_stage}"
-                            );
-                            let (_pc, a) = answered(&sdp, 3, on_stage);
-                            let problems = answer_problems(&sdp, &a.sdp);
-                            assert!(problems.is_empty(), "{case}: {problems:?}\n{}", a.sdp);
-                            assert_eq!(a.slots.len(), a.plan.slot_count(), "{case}");
-                            let receiving = directions.iter().filter(|d| d.receives()).count();
-                            assert_eq!(a.slots.len(), receiving.min(3), "{case}");
-                            assert!(a.slots.iter().all(|s| s.payload_type == pt), "{case}");
-                            let ssrcs: Vec<u32> = a.slots.iter().map(|s| s.ssrc).collect();
-                            let mut unique = ssrcs.clone();
-                            unique.dedup();
-                            assert_eq!(unique.len(), ssrcs.len(), "{case}");
-                            // Each slot's SSRC is announced in its own section, and only there.
-                            for (slot, sender) in a.slots.iter().enumerate() {
-                                let mid = a
-                                    .plan
-                                    .sections
-                                    .iter()
-                                    .find(|s| s.slot == Some(slot))
-                                    .and_then(|s| s.mid.clone())
-                                    .unwrap();
-                                let section = a
-                                    .sdp
-                                    .split("m=audio")
-                                    .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
-                                    .unwrap();
-                                assert!(
-                                    section.contains(&format!("a=ssrc:{} ", sender.ssrc)),
-                                    "{case}: slot {slot} not in section {mid}\n{}",
-                                    a.sdp
-                                );
+                            for (red, server_red) in reds {
+                                check_shape(directions, pt, fmtp, ext, on_stage, red, server_red);
+                                answers += 1;
                             }
-                            let mic = directions.iter().position(|d| d.sends());
-                            assert_eq!(
-                                a.inbound.map(|i| i.payload_type),
-                                mic.map(|_| pt),
-                                "{case}"
-                            );
-                            assert_eq!(
-                                a.inbound.map(|i| i.vad_off),
-                                mic.map(|_| ext == Some(LEVEL_VAD_OFF)),
-                                "{case}"
-                            );
-                            assert_eq!(a.receives(), mic.is_some() && on_stage, "{case}");
-                            answers += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(answers, 10 * 3 * 2 * 3 * 2);
+        assert_eq!(answers, 10 * 3 * 2 * 3 * 2 * 3);
+    }
+
+    fn check_shape(
+        directions: &[Direction],
+        pt: u8,
+        fmtp: bool,
+        ext: Option<&str>,
+        on_stage: bool,
+        red: Option<u8>,
+        server_red: bool,
+    ) {
+        let sdp = offer_sdp(
+            &directions
+                .iter()
+                .map(|&d| Shape {
+                    pt,
+                    red,
+                    direction: Some(d),
+                    fmtp,
+                    ext,
+                    ..Shape::default()
+                })
+                .collect::<Vec<_>>(),
+        );
+        let case = format!(
+            "{directions:?} pt {pt} fmtp {fmtp} ext {ext:?} on stage {on_stage} red {red:?} \
+             (server {server_red})"
+        );
+        let (_pc, a) = answered_with(&sdp, 3, on_stage, server_red);
+        let problems = answer_problems(&sdp, &a.sdp);
+        assert!(problems.is_empty(), "{case}: {problems:?}\n{}", a.sdp);
+        assert_eq!(a.slots.len(), a.plan.slot_count(), "{case}");
+        let receiving = directions.iter().filter(|d| d.receives()).count();
+        assert_eq!(a.slots.len(), receiving.min(3), "{case}");
+        assert!(a.slots.iter().all(|s| s.payload_type == pt), "{case}");
+        let negotiated_red = red.filter(|_| server_red);
+        assert!(
+            a.slots.iter().all(|s| s.red_payload_type == negotiated_red),
+            "{case}: {:?}",
+            a.slots
+        );
+        assert_eq!(
+            a.sdp.contains("red/48000/2"),
+            negotiated_red.is_some(),
+            "{case}"
+        );
+        let ssrcs: Vec<u32> = a.slots.iter().map(|s| s.ssrc).collect();
+        let mut unique = ssrcs.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), ssrcs.len(), "{case}");
+        // Each slot's SSRC is announced in its own section, and only there.
+        for (slot, sender) in a.slots.iter().enumerate() {
+            let mid = a
+                .plan
+                .sections
+                .iter()
+                .find(|s| s.slot == Some(slot))
+                .and_then(|s| s.mid.clone())
+                .unwrap();
+            let section = a
+                .sdp
+                .split("m=audio")
+                .find(|s| s.contains(&format!("a=mid:{mid}\r\n")))
+                .unwrap();
+            assert!(
+                section.contains(&format!("a=ssrc:{} ", sender.ssrc)),
+                "{case}: slot {slot} not in section {mid}\n{}",
+                a.sdp
+            );
+        }
+        let mic = directions.iter().position(|d| d.sends());
+        assert_eq!(a.inbound.map(|i| i.payload_type), mic.map(|_| pt), "{case}");
+        assert_eq!(
+            a.inbound.map(|i| i.red_payload_type),
+            mic.map(|_| negotiated_red),
+            "{case}"
+        );
+        if let (Some(red), Some(mic)) = (negotiated_red, a.plan.mic()) {
+            // RED first, so that a browser sends it.
+            let line = m_line(&a.sdp, mic.mid.as_deref().unwrap());
+            assert!(
+                line.ends_with(&format!("SAVPF {red} {pt}")),
+                "{case}: {line}"
+            );
+        }
+        assert_eq!(
+            a.inbound.map(|i| i.vad_off),
+            mic.map(|_| ext == Some(LEVEL_VAD_OFF)),
+            "{case}"
+        );
+        assert_eq!(a.receives(), mic.is_some() && on_stage, "{case}");
     }
 
     #[test]
-    fn chromiums_offer_is_answered_with_opus_only() {
+    fn chromiums_offer_is_answered_with_red_preferred_over_opus() {
         let (_pc, a) = answered(crate::fuzzing::BROWSER_OFFER, 3, true);
         assert_eq!(
             answer_problems(crate::fuzzing::BROWSER_OFFER, &a.sdp),
             Vec::<String>::new()
         );
-        assert!(!a.sdp.contains("red/48000"), "{}", a.sdp);
+        for mid in ["0", "1", "2"] {
+            assert!(m_line(&a.sdp, mid).ends_with("SAVPF 63 111"), "{}", a.sdp);
+        }
+        assert!(a.sdp.contains("a=fmtp:63 111/111\r\n"), "{}", a.sdp);
         assert_eq!(a.slots.len(), 3);
+        assert!(a.slots.iter().all(|s| s.red_payload_type == Some(63)));
+        assert_eq!(a.inbound.and_then(|i| i.red_payload_type), Some(63));
         assert!(a.receives());
+        // With RED off on the server: Opus only, as before.
+        let (_pc, a) = answered_with(crate::fuzzing::BROWSER_OFFER, 3, true, false);
+        assert_eq!(
+            answer_problems(crate::fuzzing::BROWSER_OFFER, &a.sdp),
+            Vec::<String>::new()
+        );
+        assert!(!a.sdp.contains("red/48000"), "{}", a.sdp);
+        assert!(a.slots.iter().all(|s| s.red_payload_type.is_none()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod demux;
 pub mod engine;
 pub mod offer;
+pub mod red;
 pub mod rtp;
 pub mod selector;
 pub mod slot;
@@ -201,6 +202,7 @@ impl Media {
                 reports: reports_tx.clone(),
                 metrics: metrics.clone(),
                 sources: sources.clone(),
+                red: options.settings.red,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("stoa-media-{index}"))

@@ -104,6 +104,9 @@ pub struct OfferedSection {
     pub direction: Direction,
     /// The payload type the offer gives Opus in this section, if any.
     pub opus_pt: Option<u8>,
+    /// The payload type of `red/48000/2` (RFC 2198) carrying that Opus (`a=fmtp:<red>
+    /// <opus>/<opus>`), if offered: Chromium offers it, Firefox does not.
+    pub red_pt: Option<u8>,
     /// The RFC 6464 audio-level extension's id, if offered.
     pub level_id: Option<u8>,
     /// `vad=off` on that extension: the V bit is not in use (RFC 6464 §4).
@@ -160,26 +163,44 @@ pub fn check_offer(sdp: String) -> Result<Offer, OfferError> {
             stopped: media.media_name.port.value == 0,
             direction: Direction::SendRecv,
             opus_pt: None,
+            red_pt: None,
             level_id: None,
             vad_off: false,
         };
+        let in_m_line = |pt: u8| {
+            media
+                .media_name
+                .formats
+                .iter()
+                .any(|f| f == pt.to_string().as_str())
+        };
+        // RED's payload type and its fmtp, matched with Opus once the section is read.
+        let mut red: Option<u8> = None;
+        let mut red_fmtp: Vec<(u8, &str)> = Vec::new();
         for attribute in &media.attributes {
             let value = attribute.value.as_deref().unwrap_or("");
             match attribute.key.as_str() {
                 "mid" => section.mid = Some(value.to_owned()),
                 "rtpmap" => {
-                    if section.opus_pt.is_none()
-                        && let Some((pt, codec)) = value.split_once(' ')
-                        && codec.to_ascii_lowercase().starts_with("opus/48000")
+                    if let Some((pt, codec)) = value.split_once(' ')
                         && let Ok(pt) = pt.trim().parse::<u8>()
                         && pt < 128
-                        && media
-                            .media_name
-                            .formats
-                            .iter()
-                            .any(|f| f == pt.to_string().as_str())
+                        && in_m_line(pt)
                     {
-                        section.opus_pt = Some(pt);
+                        let codec = codec.to_ascii_lowercase();
+                        if section.opus_pt.is_none() && codec.starts_with("opus/48000") {
+                            section.opus_pt = Some(pt);
+                        } else if red.is_none() && codec == "red/48000/2" {
+                            red = Some(pt);
+                        }
+                    }
+                }
+                "fmtp" => {
+                    if red_fmtp.len() < 16
+                        && let Some((pt, parameters)) = value.split_once(' ')
+                        && let Ok(pt) = pt.trim().parse::<u8>()
+                    {
+                        red_fmtp.push((pt, parameters.trim()));
                     }
                 }
                 "extmap" => {
@@ -200,6 +221,13 @@ pub fn check_offer(sdp: String) -> Result<Offer, OfferError> {
                 }
             }
         }
+        section.red_pt = red.filter(|&red| {
+            section.opus_pt.is_some_and(|opus| {
+                red_fmtp
+                    .iter()
+                    .any(|&(pt, parameters)| pt == red && red_carries_only(parameters, opus))
+            })
+        });
         sections.push(section);
     }
     if !sections.iter().any(OfferedSection::usable) {
@@ -219,15 +247,28 @@ pub fn check_offer(sdp: String) -> Result<Offer, OfferError> {
     })
 }
 
+/// Whether a RED `fmtp` (`111/111`: the payload type of each block, RFC 2198 §5) names only
+/// `opus`, the one codec Stoa carries inside RED, and at most a few blocks.
+fn red_carries_only(parameters: &str, opus: u8) -> bool {
+    let blocks = parameters.split('/');
+    let count = blocks.clone().count();
+    (2..=8).contains(&count)
+        && blocks
+            .into_iter()
+            .all(|b| b.trim().parse::<u8>() == Ok(opus))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// One offered section: `pt` for Opus, `fmtp` and `ext` optional, `msid` when it sends.
+    /// One offered section: `pt` for Opus, `fmtp` and `ext` optional, `msid` when it sends,
+    /// `red` the payload type of RED over that Opus (listed after it, as Chromium does).
     pub(crate) struct Shape<'a> {
         pub kind: &'a str,
         pub codec: &'a str,
         pub pt: u8,
+        pub red: Option<u8>,
         pub direction: Option<Direction>,
         pub fmtp: bool,
         pub ext: Option<&'a str>,
@@ -239,6 +280,7 @@ pub(crate) mod tests {
                 kind: "audio",
                 codec: "opus/48000/2",
                 pt: 111,
+                red: None,
                 direction: Some(Direction::RecvOnly),
                 fmtp: true,
                 ext: Some("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
@@ -256,13 +298,16 @@ pub(crate) mod tests {
             mids.join(" ")
         );
         for (i, shape) in shapes.iter().enumerate() {
+            let formats = match shape.red {
+                Some(red) => format!("{} {red}", shape.pt),
+                None => shape.pt.to_string(),
+            };
             s.push_str(&format!(
-                "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\n\
+                "m={} 9 UDP/TLS/RTP/SAVPF {formats}\r\nc=IN IP4 0.0.0.0\r\n\
                  a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n\
                  a=fingerprint:sha-256 5C:1F:8E:0B:6A:3D:92:E4:11:7C:A8:4F:D2:39:66:0E:B1:C5:28:FA:43:9D:7E:10:A6:2B:E8:55:C3:07:9F:D4\r\n\
                  a=setup:actpass\r\na=mid:{i}\r\n",
                 shape.kind,
-                pt = shape.pt
             ));
             if let Some(ext) = shape.ext {
                 s.push_str(ext);
@@ -277,6 +322,12 @@ pub(crate) mod tests {
                 s.push_str(&format!(
                     "a=fmtp:{} minptime=10;useinbandfec=1\r\n",
                     shape.pt
+                ));
+            }
+            if let Some(red) = shape.red {
+                s.push_str(&format!(
+                    "a=rtpmap:{red} red/48000/2\r\na=fmtp:{red} {pt}/{pt}\r\n",
+                    pt = shape.pt
                 ));
             }
             if shape.direction.is_none_or(Direction::sends) {
@@ -335,6 +386,55 @@ pub(crate) mod tests {
             (Direction::RecvOnly, Some(1))
         );
         assert!(s.iter().all(OfferedSection::usable));
+    }
+
+    #[test]
+    fn reads_red_over_opus() {
+        let red = |pt: u8, red: Option<u8>| Shape {
+            pt,
+            red,
+            ..Shape::default()
+        };
+        let offer = check_offer(offer_sdp(&[
+            red(111, Some(63)),
+            red(96, Some(97)),
+            red(109, None),
+        ]))
+        .unwrap();
+        let pts: Vec<_> = offer
+            .sections
+            .iter()
+            .map(|s| (s.opus_pt, s.red_pt))
+            .collect();
+        assert_eq!(
+            pts,
+            [
+                (Some(111), Some(63)),
+                (Some(96), Some(97)),
+                (Some(109), None)
+            ]
+        );
+        // Chromium's own offer.
+        let chromium = check_offer(crate::fuzzing::BROWSER_OFFER.to_owned()).unwrap();
+        assert!(chromium.sections.iter().all(|s| s.red_pt == Some(63)));
+
+        // RED that carries something else, or is not in the m-line, or has no fmtp, is not used.
+        let base = offer_sdp(&[red(111, Some(63))]);
+        for (from, to) in [
+            ("a=fmtp:63 111/111", "a=fmtp:63 0/0"),
+            ("a=fmtp:63 111/111", "a=fmtp:63 111/0"),
+            ("a=fmtp:63 111/111", "a=fmtp:63 111"),
+            ("a=fmtp:63 111/111\r\n", ""),
+            ("SAVPF 111 63", "SAVPF 111"),
+            ("red/48000/2", "red/8000/1"),
+        ] {
+            let sdp = base.replace(from, to);
+            let offer = check_offer(sdp.clone()).unwrap();
+            assert_eq!(offer.sections[0].red_pt, None, "{to:?}\n{sdp}");
+        }
+        // Three blocks (two earlier frames) are fine too.
+        let offer = check_offer(base.replace("111/111", "111/111/111")).unwrap();
+        assert_eq!(offer.sections[0].red_pt, Some(63));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct SlotRewriter {
 struct Anchor {
     seq_offset: u16,
     ts_offset: u32,
+    /// Input timestamp of the packet that opened this turn: audio of the source from before
+    /// it (RED's repeated frames) belongs to the slot's previous turn, not this one.
+    first_timestamp: u32,
     highest_seq: u16,
     /// Bit `i` set: input `highest_seq - i` must not be forwarded (already was, or predates the
     /// anchor). Starts all ones so nothing before the anchor slips through.
@@ -122,6 +125,18 @@ impl SlotRewriter {
             self.selected = source;
             self.anchor = None;
         }
+    }
+
+    /// Whether audio of `source` at input `timestamp` belongs to the slot's current turn: true
+    /// from the packet that opened the turn on. A RED packet may repeat earlier frames of its
+    /// source; those from before the turn began must not be sent, because their rewritten
+    /// timestamps fall where the slot carried its previous source (or its switch gap), and a
+    /// receiver missing that audio would play the new speaker's in its place.
+    pub fn in_turn(&self, source: u32, timestamp: u32) -> bool {
+        self.selected == Some(source)
+            && self
+                .anchor
+                .is_some_and(|a| timestamp.wrapping_sub(a.first_timestamp) as i32 >= 0)
     }
 
     /// The slot's RTP timestamp at `now_us`, extrapolated from the last packet that advanced
@@ -226,6 +241,7 @@ impl SlotRewriter {
         self.anchor = Some(Anchor {
             seq_offset: out_seq.wrapping_sub(seq),
             ts_offset: out_timestamp.wrapping_sub(timestamp),
+            first_timestamp: timestamp,
             highest_seq: seq,
             blocked: u64::MAX,
             turn_span: 0,
@@ -597,6 +613,83 @@ mod tests {
             }
             assert_eq!(slot.ssrc(), SLOT_SSRC);
         }
+    }
+
+    #[test]
+    fn repeated_frames_belong_to_the_turn_only_from_its_first_packet() {
+        // (what happens, then: for each (source, input timestamp), may a RED block of it go out)
+        enum Do {
+            Select(Option<u32>),
+            Packet(u32, u16, u32, u64),
+        }
+        use Do::{Packet, Select};
+        type Row = (Do, &'static [(u32, u32, bool)]);
+        let rows: Vec<Row> = vec![
+            // Nothing selected, nothing anchored.
+            (Select(None), &[(A, TA, false)]),
+            // Selected but no packet yet: the turn has not begun.
+            (Select(Some(A)), &[(A, TA, false)]),
+            // A's turn opens at TA + 5F: earlier frames of A are from before it.
+            (
+                Packet(A, 15, TA + 5 * F, 100),
+                &[
+                    (A, TA + 5 * F, true),
+                    (A, TA + 4 * F, false),
+                    (A, TA + 3 * F, false),
+                    (B, TB, false),
+                ],
+            ),
+            (
+                Packet(A, 16, TA + 6 * F, 120),
+                &[(A, TA + 5 * F, true), (A, TA + 4 * F, false)],
+            ),
+            (
+                Packet(A, 17, TA + 7 * F, 140),
+                &[(A, TA + 6 * F, true), (A, TA + 5 * F, true)],
+            ),
+            // A switch to B: nothing of A goes out any more, B's turn opens at its first packet.
+            (Select(Some(B)), &[(A, TA + 7 * F, false), (B, TB, false)]),
+            (
+                Packet(B, 500, TB, 160),
+                &[(B, TB, true), (B, TB - F, false), (A, TA + 7 * F, false)],
+            ),
+            // Back to A: a new turn, even for frames A sent during its earlier one.
+            (Select(Some(A)), &[]),
+            (
+                Packet(A, 30, TA + 20 * F, 400),
+                &[
+                    (A, TA + 20 * F, true),
+                    (A, TA + 19 * F, false),
+                    (A, TA + 6 * F, false),
+                ],
+            ),
+        ];
+        let mut slot = SlotRewriter::new(SLOT_SSRC, 1000, T0);
+        for (i, (step, checks)) in rows.iter().enumerate() {
+            match *step {
+                Select(source) => slot.set_source(source),
+                Packet(source, seq, ts, at_ms) => {
+                    assert!(
+                        slot.rewrite(source, seq, ts, at_ms * 1000).is_ok(),
+                        "row {i}"
+                    );
+                }
+            }
+            for &(source, ts, expected) in *checks {
+                assert_eq!(
+                    slot.in_turn(source, ts),
+                    expected,
+                    "row {i}: {source:x} at {ts}"
+                );
+            }
+        }
+        // Across the input timestamp wrap.
+        let mut slot = SlotRewriter::new(SLOT_SSRC, 1000, T0);
+        slot.set_source(Some(A));
+        assert!(slot.rewrite(A, 1, u32::MAX - F + 1, 0).is_ok());
+        assert!(slot.in_turn(A, 0));
+        assert!(slot.in_turn(A, u32::MAX - F + 1));
+        assert!(!slot.in_turn(A, u32::MAX - 2 * F + 1));
     }
 
     #[test]

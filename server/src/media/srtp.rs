@@ -239,7 +239,21 @@ impl SrtpSender {
         payload: &[u8],
         out: &mut [u8],
     ) -> Option<usize> {
-        let len = HEADER_LEN + payload.len() + TAG_LEN;
+        out.get_mut(HEADER_LEN..HEADER_LEN + payload.len())?
+            .copy_from_slice(payload);
+        self.seal_in_place(header, rollover, payload.len(), out)
+    }
+
+    /// [`seal`](Self::seal) for a payload the caller already wrote at
+    /// `out[HEADER_LEN..HEADER_LEN + payload_len]` (built in place, as RED is).
+    pub fn seal_in_place(
+        &mut self,
+        header: &RtpHeader,
+        rollover: u32,
+        payload_len: usize,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let len = HEADER_LEN + payload_len + TAG_LEN;
         if out.len() < len {
             return None;
         }
@@ -253,8 +267,7 @@ impl SrtpSender {
             *v ^= s;
         }
         let (head, rest) = out[..len].split_at_mut(HEADER_LEN);
-        let (body, tag) = rest.split_at_mut(payload.len());
-        body.copy_from_slice(payload);
+        let (body, tag) = rest.split_at_mut(payload_len);
         self.aead.seal_in_place(&iv, head, body, tag).ok()?;
         Some(len)
     }

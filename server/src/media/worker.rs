@@ -4,9 +4,10 @@
 //! workers). Each turn of its loop reads datagrams, runs due timers, and sends in batches.
 //!
 //! Per packet from a speaker: decrypted once where it arrives, checked against the speaker's
-//! rights, then handed once to every worker hosting the room (an `Arc`, no copy). Per packet
-//! and listener: a slot lookup, the `SlotRewriter`, `rtc`'s SRTP write, and a copy into the
-//! send batch.
+//! rights, a RED payload read into its Opus frame, then handed once to every worker hosting the
+//! room (an `Arc`, no copy) with the speaker's last frames beside it. Per packet and listener: a
+//! slot lookup, the `SlotRewriter`, and the payload (the Opus frame, or RED with the frames of
+//! the slot's current turn) written and sealed in place in the send batch.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -37,10 +38,11 @@ use super::batch::{MAX_DATAGRAM, SendBatch};
 use super::demux::{self, Kind};
 use super::engine::{self, AUDIO_LEVEL_URI, AnswerSetup, Answered, Inbound, SlotSender};
 use super::offer::Offer;
-use super::rtp::RtpHeader;
+use super::red::{self, Frame, History, MAX_REDUNDANCY};
+use super::rtp::{HEADER_LEN, RtpHeader};
 use super::selector::{SelectorConfig, SpeakerSelector};
 use super::slot::SlotRewriter;
-use super::srtp::{KeyTap, Lean, Learned, Rollover};
+use super::srtp::{KeyTap, Lean, Learned, Rollover, TAG_LEN};
 use super::tap::RoomTap;
 use super::tcp::{TcpEvent, TcpSide};
 use super::{MediaError, random_alnum, random_u32};
@@ -119,7 +121,12 @@ pub struct Forwarded {
     pub timestamp: u32,
     pub marker: bool,
     pub level: Option<AudioLevel>,
+    /// The Opus frame: the whole payload, or a RED packet's primary block.
     pub payload: Bytes,
+    /// The speaker's frames just before this one (newest first, at most `[media] red`): what
+    /// RED listeners get repeated in this packet. From the speaker's own RED blocks or from
+    /// the frames the server kept; references to their packets' bytes, not copies.
+    pub redundancy: [Option<Frame>; MAX_REDUNDANCY],
     pub arrived: Instant,
 }
 
@@ -177,12 +184,17 @@ pub struct WorkerSetup {
     pub reports: mpsc::UnboundedSender<Report>,
     pub metrics: MediaMetrics,
     pub sources: Arc<AtomicU32>,
+    /// Earlier frames repeated in each packet to RED listeners (`[media] red`); 0: RED is
+    /// not negotiated.
+    pub red: usize,
 }
 
 struct OutSlot {
     sender: RTCRtpSenderId,
     /// Opus as this listener's client numbers it.
     payload_type: u8,
+    /// RED as this listener's client numbers it, when negotiated: the slot then sends RED.
+    red_payload_type: Option<u8>,
     rewriter: SlotRewriter,
     rollover: Rollover,
 }
@@ -192,6 +204,7 @@ impl OutSlot {
         OutSlot {
             sender: slot.sender,
             payload_type: slot.payload_type,
+            red_payload_type: slot.red_payload_type,
             rewriter: SlotRewriter::new(slot.ssrc, random_u32() as u16, random_u32()),
             rollover: Rollover::default(),
         }
@@ -216,6 +229,8 @@ struct Conn {
     inbound_level_id: Option<u8>,
     /// What the microphone section negotiated (payload type, whether the V bit is in use).
     inbound: Option<Inbound>,
+    /// The last frames received from this client (speakers only): RED listeners' redundancy.
+    history: History,
     /// A packet from this client has had the RFC 6464 V bit set: from then on it is trusted.
     /// Until then (some clients never set it) the level alone tells speech from silence.
     voice_bit_seen: bool,
@@ -251,7 +266,9 @@ struct Counters {
     bytes_out: Counter,
     send_calls: Counter,
     rtp_in: Counter,
+    red_in: Counter,
     forwarded: Counter,
+    red_out: Counter,
     connections: Gauge,
     tcp_frames_in: Counter,
     tcp_streams: Gauge,
@@ -261,6 +278,7 @@ struct Counters {
     no_send_path: Counter,
     not_allowed: Counter,
     unknown_ssrc: Counter,
+    bad_red: Counter,
     rejected: Counter,
     fanout_full: Counter,
     send_failed: Counter,
@@ -289,7 +307,9 @@ impl Counters {
             bytes_out: m.bytes_out.get_or_create(&w).clone(),
             send_calls: m.send_calls.get_or_create(&w).clone(),
             rtp_in: m.rtp_in.get_or_create(&w).clone(),
+            red_in: m.rtp_red_in.get_or_create(&w).clone(),
             forwarded: m.rtp_forwarded.get_or_create(&w).clone(),
+            red_out: m.rtp_red_out.get_or_create(&w).clone(),
             connections: m.connections.get_or_create(&w).clone(),
             tcp_frames_in: m.tcp_frames_in.get_or_create(&w).clone(),
             tcp_streams: m.tcp_streams.get_or_create(&w).clone(),
@@ -299,6 +319,7 @@ impl Counters {
             no_send_path: drop("no_send_path"),
             not_allowed: drop("not_allowed"),
             unknown_ssrc: drop("unknown_ssrc"),
+            bad_red: drop("bad_red"),
             rejected: drop("rejected"),
             fanout_full: drop("fanout_full"),
             send_failed: drop("send_failed"),
@@ -322,6 +343,7 @@ pub struct Worker {
     advertised_tcp: Option<SocketAddr>,
     certificate: RTCCertificate,
     slots: usize,
+    red: usize,
     ice_disconnected: Duration,
     ice_failed: Duration,
     conns: HashMap<ConnKey, Conn>,
@@ -343,6 +365,8 @@ pub struct Worker {
     crypto: Arc<dyn RTCCryptoProvider>,
     /// Where a probe's own encryption is written, to compare with `rtc`'s.
     probe_buf: Vec<u8>,
+    /// Where a listener's payload is built for `rtc`'s write path (RED is built per listener).
+    payload_buf: Vec<u8>,
     recv_buf: Vec<u8>,
     /// Reused between calls: a connection's decrypted inbound packets.
     inbound: Vec<rtc::rtp::Packet>,
@@ -380,6 +404,7 @@ impl Worker {
                 advertised_tcp,
                 certificate: setup.certificate,
                 slots: setup.slots,
+                red: setup.red,
                 ice_disconnected: setup.ice_disconnected,
                 ice_failed: setup.ice_failed,
                 conns: HashMap::new(),
@@ -403,6 +428,7 @@ impl Worker {
                 crypto: rtc::crypto::default_provider()
                     .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?,
                 probe_buf: vec![0; MAX_DATAGRAM],
+                payload_buf: vec![0; MAX_DATAGRAM],
                 recv_buf: vec![0; MAX_DATAGRAM + 1],
                 inbound: Vec::with_capacity(16),
                 epoch: now,
@@ -684,6 +710,8 @@ impl Worker {
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                         conn.inbound_ssrc = Some(init.ssrc);
+                        // A new stream numbers its timestamps afresh.
+                        conn.history.clear();
                         conn.inbound_level_id =
                             conn.pc
                                 .rtp_receiver(init.receiver_id)
@@ -737,11 +765,40 @@ impl Worker {
             self.counters.unknown_ssrc.inc();
             return;
         };
+        let is_red = inbound.red_payload_type == Some(packet.header.payload_type);
         if conn.inbound_ssrc != Some(packet.header.ssrc)
-            || packet.header.payload_type != inbound.payload_type
+            || (packet.header.payload_type != inbound.payload_type && !is_red)
         {
             self.counters.unknown_ssrc.inc();
             return;
+        }
+        let timestamp = packet.header.timestamp;
+        let mut payload = packet.payload;
+        if is_red {
+            let Ok(parsed) = red::parse(&payload, inbound.payload_type) else {
+                self.counters.bad_red.inc();
+                return;
+            };
+            // The speaker's own repeats fill the history where a packet of theirs was lost
+            // on the way here.
+            if self.red > 0 {
+                for (offset, block) in parsed.earlier.into_iter().flatten() {
+                    conn.history.remember(Frame {
+                        timestamp: timestamp.wrapping_sub(offset),
+                        payload: payload.slice(block),
+                    });
+                }
+            }
+            payload = payload.slice(parsed.primary);
+            self.counters.red_in.inc();
+        }
+        let mut redundancy: [Option<Frame>; MAX_REDUNDANCY] = Default::default();
+        if self.red > 0 {
+            redundancy = conn.history.before(timestamp, self.red);
+            conn.history.remember(Frame {
+                timestamp,
+                payload: payload.clone(),
+            });
         }
         self.counters.rtp_in.inc();
         let level = conn
@@ -759,10 +816,11 @@ impl Worker {
             room: conn.room,
             source: conn.source,
             seq: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
+            timestamp,
             marker: packet.header.marker,
             level,
-            payload: packet.payload,
+            payload,
+            redundancy,
             arrived: now,
         });
         let Some(room) = self.rooms.get(&conn.room) else {
@@ -827,13 +885,13 @@ impl Worker {
             };
             let header = RtpHeader {
                 marker: packet.marker || out.switched,
-                payload_type: slot.payload_type,
+                payload_type: slot.red_payload_type.unwrap_or(slot.payload_type),
                 seq: out.seq,
                 timestamp: out.timestamp,
                 ssrc: slot.rewriter.ssrc(),
             };
             let rollover = slot.rollover.next(out.seq);
-            // The lean path: seal straight into the send batch.
+            // The lean path: the payload built and sealed straight into the send batch.
             if let Some(Peer {
                 addr: dest,
                 tcp: false,
@@ -844,9 +902,14 @@ impl Worker {
                     flush_batch(&mut self.batch, &self.socket, &self.counters);
                 }
                 if self.batch.push_with(dest, |buf| {
-                    sender.seal(&header, rollover, &packet.payload, buf)
+                    let end = buf.len().checked_sub(TAG_LEN)?;
+                    let body = listener_payload(slot, packet, buf.get_mut(HEADER_LEN..end)?)?;
+                    sender.seal_in_place(&header, rollover, body, buf)
                 }) {
                     self.counters.forwarded.inc();
+                    if slot.red_payload_type.is_some() {
+                        self.counters.red_out.inc();
+                    }
                 } else {
                     self.counters.forward_failed.inc();
                 }
@@ -854,6 +917,17 @@ impl Worker {
             }
             // `rtc`'s path, until the connection's keys are proven (or for good if they never
             // are); while probing, what it produced for this packet is compared with ours.
+            let payload = if slot.red_payload_type.is_some() {
+                match listener_payload(slot, packet, &mut self.payload_buf) {
+                    Some(len) => Bytes::copy_from_slice(&self.payload_buf[..len]),
+                    None => {
+                        self.counters.forward_failed.inc();
+                        continue;
+                    }
+                }
+            } else {
+                packet.payload.clone()
+            };
             let rtp = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
@@ -864,7 +938,7 @@ impl Worker {
                     ssrc: header.ssrc,
                     ..Default::default()
                 },
-                payload: packet.payload.clone(),
+                payload: payload.clone(),
             };
             let written = conn
                 .pc
@@ -872,6 +946,9 @@ impl Worker {
                 .map(|mut sender| sender.write_rtp(now, rtp));
             if matches!(written, Some(Ok(()))) {
                 self.counters.forwarded.inc();
+                if slot.red_payload_type.is_some() {
+                    self.counters.red_out.inc();
+                }
             } else {
                 self.counters.forward_failed.inc();
             }
@@ -893,15 +970,8 @@ impl Worker {
                         if !is_packet(datagram, &header) {
                             return;
                         }
-                        let learned = lean.learn(
-                            tap,
-                            crypto,
-                            &header,
-                            rollover,
-                            &packet.payload,
-                            datagram,
-                            scratch,
-                        );
+                        let learned =
+                            lean.learn(tap, crypto, &header, rollover, &payload, datagram, scratch);
                         match learned {
                             Learned::Proven => tracing::debug!(conn = key, "lean SRTP path proven"),
                             Learned::GaveUp => tracing::warn!(
@@ -1137,6 +1207,7 @@ impl Worker {
                 stream: format!("stoa-{key}"),
                 advertised: self.advertised,
                 advertised_tcp: self.advertised_tcp,
+                red: self.red > 0,
             },
             offer,
             on_stage,
@@ -1182,6 +1253,7 @@ impl Worker {
             inbound_ssrc: None,
             inbound_level_id: None,
             inbound,
+            history: History::default(),
             voice_bit_seen: false,
             remote_ufrag,
             connected: false,
@@ -1229,6 +1301,7 @@ impl Worker {
                     Some(at) => {
                         let mut kept = old.swap_remove(at);
                         kept.payload_type = sent.payload_type;
+                        kept.red_payload_type = sent.red_payload_type;
                         kept
                     }
                     None => OutSlot::new(sent),
@@ -1395,6 +1468,25 @@ async fn tcp_event(events: Option<&mut mpsc::Receiver<TcpEvent>>) -> Option<TcpE
         Some(events) => events.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Writes what `slot`'s listener receives of `packet` into `out`: the Opus frame, or for a RED
+/// listener a RED payload with the earlier frames of the slot's current turn. Returns the
+/// length; `None` if it does not fit. Allocates nothing.
+fn listener_payload(slot: &OutSlot, packet: &Forwarded, out: &mut [u8]) -> Option<usize> {
+    if slot.red_payload_type.is_none() {
+        let len = packet.payload.len();
+        out.get_mut(..len)?.copy_from_slice(&packet.payload);
+        return Some(len);
+    }
+    red::write(
+        out,
+        slot.payload_type,
+        &packet.payload,
+        packet.timestamp,
+        &packet.redundancy,
+        |timestamp| slot.rewriter.in_turn(packet.source, timestamp),
+    )
 }
 
 /// Whether `datagram` is the SRTP packet `rtc` made of `header` (its header is in clear).

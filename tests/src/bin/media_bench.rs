@@ -15,8 +15,12 @@
 //! - heap per listener connection, from a counting global allocator that tags every block with
 //!   the side (server or client) of the code that allocated it.
 //!
+//! With `--red N` the listeners offer RED (RFC 2198) as Chromium does and the server repeats N
+//! earlier frames in every packet to them (`[media] red = N`; the speaker sends plain Opus, so
+//! the server builds all of it); the bytes sent per listener are reported beside the CPU.
+//!
 //! Usage: `stoa-media-bench [--listeners 10,100,1000] [--seconds 10] [--interval-ms 20]
-//! [--no-pin]`. Method and results: `docs/benchmarks.md`.
+//! [--red N] [--no-pin]`. Method and results: `docs/benchmarks.md`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -742,6 +746,7 @@ struct Snapshot {
     forwarded: u64,
     datagrams_in: u64,
     datagrams_out: u64,
+    bytes_out: u64,
     send_calls: u64,
     speaker_sent: u64,
     steal_ticks: u64,
@@ -775,6 +780,7 @@ impl Probe {
             forwarded: worker_counter!(self.metrics, rtp_forwarded),
             datagrams_in: worker_counter!(self.metrics, datagrams_in),
             datagrams_out: worker_counter!(self.metrics, datagrams_out),
+            bytes_out: worker_counter!(self.metrics, bytes_out),
             send_calls: worker_counter!(self.metrics, send_calls),
             speaker_sent: clients.speaker_sent(),
             steal_ticks: steal_ticks(SERVER_CPU),
@@ -833,6 +839,8 @@ struct Outcome {
     library_timeout_ns: f64,
     datagrams_in: u64,
     datagrams_out: u64,
+    /// UDP payload bytes the worker sent in the window (SRTP, RTCP, STUN: no IP/UDP headers).
+    bytes_out: u64,
     send_calls: u64,
     heap_server_per_listener: f64,
     heap_client_per_listener: f64,
@@ -848,6 +856,13 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// What the worker sent per listener, in kbit/s of UDP payload plus 28 bytes of IPv4 and
+    /// UDP header per datagram (what a listener's link carries, less link-layer framing).
+    fn kbit_per_listener(&self) -> f64 {
+        let bytes = self.bytes_out as f64 + 28.0 * self.datagrams_out as f64;
+        bytes * 8.0 / 1e3 / self.window_s.max(1e-9) / self.listeners as f64
+    }
+
     /// Server CPU per packet × listener once the idle background (same connections, nobody
     /// speaking) is taken out.
     fn above_idle_us(&self) -> f64 {
@@ -869,6 +884,8 @@ struct Options {
     seconds: f64,
     interval: Duration,
     pin: bool,
+    /// Earlier frames repeated to RED listeners; 0: the listeners do not offer RED.
+    red: usize,
 }
 
 fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
@@ -889,6 +906,11 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     let media_options = MediaOptions {
         settings: MediaSettings {
             workers: 1,
+            red: if options.red > 0 {
+                options.red
+            } else {
+                MediaSettings::default().red
+            },
             ..Default::default()
         },
         bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -950,6 +972,8 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     // Let the server finish its side too.
     clients.run_until(Instant::now() + Duration::from_millis(100), false);
 
+    // The speaker offers Opus only (it sends plain Opus); the listeners RED when asked.
+    clients.peers.offer_red(options.red > 0);
     COUNTING.store(true, Ordering::SeqCst);
     let heap0 = heap_mark();
     let connect_start = Instant::now();
@@ -1070,6 +1094,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
         library_timeout_ns,
         datagrams_in: end.datagrams_in - start.datagrams_in,
         datagrams_out: end.datagrams_out - start.datagrams_out,
+        bytes_out: end.bytes_out - start.bytes_out,
         send_calls: end.send_calls - start.send_calls,
         heap_server_per_listener: (heap1.server - heap0.server) as f64 / listeners as f64,
         heap_client_per_listener: (heap1.client - heap0.client) as f64 / listeners as f64,
@@ -1110,6 +1135,7 @@ fn parse_args() -> Result<Options> {
         seconds: 10.0,
         interval: Duration::from_millis(20),
         pin: true,
+        red: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -1127,10 +1153,16 @@ fn parse_args() -> Result<Options> {
             "--seconds" => options.seconds = value()?.parse()?,
             "--interval-ms" => options.interval = Duration::from_millis(value()?.parse()?),
             "--no-pin" => options.pin = false,
+            "--red" => {
+                options.red = value()?.parse()?;
+                if options.red > stoa::media::red::MAX_REDUNDANCY {
+                    return Err("--red: 0, 1 or 2 earlier frames".into());
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "stoa-media-bench [--listeners 10,100,1000] [--seconds 10] \
-                     [--interval-ms 20] [--no-pin]\n\n\
+                     [--interval-ms 20] [--red N] [--no-pin]\n\n\
                      Server CPU per forwarded packet x listener against a bare SRTP encrypt, \
                      loss, and heap per connection. See docs/benchmarks.md."
                 );
@@ -1238,6 +1270,19 @@ fn main() -> Result<()> {
     }
     for o in &outcomes {
         println!(
+            "N={}: sent {:.1} bytes per datagram, {:.1} kbit/s per listener with IPv4/UDP headers{}",
+            o.listeners,
+            o.bytes_out as f64 / o.datagrams_out.max(1) as f64,
+            o.kbit_per_listener(),
+            if options.red > 0 {
+                format!(" (RED, {} earlier frames)", options.red)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for o in &outcomes {
+        println!(
             "N={}: idle (connected, silent) {:.1} ms CPU per s; above idle {:.3} µs/pkt×lst",
             o.listeners,
             o.idle_cpu_ms_per_s,
@@ -1298,6 +1343,8 @@ fn main() -> Result<()> {
                 "client_cpu_ms": o.client_cpu_ms,
                 "datagrams_in": o.datagrams_in,
                 "datagrams_out": o.datagrams_out,
+                "bytes_out": o.bytes_out,
+                "kbit_per_s_per_listener": o.kbit_per_listener(),
                 "send_calls": o.send_calls,
                 "heap_server_bytes_per_listener": o.heap_server_per_listener,
                 "heap_client_bytes_per_listener": o.heap_client_per_listener,
@@ -1330,6 +1377,7 @@ fn main() -> Result<()> {
             "window_s": options.seconds,
             "cpus": cpus,
             "pinned": options.pin,
+            "red": options.red,
             "total_s": began.elapsed().as_secs_f64(),
             "results": results,
         })
