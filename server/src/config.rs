@@ -75,6 +75,10 @@ impl Default for BroadcastSettings {
     }
 }
 
+/// Most earlier frames a RED packet may repeat (`[media] red`); the media layer's
+/// `red::MAX_REDUNDANCY` is this number.
+pub const MAX_RED: usize = 2;
+
 /// The WebRTC media workers.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -437,7 +441,7 @@ impl Config {
             || m.ice_disconnected_ms < 1000
             || m.ice_failed_ms < 1000
             || m.max_connections == 0
-            || m.red > crate::media::red::MAX_REDUNDANCY
+            || m.red > MAX_RED
         {
             return Err(ConfigError::Invalid(
                 "media: workers <= 64, slots 1..=8, ICE timeouts >= 1000 ms, max_connections > 0, \

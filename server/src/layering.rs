@@ -22,6 +22,11 @@ pub(crate) const LAYERS: &[(&str, u8, &str)] = &[
     ("session", 2, "operator key, session and resume tokens"),
     ("wire", 2, "the signaling wire format and close codes"),
     ("media", 2, "WebRTC workers, slots, forwarding"),
+    (
+        "broadcast",
+        3,
+        "the stage mixed once per room, LL-HLS (fed by media's tap)",
+    ),
     ("room", 3, "live rooms: the state machine and its task"),
     ("signal", 4, "one session per signaling socket"),
     (
@@ -114,7 +119,10 @@ fn code_of(line: &str) -> &str {
 
 fn is_inline_module(line: &str) -> bool {
     let t = code_of(line).trim();
-    let t = t.strip_prefix("pub ").unwrap_or(t);
+    let t = ["pub ", "pub(crate) ", "pub(super) "]
+        .iter()
+        .find_map(|v| t.strip_prefix(v))
+        .unwrap_or(t);
     t.starts_with("mod ") && t.ends_with('{')
 }
 

@@ -11,7 +11,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 /// Earlier frames a listener's packet may repeat; also how many a speaker's history keeps.
-pub const MAX_REDUNDANCY: usize = 2;
+pub const MAX_REDUNDANCY: usize = crate::config::MAX_RED;
 /// The largest timestamp offset a block header can say (14 bits): 341 ms at 48 kHz.
 pub const MAX_OFFSET: u32 = (1 << 14) - 1;
 /// The largest block a header can describe (10 bits).
