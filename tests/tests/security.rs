@@ -111,6 +111,24 @@ const fn moderators(ok: u16) -> [Expect; 11] {
     ]
 }
 
+/// Anyone of the room (or the operator).
+const fn room_members(ok: u16) -> [Expect; 11] {
+    let u = UNAUTHENTICATED;
+    [
+        u[0],
+        u[1],
+        u[2],
+        u[3],
+        u[4],
+        u[5],
+        Yes(ok),
+        Yes(ok),
+        Yes(ok),
+        No(403, "wrong_room"),
+        Yes(ok),
+    ]
+}
+
 const fn anyone(e: Expect) -> [Expect; 11] {
     [e; 11]
 }
@@ -230,6 +248,15 @@ fn rest_table() -> Vec<Row> {
             body: no_body,
             destructive: false,
             expect: moderators(200),
+        },
+        // The broadcast's link: everyone in the room may hear the stage anyway.
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/broadcast",
+            path: |w| format!("/api/v1/rooms/{}/broadcast", w.room),
+            body: no_body,
+            destructive: false,
+            expect: room_members(200),
         },
         // Public: whatever credential comes along is ignored.
         Row {
