@@ -31,6 +31,10 @@ pub struct Config {
     /// does not end up in configuration that gets shared.
     #[serde(skip)]
     pub api_key: Option<String>,
+    /// Token signing key from the environment (`STOA_SIGNING_KEY`), which every node of a
+    /// cluster must share; unset, `signing.key` in the data folder (created on first start).
+    #[serde(skip)]
+    pub signing_key: Option<String>,
     /// Create a demo room on first start and print a fresh moderator link for it at every start.
     pub demo_room: bool,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
@@ -42,6 +46,64 @@ pub struct Config {
     pub signal: SignalSettings,
     pub media: MediaSettings,
     pub broadcast: BroadcastSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Running as one node of a cluster: nodes find each other, and agree where each live room
+/// lives, through Redis. Without `redis_url` the server is a cluster of one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub redis_url: Option<String>,
+    /// This node's name, unique in the cluster; defaults to the host name.
+    pub node_name: Option<String>,
+    /// This node's own base URL (`https://node-a.example.org`), where clients reach its
+    /// signaling socket; `public_url` stays the address everyone shares (the load balancer).
+    /// Defaults to `public_url`.
+    pub node_url: Option<String>,
+    /// How often the node refreshes its registration and its rooms' leases.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is gone; its rooms are placed again.
+    pub node_ttl_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis_url: None,
+            node_name: None,
+            node_url: None,
+            heartbeat_ms: 1_000,
+            node_ttl_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
+    }
+
+    /// The configured node name, else the host name, else `stoa`.
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.node_name {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| is_node_name(h))
+            .unwrap_or_else(|| "stoa".to_owned())
+    }
+}
+
+/// 1 to 63 letters, digits, `-`, `_` or `.`: it becomes part of Redis keys and log lines.
+pub fn is_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The broadcast tier: the stage mixed once per room, served as LL-HLS.
@@ -229,6 +291,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             api_key: None,
+            signing_key: None,
             demo_room: true,
             trust_forwarded_for: false,
             allowed_origins: Vec::new(),
@@ -236,6 +299,7 @@ impl Default for Config {
             signal: SignalSettings::default(),
             media: MediaSettings::default(),
             broadcast: BroadcastSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -290,6 +354,15 @@ pub struct Overrides {
     /// PEM private key for --tls-cert.
     #[arg(long, global = true, env = "STOA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Redis shared by the cluster's nodes (`redis://host:6379`); unset, one node alone.
+    #[arg(long, global = true, env = "STOA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, global = true, env = "STOA_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's own base URL, for signaling sockets (default: --public-url).
+    #[arg(long, global = true, env = "STOA_NODE_URL")]
+    pub node_url: Option<String>,
     /// Do not create or print the demo room.
     #[arg(long, global = true, env = "STOA_NO_DEMO")]
     pub no_demo: bool,
@@ -317,6 +390,9 @@ impl Config {
         };
         config.apply(overrides);
         config.api_key = std::env::var("STOA_API_KEY").ok().filter(|k| !k.is_empty());
+        config.signing_key = std::env::var("STOA_SIGNING_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
         config.validate()?;
         Ok(config)
     }
@@ -363,6 +439,15 @@ impl Config {
         }
         if let Some(v) = &o.tls_key {
             self.tls_key = Some(v.clone());
+        }
+        if let Some(v) = &o.redis_url {
+            self.cluster.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &o.node_name {
+            self.cluster.node_name = Some(v.clone());
+        }
+        if let Some(v) = &o.node_url {
+            self.cluster.node_url = Some(v.clone());
         }
         if o.no_demo {
             self.demo_room = false;
@@ -462,6 +547,34 @@ impl Config {
                     .into(),
             ));
         }
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: redis_url must start with redis:// or rediss://, got {:?}",
+                redact_password(url)
+            )));
+        }
+        if let Some(name) = &c.node_name
+            && !is_node_name(name)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: node_name must be 1 to 63 letters, digits, '-', '_' or '.', got {name:?}"
+            )));
+        }
+        if let Some(url) = &c.node_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: node_url must start with http:// or https://, got {url:?}"
+            )));
+        }
+        if c.heartbeat_ms < 100 || c.node_ttl_ms < 3 * c.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "cluster: heartbeat_ms >= 100 and node_ttl_ms >= 3 × heartbeat_ms".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -478,6 +591,23 @@ impl Config {
                 format!("{scheme}://{}", self.bind)
             }
         }
+    }
+}
+
+/// A URL as it may be printed: any password replaced by `***`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}{}", &rest[at..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -533,6 +663,41 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let bad = |cluster: ClusterSettings| {
+            Config {
+                cluster,
+                ..Config::default()
+            }
+            .validate()
+            .is_err()
+        };
+        assert!(bad(ClusterSettings {
+            redis_url: Some("http://localhost:6379".into()),
+            ..ClusterSettings::default()
+        }));
+        assert!(bad(ClusterSettings {
+            node_name: Some("a b".into()),
+            ..ClusterSettings::default()
+        }));
+        assert!(bad(ClusterSettings {
+            node_ttl_ms: 1_000,
+            ..ClusterSettings::default()
+        }));
+        assert!(!bad(ClusterSettings {
+            redis_url: Some("redis://127.0.0.1:6379/2".into()),
+            node_name: Some("node-a.eu_1".into()),
+            node_url: Some("https://node-a.example.org".into()),
+            ..ClusterSettings::default()
+        }));
+        assert_eq!(
+            redact_password("redis://stoa:s3cret@db:6379/0"),
+            "redis://stoa:***@db:6379/0"
+        );
+        assert_eq!(redact_password("redis://db:6379"), "redis://db:6379");
     }
 
     /// operations.md shows what an unknown key gets; keep it true as settings are added.

@@ -20,6 +20,7 @@ pub(crate) const LAYERS: &[(&str, u8, &str)] = &[
         "durable facts: rooms, invites, bans, audit (the store)",
     ),
     ("session", 2, "operator key, session and resume tokens"),
+    ("cluster", 2, "nodes and where each live room lives (Redis)"),
     ("wire", 2, "the signaling wire format and close codes"),
     ("media", 2, "WebRTC workers, slots, forwarding"),
     (

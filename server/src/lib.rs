@@ -78,6 +78,7 @@
 pub mod api;
 pub mod broadcast;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;

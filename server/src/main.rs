@@ -198,6 +198,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             banner += &format!("  Operator API key: {}{new}\n", path.display());
         }
     }
+    if let Some(cluster) = &server.state.cluster {
+        banner += &format!(
+            "  Cluster node {:?}, signaling at {}\n",
+            cluster.node_name(),
+            server.state.signal_url()
+        );
+    }
     if let Some(link) = &server.startup_link {
         banner += &format!(
             "  Moderator link for \"{}\" (valid 24 h):\n    {}\n",
@@ -211,9 +218,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let handle = server.handle();
     let live = server.state.live.clone();
     let media = server.state.media.clone();
+    let cluster = server.state.cluster.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // Out of the registry first: no new room is placed here, and the rooms that lived
+        // here are taken at once by the node their people reach next.
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
         live.shutdown().await;
         media.stop().await;
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));

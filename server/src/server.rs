@@ -12,8 +12,10 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api::{self, AppState};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, CpuMeter, Fingerprints, Load};
 use crate::config::Config;
 use crate::connection::{self, GuardedAcceptor};
+use crate::control::RoomId;
 use crate::control::Store;
 use crate::media::{Media, MediaOptions};
 use crate::metrics::Metrics;
@@ -42,6 +44,8 @@ pub struct RunningServer {
     pub state: AppState,
     handle: Handle<SocketAddr>,
     housekeeping: tokio::task::JoinHandle<()>,
+    /// Keeps this node and its rooms' leases alive in the cluster.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
     media_task: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -49,6 +53,14 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.abort();
+        }
+        // Out of the registry first, so no room is placed here while the rest stops; the
+        // rooms that lived here are taken by the next node their people reach.
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         self.state.live.shutdown().await;
         self.state.media.stop().await;
         self.media_task.abort();
@@ -61,6 +73,9 @@ impl RunningServer {
     /// Waits until the server stops by itself (it normally does not).
     pub async fn wait(self) -> anyhow::Result<()> {
         let result = self.task.await;
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.abort();
+        }
         self.housekeeping.abort();
         self.media_task.abort();
         result.context("server task panicked")??;
@@ -107,8 +122,18 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             )
         }
     };
-    let signer = TokenSigner::load_or_create(&data_dir.join("signing.key"))
-        .context("cannot read or create the token signing key")?;
+    let signer = match &config.signing_key {
+        Some(text) => TokenSigner::from_text(text).context(
+            "STOA_SIGNING_KEY must be 32 bytes in base64url without padding (43 characters), \
+             like the signing.key file a node writes on first start",
+        )?,
+        None => TokenSigner::load_or_create(&data_dir.join("signing.key"))
+            .context("cannot read or create the token signing key")?,
+    };
+    let fingerprints = Fingerprints {
+        signing: signer.fingerprint(),
+        operator: operator_key.fingerprint(),
+    };
 
     let listener = TcpListener::bind(config.bind)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -136,7 +161,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         Media::start(&media_options, &metrics.media).context("cannot start the media workers")?;
 
     let config = Arc::new(config);
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         clock.clone(),
         config.clone(),
@@ -146,6 +171,17 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         metrics,
         media.clone(),
     );
+    let mut heartbeat = None;
+    if config.cluster.enabled() {
+        let cluster = Cluster::join(&config.cluster, (*state.node).clone(), fingerprints)
+            .await
+            .context("cannot join the cluster")?;
+        heartbeat = Some(tokio::spawn(keep_in_cluster(
+            cluster.clone(),
+            state.clone(),
+        )));
+        state = state.with_cluster(cluster);
+    }
     let live = state.live.clone();
     let media_task = tokio::spawn(media.run_reports(media_reports, move |room, levels| {
         live.media_speaking(room, levels)
@@ -231,6 +267,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     };
 
     Ok(RunningServer {
+        heartbeat,
         addr,
         base_url,
         key_source,
@@ -241,6 +278,36 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         media_task,
         task,
     })
+}
+
+/// Every heartbeat: this node's load into the registry, and its rooms' leases renewed. A
+/// room whose lease another node took (this one was cut off from Redis meanwhile) stops here;
+/// its people come back where it lives now.
+async fn keep_in_cluster(cluster: Cluster, state: AppState) {
+    let mut every = tokio::time::interval(Duration::from_millis(cluster.settings().heartbeat_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cpu = CpuMeter::default();
+    loop {
+        every.tick().await;
+        let load = Load {
+            connections: u32::try_from(state.metrics.signal_sockets.get()).unwrap_or(0),
+            rooms: u32::try_from(cluster.rooms_held()).unwrap_or(u32::MAX),
+            cpu_percent: cpu.sample(),
+        };
+        cluster.heartbeat(load, state.clock.now_ms()).await;
+        let live = |room: &str| RoomId::parse(room).is_some_and(|id| state.live.get(&id).is_some());
+        match cluster.renew(live).await {
+            Ok(lost) => {
+                for room in lost {
+                    tracing::warn!(%room, "another node took this room; letting it go");
+                    if let Some(id) = RoomId::parse(&room) {
+                        state.live.evict(&id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot renew room leases"),
+        }
+    }
 }
 
 /// The data folder holds names, the audit log and the keys: owner only, whatever mode an older

@@ -153,17 +153,28 @@ impl TokenSigner {
             getrandom::fill(&mut key).expect("the OS random generator is unavailable");
             URL_SAFE_NO_PAD.encode(key)
         })?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(key.trim())
+        TokenSigner::from_text(&key).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} does not hold a 32-byte key", path.display()),
+            )
+        })
+    }
+
+    /// A key written as `signing.key` holds it (32 bytes, base64url without padding), as
+    /// `STOA_SIGNING_KEY` gives it to every node of a cluster.
+    pub fn from_text(text: &str) -> Option<Self> {
+        URL_SAFE_NO_PAD
+            .decode(text.trim())
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} does not hold a 32-byte key", path.display()),
-                )
-            })?;
-        Ok(TokenSigner::new(bytes))
+            .map(TokenSigner::new)
+    }
+
+    /// Names the key without revealing it: nodes compare fingerprints to find out whether
+    /// they hold the same key.
+    pub fn fingerprint(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.derive("cluster fingerprint"))
     }
 }
 
@@ -182,6 +193,11 @@ impl OperatorKey {
 
     pub fn generate() -> String {
         format!("{API_KEY_PREFIX}{}", random_token(32))
+    }
+
+    /// Names the key without revealing it (a hash of its hash).
+    pub fn fingerprint(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.hash))
     }
 
     pub fn matches(&self, presented: &str) -> bool {

@@ -249,6 +249,15 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: moderators(200),
         },
+        // The cluster's nodes, their addresses and load: the operator's view.
+        Row {
+            method: Method::GET,
+            template: "/api/v1/cluster/nodes",
+            path: |_| "/api/v1/cluster/nodes".into(),
+            body: no_body,
+            destructive: false,
+            expect: operator_only(200),
+        },
         // The broadcast's link: everyone in the room may hear the stage anyway.
         Row {
             method: Method::GET,

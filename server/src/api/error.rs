@@ -49,6 +49,18 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code, detail)
     }
 
+    /// The cluster cannot say where a room lives, or which nodes are up (Redis unreachable).
+    pub fn cluster_unavailable() -> Self {
+        ApiError {
+            retry_after_secs: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                "the cluster's Redis cannot be reached; try again in a few seconds",
+            )
+        }
+    }
+
     pub fn room_not_found() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "room_not_found", "no such room")
     }

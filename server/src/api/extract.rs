@@ -210,19 +210,14 @@ impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if state.config.trust_forwarded_for
-            && let Some(ip) = parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                // Every header line, in order, is one list: a proxy that appends a line of its
-                // own (HAProxy's `option forwardfor`) reads like one that extends the last.
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .map(|entry| entry.trim_ascii())
-                .rfind(|entry| !entry.is_empty())
-                // The right-most entry is the one our proxy added; earlier ones are whatever
-                // the client claimed.
-                .and_then(|entry| std::str::from_utf8(entry).ok()?.parse::<IpAddr>().ok())
+        // Passed on by another node of the cluster, which vouches for the client's address.
+        if state.cluster.is_some()
+            && let Some(ip) = state.forwarding.verify(
+                &parts.headers,
+                &parts.method,
+                parts.uri.path(),
+                state.clock.now_ms(),
+            )
         {
             return Ok(ClientIp(ip));
         }
@@ -231,8 +226,29 @@ impl FromRequestParts<AppState> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .ok_or_else(ApiError::internal)?;
-        Ok(ClientIp(peer))
+        Ok(ClientIp(client_ip(state, &parts.headers, peer)))
     }
+}
+
+/// The client's address for a request from `peer`: the right-most `X-Forwarded-For` entry
+/// when the operator trusts the proxy in front, else the peer.
+pub fn client_ip(state: &AppState, headers: &axum::http::HeaderMap, peer: IpAddr) -> IpAddr {
+    if state.config.trust_forwarded_for
+        && let Some(ip) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            // Every header line, in order, is one list: a proxy that appends a line of its
+            // own (HAProxy's `option forwardfor`) reads like one that extends the last.
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|entry| entry.trim_ascii())
+            .rfind(|entry| !entry.is_empty())
+            // The right-most entry is the one our proxy added; earlier ones are whatever
+            // the client claimed.
+            .and_then(|entry| std::str::from_utf8(entry).ok()?.parse::<IpAddr>().ok())
+    {
+        return ip;
+    }
+    peer
 }
 
 /// Parses a `{room}` path segment; a malformed id is simply a room that does not exist.

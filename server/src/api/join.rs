@@ -2,12 +2,14 @@
 //! key, so it is rate-limited per client address before anything else happens.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, JoinAllowance};
 use super::state::AppState;
 use super::views::{JoinAnswer, JoinRequest};
 use crate::clock::rfc3339;
+use crate::cluster::Home;
 use crate::control::{ControlError, IdentitySecret, InviteCode, validate};
 use crate::session::Claims;
 
@@ -22,6 +24,7 @@ use crate::session::Claims;
         (status = 410, description = "Expired, used up, or the room ended", body = Problem),
         (status = 422, body = Problem),
         (status = 429, description = "Too many attempts; see Retry-After", body = Problem),
+        (status = 503, description = "The cluster cannot place the room (Redis unreachable); see Retry-After", body = Problem),
     ))]
 pub async fn redeem(
     State(state): State<AppState>,
@@ -42,7 +45,7 @@ pub async fn redeem(
 async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswer, ApiError> {
     let code = InviteCode::parse(&body.invite).ok_or_else(|| {
         ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "malformed_invite",
             "that is not an invite code or link",
         )
@@ -61,6 +64,22 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         })
         .transpose()?;
     let now = state.clock.now_ms();
+    // Placed before redeeming, so a join the cluster cannot serve spends no use of the invite.
+    let signal_url = match &state.cluster {
+        Some(cluster) => match state.store.preview_invite(code.clone(), now).await {
+            Ok((room, _)) => match cluster.place(room.id.as_str()).await {
+                Ok(Home::Here(_)) => state.signal_url(),
+                Ok(Home::Elsewhere(node, _)) => node.signal_url,
+                Err(e) => {
+                    tracing::warn!(room = %room.id, error = %e, "cannot place the room");
+                    return Err(ApiError::cluster_unavailable());
+                }
+            },
+            // Redeeming gives the same refusal with its own words.
+            Err(_) => state.signal_url(),
+        },
+        None => state.signal_url(),
+    };
     let redemption = state
         .store
         .redeem(code, display_name, identity, now)
@@ -84,7 +103,7 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         room_id: redemption.room.id,
         room_title: redemption.room.title,
         display_name: redemption.display_name,
-        signal_url: state.signal_url(),
+        signal_url,
         identity: redemption.new_identity.map(|s| s.as_str().to_owned()),
     })
 }

@@ -3,9 +3,11 @@
 
 mod auth_throttle;
 mod broadcast;
+mod cluster;
 mod error;
 mod events;
 mod extract;
+mod forward;
 mod headers;
 mod invites;
 mod join;
@@ -117,6 +119,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(participants::remove))
         .routes(routes!(events::list_events))
         .routes(routes!(broadcast::broadcast_link))
+        .routes(routes!(cluster::list_nodes))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
@@ -148,6 +151,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_home,
+        ))
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,10 +8,12 @@ use std::sync::{Arc, OnceLock};
 use governor::{Quota, RateLimiter};
 
 use super::auth_throttle::AuthThrottle;
+use super::forward::Forwarding;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
 use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, KeyedRateLimiter};
+use crate::cluster::{Cluster, NodeInfo};
 use crate::config::Config;
 use crate::control::Store;
 use crate::media::Media;
@@ -27,6 +29,15 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// `public_url` or the address actually bound, without a trailing slash.
     pub base_url: Arc<str>,
+    /// This node's own base URL (`[cluster] node_url`), where its signaling sockets connect;
+    /// the base URL unless set.
+    pub node_url: Arc<str>,
+    /// This node: its name, addresses and capacity (its load is measured when asked).
+    pub node: Arc<NodeInfo>,
+    /// The cluster this node belongs to; `None` when it runs alone.
+    pub cluster: Option<Cluster>,
+    /// How calls on a live room reach the node where it lives.
+    pub forwarding: Forwarding,
     pub operator_key: OperatorKey,
     pub signer: TokenSigner,
     pub metrics: Metrics,
@@ -91,15 +102,33 @@ impl AppState {
             signer: signer.clone(),
             live: live.clone(),
             metrics: metrics.clone(),
+            cluster: None,
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
         let origins = Arc::new(Origins::new(&base_url, &config.allowed_origins));
+        let node_url = match &config.cluster.node_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => base_url.clone(),
+        };
+        let node = Arc::new(NodeInfo::starting(
+            config.cluster.node_name(),
+            base_url.clone(),
+            node_url.clone(),
+            signal_url_of(&node_url),
+            media.addrs().iter().map(ToString::to_string).collect(),
+            u32::try_from(config.media.max_connections).unwrap_or(u32::MAX),
+            clock.now_ms(),
+        ));
         AppState {
             store,
             clock,
             config,
             base_url: base_url.into(),
+            node,
+            node_url: node_url.into(),
+            cluster: None,
+            forwarding: Forwarding::new(signer.derive("node forwarding")),
             operator_key,
             signer,
             metrics,
@@ -116,20 +145,31 @@ impl AppState {
         }
     }
 
-    /// `ws(s)://host/api/v1/signal`, derived from the base URL.
+    /// This node as a member of `cluster`.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.signal.cluster = Some(cluster.clone());
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// `ws(s)://host/api/v1/signal` on this node, derived from its own base URL.
     pub fn signal_url(&self) -> String {
-        let base = &self.base_url;
-        let ws = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            base.to_string()
-        };
-        format!("{ws}/api/v1/signal")
+        signal_url_of(&self.node_url)
     }
 
     pub fn invite_url(&self, code: &str) -> String {
         format!("{}/i/{code}", self.base_url)
     }
+}
+
+/// The signaling endpoint of a node whose base URL is `base`.
+pub fn signal_url_of(base: &str) -> String {
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws}/api/v1/signal")
 }

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, DirectRateLimiter};
+use crate::cluster::{Cluster, Home};
 use crate::config::SignalSettings;
-use crate::control::{ControlError, ParticipantId, Role, Room, Standing, Store};
+use crate::control::{ControlError, ParticipantId, Role, Room, RoomId, Standing, Store};
 use crate::metrics::Metrics;
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
@@ -44,6 +45,8 @@ pub struct SignalContext {
     pub signer: TokenSigner,
     pub live: LiveRooms,
     pub metrics: Metrics,
+    /// Where rooms live when this node is one of several.
+    pub cluster: Option<Cluster>,
 }
 
 /// Runs one upgraded signaling socket until it closes.
@@ -243,6 +246,41 @@ impl Session {
         }
     }
 
+    /// In a cluster, whether the room lives here (taking it if it lives nowhere); when it
+    /// lives on another node, tells the client where and closes. While Redis is unreachable
+    /// only rooms already live here take people in.
+    async fn at_home(&mut self, id: Option<&RequestId>, room: &RoomId) -> bool {
+        let Some(cluster) = self.state.cluster.clone() else {
+            return true;
+        };
+        match cluster.claim(room.as_str()).await {
+            Ok(Home::Here(_)) => true,
+            Ok(Home::Elsewhere(node, _)) => {
+                tracing::debug!(%room, node = %node.name, "room lives on another node");
+                self.send(ServerMessage::Moved {
+                    signal_url: &node.signal_url,
+                })
+                .await;
+                self.close(close_code::MOVED, "room_elsewhere").await;
+                false
+            }
+            Err(e) if self.state.live.get(room).is_some() => {
+                tracing::warn!(%room, error = %e, "Redis unreachable; the room is live here");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "Redis unreachable; cannot place the room");
+                let (code, message) = (
+                    "cluster_unavailable",
+                    "the cluster cannot place this room right now; try again in a few seconds",
+                );
+                self.error(id, code, message).await;
+                self.close(close_code::TRY_AGAIN_LATER, code).await;
+                false
+            }
+        }
+    }
+
     async fn join(
         &mut self,
         id: Option<RequestId>,
@@ -250,7 +288,7 @@ impl Session {
         resume_token: Option<String>,
     ) -> Option<Joined> {
         let now = self.state.clock.now_ms();
-        let signer = &self.state.signer;
+        let signer = self.state.signer.clone();
         let mut presented_nonce = None;
         let claims = match (&token, &resume_token) {
             (Some(token), _) => signer.verify(token, now).map(|c| {
@@ -298,6 +336,11 @@ impl Session {
                 return None;
             }
         };
+        // The token names the room: a node that is not its home sends the client on before
+        // reading anything.
+        if !self.at_home(id.as_ref(), &room_id).await {
+            return None;
+        }
         let store = self.state.store.clone();
         let (room, standing) = match room_open_to(&store, &room_id, &participant).await {
             Ok(found) => found,

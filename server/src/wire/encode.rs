@@ -53,6 +53,9 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
+    /// The room lives on another node: join or resume there, at `signal_url`, with the same
+    /// token. The socket closes with 4307 next.
+    Moved { signal_url: &'a str },
     /// Sent just before the server closes the socket on purpose.
     Closed { reason: &'a str },
 }

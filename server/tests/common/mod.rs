@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stoa");
 
+#[allow(dead_code)] // each test binary compiles this module and uses some of it
 pub struct Served {
     pub child: Child,
     /// The base URL the banner printed.
@@ -44,6 +45,14 @@ pub fn serve_with_args(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("stoa starts");
+    let (url, link) = read_banner(&mut child, demo);
+    Served { child, url, link }
+}
+
+/// Reads a starting `stoa serve`'s banner from its piped standard output: the base URL, and
+/// the demo room's link when `demo` is set. Standard output is drained afterwards, so the
+/// server never writes into a closed pipe.
+pub fn read_banner(child: &mut Child, demo: bool) -> (String, Option<String>) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut url = None;
     let mut link = None;
@@ -57,11 +66,6 @@ pub fn serve_with_args(
             link = Some(line.to_owned());
         }
     }
-    // Keep draining stdout so the server never writes into a closed pipe.
     std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        url: url.unwrap(),
-        link,
-    }
+    (url.unwrap(), link)
 }

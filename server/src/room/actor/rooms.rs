@@ -255,6 +255,14 @@ impl LiveRooms {
         }
     }
 
+    /// Stops the room here (another node took it over): every socket is closed with 1012
+    /// `server_restarting`, and its people come back by joining again, where the room is now.
+    pub async fn evict(&self, room: &RoomId) {
+        if let Some(handle) = self.get(room) {
+            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+        }
+    }
+
     /// A moderation call from the REST API.
     pub async fn command(
         &self,

@@ -1,0 +1,276 @@
+//! In a cluster, REST calls that act on a live room are answered by the node where the room
+//! lives: any other node passes the request on and hands back the answer.
+//!
+//! The passed-on request carries `Stoa-Forwarded: v1 {node} {client ip} {unix ms} {mac}`, an
+//! HMAC (with a key derived from the cluster's signing key) over those fields, the method and
+//! the path. The home node trusts the client address in it for rate limits and the failed
+//! authentication throttle, and never passes such a request on again. A header that does not
+//! verify is ignored: the request is handled as the client's own.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::cluster::Home;
+
+pub const HEADER: &str = "stoa-forwarded";
+/// A forwarded request older than this is not trusted (clocks of nodes agree within it).
+const MAX_AGE_MS: i64 = 30_000;
+
+/// The key and HTTP client nodes use to pass requests to each other.
+#[derive(Clone)]
+pub struct Forwarding {
+    key: [u8; 32],
+    http: reqwest::Client,
+}
+
+impl Forwarding {
+    pub fn new(key: [u8; 32]) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client with default TLS");
+        Forwarding { key, http }
+    }
+
+    fn mac(&self, node: &str, ip: IpAddr, at_ms: i64, method: &Method, path: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        for part in [
+            "v1",
+            node,
+            &ip.to_string(),
+            &at_ms.to_string(),
+            method.as_str(),
+            path,
+        ] {
+            mac.update(part.as_bytes());
+            mac.update(b"\n");
+        }
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    fn header(&self, node: &str, ip: IpAddr, at_ms: i64, method: &Method, path: &str) -> String {
+        let mac = self.mac(node, ip, at_ms, method, path);
+        format!("v1 {node} {ip} {at_ms} {mac}")
+    }
+
+    /// The client address a valid forwarding header vouches for.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+        now_ms: i64,
+    ) -> Option<IpAddr> {
+        let value = headers.get(HEADER)?.to_str().ok()?;
+        let mut fields = value.split(' ');
+        let (Some("v1"), Some(node), Some(ip), Some(at), Some(mac), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return None;
+        };
+        let ip: IpAddr = ip.parse().ok()?;
+        let at: i64 = at.parse().ok()?;
+        if (now_ms - at).abs() > MAX_AGE_MS {
+            return None;
+        }
+        let expected = self.mac(node, ip, at, method, path);
+        use subtle::ConstantTimeEq;
+        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then_some(ip)
+    }
+}
+
+/// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}` and
+/// everything under `/api/v1/rooms/{room}/participants`.
+fn live_room_in(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/api/v1/rooms/")?;
+    let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let live = tail.is_empty() || tail == "participants" || tail.starts_with("participants/");
+    (live && !room.is_empty()).then_some(room)
+}
+
+/// Middleware: passes a call on a live room to the room's home node when that is another.
+pub async fn to_home(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster.clone() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path().to_owned();
+    let Some(room) = live_room_in(&path) else {
+        return next.run(request).await;
+    };
+    let now = state.clock.now_ms();
+    if request.headers().contains_key(HEADER)
+        && state
+            .forwarding
+            .verify(request.headers(), request.method(), &path, now)
+            .is_some()
+    {
+        return next.run(request).await;
+    }
+    // Where the room lives now; not live anywhere, here, or Redis unreachable: answered here
+    // (a room that is not live needs no home, and its durable facts are in the shared store).
+    let node = match cluster.home_of(room).await {
+        Ok(Some(Home::Elsewhere(node, _))) => node,
+        _ => return next.run(request).await,
+    };
+    let client_ip = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => super::extract::client_ip(&state, request.headers(), addr.ip()),
+        None => return ApiError::internal().into_response(),
+    };
+    match pass_on(&state, &node.node_url, &node.name, client_ip, request, now).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "the room's node did not answer");
+            ApiError {
+                retry_after_secs: Some(2),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unreachable",
+                    "the node this room lives on did not answer; try again in a moment",
+                )
+            }
+            .into_response()
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those the forwarder sets itself.
+fn passes(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | HEADER
+    )
+}
+
+async fn pass_on(
+    state: &AppState,
+    node_url: &str,
+    node_name: &str,
+    client_ip: IpAddr,
+    request: Request,
+    now: i64,
+) -> Result<Response, reqwest::Error> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let target = match parts.uri.query() {
+        Some(query) => format!("{node_url}{path}?{query}"),
+        None => format!("{node_url}{path}"),
+    };
+    // The body limit layer already bounded it.
+    let body = axum::body::to_bytes(body, state.config.limits.max_body_bytes)
+        .await
+        .unwrap_or_default();
+    let mut outgoing = state
+        .forwarding
+        .http
+        .request(parts.method.clone(), target)
+        .body(body);
+    for (name, value) in &parts.headers {
+        if passes(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let me = state.node.name.as_str();
+    outgoing = outgoing.header(
+        HEADER,
+        state
+            .forwarding
+            .header(me, client_ip, now, &parts.method, path),
+    );
+    let answer = outgoing.send().await?;
+    tracing::debug!(node = %node_name, status = %answer.status(), %path, "passed on to the room's node");
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if passes(name) {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await?;
+    Ok(response
+        .header(
+            "stoa-node",
+            HeaderValue::from_str(node_name).unwrap_or(HeaderValue::from_static("?")),
+        )
+        .body(Body::from(bytes))
+        .unwrap_or_else(|_| ApiError::internal().into_response()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_on_live_rooms_are_passed_on() {
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x"), Some("rm_x"));
+        assert_eq!(
+            live_room_in("/api/v1/rooms/rm_x/participants"),
+            Some("rm_x")
+        );
+        assert_eq!(
+            live_room_in("/api/v1/rooms/rm_x/participants/pt_y/mute"),
+            Some("rm_x")
+        );
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/invites"), None);
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/events"), None);
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/participantsx"), None);
+        assert_eq!(live_room_in("/api/v1/rooms"), None);
+        assert_eq!(live_room_in("/api/v1/rooms/"), None);
+        assert_eq!(live_room_in("/api/v1/join"), None);
+    }
+
+    #[test]
+    fn a_forwarding_header_verifies_only_as_signed() {
+        let f = Forwarding::new([7; 32]);
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let path = "/api/v1/rooms/rm_x/participants/pt_y/mute";
+        let mut headers = HeaderMap::new();
+        let header = f.header("node-a", ip, 1_000_000, &Method::POST, path);
+        headers.insert(HEADER, header.parse().unwrap());
+        assert_eq!(f.verify(&headers, &Method::POST, path, 1_000_500), Some(ip));
+        // Another method, path, time far off, or key: not trusted.
+        assert_eq!(f.verify(&headers, &Method::DELETE, path, 1_000_500), None);
+        assert_eq!(
+            f.verify(&headers, &Method::POST, "/api/v1/rooms/rm_z", 1_000_500),
+            None
+        );
+        assert_eq!(
+            f.verify(&headers, &Method::POST, path, 1_000_000 + MAX_AGE_MS + 1),
+            None
+        );
+        assert_eq!(
+            Forwarding::new([8; 32]).verify(&headers, &Method::POST, path, 1_000_500),
+            None
+        );
+        // Another client address claimed with the same MAC: not trusted.
+        let forged = header.replace("203.0.113.9", "198.51.100.1");
+        headers.insert(HEADER, forged.parse().unwrap());
+        assert_eq!(f.verify(&headers, &Method::POST, path, 1_000_500), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! Where each live room lives: one home node per room, held as a lease in Redis.
+//!
+//! A lease is `{node} {epoch}` under `stoa:room:{id}`, expiring `node_ttl_ms` after its last
+//! renewal. Taking a room whose lease is missing, or whose holder is no longer registered,
+//! increments the room's epoch, so the new lease differs from every earlier one: a node that
+//! was cut off and comes back renews with its old value, fails, and lets the room go.
+
+use std::collections::HashMap;
+
+use super::{Cluster, NODE_PREFIX, NodeInfo};
+
+const ROOM_PREFIX: &str = "stoa:room:";
+const EPOCH_PREFIX: &str = "stoa:room-epoch:";
+
+/// A room's lease: who is home and since which placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub epoch: u64,
+}
+
+impl Lease {
+    fn parse(value: &str) -> Option<Lease> {
+        let (node, epoch) = value.split_once(' ')?;
+        Some(Lease {
+            node: node.to_owned(),
+            epoch: epoch.parse().ok()?,
+        })
+    }
+
+    fn value(&self) -> String {
+        format!("{} {}", self.node, self.epoch)
+    }
+}
+
+/// Where a room lives, from this node's point of view.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Home {
+    /// Here, under this lease.
+    Here(Lease),
+    /// On another node that is up.
+    Elsewhere(Box<NodeInfo>, Lease),
+}
+
+/// Takes the room for `ARGV[1]` unless a registered node holds it; answers the lease.
+const TAKE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then
+  local owner = string.match(held, '^(%S+) ')
+  if owner and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return held end
+end
+local epoch = redis.call('INCR', KEYS[2])
+local value = ARGV[1] .. ' ' .. epoch
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return value";
+
+/// Renews each lease (KEYS[2i - 1], ARGV[i + 1]) still held as given; answers 1 or 0 for
+/// each. A lease that is missing altogether (Redis restarted empty, or it expired while this
+/// node was cut off and nobody took the room) is written back, with the epoch counter
+/// (KEYS[2i]) raised to at least its epoch, so later placements still get new epochs.
+const RENEW: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lease, counter, value = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1]
+  local held = redis.call('GET', lease)
+  if held == value then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    out[i] = 1
+  elseif not held then
+    local epoch = tonumber(string.match(value, ' (%d+)$'))
+    if tonumber(redis.call('GET', counter) or '0') < epoch then
+      redis.call('SET', counter, epoch)
+    end
+    redis.call('SET', lease, value, 'PX', ARGV[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+impl Cluster {
+    /// The room's home, placing it on the least full node when it has none that is up. Used
+    /// when someone redeems an invite: their socket goes to the answer's node.
+    pub async fn place(&self, room: &str) -> redis::RedisResult<Home> {
+        if let Some(lease) = self.lease(room).await?
+            && let Some(node) = self.node(&lease.node).await?
+        {
+            return Ok(self.home(node, lease));
+        }
+        let nodes = self.nodes().await?;
+        let me = self.me();
+        let least_full = nodes
+            .into_iter()
+            .chain(std::iter::once(me))
+            .min_by(|a, b| {
+                a.fullness()
+                    .total_cmp(&b.fullness())
+                    .then(a.name.cmp(&b.name))
+            })
+            .expect("this node is a candidate");
+        let lease = self.take(room, &least_full.name).await?;
+        match self.node(&lease.node).await? {
+            Some(node) => Ok(self.home(node, lease)),
+            // The chosen node went away between the two reads: this node takes the room.
+            None => self.claim(room).await,
+        }
+    }
+
+    /// Where the room lives now, without placing it: `None` when it lives nowhere (nobody
+    /// is in it) or its home is no longer up.
+    pub async fn home_of(&self, room: &str) -> redis::RedisResult<Option<Home>> {
+        let Some(lease) = self.lease(room).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .node(&lease.node)
+            .await?
+            .map(|node| self.home(node, lease)))
+    }
+
+    /// A participant of the room arrived here: the room stays (or becomes) at home here
+    /// unless another node that is up holds it.
+    pub async fn claim(&self, room: &str) -> redis::RedisResult<Home> {
+        let mut lease = self.take(room, &self.inner.name.clone()).await?;
+        // Twice at most: a holder that vanished between two reads is taken over once.
+        for _ in 0..2 {
+            if lease.node == self.inner.name {
+                self.held().insert(room.to_owned(), lease.epoch);
+                return Ok(Home::Here(lease));
+            }
+            match self.node(&lease.node).await? {
+                Some(node) => return Ok(Home::Elsewhere(Box::new(node), lease)),
+                None => lease = self.take_over(room, lease).await?,
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the room's lease keeps changing hands",
+        )))
+    }
+
+    /// Renews the leases of the rooms this node holds and still runs (`live` says which);
+    /// lets go of the others. Returns the rooms whose lease another node took meanwhile:
+    /// this node must stop acting for them.
+    pub async fn renew(&self, live: impl Fn(&str) -> bool) -> redis::RedisResult<Vec<String>> {
+        if self.inner.left.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let held: Vec<(String, u64)> = self
+            .held()
+            .iter()
+            .map(|(room, epoch)| (room.clone(), *epoch))
+            .collect();
+        let (running, idle): (Vec<_>, Vec<_>) = held.into_iter().partition(|(room, _)| live(room));
+        for (room, epoch) in idle {
+            self.release(&room, epoch).await?;
+        }
+        if running.is_empty() {
+            return self.note(Ok(Vec::new()));
+        }
+        let renew = redis::Script::new(RENEW);
+        let mut script = renew.prepare_invoke();
+        script.arg(self.inner.settings.node_ttl_ms);
+        for (room, epoch) in &running {
+            script.key(format!("{ROOM_PREFIX}{room}"));
+            script.key(format!("{EPOCH_PREFIX}{room}"));
+            script.arg(
+                Lease {
+                    node: self.inner.name.clone(),
+                    epoch: *epoch,
+                }
+                .value(),
+            );
+        }
+        let renewed: Vec<i64> = self.note(script.invoke_async(&mut self.redis()).await)?;
+        let mut lost = Vec::new();
+        let mut held = self.held();
+        for ((room, epoch), ok) in running.into_iter().zip(renewed) {
+            if ok == 0 && held.get(&room) == Some(&epoch) {
+                held.remove(&room);
+                lost.push(room);
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Rooms whose home is this node.
+    pub fn rooms_held(&self) -> usize {
+        self.held().len()
+    }
+
+    async fn release(&self, room: &str, epoch: u64) -> redis::RedisResult<()> {
+        let value = Lease {
+            node: self.inner.name.clone(),
+            epoch,
+        }
+        .value();
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(format!("{ROOM_PREFIX}{room}"))
+            .arg(value)
+            .invoke_async(&mut self.redis())
+            .await?;
+        let mut held = self.held();
+        if held.get(room) == Some(&epoch) {
+            held.remove(room);
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, room: &str) -> redis::RedisResult<Option<Lease>> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{ROOM_PREFIX}{room}"))
+            .query_async(&mut self.redis())
+            .await?;
+        Ok(value.as_deref().and_then(Lease::parse))
+    }
+
+    async fn take(&self, room: &str, candidate: &str) -> redis::RedisResult<Lease> {
+        let value: String = redis::Script::new(TAKE)
+            .key(format!("{ROOM_PREFIX}{room}"))
+            .key(format!("{EPOCH_PREFIX}{room}"))
+            .arg(candidate)
+            .arg(self.inner.settings.node_ttl_ms)
+            .arg(NODE_PREFIX)
+            .invoke_async(&mut self.redis())
+            .await?;
+        Ok(Lease::parse(&value).expect("the script writes `{node} {epoch}`"))
+    }
+
+    /// The holder went away between taking and looking it up: take the room from it.
+    async fn take_over(&self, room: &str, stale: Lease) -> redis::RedisResult<Lease> {
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(format!("{ROOM_PREFIX}{room}"))
+            .arg(stale.value())
+            .invoke_async(&mut self.redis())
+            .await?;
+        self.take(room, &self.inner.name.clone()).await
+    }
+
+    fn home(&self, node: NodeInfo, lease: Lease) -> Home {
+        if node.name == self.inner.name && node.instance == self.inner.instance {
+            Home::Here(lease)
+        } else {
+            Home::Elsewhere(Box::new(node), lease)
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner.held.lock().expect("held leases poisoned")
+    }
+}

@@ -1,0 +1,693 @@
+//! Stoa nodes as a cluster on a real Redis (Debian's `redis-server`, started here on an
+//! ephemeral port in a temporary folder): the registry, room placement, what a node refuses
+//! to start with, and what users see while Redis is down. Each node is a real `stoa serve`
+//! process, so a node can be killed with SIGKILL.
+//!
+//! `redis-cli`, a client nobody on the team wrote, reads what the nodes wrote.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+const HEARTBEAT_MS: u64 = 200;
+const NODE_TTL_MS: u64 = 1_000;
+/// Shared by the nodes of one cluster (a real deployment gives every node the same two).
+const API_KEY: &str = "stoa_sk_clustertestkeyclustertestkey0123456789";
+const SIGNING_KEY: &str = "q2R0c3RvYS1jbHVzdGVyLXRlc3Qtc2lnbmluZy1rZXk";
+const OTHER_SIGNING_KEY: &str = "b3RoZXItY2x1c3Rlci10ZXN0LXNpZ25pbmcta2V5eHg";
+
+/// A throwaway `redis-server`: no persistence, loopback only, its own process group.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // The port is chosen by the kernel, then given to Redis; another process taking it
+        // in between makes Redis fail to start, and a new one is tried.
+        for _ in 0..5 {
+            redis.port = free_port();
+            if redis.launch() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Starts `redis-server` on `self.port`; true once it answers PING.
+    fn launch(&mut self) -> bool {
+        let conf = self.dir.path().join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {}\nbind 127.0.0.1\nprotected-mode yes\ndir {}\nsave \"\"\nappendonly no\n\
+                 daemonize no\nlogfile \"\"\nloglevel warning\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against this server; its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A new, empty Redis on the same port (what a restart without persistence gives).
+    fn restart(&mut self) {
+        self.kill();
+        assert!(self.launch(), "redis-server did not restart on its port");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `stoa serve` process of the cluster.
+struct Node {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+struct NodeSpec<'a> {
+    name: &'a str,
+    redis_url: String,
+    signing_key: &'a str,
+    api_key: &'a str,
+}
+
+impl<'a> NodeSpec<'a> {
+    fn new(name: &'a str, redis: &Redis) -> Self {
+        NodeSpec {
+            name,
+            redis_url: redis.url(),
+            signing_key: SIGNING_KEY,
+            api_key: API_KEY,
+        }
+    }
+
+    fn command(&self, dir: &Path) -> Command {
+        let config = dir.join("stoa.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n\
+                 [media]\nworkers = 1\nmax_connections = 10\n\
+                 [signal]\nmax_sockets_per_address = 1000\n\
+                 [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n"
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(common::BIN);
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(&config)
+            .env("STOA_REDIS_URL", &self.redis_url)
+            .env("STOA_NODE_NAME", self.name)
+            .env("STOA_API_KEY", self.api_key)
+            .env("STOA_SIGNING_KEY", self.signing_key)
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    fn start(self) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = self
+            .command(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("stoa starts");
+        let (url, _) = common::read_banner(&mut child, false);
+        Node {
+            child,
+            url,
+            _dir: dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Runs a node expected to refuse to start; its exit status and standard error.
+    fn refused(self) -> (std::process::ExitStatus, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = self
+            .command(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stoa starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a node that should refuse to start is still running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Node {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(API_KEY);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("node answers");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let mut body: Value = response.json().await.unwrap_or(Value::Null);
+        if let Some(value) = retry_after {
+            body["_retry_after"] = json!(value.to_str().unwrap());
+        }
+        (status, body)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn node_names(&self) -> Vec<String> {
+        let list = self.get("/api/v1/cluster/nodes").await;
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn room_with_invite(&self, role: &str) -> (String, String) {
+        let (status, room) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/rooms",
+                Some(json!({"title": "Cluster test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{room}");
+        let room = room["id"].as_str().unwrap().to_owned();
+        let code = self.invite(&room, role).await;
+        (room, code)
+    }
+
+    async fn invite(&self, room: &str, role: &str) -> String {
+        let (status, invite) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/rooms/{room}/invites"),
+                Some(json!({"role": role})),
+            )
+            .await;
+        assert_eq!(status, 201, "{invite}");
+        invite["code"].as_str().unwrap().to_owned()
+    }
+
+    async fn join(&self, code: &str, name: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/api/v1/join",
+            Some(json!({"invite": code, "display_name": name})),
+        )
+        .await
+    }
+
+    fn signal_url(&self) -> String {
+        format!("{}/api/v1/signal", self.url.replacen("http://", "ws://", 1))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A signaling socket that has sent `join` or `resume`; what the server answered first.
+struct Socket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Socket {
+    async fn open(url: &str, hello: Value) -> (Socket, Value) {
+        let (ws, _) = connect_async(url).await.expect("socket opens");
+        let mut socket = Socket { ws };
+        socket.send(hello).await;
+        let first = socket.next_message().await.expect("an answer to join");
+        (socket, first)
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message, answering the server's pings; `None` once closed.
+    async fn next_message(&mut self) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a message within 10 s")?;
+            match frame {
+                Ok(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "ping" {
+                        self.send(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Ok(Message::Close(frame)) => {
+                    return Some(json!({
+                        "type": "_close",
+                        "code": frame.map(|f| u16::from(f.code)),
+                    }));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Messages until one of type `kind`.
+    async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self.next_message().await.expect("socket open");
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes; how long it took.
+async fn within<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_find_each_other_and_leave_the_registry_when_they_stop_or_die() {
+    let redis = Redis::start();
+    let a = NodeSpec::new("node-a", &redis).start();
+    let mut b = NodeSpec::new("node-b", &redis).start();
+    let mut c = NodeSpec::new("node-c", &redis).start();
+
+    let list = a.get("/api/v1/cluster/nodes").await;
+    assert_eq!(list["clustered"], true);
+    assert_eq!(list["this_node"], "node-a");
+    let names = a.node_names().await;
+    assert_eq!(names, ["node-a", "node-b", "node-c"]);
+    let b_seen = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_seen["node_url"], b.url);
+    assert_eq!(b_seen["signal_url"], b.signal_url());
+    assert_eq!(b_seen["capacity"], 10);
+    assert_eq!(b_seen["media"].as_array().unwrap().len(), 1);
+
+    // What the nodes wrote, read by redis-cli: one key per node, expiring, refreshed.
+    let keys = redis.cli(&["--raw", "KEYS", "stoa:node:*"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["stoa:node:node-a", "stoa:node:node-b", "stoa:node:node-c"]
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", "stoa:node:node-b"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(0 < ttl && ttl <= NODE_TTL_MS as i64, "PTTL {ttl}");
+    let record: Value =
+        serde_json::from_str(&redis.cli(&["--raw", "GET", "stoa:node:node-b"])).unwrap();
+    assert_eq!(record["node_url"], b.url);
+
+    // A node that stops cleanly leaves at once.
+    b.terminate();
+    assert_eq!(a.node_names().await, ["node-a", "node-c"]);
+
+    // One that dies is gone once its record expires.
+    let killed_at = Instant::now();
+    c.kill();
+    within(
+        Duration::from_secs(5),
+        "the killed node leaves the registry",
+        || async { a.node_names().await == ["node-a"] },
+    )
+    .await;
+    let gone_after = killed_at.elapsed();
+    assert!(
+        gone_after <= Duration::from_millis(NODE_TTL_MS + 500),
+        "a dead node stayed listed for {gone_after:?}"
+    );
+
+    // The list is the operator's: a participant's token and no credential are refused.
+    let (_, code) = a.room_with_invite("moderator").await;
+    let (_, joined) = a.join(&code, "Ada").await;
+    let token = joined["token"].as_str().unwrap();
+    let response = a
+        .http
+        .get(format!("{}/api/v1/cluster/nodes", a.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = a
+        .http
+        .get(format!("{}/api/v1/cluster/nodes", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_with_settings_that_cannot_work() {
+    let redis = Redis::start();
+    let _a = NodeSpec::new("node-a", &redis).start();
+
+    let nobody = format!("redis://127.0.0.1:{}", free_port());
+    let (status, err) = NodeSpec {
+        redis_url: nobody.clone(),
+        ..NodeSpec::new("node-x", &redis)
+    }
+    .refused();
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("cannot reach Redis at {nobody}")),
+        "{err}"
+    );
+
+    let (status, err) = NodeSpec {
+        redis_url: "http://127.0.0.1:6379".into(),
+        ..NodeSpec::new("node-x", &redis)
+    }
+    .refused();
+    assert!(!status.success());
+    assert!(err.contains("redis_url must start with redis://"), "{err}");
+
+    // A password in the URL is never printed.
+    let (_, err) = NodeSpec {
+        redis_url: format!("redis://stoa:hunter2hunter2@127.0.0.1:{}", free_port()),
+        ..NodeSpec::new("node-x", &redis)
+    }
+    .refused();
+    assert!(err.contains("redis://stoa:***@127.0.0.1:"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let (status, err) = NodeSpec {
+        signing_key: OTHER_SIGNING_KEY,
+        ..NodeSpec::new("node-x", &redis)
+    }
+    .refused();
+    assert!(!status.success());
+    assert!(
+        err.contains("token signing key differs") && err.contains("STOA_SIGNING_KEY"),
+        "{err}"
+    );
+
+    let (status, err) = NodeSpec {
+        api_key: "stoa_sk_anotherclustersoperatorkey0123456789",
+        ..NodeSpec::new("node-x", &redis)
+    }
+    .refused();
+    assert!(!status.success());
+    assert!(
+        err.contains("operator key differs") && err.contains("STOA_API_KEY"),
+        "{err}"
+    );
+
+    // Another running node's name: refused once the name has not come free for a whole TTL.
+    let (status, err) = NodeSpec::new("node-a", &redis).refused();
+    assert!(!status.success());
+    assert!(
+        err.contains("\"node-a\" is taken by a running node"),
+        "{err}"
+    );
+
+    // None of them was listed.
+    assert_eq!(_a.node_names().await, ["node-a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_lives_on_one_node_and_sockets_elsewhere_are_sent_there() {
+    let redis = Redis::start();
+    let a = NodeSpec::new("node-a", &redis).start();
+    let b = NodeSpec::new("node-b", &redis).start();
+
+    // Load node-a (capacity 10): four open sockets make it the fuller node.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(connect_async(a.signal_url()).await.unwrap().0);
+    }
+    within(
+        Duration::from_secs(5),
+        "node-a reports its load",
+        || async { a.get("/api/v1/cluster/nodes").await["nodes"][0]["load"]["connections"] == 4 },
+    )
+    .await;
+
+    // The room is made through node-a (its store; PostgreSQL shares it across nodes), and the
+    // first join places it on the least full node, node-b.
+    let (room, code) = a.room_with_invite("moderator").await;
+    let (status, ada) = a.join(&code, "Ada").await;
+    assert_eq!(status, 200, "{ada}");
+    assert_eq!(
+        ada["signal_url"],
+        b.signal_url(),
+        "placed on the least full node"
+    );
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(lease.starts_with("node-b "), "lease {lease:?}");
+
+    // The same room asked again is where it was, even though node-b is now the fuller one.
+    drop(idle);
+    let code2 = a.invite(&room, "listener").await;
+    let (_, lee) = a.join(&code2, "Lee").await;
+    assert_eq!(lee["signal_url"], b.signal_url());
+
+    // A socket that reaches node-a for the room is told where the room lives.
+    let (mut socket, first) = Socket::open(
+        &a.signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    assert_eq!(first["type"], "moved", "{first}");
+    assert_eq!(first["signal_url"], b.signal_url());
+    let closed = socket.until("_close").await;
+    assert_eq!(closed["code"], 4307);
+    let lease_after = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert_eq!(lease_after, lease, "a redirect leaves the lease alone");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_live_rooms_go_on_and_new_joins_get_503() {
+    let mut redis = Redis::start();
+    let a = NodeSpec::new("node-a", &redis).start();
+    let (room, code) = a.room_with_invite("moderator").await;
+    let (_, ada) = a.join(&code, "Ada").await;
+    assert_eq!(ada["signal_url"], a.signal_url());
+    let (mut ada_socket, welcome) = Socket::open(
+        &a.signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let resume_token = welcome["resume_token"].as_str().unwrap().to_owned();
+    let listener_code = a.invite(&room, "listener").await;
+
+    redis.kill();
+
+    // New joins: a clear 503 with a stable code and Retry-After, and no use of the invite
+    // spent.
+    let (status, refused) = a.join(&listener_code, "Lee").await;
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["code"], "cluster_unavailable");
+    assert_eq!(refused["_retry_after"], "5");
+    let invites = a.get(&format!("/api/v1/rooms/{room}/invites")).await;
+    let listener_invite = invites["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["role"] == "listener")
+        .unwrap()
+        .clone();
+    assert_eq!(listener_invite["uses"], 0, "{listener_invite}");
+    // The operator's view of the cluster says why.
+    let (status, problem) = a
+        .call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("cluster_unavailable"))
+    );
+
+    // The live room goes on: Ada's socket still works, and a dropped socket resumes here.
+    ada_socket.send(json!({"type": "ping", "id": 7})).await;
+    let pong = ada_socket.until("pong").await;
+    assert_eq!(pong["id"], 7);
+    drop(ada_socket);
+    let (_resumed, welcome) = Socket::open(
+        &a.signal_url(),
+        json!({"type": "resume", "id": 2, "resume_token": resume_token}),
+    )
+    .await;
+    assert_eq!(
+        welcome["type"], "welcome",
+        "resumed while Redis is down: {welcome}"
+    );
+    assert_eq!(welcome["snapshot"]["you"]["role"], "moderator", "{welcome}");
+
+    // Redis comes back empty: the node registers again, keeps its room, and joins work.
+    redis.restart();
+    within(
+        Duration::from_secs(5),
+        "the node registers again",
+        || async {
+            a.call(reqwest::Method::GET, "/api/v1/cluster/nodes", None)
+                .await
+                .0
+                == 200
+        },
+    )
+    .await;
+    assert_eq!(a.node_names().await, ["node-a"]);
+    within(
+        Duration::from_secs(5),
+        "the live room's lease is written back",
+        || async {
+            redis
+                .cli(&["--raw", "GET", &format!("stoa:room:{room}")])
+                .starts_with("node-a ")
+        },
+    )
+    .await;
+    let (status, lee) = a.join(&listener_code, "Lee").await;
+    assert_eq!(status, 200, "{lee}");
+    assert_eq!(lee["signal_url"], a.signal_url());
+    let (_lee_socket, welcome) = Socket::open(
+        &a.signal_url(),
+        json!({"type": "join", "id": 1, "token": lee["token"]}),
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+}
