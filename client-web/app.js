@@ -125,6 +125,7 @@ function enterRoom(session) {
   });
   const signal = new SignalClient({
     url: session.signal_url,
+    fallbackUrl: `${location.origin.replace(/^http/, "ws")}/api/v1/signal`,
     token: session.token,
     tokenExpiresAt: Date.parse(session.expires_at),
     resumeToken: session.resume_token,

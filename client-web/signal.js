@@ -61,6 +61,10 @@ export class SignalClient extends EventTarget {
   /** @type {"join" | "resume"} */
   #mode = "join";
   #url;
+  /** Any node's signaling address (the page's own server), asked when the room's node is gone. */
+  #fallbackUrl;
+  /** Set by `moved`: the room lives on another node; the next attempt goes there at once. */
+  #movedTo = "";
   #token;
   #tokenExpiresAt;
   /** @type {string | null} */
@@ -84,12 +88,15 @@ export class SignalClient extends EventTarget {
   #handshakeTimer;
 
   /**
-   * @param {{ url: string, token: string, tokenExpiresAt: number, resumeToken?: string | null }} options
+   * @param {{ url: string, fallbackUrl?: string, token: string, tokenExpiresAt: number, resumeToken?: string | null }} options
+   *   `url`: the join answer's `signal_url` (the node the room lives on, in a cluster);
+   *   `fallbackUrl`: where to ask when that node cannot be reached (any node sends us on);
    *   `resumeToken`: from an earlier page of the same tab, to take the place back after a reload
    */
-  constructor({ url, token, tokenExpiresAt, resumeToken = null }) {
+  constructor({ url, fallbackUrl = url, token, tokenExpiresAt, resumeToken = null }) {
     super();
     this.#url = url;
+    this.#fallbackUrl = fallbackUrl;
     this.#token = token;
     this.#tokenExpiresAt = tokenExpiresAt;
     this.#resumeToken = resumeToken;
@@ -205,6 +212,10 @@ export class SignalClient extends EventTarget {
       case "closed":
         this.#closedReason = String(message.reason);
         return;
+      case "moved":
+        // The room lives on another node of the cluster; the close that follows sends us there.
+        if (typeof message.signal_url === "string") this.#movedTo = message.signal_url;
+        return;
     }
     if (message.id !== undefined && message.id !== null) {
       const pending = this.#pending.get(message.id);
@@ -284,6 +295,14 @@ export class SignalClient extends EventTarget {
     if (this.#status === "closed") return;
 
     const reason = this.#closedReason || frameReason || CODE_REASONS.get(code) || "";
+    if (reason === "room_elsewhere" && this.#movedTo) {
+      // Not a failure: the same handshake, at once, on the room's node.
+      this.#url = this.#movedTo;
+      this.#movedTo = "";
+      if (this.#status === "connected") this.#setStatus({ status: "reconnecting", reason, code });
+      this.#connectSoon(0, this.#mode);
+      return;
+    }
     if (TERMINAL.has(reason)) {
       this.#finish(reason, code);
       return;
@@ -319,6 +338,9 @@ export class SignalClient extends EventTarget {
     }
     const delay = [250, 1000, 2000, 4000][Math.min(this.#attempt, 3)];
     this.#attempt++;
+    // Every other attempt asks any node (the page's own server) rather than the room's node,
+    // which may be gone for good; a node that is not the room's home answers with `moved`.
+    if (this.#attempt % 2 === 0 && this.#url !== this.#fallbackUrl) this.#url = this.#fallbackUrl;
     this.#connectSoon(delay, mode);
   }
 
