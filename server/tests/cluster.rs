@@ -596,7 +596,28 @@ async fn a_room_lives_on_one_node_and_sockets_elsewhere_are_sent_there() {
     assert_eq!(closed["code"], 4307);
     let lease_after = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
     assert_eq!(lease_after, lease, "a redirect leaves the lease alone");
-    drop(b);
+
+    // The room's node is killed. It stays listed until its record expires, but a socket for
+    // the room that reaches node-a finds it refusing connections and node-a takes the room at
+    // once, under a new epoch (node-a's store has the room: the welcome follows).
+    let mut b = b;
+    b.kill();
+    let started = Instant::now();
+    let (_socket, first) = Socket::open(
+        &a.signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(first["type"], "welcome", "{first}");
+    assert!(
+        took < Duration::from_millis(NODE_TTL_MS),
+        "took the room over in {took:?}, not before the dead node's record expired"
+    );
+    let epoch = |lease: &str| -> u64 { lease.trim().rsplit(' ').next().unwrap().parse().unwrap() };
+    let taken = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(taken.starts_with("node-a "), "lease {taken:?}");
+    assert!(epoch(&taken) > epoch(&lease), "{taken:?} after {lease:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,26 @@ use super::{Cluster, NODE_PREFIX, NodeInfo};
 const ROOM_PREFIX: &str = "stoa:room:";
 const EPOCH_PREFIX: &str = "stoa:room-epoch:";
 
+/// Whether a node accepts TCP connections at its base URL's address (within half a second):
+/// a node killed moments ago is still listed until its record expires, but refuses them.
+async fn answers(node_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(node_url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
 /// A room's lease: who is home and since which placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -90,7 +110,15 @@ impl Cluster {
         if let Some(lease) = self.lease(room).await?
             && let Some(node) = self.node(&lease.node).await?
         {
-            return Ok(self.home(node, lease));
+            let home = self.home(node, lease);
+            match &home {
+                Home::Elsewhere(node, _) if !answers(&node.node_url).await => {
+                    // Killed moments ago: the participant's node takes the room when they
+                    // arrive; send them to this node, which will.
+                    return self.claim(room).await;
+                }
+                _ => return Ok(home),
+            }
         }
         let nodes = self.nodes().await?;
         let me = self.me();
@@ -134,8 +162,13 @@ impl Cluster {
                 return Ok(Home::Here(lease));
             }
             match self.node(&lease.node).await? {
-                Some(node) => return Ok(Home::Elsewhere(Box::new(node), lease)),
-                None => lease = self.take_over(room, lease).await?,
+                Some(node) if answers(&node.node_url).await => {
+                    return Ok(Home::Elsewhere(Box::new(node), lease));
+                }
+                // Gone (its record expired), or still listed but refusing connections (killed
+                // moments ago): the room is taken from it. If it was only cut off from us, the
+                // new epoch makes it let go at its next renewal.
+                _ => lease = self.take_over(room, lease).await?,
             }
         }
         Err(redis::RedisError::from((
