@@ -51,7 +51,7 @@ pub struct Config {
 
 /// Running as one node of a cluster: nodes find each other, and agree where each live room
 /// lives, through Redis. Without `redis_url` the server is a cluster of one.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
@@ -77,6 +77,19 @@ impl Default for ClusterSettings {
             heartbeat_ms: 1_000,
             node_ttl_ms: 5_000,
         }
+    }
+}
+
+/// Hand-written so that a password in the Redis URL never reaches a log line.
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_password))
+            .field("node_name", &self.node_name)
+            .field("node_url", &self.node_url)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("node_ttl_ms", &self.node_ttl_ms)
+            .finish()
     }
 }
 
@@ -698,6 +711,14 @@ mod tests {
             "redis://stoa:***@db:6379/0"
         );
         assert_eq!(redact_password("redis://db:6379"), "redis://db:6379");
+        let shown = format!(
+            "{:?}",
+            ClusterSettings {
+                redis_url: Some("redis://stoa:s3cret@db:6379".into()),
+                ..ClusterSettings::default()
+            }
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     /// operations.md shows what an unknown key gets; keep it true as settings are added.
