@@ -6,8 +6,9 @@
 //! `redis-cli`, a client nobody on the team wrote, reads what the nodes wrote.
 
 mod common;
+#[path = "../../tests/src/redis.rs"]
+mod redis;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,114 +18,14 @@ use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
+use redis::{Redis, free_port};
+
 const HEARTBEAT_MS: u64 = 200;
 const NODE_TTL_MS: u64 = 1_000;
 /// Shared by the nodes of one cluster (a real deployment gives every node the same two).
 const API_KEY: &str = "stoa_sk_clustertestkeyclustertestkey0123456789";
 const SIGNING_KEY: &str = "q2R0c3RvYS1jbHVzdGVyLXRlc3Qtc2lnbmluZy1rZXk";
 const OTHER_SIGNING_KEY: &str = "b3RoZXItY2x1c3Rlci10ZXN0LXNpZ25pbmcta2V5eHg";
-
-/// A throwaway `redis-server`: no persistence, loopback only, its own process group.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut redis = Redis {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        // The port is chosen by the kernel, then given to Redis; another process taking it
-        // in between makes Redis fail to start, and a new one is tried.
-        for _ in 0..5 {
-            redis.port = free_port();
-            if redis.launch() {
-                return redis;
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    /// Starts `redis-server` on `self.port`; true once it answers PING.
-    fn launch(&mut self) -> bool {
-        let conf = self.dir.path().join("redis.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {}\nbind 127.0.0.1\nprotected-mode yes\ndir {}\nsave \"\"\nappendonly no\n\
-                 daemonize no\nlogfile \"\"\nloglevel warning\n",
-                self.port,
-                self.dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
-                return true;
-            }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// `redis-cli` against this server; its standard output.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A new, empty Redis on the same port (what a restart without persistence gives).
-    fn restart(&mut self) {
-        self.kill();
-        assert!(self.launch(), "redis-server did not restart on its port");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One `stoa serve` process of the cluster.
 struct Node {

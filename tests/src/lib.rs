@@ -3,6 +3,7 @@
 
 pub mod loadgen;
 pub mod media;
+pub mod redis;
 pub mod rtc_client;
 pub mod signal;
 pub mod soak;
