@@ -81,7 +81,6 @@ impl Postgres {
         SHARED.get_or_init(Postgres::start)
     }
 
-
     /// The URL of `database` over TCP, with the password.
     pub fn url(&self, database: &str) -> String {
         format!(
