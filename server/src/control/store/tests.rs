@@ -44,7 +44,28 @@ on_both_engines!(
     redeem_counts_uses_and_keeps_identity,
     a_live_role_outranks_every_older_token_across_redemptions,
     pages_follow_the_cursor,
+    startup_link_keeps_one_demo_room_and_one_live_link,
 );
+
+async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
+    let (room, first) = store.startup_link(1_000).await.unwrap().unwrap();
+    let (again, second) = store.startup_link(2_000).await.unwrap().unwrap();
+    assert_eq!(again.id, room.id, "one demo room across starts");
+    assert_eq!(second.invite.role, Role::Moderator);
+    assert!(matches!(
+        store.redeem(first.code, "Old".into(), None, 3_000).await,
+        Err(ControlError::InviteInvalid)
+    ));
+    store
+        .redeem(second.code, "New".into(), None, 3_000)
+        .await
+        .unwrap();
+    store
+        .end_room(room.id, Actor::Operator, 4_000, None)
+        .await
+        .unwrap();
+    assert!(store.startup_link(5_000).await.unwrap().is_none());
+}
 
 fn room_new(title: &str) -> NewRoom {
     NewRoom {
