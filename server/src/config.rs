@@ -46,7 +46,28 @@ pub struct Config {
     pub signal: SignalSettings,
     pub media: MediaSettings,
     pub broadcast: BroadcastSettings,
+    pub database: DatabaseSettings,
     pub cluster: ClusterSettings,
+}
+
+/// Where the durable facts live: the SQLite file in `data_dir` (no URL, the default), or a
+/// PostgreSQL server that several nodes share.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:5432/database`; unset, SQLite.
+    pub url: Option<String>,
+    /// Connections this node keeps to PostgreSQL at most.
+    pub max_connections: usize,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: None,
+            max_connections: 16,
+        }
+    }
 }
 
 /// Running as one node of a cluster: nodes find each other, and agree where each live room
@@ -77,6 +98,16 @@ impl Default for ClusterSettings {
             heartbeat_ms: 1_000,
             node_ttl_ms: 5_000,
         }
+    }
+}
+
+/// Hand-written so that the password in the URL never reaches a log line.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url.as_ref().map(|_| "(set)"))
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -313,6 +344,7 @@ impl Default for Config {
             media: MediaSettings::default(),
             broadcast: BroadcastSettings::default(),
             cluster: ClusterSettings::default(),
+            database: DatabaseSettings::default(),
         }
     }
 }
@@ -376,6 +408,10 @@ pub struct Overrides {
     /// This node's own base URL, for signaling sockets (default: --public-url).
     #[arg(long, global = true, env = "STOA_NODE_URL")]
     pub node_url: Option<String>,
+    /// PostgreSQL URL (postgres://user:password@host:5432/database); unset, SQLite in the
+    /// data folder.
+    #[arg(long, global = true, env = "STOA_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Do not create or print the demo room.
     #[arg(long, global = true, env = "STOA_NO_DEMO")]
     pub no_demo: bool,
@@ -461,6 +497,9 @@ impl Config {
         }
         if let Some(v) = &o.node_url {
             self.cluster.node_url = Some(v.clone());
+        }
+        if let Some(v) = &o.database_url {
+            self.database.url = Some(v.clone());
         }
         if o.no_demo {
             self.demo_room = false;
@@ -588,6 +627,15 @@ impl Config {
                 "cluster: heartbeat_ms >= 100 and node_ttl_ms >= 3 × heartbeat_ms".into(),
             ));
         }
+        let d = &self.database;
+        if let Some(url) = &d.url {
+            check_database_url(url)?;
+        }
+        if d.max_connections == 0 || d.max_connections > 1000 {
+            return Err(ConfigError::Invalid(
+                "database: max_connections 1..=1000".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -622,6 +670,21 @@ pub fn redact_password(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// A PostgreSQL URL the driver can use; the message never repeats the URL (it may hold a
+/// password).
+fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::Invalid(
+            "database.url must start with postgres:// or postgresql:// (leave it unset for \
+             SQLite in the data folder)"
+                .into(),
+        ));
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid(format!("database.url is not a valid URL: {e}")))
 }
 
 /// `http(s)://host[:port]`, exactly as a browser writes it in `Origin` (no path, no `*`).
@@ -735,6 +798,26 @@ mod tests {
         ] {
             assert!(docs.contains(example), "{key} {example}");
         }
+    }
+
+    #[test]
+    fn a_database_url_must_be_postgres_and_stays_out_of_logs() {
+        let mut c = Config::from_toml(
+            "[database]\nurl = \"postgres://stoa:secret@db.example:5432/stoa\"\nmax_connections = 4\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+        c.apply(&Overrides {
+            database_url: Some("mysql://stoa:secret@db.example/stoa".into()),
+            ..Default::default()
+        });
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(refused.contains("postgres://"), "{refused}");
+        assert!(!refused.contains("secret"), "{refused}");
+        c.database.url = Some("postgres://stoa@db.example:port/stoa".into());
+        assert!(c.validate().is_err());
+        assert!(Config::from_toml("[database]\nuri = \"postgres://x\"\n").is_err());
     }
 
     #[test]

@@ -105,7 +105,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     make_private(&data_dir)
         .with_context(|| format!("cannot make {} private", data_dir.display()))?;
 
-    let store = Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?;
+    let store = match &config.database.url {
+        None => Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?,
+        Some(url) => Store::connect_postgres(url, config.database.max_connections)
+            .await
+            .context("cannot open the PostgreSQL database")?,
+    };
     let (operator_key, key_source) = match &config.api_key {
         Some(key) => (OperatorKey::new(key), KeySource::Environment),
         None => {

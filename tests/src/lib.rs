@@ -3,6 +3,7 @@
 
 pub mod loadgen;
 pub mod media;
+pub mod postgres;
 pub mod redis;
 pub mod rtc_client;
 pub mod signal;
@@ -14,6 +15,49 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stoa::{Clock, Config, RunningServer};
 use tempfile::TempDir;
+
+/// Which store a test server keeps its durable facts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The SQLite file in the data folder (the default).
+    Sqlite,
+    /// A fresh database on this test binary's shared throwaway PostgreSQL.
+    Postgres,
+}
+
+impl Engine {
+    /// Points `config` at this engine.
+    pub fn configure(self, config: &mut Config) {
+        config.database.url = match self {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(postgres::Postgres::shared().fresh_database()),
+        };
+    }
+}
+
+/// Each named `async fn(Engine)` of the calling file becomes one test per engine:
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Engine::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Engine::Postgres).await
+                }
+            )*
+        }
+    };
+}
 
 /// A running server plus what a test needs to talk to it.
 pub struct TestServer {
@@ -77,6 +121,11 @@ impl TestServer {
     /// A server with test defaults: no demo room, a manual clock, a generous join rate.
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
+    }
+
+    /// A server with test defaults on `engine`.
+    pub async fn start_on(engine: Engine) -> Self {
+        Self::start_with(|c| engine.configure(c)).await
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {

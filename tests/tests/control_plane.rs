@@ -1,20 +1,23 @@
 //! End-to-end tests of the control plane over real HTTP: rooms, invites, redemption,
 //! authorisation, bad input, persistence across restarts, rate limits and the OpenAPI document.
+//! Every case runs on both store engines (`sqlite::…`, `postgres::…`); the last tests are about
+//! PostgreSQL itself: an outage, and URLs a node must refuse.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stoa_tests::TestServer;
+use stoa::{Clock, Config};
+use stoa_tests::postgres::Postgres;
+use stoa_tests::{Engine, TestServer, on_both_engines};
 
 fn s(v: &Value) -> String {
     v.as_str().expect("a string").to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_invites_and_join_happy_path() {
-    let t = TestServer::start().await;
+async fn rooms_invites_and_join_happy_path(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("  Friday jam ").await;
     let shown = t
         .op(Method::GET, &format!("/api/v1/rooms/{room}"), None)
@@ -132,9 +135,8 @@ async fn rooms_invites_and_join_happy_path() {
 }
 
 /// Every endpoint against every kind of caller: the full refusal matrix.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorisation_matrix() {
-    let t = TestServer::start().await;
+async fn authorisation_matrix(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("A").await;
     let other = t.create_room("B").await;
     let listener = t.participant(&room, "listener", "L").await;
@@ -307,9 +309,8 @@ async fn authorisation_matrix() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invite_expiry_revocation_and_unknown_codes() {
-    let t = TestServer::start().await;
+async fn invite_expiry_revocation_and_unknown_codes(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("R").await;
     let timed = t
         .create_invite(&room, "listener", json!({ "expires_in_secs": 60 }))
@@ -360,9 +361,8 @@ async fn invite_expiry_revocation_and_unknown_codes() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_uses_holds_under_concurrency() {
-    let t = TestServer::start().await;
+async fn max_uses_holds_under_concurrency(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("Busy").await;
     let invite = t
         .create_invite(&room, "listener", json!({ "max_uses": 10 }))
@@ -394,9 +394,8 @@ async fn max_uses_holds_under_concurrency() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn banned_identity_cannot_come_back_through_any_invite() {
-    let t = TestServer::start().await;
+async fn banned_identity_cannot_come_back_through_any_invite(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("R").await;
     let first = t.create_invite(&room, "listener", json!({})).await;
     let second = t.create_invite(&room, "speaker", json!({})).await;
@@ -471,9 +470,8 @@ async fn banned_identity_cannot_come_back_through_any_invite() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_survives_a_restart() {
-    let t = TestServer::start().await;
+async fn everything_survives_a_restart(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("Persistent").await;
     let once = t
         .create_invite(
@@ -525,9 +523,9 @@ async fn everything_survives_a_restart() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_is_rate_limited_per_address() {
+async fn join_is_rate_limited_per_address(engine: Engine) {
     let t = TestServer::start_with(|c| {
+        engine.configure(c);
         c.limits.joins_per_minute = 1;
         c.limits.join_burst = 3;
     })
@@ -552,9 +550,8 @@ async fn join_is_rate_limited_per_address() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_and_changes_nothing() {
-    let t = TestServer::start().await;
+async fn bad_input_is_refused_and_changes_nothing(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("Keep me").await;
     let events_before = t
         .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
@@ -797,9 +794,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_are_paginated() {
-    let t = TestServer::start().await;
+async fn lists_are_paginated(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     for i in 0..7 {
         t.create_room(&format!("room {i}")).await;
     }
@@ -835,9 +831,8 @@ async fn lists_are_paginated() {
 
 /// The OpenAPI document parses, lists exactly the routes the contract names, and every route
 /// it lists is served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_lists_every_route() {
-    let t = TestServer::start().await;
+async fn openapi_lists_every_route(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let doc = t
         .call(Method::GET, "/api/v1/openapi.json", None, None)
         .await
@@ -906,9 +901,8 @@ async fn openapi_lists_every_route() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics() {
-    let t = TestServer::start().await;
+async fn health_and_metrics(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let health = t
         .call(Method::GET, "/healthz", None, None)
         .await
@@ -944,4 +938,156 @@ async fn health_and_metrics() {
     );
     assert!(!text.contains(&t.api_key), "the key must never be exported");
     t.stop().await;
+}
+
+on_both_engines!(
+    rooms_invites_and_join_happy_path,
+    authorisation_matrix,
+    invite_expiry_revocation_and_unknown_codes,
+    max_uses_holds_under_concurrency,
+    banned_identity_cannot_come_back_through_any_invite,
+    everything_survives_a_restart,
+    join_is_rate_limited_per_address,
+    bad_input_is_refused_and_changes_nothing,
+    lists_are_paginated,
+    openapi_lists_every_route,
+    health_and_metrics,
+);
+
+/// PostgreSQL crashes under a running node: writes are refused with 503 `store_unavailable`
+/// (and so are reads of stored facts), what does not need the database is still served, the
+/// node does not fall over, and once PostgreSQL is back everything acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_refuses_writes_and_loses_nothing() {
+    let mut pg = Postgres::start();
+    let url = pg.fresh_database();
+    let t = TestServer::start_with(|c| c.database.url = Some(url)).await;
+    let room = t.create_room("Before").await;
+    let invite = t
+        .create_invite(&room, "listener", json!({ "max_uses": 3 }))
+        .await;
+    let code = s(&invite["code"]);
+    let first = t.join(&code, "Ada").await.expect(200);
+    let events_before = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
+        .await
+        .expect(200);
+
+    pg.crash();
+    let refused = [
+        t.op(
+            Method::POST,
+            "/api/v1/rooms",
+            Some(json!({ "title": "During" })),
+        )
+        .await,
+        t.join(&code, "Bob").await,
+        t.op(
+            Method::POST,
+            &format!("/api/v1/rooms/{room}/invites"),
+            Some(json!({ "role": "speaker" })),
+        )
+        .await,
+        t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+            .await,
+        t.op(Method::GET, "/api/v1/rooms", None).await,
+        t.call(Method::GET, "/healthz", None, None).await,
+    ];
+    for answer in &refused {
+        answer.expect_problem(503, "store_unavailable");
+        assert!(answer.headers.contains_key("retry-after"), "{answer:?}");
+    }
+    // What needs no database is still served.
+    t.call(Method::GET, "/metrics", None, None)
+        .await
+        .expect(200);
+    t.call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .expect(200);
+
+    pg.restart();
+    t.call(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+    let rooms = t.op(Method::GET, "/api/v1/rooms", None).await.expect(200);
+    let titles: Vec<_> = rooms["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| s(&r["title"]))
+        .collect();
+    assert_eq!(titles, ["Before"], "nothing refused was half-written");
+    let invites = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/invites"), None)
+        .await
+        .expect(200);
+    assert_eq!(invites["items"].as_array().unwrap().len(), 1);
+    assert_eq!(invites["items"][0]["uses"], 1);
+    let events_after = t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}/events"), None)
+        .await
+        .expect(200);
+    assert_eq!(events_after["items"], events_before["items"]);
+    // The same identity comes back, and new writes work again.
+    let again = t
+        .call(
+            Method::POST,
+            "/api/v1/join",
+            None,
+            Some(json!({ "invite": code, "display_name": "Ada", "identity": first["identity"] })),
+        )
+        .await
+        .expect(200);
+    assert_eq!(again["participant_id"], first["participant_id"]);
+    t.create_room("After").await;
+    t.stop().await;
+}
+
+/// A node whose database URL is wrong does not start, and says why without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_database_url_refuses_to_start() {
+    let pg = Postgres::shared();
+    let good = pg.fresh_database();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            "mysql://stoa:hunter2@127.0.0.1/stoa".to_owned(),
+            "must start with postgres://",
+        ),
+        (
+            format!("postgres://postgres:hunter2@127.0.0.1:{closed_port}/stoa"),
+            "Connection refused",
+        ),
+        (
+            good.replace(stoa_tests::postgres::PASSWORD, "hunter2"),
+            "password authentication failed",
+        ),
+        (format!("{good}_missing"), "does not exist"),
+    ];
+    for (url, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            demo_room: false,
+            ..Config::default()
+        };
+        config.database.url = Some(url.clone());
+        let refused = match stoa::server::start_with_clock(config, Clock::manual()).await {
+            Ok(_) => panic!("a node started on {url}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(refused.contains(reason), "{url}: {refused}");
+        assert!(!refused.contains("hunter2"), "{url}: {refused}");
+        if reason != "must start with postgres://" {
+            assert!(
+                refused.contains("cannot connect to PostgreSQL at postgres@127.0.0.1:"),
+                "{refused}"
+            );
+        }
+    }
 }

@@ -144,6 +144,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a 503 `store_unavailable` suggests waiting: about as long as a database restart takes.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         use StatusCode as S;
@@ -161,6 +164,17 @@ impl From<ControlError> for ApiError {
             ControlError::Banned => ApiError::new(S::FORBIDDEN, "banned", detail),
             ControlError::Invalid { code, detail } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail)
+            }
+            ControlError::Unavailable(message) => {
+                tracing::warn!(%message, "database unavailable");
+                ApiError {
+                    retry_after_secs: Some(STORE_RETRY_AFTER_SECS),
+                    ..ApiError::new(
+                        S::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the database is unavailable; try again shortly",
+                    )
+                }
             }
             ControlError::Storage(message) => {
                 tracing::error!(%message, "storage error");

@@ -22,6 +22,10 @@ pub enum ControlError {
     Banned,
     #[error("{detail}")]
     Invalid { code: &'static str, detail: String },
+    /// The database cannot be reached now (PostgreSQL down, restarting, or every pooled
+    /// connection busy for too long): the call was not acknowledged and may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("storage failure: {0}")]
     Storage(String),
 }

@@ -1,5 +1,6 @@
 //! The control plane: durable facts (rooms, invites, identities, bans, the audit log) and the
-//! rules for creating and redeeming them. Knows SQLite; knows nothing of HTTP or sockets.
+//! rules for creating and redeeming them. Knows SQLite and PostgreSQL; knows nothing of HTTP or
+//! sockets.
 
 mod error;
 mod ids;

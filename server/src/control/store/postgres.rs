@@ -1,0 +1,874 @@
+//! The PostgreSQL engine of the store: a pool of connections (deadpool) to a server that many
+//! nodes share. Transactions run at READ COMMITTED and take row locks for what they decide
+//! on, always in the order rooms → identities → invites, so concurrent writers on any node
+//! wait for each other instead of deadlocking; no HTTP here.
+
+use std::time::Duration;
+
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::{NoTls, Row};
+
+use super::super::model::{CreatedInvite, PageRequest, Standing};
+use super::super::{
+    Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
+    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+};
+use super::{MIGRATIONS, rules};
+
+type Result<T> = std::result::Result<T, ControlError>;
+
+/// Advisory lock keys (any two constants nobody else uses): one node migrates at a time, and
+/// one node at a time makes the demo room's startup link.
+const MIGRATION_LOCK: i64 = 0x5354_4f41_0001;
+const STARTUP_LINK_LOCK: i64 = 0x5354_4f41_0002;
+
+/// How long a request waits for a connection, or for a new one to be made, before it is
+/// answered `store_unavailable`: a database that is down is reported, not waited for.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the pool; cheap to clone.
+#[derive(Clone)]
+pub(super) struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    pub(super) async fn connect(url: &str, max_connections: usize) -> Result<PgStore> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            ControlError::Storage(format!("the database URL is not a PostgreSQL URL: {e}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_TIMEOUT);
+        }
+        // A peer that vanished without closing (a host down, a network cut) is noticed in
+        // about half a minute instead of the kernel's two hours.
+        config.keepalives_idle(Duration::from_secs(15));
+        config.tcp_user_timeout(Duration::from_secs(30));
+        let target = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            // Checks a pooled connection with a round trip before handing it out, so one left
+            // broken by a database restart is replaced instead of failing a request.
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| ControlError::Storage(format!("cannot build the connection pool: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| {
+            let reason = match &e {
+                PoolError::Backend(e) => chain(e),
+                other => chain(other),
+            };
+            ControlError::Storage(format!(
+                "cannot connect to PostgreSQL at {target}: {reason}"
+            ))
+        })?;
+        migrate(&mut client)
+            .await
+            .map_err(|e| ControlError::Storage(format!("migration failed: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    pub(super) async fn create_room(
+        &self,
+        new: NewRoom,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Room> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let room = insert_room(&tx, &new, false, now_ms).await?;
+        let detail = rules::room_created_detail(&room);
+        audit(&tx, &room.id, &actor, "room.created", None, detail, now_ms).await?;
+        tx.commit().await?;
+        Ok(room)
+    }
+
+    pub(super) async fn room(&self, id: RoomId) -> Result<Room> {
+        let c = self.client().await?;
+        room_by_id(&c, &id, "")
+            .await?
+            .ok_or(ControlError::RoomNotFound)
+    }
+
+    pub(super) async fn list_rooms(&self, page: PageRequest) -> Result<Page<Room>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT seq, {ROOM_COLUMNS} FROM rooms WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ),
+                &[&page.after.unwrap_or(0), &(i64::from(page.limit) + 1)],
+            )
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, room_from_row(r, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn end_room(
+        &self,
+        id: RoomId,
+        actor: Actor,
+        now_ms: i64,
+        audit_detail: Option<serde_json::Value>,
+    ) -> Result<Room> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let mut room = room_by_id(&tx, &id, "FOR NO KEY UPDATE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        if room.is_ended() {
+            return Err(ControlError::RoomEnded);
+        }
+        tx.execute(
+            "UPDATE rooms SET ended_at = $2 WHERE id = $1",
+            &[&id.as_str(), &now_ms],
+        )
+        .await?;
+        if let Some(detail) = audit_detail {
+            audit(&tx, &id, &actor, "room.ended", None, detail, now_ms).await?;
+        }
+        tx.commit().await?;
+        room.ended_at_ms = Some(now_ms);
+        Ok(room)
+    }
+
+    pub(super) async fn create_invite(
+        &self,
+        room: RoomId,
+        new: NewInvite,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedInvite> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let created = insert_invite(&tx, &room, &new, &actor, false, now_ms).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    pub(super) async fn list_invites(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Invite>> {
+        let c = self.client().await?;
+        room_by_id(&c, &room, "")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT seq, {INVITE_COLUMNS} FROM invites
+                     WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
+                &[
+                    &room.as_str(),
+                    &page.after.unwrap_or(0),
+                    &(i64::from(page.limit) + 1),
+                ],
+            )
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, invite_from_row(r, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn revoke_invite(
+        &self,
+        room: RoomId,
+        invite: InviteId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Invite> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let mut found = invite_where(&tx, "id = $1", &invite.as_str(), "FOR UPDATE")
+            .await?
+            .filter(|i| i.room_id == room)
+            .ok_or(ControlError::InviteNotFound)?;
+        if !found.revoked {
+            tx.execute(
+                "UPDATE invites SET revoked_at = $2 WHERE id = $1",
+                &[&invite.as_str(), &now_ms],
+            )
+            .await?;
+            let detail = serde_json::json!({});
+            let target = Some(invite.as_str());
+            audit(&tx, &room, &actor, "invite.revoked", target, detail, now_ms).await?;
+            found.revoked = true;
+        }
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    pub(super) async fn invite_id_for_code(&self, code: InviteCode) -> Result<InviteId> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT id FROM invites WHERE code_hash = $1",
+                &[&&code.hash()[..]],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(InviteId::from_trusted(row.try_get(0)?)),
+            None => Err(ControlError::InviteNotFound),
+        }
+    }
+
+    pub(super) async fn preview_invite(
+        &self,
+        code: InviteCode,
+        now_ms: i64,
+    ) -> Result<(Room, Invite)> {
+        let c = self.client().await?;
+        let invite = invite_where(&c, "code_hash = $1", &&code.hash()[..], "")
+            .await?
+            .ok_or(ControlError::InviteInvalid)?;
+        let room = room_by_id(&c, &invite.room_id, "").await?;
+        rules::check_previewable(&invite, room.as_ref(), now_ms)?;
+        Ok((room.ok_or(ControlError::InviteInvalid)?, invite))
+    }
+
+    pub(super) async fn redeem(
+        &self,
+        code: InviteCode,
+        display_name: String,
+        identity: Option<IdentitySecret>,
+        now_ms: i64,
+    ) -> Result<Redemption> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let hash = code.hash();
+        // The first read only finds the room; the locks are then taken in the usual order and
+        // the invite read again under its lock, so what is checked is what is counted.
+        let room_id = invite_where(&tx, "code_hash = $1", &&hash[..], "")
+            .await?
+            .ok_or(ControlError::InviteInvalid)?
+            .room_id;
+        let room = room_by_id(&tx, &room_id, "FOR SHARE").await?;
+        let (secret, new_identity) = match identity {
+            Some(s) => (s, false),
+            None => (IdentitySecret::generate(), true),
+        };
+        let existing: Option<String> = tx
+            .query_opt(
+                "SELECT id FROM identities WHERE room_id = $1 AND secret_hash = $2 FOR UPDATE",
+                &[&room_id.as_str(), &&secret.hash()[..]],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let invite = invite_where(&tx, "code_hash = $1", &&hash[..], "FOR UPDATE")
+            .await?
+            .ok_or(ControlError::InviteInvalid)?;
+        rules::check_redeemable(&invite, room.as_ref(), now_ms)?;
+        let room = room.ok_or(ControlError::InviteInvalid)?;
+        if let Some(id) = &existing
+            && is_banned(&tx, &room.id, id).await?
+        {
+            return Err(ControlError::Banned);
+        }
+        // The invite row is locked, and the update is conditional besides: concurrent
+        // redemptions on any number of nodes never count past max_uses.
+        let counted = tx
+            .execute(
+                "UPDATE invites SET uses = uses + 1
+                 WHERE id = $1 AND (max_uses IS NULL OR uses < max_uses)",
+                &[&invite.id.as_str()],
+            )
+            .await?;
+        if counted == 0 {
+            return Err(ControlError::InviteUsedUp);
+        }
+        let (participant_id, generation, role) = match existing {
+            Some(id) => {
+                let row = tx
+                    .query_one(
+                        "UPDATE identities SET display_name = $2, last_joined_at = $3,
+                         invite_id = $4, token_generation = token_generation + 1
+                         WHERE id = $1 RETURNING token_generation, live_role",
+                        &[&id, &display_name, &now_ms, &invite.id.as_str()],
+                    )
+                    .await?;
+                let live_role: Option<String> = row.try_get(1)?;
+                let role = rules::role_after_redemption(live_role.as_deref(), invite.role);
+                (ParticipantId::from_trusted(id), row.try_get(0)?, role)
+            }
+            None => {
+                let id = ParticipantId::generate();
+                tx.execute(
+                    "INSERT INTO identities
+                     (id, room_id, secret_hash, display_name, invite_id, created_at,
+                      last_joined_at, token_generation)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, 1)",
+                    &[
+                        &id.as_str(),
+                        &room.id.as_str(),
+                        &&secret.hash()[..],
+                        &display_name,
+                        &invite.id.as_str(),
+                        &now_ms,
+                    ],
+                )
+                .await?;
+                (id, 1, invite.role)
+            }
+        };
+        audit(
+            &tx,
+            &room.id,
+            &Actor::Participant(participant_id.clone()),
+            "invite.redeemed",
+            Some(invite.id.as_str()),
+            rules::redeemed_detail(role, &display_name),
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Redemption {
+            room,
+            participant_id,
+            display_name,
+            role,
+            generation,
+            invite_id: invite.id,
+            new_identity: new_identity.then_some(secret),
+        })
+    }
+
+    pub(super) async fn ban(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+        revoke_invite: bool,
+        actor: Actor,
+        now_ms: i64,
+        record: bool,
+    ) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        // Locked, so a redemption by this identity either finishes first (and the invite it
+        // used is the one revoked) or waits and then sees the ban.
+        let invite_id: Option<String> = tx
+            .query_opt(
+                "SELECT invite_id FROM identities WHERE id = $1 AND room_id = $2 FOR UPDATE",
+                &[&participant.as_str(), &room.as_str()],
+            )
+            .await?
+            .ok_or(ControlError::ParticipantNotFound)?
+            .try_get(0)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO bans (room_id, participant_id, created_at, created_by)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &room.as_str(),
+                    &participant.as_str(),
+                    &now_ms,
+                    &actor.as_audit_str(),
+                ],
+            )
+            .await?;
+        if revoke_invite
+            && let Some(invite_id) = invite_id
+            && tx
+                .execute(
+                    "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    &[&invite_id, &now_ms],
+                )
+                .await?
+                > 0
+        {
+            let detail = serde_json::json!({ "because_banned": participant.as_str() });
+            let target = Some(invite_id.as_str());
+            audit(&tx, &room, &actor, "invite.revoked", target, detail, now_ms).await?;
+        }
+        if record && inserted > 0 {
+            let detail = serde_json::json!({});
+            let target = Some(participant.as_str());
+            audit(
+                &tx,
+                &room,
+                &actor,
+                "participant.banned",
+                target,
+                detail,
+                now_ms,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn standing(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+    ) -> Result<Standing> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT live_role, live_role_generation, removed_at FROM identities
+                 WHERE id = $1 AND room_id = $2",
+                &[&participant.as_str(), &room.as_str()],
+            )
+            .await?;
+        let (role, live_role_generation, removed_at_ms): (Option<String>, i64, Option<i64>) =
+            match row {
+                Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                None => (None, 0, None),
+            };
+        Ok(Standing {
+            banned: is_banned(&c, &room, participant.as_str()).await?,
+            live_role: role.as_deref().and_then(Role::parse),
+            live_role_generation,
+            removed_at_ms,
+        })
+    }
+
+    pub(super) async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE identities SET live_role = $2, live_role_generation = token_generation
+             WHERE id = $1",
+            &[&participant.as_str(), &role.as_str()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE identities SET removed_at = $2 WHERE id = $1",
+            &[&participant.as_str(), &now_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn is_banned(&self, room: RoomId, participant: ParticipantId) -> Result<bool> {
+        let c = self.client().await?;
+        is_banned(&c, &room, participant.as_str()).await
+    }
+
+    pub(super) async fn record_audit(
+        &self,
+        room: RoomId,
+        actor: Actor,
+        action: String,
+        target: Option<String>,
+        detail: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        let c = self.client().await?;
+        audit(
+            &c,
+            &room,
+            &actor,
+            &action,
+            target.as_deref(),
+            detail,
+            now_ms,
+        )
+        .await
+    }
+
+    pub(super) async fn list_events(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<AuditEvent>> {
+        let c = self.client().await?;
+        room_by_id(&c, &room, "")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let rows = c
+            .query(
+                "SELECT seq, room_id, at, actor, action, target, detail FROM audit_events
+                 WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[
+                    &room.as_str(),
+                    &page.after.unwrap_or(0),
+                    &(i64::from(page.limit) + 1),
+                ],
+            )
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0)?;
+                let detail: String = r.try_get(6)?;
+                Ok((
+                    seq,
+                    AuditEvent {
+                        seq,
+                        room_id: RoomId::from_trusted(r.try_get(1)?),
+                        at_ms: r.try_get(2)?,
+                        actor: r.try_get(3)?,
+                        action: r.try_get(4)?,
+                        target: r.try_get(5)?,
+                        detail: rules::parse_detail(&detail),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Nodes starting together make one demo room between them, not one each.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&STARTUP_LINK_LOCK])
+            .await?;
+        let demo = tx
+            .query_opt(
+                &format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE is_demo LIMIT 1 FOR SHARE"),
+                &[],
+            )
+            .await?
+            .map(|r| room_from_row(&r, 0))
+            .transpose()?;
+        let room = match demo {
+            Some(room) if room.is_ended() => return Ok(None),
+            Some(room) => room,
+            None => {
+                let room = insert_room(&tx, &rules::demo_room(), true, now_ms).await?;
+                let detail = rules::room_created_detail(&room);
+                audit(
+                    &tx,
+                    &room.id,
+                    &Actor::System,
+                    "room.created",
+                    None,
+                    detail,
+                    now_ms,
+                )
+                .await?;
+                room
+            }
+        };
+        tx.execute(
+            "UPDATE invites SET revoked_at = $2
+             WHERE room_id = $1 AND is_startup AND revoked_at IS NULL",
+            &[&room.id.as_str(), &now_ms],
+        )
+        .await?;
+        let created = insert_invite(
+            &tx,
+            &room.id,
+            &rules::startup_invite(),
+            &Actor::System,
+            true,
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((room, created)))
+    }
+
+    pub(super) async fn ping(&self) -> Result<()> {
+        let c = self.client().await?;
+        c.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    pub(super) async fn integrity_check(&self) -> Result<String> {
+        self.ping().await?;
+        Ok("ok".into())
+    }
+}
+
+/// Brings the schema up to date in one transaction, holding a lock so that nodes starting
+/// together migrate one after the other. Refuses a schema newer than this build knows.
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS stoa_schema_version (version BIGINT NOT NULL)")
+        .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM stoa_schema_version",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(ControlError::Storage(format!(
+            "the database has schema version {current}, newer than this build's {known}; \
+             run a newer stoa"
+        )));
+    }
+    for migration in &MIGRATIONS[current as usize..] {
+        tx.batch_execute(migration.postgres).await?;
+    }
+    if current < known {
+        tx.execute("DELETE FROM stoa_schema_version", &[]).await?;
+        tx.execute(
+            "INSERT INTO stoa_schema_version (version) VALUES ($1)",
+            &[&known],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `user@host:port/database`, never the password, for error messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(default user)");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
+const INVITE_COLUMNS: &str =
+    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at";
+
+/// Counts and bounds are `u32` in the model and `BIGINT` in the schema (PostgreSQL has no
+/// unsigned types); the schema's checks keep them in range.
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn room_from_row(r: &Row, at: usize) -> Result<Room> {
+    Ok(Room {
+        id: RoomId::from_trusted(r.try_get(at)?),
+        title: r.try_get(at + 1)?,
+        created_at_ms: r.try_get(at + 2)?,
+        ended_at_ms: r.try_get(at + 3)?,
+        limits: RoomLimits {
+            max_participants: r.try_get::<_, Option<i64>>(at + 4)?.map(to_u32),
+            max_stage: r.try_get::<_, Option<i64>>(at + 5)?.map(to_u32),
+        },
+    })
+}
+
+fn invite_from_row(r: &Row, at: usize) -> Result<Invite> {
+    let role: String = r.try_get(at + 2)?;
+    Ok(Invite {
+        id: InviteId::from_trusted(r.try_get(at)?),
+        room_id: RoomId::from_trusted(r.try_get(at + 1)?),
+        // The schema's CHECK constraint only admits the three known roles.
+        role: Role::parse(&role).unwrap_or(Role::Listener),
+        label: r.try_get(at + 3)?,
+        max_uses: r.try_get::<_, Option<i64>>(at + 4)?.map(to_u32),
+        uses: to_u32(r.try_get(at + 5)?),
+        expires_at_ms: r.try_get(at + 6)?,
+        revoked: r.try_get::<_, Option<i64>>(at + 7)?.is_some(),
+        created_at_ms: r.try_get(at + 8)?,
+    })
+}
+
+/// The room, read plainly (`lock` empty) or under a row lock (`FOR SHARE`, …).
+async fn room_by_id(c: &impl GenericClient, id: &RoomId, lock: &str) -> Result<Option<Room>> {
+    c.query_opt(
+        &format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1 {lock}"),
+        &[&id.as_str()],
+    )
+    .await?
+    .map(|r| room_from_row(&r, 0))
+    .transpose()
+}
+
+/// The invite matching `condition` on `$1`, read plainly or under a row lock.
+async fn invite_where(
+    c: &impl GenericClient,
+    condition: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+    lock: &str,
+) -> Result<Option<Invite>> {
+    c.query_opt(
+        &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE {condition} {lock}"),
+        &[value],
+    )
+    .await?
+    .map(|r| invite_from_row(&r, 0))
+    .transpose()
+}
+
+async fn is_banned(c: &impl GenericClient, room: &RoomId, participant: &str) -> Result<bool> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM bans WHERE room_id = $1 AND participant_id = $2)",
+        &[&room.as_str(), &participant],
+    )
+    .await?
+    .try_get(0)?)
+}
+
+async fn insert_room(
+    tx: &deadpool_postgres::Transaction<'_>,
+    new: &NewRoom,
+    demo: bool,
+    now_ms: i64,
+) -> Result<Room> {
+    let room = rules::new_room(new, now_ms);
+    tx.execute(
+        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &room.id.as_str(),
+            &room.title,
+            &now_ms,
+            &room.limits.max_participants.map(i64::from),
+            &room.limits.max_stage.map(i64::from),
+            &demo,
+        ],
+    )
+    .await?;
+    Ok(room)
+}
+
+async fn insert_invite(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomId,
+    new: &NewInvite,
+    actor: &Actor,
+    startup: bool,
+    now_ms: i64,
+) -> Result<CreatedInvite> {
+    let found = room_by_id(tx, room, "FOR SHARE")
+        .await?
+        .ok_or(ControlError::RoomNotFound)?;
+    if found.is_ended() {
+        return Err(ControlError::RoomEnded);
+    }
+    let created = rules::new_invite(room, new, now_ms);
+    let invite = &created.invite;
+    tx.execute(
+        "INSERT INTO invites (id, room_id, code_hash, role, label, max_uses, expires_at,
+                              created_at, created_by, is_startup)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &invite.id.as_str(),
+            &room.as_str(),
+            &&created.code.hash()[..],
+            &invite.role.as_str(),
+            &invite.label,
+            &invite.max_uses.map(i64::from),
+            &invite.expires_at_ms,
+            &now_ms,
+            &actor.as_audit_str(),
+            &startup,
+        ],
+    )
+    .await?;
+    let detail = rules::invite_created_detail(invite);
+    let target = Some(invite.id.as_str());
+    audit(tx, room, actor, "invite.created", target, detail, now_ms).await?;
+    Ok(created)
+}
+
+async fn audit(
+    c: &impl GenericClient,
+    room: &RoomId,
+    actor: &Actor,
+    action: &str,
+    target: Option<&str>,
+    detail: serde_json::Value,
+    now_ms: i64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO audit_events (room_id, at, actor, action, target, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &room.as_str(),
+            &now_ms,
+            &actor.as_audit_str(),
+            &action,
+            &target,
+            &detail.to_string(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether an error means "the database is not there now" (answered 503 `store_unavailable`)
+/// rather than "the database refused this" (a bug or a broken schema: 500).
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // Class 08: connection exceptions; 57P0x: the server shutting down or starting up;
+        // 53300: too many connections.
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(code);
+    }
+    // No answer from the server at all: the socket failed, or it timed out.
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.to_string().starts_with("timeout")
+}
+
+impl From<tokio_postgres::Error> for ControlError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_unavailable(&e) {
+            ControlError::Unavailable(chain(&e))
+        } else {
+            ControlError::Storage(chain(&e))
+        }
+    }
+}
+
+/// An error and its causes, `outer: inner: …` (the driver's own message is only the outer).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
+fn pool_error(e: PoolError) -> ControlError {
+    match e {
+        PoolError::Backend(e) => e.into(),
+        PoolError::Timeout(_) | PoolError::Closed => ControlError::Unavailable(e.to_string()),
+        other => ControlError::Storage(other.to_string()),
+    }
+}

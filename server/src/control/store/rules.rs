@@ -1,0 +1,130 @@
+//! What both engines decide the same way: whether an invite may be redeemed or previewed, the
+//! shape of new rooms and invites, the role a redemption grants, audit details, pages. Plain
+//! functions over values; no SQL here.
+
+use super::super::model::CreatedInvite;
+use super::super::{
+    ControlError, Invite, InviteCode, InviteId, NewInvite, NewRoom, Page, Role, Room, RoomId,
+    RoomLimits,
+};
+
+type Result<T> = std::result::Result<T, ControlError>;
+
+/// The checks redeeming makes before counting a use (the use itself is counted by a conditional
+/// update in the engine, so concurrent redemptions cannot pass `max_uses`). Unknown and revoked
+/// codes fail alike (`InviteInvalid`), so codes cannot be probed.
+pub(super) fn check_redeemable(invite: &Invite, room: Option<&Room>, now_ms: i64) -> Result<()> {
+    if invite.revoked {
+        return Err(ControlError::InviteInvalid);
+    }
+    let room = room.ok_or(ControlError::InviteInvalid)?;
+    if room.is_ended() {
+        return Err(ControlError::RoomEnded);
+    }
+    if invite.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        return Err(ControlError::InviteExpired);
+    }
+    Ok(())
+}
+
+/// What previewing a link checks: everything redeeming would, the remaining uses included.
+pub(super) fn check_previewable(invite: &Invite, room: Option<&Room>, now_ms: i64) -> Result<()> {
+    check_redeemable(invite, room, now_ms)?;
+    if invite.max_uses.is_some_and(|max| invite.uses >= max) {
+        return Err(ControlError::InviteUsedUp);
+    }
+    Ok(())
+}
+
+/// The role a redemption by a known identity grants: the invite's role or the role a live room
+/// gave the identity, whichever reaches further (what the room decided stays in force).
+pub(super) fn role_after_redemption(live_role: Option<&str>, invite_role: Role) -> Role {
+    live_role
+        .and_then(Role::parse)
+        .map_or(invite_role, |live| live.max(invite_role))
+}
+
+pub(super) fn new_room(new: &NewRoom, now_ms: i64) -> Room {
+    Room {
+        id: RoomId::generate(),
+        title: new.title.clone(),
+        created_at_ms: now_ms,
+        ended_at_ms: None,
+        limits: new.limits,
+    }
+}
+
+/// A fresh invite of `room` and its code; the caller has checked the room is open.
+pub(super) fn new_invite(room: &RoomId, new: &NewInvite, now_ms: i64) -> CreatedInvite {
+    let expires_at_ms = new
+        .expires_in_secs
+        .map(|s| now_ms.saturating_add((s as i64).saturating_mul(1000)));
+    CreatedInvite {
+        invite: Invite {
+            id: InviteId::generate(),
+            room_id: room.clone(),
+            role: new.role,
+            label: new.label.clone(),
+            max_uses: new.max_uses,
+            uses: 0,
+            expires_at_ms,
+            revoked: false,
+            created_at_ms: now_ms,
+        },
+        code: InviteCode::generate(),
+    }
+}
+
+/// The room `startup_link` makes when there is none.
+pub(super) fn demo_room() -> NewRoom {
+    NewRoom {
+        title: "Demo room".into(),
+        limits: RoomLimits::default(),
+    }
+}
+
+/// The moderator link printed at every start.
+pub(super) fn startup_invite() -> NewInvite {
+    NewInvite {
+        role: Role::Moderator,
+        label: Some("startup link".into()),
+        max_uses: None,
+        expires_in_secs: Some(24 * 3600),
+    }
+}
+
+pub(super) fn room_created_detail(room: &Room) -> serde_json::Value {
+    serde_json::json!({ "title": room.title })
+}
+
+pub(super) fn invite_created_detail(invite: &Invite) -> serde_json::Value {
+    serde_json::json!({
+        "role": invite.role,
+        "label": invite.label,
+        "max_uses": invite.max_uses,
+        "expires_at_ms": invite.expires_at_ms,
+    })
+}
+
+pub(super) fn redeemed_detail(role: Role, display_name: &str) -> serde_json::Value {
+    serde_json::json!({ "role": role, "display_name": display_name })
+}
+
+/// An audit line's detail as stored (JSON text); unreadable text reads as `null`.
+pub(super) fn parse_detail(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+/// Rows fetched with `LIMIT limit + 1`, as a page: the extra row only says there is more.
+pub(super) fn paginate<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    Page {
+        items: rows.into_iter().map(|(_, item)| item).collect(),
+        next_cursor,
+    }
+}

@@ -1,0 +1,748 @@
+//! The SQLite engine of the store: a single connection in WAL mode behind a mutex, used from a
+//! blocking thread, so every transaction runs alone. Writes that belong together run in one
+//! transaction; no HTTP here.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::super::model::{CreatedInvite, PageRequest, Standing};
+use super::super::{
+    Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
+    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+};
+use super::{MIGRATIONS, rules};
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|m| M::up(m.sqlite)).collect())
+}
+
+/// Handle to the SQLite database; cheap to clone.
+#[derive(Clone)]
+pub(super) struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+type Result<T> = std::result::Result<T, ControlError>;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub(super) fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        SqliteStore::init(conn)
+    }
+
+    /// A private in-memory database, for unit tests.
+    pub(super) fn open_in_memory() -> Result<SqliteStore> {
+        SqliteStore::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        // FULL: a write acknowledged to a client survives the process being killed.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|e| ControlError::Storage(format!("migration failed: {e}")))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite half-written (transactions
+            // roll back on drop), so a poisoned lock is safe to reuse.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| ControlError::Storage(format!("store task failed: {e}")))?
+    }
+
+    pub(super) async fn create_room(
+        &self,
+        new: NewRoom,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Room> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let room = insert_room(&tx, &new, false, now_ms)?;
+            audit(
+                &tx,
+                &room.id,
+                &actor,
+                "room.created",
+                None,
+                rules::room_created_detail(&room),
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(room)
+        })
+        .await
+    }
+
+    pub(super) async fn room(&self, id: RoomId) -> Result<Room> {
+        self.call(move |c| room_by_id(c, &id)?.ok_or(ControlError::RoomNotFound))
+            .await
+    }
+
+    pub(super) async fn list_rooms(&self, page: PageRequest) -> Result<Page<Room>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, {ROOM_COLUMNS} FROM rooms WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![page.after.unwrap_or(0), page.limit + 1], |r| {
+                    Ok((r.get::<_, i64>(0)?, room_from_row(r, 1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rules::paginate(rows, page.limit))
+        })
+        .await
+    }
+
+    /// Marks the room ended; its invites stop working. Refuses a room already ended.
+    /// `record` writes the audit line (a live room writes its own, from the room's events).
+    /// Ends a room. With `audit_detail`, its `room.ended` line is written in the same
+    /// transaction, so an end is recorded exactly when it happens.
+    pub(super) async fn end_room(
+        &self,
+        id: RoomId,
+        actor: Actor,
+        now_ms: i64,
+        audit_detail: Option<serde_json::Value>,
+    ) -> Result<Room> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut room = room_by_id(&tx, &id)?.ok_or(ControlError::RoomNotFound)?;
+            if room.is_ended() {
+                return Err(ControlError::RoomEnded);
+            }
+            tx.execute(
+                "UPDATE rooms SET ended_at = ?2 WHERE id = ?1",
+                params![id.as_str(), now_ms],
+            )?;
+            if let Some(detail) = audit_detail {
+                audit(&tx, &id, &actor, "room.ended", None, detail, now_ms)?;
+            }
+            tx.commit()?;
+            room.ended_at_ms = Some(now_ms);
+            Ok(room)
+        })
+        .await
+    }
+
+    pub(super) async fn create_invite(
+        &self,
+        room: RoomId,
+        new: NewInvite,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedInvite> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let created = insert_invite(&tx, &room, &new, &actor, false, now_ms)?;
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    pub(super) async fn list_invites(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Invite>> {
+        self.call(move |c| {
+            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, {INVITE_COLUMNS} FROM invites
+                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
+                    |r| Ok((r.get::<_, i64>(0)?, invite_from_row(r, 1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rules::paginate(rows, page.limit))
+        })
+        .await
+    }
+
+    /// Revokes an invite of this room. Revoking twice is harmless and logged once.
+    pub(super) async fn revoke_invite(
+        &self,
+        room: RoomId,
+        invite: InviteId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Invite> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let mut found = invite_by_id(&tx, &invite)?
+                .filter(|i| i.room_id == room)
+                .ok_or(ControlError::InviteNotFound)?;
+            if !found.revoked {
+                tx.execute(
+                    "UPDATE invites SET revoked_at = ?2 WHERE id = ?1",
+                    params![invite.as_str(), now_ms],
+                )?;
+                audit(
+                    &tx,
+                    &room,
+                    &actor,
+                    "invite.revoked",
+                    Some(invite.as_str()),
+                    serde_json::json!({}),
+                    now_ms,
+                )?;
+                found.revoked = true;
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Finds an invite by its code, for moderators who kept the link rather than the id.
+    pub(super) async fn invite_id_for_code(&self, code: InviteCode) -> Result<InviteId> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT id FROM invites WHERE code_hash = ?1",
+                params![&code.hash()[..]],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(InviteId::from_trusted)
+            .ok_or(ControlError::InviteNotFound)
+        })
+        .await
+    }
+
+    /// What an invite link leads to, checked as redeeming would check it but without using it:
+    /// the room and the invite. Unknown and revoked codes fail alike (`InviteInvalid`).
+    pub(super) async fn preview_invite(
+        &self,
+        code: InviteCode,
+        now_ms: i64,
+    ) -> Result<(Room, Invite)> {
+        self.call(move |c| {
+            let invite = c
+                .query_row(
+                    &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE code_hash = ?1"),
+                    params![&code.hash()[..]],
+                    |r| invite_from_row(r, 0),
+                )
+                .optional()?
+                .ok_or(ControlError::InviteInvalid)?;
+            let room = room_by_id(c, &invite.room_id)?;
+            rules::check_previewable(&invite, room.as_ref(), now_ms)?;
+            Ok((room.ok_or(ControlError::InviteInvalid)?, invite))
+        })
+        .await
+    }
+
+    /// Redeems an invite: checks it, refuses banned identities, counts the use atomically and
+    /// records the identity, all in one transaction.
+    pub(super) async fn redeem(
+        &self,
+        code: InviteCode,
+        display_name: String,
+        identity: Option<IdentitySecret>,
+        now_ms: i64,
+    ) -> Result<Redemption> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let invite = tx
+                .query_row(
+                    &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE code_hash = ?1"),
+                    params![&code.hash()[..]],
+                    |r| invite_from_row(r, 0),
+                )
+                .optional()?
+                .ok_or(ControlError::InviteInvalid)?;
+            let room = room_by_id(&tx, &invite.room_id)?;
+            rules::check_redeemable(&invite, room.as_ref(), now_ms)?;
+            let room = room.ok_or(ControlError::InviteInvalid)?;
+            let (secret, new_identity) = match identity {
+                Some(s) => (s, false),
+                None => (IdentitySecret::generate(), true),
+            };
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM identities WHERE room_id = ?1 AND secret_hash = ?2",
+                    params![room.id.as_str(), &secret.hash()[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = &existing
+                && is_banned(&tx, &room.id, id)?
+            {
+                return Err(ControlError::Banned);
+            }
+            // The use is counted by a conditional update, so concurrent redemptions can never
+            // exceed max_uses whatever the interleaving.
+            let counted = tx.execute(
+                "UPDATE invites SET uses = uses + 1
+                 WHERE id = ?1 AND (max_uses IS NULL OR uses < max_uses)",
+                params![invite.id.as_str()],
+            )?;
+            if counted == 0 {
+                return Err(ControlError::InviteUsedUp);
+            }
+            // A redemption starts a new token generation. What a live room decided stays in
+            // force (it is not reset): the new token gets the invite's role or the live role,
+            // whichever reaches further, and tokens of earlier generations keep answering to
+            // the live role. See `Standing::role`.
+            let (participant_id, generation, role) = match existing {
+                Some(id) => {
+                    let (generation, live_role): (i64, Option<String>) = tx.query_row(
+                        "UPDATE identities SET display_name = ?2, last_joined_at = ?3,
+                         invite_id = ?4, token_generation = token_generation + 1
+                         WHERE id = ?1 RETURNING token_generation, live_role",
+                        params![id, display_name, now_ms, invite.id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    let role = rules::role_after_redemption(live_role.as_deref(), invite.role);
+                    (ParticipantId::from_trusted(id), generation, role)
+                }
+                None => {
+                    let id = ParticipantId::generate();
+                    tx.execute(
+                        "INSERT INTO identities
+                         (id, room_id, secret_hash, display_name, invite_id, created_at,
+                          last_joined_at, token_generation)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)",
+                        params![
+                            id.as_str(),
+                            room.id.as_str(),
+                            &secret.hash()[..],
+                            display_name,
+                            invite.id.as_str(),
+                            now_ms
+                        ],
+                    )?;
+                    (id, 1, invite.role)
+                }
+            };
+            audit(
+                &tx,
+                &room.id,
+                &Actor::Participant(participant_id.clone()),
+                "invite.redeemed",
+                Some(invite.id.as_str()),
+                rules::redeemed_detail(role, &display_name),
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(Redemption {
+                room,
+                participant_id,
+                display_name,
+                role,
+                generation,
+                invite_id: invite.id,
+                new_identity: new_identity.then_some(secret),
+            })
+        })
+        .await
+    }
+
+    /// Bans a participant identity from a room; optionally revokes the invite they used.
+    /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
+    /// always recorded.
+    pub(super) async fn ban(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+        revoke_invite: bool,
+        actor: Actor,
+        now_ms: i64,
+        record: bool,
+    ) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let invite_id: Option<String> = tx
+                .query_row(
+                    "SELECT invite_id FROM identities WHERE id = ?1 AND room_id = ?2",
+                    params![participant.as_str(), room.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(ControlError::ParticipantNotFound)?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO bans (room_id, participant_id, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    room.as_str(),
+                    participant.as_str(),
+                    now_ms,
+                    actor.as_audit_str()
+                ],
+            )?;
+            if revoke_invite
+                && let Some(invite_id) = invite_id
+                && tx.execute(
+                    "UPDATE invites SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![invite_id, now_ms],
+                )? > 0
+            {
+                audit(
+                    &tx,
+                    &room,
+                    &actor,
+                    "invite.revoked",
+                    Some(&invite_id),
+                    serde_json::json!({ "because_banned": participant.as_str() }),
+                    now_ms,
+                )?;
+            }
+            if record && inserted > 0 {
+                audit(
+                    &tx,
+                    &room,
+                    &actor,
+                    "participant.banned",
+                    Some(participant.as_str()),
+                    serde_json::json!({}),
+                    now_ms,
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Where an identity stands in its room now: banned, its live role, its last removal.
+    pub(super) async fn standing(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+    ) -> Result<Standing> {
+        self.call(move |c| {
+            let row: Option<(Option<String>, i64, Option<i64>)> = c
+                .query_row(
+                    "SELECT live_role, live_role_generation, removed_at FROM identities
+                     WHERE id = ?1 AND room_id = ?2",
+                    params![participant.as_str(), room.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let (role, live_role_generation, removed_at_ms) = row.unwrap_or((None, 0, None));
+            Ok(Standing {
+                banned: is_banned(c, &room, participant.as_str())?,
+                live_role: role.as_deref().and_then(Role::parse),
+                live_role_generation,
+                removed_at_ms,
+            })
+        })
+        .await
+    }
+
+    /// Records a role a live room gave this identity, at its current token generation: every
+    /// session token issued so far now acts with this role.
+    pub(super) async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE identities SET live_role = ?2, live_role_generation = token_generation
+                 WHERE id = ?1",
+                params![participant.as_str(), role.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that a live room removed this identity.
+    pub(super) async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE identities SET removed_at = ?2 WHERE id = ?1",
+                params![participant.as_str(), now_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn is_banned(&self, room: RoomId, participant: ParticipantId) -> Result<bool> {
+        self.call(move |c| is_banned(c, &room, participant.as_str()))
+            .await
+    }
+
+    /// Appends to a room's audit log (moderation done in the live room lands here).
+    pub(super) async fn record_audit(
+        &self,
+        room: RoomId,
+        actor: Actor,
+        action: String,
+        target: Option<String>,
+        detail: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.call(move |c| {
+            audit(c, &room, &actor, &action, target.as_deref(), detail, now_ms)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn list_events(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<AuditEvent>> {
+        self.call(move |c| {
+            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, room_id, at, actor, action, target, detail FROM audit_events
+                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
+                    |r| {
+                        let detail: String = r.get(6)?;
+                        let seq: i64 = r.get(0)?;
+                        Ok((
+                            seq,
+                            AuditEvent {
+                                seq,
+                                room_id: RoomId::from_trusted(r.get(1)?),
+                                at_ms: r.get(2)?,
+                                actor: r.get(3)?,
+                                action: r.get(4)?,
+                                target: r.get(5)?,
+                                detail: rules::parse_detail(&detail),
+                            },
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rules::paginate(rows, page.limit))
+        })
+        .await
+    }
+
+    /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking
+    /// the link printed at the previous start. Returns `None` if the demo room was ended.
+    pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let demo: Option<Room> = tx
+                .query_row(
+                    &format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE is_demo = 1 LIMIT 1"),
+                    [],
+                    |r| room_from_row(r, 0),
+                )
+                .optional()?;
+            let room = match demo {
+                Some(room) if room.is_ended() => return Ok(None),
+                Some(room) => room,
+                None => {
+                    let room = insert_room(&tx, &rules::demo_room(), true, now_ms)?;
+                    audit(
+                        &tx,
+                        &room.id,
+                        &Actor::System,
+                        "room.created",
+                        None,
+                        rules::room_created_detail(&room),
+                        now_ms,
+                    )?;
+                    room
+                }
+            };
+            tx.execute(
+                "UPDATE invites SET revoked_at = ?2
+                 WHERE room_id = ?1 AND is_startup = 1 AND revoked_at IS NULL",
+                params![room.id.as_str(), now_ms],
+            )?;
+            let created = insert_invite(
+                &tx,
+                &room.id,
+                &rules::startup_invite(),
+                &Actor::System,
+                true,
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(Some((room, created)))
+        })
+        .await
+    }
+
+    /// A trivial query, so liveness means the database answers.
+    pub(super) async fn ping(&self) -> Result<()> {
+        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// `PRAGMA integrity_check`, for health checks and the durability tests.
+    pub(super) async fn integrity_check(&self) -> Result<String> {
+        self.call(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+            .await
+    }
+}
+
+const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
+const INVITE_COLUMNS: &str =
+    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at";
+
+fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
+    Ok(Room {
+        id: RoomId::from_trusted(r.get(at)?),
+        title: r.get(at + 1)?,
+        created_at_ms: r.get(at + 2)?,
+        ended_at_ms: r.get(at + 3)?,
+        limits: RoomLimits {
+            max_participants: r.get(at + 4)?,
+            max_stage: r.get(at + 5)?,
+        },
+    })
+}
+
+fn invite_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Invite> {
+    let role: String = r.get(at + 2)?;
+    Ok(Invite {
+        id: InviteId::from_trusted(r.get(at)?),
+        room_id: RoomId::from_trusted(r.get(at + 1)?),
+        // The schema's CHECK constraint only admits the three known roles.
+        role: Role::parse(&role).unwrap_or(Role::Listener),
+        label: r.get(at + 3)?,
+        max_uses: r.get(at + 4)?,
+        uses: r.get(at + 5)?,
+        expires_at_ms: r.get(at + 6)?,
+        revoked: r.get::<_, Option<i64>>(at + 7)?.is_some(),
+        created_at_ms: r.get(at + 8)?,
+    })
+}
+
+fn room_by_id(c: &Connection, id: &RoomId) -> Result<Option<Room>> {
+    Ok(c.query_row(
+        &format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = ?1"),
+        params![id.as_str()],
+        |r| room_from_row(r, 0),
+    )
+    .optional()?)
+}
+
+fn invite_by_id(c: &Connection, id: &InviteId) -> Result<Option<Invite>> {
+    Ok(c.query_row(
+        &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = ?1"),
+        params![id.as_str()],
+        |r| invite_from_row(r, 0),
+    )
+    .optional()?)
+}
+
+fn is_banned(c: &Connection, room: &RoomId, participant: &str) -> Result<bool> {
+    Ok(c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM bans WHERE room_id = ?1 AND participant_id = ?2)",
+        params![room.as_str(), participant],
+        |r| r.get(0),
+    )?)
+}
+
+fn insert_room(tx: &Transaction<'_>, new: &NewRoom, demo: bool, now_ms: i64) -> Result<Room> {
+    let room = rules::new_room(new, now_ms);
+    tx.execute(
+        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            room.id.as_str(),
+            room.title,
+            now_ms,
+            room.limits.max_participants,
+            room.limits.max_stage,
+            demo
+        ],
+    )?;
+    Ok(room)
+}
+
+fn insert_invite(
+    tx: &Transaction<'_>,
+    room: &RoomId,
+    new: &NewInvite,
+    actor: &Actor,
+    startup: bool,
+    now_ms: i64,
+) -> Result<CreatedInvite> {
+    let found = room_by_id(tx, room)?.ok_or(ControlError::RoomNotFound)?;
+    if found.is_ended() {
+        return Err(ControlError::RoomEnded);
+    }
+    let created = rules::new_invite(room, new, now_ms);
+    let (invite, code) = (&created.invite, &created.code);
+    tx.execute(
+        "INSERT INTO invites (id, room_id, code_hash, role, label, max_uses, expires_at,
+                              created_at, created_by, is_startup)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            invite.id.as_str(),
+            room.as_str(),
+            &code.hash()[..],
+            invite.role.as_str(),
+            invite.label,
+            invite.max_uses,
+            invite.expires_at_ms,
+            now_ms,
+            actor.as_audit_str(),
+            startup
+        ],
+    )?;
+    audit(
+        tx,
+        room,
+        actor,
+        "invite.created",
+        Some(invite.id.as_str()),
+        rules::invite_created_detail(invite),
+        now_ms,
+    )?;
+    Ok(created)
+}
+
+fn audit(
+    c: &Connection,
+    room: &RoomId,
+    actor: &Actor,
+    action: &str,
+    target: Option<&str>,
+    detail: serde_json::Value,
+    now_ms: i64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO audit_events (room_id, at, actor, action, target, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            room.as_str(),
+            now_ms,
+            actor.as_audit_str(),
+            action,
+            target,
+            detail.to_string()
+        ],
+    )?;
+    Ok(())
+}

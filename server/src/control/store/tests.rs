@@ -1,0 +1,308 @@
+//! The store's own tests, each run against both engines: SQLite in memory and a fresh
+//! database on a throwaway PostgreSQL shared by this test binary.
+
+use super::super::model::PageRequest;
+use super::super::{ControlError, NewInvite, NewRoom, Role, RoomLimits};
+use super::*;
+
+// The end-to-end tests' helper, shared so that there is one way to run a test PostgreSQL;
+// this crate's tests use only part of it.
+#[path = "../../../../tests/src/postgres.rs"]
+#[allow(dead_code)]
+mod throwaway_postgres;
+
+use throwaway_postgres::Postgres;
+
+async fn postgres_store() -> Store {
+    let url = Postgres::shared().fresh_database();
+    Store::connect_postgres(&url, 4).await.unwrap()
+}
+
+/// Each named `async fn(Store)` becomes one test per engine: `sqlite::name`, `postgres::name`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Store::open_in_memory().unwrap()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::postgres_store().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    redeem_counts_uses_and_keeps_identity,
+    a_live_role_outranks_every_older_token_across_redemptions,
+    pages_follow_the_cursor,
+    startup_link_keeps_one_demo_room_and_one_live_link,
+);
+
+async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
+    let (room, first) = store.startup_link(1_000).await.unwrap().unwrap();
+    let (again, second) = store.startup_link(2_000).await.unwrap().unwrap();
+    assert_eq!(again.id, room.id, "one demo room across starts");
+    assert_eq!(second.invite.role, Role::Moderator);
+    assert!(matches!(
+        store.redeem(first.code, "Old".into(), None, 3_000).await,
+        Err(ControlError::InviteInvalid)
+    ));
+    store
+        .redeem(second.code, "New".into(), None, 3_000)
+        .await
+        .unwrap();
+    store
+        .end_room(room.id, Actor::Operator, 4_000, None)
+        .await
+        .unwrap();
+    assert!(store.startup_link(5_000).await.unwrap().is_none());
+}
+
+fn room_new(title: &str) -> NewRoom {
+    NewRoom {
+        title: title.into(),
+        limits: RoomLimits::default(),
+    }
+}
+
+fn invite_new(max_uses: Option<u32>) -> NewInvite {
+    NewInvite {
+        role: Role::Listener,
+        label: None,
+        max_uses,
+        expires_in_secs: Some(60),
+    }
+}
+
+async fn redeem_counts_uses_and_keeps_identity(store: Store) {
+    let room = store
+        .create_room(room_new("t"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let created = store
+        .create_invite(room.id.clone(), invite_new(Some(2)), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let first = store
+        .redeem(created.code.clone(), "Ada".into(), None, 2_000)
+        .await
+        .unwrap();
+    let secret = first.new_identity.clone().unwrap();
+    let again = store
+        .redeem(created.code.clone(), "Ada L".into(), Some(secret), 3_000)
+        .await
+        .unwrap();
+    assert_eq!(first.participant_id, again.participant_id);
+    assert!(again.new_identity.is_none());
+    let third = store
+        .redeem(created.code.clone(), "Bob".into(), None, 3_000)
+        .await;
+    assert!(matches!(third, Err(ControlError::InviteUsedUp)));
+    // Expiry is checked against the time passed in.
+    let later = store
+        .create_invite(room.id.clone(), invite_new(None), Actor::Operator, 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(later.code, "C".into(), None, 60_000).await,
+        Err(ControlError::InviteExpired)
+    ));
+}
+
+async fn a_live_role_outranks_every_older_token_across_redemptions(store: Store) {
+    let room = store
+        .create_room(room_new("t"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let invite = |role| NewInvite {
+        role,
+        ..invite_new(None)
+    };
+    let moderators = store
+        .create_invite(
+            room.id.clone(),
+            invite(Role::Moderator),
+            Actor::Operator,
+            1_000,
+        )
+        .await
+        .unwrap();
+    let public = store
+        .create_invite(
+            room.id.clone(),
+            invite(Role::Listener),
+            Actor::Operator,
+            1_000,
+        )
+        .await
+        .unwrap();
+    let first = store
+        .redeem(moderators.code.clone(), "Ada".into(), None, 2_000)
+        .await
+        .unwrap();
+    let (id, secret) = (first.participant_id.clone(), first.new_identity.clone());
+    let standing = || store.standing(room.id.clone(), id.clone());
+    store
+        .set_live_role(id.clone(), Role::Listener)
+        .await
+        .unwrap();
+    assert_eq!(
+        standing().await.unwrap().role(first.role, first.generation),
+        Role::Listener
+    );
+    // Redeeming the public link again neither resets the live role for the old token nor
+    // gives the new one more than the room left.
+    let again = store
+        .redeem(public.code.clone(), "Ada".into(), secret.clone(), 3_000)
+        .await
+        .unwrap();
+    assert!(again.generation > first.generation);
+    assert_eq!(again.role, Role::Listener);
+    let now = standing().await.unwrap();
+    assert_eq!(now.role(first.role, first.generation), Role::Listener);
+    assert_eq!(now.role(again.role, again.generation), Role::Listener);
+    // A moderator link redeemed on purpose grants the role to the new token only.
+    let promoted = store
+        .redeem(moderators.code.clone(), "Ada".into(), secret.clone(), 4_000)
+        .await
+        .unwrap();
+    assert_eq!(promoted.role, Role::Moderator);
+    let now = standing().await.unwrap();
+    assert_eq!(
+        now.role(promoted.role, promoted.generation),
+        Role::Moderator
+    );
+    assert_eq!(now.role(first.role, first.generation), Role::Listener);
+    // A role the room gave is kept when a lower link is redeemed again.
+    store
+        .set_live_role(id.clone(), Role::Speaker)
+        .await
+        .unwrap();
+    let lower = store
+        .redeem(public.code.clone(), "Ada".into(), secret, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(lower.role, Role::Speaker);
+    let now = standing().await.unwrap();
+    assert_eq!(now.role(promoted.role, promoted.generation), Role::Speaker);
+    assert_eq!(now.role(lower.role, lower.generation), Role::Speaker);
+}
+
+async fn pages_follow_the_cursor(store: Store) {
+    for i in 0..5 {
+        store
+            .create_room(room_new(&format!("r{i}")), Actor::Operator, i)
+            .await
+            .unwrap();
+    }
+    let first = store
+        .list_rooms(PageRequest {
+            after: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let second = store
+        .list_rooms(PageRequest {
+            after: first.next_cursor,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let third = store
+        .list_rooms(PageRequest {
+            after: second.next_cursor,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let titles: Vec<_> = [first, second, third]
+        .into_iter()
+        .flat_map(|p| p.items)
+        .map(|r| r.title)
+        .collect();
+    assert_eq!(titles, ["r0", "r1", "r2", "r3", "r4"]);
+}
+
+/// Many redemptions of a k-use invite race through two pools on one PostgreSQL database (two
+/// nodes, as far as the database can tell): exactly k are counted, every other one is told
+/// `InviteUsedUp`, and the audit log has exactly k redemptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_counts_uses_exactly_under_racing_nodes() {
+    const USES: u32 = 7;
+    const RACERS: usize = 60;
+    let url = Postgres::shared().fresh_database();
+    let nodes = [
+        Store::connect_postgres(&url, 16).await.unwrap(),
+        Store::connect_postgres(&url, 16).await.unwrap(),
+    ];
+    let room = nodes[0]
+        .create_room(room_new("race"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let created = nodes[1]
+        .create_invite(
+            room.id.clone(),
+            invite_new(Some(USES)),
+            Actor::Operator,
+            1_000,
+        )
+        .await
+        .unwrap();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (store, code, start) = (nodes[i % 2].clone(), created.code.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.redeem(code, format!("p{i}"), None, 2_000).await
+            })
+        })
+        .collect();
+    let (mut counted, mut used_up) = (0, 0);
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => counted += 1,
+            Err(ControlError::InviteUsedUp) => used_up += 1,
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!((counted, used_up), (USES as usize, RACERS - USES as usize));
+    let listed = nodes[0]
+        .list_invites(
+            room.id.clone(),
+            PageRequest {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items[0].uses, USES);
+    let events = nodes[1]
+        .list_events(
+            room.id,
+            PageRequest {
+                after: None,
+                limit: 200,
+            },
+        )
+        .await
+        .unwrap();
+    let redeemed = events
+        .items
+        .iter()
+        .filter(|e| e.action == "invite.redeemed")
+        .count();
+    assert_eq!(redeemed, USES as usize);
+}
