@@ -57,6 +57,18 @@ pub enum Role {
     Unknown,
 }
 
+impl fmt::Display for Role {
+    /// As the protocol writes it: `listener`, `speaker`, `moderator`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Listener => "listener",
+            Role::Speaker => "speaker",
+            Role::Moderator => "moderator",
+            Role::Unknown => "unknown",
+        })
+    }
+}
+
 /// Whether a participant's signaling socket is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]

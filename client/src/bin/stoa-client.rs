@@ -120,7 +120,7 @@ async fn run(args: Args) -> Result<(), stoa_client::Error> {
         .collect();
     let slots = room.media().map_or(0, |m| m.slots());
     println!(
-        "joined {:?} as {} ({:?}), {slots} audio slots; media connected",
+        "joined {:?} as {} ({}), {slots} audio slots; media connected",
         view.title,
         args.name,
         view.me().role,
