@@ -3,17 +3,13 @@
 //! signaling URL.
 
 use std::fmt;
-use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::Error;
+use crate::api::post_anonymous;
 use crate::protocol::{ParticipantId, Role};
-
-/// How long a REST call may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest invite code this client sends (real ones are 22 characters).
 const MAX_CODE_LEN: usize = 128;
 
@@ -115,54 +111,9 @@ pub async fn redeem(
     if let Some(identity) = identity {
         body["identity"] = json!(identity);
     }
-    let answer = post_json(&format!("{}/api/v1/join", link.base), None, &body).await?;
+    let answer = post_anonymous(&format!("{}/api/v1/join", link.base), &body).await?;
     JoinAnswer::deserialize(&answer)
         .map_err(|e| Error::Protocol(format!("a join answer without {e}")))
-}
-
-/// POSTs `body` (with a bearer credential if given) and returns the JSON answer, or the
-/// server's problem as [`Error::Refused`].
-pub(crate) async fn post_json(
-    url: &str,
-    bearer: Option<&str>,
-    body: &Value,
-) -> Result<Value, Error> {
-    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    let http = match HTTP.get() {
-        Some(http) => http,
-        None => {
-            // No idle connections kept: a client joins once, and a kept connection would be
-            // a socket and a task on the server for nothing.
-            let http = reqwest::Client::builder()
-                .timeout(HTTP_TIMEOUT)
-                .pool_max_idle_per_host(0)
-                .build()
-                .map_err(|e| Error::Transport(e.to_string()))?;
-            HTTP.get_or_init(|| http)
-        }
-    };
-    let mut request = http.post(url).json(body);
-    if let Some(bearer) = bearer {
-        request = request.bearer_auth(bearer);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| Error::Transport(format!("{url}: {e}")))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| Error::Transport(format!("{url}: {e}")))?;
-    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if !status.is_success() {
-        return Err(Error::Refused {
-            status: status.as_u16(),
-            code: value["code"].as_str().unwrap_or_default().to_owned(),
-            detail: value["detail"].as_str().unwrap_or(&text).to_owned(),
-        });
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

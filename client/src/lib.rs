@@ -51,6 +51,7 @@
 //!   the microphone once on stage.
 //! - [`signal`]: the socket and one session on it, without a task, for tools that want to
 //!   drive the protocol step by step; [`protocol`]: the messages as types.
+//! - [`api::Api`]: the REST API with the operator key or a moderator's token (rooms, invites).
 //! - [`fleet`]: many `rtc` sans-IO peers on one thread, for load tools (Linux).
 //!
 //! The protocol itself is described, with transcripts, in the Stoa repository's
@@ -63,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod audio;
 mod error;
 #[cfg(target_os = "linux")]

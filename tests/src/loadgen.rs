@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use stoa_client::api::Api;
 use stoa_client::audio::{FRAME_SAMPLES, SAMPLE_RATE};
 use stoa_client::fleet::{Observer, Peers, SeqSpan, Voice, realtime_ns};
 use stoa_client::join::redeem;
@@ -636,30 +637,6 @@ fn local_ip(server: IpAddr) -> IpAddr {
         .unwrap_or(server)
 }
 
-async fn rest(
-    http: &reqwest::Client,
-    options: &Options,
-    path: &str,
-    auth: bool,
-    body: Value,
-) -> Result<Value, String> {
-    let mut req = http.post(format!("{}{path}", options.url.trim_end_matches('/')));
-    if auth {
-        req = req.bearer_auth(&options.api_key);
-    }
-    let res = req
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("POST {path}: {e}"))?;
-    let status = res.status();
-    let text = res.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(format!("POST {path}: {status} {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}"))
-}
-
 /// Join tasks and what they report.
 struct Joins {
     outcomes: tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
@@ -683,19 +660,18 @@ impl Joins {
     /// events) until the run stops.
     fn spawn(
         &self,
-        options: &Options,
-        code: &str,
+        link: &InviteLink,
         name: String,
         speaker: bool,
         commands: &mpsc::Sender<Command>,
     ) {
-        let (options, code, commands) = (options.clone(), code.to_owned(), commands.clone());
+        let (link, commands) = (link.clone(), commands.clone());
         let gate = self.gate.clone();
         let outcome_tx = self.outcome_tx.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let joined = join_one(&options, &code, &name, speaker, commands).await;
+            let joined = join_one(&link, &name, speaker, commands).await;
             drop(permit);
             match joined {
                 Ok(mut signal) => {
@@ -780,39 +756,25 @@ pub async fn run(options: Options) -> Result<Report, String> {
     if options.speakers == 0 {
         return Err("at least one speaker is needed".to_owned());
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let api = Api::new(&options.url, &options.api_key);
     let total = options.speakers + options.listeners;
-    let room = rest(
-        &http,
-        &options,
-        "/api/v1/rooms",
-        true,
-        json!({
-            "title": format!("loadgen {}+{}", options.speakers, options.listeners),
-            "max_participants": total.clamp(1, 100_000),
-            "max_stage": options.speakers.clamp(1, 100),
-        }),
-    )
-    .await?;
-    let room_id = room["id"].as_str().ok_or("room without id")?.to_owned();
-    let mut codes = Vec::new();
-    for role in ["speaker", "listener"] {
-        let invite = rest(
-            &http,
-            &options,
-            &format!("/api/v1/rooms/{room_id}/invites"),
-            true,
-            json!({ "role": role, "label": "loadgen" }),
+    let room = api
+        .create_room(
+            &format!("loadgen {}+{}", options.speakers, options.listeners),
+            json!({
+                "max_participants": total.clamp(1, 100_000),
+                "max_stage": options.speakers.clamp(1, 100),
+            }),
         )
-        .await?;
-        codes.push(
-            invite["code"]
-                .as_str()
-                .ok_or("invite without code")?
-                .to_owned(),
+        .await
+        .map_err(|e| format!("POST /api/v1/rooms: {e}"))?;
+    let room_id = room["id"].as_str().ok_or("room without id")?.to_owned();
+    let mut links = Vec::new();
+    for role in ["speaker", "listener"] {
+        links.push(
+            api.create_invite(&room_id, role, json!({ "label": "loadgen" }))
+                .await
+                .map_err(|e| format!("POST /api/v1/rooms/{room_id}/invites: {e}"))?,
         );
     }
 
@@ -868,7 +830,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
     // Phase 1: the speakers, connected, then sending.
     let mut joins = Joins::new(options.join_concurrency);
     for i in 0..options.speakers {
-        joins.spawn(&options, &codes[0], format!("speaker{i}"), true, &commands);
+        joins.spawn(&links[0], format!("speaker{i}"), true, &commands);
     }
     joins
         .collect(options.speakers, deadline, &mut report, |r| {
@@ -885,13 +847,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     // Phase 2: the listeners, `join_concurrency` at a time.
     for i in 0..options.listeners {
-        joins.spawn(
-            &options,
-            &codes[1],
-            format!("listener{i}"),
-            false,
-            &commands,
-        );
+        joins.spawn(&links[1], format!("listener{i}"), false, &commands);
     }
     drop(commands);
     joins
@@ -996,16 +952,14 @@ pub async fn run(options: Options) -> Result<Report, String> {
 /// Redeems, joins over the signaling socket and negotiates media. The socket is returned so
 /// that it stays open (and answers pings) while the media flows.
 async fn join_one(
-    options: &Options,
-    code: &str,
+    link: &InviteLink,
     name: &str,
     speaker: bool,
     commands: mpsc::Sender<Command>,
 ) -> Result<Session, String> {
     let started = Instant::now();
     let started_rt = realtime_ns();
-    let link = InviteLink::new(&options.url, code).map_err(|e| e.to_string())?;
-    let answer = redeem(&link, name, None)
+    let answer = redeem(link, name, None)
         .await
         .map_err(|e| format!("POST /api/v1/join: {e}"))?;
     let mut signal = Session::join(&answer)

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use serde_json::{Value, json};
+use stoa_client::api::Api;
 use stoa_client::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
 use stoa_client::fleet::{Observer, Peers, Voice};
 use stoa_client::join::{JoinAnswer, redeem};
@@ -485,38 +486,18 @@ fn start_server(bin: &Path) -> Result<Target, String> {
     })
 }
 
-fn http_client() -> reqwest::Client {
-    // No idle connections kept: a pooled keep-alive connection is a socket and a task on the
-    // server.
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client")
-}
-
-async fn rest(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let mut request = http.request(method, &url);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let answer = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+/// GETs a JSON answer with the sampler's client (see [`Sampler`]).
+async fn get_json(http: &reqwest::Client, url: String, key: &str) -> Result<Value, String> {
+    let answer = http
+        .get(&url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = answer.status();
     let text = answer.text().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {
         return Err(format!("{url}: {status} {text}"));
-    }
-    if text.is_empty() {
-        return Ok(Value::Null);
     }
     serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))
 }
@@ -654,14 +635,7 @@ impl Sampler {
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let listing = rest(
-                &self.http,
-                reqwest::Method::GET,
-                url,
-                Some(&target.key),
-                None,
-            )
-            .await?;
+            let listing = get_json(&self.http, url, &target.key).await?;
             for room in listing["items"].as_array().into_iter().flatten() {
                 participants += room["participant_count"].as_u64().unwrap_or(0);
             }
@@ -1438,44 +1412,22 @@ async fn soak(options: Options) -> Result<Report, BoxError> {
     };
     let target = Arc::new(target);
     let sampler = Arc::new(Sampler::new(target.clone()));
-    let http = http_client();
-    let op = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        rest(
-            &http,
-            method,
-            format!("{}{path}", target.url),
-            Some(&target.key),
-            body,
-        )
-    };
-    let room = op(
-        reqwest::Method::POST,
-        "/api/v1/rooms",
-        Some(json!({ "title": "soak" })),
-    )
-    .await?;
+    let api = Api::new(&target.url, &target.key);
+    let room = api.create_room("soak", json!({})).await?;
     let room = room["id"].as_str().ok_or("room without id")?.to_owned();
-    let mut codes = Vec::new();
+    let mut links = Vec::new();
     for role in ["listener", "speaker", "moderator"] {
-        let invite = op(
-            reqwest::Method::POST,
-            &format!("/api/v1/rooms/{room}/invites"),
-            Some(json!({ "role": role, "label": "soak" })),
-        )
-        .await?;
-        codes.push(
-            invite["code"]
-                .as_str()
-                .ok_or("invite without code")?
-                .to_owned(),
+        links.push(
+            api.create_invite(&room, role, json!({ "label": "soak" }))
+                .await?,
         );
     }
     let media = Media::start()?;
     let (stop_tx, stop) = watch::channel(false);
     let mut ctx = Ctx {
-        listener_link: InviteLink::new(&target.url, &codes[0])?,
-        speaker_link: InviteLink::new(&target.url, &codes[1])?,
-        moderator_link: InviteLink::new(&target.url, &codes[2])?,
+        listener_link: links[0].clone(),
+        speaker_link: links[1].clone(),
+        moderator_link: links[2].clone(),
         media,
         options: options.clone(),
         activity: Activity::default(),

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use serde_json::json;
+use stoa_client::api::Api;
 use stoa_client::audio::{AudioSource, read_wav, tone_fraction, tone_pcm, tone_present, wav_bytes};
 use stoa_client::media::{MediaConfig, MediaPeer};
 use stoa_client::{
@@ -29,10 +30,12 @@ mod loudness_moderator;
 
 const CONNECT: Duration = Duration::from_secs(10);
 
-/// A fresh invite of `role` in `room`, as a link.
+/// A fresh invite of `role` in `room`, made through the library's REST client.
 async fn link(t: &TestServer, room: &str, role: &str) -> InviteLink {
-    let invite = t.create_invite(room, role, json!({})).await;
-    InviteLink::new(&t.base, invite["code"].as_str().unwrap()).unwrap()
+    Api::new(&t.base, &t.api_key)
+        .create_invite(room, role, json!({ "label": "client test" }))
+        .await
+        .unwrap()
 }
 
 /// A participant with a socket of the test kit and a media peer speaking a tone.
