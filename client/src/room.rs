@@ -18,7 +18,7 @@ use crate::audio::{AudioSource, mean_power};
 use crate::join::{InviteLink, JoinAnswer, redeem};
 use crate::media::{FrameOrigin, MediaConfig, MediaPeer, OfferChannel, SlotFrame};
 use crate::protocol::{Event, ParticipantId, Welcome};
-use crate::signal::{Session, media_answer, rejected};
+use crate::signal::{ANSWER_WAIT, Session, media_answer, rejected};
 use crate::view::RoomView;
 
 /// Events waiting to be read before the oldest are dropped (see [`Event::Missed`]).
@@ -199,9 +199,16 @@ impl Room {
             joined,
         };
         // Negotiated through the driver, which keeps the socket read meanwhile.
-        if let Some(media) = &room.media {
-            media.negotiate(&mut room.channel()).await?;
-            media.wait_connected(MEDIA_CONNECT).await?;
+        if let Some(media) = room.media.clone() {
+            let connected = match media.negotiate(&mut room.channel()).await {
+                Ok(()) => media.wait_connected(MEDIA_CONNECT).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = connected {
+                // Out again, rather than leaving a place held for the grace period.
+                let _ = room.leave().await;
+                return Err(error);
+            }
         }
         Ok(room)
     }
@@ -385,8 +392,12 @@ impl Room {
     pub async fn leave(mut self) -> Result<(), Error> {
         let answer = self.simple("leave").await;
         // The server closes the socket after its `ok`; the driver sees `left` and stops.
-        if let Some(driver) = self.driver.take() {
-            let _ = driver.await;
+        if let Some(mut driver) = self.driver.take()
+            && tokio::time::timeout(ANSWER_WAIT, &mut driver)
+                .await
+                .is_err()
+        {
+            driver.abort();
         }
         answer
     }
