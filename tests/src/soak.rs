@@ -9,16 +9,17 @@
 //!    pools, SQLite caches) exist before the baseline;
 //! 2. **baseline**: once the counts are steady, the baseline sample;
 //! 3. **churn** for the set time: a moderator, speakers talking in turns with real Opus, and a
-//!    population of listeners that come and go (REST redeem, signaling, WebRTC media with a
-//!    small `rtc` sans-IO driver of our own), raise hands, get invited to the stage, accept or
-//!    decline, speak, leave the stage or get moved back; sockets drop and resume within the
-//!    grace period, some never come back, some media peers vanish without a goodbye; the
-//!    moderator and speakers rotate too;
+//!    population of listeners that come and go (REST redeem, signaling, WebRTC media: the
+//!    `stoa-client` library's sessions and sans-IO peers), raise hands, get invited to the
+//!    stage, accept or decline, speak, leave the stage or get moved back; sockets drop and
+//!    resume within the grace period, some never come back, some media peers vanish without a
+//!    goodbye; the moderator and speakers rotate too;
 //! 4. **quiet**: everyone leaves; the counts must come back to the baseline (within the grace
 //!    period and ICE timeouts plus a margin), and the final sample is compared with it.
 //!
-//! Sampled from `/proc/<pid>` (RSS, fds, threads) and `/metrics` (tokio alive tasks, media
-//! connections, signaling sockets, live rooms) plus the REST room list (participants).
+//! Sampled from `/proc/<pid>` (RSS, descriptors and what each is, threads) and `/metrics`
+//! (tokio alive tasks, media connections, signaling sockets, live rooms) plus the REST room
+//! list (participants); never counting the sampler's own connections (see [`Sampler`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
