@@ -1,11 +1,11 @@
 //! Test support for Stoa's end-to-end tests: a real server started in-process on an
-//! ephemeral port with a temporary data folder, and a small REST client for it.
+//! ephemeral port with a temporary data folder, a small REST client for it, and a signaling
+//! client that asserts ([`signal`]). The clients themselves (signaling, WebRTC, Opus) are the
+//! `stoa-client` library's; the load generator and the soak tool are built on it too.
 
 pub mod loadgen;
-pub mod media;
 pub mod postgres;
 pub mod redis;
-pub mod rtc_client;
 pub mod signal;
 pub mod soak;
 

@@ -5,7 +5,8 @@
 //! Against a server at `url` (loopback only unless `allow_remote`), with the operator key, it
 //! creates a room and two invites (speaker, listener) through the REST API, redeems one invite
 //! per client (`POST /api/v1/join`), joins every client over its own signaling WebSocket (tokio
-//! tasks, one [`SignalClient`] each) and opens its media as an `rtc` sans-IO peer connection.
+//! tasks, one `stoa_client::Session` each) and opens its media as an `rtc` sans-IO peer
+//! connection.
 //! All peer connections live on one thread (the media thread, [`Peers`]), each with its own
 //! UDP socket.
 //!
@@ -52,12 +53,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::media::{FRAME_SAMPLES, SAMPLE_RATE, audio_level};
-use crate::rtc_client::{BoxError, Observer, Peers, SeqSpan, realtime_ns};
-use crate::signal::SignalClient;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use stoa_client::api::Api;
+use stoa_client::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+use stoa_client::fleet::{Observer, Peers, SeqSpan, Voice, realtime_ns};
+use stoa_client::join::redeem;
+use stoa_client::media::OfferChannel;
+use stoa_client::{InviteLink, Session};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use procfs::ProcessSample;
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -631,30 +637,6 @@ fn local_ip(server: IpAddr) -> IpAddr {
         .unwrap_or(server)
 }
 
-async fn rest(
-    http: &reqwest::Client,
-    options: &Options,
-    path: &str,
-    auth: bool,
-    body: Value,
-) -> Result<Value, String> {
-    let mut req = http.post(format!("{}{path}", options.url.trim_end_matches('/')));
-    if auth {
-        req = req.bearer_auth(&options.api_key);
-    }
-    let res = req
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("POST {path}: {e}"))?;
-    let status = res.status();
-    let text = res.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(format!("POST {path}: {status} {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}"))
-}
-
 /// Join tasks and what they report.
 struct Joins {
     outcomes: tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
@@ -678,38 +660,26 @@ impl Joins {
     /// events) until the run stops.
     fn spawn(
         &self,
-        http: &reqwest::Client,
-        options: &Options,
-        code: &str,
+        link: &InviteLink,
         name: String,
         speaker: bool,
         commands: &mpsc::Sender<Command>,
     ) {
-        let (http, options, code, commands) = (
-            http.clone(),
-            options.clone(),
-            code.to_owned(),
-            commands.clone(),
-        );
+        let (link, commands) = (link.clone(), commands.clone());
         let gate = self.gate.clone();
         let outcome_tx = self.outcome_tx.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            // A nested task, so that a panic inside SignalClient counts as a failed join.
-            let joined = tokio::spawn(async move {
-                join_one(&http, &options, &code, &name, speaker, commands).await
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("join task panicked: {e}")));
+            let joined = join_one(&link, &name, speaker, commands).await;
             drop(permit);
             match joined {
                 Ok(mut signal) => {
                     let _ = outcome_tx.send(Ok(()));
-                    while !*stop.borrow() && signal.closed.is_none() {
+                    while !*stop.borrow() && signal.closed().is_none() {
                         tokio::select! {
                             _ = stop.changed() => {}
-                            _ = signal.next_within(Duration::from_secs(5)) => {}
+                            _ = signal.next(Duration::from_secs(5)) => {}
                         }
                     }
                     signal.close().await;
@@ -786,39 +756,25 @@ pub async fn run(options: Options) -> Result<Report, String> {
     if options.speakers == 0 {
         return Err("at least one speaker is needed".to_owned());
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let api = Api::new(&options.url, &options.api_key);
     let total = options.speakers + options.listeners;
-    let room = rest(
-        &http,
-        &options,
-        "/api/v1/rooms",
-        true,
-        json!({
-            "title": format!("loadgen {}+{}", options.speakers, options.listeners),
-            "max_participants": total.clamp(1, 100_000),
-            "max_stage": options.speakers.clamp(1, 100),
-        }),
-    )
-    .await?;
-    let room_id = room["id"].as_str().ok_or("room without id")?.to_owned();
-    let mut codes = Vec::new();
-    for role in ["speaker", "listener"] {
-        let invite = rest(
-            &http,
-            &options,
-            &format!("/api/v1/rooms/{room_id}/invites"),
-            true,
-            json!({ "role": role, "label": "loadgen" }),
+    let room = api
+        .create_room(
+            &format!("loadgen {}+{}", options.speakers, options.listeners),
+            json!({
+                "max_participants": total.clamp(1, 100_000),
+                "max_stage": options.speakers.clamp(1, 100),
+            }),
         )
-        .await?;
-        codes.push(
-            invite["code"]
-                .as_str()
-                .ok_or("invite without code")?
-                .to_owned(),
+        .await
+        .map_err(|e| format!("POST /api/v1/rooms: {e}"))?;
+    let room_id = room["id"].as_str().ok_or("room without id")?.to_owned();
+    let mut links = Vec::new();
+    for role in ["speaker", "listener"] {
+        links.push(
+            api.create_invite(&room_id, role, json!({ "label": "loadgen" }))
+                .await
+                .map_err(|e| format!("POST /api/v1/rooms/{room_id}/invites: {e}"))?,
         );
     }
 
@@ -874,14 +830,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
     // Phase 1: the speakers, connected, then sending.
     let mut joins = Joins::new(options.join_concurrency);
     for i in 0..options.speakers {
-        joins.spawn(
-            &http,
-            &options,
-            &codes[0],
-            format!("speaker{i}"),
-            true,
-            &commands,
-        );
+        joins.spawn(&links[0], format!("speaker{i}"), true, &commands);
     }
     joins
         .collect(options.speakers, deadline, &mut report, |r| {
@@ -898,14 +847,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     // Phase 2: the listeners, `join_concurrency` at a time.
     for i in 0..options.listeners {
-        joins.spawn(
-            &http,
-            &options,
-            &codes[1],
-            format!("listener{i}"),
-            false,
-            &commands,
-        );
+        joins.spawn(&links[1], format!("listener{i}"), false, &commands);
     }
     drop(commands);
     joins
@@ -1010,27 +952,20 @@ pub async fn run(options: Options) -> Result<Report, String> {
 /// Redeems, joins over the signaling socket and negotiates media. The socket is returned so
 /// that it stays open (and answers pings) while the media flows.
 async fn join_one(
-    http: &reqwest::Client,
-    options: &Options,
-    code: &str,
+    link: &InviteLink,
     name: &str,
     speaker: bool,
     commands: mpsc::Sender<Command>,
-) -> Result<SignalClient, String> {
+) -> Result<Session, String> {
     let started = Instant::now();
     let started_rt = realtime_ns();
-    let answer = rest(
-        http,
-        options,
-        "/api/v1/join",
-        false,
-        json!({ "invite": code, "display_name": name }),
-    )
-    .await?;
-    let mut signal = SignalClient::join(&answer).await;
-    let slots = signal.welcome["media"]["slots"]
-        .as_u64()
-        .ok_or("welcome without media.slots")? as usize;
+    let answer = redeem(link, name, None)
+        .await
+        .map_err(|e| format!("POST /api/v1/join: {e}"))?;
+    let mut signal = Session::join(&answer)
+        .await
+        .map_err(|e| format!("signaling: {e}"))?;
+    let slots = signal.slots();
     let (reply, offer) = tokio::sync::oneshot::channel();
     commands
         .send(Command::Open {
@@ -1042,16 +977,10 @@ async fn join_one(
         })
         .map_err(|_| "media thread gone")?;
     let (index, sdp) = offer.await.map_err(|_| "media thread gone")??;
-    let answer = signal
-        .request(json!({ "type": "media_offer", "sdp": sdp }))
-        .await;
-    if answer["type"] != "media_answer" {
-        return Err(format!("media_offer refused: {answer}"));
-    }
-    let sdp = answer["sdp"]
-        .as_str()
-        .ok_or("media_answer without sdp")?
-        .to_owned();
+    let sdp = signal
+        .exchange(sdp)
+        .await
+        .map_err(|e| format!("media_offer refused: {e}"))?;
     let (reply, done) = tokio::sync::oneshot::channel();
     commands
         .send(Command::Answer { index, sdp, reply })
@@ -1082,7 +1011,7 @@ fn is_rtp(data: &[u8]) -> bool {
 struct Sent {
     first_seq: Option<u16>,
     stamps: Vec<i64>,
-    encoder: opus::Encoder,
+    voice: Voice,
     sample: u64,
 }
 
@@ -1258,7 +1187,7 @@ impl Observer for Meter {
         }
     }
 
-    fn failed(&mut self, _peer: usize) {
+    fn ended(&mut self, _peer: usize, _state: RTCPeerConnectionState) {
         self.shared.media_failed.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -1300,11 +1229,7 @@ impl MediaThread {
             sent.push(Sent {
                 first_seq: None,
                 stamps: Vec::new(),
-                encoder: opus::Encoder::new(
-                    SAMPLE_RATE,
-                    opus::Channels::Mono,
-                    opus::Application::Voip,
-                )?,
+                voice: Voice::new()?,
                 sample: 0,
             });
         }
@@ -1416,10 +1341,9 @@ impl MediaThread {
             let Role::Speaker(s) = self.meter.roles[index] else {
                 continue;
             };
-            let peer = self.peers.get(index);
-            if !peer.connected {
+            let Some(peer) = self.peers.get(index).filter(|p| p.connected) else {
                 continue;
-            }
+            };
             let seq = peer.track.as_ref().map_or(0, |t| t.seq);
             let sent = &mut self.meter.speakers[s];
             // A 440 Hz tone at about -20 dBov plus a little noise, so that no two frames (of
@@ -1434,13 +1358,10 @@ impl MediaThread {
                 })
                 .collect();
             sent.sample += FRAME_SAMPLES as u64;
-            let mut out = vec![0u8; 1500];
-            let Ok(len) = sent.encoder.encode(&pcm, &mut out) else {
+            let Some((payload, level)) = sent.voice.encode(&pcm) else {
                 continue;
             };
-            out.truncate(len);
-            let (level, voice) = audio_level(&pcm);
-            let hash = payload_hash(&out);
+            let hash = payload_hash(&payload);
             let stamp = realtime_ns();
             // Every call to `send_rtp` uses one sequence number, so index ↔ sequence holds.
             sent.first_seq.get_or_insert(seq);
@@ -1448,8 +1369,8 @@ impl MediaThread {
             sent.stamps.push(stamp);
             let ok = self.peers.send_rtp(
                 index,
-                Bytes::from(out),
-                Some(level | if voice { 0x80 } else { 0 }),
+                payload,
+                Some(level),
                 FRAME_SAMPLES as u32,
                 &mut self.meter,
             );
@@ -1523,8 +1444,8 @@ impl MediaThread {
             let ear = &meter.ears[l];
             let peer = self.peers.get(index);
             listeners.push(ListenerReport {
-                joined: peer.answered,
-                connected: peer.connected,
+                joined: peer.is_some_and(|p| p.answered),
+                connected: peer.is_some_and(|p| p.connected),
                 heard: ear.heard,
                 expected: window_sent,
                 received: ear.window_received,

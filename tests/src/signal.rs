@@ -1,21 +1,20 @@
-//! A signaling client for tests: joins over a real WebSocket, sends requests, and waits for
-//! the messages it expects (never sleeps), keeping everything it received for assertions.
+//! A signaling client for tests, on the client library's socket: joins, sends requests, and
+//! waits for the messages it expects (never sleeps), keeping everything it received for
+//! assertions. It panics where a test should fail, and reads only when asked (so a client
+//! that stops reading stops answering the server's pings, as the keep-alive test needs).
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use stoa_client::Error;
+use stoa_client::media::OfferChannel;
+use stoa_client::signal::Connection;
 
 /// How long a test waits for a message it expects before failing.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 pub struct SignalClient {
-    ws: Ws,
+    connection: Connection,
     /// Every JSON message received so far, in order.
     pub received: Vec<Value>,
     /// Which of `received` a wait has already taken.
@@ -29,9 +28,11 @@ pub struct SignalClient {
 impl SignalClient {
     /// Opens a socket without joining.
     pub async fn open(signal_url: &str) -> Self {
-        let (ws, _) = connect_async(signal_url).await.expect("websocket connects");
+        let connection = Connection::open(signal_url)
+            .await
+            .expect("websocket connects");
         SignalClient {
-            ws,
+            connection,
             received: Vec::new(),
             taken: Vec::new(),
             next_id: 1,
@@ -72,17 +73,11 @@ impl SignalClient {
     }
 
     pub async fn send(&mut self, message: Value) {
-        self.ws
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .expect("send");
+        self.connection.send(&message).await.expect("send");
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
+        self.connection.send_text(text).await.expect("send");
     }
 
     /// Sends `message` with a fresh id and waits for the answer carrying that id.
@@ -114,32 +109,20 @@ impl SignalClient {
     async fn read_one(&mut self) -> bool {
         // One deadline for the whole read: keep-alive pings must not extend it.
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no message within {WAIT:?}; received {:?}", self.received),
-                Ok(frame) => frame,
-            };
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let value: Value =
-                        serde_json::from_str(text.as_str()).expect("server sends JSON");
-                    self.received.push(value);
-                    self.taken.push(false);
-                    return true;
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    self.closed = Some(
-                        frame
-                            .map(|f| (u16::from(f.code), f.reason.to_string()))
-                            .unwrap_or((1005, String::new())),
-                    );
-                    return false;
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => {
-                    self.closed.get_or_insert((1006, String::new()));
-                    return false;
-                }
+        let message = match tokio::time::timeout_at(deadline, self.connection.recv()).await {
+            Err(_) => panic!("no message within {WAIT:?}; received {:?}", self.received),
+            Ok(message) => message.expect("server sends JSON"),
+        };
+        match message {
+            Some(value) => {
+                self.received.push(value);
+                self.taken.push(false);
+                true
+            }
+            None => {
+                let close = self.connection.closed().expect("closed");
+                self.closed = Some((close.code, close.reason.clone()));
+                false
             }
         }
     }
@@ -214,11 +197,42 @@ impl SignalClient {
 
     /// Drops the TCP connection without a close handshake, like a lost network.
     pub fn drop_connection(self) {
-        drop(self.ws);
+        self.connection.abort();
     }
 
     /// Closes politely.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.connection.close().await;
     }
+}
+
+#[async_trait::async_trait]
+impl OfferChannel for SignalClient {
+    /// `media_offer` → `media_answer` (or `error`, returned as [`Error::Rejected`]).
+    async fn exchange(&mut self, offer_sdp: String) -> Result<String, Error> {
+        let reply = self
+            .request(json!({ "type": "media_offer", "sdp": offer_sdp }))
+            .await;
+        match reply["type"].as_str() {
+            Some("media_answer") => reply["sdp"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Protocol(format!("media_answer without sdp: {reply}"))),
+            Some("error") => Err(Error::Rejected {
+                code: reply["code"].as_str().unwrap_or_default().to_owned(),
+                message: reply["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+            _ => Err(Error::Protocol(format!(
+                "unexpected reply to media_offer: {reply}"
+            ))),
+        }
+    }
+}
+
+/// The number of audio slots from a `welcome` message (`media.slots`).
+#[track_caller]
+pub fn media_slots(welcome: &Value) -> usize {
+    welcome["media"]["slots"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("welcome without media.slots: {welcome}")) as usize
 }

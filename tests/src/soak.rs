@@ -9,53 +9,39 @@
 //!    pools, SQLite caches) exist before the baseline;
 //! 2. **baseline**: once the counts are steady, the baseline sample;
 //! 3. **churn** for the set time: a moderator, speakers talking in turns with real Opus, and a
-//!    population of listeners that come and go (REST redeem, signaling, WebRTC media with a
-//!    small `rtc` sans-IO driver of our own), raise hands, get invited to the stage, accept or
-//!    decline, speak, leave the stage or get moved back; sockets drop and resume within the
-//!    grace period, some never come back, some media peers vanish without a goodbye; the
-//!    moderator and speakers rotate too;
+//!    population of listeners that come and go (REST redeem, signaling, WebRTC media: the
+//!    `stoa-client` library's sessions and sans-IO peers), raise hands, get invited to the
+//!    stage, accept or decline, speak, leave the stage or get moved back; sockets drop and
+//!    resume within the grace period, some never come back, some media peers vanish without a
+//!    goodbye; the moderator and speakers rotate too;
 //! 4. **quiet**: everyone leaves; the counts must come back to the baseline (within the grace
 //!    period and ICE timeouts plus a margin), and the final sample is compared with it.
 //!
-//! Sampled from `/proc/<pid>` (RSS, fds, threads) and `/metrics` (tokio alive tasks, media
-//! connections, signaling sockets, live rooms) plus the REST room list (participants).
+//! Sampled from `/proc/<pid>` (RSS, descriptors and what each is, threads) and `/metrics`
+//! (tokio alive tasks, media connections, signaling sockets, live rooms) plus the REST room
+//! list (participants); never counting the sampler's own connections (see [`Sampler`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures::SinkExt;
-use futures::stream::{SplitSink, StreamExt};
-use rtc::crypto::SignatureScheme;
-use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{Value, json};
-use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
+use stoa_client::api::Api;
+use stoa_client::audio::{FRAME_DURATION, FRAME_SAMPLES, SAMPLE_RATE};
+use stoa_client::fleet::{Observer, Peers, Voice};
+use stoa_client::join::{JoinAnswer, redeem};
+use stoa_client::media::OfferChannel;
+use stoa_client::{InviteLink, Session};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::media::{AUDIO_LEVEL_URI, FRAME_SAMPLES, OPUS_PT, SAMPLE_RATE, audio_level};
+use crate::loadgen::procfs;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -168,6 +154,8 @@ pub struct Sample {
     pub rtp_forwarded: u64,
     /// Listeners present in the soak at that moment (our side).
     pub soak_listeners: u64,
+    /// What each open descriptor is (see `procfs::descriptors`), read with `fds`.
+    pub descriptors: Vec<String>,
 }
 
 /// What the churn did (our side).
@@ -317,6 +305,14 @@ impl Report {
             self.media.rtp_received,
             self.after.rtp_forwarded.saturating_sub(self.baseline.rtp_forwarded)
         ));
+        for s in self
+            .samples
+            .iter()
+            .filter(|s| matches!(s.phase.as_str(), "quiet" | "final") && s.fds != self.baseline.fds)
+        {
+            out.push_str(&format!("descriptors at {:.0} s ({}):\n", s.t, s.phase));
+            out.push_str(&descriptor_changes(&self.baseline, s));
+        }
         for e in &self.first_errors {
             out.push_str(&format!("error: {e}\n"));
         }
@@ -330,6 +326,32 @@ impl Report {
         });
         out
     }
+}
+
+/// The descriptors the final sample has and the baseline had not, and the other way round.
+fn descriptor_changes(baseline: &Sample, after: &Sample) -> String {
+    let mut out = String::new();
+    let count = |list: &[String]| {
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        for d in list {
+            *counts.entry(d.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let (before, now) = (count(&baseline.descriptors), count(&after.descriptors));
+    for (d, n) in &now {
+        let diff = n - before.get(d).copied().unwrap_or(0);
+        if diff > 0 {
+            out.push_str(&format!("descriptor + {diff} × {d}\n"));
+        }
+    }
+    for (d, n) in &before {
+        let diff = n - now.get(d).copied().unwrap_or(0);
+        if diff > 0 {
+            out.push_str(&format!("descriptor - {diff} × {d}\n"));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,38 +487,18 @@ fn start_server(bin: &Path) -> Result<Target, String> {
     })
 }
 
-fn http_client() -> reqwest::Client {
-    // No idle connections kept: a pooled keep-alive connection is a socket and a task on the
-    // server, and the counts must be comparable between samples.
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client")
-}
-
-async fn rest(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let mut request = http.request(method, &url);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let answer = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+/// GETs a JSON answer with the sampler's client (see [`Sampler`]).
+async fn get_json(http: &reqwest::Client, url: String, key: &str) -> Result<Value, String> {
+    let answer = http
+        .get(&url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = answer.status();
     let text = answer.text().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {
         return Err(format!("{url}: {status} {text}"));
-    }
-    if text.is_empty() {
-        return Ok(Value::Null);
     }
     serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))
 }
@@ -536,232 +538,147 @@ fn proc_status(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("Threads:")?))
 }
 
-fn proc_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+/// The address the sampler's requests come from when the server is on 127.0.0.1: one nobody
+/// else in the soak uses, so the server's sockets of the sampler's connections can be told
+/// apart from everyone else's.
+const SAMPLER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// How long the server may take to close a connection the sampler closed.
+const OWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Looks at the server: `/proc/<pid>`, `/metrics` and the REST room list.
+///
+/// A connection the sampler has just closed is still open on the server for a moment (until
+/// its task reads the end of the stream: about 15 ms here, more on a busy machine), so a
+/// look at `/proc` right after the previous sample's requests would count it as one more
+/// descriptor, now and then. That was the flaky `open_fds` of issue #18 (baseline 25, final
+/// 26). So the sampler sends its requests from an address of its own and, before each look,
+/// waits until the server holds no socket connected to that address. Every sample then counts
+/// the server's own descriptors only, and "after ≤ baseline" means what it says: no leak.
+struct Sampler {
+    http: reqwest::Client,
+    target: Arc<Target>,
+    /// The sampler's own address, when it has one (see [`SAMPLER_IP`]).
+    own_ip: Option<IpAddr>,
 }
 
-/// One sample. `with_rooms` adds the participant count from the REST room list; the settling
-/// loops leave it out because it reads SQLite on tokio's blocking pool, and a pool thread that
-/// keeps getting work never reaches its 10 s idle exit: sampling every second that way would
-/// itself keep threads alive.
-async fn sample(
-    http: &reqwest::Client,
-    target: &Target,
-    phase: &str,
-    t0: Instant,
-    soak_listeners: u64,
-    with_rooms: bool,
-) -> Result<Sample, String> {
-    // /proc first: the previous sample's HTTP connections are long closed, this one's are
-    // not open yet, so every sample sees the same number of our own connections.
-    let from_proc = target.pid.and_then(|pid| {
-        let (rss, threads) = proc_status(pid)?;
-        Some((rss, threads, proc_fds(pid)?))
-    });
-    let page = http
-        .get(format!("{}/metrics", target.url))
-        .send()
-        .await
-        .map_err(|e| format!("/metrics: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("/metrics: {e}"))?;
-    let m = |name: &str| metric_sum(&page, name).unwrap_or(0);
-    let mut participants = 0;
-    let mut cursor: Option<String> = None;
-    // Participants only come from the REST room list (see above for why it is optional).
-    let mut more_pages = with_rooms;
-    while more_pages {
-        let mut url = format!("{}/api/v1/rooms?limit=200", target.url);
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
+impl Sampler {
+    fn new(target: Arc<Target>) -> Sampler {
+        let loopback_v4 = reqwest::Url::parse(&target.url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h == "127.0.0.1"))
+            .unwrap_or(false);
+        let own_ip = (loopback_v4 && std::net::UdpSocket::bind((SAMPLER_IP, 0)).is_ok())
+            .then_some(IpAddr::V4(SAMPLER_IP));
+        // No idle connections kept: each sample opens its own and closes it.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(0)
+            .local_address(own_ip)
+            .build()
+            .expect("http client");
+        Sampler {
+            http,
+            target,
+            own_ip,
         }
-        let listing = rest(http, reqwest::Method::GET, url, Some(&target.key), None).await?;
-        for room in listing["items"].as_array().into_iter().flatten() {
-            participants += room["participant_count"].as_u64().unwrap_or(0);
-        }
-        cursor = listing["next_cursor"].as_str().map(str::to_owned);
-        more_pages = cursor.is_some();
     }
-    let (rss_kib, threads, fds) = match from_proc {
-        Some(v) => v,
-        None => (
-            m("stoa_process_resident_memory_bytes") / 1024,
-            m("stoa_process_threads"),
-            m("stoa_process_open_fds"),
-        ),
-    };
-    Ok(Sample {
-        phase: phase.to_owned(),
-        t: t0.elapsed().as_secs_f64(),
-        rss_kib,
-        fds,
-        threads,
-        alive_tasks: m("stoa_runtime_alive_tasks"),
-        media_connections: m("stoa_media_connections"),
-        signal_sockets: m("stoa_signal_sockets"),
-        live_rooms: m("stoa_live_rooms"),
-        participants,
-        rtp_in: m("stoa_media_rtp_in_total"),
-        rtp_forwarded: m("stoa_media_rtp_forwarded_total"),
-        soak_listeners,
-    })
-}
 
-// ---------------------------------------------------------------------------------------------
-// Signaling: a small client that never panics (errors are counted, the soak goes on)
-// ---------------------------------------------------------------------------------------------
+    /// Waits (bounded) until the server holds no socket connected to the sampler's address.
+    async fn own_connections_closed(&self, pid: u32) {
+        let Some(own) = self.own_ip else {
+            return;
+        };
+        let deadline = Instant::now() + OWN_CLOSE_TIMEOUT;
+        while Instant::now() < deadline
+            && procfs::descriptors(pid)
+                .is_some_and(|list| list.iter().any(|d| d.peer().is_some_and(|a| a.ip() == own)))
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-const ANSWER_WAIT: Duration = Duration::from_secs(15);
-
-struct Sig {
-    sink: SplitSink<Ws, Message>,
-    inbox: mpsc::UnboundedReceiver<Value>,
-    reader: JoinHandle<()>,
-    pending: VecDeque<Value>,
-    next_id: u64,
-    url: String,
-    me: String,
-    resume_token: String,
-    slots: usize,
-}
-
-impl Sig {
-    async fn open(url: &str) -> Result<Sig, String> {
-        let (ws, _) = tokio::time::timeout(ANSWER_WAIT, connect_async(url))
+    /// One sample. `with_rooms` adds the participant count from the REST room list; the
+    /// settling loops leave it out because it reads SQLite on tokio's blocking pool, and a
+    /// pool thread that keeps getting work never reaches its 10 s idle exit: sampling every
+    /// second that way would itself keep threads alive.
+    async fn sample(
+        &self,
+        phase: &str,
+        t0: Instant,
+        soak_listeners: u64,
+        with_rooms: bool,
+    ) -> Result<Sample, String> {
+        let target = &self.target;
+        // /proc first, once the previous sample's connections are gone and before this one's
+        // open, so no sample counts the sampler's own connections.
+        let mut from_proc = None;
+        if let Some(pid) = target.pid {
+            self.own_connections_closed(pid).await;
+            from_proc = proc_status(pid)
+                .and_then(|(rss, threads)| Some((rss, threads, procfs::descriptors(pid)?)));
+        }
+        let page = self
+            .http
+            .get(format!("{}/metrics", target.url))
+            .send()
             .await
-            .map_err(|_| "websocket connect timed out".to_owned())?
-            .map_err(|e| format!("websocket connect: {e}"))?;
-        let (sink, mut stream) = ws.split();
-        let (tx, inbox) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(frame)) = stream.next().await {
-                match frame {
-                    Message::Text(text) => {
-                        if let Ok(v) = serde_json::from_str::<Value>(text.as_str())
-                            && tx.send(v).is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Message::Close(_) => return,
-                    _ => {}
-                }
+            .map_err(|e| format!("/metrics: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("/metrics: {e}"))?;
+        let m = |name: &str| metric_sum(&page, name).unwrap_or(0);
+        let mut participants = 0;
+        let mut cursor: Option<String> = None;
+        // Participants only come from the REST room list (see above for why it is optional).
+        let mut more_pages = with_rooms;
+        while more_pages {
+            let mut url = format!("{}/api/v1/rooms?limit=200", target.url);
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
             }
-        });
-        Ok(Sig {
-            sink,
-            inbox,
-            reader,
-            pending: VecDeque::new(),
-            next_id: 1,
-            url: url.to_owned(),
-            me: String::new(),
-            resume_token: String::new(),
-            slots: 1,
+            let listing = get_json(&self.http, url, &target.key).await?;
+            for room in listing["items"].as_array().into_iter().flatten() {
+                participants += room["participant_count"].as_u64().unwrap_or(0);
+            }
+            cursor = listing["next_cursor"].as_str().map(str::to_owned);
+            more_pages = cursor.is_some();
+        }
+        let (rss_kib, threads, fds, descriptors) = match from_proc {
+            Some((rss, threads, list)) => (
+                rss,
+                threads,
+                list.len() as u64,
+                list.iter().map(ToString::to_string).collect(),
+            ),
+            None => (
+                m("stoa_process_resident_memory_bytes") / 1024,
+                m("stoa_process_threads"),
+                m("stoa_process_open_fds"),
+                Vec::new(),
+            ),
+        };
+        Ok(Sample {
+            phase: phase.to_owned(),
+            t: t0.elapsed().as_secs_f64(),
+            rss_kib,
+            fds,
+            threads,
+            alive_tasks: m("stoa_runtime_alive_tasks"),
+            media_connections: m("stoa_media_connections"),
+            signal_sockets: m("stoa_signal_sockets"),
+            live_rooms: m("stoa_live_rooms"),
+            participants,
+            rtp_in: m("stoa_media_rtp_in_total"),
+            rtp_forwarded: m("stoa_media_rtp_forwarded_total"),
+            soak_listeners,
+            descriptors,
         })
     }
-
-    async fn handshake(mut self, first: Value) -> Result<Sig, String> {
-        self.send(first).await?;
-        let welcome = self
-            .wait(|m| m["type"] == "welcome" || m["type"] == "error")
-            .await?;
-        if welcome["type"] != "welcome" {
-            return Err(format!("refused: {welcome}"));
-        }
-        self.me = welcome["snapshot"]["you"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        self.resume_token = welcome["resume_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        self.slots = welcome["media"]["slots"].as_u64().unwrap_or(1).max(1) as usize;
-        Ok(self)
-    }
-
-    async fn join(answer: &Value) -> Result<Sig, String> {
-        let url = answer["signal_url"].as_str().ok_or("no signal_url")?;
-        Sig::open(url)
-            .await?
-            .handshake(json!({ "type": "join", "token": answer["token"] }))
-            .await
-    }
-
-    async fn resume(url: &str, token: &str) -> Result<Sig, String> {
-        Sig::open(url)
-            .await?
-            .handshake(json!({ "type": "resume", "resume_token": token }))
-            .await
-    }
-
-    async fn send(&mut self, message: Value) -> Result<(), String> {
-        self.sink
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .map_err(|e| format!("send: {e}"))
-    }
-
-    /// The first message matching `pred`; others are kept for `next`.
-    async fn wait(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.inbox.recv()).await {
-                Err(_) => return Err("no answer within 15 s".to_owned()),
-                Ok(None) => return Err("socket closed".to_owned()),
-                Ok(Some(m)) if pred(&m) => return Ok(m),
-                Ok(Some(m)) => self.pending.push_back(m),
-            }
-        }
-    }
-
-    /// Sends with a fresh id; the answer (`ok`, `error`, `media_answer`…).
-    async fn request(&mut self, mut message: Value) -> Result<Value, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        message["id"] = json!(id);
-        self.send(message).await?;
-        self.wait(|m| m["id"] == json!(id)).await
-    }
-
-    /// The next event within `limit`: `Ok(None)` if none came, `Err` once the socket closed.
-    async fn next(&mut self, limit: Duration) -> Result<Option<Value>, String> {
-        if let Some(m) = self.pending.pop_front() {
-            return Ok(Some(m));
-        }
-        match tokio::time::timeout(limit, self.inbox.recv()).await {
-            Err(_) => Ok(None),
-            Ok(None) => Err("socket closed".to_owned()),
-            Ok(Some(m)) => Ok(Some(m)),
-        }
-    }
-
-    /// Drops the TCP connection without a close handshake, like a lost network.
-    fn drop_socket(self) {
-        self.reader.abort();
-        drop(self.sink);
-    }
-
-    /// Leaves the room and closes the socket.
-    async fn leave(mut self) -> Result<(), String> {
-        let answer = self.request(json!({ "type": "leave" })).await;
-        let _ = self.sink.close().await;
-        self.reader.abort();
-        match answer {
-            Ok(a) if a["type"] == "ok" => Ok(()),
-            Ok(a) => Err(format!("leave refused: {a}")),
-            Err(e) => Err(format!("leave: {e}")),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Media: our own small driver of `rtc` sans-IO peer connections, one local task per peer on
-// one thread. A peer can close with a goodbye (DTLS close) or vanish (its task and socket
-// simply stop).
+// Media: `rtc` sans-IO peers on one thread of their own (`stoa_client::fleet`). A peer can
+// close with a goodbye (DTLS close) or vanish (its socket simply closes).
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -777,433 +694,250 @@ enum MediaCmd {
     Open {
         speaker: Option<(f32, Arc<AtomicBool>)>,
         slots: usize,
-        reply: oneshot::Sender<Result<(u64, String), String>>,
+        reply: oneshot::Sender<Result<(usize, String), String>>,
     },
     Answer {
-        id: u64,
+        index: usize,
         sdp: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Close {
-        id: u64,
+        index: usize,
         goodbye: bool,
     },
 }
 
-enum PeerMsg {
-    Answer(String, oneshot::Sender<Result<(), String>>),
-    Close,
-}
-
+/// The media thread's handle.
 #[derive(Clone)]
 struct Media {
-    commands: mpsc::UnboundedSender<MediaCmd>,
+    commands: std::sync::mpsc::Sender<MediaCmd>,
     stats: Arc<MediaStats>,
 }
 
-/// One participant's media connection, as the actor holds it.
+/// One participant's media connection, as the churn holds it.
 struct MediaLink {
-    id: u64,
+    index: usize,
 }
 
 impl Media {
     fn start() -> Result<Media, String> {
         let stats = Arc::new(MediaStats::default());
-        let (commands, rx) = mpsc::unbounded_channel();
-        let thread_stats = stats.clone();
-        let provider =
-            rtc::crypto::default_provider().map_err(|e| format!("no crypto provider: {e:?}"))?;
-        let cert = RTCCertificate::generate(
-            provider.crypto(),
-            SignatureScheme::EcdsaP256Sha256,
-            CertificateParams::new(vec!["stoa-soak".to_owned()]).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
+        let (commands, rx) = std::sync::mpsc::channel();
+        let mut thread = MediaThread {
+            peers: Peers::new(Ipv4Addr::LOCALHOST.into(), false, "stoa-soak")
+                .map_err(|e| e.to_string())?,
+            counter: Counter {
+                stats: stats.clone(),
+                connected: HashSet::new(),
+            },
+            speakers: HashMap::new(),
+            commands: rx,
+        };
         std::thread::Builder::new()
             .name("soak-media".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("media runtime");
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, media_dispatch(rx, thread_stats, cert));
-            })
+            .spawn(move || thread.run())
             .map_err(|e| e.to_string())?;
         Ok(Media { commands, stats })
     }
 
-    /// Opens a connection and negotiates it over `sig`.
+    /// Opens a connection and negotiates it over `session`.
     async fn open(
         &self,
-        sig: &mut Sig,
+        session: &mut Session,
         speaker: Option<(f32, Arc<AtomicBool>)>,
-    ) -> Result<MediaLink, String> {
+    ) -> Result<MediaLink, BoxError> {
         let (reply, offer) = oneshot::channel();
         self.commands
             .send(MediaCmd::Open {
                 speaker,
-                slots: sig.slots,
+                slots: session.slots(),
                 reply,
             })
             .map_err(|_| "media thread gone")?;
-        let (id, sdp) = offer.await.map_err(|_| "media thread gone")??;
-        let answer = match sig
-            .request(json!({ "type": "media_offer", "sdp": sdp }))
-            .await
-        {
-            Ok(a) if a["type"] == "media_answer" => {
-                a["sdp"].as_str().unwrap_or_default().to_owned()
-            }
-            other => {
-                self.close(MediaLink { id }, true);
-                return Err(format!("media_offer: {other:?}"));
+        let (index, sdp) = offer.await.map_err(|_| "media thread gone")??;
+        let answer = match session.exchange(sdp).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.close(MediaLink { index }, true);
+                return Err(format!("media_offer: {e}").into());
             }
         };
         let (reply, done) = oneshot::channel();
         self.commands
             .send(MediaCmd::Answer {
-                id,
+                index,
                 sdp: answer,
                 reply,
             })
             .map_err(|_| "media thread gone")?;
         done.await.map_err(|_| "media thread gone")??;
-        Ok(MediaLink { id })
+        Ok(MediaLink { index })
     }
 
     fn close(&self, link: MediaLink, goodbye: bool) {
         let _ = self.commands.send(MediaCmd::Close {
-            id: link.id,
+            index: link.index,
             goodbye,
         });
     }
 }
 
-async fn media_dispatch(
-    mut commands: mpsc::UnboundedReceiver<MediaCmd>,
+/// Counts what the peers do.
+struct Counter {
     stats: Arc<MediaStats>,
-    cert: RTCCertificate,
-) {
-    let mut peers: HashMap<u64, (mpsc::UnboundedSender<PeerMsg>, JoinHandle<()>)> = HashMap::new();
-    let mut next_id = 0u64;
-    while let Some(command) = commands.recv().await {
-        match command {
-            MediaCmd::Open {
-                speaker,
-                slots,
-                reply,
-            } => match Peer::open(&cert, speaker, slots, stats.clone()).await {
-                Ok((peer, sdp)) => {
-                    next_id += 1;
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let task = tokio::task::spawn_local(peer.run(rx));
-                    peers.insert(next_id, (tx, task));
-                    let _ = reply.send(Ok((next_id, sdp)));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            },
-            MediaCmd::Answer { id, sdp, reply } => match peers.get(&id) {
-                Some((tx, _)) => {
-                    let _ = tx.send(PeerMsg::Answer(sdp, reply));
-                }
-                None => {
-                    let _ = reply.send(Err("no such peer".into()));
-                }
-            },
-            MediaCmd::Close { id, goodbye } => {
-                if let Some((tx, task)) = peers.remove(&id) {
-                    if goodbye {
-                        let _ = tx.send(PeerMsg::Close);
-                    } else {
-                        // Vanish: the task and its socket stop; nothing more is sent.
-                        task.abort();
-                    }
-                }
-            }
-        }
-    }
-    for (_, (_, task)) in peers {
-        task.abort();
-    }
+    /// Peers connected now.
+    connected: HashSet<usize>,
 }
 
-struct Microphone {
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    hz: f32,
-    talking: Arc<AtomicBool>,
-    level_id: Option<u8>,
-    seq: u16,
-    timestamp: u32,
-    sample: u64,
-    encoder: opus::Encoder,
-}
-
-struct Peer {
-    pc: RTCPeerConnection,
-    socket: UdpSocket,
-    local: SocketAddr,
-    connected: bool,
-    microphone: Option<Microphone>,
-    stats: Arc<MediaStats>,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if self.connected {
+impl Counter {
+    fn gone(&mut self, peer: usize) {
+        if self.connected.remove(&peer) {
             self.stats.connected_now.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-impl Peer {
-    async fn open(
-        cert: &RTCCertificate,
-        speaker: Option<(f32, Arc<AtomicBool>)>,
-        slots: usize,
-        stats: Arc<MediaStats>,
-    ) -> Result<(Peer, String), BoxError> {
-        let now = Instant::now();
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        let local = socket.local_addr()?;
-        let registry = Registry::new()
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build());
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![cert.clone()])
-                    .build(),
-            )
-            .with_media_engine(stoa::media::engine::media_engine()?)
-            .with_interceptor_registry(registry)
-            .build(now)?;
-        let mut receive_only = slots;
-        let mut microphone = None;
-        if let Some((hz, talking)) = speaker {
-            let ssrc: u32 = rand::random();
-            let sender = pc.add_track(MediaStreamTrack::new(
-                format!("soak-{ssrc:08x}"),
-                "mic".to_owned(),
-                "mic".to_owned(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: stoa::media::engine::opus_codec().rtp_codec,
-                    ..Default::default()
-                }],
-            ))?;
-            microphone = Some(Microphone {
-                sender,
-                ssrc,
-                hz,
-                talking,
-                level_id: None,
-                seq: rand::random(),
-                timestamp: rand::random(),
-                sample: 0,
-                encoder: opus::Encoder::new(
-                    SAMPLE_RATE,
-                    opus::Channels::Mono,
-                    opus::Application::Voip,
-                )?,
-            });
-            receive_only = receive_only.saturating_sub(1);
-        }
-        for _ in 0..receive_only {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )?;
-        }
-        let offer = pc.create_offer(None)?;
-        pc.set_local_description(now, offer)?;
-        stoa::media::engine::add_host_candidate(&mut pc, local)?;
-        let sdp = pc
-            .local_description()
-            .ok_or("no local description")?
-            .sdp
-            .clone();
-        Ok((
-            Peer {
-                pc,
-                socket,
-                local,
-                connected: false,
-                microphone,
-                stats,
-            },
-            sdp,
-        ))
-    }
-
-    fn apply_answer(&mut self, sdp: String) -> Result<(), BoxError> {
-        self.pc
-            .set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
-        if let Some(mic) = self.microphone.as_mut() {
-            mic.level_id = self.pc.rtp_sender(mic.sender).and_then(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|h| h.uri == AUDIO_LEVEL_URI)
-                    .map(|h| h.id as u8)
-            });
-        }
-        Ok(())
-    }
-
-    /// Sends what the connection queued and takes its events and received media.
-    fn drain(&mut self) {
-        while let Some(out) = self.pc.poll_write() {
-            let _ = self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
-        }
-        while let Some(event) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                match state {
-                    RTCPeerConnectionState::Connected if !self.connected => {
-                        self.connected = true;
-                        self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
-                        self.stats.connected_now.fetch_add(1, Ordering::Relaxed);
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        if self.connected {
-                            self.connected = false;
-                            self.stats.connected_now.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        if state == RTCPeerConnectionState::Failed {
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        while let Some(message) = self.pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, packet) = message.message
-                && !packet.payload.is_empty()
-            {
-                self.stats.rtp_received.fetch_add(1, Ordering::Relaxed);
-            }
+impl Observer for Counter {
+    fn rtp(&mut self, _peer: usize, packet: &rtc::rtp::Packet, _stamp: i64) {
+        if !packet.payload.is_empty() {
+            self.stats.rtp_received.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// One 20 ms Opus frame: the speaker's tone while it is their turn, silence otherwise.
-    fn send_frame(&mut self) {
-        let Some(mic) = self.microphone.as_mut() else {
-            return;
-        };
-        let talking = mic.talking.load(Ordering::Relaxed);
-        let pcm: Vec<i16> = (0..FRAME_SAMPLES as u64)
-            .map(|i| {
-                if !talking {
-                    return 0;
-                }
-                let n = mic.sample + i;
-                let phase = 2.0 * std::f64::consts::PI * f64::from(mic.hz) * n as f64
-                    / f64::from(SAMPLE_RATE);
-                (4634.0 * phase.sin()) as i16
-            })
-            .collect();
-        mic.sample += FRAME_SAMPLES as u64;
-        let mut out = vec![0u8; 1500];
-        let Ok(len) = mic.encoder.encode(&pcm, &mut out) else {
-            return;
-        };
-        out.truncate(len);
-        let (level, voice) = audio_level(&pcm);
-        let mut header = rtc::rtp::header::Header {
-            version: 2,
-            payload_type: OPUS_PT,
-            sequence_number: mic.seq,
-            timestamp: mic.timestamp,
-            ssrc: mic.ssrc,
-            ..Default::default()
-        };
-        if let Some(id) = mic.level_id {
-            let byte = level | if voice { 0x80 } else { 0 };
-            let _ = header.set_extension(id, Bytes::copy_from_slice(&[byte]));
-        }
-        mic.seq = mic.seq.wrapping_add(1);
-        mic.timestamp = mic.timestamp.wrapping_add(FRAME_SAMPLES as u32);
-        let sender = mic.sender;
-        let written = self.pc.rtp_sender(sender).map(|mut s| {
-            s.write_rtp(
-                Instant::now(),
-                rtc::rtp::Packet {
-                    header,
-                    payload: Bytes::from(out),
-                },
-            )
-        });
-        if matches!(written, Some(Ok(()))) {
-            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        }
+    fn connected(&mut self, peer: usize) {
+        self.connected.insert(peer);
+        self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected_now.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<PeerMsg>) {
-        let mut buf = vec![0u8; 2048];
-        let frame = Duration::from_millis(20);
-        let mut next_frame = Instant::now() + frame;
+    fn ended(&mut self, peer: usize, state: RTCPeerConnectionState) {
+        self.gone(peer);
+        if state == RTCPeerConnectionState::Failed {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A speaker's microphone: its tone while it is their turn, silence otherwise.
+struct Microphone {
+    hz: f32,
+    talking: Arc<AtomicBool>,
+    sample: u64,
+    voice: Voice,
+}
+
+struct MediaThread {
+    peers: Peers,
+    counter: Counter,
+    speakers: HashMap<usize, Microphone>,
+    commands: std::sync::mpsc::Receiver<MediaCmd>,
+}
+
+impl MediaThread {
+    /// Until every handle is gone: commands, a frame from every connected speaker every
+    /// 20 ms, and the peers' traffic and timers in between.
+    fn run(&mut self) {
+        let mut next_frame = Instant::now() + FRAME_DURATION;
         loop {
-            self.drain();
+            loop {
+                match self.commands.try_recv() {
+                    Ok(command) => self.command(command),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
             let now = Instant::now();
-            let mut wake = now + Duration::from_secs(1);
-            if let Some(at) = self.pc.poll_timeout() {
-                wake = wake.min(at);
-            }
-            let speaking = self.connected && self.microphone.is_some();
-            if speaking {
-                wake = wake.min(next_frame);
-            }
-            tokio::select! {
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
-                        let _ = self.pc.handle_read(TaggedBytesMut {
-                            now: Instant::now(),
-                            transport: TransportContext {
-                                local_addr: self.local,
-                                peer_addr: from,
-                                ecn: None,
-                                transport_protocol: TransportProtocol::UDP,
-                            },
-                            message: BytesMut::from(&buf[..n]),
-                        });
-                    }
+            if now >= next_frame {
+                self.speak();
+                next_frame += FRAME_DURATION;
+                if next_frame + 5 * FRAME_DURATION < now {
+                    next_frame = now + FRAME_DURATION;
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    let _ = self.pc.handle_timeout(now);
-                    if speaking && now >= next_frame {
-                        self.send_frame();
-                        next_frame += frame;
-                        if next_frame + 5 * frame < now {
-                            next_frame = now + frame;
+            }
+            self.peers.turn(
+                next_frame.min(now + Duration::from_millis(5)),
+                &mut self.counter,
+            );
+        }
+    }
+
+    fn command(&mut self, command: MediaCmd) {
+        match command {
+            MediaCmd::Open {
+                speaker,
+                slots,
+                reply,
+            } => {
+                let opened = self.peers.open(speaker.is_some(), slots);
+                let result = match (opened, speaker) {
+                    (Ok((index, sdp)), Some((hz, talking))) => match Voice::new() {
+                        Ok(voice) => {
+                            self.speakers.insert(
+                                index,
+                                Microphone {
+                                    hz,
+                                    talking,
+                                    sample: 0,
+                                    voice,
+                                },
+                            );
+                            Ok((index, sdp))
                         }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    (Ok(opened), None) => Ok(opened),
+                    (Err(e), _) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            MediaCmd::Answer { index, sdp, reply } => {
+                let _ = reply.send(
+                    self.peers
+                        .answer(index, sdp, &mut self.counter)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            MediaCmd::Close { index, goodbye } => {
+                self.speakers.remove(&index);
+                self.peers.close(index, goodbye, &mut self.counter);
+                self.counter.gone(index);
+            }
+        }
+    }
+
+    /// One 20 ms Opus frame from every connected speaker.
+    fn speak(&mut self) {
+        for (&index, mic) in &mut self.speakers {
+            if !self.peers.get(index).is_some_and(|p| p.connected) {
+                continue;
+            }
+            let talking = mic.talking.load(Ordering::Relaxed);
+            let pcm: Vec<i16> = (0..FRAME_SAMPLES as u64)
+                .map(|i| {
+                    if !talking {
+                        return 0;
                     }
-                }
-                message = inbox.recv() => match message {
-                    Some(PeerMsg::Answer(sdp, reply)) => {
-                        let _ = reply.send(self.apply_answer(sdp).map_err(|e| e.to_string()));
-                        next_frame = Instant::now() + frame;
-                    }
-                    Some(PeerMsg::Close) | None => {
-                        let _ = self.pc.close();
-                        self.drain();
-                        return;
-                    }
-                }
+                    let n = mic.sample + i;
+                    let phase = 2.0 * std::f64::consts::PI * f64::from(mic.hz) * n as f64
+                        / f64::from(SAMPLE_RATE);
+                    (4634.0 * phase.sin()) as i16
+                })
+                .collect();
+            mic.sample += FRAME_SAMPLES as u64;
+            let Some((payload, level)) = mic.voice.encode(&pcm) else {
+                continue;
+            };
+            if self.peers.send_rtp(
+                index,
+                payload,
+                Some(level),
+                FRAME_SAMPLES as u32,
+                &mut self.counter,
+            ) {
+                self.counter
+                    .stats
+                    .frames_sent
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1214,11 +948,9 @@ impl Peer {
 // ---------------------------------------------------------------------------------------------
 
 struct Ctx {
-    http: reqwest::Client,
-    url: String,
-    listener_code: String,
-    speaker_code: String,
-    moderator_code: String,
+    listener_link: InviteLink,
+    speaker_link: InviteLink,
+    moderator_link: InviteLink,
     media: Media,
     options: Options,
     activity: Activity,
@@ -1243,16 +975,9 @@ impl Ctx {
         }
     }
 
-    async fn redeem(&self, code: &str, name: &str) -> Result<Value, String> {
+    async fn redeem(&self, link: &InviteLink, name: &str) -> Result<JoinAnswer, BoxError> {
         self.activity.joins.fetch_add(1, Ordering::Relaxed);
-        rest(
-            &self.http,
-            reqwest::Method::POST,
-            format!("{}/api/v1/join", self.url),
-            None,
-            Some(json!({ "invite": code, "display_name": name })),
-        )
-        .await
+        Ok(redeem(link, name, None).await?)
     }
 
     /// Sleeps `d`, cut short when the churn stops.
@@ -1272,12 +997,12 @@ fn speaker_hz(index: usize) -> f32 {
 }
 
 /// One listener's visit, from redeeming the invite to leaving (one way or another).
-async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), String> {
+async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), BoxError> {
     count(&ctx.activity.lives);
     let answer = ctx
-        .redeem(&ctx.listener_code, &format!("listener {n}"))
+        .redeem(&ctx.listener_link, &format!("listener {n}"))
         .await?;
-    let mut sig = Sig::join(&answer).await?;
+    let mut sig = Session::join(&answer).await?;
     let mut media = if rng.chance(ctx.options.media_share) {
         count(&ctx.activity.media_opened);
         Some(ctx.media.open(&mut sig, None).await?)
@@ -1299,10 +1024,10 @@ async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), Strin
     while Instant::now() < end && !ctx.stopping() {
         if drop_at.is_some_and(|at| Instant::now() >= at) {
             drop_at = None;
-            let (url, token) = (sig.url.clone(), sig.resume_token.clone());
-            sig.drop_socket();
+            let (url, token) = (sig.url().to_owned(), sig.resume_token().to_owned());
+            sig.abort();
             tokio::time::sleep(ctx.grace.mul_f64(0.1 + 0.4 * rng.unit())).await;
-            sig = Sig::resume(&url, &token).await?;
+            sig = Session::resume(&url, &token).await?;
             count(&ctx.activity.resumed);
         }
         if vanish_at.is_some_and(|at| Instant::now() >= at)
@@ -1316,7 +1041,10 @@ async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), Strin
             .next(Duration::from_millis(300 + rng.next() % 1500))
             .await?;
         match event {
-            Some(e) if e["type"] == "invited_to_stage" && e["participant"] == sig.me.as_str() => {
+            Some(e)
+                if e["type"] == "invited_to_stage"
+                    && e["participant"] == sig.participant_id().as_str() =>
+            {
                 if rng.chance(0.75) {
                     let a = sig.request(json!({ "type": "accept_invitation" })).await?;
                     if a["type"] == "ok" {
@@ -1337,7 +1065,10 @@ async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), Strin
                     hand = false;
                 }
             }
-            Some(e) if e["type"] == "left_stage" && e["participant"]["id"] == sig.me.as_str() => {
+            Some(e)
+                if e["type"] == "left_stage"
+                    && e["participant"]["id"] == sig.participant_id().as_str() =>
+            {
                 on_stage = false;
                 if let Some(link) = media.take() {
                     ctx.media.close(link, true);
@@ -1345,7 +1076,9 @@ async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), Strin
                     media = Some(ctx.media.open(&mut sig, None).await?);
                 }
             }
-            Some(e) if e["type"] == "closed" => return Err(format!("closed by the server: {e}")),
+            Some(e) if e["type"] == "closed" => {
+                return Err(format!("closed by the server: {e}").into());
+            }
             Some(_) => {}
             None if on_stage => {
                 if rng.chance(0.3) {
@@ -1385,7 +1118,7 @@ async fn listener_visit(ctx: Arc<Ctx>, n: u64, mut rng: Rng) -> Result<(), Strin
         });
     }
     if !ctx.stopping() && roll >= 0.85 {
-        sig.drop_socket();
+        sig.abort();
         count(&ctx.activity.abandoned);
         return Ok(());
     }
@@ -1433,11 +1166,11 @@ async fn speaker_seat(ctx: Arc<Ctx>, seat: usize, mut rng: Rng) {
     }
 }
 
-async fn speaker_visit(ctx: &Arc<Ctx>, seat: usize, rng: &mut Rng) -> Result<(), String> {
+async fn speaker_visit(ctx: &Arc<Ctx>, seat: usize, rng: &mut Rng) -> Result<(), BoxError> {
     let answer = ctx
-        .redeem(&ctx.speaker_code, &format!("speaker {seat}"))
+        .redeem(&ctx.speaker_link, &format!("speaker {seat}"))
         .await?;
-    let mut sig = Sig::join(&answer).await?;
+    let mut sig = Session::join(&answer).await?;
     let talking = Arc::new(AtomicBool::new(false));
     count(&ctx.activity.media_opened);
     let link = ctx
@@ -1454,14 +1187,14 @@ async fn speaker_visit(ctx: &Arc<Ctx>, seat: usize, rng: &mut Rng) -> Result<(),
         if let Some(e) = sig.next(Duration::from_millis(200)).await?
             && e["type"] == "closed"
         {
-            return Err(format!("closed by the server: {e}"));
+            return Err(format!("closed by the server: {e}").into());
         }
         if !resumed && rng.chance(0.002) {
             resumed = true;
-            let (url, token) = (sig.url.clone(), sig.resume_token.clone());
-            sig.drop_socket();
+            let (url, token) = (sig.url().to_owned(), sig.resume_token().to_owned());
+            sig.abort();
             tokio::time::sleep(ctx.grace.mul_f64(0.1 + 0.4 * rng.unit())).await;
-            sig = Sig::resume(&url, &token).await?;
+            sig = Session::resume(&url, &token).await?;
             count(&ctx.activity.resumed);
         }
     }
@@ -1498,9 +1231,9 @@ async fn moderator_seat(ctx: Arc<Ctx>, mut rng: Rng) {
     }
 }
 
-async fn moderator_visit(ctx: &Arc<Ctx>, rng: &mut Rng) -> Result<(), String> {
-    let answer = ctx.redeem(&ctx.moderator_code, "moderator").await?;
-    let mut sig = Sig::join(&answer).await?;
+async fn moderator_visit(ctx: &Arc<Ctx>, rng: &mut Rng) -> Result<(), BoxError> {
+    let answer = ctx.redeem(&ctx.moderator_link, "moderator").await?;
+    let mut sig = Session::join(&answer).await?;
     let end = Instant::now() + rng.secs(ctx.options.pace.moderator_life);
     // Listeners this moderator brought on stage and who are still there.
     let mut invited: HashSet<String> = HashSet::new();
@@ -1536,7 +1269,9 @@ async fn moderator_visit(ctx: &Arc<Ctx>, rng: &mut Rng) -> Result<(), String> {
                 on_stage.retain(|p| p != who);
                 invited.remove(who);
             }
-            Some(e) if e["type"] == "closed" => return Err(format!("closed by the server: {e}")),
+            Some(e) if e["type"] == "closed" => {
+                return Err(format!("closed by the server: {e}").into());
+            }
             Some(_) => {}
             None => {
                 if let Some(who) = rng.pick(&on_stage).cloned()
@@ -1563,9 +1298,8 @@ async fn moderator_visit(ctx: &Arc<Ctx>, rng: &mut Rng) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 
 /// Samples every `every` until the churn stops; each sample is printed as it is taken.
-async fn sampler(
-    http: reqwest::Client,
-    target: Arc<Target>,
+async fn sample_churn(
+    sampler: Arc<Sampler>,
     ctx: Arc<Ctx>,
     t0: Instant,
     every: Duration,
@@ -1578,7 +1312,7 @@ async fn sampler(
             return samples;
         }
         let listeners = ctx.listeners_now.load(Ordering::Relaxed) as u64;
-        match sample(&http, &target, "churn", t0, listeners, true).await {
+        match sampler.sample("churn", t0, listeners, true).await {
             Ok(s) => {
                 if progress {
                     eprintln!(
@@ -1614,8 +1348,7 @@ fn settled(now: &Sample, baseline: &Sample) -> bool {
 
 /// Waits until two samples a second apart are equal in every count, or `timeout`.
 async fn steady(
-    http: &reqwest::Client,
-    target: &Target,
+    sampler: &Sampler,
     phase: &str,
     t0: Instant,
     timeout: Duration,
@@ -1632,21 +1365,26 @@ async fn steady(
             s.threads,
         )
     };
-    let mut last = sample(http, target, phase, t0, 0, false).await?;
+    let mut last = sampler.sample(phase, t0, 0, false).await?;
     let mut same = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = sample(http, target, phase, t0, 0, false).await?;
+        let now = sampler.sample(phase, t0, 0, false).await?;
         same = if key(&now) == key(&last) { same + 1 } else { 0 };
         // Idle blocking-pool threads exit after 10 s: wait that long without change.
         if same >= 12 || Instant::now() > deadline {
-            return sample(http, target, phase, t0, 0, true).await;
+            return sampler.sample(phase, t0, 0, true).await;
         }
         last = now;
     }
 }
 
+/// Runs the soak; an error only for what stops it (no server, REST refusals, no warm-up).
 pub async fn run(options: Options) -> Result<Report, String> {
+    soak(options).await.map_err(|e| e.to_string())
+}
+
+async fn soak(options: Options) -> Result<Report, BoxError> {
     let t0 = Instant::now();
     let seed = if options.seed == 0 {
         rand::random::<u64>() | 1
@@ -1674,46 +1412,23 @@ pub async fn run(options: Options) -> Result<Report, String> {
         }
     };
     let target = Arc::new(target);
-    let http = http_client();
-    let op = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        rest(
-            &http,
-            method,
-            format!("{}{path}", target.url),
-            Some(&target.key),
-            body,
-        )
-    };
-    let room = op(
-        reqwest::Method::POST,
-        "/api/v1/rooms",
-        Some(json!({ "title": "soak" })),
-    )
-    .await?;
+    let sampler = Arc::new(Sampler::new(target.clone()));
+    let api = Api::new(&target.url, &target.key);
+    let room = api.create_room("soak", json!({})).await?;
     let room = room["id"].as_str().ok_or("room without id")?.to_owned();
-    let mut codes = Vec::new();
+    let mut links = Vec::new();
     for role in ["listener", "speaker", "moderator"] {
-        let invite = op(
-            reqwest::Method::POST,
-            &format!("/api/v1/rooms/{room}/invites"),
-            Some(json!({ "role": role, "label": "soak" })),
-        )
-        .await?;
-        codes.push(
-            invite["code"]
-                .as_str()
-                .ok_or("invite without code")?
-                .to_owned(),
+        links.push(
+            api.create_invite(&room, role, json!({ "label": "soak" }))
+                .await?,
         );
     }
     let media = Media::start()?;
     let (stop_tx, stop) = watch::channel(false);
     let mut ctx = Ctx {
-        http: http.clone(),
-        url: target.url.clone(),
-        listener_code: codes[0].clone(),
-        speaker_code: codes[1].clone(),
-        moderator_code: codes[2].clone(),
+        listener_link: links[0].clone(),
+        speaker_link: links[1].clone(),
+        moderator_link: links[2].clone(),
         media,
         options: options.clone(),
         activity: Activity::default(),
@@ -1726,8 +1441,8 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
     // Warm-up: one visit with media, so the baseline is of a server that has served someone.
     {
-        let answer = ctx.redeem(&ctx.listener_code, "warm-up").await?;
-        let mut sig = Sig::join(&answer).await?;
+        let answer = ctx.redeem(&ctx.listener_link, "warm-up").await?;
+        let mut sig = Session::join(&answer).await?;
         let link = ctx.media.open(&mut sig, None).await?;
         let deadline = Instant::now() + Duration::from_secs(15);
         while ctx.media.stats.connected_now.load(Ordering::Relaxed) == 0 {
@@ -1741,17 +1456,14 @@ pub async fn run(options: Options) -> Result<Report, String> {
     }
     let grace = {
         // The grace period the server announces (a server we were pointed at may differ).
-        let answer = ctx.redeem(&ctx.listener_code, "probe").await?;
-        let url = answer["signal_url"].as_str().unwrap_or_default().to_owned();
-        let mut s = Sig::open(&url).await?;
-        s.send(json!({ "type": "join", "token": answer["token"] }))
-            .await?;
-        let welcome = s.wait(|m| m["type"] == "welcome").await?;
-        let _ = s.leave().await;
-        Duration::from_secs(welcome["resume_grace_secs"].as_u64().unwrap_or(20))
+        let answer = ctx.redeem(&ctx.listener_link, "probe").await?;
+        let probe = Session::join(&answer).await?;
+        let grace = probe.welcome().resume_grace_secs;
+        let _ = probe.leave().await;
+        Duration::from_secs(grace)
     };
     ctx.grace = grace;
-    let mut baseline = steady(&http, &target, "baseline", t0, Duration::from_secs(60)).await?;
+    let mut baseline = steady(&sampler, "baseline", t0, Duration::from_secs(60)).await?;
     baseline.phase = "baseline".into();
     if options.progress {
         eprintln!(
@@ -1776,24 +1488,22 @@ pub async fn run(options: Options) -> Result<Report, String> {
         Rng::new(rng.next()),
     )));
     seats.push(tokio::spawn(turn_taking(ctx.clone(), Rng::new(rng.next()))));
-    let sampling = tokio::spawn(sampler(
-        http.clone(),
-        target.clone(),
+    let sampling = tokio::spawn(sample_churn(
+        sampler.clone(),
         ctx.clone(),
         t0,
         options.sample_every,
         options.progress,
     ));
     tokio::time::sleep(options.churn).await;
-    let mut last_churn = sample(
-        &http,
-        &target,
-        "churn",
-        t0,
-        ctx.listeners_now.load(Ordering::Relaxed) as u64,
-        true,
-    )
-    .await?;
+    let mut last_churn = sampler
+        .sample(
+            "churn",
+            t0,
+            ctx.listeners_now.load(Ordering::Relaxed) as u64,
+            true,
+        )
+        .await?;
     last_churn.phase = "churn-end".into();
 
     // Quiet: everyone leaves.
@@ -1817,14 +1527,13 @@ pub async fn run(options: Options) -> Result<Report, String> {
     // Settled means the counts are back and then stay unchanged for a while (a descriptor or a
     // task can linger for a moment after the last close).
     let mut after = loop {
-        let now = sample(&http, &target, "quiet", t0, 0, false).await?;
+        let now = sampler.sample("quiet", t0, 0, false).await?;
         if Instant::now() > deadline {
-            break sample(&http, &target, "quiet", t0, 0, true).await?;
+            break sampler.sample("quiet", t0, 0, true).await?;
         }
         if settled(&now, &baseline) {
-            samples.push(sample(&http, &target, "quiet", t0, 0, true).await?);
-            let steady_sample =
-                steady(&http, &target, "final", t0, Duration::from_secs(30)).await?;
+            samples.push(sampler.sample("quiet", t0, 0, true).await?);
+            let steady_sample = steady(&sampler, "final", t0, Duration::from_secs(30)).await?;
             if settled(&steady_sample, &baseline) || Instant::now() > deadline {
                 break steady_sample;
             }
@@ -1916,6 +1625,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
             "{errors} client errors in {lives} listener visits (more than 2 + 2%)"
         ));
     }
+    drop(sampler);
     let mut target = Arc::try_unwrap(target).map_err(|_| "the sampler still holds the server")?;
     if let Some(child) = target.child.as_mut()
         && let Ok(Some(status)) = child.try_wait()

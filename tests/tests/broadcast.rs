@@ -7,38 +7,27 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
+use stoa_client::api::Api;
+use stoa_client::audio::{AudioSource, WINDOW_SAMPLES, tone_present};
+use stoa_client::{JoinOptions, Room};
 use stoa_tests::TestServer;
-use stoa_tests::media::{
-    AudioSource, MediaConfig, MediaPeer, WINDOW_SAMPLES, media_slots, tone_present,
-};
-use stoa_tests::signal::SignalClient;
 use tokio::io::AsyncReadExt;
 
-const CONNECT: Duration = Duration::from_secs(10);
-
-/// A speaker on stage sending a tone over WebRTC. Their signaling socket is kept alive in the
-/// background (a socket that does not answer pings is closed, and then the speaker is not heard).
-async fn speaker(t: &TestServer, room: &str, hz: f32) -> (tokio::task::JoinHandle<()>, MediaPeer) {
-    let mut signal = SignalClient::join(&t.participant(room, "speaker", "Sam").await).await;
-    let slots = media_slots(&signal.welcome);
-    let peer = MediaPeer::new(MediaConfig::speaker(
-        "Sam",
-        slots,
-        AudioSource::tone(hz, -12.0),
-    ))
-    .await
-    .expect("peer");
-    peer.negotiate(&mut signal).await.expect("negotiated");
-    peer.wait_connected(CONNECT).await;
-    // A client's keep-alive: a ping every few seconds (reading its answer answers the
-    // server's pings too).
-    let reader = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            signal.request(json!({ "type": "ping" })).await;
-        }
-    });
-    (reader, peer)
+/// A speaker on stage sending a tone over WebRTC, as the client library joins one: its own
+/// task keeps the signaling socket read and answers the server's pings (a socket that does not
+/// is closed, and then the speaker is not heard).
+async fn speaker(t: &TestServer, room: &str, hz: f32) -> Room {
+    let link = Api::new(&t.base, &t.api_key)
+        .create_invite(room, "speaker", json!({}))
+        .await
+        .expect("speaker invite");
+    let sam = Room::join(&link, JoinOptions::new("Sam"))
+        .await
+        .expect("joined with media");
+    sam.speak(AudioSource::tone(hz, -12.0))
+        .await
+        .expect("speaking");
+    sam
 }
 
 async fn playlist_url(t: &TestServer, room: &str) -> String {
@@ -99,7 +88,7 @@ async fn ffmpeg_decode(url: &str, seconds: u32) -> Decoded {
 async fn ffprobe_and_ffmpeg_read_the_stage_tone_from_the_ll_hls_playlist() {
     let t = TestServer::start().await;
     let room = t.create_room("Broadcast").await;
-    let (_signal, peer) = speaker(&t, &room, 440.0).await;
+    let sam = speaker(&t, &room, 440.0).await;
     let url = playlist_url(&t, &room).await;
 
     // What the stream is, as an independent tool sees it.
@@ -155,7 +144,7 @@ async fn ffprobe_and_ffmpeg_read_the_stage_tone_from_the_ll_hls_playlist() {
         (windows.len() - first) * window >= 28 * 48_000,
         "the tone started late: window {first}"
     );
-    peer.close().await;
+    sam.leave().await.expect("left");
     t.stop().await;
 }
 
@@ -163,7 +152,7 @@ async fn ffprobe_and_ffmpeg_read_the_stage_tone_from_the_ll_hls_playlist() {
 async fn a_change_on_stage_reaches_an_hls_player_within_two_seconds() {
     let t = TestServer::start().await;
     let room = t.create_room("Latency").await;
-    let (_signal, peer) = speaker(&t, &room, 440.0).await;
+    let sam = speaker(&t, &room, 440.0).await;
     let url = playlist_url(&t, &room).await;
     let reader = tokio::spawn({
         let url = url.clone();
@@ -171,7 +160,8 @@ async fn a_change_on_stage_reaches_an_hls_player_within_two_seconds() {
     });
     // Let the player settle on the live edge, then change the tone: the marker.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    peer.set_source(AudioSource::tone(880.0, -12.0));
+    sam.set_source(AudioSource::tone(880.0, -12.0))
+        .expect("speaking");
     let changed = Instant::now();
     let decoded = reader.await.unwrap();
     let window = WINDOW_SAMPLES;
@@ -190,7 +180,7 @@ async fn a_change_on_stage_reaches_an_hls_player_within_two_seconds() {
     let delay = arrived.saturating_duration_since(changed);
     eprintln!("mouth to ear through LL-HLS and ffmpeg: {delay:?}");
     assert!(delay <= Duration::from_secs(2), "{delay:?}");
-    peer.close().await;
+    sam.leave().await.expect("left");
     t.stop().await;
 }
 
@@ -449,7 +439,7 @@ async fn a_thousand_players_behind_nginx_cost_the_origin_about_one_request_per_p
     const PARTS_PER_SEGMENT: u32 = 5;
     let t = TestServer::start().await;
     let room = t.create_room("Famous guest").await;
-    let (_signal, peer) = speaker(&t, &room, 440.0).await;
+    let sam = speaker(&t, &room, 440.0).await;
     let url = playlist_url(&t, &room).await;
     let path = url.strip_prefix(&t.base).unwrap().to_owned();
     let folder = path.trim_end_matches("playlist.m3u8").to_owned();
@@ -538,6 +528,6 @@ async fn a_thousand_players_behind_nginx_cost_the_origin_about_one_request_per_p
         origin <= 3 * parts + 10,
         "{origin} origin requests for {parts} parts"
     );
-    peer.close().await;
+    sam.leave().await.expect("left");
     t.stop().await;
 }

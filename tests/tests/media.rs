@@ -5,11 +5,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use stoa_client::audio::{AudioSource, goertzel_power, mean_power};
+use stoa_client::media::{MediaConfig, MediaPeer, OfferChannel};
 use stoa_tests::TestServer;
-use stoa_tests::media::{
-    AudioSource, MediaConfig, MediaPeer, goertzel_power, mean_power, media_slots,
-};
-use stoa_tests::signal::SignalClient;
+use stoa_tests::signal::{SignalClient, media_slots};
 
 const CONNECT: Duration = Duration::from_secs(10);
 const HEAR: Duration = Duration::from_secs(5);
@@ -32,7 +31,7 @@ impl Member {
         let slots = media_slots(&signal.welcome);
         let peer = MediaPeer::new(config(name, slots)).await.expect("peer");
         peer.negotiate(&mut signal).await.expect("negotiated");
-        peer.wait_connected(CONNECT).await;
+        peer.wait_connected(CONNECT).await.unwrap();
         Member { signal, peer }
     }
 
@@ -195,7 +194,10 @@ async fn three_slots_carry_the_three_loudest_and_follow_a_change() {
 
     // The quietest becomes the loudest: it takes the weakest slot (700 Hz's), quickly.
     let weakest_slot = ear.slot_with(700.0, Duration::from_millis(300)).unwrap();
-    speakers[4].peer.set_source(AudioSource::tone(1100.0, -6.0));
+    speakers[4]
+        .peer
+        .set_source(AudioSource::tone(1100.0, -6.0))
+        .unwrap();
     let changed = Instant::now();
     let mut took = None;
     while changed.elapsed() < Duration::from_secs(3) {
@@ -236,7 +238,8 @@ async fn a_listener_sending_anyway_is_heard_by_nobody() {
     rogue
         .peer
         .wait_until(HEAR, "the rogue sends", |r| r.send.frames_sent > 50)
-        .await;
+        .await
+        .unwrap();
     let dropped = metric(&t, "stoa_media_dropped_total", "reason=\"no_send_path\"").await;
     assert!(dropped > 20, "drops counted: {dropped}");
     assert_eq!(ear.packets(), 0, "{:#?}", ear.peer.report().slots);
@@ -468,7 +471,7 @@ async fn bad_offers_are_refused_with_codes_and_the_socket_stays_usable() {
     peer.negotiate(&mut s)
         .await
         .expect("a good offer after bad ones");
-    peer.wait_connected(CONNECT).await;
+    peer.wait_connected(CONNECT).await.unwrap();
     assert_eq!(t.running().state.media.connection_count(), 1);
     t.stop().await;
 }
@@ -527,7 +530,7 @@ async fn a_new_peer_connection_from_the_same_participant_replaces_the_old_one() 
         .await
         .unwrap();
     fresh.negotiate(&mut ear.signal).await.expect("answered");
-    fresh.wait_connected(CONNECT).await;
+    fresh.wait_connected(CONNECT).await.unwrap();
     ear.peer = fresh;
     hears(&ear, 440.0).await;
     assert_eq!(t.running().state.media.connection_count(), 2);
@@ -558,7 +561,7 @@ async fn the_connection_limit_is_answered_with_media_full_and_frees_up() {
         .await
         .unwrap();
     peer.negotiate(&mut second).await.expect("room again");
-    peer.wait_connected(CONNECT).await;
+    peer.wait_connected(CONNECT).await.unwrap();
     t.stop().await;
 }
 
@@ -569,11 +572,8 @@ struct Recording<'a> {
 }
 
 #[async_trait::async_trait]
-impl stoa_tests::media::OfferChannel for Recording<'_> {
-    async fn exchange(
-        &mut self,
-        offer_sdp: String,
-    ) -> Result<String, stoa_tests::media::MediaError> {
+impl OfferChannel for Recording<'_> {
+    async fn exchange(&mut self, offer_sdp: String) -> Result<String, stoa_client::Error> {
         let answer = self.signal.exchange(offer_sdp).await?;
         self.answers.push(answer.clone());
         Ok(answer)
@@ -607,7 +607,7 @@ async fn forged_binding_requests_do_not_move_anyone() {
     };
     speaker.negotiate(&mut recording).await.unwrap();
     let answer = recording.answers.pop().unwrap();
-    speaker.wait_connected(CONNECT).await;
+    speaker.wait_connected(CONNECT).await.unwrap();
     let ufrag = answer
         .lines()
         .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
@@ -678,7 +678,7 @@ async fn media_over_ipv6() {
         !candidates.is_empty() && candidates.iter().all(|c| c.contains(" ::1 ")),
         "{answer}"
     );
-    speaker.wait_connected(CONNECT).await;
+    speaker.wait_connected(CONNECT).await.unwrap();
     let ear = Member::join(&t, &room, "listener", "Ear", |name, slots| {
         MediaConfig::listener(name, slots).on(v6)
     })

@@ -1,4 +1,5 @@
-//! RED through the real media service (issue #19): `rtc` clients over loopback UDP against
+//! RED through the real media service (issue #19): `rtc` clients (the client library's
+//! [`fleet`](stoa_client::fleet), as the load tools use) over loopback UDP against
 //! `stoa::media::Media` with two workers, no HTTP. A speaker sends plain Opus; a listener that
 //! offers RED (as Chromium does) receives RED built by the server, whose repeated frames are
 //! exactly the speaker's previous frames of the slot's current turn; a listener without RED
@@ -15,7 +16,7 @@ use stoa::media::engine::{OPUS_PT, RED_PT};
 use stoa::media::red;
 use stoa::media::{Media, MediaOptions};
 use stoa::metrics::MediaMetrics;
-use stoa_tests::rtc_client::{Observer, Peers};
+use stoa_client::fleet::{Observer, Peers};
 
 /// RFC 6464 bytes: speech at -10 dBov with the voice bit, and silence without it.
 const SPEECH: u8 = 0x80 | 10;

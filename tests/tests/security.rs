@@ -77,56 +77,34 @@ const UNAUTHENTICATED: [Expect; 6] = [
     No(403, "banned"),
 ];
 
-const fn operator_only(ok: u16) -> [Expect; 11] {
+/// An authenticated route: the refusals of [`UNAUTHENTICATED`], then what each caller with a
+/// valid credential gets, in the order of [`CALLERS`].
+const fn authenticated(
+    listener: Expect,
+    speaker: Expect,
+    moderator: Expect,
+    other_room: Expect,
+    operator: Expect,
+) -> [Expect; 11] {
     let u = UNAUTHENTICATED;
     [
-        u[0],
-        u[1],
-        u[2],
-        u[3],
-        u[4],
-        u[5],
-        No(403, "operator_only"),
-        No(403, "operator_only"),
-        No(403, "operator_only"),
-        No(403, "operator_only"),
-        Yes(ok),
+        u[0], u[1], u[2], u[3], u[4], u[5], listener, speaker, moderator, other_room, operator,
     ]
+}
+
+const fn operator_only(ok: u16) -> [Expect; 11] {
+    let no = No(403, "operator_only");
+    authenticated(no, no, no, no, Yes(ok))
 }
 
 const fn moderators(ok: u16) -> [Expect; 11] {
-    let u = UNAUTHENTICATED;
-    [
-        u[0],
-        u[1],
-        u[2],
-        u[3],
-        u[4],
-        u[5],
-        No(403, "moderator_only"),
-        No(403, "moderator_only"),
-        Yes(ok),
-        No(403, "wrong_room"),
-        Yes(ok),
-    ]
+    let no = No(403, "moderator_only");
+    authenticated(no, no, Yes(ok), No(403, "wrong_room"), Yes(ok))
 }
 
-/// Anyone of the room (or the operator).
-const fn room_members(ok: u16) -> [Expect; 11] {
-    let u = UNAUTHENTICATED;
-    [
-        u[0],
-        u[1],
-        u[2],
-        u[3],
-        u[4],
-        u[5],
-        Yes(ok),
-        Yes(ok),
-        Yes(ok),
-        No(403, "wrong_room"),
-        Yes(ok),
-    ]
+/// Anyone whose session is for this room, whatever their role, and the operator.
+const fn members(ok: u16) -> [Expect; 11] {
+    authenticated(Yes(ok), Yes(ok), Yes(ok), No(403, "wrong_room"), Yes(ok))
 }
 
 const fn anyone(e: Expect) -> [Expect; 11] {
@@ -258,14 +236,14 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: operator_only(200),
         },
-        // The broadcast's link: everyone in the room may hear the stage anyway.
+        // The broadcast carries nothing a member cannot already hear: anyone of the room.
         Row {
             method: Method::GET,
             template: "/api/v1/rooms/{room}/broadcast",
             path: |w| format!("/api/v1/rooms/{}/broadcast", w.room),
             body: no_body,
             destructive: false,
-            expect: room_members(200),
+            expect: members(200),
         },
         // Public: whatever credential comes along is ignored.
         Row {

@@ -18,13 +18,19 @@ async fn counts_come_back_to_the_baseline_after_a_minute_of_churn() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
-    let report = run(Options {
+    let mut options = Options {
         server_bin: Some(bin),
         seed,
         ..Options::short()
-    })
-    .await
-    .expect("the soak runs");
+    };
+    // Only for running the test many times in a row: a shorter churn, the same kinds of it.
+    if let Some(secs) = std::env::var("STOA_SOAK_CHURN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.churn = std::time::Duration::from_secs(secs);
+    }
+    let report = run(options).await.expect("the soak runs");
     let text = report.text();
     println!("{text}");
     assert!(report.passed(), "{text}");

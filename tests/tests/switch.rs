@@ -13,11 +13,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use stoa_client::audio::{AudioSource, tone_present};
+use stoa_client::media::{MediaConfig, MediaPeer, PacketInfo};
 use stoa_tests::TestServer;
-use stoa_tests::media::{
-    AudioSource, MediaConfig, MediaPeer, PacketInfo, media_slots, tone_present,
-};
-use stoa_tests::signal::SignalClient;
+use stoa_tests::signal::{SignalClient, media_slots};
 
 const CONNECT: Duration = Duration::from_secs(10);
 /// One Opus frame at 48 kHz.
@@ -41,7 +40,7 @@ async fn join(
         .await
         .expect("peer");
     peer.negotiate(&mut signal).await.expect("negotiated");
-    peer.wait_connected(CONNECT).await;
+    peer.wait_connected(CONNECT).await.expect("connected");
     Member {
         signal,
         room: room.to_owned(),
@@ -103,7 +102,8 @@ async fn a_slot_moving_to_a_louder_speaker_leaves_a_gap_under_60_ms() {
     let (a, b, ear) = a_talker_a_silent_one_and_a_listener(&t).await;
     ear.peer
         .wait_for_tone(0, 440.0, Duration::from_secs(5))
-        .await;
+        .await
+        .expect("the talker is heard");
 
     let mut gaps = Vec::new();
     let mut heard_after = Vec::new();
@@ -116,8 +116,15 @@ async fn a_slot_moving_to_a_louder_speaker_leaves_a_gap_under_60_ms() {
             (&b, &a, 440.0)
         };
         let changed = Instant::now();
-        challenger.peer.set_source(AudioSource::tone(hz, -6.0));
-        let heard = ear.peer.wait_for_tone(0, hz, Duration::from_secs(3)).await;
+        challenger
+            .peer
+            .set_source(AudioSource::tone(hz, -6.0))
+            .expect("speaking");
+        let heard = ear
+            .peer
+            .wait_for_tone(0, hz, Duration::from_secs(3))
+            .await
+            .expect("the louder speaker takes the slot");
         let (hole_ms, arrival_gap) = largest_hole(&ear.peer.packets(0), changed);
         eprintln!(
             "move {round}: {hz} Hz heard {:?} after it began (a 100 ms tone window included); \
@@ -126,8 +133,14 @@ async fn a_slot_moving_to_a_louder_speaker_leaves_a_gap_under_60_ms() {
         );
         gaps.push(hole_ms);
         heard_after.push(heard.duration_since(changed));
-        holder.peer.set_source(AudioSource::Silence);
-        challenger.peer.set_source(AudioSource::tone(hz, -20.0));
+        holder
+            .peer
+            .set_source(AudioSource::Silence)
+            .expect("speaking");
+        challenger
+            .peer
+            .set_source(AudioSource::tone(hz, -20.0))
+            .expect("speaking");
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     let report = ear.peer.report();
@@ -161,7 +174,9 @@ async fn a_new_speaker_reaches_a_free_slot_within_a_frame_or_two() {
         let mut b = join(&t, &room, "speaker", speaker(AudioSource::Silence)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let changed = Instant::now();
-        b.peer.set_source(AudioSource::tone(660.0, -20.0));
+        b.peer
+            .set_source(AudioSource::tone(660.0, -20.0))
+            .expect("speaking");
         // The first frame on any slot, after the change, that is not silence is the new
         // speaker's first heard (the talker's stays on its own slot, at 440 Hz).
         let mut first = None;

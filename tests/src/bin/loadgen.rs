@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use stoa_client::fleet::raise_fd_limit;
 use stoa_tests::loadgen::capacity::{CapacityOptions, run_capacity};
 use stoa_tests::loadgen::{Options, plot, run};
-use stoa_tests::rtc_client::raise_fd_limit;
 
 const USAGE: &str = "usage:
   stoa-loadgen --url http://127.0.0.1:PORT [--api-key KEY] [--speakers M] [--listeners N] [--seconds S] [--settle-secs S] [--server-pid PID] [--allow-remote] [--join-concurrency C] [--join-timeout-secs T] [--check-every K] [--quiet]

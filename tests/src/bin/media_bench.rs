@@ -29,26 +29,24 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::crypto::SignatureScheme;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::{Marshal, MarshalSize};
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::json;
 use stoa::config::MediaSettings;
 use stoa::control::{ParticipantId, RoomId};
 use stoa::media::{Media, MediaOptions};
 use stoa::metrics::{DropLabels, MediaMetrics, WorkerLabels};
-use stoa_tests::rtc_client::{Observer, Peers, SeqSpan, client_engine};
+use stoa_client::fleet::{
+    MemoryPair, Observer, Peers, SeqSpan, add_host_candidate, certificate, client_engine,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -384,7 +382,10 @@ impl Clients {
     }
 
     fn speaker_sent(&self) -> u64 {
-        self.peers.get(0).track.as_ref().map_or(0, |t| t.sent)
+        self.peers
+            .get(0)
+            .and_then(|p| p.track.as_ref())
+            .map_or(0, |t| t.sent)
     }
 
     /// Runs the loop until `until`, the speaker sending on its pace when `speaking`.
@@ -502,10 +503,9 @@ fn srtp_baseline(listeners: usize, payload: &[u8], pin_cpu: Option<usize>) -> Re
 
 /// One server-side connection configured exactly as the worker configures its own (the
 /// server's `engine` module, three send-only slots), paired in memory with an `rtc` client.
-struct MemoryPair {
-    server: RTCPeerConnection,
-    /// Kept alive with its server side; only the handshake used it.
-    _client: RTCPeerConnection,
+struct BenchPair {
+    /// The client side is kept alive with the server side; only the handshake used it.
+    pair: MemoryPair,
     sender: RTCRtpSenderId,
     ssrc: u32,
     seq: u16,
@@ -513,47 +513,12 @@ struct MemoryPair {
 
 const MEMORY_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_000);
 
-fn shuttle(
-    from: &mut RTCPeerConnection,
-    to: &mut RTCPeerConnection,
-    from_addr: SocketAddr,
-    to_addr: SocketAddr,
-    now: Instant,
-) -> usize {
-    let mut moved = 0;
-    while let Some(out) = from.poll_write() {
-        moved += 1;
-        let _ = to.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: to_addr,
-                peer_addr: from_addr,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: out.message,
-        });
-    }
-    moved
-}
-
-fn connected(pc: &mut RTCPeerConnection, flag: &mut bool) {
-    while let Some(event) = pc.poll_event() {
-        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-            RTCPeerConnectionState::Connected,
-        ) = event
-        {
-            *flag = true;
-        }
-    }
-}
-
 fn memory_pair(
     index: usize,
     server_cert: &RTCCertificate,
     client_cert: &RTCCertificate,
     slots: usize,
-) -> Result<MemoryPair> {
+) -> Result<BenchPair> {
     use stoa::media::engine;
     let client_addr = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -581,7 +546,7 @@ fn memory_pair(
     }
     let offer = client.create_offer(None)?;
     client.set_local_description(now, offer)?;
-    stoa::media::engine::add_host_candidate(&mut client, client_addr)?;
+    add_host_candidate(&mut client, client_addr)?;
     let offer = client.local_description().ok_or("no offer")?;
 
     let mut ufrag = String::new();
@@ -634,29 +599,17 @@ fn memory_pair(
     server.set_local_description(now, answer)?;
     client.set_remote_description(now, server.local_description().ok_or("no answer")?)?;
 
-    let (mut client_up, mut server_up) = (false, false);
-    let start = Instant::now();
-    while !(client_up && server_up) {
-        let now = Instant::now();
-        let _ = client.handle_timeout(now);
-        let _ = server.handle_timeout(now);
-        let moved = shuttle(&mut client, &mut server, client_addr, MEMORY_SERVER, now)
-            + shuttle(&mut server, &mut client, MEMORY_SERVER, client_addr, now);
-        connected(&mut client, &mut client_up);
-        connected(&mut server, &mut server_up);
-        if moved == 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(format!("in-memory pair {index} did not connect").into());
-        }
-    }
-    while server.poll_read().is_some() {}
-    while client.poll_read().is_some() {}
-    let (sender, ssrc) = first.ok_or("no slot")?;
-    Ok(MemoryPair {
+    let pair = MemoryPair::connect(
+        client,
+        client_addr,
         server,
-        _client: client,
+        MEMORY_SERVER,
+        Duration::from_secs(10),
+    )
+    .map_err(|e| format!("in-memory pair {index}: {e}"))?;
+    let (sender, ssrc) = first.ok_or("no slot")?;
+    Ok(BenchPair {
+        pair,
         sender,
         ssrc,
         seq: rand::random(),
@@ -674,16 +627,7 @@ fn library_path(listeners: usize, slots: usize, pin_cpu: Option<usize>) -> Resul
             if let Some(cpu) = pin_cpu {
                 pin(0, cpu);
             }
-            let provider = rtc::crypto::default_provider()
-                .map_err(|e| format!("no crypto provider: {e:?}"))?;
-            let certificate = || -> Result<RTCCertificate> {
-                Ok(RTCCertificate::generate(
-                    provider.crypto(),
-                    SignatureScheme::EcdsaP256Sha256,
-                    CertificateParams::new(vec!["bench".to_owned()])?,
-                )?)
-            };
-            let (server_cert, client_cert) = (certificate()?, certificate()?);
+            let (server_cert, client_cert) = (certificate("bench")?, certificate("bench")?);
             let mut pairs = Vec::with_capacity(listeners);
             for index in 0..listeners {
                 pairs.push(memory_pair(index, &server_cert, &client_cert, slots)?);
@@ -710,14 +654,15 @@ fn library_path(listeners: usize, slots: usize, pin_cpu: Option<usize>) -> Resul
                             },
                             payload: payload.clone(),
                         };
-                        if let Some(mut sender) = pair.server.rtp_sender(pair.sender) {
+                        let server = &mut pair.pair.server;
+                        if let Some(mut sender) = server.rtp_sender(pair.sender) {
                             sender.write_rtp(now, packet)?;
                         }
-                        while let Some(out) = pair.server.poll_write() {
+                        while let Some(out) = server.poll_write() {
                             bytes += out.message.len();
                         }
                         if with_timeout {
-                            std::hint::black_box(pair.server.poll_timeout());
+                            std::hint::black_box(server.poll_timeout());
                         }
                     }
                 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::procfs;
 use super::{Dist, Histogram};
-use crate::rtc_client::{Poller, RecvBatch, client_socket, realtime_ns};
+use stoa_client::fleet::{Poller, RecvBatch, client_socket, realtime_ns};
 
 /// A forwarded Opus packet of about 20 ms of voice, header and SRTP tag included.
 pub const DEFAULT_BYTES: usize = 108;

@@ -1,8 +1,10 @@
 //! What the load tools read from `/proc` and ask of the scheduler: a process's CPU time per
 //! thread (`schedstat`, in ns), its resident memory, the machine's load and steal time, and
-//! CPU pinning. Linux only; readers return `None` rather than fail.
+//! CPU pinning, and what each open descriptor is. Linux only; readers return `None` rather
+//! than fail.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// CPU time of every thread of a process at one moment.
 #[derive(Clone, Debug, Default)]
@@ -186,4 +188,196 @@ pub fn thread_cpu_ns() -> u64 {
 pub fn cpus() -> usize {
     // SAFETY: no memory.
     unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+/// One open descriptor of a process.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Descriptor {
+    /// A TCP socket: listening (no peer), or a connection in some state.
+    Tcp {
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        state: &'static str,
+    },
+    /// A UDP socket.
+    Udp { local: SocketAddr },
+    /// A socket not in the TCP or UDP tables (Unix, netlink…), by its table.
+    OtherSocket(&'static str),
+    /// Anything else, by the target of its `/proc/<pid>/fd` link: a path,
+    /// `anon_inode:[eventpoll]`, `pipe:[…]`.
+    Other(String),
+}
+
+impl Descriptor {
+    /// The remote address of a TCP connection.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Descriptor::Tcp { peer, .. } => *peer,
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Descriptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Descriptor::Tcp {
+                local,
+                peer: None,
+                state,
+            } => write!(f, "tcp {local} {state}"),
+            Descriptor::Tcp {
+                local,
+                peer: Some(peer),
+                state,
+            } => write!(f, "tcp {local} ↔ {peer} {state}"),
+            Descriptor::Udp { local } => write!(f, "udp {local}"),
+            Descriptor::OtherSocket(table) => write!(f, "{table} socket"),
+            Descriptor::Other(target) => f.write_str(target),
+        }
+    }
+}
+
+/// Every open descriptor of a process, sorted: sockets with their addresses and TCP state
+/// (from the tables of the process's network namespace), anything else by its link target.
+pub fn descriptors(pid: u32) -> Option<Vec<Descriptor>> {
+    let sockets = socket_table(pid);
+    let mut list = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        // A descriptor closed between the listing and the read is simply not there any more.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let inode = target
+            .strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|inode| inode.parse::<u64>().ok());
+        list.push(match inode {
+            Some(inode) => sockets
+                .get(&inode)
+                .cloned()
+                .unwrap_or(Descriptor::OtherSocket("unknown")),
+            None => Descriptor::Other(target),
+        });
+    }
+    list.sort();
+    Some(list)
+}
+
+/// Inode → socket, for the sockets in the process's network namespace.
+fn socket_table(pid: u32) -> HashMap<u64, Descriptor> {
+    const TCP_STATES: [&str; 12] = [
+        "?",
+        "established",
+        "syn-sent",
+        "syn-recv",
+        "fin-wait1",
+        "fin-wait2",
+        "time-wait",
+        "close",
+        "close-wait",
+        "last-ack",
+        "listen",
+        "closing",
+    ];
+    let mut table = HashMap::new();
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) = (
+                fields.get(1).and_then(|a| socket_address(a)),
+                fields.get(2).and_then(|a| socket_address(a)),
+                fields
+                    .get(3)
+                    .and_then(|s| usize::from_str_radix(s, 16).ok()),
+                fields.get(9).and_then(|i| i.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let descriptor = if proto.starts_with("udp") {
+                Descriptor::Udp { local }
+            } else {
+                let state = TCP_STATES.get(state).copied().unwrap_or("?");
+                Descriptor::Tcp {
+                    local,
+                    peer: (state != "listen").then_some(remote),
+                    state,
+                }
+            };
+            table.insert(inode, descriptor);
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) {
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line
+                .split_whitespace()
+                .nth(6)
+                .and_then(|i| i.parse::<u64>().ok())
+            {
+                table.insert(inode, Descriptor::OtherSocket("unix"));
+            }
+        }
+    }
+    table
+}
+
+/// `0100007F:1F90` (or its 32-digit IPv6 form) → `127.0.0.1:8080`.
+fn socket_address(hex: &str) -> Option<SocketAddr> {
+    let (ip, port) = hex.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // /proc prints each 32-bit word of the address as a number in host (little-endian) order.
+    let mut bytes = Vec::with_capacity(16);
+    for i in 0..ip.len() / 8 {
+        let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    let ip: IpAddr = match bytes.len() {
+        4 => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
+        16 => Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).ok()?).into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(
+            socket_address("0100007F:1F90"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            socket_address("0200007F:0050"),
+            Some("127.0.0.2:80".parse().unwrap())
+        );
+        assert_eq!(
+            socket_address("00000000000000000000000001000000:1F90"),
+            Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(socket_address("nonsense"), None);
+    }
+
+    #[test]
+    fn this_process_has_its_listening_socket_and_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let list = descriptors(std::process::id()).unwrap();
+        assert!(list.contains(&Descriptor::Tcp {
+            local: listener.local_addr().unwrap(),
+            peer: None,
+            state: "listen",
+        }));
+        assert!(list.contains(&Descriptor::Tcp {
+            local: client.local_addr().unwrap(),
+            peer: Some(listener.local_addr().unwrap()),
+            state: "established",
+        }));
+    }
 }

@@ -1,7 +1,12 @@
-//! Many `rtc` sans-IO WebRTC clients driven from one thread, for the tools that load the server
-//! (`stoa-loadgen`, `stoa-media-bench`): [`Peers`] owns their peer connections, one UDP socket
-//! each, an epoll set and a timer heap; what a tool does with the traffic lives in its
-//! [`Observer`]. Nothing here knows about signaling, rooms or reports.
+//! Many `rtc` sans-IO WebRTC clients driven from one thread, for tools that put load on a
+//! server (Stoa's load generator, soak tool and media benchmark): [`Peers`] owns their peer
+//! connections, one UDP socket each, an epoll set and a timer heap; what a tool does with the
+//! traffic lives in its [`Observer`]. Nothing here knows about signaling, rooms or reports: a
+//! peer's offer goes out through whatever signaling the tool uses, and its answer comes back to
+//! [`Peers::answer`]. Linux only (epoll, `recvmmsg`, kernel receive stamps).
+//!
+//! A [`MemoryPair`] connects two `rtc` peer connections with no sockets at all, for measuring
+//! the library's own cost.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -13,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::SignatureScheme;
 use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -21,19 +25,20 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use stoa::media::engine::media_engine_with;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::Error;
+use crate::audio::audio_level;
+use crate::media::{AUDIO_LEVEL_URI, OPUS_PT, media_engine_with, microphone_track};
 
-const OPUS_PT: u8 = 111;
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+mod pair;
+
+pub use pair::MemoryPair;
 /// Datagrams taken from one socket per `recvmmsg`.
 const RECV_BATCH: usize = 8;
 const MAX_DATAGRAM: usize = 2048;
@@ -48,6 +53,7 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// An empty set.
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain system call.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -60,6 +66,7 @@ impl Poller {
         })
     }
 
+    /// Watches `fd` for reading; `wait` reports it as `token`.
     pub fn add(&self, fd: RawFd, token: usize) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: libc::EPOLLIN as u32,
@@ -72,6 +79,8 @@ impl Poller {
         Ok(())
     }
 
+    /// Waits up to `timeout` (at most a second) and puts the tokens of the readable
+    /// descriptors into `ready`.
     pub fn wait(&mut self, timeout: Duration, ready: &mut Vec<usize>) {
         ready.clear();
         let ms = timeout.as_micros().div_ceil(1000).min(1000) as i32;
@@ -100,16 +109,14 @@ impl Drop for Poller {
     }
 }
 
-/// What a browser offers for Stoa, minus the extras: Opus 111 and the audio-level extension,
-/// with receiver and sender reports.
-pub fn client_engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
+/// What a browser offers for Stoa, minus the extras: Opus 111 and the audio-level extension
+/// ([`media_engine`](crate::media::media_engine)), with receiver and sender reports.
+pub fn client_engine() -> Result<(MediaEngine, Registry), Error> {
     client_engine_with(false)
 }
 
 /// [`client_engine`], offering RED over Opus too when `red` (PT 63, as Chromium does).
-pub fn client_engine_with(red: bool) -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
-    // The server's own engine is exactly that: Opus 111 (and RED 63) and the audio-level
-    // extension.
+pub fn client_engine_with(red: bool) -> Result<(MediaEngine, Registry), Error> {
     let registry = Registry::new()
         .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
         .with(Slot::SenderReport, SenderReportBuilder::new().build());
@@ -199,7 +206,7 @@ pub fn client_socket(ip: IpAddr, timestamps: bool) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Buffers for `recvmmsg`: up to [`RECV_BATCH`] datagrams from one socket per call, with their
+/// Buffers for `recvmmsg`: up to 8 datagrams from one socket per call, with their
 /// senders and kernel receive stamps.
 pub struct RecvBatch {
     data: Vec<u8>,
@@ -326,6 +333,24 @@ fn sockaddr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// Adds a host candidate at `addr` (UDP) to an `rtc` connection's local description: in
+/// ICE-lite, and for a client that sends no trickle, the one candidate it has.
+pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    Ok(())
+}
+
 /// What a tool does with its peers' traffic. Every method has a do-nothing default.
 pub trait Observer {
     /// A datagram a peer's socket received, before `rtc` sees it, with its kernel receive stamp
@@ -335,9 +360,10 @@ pub trait Observer {
     }
     /// An RTP packet `rtc` decrypted for a peer, with the stamp of the datagram that carried it.
     fn rtp(&mut self, _peer: usize, _packet: &rtc::rtp::Packet, _stamp: i64) {}
-    /// A peer's connection reached `connected` (once), or failed or closed (once).
+    /// A peer's connection reached `connected` (once).
     fn connected(&mut self, _peer: usize) {}
-    fn failed(&mut self, _peer: usize) {}
+    /// A peer's connection reached `failed` or `closed` (once): which of the two is `state`.
+    fn ended(&mut self, _peer: usize, _state: RTCPeerConnectionState) {}
 }
 
 impl Observer for () {}
@@ -345,32 +371,43 @@ impl Observer for () {}
 /// A peer's outgoing audio track: the RTP state a microphone keeps.
 pub struct SendTrack {
     sender: RTCRtpSenderId,
+    /// The track's SSRC.
     pub ssrc: u32,
     level_id: Option<u8>,
-    /// Sequence number and timestamp of the next packet.
+    /// Sequence number of the next packet.
     pub seq: u16,
+    /// RTP timestamp of the next packet.
     pub timestamp: u32,
+    /// Packets `rtc` took.
     pub sent: u64,
+    /// Packets `rtc` refused (not connected yet, or the track is gone).
     pub refused: u64,
 }
 
 /// One client: its peer connection and socket.
 pub struct Peer {
+    /// The connection (sans-IO: [`Peers`] feeds and drains it).
     pub pc: RTCPeerConnection,
     socket: UdpSocket,
     local: SocketAddr,
+    /// The answer was applied.
     pub answered: bool,
+    /// The connection reached `connected` and has not ended.
     pub connected: bool,
+    /// The connection failed or was closed.
     pub failed: bool,
     scheduled: Option<Instant>,
+    /// The microphone, for a peer opened as a speaker.
     pub track: Option<SendTrack>,
+    /// Datagrams the socket would not send.
     pub send_errors: u64,
 }
 
 /// Every client of a tool, driven by one thread: epoll over their sockets, a timer heap for
 /// their deadlines, and the rule of sans-IO: after every input, drain the connection.
 pub struct Peers {
-    list: Vec<Peer>,
+    /// By index; `None` once closed (indices are never reused).
+    list: Vec<Option<Peer>>,
     poller: Poller,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     ready: Vec<usize>,
@@ -389,14 +426,8 @@ impl Peers {
     }
 
     /// Clients whose sockets bind to `bind_ip`; `timestamps` turns on kernel receive stamps.
-    pub fn new(bind_ip: IpAddr, timestamps: bool, name: &str) -> Result<Self, BoxError> {
-        let provider =
-            rtc::crypto::default_provider().map_err(|e| format!("no crypto provider: {e:?}"))?;
-        let cert = RTCCertificate::generate(
-            provider.crypto(),
-            SignatureScheme::EcdsaP256Sha256,
-            CertificateParams::new(vec![name.to_owned()])?,
-        )?;
+    pub fn new(bind_ip: IpAddr, timestamps: bool, name: &str) -> Result<Self, Error> {
+        let cert = certificate(name)?;
         Ok(Peers {
             list: Vec::new(),
             poller: Poller::new()?,
@@ -410,30 +441,35 @@ impl Peers {
         })
     }
 
+    /// Peers ever opened (closed ones included: indices are never reused).
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
+    /// No peer was ever opened.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn get(&self, index: usize) -> &Peer {
-        &self.list[index]
+    /// Peer `index`, unless it was closed.
+    pub fn get(&self, index: usize) -> Option<&Peer> {
+        self.list.get(index)?.as_ref()
     }
 
+    /// The peers not closed, in the order they were opened.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.list.iter()
+        self.list.iter().flatten()
     }
 
+    /// Every peer not closed is connected.
     pub fn all_connected(&self) -> bool {
-        self.list.iter().all(|p| p.connected)
+        self.iter().all(|p| p.connected)
     }
 
     /// A new client with `slots` audio sections (the first sendrecv with a track when
     /// `speaker`, the others recvonly), its own socket and one host candidate. Returns its index
     /// and its offer.
-    pub fn open(&mut self, speaker: bool, slots: usize) -> Result<(usize, String), BoxError> {
+    pub fn open(&mut self, speaker: bool, slots: usize) -> Result<(usize, String), Error> {
         let now = Instant::now();
         let socket = client_socket(self.bind_ip, self.timestamps)?;
         let local = socket.local_addr()?;
@@ -451,19 +487,11 @@ impl Peers {
         let mut recvonly = slots;
         if speaker {
             let ssrc: u32 = rand::random();
-            let sender = pc.add_track(MediaStreamTrack::new(
+            let sender = pc.add_track(microphone_track(
                 "mic".to_owned(),
                 "mic".to_owned(),
                 "mic".to_owned(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: stoa::media::engine::opus_codec().rtp_codec,
-                    ..Default::default()
-                }],
+                ssrc,
             ))?;
             track = Some(SendTrack {
                 sender,
@@ -487,15 +515,15 @@ impl Peers {
         }
         let offer = pc.create_offer(None)?;
         pc.set_local_description(now, offer)?;
-        stoa::media::engine::add_host_candidate(&mut pc, local)?;
+        add_host_candidate(&mut pc, local)?;
         let sdp = pc
             .local_description()
-            .ok_or("no local description")?
+            .ok_or_else(|| Error::WebRtc("no local description".to_owned()))?
             .sdp
             .clone();
         let index = self.list.len();
         self.poller.add(socket.as_raw_fd(), index)?;
-        self.list.push(Peer {
+        self.list.push(Some(Peer {
             pc,
             socket,
             local,
@@ -505,8 +533,22 @@ impl Peers {
             scheduled: None,
             track,
             send_errors: 0,
-        });
+        }));
         Ok((index, sdp))
+    }
+
+    /// Closes client `index`: with a `goodbye`, its connection says so (DTLS close) before the
+    /// socket closes; without, it vanishes like a peer whose network went away. Its index is
+    /// not reused.
+    pub fn close(&mut self, index: usize, goodbye: bool, observer: &mut impl Observer) {
+        if goodbye && let Some(Some(peer)) = self.list.get_mut(index) {
+            let _ = peer.pc.close();
+            self.drain(index, observer);
+        }
+        if let Some(slot) = self.list.get_mut(index) {
+            // Dropping the socket closes it, which takes it out of the epoll set too.
+            *slot = None;
+        }
     }
 
     /// The server's answer for client `index`; starts its ICE and DTLS.
@@ -515,8 +557,12 @@ impl Peers {
         index: usize,
         sdp: String,
         observer: &mut impl Observer,
-    ) -> Result<(), BoxError> {
-        let peer = self.list.get_mut(index).ok_or("no such client")?;
+    ) -> Result<(), Error> {
+        let peer = self
+            .list
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| Error::Usage(format!("no client {index}")))?;
         peer.pc
             .set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
         peer.answered = true;
@@ -545,7 +591,9 @@ impl Peers {
         samples: u32,
         observer: &mut impl Observer,
     ) -> bool {
-        let peer = &mut self.list[index];
+        let Some(Some(peer)) = self.list.get_mut(index) else {
+            return false;
+        };
         let Some(track) = peer.track.as_mut() else {
             return false;
         };
@@ -580,7 +628,9 @@ impl Peers {
     /// Everything a client has queued: datagrams out, state changes, received media, and its
     /// next deadline.
     fn drain(&mut self, index: usize, observer: &mut impl Observer) {
-        let peer = &mut self.list[index];
+        let Some(Some(peer)) = self.list.get_mut(index) else {
+            return;
+        };
         while let Some(out) = peer.pc.poll_write() {
             if peer
                 .socket
@@ -602,7 +652,7 @@ impl Peers {
                     {
                         peer.failed = true;
                         peer.connected = false;
-                        observer.failed(index);
+                        observer.ended(index, state);
                     }
                     _ => {}
                 }
@@ -641,14 +691,18 @@ impl Peers {
             let mut fed = false;
             // Bounded, so that one flooded socket cannot starve the others.
             for _ in 0..8 {
-                let fd = self.list[index].socket.as_raw_fd();
-                let n = self.batch.recv(fd);
+                let Some(Some(peer)) = self.list.get(index) else {
+                    break;
+                };
+                let n = self.batch.recv(peer.socket.as_raw_fd());
                 for i in 0..n {
                     let (data, from, stamp) = self.batch.get(i);
                     if !observer.datagram(index, data, stamp) {
                         continue;
                     }
-                    let peer = &mut self.list[index];
+                    let Some(Some(peer)) = self.list.get_mut(index) else {
+                        break;
+                    };
                     let message = TaggedBytesMut {
                         now: Instant::now(),
                         transport: TransportContext {
@@ -682,7 +736,9 @@ impl Peers {
                 break;
             }
             self.timers.pop();
-            let peer = &mut self.list[index];
+            let Some(Some(peer)) = self.list.get_mut(index) else {
+                continue;
+            };
             if peer.scheduled != Some(at) {
                 continue;
             }
@@ -693,16 +749,63 @@ impl Peers {
     }
 }
 
+/// A fresh ECDSA P-256 certificate for DTLS, named `name`: one serves every peer of a tool.
+pub fn certificate(name: &str) -> Result<RTCCertificate, Error> {
+    let provider = rtc::crypto::default_provider()
+        .map_err(|e| Error::WebRtc(format!("no crypto provider: {e:?}")))?;
+    RTCCertificate::generate(
+        provider.crypto(),
+        SignatureScheme::EcdsaP256Sha256,
+        CertificateParams::new(vec![name.to_owned()]).map_err(|e| Error::WebRtc(e.to_string()))?,
+    )
+    .map_err(Error::from)
+}
+
+/// A microphone's encoder for [`Peers::send_rtp`]: 20 ms of 48 kHz mono PCM in, an Opus
+/// payload and its RFC 6464 audio-level byte (voice bit and level) out.
+pub struct Voice {
+    encoder: opus::Encoder,
+    out: Vec<u8>,
+}
+
+impl Voice {
+    /// A plain Opus VoIP encoder (no in-band FEC: the tools measure loss, not hide it).
+    pub fn new() -> Result<Self, Error> {
+        Ok(Voice {
+            encoder: opus::Encoder::new(
+                crate::audio::SAMPLE_RATE,
+                opus::Channels::Mono,
+                opus::Application::Voip,
+            )
+            .map_err(|e| Error::Usage(format!("no Opus encoder: {e}")))?,
+            out: vec![0; 1500],
+        })
+    }
+
+    /// Encodes one frame of [`FRAME_SAMPLES`](crate::audio::FRAME_SAMPLES) samples: the
+    /// payload and the audio-level byte, or `None` if Opus refused the frame.
+    pub fn encode(&mut self, pcm: &[i16]) -> Option<(Bytes, u8)> {
+        let len = self.encoder.encode(pcm, &mut self.out).ok()?;
+        let (level, voice) = audio_level(pcm);
+        Some((
+            Bytes::copy_from_slice(&self.out[..len]),
+            level | if voice { 0x80 } else { 0 },
+        ))
+    }
+}
+
 /// Packets received on one RTP stream and the span of sequence numbers they cover (extended
 /// across wraps), so loss is read from gaps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SeqSpan {
+    /// Packets recorded.
     pub packets: u64,
     first: Option<i64>,
     highest: i64,
 }
 
 impl SeqSpan {
+    /// Records one packet's sequence number.
     pub fn record(&mut self, seq: u16) {
         self.packets += 1;
         match self.first {
