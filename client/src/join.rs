@@ -87,6 +87,10 @@ pub struct JoinAnswer {
     /// participant (a credential).
     #[serde(default)]
     pub identity: Option<String>,
+    /// The signaling URL of the server the invite named (in a cluster, the shared address
+    /// any node answers), for when the room's own node cannot be reached.
+    #[serde(skip)]
+    pub fallback_signal_url: Option<String>,
 }
 
 impl fmt::Debug for JoinAnswer {
@@ -112,8 +116,14 @@ pub async fn redeem(
         body["identity"] = json!(identity);
     }
     let answer = post_anonymous(&format!("{}/api/v1/join", link.base), &body).await?;
-    JoinAnswer::deserialize(&answer)
-        .map_err(|e| Error::Protocol(format!("a join answer without {e}")))
+    let mut joined = JoinAnswer::deserialize(&answer)
+        .map_err(|e| Error::Protocol(format!("a join answer without {e}")))?;
+    let ws = link
+        .base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    joined.fallback_signal_url = Some(format!("{ws}/api/v1/signal"));
+    Ok(joined)
 }
 
 #[cfg(test)]

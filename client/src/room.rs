@@ -189,6 +189,7 @@ impl Room {
             commands: command_rx,
             commands_tx: commands.downgrade(),
             pending: HashMap::new(),
+            joined: joined.clone(),
         };
         let room = Room {
             commands,
@@ -531,6 +532,9 @@ struct Driver {
     /// close when the `Room` goes).
     commands_tx: mpsc::WeakUnboundedSender<Command>,
     pending: HashMap<u64, oneshot::Sender<Result<Value, Error>>>,
+    /// The session token and the fallback address, for getting back in when the place is
+    /// gone (its node died, the room moved).
+    joined: JoinAnswer,
 }
 
 /// Why the driver's loop paused.
@@ -653,27 +657,47 @@ impl Driver {
         });
     }
 
-    /// Takes the place back with the latest resume token, retrying within the grace period.
+    /// Takes the place back with the latest resume token, retrying within the grace period;
+    /// every other attempt goes to the fallback address (in a cluster any node answers it and
+    /// sends us where the room lives). A place no longer held (the grace period passed, or the
+    /// room's node died and the room lives elsewhere now) is taken again with the session
+    /// token while it is valid: the role comes back with it.
     async fn resume(&mut self, url: &str) -> Result<Session, Error> {
         let deadline = Instant::now() + Duration::from_secs(self.welcome.resume_grace_secs);
+        let mut urls = vec![url.to_owned()];
+        if let Some(fallback) = &self.joined.fallback_signal_url
+            && fallback != url
+        {
+            urls.push(fallback.clone());
+        }
         let mut pause = RESUME_BACKOFF;
-        loop {
-            match Session::resume(url, &self.welcome.resume_token).await {
+        for attempt in 0.. {
+            let target = &urls[attempt % urls.len()];
+            let outcome = match Session::resume(target, &self.welcome.resume_token).await {
+                Err(Error::Rejected { code, .. }) if code == "resume_expired" => {
+                    Session::join_at(target, &self.joined.token).await
+                }
+                other => other,
+            };
+            match outcome {
                 Ok(session) => {
                     self.welcome = session.welcome().clone();
                     self.shared
                         .publish(Event::Resumed(Box::new(self.welcome.snapshot.clone())));
                     return Ok(session);
                 }
-                // The server no longer holds the place (or never will): give up.
+                // The server will not take us back: give up.
                 Err(error @ Error::Rejected { .. }) => return Err(error),
                 Err(error) if Instant::now() + pause > deadline => return Err(error),
+                // The other address is tried at once; the pause grows once both failed.
+                Err(_) if attempt % urls.len() + 1 < urls.len() => {}
                 Err(_) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RESUME_BACKOFF_MAX);
                 }
             }
         }
+        unreachable!("the loop returns")
     }
 
     /// Requests sent on a connection that dropped get no answer; tell their callers.

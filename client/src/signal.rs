@@ -25,6 +25,9 @@ pub const ANSWER_WAIT: Duration = Duration::from_secs(15);
 /// The largest message this client reads: the server's own limit on client messages, times 16
 /// (a moderator's snapshot with 200 people in the audience is about 40 KiB).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// `moved` answers followed in one handshake before giving up (a cluster sends one at most,
+/// unless the room moves again meanwhile).
+const MAX_MOVES: usize = 3;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -152,11 +155,12 @@ pub struct Session {
 impl Session {
     /// Opens a socket and joins with a redeemed invite.
     pub async fn join(joined: &JoinAnswer) -> Result<Session, Error> {
-        Session::handshake(
-            &joined.signal_url,
-            json!({ "type": "join", "token": joined.token }),
-        )
-        .await
+        Session::join_at(&joined.signal_url, &joined.token).await
+    }
+
+    /// Opens a socket at `signal_url` and joins with a session token.
+    pub async fn join_at(signal_url: &str, token: &str) -> Result<Session, Error> {
+        Session::handshake(signal_url, json!({ "type": "join", "token": token })).await
     }
 
     /// Opens a socket and takes back a place held after a dropped connection.
@@ -168,30 +172,44 @@ impl Session {
         .await
     }
 
-    /// Opens a socket, sends `first` (`join` or `resume`) and waits for `welcome`.
+    /// Opens a socket, sends `first` (`join` or `resume`) and waits for `welcome`. In a
+    /// cluster a node where the room does not live answers `moved`: the same handshake goes
+    /// to the node it names (a few hops at most).
     async fn handshake(url: &str, mut first: Value) -> Result<Session, Error> {
-        let mut connection = Connection::open(url).await?;
         first["id"] = json!(0);
-        connection.send(&first).await?;
-        let mut pending = VecDeque::new();
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-        let welcome_message = loop {
-            let message = tokio::time::timeout_at(deadline, connection.recv())
-                .await
-                .map_err(|_| Error::Timeout("no welcome".to_owned()))??;
-            let Some(message) = message else {
-                return Err(closed_error(&connection));
-            };
-            match message["type"].as_str() {
-                Some("welcome") => break message,
-                Some("error") => return Err(rejected(&message)),
-                _ => pending.push_back(message),
+        let mut url = url.to_owned();
+        let mut hops = 0;
+        let (connection, welcome_message, pending) = 'hop: loop {
+            let mut connection = Connection::open(&url).await?;
+            connection.send(&first).await?;
+            let mut pending = VecDeque::new();
+            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+            loop {
+                let message = tokio::time::timeout_at(deadline, connection.recv())
+                    .await
+                    .map_err(|_| Error::Timeout("no welcome".to_owned()))??;
+                let Some(message) = message else {
+                    return Err(closed_error(&connection));
+                };
+                match message["type"].as_str() {
+                    Some("welcome") => break 'hop (connection, message, pending),
+                    Some("error") => return Err(rejected(&message)),
+                    Some("moved") if hops < MAX_MOVES => {
+                        let Some(next) = message["signal_url"].as_str() else {
+                            return Err(Error::Protocol("`moved` without signal_url".into()));
+                        };
+                        hops += 1;
+                        url = next.to_owned();
+                        continue 'hop;
+                    }
+                    _ => pending.push_back(message),
+                }
             }
         };
         let welcome = Welcome::parse(&welcome_message).map_err(Error::Protocol)?;
         Ok(Session {
             connection,
-            url: url.to_owned(),
+            url,
             welcome,
             welcome_message,
             pending,

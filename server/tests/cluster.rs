@@ -6,6 +6,9 @@
 //! `redis-cli`, a client nobody on the team wrote, reads what the nodes wrote.
 
 mod common;
+#[allow(dead_code)] // each test binary compiles this module and uses some of it
+#[path = "../../tests/src/postgres.rs"]
+mod postgres;
 #[path = "../../tests/src/redis.rs"]
 mod redis;
 
@@ -38,6 +41,8 @@ struct Node {
 struct NodeSpec<'a> {
     name: &'a str,
     redis_url: String,
+    /// Unset: the node's own SQLite file (fine for what concerns Redis alone).
+    database_url: Option<String>,
     signing_key: &'a str,
     api_key: &'a str,
 }
@@ -47,6 +52,7 @@ impl<'a> NodeSpec<'a> {
         NodeSpec {
             name,
             redis_url: redis.url(),
+            database_url: None,
             signing_key: SIGNING_KEY,
             api_key: API_KEY,
         }
@@ -75,6 +81,9 @@ impl<'a> NodeSpec<'a> {
             .env("STOA_API_KEY", self.api_key)
             .env("STOA_SIGNING_KEY", self.signing_key)
             .env("RUST_LOG", "warn");
+        if let Some(url) = &self.database_url {
+            command.env("STOA_DATABASE_URL", url);
+        }
         command
     }
 
@@ -612,4 +621,213 @@ async fn while_redis_is_down_live_rooms_go_on_and_new_joins_get_503() {
     )
     .await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
+}
+
+/// Opens a socket at `url` and follows `moved` to the room's node; the welcome (or refusal)
+/// and the node's signaling URL that gave it.
+async fn join_following(url: &str, hello: Value) -> (Socket, Value, String) {
+    let mut url = url.to_owned();
+    for _ in 0..3 {
+        let (socket, first) = Socket::open(&url, hello.clone()).await;
+        if first["type"] == "moved" {
+            url = first["signal_url"].as_str().unwrap().to_owned();
+            continue;
+        }
+        return (socket, first, url);
+    }
+    panic!("moved more than twice");
+}
+
+/// Waits for 100 ms of `hz` in what `listener` hears.
+async fn hears_tone(listener: &mut stoa_client::Listener, hz: f32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut recent: std::collections::VecDeque<i16> = std::collections::VecDeque::new();
+    loop {
+        let frame = tokio::time::timeout_at(deadline, listener.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {hz} Hz heard within {within:?}"))
+            .expect("media open");
+        recent.extend(frame.pcm.iter().copied());
+        while recent.len() > 4_800 {
+            recent.pop_front();
+        }
+        if recent.len() == 4_800 && stoa_client::audio::tone_present(recent.make_contiguous(), hz) {
+            return;
+        }
+    }
+}
+
+async fn next_event_matching(
+    room: &mut stoa_client::Room,
+    within: Duration,
+    what: &str,
+    pick: impl Fn(&stoa_client::Event) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let event = tokio::time::timeout_at(deadline, room.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within {within:?}"))
+            .unwrap_or_else(|| panic!("{what}: the room closed"));
+        if pick(&event) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survive_its_node() {
+    use stoa_client::audio::AudioSource;
+    use stoa_client::{Event, InviteLink, JoinOptions, Room};
+
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.clone()),
+        ..NodeSpec::new(name, &redis)
+    };
+    let mut nodes = vec![
+        spec("node-a").start(),
+        spec("node-b").start(),
+        spec("node-c").start(),
+    ];
+
+    // Made through node-a, joined through node-b: the first join places the room.
+    let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
+    let (status, ada) = nodes[1].join(&moderator_code, "Ada").await;
+    assert_eq!(status, 200, "{ada}");
+    let home = nodes
+        .iter()
+        .position(|n| n.signal_url() == ada["signal_url"].as_str().unwrap())
+        .expect("the join names one of the nodes");
+    let home_name = ["node-a", "node-b", "node-c"][home];
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(
+        lease.starts_with(&format!("{home_name} ")),
+        "lease {lease:?}, home {home_name}"
+    );
+    let others: Vec<usize> = (0..3).filter(|i| *i != home).collect();
+    let (via_1, via_2) = (others[0], others[1]);
+
+    // Ada's token, minted by node-b, opens her socket through a node that is not the room's:
+    // she is sent on and welcomed there as moderator.
+    let (_ada_socket, welcome, ada_node) = join_following(
+        &nodes[via_2].signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(ada_node, nodes[home].signal_url());
+    assert_eq!(welcome["snapshot"]["you"]["role"], "moderator");
+
+    // A speaker and a listener with the Rust client, each redeeming through a node that is
+    // not the room's: their sockets and media end up on the room's node.
+    let speaker_code = nodes[0].invite(&room, "speaker").await;
+    let listener_code = nodes[0].invite(&room, "listener").await;
+    let options = |name: &str| JoinOptions {
+        media: true,
+        ..JoinOptions::new(name)
+    };
+    let mut sam = Room::join(
+        &InviteLink::new(&nodes[via_1].url, &speaker_code).unwrap(),
+        options("Sam"),
+    )
+    .await
+    .expect("the speaker joins");
+    let mut lee = Room::join(
+        &InviteLink::new(&nodes[via_2].url, &listener_code).unwrap(),
+        options("Lee"),
+    )
+    .await
+    .expect("the listener joins");
+    assert!(
+        sam.view().me().on_stage,
+        "a speaker's invite puts Sam on stage"
+    );
+    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+    let mut hearing = lee.listen().unwrap();
+    hears_tone(&mut hearing, 440.0, Duration::from_secs(10)).await;
+
+    // A moderator's REST call on the live room through a node that is not its home: passed on,
+    // answered by the room's node.
+    let sam_id = sam.view().me().id.to_string();
+    let response = nodes[via_1]
+        .http
+        .post(format!(
+            "{}/api/v1/rooms/{room}/participants/{sam_id}/mute",
+            nodes[via_1].url
+        ))
+        .bearer_auth(ada["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["stoa-node"], home_name);
+    next_event_matching(
+        &mut lee,
+        Duration::from_secs(5),
+        "Lee sees Sam muted",
+        |e| matches!(e, Event::Muted { participant, .. } if participant.id.to_string() == sam_id),
+    )
+    .await;
+    let participants = nodes[via_2]
+        .get(&format!("/api/v1/rooms/{room}/participants"))
+        .await;
+    let sam_seen = participants["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == sam_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(sam_seen["muted"], true, "{sam_seen}");
+
+    // The room's node dies. Its people come back on a surviving node by themselves, with
+    // their roles, well within 10 s.
+    let killed_at = Instant::now();
+    nodes[home].kill();
+    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
+        next_event_matching(
+            room_of,
+            Duration::from_secs(10),
+            &format!("{name} is back"),
+            |e| matches!(e, Event::Resumed(_)),
+        )
+        .await;
+    }
+    let back_after = killed_at.elapsed();
+    assert!(
+        back_after < Duration::from_secs(10),
+        "back after {back_after:?}"
+    );
+    assert_eq!(sam.view().me().role.to_string(), "speaker");
+    assert!(sam.view().me().on_stage, "Sam is on stage again");
+    assert_eq!(lee.view().me().role.to_string(), "listener");
+    let new_lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(
+        !new_lease.starts_with(&format!("{home_name} ")),
+        "the room moved: {new_lease:?}"
+    );
+    // Ada's session token, minted before, still works through any surviving node.
+    let (_socket, welcome, _) = join_following(
+        &nodes[via_1].signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    assert_eq!(welcome["snapshot"]["you"]["role"], "moderator", "{welcome}");
+
+    // Nothing durable was lost: the mute is in the audit log, read through the other node.
+    let events = nodes[via_2]
+        .get(&format!("/api/v1/rooms/{room}/events"))
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(kinds.contains(&"participant.muted"), "{kinds:?}");
+    println!("the room's node killed: its people back on another node after {back_after:?}");
+    drop(nodes);
 }
