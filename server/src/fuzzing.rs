@@ -344,6 +344,9 @@ fn check_participant(p: &Participant) {
             "a hand or invitation on a non-listener: {p:?}"
         );
     }
+    if p.delivery == crate::control::Delivery::Broadcast {
+        assert_eq!(p.role, Role::Listener, "a broadcast non-listener: {p:?}");
+    }
     if p.muted {
         assert!(p.on_stage, "muted off stage: {p:?}");
     }
@@ -484,6 +487,7 @@ impl RestHarness {
                     room.id.clone(),
                     crate::control::NewInvite {
                         role: Role::Moderator,
+                        delivery: crate::control::Delivery::Webrtc,
                         label: None,
                         max_uses: None,
                         expires_in_secs: None,

@@ -19,7 +19,7 @@
 //! out, or a refusal with a stable code. No I/O, no clock of its own, no async:
 //!
 //! ```
-//! use stoa::control::{ParticipantId, Role, RoomId};
+//! use stoa::control::{Delivery, ParticipantId, Role, RoomId};
 //! use stoa::room::{Actor, Command, ConnectionId, Effect, EventKind, RoomLimits, RoomState};
 //!
 //! let limits = RoomLimits { max_participants: 100, max_stage: 8, resume_grace_ms: 20_000 };
@@ -30,6 +30,7 @@
 //!     let join = Command::Join {
 //!         display_name: "someone".into(),
 //!         role,
+//!         delivery: Delivery::Webrtc,
 //!         connection: ConnectionId(n as u64),
 //!         resume_nonce: n as u64,
 //!     };

@@ -36,6 +36,7 @@ fn claims_of(answer: &Value, now_ms: i64) -> Claims {
         exp: now_ms + 600_000,
         // A first redemption starts an identity's first token generation.
         generation: 1,
+        delivery: Default::default(),
     }
 }
 

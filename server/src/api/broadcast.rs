@@ -33,7 +33,7 @@ const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const MEDIA_TYPE: &str = "audio/mp4";
 
 /// A link to a room's broadcast.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BroadcastLink {
     /// The LL-HLS media playlist: give it to any HLS player (or the web client).
     playlist_url: String,
@@ -80,11 +80,16 @@ pub async fn broadcast_link(
     if stored.is_ended() {
         return Err(refusal(BroadcastError::RoomEnded));
     }
-    let link = state.broadcasts.link(&room);
-    Ok(Json(BroadcastLink {
+    Ok(Json(link_for(&state, &room)))
+}
+
+/// The room's link valid now, as an absolute URL.
+pub fn link_for(state: &AppState, room: &RoomId) -> BroadcastLink {
+    let link = state.broadcasts.link(room);
+    BroadcastLink {
         playlist_url: format!("{}{}", state.base_url, link.path),
         expires_at: rfc3339(link.expires_at_ms),
-    }))
+    }
 }
 
 fn refusal(error: BroadcastError) -> ApiError {

@@ -9,8 +9,8 @@ use rusqlite_migration::{M, Migrations};
 
 use super::model::{CreatedInvite, PageRequest, Standing};
 use super::{
-    Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
-    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+    Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
+    NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
 };
 
 fn migrations() -> Migrations<'static> {
@@ -18,6 +18,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/0001_init.sql")),
         M::up(include_str!("migrations/0002_identity_standing.sql")),
         M::up(include_str!("migrations/0003_token_generation.sql")),
+        M::up(include_str!("migrations/0004_invite_delivery.sql")),
     ])
 }
 
@@ -356,7 +357,11 @@ impl Store {
                 &Actor::Participant(participant_id.clone()),
                 "invite.redeemed",
                 Some(invite.id.as_str()),
-                serde_json::json!({ "role": role, "display_name": display_name }),
+                serde_json::json!({
+                    "role": role,
+                    "delivery": invite.delivery.for_role(role),
+                    "display_name": display_name,
+                }),
                 now_ms,
             )?;
             tx.commit()?;
@@ -365,6 +370,7 @@ impl Store {
                 participant_id,
                 display_name,
                 role,
+                delivery: invite.delivery.for_role(role),
                 generation,
                 invite_id: invite.id,
                 new_identity: new_identity.then_some(secret),
@@ -584,6 +590,7 @@ impl Store {
             )?;
             let new = NewInvite {
                 role: Role::Moderator,
+                delivery: Delivery::Webrtc,
                 label: Some("startup link".into()),
                 max_uses: None,
                 expires_in_secs: Some(24 * 3600),
@@ -610,7 +617,7 @@ impl Store {
 
 const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
 const INVITE_COLUMNS: &str =
-    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at";
+    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
 fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
     Ok(Room {
@@ -638,6 +645,8 @@ fn invite_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Invite> {
         expires_at_ms: r.get(at + 6)?,
         revoked: r.get::<_, Option<i64>>(at + 7)?.is_some(),
         created_at_ms: r.get(at + 8)?,
+        // The schema's CHECK constraint only admits the two known deliveries.
+        delivery: Delivery::parse(&r.get::<_, String>(at + 9)?).unwrap_or_default(),
     })
 }
 
@@ -702,6 +711,15 @@ fn insert_invite(
     if found.is_ended() {
         return Err(ControlError::RoomEnded);
     }
+    if new.delivery.for_role(new.role) != new.delivery {
+        return Err(ControlError::invalid(
+            "invalid_delivery",
+            format!(
+                "only listener invites may have broadcast delivery, not {} invites",
+                new.role
+            ),
+        ));
+    }
     let code = InviteCode::generate();
     let expires_at_ms = new
         .expires_in_secs
@@ -710,6 +728,7 @@ fn insert_invite(
         id: InviteId::generate(),
         room_id: room.clone(),
         role: new.role,
+        delivery: new.delivery,
         label: new.label.clone(),
         max_uses: new.max_uses,
         uses: 0,
@@ -719,8 +738,8 @@ fn insert_invite(
     };
     tx.execute(
         "INSERT INTO invites (id, room_id, code_hash, role, label, max_uses, expires_at,
-                              created_at, created_by, is_startup)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                              created_at, created_by, is_startup, delivery)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             invite.id.as_str(),
             room.as_str(),
@@ -731,7 +750,8 @@ fn insert_invite(
             expires_at_ms,
             now_ms,
             actor.as_audit_str(),
-            startup
+            startup,
+            invite.delivery.as_str()
         ],
     )?;
     audit(
@@ -742,6 +762,7 @@ fn insert_invite(
         Some(invite.id.as_str()),
         serde_json::json!({
             "role": invite.role,
+            "delivery": invite.delivery,
             "label": invite.label,
             "max_uses": invite.max_uses,
             "expires_at_ms": expires_at_ms,
@@ -802,6 +823,7 @@ mod tests {
     fn invite_new(max_uses: Option<u32>) -> NewInvite {
         NewInvite {
             role: Role::Listener,
+            delivery: Delivery::Webrtc,
             label: None,
             max_uses,
             expires_in_secs: Some(60),

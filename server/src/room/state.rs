@@ -105,12 +105,13 @@ impl RoomState {
             Command::Join {
                 display_name,
                 role,
+                delivery,
                 connection,
                 resume_nonce,
             } => self.join(
                 actor,
                 display_name,
-                role,
+                (role, delivery),
                 NewConnection {
                     connection,
                     resume_nonce,
@@ -247,6 +248,7 @@ impl RoomState {
             room: self.room.clone(),
             you: you.view(),
             invitation_pending: you.invited,
+            delivery: you.delivery,
             stage: views(&self.stage),
             raised_hands: views(&self.hands),
             active_speakers: self.speakers.clone(),
@@ -377,6 +379,9 @@ impl RoomState {
         if !participant.may_send() {
             participant.speaking = false;
         }
+        // Whoever may be on stage is on WebRTC: a listener who accepted an invitation, or was
+        // made a moderator, may offer media from now on.
+        participant.delivery = participant.delivery.for_role(participant.role);
         let after = Marks::of(participant);
         let changed = Changed {
             was_public,
@@ -1165,6 +1170,7 @@ mod tests {
             Command::Join {
                 display_name: "S".into(),
                 role: Role::Speaker,
+                delivery: Delivery::Webrtc,
                 connection: ConnectionId(77),
                 resume_nonce: ConnectionId(77).0,
             },

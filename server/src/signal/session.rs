@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, DirectRateLimiter};
 use crate::config::SignalSettings;
-use crate::control::{ControlError, ParticipantId, Role, Room, Standing, Store};
+use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, Standing, Store};
 use crate::metrics::Metrics;
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
@@ -257,7 +257,7 @@ impl Session {
                 (
                     c.room,
                     c.participant,
-                    c.role,
+                    (c.role, c.delivery),
                     c.name,
                     c.iat,
                     c.generation,
@@ -269,7 +269,7 @@ impl Session {
                 (
                     r.room,
                     r.participant,
-                    Role::Listener,
+                    (Role::Listener, Delivery::Webrtc),
                     String::new(),
                     now,
                     // The room keeps a resumed participant's role; this is only a fallback.
@@ -279,25 +279,26 @@ impl Session {
             }),
             (None, None) => Err(TokenError::Malformed),
         };
-        let (room_id, participant, role, name, issued_at, generation, resume) = match claims {
-            Ok(c) => c,
-            Err(e) => {
-                let (code, message) = match (e, resume_token.is_some()) {
-                    (TokenError::Expired, true) => (
-                        "resume_expired",
-                        "this resume token has expired; join again",
-                    ),
-                    (_, true) => ("invalid_token", "this is not a valid resume token"),
-                    (TokenError::Expired, false) => {
-                        ("token_expired", "the session token has expired")
-                    }
-                    (_, false) => ("invalid_token", "this is not a valid session token"),
-                };
-                self.error(id.as_ref(), code, message).await;
-                self.close(close_code::UNAUTHORIZED, code).await;
-                return None;
-            }
-        };
+        let (room_id, participant, (role, delivery), name, issued_at, generation, resume) =
+            match claims {
+                Ok(c) => c,
+                Err(e) => {
+                    let (code, message) = match (e, resume_token.is_some()) {
+                        (TokenError::Expired, true) => (
+                            "resume_expired",
+                            "this resume token has expired; join again",
+                        ),
+                        (_, true) => ("invalid_token", "this is not a valid resume token"),
+                        (TokenError::Expired, false) => {
+                            ("token_expired", "the session token has expired")
+                        }
+                        (_, false) => ("invalid_token", "this is not a valid session token"),
+                    };
+                    self.error(id.as_ref(), code, message).await;
+                    self.close(close_code::UNAUTHORIZED, code).await;
+                    return None;
+                }
+            };
         let store = self.state.store.clone();
         let (room, standing) = match room_open_to(&store, &room_id, &participant).await {
             Ok(found) => found,
@@ -332,6 +333,7 @@ impl Session {
             participant: participant.clone(),
             display_name: name,
             role,
+            delivery,
             resume: resume.then_some(presented_nonce.unwrap_or_default()),
             resume_nonce,
             connection,

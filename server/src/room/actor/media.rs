@@ -29,6 +29,17 @@ impl RoomTask {
         ) else {
             return;
         };
+        if let Err(refusal) = p.may_connect_media() {
+            self.deps.metrics.signal_error(refusal.code());
+            let text = ServerMessage::Error {
+                id: request_id.as_ref(),
+                code: refusal.code(),
+                message: refusal.message(),
+            }
+            .to_json();
+            let _ = conn.outbox.try_send(Outbound::Text(text.into()));
+            return;
+        }
         let (reply, answer) = oneshot::channel();
         self.deps.media.offer(
             self.state.room(),

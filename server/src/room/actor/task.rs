@@ -248,6 +248,7 @@ impl RoomTask {
             None => Command::Join {
                 display_name: c.display_name,
                 role: c.role,
+                delivery: c.delivery,
                 connection: c.connection,
                 resume_nonce: c.resume_nonce,
             },

@@ -1,7 +1,7 @@
 //! Coming and going: join, replaced and resumed connections, dropped sockets and their grace
 //! period, leaving. Who may do what on stage and in moderation lives beside this file.
 
-use crate::control::{ParticipantId, Role};
+use crate::control::{Delivery, ParticipantId, Role};
 use crate::room::permissions::Action;
 use crate::room::state::{RoomState, to_usize};
 use crate::room::{
@@ -21,7 +21,7 @@ impl RoomState {
         &mut self,
         actor: &Actor,
         display_name: String,
-        role: Role,
+        (role, delivery): (Role, Delivery),
         new: NewConnection,
         now_ms: u64,
         out: &mut Outcome,
@@ -59,6 +59,7 @@ impl RoomState {
             id: id.clone(),
             display_name,
             role,
+            delivery: delivery.for_role(role),
             on_stage: match role {
                 Role::Listener => false,
                 Role::Speaker => true,
@@ -219,6 +220,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -252,6 +254,7 @@ mod tests {
                 Command::Join {
                     display_name: role.as_str().into(),
                     role,
+                    delivery: Delivery::Webrtc,
                     connection,
                     resume_nonce: connection.0,
                 },
@@ -281,6 +284,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection: new,
                 resume_nonce: new.0,
             },
@@ -331,6 +335,7 @@ mod tests {
                 Command::Join {
                     display_name: "Three".into(),
                     role,
+                    delivery: Delivery::Webrtc,
                     connection,
                     resume_nonce: connection.0,
                 },
@@ -352,6 +357,7 @@ mod tests {
             Command::Join {
                 display_name: "Second".into(),
                 role: Role::Speaker,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -368,6 +374,7 @@ mod tests {
         let join = Command::Join {
             display_name: "Op".into(),
             role: Role::Moderator,
+            delivery: Delivery::Webrtc,
             connection,
             resume_nonce: connection.0,
         };
@@ -391,6 +398,7 @@ mod tests {
             Command::Join {
                 display_name: "Again".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -496,6 +504,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },

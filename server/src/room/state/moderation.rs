@@ -285,6 +285,7 @@ mod tests {
         let join = Command::Join {
             display_name: "Back".into(),
             role: Role::Listener,
+            delivery: Delivery::Webrtc,
             connection,
             resume_nonce: connection.0,
         };

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+pub use crate::control::Delivery;
 use crate::control::{ParticipantId, Role, RoomId};
 use crate::room::state::RoomState;
 use crate::room::{
@@ -85,6 +86,11 @@ impl TestRoom {
 
     /// Joins with a fresh connection; the display name is the name.
     pub fn join(&mut self, name: &str, role: Role) -> ParticipantId {
+        self.join_with(name, role, Delivery::Webrtc)
+    }
+
+    /// Joins with a session token that asked for `delivery`.
+    pub fn join_with(&mut self, name: &str, role: Role, delivery: Delivery) -> ParticipantId {
         let id = pid(name);
         let connection = self.connect();
         self.ok(
@@ -92,6 +98,7 @@ impl TestRoom {
             Command::Join {
                 display_name: name.into(),
                 role,
+                delivery,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -106,6 +113,7 @@ impl TestRoom {
             Command::Join {
                 display_name: "again".into(),
                 role,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -177,6 +185,7 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
         Command::Join {
             display_name: "x".into(),
             role: Role::Listener,
+            delivery: Delivery::Webrtc,
             connection: ConnectionId(1_000),
             resume_nonce: 1_000,
         },
@@ -322,6 +331,9 @@ impl RoomState {
             }
             if p.hand_raised || p.invited {
                 assert_eq!(p.role, Role::Listener, "hand or invitation: {p:?}");
+            }
+            if p.delivery == Delivery::Broadcast {
+                assert_eq!(p.role, Role::Listener, "a broadcast non-listener: {p:?}");
             }
             if p.muted {
                 assert!(p.on_stage, "muted off stage: {p:?}");
