@@ -57,6 +57,7 @@ pub fn signal_message(data: &[u8]) {
                         ClientMessage::Join { .. }
                             | ClientMessage::Resume { .. }
                             | ClientMessage::Ping {}
+                            | ClientMessage::BroadcastLink {}
                             | ClientMessage::ListAudience { .. }
                             | ClientMessage::MediaOffer { .. }
                             | ClientMessage::IceCandidate { .. }

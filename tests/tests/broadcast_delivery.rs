@@ -190,6 +190,16 @@ async fn a_broadcast_listener_gets_media_only_once_on_stage() {
         "{people}"
     );
 
+    // The socket hands out fresh links for as long as the visit lasts (the session token
+    // may have expired long before); the same one everyone gets now.
+    let link = fan
+        .signal
+        .request(json!({ "type": "broadcast_link" }))
+        .await;
+    assert_eq!(link["type"], "broadcast_link", "{link}");
+    assert_eq!(link["playlist_url"], answer["broadcast"]["playlist_url"]);
+    assert!(link["expires_at"].is_string(), "{link}");
+
     let refused = |result: Result<(), MediaError>| match result {
         Err(e) => e.code().map(str::to_owned),
         Ok(()) => None,

@@ -784,6 +784,13 @@ fn signal_table() -> Vec<Action> {
             expect: [Reply::Error("invalid_sdp"); 4],
         },
         Action {
+            kind: "broadcast_link",
+            setup: nothing,
+            // Anyone in the room may hear the broadcast, as over REST.
+            message: |_, _| json!({ "type": "broadcast_link" }),
+            expect: [Reply::Other("broadcast_link"); 4],
+        },
+        Action {
             kind: "ice_candidate",
             setup: nothing,
             message: |_, _| {

@@ -93,7 +93,6 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         signal_url: state.signal_url(),
         identity: redemption.new_identity.map(|s| s.as_str().to_owned()),
         delivery,
-        broadcast: (delivery == Delivery::Broadcast)
-            .then(|| super::broadcast::link_for(state, &claims.room)),
+        broadcast: (delivery == Delivery::Broadcast).then(|| state.broadcast_link(&claims.room)),
     })
 }

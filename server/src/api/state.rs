@@ -10,10 +10,11 @@ use governor::{Quota, RateLimiter};
 use super::auth_throttle::AuthThrottle;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
+use super::views::BroadcastLink;
 use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, KeyedRateLimiter};
 use crate::config::Config;
-use crate::control::Store;
+use crate::control::{RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::LiveRooms;
@@ -91,6 +92,8 @@ impl AppState {
             signer: signer.clone(),
             live: live.clone(),
             metrics: metrics.clone(),
+            broadcasts: broadcasts.clone(),
+            base_url: base_url.as_str().into(),
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
@@ -127,6 +130,15 @@ impl AppState {
             base.to_string()
         };
         format!("{ws}/api/v1/signal")
+    }
+
+    /// The link to a room's broadcast valid now, as an absolute URL.
+    pub fn broadcast_link(&self, room: &RoomId) -> BroadcastLink {
+        let link = self.broadcasts.link(room);
+        BroadcastLink {
+            playlist_url: link.url(&self.base_url),
+            expires_at: link.expires_at(),
+        }
     }
 
     pub fn invite_url(&self, code: &str) -> String {

@@ -149,7 +149,16 @@ pub struct JoinAnswer {
     pub delivery: Delivery,
     /// With `broadcast` delivery: the link to play.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub broadcast: Option<super::broadcast::BroadcastLink>,
+    pub broadcast: Option<BroadcastLink>,
+}
+
+/// A link to a room's broadcast.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastLink {
+    /// The LL-HLS media playlist: give it to any HLS player (or the web client).
+    pub playlist_url: String,
+    /// When the link stops working (RFC 3339); ask again before then.
+    pub expires_at: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

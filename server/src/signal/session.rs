@@ -13,9 +13,10 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, DirectRateLimiter};
 use crate::config::SignalSettings;
-use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, Standing, Store};
+use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, RoomId, Standing, Store};
 use crate::metrics::Metrics;
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
@@ -44,6 +45,10 @@ pub struct SignalContext {
     pub signer: TokenSigner,
     pub live: LiveRooms,
     pub metrics: Metrics,
+    /// The rooms' broadcasts, for `broadcast_link`.
+    pub broadcasts: Broadcasts,
+    /// The server's public URL, which links are absolute to.
+    pub base_url: Arc<str>,
 }
 
 /// Runs one upgraded signaling socket until it closes.
@@ -63,6 +68,7 @@ struct Session {
 /// Who this socket speaks for, once joined.
 struct Joined {
     room: RoomHandle,
+    room_id: RoomId,
     participant: ParticipantId,
     connection: ConnectionId,
     outbox: mpsc::Receiver<Outbound>,
@@ -346,6 +352,7 @@ impl Session {
                 tracing::debug!(room = %room_id, %participant, resume, "socket joined");
                 Some(Joined {
                     room: handle,
+                    room_id: room_id.clone(),
                     participant,
                     connection,
                     outbox: inbox,
@@ -505,6 +512,21 @@ impl Session {
                 self.send(ServerMessage::Pong { id: id.as_ref() }).await;
                 return Flow::Continue;
             }
+            ClientMessage::BroadcastLink {} => {
+                if !self.state.broadcasts.settings().enabled {
+                    let message = "broadcasts are turned off on this server";
+                    self.error(id.as_ref(), "broadcast_disabled", message).await;
+                    return Flow::Continue;
+                }
+                let link = self.state.broadcasts.link(&joined.room_id);
+                self.send(ServerMessage::BroadcastLink {
+                    id: id.as_ref(),
+                    playlist_url: &link.url(&self.state.base_url),
+                    expires_at: &link.expires_at(),
+                })
+                .await;
+                return Flow::Continue;
+            }
             ClientMessage::ListAudience { after, limit } => {
                 let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
                 let ok = joined
@@ -614,6 +636,7 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Join { .. }
         | ClientMessage::Resume { .. }
         | ClientMessage::Ping {}
+        | ClientMessage::BroadcastLink {}
         | ClientMessage::ListAudience { .. }
         | ClientMessage::MediaOffer { .. }
         | ClientMessage::IceCandidate { .. } => return None,

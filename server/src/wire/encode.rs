@@ -53,6 +53,13 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
+    /// The answer to `broadcast_link`.
+    BroadcastLink {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        playlist_url: &'a str,
+        expires_at: &'a str,
+    },
     /// Sent just before the server closes the socket on purpose.
     Closed { reason: &'a str },
 }
