@@ -214,7 +214,7 @@ export class BroadcastPlayer extends EventTarget {
   async #openStream(playlist) {
     if (!playlist.map) throw new Error("the playlist names no init segment");
     this.#holdBack = playlist.partHoldBack || 3 * playlist.partTarget || this.#holdBack;
-    if (playlist.map === this.#map && this.#sourceBuffer) return;
+    if (playlist.map === this.#map && this.#sourceBuffer && this.#mediaSource?.readyState === "open") return;
     const Source = /** @type {typeof MediaSource} */ (mediaSourceClass());
     const mediaSource = new Source();
     const opened = new Promise((resolve) => mediaSource.addEventListener("sourceopen", resolve, { once: true }));
