@@ -161,7 +161,11 @@ export class BroadcastPlayer extends EventTarget {
         return;
       } catch (error) {
         if (this.#closed) return;
-        if (error instanceof Restart) continue;
+        if (error instanceof Restart) {
+          // After a short pause, so that a server refusing again and again is not hammered.
+          await new Promise((r) => setTimeout(r, RETRY_MIN_MS));
+          continue;
+        }
         if (error instanceof HttpError && (error.status === 410 || (error.status === 404 && error.code !== "not_found"))) {
           // The room ended, or broadcasts are off: nothing will come.
           this.#state("failed");

@@ -285,26 +285,25 @@ impl Session {
             }),
             (None, None) => Err(TokenError::Malformed),
         };
-        let (room_id, participant, (role, delivery), name, issued_at, generation, resume) =
-            match claims {
-                Ok(c) => c,
-                Err(e) => {
-                    let (code, message) = match (e, resume_token.is_some()) {
-                        (TokenError::Expired, true) => (
-                            "resume_expired",
-                            "this resume token has expired; join again",
-                        ),
-                        (_, true) => ("invalid_token", "this is not a valid resume token"),
-                        (TokenError::Expired, false) => {
-                            ("token_expired", "the session token has expired")
-                        }
-                        (_, false) => ("invalid_token", "this is not a valid session token"),
-                    };
-                    self.error(id.as_ref(), code, message).await;
-                    self.close(close_code::UNAUTHORIZED, code).await;
-                    return None;
-                }
-            };
+        let (room_id, participant, joining, name, issued_at, generation, resume) = match claims {
+            Ok(c) => c,
+            Err(e) => {
+                let (code, message) = match (e, resume_token.is_some()) {
+                    (TokenError::Expired, true) => (
+                        "resume_expired",
+                        "this resume token has expired; join again",
+                    ),
+                    (_, true) => ("invalid_token", "this is not a valid resume token"),
+                    (TokenError::Expired, false) => {
+                        ("token_expired", "the session token has expired")
+                    }
+                    (_, false) => ("invalid_token", "this is not a valid session token"),
+                };
+                self.error(id.as_ref(), code, message).await;
+                self.close(close_code::UNAUTHORIZED, code).await;
+                return None;
+            }
+        };
         let store = self.state.store.clone();
         let (room, standing) = match room_open_to(&store, &room_id, &participant).await {
             Ok(found) => found,
@@ -323,6 +322,7 @@ impl Session {
             self.close(close_code::REMOVED, code).await;
             return None;
         }
+        let (role, delivery) = joining;
         let role = standing.role(role, generation);
         let connection = ConnectionId(NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
         let mut nonce_bytes = [0u8; 8];
