@@ -30,14 +30,7 @@ impl RoomTask {
             return;
         };
         if let Err(refusal) = p.may_connect_media() {
-            self.deps.metrics.signal_error(refusal.code());
-            let text = ServerMessage::Error {
-                id: request_id.as_ref(),
-                code: refusal.code(),
-                message: refusal.message(),
-            }
-            .to_json();
-            let _ = conn.outbox.try_send(Outbound::Text(text.into()));
+            self.refuse(&participant, request_id.as_ref(), refusal);
             return;
         }
         let (reply, answer) = oneshot::channel();

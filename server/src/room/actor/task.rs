@@ -162,14 +162,7 @@ impl RoomTask {
                         .map(|id| ServerMessage::Ok { id }.to_json().into()),
                 };
                 if let Err(refusal) = self.command(&actor, command, Some(answer)).await {
-                    self.deps.metrics.signal_error(refusal.code());
-                    let text = ServerMessage::Error {
-                        id: request_id.as_ref(),
-                        code: refusal.code(),
-                        message: refusal.message(),
-                    }
-                    .to_json();
-                    self.send_to(&participant, text.into());
+                    self.refuse(&participant, request_id.as_ref(), refusal);
                 }
             }
             RoomMsg::ListAudience {
