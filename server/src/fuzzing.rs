@@ -115,6 +115,8 @@ impl RoomHarness {
             max_participants,
             max_stage,
             resume_grace_ms,
+            // Small, so sequences reach it.
+            webrtc_audience_cap: Some(3),
         };
         RoomHarness {
             state: RoomState::new(room, limits, 0),
@@ -289,6 +291,15 @@ impl RoomHarness {
             unique(state.active_speakers()),
             speaking,
             "the speaker list disagrees"
+        );
+        let webrtc_listeners = state
+            .participants()
+            .filter(|p| p.role == Role::Listener && p.delivery == crate::control::Delivery::Webrtc)
+            .count();
+        assert_eq!(
+            state.webrtc_listeners() as usize,
+            webrtc_listeners,
+            "the WebRTC listener count disagrees"
         );
         let mods: BTreeSet<_> = state.moderators().cloned().collect();
         assert_eq!(mods, moderators, "the moderator index disagrees");
@@ -476,6 +487,7 @@ impl RestHarness {
                         limits: crate::control::RoomLimits {
                             max_participants: None,
                             max_stage: None,
+                            webrtc_audience_cap: None,
                         },
                     },
                     crate::control::Actor::Operator,

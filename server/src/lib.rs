@@ -22,7 +22,12 @@
 //! use stoa::control::{Delivery, ParticipantId, Role, RoomId};
 //! use stoa::room::{Actor, Command, ConnectionId, Effect, EventKind, RoomLimits, RoomState};
 //!
-//! let limits = RoomLimits { max_participants: 100, max_stage: 8, resume_grace_ms: 20_000 };
+//! let limits = RoomLimits {
+//!     max_participants: 100,
+//!     max_stage: 8,
+//!     resume_grace_ms: 20_000,
+//!     webrtc_audience_cap: None,
+//! };
 //! let mut room = RoomState::new(RoomId::parse("rm_FridayJam0000000").unwrap(), limits, 0);
 //! let ada = ParticipantId::parse("pt_Ada0000000000000").unwrap();
 //! let sam = ParticipantId::parse("pt_Sam0000000000000").unwrap();

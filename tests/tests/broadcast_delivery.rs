@@ -173,21 +173,10 @@ async fn a_broadcast_listener_gets_media_only_once_on_stage() {
         .await;
     assert!(joined["participant"].get("delivery").is_none(), "{joined}");
     // They count in the audience.
-    let people = t
-        .op(
-            Method::GET,
-            &format!("/api/v1/rooms/{room}/participants"),
-            None,
-        )
-        .await
-        .expect(200);
+    let here = people(&t, &room).await;
     assert!(
-        people["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["id"] == fan.id().as_str()),
-        "{people}"
+        here.iter().any(|p| p["id"] == fan.id().as_str()),
+        "{here:?}"
     );
 
     // The socket hands out fresh links for as long as the visit lasts (the session token
@@ -252,5 +241,125 @@ async fn a_broadcast_listener_gets_media_only_once_on_stage() {
     fan.peer.close().await;
     ear.peer.close().await;
     host.peer.close().await;
+    t.stop().await;
+}
+
+/// The people the room lists; answered by the room's task after everything sent before, so
+/// the counts it keeps for the join answer are up to date once this returns.
+async fn people(t: &TestServer, room: &str) -> Vec<Value> {
+    let page = t
+        .op(
+            Method::GET,
+            &format!("/api/v1/rooms/{room}/participants"),
+            None,
+        )
+        .await
+        .expect(200);
+    page["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listeners_past_the_webrtc_audience_cap_hear_the_broadcast() {
+    let t = TestServer::start_with(|c| c.broadcast.webrtc_audience_cap = 2).await;
+    let room = t.create_room("Packed").await;
+    let invite = t.create_invite(&room, "listener", json!({})).await;
+    let code = invite["code"].as_str().unwrap();
+    let mut on_webrtc = Vec::new();
+    for name in ["One", "Two"] {
+        let answer = t.join(code, name).await.expect(200);
+        assert_eq!(answer["delivery"], "webrtc", "{answer}");
+        assert!(answer.get("broadcast").is_none(), "{answer}");
+        let signal = SignalClient::join(&answer).await;
+        assert!(signal.welcome["snapshot"].get("delivery").is_none());
+        on_webrtc.push(signal);
+    }
+    assert_eq!(people(&t, &room).await.len(), 2);
+
+    // The third listener of an ordinary invite is past the cap: the broadcast, with its link.
+    let third = t.join(code, "Three").await.expect(200);
+    assert_eq!(third["delivery"], "broadcast", "{third}");
+    let url = third["broadcast"]["playlist_url"].as_str().unwrap();
+    let playlist = t.http.get(url).send().await.unwrap();
+    assert_eq!(playlist.status(), 200);
+    assert!(playlist.text().await.unwrap().starts_with("#EXTM3U"));
+    let mut fan = Member::join(&third, |slots| MediaConfig::listener("Three", slots)).await;
+    assert_eq!(fan.signal.welcome["snapshot"]["delivery"], "broadcast");
+    match fan.peer.negotiate(&mut fan.signal).await {
+        Err(e) => assert_eq!(e.code(), Some("broadcast_delivery")),
+        Ok(()) => panic!("a listener past the cap was given WebRTC"),
+    }
+
+    // Speakers and moderators are never capped.
+    for role in ["speaker", "moderator"] {
+        let answer = t.participant(&room, role, role).await;
+        assert_eq!(answer["delivery"], "webrtc", "{answer}");
+        let signal = SignalClient::join(&answer).await;
+        assert!(signal.welcome["snapshot"].get("delivery").is_none());
+    }
+
+    // One leaves: the next listener is on WebRTC again.
+    let mut leaving = on_webrtc.pop().unwrap();
+    leaving.send(json!({ "type": "leave" })).await;
+    leaving.wait_closed().await;
+    let here = people(&t, &room).await;
+    assert!(!here.iter().any(|p| p["display_name"] == "Two"), "{here:?}");
+    let fourth = t.join(code, "Four").await.expect(200);
+    assert_eq!(fourth["delivery"], "webrtc", "{fourth}");
+    // The join answer is a guess made before the socket comes: two redeemed at once both hear
+    // "webrtc", and the room, which decides when they connect, puts the second on the broadcast.
+    let fifth = t.join(code, "Five").await.expect(200);
+    assert_eq!(fifth["delivery"], "webrtc", "{fifth}");
+    let mut four = Member::join(&fourth, |slots| MediaConfig::listener("Four", slots)).await;
+    assert!(four.signal.welcome["snapshot"].get("delivery").is_none());
+    four.peer
+        .negotiate(&mut four.signal)
+        .await
+        .expect("a listener under the cap gets WebRTC");
+    let five = SignalClient::join(&fifth).await;
+    assert_eq!(five.welcome["snapshot"]["delivery"], "broadcast");
+    four.peer.close().await;
+    fan.peer.close().await;
+    t.stop().await;
+}
+
+async fn room_with_cap(t: &TestServer, cap: u32) -> Answer {
+    t.op(
+        Method::POST,
+        "/api/v1/rooms",
+        Some(json!({ "title": "Small", "webrtc_audience_cap": cap })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_room_may_set_its_own_webrtc_audience_cap() {
+    let t = TestServer::start().await;
+    let made = room_with_cap(&t, 1).await.expect(201);
+    assert_eq!(made["webrtc_audience_cap"], 1);
+    let room = made["id"].as_str().unwrap();
+    let first = t.participant(room, "listener", "First").await;
+    assert_eq!(first["delivery"], "webrtc");
+    let _first = SignalClient::join(&first).await;
+    assert_eq!(people(&t, room).await.len(), 1);
+    let second = t.participant(room, "listener", "Second").await;
+    assert_eq!(second["delivery"], "broadcast", "{second}");
+
+    for cap in [0, 100_001] {
+        room_with_cap(&t, cap)
+            .await
+            .expect_problem(422, "invalid_limit");
+    }
+    // A server without broadcasts has nowhere to put them: no cap.
+    let quiet = TestServer::start_with(|c| c.broadcast.enabled = false).await;
+    let made = room_with_cap(&quiet, 1).await.expect(201);
+    let room = made["id"].as_str().unwrap();
+    let first = quiet.participant(room, "listener", "First").await;
+    let _first = SignalClient::join(&first).await;
+    assert_eq!(people(&quiet, room).await.len(), 1);
+    let second = quiet.participant(room, "listener", "Second").await;
+    assert_eq!(second["delivery"], "webrtc");
+    let second = SignalClient::join(&second).await;
+    assert!(second.welcome["snapshot"].get("delivery").is_none());
+    quiet.stop().await;
     t.stop().await;
 }

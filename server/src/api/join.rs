@@ -8,7 +8,7 @@ use super::extract::{ApiJson, JoinAllowance};
 use super::state::AppState;
 use super::views::{JoinAnswer, JoinRequest};
 use crate::clock::rfc3339;
-use crate::control::{ControlError, Delivery, IdentitySecret, InviteCode, validate};
+use crate::control::{ControlError, Delivery, IdentitySecret, InviteCode, Role, validate};
 use crate::session::Claims;
 
 /// Redeem an invite: display name and code in, session token out.
@@ -67,8 +67,18 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         .await?;
     let ttl_ms = (state.config.limits.session_ttl_secs as i64).saturating_mul(1000);
     // A server whose broadcasts were turned off since the invite was made serves it over WebRTC.
+    // A listener past the live room's WebRTC audience cap hears the broadcast (the room
+    // decides again when they connect, and its snapshot says which).
+    let past_cap = || {
+        redemption.role == Role::Listener
+            && state
+                .live
+                .get(&redemption.room.id)
+                .is_some_and(|room| room.webrtc_audience_full())
+    };
     let delivery = match redemption.delivery {
         Delivery::Broadcast if state.broadcasts.settings().enabled => Delivery::Broadcast,
+        Delivery::Webrtc if past_cap() => Delivery::Broadcast,
         _ => Delivery::Webrtc,
     };
     let claims = Claims {

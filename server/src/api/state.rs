@@ -77,6 +77,10 @@ impl AppState {
             metrics.clone(),
             config.signal.clone(),
             media.clone(),
+            config
+                .broadcast
+                .enabled
+                .then_some(config.broadcast.webrtc_audience_cap),
         );
         let broadcasts = Broadcasts::new(
             config.broadcast.clone(),

@@ -16,6 +16,9 @@ pub struct CreateRoom {
     pub max_participants: Option<u32>,
     /// Most people on stage at once (1 to 100).
     pub max_stage: Option<u32>,
+    /// Most listeners on WebRTC at once (1 to 100000); listeners who join past it hear the
+    /// room over its broadcast. Default: the server's `[broadcast] webrtc_audience_cap`.
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,6 +33,7 @@ pub struct RoomView {
     pub participant_count: u32,
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 impl RoomView {
@@ -43,6 +47,7 @@ impl RoomView {
             participant_count,
             max_participants: room.limits.max_participants,
             max_stage: room.limits.max_stage,
+            webrtc_audience_cap: room.limits.webrtc_audience_cap,
         }
     }
 }

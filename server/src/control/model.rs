@@ -8,6 +8,8 @@ use super::{Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, Role,
 pub struct RoomLimits {
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
+    /// Listeners on WebRTC at once; those who join past it hear the broadcast.
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

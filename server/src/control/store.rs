@@ -19,6 +19,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/0002_identity_standing.sql")),
         M::up(include_str!("migrations/0003_token_generation.sql")),
         M::up(include_str!("migrations/0004_invite_delivery.sql")),
+        M::up(include_str!("migrations/0005_room_webrtc_audience_cap.sql")),
     ])
 }
 
@@ -615,7 +616,8 @@ impl Store {
     }
 }
 
-const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
+const ROOM_COLUMNS: &str =
+    "id, title, created_at, ended_at, max_participants, max_stage, webrtc_audience_cap";
 const INVITE_COLUMNS: &str =
     "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
@@ -628,6 +630,7 @@ fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
         limits: RoomLimits {
             max_participants: r.get(at + 4)?,
             max_stage: r.get(at + 5)?,
+            webrtc_audience_cap: r.get(at + 6)?,
         },
     })
 }
@@ -685,15 +688,17 @@ fn insert_room(tx: &Transaction<'_>, new: &NewRoom, demo: bool, now_ms: i64) -> 
         limits: new.limits,
     };
     tx.execute(
-        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo,
+                            webrtc_audience_cap)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             room.id.as_str(),
             room.title,
             now_ms,
             room.limits.max_participants,
             room.limits.max_stage,
-            demo
+            demo,
+            room.limits.webrtc_audience_cap
         ],
     )?;
     Ok(room)

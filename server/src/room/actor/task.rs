@@ -79,6 +79,9 @@ impl RoomTask {
             self.handle
                 .participants
                 .store(self.state.participant_count(), Ordering::Relaxed);
+            self.handle
+                .webrtc_listeners
+                .store(self.state.webrtc_listeners(), Ordering::Relaxed);
             if self.stopping
                 || self.state.is_ended()
                 || (self.state.is_empty() && self.connections.is_empty())

@@ -200,6 +200,7 @@ impl RoomState {
         self.moderators.clear();
         self.deadlines.clear();
         self.speakers.clear();
+        self.webrtc_listeners = 0;
         self.ended = true;
         out.event(
             Audience::Everyone,

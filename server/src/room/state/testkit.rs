@@ -31,11 +31,21 @@ impl TestRoom {
         Self::with_limits(50, 6, 30_000)
     }
 
+    /// A room whose WebRTC audience cap is `cap` listeners.
+    pub fn with_webrtc_audience_cap(cap: u32) -> Self {
+        let mut room = Self::new();
+        let mut limits = room.state.limits();
+        limits.webrtc_audience_cap = Some(cap);
+        room.state = RoomState::new(room.state.room().clone(), limits, 0);
+        room
+    }
+
     pub fn with_limits(max_participants: u32, max_stage: u32, resume_grace_ms: u64) -> Self {
         let limits = RoomLimits {
             max_participants,
             max_stage,
             resume_grace_ms,
+            webrtc_audience_cap: None,
         };
         let room = RoomId::parse("rm_testroom________").expect("a valid room id");
         TestRoom {
@@ -367,6 +377,8 @@ impl RoomState {
             })
             .collect();
         assert_eq!(self.deadlines, deadlines);
+        let webrtc_listeners = with(|p| p.role == Role::Listener && p.delivery == Delivery::Webrtc);
+        assert_eq!(self.webrtc_listeners as usize, webrtc_listeners.len());
         assert!(self.stage.len() <= self.limits.max_stage as usize);
     }
 }
