@@ -11,7 +11,7 @@ use stoa_client::Error;
 use stoa_client::audio::AudioSource;
 use stoa_client::media::{MediaConfig, MediaPeer};
 use stoa_tests::signal::{SignalClient, media_slots};
-use stoa_tests::{Answer, TestServer};
+use stoa_tests::{Answer, Engine, TestServer, on_both_engines};
 
 const CONNECT: Duration = Duration::from_secs(10);
 
@@ -29,9 +29,14 @@ async fn broadcast_invite(t: &TestServer, room: &str) -> Value {
         .await
 }
 
-#[tokio::test]
-async fn broadcast_invites_are_for_listeners_and_say_so_everywhere() {
-    let t = TestServer::start().await;
+// What the store keeps (an invite's delivery, a room's own cap) is checked on both engines.
+on_both_engines!(
+    broadcast_invites_are_for_listeners_and_say_so_everywhere,
+    a_room_may_set_its_own_webrtc_audience_cap,
+);
+
+async fn broadcast_invites_are_for_listeners_and_say_so_everywhere(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let room = t.create_room("Tiers").await;
 
     let made = broadcast_invite(&t, &room).await;
@@ -340,9 +345,8 @@ async fn room_with_cap(t: &TestServer, cap: u32) -> Answer {
     .await
 }
 
-#[tokio::test]
-async fn a_room_may_set_its_own_webrtc_audience_cap() {
-    let t = TestServer::start().await;
+async fn a_room_may_set_its_own_webrtc_audience_cap(engine: Engine) {
+    let t = TestServer::start_on(engine).await;
     let made = room_with_cap(&t, 1).await.expect(201);
     assert_eq!(made["webrtc_audience_cap"], 1);
     let room = made["id"].as_str().unwrap();
@@ -359,7 +363,11 @@ async fn a_room_may_set_its_own_webrtc_audience_cap() {
             .expect_problem(422, "invalid_limit");
     }
     // A server without broadcasts has nowhere to put them: no cap.
-    let quiet = TestServer::start_with(|c| c.broadcast.enabled = false).await;
+    let quiet = TestServer::start_with(|c| {
+        engine.configure(c);
+        c.broadcast.enabled = false;
+    })
+    .await;
     let made = room_with_cap(&quiet, 1).await.expect(201);
     let room = made["id"].as_str().unwrap();
     let first = quiet.participant(room, "listener", "First").await;
