@@ -1,6 +1,7 @@
 // @ts-check
 /**
- * The few REST calls the web client makes: redeem an invite, and (moderators) make invite links.
+ * The few REST calls the web client makes: redeem an invite, (moderators) make invite links,
+ * and the room's broadcast link.
  * Same origin only; problem documents become ApiError with the server's stable code.
  */
 
@@ -17,6 +18,8 @@
  * @property {string} display_name
  * @property {string} signal_url
  * @property {string | null} identity
+ * @property {"webrtc" | "broadcast"} delivery
+ * @property {import("./broadcast.js").BroadcastLink} [broadcast]  with broadcast delivery
  */
 
 /**
@@ -96,4 +99,14 @@ export function redeemInvite(request) {
  */
 export function createInvite(roomId, token, request) {
   return call(`/api/v1/rooms/${encodeURIComponent(roomId)}/invites`, { method: "POST", body: request, token });
+}
+
+/**
+ * The room's current broadcast link, with the session token (while it is valid).
+ * @param {string} roomId
+ * @param {string} token
+ * @returns {Promise<import("./broadcast.js").BroadcastLink>}
+ */
+export function broadcastLink(roomId, token) {
+  return call(`/api/v1/rooms/${encodeURIComponent(roomId)}/broadcast`, { token });
 }

@@ -15,6 +15,7 @@ import { addAudiencePage, announce, applyEvent, fromSnapshot } from "./room.js";
 /** @typedef {import("./storage.js").Session} Session */
 /** @typedef {import("./signal.js").SignalClient} SignalClient */
 /** @typedef {import("./media.js").MediaSession} MediaSession */
+/** @typedef {import("./broadcast.js").BroadcastPlayer} BroadcastPlayer */
 
 /** How long a notice stays up unless dismissed. */
 const NOTICE_MS = 10_000;
@@ -55,6 +56,10 @@ export class AppState {
   #signal = null;
   /** @type {MediaSession | null} */
   #media = null;
+  /** @type {BroadcastPlayer | null} */
+  #broadcast = null;
+  /** Audio sections a media offer carries (the welcome's `media.slots`). */
+  #mediaSlots = 3;
   /** @type {RoomView | null} */
   #view = null;
 
@@ -92,8 +97,13 @@ export class AppState {
   get audioConnecting() { return this.#audioConnecting; }
   /** The signaling connection, while in a room. */
   get signal() { return this.#signal; }
-  /** The media connection, from the first welcome on. */
+  /** The media connection: from the first welcome on, or from leaving the broadcast. */
   get media() { return this.#media; }
+  /** The broadcast player, while the room is heard over the broadcast tier. */
+  get broadcast() { return this.#broadcast; }
+  /** How the room is heard: `broadcast` or `webrtc`; not shown on the page. */
+  get delivery() { return this.#broadcast && !this.#media ? "broadcast" : "webrtc"; }
+  get mediaSlots() { return this.#mediaSlots; }
   /** The room page, while it is mounted. */
   get view() { return this.#view; }
 
@@ -134,6 +144,17 @@ export class AppState {
   setMedia(media) {
     this.#media = media;
     this.changed();
+  }
+
+  /** @param {BroadcastPlayer | null} player */
+  setBroadcast(player) {
+    this.#broadcast = player;
+    this.changed();
+  }
+
+  /** @param {number} slots */
+  setMediaSlots(slots) {
+    this.#mediaSlots = slots;
   }
 
   /** @param {"joining" | "connected" | "reconnecting"} connection */
@@ -205,7 +226,8 @@ export class AppState {
 
   /**
    * Follows the audio connection: "Connecting audio…" only if it stays down a while.
-   * @param {RTCPeerConnectionState} connectionState
+   * @param {RTCPeerConnectionState | "connecting" | "connected" | "failed"} connectionState
+   *   the WebRTC connection's, or the broadcast player's
    */
   audioStateChanged(connectionState) {
     window.clearTimeout(this.#audioTimer);
@@ -225,6 +247,7 @@ export class AppState {
     window.clearTimeout(this.#audioTimer);
     this.#audioConnecting = false;
     this.#media = null;
+    this.#broadcast = null;
     this.#signal = null;
     this.changed();
   }

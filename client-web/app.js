@@ -5,8 +5,9 @@
  * this file turns what happens into calls on it, and renders it.
  */
 
-import { ApiError, createInvite, redeemInvite } from "./api.js";
+import { ApiError, broadcastLink, createInvite, redeemInvite } from "./api.js";
 import { AppState } from "./app-state.js";
+import { BroadcastPlayer } from "./broadcast.js";
 import { describeClose, describeError } from "./errors.js";
 import { mountInvalid, mountLanding } from "./landing.js";
 import { MediaSession } from "./media.js";
@@ -44,6 +45,13 @@ Object.defineProperty(window, "stoa", {
     },
     get signal() {
       return state.signal;
+    },
+    /** `webrtc` or `broadcast`: how this page hears the room. */
+    get delivery() {
+      return state.delivery;
+    },
+    get broadcast() {
+      return state.broadcast;
     },
   },
 });
@@ -156,32 +164,90 @@ function onStatus(detail) {
 function onWelcome({ message, resumed }) {
   const first = state.room === null;
   state.setSnapshot(message.room_title, message.snapshot);
-  const { signal, view } = state;
+  const { signal } = state;
   if (state.session && signal) {
     state.setResumeToken(signal.resumeToken);
     storage.setSession(/** @type {string} */ (state.invite.code), state.session);
   }
-  if (!state.media && signal && view) {
-    const media = new MediaSession({ signal, slots: message.media?.slots ?? 3, container: view.playerContainer });
-    media.addEventListener("autoplay-blocked", () => state.setPlaybackBlocked(true));
-    media.addEventListener("playing", () => state.setPlaybackBlocked(false));
-    media.addEventListener("mic", () => state.changed());
-    media.addEventListener("state", (event) => state.audioStateChanged(/** @type {CustomEvent} */ (event).detail));
-    state.audioStateChanged(media.pc.connectionState);
-    media.addEventListener("mic-error", (event) => onMicError(/** @type {CustomEvent} */ (event).detail.name));
-    media.addEventListener("error", (event) => {
-      const { code, message: text } = /** @type {CustomEvent} */ (event).detail;
-      state.showNotice(describeError(code, text));
-    });
-    state.setMedia(media);
-  } else if (state.media && !resumed) {
+  state.setMediaSlots(message.media?.slots ?? 3);
+  if (message.snapshot.delivery === "broadcast" && !state.media) {
+    startBroadcast();
+  } else if (!state.media) {
+    startMedia();
+  } else if (!resumed) {
     // A fresh join: the server made us a new participant session, with no media connection.
     state.media.restart();
   } else {
-    state.media?.resync();
+    state.media.resync();
   }
   syncMedia();
-  view?.announce(first ? `You joined ${message.room_title}.` : "Reconnected.");
+  state.view?.announce(first ? `You joined ${message.room_title}.` : "Reconnected.");
+}
+
+/** The WebRTC media connection: offered now, with the microphone once on stage. */
+function startMedia() {
+  const { signal, view } = state;
+  if (!signal || !view) return;
+  const media = new MediaSession({ signal, slots: state.mediaSlots, container: view.playerContainer });
+  media.addEventListener("autoplay-blocked", () => state.setPlaybackBlocked(true));
+  media.addEventListener("playing", () => state.setPlaybackBlocked(false));
+  media.addEventListener("mic", () => state.changed());
+  media.addEventListener("state", (event) => {
+    const connectionState = /** @type {CustomEvent} */ (event).detail;
+    state.audioStateChanged(connectionState);
+    // Off the broadcast: it plays until WebRTC carries the room.
+    if (connectionState === "connected") stopBroadcast();
+  });
+  state.audioStateChanged(media.pc.connectionState);
+  media.addEventListener("mic-error", (event) => onMicError(/** @type {CustomEvent} */ (event).detail.name));
+  media.addEventListener("error", (event) => {
+    const { code, message: text } = /** @type {CustomEvent} */ (event).detail;
+    state.showNotice(describeError(code, text));
+  });
+  state.setMedia(media);
+}
+
+/** The room over its broadcast tier (LL-HLS), for a listener the server put there. */
+function startBroadcast() {
+  const { session, view } = state;
+  if (state.broadcast || !session || !view) return;
+  if (!BroadcastPlayer.supported()) {
+    state.showNotice(describeError("broadcast_unsupported"));
+    return;
+  }
+  // The join answer's link, unless it is about to expire (a page reloaded much later).
+  const saved = session.broadcast;
+  const link = saved && Date.parse(saved.expires_at) - Date.now() > 30_000 ? saved : null;
+  const player = new BroadcastPlayer({ link, fetchLink: freshBroadcastLink, container: view.playerContainer });
+  player.addEventListener("autoplay-blocked", () => state.setPlaybackBlocked(true));
+  player.addEventListener("playing", () => state.setPlaybackBlocked(false));
+  player.addEventListener("state", (event) => {
+    if (!state.media) state.audioStateChanged(/** @type {CustomEvent} */ (event).detail);
+  });
+  state.setBroadcast(player);
+  player.start();
+}
+
+function stopBroadcast() {
+  state.broadcast?.close();
+  if (state.broadcast) state.setBroadcast(null);
+}
+
+/**
+ * The room's broadcast link now: from the signaling socket (good for the whole visit), or over
+ * REST with the session token while the socket is down.
+ * @returns {Promise<import("./broadcast.js").BroadcastLink>}
+ */
+async function freshBroadcastLink() {
+  const { signal, session } = state;
+  try {
+    if (!signal) throw new SignalError("disconnected", "not connected");
+    const answer = await signal.request("broadcast_link");
+    return { playlist_url: answer.playlist_url, expires_at: answer.expires_at };
+  } catch (error) {
+    if (!session || Date.parse(session.expires_at) <= Date.now()) throw error;
+    return broadcastLink(session.room_id, session.token);
+  }
 }
 
 /** @param {any} message */
@@ -205,6 +271,7 @@ function onMessage(message) {
 /** @param {string} reason */
 function closed(reason) {
   state.media?.close();
+  state.broadcast?.close();
   state.disconnected();
   storage.forgetSession(/** @type {string} */ (state.invite.code));
   if (reason === "left") {
@@ -223,9 +290,12 @@ function closed(reason) {
 
 /** Tells the media path where this person stands now. */
 function syncMedia() {
-  if (!state.media || !state.room) return;
+  if (!state.room) return;
   const self = me(state.room);
-  state.media.sync({ onStage: self.on_stage, muted: self.muted });
+  // The server's rule: whoever stops being a listener (accepted an invitation to the stage,
+  // was made a moderator) is on WebRTC from then on. Offer at once.
+  if (state.broadcast && !state.media && self.role !== "listener") startMedia();
+  state.media?.sync({ onStage: self.on_stage, muted: self.muted });
 }
 
 /** @param {string} name */
@@ -292,6 +362,7 @@ async function ownAction(action) {
       return;
     }
     case "tap-to-listen":
+      await state.broadcast?.resumePlayback();
       return media?.resumePlayback();
     case "more-audience": {
       if (!room?.audienceNext) return;

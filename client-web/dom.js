@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * Tiny DOM building helpers and the app's icons.
+ * Tiny DOM building helpers, starting audio playback, and the app's icons.
  * No state and no knowledge of the room: views build on these.
  */
 
@@ -155,4 +155,17 @@ export function hue(id) {
   let hash = 0;
   for (let i = 0; i < id.length; i++) hash = (hash * 31 + id.charCodeAt(i)) >>> 0;
   return hash % 8;
+}
+
+/**
+ * Starts an element's playback: `playing`, or `blocked` when the browser wants a user gesture
+ * first (its autoplay policy), or `failed`.
+ * @param {HTMLMediaElement} element
+ * @returns {Promise<"playing" | "blocked" | "failed">}
+ */
+export function startPlayback(element) {
+  return element.play().then(
+    () => "playing",
+    (error) => (error instanceof DOMException && error.name === "NotAllowedError" ? "blocked" : "failed"),
+  );
 }

@@ -48,6 +48,8 @@ const SENTENCES = {
   unsupported_codec: "Your browser does not offer the Opus audio codec the server needs.",
   media_full: "The server cannot carry more audio connections right now. Try again later.",
   media_unavailable: "Audio is not available right now. Retrying…",
+  broadcast_delivery: "Audio is still on its way. Try again in a moment.",
+  broadcast_unsupported: "This browser cannot play the room's audio. Try another browser.",
   // Socket-level.
   disconnected: "The connection dropped before the server answered. Try again.",
   internal: "Something went wrong on the server. Try again in a moment.",

@@ -1,7 +1,7 @@
 // @ts-check
 /**
- * The moderator's "Invite people" dialog: role, number of uses and expiry in, a link to copy
- * out. Checks the form; making the link is the handler's job (it calls the server).
+ * The moderator's "Invite people" dialog: role (and, for listeners, how they hear the room),
+ * number of uses and expiry in, a link to copy out. Checks the form; making the link is the handler's job (it calls the server).
  */
 
 import { h, icon } from "./dom.js";
@@ -10,6 +10,7 @@ import { ROLE_LABELS } from "./people.js";
 /**
  * @typedef {Object} InviteRequest
  * @property {"listener" | "speaker" | "moderator"} role
+ * @property {"webrtc" | "broadcast"} [delivery]  `broadcast` for listener links only
  * @property {number} [max_uses]
  * @property {number} [expires_in_secs]
  */
@@ -52,6 +53,18 @@ export class InviteDialog {
       h("option", { value: "speaker" }, "Speaker (on stage)"),
       h("option", { value: "moderator" }, "Moderator"),
     );
+    // Listeners only: whoever may speak needs WebRTC (the server refuses anything else).
+    const delivery = h("select", { id: "invite-delivery", "data-testid": "invite-delivery" },
+      h("option", { value: "webrtc" }, "Live, as on stage"),
+      h("option", { value: "broadcast" }, "Broadcast, a few seconds behind (large audiences)"),
+    );
+    const deliveryField = h("div", { class: "field" },
+      h("label", { for: "invite-delivery", class: "field-label" }, "Hears the room"),
+      delivery,
+    );
+    role.addEventListener("change", () => {
+      deliveryField.hidden = role.value !== "listener";
+    });
     const maxUses = h("input", { id: "invite-max-uses", "data-testid": "invite-max-uses", type: "number", min: 1, max: MAX_USES, inputmode: "numeric", placeholder: "No limit" });
     const expiry = h("select", { id: "invite-expiry", "data-testid": "invite-expiry" },
       h("option", { value: "" }, "Never"),
@@ -76,6 +89,7 @@ export class InviteDialog {
       h("h2", { id: "invite-heading", class: "dialog-heading" }, "Invite people"),
       h("p", { class: "dialog-body" }, "Anyone with the link can join this room with the role you choose."),
       h("div", { class: "field" }, h("label", { for: "invite-role", class: "field-label" }, "Joins as"), role),
+      deliveryField,
       h("div", { class: "field-pair" },
         h("div", { class: "field" }, h("label", { for: "invite-max-uses", class: "field-label" }, "Number of uses"), maxUses),
         h("div", { class: "field" }, h("label", { for: "invite-expiry", class: "field-label" }, "Expires"), expiry),
@@ -92,6 +106,7 @@ export class InviteDialog {
       error.textContent = "";
       /** @type {InviteRequest} */
       const request = { role: /** @type {InviteRequest["role"]} */ (role.value) };
+      if (request.role === "listener" && delivery.value === "broadcast") request.delivery = "broadcast";
       if (maxUses.value.trim()) {
         const uses = Number(maxUses.value);
         if (!Number.isInteger(uses) || uses < 1 || uses > MAX_USES) {
@@ -112,7 +127,8 @@ export class InviteDialog {
       link.textContent = answer.url;
       const uses = request.max_uses ? `${request.max_uses} use${request.max_uses === 1 ? "" : "s"}` : "no use limit";
       const ends = expiry.value ? `expires ${expiry.selectedOptions[0].text.toLowerCase()}` : "never expires";
-      summary.textContent = `${ROLE_LABELS[request.role]} link · ${uses} · ${ends}`;
+      const tier = request.delivery === "broadcast" ? " · broadcast" : "";
+      summary.textContent = `${ROLE_LABELS[request.role]} link${tier} · ${uses} · ${ends}`;
       result.hidden = false;
       submit.textContent = "Create another";
       copy.focus();

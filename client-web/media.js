@@ -5,6 +5,7 @@
  * mic level meter. It asks for the microphone only when told the person is on stage.
  */
 
+import { startPlayback } from "./dom.js";
 import { SignalError } from "./signal.js";
 
 /** A connection comes up ~0.1 s after the answer; one still down after this is stale. */
@@ -262,7 +263,7 @@ export class MediaSession extends EventTarget {
       const audio = this.#players[index];
       if (!audio) return;
       audio.srcObject = new MediaStream([event.track]);
-      this.#play(audio);
+      void this.#play(audio);
     });
     pc.addEventListener("connectionstatechange", () => {
       if (pc !== this.pc) return;
@@ -290,21 +291,15 @@ export class MediaSession extends EventTarget {
   }
 
   /** @param {HTMLAudioElement} audio */
-  #play(audio) {
-    audio.play().then(
-      () => {
-        if (this.#playbackBlocked && this.#players.every((a) => !a.srcObject || !a.paused)) {
-          this.#playbackBlocked = false;
-          this.dispatchEvent(new Event("playing"));
-        }
-      },
-      (error) => {
-        if (error instanceof DOMException && error.name === "NotAllowedError" && !this.#playbackBlocked) {
-          this.#playbackBlocked = true;
-          this.dispatchEvent(new Event("autoplay-blocked"));
-        }
-      },
-    );
+  async #play(audio) {
+    const outcome = await startPlayback(audio);
+    if (outcome === "playing" && this.#playbackBlocked && this.#players.every((a) => !a.srcObject || !a.paused)) {
+      this.#playbackBlocked = false;
+      this.dispatchEvent(new Event("playing"));
+    } else if (outcome === "blocked" && !this.#playbackBlocked) {
+      this.#playbackBlocked = true;
+      this.dispatchEvent(new Event("autoplay-blocked"));
+    }
   }
 
   /** @param {MediaStream} stream */

@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use stoa::control::{ParticipantId, Role};
+use stoa::control::{Delivery, ParticipantId, Role};
 use stoa::fuzzing::RoomHarness;
 use stoa::room::{Actor, Command, ConnectionId};
 
@@ -48,6 +48,8 @@ enum What {
         name: String,
         role: RolePick,
         connection: u8,
+        /// The token asked for the broadcast tier.
+        broadcast: bool,
     },
     /// `presented` is the resume token's nonce; a join's token gets its connection's number.
     Resume {
@@ -100,9 +102,15 @@ fn command(what: What) -> Command {
             name,
             role: pick,
             connection,
+            broadcast,
         } => Command::Join {
             display_name: name.chars().take(40).collect(),
             role: role(pick),
+            delivery: if broadcast {
+                Delivery::Broadcast
+            } else {
+                Delivery::Webrtc
+            },
             connection: ConnectionId(u64::from(connection)),
             resume_nonce: u64::from(connection),
         },

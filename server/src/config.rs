@@ -166,6 +166,9 @@ pub struct BroadcastSettings {
     pub link_period_secs: u64,
     /// Rooms mixed at once; past that, `broadcast_full` (each mix costs about 1 % of a core).
     pub max_rooms: usize,
+    /// Listeners on WebRTC in one room at once (a room may set its own); listeners who join
+    /// past it hear the broadcast. Speakers and moderators are never capped.
+    pub webrtc_audience_cap: u32,
 }
 
 impl Default for BroadcastSettings {
@@ -177,9 +180,16 @@ impl Default for BroadcastSettings {
             idle_secs: 30,
             link_period_secs: 300,
             max_rooms: 200,
+            webrtc_audience_cap: DEFAULT_WEBRTC_AUDIENCE_CAP,
         }
     }
 }
+
+/// Listeners on WebRTC per room by default: at ~4 µs of a core per packet and listener
+/// (docs/benchmarks.md) and 50 packets a second in each of 3 slots, 2,000 listeners cost about
+/// 1.3 cores, so one busy room does not take a small server.
+pub const DEFAULT_WEBRTC_AUDIENCE_CAP: u32 = 2_000;
+const MAX_WEBRTC_AUDIENCE_CAP: u32 = 1_000_000;
 
 /// Most earlier frames a RED packet may repeat (`[media] red`); the media layer's
 /// `red::MAX_REDUNDANCY` is this number.
@@ -592,10 +602,11 @@ impl Config {
             || !(6_000..=510_000).contains(&b.bitrate)
             || b.idle_secs == 0
             || b.link_period_secs == 0
+            || !(1..=MAX_WEBRTC_AUDIENCE_CAP).contains(&b.webrtc_audience_cap)
         {
             return Err(ConfigError::Invalid(
                 "broadcast: voices 1..=16, bitrate 6000..=510000, idle_secs and \
-                 link_period_secs > 0"
+                 link_period_secs > 0, webrtc_audience_cap 1..=1000000"
                     .into(),
             ));
         }
@@ -818,6 +829,18 @@ mod tests {
         c.database.url = Some("postgres://stoa@db.example:port/stoa".into());
         assert!(c.validate().is_err());
         assert!(Config::from_toml("[database]\nuri = \"postgres://x\"\n").is_err());
+    }
+
+    #[test]
+    fn the_webrtc_audience_cap_is_checked_at_start() {
+        let c = Config::from_toml("[broadcast]\nwebrtc_audience_cap = 2\n").unwrap();
+        assert_eq!(c.broadcast.webrtc_audience_cap, 2);
+        c.validate().unwrap();
+        for bad in [0, 1_000_001] {
+            let mut c = Config::default();
+            c.broadcast.webrtc_audience_cap = bad;
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub fn signal_message(data: &[u8]) {
                         ClientMessage::Join { .. }
                             | ClientMessage::Resume { .. }
                             | ClientMessage::Ping {}
+                            | ClientMessage::BroadcastLink {}
                             | ClientMessage::ListAudience { .. }
                             | ClientMessage::MediaOffer { .. }
                             | ClientMessage::IceCandidate { .. }
@@ -114,6 +115,8 @@ impl RoomHarness {
             max_participants,
             max_stage,
             resume_grace_ms,
+            // Small, so sequences reach it.
+            webrtc_audience_cap: Some(3),
         };
         RoomHarness {
             state: RoomState::new(room, limits, 0),
@@ -289,6 +292,15 @@ impl RoomHarness {
             speaking,
             "the speaker list disagrees"
         );
+        let webrtc_listeners = state
+            .participants()
+            .filter(|p| p.role == Role::Listener && p.delivery == crate::control::Delivery::Webrtc)
+            .count();
+        assert_eq!(
+            state.webrtc_listeners() as usize,
+            webrtc_listeners,
+            "the WebRTC listener count disagrees"
+        );
         let mods: BTreeSet<_> = state.moderators().cloned().collect();
         assert_eq!(mods, moderators, "the moderator index disagrees");
         assert_eq!(
@@ -343,6 +355,9 @@ fn check_participant(p: &Participant) {
             Role::Listener,
             "a hand or invitation on a non-listener: {p:?}"
         );
+    }
+    if p.delivery == crate::control::Delivery::Broadcast {
+        assert_eq!(p.role, Role::Listener, "a broadcast non-listener: {p:?}");
     }
     if p.muted {
         assert!(p.on_stage, "muted off stage: {p:?}");
@@ -472,6 +487,7 @@ impl RestHarness {
                         limits: crate::control::RoomLimits {
                             max_participants: None,
                             max_stage: None,
+                            webrtc_audience_cap: None,
                         },
                     },
                     crate::control::Actor::Operator,
@@ -484,6 +500,7 @@ impl RestHarness {
                     room.id.clone(),
                     crate::control::NewInvite {
                         role: Role::Moderator,
+                        delivery: crate::control::Delivery::Webrtc,
                         label: None,
                         max_uses: None,
                         expires_in_secs: None,

@@ -19,10 +19,15 @@
 //! out, or a refusal with a stable code. No I/O, no clock of its own, no async:
 //!
 //! ```
-//! use stoa::control::{ParticipantId, Role, RoomId};
+//! use stoa::control::{Delivery, ParticipantId, Role, RoomId};
 //! use stoa::room::{Actor, Command, ConnectionId, Effect, EventKind, RoomLimits, RoomState};
 //!
-//! let limits = RoomLimits { max_participants: 100, max_stage: 8, resume_grace_ms: 20_000 };
+//! let limits = RoomLimits {
+//!     max_participants: 100,
+//!     max_stage: 8,
+//!     resume_grace_ms: 20_000,
+//!     webrtc_audience_cap: None,
+//! };
 //! let mut room = RoomState::new(RoomId::parse("rm_FridayJam0000000").unwrap(), limits, 0);
 //! let ada = ParticipantId::parse("pt_Ada0000000000000").unwrap();
 //! let sam = ParticipantId::parse("pt_Sam0000000000000").unwrap();
@@ -30,6 +35,7 @@
 //!     let join = Command::Join {
 //!         display_name: "someone".into(),
 //!         role,
+//!         delivery: Delivery::Webrtc,
 //!         connection: ConnectionId(n as u64),
 //!         resume_nonce: n as u64,
 //!     };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use stoa::config::{Config, LogFormat, Overrides};
-use stoa::control::Role;
+use stoa::control::{Delivery, Role};
 use stoa::server::KeySource;
 
 #[derive(Parser)]
@@ -54,6 +54,10 @@ enum InviteCommand {
         room: String,
         #[arg(long, value_parser = parse_role, default_value = "listener")]
         role: Role,
+        /// How its people hear the room: webrtc, or broadcast (the stage mixed once, over
+        /// LL-HLS; listener invites only).
+        #[arg(long, value_parser = parse_delivery, default_value = "webrtc")]
+        delivery: Delivery,
         #[arg(long)]
         label: Option<String>,
         #[arg(long)]
@@ -68,6 +72,10 @@ enum InviteCommand {
 
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| "expected listener, speaker or moderator".into())
+}
+
+fn parse_delivery(s: &str) -> Result<Delivery, String> {
+    Delivery::parse(s).ok_or_else(|| "expected webrtc or broadcast".into())
 }
 
 fn main() -> ExitCode {
@@ -89,17 +97,21 @@ fn main() -> ExitCode {
             Command::Room(RoomCommand::Create { title, target }) => {
                 admin::create_room(&config, &target, &title).await
             }
-            Command::Room(RoomCommand::List { target }) => admin::list_rooms(&config, &target).await,
+            Command::Room(RoomCommand::List { target }) => {
+                admin::list_rooms(&config, &target).await
+            }
             Command::Invite(InviteCommand::Create {
                 room,
                 role,
+                delivery,
                 label,
                 max_uses,
                 expires_in,
                 target,
             }) => {
                 let body = serde_json::json!({
-                    "role": role, "label": label, "max_uses": max_uses, "expires_in_secs": expires_in,
+                    "role": role, "delivery": delivery, "label": label, "max_uses": max_uses,
+                    "expires_in_secs": expires_in,
                 });
                 admin::create_invite(&config, &target, &room, body).await
             }

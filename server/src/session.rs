@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::control::{ParticipantId, Role, RoomId, random_token};
+use crate::control::{Delivery, ParticipantId, Role, RoomId, random_token};
 
 const TOKEN_PREFIX: &str = "st1.";
 const RESUME_PREFIX: &str = "rs1.";
@@ -35,6 +35,9 @@ pub struct Claims {
     /// generations existed read as 0, the oldest.
     #[serde(rename = "g", default)]
     pub generation: i64,
+    /// How the participant hears the room when they join it (absent: WebRTC).
+    #[serde(rename = "d", default, skip_serializing_if = "Delivery::is_webrtc")]
+    pub delivery: Delivery,
 }
 
 /// What a resume token asserts: this participant of this room may take its place back.
@@ -289,6 +292,7 @@ mod tests {
             iat: 0,
             exp,
             generation: 1,
+            delivery: Delivery::Broadcast,
         }
     }
 

@@ -36,10 +36,14 @@ fn the_web_client_works_in_chromium_and_firefox() {
             .expect("npm runs");
         assert!(status.success(), "npm ci in tests/browser failed");
     }
+    // The broadcast tests' speaker is the `stoa-client` binary of the client library, built
+    // beside this binary by `cargo test --workspace` (or `cargo build --release -p stoa-client`).
+    let client = Path::new(env!("CARGO_BIN_EXE_stoa")).with_file_name("stoa-client");
     let status = Command::new("npm")
         .arg("test")
         .current_dir(&dir)
         .env("STOA_BIN", env!("CARGO_BIN_EXE_stoa"))
+        .env("STOA_CLIENT_BIN", &client)
         .status()
         .expect("npm runs");
     assert!(

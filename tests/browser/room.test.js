@@ -315,6 +315,23 @@ describe("a live room in three browsers", { timeout: 120_000 }, () => {
     await waitFor(async () => (await page.evaluate(() => navigator.clipboard.readText())) === url, {
       message: "the link is on the clipboard",
     });
+
+    // A listener link may be a broadcast one; the choice is only offered for listeners.
+    assert.equal(await page.getByTestId("invite-delivery").isVisible(), false, "no delivery choice for speakers");
+    await page.getByTestId("invite-role").selectOption("listener");
+    await page.getByTestId("invite-delivery").selectOption("broadcast");
+    await page.getByTestId("invite-submit").click();
+    await waitFor(async () => ((await link.textContent()) ?? "") !== url, { message: "a second link" });
+    const broadcastUrl = (await link.textContent()) ?? "";
+    const redeemed = await fetch(new URL("/api/v1/join", broadcastUrl), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ invite: broadcastUrl.split("/i/")[1], display_name: "Fan" }),
+    });
+    assert.equal(redeemed.status, 200);
+    const answer = await redeemed.json();
+    assert.equal(answer.delivery, "broadcast", JSON.stringify(answer));
+    assert.match(answer.broadcast?.playlist_url ?? "", /\/playlist\.m3u8$/u);
     await page.keyboard.press("Escape");
   });
 

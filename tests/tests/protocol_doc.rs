@@ -9,7 +9,7 @@
 //!   default Ada (moderator), Sam (speaker), Lee and Bo (listeners) in "Friday jam". An HTML
 //!   comment just before the block's fence changes that (`<!-- replay … -->`, statements one per
 //!   line): `room TITLE`, `max_stage N`, `cast Name=role …` (joined, in that order; `Lee'=listener` is Lee
-//!   on a socket called Lee'), `absent Name=role …`
+//!   on a socket called Lee'; `Fan=listener/broadcast` came through a broadcast invite), `absent Name=role …`
 //!   (redeemed an invite, not joined), `ids pt_…=Name …` (the person a document id stands
 //!   for), `Name: {message}` (sent before the block; its `ok` awaited, its events dropped),
 //!   `end room at LINE` (the room is ended through the REST API before that line of the
@@ -418,7 +418,15 @@ impl<'a> Replay<'a> {
             counts: HashMap::new(),
         };
         for (name, role) in cast.iter().chain(&setup.absent) {
-            let joined = server.participant(&room, role, person_of(name)).await;
+            // `listener/broadcast`: a listener who came through a broadcast invite.
+            let (role, delivery) = role.split_once('/').unwrap_or((role, "webrtc"));
+            let invite = server
+                .create_invite(&room, role, json!({ "delivery": delivery }))
+                .await;
+            let joined = server
+                .join(invite["code"].as_str().unwrap(), person_of(name))
+                .await
+                .expect(200);
             replay.signal_url = joined["signal_url"].as_str().unwrap().to_owned();
             replay.people.insert(
                 person_of(name).to_owned(),

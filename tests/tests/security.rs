@@ -36,6 +36,7 @@ fn claims_of(answer: &Value, now_ms: i64) -> Claims {
         exp: now_ms + 600_000,
         // A first redemption starts an identity's first token generation.
         generation: 1,
+        delivery: Default::default(),
     }
 }
 
@@ -768,6 +769,13 @@ fn signal_table() -> Vec<Action> {
             // reaches media from every role and a bad one is refused alike.
             message: |_, _| json!({ "type": "media_offer", "sdp": "v=0" }),
             expect: [Reply::Error("invalid_sdp"); 4],
+        },
+        Action {
+            kind: "broadcast_link",
+            setup: nothing,
+            // Anyone in the room may hear the broadcast, as over REST.
+            message: |_, _| json!({ "type": "broadcast_link" }),
+            expect: [Reply::Other("broadcast_link"); 4],
         },
         Action {
             kind: "ice_candidate",

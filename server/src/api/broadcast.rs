@@ -13,15 +13,13 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{ApiPath, Caller, room_id};
 use super::state::AppState;
+use super::views::BroadcastLink;
 use crate::broadcast::hls::{Resource, parse_name};
 use crate::broadcast::{Access, BroadcastError, Live};
-use crate::clock::rfc3339;
 use crate::control::RoomId;
 
 /// How long a blocking request waits for the part it names: three target durations.
@@ -31,15 +29,6 @@ const ADVANCE_PARTS: u32 = 3;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const MEDIA_TYPE: &str = "audio/mp4";
-
-/// A link to a room's broadcast.
-#[derive(Serialize, ToSchema)]
-pub struct BroadcastLink {
-    /// The LL-HLS media playlist: give it to any HLS player (or the web client).
-    playlist_url: String,
-    /// When the link stops working (RFC 3339); ask again before then.
-    expires_at: String,
-}
 
 /// The link to the room's broadcast (the stage mixed once, over LL-HLS). The same link for
 /// everyone during its period, so caches in front of the server keep one copy.
@@ -80,11 +69,7 @@ pub async fn broadcast_link(
     if stored.is_ended() {
         return Err(refusal(BroadcastError::RoomEnded));
     }
-    let link = state.broadcasts.link(&room);
-    Ok(Json(BroadcastLink {
-        playlist_url: format!("{}{}", state.base_url, link.path),
-        expires_at: rfc3339(link.expires_at_ms),
-    }))
+    Ok(Json(state.broadcast_link(&room)))
 }
 
 fn refusal(error: BroadcastError) -> ApiError {

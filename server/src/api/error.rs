@@ -245,7 +245,8 @@ impl From<Refusal> for ApiError {
             | Refusal::NoInvitation
             | Refusal::StageFull
             | Refusal::RoomFull
-            | Refusal::LastModerator => S::CONFLICT,
+            | Refusal::LastModerator
+            | Refusal::BroadcastDelivery => S::CONFLICT,
         };
         ApiError::new(status, r.code(), r.message())
     }

@@ -9,7 +9,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
 use super::views::{CreateInvite, CreatedInviteView, InvitePage, InviteView, PageQuery};
-use crate::control::{ControlError, InviteCode, InviteId, NewInvite, validate};
+use crate::control::{ControlError, Delivery, InviteCode, InviteId, NewInvite, validate};
 
 const MAX_USES: u32 = 1_000_000;
 const MAX_EXPIRY_SECS: u64 = 365 * 24 * 3600;
@@ -47,8 +47,16 @@ pub async fn create_invite(
         )
         .into());
     }
+    if body.delivery == Delivery::Broadcast && !state.broadcasts.settings().enabled {
+        return Err(ControlError::invalid(
+            "broadcast_disabled",
+            "broadcasts are turned off on this server",
+        )
+        .into());
+    }
     let new = NewInvite {
         role: body.role,
+        delivery: body.delivery,
         label: body.label.as_deref().map(validate::label).transpose()?,
         max_uses: body.max_uses,
         expires_in_secs: body.expires_in_secs,

@@ -10,7 +10,7 @@ use super::state::AppState;
 use super::views::{JoinAnswer, JoinRequest};
 use crate::clock::rfc3339;
 use crate::cluster::Home;
-use crate::control::{ControlError, IdentitySecret, InviteCode, validate};
+use crate::control::{ControlError, Delivery, IdentitySecret, InviteCode, Role, validate};
 use crate::session::Claims;
 
 /// Redeem an invite: display name and code in, session token out.
@@ -85,6 +85,21 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         .redeem(code, display_name, identity, now)
         .await?;
     let ttl_ms = (state.config.limits.session_ttl_secs as i64).saturating_mul(1000);
+    // A server whose broadcasts were turned off since the invite was made serves it over WebRTC.
+    // A listener past the live room's WebRTC audience cap hears the broadcast (the room
+    // decides again when they connect, and its snapshot says which).
+    let past_cap = || {
+        redemption.role == Role::Listener
+            && state
+                .live
+                .get(&redemption.room.id)
+                .is_some_and(|room| room.webrtc_audience_full())
+    };
+    let delivery = match redemption.delivery {
+        Delivery::Broadcast if state.broadcasts.settings().enabled => Delivery::Broadcast,
+        Delivery::Webrtc if past_cap() => Delivery::Broadcast,
+        _ => Delivery::Webrtc,
+    };
     let claims = Claims {
         room: redemption.room.id.clone(),
         participant: redemption.participant_id.clone(),
@@ -93,8 +108,9 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         iat: now,
         exp: now.saturating_add(ttl_ms),
         generation: redemption.generation,
+        delivery,
     };
-    tracing::info!(room = %claims.room, participant = %claims.participant, role = %claims.role, "invite redeemed");
+    tracing::info!(room = %claims.room, participant = %claims.participant, role = %claims.role, %delivery, "invite redeemed");
     Ok(JoinAnswer {
         token: state.signer.sign(&claims),
         expires_at: rfc3339(claims.exp),
@@ -105,5 +121,7 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
         display_name: redemption.display_name,
         signal_url,
         identity: redemption.new_identity.map(|s| s.as_str().to_owned()),
+        delivery,
+        broadcast: (delivery == Delivery::Broadcast).then(|| state.broadcast_link(&claims.room)),
     })
 }

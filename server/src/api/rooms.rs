@@ -60,6 +60,12 @@ pub async fn create_room(
                 "max_participants",
             )?,
             max_stage: bounded(body.max_stage, 100, "invalid_limit", "max_stage")?,
+            webrtc_audience_cap: bounded(
+                body.webrtc_audience_cap,
+                100_000,
+                "invalid_limit",
+                "webrtc_audience_cap",
+            )?,
         },
     };
     let room = state

@@ -11,11 +11,12 @@ use super::auth_throttle::AuthThrottle;
 use super::forward::Forwarding;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
+use super::views::BroadcastLink;
 use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, KeyedRateLimiter};
 use crate::cluster::{Cluster, NodeInfo};
 use crate::config::Config;
-use crate::control::Store;
+use crate::control::{RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::LiveRooms;
@@ -87,6 +88,10 @@ impl AppState {
             metrics.clone(),
             config.signal.clone(),
             media.clone(),
+            config
+                .broadcast
+                .enabled
+                .then_some(config.broadcast.webrtc_audience_cap),
         );
         let broadcasts = Broadcasts::new(
             config.broadcast.clone(),
@@ -103,6 +108,8 @@ impl AppState {
             live: live.clone(),
             metrics: metrics.clone(),
             cluster: None,
+            broadcasts: broadcasts.clone(),
+            base_url: base_url.as_str().into(),
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
@@ -155,6 +162,15 @@ impl AppState {
     /// `ws(s)://host/api/v1/signal` on this node, derived from its own base URL.
     pub fn signal_url(&self) -> String {
         signal_url_of(&self.node_url)
+    }
+
+    /// The link to a room's broadcast valid now, as an absolute URL.
+    pub fn broadcast_link(&self, room: &RoomId) -> BroadcastLink {
+        let link = self.broadcasts.link(room);
+        BroadcastLink {
+            playlist_url: link.url(&self.base_url),
+            expires_at: link.expires_at(),
+        }
     }
 
     pub fn invite_url(&self, code: &str) -> String {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::clock::rfc3339;
-use crate::control::{AuditEvent, Invite, ParticipantId, Role, Room, RoomId};
+use crate::control::{AuditEvent, Delivery, Invite, ParticipantId, Role, Room, RoomId};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +16,9 @@ pub struct CreateRoom {
     pub max_participants: Option<u32>,
     /// Most people on stage at once (1 to 100).
     pub max_stage: Option<u32>,
+    /// Most listeners on WebRTC at once (1 to 100000); listeners who join past it hear the
+    /// room over its broadcast. Default: the server's `[broadcast] webrtc_audience_cap`.
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,6 +33,7 @@ pub struct RoomView {
     pub participant_count: u32,
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 impl RoomView {
@@ -43,6 +47,7 @@ impl RoomView {
             participant_count,
             max_participants: room.limits.max_participants,
             max_stage: room.limits.max_stage,
+            webrtc_audience_cap: room.limits.webrtc_audience_cap,
         }
     }
 }
@@ -63,6 +68,10 @@ pub struct CreateInvite {
     /// The role the invite grants; default `listener`.
     #[serde(default = "default_role")]
     pub role: Role,
+    /// How its people hear the room: `webrtc` (default) or `broadcast` (the stage mixed once,
+    /// over LL-HLS; listener invites only).
+    #[serde(default)]
+    pub delivery: Delivery,
     /// Up to 100 characters, shown to moderators only.
     pub label: Option<String>,
     /// 1 to 1000000; default unlimited.
@@ -80,6 +89,7 @@ pub struct InviteView {
     pub id: String,
     pub room_id: RoomId,
     pub role: Role,
+    pub delivery: Delivery,
     pub label: Option<String>,
     pub max_uses: Option<u32>,
     pub uses: u32,
@@ -94,6 +104,7 @@ impl From<&Invite> for InviteView {
             id: i.id.to_string(),
             room_id: i.room_id.clone(),
             role: i.role,
+            delivery: i.delivery,
             label: i.label.clone(),
             max_uses: i.max_uses,
             uses: i.uses,
@@ -138,6 +149,21 @@ pub struct JoinAnswer {
     pub signal_url: String,
     /// Set when the server made a new identity: keep it and send it on the next join.
     pub identity: Option<String>,
+    /// How this participant hears the room: `webrtc` (a `media_offer` over signaling) or
+    /// `broadcast` (the LL-HLS playlist in `broadcast`; media offers are refused until on stage).
+    pub delivery: Delivery,
+    /// With `broadcast` delivery: the link to play.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastLink>,
+}
+
+/// A link to a room's broadcast.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastLink {
+    /// The LL-HLS media playlist: give it to any HLS player (or the web client).
+    pub playlist_url: String,
+    /// When the link stops working (RFC 3339); ask again before then.
+    pub expires_at: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

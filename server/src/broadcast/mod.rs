@@ -67,6 +67,18 @@ pub struct Link {
     pub expires_at_ms: i64,
 }
 
+impl Link {
+    /// The playlist as an absolute URL under the server's public URL.
+    pub fn url(&self, base_url: &str) -> String {
+        format!("{base_url}{}", self.path)
+    }
+
+    /// When the link stops working, RFC 3339.
+    pub fn expires_at(&self) -> String {
+        crate::clock::rfc3339(self.expires_at_ms)
+    }
+}
+
 /// What the access part of a broadcast path is worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

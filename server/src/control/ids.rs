@@ -125,6 +125,55 @@ impl fmt::Display for Role {
     }
 }
 
+/// How a participant hears the room: over WebRTC, ready to be brought on stage within a
+/// second, or on the broadcast tier (the stage mixed once per room, LL-HLS through any HTTP
+/// cache, about two seconds behind). Only a listener hears the broadcast: whoever may speak is
+/// on WebRTC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    #[default]
+    Webrtc,
+    Broadcast,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Webrtc => "webrtc",
+            Delivery::Broadcast => "broadcast",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webrtc" => Some(Delivery::Webrtc),
+            "broadcast" => Some(Delivery::Broadcast),
+            _ => None,
+        }
+    }
+
+    pub fn is_webrtc(&self) -> bool {
+        *self == Delivery::Webrtc
+    }
+
+    /// The delivery someone with `role` gets when this one was asked for: the broadcast is
+    /// for listeners only.
+    pub fn for_role(self, role: Role) -> Delivery {
+        if role == Role::Listener {
+            self
+        } else {
+            Delivery::Webrtc
+        }
+    }
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

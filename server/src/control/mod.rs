@@ -10,7 +10,7 @@ mod store;
 pub mod validate;
 
 pub use error::ControlError;
-pub use ids::{InviteId, ParticipantId, Role, RoomId, random_token};
+pub use ids::{Delivery, InviteId, ParticipantId, Role, RoomId, random_token};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
     Actor, AuditEvent, CreatedInvite, Invite, NewInvite, NewRoom, Page, PageRequest, Redemption,

@@ -1,13 +1,15 @@
 //! Plain data the control plane stores and returns: rooms, invites, redemptions, audit
 //! events, pages. No behaviour beyond small derived facts.
 
-use super::{IdentitySecret, InviteCode, InviteId, ParticipantId, Role, RoomId};
+use super::{Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, Role, RoomId};
 
 /// Optional per-room bounds; `None` means the server-wide default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoomLimits {
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
+    /// Listeners on WebRTC at once; those who join past it hear the broadcast.
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct Invite {
     pub id: InviteId,
     pub room_id: RoomId,
     pub role: Role,
+    /// How its listeners hear the room.
+    pub delivery: Delivery,
     pub label: Option<String>,
     pub max_uses: Option<u32>,
     pub uses: u32,
@@ -47,6 +51,8 @@ pub struct Invite {
 #[derive(Clone, Debug)]
 pub struct NewInvite {
     pub role: Role,
+    /// `Broadcast` only with `Role::Listener`.
+    pub delivery: Delivery,
     pub label: Option<String>,
     pub max_uses: Option<u32>,
     pub expires_in_secs: Option<u64>,
@@ -59,6 +65,8 @@ pub struct Redemption {
     pub participant_id: ParticipantId,
     pub display_name: String,
     pub role: Role,
+    /// The invite's delivery, if the role allows it (see [`Delivery::for_role`]).
+    pub delivery: Delivery,
     /// The identity's token generation this redemption started; its session token carries it.
     pub generation: i64,
     pub invite_id: InviteId,

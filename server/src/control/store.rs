@@ -37,6 +37,14 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0003_token_generation.sql"),
         postgres: include_str!("migrations/postgres/0003_token_generation.sql"),
     },
+    Migration {
+        sqlite: include_str!("migrations/0004_invite_delivery.sql"),
+        postgres: include_str!("migrations/postgres/0004_invite_delivery.sql"),
+    },
+    Migration {
+        sqlite: include_str!("migrations/0005_room_webrtc_audience_cap.sql"),
+        postgres: include_str!("migrations/postgres/0005_room_webrtc_audience_cap.sql"),
+    },
 ];
 
 /// Handle to the control-plane database; cheap to clone.

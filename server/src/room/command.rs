@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::control::{self, ParticipantId, Role};
+use crate::control::{self, Delivery, ParticipantId, Role};
 
 /// Who asks the room for something. What they may do is decided from their live standing in the
 /// room (`RoomState::apply`), never from a role the caller claims.
@@ -70,9 +70,11 @@ pub enum Command {
     /// used only when the identity is not already in the room; an identity already present is
     /// reattached with its live state and its older connection is closed. `resume_nonce` is the
     /// nonce of the resume token this connection is given: from now on only that token resumes.
+    /// `delivery` too (the token's) is kept only for a listener.
     Join {
         display_name: String,
         role: Role,
+        delivery: Delivery,
         connection: ConnectionId,
         resume_nonce: u64,
     },

@@ -3,17 +3,20 @@
 
 use serde::{Serialize, Serializer};
 
-use crate::control::{ParticipantId, Role};
-use crate::room::ConnectionId;
+use crate::control::{Delivery, ParticipantId, Role};
+use crate::room::{ConnectionId, Refusal};
 
 /// Invariants kept by `RoomState`: a speaker is always on stage and a listener never is; only a
 /// listener has a raised hand or a pending invitation; only someone on stage is muted or
-/// speaking, and speaking implies `may_send`.
+/// speaking, and speaking implies `may_send`; only a listener hears the broadcast, and whoever
+/// stops being a listener is on WebRTC from then on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Participant {
     pub id: ParticipantId,
     pub display_name: String,
     pub role: Role,
+    /// How they hear the room. Media offers are refused on the broadcast tier.
+    pub delivery: Delivery,
     pub on_stage: bool,
     pub hand_raised: bool,
     pub muted: bool,
@@ -35,6 +38,15 @@ impl Participant {
     /// Whether media may accept audio from them right now.
     pub fn may_send(&self) -> bool {
         self.on_stage && !self.muted && self.presence == Presence::Connected
+    }
+
+    /// Whether media may set up a WebRTC connection for them: not while they hear the
+    /// broadcast (they are brought onto WebRTC when they come on stage).
+    pub fn may_connect_media(&self) -> Result<(), Refusal> {
+        match self.delivery {
+            Delivery::Webrtc => Ok(()),
+            Delivery::Broadcast => Err(Refusal::BroadcastDelivery),
+        }
     }
 
     /// Everyone in the room follows the stage and the raised hands; the rest of the audience

@@ -30,6 +30,9 @@ pub enum Refusal {
     /// This identity was banned from the room.
     Banned,
     RoomEnded,
+    /// A media offer from someone who hears the room over the broadcast tier: they get a
+    /// WebRTC connection once they come on stage.
+    BroadcastDelivery,
 }
 
 impl Refusal {
@@ -49,6 +52,7 @@ impl Refusal {
             Refusal::TooSoon => "too_soon",
             Refusal::Banned => "banned",
             Refusal::RoomEnded => "room_ended",
+            Refusal::BroadcastDelivery => "broadcast_delivery",
         }
     }
 
@@ -68,6 +72,9 @@ impl Refusal {
             Refusal::TooSoon => "wait a moment before raising your hand again",
             Refusal::Banned => "you are banned from this room",
             Refusal::RoomEnded => "the room has ended",
+            Refusal::BroadcastDelivery => {
+                "you hear this room over its broadcast; media connections come with the stage"
+            }
         }
     }
 }

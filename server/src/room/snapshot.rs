@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::control::{ParticipantId, RoomId};
+use crate::control::{Delivery, ParticipantId, RoomId};
 use crate::room::ParticipantView;
 
 /// The room as one viewer may see it. Everything public (stage, raised hands, speakers) is
@@ -14,6 +14,9 @@ pub struct Snapshot {
     pub you: ParticipantView,
     /// A moderator invited you to the stage and you have not answered yet.
     pub invitation_pending: bool,
+    /// `broadcast` while you hear the room over its broadcast tier (LL-HLS); absent on WebRTC.
+    #[serde(skip_serializing_if = "Delivery::is_webrtc")]
+    pub delivery: Delivery,
     /// In the order they came on stage.
     pub stage: Vec<ParticipantView>,
     /// In the order the hands went up.

@@ -12,7 +12,7 @@ use std::ops::Bound;
 
 use serde_json::json;
 
-use crate::control::{ParticipantId, Role, RoomId};
+use crate::control::{Delivery, ParticipantId, Role, RoomId};
 use crate::room::permissions::{self, Action, OnTarget, OnYourself, Permit, Standing};
 use crate::room::{
     Actor, Audience, AudiencePage, AuditAction, Command, Effect, EventKind, LeaveReason, Outcome,
@@ -30,6 +30,9 @@ pub struct RoomLimits {
     pub max_stage: u32,
     /// How long a participant whose connection dropped keeps their place.
     pub resume_grace_ms: u64,
+    /// Listeners on WebRTC at once: a listener who joins past it hears the broadcast. `None`
+    /// when the server serves no broadcasts (then there is nowhere else to put them).
+    pub webrtc_audience_cap: Option<u32>,
 }
 
 /// One live room. Change it only through `apply`; read it through the accessors.
@@ -54,6 +57,8 @@ pub struct RoomState {
     deadlines: BTreeSet<(u64, ParticipantId)>,
     /// Speaking now, loudest first.
     speakers: Vec<ParticipantId>,
+    /// Listeners on WebRTC (not on the broadcast), for the audience cap.
+    webrtc_listeners: u32,
 }
 
 /// How many audience members a moderator's snapshot lists; `list_audience` pages the rest.
@@ -73,6 +78,7 @@ impl RoomState {
             moderators: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             speakers: Vec::new(),
+            webrtc_listeners: 0,
         }
     }
 
@@ -105,12 +111,13 @@ impl RoomState {
             Command::Join {
                 display_name,
                 role,
+                delivery,
                 connection,
                 resume_nonce,
             } => self.join(
                 actor,
                 display_name,
-                role,
+                (role, delivery),
                 NewConnection {
                     connection,
                     resume_nonce,
@@ -209,6 +216,19 @@ impl RoomState {
         saturate(self.participants.len())
     }
 
+    /// Listeners on WebRTC, connected or within their grace period: what the audience cap
+    /// counts. Speakers and moderators are not in it; nor are listeners on the broadcast.
+    pub fn webrtc_listeners(&self) -> u32 {
+        self.webrtc_listeners
+    }
+
+    /// Whether a listener joining now would be past the WebRTC audience cap.
+    pub fn webrtc_audience_full(&self) -> bool {
+        self.limits
+            .webrtc_audience_cap
+            .is_some_and(|cap| self.webrtc_listeners >= cap)
+    }
+
     /// Everyone not on stage. The room task coalesces changes of it into periodic updates,
     /// rather than the room sending an event to everyone per listener who comes and goes.
     pub fn audience_count(&self) -> u32 {
@@ -247,6 +267,7 @@ impl RoomState {
             room: self.room.clone(),
             you: you.view(),
             invitation_pending: you.invited,
+            delivery: you.delivery,
             stage: views(&self.stage),
             raised_hands: views(&self.hands),
             active_speakers: self.speakers.clone(),
@@ -377,6 +398,9 @@ impl RoomState {
         if !participant.may_send() {
             participant.speaking = false;
         }
+        // Whoever may be on stage is on WebRTC: a listener who accepted an invitation, or was
+        // made a moderator, may offer media from now on.
+        participant.delivery = participant.delivery.for_role(participant.role);
         let after = Marks::of(participant);
         let changed = Changed {
             was_public,
@@ -438,6 +462,13 @@ impl RoomState {
                 self.deadlines.insert((deadline, id.clone()));
             }
         }
+        if before.webrtc_listener != after.webrtc_listener {
+            if after.webrtc_listener {
+                self.webrtc_listeners += 1;
+            } else {
+                self.webrtc_listeners -= 1;
+            }
+        }
         if before.may_send != after.may_send {
             if !after.may_send {
                 self.speakers.retain(|speaker| speaker != id);
@@ -458,6 +489,7 @@ struct Marks {
     moderator: bool,
     may_send: bool,
     deadline: Option<u64>,
+    webrtc_listener: bool,
 }
 
 impl Marks {
@@ -467,6 +499,7 @@ impl Marks {
         moderator: false,
         may_send: false,
         deadline: None,
+        webrtc_listener: false,
     };
 
     fn of(participant: &Participant) -> Self {
@@ -479,6 +512,8 @@ impl Marks {
                 Presence::Connected => None,
                 Presence::Reconnecting { deadline_ms } => Some(deadline_ms),
             },
+            webrtc_listener: participant.role == Role::Listener
+                && participant.delivery == Delivery::Webrtc,
         }
     }
 }
@@ -1165,6 +1200,7 @@ mod tests {
             Command::Join {
                 display_name: "S".into(),
                 role: Role::Speaker,
+                delivery: Delivery::Webrtc,
                 connection: ConnectionId(77),
                 resume_nonce: ConnectionId(77).0,
             },

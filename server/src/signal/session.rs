@@ -13,10 +13,11 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, DirectRateLimiter};
 use crate::cluster::{Cluster, Home};
 use crate::config::SignalSettings;
-use crate::control::{ControlError, ParticipantId, Role, Room, RoomId, Standing, Store};
+use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, RoomId, Standing, Store};
 use crate::metrics::Metrics;
 use crate::room::{
     Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
@@ -47,6 +48,10 @@ pub struct SignalContext {
     pub metrics: Metrics,
     /// Where rooms live when this node is one of several.
     pub cluster: Option<Cluster>,
+    /// The rooms' broadcasts, for `broadcast_link`.
+    pub broadcasts: Broadcasts,
+    /// The server's public URL, which links are absolute to.
+    pub base_url: Arc<str>,
 }
 
 /// Runs one upgraded signaling socket until it closes.
@@ -66,6 +71,7 @@ struct Session {
 /// Who this socket speaks for, once joined.
 struct Joined {
     room: RoomHandle,
+    room_id: RoomId,
     participant: ParticipantId,
     connection: ConnectionId,
     outbox: mpsc::Receiver<Outbound>,
@@ -295,7 +301,7 @@ impl Session {
                 (
                     c.room,
                     c.participant,
-                    c.role,
+                    (c.role, c.delivery),
                     c.name,
                     c.iat,
                     c.generation,
@@ -307,7 +313,7 @@ impl Session {
                 (
                     r.room,
                     r.participant,
-                    Role::Listener,
+                    (Role::Listener, Delivery::Webrtc),
                     String::new(),
                     now,
                     // The room keeps a resumed participant's role; this is only a fallback.
@@ -317,7 +323,7 @@ impl Session {
             }),
             (None, None) => Err(TokenError::Malformed),
         };
-        let (room_id, participant, role, name, issued_at, generation, resume) = match claims {
+        let (room_id, participant, joining, name, issued_at, generation, resume) = match claims {
             Ok(c) => c,
             Err(e) => {
                 let (code, message) = match (e, resume_token.is_some()) {
@@ -359,6 +365,7 @@ impl Session {
             self.close(close_code::REMOVED, code).await;
             return None;
         }
+        let (role, delivery) = joining;
         let role = standing.role(role, generation);
         let connection = ConnectionId(NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed));
         let mut nonce_bytes = [0u8; 8];
@@ -375,6 +382,7 @@ impl Session {
             participant: participant.clone(),
             display_name: name,
             role,
+            delivery,
             resume: resume.then_some(presented_nonce.unwrap_or_default()),
             resume_nonce,
             connection,
@@ -387,6 +395,7 @@ impl Session {
                 tracing::debug!(room = %room_id, %participant, resume, "socket joined");
                 Some(Joined {
                     room: handle,
+                    room_id: room_id.clone(),
                     participant,
                     connection,
                     outbox: inbox,
@@ -546,6 +555,21 @@ impl Session {
                 self.send(ServerMessage::Pong { id: id.as_ref() }).await;
                 return Flow::Continue;
             }
+            ClientMessage::BroadcastLink {} => {
+                if !self.state.broadcasts.settings().enabled {
+                    let message = "broadcasts are turned off on this server";
+                    self.error(id.as_ref(), "broadcast_disabled", message).await;
+                    return Flow::Continue;
+                }
+                let link = self.state.broadcasts.link(&joined.room_id);
+                self.send(ServerMessage::BroadcastLink {
+                    id: id.as_ref(),
+                    playlist_url: &link.url(&self.state.base_url),
+                    expires_at: &link.expires_at(),
+                })
+                .await;
+                return Flow::Continue;
+            }
             ClientMessage::ListAudience { after, limit } => {
                 let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
                 let ok = joined
@@ -655,6 +679,7 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
         ClientMessage::Join { .. }
         | ClientMessage::Resume { .. }
         | ClientMessage::Ping {}
+        | ClientMessage::BroadcastLink {}
         | ClientMessage::ListAudience { .. }
         | ClientMessage::MediaOffer { .. }
         | ClientMessage::IceCandidate { .. } => return None,

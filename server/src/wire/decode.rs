@@ -80,6 +80,9 @@ pub enum ClientMessage {
     MediaOffer {
         sdp: String,
     },
+    /// Asks for a fresh link to the room's broadcast (LL-HLS links rotate; the session token
+    /// that REST would need may have expired long before the visit ends).
+    BroadcastLink {},
     /// A trickled ICE candidate. The server is ICE-lite and learns the client's address from
     /// its connectivity checks, so these are checked for size and otherwise not needed.
     IceCandidate {
@@ -116,6 +119,7 @@ const KNOWN_TYPES: &[&str] = &[
     "list_audience",
     "media_offer",
     "ice_candidate",
+    "broadcast_link",
 ];
 
 /// Why a message could not be decoded; `code()` is what the client sees.

@@ -56,6 +56,13 @@ pub enum ServerMessage<'a> {
     /// The room lives on another node: join or resume there, at `signal_url`, with the same
     /// token. The socket closes with 4307 next.
     Moved { signal_url: &'a str },
+    /// The answer to `broadcast_link`.
+    BroadcastLink {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        playlist_url: &'a str,
+        expires_at: &'a str,
+    },
     /// Sent just before the server closes the socket on purpose.
     Closed { reason: &'a str },
 }

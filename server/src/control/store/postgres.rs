@@ -12,8 +12,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::super::model::{CreatedInvite, PageRequest, Standing};
 use super::super::{
-    Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
-    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+    Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
+    NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
 };
 use super::{MIGRATIONS, rules};
 
@@ -337,13 +337,15 @@ impl PgStore {
                 (id, 1, invite.role)
             }
         };
+        // A broadcast invite redeemed by a speaker or moderator (a live role) hears WebRTC.
+        let delivery = invite.delivery.for_role(role);
         audit(
             &tx,
             &room.id,
             &Actor::Participant(participant_id.clone()),
             "invite.redeemed",
             Some(invite.id.as_str()),
-            rules::redeemed_detail(role, &display_name),
+            rules::redeemed_detail(role, delivery, &display_name),
             now_ms,
         )
         .await?;
@@ -353,6 +355,7 @@ impl PgStore {
             participant_id,
             display_name,
             role,
+            delivery,
             generation,
             invite_id: invite.id,
             new_identity: new_identity.then_some(secret),
@@ -657,9 +660,10 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{user}@{host}:{port}/{db}")
 }
 
-const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
+const ROOM_COLUMNS: &str =
+    "id, title, created_at, ended_at, max_participants, max_stage, webrtc_audience_cap";
 const INVITE_COLUMNS: &str =
-    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at";
+    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
 /// Counts and bounds are `u32` in the model and `BIGINT` in the schema (PostgreSQL has no
 /// unsigned types); the schema's checks keep them in range.
@@ -676,6 +680,7 @@ fn room_from_row(r: &Row, at: usize) -> Result<Room> {
         limits: RoomLimits {
             max_participants: r.try_get::<_, Option<i64>>(at + 4)?.map(to_u32),
             max_stage: r.try_get::<_, Option<i64>>(at + 5)?.map(to_u32),
+            webrtc_audience_cap: r.try_get::<_, Option<i64>>(at + 6)?.map(to_u32),
         },
     })
 }
@@ -693,6 +698,8 @@ fn invite_from_row(r: &Row, at: usize) -> Result<Invite> {
         expires_at_ms: r.try_get(at + 6)?,
         revoked: r.try_get::<_, Option<i64>>(at + 7)?.is_some(),
         created_at_ms: r.try_get(at + 8)?,
+        // The schema's CHECK constraint only admits the two known deliveries.
+        delivery: Delivery::parse(r.try_get(at + 9)?).unwrap_or_default(),
     })
 }
 
@@ -740,8 +747,9 @@ async fn insert_room(
 ) -> Result<Room> {
     let room = rules::new_room(new, now_ms);
     tx.execute(
-        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo,
+                            webrtc_audience_cap)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &room.id.as_str(),
             &room.title,
@@ -749,6 +757,7 @@ async fn insert_room(
             &room.limits.max_participants.map(i64::from),
             &room.limits.max_stage.map(i64::from),
             &demo,
+            &room.limits.webrtc_audience_cap.map(i64::from),
         ],
     )
     .await?;
@@ -769,12 +778,13 @@ async fn insert_invite(
     if found.is_ended() {
         return Err(ControlError::RoomEnded);
     }
+    rules::check_new_invite(new)?;
     let created = rules::new_invite(room, new, now_ms);
     let invite = &created.invite;
     tx.execute(
         "INSERT INTO invites (id, room_id, code_hash, role, label, max_uses, expires_at,
-                              created_at, created_by, is_startup)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                              created_at, created_by, is_startup, delivery)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
             &invite.id.as_str(),
             &room.as_str(),
@@ -786,6 +796,7 @@ async fn insert_invite(
             &now_ms,
             &actor.as_audit_str(),
             &startup,
+            &invite.delivery.as_str(),
         ],
     )
     .await?;

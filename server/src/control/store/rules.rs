@@ -4,8 +4,8 @@
 
 use super::super::model::CreatedInvite;
 use super::super::{
-    ControlError, Invite, InviteCode, InviteId, NewInvite, NewRoom, Page, Role, Room, RoomId,
-    RoomLimits,
+    ControlError, Delivery, Invite, InviteCode, InviteId, NewInvite, NewRoom, Page, Role, Room,
+    RoomId, RoomLimits,
 };
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -54,7 +54,23 @@ pub(super) fn new_room(new: &NewRoom, now_ms: i64) -> Room {
     }
 }
 
-/// A fresh invite of `room` and its code; the caller has checked the room is open.
+/// Whether a new invite may be made as asked, once its room is known to be open: only
+/// listener invites may have broadcast delivery.
+pub(super) fn check_new_invite(new: &NewInvite) -> Result<()> {
+    if new.delivery.for_role(new.role) != new.delivery {
+        return Err(ControlError::invalid(
+            "invalid_delivery",
+            format!(
+                "only listener invites may have broadcast delivery, not {} invites",
+                new.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh invite of `room` and its code; the caller has checked the room is open and the
+/// invite allowed (`check_new_invite`).
 pub(super) fn new_invite(room: &RoomId, new: &NewInvite, now_ms: i64) -> CreatedInvite {
     let expires_at_ms = new
         .expires_in_secs
@@ -64,6 +80,7 @@ pub(super) fn new_invite(room: &RoomId, new: &NewInvite, now_ms: i64) -> Created
             id: InviteId::generate(),
             room_id: room.clone(),
             role: new.role,
+            delivery: new.delivery,
             label: new.label.clone(),
             max_uses: new.max_uses,
             uses: 0,
@@ -87,6 +104,7 @@ pub(super) fn demo_room() -> NewRoom {
 pub(super) fn startup_invite() -> NewInvite {
     NewInvite {
         role: Role::Moderator,
+        delivery: Delivery::Webrtc,
         label: Some("startup link".into()),
         max_uses: None,
         expires_in_secs: Some(24 * 3600),
@@ -100,14 +118,19 @@ pub(super) fn room_created_detail(room: &Room) -> serde_json::Value {
 pub(super) fn invite_created_detail(invite: &Invite) -> serde_json::Value {
     serde_json::json!({
         "role": invite.role,
+        "delivery": invite.delivery,
         "label": invite.label,
         "max_uses": invite.max_uses,
         "expires_at_ms": invite.expires_at_ms,
     })
 }
 
-pub(super) fn redeemed_detail(role: Role, display_name: &str) -> serde_json::Value {
-    serde_json::json!({ "role": role, "display_name": display_name })
+pub(super) fn redeemed_detail(
+    role: Role,
+    delivery: Delivery,
+    display_name: &str,
+) -> serde_json::Value {
+    serde_json::json!({ "role": role, "delivery": delivery, "display_name": display_name })
 }
 
 /// An audit line's detail as stored (JSON text); unreadable text reads as `null`.

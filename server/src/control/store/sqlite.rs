@@ -10,8 +10,8 @@ use rusqlite_migration::{M, Migrations};
 
 use super::super::model::{CreatedInvite, PageRequest, Standing};
 use super::super::{
-    Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
-    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+    Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
+    NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
 };
 use super::{MIGRATIONS, rules};
 
@@ -342,13 +342,15 @@ impl SqliteStore {
                     (id, 1, invite.role)
                 }
             };
+            // A broadcast invite redeemed by a speaker or moderator (a live role) hears WebRTC.
+            let delivery = invite.delivery.for_role(role);
             audit(
                 &tx,
                 &room.id,
                 &Actor::Participant(participant_id.clone()),
                 "invite.redeemed",
                 Some(invite.id.as_str()),
-                rules::redeemed_detail(role, &display_name),
+                rules::redeemed_detail(role, delivery, &display_name),
                 now_ms,
             )?;
             tx.commit()?;
@@ -357,6 +359,7 @@ impl SqliteStore {
                 participant_id,
                 display_name,
                 role,
+                delivery,
                 generation,
                 invite_id: invite.id,
                 new_identity: new_identity.then_some(secret),
@@ -604,9 +607,10 @@ impl SqliteStore {
     }
 }
 
-const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage";
+const ROOM_COLUMNS: &str =
+    "id, title, created_at, ended_at, max_participants, max_stage, webrtc_audience_cap";
 const INVITE_COLUMNS: &str =
-    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at";
+    "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
 fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
     Ok(Room {
@@ -617,6 +621,7 @@ fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
         limits: RoomLimits {
             max_participants: r.get(at + 4)?,
             max_stage: r.get(at + 5)?,
+            webrtc_audience_cap: r.get(at + 6)?,
         },
     })
 }
@@ -634,6 +639,8 @@ fn invite_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Invite> {
         expires_at_ms: r.get(at + 6)?,
         revoked: r.get::<_, Option<i64>>(at + 7)?.is_some(),
         created_at_ms: r.get(at + 8)?,
+        // The schema's CHECK constraint only admits the two known deliveries.
+        delivery: Delivery::parse(&r.get::<_, String>(at + 9)?).unwrap_or_default(),
     })
 }
 
@@ -666,15 +673,17 @@ fn is_banned(c: &Connection, room: &RoomId, participant: &str) -> Result<bool> {
 fn insert_room(tx: &Transaction<'_>, new: &NewRoom, demo: bool, now_ms: i64) -> Result<Room> {
     let room = rules::new_room(new, now_ms);
     tx.execute(
-        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo,
+                            webrtc_audience_cap)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             room.id.as_str(),
             room.title,
             now_ms,
             room.limits.max_participants,
             room.limits.max_stage,
-            demo
+            demo,
+            room.limits.webrtc_audience_cap
         ],
     )?;
     Ok(room)
@@ -692,12 +701,13 @@ fn insert_invite(
     if found.is_ended() {
         return Err(ControlError::RoomEnded);
     }
+    rules::check_new_invite(new)?;
     let created = rules::new_invite(room, new, now_ms);
     let (invite, code) = (&created.invite, &created.code);
     tx.execute(
         "INSERT INTO invites (id, room_id, code_hash, role, label, max_uses, expires_at,
-                              created_at, created_by, is_startup)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                              created_at, created_by, is_startup, delivery)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             invite.id.as_str(),
             room.as_str(),
@@ -708,7 +718,8 @@ fn insert_invite(
             invite.expires_at_ms,
             now_ms,
             actor.as_audit_str(),
-            startup
+            startup,
+            invite.delivery.as_str()
         ],
     )?;
     audit(

@@ -2,7 +2,7 @@
 //! database on a throwaway PostgreSQL shared by this test binary.
 
 use super::super::model::PageRequest;
-use super::super::{ControlError, NewInvite, NewRoom, Role, RoomLimits};
+use super::super::{ControlError, Delivery, NewInvite, NewRoom, Role, RoomLimits};
 use super::*;
 
 // The end-to-end tests' helper, shared so that there is one way to run a test PostgreSQL;
@@ -45,6 +45,7 @@ on_both_engines!(
     a_live_role_outranks_every_older_token_across_redemptions,
     pages_follow_the_cursor,
     startup_link_keeps_one_demo_room_and_one_live_link,
+    delivery_and_audience_cap_are_stored_and_checked,
 );
 
 async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
@@ -67,6 +68,95 @@ async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
     assert!(store.startup_link(5_000).await.unwrap().is_none());
 }
 
+/// A room's own WebRTC audience cap and an invite's delivery read back as written (migrations
+/// 4 and 5); broadcast delivery is for listener invites only, and a redemption that grants a
+/// live role above listener hears WebRTC.
+async fn delivery_and_audience_cap_are_stored_and_checked(store: Store) {
+    let capped = NewRoom {
+        title: "capped".into(),
+        limits: RoomLimits {
+            webrtc_audience_cap: Some(2),
+            ..RoomLimits::default()
+        },
+    };
+    let room = store
+        .create_room(capped, Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(room.limits.webrtc_audience_cap, Some(2));
+    let read = store.room(room.id.clone()).await.unwrap();
+    assert_eq!(read.limits.webrtc_audience_cap, Some(2));
+    let broadcast = |role| NewInvite {
+        role,
+        delivery: Delivery::Broadcast,
+        ..invite_new(None)
+    };
+    for role in [Role::Speaker, Role::Moderator] {
+        match store
+            .create_invite(room.id.clone(), broadcast(role), Actor::Operator, 1_000)
+            .await
+        {
+            Err(ControlError::Invalid { code, .. }) => assert_eq!(code, "invalid_delivery"),
+            other => panic!("{role} broadcast invite: {other:?}"),
+        }
+    }
+    let created = store
+        .create_invite(
+            room.id.clone(),
+            broadcast(Role::Listener),
+            Actor::Operator,
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.invite.delivery, Delivery::Broadcast);
+    let all = PageRequest {
+        after: None,
+        limit: 10,
+    };
+    let listed = store.list_invites(room.id.clone(), all).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "refused invites are not stored");
+    assert_eq!(listed.items[0].delivery, Delivery::Broadcast);
+    let (_, previewed) = store
+        .preview_invite(created.code.clone(), 1_500)
+        .await
+        .unwrap();
+    assert_eq!(previewed.delivery, Delivery::Broadcast);
+    let first = store
+        .redeem(created.code.clone(), "Ada".into(), None, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(first.delivery, Delivery::Broadcast);
+    // Once the room made Ada a speaker, the same broadcast link brings her back on WebRTC.
+    store
+        .set_live_role(first.participant_id.clone(), Role::Speaker)
+        .await
+        .unwrap();
+    let again = store
+        .redeem(created.code, "Ada".into(), first.new_identity, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.role, again.delivery),
+        (Role::Speaker, Delivery::Webrtc)
+    );
+    let events = store.list_events(room.id, all).await.unwrap();
+    let deliveries: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.action.starts_with("invite."))
+        .map(|e| (e.action.as_str(), e.detail["delivery"].clone()))
+        .collect();
+    assert_eq!(
+        deliveries,
+        [
+            ("invite.created", serde_json::json!("broadcast")),
+            ("invite.redeemed", serde_json::json!("broadcast")),
+            ("invite.redeemed", serde_json::json!("webrtc")),
+        ]
+    );
+}
+
 fn room_new(title: &str) -> NewRoom {
     NewRoom {
         title: title.into(),
@@ -77,6 +167,7 @@ fn room_new(title: &str) -> NewRoom {
 fn invite_new(max_uses: Option<u32>) -> NewInvite {
     NewInvite {
         role: Role::Listener,
+        delivery: Delivery::Webrtc,
         label: None,
         max_uses,
         expires_in_secs: Some(60),

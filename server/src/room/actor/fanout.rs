@@ -5,7 +5,7 @@
 use super::task::RoomTask;
 use super::{Outbound, Outbox};
 use crate::control::{ParticipantId, Role};
-use crate::room::{Audience, AudiencePage, CloseReason, ConnectionId, Event, Snapshot};
+use crate::room::{Audience, AudiencePage, CloseReason, ConnectionId, Event, Refusal, Snapshot};
 use crate::wire::{
     AudiencePageMessage, MediaInfo, RequestId, ServerMessage, SnapshotMessage, Text, Welcome,
     close_code, event_message,
@@ -72,6 +72,23 @@ impl RoomTask {
         if let Some(conn) = self.connections.get(participant) {
             conn.push(&text);
         }
+    }
+
+    /// A refused request's error, to the socket that asked; counted like every signaling error.
+    pub(super) fn refuse(
+        &self,
+        participant: &ParticipantId,
+        request_id: Option<&RequestId>,
+        refusal: Refusal,
+    ) {
+        self.deps.metrics.signal_error(refusal.code());
+        let text = ServerMessage::Error {
+            id: request_id,
+            code: refusal.code(),
+            message: refusal.message(),
+        }
+        .to_json();
+        self.send_to(participant, text.into());
     }
 
     /// The first message of a socket that joined or resumed, so it is never refused for lack

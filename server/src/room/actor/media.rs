@@ -29,6 +29,10 @@ impl RoomTask {
         ) else {
             return;
         };
+        if let Err(refusal) = p.may_connect_media() {
+            self.refuse(&participant, request_id.as_ref(), refusal);
+            return;
+        }
         let (reply, answer) = oneshot::channel();
         self.deps.media.offer(
             self.state.room(),

@@ -17,7 +17,7 @@ mod task;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Actor, Command, ConnectionId, ParticipantView, Refusal};
-use crate::control::{ParticipantId, Role};
+use crate::control::{Delivery, ParticipantId, Role};
 use crate::wire::{RequestId, Text};
 
 pub use rooms::{LiveRooms, RoomHandle};
@@ -39,6 +39,8 @@ pub struct Connect {
     pub display_name: String,
     /// The role to join with: the token's, or the one a live room gave this identity since.
     pub role: Role,
+    /// How the token says they hear the room (the room keeps it for listeners only).
+    pub delivery: Delivery,
     /// `Some(nonce)` to resume: the nonce of the resume token presented.
     pub resume: Option<u64>,
     /// The nonce inside the resume token this connection's welcome hands out.

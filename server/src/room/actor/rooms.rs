@@ -24,11 +24,21 @@ pub struct RoomHandle {
     pub(super) tx: mpsc::Sender<RoomMsg>,
     pub(super) generation: u64,
     pub(super) participants: Arc<AtomicU32>,
+    /// Listeners on WebRTC, as of the room's last step.
+    pub(super) webrtc_listeners: Arc<AtomicU32>,
+    pub(super) webrtc_audience_cap: Option<u32>,
 }
 
 impl RoomHandle {
     pub fn participant_count(&self) -> u32 {
         self.participants.load(Ordering::Relaxed)
+    }
+
+    /// Whether a listener redeeming an invite now would be past the room's WebRTC audience
+    /// cap (the room decides again when they connect: this is the join answer's guess).
+    pub fn webrtc_audience_full(&self) -> bool {
+        self.webrtc_audience_cap
+            .is_some_and(|cap| self.webrtc_listeners.load(Ordering::Relaxed) >= cap)
     }
 
     pub async fn disconnect(&self, participant: ParticipantId, connection: ConnectionId) {
@@ -122,6 +132,8 @@ pub(super) struct Deps {
     /// which cannot be measured while one of its entries is held.
     pub running: Arc<AtomicUsize>,
     pub media: Media,
+    /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
+    webrtc_audience_cap: Option<u32>,
 }
 
 impl LiveRooms {
@@ -131,6 +143,7 @@ impl LiveRooms {
         metrics: Metrics,
         settings: SignalSettings,
         media: Media,
+        webrtc_audience_cap: Option<u32>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
@@ -142,6 +155,7 @@ impl LiveRooms {
                 generations: Arc::new(AtomicU64::new(1)),
                 running: Arc::new(AtomicUsize::new(0)),
                 media,
+                webrtc_audience_cap,
             },
         }
     }
@@ -196,12 +210,18 @@ impl LiveRooms {
                 .unwrap_or(settings.room_max_participants),
             max_stage: room.limits.max_stage.unwrap_or(settings.room_max_stage),
             resume_grace_ms: settings.resume_grace_secs.saturating_mul(1000),
+            webrtc_audience_cap: self
+                .deps
+                .webrtc_audience_cap
+                .map(|cap| room.limits.webrtc_audience_cap.unwrap_or(cap)),
         };
         let (tx, rx) = mpsc::channel(1024);
         let handle = RoomHandle {
             tx,
             generation: self.deps.generations.fetch_add(1, Ordering::Relaxed),
             participants: Arc::new(AtomicU32::new(0)),
+            webrtc_listeners: Arc::new(AtomicU32::new(0)),
+            webrtc_audience_cap: limits.webrtc_audience_cap,
         };
         let task = RoomTask::new(
             RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),

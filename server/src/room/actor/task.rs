@@ -79,6 +79,9 @@ impl RoomTask {
             self.handle
                 .participants
                 .store(self.state.participant_count(), Ordering::Relaxed);
+            self.handle
+                .webrtc_listeners
+                .store(self.state.webrtc_listeners(), Ordering::Relaxed);
             if self.stopping
                 || self.state.is_ended()
                 || (self.state.is_empty() && self.connections.is_empty())
@@ -162,14 +165,7 @@ impl RoomTask {
                         .map(|id| ServerMessage::Ok { id }.to_json().into()),
                 };
                 if let Err(refusal) = self.command(&actor, command, Some(answer)).await {
-                    self.deps.metrics.signal_error(refusal.code());
-                    let text = ServerMessage::Error {
-                        id: request_id.as_ref(),
-                        code: refusal.code(),
-                        message: refusal.message(),
-                    }
-                    .to_json();
-                    self.send_to(&participant, text.into());
+                    self.refuse(&participant, request_id.as_ref(), refusal);
                 }
             }
             RoomMsg::ListAudience {
@@ -248,6 +244,7 @@ impl RoomTask {
             None => Command::Join {
                 display_name: c.display_name,
                 role: c.role,
+                delivery: c.delivery,
                 connection: c.connection,
                 resume_nonce: c.resume_nonce,
             },

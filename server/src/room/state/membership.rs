@@ -1,7 +1,7 @@
 //! Coming and going: join, replaced and resumed connections, dropped sockets and their grace
 //! period, leaving. Who may do what on stage and in moderation lives beside this file.
 
-use crate::control::{ParticipantId, Role};
+use crate::control::{Delivery, ParticipantId, Role};
 use crate::room::permissions::Action;
 use crate::room::state::{RoomState, to_usize};
 use crate::room::{
@@ -21,7 +21,7 @@ impl RoomState {
         &mut self,
         actor: &Actor,
         display_name: String,
-        role: Role,
+        (role, delivery): (Role, Delivery),
         new: NewConnection,
         now_ms: u64,
         out: &mut Outcome,
@@ -55,10 +55,19 @@ impl RoomState {
         if stale {
             self.depart(id, LeaveReason::TimedOut, out);
         }
+        // Past the WebRTC audience cap a listener hears the broadcast; whoever may speak never
+        // is (`for_role`), and whoever comes on stage later moves to WebRTC.
+        let delivery = match delivery.for_role(role) {
+            Delivery::Webrtc if role == Role::Listener && self.webrtc_audience_full() => {
+                Delivery::Broadcast
+            }
+            kept => kept,
+        };
         let participant = Participant {
             id: id.clone(),
             display_name,
             role,
+            delivery,
             on_stage: match role {
                 Role::Listener => false,
                 Role::Speaker => true,
@@ -204,7 +213,7 @@ impl RoomState {
 
 #[cfg(test)]
 mod tests {
-    use crate::control::Role;
+    use crate::control::{ParticipantId, Role};
     use crate::room::state::testkit::*;
     use crate::room::{Actor, Audience, CloseReason, Command, ConnectionId, Effect, Presence};
 
@@ -219,6 +228,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -252,6 +262,7 @@ mod tests {
                 Command::Join {
                     display_name: role.as_str().into(),
                     role,
+                    delivery: Delivery::Webrtc,
                     connection,
                     resume_nonce: connection.0,
                 },
@@ -281,6 +292,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection: new,
                 resume_nonce: new.0,
             },
@@ -331,6 +343,7 @@ mod tests {
                 Command::Join {
                     display_name: "Three".into(),
                     role,
+                    delivery: Delivery::Webrtc,
                     connection,
                     resume_nonce: connection.0,
                 },
@@ -352,6 +365,7 @@ mod tests {
             Command::Join {
                 display_name: "Second".into(),
                 role: Role::Speaker,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -368,6 +382,7 @@ mod tests {
         let join = Command::Join {
             display_name: "Op".into(),
             role: Role::Moderator,
+            delivery: Delivery::Webrtc,
             connection,
             resume_nonce: connection.0,
         };
@@ -391,6 +406,7 @@ mod tests {
             Command::Join {
                 display_name: "Again".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -496,6 +512,7 @@ mod tests {
             Command::Join {
                 display_name: "Listener".into(),
                 role: Role::Listener,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -605,5 +622,47 @@ mod tests {
         // A join (a fresh session token) hands out a new resume token too.
         room.rejoin(&listener, Role::Listener);
         assert_eq!(room.refused(&who(&listener), resume(53, 54)), "not_in_room");
+    }
+
+    #[test]
+    fn listeners_past_the_webrtc_audience_cap_hear_the_broadcast() {
+        let mut room = TestRoom::with_webrtc_audience_cap(2);
+        let delivery = |room: &TestRoom, id: &ParticipantId| room.get(id).delivery;
+        let first = room.join("first", Role::Listener);
+        let second = room.join("second", Role::Listener);
+        assert!(room.state.webrtc_audience_full());
+        let third = room.join("third", Role::Listener);
+        assert_eq!(delivery(&room, &first), Delivery::Webrtc);
+        assert_eq!(delivery(&room, &second), Delivery::Webrtc);
+        assert_eq!(delivery(&room, &third), Delivery::Broadcast);
+        assert_eq!(room.state.webrtc_listeners(), 2);
+        // Whoever may speak is never capped.
+        let host = room.join("host", Role::Moderator);
+        let guest = room.join("guest", Role::Speaker);
+        assert_eq!(delivery(&room, &host), Delivery::Webrtc);
+        assert_eq!(delivery(&room, &guest), Delivery::Webrtc);
+        // One leaves: the next listener gets their place on WebRTC.
+        room.ok(&who(&first), Command::Leave);
+        assert_eq!(room.state.webrtc_listeners(), 1);
+        let fourth = room.join("fourth", Role::Listener);
+        assert_eq!(delivery(&room, &fourth), Delivery::Webrtc);
+        // A capped listener brought on stage moves to WebRTC, and stays there in the audience
+        // afterwards, past the cap: the cap decides who comes in, it moves no one out.
+        room.ok(
+            &who(&host),
+            Command::InviteToStage {
+                target: third.clone(),
+            },
+        );
+        room.ok(&who(&third), Command::AcceptInvitation);
+        assert_eq!(delivery(&room, &third), Delivery::Webrtc);
+        room.ok(&who(&third), Command::LeaveStage);
+        assert_eq!(delivery(&room, &third), Delivery::Webrtc);
+        assert_eq!(room.state.webrtc_listeners(), 3);
+        let fifth = room.join("fifth", Role::Listener);
+        assert_eq!(delivery(&room, &fifth), Delivery::Broadcast);
+        // A reconnect keeps what the room decided.
+        room.rejoin(&fifth, Role::Listener);
+        assert_eq!(delivery(&room, &fifth), Delivery::Broadcast);
     }
 }

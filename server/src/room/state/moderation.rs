@@ -200,6 +200,7 @@ impl RoomState {
         self.moderators.clear();
         self.deadlines.clear();
         self.speakers.clear();
+        self.webrtc_listeners = 0;
         self.ended = true;
         out.event(
             Audience::Everyone,
@@ -285,6 +286,7 @@ mod tests {
         let join = Command::Join {
             display_name: "Back".into(),
             role: Role::Listener,
+            delivery: Delivery::Webrtc,
             connection,
             resume_nonce: connection.0,
         };

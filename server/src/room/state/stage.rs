@@ -760,4 +760,62 @@ mod tests {
         );
         assert_eq!(recorded_roles(&out), [(listener, Role::Listener)]);
     }
+
+    #[test]
+    fn a_broadcast_listener_gets_media_only_with_the_stage() {
+        let mut room = TestRoom::new();
+        let host = room.join("host", Role::Moderator);
+        let fan = room.join_with("fan", Role::Listener, Delivery::Broadcast);
+        let refused = |room: &TestRoom| room.get(&fan).may_connect_media().err().map(|r| r.code());
+        assert_eq!(refused(&room), Some("broadcast_delivery"));
+        assert_eq!(
+            room.state.snapshot_for(&fan).unwrap().delivery,
+            Delivery::Broadcast
+        );
+        // In the audience like anyone: a hand, an invitation; media waits for the answer.
+        room.ok(&who(&fan), Command::RaiseHand);
+        room.ok(
+            &who(&host),
+            Command::InviteToStage {
+                target: fan.clone(),
+            },
+        );
+        assert_eq!(refused(&room), Some("broadcast_delivery"));
+        room.ok(&who(&fan), Command::DeclineInvitation);
+        assert_eq!(refused(&room), Some("broadcast_delivery"));
+        room.ok(
+            &who(&host),
+            Command::InviteToStage {
+                target: fan.clone(),
+            },
+        );
+        room.ok(&who(&fan), Command::AcceptInvitation);
+        assert_eq!(refused(&room), None);
+        assert_eq!(
+            room.state.snapshot_for(&fan).unwrap().delivery,
+            Delivery::Webrtc
+        );
+        // Back in the audience they keep their WebRTC connection.
+        room.ok(&who(&fan), Command::LeaveStage);
+        assert_eq!(room.get(&fan).role, Role::Listener);
+        assert_eq!(refused(&room), None);
+        // A reconnect of the same identity keeps what the room decided.
+        room.rejoin(&fan, Role::Listener);
+        assert_eq!(refused(&room), None);
+
+        // Made a moderator from the broadcast: WebRTC at once (they may step on stage any time).
+        let other = room.join_with("other", Role::Listener, Delivery::Broadcast);
+        room.ok(
+            &Actor::Operator,
+            Command::Promote {
+                target: other.clone(),
+            },
+        );
+        assert_eq!(room.get(&other).delivery, Delivery::Webrtc);
+        // Only listeners are ever on the broadcast, whatever a token asks.
+        for role in [Role::Speaker, Role::Moderator] {
+            let id = room.join_with(role.as_str(), role, Delivery::Broadcast);
+            assert_eq!(room.get(&id).delivery, Delivery::Webrtc, "{role}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+pub use crate::control::Delivery;
 use crate::control::{ParticipantId, Role, RoomId};
 use crate::room::state::RoomState;
 use crate::room::{
@@ -30,11 +31,21 @@ impl TestRoom {
         Self::with_limits(50, 6, 30_000)
     }
 
+    /// A room whose WebRTC audience cap is `cap` listeners.
+    pub fn with_webrtc_audience_cap(cap: u32) -> Self {
+        let mut room = Self::new();
+        let mut limits = room.state.limits();
+        limits.webrtc_audience_cap = Some(cap);
+        room.state = RoomState::new(room.state.room().clone(), limits, 0);
+        room
+    }
+
     pub fn with_limits(max_participants: u32, max_stage: u32, resume_grace_ms: u64) -> Self {
         let limits = RoomLimits {
             max_participants,
             max_stage,
             resume_grace_ms,
+            webrtc_audience_cap: None,
         };
         let room = RoomId::parse("rm_testroom________").expect("a valid room id");
         TestRoom {
@@ -85,6 +96,11 @@ impl TestRoom {
 
     /// Joins with a fresh connection; the display name is the name.
     pub fn join(&mut self, name: &str, role: Role) -> ParticipantId {
+        self.join_with(name, role, Delivery::Webrtc)
+    }
+
+    /// Joins with a session token that asked for `delivery`.
+    pub fn join_with(&mut self, name: &str, role: Role, delivery: Delivery) -> ParticipantId {
         let id = pid(name);
         let connection = self.connect();
         self.ok(
@@ -92,6 +108,7 @@ impl TestRoom {
             Command::Join {
                 display_name: name.into(),
                 role,
+                delivery,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -106,6 +123,7 @@ impl TestRoom {
             Command::Join {
                 display_name: "again".into(),
                 role,
+                delivery: Delivery::Webrtc,
                 connection,
                 resume_nonce: connection.0,
             },
@@ -177,6 +195,7 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
         Command::Join {
             display_name: "x".into(),
             role: Role::Listener,
+            delivery: Delivery::Webrtc,
             connection: ConnectionId(1_000),
             resume_nonce: 1_000,
         },
@@ -323,6 +342,9 @@ impl RoomState {
             if p.hand_raised || p.invited {
                 assert_eq!(p.role, Role::Listener, "hand or invitation: {p:?}");
             }
+            if p.delivery == Delivery::Broadcast {
+                assert_eq!(p.role, Role::Listener, "a broadcast non-listener: {p:?}");
+            }
             if p.muted {
                 assert!(p.on_stage, "muted off stage: {p:?}");
             }
@@ -355,6 +377,8 @@ impl RoomState {
             })
             .collect();
         assert_eq!(self.deadlines, deadlines);
+        let webrtc_listeners = with(|p| p.role == Role::Listener && p.delivery == Delivery::Webrtc);
+        assert_eq!(self.webrtc_listeners as usize, webrtc_listeners.len());
         assert!(self.stage.len() <= self.limits.max_stage as usize);
     }
 }
