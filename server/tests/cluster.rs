@@ -783,6 +783,23 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
         .clone();
     assert_eq!(sam_seen["muted"], true, "{sam_seen}");
 
+    // The room's broadcast, asked of one node that is not its home and fetched through the
+    // other: its mix runs where the room's media is, and the files come from there.
+    let link = nodes[via_1]
+        .get(&format!("/api/v1/rooms/{room}/broadcast"))
+        .await;
+    let playlist_url = link["playlist_url"].as_str().unwrap();
+    let path = &playlist_url[playlist_url.find("/broadcast/").unwrap()..];
+    let playlist = nodes[via_2]
+        .http
+        .get(format!("{}{path}", nodes[via_2].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(playlist.status(), 200);
+    assert_eq!(playlist.headers()["stoa-node"], home_name);
+    assert!(playlist.text().await.unwrap().starts_with("#EXTM3U"));
+
     // The room's node dies. Its people come back on a surviving node by themselves, with
     // their roles, well within 10 s.
     let killed_at = Instant::now();

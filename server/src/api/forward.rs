@@ -1,5 +1,6 @@
-//! In a cluster, REST calls that act on a live room are answered by the node where the room
-//! lives: any other node passes the request on and hands back the answer.
+//! In a cluster, REST calls that act on a live room, and its broadcast's files, are answered by
+//! the node where the room lives: any other node passes the request on and hands back the
+//! answer (a shared cache in front keeps caching it: the answer's headers pass unchanged).
 //!
 //! The passed-on request carries `Stoa-Forwarded: v1 {node} {client ip} {unix ms} {mac}`, an
 //! HMAC (with a key derived from the cluster's signing key) over those fields, the method and
@@ -98,9 +99,14 @@ impl Forwarding {
     }
 }
 
-/// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}` and
-/// everything under `/api/v1/rooms/{room}/participants`.
+/// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}`,
+/// everything under `/api/v1/rooms/{room}/participants`, and the room's broadcast files under
+/// `/broadcast/{room}/` (its mix runs where its media is).
 fn live_room_in(path: &str) -> Option<&str> {
+    if let Some(rest) = path.strip_prefix("/broadcast/") {
+        let (room, _) = rest.split_once('/')?;
+        return (!room.is_empty()).then_some(room);
+    }
     let rest = path.strip_prefix("/api/v1/rooms/")?;
     let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));
     let live = tail.is_empty() || tail == "participants" || tail.starts_with("participants/");
@@ -243,6 +249,12 @@ mod tests {
         assert_eq!(live_room_in("/api/v1/rooms"), None);
         assert_eq!(live_room_in("/api/v1/rooms/"), None);
         assert_eq!(live_room_in("/api/v1/join"), None);
+        assert_eq!(
+            live_room_in("/broadcast/rm_x/123.sig/playlist.m3u8"),
+            Some("rm_x")
+        );
+        assert_eq!(live_room_in("/broadcast/"), None);
+        assert_eq!(live_room_in("/broadcast//x"), None);
     }
 
     #[test]
