@@ -131,6 +131,11 @@ pub async fn to_home(State(state): State<AppState>, request: Request, next: Next
     {
         return next.run(request).await;
     }
+    // Live here: this node is its home (a lease it lost is noticed at the next renewal, within
+    // a heartbeat), and Redis need not be asked on every call or broadcast file.
+    if crate::control::RoomId::parse(room).is_some_and(|id| state.live.get(&id).is_some()) {
+        return next.run(request).await;
+    }
     // Where the room lives now; not live anywhere, here, or Redis unreachable: answered here
     // (a room that is not live needs no home, and its durable facts are in the shared store).
     let node = match cluster.home_of(room).await {
