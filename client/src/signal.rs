@@ -82,10 +82,16 @@ impl Connection {
         if let Some(close) = &self.closed {
             return Err(close.clone().into());
         }
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|e| Error::Transport(format!("send: {e}")))
+        let sent = self.ws.send(Message::Text(text.into())).await;
+        sent.map_err(|e| {
+            // A write that failed leaves nothing to read but the end: the socket is gone (the
+            // server may drop a connection while a frame it refuses is still being written).
+            self.closed = Some(Close {
+                code: 1006,
+                reason: String::new(),
+            });
+            Error::Transport(format!("send: {e}"))
+        })
     }
 
     /// The next message, answering pings on the way; `Ok(None)` once the socket has closed

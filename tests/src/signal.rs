@@ -80,6 +80,12 @@ impl SignalClient {
         self.connection.send_text(text).await.expect("send");
     }
 
+    /// Sends a frame the server is expected to answer by dropping the connection, which it may
+    /// do before the frame is fully written; [`SignalClient::wait_closed`] then says how it ended.
+    pub async fn send_text_until_dropped(&mut self, text: String) {
+        let _ = self.connection.send_text(text).await;
+    }
+
     /// Sends `message` with a fresh id and waits for the answer carrying that id.
     pub async fn request(&mut self, mut message: Value) -> Value {
         let id = self.next_id;

@@ -569,9 +569,17 @@ impl<'a> Replay<'a> {
             Frame::Binary(bytes) => Message::binary(bytes),
         };
         let ws = self.sockets.get_mut(who).expect("socket");
-        ws.send(message)
-            .await
-            .unwrap_or_else(|e| panic!("{who}: send: {e}"));
+        match ws.send(message).await {
+            Ok(()) => {}
+            // The server may drop the connection while a large frame is still being written
+            // (that is what a 1 MiB frame is for): the next read reports the drop.
+            Err(tokio_tungstenite::tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) => {}
+            Err(e) => panic!("{who}: send: {e}"),
+        }
     }
 
     /// The next frame of a socket: `Ok(text)`, or `Err(close)` when the connection ended.
