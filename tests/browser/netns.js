@@ -134,6 +134,12 @@ export function createNetns() {
   try {
     ip(["-n", name, "link", "set", "lo", "up"]);
     ip(["-n", name, "link", "add", "stoa0", "type", "veth", "peer", "name", "stoa1"]);
+    // No IPv6 link-local addresses on the pair: the kernel would add them a second or two
+    // after the links come up (after duplicate address detection), while the browsers run,
+    // and Chromium takes an address change for a network change and fails every request in
+    // flight with ERR_NETWORK_CHANGED (one broadcast run in four did).
+    ip(["-n", name, "link", "set", "stoa0", "addrgenmode", "none"]);
+    ip(["-n", name, "link", "set", "stoa1", "addrgenmode", "none"]);
     ip(["-n", name, "addr", "add", `${netns.serverIp}/24`, "dev", "stoa0"]);
     ip(["-n", name, "addr", "add", `${netns.clientIp}/24`, "dev", "stoa1"]);
     ip(["-n", name, "link", "set", "stoa0", "up"]);
