@@ -289,6 +289,13 @@ pub enum Event {
     /// The client took its place back; the room as it is now (what happened meanwhile is in
     /// it, not in events).
     Resumed(Box<Snapshot>),
+    /// The server no longer had this client's media connection (the room moved to another
+    /// node, or the place was taken again after its grace period): a new one is connected,
+    /// and [`Listener`](crate::Listener)s hear it. A microphone that was playing plays on if
+    /// its owner is still on stage.
+    MediaReconnected,
+    /// A new media connection could not be made (why); the room goes on without audio.
+    MediaLost(String),
     /// Events were dropped because they were not read fast enough; the view is current.
     Missed(u64),
     /// The connection ended for good (`left`, `removed`, `banned`, `room_ended`, `replaced`,

@@ -134,8 +134,9 @@ impl Listener {
 ///
 /// When the signaling connection drops, the room resumes it by itself within the server's
 /// grace period ([`Event::Reconnecting`], then [`Event::Resumed`]); requests made meanwhile
-/// wait for it. The media connection is kept. If the place cannot be taken back, the room
-/// ends with [`Event::Closed`] (`resume_expired`).
+/// wait for it. The media connection is kept; when the place had to be taken again (the room
+/// moved to another node), a new one is made ([`Event::MediaReconnected`]). If the place
+/// cannot be taken back, the room ends with [`Event::Closed`] (`resume_expired`).
 pub struct Room {
     commands: mpsc::UnboundedSender<Command>,
     events: broadcast::Receiver<Event>,
@@ -559,7 +560,12 @@ impl Driver {
                     self.fail_pending();
                     self.shared.publish(Event::Reconnecting);
                     match self.resume(&url).await {
-                        Ok(resumed) => session = resumed,
+                        Ok((resumed, fresh)) => {
+                            session = resumed;
+                            if fresh {
+                                self.reconnect_media();
+                            }
+                        }
                         Err(error) => {
                             break (4403, error.code().unwrap_or("resume_failed").to_owned());
                         }
@@ -657,12 +663,34 @@ impl Driver {
         });
     }
 
+    /// A place taken again is a new participant session, which has no media connection on
+    /// the server: make a new one (negotiated through this loop, so not in it), keeping the
+    /// microphone if still on stage.
+    fn reconnect_media(&self) {
+        let (Some(media), Some(commands)) = (self.media.clone(), self.commands_tx.upgrade()) else {
+            return;
+        };
+        let on_stage = self.welcome.snapshot.you.on_stage;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut channel = RoomChannel { commands };
+            let connected = match media.reconnect(&mut channel, on_stage).await {
+                Ok(()) => media.wait_connected(MEDIA_CONNECT).await,
+                Err(error) => Err(error),
+            };
+            shared.publish(match connected {
+                Ok(()) => Event::MediaReconnected,
+                Err(error) => Event::MediaLost(error.to_string()),
+            });
+        });
+    }
+
     /// Takes the place back with the latest resume token, retrying within the grace period;
     /// every other attempt goes to the fallback address (in a cluster any node answers it and
     /// sends us where the room lives). A place no longer held (the grace period passed, or the
     /// room's node died and the room lives elsewhere now) is taken again with the session
-    /// token while it is valid: the role comes back with it.
-    async fn resume(&mut self, url: &str) -> Result<Session, Error> {
+    /// token while it is valid: the role comes back with it, and the answer says `fresh`.
+    async fn resume(&mut self, url: &str) -> Result<(Session, bool), Error> {
         let deadline = Instant::now() + Duration::from_secs(self.welcome.resume_grace_secs);
         let mut urls = vec![url.to_owned()];
         if let Some(fallback) = &self.joined.fallback_signal_url
@@ -675,16 +703,18 @@ impl Driver {
             let target = &urls[attempt % urls.len()];
             let outcome = match Session::resume(target, &self.welcome.resume_token).await {
                 Err(Error::Rejected { code, .. }) if code == "resume_expired" => {
-                    Session::join_at(target, &self.joined.token).await
+                    Session::join_at(target, &self.joined.token)
+                        .await
+                        .map(|session| (session, true))
                 }
-                other => other,
+                other => other.map(|session| (session, false)),
             };
             match outcome {
-                Ok(session) => {
+                Ok((session, fresh)) => {
                     self.welcome = session.welcome().clone();
                     self.shared
                         .publish(Event::Resumed(Box::new(self.welcome.snapshot.clone())));
-                    return Ok(session);
+                    return Ok((session, fresh));
                 }
                 // The server will not take us back: give up.
                 Err(error @ Error::Rejected { .. }) => return Err(error),

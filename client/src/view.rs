@@ -90,6 +90,8 @@ impl RoomView {
             }
             Event::RoomEnded { .. }
             | Event::Reconnecting
+            | Event::MediaReconnected
+            | Event::MediaLost(_)
             | Event::Missed(_)
             | Event::Closed { .. }
             | Event::Unknown(_) => {}

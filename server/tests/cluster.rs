@@ -638,8 +638,13 @@ async fn join_following(url: &str, hello: Value) -> (Socket, Value, String) {
     panic!("moved more than twice");
 }
 
-/// Waits for 100 ms of `hz` in what `listener` hears.
-async fn hears_tone(listener: &mut stoa_client::Listener, hz: f32, within: Duration) {
+/// Waits for 100 ms of `hz` in what `listener` hears from frames that arrived after `since`.
+async fn hears_tone(
+    listener: &mut stoa_client::Listener,
+    hz: f32,
+    since: Instant,
+    within: Duration,
+) {
     let deadline = tokio::time::Instant::now() + within;
     let mut recent: std::collections::VecDeque<i16> = std::collections::VecDeque::new();
     loop {
@@ -647,6 +652,9 @@ async fn hears_tone(listener: &mut stoa_client::Listener, hz: f32, within: Durat
             .await
             .unwrap_or_else(|_| panic!("no {hz} Hz heard within {within:?}"))
             .expect("media open");
+        if frame.at < since {
+            continue;
+        }
         recent.extend(frame.pcm.iter().copied());
         while recent.len() > 4_800 {
             recent.pop_front();
@@ -747,7 +755,7 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     );
     sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
     let mut hearing = lee.listen().unwrap();
-    hears_tone(&mut hearing, 440.0, Duration::from_secs(10)).await;
+    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
 
     // A moderator's REST call on the live room through a node that is not its home: passed on,
     // answered by the room's node.
@@ -818,9 +826,34 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
         back_after < Duration::from_secs(10),
         "back after {back_after:?}"
     );
+    assert_eq!(
+        sam.view().me().id.to_string(),
+        sam_id,
+        "the same participant"
+    );
     assert_eq!(sam.view().me().role.to_string(), "speaker");
     assert!(sam.view().me().on_stage, "Sam is on stage again");
     assert_eq!(lee.view().me().role.to_string(), "listener");
+    // The new node has no media connection of theirs: the client makes new ones by itself,
+    // Sam's microphone plays on, and Lee hears him again.
+    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
+        next_event_matching(
+            room_of,
+            Duration::from_secs(10),
+            &format!("{name}'s media is back"),
+            |e| {
+                assert!(!matches!(e, Event::MediaLost(_)), "{name}: {e:?}");
+                matches!(e, Event::MediaReconnected)
+            },
+        )
+        .await;
+    }
+    if sam.view().me().muted {
+        sam.unmute().await.expect("Sam unmutes");
+    }
+    // The same subscription as before the move, with what came before it skipped.
+    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+    let audio_after = killed_at.elapsed();
     let new_lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
     assert!(
         !new_lease.starts_with(&format!("{home_name} ")),
@@ -845,6 +878,9 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
         .filter_map(|e| e["action"].as_str())
         .collect();
     assert!(kinds.contains(&"participant.muted"), "{kinds:?}");
-    println!("the room's node killed: its people back on another node after {back_after:?}");
+    println!(
+        "the room's node killed: its people back on another node after {back_after:?}, \
+         the speaker heard again after {audio_after:?}"
+    );
     drop(nodes);
 }

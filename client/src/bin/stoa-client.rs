@@ -187,6 +187,8 @@ async fn run(args: Args) -> Result<(), stoa_client::Error> {
                     }
                     Event::Reconnecting => println!("connection lost; resuming"),
                     Event::Resumed(_) => println!("resumed"),
+                    Event::MediaReconnected => println!("media connected again"),
+                    Event::MediaLost(why) => println!("media lost: {why}"),
                     Event::Closed { code, reason } => {
                         return Err(stoa_client::Error::Closed { code, reason });
                     }

@@ -453,15 +453,62 @@ struct Microphone {
     task: Option<JoinHandle<()>>,
 }
 
-/// A participant's media side: one peer connection with `slots` audio m-lines.
+/// One peer connection: what [`MediaPeer::reconnect`] replaces.
+pub(super) struct Link {
+    pub(super) pc: Arc<dyn PeerConnection>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Link {
+    /// Builds the connection (nothing sent yet) with the config's receive-only audio
+    /// transceivers.
+    async fn open(shared: &Arc<Shared>) -> Result<Link, Error> {
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let peer_connection = Arc::new(OnceLock::new());
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let handler = Arc::new(PeerEvents {
+            shared: shared.clone(),
+            state: state_tx,
+            peer_connection: peer_connection.clone(),
+            readers: readers.clone(),
+        });
+        let pc =
+            build_peer_connection(handler, shared.config.local_ip, shared.config.tcp_only).await?;
+        let _ = peer_connection.set(Arc::downgrade(&pc));
+        for _ in 0..shared.config.slots {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        }
+        Ok(Link { pc, state, readers })
+    }
+
+    fn stop_readers(&self) {
+        for reader in self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            reader.abort();
+        }
+    }
+}
+
+/// A participant's media side: one peer connection with `slots` audio m-lines (replaced by
+/// a new one when the server no longer has it: [`MediaPeer::reconnect`]).
 ///
 /// All methods take `&self`; state is behind locks that are never held across an await.
 pub struct MediaPeer {
-    pub(super) pc: Arc<dyn PeerConnection>,
+    link: Mutex<Arc<Link>>,
     shared: Arc<Shared>,
-    state: watch::Receiver<RTCPeerConnectionState>,
     microphone: Mutex<Option<Microphone>>,
-    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl MediaPeer {
@@ -490,39 +537,65 @@ impl MediaPeer {
             subscribers: Mutex::new(Vec::new()),
             config,
         });
-        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-        let peer_connection = Arc::new(OnceLock::new());
-        let readers = Arc::new(Mutex::new(Vec::new()));
-        let handler = Arc::new(PeerEvents {
-            shared: shared.clone(),
-            state: state_tx,
-            peer_connection: peer_connection.clone(),
-            readers: readers.clone(),
-        });
-        let pc =
-            build_peer_connection(handler, shared.config.local_ip, shared.config.tcp_only).await?;
-        let _ = peer_connection.set(Arc::downgrade(&pc));
-        for _ in 0..shared.config.slots {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await?;
-        }
+        let link = Link::open(&shared).await?;
         let peer = MediaPeer {
-            pc,
+            link: Mutex::new(Arc::new(link)),
             shared,
-            state,
             microphone: Mutex::new(None),
-            readers,
         };
         if let Some(source) = first_source {
-            peer.attach_microphone(source).await?;
+            peer.attach_microphone(Arc::new(Mutex::new(Player::new(source))))
+                .await?;
         }
         Ok(peer)
+    }
+
+    /// The current connection.
+    pub(super) fn link(&self) -> Arc<Link> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the connection with a new one, negotiated through `channel` (then
+    /// [`MediaPeer::wait_connected`]): for when the server no longer has the old one (the room moved to
+    /// another node, or the place was taken again after its grace period). Reports, the
+    /// decoded history and [`MediaPeer::subscribe`]rs carry on. With `keep_microphone`, a
+    /// microphone that was playing plays on in the new connection, from where it was;
+    /// otherwise it stops.
+    pub async fn reconnect(
+        &self,
+        channel: &mut impl OfferChannel,
+        keep_microphone: bool,
+    ) -> Result<(), Error> {
+        let microphone = self
+            .microphone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let player = microphone.and_then(|microphone| {
+            if let Some(task) = microphone.task {
+                task.abort();
+            }
+            keep_microphone.then_some(microphone.player)
+        });
+        {
+            let mut inner = self.shared.lock();
+            inner.send.speaking = false;
+            inner.send.ssrc = None;
+        }
+        self.shared.send_permitted.store(false, Ordering::SeqCst);
+        let fresh = Arc::new(Link::open(&self.shared).await?);
+        let old = std::mem::replace(
+            &mut *self.link.lock().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        old.stop_readers();
+        if let Err(error) = old.pc.close().await {
+            eprintln!("[{}] close: {error}", self.name());
+        }
+        if let Some(player) = player {
+            self.attach_microphone(player).await?;
+        }
+        self.negotiate(channel).await
     }
 
     /// This peer's name.
@@ -536,8 +609,9 @@ impl MediaPeer {
     /// of another shape (a bug in this client, or in the `webrtc` library) is an
     /// [`Error::Protocol`] and is not sent.
     pub async fn negotiate(&self, channel: &mut impl OfferChannel) -> Result<(), Error> {
-        let offer = self.pc.create_offer(None).await?;
-        self.pc.set_local_description(offer.clone()).await?;
+        let link = self.link();
+        let offer = link.pc.create_offer(None).await?;
+        link.pc.set_local_description(offer.clone()).await?;
         if let Err(problem) = check_offer(&offer.sdp, self.shared.config.slots, self.speaking()) {
             self.rollback().await;
             return Err(Error::Protocol(format!(
@@ -566,11 +640,11 @@ impl MediaPeer {
         } else {
             Vec::new()
         };
-        self.pc
+        link.pc
             .set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
         for candidate in tcp_candidates {
-            self.pc
+            link.pc
                 .add_ice_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
                     candidate,
                     sdp_mid: Some("0".to_owned()),
@@ -600,7 +674,8 @@ impl MediaPeer {
                 self.name()
             )));
         }
-        self.attach_microphone(source).await?;
+        self.attach_microphone(Arc::new(Mutex::new(Player::new(source))))
+            .await?;
         if let Err(error) = self.negotiate(channel).await {
             self.detach_microphone().await?;
             return Err(error);
@@ -638,7 +713,7 @@ impl MediaPeer {
     /// Waits until the connection is `Connected`; an [`Error::Timeout`] (with the states it
     /// went through) on timeout, `Failed` or `Closed`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
-        let mut state = self.state.clone();
+        let mut state = self.link().state.clone();
         let reached = tokio::time::timeout(
             timeout,
             state.wait_for(|s| {
@@ -667,7 +742,8 @@ impl MediaPeer {
     /// RTP packets that actually went out towards the transport (the library's outbound
     /// counters, after the interceptors): proof that a rogue really sent.
     pub async fn rtp_packets_sent(&self) -> u64 {
-        self.pc
+        self.link()
+            .pc
             .get_stats(Instant::now(), StatsSelector::None)
             .await
             .outbound_rtp_streams()
@@ -679,7 +755,7 @@ impl MediaPeer {
     pub fn report(&self) -> MediaReport {
         let inner = self.shared.lock();
         MediaReport {
-            state: *self.state.borrow(),
+            state: *self.link().state.borrow(),
             state_log: inner.state_log.clone(),
             send: inner.send.clone(),
             slots: inner.slots.iter().map(|s| s.report.clone()).collect(),
@@ -797,7 +873,7 @@ impl MediaPeer {
     /// negotiated state.
     async fn rollback(&self) {
         if let Ok(rollback) = RTCSessionDescription::rollback(None) {
-            let _ = self.pc.set_local_description(rollback).await;
+            let _ = self.link().pc.set_local_description(rollback).await;
         }
     }
 
@@ -818,26 +894,17 @@ impl MediaPeer {
         if let Some(task) = microphone.and_then(|m| m.task) {
             task.abort();
         }
-        if let Err(error) = self.pc.close().await {
+        let link = self.link();
+        if let Err(error) = link.pc.close().await {
             eprintln!("[{}] close: {error}", self.name());
         }
-        self.stop_readers();
+        link.stop_readers();
     }
 
-    fn stop_readers(&self) {
-        for reader in self
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            reader.abort();
-        }
-    }
-
-    /// Adds a microphone track with a fresh SSRC; `add_track` reuses the first transceiver
-    /// without a sender, which is the first m-line (all are receive-only until then).
-    async fn attach_microphone(&self, source: AudioSource) -> Result<(), Error> {
+    /// Adds a microphone track playing `player` with a fresh SSRC; `add_track` reuses the first
+    /// transceiver without a sender, which is the first m-line (all are receive-only until
+    /// then).
+    async fn attach_microphone(&self, player: Arc<Mutex<Player>>) -> Result<(), Error> {
         let ssrc = rand::random::<u32>();
         let name = self.name();
         let track = microphone_track(
@@ -847,12 +914,12 @@ impl MediaPeer {
             ssrc,
         );
         let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), track)?);
-        let sender = self.pc.add_track(track.clone()).await?;
+        let sender = self.link().pc.add_track(track.clone()).await?;
         *self.microphone.lock().unwrap_or_else(|e| e.into_inner()) = Some(Microphone {
             track,
             sender,
             ssrc,
-            player: Arc::new(Mutex::new(Player::new(source))),
+            player,
             task: None,
         });
         let mut inner = self.shared.lock();
@@ -876,7 +943,7 @@ impl MediaPeer {
             if let Some(task) = microphone.task {
                 task.abort();
             }
-            self.pc.remove_track(&microphone.sender).await?;
+            self.link().pc.remove_track(&microphone.sender).await?;
         }
         Ok(())
     }
@@ -891,7 +958,7 @@ impl MediaPeer {
                 microphone.ssrc,
                 microphone.player.clone(),
                 self.shared.clone(),
-                self.state.clone(),
+                self.link().state.clone(),
             )));
         }
     }
@@ -904,6 +971,6 @@ impl Drop for MediaPeer {
         if let Some(task) = microphone.as_mut().and_then(|m| m.task.take()) {
             task.abort();
         }
-        self.stop_readers();
+        self.link().stop_readers();
     }
 }

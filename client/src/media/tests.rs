@@ -30,7 +30,7 @@ async fn offers_have_exactly_the_slots_stoa_expects() {
         let listener = MediaPeer::new(MediaConfig::listener("l", slots))
             .await
             .unwrap();
-        let offer = listener.pc.create_offer(None).await.unwrap();
+        let offer = listener.link().pc.create_offer(None).await.unwrap();
         check_offer(&offer.sdp, slots, false).unwrap_or_else(|e| panic!("{e}:\n{}", offer.sdp));
         assert!(!offer.sdp.contains("m=video") && !offer.sdp.contains("m=application"));
         for (index, section) in media_sections(&offer.sdp).iter().enumerate() {
@@ -45,7 +45,7 @@ async fn offers_have_exactly_the_slots_stoa_expects() {
         ))
         .await
         .unwrap();
-        let offer = speaker.pc.create_offer(None).await.unwrap();
+        let offer = speaker.link().pc.create_offer(None).await.unwrap();
         check_offer(&offer.sdp, slots, true).unwrap_or_else(|e| panic!("{e}:\n{}", offer.sdp));
         speaker.close().await;
     }
