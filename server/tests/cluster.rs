@@ -6,6 +6,8 @@
 //! `redis-cli`, a client nobody on the team wrote, reads what the nodes wrote.
 
 mod common;
+#[path = "../../tests/src/nginx.rs"]
+mod nginx;
 #[allow(dead_code)] // each test binary compiles this module and uses some of it
 #[path = "../../tests/src/postgres.rs"]
 mod postgres;
@@ -21,6 +23,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
+use nginx::Nginx;
 use redis::{Redis, free_port};
 
 const HEARTBEAT_MS: u64 = 200;
@@ -33,9 +36,22 @@ const OTHER_SIGNING_KEY: &str = "b3RoZXItY2x1c3Rlci10ZXN0LXNpZ25pbmcta2V5eHg";
 /// One `stoa serve` process of the cluster.
 struct Node {
     child: Child,
-    url: String,
+    endpoint: Endpoint,
     _dir: tempfile::TempDir,
+}
+
+/// Where REST calls go: a node, or a load balancer in front of the nodes.
+struct Endpoint {
+    url: String,
     http: reqwest::Client,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 struct NodeSpec<'a> {
@@ -45,6 +61,9 @@ struct NodeSpec<'a> {
     database_url: Option<String>,
     signing_key: &'a str,
     api_key: &'a str,
+    /// Behind a load balancer: its address (the nodes' public URL, and the peer whose
+    /// `X-Forwarded-For` they take) and the node's own port (its `node_url`).
+    behind: Option<(String, u16)>,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -55,6 +74,7 @@ impl<'a> NodeSpec<'a> {
             database_url: None,
             signing_key: SIGNING_KEY,
             api_key: API_KEY,
+            behind: None,
         }
     }
 
@@ -63,16 +83,22 @@ impl<'a> NodeSpec<'a> {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n\
+                "trust_forwarded_for = {}\n\
+                 [cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n\
                  [media]\nworkers = 1\nmax_connections = 10\n\
                  [signal]\nmax_sockets_per_address = 1000\n\
-                 [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n"
+                 [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n",
+                self.behind.is_some()
             ),
         )
         .unwrap();
+        let bind = match &self.behind {
+            Some((_, port)) => format!("127.0.0.1:{port}"),
+            None => "127.0.0.1:0".to_owned(),
+        };
         let mut command = Command::new(common::BIN);
         command
-            .args(["serve", "--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
+            .args(["serve", "--bind", &bind, "--no-demo", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--config")
             .arg(&config)
@@ -83,6 +109,11 @@ impl<'a> NodeSpec<'a> {
             .env("RUST_LOG", "warn");
         if let Some(url) = &self.database_url {
             command.env("STOA_DATABASE_URL", url);
+        }
+        if let Some((url, port)) = &self.behind {
+            command
+                .args(["--public-url", url, "--node-url"])
+                .arg(format!("http://127.0.0.1:{port}"));
         }
         command
     }
@@ -95,15 +126,16 @@ impl<'a> NodeSpec<'a> {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("stoa starts");
-        let (url, _) = common::read_banner(&mut child, false);
+        let (banner_url, _) = common::read_banner(&mut child, false);
+        // The banner names the public URL, which behind a load balancer is not the node's.
+        let url = match &self.behind {
+            Some((_, port)) => format!("http://127.0.0.1:{port}"),
+            None => banner_url,
+        };
         Node {
             child,
-            url,
+            endpoint: Endpoint::new(url),
             _dir: dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
         }
     }
 
@@ -138,7 +170,17 @@ impl<'a> NodeSpec<'a> {
     }
 }
 
-impl Node {
+impl Endpoint {
+    fn new(url: String) -> Endpoint {
+        Endpoint {
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .http
@@ -211,7 +253,9 @@ impl Node {
     fn signal_url(&self) -> String {
         format!("{}/api/v1/signal", self.url.replacen("http://", "ws://", 1))
     }
+}
 
+impl Node {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -882,5 +926,166 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
         "the room's node killed: its people back on another node after {back_after:?}, \
          the speaker heard again after {audio_after:?}"
     );
+    drop(nodes);
+}
+
+/// The load balancer block of `docs/operations.md` ("Behind a load balancer"), as written, with
+/// the three node addresses and the listening address replaced and the TLS lines left out.
+fn load_balancer_from_the_docs(nodes: &[&Node]) -> String {
+    let doc = include_str!("../../docs/operations.md");
+    let section = &doc[doc
+        .find("### Behind a load balancer")
+        .expect("operations.md has the section")..];
+    let start = section.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let mut nodes = nodes.iter();
+    let mut out = String::new();
+    for line in block.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("ssl_certificate") {
+            continue;
+        }
+        let line = if trimmed == "listen 443 ssl;" {
+            "    listen {listen};".to_owned()
+        } else if trimmed.starts_with("server 10.0.0.") {
+            let node = nodes.next().expect("three nodes in the docs' upstream");
+            line.replacen(
+                trimmed.split_whitespace().nth(1).unwrap(),
+                node.url.trim_start_matches("http://"),
+                1,
+            )
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(
+        nodes.next().is_none(),
+        "the docs' upstream lists three nodes"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let lb_port = free_port();
+    let lb_url = format!("http://127.0.0.1:{lb_port}");
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.clone()),
+        behind: Some((lb_url.clone(), free_port())),
+        ..NodeSpec::new(name, &redis)
+    };
+    let mut nodes = vec![
+        spec("node-a").start(),
+        spec("node-b").start(),
+        spec("node-c").start(),
+    ];
+    let nginx = Nginx::start_on(
+        lb_port,
+        &load_balancer_from_the_docs(&nodes.iter().collect::<Vec<_>>()),
+    );
+    let lb = Endpoint::new(nginx.url(""));
+
+    // Everything through the shared address, whichever node each request lands on.
+    let (room, moderator_code) = lb.room_with_invite("moderator").await;
+    let (status, ada) = lb.join(&moderator_code, "Ada").await;
+    assert_eq!(status, 200, "{ada}");
+    let home_url = ada["signal_url"].as_str().unwrap().to_owned();
+    let home = nodes
+        .iter()
+        .position(|n| n.signal_url() == home_url)
+        .expect("the join names a node's own address, not the load balancer's");
+    // Invite links carry the shared address.
+    let (status, invite) = lb
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rooms/{room}/invites"),
+            Some(json!({"role": "listener"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{invite}");
+    assert!(
+        invite["url"].as_str().unwrap().starts_with(&lb_url),
+        "{invite}"
+    );
+
+    // Sockets opened through the load balancer land on any node; those that are not the
+    // room's are sent on, and every one ends welcomed on the room's node.
+    let mut moved = 0;
+    let mut socket = None;
+    for _ in 0..3 {
+        let (s, first) = Socket::open(
+            &lb.signal_url(),
+            json!({"type": "join", "id": 1, "token": ada["token"]}),
+        )
+        .await;
+        let (s, welcome, url) = if first["type"] == "moved" {
+            moved += 1;
+            assert_eq!(first["signal_url"], home_url.as_str(), "{first}");
+            join_following(
+                &home_url,
+                json!({"type": "join", "id": 1, "token": ada["token"]}),
+            )
+            .await
+        } else {
+            (s, first, lb.signal_url())
+        };
+        assert_eq!(welcome["type"], "welcome", "{welcome} at {url}");
+        assert_eq!(welcome["snapshot"]["you"]["role"], "moderator");
+        socket = Some(s);
+    }
+    assert!(
+        moved >= 1,
+        "three sockets through a round robin of three nodes: one sent on at least"
+    );
+    let mut socket = socket.unwrap();
+
+    // A moderator's REST call on the live room through the shared address is answered by the
+    // room's node, wherever it landed.
+    let me = lb.get(&format!("/api/v1/rooms/{room}/participants")).await;
+    assert_eq!(me["items"].as_array().unwrap().len(), 1, "{me}");
+    for _ in 0..3 {
+        let response = lb
+            .http
+            .get(format!("{}/api/v1/rooms/{room}", lb.url))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["stoa-node"],
+            ["node-a", "node-b", "node-c"][home]
+        );
+    }
+
+    // A node that is not the room's dies. Nothing through the load balancer fails: the request
+    // that meets the dead node is passed to the next (it refused the connection, so nothing
+    // was sent), including redemptions, which are never sent twice.
+    let dead = (home + 1) % 3;
+    nodes[dead].kill();
+    for i in 0..6 {
+        let code = lb.invite(&room, "listener").await;
+        let (status, joined) = lb.join(&code, &format!("Lee {i}")).await;
+        assert_eq!(status, 200, "{joined}");
+        assert_eq!(joined["signal_url"], home_url.as_str());
+    }
+    let invites = lb
+        .get(&format!("/api/v1/rooms/{room}/invites?limit=100"))
+        .await;
+    let used: u64 = invites["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["uses"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(used, 7, "each redemption counted once: {invites}");
+    socket.send(json!({"type": "ping", "id": 2})).await;
+    assert_eq!(socket.until("pong").await["id"], 2);
+    drop(nginx);
     drop(nodes);
 }

@@ -11,6 +11,7 @@ use stoa_client::api::Api;
 use stoa_client::audio::{AudioSource, WINDOW_SAMPLES, tone_present};
 use stoa_client::{JoinOptions, Room};
 use stoa_tests::TestServer;
+use stoa_tests::nginx::Nginx;
 use tokio::io::AsyncReadExt;
 
 /// A speaker on stage sending a tone over WebRTC, as the client library joins one: its own
@@ -317,90 +318,18 @@ async fn bad_broadcast_requests_get_clear_errors() {
     t.stop().await;
 }
 
-/// nginx as a shared HTTP cache in front of the server, on an ephemeral port, in a temporary
-/// folder; stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start(origin: &str) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        // A free port: the kernel picks it; nginx takes it over a moment later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
-               proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               proxy_cache_path {d}/cache levels=1:2 keys_zone=hls:10m max_size=200m \
-                 inactive=120s use_temp_path=off;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-                   proxy_pass {origin};\n      proxy_http_version 1.1;\n\
-                   proxy_set_header Connection \"\";\n      proxy_cache hls;\n\
-                   proxy_cache_lock on;\n      proxy_cache_lock_timeout 10s;\n\
-                   proxy_cache_lock_age 10s;\n\
-                   add_header X-Cache-Status $upstream_cache_status;\n    }}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new("nginx")
-            // A process group of its own, so nothing of it outlives the test.
-            .process_group(0)
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(dir.path())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx runs (apt-get install nginx-light)");
-        let nginx = Nginx {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Ready when it accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        nginx
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM to the master, which stops its workers (SIGKILL would orphan them), then
-    /// SIGKILL to the whole group if it lingers.
-    fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
+/// nginx as a shared HTTP cache in front of the server.
+fn caching_nginx(origin: &str) -> Nginx {
+    Nginx::start(&format!(
+        "  proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=hls:10m max_size=200m \
+           inactive=120s use_temp_path=off;\n\
+         server {{\n    listen {{listen}};\n    location / {{\n\
+               proxy_pass {origin};\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n      proxy_cache hls;\n\
+               proxy_cache_lock on;\n      proxy_cache_lock_timeout 10s;\n\
+               proxy_cache_lock_age 10s;\n\
+               add_header X-Cache-Status $upstream_cache_status;\n    }}\n  }}"
+    ))
 }
 
 /// Requests the origin answered for broadcast files, from its `/metrics`.
@@ -443,7 +372,7 @@ async fn a_thousand_players_behind_nginx_cost_the_origin_about_one_request_per_p
     let url = playlist_url(&t, &room).await;
     let path = url.strip_prefix(&t.base).unwrap().to_owned();
     let folder = path.trim_end_matches("playlist.m3u8").to_owned();
-    let nginx = Nginx::start(&t.base).await;
+    let nginx = caching_nginx(&t.base);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(PLAYERS)
         .timeout(Duration::from_secs(30))

@@ -2,6 +2,8 @@
 //! the node where the room lives: any other node passes the request on and hands back the
 //! answer (a shared cache in front keeps caching it: the answer's headers pass unchanged).
 //!
+//! Either way the answer names the room's node in a `Stoa-Node` header.
+//!
 //! The passed-on request carries `Stoa-Forwarded: v1 {node} {client ip} {unix ms} {mac}`, an
 //! HMAC (with a key derived from the cluster's signing key) over those fields, the method and
 //! the path. The home node trusts the client address in it for rate limits and the failed
@@ -134,7 +136,12 @@ pub async fn to_home(State(state): State<AppState>, request: Request, next: Next
     // Live here: this node is its home (a lease it lost is noticed at the next renewal, within
     // a heartbeat), and Redis need not be asked on every call or broadcast file.
     if crate::control::RoomId::parse(room).is_some_and(|id| state.live.get(&id).is_some()) {
-        return next.run(request).await;
+        let mut response = next.run(request).await;
+        // Said the same way as by a node that passed the call on.
+        if let Ok(name) = HeaderValue::from_str(&state.node.name) {
+            response.headers_mut().insert("stoa-node", name);
+        }
+        return response;
     }
     // Where the room lives now; not live anywhere, here, or Redis unreachable: answered here
     // (a room that is not live needs no home, and its durable facts are in the shared store).
