@@ -59,6 +59,9 @@ pub struct DatabaseSettings {
     pub url: Option<String>,
     /// Connections this node keeps to PostgreSQL at most.
     pub max_connections: usize,
+    /// The CA that signed PostgreSQL's certificate (PEM), for `sslmode=require`; unset, the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for DatabaseSettings {
@@ -66,6 +69,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: None,
             max_connections: 16,
+            tls_ca: None,
         }
     }
 }
@@ -422,6 +426,10 @@ pub struct Overrides {
     /// data folder.
     #[arg(long, global = true, env = "STOA_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// The CA (PEM) that signed PostgreSQL's certificate, for a URL with sslmode=require
+    /// (default: the system's roots).
+    #[arg(long, global = true, env = "STOA_DATABASE_TLS_CA")]
+    pub database_tls_ca: Option<PathBuf>,
     /// Do not create or print the demo room.
     #[arg(long, global = true, env = "STOA_NO_DEMO")]
     pub no_demo: bool,
@@ -510,6 +518,9 @@ impl Config {
         }
         if let Some(v) = &o.database_url {
             self.database.url = Some(v.clone());
+        }
+        if let Some(v) = &o.database_tls_ca {
+            self.database.tls_ca = Some(v.clone());
         }
         if o.no_demo {
             self.demo_room = false;

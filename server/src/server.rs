@@ -107,9 +107,13 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
 
     let store = match &config.database.url {
         None => Store::open(&data_dir.join("stoa.db")).context("cannot open the database")?,
-        Some(url) => Store::connect_postgres(url, config.database.max_connections)
-            .await
-            .context("cannot open the PostgreSQL database")?,
+        Some(url) => Store::connect_postgres_tls(
+            url,
+            config.database.max_connections,
+            config.database.tls_ca.as_deref(),
+        )
+        .await
+        .context("cannot open the PostgreSQL database")?,
     };
     let (operator_key, key_source) = match &config.api_key {
         Some(key) => (OperatorKey::new(key), KeySource::Environment),

@@ -18,6 +18,8 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     guardian: Option<Guardian>,
+    /// TLS on, with the certificate and key in the folder: TCP clients must use it.
+    tls: bool,
 }
 
 /// The shell that owns a running `postgres`: it stops the server (an immediate shutdown)
@@ -41,6 +43,16 @@ wait "$pid"
 impl Postgres {
     /// Initialises a new cluster and starts it. Panics with the reason if it cannot.
     pub fn start() -> Postgres {
+        Postgres::start_inner(None)
+    }
+
+    /// Like [`Postgres::start`], with TLS: `cert_pem` (the server's certificate, for
+    /// `127.0.0.1`) and `key_pem`; connections over TCP without TLS are refused.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::start_inner(Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(tls: Option<(&str, &str)>) -> Postgres {
         let bin = find_bin();
         let root = make_root();
         std::fs::write(root.join("password"), PASSWORD).expect("password file");
@@ -60,6 +72,22 @@ impl Postgres {
         );
         std::fs::create_dir(root.join("socket")).expect("socket folder");
         own_by_postgres(&root.join("socket"));
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = root.join(name);
+                std::fs::write(&path, pem).expect("TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+                own_by_postgres(&path);
+            }
+            std::fs::write(
+                root.join("data/pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("pg_hba.conf");
+        }
         // A port another process takes between our probe and PostgreSQL's bind is retried.
         for _ in 0..5 {
             let mut pg = Postgres {
@@ -67,6 +95,7 @@ impl Postgres {
                 bin: bin.clone(),
                 port: free_port(),
                 guardian: None,
+                tls: tls.is_some(),
             };
             if pg.launch() {
                 return pg;
@@ -148,6 +177,17 @@ impl Postgres {
             // Durability is PostgreSQL's business, not what these tests measure.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=300"]);
+        if self.tls {
+            postgres.args(["-c", "ssl=on"]);
+            for (setting, file) in [
+                ("ssl_cert_file", "server.crt"),
+                ("ssl_key_file", "server.key"),
+            ] {
+                postgres
+                    .arg("-c")
+                    .arg(format!("{setting}={}", self.root.join(file).display()));
+            }
+        }
         let mut process = Command::new("sh")
             .arg("-c")
             .arg(GUARDIAN)

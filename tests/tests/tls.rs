@@ -1,5 +1,6 @@
-//! `--tls-cert`/`--tls-key`: the server answers HTTPS directly, so browsers on other machines
-//! get a secure page (and with it, the microphone). A self-signed certificate made here.
+//! TLS, with certificates made here: `--tls-cert`/`--tls-key` (the server answers HTTPS
+//! directly, so browsers on other machines get a secure page, and with it the microphone), and
+//! the connection to PostgreSQL (`sslmode=require`, the server's certificate verified).
 
 use std::sync::Arc;
 
@@ -98,4 +99,111 @@ async fn a_silent_tls_connection_is_closed_on_the_idle_timer() {
         "the silent TLS connection was still open after 5 s"
     );
     t.stop().await;
+}
+
+const API_KEY: &str = "stoa_sk_tlstestkeytlstestkeytlstestkey0123456789";
+
+/// A certificate authority made here, and a server certificate for 127.0.0.1 it signed.
+struct Authority {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+fn authority(name: &str) -> Authority {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    Authority {
+        ca_pem: ca.pem(),
+        server_cert_pem: server.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+/// PostgreSQL that takes TCP connections over TLS only: with `sslmode=require` and the CA that
+/// signed its certificate the server starts and works; without TLS, or with a CA that did not
+/// sign it, it refuses to start and says why (a password never goes to an unproven server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_over_tls_with_the_servers_certificate_verified() {
+    use stoa::{Clock, Config};
+    let ours = authority("Stoa test CA");
+    let theirs = authority("Another CA");
+    let pg =
+        stoa_tests::postgres::Postgres::start_with_tls(&ours.server_cert_pem, &ours.server_key_pem);
+    let url = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    std::fs::write(&ca, &ours.ca_pem).unwrap();
+    std::fs::write(&wrong_ca, &theirs.ca_pem).unwrap();
+
+    let start = |url: String, tls_ca: Option<std::path::PathBuf>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            demo_room: false,
+            ..Config::default()
+        };
+        config.database.url = Some(url);
+        config.database.tls_ca = tls_ca;
+        config.api_key = Some(API_KEY.to_owned());
+        stoa::server::start_with_clock(config, Clock::manual())
+            .await
+            .map(|running| (running, dir))
+            .map_err(|e| format!("{e:#}"))
+    };
+
+    // Plain TCP: the database's rules refuse it, and the node says so.
+    let refused = start(url.clone(), None)
+        .await
+        .err()
+        .expect("plain TCP refused");
+    assert!(refused.contains("no encryption"), "{refused}");
+    // A CA given without asking for TLS is a mistake, said at once.
+    let refused = start(url.clone(), Some(ca.clone()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.contains("sslmode=require"), "{refused}");
+    // TLS, but the certificate was signed by someone else.
+    let refused = start(format!("{url}?sslmode=require"), Some(wrong_ca))
+        .await
+        .err()
+        .expect("an unknown issuer refused");
+    assert!(refused.contains("invalid peer certificate"), "{refused}");
+    assert!(
+        !refused.contains(stoa_tests::postgres::PASSWORD),
+        "{refused}"
+    );
+
+    // TLS with the right CA: the node works on it.
+    let (running, _dir) = start(format!("{url}?sslmode=require"), Some(ca))
+        .await
+        .expect("starts over TLS");
+    let created = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/rooms", running.addr))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"title": "Over TLS"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    // PostgreSQL itself says the node's connections are encrypted.
+    let encrypted = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND client_addr = '127.0.0.1'",
+    );
+    assert!(encrypted.parse::<u32>().unwrap() >= 1, "{encrypted}");
+    running.shutdown().await.unwrap();
 }

@@ -90,8 +90,19 @@ impl Store {
     /// pool of at most `max_connections`, and brings the schema up to date (one node at a
     /// time). Fails if the server cannot be reached or refuses the credentials.
     pub async fn connect_postgres(url: &str, max_connections: usize) -> Result<Store> {
+        Store::connect_postgres_tls(url, max_connections, None).await
+    }
+
+    /// Like [`Store::connect_postgres`]; with `sslmode=require` in the URL the connection is TLS,
+    /// the server's certificate verified against `tls_ca` (PEM) or the system's roots.
+    pub async fn connect_postgres_tls(
+        url: &str,
+        max_connections: usize,
+        tls_ca: Option<&Path>,
+    ) -> Result<Store> {
+        let store = postgres::PgStore::connect(url, max_connections, tls_ca).await?;
         Ok(Store {
-            engine: Engine::Postgres(postgres::PgStore::connect(url, max_connections).await?),
+            engine: Engine::Postgres(store),
         })
     }
 

@@ -3,11 +3,13 @@
 //! on, always in the order rooms → identities → invites, so concurrent writers on any node
 //! wait for each other instead of deadlocking; no HTTP here.
 
+use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{NoTls, Row};
 
 use super::super::model::{CreatedInvite, PageRequest, Standing};
@@ -35,10 +37,30 @@ pub(super) struct PgStore {
 }
 
 impl PgStore {
-    pub(super) async fn connect(url: &str, max_connections: usize) -> Result<PgStore> {
+    pub(super) async fn connect(
+        url: &str,
+        max_connections: usize,
+        tls_ca: Option<&Path>,
+    ) -> Result<PgStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             ControlError::Storage(format!("the database URL is not a PostgreSQL URL: {e}"))
         })?;
+        let tls = match (config.get_ssl_mode(), tls_ca) {
+            (SslMode::Require, ca) => Some(tls_connector(ca)?),
+            (_, Some(_)) => {
+                return Err(ControlError::Storage(
+                    "a CA for the database is set (tls_ca) but its URL does not ask for TLS: \
+                     add ?sslmode=require"
+                        .into(),
+                ));
+            }
+            // `prefer` (the default) and `disable`: plain TCP, as libpq would do with a server
+            // that offers no TLS. Asking for TLS is `sslmode=require`.
+            _ => {
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(POOL_TIMEOUT);
         }
@@ -47,15 +69,15 @@ impl PgStore {
         config.keepalives_idle(Duration::from_secs(15));
         config.tcp_user_timeout(Duration::from_secs(30));
         let target = describe(&config);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            // Checks a pooled connection with a round trip before handing it out, so one left
-            // broken by a database restart is replaced instead of failing a request.
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        // Checks a pooled connection with a round trip before handing it out, so one left
+        // broken by a database restart is replaced instead of failing a request.
+        let checked = ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, checked),
+            None => Manager::from_config(config, NoTls, checked),
+        };
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -648,6 +670,60 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
 }
 
 /// `user@host:port/database`, never the password, for error messages.
+/// TLS for `sslmode=require`. Unlike libpq's `require`, the server's certificate is always
+/// verified, name included (libpq's `verify-full`): against `ca` (PEM, one or more
+/// certificates) when given, else against the system's roots. A password is never sent to a
+/// server that has not proven who it is.
+fn tls_connector(ca: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    ControlError::Storage(format!(
+                        "cannot read the database CA {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            if certs.is_empty() {
+                return Err(ControlError::Storage(format!(
+                    "the database CA {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    ControlError::Storage(format!(
+                        "the database CA {} is not usable: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(ControlError::Storage(
+                    "sslmode=require, but the system has no root certificates: set the \
+                     database's tls_ca"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ControlError::Storage(format!("TLS for the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
