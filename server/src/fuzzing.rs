@@ -644,7 +644,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use crate::media::audio_level::AudioLevel;
 use crate::media::batch::MAX_DATAGRAM;
 use crate::media::demux::{self, Kind};
-use crate::media::engine::{self, AUDIO_LEVEL_URI, OPUS_PT, RED_PT};
+use crate::media::engine::{self, OPUS_PT, RED_PT};
 use crate::media::offer::{Offer, check_offer};
 use crate::media::red;
 
@@ -798,7 +798,7 @@ pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RT
     Ok(pc)
 }
 
-/// A new offer on an existing connection, as `Worker::renegotiate` applies it.
+/// A new offer on an existing connection, as the worker core renegotiates it.
 pub fn renegotiate(
     pc: &mut RTCPeerConnection,
     offer: Offer,
@@ -843,7 +843,7 @@ struct Served {
     pc: RTCPeerConnection,
     receiving: bool,
     inbound_ssrc: Option<u32>,
-    /// The speaker's last frames, as `Worker::ingress` keeps them for RED listeners.
+    /// The speaker's last frames, as the worker core's `ingress` keeps them for RED listeners.
     history: red::History,
     level_id: Option<u8>,
     connected: bool,
@@ -871,7 +871,7 @@ impl Served {
     }
 
     /// One datagram from `from`, through the checks a worker makes before `rtc` sees it (the
-    /// routing by USERNAME and address is `Worker::on_datagram`'s, not repeated here).
+    /// routing by USERNAME and address is `Core::handle_datagram`'s, not repeated here).
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         if datagram.len() > MAX_DATAGRAM {
             return;
@@ -902,7 +902,7 @@ impl Served {
         self.drain();
     }
 
-    /// What `Worker::drain` does after every input: datagrams out, events, media in.
+    /// What the worker core's `drain` does after every input: datagrams out, events, media in.
     fn drain(&mut self) {
         while let Some(out) = self.pc.poll_write() {
             assert!(out.message.len() <= 64 * 1024, "an oversized datagram out");
@@ -922,14 +922,7 @@ impl Served {
                 },
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     self.inbound_ssrc = Some(init.ssrc);
-                    self.level_id = self.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {
-                        r.get_parameters()
-                            .rtp_parameters
-                            .header_extensions
-                            .iter()
-                            .find(|h| h.uri == AUDIO_LEVEL_URI)
-                            .map(|h| h.id as u8)
-                    });
+                    self.level_id = engine::audio_level_id(&mut self.pc, init.receiver_id);
                 }
                 _ => {}
             }
@@ -938,7 +931,7 @@ impl Served {
             match message {
                 RTCMessage::RtpPacket(_, packet) => {
                     self.rtp_in += 1;
-                    // `Worker::ingress`: the level from the negotiated extension, a RED payload
+                    // The core's `ingress`: the level from the negotiated extension, a RED payload
                     // read, and what a RED listener would be sent of it.
                     let pt = packet.header.payload_type;
                     if self.inbound_ssrc == Some(packet.header.ssrc)
@@ -1021,7 +1014,7 @@ pub const CLIENT_MIC_SSRC: u32 = 0x5354_4f41;
 impl Pair {
     fn connect(mut record: Option<&mut Vec<Vec<u8>>>) -> anyhow::Result<Pair> {
         let mut now = Instant::now();
-        let mut client = client_offerer(now)?;
+        let mut client = client_offerer(now, CLIENT_ADDR)?;
         let mic = client
             .get_senders()
             .next()
@@ -1119,8 +1112,9 @@ impl Pair {
     }
 }
 
-/// A browser-like offerer: a microphone and `slots - 1` receive-only sections.
-fn client_offerer(now: Instant) -> anyhow::Result<RTCPeerConnection> {
+/// A browser-like offerer at `addr`: a microphone and `slots - 1` receive-only sections. The
+/// worker core's own tests connect these to it.
+pub(crate) fn client_offerer(now: Instant, addr: SocketAddr) -> anyhow::Result<RTCPeerConnection> {
     static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
     let certificate = CERTIFICATE
         .get_or_init(|| engine::certificate().expect("a certificate"))
@@ -1166,7 +1160,7 @@ fn client_offerer(now: Instant) -> anyhow::Result<RTCPeerConnection> {
             }),
         )?;
     }
-    engine::add_host_candidate(&mut pc, CLIENT_ADDR)?;
+    engine::add_host_candidate(&mut pc, addr)?;
     Ok(pc)
 }
 

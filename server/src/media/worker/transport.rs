@@ -18,7 +18,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::TransportProtocol;
 
 use super::super::demux::{self, Kind};
-use super::super::engine::{AUDIO_LEVEL_URI, Inbound, SlotSender};
+use super::super::engine::{self, Inbound, SlotSender};
 use super::super::random_u32;
 use super::super::red::History;
 use super::super::slot::SlotRewriter;
@@ -135,18 +135,7 @@ impl Transport {
                     self.inbound_ssrc = Some(init.ssrc);
                     // A new stream numbers its timestamps afresh.
                     self.history.clear();
-                    self.inbound_level_id =
-                        self.pc
-                            .rtp_receiver(init.receiver_id)
-                            .and_then(|mut receiver| {
-                                receiver
-                                    .get_parameters()
-                                    .rtp_parameters
-                                    .header_extensions
-                                    .iter()
-                                    .find(|h| h.uri == AUDIO_LEVEL_URI)
-                                    .map(|h| h.id as u8)
-                            });
+                    self.inbound_level_id = engine::audio_level_id(&mut self.pc, init.receiver_id);
                 }
                 _ => {}
             }
