@@ -19,7 +19,7 @@ use crate::metrics::MediaMetrics;
 const READ_BURST: usize = 64;
 /// Fan-out packets handled per turn.
 const FANOUT_BURST: usize = 256;
-/// How long the loop sleeps when the core wants no timeout.
+/// The longest the loop sleeps without an input.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// The sockets the core's output goes out on.
@@ -178,10 +178,9 @@ impl Worker {
     async fn serve(&mut self) {
         loop {
             self.core.egress_mut().flush();
-            let wake = self
-                .core
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            // Wakes at least once a second, even when nothing is due.
+            let idle = Instant::now() + IDLE_WAKE;
+            let wake = self.core.poll_timeout().map_or(idle, |at| at.min(idle));
             let Worker {
                 core,
                 control,
