@@ -622,22 +622,16 @@ impl Default for RestHarness {
 // ---- SDP offers and the media path ------------------------------------------------------
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::peer_connection::certificate::RTCCertificate;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -762,14 +756,6 @@ a=rtpmap:126 telephone-event/8000\r\n";
 /// Audio sections per connection, as a default server sends.
 pub fn slots() -> usize {
     crate::config::MediaSettings::default().slots
-}
-
-/// The process's one DTLS certificate, as `Media::start` makes it.
-fn certificate() -> RTCCertificate {
-    static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
-    CERTIFICATE
-        .get_or_init(|| engine::certificate().expect("a certificate"))
-        .clone()
 }
 
 /// The server side of a connection, built by the same function a media worker uses
@@ -1009,7 +995,8 @@ struct Pair {
     inputs: u32,
 }
 
-pub const CLIENT_MIC_SSRC: u32 = 0x5354_4f41;
+pub use crate::media::testkit::CLIENT_MIC_SSRC;
+use crate::media::testkit::{certificate, client_offerer};
 
 impl Pair {
     fn connect(mut record: Option<&mut Vec<Vec<u8>>>) -> anyhow::Result<Pair> {
@@ -1110,58 +1097,6 @@ impl Pair {
         }
         self.shuttle(record);
     }
-}
-
-/// A browser-like offerer at `addr`: a microphone and `slots - 1` receive-only sections. The
-/// worker core's own tests connect these to it.
-pub(crate) fn client_offerer(now: Instant, addr: SocketAddr) -> anyhow::Result<RTCPeerConnection> {
-    static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
-    let certificate = CERTIFICATE
-        .get_or_init(|| engine::certificate().expect("a certificate"))
-        .clone();
-    let registry = rtc::interceptor::Registry::new()
-        .with(
-            rtc::interceptor::Slot::ReceiverReport,
-            rtc::interceptor::ReceiverReportBuilder::new().build(),
-        )
-        .with(
-            rtc::interceptor::Slot::SenderReport,
-            rtc::interceptor::SenderReportBuilder::new().build(),
-        );
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_certificates(vec![certificate])
-                .build(),
-        )
-        .with_media_engine(engine::media_engine_with(true)?)
-        .with_interceptor_registry(registry)
-        .build(now)?;
-    pc.add_track(rtc::media_stream::MediaStreamTrack::new(
-        "fuzz-mic".to_owned(),
-        "mic".to_owned(),
-        "mic".to_owned(),
-        RtpCodecKind::Audio,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(CLIENT_MIC_SSRC),
-                ..Default::default()
-            },
-            codec: engine::opus_codec().rtp_codec,
-            ..Default::default()
-        }],
-    ))?;
-    for _ in 1..slots() {
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Audio,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )?;
-    }
-    engine::add_host_candidate(&mut pc, addr)?;
-    Ok(pc)
 }
 
 /// A STUN binding request from the browser of [`BROWSER_OFFER`] to the harness's server, with

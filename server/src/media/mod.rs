@@ -18,6 +18,8 @@ pub mod slot;
 pub mod srtp;
 pub mod tap;
 pub mod tcp;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testkit;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -4,13 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -21,10 +19,10 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::batch::SendBatch;
-use super::super::engine::{self, OPUS_PT};
+use super::super::engine::OPUS_PT;
 use super::super::offer::check_offer;
+use super::super::testkit::{CLIENT_MIC_SSRC, certificate, client_offerer};
 use super::*;
-use crate::fuzzing::{CLIENT_MIC_SSRC, client_offerer};
 use crate::metrics::MediaMetrics;
 
 const SERVER: SocketAddr = SocketAddr::new(
@@ -85,13 +83,6 @@ struct Harness {
     room: RoomRef,
     /// Whether the clients answer and keep their timers (false: they went silent).
     clients_alive: bool,
-}
-
-fn certificate() -> RTCCertificate {
-    static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
-    CERTIFICATE
-        .get_or_init(|| engine::certificate().expect("a certificate"))
-        .clone()
 }
 
 impl Harness {
