@@ -622,29 +622,23 @@ impl Default for RestHarness {
 // ---- SDP offers and the media path ------------------------------------------------------
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::peer_connection::certificate::RTCCertificate;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::audio_level::AudioLevel;
 use crate::media::batch::MAX_DATAGRAM;
 use crate::media::demux::{self, Kind};
-use crate::media::engine::{self, AUDIO_LEVEL_URI, OPUS_PT, RED_PT};
+use crate::media::engine::{self, OPUS_PT, RED_PT};
 use crate::media::offer::{Offer, check_offer};
 use crate::media::red;
 
@@ -764,14 +758,6 @@ pub fn slots() -> usize {
     crate::config::MediaSettings::default().slots
 }
 
-/// The process's one DTLS certificate, as `Media::start` makes it.
-fn certificate() -> RTCCertificate {
-    static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
-    CERTIFICATE
-        .get_or_init(|| engine::certificate().expect("a certificate"))
-        .clone()
-}
-
 /// The server side of a connection, built by the same function a media worker uses
 /// (`engine::answer`), with a `KeyTap` provider as in the worker.
 pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RTCPeerConnection> {
@@ -798,7 +784,7 @@ pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RT
     Ok(pc)
 }
 
-/// A new offer on an existing connection, as `Worker::renegotiate` applies it.
+/// A new offer on an existing connection, as the worker core renegotiates it.
 pub fn renegotiate(
     pc: &mut RTCPeerConnection,
     offer: Offer,
@@ -843,7 +829,7 @@ struct Served {
     pc: RTCPeerConnection,
     receiving: bool,
     inbound_ssrc: Option<u32>,
-    /// The speaker's last frames, as `Worker::ingress` keeps them for RED listeners.
+    /// The speaker's last frames, as the worker core's `ingress` keeps them for RED listeners.
     history: red::History,
     level_id: Option<u8>,
     connected: bool,
@@ -871,7 +857,7 @@ impl Served {
     }
 
     /// One datagram from `from`, through the checks a worker makes before `rtc` sees it (the
-    /// routing by USERNAME and address is `Worker::on_datagram`'s, not repeated here).
+    /// routing by USERNAME and address is `Core::handle_datagram`'s, not repeated here).
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         if datagram.len() > MAX_DATAGRAM {
             return;
@@ -902,7 +888,7 @@ impl Served {
         self.drain();
     }
 
-    /// What `Worker::drain` does after every input: datagrams out, events, media in.
+    /// What the worker core's `drain` does after every input: datagrams out, events, media in.
     fn drain(&mut self) {
         while let Some(out) = self.pc.poll_write() {
             assert!(out.message.len() <= 64 * 1024, "an oversized datagram out");
@@ -922,14 +908,7 @@ impl Served {
                 },
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     self.inbound_ssrc = Some(init.ssrc);
-                    self.level_id = self.pc.rtp_receiver(init.receiver_id).and_then(|mut r| {
-                        r.get_parameters()
-                            .rtp_parameters
-                            .header_extensions
-                            .iter()
-                            .find(|h| h.uri == AUDIO_LEVEL_URI)
-                            .map(|h| h.id as u8)
-                    });
+                    self.level_id = engine::audio_level_id(&mut self.pc, init.receiver_id);
                 }
                 _ => {}
             }
@@ -938,7 +917,7 @@ impl Served {
             match message {
                 RTCMessage::RtpPacket(_, packet) => {
                     self.rtp_in += 1;
-                    // `Worker::ingress`: the level from the negotiated extension, a RED payload
+                    // The core's `ingress`: the level from the negotiated extension, a RED payload
                     // read, and what a RED listener would be sent of it.
                     let pt = packet.header.payload_type;
                     if self.inbound_ssrc == Some(packet.header.ssrc)
@@ -1016,12 +995,13 @@ struct Pair {
     inputs: u32,
 }
 
-pub const CLIENT_MIC_SSRC: u32 = 0x5354_4f41;
+pub use crate::media::testkit::CLIENT_MIC_SSRC;
+use crate::media::testkit::{certificate, client_offerer};
 
 impl Pair {
     fn connect(mut record: Option<&mut Vec<Vec<u8>>>) -> anyhow::Result<Pair> {
         let mut now = Instant::now();
-        let mut client = client_offerer(now)?;
+        let mut client = client_offerer(now, CLIENT_ADDR)?;
         let mic = client
             .get_senders()
             .next()
@@ -1117,57 +1097,6 @@ impl Pair {
         }
         self.shuttle(record);
     }
-}
-
-/// A browser-like offerer: a microphone and `slots - 1` receive-only sections.
-fn client_offerer(now: Instant) -> anyhow::Result<RTCPeerConnection> {
-    static CERTIFICATE: OnceLock<RTCCertificate> = OnceLock::new();
-    let certificate = CERTIFICATE
-        .get_or_init(|| engine::certificate().expect("a certificate"))
-        .clone();
-    let registry = rtc::interceptor::Registry::new()
-        .with(
-            rtc::interceptor::Slot::ReceiverReport,
-            rtc::interceptor::ReceiverReportBuilder::new().build(),
-        )
-        .with(
-            rtc::interceptor::Slot::SenderReport,
-            rtc::interceptor::SenderReportBuilder::new().build(),
-        );
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_certificates(vec![certificate])
-                .build(),
-        )
-        .with_media_engine(engine::media_engine_with(true)?)
-        .with_interceptor_registry(registry)
-        .build(now)?;
-    pc.add_track(rtc::media_stream::MediaStreamTrack::new(
-        "fuzz-mic".to_owned(),
-        "mic".to_owned(),
-        "mic".to_owned(),
-        RtpCodecKind::Audio,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(CLIENT_MIC_SSRC),
-                ..Default::default()
-            },
-            codec: engine::opus_codec().rtp_codec,
-            ..Default::default()
-        }],
-    ))?;
-    for _ in 1..slots() {
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Audio,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )?;
-    }
-    engine::add_host_candidate(&mut pc, CLIENT_ADDR)?;
-    Ok(pc)
 }
 
 /// A STUN binding request from the browser of [`BROWSER_OFFER`] to the harness's server, with

@@ -85,6 +85,15 @@ impl SendBatch {
         }
     }
 
+    /// Hands every queued datagram to `each` in order and empties the batch (where there is
+    /// no socket: the worker core's tests).
+    pub fn drain(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) {
+        for &(start, len, to) in &self.queued {
+            each(to, &self.data[start..start + len]);
+        }
+        self.queued.clear();
+    }
+
     /// Sends everything queued and empties the batch. Never waits: what the kernel will not
     /// take now is dropped and counted (a full send buffer means the host is over capacity,
     /// and late audio is worthless anyway).

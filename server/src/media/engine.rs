@@ -250,6 +250,22 @@ struct Candidates {
 
 /// Adds our one host candidate (UDP, `addr`) to a connection; clients built by the test tools
 /// use it too.
+/// The id the client gave the audio-level extension on a receiver's stream, if negotiated.
+pub fn audio_level_id(
+    pc: &mut RTCPeerConnection,
+    receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+) -> Option<u8> {
+    pc.rtp_receiver(receiver).and_then(|mut receiver| {
+        receiver
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == AUDIO_LEVEL_URI)
+            .map(|h| h.id as u8)
+    })
+}
+
 pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
     add_candidate(pc, addr, "udp", TcpType::Unspecified)
 }

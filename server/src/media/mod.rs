@@ -18,6 +18,8 @@ pub mod slot;
 pub mod srtp;
 pub mod tap;
 pub mod tcp;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testkit;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -34,7 +36,7 @@ use crate::config::MediaSettings;
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::MediaMetrics;
 use tap::RoomTap;
-use worker::{ConnKey, Control, Report, RoomRef, Worker, WorkerLink, WorkerSetup};
+use worker::{ConnKey, Control, Report, RoomKey, RoomRef, Worker, WorkerLink, WorkerSetup};
 
 /// Speakers' packets queued for one worker from the others before new ones are dropped.
 const FANOUT_QUEUE: usize = 4096;
@@ -82,7 +84,7 @@ struct Placed {
 }
 
 struct HubRoom {
-    key: u32,
+    key: RoomKey,
     workers: Arc<AtomicU64>,
     tap: Arc<RoomTap>,
     /// Connections of the room per worker.
@@ -455,7 +457,7 @@ impl Media {
             .min_by_key(|&i| self.inner.load[i].load(Ordering::Relaxed))
             .unwrap_or(0);
         let placed = Placed {
-            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+            key: ConnKey(self.inner.next_key.fetch_add(1, Ordering::Relaxed)),
             worker,
         };
         // A room offers one message at a time, so nobody races this insert for the same
@@ -476,7 +478,7 @@ impl Media {
             .rooms
             .entry(room.clone())
             .or_insert_with(|| HubRoom {
-                key: self.inner.next_room.fetch_add(1, Ordering::Relaxed),
+                key: RoomKey(self.inner.next_room.fetch_add(1, Ordering::Relaxed)),
                 workers: Arc::new(AtomicU64::new(0)),
                 tap: self.inner.taps.entry(room.clone()).or_default().clone(),
                 counts: vec![0; workers],

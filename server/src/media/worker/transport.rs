@@ -1,0 +1,211 @@
+//! One client's connection on this worker (mediasoup's Transport): the `rtc` peer connection
+//! and what the worker keeps beside it — its slots towards a listener, its microphone as a
+//! speaker, its addresses and its place in the timer heap. Moves `rtc`'s output into the
+//! egress; decides nothing about rooms or forwarding.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::TransportProtocol;
+
+use super::super::demux::{self, Kind};
+use super::super::engine::{self, Inbound, SlotSender};
+use super::super::random_u32;
+use super::super::red::History;
+use super::super::slot::SlotRewriter;
+use super::super::srtp::{KeyTap, Lean, Rollover};
+use super::{ConnKey, Egress, Peer, RoomKey, SourceId};
+use crate::control::ParticipantId;
+
+/// Connections' deadlines, earliest first. A connection's entry is live only while it equals
+/// its `scheduled`; later ones are skipped when they come up.
+pub(super) type Timers = BinaryHeap<Reverse<(Instant, ConnKey)>>;
+
+/// One audio section towards the client: a slot of the room's selection.
+pub(super) struct OutSlot {
+    pub sender: RTCRtpSenderId,
+    /// Opus as this listener's client numbers it.
+    pub payload_type: u8,
+    /// RED as this listener's client numbers it, when negotiated: the slot then sends RED.
+    pub red_payload_type: Option<u8>,
+    pub rewriter: SlotRewriter,
+    pub rollover: Rollover,
+}
+
+impl OutSlot {
+    pub fn new(slot: SlotSender) -> Self {
+        OutSlot {
+            sender: slot.sender,
+            payload_type: slot.payload_type,
+            red_payload_type: slot.red_payload_type,
+            rewriter: SlotRewriter::new(slot.ssrc, random_u32() as u16, random_u32()),
+            rollover: Rollover::default(),
+        }
+    }
+}
+
+pub(super) struct Transport {
+    pub pc: RTCPeerConnection,
+    pub room: RoomKey,
+    pub participant: ParticipantId,
+    pub ufrag: String,
+    /// Our ICE password: a binding request from a new address must check with it.
+    pub password: String,
+    /// This connection's audio in the room's selection (and in every slot it feeds).
+    pub source: SourceId,
+    pub slots: Vec<OutSlot>,
+    /// The last negotiation gave it a receiving path on our side (it was on stage).
+    pub receiving: bool,
+    /// The room says it may be heard now (on stage, not muted, connected).
+    pub may_send: bool,
+    pub inbound_ssrc: Option<u32>,
+    pub inbound_level_id: Option<u8>,
+    /// What the microphone section negotiated (payload type, whether the V bit is in use).
+    pub inbound: Option<Inbound>,
+    /// The last frames received from this client (speakers only): RED listeners' redundancy.
+    pub history: History,
+    /// A packet from this client has had the RFC 6464 V bit set: from then on it is trusted.
+    /// Until then (some clients never set it) the level alone tells speech from silence.
+    pub voice_bit_seen: bool,
+    /// The client's ICE username fragment, from its offer: a different one is a new peer.
+    pub remote_ufrag: Option<String>,
+    pub connected: bool,
+    /// Until the connection first comes up.
+    pub answered_at: Option<Instant>,
+    pub addrs: Vec<Peer>,
+    /// Where `rtc` last sent this connection's SRTP/SRTCP: the selected ICE pair's remote.
+    pub dest: Option<Peer>,
+    /// This connection's crypto provider, which learns its SRTP keys.
+    pub tap: Arc<KeyTap>,
+    /// Whether forwarded audio bypasses `rtc`'s write path (see `srtp`).
+    pub lean: Lean,
+    /// The earliest deadline queued in the timer heap for this connection.
+    pub scheduled: Option<Instant>,
+}
+
+/// What a connection's events said.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// It came up for the first time this long after its answer.
+    pub first_connected: Option<std::time::Duration>,
+    /// It failed or closed.
+    pub closed: bool,
+}
+
+impl Transport {
+    /// Queues the connection's next deadline if it is earlier than the one already queued.
+    pub fn schedule(&mut self, key: ConnKey, timers: &mut Timers) {
+        if let Some(at) = self.pc.poll_timeout()
+            && self.scheduled.is_none_or(|queued| at < queued)
+        {
+            self.scheduled = Some(at);
+            timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// Reads the connection's events: state changes and the microphone's track opening.
+    pub fn poll_events(&mut self, now: Instant) -> Changes {
+        let mut changes = Changes::default();
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                    RTCPeerConnectionState::Connected if !self.connected => {
+                        self.connected = true;
+                        // Only the first time: a reconnection is not a setup.
+                        if let Some(answered) = self.answered_at.take() {
+                            changes.first_connected = Some(now.duration_since(answered));
+                        }
+                    }
+                    RTCPeerConnectionState::Disconnected => self.connected = false,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        changes.closed = true;
+                    }
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    self.inbound_ssrc = Some(init.ssrc);
+                    // A new stream numbers its timestamps afresh.
+                    self.history.clear();
+                    self.inbound_level_id = engine::audio_level_id(&mut self.pc, init.receiver_id);
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// Moves what the connection decrypted into `rtp`, and shows `report` every receiver
+    /// report.
+    pub fn poll_media(
+        &mut self,
+        rtp: &mut Vec<rtc::rtp::Packet>,
+        mut report: impl FnMut(&ReceiverReport),
+    ) {
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            match message {
+                RTCMessage::RtpPacket(_, packet) => rtp.push(packet),
+                RTCMessage::RtcpPacket(_, packets) => {
+                    for packet in &packets {
+                        if let Some(rr) = packet.as_any().downcast_ref::<ReceiverReport>() {
+                            report(rr);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Points the slots at the sources the room's selection gives this connection.
+    pub fn hear(&mut self, heard: impl Iterator<Item = Option<SourceId>>) {
+        for (slot, heard) in self.slots.iter_mut().zip(heard) {
+            slot.rewriter.set_source(heard.map(|s| s.0));
+        }
+    }
+}
+
+/// Moves everything a connection has to send into the egress.
+pub(super) fn queue_writes(
+    pc: &mut RTCPeerConnection,
+    dest: &mut Option<Peer>,
+    egress: &mut impl Egress,
+) {
+    queue_writes_inspecting(pc, dest, egress, |_| {});
+}
+
+/// `queue_writes`, showing each datagram to `inspect` on the way. Notes where the
+/// connection's SRTP/SRTCP goes (the selected pair), for the lean path.
+pub(super) fn queue_writes_inspecting(
+    pc: &mut RTCPeerConnection,
+    dest: &mut Option<Peer>,
+    egress: &mut impl Egress,
+    mut inspect: impl FnMut(&[u8]),
+) {
+    while let Some(out) = pc.poll_write() {
+        let peer = Peer {
+            addr: out.transport.peer_addr,
+            tcp: out.transport.transport_protocol == TransportProtocol::TCP,
+        };
+        if matches!(demux::classify(&out.message), Kind::Rtp | Kind::Rtcp) {
+            *dest = Some(peer);
+        }
+        inspect(&out.message);
+        if peer.tcp {
+            egress.send_tcp(peer.addr, &out.message);
+            continue;
+        }
+        if egress.batch().is_full() {
+            egress.flush();
+        }
+        egress.batch().push(&out.message, peer.addr);
+    }
+}
