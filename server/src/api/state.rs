@@ -71,6 +71,7 @@ impl AppState {
         signer: TokenSigner,
         metrics: Metrics,
         media: Media,
+        webhooks: Option<crate::webhooks::Sender>,
     ) -> Self {
         let limits = &config.limits;
         let quota =
@@ -92,6 +93,7 @@ impl AppState {
                 .broadcast
                 .enabled
                 .then_some(config.broadcast.webrtc_audience_cap),
+            webhooks,
         );
         let broadcasts = Broadcasts::new(
             config.broadcast.clone(),
