@@ -90,10 +90,11 @@ struct Worker {
 }
 
 impl Worker {
-    /// A lease outlives any attempt (its timeout) by a wide margin, so a row is never taken
-    /// by another node while this one may still be sending it.
+    /// A lease outlives any attempt (its timeout) by a margin for recording the outcome, so a
+    /// row is never taken by another node while this one may still be sending it; a node that
+    /// died holding one delays its room's events by that much.
     fn lease_ms(&self) -> i64 {
-        (self.settings.timeout_ms * 2 + 30_000) as i64
+        (self.settings.timeout_ms * 2 + 5_000) as i64
     }
 
     async fn run(self) {
