@@ -238,6 +238,51 @@ async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
     t.op(Method::GET, "/api/v1/webhooks/deliveries?state=lost", None)
         .await
         .expect_problem(400, "invalid_query");
+
+    // Everyone leaves; a ban and the end through REST, with nobody in the room, are reported
+    // too, after everything the room said.
+    lee.ok(json!({ "type": "leave" })).await;
+    mo.ok(json!({ "type": "leave" })).await;
+    let wait_not_live = Instant::now() + PATIENCE;
+    while t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(200)["live"]
+        == true
+    {
+        assert!(Instant::now() < wait_not_live, "the room stays live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.op(
+        Method::DELETE,
+        &format!("/api/v1/rooms/{room}/participants/{sid}?ban=true"),
+        None,
+    )
+    .await
+    .expect(204);
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+    let outbox = deliveries(&t, None).await;
+    let got = receiver
+        .wait_until("the ban and the end", |e| count(e, "ok") >= outbox.len())
+        .await;
+    let accepted: Vec<&Value> = got.iter().filter(|e| e["answer"] == "ok").collect();
+    let received_ids: Vec<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let outbox_ids: Vec<&str> = outbox.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(received_ids, outbox_ids, "{got:#?}");
+    let tail: Vec<&Value> = accepted[accepted.len() - 2..]
+        .iter()
+        .map(|e| &e["body"])
+        .collect();
+    assert_eq!(
+        (tail[0]["type"].as_str(), tail[1]["type"].as_str()),
+        (Some("participant.banned"), Some("room.ended")),
+        "{got:#?}"
+    );
+    assert_eq!(tail[0]["data"]["participant"]["id"], sid.as_str());
+    assert_eq!(tail[0]["data"]["by"], "operator");
+    assert_eq!(tail[1]["data"]["room_id"], room.as_str());
     t.stop().await;
 }
 

@@ -61,6 +61,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `[webhooks]` is configured: what happens makes webhook events.
+    pub fn webhooks_enabled(&self) -> bool {
+        self.config.webhooks.url.is_some()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,

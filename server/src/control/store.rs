@@ -15,7 +15,7 @@ use super::{
     Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
     NewRoom, Page, ParticipantId, Redemption, Room, RoomId, RoomWrite,
 };
-use super::{ClaimedWebhook, DeliveryState, WebhookAttempt, WebhookDelivery};
+use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 
 /// One schema version in both dialects.
 struct Migration {
@@ -123,15 +123,17 @@ impl Store {
 
     /// Marks the room ended; its invites stop working. Refuses a room already ended. With
     /// `audit_detail`, its `room.ended` line is written in the same transaction, so an end is
-    /// recorded exactly when it happens (a live room writes its own line).
+    /// recorded exactly when it happens (a live room writes its own line), and so are
+    /// `webhooks` (the events that report it).
     pub async fn end_room(
         &self,
         id: RoomId,
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
-        on_engine!(self.end_room(id, actor, now_ms, audit_detail))
+        on_engine!(self.end_room(id, actor, now_ms, audit_detail, webhooks))
     }
 
     pub async fn create_invite(
@@ -185,7 +187,8 @@ impl Store {
 
     /// Bans a participant identity from a room; optionally revokes the invite they used.
     /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
-    /// always recorded.
+    /// always recorded. `webhooks` (the events that report it) are written with a new ban.
+    #[allow(clippy::too_many_arguments)]
     pub async fn ban(
         &self,
         room: RoomId,
@@ -194,8 +197,17 @@ impl Store {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
-        on_engine!(self.ban(room, participant, revoke_invite, actor, now_ms, record))
+        on_engine!(self.ban(
+            room,
+            participant,
+            revoke_invite,
+            actor,
+            now_ms,
+            record,
+            webhooks
+        ))
     }
 
     /// Where an identity stands in its room now: banned, its live role, its last removal.

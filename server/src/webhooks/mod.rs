@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::clock::rfc3339;
-use crate::control::{NewWebhook, random_token};
+use crate::control::{NewWebhook, ParticipantId, RoomId, random_token};
 
 pub use delivery::Sender;
 
@@ -47,6 +47,28 @@ pub fn event(event_type: &str, data: serde_json::Value, at_ms: i64) -> NewWebhoo
         body: body.to_string(),
         created_at_ms: at_ms,
     }
+}
+
+/// `room.ended` for a room ended through REST while nobody was in it (a live room reports its
+/// own end, in `room/actor/hooks.rs`, with the same shape).
+pub fn room_ended(room: &RoomId, by: &str, at_ms: i64) -> NewWebhook {
+    let data = serde_json::json!({ "room_id": room, "by": by });
+    event(event_type::ROOM_ENDED, data, at_ms)
+}
+
+/// `participant.banned` for a ban through REST of someone not in the room.
+pub fn participant_banned(
+    room: &RoomId,
+    participant: &ParticipantId,
+    by: &str,
+    at_ms: i64,
+) -> NewWebhook {
+    let data = serde_json::json!({
+        "room_id": room,
+        "participant": { "id": participant },
+        "by": by,
+    });
+    event(event_type::PARTICIPANT_BANNED, data, at_ms)
 }
 
 /// The `webhook-signature` value for one attempt: `v1,` + base64 of HMAC-SHA256 over

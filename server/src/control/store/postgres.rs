@@ -17,7 +17,7 @@ use super::super::{
     NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
     RoomRecord, RoomWrite,
 };
-use super::super::{ClaimedWebhook, DeliveryState, WebhookAttempt, WebhookDelivery};
+use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -131,10 +131,12 @@ impl PgStore {
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let room = end_in(&tx, &id, &actor, now_ms, audit_detail).await?;
+        insert_webhooks(&tx, &id, &webhooks).await?;
         tx.commit().await?;
         Ok(room)
     }
@@ -351,6 +353,7 @@ impl PgStore {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ban(
         &self,
         room: RoomId,
@@ -359,10 +362,11 @@ impl PgStore {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        ban_in(
+        let banned = ban_in(
             &tx,
             &room,
             &participant,
@@ -372,6 +376,9 @@ impl PgStore {
             record,
         )
         .await?;
+        if banned {
+            insert_webhooks(&tx, &room, &webhooks).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -413,21 +420,7 @@ impl PgStore {
         for record in write.records {
             record_in(&tx, &room, record).await?;
         }
-        for hook in &write.webhooks {
-            tx.execute(
-                "INSERT INTO webhook_deliveries
-                     (id, room_id, event_type, body, created_at, next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-                &[
-                    &hook.id,
-                    &room.as_str(),
-                    &hook.event_type,
-                    &hook.body,
-                    &hook.created_at_ms,
-                ],
-            )
-            .await?;
-        }
+        insert_webhooks(&tx, &room, &write.webhooks).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -959,7 +952,31 @@ async fn end_in(
     Ok(room)
 }
 
-/// Bans inside `tx`; `record` writes the ban's audit line.
+/// Adds events to the webhook outbox inside `tx`, due at once.
+async fn insert_webhooks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomId,
+    hooks: &[NewWebhook],
+) -> Result<()> {
+    for hook in hooks {
+        tx.execute(
+            "INSERT INTO webhook_deliveries
+                 (id, room_id, event_type, body, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $5)",
+            &[
+                &hook.id,
+                &room.as_str(),
+                &hook.event_type,
+                &hook.body,
+                &hook.created_at_ms,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.
 async fn ban_in(
     tx: &deadpool_postgres::Transaction<'_>,
     room: &RoomId,
@@ -968,7 +985,7 @@ async fn ban_in(
     actor: &Actor,
     now_ms: i64,
     record: bool,
-) -> Result<()> {
+) -> Result<bool> {
     room_by_id(tx, room, "FOR SHARE")
         .await?
         .ok_or(ControlError::RoomNotFound)?;
@@ -1022,7 +1039,7 @@ async fn ban_in(
         )
         .await?;
     }
-    Ok(())
+    Ok(inserted > 0)
 }
 
 /// Writes one of a live room's records inside `tx`.
@@ -1052,7 +1069,9 @@ async fn record_in(
             revoke_invite,
             actor,
             at_ms,
-        } => ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false).await?,
+        } => {
+            ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false).await?;
+        }
         RoomRecord::End {
             actor,
             at_ms,

@@ -14,7 +14,7 @@ use super::super::{
     NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
     RoomRecord, RoomWrite,
 };
-use super::super::{ClaimedWebhook, DeliveryState, WebhookAttempt, WebhookDelivery};
+use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
 fn migrations() -> Migrations<'static> {
@@ -128,10 +128,12 @@ impl SqliteStore {
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let room = end_in(&tx, &id, &actor, now_ms, audit_detail)?;
+            insert_webhooks(&tx, &id, &webhooks)?;
             tx.commit()?;
             Ok(room)
         })
@@ -362,6 +364,7 @@ impl SqliteStore {
     /// Bans a participant identity from a room; optionally revokes the invite they used.
     /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
     /// always recorded.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ban(
         &self,
         room: RoomId,
@@ -370,10 +373,11 @@ impl SqliteStore {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            ban_in(
+            let banned = ban_in(
                 &tx,
                 &room,
                 &participant,
@@ -382,6 +386,9 @@ impl SqliteStore {
                 now_ms,
                 record,
             )?;
+            if banned {
+                insert_webhooks(&tx, &room, &webhooks)?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -425,20 +432,7 @@ impl SqliteStore {
             for record in write.records {
                 record_in(&tx, &room, record)?;
             }
-            for hook in &write.webhooks {
-                tx.execute(
-                    "INSERT INTO webhook_deliveries
-                         (id, room_id, event_type, body, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                    params![
-                        hook.id,
-                        room.as_str(),
-                        hook.event_type,
-                        hook.body,
-                        hook.created_at_ms
-                    ],
-                )?;
-            }
+            insert_webhooks(&tx, &room, &write.webhooks)?;
             tx.commit()?;
             Ok(())
         })
@@ -832,7 +826,26 @@ fn end_in(
     Ok(room)
 }
 
-/// Bans inside `tx`; `record` writes the ban's audit line.
+/// Adds events to the webhook outbox inside `tx`, due at once.
+fn insert_webhooks(tx: &Transaction<'_>, room: &RoomId, hooks: &[NewWebhook]) -> Result<()> {
+    for hook in hooks {
+        tx.execute(
+            "INSERT INTO webhook_deliveries
+                 (id, room_id, event_type, body, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![
+                hook.id,
+                room.as_str(),
+                hook.event_type,
+                hook.body,
+                hook.created_at_ms
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.
 fn ban_in(
     tx: &Transaction<'_>,
     room: &RoomId,
@@ -841,7 +854,7 @@ fn ban_in(
     actor: &Actor,
     now_ms: i64,
     record: bool,
-) -> Result<()> {
+) -> Result<bool> {
     room_by_id(tx, room)?.ok_or(ControlError::RoomNotFound)?;
     let invite_id: Option<String> = tx
         .query_row(
@@ -889,7 +902,7 @@ fn ban_in(
             now_ms,
         )?;
     }
-    Ok(())
+    Ok(inserted > 0)
 }
 
 const WEBHOOK_COLUMNS: &str = "id, room_id, event_type, state, attempts, created_at,
@@ -928,7 +941,9 @@ fn record_in(tx: &Transaction<'_>, room: &RoomId, record: RoomRecord) -> Result<
             revoke_invite,
             actor,
             at_ms,
-        } => ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false)?,
+        } => {
+            ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false)?;
+        }
         RoomRecord::End {
             actor,
             at_ms,

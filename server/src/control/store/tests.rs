@@ -52,6 +52,88 @@ on_both_engines!(
     webhooks_are_claimed_one_per_room_in_order_under_a_lease,
 );
 
+/// Two nodes (two pools on one PostgreSQL database) claim webhooks at once, over and over:
+/// no row is ever claimed by both, and each room's rows are claimed in order.
+#[tokio::test]
+async fn two_nodes_never_claim_the_same_webhook() {
+    let url = Postgres::shared().fresh_database();
+    let nodes = [
+        Store::connect_postgres(&url, 8).await.unwrap(),
+        Store::connect_postgres(&url, 8).await.unwrap(),
+    ];
+    const ROOMS: usize = 6;
+    const PER_ROOM: usize = 10;
+    for r in 0..ROOMS {
+        let room = nodes[0]
+            .create_room(room_new(&format!("r{r}")), Actor::Operator, 1_000)
+            .await
+            .unwrap();
+        let hooks = (0..PER_ROOM)
+            .map(|i| hook(&format!("r{r}-{i:02}"), 1_000))
+            .collect();
+        let write = RoomWrite {
+            records: Vec::new(),
+            webhooks: hooks,
+        };
+        nodes[0].write_room(room.id, write).await.unwrap();
+    }
+    let claim_all = |store: Store, owner: &'static str| async move {
+        let mut claimed = Vec::new();
+        let mut idle = 0;
+        while idle < 50 {
+            let rows = store
+                .claim_webhooks(owner.into(), 2_000, 60_000, 4)
+                .await
+                .unwrap();
+            if rows.is_empty() {
+                idle += 1;
+                tokio::task::yield_now().await;
+            }
+            for row in rows {
+                let done = WebhookAttempt::Delivered { status: 204 };
+                assert!(
+                    store
+                        .finish_webhook(row.seq, owner.into(), done, 2_000)
+                        .await
+                        .unwrap()
+                );
+                claimed.push(row.id);
+            }
+        }
+        claimed
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(nodes[0].clone(), "a")),
+        tokio::spawn(claim_all(nodes[1].clone(), "b"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<&String> = a.iter().chain(&b).collect();
+    assert_eq!(all.len(), ROOMS * PER_ROOM, "a: {a:?}\nb: {b:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        ROOMS * PER_ROOM,
+        "claimed twice: a {a:?}, b {b:?}"
+    );
+    for node in [&a, &b] {
+        for r in 0..ROOMS {
+            let mine: Vec<&String> = node
+                .iter()
+                .filter(|id| id.starts_with(&format!("r{r}-")))
+                .collect();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "out of order: {mine:?}"
+            );
+        }
+    }
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both nodes took part: a {a:?}, b {b:?}"
+    );
+}
+
 fn hook(id: &str, at: i64) -> NewWebhook {
     NewWebhook {
         id: id.into(),
@@ -225,7 +307,7 @@ async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
         .await
         .unwrap();
     store
-        .end_room(room.id, Actor::Operator, 4_000, None)
+        .end_room(room.id, Actor::Operator, 4_000, None, Vec::new())
         .await
         .unwrap();
     assert!(store.startup_link(5_000).await.unwrap().is_none());
