@@ -104,9 +104,58 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Waits between retries: doubling from `first` up to `max`, each wait drawn at random from
+/// its upper half so that many retriers that failed together do not come back together.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// The wait before the next try, and the one after it doubled.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = jittered(self.next);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    /// After a success: the next failure starts from `first` again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// A duration drawn uniformly from `[d/2, d]`.
+pub fn jittered(d: Duration) -> Duration {
+    let fraction = f64::from(getrandom::u32().unwrap_or(u32::MAX)) / f64::from(u32::MAX);
+    d.mul_f64(0.5 + fraction / 2.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_with_jitter_in_the_upper_half() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
+        for bound in [100, 200, 400, 700, 700] {
+            let wait = backoff.next_wait();
+            let bound = Duration::from_millis(bound);
+            assert!(wait >= bound / 2 && wait <= bound, "{wait:?} for {bound:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_wait() <= Duration::from_millis(100));
+    }
 
     #[test]
     fn manual_clock_moves_only_when_advanced() {

@@ -48,6 +48,47 @@ pub struct Config {
     pub broadcast: BroadcastSettings,
     pub database: DatabaseSettings,
     pub cluster: ClusterSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Standard Webhooks sent to one integration for what happens in rooms (`docs/webhooks.md`).
+/// Without `url`, none are made.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where events are POSTed: `http://…` (the client has no TLS yet; see the docs).
+    pub url: Option<String>,
+    /// The signing secret, `whsec_` + base64 of 24 to 64 random bytes.
+    pub secret: Option<String>,
+    /// Attempts per event before it is marked failed.
+    pub max_attempts: u32,
+    /// An event not delivered this long after it happened is marked failed.
+    pub max_age_secs: u64,
+    /// How long one attempt may take, the answer included.
+    pub timeout_ms: u64,
+    /// The wait after the first failed attempt; it doubles (with jitter) up to `retry_max_ms`.
+    pub retry_first_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts in flight at once, each for a different room.
+    pub concurrency: usize,
+    /// Delivered events are forgotten this long after delivery (failed ones are kept).
+    pub keep_delivered_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            url: None,
+            secret: None,
+            max_attempts: 20,
+            max_age_secs: 24 * 3600,
+            timeout_ms: 10_000,
+            retry_first_ms: 1_000,
+            retry_max_ms: 10 * 60 * 1000,
+            concurrency: 16,
+            keep_delivered_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// Where the durable facts live: the SQLite file in `data_dir` (no URL, the default), or a
@@ -111,6 +152,23 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.url.as_ref().map(|_| "(set)"))
             .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Hand-written so that the signing secret never reaches a log line.
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.url)
+            .field("key", &self.secret.as_ref().map(|_| "(set)"))
+            .field("max_attempts", &self.max_attempts)
+            .field("max_age_secs", &self.max_age_secs)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_first_ms", &self.retry_first_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("concurrency", &self.concurrency)
+            .field("keep_delivered_secs", &self.keep_delivered_secs)
             .finish()
     }
 }
@@ -359,6 +417,7 @@ impl Default for Config {
             broadcast: BroadcastSettings::default(),
             cluster: ClusterSettings::default(),
             database: DatabaseSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -658,9 +717,64 @@ impl Config {
                 "database: max_connections 1..=1000".into(),
             ));
         }
+        self.webhooks.check()
+    }
+}
+
+impl WebhookSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(format!("webhooks: {why}")));
+        match (&self.url, &self.secret) {
+            (None, None) => {}
+            (Some(url), Some(secret)) => {
+                if !url.starts_with("http://") {
+                    return invalid(format!(
+                        "url must start with http:// (https:// receivers are not supported yet; \
+                         see docs/webhooks.md), got {url:?}"
+                    ));
+                }
+                if reqwest::Url::parse(url).is_err() {
+                    return invalid(format!("url is not a URL: {url:?}"));
+                }
+                if let Err(why) = signing_key(secret) {
+                    return invalid(why.into());
+                }
+            }
+            _ => return invalid("url and secret must be given together".into()),
+        }
+        if self.max_attempts == 0
+            || self.max_age_secs == 0
+            || self.timeout_ms < 100
+            || self.retry_first_ms == 0
+            || self.retry_max_ms < self.retry_first_ms
+            || self.concurrency == 0
+        {
+            return invalid(
+                "max_attempts, max_age_secs, concurrency > 0; timeout_ms >= 100; \
+                 retry_max_ms >= retry_first_ms > 0"
+                    .into(),
+            );
+        }
         Ok(())
     }
+}
 
+/// The key inside a Standard Webhooks secret: `whsec_` + base64 of 24 to 64 bytes.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, &'static str> {
+    use base64::Engine as _;
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or("secret must start with whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| "secret must be whsec_ followed by base64")?;
+    if !(24..=64).contains(&key.len()) {
+        return Err("secret must hold 24 to 64 bytes");
+    }
+    Ok(key)
+}
+
+impl Config {
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some()
     }

@@ -24,6 +24,11 @@ pub(crate) const LAYERS: &[(&str, u8, &str)] = &[
     ("wire", 2, "the signaling wire format and close codes"),
     ("media", 2, "WebRTC workers, slots, forwarding"),
     (
+        "webhooks",
+        2,
+        "Standard Webhooks: event bodies, signatures, the outbox's sender",
+    ),
+    (
         "broadcast",
         3,
         "the stage mixed once per room, LL-HLS (fed by media's tap)",

@@ -101,6 +101,7 @@ pub mod room;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod webhooks;
 pub mod wire;
 
 pub use clock::Clock;

@@ -33,6 +33,11 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub worker: String,
 }
@@ -273,6 +278,14 @@ pub struct Metrics {
     pub process: ProcessMetrics,
     pub connections: crate::connection::ConnectionMetrics,
     pub auth_throttled: Counter,
+    /// Live rooms' records waiting in their writers' queues, on this node.
+    pub room_records_queued: Gauge,
+    /// Writes of a room's record that found the store unavailable and will be tried again.
+    pub room_record_retries: Counter,
+    /// Records never written, by reason: `refused` by the store, `queue_full`, `shutdown`.
+    pub room_records_lost: Family<ReasonLabels, Counter>,
+    /// Webhook attempts by outcome: `delivered`, `failed` (tried again), `given_up`.
+    pub webhook_attempts: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -334,6 +347,26 @@ impl Metrics {
             "Calls refused with too_many_failures (an address failed authentication too often)",
             self.auth_throttled.clone(),
         );
+        r.register(
+            "room_records_queued",
+            "Live rooms' records (roles, removals, bans, ends, audit lines) waiting to be written",
+            self.room_records_queued.clone(),
+        );
+        r.register(
+            "room_record_retries",
+            "Writes of a room's record that found the store unavailable (tried again later)",
+            self.room_record_retries.clone(),
+        );
+        r.register(
+            "room_records_lost",
+            "Room records never written, by reason (refused, queue_full, shutdown)",
+            self.room_records_lost.clone(),
+        );
+        r.register(
+            "webhook_attempts",
+            "Webhook attempts by outcome (delivered, failed and tried again, given_up)",
+            self.webhook_attempts.clone(),
+        );
         self.media.register(&mut r);
         self.process.register(&mut r);
         r
@@ -345,6 +378,22 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn room_records_lost(&self, reason: &str, count: u64) {
+        self.room_records_lost
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(count);
     }
 
     pub fn signal_error(&self, code: &str) {

@@ -46,6 +46,8 @@ pub struct RunningServer {
     housekeeping: tokio::task::JoinHandle<()>,
     /// Keeps this node and its rooms' leases alive in the cluster.
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Sends the webhook outbox, when webhooks are configured.
+    webhook_task: Option<tokio::task::JoinHandle<()>>,
     media_task: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -62,6 +64,10 @@ impl RunningServer {
             cluster.leave().await;
         }
         self.state.live.shutdown().await;
+        // Rows it was sending stay leased until their lease ends; the next start sends them.
+        if let Some(task) = &self.webhook_task {
+            task.abort();
+        }
         self.state.media.stop().await;
         self.media_task.abort();
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
@@ -78,6 +84,9 @@ impl RunningServer {
         }
         self.housekeeping.abort();
         self.media_task.abort();
+        if let Some(task) = &self.webhook_task {
+            task.abort();
+        }
         result.context("server task panicked")??;
         Ok(())
     }
@@ -169,6 +178,20 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let (media, media_reports) =
         Media::start(&media_options, &metrics.media).context("cannot start the media workers")?;
 
+    // The webhook outbox is drained whatever happens to rooms here; without a URL, rooms make
+    // no webhook events.
+    let (webhooks, webhook_task) = match &config.webhooks.url {
+        Some(_) => {
+            let (sender, task) = crate::webhooks::Sender::start(
+                store.clone(),
+                config.webhooks.clone(),
+                metrics.clone(),
+            )
+            .context("cannot start the webhook sender")?;
+            (Some(sender), Some(task))
+        }
+        None => (None, None),
+    };
     let config = Arc::new(config);
     let mut state = AppState::new(
         store.clone(),
@@ -179,6 +202,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         signer,
         metrics,
         media.clone(),
+        webhooks,
     );
     let mut heartbeat = None;
     if config.cluster.enabled() {
@@ -277,6 +301,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
 
     Ok(RunningServer {
         heartbeat,
+        webhook_task,
         addr,
         base_url,
         key_source,

@@ -132,11 +132,19 @@ impl Postgres {
 
     /// Runs one SQL command as `postgres` over the folder's socket; panics if it fails.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs one SQL command in `database` (a name, or a URL of `fresh_database`); rows come
+    /// back one a line, columns separated by `|`.
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        let database = database.rsplit('/').next().unwrap_or(database);
         let out = Command::new(self.bin.join("psql"))
             .arg("--host")
             .arg(self.root.join("socket"))
             .args(["--port", &self.port.to_string()])
-            .args(["--username=postgres", "--dbname=postgres", "--no-psqlrc"])
+            .args(["--username=postgres", "--no-psqlrc"])
+            .arg(format!("--dbname={database}"))
             .args(["--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"])
             .args(["--command", sql])
             .output()
@@ -161,6 +169,40 @@ impl Postgres {
     pub fn restart(&mut self) {
         assert!(self.guardian.is_none(), "PostgreSQL is running");
         assert!(self.launch(), "PostgreSQL did not restart");
+    }
+
+    /// Freezes the server and every one of its processes (SIGSTOP): connections stay open and
+    /// queries hang unanswered, as with a database host that stopped responding.
+    pub fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT); the queries that waited are answered.
+    pub fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    /// Sends `signal` to the postmaster (its pid file names it) and to its children.
+    fn signal_all(&self, signal: i32) {
+        let pid_file = std::fs::read_to_string(self.root.join("data/postmaster.pid"))
+            .expect("PostgreSQL is running");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid in postmaster.pid");
+        let mut pids = vec![postmaster];
+        let children = format!("/proc/{postmaster}/task/{postmaster}/children");
+        pids.extend(
+            std::fs::read_to_string(children)
+                .expect("the postmaster's children")
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions; these are this test's own processes.
+            unsafe { libc::kill(pid, signal) };
+        }
     }
 
     /// Starts `postgres` under a guardian and waits for it to accept connections; false if it

@@ -851,7 +851,13 @@ async fn an_end_racing_a_join_is_recorded_once() {
     t.running()
         .state
         .store
-        .end_room(id, stoa::control::Actor::Operator, 0, Some(json!({})))
+        .end_room(
+            id,
+            stoa::control::Actor::Operator,
+            0,
+            Some(json!({})),
+            Vec::new(),
+        )
         .await
         .unwrap();
     t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)

@@ -237,6 +237,15 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: operator_only(200),
         },
+        // The webhook outbox: every room's events, the operator's view.
+        Row {
+            method: Method::GET,
+            template: "/api/v1/webhooks/deliveries",
+            path: |_| "/api/v1/webhooks/deliveries".into(),
+            body: no_body,
+            destructive: false,
+            expect: operator_only(200),
+        },
         // The broadcast carries nothing a member cannot already hear: anyone of the room.
         Row {
             method: Method::GET,

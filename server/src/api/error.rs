@@ -257,6 +257,7 @@ impl From<LiveError> for ApiError {
         match e {
             LiveError::NotLive => ApiError::room_not_live(),
             LiveError::Refused(r) => r.into(),
+            LiveError::Store(e) => e.into(),
         }
     }
 }

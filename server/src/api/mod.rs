@@ -19,6 +19,7 @@ mod state;
 mod system;
 pub mod views;
 pub mod web;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -120,6 +121,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events::list_events))
         .routes(routes!(broadcast::broadcast_link))
         .routes(routes!(cluster::list_nodes))
+        .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))

@@ -132,15 +132,25 @@ pub async fn remove(
         // Someone who is not in the room right now can still be banned: the ban is recorded
         // and keeps them out of every later visit.
         Err(LiveError::NotLive | LiveError::Refused(Refusal::ParticipantNotFound)) if query.ban => {
+            let now = state.clock.now_ms();
+            let actor = caller.actor();
+            let webhooks = state
+                .webhooks_enabled()
+                .then(|| {
+                    crate::webhooks::participant_banned(&room, &target, actor.as_audit_str(), now)
+                })
+                .into_iter()
+                .collect();
             state
                 .store
                 .ban(
                     room,
                     target,
                     query.revoke_invite,
-                    caller.actor(),
-                    state.clock.now_ms(),
+                    actor,
+                    now,
                     true,
+                    webhooks,
                 )
                 .await?;
             Ok(StatusCode::NO_CONTENT)

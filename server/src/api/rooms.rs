@@ -149,13 +149,21 @@ pub async fn end_room(
     {
         Ok(()) => {}
         Err(LiveError::NotLive) => {
+            let now = state.clock.now_ms();
+            let actor = caller.actor();
+            let webhooks = state
+                .webhooks_enabled()
+                .then(|| crate::webhooks::room_ended(&room, actor.as_audit_str(), now))
+                .into_iter()
+                .collect();
             state
                 .store
                 .end_room(
                     room.clone(),
-                    caller.actor(),
-                    state.clock.now_ms(),
+                    actor,
+                    now,
                     Some(serde_json::json!({})),
+                    webhooks,
                 )
                 .await?;
         }

@@ -61,6 +61,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `[webhooks]` is configured: what happens makes webhook events.
+    pub fn webhooks_enabled(&self) -> bool {
+        self.config.webhooks.url.is_some()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
@@ -71,6 +76,7 @@ impl AppState {
         signer: TokenSigner,
         metrics: Metrics,
         media: Media,
+        webhooks: Option<crate::webhooks::Sender>,
     ) -> Self {
         let limits = &config.limits;
         let quota =
@@ -92,6 +98,7 @@ impl AppState {
                 .broadcast
                 .enabled
                 .then_some(config.broadcast.webrtc_audience_cap),
+            webhooks,
         );
         let broadcasts = Broadcasts::new(
             config.broadcast.clone(),

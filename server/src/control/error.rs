@@ -44,3 +44,14 @@ impl From<rusqlite::Error> for ControlError {
         ControlError::Storage(e.to_string())
     }
 }
+
+/// An error and its causes, `outer: inner: …` (drivers and clients often say only the outer).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}

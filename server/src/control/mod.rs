@@ -9,11 +9,12 @@ mod model;
 mod store;
 pub mod validate;
 
-pub use error::ControlError;
+pub use error::{ControlError, error_chain};
 pub use ids::{Delivery, InviteId, ParticipantId, Role, RoomId, random_token};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
-    Actor, AuditEvent, CreatedInvite, Invite, NewInvite, NewRoom, Page, PageRequest, Redemption,
-    Room, RoomLimits, Standing,
+    Actor, AuditEvent, ClaimedWebhook, CreatedInvite, DeliveryState, Invite, NewInvite, NewRoom,
+    NewWebhook, Page, PageRequest, Redemption, Room, RoomLimits, RoomRecord, RoomWrite, Standing,
+    WebhookAttempt, WebhookDelivery,
 };
 pub use store::Store;

@@ -151,6 +151,139 @@ impl serde::Serialize for Actor {
     }
 }
 
+/// One thing a live room decided that is written down, in the order the room decided it (see
+/// `room/actor/records.rs`). Times are when the room decided, not when the line is written.
+#[derive(Clone, Debug)]
+pub enum RoomRecord {
+    /// The role the room gave this identity, for its session tokens from now on.
+    Role {
+        participant: ParticipantId,
+        role: Role,
+    },
+    /// The room removed this identity: its session tokens issued before now stop working.
+    Removal {
+        participant: ParticipantId,
+        at_ms: i64,
+    },
+    /// The room banned this identity (its audit line is a record of its own).
+    Ban {
+        participant: ParticipantId,
+        revoke_invite: bool,
+        actor: Actor,
+        at_ms: i64,
+    },
+    /// The room ended; its `room.ended` line is written with it. Already ended is no error.
+    End {
+        actor: Actor,
+        at_ms: i64,
+        detail: serde_json::Value,
+    },
+    /// A line of the room's audit log.
+    Audit {
+        actor: Actor,
+        action: String,
+        target: Option<String>,
+        detail: serde_json::Value,
+        at_ms: i64,
+    },
+}
+
+/// What one command of a live room writes down, in one transaction: its records, and the
+/// webhook events that report them (or report what is not stored otherwise, like a join).
+#[derive(Clone, Debug, Default)]
+pub struct RoomWrite {
+    pub records: Vec<RoomRecord>,
+    pub webhooks: Vec<NewWebhook>,
+}
+
+impl RoomWrite {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.webhooks.is_empty()
+    }
+}
+
+/// A webhook event for the outbox: its `webhook-id` and the JSON body sent on every attempt.
+#[derive(Clone, Debug)]
+pub struct NewWebhook {
+    pub id: String,
+    pub event_type: String,
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+/// An outbox row this node took to send, under a lease.
+#[derive(Clone, Debug)]
+pub struct ClaimedWebhook {
+    pub seq: i64,
+    pub id: String,
+    pub body: String,
+    /// Attempts before this one.
+    pub attempts: u32,
+    pub created_at_ms: i64,
+}
+
+/// How an attempt to send an outbox row ended.
+#[derive(Clone, Debug)]
+pub enum WebhookAttempt {
+    Delivered {
+        status: u16,
+    },
+    /// Failed; tried again at `next_at_ms`.
+    Retry {
+        status: Option<u16>,
+        error: String,
+        next_at_ms: i64,
+    },
+    /// Failed, and the last attempt allowed: given up.
+    GivenUp {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// A row of the webhook outbox, for operators.
+#[derive(Clone, Debug)]
+pub struct WebhookDelivery {
+    pub id: String,
+    pub room_id: RoomId,
+    pub event_type: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub created_at_ms: i64,
+    pub next_attempt_at_ms: Option<i64>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub finished_at_ms: Option<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditEvent {
     pub seq: i64,

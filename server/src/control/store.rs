@@ -13,8 +13,9 @@ use std::path::Path;
 use super::model::{CreatedInvite, PageRequest, Standing};
 use super::{
     Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
-    NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId,
+    NewRoom, Page, ParticipantId, Redemption, Room, RoomId, RoomWrite,
 };
+use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 
 /// One schema version in both dialects.
 struct Migration {
@@ -44,6 +45,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0005_room_webrtc_audience_cap.sql"),
         postgres: include_str!("migrations/postgres/0005_room_webrtc_audience_cap.sql"),
+    },
+    // 0006 is another branch's; it goes before this one when both are in.
+    Migration {
+        sqlite: include_str!("migrations/0007_webhooks.sql"),
+        postgres: include_str!("migrations/postgres/0007_webhooks.sql"),
     },
 ];
 
@@ -128,15 +134,17 @@ impl Store {
 
     /// Marks the room ended; its invites stop working. Refuses a room already ended. With
     /// `audit_detail`, its `room.ended` line is written in the same transaction, so an end is
-    /// recorded exactly when it happens (a live room writes its own line).
+    /// recorded exactly when it happens (a live room writes its own line), and so are
+    /// `webhooks` (the events that report it).
     pub async fn end_room(
         &self,
         id: RoomId,
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
-        on_engine!(self.end_room(id, actor, now_ms, audit_detail))
+        on_engine!(self.end_room(id, actor, now_ms, audit_detail, webhooks))
     }
 
     pub async fn create_invite(
@@ -190,7 +198,8 @@ impl Store {
 
     /// Bans a participant identity from a room; optionally revokes the invite they used.
     /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
-    /// always recorded.
+    /// always recorded. `webhooks` (the events that report it) are written with a new ban.
+    #[allow(clippy::too_many_arguments)]
     pub async fn ban(
         &self,
         room: RoomId,
@@ -199,8 +208,17 @@ impl Store {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
-        on_engine!(self.ban(room, participant, revoke_invite, actor, now_ms, record))
+        on_engine!(self.ban(
+            room,
+            participant,
+            revoke_invite,
+            actor,
+            now_ms,
+            record,
+            webhooks
+        ))
     }
 
     /// Where an identity stands in its room now: banned, its live role, its last removal.
@@ -208,32 +226,54 @@ impl Store {
         on_engine!(self.standing(room, participant))
     }
 
-    /// Records a role a live room gave this identity, at its current token generation: every
-    /// session token issued so far now acts with this role.
-    pub async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
-        on_engine!(self.set_live_role(participant, role))
-    }
-
-    /// Records that a live room removed this identity.
-    pub async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
-        on_engine!(self.mark_removed(participant, now_ms))
-    }
-
     pub async fn is_banned(&self, room: RoomId, participant: ParticipantId) -> Result<bool> {
         on_engine!(self.is_banned(room, participant))
     }
 
-    /// Appends to a room's audit log (moderation done in the live room lands here).
-    pub async fn record_audit(
+    /// Writes what one command of a live room decided (its records and webhook events) in
+    /// one transaction. `ControlError::Unavailable` means nothing was written and the same
+    /// call may be made again.
+    pub async fn write_room(&self, room: RoomId, write: RoomWrite) -> Result<()> {
+        on_engine!(self.write_room(room, write))
+    }
+
+    /// Takes up to `limit` webhook rows to send now, each the oldest pending row of its room
+    /// and due, leased to `owner` for `lease_ms`: a row leased to another node (or this one)
+    /// is not taken again until its lease ends, so two senders never send the same row at
+    /// once, and a room's next row waits until the one before it is finished.
+    pub async fn claim_webhooks(
         &self,
-        room: RoomId,
-        actor: Actor,
-        action: String,
-        target: Option<String>,
-        detail: serde_json::Value,
+        owner: String,
         now_ms: i64,
-    ) -> Result<()> {
-        on_engine!(self.record_audit(room, actor, action, target, detail, now_ms))
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedWebhook>> {
+        on_engine!(self.claim_webhooks(owner, now_ms, lease_ms, limit))
+    }
+
+    /// Records how an attempt ended, if `owner` still holds the row's lease (false if not).
+    pub async fn finish_webhook(
+        &self,
+        seq: i64,
+        owner: String,
+        attempt: WebhookAttempt,
+        now_ms: i64,
+    ) -> Result<bool> {
+        on_engine!(self.finish_webhook(seq, owner, attempt, now_ms))
+    }
+
+    /// The outbox, oldest first, optionally only rows in `state`.
+    pub async fn list_webhook_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        page: PageRequest,
+    ) -> Result<Page<WebhookDelivery>> {
+        on_engine!(self.list_webhook_deliveries(state, page))
+    }
+
+    /// Forgets delivered rows finished before `before_ms`; returns how many.
+    pub async fn prune_webhooks(&self, before_ms: i64) -> Result<u64> {
+        on_engine!(self.prune_webhooks(before_ms))
     }
 
     pub async fn list_events(&self, room: RoomId, page: PageRequest) -> Result<Page<AuditEvent>> {

@@ -12,11 +12,14 @@ use deadpool_postgres::{
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{NoTls, Row};
 
+use super::super::error_chain as chain;
 use super::super::model::{CreatedInvite, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
     NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+    RoomRecord, RoomWrite,
 };
+use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -150,25 +153,13 @@ impl PgStore {
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let mut room = room_by_id(&tx, &id, "FOR NO KEY UPDATE")
-            .await?
-            .ok_or(ControlError::RoomNotFound)?;
-        if room.is_ended() {
-            return Err(ControlError::RoomEnded);
-        }
-        tx.execute(
-            "UPDATE rooms SET ended_at = $2 WHERE id = $1",
-            &[&id.as_str(), &now_ms],
-        )
-        .await?;
-        if let Some(detail) = audit_detail {
-            audit(&tx, &id, &actor, "room.ended", None, detail, now_ms).await?;
-        }
+        let room = end_in(&tx, &id, &actor, now_ms, audit_detail).await?;
+        insert_webhooks(&tx, &id, &webhooks).await?;
         tx.commit().await?;
-        room.ended_at_ms = Some(now_ms);
         Ok(room)
     }
 
@@ -384,6 +375,7 @@ impl PgStore {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ban(
         &self,
         room: RoomId,
@@ -392,61 +384,22 @@ impl PgStore {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        room_by_id(&tx, &room, "FOR SHARE")
-            .await?
-            .ok_or(ControlError::RoomNotFound)?;
-        // Locked, so a redemption by this identity either finishes first (and the invite it
-        // used is the one revoked) or waits and then sees the ban.
-        let invite_id: Option<String> = tx
-            .query_opt(
-                "SELECT invite_id FROM identities WHERE id = $1 AND room_id = $2 FOR UPDATE",
-                &[&participant.as_str(), &room.as_str()],
-            )
-            .await?
-            .ok_or(ControlError::ParticipantNotFound)?
-            .try_get(0)?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO bans (room_id, participant_id, created_at, created_by)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[
-                    &room.as_str(),
-                    &participant.as_str(),
-                    &now_ms,
-                    &actor.as_audit_str(),
-                ],
-            )
-            .await?;
-        if revoke_invite
-            && let Some(invite_id) = invite_id
-            && tx
-                .execute(
-                    "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                    &[&invite_id, &now_ms],
-                )
-                .await?
-                > 0
-        {
-            let detail = serde_json::json!({ "because_banned": participant.as_str() });
-            let target = Some(invite_id.as_str());
-            audit(&tx, &room, &actor, "invite.revoked", target, detail, now_ms).await?;
-        }
-        if record && inserted > 0 {
-            let detail = serde_json::json!({});
-            let target = Some(participant.as_str());
-            audit(
-                &tx,
-                &room,
-                &actor,
-                "participant.banned",
-                target,
-                detail,
-                now_ms,
-            )
-            .await?;
+        let banned = ban_in(
+            &tx,
+            &room,
+            &participant,
+            revoke_invite,
+            &actor,
+            now_ms,
+            record,
+        )
+        .await?;
+        if banned {
+            insert_webhooks(&tx, &room, &webhooks).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -478,52 +431,151 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
-        let c = self.client().await?;
-        c.execute(
-            "UPDATE identities SET live_role = $2, live_role_generation = token_generation
-             WHERE id = $1",
-            &[&participant.as_str(), &role.as_str()],
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(super) async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
-        let c = self.client().await?;
-        c.execute(
-            "UPDATE identities SET removed_at = $2 WHERE id = $1",
-            &[&participant.as_str(), &now_ms],
-        )
-        .await?;
-        Ok(())
-    }
-
     pub(super) async fn is_banned(&self, room: RoomId, participant: ParticipantId) -> Result<bool> {
         let c = self.client().await?;
         is_banned(&c, &room, participant.as_str()).await
     }
 
-    pub(super) async fn record_audit(
+    pub(super) async fn write_room(&self, room: RoomId, write: RoomWrite) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        for record in write.records {
+            record_in(&tx, &room, record).await?;
+        }
+        insert_webhooks(&tx, &room, &write.webhooks).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn claim_webhooks(
         &self,
-        room: RoomId,
-        actor: Actor,
-        action: String,
-        target: Option<String>,
-        detail: serde_json::Value,
+        owner: String,
         now_ms: i64,
-    ) -> Result<()> {
-        let c = self.client().await?;
-        audit(
-            &c,
-            &room,
-            &actor,
-            &action,
-            target.as_deref(),
-            detail,
-            now_ms,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedWebhook>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Rows another node is claiming right now are locked: skipped, not waited for. A row
+        // it claimed before carries its lease.
+        let rows = tx
+            .query(
+                "SELECT seq, id, body, attempts, created_at FROM webhook_deliveries
+                 WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries
+                               WHERE state = 'pending' GROUP BY room_id)
+                   AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                 ORDER BY seq LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+                &[&now_ms, &i64::from(limit)],
+            )
+            .await?;
+        let claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedWebhook {
+                    seq: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    body: r.try_get(2)?,
+                    attempts: to_u32(r.try_get(3)?),
+                    created_at_ms: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+        tx.execute(
+            "UPDATE webhook_deliveries SET lease_owner = $2, lease_until = $3
+             WHERE seq = ANY($1)",
+            &[&seqs, &owner, &(now_ms + lease_ms)],
         )
-        .await
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    pub(super) async fn finish_webhook(
+        &self,
+        seq: i64,
+        owner: String,
+        attempt: WebhookAttempt,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let f = rules::finished_webhook(&attempt, now_ms);
+        let c = self.client().await?;
+        let changed = c
+            .execute(
+                "UPDATE webhook_deliveries
+                 SET state = $3, attempts = attempts + 1,
+                     next_attempt_at = COALESCE($4, next_attempt_at), last_status = $5,
+                     last_error = $6, finished_at = $7, lease_owner = NULL, lease_until = NULL
+                 WHERE seq = $1 AND lease_owner = $2 AND state = 'pending'",
+                &[
+                    &seq,
+                    &owner,
+                    &f.state,
+                    &f.next_attempt_at,
+                    &f.status,
+                    &f.error,
+                    &f.finished_at,
+                ],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    pub(super) async fn list_webhook_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        page: PageRequest,
+    ) -> Result<Page<WebhookDelivery>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT seq, id, room_id, event_type, state, attempts, created_at,
+                        CASE WHEN state = 'pending' THEN next_attempt_at END,
+                        last_status, last_error, finished_at
+                 FROM webhook_deliveries
+                 WHERE ($1::TEXT IS NULL OR state = $1) AND seq > $2 ORDER BY seq LIMIT $3",
+                &[
+                    &state.map(DeliveryState::as_str),
+                    &page.after.unwrap_or(0),
+                    &(i64::from(page.limit) + 1),
+                ],
+            )
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let state: String = r.try_get(4)?;
+                Ok((
+                    r.try_get(0)?,
+                    WebhookDelivery {
+                        id: r.try_get(1)?,
+                        room_id: RoomId::from_trusted(r.try_get(2)?),
+                        event_type: r.try_get(3)?,
+                        // The schema's CHECK admits the three states only.
+                        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+                        attempts: to_u32(r.try_get(5)?),
+                        created_at_ms: r.try_get(6)?,
+                        next_attempt_at_ms: r.try_get(7)?,
+                        last_status: r
+                            .try_get::<_, Option<i64>>(8)?
+                            .and_then(|s| u16::try_from(s).ok()),
+                        last_error: r.try_get(9)?,
+                        finished_at_ms: r.try_get(10)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn prune_webhooks(&self, before_ms: i64) -> Result<u64> {
+        let c = self.client().await?;
+        Ok(c.execute(
+            "DELETE FROM webhook_deliveries WHERE state = 'delivered' AND finished_at < $1",
+            &[&before_ms],
+        )
+        .await?)
     }
 
     pub(super) async fn list_events(
@@ -941,21 +993,180 @@ impl From<tokio_postgres::Error> for ControlError {
     }
 }
 
-/// An error and its causes, `outer: inner: …` (the driver's own message is only the outer).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text = format!("{text}: {c}");
-        cause = c.source();
-    }
-    text
-}
-
 fn pool_error(e: PoolError) -> ControlError {
     match e {
         PoolError::Backend(e) => e.into(),
         PoolError::Timeout(_) | PoolError::Closed => ControlError::Unavailable(e.to_string()),
         other => ControlError::Storage(other.to_string()),
     }
+}
+
+/// Ends a room inside `tx`, holding its row against new invites and redemptions; refuses one
+/// already ended.
+async fn end_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &RoomId,
+    actor: &Actor,
+    now_ms: i64,
+    audit_detail: Option<serde_json::Value>,
+) -> Result<Room> {
+    let mut room = room_by_id(tx, id, "FOR NO KEY UPDATE")
+        .await?
+        .ok_or(ControlError::RoomNotFound)?;
+    if room.is_ended() {
+        return Err(ControlError::RoomEnded);
+    }
+    tx.execute(
+        "UPDATE rooms SET ended_at = $2 WHERE id = $1",
+        &[&id.as_str(), &now_ms],
+    )
+    .await?;
+    if let Some(detail) = audit_detail {
+        audit(tx, id, actor, "room.ended", None, detail, now_ms).await?;
+    }
+    room.ended_at_ms = Some(now_ms);
+    Ok(room)
+}
+
+/// Adds events to the webhook outbox inside `tx`, due at once.
+async fn insert_webhooks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomId,
+    hooks: &[NewWebhook],
+) -> Result<()> {
+    for hook in hooks {
+        tx.execute(
+            "INSERT INTO webhook_deliveries
+                 (id, room_id, event_type, body, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $5)",
+            &[
+                &hook.id,
+                &room.as_str(),
+                &hook.event_type,
+                &hook.body,
+                &hook.created_at_ms,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.
+async fn ban_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomId,
+    participant: &ParticipantId,
+    revoke_invite: bool,
+    actor: &Actor,
+    now_ms: i64,
+    record: bool,
+) -> Result<bool> {
+    room_by_id(tx, room, "FOR SHARE")
+        .await?
+        .ok_or(ControlError::RoomNotFound)?;
+    // Locked, so a redemption by this identity either finishes first (and the invite it
+    // used is the one revoked) or waits and then sees the ban.
+    let invite_id: Option<String> = tx
+        .query_opt(
+            "SELECT invite_id FROM identities WHERE id = $1 AND room_id = $2 FOR UPDATE",
+            &[&participant.as_str(), &room.as_str()],
+        )
+        .await?
+        .ok_or(ControlError::ParticipantNotFound)?
+        .try_get(0)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO bans (room_id, participant_id, created_at, created_by)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[
+                &room.as_str(),
+                &participant.as_str(),
+                &now_ms,
+                &actor.as_audit_str(),
+            ],
+        )
+        .await?;
+    if revoke_invite
+        && let Some(invite_id) = invite_id
+        && tx
+            .execute(
+                "UPDATE invites SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&invite_id, &now_ms],
+            )
+            .await?
+            > 0
+    {
+        let detail = serde_json::json!({ "because_banned": participant.as_str() });
+        let target = Some(invite_id.as_str());
+        audit(tx, room, actor, "invite.revoked", target, detail, now_ms).await?;
+    }
+    if record && inserted > 0 {
+        let detail = serde_json::json!({});
+        let target = Some(participant.as_str());
+        audit(
+            tx,
+            room,
+            actor,
+            "participant.banned",
+            target,
+            detail,
+            now_ms,
+        )
+        .await?;
+    }
+    Ok(inserted > 0)
+}
+
+/// Writes one of a live room's records inside `tx`.
+async fn record_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    room: &RoomId,
+    record: RoomRecord,
+) -> Result<()> {
+    match record {
+        RoomRecord::Role { participant, role } => {
+            tx.execute(
+                "UPDATE identities SET live_role = $2, live_role_generation = token_generation
+                 WHERE id = $1",
+                &[&participant.as_str(), &role.as_str()],
+            )
+            .await?;
+        }
+        RoomRecord::Removal { participant, at_ms } => {
+            tx.execute(
+                "UPDATE identities SET removed_at = $2 WHERE id = $1",
+                &[&participant.as_str(), &at_ms],
+            )
+            .await?;
+        }
+        RoomRecord::Ban {
+            participant,
+            revoke_invite,
+            actor,
+            at_ms,
+        } => {
+            ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false).await?;
+        }
+        RoomRecord::End {
+            actor,
+            at_ms,
+            detail,
+        } => match end_in(tx, room, &actor, at_ms, Some(detail)).await {
+            // A racing `DELETE` ended it first and wrote its own line.
+            Ok(_) | Err(ControlError::RoomEnded) => {}
+            Err(e) => return Err(e),
+        },
+        RoomRecord::Audit {
+            actor,
+            action,
+            target,
+            detail,
+            at_ms,
+        } => {
+            let target = target.as_deref();
+            audit(tx, room, &actor, &action, target, detail, at_ms).await?;
+        }
+    }
+    Ok(())
 }

@@ -151,3 +151,47 @@ pub(super) fn paginate<T>(mut rows: Vec<(i64, T)>, limit: u32) -> Page<T> {
         next_cursor,
     }
 }
+
+/// The columns an attempt's end sets, the same on both engines.
+pub(super) struct FinishedWebhook {
+    pub state: &'static str,
+    /// The next try, for a retry.
+    pub next_attempt_at: Option<i64>,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
+pub(super) fn finished_webhook(
+    attempt: &super::super::WebhookAttempt,
+    now_ms: i64,
+) -> FinishedWebhook {
+    use super::super::WebhookAttempt;
+    match attempt {
+        WebhookAttempt::Delivered { status } => FinishedWebhook {
+            state: "delivered",
+            next_attempt_at: None,
+            status: Some(i64::from(*status)),
+            error: None,
+            finished_at: Some(now_ms),
+        },
+        WebhookAttempt::Retry {
+            status,
+            error,
+            next_at_ms,
+        } => FinishedWebhook {
+            state: "pending",
+            next_attempt_at: Some(*next_at_ms),
+            status: status.map(i64::from),
+            error: Some(error.clone()),
+            finished_at: None,
+        },
+        WebhookAttempt::GivenUp { status, error } => FinishedWebhook {
+            state: "failed",
+            next_attempt_at: None,
+            status: status.map(i64::from),
+            error: Some(error.clone()),
+            finished_at: Some(now_ms),
+        },
+    }
+}

@@ -12,7 +12,9 @@ use super::super::model::{CreatedInvite, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
     NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
+    RoomRecord, RoomWrite,
 };
+use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
 fn migrations() -> Migrations<'static> {
@@ -126,22 +128,13 @@ impl SqliteStore {
         actor: Actor,
         now_ms: i64,
         audit_detail: Option<serde_json::Value>,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let mut room = room_by_id(&tx, &id)?.ok_or(ControlError::RoomNotFound)?;
-            if room.is_ended() {
-                return Err(ControlError::RoomEnded);
-            }
-            tx.execute(
-                "UPDATE rooms SET ended_at = ?2 WHERE id = ?1",
-                params![id.as_str(), now_ms],
-            )?;
-            if let Some(detail) = audit_detail {
-                audit(&tx, &id, &actor, "room.ended", None, detail, now_ms)?;
-            }
+            let room = end_in(&tx, &id, &actor, now_ms, audit_detail)?;
+            insert_webhooks(&tx, &id, &webhooks)?;
             tx.commit()?;
-            room.ended_at_ms = Some(now_ms);
             Ok(room)
         })
         .await
@@ -371,6 +364,7 @@ impl SqliteStore {
     /// Bans a participant identity from a room; optionally revokes the invite they used.
     /// `record` writes the ban's audit line (a live room writes its own); a revoked invite is
     /// always recorded.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ban(
         &self,
         room: RoomId,
@@ -379,55 +373,21 @@ impl SqliteStore {
         actor: Actor,
         now_ms: i64,
         record: bool,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
-            let invite_id: Option<String> = tx
-                .query_row(
-                    "SELECT invite_id FROM identities WHERE id = ?1 AND room_id = ?2",
-                    params![participant.as_str(), room.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or(ControlError::ParticipantNotFound)?;
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO bans (room_id, participant_id, created_at, created_by)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    room.as_str(),
-                    participant.as_str(),
-                    now_ms,
-                    actor.as_audit_str()
-                ],
+            let banned = ban_in(
+                &tx,
+                &room,
+                &participant,
+                revoke_invite,
+                &actor,
+                now_ms,
+                record,
             )?;
-            if revoke_invite
-                && let Some(invite_id) = invite_id
-                && tx.execute(
-                    "UPDATE invites SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                    params![invite_id, now_ms],
-                )? > 0
-            {
-                audit(
-                    &tx,
-                    &room,
-                    &actor,
-                    "invite.revoked",
-                    Some(&invite_id),
-                    serde_json::json!({ "because_banned": participant.as_str() }),
-                    now_ms,
-                )?;
-            }
-            if record && inserted > 0 {
-                audit(
-                    &tx,
-                    &room,
-                    &actor,
-                    "participant.banned",
-                    Some(participant.as_str()),
-                    serde_json::json!({}),
-                    now_ms,
-                )?;
+            if banned {
+                insert_webhooks(&tx, &room, &webhooks)?;
             }
             tx.commit()?;
             Ok(())
@@ -461,50 +421,135 @@ impl SqliteStore {
         .await
     }
 
-    /// Records a role a live room gave this identity, at its current token generation: every
-    /// session token issued so far now acts with this role.
-    pub(super) async fn set_live_role(&self, participant: ParticipantId, role: Role) -> Result<()> {
-        self.call(move |c| {
-            c.execute(
-                "UPDATE identities SET live_role = ?2, live_role_generation = token_generation
-                 WHERE id = ?1",
-                params![participant.as_str(), role.as_str()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Records that a live room removed this identity.
-    pub(super) async fn mark_removed(&self, participant: ParticipantId, now_ms: i64) -> Result<()> {
-        self.call(move |c| {
-            c.execute(
-                "UPDATE identities SET removed_at = ?2 WHERE id = ?1",
-                params![participant.as_str(), now_ms],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     pub(super) async fn is_banned(&self, room: RoomId, participant: ParticipantId) -> Result<bool> {
         self.call(move |c| is_banned(c, &room, participant.as_str()))
             .await
     }
 
-    /// Appends to a room's audit log (moderation done in the live room lands here).
-    pub(super) async fn record_audit(
-        &self,
-        room: RoomId,
-        actor: Actor,
-        action: String,
-        target: Option<String>,
-        detail: serde_json::Value,
-        now_ms: i64,
-    ) -> Result<()> {
+    pub(super) async fn write_room(&self, room: RoomId, write: RoomWrite) -> Result<()> {
         self.call(move |c| {
-            audit(c, &room, &actor, &action, target.as_deref(), detail, now_ms)?;
+            let tx = c.transaction()?;
+            for record in write.records {
+                record_in(&tx, &room, record)?;
+            }
+            insert_webhooks(&tx, &room, &write.webhooks)?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn claim_webhooks(
+        &self,
+        owner: String,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedWebhook>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let claimed = {
+                let mut stmt = tx.prepare_cached(CLAIM_WEBHOOKS)?;
+                stmt.query_map(params![now_ms, limit], |r| {
+                    Ok(ClaimedWebhook {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        body: r.get(2)?,
+                        attempts: r.get(3)?,
+                        created_at_ms: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for row in &claimed {
+                tx.execute(
+                    "UPDATE webhook_deliveries SET lease_owner = ?2, lease_until = ?3 WHERE seq = ?1",
+                    params![row.seq, owner, now_ms + lease_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    pub(super) async fn finish_webhook(
+        &self,
+        seq: i64,
+        owner: String,
+        attempt: WebhookAttempt,
+        now_ms: i64,
+    ) -> Result<bool> {
+        self.call(move |c| {
+            let f = rules::finished_webhook(&attempt, now_ms);
+            let changed = c.execute(
+                FINISH_WEBHOOK,
+                params![
+                    seq,
+                    owner,
+                    f.state,
+                    f.next_attempt_at,
+                    f.status,
+                    f.error,
+                    f.finished_at
+                ],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    pub(super) async fn list_webhook_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        page: PageRequest,
+    ) -> Result<Page<WebhookDelivery>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, {WEBHOOK_COLUMNS} FROM webhook_deliveries
+                 WHERE (?1 IS NULL OR state = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        state.map(DeliveryState::as_str),
+                        page.after.unwrap_or(0),
+                        page.limit + 1
+                    ],
+                    |r| {
+                        let state: String = r.get(4)?;
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            WebhookDelivery {
+                                id: r.get(1)?,
+                                room_id: RoomId::from_trusted(r.get(2)?),
+                                event_type: r.get(3)?,
+                                // The schema's CHECK admits the three states only.
+                                state: DeliveryState::parse(&state)
+                                    .unwrap_or(DeliveryState::Pending),
+                                attempts: r.get(5)?,
+                                created_at_ms: r.get(6)?,
+                                next_attempt_at_ms: r.get(7)?,
+                                last_status: r.get(8)?,
+                                last_error: r.get(9)?,
+                                finished_at_ms: r.get(10)?,
+                            },
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rules::paginate(rows, page.limit))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_webhooks(&self, before_ms: i64) -> Result<u64> {
+        self.call(move |c| {
+            let n = c.execute(
+                "DELETE FROM webhook_deliveries WHERE state = 'delivered' AND finished_at < ?1",
+                params![before_ms],
+            )?;
+            Ok(n as u64)
         })
         .await
     }
@@ -755,5 +800,166 @@ fn audit(
             detail.to_string()
         ],
     )?;
+    Ok(())
+}
+
+/// Ends a room inside `tx`; refuses one already ended.
+fn end_in(
+    tx: &Transaction<'_>,
+    id: &RoomId,
+    actor: &Actor,
+    now_ms: i64,
+    audit_detail: Option<serde_json::Value>,
+) -> Result<Room> {
+    let mut room = room_by_id(tx, id)?.ok_or(ControlError::RoomNotFound)?;
+    if room.is_ended() {
+        return Err(ControlError::RoomEnded);
+    }
+    tx.execute(
+        "UPDATE rooms SET ended_at = ?2 WHERE id = ?1",
+        params![id.as_str(), now_ms],
+    )?;
+    if let Some(detail) = audit_detail {
+        audit(tx, id, actor, "room.ended", None, detail, now_ms)?;
+    }
+    room.ended_at_ms = Some(now_ms);
+    Ok(room)
+}
+
+/// Adds events to the webhook outbox inside `tx`, due at once.
+fn insert_webhooks(tx: &Transaction<'_>, room: &RoomId, hooks: &[NewWebhook]) -> Result<()> {
+    for hook in hooks {
+        tx.execute(
+            "INSERT INTO webhook_deliveries
+                 (id, room_id, event_type, body, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![
+                hook.id,
+                room.as_str(),
+                hook.event_type,
+                hook.body,
+                hook.created_at_ms
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.
+fn ban_in(
+    tx: &Transaction<'_>,
+    room: &RoomId,
+    participant: &ParticipantId,
+    revoke_invite: bool,
+    actor: &Actor,
+    now_ms: i64,
+    record: bool,
+) -> Result<bool> {
+    room_by_id(tx, room)?.ok_or(ControlError::RoomNotFound)?;
+    let invite_id: Option<String> = tx
+        .query_row(
+            "SELECT invite_id FROM identities WHERE id = ?1 AND room_id = ?2",
+            params![participant.as_str(), room.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or(ControlError::ParticipantNotFound)?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO bans (room_id, participant_id, created_at, created_by)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            room.as_str(),
+            participant.as_str(),
+            now_ms,
+            actor.as_audit_str()
+        ],
+    )?;
+    if revoke_invite
+        && let Some(invite_id) = invite_id
+        && tx.execute(
+            "UPDATE invites SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![invite_id, now_ms],
+        )? > 0
+    {
+        audit(
+            tx,
+            room,
+            actor,
+            "invite.revoked",
+            Some(&invite_id),
+            serde_json::json!({ "because_banned": participant.as_str() }),
+            now_ms,
+        )?;
+    }
+    if record && inserted > 0 {
+        audit(
+            tx,
+            room,
+            actor,
+            "participant.banned",
+            Some(participant.as_str()),
+            serde_json::json!({}),
+            now_ms,
+        )?;
+    }
+    Ok(inserted > 0)
+}
+
+const WEBHOOK_COLUMNS: &str = "id, room_id, event_type, state, attempts, created_at,
+    CASE WHEN state = 'pending' THEN next_attempt_at END, last_status, last_error, finished_at";
+
+/// Each room's oldest pending row, if it is due and nobody holds it.
+const CLAIM_WEBHOOKS: &str = "SELECT seq, id, body, attempts, created_at FROM webhook_deliveries
+    WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries WHERE state = 'pending' GROUP BY room_id)
+      AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+    ORDER BY seq LIMIT ?2";
+
+/// An attempt's end, only by the lease's holder.
+const FINISH_WEBHOOK: &str = "UPDATE webhook_deliveries
+    SET state = ?3, attempts = attempts + 1, next_attempt_at = COALESCE(?4, next_attempt_at),
+        last_status = ?5, last_error = ?6, finished_at = ?7, lease_owner = NULL, lease_until = NULL
+    WHERE seq = ?1 AND lease_owner = ?2 AND state = 'pending'";
+
+/// Writes one of a live room's records inside `tx`.
+fn record_in(tx: &Transaction<'_>, room: &RoomId, record: RoomRecord) -> Result<()> {
+    match record {
+        RoomRecord::Role { participant, role } => {
+            tx.execute(
+                "UPDATE identities SET live_role = ?2, live_role_generation = token_generation
+                 WHERE id = ?1",
+                params![participant.as_str(), role.as_str()],
+            )?;
+        }
+        RoomRecord::Removal { participant, at_ms } => {
+            tx.execute(
+                "UPDATE identities SET removed_at = ?2 WHERE id = ?1",
+                params![participant.as_str(), at_ms],
+            )?;
+        }
+        RoomRecord::Ban {
+            participant,
+            revoke_invite,
+            actor,
+            at_ms,
+        } => {
+            ban_in(tx, room, &participant, revoke_invite, &actor, at_ms, false)?;
+        }
+        RoomRecord::End {
+            actor,
+            at_ms,
+            detail,
+        } => match end_in(tx, room, &actor, at_ms, Some(detail)) {
+            // A racing `DELETE` ended it first and wrote its own line.
+            Ok(_) | Err(ControlError::RoomEnded) => {}
+            Err(e) => return Err(e),
+        },
+        RoomRecord::Audit {
+            actor,
+            action,
+            target,
+            detail,
+            at_ms,
+        } => audit(tx, room, &actor, &action, target.as_deref(), detail, at_ms)?,
+    }
     Ok(())
 }

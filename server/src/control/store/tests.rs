@@ -2,7 +2,10 @@
 //! database on a throwaway PostgreSQL shared by this test binary.
 
 use super::super::model::PageRequest;
-use super::super::{ControlError, Delivery, NewInvite, NewRoom, Role, RoomLimits};
+use super::super::{
+    ControlError, Delivery, DeliveryState, NewInvite, NewRoom, NewWebhook, Role, RoomLimits,
+    RoomRecord, RoomWrite, WebhookAttempt,
+};
 use super::*;
 
 // The end-to-end tests' helper, shared so that there is one way to run a test PostgreSQL;
@@ -46,7 +49,249 @@ on_both_engines!(
     pages_follow_the_cursor,
     startup_link_keeps_one_demo_room_and_one_live_link,
     delivery_and_audience_cap_are_stored_and_checked,
+    webhooks_are_claimed_one_per_room_in_order_under_a_lease,
 );
+
+/// Two nodes (two pools on one PostgreSQL database) claim webhooks at once, over and over:
+/// no row is ever claimed by both, and each room's rows are claimed in order.
+#[tokio::test]
+async fn two_nodes_never_claim_the_same_webhook() {
+    let url = Postgres::shared().fresh_database();
+    let nodes = [
+        Store::connect_postgres(&url, 8).await.unwrap(),
+        Store::connect_postgres(&url, 8).await.unwrap(),
+    ];
+    const ROOMS: usize = 6;
+    const PER_ROOM: usize = 10;
+    for r in 0..ROOMS {
+        let room = nodes[0]
+            .create_room(room_new(&format!("r{r}")), Actor::Operator, 1_000)
+            .await
+            .unwrap();
+        let hooks = (0..PER_ROOM)
+            .map(|i| hook(&format!("r{r}-{i:02}"), 1_000))
+            .collect();
+        let write = RoomWrite {
+            records: Vec::new(),
+            webhooks: hooks,
+        };
+        nodes[0].write_room(room.id, write).await.unwrap();
+    }
+    let claim_all = |store: Store, owner: &'static str| async move {
+        let mut claimed = Vec::new();
+        let mut idle = 0;
+        while idle < 50 {
+            let rows = store
+                .claim_webhooks(owner.into(), 2_000, 60_000, 4)
+                .await
+                .unwrap();
+            if rows.is_empty() {
+                idle += 1;
+                tokio::task::yield_now().await;
+            }
+            for row in rows {
+                let done = WebhookAttempt::Delivered { status: 204 };
+                assert!(
+                    store
+                        .finish_webhook(row.seq, owner.into(), done, 2_000)
+                        .await
+                        .unwrap()
+                );
+                claimed.push(row.id);
+            }
+        }
+        claimed
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(nodes[0].clone(), "a")),
+        tokio::spawn(claim_all(nodes[1].clone(), "b"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<&String> = a.iter().chain(&b).collect();
+    assert_eq!(all.len(), ROOMS * PER_ROOM, "a: {a:?}\nb: {b:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        ROOMS * PER_ROOM,
+        "claimed twice: a {a:?}, b {b:?}"
+    );
+    for node in [&a, &b] {
+        for r in 0..ROOMS {
+            let mine: Vec<&String> = node
+                .iter()
+                .filter(|id| id.starts_with(&format!("r{r}-")))
+                .collect();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "out of order: {mine:?}"
+            );
+        }
+    }
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both nodes took part: a {a:?}, b {b:?}"
+    );
+}
+
+fn hook(id: &str, at: i64) -> NewWebhook {
+    NewWebhook {
+        id: id.into(),
+        event_type: "test.event".into(),
+        body: format!("{{\"n\":\"{id}\"}}"),
+        created_at_ms: at,
+    }
+}
+
+async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) {
+    let a = store
+        .create_room(room_new("a"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let b = store
+        .create_room(room_new("b"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let write = |hooks: Vec<NewWebhook>| RoomWrite {
+        records: Vec::new(),
+        webhooks: hooks,
+    };
+    store
+        .write_room(
+            a.id.clone(),
+            write(vec![hook("a1", 1_000), hook("a2", 1_001)]),
+        )
+        .await
+        .unwrap();
+    store
+        .write_room(b.id.clone(), write(vec![hook("b1", 1_002)]))
+        .await
+        .unwrap();
+    // One row per room: each room's oldest.
+    let claimed = store
+        .claim_webhooks("n1".into(), 2_000, 10_000, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "b1"]);
+    assert_eq!(claimed[0].body, "{\"n\":\"a1\"}");
+    // Leased: another sender gets nothing, not even a room's next row.
+    assert!(
+        store
+            .claim_webhooks("n2".into(), 2_001, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Only the lease's holder records the outcome.
+    let retry = WebhookAttempt::Retry {
+        status: Some(500),
+        error: "answered 500".into(),
+        next_at_ms: 5_000,
+    };
+    assert!(
+        !store
+            .finish_webhook(claimed[0].seq, "n2".into(), retry.clone(), 2_002)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_webhook(claimed[0].seq, "n1".into(), retry, 2_002)
+            .await
+            .unwrap()
+    );
+    let delivered = WebhookAttempt::Delivered { status: 204 };
+    assert!(
+        store
+            .finish_webhook(claimed[1].seq, "n1".into(), delivered, 2_003)
+            .await
+            .unwrap()
+    );
+    // a1 waits for its retry time, and a2 waits for a1.
+    assert!(
+        store
+            .claim_webhooks("n2".into(), 4_999, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .claim_webhooks("n2".into(), 5_000, 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.len(), again[0].id.as_str(), again[0].attempts),
+        (1, "a1", 1)
+    );
+    let given_up = WebhookAttempt::GivenUp {
+        status: None,
+        error: "timed out".into(),
+    };
+    assert!(
+        store
+            .finish_webhook(again[0].seq, "n2".into(), given_up, 5_001)
+            .await
+            .unwrap()
+    );
+    let next = store
+        .claim_webhooks("n1".into(), 5_002, 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a2"]
+    );
+    // A lease that ran out lets another sender take the row.
+    let taken = store
+        .claim_webhooks("n2".into(), 15_002, 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken[0].id, "a2");
+
+    let all = PageRequest {
+        after: None,
+        limit: 10,
+    };
+    let failed = store
+        .list_webhook_deliveries(Some(DeliveryState::Failed), all)
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1);
+    let f = &failed.items[0];
+    assert_eq!(
+        (f.id.as_str(), f.attempts, f.last_error.as_deref()),
+        ("a1", 2, Some("timed out"))
+    );
+    assert_eq!(
+        (f.room_id.clone(), f.finished_at_ms, f.next_attempt_at_ms),
+        (a.id.clone(), Some(5_001), None)
+    );
+    let everything = store.list_webhook_deliveries(None, all).await.unwrap();
+    let states: Vec<_> = everything
+        .items
+        .iter()
+        .map(|d| (d.id.as_str(), d.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a1", DeliveryState::Failed),
+            ("a2", DeliveryState::Pending),
+            ("b1", DeliveryState::Delivered)
+        ]
+    );
+    assert_eq!(
+        store.prune_webhooks(2_004).await.unwrap(),
+        1,
+        "the delivered row"
+    );
+    assert_eq!(
+        store.prune_webhooks(99_999).await.unwrap(),
+        0,
+        "failed rows are kept"
+    );
+}
 
 async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
     let (room, first) = store.startup_link(1_000).await.unwrap().unwrap();
@@ -62,7 +307,7 @@ async fn startup_link_keeps_one_demo_room_and_one_live_link(store: Store) {
         .await
         .unwrap();
     store
-        .end_room(room.id, Actor::Operator, 4_000, None)
+        .end_room(room.id, Actor::Operator, 4_000, None, Vec::new())
         .await
         .unwrap();
     assert!(store.startup_link(5_000).await.unwrap().is_none());
@@ -129,7 +374,16 @@ async fn delivery_and_audience_cap_are_stored_and_checked(store: Store) {
     assert_eq!(first.delivery, Delivery::Broadcast);
     // Once the room made Ada a speaker, the same broadcast link brings her back on WebRTC.
     store
-        .set_live_role(first.participant_id.clone(), Role::Speaker)
+        .write_room(
+            room.id.clone(),
+            RoomWrite {
+                records: vec![RoomRecord::Role {
+                    participant: first.participant_id.clone(),
+                    role: Role::Speaker,
+                }],
+                webhooks: Vec::new(),
+            },
+        )
         .await
         .unwrap();
     let again = store
@@ -243,7 +497,16 @@ async fn a_live_role_outranks_every_older_token_across_redemptions(store: Store)
     let (id, secret) = (first.participant_id.clone(), first.new_identity.clone());
     let standing = || store.standing(room.id.clone(), id.clone());
     store
-        .set_live_role(id.clone(), Role::Listener)
+        .write_room(
+            room.id.clone(),
+            RoomWrite {
+                records: vec![RoomRecord::Role {
+                    participant: id.clone(),
+                    role: Role::Listener,
+                }],
+                webhooks: Vec::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -275,7 +538,16 @@ async fn a_live_role_outranks_every_older_token_across_redemptions(store: Store)
     assert_eq!(now.role(first.role, first.generation), Role::Listener);
     // A role the room gave is kept when a lower link is redeemed again.
     store
-        .set_live_role(id.clone(), Role::Speaker)
+        .write_room(
+            room.id.clone(),
+            RoomWrite {
+                records: vec![RoomRecord::Role {
+                    participant: id.clone(),
+                    role: Role::Speaker,
+                }],
+                webhooks: Vec::new(),
+            },
+        )
         .await
         .unwrap();
     let lower = store

@@ -5,12 +5,16 @@
 //! - `rooms.rs`: the map of live rooms, and the handles callers send through;
 //! - `task.rs`: the loop: messages in, the state machine applied, slow sockets let go;
 //! - `fanout.rs`: events and replies encoded once and queued to the sockets that may see them;
-//! - `persist.rs`: bans, roles, removals, the end and the audit log, written to the store;
+//! - `persist.rs`: bans, roles, removals, the end and the audit log, as records;
+//! - `hooks.rs`: webhook events derived from what the room decided, in one place;
+//! - `records.rs`: the room's writer: its records written to the store in order, off the task;
 //! - `media.rs`: offers, send rights and closes handed to media.
 
 mod fanout;
+mod hooks;
 mod media;
 mod persist;
+mod records;
 mod rooms;
 mod task;
 
@@ -63,6 +67,9 @@ pub enum ConnectError {
 pub enum LiveError {
     NotLive,
     Refused(Refusal),
+    /// Done in the room, but its records could not be written yet: the store is unavailable
+    /// (they stay queued and are written when it is back) or the room's queue is full.
+    Store(crate::control::ControlError),
 }
 
 /// What reaches a room's task through its queue.
@@ -88,7 +95,7 @@ enum RoomMsg {
     Rest {
         actor: Actor,
         command: Command,
-        reply: oneshot::Sender<Result<(), Refusal>>,
+        reply: oneshot::Sender<Result<(), LiveError>>,
     },
     Participants {
         after: Option<ParticipantId>,

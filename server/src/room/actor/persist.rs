@@ -1,92 +1,66 @@
 //! Writing down what the room decided: roles, removals, bans, the room's end and the audit
-//! log. Awaited in order, so a REST call that returns has its lines written; a failure is
-//! logged and the room carries on (the live state is already right).
+//! log, as records of the command being carried out; the task hands them, with the command's
+//! webhook events, to the room's writer (`records.rs`). The room never waits for the store.
 
 use serde_json::json;
 
-use super::task::{RoomTask, log_failure};
-use crate::control::{ControlError, ParticipantId, Role};
+use super::task::RoomTask;
+use crate::control::{ParticipantId, Role, RoomRecord};
 use crate::room::{Actor, AuditAction};
 
 impl RoomTask {
-    pub(super) async fn record_role(&self, participant: ParticipantId, role: Role) {
-        if let Err(e) = self
-            .deps
-            .store
-            .set_live_role(participant.clone(), role)
-            .await
-        {
-            tracing::error!(%participant, error = %e, "could not record a role");
-        }
+    fn now_ms(&self) -> i64 {
+        self.deps.clock.now_ms()
     }
 
-    pub(super) async fn record_removal(&self, participant: ParticipantId) {
-        let now = self.deps.clock.now_ms();
-        let result = self.deps.store.mark_removed(participant, now).await;
-        log_failure(self.state.room(), result);
+    pub(super) fn record_role(&mut self, participant: ParticipantId, role: Role) {
+        self.pending
+            .records
+            .push(RoomRecord::Role { participant, role });
     }
 
-    pub(super) async fn persist_ban(
-        &self,
+    pub(super) fn record_removal(&mut self, participant: ParticipantId) {
+        let at_ms = self.now_ms();
+        self.pending
+            .records
+            .push(RoomRecord::Removal { participant, at_ms });
+    }
+
+    pub(super) fn persist_ban(
+        &mut self,
         participant: ParticipantId,
         by: Actor,
         revoke_invite: bool,
     ) {
-        let now = self.deps.clock.now_ms();
-        let room = self.state.room().clone();
-        let result = self
-            .deps
-            .store
-            .ban(
-                room,
-                participant,
-                revoke_invite,
-                by.recorded_as(),
-                now,
-                false,
-            )
-            .await;
-        log_failure(self.state.room(), result);
+        self.pending.records.push(RoomRecord::Ban {
+            participant,
+            revoke_invite,
+            actor: by.recorded_as(),
+            at_ms: self.now_ms(),
+        });
     }
 
-    pub(super) async fn persist_end(&self, by: Actor, participants: usize) {
-        let now = self.deps.clock.now_ms();
-        let room = self.state.room().clone();
-        let detail = json!({ "participants": participants });
-        let result = match self
-            .deps
-            .store
-            .end_room(room, by.recorded_as(), now, Some(detail))
-            .await
-        {
-            // A racing `DELETE` ended it first and wrote its own line.
-            Err(ControlError::RoomEnded) => Ok(()),
-            other => other.map(|_| ()),
-        };
-        log_failure(self.state.room(), result);
+    pub(super) fn persist_end(&mut self, by: Actor, participants: usize) {
+        self.pending.records.push(RoomRecord::End {
+            actor: by.recorded_as(),
+            at_ms: self.now_ms(),
+            detail: json!({ "participants": participants }),
+        });
     }
 
-    pub(super) async fn audit(
-        &self,
+    pub(super) fn audit(
+        &mut self,
         actor: Actor,
         action: AuditAction,
         target: Option<ParticipantId>,
         detail: serde_json::Value,
     ) {
-        let now = self.deps.clock.now_ms();
-        let room = self.state.room().clone();
-        let result = self
-            .deps
-            .store
-            .record_audit(
-                room,
-                actor.recorded_as(),
-                action.as_str().to_owned(),
-                target.map(|t| t.to_string()),
-                detail,
-                now,
-            )
-            .await;
-        log_failure(self.state.room(), result);
+        self.pending.records.push(RoomRecord::Audit {
+            actor: actor.recorded_as(),
+            action: action.as_str().to_owned(),
+            target: target.map(|t| t.to_string()),
+            detail,
+            at_ms: self.now_ms(),
+        });
     }
 }

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{mpsc, oneshot};
 
+use super::records::Writers;
 use super::task::RoomTask;
 use super::{Connect, ConnectError, ConnectOutcome, LiveError, RoomMsg};
 use crate::clock::Clock;
@@ -16,7 +18,11 @@ use crate::control::{ParticipantId, Room, RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::{Actor, Command, ConnectionId, ParticipantView, Refusal, RoomLimits, RoomState};
+use crate::webhooks;
 use crate::wire::RequestId;
+
+/// How long a stopping server waits for its rooms' records to be written.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// A live room's queue, plus a few numbers readable without asking it.
 #[derive(Clone)]
@@ -123,7 +129,6 @@ pub struct LiveRooms {
 /// What every room task shares.
 #[derive(Clone)]
 pub(super) struct Deps {
-    pub store: Store,
     pub clock: Clock,
     pub metrics: Metrics,
     pub settings: Arc<SignalSettings>,
@@ -132,6 +137,10 @@ pub(super) struct Deps {
     /// which cannot be measured while one of its entries is held.
     pub running: Arc<AtomicUsize>,
     pub media: Media,
+    /// The rooms' record writers, by room.
+    pub writers: Writers,
+    /// Webhooks are configured: the rooms make webhook events.
+    pub webhooks: bool,
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
 }
@@ -144,11 +153,13 @@ impl LiveRooms {
         settings: SignalSettings,
         media: Media,
         webrtc_audience_cap: Option<u32>,
+        webhooks: Option<webhooks::Sender>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
             deps: Deps {
-                store,
+                webhooks: webhooks.is_some(),
+                writers: Writers::new(store, metrics.clone(), webhooks),
                 clock,
                 metrics,
                 settings: Arc::new(settings),
@@ -268,10 +279,18 @@ impl LiveRooms {
 
     /// Closes every live socket with 1012 `server_restarting` and stops the room tasks, so
     /// clients learn why they were cut off and come back by joining again.
+    /// Then waits (up to `SHUTDOWN_DRAIN`) for the rooms' records to be written.
     pub async fn shutdown(&self) {
         let handles: Vec<RoomHandle> = self.rooms.iter().map(|h| h.clone()).collect();
         for handle in handles {
             let _ = handle.tx.send(RoomMsg::Shutdown).await;
+        }
+        let left = self.deps.writers.drain(SHUTDOWN_DRAIN).await;
+        if left > 0 {
+            tracing::error!(
+                records = left,
+                "stopping with room records not written (the store is unavailable)"
+            );
         }
     }
 
@@ -296,7 +315,6 @@ impl LiveRooms {
             reply,
         })
         .await?
-        .map_err(LiveError::Refused)
     }
 
     /// Who is in the room, in participant-id order, a page at a time.

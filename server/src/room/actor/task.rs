@@ -11,9 +11,10 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::fanout::Conn;
+use super::records::RecordWriter;
 use super::rooms::{Deps, RoomHandle};
-use super::{Connect, ConnectError, ConnectOutcome, Outbound, RoomMsg};
-use crate::control::{ParticipantId, RoomId};
+use super::{Connect, ConnectError, ConnectOutcome, LiveError, Outbound, RoomMsg};
+use crate::control::{ParticipantId, RoomId, RoomWrite};
 use crate::room::{
     Actor, CloseReason, Command, ConnectionId, Effect, ParticipantView, Refusal, RoomState,
 };
@@ -30,6 +31,11 @@ pub(super) struct RoomTask {
     /// The number of the last event sent, for clients to notice gaps.
     pub seq: u64,
     pub last_audience_count: u32,
+    /// Where the room's records go, in order, to be written off this task.
+    pub records: RecordWriter,
+    /// What the command being carried out writes down (records and webhook events), handed
+    /// to `records` once it is carried out.
+    pub pending: RoomWrite,
     /// The server is shutting down.
     stopping: bool,
     handle: RoomHandle,
@@ -52,7 +58,10 @@ impl RoomTask {
         rooms: Arc<DashMap<RoomId, RoomHandle>>,
         deps: Deps,
     ) -> Self {
-        RoomTask {
+        let started_at = deps.clock.now_ms();
+        let mut task = RoomTask {
+            records: deps.writers.open(state.room()),
+            pending: RoomWrite::default(),
             state,
             title,
             connections: HashMap::new(),
@@ -62,7 +71,9 @@ impl RoomTask {
             handle,
             rooms,
             deps,
-        }
+        };
+        task.webhook_room_started(started_at);
+        task
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
@@ -89,6 +100,21 @@ impl RoomTask {
                 break;
             }
         }
+        // An ended room stays in the map, answering that it ended, until its records (its
+        // end among them) are written: nobody can start it again in between.
+        if self.state.is_ended() {
+            let written = self.records.written();
+            tokio::pin!(written);
+            loop {
+                tokio::select! {
+                    _ = &mut written => break,
+                    msg = rx.recv() => match msg {
+                        Some(msg) => self.turn_away(msg),
+                        None => break,
+                    },
+                }
+            }
+        }
         let generation = self.handle.generation;
         self.rooms
             .remove_if(self.state.room(), |_, h| h.generation == generation);
@@ -96,25 +122,30 @@ impl RoomTask {
         self.deps.media.close_room(self.state.room());
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            match msg {
-                RoomMsg::Connect(connect, reply) => {
-                    let answer = if self.state.is_ended() {
-                        ConnectOutcome::Failed(ConnectError::Refused(Refusal::RoomEnded))
-                    } else {
-                        ConnectOutcome::Gone(connect)
-                    };
-                    let _ = reply.send(Err(answer));
-                }
-                // Dropping the reply tells the caller the room is not live (so a ban falls
-                // back to the store); only a room that really ended says so.
-                RoomMsg::Rest { reply, .. } if self.state.is_ended() => {
-                    let _ = reply.send(Err(Refusal::RoomEnded));
-                }
-                _ => {}
-            }
+            self.turn_away(msg);
         }
         self.deps.metrics.live_rooms.dec();
         tracing::debug!(room = %self.state.room(), "room is no longer live");
+    }
+
+    /// Answers a message that reached the task after it stopped taking them.
+    fn turn_away(&self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Connect(connect, reply) => {
+                let answer = if self.state.is_ended() {
+                    ConnectOutcome::Failed(ConnectError::Refused(Refusal::RoomEnded))
+                } else {
+                    ConnectOutcome::Gone(connect)
+                };
+                let _ = reply.send(Err(answer));
+            }
+            // Dropping the reply tells the caller the room is not live (so a ban falls back
+            // to the store); only a room that really ended says so.
+            RoomMsg::Rest { reply, .. } if self.state.is_ended() => {
+                let _ = reply.send(Err(LiveError::Refused(Refusal::RoomEnded)));
+            }
+            _ => {}
+        }
     }
 
     /// Whether `connection` is the socket this participant speaks through right now.
@@ -184,8 +215,14 @@ impl RoomTask {
                 command,
                 reply,
             } => {
-                let result = self.command(&actor, command, None).await;
-                let _ = reply.send(result);
+                // The call returns once its records are written (or the store is found
+                // unavailable); the room does not wait for that.
+                match self.command(&actor, command, None).await {
+                    Ok(()) => self.records.acknowledge(reply),
+                    Err(refusal) => {
+                        let _ = reply.send(Err(LiveError::Refused(refusal)));
+                    }
+                }
             }
             RoomMsg::MediaOffer {
                 participant,
@@ -304,6 +341,7 @@ impl RoomTask {
     ) -> Result<(), Refusal> {
         let now = self.now();
         let outcome = self.state.apply(actor, command, now)?;
+        self.webhooks_for(&outcome, now as i64);
         self.deliver(outcome.events);
         let mut own_close = None;
         for effect in outcome.effects {
@@ -321,6 +359,7 @@ impl RoomTask {
                 _ => self.carry_out(effect).await,
             }
         }
+        self.records.write(std::mem::take(&mut self.pending));
         if let Some(Answer {
             participant,
             ok: Some(ok),
@@ -349,24 +388,20 @@ impl RoomTask {
             } => self.media_send_permission(&participant, allowed),
             Effect::CloseMedia { participant } => self.media_close(&participant),
             Effect::CloseRoomMedia => self.media_close_room(),
-            Effect::RecordRole { participant, role } => {
-                self.record_role(participant, role).await;
-            }
-            Effect::RecordRemoval { participant } => self.record_removal(participant).await,
+            Effect::RecordRole { participant, role } => self.record_role(participant, role),
+            Effect::RecordRemoval { participant } => self.record_removal(participant),
             Effect::PersistBan {
                 participant,
                 by,
                 revoke_invite,
-            } => self.persist_ban(participant, by, revoke_invite).await,
-            Effect::PersistRoomEnded { by, participants } => {
-                self.persist_end(by, participants).await;
-            }
+            } => self.persist_ban(participant, by, revoke_invite),
+            Effect::PersistRoomEnded { by, participants } => self.persist_end(by, participants),
             Effect::Audit {
                 actor,
                 action,
                 target,
                 detail,
-            } => self.audit(actor, action, target, detail).await,
+            } => self.audit(actor, action, target, detail),
         }
     }
 
@@ -394,12 +429,5 @@ impl RoomTask {
                     .ok();
             }
         }
-    }
-}
-
-// The store may reject a room effect (a full disk, say); it is logged and the room carries on.
-pub(super) fn log_failure(room: &RoomId, result: Result<(), crate::control::ControlError>) {
-    if let Err(e) = result {
-        tracing::error!(%room, error = %e, "could not persist a room effect");
     }
 }

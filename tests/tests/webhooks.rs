@@ -1,0 +1,358 @@
+//! Webhooks end to end: a live room's events reach a receiver that verifies every signature
+//! with the `standardwebhooks` Python package (`tests/webhooks/receiver.py`), exactly once and
+//! in order, through a receiver that fails, then hangs, then comes back; and a receiver that
+//! never answers does not slow the room down.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use stoa_tests::signal::SignalClient;
+use stoa_tests::{Engine, TestServer, on_both_engines};
+
+const SECRET: &str = "whsec_c3RvYSB3ZWJob29rIHRlc3Qgc2VjcmV0LCAzMiBieQ==";
+
+/// How long a test waits for the receiver to see what it expects.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The Python receiver, killed when dropped.
+struct Receiver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start(mode: &str) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("received.jsonl");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(SECRET)
+            .arg(&log)
+            .env("RECEIVER_MODE", mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect(
+                "python3 runs (with the standardwebhooks package: pip install standardwebhooks)",
+            );
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let port = first
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the receiver did not start: {first:?}"));
+        Receiver {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    async fn set_mode(&self, mode: &str) {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/mode", self.port))
+            .body(mode.to_owned())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Every request it got so far, in order.
+    fn entries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `done` holds for what it got (a file another process appends to: looked at
+    /// again every 50 ms, up to `PATIENCE`).
+    async fn wait_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let entries = self.entries();
+            if done(&entries) {
+                return entries;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not see {what}: {entries:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn count(entries: &[Value], answer: &str) -> usize {
+    entries.iter().filter(|e| e["answer"] == answer).count()
+}
+
+async fn start_server(engine: Engine, receiver: &Receiver) -> TestServer {
+    let url = receiver.url();
+    TestServer::start_with(|c| {
+        engine.configure(c);
+        c.webhooks.url = Some(url);
+        c.webhooks.secret = Some(SECRET.into());
+        c.webhooks.timeout_ms = 300;
+        c.webhooks.retry_first_ms = 50;
+        c.webhooks.retry_max_ms = 200;
+        c.webhooks.max_attempts = 1000;
+    })
+    .await
+}
+
+/// The outbox through the operator API, every page.
+async fn deliveries(t: &TestServer, state: Option<&str>) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+        let page = t
+            .op(
+                Method::GET,
+                &format!("/api/v1/webhooks/deliveries?limit=20{filter}{cursor}"),
+                None,
+            )
+            .await
+            .expect(200);
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return items,
+        }
+    }
+}
+
+async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
+    let receiver = Receiver::start("fail");
+    let t = start_server(engine, &receiver).await;
+    let room = t.create_room("Hooks").await;
+    let mut mo = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut sam = SignalClient::join(&t.participant(&room, "speaker", "Sam").await).await;
+    let mut lee = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    let (sid, lid) = (sam.participant_id(), lee.participant_id());
+    mo.wait_about("participant_joined", &lid).await;
+    mo.ok(json!({ "type": "mute", "participant": sid })).await;
+    receiver
+        .wait_until("three failures", |e| count(e, "fail") >= 3)
+        .await;
+
+    // The receiver stops answering: moderation goes on at full speed.
+    receiver.set_mode("hang").await;
+    receiver
+        .wait_until("two hangs", |e| count(e, "hang") >= 2)
+        .await;
+    let started = Instant::now();
+    mo.ok(json!({ "type": "invite_to_stage", "participant": lid }))
+        .await;
+    lee.ok(json!({ "type": "accept_invitation" })).await;
+    mo.ok(json!({ "type": "remove", "participant": sid })).await;
+    let rest = t
+        .op(
+            Method::POST,
+            &format!("/api/v1/rooms/{room}/participants/{lid}/mute"),
+            None,
+        )
+        .await;
+    rest.expect(204);
+    let took = started.elapsed();
+    assert_eq!(sam.wait_closed().await.1, "removed");
+    assert!(
+        took < Duration::from_secs(2),
+        "a hanging receiver slowed the room: {took:?}"
+    );
+
+    receiver.set_mode("ok").await;
+    let expected = [
+        "room.started",
+        "participant.joined",
+        "participant.joined",
+        "participant.joined",
+        "participant.muted",
+        "stage.invited",
+        "stage.joined",
+        "participant.removed",
+        "participant.left",
+        "participant.muted",
+    ];
+    let got = receiver
+        .wait_until("every event", |e| count(e, "ok") >= expected.len())
+        .await;
+    assert_eq!(count(&got, "invalid"), 0, "{got:#?}");
+    let accepted: Vec<&Value> = got.iter().filter(|e| e["answer"] == "ok").collect();
+    let types: Vec<&str> = accepted
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, expected, "{got:#?}");
+    let mut ids: Vec<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected.len(), "an event came twice: {got:#?}");
+
+    // What the events say.
+    let body = |i: usize| &accepted[i]["body"];
+    assert_eq!(body(0)["data"]["room_id"], room.as_str());
+    assert_eq!(body(0)["data"]["title"], "Hooks");
+    assert_eq!(body(4)["data"]["participant"]["id"], sid.as_str());
+    assert_eq!(body(4)["data"]["participant"]["muted"], true);
+    assert_eq!(body(4)["data"]["by"], mo.participant_id().as_str());
+    assert_eq!(body(7)["data"]["by"], mo.participant_id().as_str());
+    assert_eq!(body(8)["data"]["reason"], "removed");
+    assert_eq!(body(9)["data"]["by"], "operator");
+    assert!(body(0)["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    // The outbox agrees: all delivered, in the order received, after several attempts.
+    let outbox = deliveries(&t, None).await;
+    let outbox_ids: Vec<&str> = outbox.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let received_ids: Vec<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(outbox_ids, received_ids);
+    assert!(
+        outbox.iter().all(|d| d["state"] == "delivered"),
+        "{outbox:#?}"
+    );
+    assert!(outbox[0]["attempts"].as_u64().unwrap() >= 3, "{outbox:#?}");
+    assert!(deliveries(&t, Some("pending")).await.is_empty());
+    t.op(Method::GET, "/api/v1/webhooks/deliveries?state=lost", None)
+        .await
+        .expect_problem(400, "invalid_query");
+
+    // Everyone leaves; a ban and the end through REST, with nobody in the room, are reported
+    // too, after everything the room said.
+    lee.ok(json!({ "type": "leave" })).await;
+    mo.ok(json!({ "type": "leave" })).await;
+    let wait_not_live = Instant::now() + PATIENCE;
+    while t
+        .op(Method::GET, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(200)["live"]
+        == true
+    {
+        assert!(Instant::now() < wait_not_live, "the room stays live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.op(
+        Method::DELETE,
+        &format!("/api/v1/rooms/{room}/participants/{sid}?ban=true"),
+        None,
+    )
+    .await
+    .expect(204);
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+    let outbox = deliveries(&t, None).await;
+    let got = receiver
+        .wait_until("the ban and the end", |e| count(e, "ok") >= outbox.len())
+        .await;
+    let accepted: Vec<&Value> = got.iter().filter(|e| e["answer"] == "ok").collect();
+    let received_ids: Vec<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let outbox_ids: Vec<&str> = outbox.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(received_ids, outbox_ids, "{got:#?}");
+    let tail: Vec<&Value> = accepted[accepted.len() - 2..]
+        .iter()
+        .map(|e| &e["body"])
+        .collect();
+    assert_eq!(
+        (tail[0]["type"].as_str(), tail[1]["type"].as_str()),
+        (Some("participant.banned"), Some("room.ended")),
+        "{got:#?}"
+    );
+    assert_eq!(tail[0]["data"]["participant"]["id"], sid.as_str());
+    assert_eq!(tail[0]["data"]["by"], "operator");
+    assert_eq!(tail[1]["data"]["room_id"], room.as_str());
+    t.stop().await;
+}
+
+async fn a_receiver_that_keeps_failing_is_given_up_and_listed(engine: Engine) {
+    let receiver = Receiver::start("fail");
+    let url = receiver.url();
+    let t = TestServer::start_with(|c| {
+        engine.configure(c);
+        c.webhooks.url = Some(url);
+        c.webhooks.secret = Some(SECRET.into());
+        c.webhooks.retry_first_ms = 20;
+        c.webhooks.retry_max_ms = 40;
+        c.webhooks.max_attempts = 3;
+    })
+    .await;
+    let room = t.create_room("Given up").await;
+    let joined = t.participant(&room, "moderator", "Mo").await;
+    let _mo = SignalClient::join(&joined).await;
+    // room.started and participant.joined, three attempts each.
+    receiver
+        .wait_until("six failures", |e| count(e, "fail") >= 6)
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    let failed = loop {
+        let failed = deliveries(&t, Some("failed")).await;
+        if failed.len() == 2 || Instant::now() > deadline {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types: Vec<&str> = failed
+        .iter()
+        .map(|d| d["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["room.started", "participant.joined"], "{failed:#?}");
+    for d in &failed {
+        assert_eq!(d["attempts"], 3);
+        assert_eq!(d["last_status"], 500);
+        assert!(
+            d["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("receiver told to fail"),
+            "{d}"
+        );
+        assert!(d["finished_at"].is_string());
+    }
+    let page = t
+        .op(
+            Method::GET,
+            "/api/v1/webhooks/deliveries?state=failed&limit=1",
+            None,
+        )
+        .await
+        .expect(200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert!(page["next_cursor"].is_string());
+    // Operators only: a moderator's session token is not enough.
+    t.call(
+        Method::GET,
+        "/api/v1/webhooks/deliveries",
+        Some(joined["token"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .expect_problem(403, "operator_only");
+    t.stop().await;
+}
+
+on_both_engines!(
+    every_event_once_in_order_through_failures_and_hangs,
+    a_receiver_that_keeps_failing_is_given_up_and_listed,
+);
