@@ -1,0 +1,3 @@
+//! Recordings: a room's broadcast mix written to an Ogg Opus file as it happens.
+
+pub mod ogg;
