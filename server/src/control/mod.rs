@@ -1,4 +1,5 @@
-//! The control plane: durable facts (rooms, invites, identities, bans, the audit log) and the
+//! The control plane: durable facts (rooms, invites, identities, bans, the audit log,
+//! recordings) and the
 //! rules for creating and redeeming them. Knows SQLite and PostgreSQL; knows nothing of HTTP or
 //! sockets.
 
@@ -10,10 +11,10 @@ mod store;
 pub mod validate;
 
 pub use error::ControlError;
-pub use ids::{Delivery, InviteId, ParticipantId, Role, RoomId, random_token};
+pub use ids::{Delivery, InviteId, ParticipantId, RecordingId, Role, RoomId, random_token};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
-    Actor, AuditEvent, CreatedInvite, Invite, NewInvite, NewRoom, Page, PageRequest, Redemption,
-    Room, RoomLimits, Standing,
+    Actor, AuditEvent, CreatedInvite, FinishedRecording, Invite, NewInvite, NewRoom, Page,
+    PageRequest, Recording, RecordingState, Redemption, Room, RoomLimits, Standing,
 };
 pub use store::Store;
