@@ -27,6 +27,8 @@ pub struct RoomHandle {
     /// Listeners on WebRTC, as of the room's last step.
     pub(super) webrtc_listeners: Arc<AtomicU32>,
     pub(super) webrtc_audience_cap: Option<u32>,
+    /// Whether the room is recorded, as of its last step.
+    pub(super) recording: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RoomHandle {
@@ -134,6 +136,7 @@ pub(super) struct Deps {
     pub media: Media,
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
+    pub recorder: Arc<dyn super::Recorder>,
 }
 
 impl LiveRooms {
@@ -144,6 +147,7 @@ impl LiveRooms {
         settings: SignalSettings,
         media: Media,
         webrtc_audience_cap: Option<u32>,
+        recorder: Arc<dyn super::Recorder>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
@@ -156,6 +160,7 @@ impl LiveRooms {
                 running: Arc::new(AtomicUsize::new(0)),
                 media,
                 webrtc_audience_cap,
+                recorder,
             },
         }
     }
@@ -173,6 +178,23 @@ impl LiveRooms {
         if let Some(handle) = self.get(room) {
             let _ = handle.tx.try_send(RoomMsg::Speaking(levels));
         }
+    }
+
+    /// The recorder's report that a room's recording stopped by itself (the room tells
+    /// everyone). Nothing if the room is not live.
+    pub fn recording_lost(&self, room: &RoomId) {
+        if let Some(handle) = self.get(room) {
+            let tx = handle.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(RoomMsg::RecordingLost).await;
+            });
+        }
+    }
+
+    /// Whether a live room is recorded now, as its task last said.
+    pub fn is_recording(&self, room: &RoomId) -> bool {
+        self.get(room)
+            .is_some_and(|h| h.recording.load(Ordering::Relaxed))
     }
 
     pub fn live_count(&self) -> usize {
@@ -222,6 +244,7 @@ impl LiveRooms {
             participants: Arc::new(AtomicU32::new(0)),
             webrtc_listeners: Arc::new(AtomicU32::new(0)),
             webrtc_audience_cap: limits.webrtc_audience_cap,
+            recording: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let task = RoomTask::new(
             RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),
