@@ -361,6 +361,8 @@ async function ownAction(action) {
       if (confirmed) await request("end_room");
       return;
     }
+    case "toggle-recording":
+      return request(room?.recording ? "stop_recording" : "start_recording");
     case "tap-to-listen":
       await state.broadcast?.resumePlayback();
       return media?.resumePlayback();

@@ -37,7 +37,7 @@ import { isModerator, me } from "./room.js";
 
 /**
  * @typedef {"raise-hand" | "lower-hand" | "accept-invitation" | "decline-invitation" | "mute" |
- *   "unmute" | "leave-stage" | "join-stage" | "leave-room" | "end-room" | "tap-to-listen" |
+ *   "unmute" | "leave-stage" | "join-stage" | "leave-room" | "end-room" | "toggle-recording" | "tap-to-listen" |
  *   "more-audience" | "rejoin" | "dismiss-notice"} OwnAction
  */
 
@@ -72,6 +72,8 @@ export class RoomView {
       state: h("span", { class: "state-pill", "data-testid": "connection-state", "data-state": "joining" }, "joining"),
       tools: h("div", { class: "room-tools" }),
       inviteButton: h("button", { type: "button", class: "button secondary small", "data-testid": "create-invite" }, icon("link"), h("span", {}, "Invite")),
+      recordingMark: h("span", { class: "recording-pill", "data-testid": "recording-mark", role: "status", hidden: true }, "Recording"),
+      recordButton: h("button", { type: "button", class: "button secondary small", "data-testid": "toggle-recording", onclick: act("toggle-recording") }, h("span", {}, "Record")),
       endButton: h("button", { type: "button", class: "button danger-quiet small", "data-testid": "end-room", onclick: act("end-room") }, icon("power"), h("span", {}, "End room")),
       banner: h("div", { class: "banner", role: "status", hidden: true }),
       notice: h("div", { class: "notice", role: "alert", hidden: true }),
@@ -100,7 +102,7 @@ export class RoomView {
     this.#controls = new Controls(handlers.onAction, handlers.micLevel);
 
     els.inviteButton.addEventListener("click", () => inviteDialog.open(els.inviteButton));
-    els.tools.append(els.inviteButton, els.endButton);
+    els.tools.append(els.inviteButton, els.recordButton, els.endButton);
     els.notice.append(
       els.noticeText,
       h("button", { type: "button", class: "icon-button", "aria-label": "Dismiss", onclick: act("dismiss-notice") }, "×"),
@@ -137,6 +139,7 @@ export class RoomView {
             h("div", { class: "title-block" },
               h("p", { class: "brand small" }, brandMark(), "Stoa"),
               els.title,
+              els.recordingMark,
             ),
             h("div", { class: "topbar-side" },
               h("span", { class: "sr-only" }, "Connection: "),
@@ -233,6 +236,11 @@ export class RoomView {
 
     show(els.tools, isModerator(room));
     show(els.endButton, may(me(room).role, "end_room"));
+    // Everyone sees that the room is recorded; moderators start and stop it.
+    show(els.recordingMark, room.recording);
+    show(els.recordButton, may(me(room).role, room.recording ? "stop_recording" : "start_recording"));
+    setText(/** @type {HTMLElement} */ (els.recordButton.firstChild), room.recording ? "Stop recording" : "Record");
+    setAttr(els.recordButton, "aria-pressed", String(room.recording));
 
     this.#stage.update(room.stage, room);
     show(els.stageEmpty, room.stage.length === 0);
@@ -253,6 +261,7 @@ export class RoomView {
     this.#controls.update(room, { micLive: vm.micLive, live });
     els.inviteButton.disabled = !live;
     els.endButton.disabled = !live;
+    els.recordButton.disabled = !live;
   }
 
   /** @param {ViewModel} vm */

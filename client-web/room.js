@@ -33,6 +33,7 @@
  * @property {Set<string>} speaking
  * @property {boolean} invitationPending     someone invited me to the stage
  * @property {Set<string>} pendingInvitations  moderators: listeners invited, not answered
+ * @property {boolean} recording  the room's mix is being recorded
  */
 
 /**
@@ -57,6 +58,7 @@ export function fromSnapshot(title, snapshot) {
     speaking: new Set(snapshot.active_speakers ?? []),
     invitationPending: Boolean(snapshot.invitation_pending),
     pendingInvitations: new Set(snapshot.pending_invitations ?? []),
+    recording: Boolean(snapshot.recording),
   };
   upsert(room, snapshot.you);
   for (const p of snapshot.stage) upsert(room, p);
@@ -117,6 +119,12 @@ export function applyEvent(room, event) {
       break;
     case "audience_count":
       room.audienceCount = event.count;
+      break;
+    case "recording_started":
+      room.recording = true;
+      break;
+    case "recording_stopped":
+      room.recording = false;
       break;
   }
 }

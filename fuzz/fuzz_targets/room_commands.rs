@@ -82,6 +82,9 @@ enum What {
     SetRole(u8, RolePick),
     End,
     SetSpeaking(Vec<(u8, u8)>),
+    StartRecording,
+    StopRecording,
+    RecordingLost,
 }
 
 fn person(n: u8) -> ParticipantId {
@@ -153,6 +156,9 @@ fn command(what: What) -> Command {
             role: role(pick),
         },
         What::End => Command::End,
+        What::StartRecording => Command::StartRecording,
+        What::StopRecording => Command::StopRecording,
+        What::RecordingLost => Command::RecordingLost,
         What::SetSpeaking(levels) => Command::SetSpeaking {
             levels: levels
                 .into_iter()

@@ -391,7 +391,9 @@ impl CommandKind {
             Command::LowerHand { target: Some(t) } if actor.participant() != Some(t) => {
                 CommandKind::Moderation
             }
-            Command::Tick | Command::SetSpeaking { .. } => CommandKind::SystemOnly,
+            Command::Tick | Command::SetSpeaking { .. } | Command::RecordingLost => {
+                CommandKind::SystemOnly
+            }
             Command::Ban { .. } => CommandKind::Ban,
             Command::InviteToStage { .. }
             | Command::CancelInvitation { .. }
@@ -401,7 +403,9 @@ impl CommandKind {
             | Command::Promote { .. }
             | Command::Demote { .. }
             | Command::SetRole { .. }
-            | Command::End => CommandKind::Moderation,
+            | Command::End
+            | Command::StartRecording
+            | Command::StopRecording => CommandKind::Moderation,
             Command::LowerHand { .. }
             | Command::Join { .. }
             | Command::Resume { .. }

@@ -36,6 +36,11 @@ pub(crate) const LAYERS: &[(&str, u8, &str)] = &[
     ("room", 3, "live rooms: the state machine and its task"),
     ("signal", 4, "one session per signaling socket"),
     (
+        "recording",
+        4,
+        "a room's mix written as Ogg Opus, and the recordings on disk",
+    ),
+    (
         "api",
         5,
         "HTTP: REST, the socket upgrade, OpenAPI, web assets",

@@ -12,6 +12,7 @@
 //! | [`wire`] | the signaling protocol's JSON, both ways (`docs/protocol.md`) |
 //! | [`media`] | WebRTC: worker threads, each with one UDP socket, forwarding the loudest speakers |
 //! | [`broadcast`] | the stage mixed once per room, served as LL-HLS for audiences of any size |
+//! | [`recording`] | a room's mix written as Ogg Opus while a moderator records it |
 //! | [`signal`], [`api`] | the edges: a WebSocket session per participant; REST, pages, HLS files |
 //!
 //! Every rule about who may do what lives in the room's state machine: a command from an actor
@@ -97,6 +98,7 @@ pub mod fuzzing;
 mod layering;
 pub mod media;
 pub mod metrics;
+pub mod recording;
 pub mod room;
 pub mod server;
 pub mod session;

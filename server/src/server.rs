@@ -204,6 +204,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         media.clone(),
         webhooks,
     );
+    // Recordings a kill left open are closed before any room can be recorded again.
+    match state.recordings.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(recordings = n, "closed recordings left open"),
+        Err(e) => tracing::error!(error = %e, "cannot close recordings left open"),
+    }
     let mut heartbeat = None;
     if config.cluster.enabled() {
         let cluster = Cluster::join(&config.cluster, (*state.node).clone(), fingerprints)

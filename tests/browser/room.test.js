@@ -223,6 +223,25 @@ describe("a live room in three browsers", { timeout: 120_000 }, () => {
     await person(listener.page, "Sam").and(listener.page.locator('[data-speaking="true"]')).waitFor({ timeout: 10_000 });
   });
 
+  step("the moderator records the room and everyone sees the mark", async () => {
+    const record = moderator.page.getByTestId("toggle-recording");
+    assert.equal(await listener.page.getByTestId("toggle-recording").isVisible(), false, "listeners do not record");
+    assert.equal(await speaker.page.getByTestId("toggle-recording").isVisible(), false, "speakers do not record");
+    assert.equal(await listener.page.getByTestId("recording-mark").isVisible(), false);
+    await record.click();
+    for (const p of [moderator, speaker, listener]) {
+      await p.page.getByTestId("recording-mark").waitFor({ state: "visible" });
+    }
+    assert.equal(await record.textContent(), "Stop recording");
+    await record.click();
+    for (const p of [moderator, speaker, listener]) {
+      await p.page.getByTestId("recording-mark").waitFor({ state: "hidden" });
+    }
+    const recordings = await server.api("GET", `/api/v1/rooms/${room.id}/recordings`);
+    assert.equal(recordings.items.length, 1);
+    assert.equal(recordings.items[0].state, "ready");
+  });
+
   step("a listener is never asked for the microphone", async () => {
     assert.equal(await micRequests(listener.page), 0);
     const sending = await listener.page.evaluate(() =>

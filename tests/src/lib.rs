@@ -278,3 +278,20 @@ impl TestServer {
             .expect(200)
     }
 }
+
+/// A speaker on stage in `room` sending a tone at `hz` over WebRTC, joined as the client
+/// library joins one (its own task keeps the signaling socket read and answers the server's
+/// pings, so it stays heard). `base` and `key`: the server and its operator key.
+pub async fn tone_speaker(base: &str, key: &str, room: &str, hz: f32) -> stoa_client::Room {
+    let link = stoa_client::api::Api::new(base, key)
+        .create_invite(room, "speaker", json!({}))
+        .await
+        .expect("speaker invite");
+    let sam = stoa_client::Room::join(&link, stoa_client::JoinOptions::new("Sam"))
+        .await
+        .expect("joined with media");
+    sam.speak(stoa_client::audio::AudioSource::tone(hz, -12.0))
+        .await
+        .expect("speaking");
+    sam
+}

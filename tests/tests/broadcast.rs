@@ -7,33 +7,19 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
-use stoa_client::api::Api;
+use stoa_client::Room;
 use stoa_client::audio::{AudioSource, WINDOW_SAMPLES, tone_present};
-use stoa_client::{JoinOptions, Room};
 use stoa_tests::TestServer;
 use stoa_tests::nginx::Nginx;
 use tokio::io::AsyncReadExt;
 
-/// A speaker on stage sending a tone over WebRTC, as the client library joins one: its own
-/// task keeps the signaling socket read and answers the server's pings (a socket that does not
-/// is closed, and then the speaker is not heard).
 /// Taken by the tests that judge audio in real time and by the one that loads the machine with
 /// a thousand players, so that these never overlap (on two cores the players starved the
 /// speaker of the tone test: 2 windows of 299 missed once).
 static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn speaker(t: &TestServer, room: &str, hz: f32) -> Room {
-    let link = Api::new(&t.base, &t.api_key)
-        .create_invite(room, "speaker", json!({}))
-        .await
-        .expect("speaker invite");
-    let sam = Room::join(&link, JoinOptions::new("Sam"))
-        .await
-        .expect("joined with media");
-    sam.speak(AudioSource::tone(hz, -12.0))
-        .await
-        .expect("speaking");
-    sam
+    stoa_tests::tone_speaker(&t.base, &t.api_key, room, hz).await
 }
 
 async fn playlist_url(t: &TestServer, room: &str) -> String {

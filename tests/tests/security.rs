@@ -228,6 +228,47 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: moderators(200),
         },
+        // Recording the live room, and its recordings (a moderator's, like the audit log).
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/recording",
+            path: |w| format!("/api/v1/rooms/{}/recording", w.room),
+            body: no_body,
+            destructive: true,
+            expect: moderators(201),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/recording",
+            path: |w| format!("/api/v1/rooms/{}/recording", w.room),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/recordings",
+            path: |w| format!("/api/v1/rooms/{}/recordings", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/recordings/{recording}",
+            path: |w| format!("/api/v1/rooms/{}/recordings/{}", w.room, w.recording),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/recordings/{recording}/audio",
+            path: |w| format!("/api/v1/rooms/{}/recordings/{}/audio", w.room, w.recording),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
         // The cluster's nodes, their addresses and load: the operator's view.
         Row {
             method: Method::GET,
@@ -339,6 +380,8 @@ struct World {
     invite_id: String,
     code: String,
     target: String,
+    /// A finished recording of the room.
+    recording: String,
     credentials: Vec<Option<String>>,
     _sockets: Vec<SignalClient>,
 }
@@ -367,6 +410,9 @@ impl World {
         t.op(Method::DELETE, &format!("{base}/{bo}?ban=true"), None)
             .await
             .expect(204);
+        let recorded = format!("/api/v1/rooms/{room}/recording");
+        let recording = t.op(Method::POST, &recorded, None).await.expect(201);
+        t.op(Method::DELETE, &recorded, None).await.expect(204);
         let banned_socket = sockets.pop().unwrap();
         let removed_socket = sockets.pop().unwrap();
         for mut gone in [removed_socket, banned_socket] {
@@ -398,6 +444,7 @@ impl World {
             invite_id: s(&invite["id"]),
             code: s(&invite["code"]),
             target: s(&target["participant_id"]),
+            recording: s(&recording["id"]),
             credentials,
             _sockets: sockets,
         }
@@ -764,6 +811,18 @@ fn signal_table() -> Vec<Action> {
             message: |_, _| json!({ "type": "end_room" }),
             // Everyone, the moderator who ended it included, is told and disconnected.
             expect: by_the_rules(permissions::Action::EndRoom, Reply::Closed("room_ended")),
+        },
+        Action {
+            kind: "start_recording",
+            setup: nothing,
+            message: |_, _| json!({ "type": "start_recording" }),
+            expect: by_the_rules(permissions::Action::StartRecording, OK),
+        },
+        Action {
+            kind: "stop_recording",
+            setup: nothing,
+            message: |_, _| json!({ "type": "stop_recording" }),
+            expect: by_the_rules(permissions::Action::StopRecording, OK),
         },
         Action {
             kind: "list_audience",

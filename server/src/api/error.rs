@@ -157,6 +157,12 @@ impl From<ControlError> for ApiError {
             ControlError::ParticipantNotFound => {
                 ApiError::new(S::NOT_FOUND, "participant_not_found", detail)
             }
+            ControlError::RecordingNotFound => {
+                ApiError::new(S::NOT_FOUND, "recording_not_found", detail)
+            }
+            ControlError::AlreadyRecording => {
+                ApiError::new(S::CONFLICT, "already_recording", detail)
+            }
             ControlError::RoomEnded => ApiError::new(S::GONE, "room_ended", detail),
             ControlError::InviteInvalid => ApiError::new(S::NOT_FOUND, "invite_invalid", detail),
             ControlError::InviteExpired => ApiError::new(S::GONE, "invite_expired", detail),

@@ -102,7 +102,8 @@ impl Forwarding {
 }
 
 /// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}`,
-/// everything under `/api/v1/rooms/{room}/participants`, and the room's broadcast files under
+/// everything under `/api/v1/rooms/{room}/participants`, starting and stopping its recording
+/// (`/api/v1/rooms/{room}/recording`), and the room's broadcast files under
 /// `/broadcast/{room}/` (its mix runs where its media is).
 fn live_room_in(path: &str) -> Option<&str> {
     if let Some(rest) = path.strip_prefix("/broadcast/") {
@@ -111,7 +112,10 @@ fn live_room_in(path: &str) -> Option<&str> {
     }
     let rest = path.strip_prefix("/api/v1/rooms/")?;
     let (room, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let live = tail.is_empty() || tail == "participants" || tail.starts_with("participants/");
+    let live = tail.is_empty()
+        || tail == "participants"
+        || tail.starts_with("participants/")
+        || tail == "recording";
     (live && !room.is_empty()).then_some(room)
 }
 
@@ -187,7 +191,7 @@ fn passes(name: &HeaderName) -> bool {
     )
 }
 
-async fn pass_on(
+pub(super) async fn pass_on(
     state: &AppState,
     node_url: &str,
     node_name: &str,
@@ -255,6 +259,9 @@ mod tests {
             live_room_in("/api/v1/rooms/rm_x/participants/pt_y/mute"),
             Some("rm_x")
         );
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/recording"), Some("rm_x"));
+        // A finished recording is served by the node that holds its file, not the room's.
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/recordings"), None);
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/invites"), None);
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/events"), None);
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/participantsx"), None);

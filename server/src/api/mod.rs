@@ -13,6 +13,7 @@ mod invites;
 mod join;
 mod origin;
 mod participants;
+mod recordings;
 mod rooms;
 mod signal;
 mod state;
@@ -47,6 +48,7 @@ use crate::metrics::HttpLabels;
         (name = "invites", description = "Invite links"),
         (name = "join", description = "Redeeming an invite"),
         (name = "participants", description = "Live participants and moderation"),
+        (name = "recordings", description = "Recording a room's mix, and the recordings"),
         (name = "signal", description = "The signaling WebSocket (see docs/protocol.md)"),
         (name = "system", description = "Health, metrics, this document"),
     )
@@ -119,6 +121,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(participants::mute))
         .routes(routes!(participants::remove))
         .routes(routes!(events::list_events))
+        .routes(routes!(
+            recordings::start_recording,
+            recordings::stop_recording
+        ))
+        .routes(routes!(recordings::list_recordings))
+        .routes(routes!(recordings::get_recording))
+        .routes(routes!(recordings::download_audio))
         .routes(routes!(broadcast::broadcast_link))
         .routes(routes!(cluster::list_nodes))
         .routes(routes!(webhooks::list_deliveries))

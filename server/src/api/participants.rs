@@ -12,7 +12,12 @@ use super::views::{PageQuery, ParticipantPage, RemoveQuery, SetRole};
 use crate::control::{ControlError, ParticipantId, RoomId};
 use crate::room::{Command, LiveError, Refusal};
 
-async fn live_room(state: &AppState, caller: &Caller, room: &str) -> Result<RoomId, ApiError> {
+/// The room a moderator's (or the operator's) call acts on live: it exists and has not ended.
+pub(super) async fn live_room(
+    state: &AppState,
+    caller: &Caller,
+    room: &str,
+) -> Result<RoomId, ApiError> {
     let room = room_id(room)?;
     caller.require_moderator_of(&room)?;
     let found = state.store.room(room.clone()).await?;

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::control::{RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
+use crate::recording::Recordings;
 use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
 use crate::signal::SignalContext;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub live: LiveRooms,
     pub media: Media,
     pub broadcasts: Broadcasts,
+    /// Recordings written on this node, and where their files are.
+    pub recordings: Recordings,
     /// What each signaling socket's session is given.
     pub signal: SignalContext,
     pub join_limiter: Arc<KeyedRateLimiter<IpAddr>>,
@@ -88,6 +91,20 @@ impl AppState {
             limits.auth_failure_burst,
             clock.clone(),
         ));
+        let broadcasts = Broadcasts::new(
+            config.broadcast.clone(),
+            media.clone(),
+            store.clone(),
+            clock.clone(),
+            signer.derive("broadcast links"),
+        );
+        let recordings = Recordings::new(
+            broadcasts.clone(),
+            store.clone(),
+            clock.clone(),
+            &config.data_dir,
+            config.cluster.node_name(),
+        );
         let live = LiveRooms::new(
             store.clone(),
             clock.clone(),
@@ -99,14 +116,9 @@ impl AppState {
                 .enabled
                 .then_some(config.broadcast.webrtc_audience_cap),
             webhooks,
+            Arc::new(recordings.clone()),
         );
-        let broadcasts = Broadcasts::new(
-            config.broadcast.clone(),
-            media.clone(),
-            store.clone(),
-            clock.clone(),
-            signer.derive("broadcast links"),
-        );
+        recordings.attach_rooms(live.clone());
         let signal = SignalContext {
             settings: Arc::new(config.signal.clone()),
             store: store.clone(),
@@ -149,6 +161,7 @@ impl AppState {
             live,
             media,
             broadcasts,
+            recordings,
             signal,
             join_limiter,
             auth_throttle,

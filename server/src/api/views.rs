@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::clock::rfc3339;
-use crate::control::{AuditEvent, Delivery, Invite, ParticipantId, Role, Room, RoomId};
+use crate::control::{
+    AuditEvent, Delivery, Invite, ParticipantId, Recording, RecordingState, Role, Room, RoomId,
+};
+use crate::recording::SpeakersAt;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +243,53 @@ macro_rules! page_view {
 page_view!(RoomPage, RoomView);
 page_view!(InvitePage, InviteView);
 page_view!(EventPage, EventView);
+page_view!(RecordingPage, RecordingView);
+
+/// A recording of a room's mix (Ogg Opus, mono, 48 kHz).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingView {
+    #[schema(value_type = String)]
+    pub id: crate::control::RecordingId,
+    #[schema(value_type = String)]
+    pub room_id: RoomId,
+    /// `recording` while it is written, then `ready` (playable) or `failed`.
+    pub state: RecordingState,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Playable audio, in milliseconds (0 until it is finished).
+    pub duration_ms: i64,
+    pub size_bytes: i64,
+    /// The node that holds the file.
+    pub node: String,
+    /// The audio, with range requests (path from the server's root).
+    pub audio_path: String,
+}
+
+impl From<Recording> for RecordingView {
+    fn from(r: Recording) -> Self {
+        RecordingView {
+            audio_path: format!("/api/v1/rooms/{}/recordings/{}/audio", r.room_id, r.id),
+            id: r.id,
+            room_id: r.room_id,
+            state: r.state,
+            started_at: rfc3339(r.started_at_ms),
+            ended_at: r.ended_at_ms.map(rfc3339),
+            duration_ms: r.duration_ms,
+            size_bytes: r.size_bytes,
+            node: r.node,
+        }
+    }
+}
+
+/// A recording and who spoke when in it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingDetail {
+    #[serde(flatten)]
+    pub recording: RecordingView,
+    /// Each change of who was speaking, from the recording's start: from `at_ms` on, these
+    /// were speaking, loudest first (an empty list: nobody).
+    pub speakers: Vec<SpeakersAt>,
+}
 page_view!(ParticipantPage, ParticipantView);
 
 #[derive(Debug, Serialize, ToSchema)]

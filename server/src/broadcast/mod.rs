@@ -7,8 +7,9 @@
 //! - [`mp4`]: Opus in fragmented MP4 (CMAF).
 //! - [`hls`]: parts, segments and the media playlist.
 //! - this file: a room's mix as a task fed by the media workers' tap
-//!   ([`crate::media::tap`]), started on demand, stopped when nobody asks for it; and the
-//!   signed, rotating links that give access to it.
+//!   ([`crate::media::tap`]), started on demand, stopped when nobody asks for it and nothing
+//!   records it; its encoded frames go to the HLS stream and to a recording, if one is
+//!   attached ([`Broadcasts::record`]); and the signed, rotating links that give access to it.
 //!
 //! Access: a broadcast's files live under `/broadcast/{room}/{period}.{signature}/`. The
 //! signature (HMAC of the room and the period with a key derived from the signing key) is the
@@ -89,9 +90,27 @@ pub enum Access {
     Invalid,
 }
 
+/// Encoded frames of a room's mix, 20 ms each, for a recording. A full queue drops a frame
+/// (the writer is a second behind: something is badly wrong with the disk).
+pub type FrameSink = mpsc::Sender<Bytes>;
+
+/// Frames waiting for a recording's writer (about five seconds).
+const RECORD_QUEUE: usize = 256;
+
+/// A recording's end of a room's mix.
+pub struct Feed {
+    /// The mix's encoded frames from now on; closed when the mix stops (the room ended).
+    pub frames: mpsc::Receiver<Bytes>,
+    /// Samples a player drops at the start (the encoder's lookahead).
+    pub pre_skip: u16,
+}
+
 /// A room's mix while it runs.
 pub struct Live {
     pub stream: Mutex<Stream>,
+    /// Where frames go besides the stream: a recording of the room, while it is recorded.
+    recorder: Mutex<Option<FrameSink>>,
+    pre_skip: u16,
     /// The last part published; changes wake blocked playlist requests.
     published: watch::Sender<Option<Position>>,
     /// Set when the room ended: the playlist then ends too.
@@ -112,6 +131,26 @@ impl Live {
 
     pub fn ended(&self) -> bool {
         *self.ended.borrow()
+    }
+
+    /// Hands a frame to the recording, if one is attached; whether one is (a recording keeps
+    /// the mix running). A recording that stopped has closed its end: it is let go here.
+    fn offer_to_recorder(&self, frame: &Bytes) -> bool {
+        let mut recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sink) = recorder.as_ref() else {
+            return false;
+        };
+        match sink.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("a recording's writer is behind; a frame is dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                *recorder = None;
+                false
+            }
+        }
     }
 }
 
@@ -226,6 +265,23 @@ impl Broadcasts {
         if !self.inner.settings.enabled {
             return Err(BroadcastError::Disabled);
         }
+        self.start_mix(room).await
+    }
+
+    /// The room's mix from now on, for a recording: the mix is started if it is not running
+    /// (with broadcasts turned off too: recordings are made from the same mix) and keeps
+    /// running while the feed is held. One recording per room: a new feed replaces the old.
+    pub async fn record(&self, room: &RoomId) -> Result<Feed, BroadcastError> {
+        let live = self.start_mix(room).await?;
+        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+        *live.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(Feed {
+            frames: rx,
+            pre_skip: live.pre_skip,
+        })
+    }
+
+    async fn start_mix(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
         if let Some(live) = self.inner.live.get(room) {
             return Ok(live.clone());
         }
@@ -260,6 +316,8 @@ impl Broadcasts {
         );
         let live = Arc::new(Live {
             stream: Mutex::new(stream),
+            recorder: Mutex::new(None),
+            pre_skip: mixer.pre_skip(),
             published: watch::channel(None).0,
             ended: watch::channel(false).0,
             requests: AtomicU64::new(0),
@@ -313,6 +371,7 @@ impl Broadcasts {
                             break;
                         }
                     };
+                    let recorded = live.offer_to_recorder(&frame);
                     let now = self.inner.clock.now_ms();
                     let published = live
                         .stream
@@ -322,7 +381,7 @@ impl Broadcasts {
                     if let Some(position) = published {
                         live.published.send_replace(Some(position));
                         let seen = live.requests.load(Ordering::Relaxed);
-                        if seen != last_seen {
+                        if seen != last_seen || recorded {
                             last_seen = seen;
                             idle_since = tokio::time::Instant::now();
                         } else if idle_since.elapsed() >= idle {

@@ -7,6 +7,11 @@ pub enum ControlError {
     RoomNotFound,
     #[error("no such invite")]
     InviteNotFound,
+    #[error("no such recording")]
+    RecordingNotFound,
+    /// The room is being recorded already (one recording at a time per room).
+    #[error("the room is being recorded already")]
+    AlreadyRecording,
     #[error("no such participant")]
     ParticipantNotFound,
     #[error("the room has ended")]

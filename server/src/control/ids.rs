@@ -87,6 +87,11 @@ prefixed_id!(
     InviteId,
     "inv_"
 );
+prefixed_id!(
+    /// A recording of a room's mix, e.g. `rc_3kPq0s9XvB1c2d3e`; also its file's name.
+    RecordingId,
+    "rc_"
+);
 
 /// What a participant may do in a room; see the role table in the product brief. Ordered by
 /// reach: listener < speaker < moderator.

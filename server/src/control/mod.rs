@@ -1,4 +1,5 @@
-//! The control plane: durable facts (rooms, invites, identities, bans, the audit log) and the
+//! The control plane: durable facts (rooms, invites, identities, bans, the audit log,
+//! recordings) and the
 //! rules for creating and redeeming them. Knows SQLite and PostgreSQL; knows nothing of HTTP or
 //! sockets.
 
@@ -10,11 +11,11 @@ mod store;
 pub mod validate;
 
 pub use error::{ControlError, error_chain};
-pub use ids::{Delivery, InviteId, ParticipantId, Role, RoomId, random_token};
+pub use ids::{Delivery, InviteId, ParticipantId, RecordingId, Role, RoomId, random_token};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
-    Actor, AuditEvent, ClaimedWebhook, CreatedInvite, DeliveryState, Invite, NewInvite, NewRoom,
-    NewWebhook, Page, PageRequest, Redemption, Room, RoomLimits, RoomRecord, RoomWrite, Standing,
-    WebhookAttempt, WebhookDelivery,
+    Actor, AuditEvent, ClaimedWebhook, CreatedInvite, DeliveryState, FinishedRecording, Invite,
+    NewInvite, NewRoom, NewWebhook, Page, PageRequest, Recording, RecordingState, Redemption, Room,
+    RoomLimits, RoomRecord, RoomWrite, Standing, WebhookAttempt, WebhookDelivery,
 };
 pub use store::Store;

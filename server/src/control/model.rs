@@ -1,7 +1,9 @@
 //! Plain data the control plane stores and returns: rooms, invites, redemptions, audit
 //! events, pages. No behaviour beyond small derived facts.
 
-use super::{Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, Role, RoomId};
+use super::{
+    Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, RecordingId, Role, RoomId,
+};
 
 /// Optional per-room bounds; `None` means the server-wide default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -316,4 +318,59 @@ impl<T> Page<T> {
             next_cursor: self.next_cursor,
         }
     }
+}
+
+/// Where a recording stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingState {
+    /// Being written now (or was, by a node that has not come back since).
+    Recording,
+    /// Finished: the file is whole and playable.
+    Ready,
+    /// Nothing playable came of it.
+    Failed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Recording => "recording",
+            RecordingState::Ready => "ready",
+            RecordingState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "recording" => Some(RecordingState::Recording),
+            "ready" => Some(RecordingState::Ready),
+            "failed" => Some(RecordingState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A recording of a room's mix. Its file is on `node`, in that node's data folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recording {
+    pub id: RecordingId,
+    pub room_id: RoomId,
+    pub state: RecordingState,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// Playable audio, once finished.
+    pub duration_ms: i64,
+    pub size_bytes: i64,
+    /// The name of the node that holds the file.
+    pub node: String,
+}
+
+/// How a recording ended, written once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinishedRecording {
+    pub state: RecordingState,
+    pub ended_at_ms: i64,
+    pub duration_ms: i64,
+    pub size_bytes: i64,
 }

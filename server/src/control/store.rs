@@ -10,10 +10,10 @@ mod tests;
 
 use std::path::Path;
 
-use super::model::{CreatedInvite, PageRequest, Standing};
+use super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::{
     Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
-    NewRoom, Page, ParticipantId, Redemption, Room, RoomId, RoomWrite,
+    NewRoom, Page, ParticipantId, Recording, RecordingId, Redemption, Room, RoomId, RoomWrite,
 };
 use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 
@@ -46,7 +46,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0005_room_webrtc_audience_cap.sql"),
         postgres: include_str!("migrations/postgres/0005_room_webrtc_audience_cap.sql"),
     },
-    // 0006 is another branch's; it goes before this one when both are in.
+    Migration {
+        sqlite: include_str!("migrations/0006_recordings.sql"),
+        postgres: include_str!("migrations/postgres/0006_recordings.sql"),
+    },
     Migration {
         sqlite: include_str!("migrations/0007_webhooks.sql"),
         postgres: include_str!("migrations/postgres/0007_webhooks.sql"),
@@ -278,6 +281,46 @@ impl Store {
 
     pub async fn list_events(&self, room: RoomId, page: PageRequest) -> Result<Page<AuditEvent>> {
         on_engine!(self.list_events(room, page))
+    }
+
+    /// A new recording of a live room, on `node`, in state `recording`. Refuses an ended room,
+    /// and a room being recorded already (`AlreadyRecording`).
+    pub async fn create_recording(
+        &self,
+        room: RoomId,
+        node: String,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        on_engine!(self.create_recording(room, node, now_ms))
+    }
+
+    /// Closes a recording that is still `recording`; one already closed is left alone
+    /// (`false`).
+    pub async fn finish_recording(
+        &self,
+        id: RecordingId,
+        finished: FinishedRecording,
+    ) -> Result<bool> {
+        on_engine!(self.finish_recording(id, finished))
+    }
+
+    /// One recording of a room (`RecordingNotFound` for another room's).
+    pub async fn recording(&self, room: RoomId, id: RecordingId) -> Result<Recording> {
+        on_engine!(self.recording(room, id))
+    }
+
+    /// A room's recordings, oldest first.
+    pub async fn list_recordings(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Recording>> {
+        on_engine!(self.list_recordings(room, page))
+    }
+
+    /// Recordings `node` left in state `recording` (it was killed while writing them).
+    pub async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
+        on_engine!(self.unfinished_recordings(node))
     }
 
     /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking

@@ -151,6 +151,13 @@ pub enum Command {
     },
     /// End the room for everyone.
     End,
+    /// Record the room's mix from now on (a repeat while it is recorded changes nothing).
+    StartRecording,
+    /// Stop recording it (nothing while it is not recorded).
+    StopRecording,
+    /// The recording stopped without being asked to (it could not start, the disk failed, the
+    /// mix stopped). System only: the recorder's report.
+    RecordingLost,
     /// From media: the participants heard speaking since the last report, each with its
     /// RFC 6464 audio level (-dBov: 0 is loudest, 127 silence). Anyone not listed is silent.
     /// System only.

@@ -105,6 +105,14 @@ pub enum EventKind {
     RoomEnded {
         by: Actor,
     },
+    /// The room's mix is recorded from now on.
+    RecordingStarted {
+        by: Actor,
+    },
+    /// It is no longer recorded (`by` is `system` when the recorder stopped by itself).
+    RecordingStopped {
+        by: Actor,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -160,6 +168,13 @@ pub enum Effect {
     /// in), both in one write. A room the store already had ended (a racing `DELETE` that wrote
     /// its own line) is left as it is, so the end is recorded once.
     PersistRoomEnded { by: Actor, participants: usize },
+    /// Start recording the room's mix (the recorder reports `RecordingLost` if it cannot).
+    StartRecording,
+    /// Stop recording it, and close the file.
+    StopRecording,
+    /// Who is speaking changed while the room is recorded: a line in the recording's
+    /// timeline, loudest first.
+    RecordSpeakers { speakers: Vec<ParticipantId> },
     /// One line in the room's audit log, for every moderation action whoever did it.
     Audit {
         actor: Actor,
@@ -205,6 +220,8 @@ pub enum AuditAction {
     Ban,
     Promote,
     Demote,
+    StartRecording,
+    StopRecording,
 }
 
 impl AuditAction {
@@ -220,6 +237,8 @@ impl AuditAction {
             AuditAction::Ban => "participant.banned",
             AuditAction::Promote => "participant.promoted",
             AuditAction::Demote => "participant.demoted",
+            AuditAction::StartRecording => "recording.started",
+            AuditAction::StopRecording => "recording.stopped",
         }
     }
 }

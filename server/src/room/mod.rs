@@ -10,7 +10,10 @@ pub mod refusal;
 pub mod snapshot;
 pub mod state;
 
-pub use actor::{Connect, ConnectError, LiveError, LiveRooms, Outbound, Outbox, RoomHandle};
+pub use actor::{
+    Connect, ConnectError, LiveError, LiveRooms, NoRecorder, Outbound, Outbox, Recorder,
+    RecorderFuture, RoomHandle,
+};
 pub use command::{Actor, Command, ConnectionId};
 pub use event::{
     Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,

@@ -85,6 +85,10 @@ pub enum Action {
     Demote,
     SetRole,
     EndRoom,
+    StartRecording,
+    StopRecording,
+    /// The recorder's report that a recording stopped by itself.
+    LoseRecording,
     Leave,
     /// The room task's timer: grace periods run out.
     Tick,
@@ -412,6 +416,24 @@ pub const PERMISSIONS: &[Rule] = &[
         action: Action::EndRoom,
         message: Some("end_room"),
         actors: MODERATION,
+        target: None,
+    },
+    Rule {
+        action: Action::StartRecording,
+        message: Some("start_recording"),
+        actors: MODERATION,
+        target: None,
+    },
+    Rule {
+        action: Action::StopRecording,
+        message: Some("stop_recording"),
+        actors: MODERATION,
+        target: None,
+    },
+    Rule {
+        action: Action::LoseRecording,
+        message: None,
+        actors: SYSTEM,
         target: None,
     },
     Rule {

@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub raised_hands: Vec<ParticipantView>,
     /// Loudest first.
     pub active_speakers: Vec<ParticipantId>,
+    /// The room's mix is being recorded (absent when it is not).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
     /// Everyone not on stage, including moderators in the audience.
     pub audience_count: u32,
     /// Moderators only: the first page of everyone not on stage (`next` continues it).

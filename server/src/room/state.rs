@@ -3,6 +3,7 @@
 
 mod membership;
 mod moderation;
+mod recording;
 mod stage;
 #[cfg(test)]
 mod testkit;
@@ -59,6 +60,8 @@ pub struct RoomState {
     speakers: Vec<ParticipantId>,
     /// Listeners on WebRTC (not on the broadcast), for the audience cap.
     webrtc_listeners: u32,
+    /// The room's mix is being recorded.
+    recording: bool,
 }
 
 /// How many audience members a moderator's snapshot lists; `list_audience` pages the rest.
@@ -79,6 +82,7 @@ impl RoomState {
             deadlines: BTreeSet::new(),
             speakers: Vec::new(),
             webrtc_listeners: 0,
+            recording: false,
         }
     }
 
@@ -167,6 +171,9 @@ impl RoomState {
             Command::Demote { target } => self.demote(actor, &target, &mut out),
             Command::SetRole { target, role } => self.set_role(actor, &target, role, &mut out),
             Command::End => self.end(actor, &mut out),
+            Command::StartRecording => self.start_recording(actor, &mut out),
+            Command::StopRecording => self.stop_recording(actor, &mut out),
+            Command::RecordingLost => self.lose_recording(actor, &mut out),
             Command::SetSpeaking { levels } => self.set_speaking(actor, levels),
         }?;
         // Any command can silence a speaker (mute, leave, a dropped connection), so the speaker
@@ -178,6 +185,11 @@ impl RoomState {
                     speakers: self.speakers.clone(),
                 },
             );
+            if self.recording {
+                out.effect(Effect::RecordSpeakers {
+                    speakers: self.speakers.clone(),
+                });
+            }
         }
         Ok(out)
     }
@@ -196,6 +208,11 @@ impl RoomState {
 
     pub fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// The room's mix is being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recording
     }
 
     /// No one is in the room, not even within a grace period.
@@ -271,6 +288,7 @@ impl RoomState {
             stage: views(&self.stage),
             raised_hands: views(&self.hands),
             active_speakers: self.speakers.clone(),
+            recording: self.recording,
             audience_count: self.audience_count(),
             audience: is_moderator.then(|| self.audience_page(None, SNAPSHOT_AUDIENCE_PAGE)),
             pending_invitations: is_moderator.then(|| {
@@ -1029,7 +1047,7 @@ mod tests {
                 Command::Join { .. } | Command::Disconnect { .. } => {
                     room.ok(&stranger, command);
                 }
-                Command::Tick | Command::SetSpeaking { .. } => {
+                Command::Tick | Command::SetSpeaking { .. } | Command::RecordingLost => {
                     assert_eq!(room.refused(&stranger, command), "not_permitted");
                 }
                 command => {

@@ -675,6 +675,8 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
             role,
         },
         ClientMessage::EndRoom {} => Command::End,
+        ClientMessage::StartRecording {} => Command::StartRecording,
+        ClientMessage::StopRecording {} => Command::StopRecording,
         ClientMessage::Leave {} => Command::Leave,
         ClientMessage::Join { .. }
         | ClientMessage::Resume { .. }

@@ -72,6 +72,9 @@ pub enum ClientMessage {
         role: Role,
     },
     EndRoom {},
+    /// A moderator starts recording the room's mix.
+    StartRecording {},
+    StopRecording {},
     ListAudience {
         after: Option<ParticipantId>,
         limit: Option<u32>,
@@ -116,6 +119,8 @@ const KNOWN_TYPES: &[&str] = &[
     "demote",
     "set_role",
     "end_room",
+    "start_recording",
+    "stop_recording",
     "list_audience",
     "media_offer",
     "ice_candidate",

@@ -13,11 +13,11 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{NoTls, Row};
 
 use super::super::error_chain as chain;
-use super::super::model::{CreatedInvite, PageRequest, Standing};
+use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
-    NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
-    RoomRecord, RoomWrite,
+    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
+    Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
@@ -620,6 +620,119 @@ impl PgStore {
         Ok(rules::paginate(rows, page.limit))
     }
 
+    pub(super) async fn create_recording(
+        &self,
+        room: RoomId,
+        node: String,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let found = room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        if found.is_ended() {
+            return Err(ControlError::RoomEnded);
+        }
+        let id = RecordingId::generate();
+        let inserted = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO recordings (id, room_id, state, started_at, node)
+                     VALUES ($1, $2, 'recording', $3, $4) RETURNING {RECORDING_COLUMNS}"
+                ),
+                &[&id.as_str(), &room.as_str(), &now_ms, &node],
+            )
+            .await;
+        let row = match inserted {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                return Err(ControlError::AlreadyRecording);
+            }
+            other => other?,
+        };
+        let recording = recording_from_row(&row, 0)?;
+        tx.commit().await?;
+        Ok(recording)
+    }
+
+    pub(super) async fn finish_recording(
+        &self,
+        id: RecordingId,
+        f: FinishedRecording,
+    ) -> Result<bool> {
+        let c = self.client().await?;
+        let changed = c
+            .execute(
+                "UPDATE recordings SET state = $2, ended_at = $3, duration_ms = $4, size_bytes = $5
+                 WHERE id = $1 AND state = 'recording'",
+                &[
+                    &id.as_str(),
+                    &f.state.as_str(),
+                    &f.ended_at_ms,
+                    &f.duration_ms,
+                    &f.size_bytes,
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    pub(super) async fn recording(&self, room: RoomId, id: RecordingId) -> Result<Recording> {
+        let c = self.client().await?;
+        c.query_opt(
+            &format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE id = $1 AND room_id = $2"),
+            &[&id.as_str(), &room.as_str()],
+        )
+        .await?
+        .map(|r| recording_from_row(&r, 0))
+        .transpose()?
+        .ok_or(ControlError::RecordingNotFound)
+    }
+
+    pub(super) async fn list_recordings(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Recording>> {
+        let c = self.client().await?;
+        room_by_id(&c, &room, "")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT seq, {RECORDING_COLUMNS} FROM recordings
+                     WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
+                &[
+                    &room.as_str(),
+                    &page.after.unwrap_or(0),
+                    &(i64::from(page.limit) + 1),
+                ],
+            )
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, recording_from_row(r, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
+        let c = self.client().await?;
+        c.query(
+            &format!(
+                "SELECT {RECORDING_COLUMNS} FROM recordings
+                 WHERE node = $1 AND state = 'recording' ORDER BY seq"
+            ),
+            &[&node],
+        )
+        .await?
+        .iter()
+        .map(|r| recording_from_row(r, 0))
+        .collect()
+    }
+
     pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
@@ -797,6 +910,23 @@ const INVITE_COLUMNS: &str =
 /// unsigned types); the schema's checks keep them in range.
 fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+const RECORDING_COLUMNS: &str =
+    "id, room_id, state, started_at, ended_at, duration_ms, size_bytes, node";
+
+fn recording_from_row(r: &Row, at: usize) -> Result<Recording> {
+    let state: String = r.try_get(at + 2)?;
+    Ok(Recording {
+        id: RecordingId::from_trusted(r.try_get(at)?),
+        room_id: RoomId::from_trusted(r.try_get(at + 1)?),
+        state: RecordingState::parse(&state).unwrap_or(RecordingState::Failed),
+        started_at_ms: r.try_get(at + 3)?,
+        ended_at_ms: r.try_get(at + 4)?,
+        duration_ms: r.try_get(at + 5)?,
+        size_bytes: r.try_get(at + 6)?,
+        node: r.try_get(at + 7)?,
+    })
 }
 
 fn room_from_row(r: &Row, at: usize) -> Result<Room> {

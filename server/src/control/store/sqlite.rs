@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use rusqlite_migration::{M, Migrations};
 
-use super::super::model::{CreatedInvite, PageRequest, Standing};
+use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
-    NewInvite, NewRoom, Page, ParticipantId, Redemption, Role, Room, RoomId, RoomLimits,
-    RoomRecord, RoomWrite,
+    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
+    Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
@@ -593,6 +593,110 @@ impl SqliteStore {
 
     /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking
     /// the link printed at the previous start. Returns `None` if the demo room was ended.
+    pub(super) async fn create_recording(
+        &self,
+        room: RoomId,
+        node: String,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let found = room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
+            if found.is_ended() {
+                return Err(ControlError::RoomEnded);
+            }
+            let id = RecordingId::generate();
+            let inserted = tx.execute(
+                "INSERT INTO recordings (id, room_id, state, started_at, node)
+                 VALUES (?1, ?2, 'recording', ?3, ?4)",
+                params![id.as_str(), room.as_str(), now_ms, node],
+            );
+            match inserted {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(ControlError::AlreadyRecording);
+                }
+                other => other?,
+            };
+            let recording = recording_where(&tx, "id = ?1", id.as_str())?
+                .into_iter()
+                .next()
+                .ok_or(ControlError::RecordingNotFound)?;
+            tx.commit()?;
+            Ok(recording)
+        })
+        .await
+    }
+
+    pub(super) async fn finish_recording(
+        &self,
+        id: RecordingId,
+        f: FinishedRecording,
+    ) -> Result<bool> {
+        self.call(move |c| {
+            let changed = c.execute(
+                "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, size_bytes = ?5
+                 WHERE id = ?1 AND state = 'recording'",
+                params![
+                    id.as_str(),
+                    f.state.as_str(),
+                    f.ended_at_ms,
+                    f.duration_ms,
+                    f.size_bytes
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn recording(&self, room: RoomId, id: RecordingId) -> Result<Recording> {
+        self.call(move |c| {
+            recording_where(c, "id = ?1", id.as_str())?
+                .into_iter()
+                .find(|r| r.room_id == room)
+                .ok_or(ControlError::RecordingNotFound)
+        })
+        .await
+    }
+
+    pub(super) async fn list_recordings(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Recording>> {
+        self.call(move |c| {
+            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT seq, {RECORDING_COLUMNS} FROM recordings
+                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
+                    |r| Ok((r.get(0)?, recording_from_row(r, 1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rules::paginate(rows, page.limit))
+        })
+        .await
+    }
+
+    pub(super) async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORDING_COLUMNS} FROM recordings
+                 WHERE node = ?1 AND state = 'recording' ORDER BY seq"
+            ))?;
+            let rows = stmt
+                .query_map(params![node], |r| recording_from_row(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -687,6 +791,33 @@ fn invite_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Invite> {
         // The schema's CHECK constraint only admits the two known deliveries.
         delivery: Delivery::parse(&r.get::<_, String>(at + 9)?).unwrap_or_default(),
     })
+}
+
+const RECORDING_COLUMNS: &str =
+    "id, room_id, state, started_at, ended_at, duration_ms, size_bytes, node";
+
+fn recording_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Recording> {
+    let state: String = r.get(at + 2)?;
+    Ok(Recording {
+        id: RecordingId::from_trusted(r.get(at)?),
+        room_id: RoomId::from_trusted(r.get(at + 1)?),
+        state: RecordingState::parse(&state).unwrap_or(RecordingState::Failed),
+        started_at_ms: r.get(at + 3)?,
+        ended_at_ms: r.get(at + 4)?,
+        duration_ms: r.get(at + 5)?,
+        size_bytes: r.get(at + 6)?,
+        node: r.get(at + 7)?,
+    })
+}
+
+fn recording_where(c: &Connection, condition: &str, value: &str) -> Result<Vec<Recording>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {RECORDING_COLUMNS} FROM recordings WHERE {condition}"
+    ))?;
+    let rows = stmt
+        .query_map(params![value], |r| recording_from_row(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 fn room_by_id(c: &Connection, id: &RoomId) -> Result<Option<Room>> {

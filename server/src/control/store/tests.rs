@@ -50,7 +50,128 @@ on_both_engines!(
     startup_link_keeps_one_demo_room_and_one_live_link,
     delivery_and_audience_cap_are_stored_and_checked,
     webhooks_are_claimed_one_per_room_in_order_under_a_lease,
+    recordings_one_at_a_time_closed_once_listed_per_room,
 );
+
+async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
+    use super::super::{FinishedRecording, RecordingId, RecordingState};
+    let room = store
+        .create_room(room_new("Recorded"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let other = store
+        .create_room(room_new("Other"), Actor::Operator, 1_000)
+        .await
+        .unwrap();
+    let first = store
+        .create_recording(room.id.clone(), "node-a".into(), 2_000)
+        .await
+        .unwrap();
+    assert_eq!(first.state, RecordingState::Recording);
+    assert_eq!((first.started_at_ms, first.ended_at_ms), (2_000, None));
+    assert_eq!(first.node, "node-a");
+    assert!(matches!(
+        store
+            .create_recording(room.id.clone(), "node-a".into(), 2_500)
+            .await,
+        Err(ControlError::AlreadyRecording)
+    ));
+    // Another room may record at the same time.
+    store
+        .create_recording(other.id.clone(), "node-b".into(), 2_500)
+        .await
+        .unwrap();
+    let unfinished = store.unfinished_recordings("node-a".into()).await.unwrap();
+    assert_eq!(unfinished, vec![first.clone()]);
+    let finished = FinishedRecording {
+        state: RecordingState::Ready,
+        ended_at_ms: 9_000,
+        duration_ms: 6_980,
+        size_bytes: 28_000,
+    };
+    assert!(
+        store
+            .finish_recording(first.id.clone(), finished)
+            .await
+            .unwrap()
+    );
+    // Closed once: a second close (a racing recovery) changes nothing.
+    let failed = FinishedRecording {
+        state: RecordingState::Failed,
+        ..finished
+    };
+    assert!(
+        !store
+            .finish_recording(first.id.clone(), failed)
+            .await
+            .unwrap()
+    );
+    let shown = store
+        .recording(room.id.clone(), first.id.clone())
+        .await
+        .unwrap();
+    assert_eq!(shown.state, RecordingState::Ready);
+    assert_eq!(
+        (shown.ended_at_ms, shown.duration_ms, shown.size_bytes),
+        (Some(9_000), 6_980, 28_000)
+    );
+    assert!(matches!(
+        store.recording(other.id.clone(), first.id.clone()).await,
+        Err(ControlError::RecordingNotFound)
+    ));
+    assert!(matches!(
+        store
+            .recording(room.id.clone(), RecordingId::generate())
+            .await,
+        Err(ControlError::RecordingNotFound)
+    ));
+    assert!(
+        store
+            .unfinished_recordings("node-a".into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A new one may start once the first is closed; the list is oldest first.
+    let second = store
+        .create_recording(room.id.clone(), "node-a".into(), 10_000)
+        .await
+        .unwrap();
+    let page = store
+        .list_recordings(
+            room.id.clone(),
+            PageRequest {
+                after: None,
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![shown]);
+    let rest = store
+        .list_recordings(
+            room.id.clone(),
+            PageRequest {
+                after: page.next_cursor,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items, vec![second]);
+    assert_eq!(rest.next_cursor, None);
+    // An ended room is not recorded.
+    store
+        .end_room(other.id.clone(), Actor::Operator, 11_000, None, Vec::new())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_recording(other.id.clone(), "node-b".into(), 12_000)
+            .await,
+        Err(ControlError::RoomEnded)
+    ));
+}
 
 /// Two nodes (two pools on one PostgreSQL database) claim webhooks at once, over and over:
 /// no row is ever claimed by both, and each room's rows are claimed in order.

@@ -8,7 +8,8 @@
 //! - `persist.rs`: bans, roles, removals, the end and the audit log, as records;
 //! - `hooks.rs`: webhook events derived from what the room decided, in one place;
 //! - `records.rs`: the room's writer: its records written to the store in order, off the task;
-//! - `media.rs`: offers, send rights and closes handed to media.
+//! - `media.rs`: offers, send rights and closes handed to media;
+//! - the [`Recorder`]: recordings started and stopped, and the speakers' timeline.
 
 mod fanout;
 mod hooks;
@@ -25,6 +26,42 @@ use crate::control::{Delivery, ParticipantId, Role};
 use crate::wire::{RequestId, Text};
 
 pub use rooms::{LiveRooms, RoomHandle};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::control::RoomId;
+
+/// A future a [`Recorder`] returns.
+pub type RecorderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What writes a room's recording (the `recording` module, above this layer). The room
+/// decides when; the recorder does it, and reports a recording that stopped by itself
+/// through [`LiveRooms::recording_lost`].
+pub trait Recorder: Send + Sync + 'static {
+    /// Starts recording the room's mix; an error says why it could not (logged; the room is
+    /// told the recording stopped).
+    fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>>;
+    /// Stops it and closes its file; returns once the file is closed.
+    fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()>;
+    /// Who speaks now, loudest first, for the recording's timeline. Must not block.
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]);
+}
+
+/// A server that records nothing (unit tests of the room task).
+pub struct NoRecorder;
+
+impl Recorder for NoRecorder {
+    fn start<'a>(&'a self, _: &'a RoomId) -> RecorderFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("this server does not record".to_owned()) })
+    }
+
+    fn stop<'a>(&'a self, _: &'a RoomId) -> RecorderFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn speakers(&self, _: &RoomId, _: &[ParticipantId]) {}
+}
 
 /// What a room sends to one signaling socket.
 #[derive(Debug)]
@@ -111,6 +148,8 @@ enum RoomMsg {
     },
     /// From media: who is speaking, loudest first.
     Speaking(Vec<(ParticipantId, u8)>),
+    /// From the recorder: the recording stopped by itself.
+    RecordingLost,
     /// The server is stopping: tell every socket why, then end the task.
     Shutdown,
 }

@@ -33,6 +33,8 @@ pub struct RoomHandle {
     /// Listeners on WebRTC, as of the room's last step.
     pub(super) webrtc_listeners: Arc<AtomicU32>,
     pub(super) webrtc_audience_cap: Option<u32>,
+    /// Whether the room is recorded, as of its last step.
+    pub(super) recording: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RoomHandle {
@@ -143,9 +145,12 @@ pub(super) struct Deps {
     pub webhooks: bool,
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
+    pub recorder: Arc<dyn super::Recorder>,
 }
 
 impl LiveRooms {
+    // Each argument is one of the rooms' collaborators, passed once at start.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         clock: Clock,
@@ -154,6 +159,7 @@ impl LiveRooms {
         media: Media,
         webrtc_audience_cap: Option<u32>,
         webhooks: Option<webhooks::Sender>,
+        recorder: Arc<dyn super::Recorder>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
@@ -167,6 +173,7 @@ impl LiveRooms {
                 running: Arc::new(AtomicUsize::new(0)),
                 media,
                 webrtc_audience_cap,
+                recorder,
             },
         }
     }
@@ -184,6 +191,23 @@ impl LiveRooms {
         if let Some(handle) = self.get(room) {
             let _ = handle.tx.try_send(RoomMsg::Speaking(levels));
         }
+    }
+
+    /// The recorder's report that a room's recording stopped by itself (the room tells
+    /// everyone). Nothing if the room is not live.
+    pub fn recording_lost(&self, room: &RoomId) {
+        if let Some(handle) = self.get(room) {
+            let tx = handle.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(RoomMsg::RecordingLost).await;
+            });
+        }
+    }
+
+    /// Whether a live room is recorded now, as its task last said.
+    pub fn is_recording(&self, room: &RoomId) -> bool {
+        self.get(room)
+            .is_some_and(|h| h.recording.load(Ordering::Relaxed))
     }
 
     pub fn live_count(&self) -> usize {
@@ -233,6 +257,7 @@ impl LiveRooms {
             participants: Arc::new(AtomicU32::new(0)),
             webrtc_listeners: Arc::new(AtomicU32::new(0)),
             webrtc_audience_cap: limits.webrtc_audience_cap,
+            recording: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let task = RoomTask::new(
             RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),

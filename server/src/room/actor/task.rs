@@ -16,7 +16,8 @@ use super::rooms::{Deps, RoomHandle};
 use super::{Connect, ConnectError, ConnectOutcome, LiveError, Outbound, RoomMsg};
 use crate::control::{ParticipantId, RoomId, RoomWrite};
 use crate::room::{
-    Actor, CloseReason, Command, ConnectionId, Effect, ParticipantView, Refusal, RoomState,
+    Actor, AuditAction, CloseReason, Command, ConnectionId, Effect, ParticipantView, Refusal,
+    RoomState,
 };
 use crate::wire::{ServerMessage, Text, close_code};
 
@@ -38,6 +39,9 @@ pub(super) struct RoomTask {
     pub pending: RoomWrite,
     /// The server is shutting down.
     stopping: bool,
+    /// The recorder could not start the recording the room asked for: the room is told once
+    /// the command that asked is carried out.
+    recording_lost: bool,
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     pub deps: Deps,
@@ -68,6 +72,7 @@ impl RoomTask {
             seq: 0,
             last_audience_count: 0,
             stopping: false,
+            recording_lost: false,
             handle,
             rooms,
             deps,
@@ -93,6 +98,9 @@ impl RoomTask {
             self.handle
                 .webrtc_listeners
                 .store(self.state.webrtc_listeners(), Ordering::Relaxed);
+            self.handle
+                .recording
+                .store(self.state.is_recording(), Ordering::Relaxed);
             if self.stopping
                 || self.state.is_ended()
                 || (self.state.is_empty() && self.connections.is_empty())
@@ -100,6 +108,14 @@ impl RoomTask {
                 break;
             }
         }
+        if self.state.is_recording() {
+            // Nobody is left to hear it (or the server stops): the file is closed now.
+            self.deps.recorder.stop(self.state.room()).await;
+            let detail = serde_json::json!({ "reason": "room_closed" });
+            self.audit(Actor::System, AuditAction::StopRecording, None, detail);
+            self.records.write(std::mem::take(&mut self.pending));
+        }
+        self.handle.recording.store(false, Ordering::Relaxed);
         // An ended room stays in the map, answering that it ended, until its records (its
         // end among them) are written: nobody can start it again in between.
         if self.state.is_ended() {
@@ -234,6 +250,11 @@ impl RoomTask {
                     self.media_offer(participant, request_id, sdp);
                 }
             }
+            RoomMsg::RecordingLost => {
+                self.command(&Actor::System, Command::RecordingLost, None)
+                    .await
+                    .ok();
+            }
             RoomMsg::Speaking(levels) => {
                 self.command(&Actor::System, Command::SetSpeaking { levels }, None)
                     .await
@@ -325,6 +346,11 @@ impl RoomTask {
         answer: Option<Answer>,
     ) -> Result<(), Refusal> {
         let applied = self.apply(actor, command, answer).await;
+        if std::mem::take(&mut self.recording_lost) {
+            self.apply(&Actor::System, Command::RecordingLost, None)
+                .await
+                .ok();
+        }
         self.drop_slow().await;
         applied
     }
@@ -402,6 +428,16 @@ impl RoomTask {
                 target,
                 detail,
             } => self.audit(actor, action, target, detail),
+            Effect::StartRecording => {
+                if let Err(why) = self.deps.recorder.start(self.state.room()).await {
+                    tracing::error!(room = %self.state.room(), %why, "cannot record");
+                    self.recording_lost = true;
+                }
+            }
+            Effect::StopRecording => self.deps.recorder.stop(self.state.room()).await,
+            Effect::RecordSpeakers { speakers } => {
+                self.deps.recorder.speakers(self.state.room(), &speakers);
+            }
         }
     }
 

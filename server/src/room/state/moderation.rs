@@ -179,6 +179,10 @@ impl RoomState {
     /// leave events: one `room_ended` tells everyone at once.
     pub(super) fn end(&mut self, actor: &Actor, out: &mut Outcome) -> Result<(), Refusal> {
         self.permit(actor, Action::EndRoom)?;
+        // The recording's file is closed before anyone is told the room ended.
+        if std::mem::take(&mut self.recording) {
+            out.effect(Effect::StopRecording);
+        }
         let participants = std::mem::take(&mut self.participants);
         for participant in participants.values() {
             if participant.may_send() {

@@ -241,6 +241,9 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
             role: Role::Listener,
         },
         Command::End,
+        Command::StartRecording,
+        Command::StopRecording,
+        Command::RecordingLost,
         Command::SetSpeaking {
             levels: vec![(t(), 0)],
         },
@@ -250,7 +253,7 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
     commands
 }
 
-const COMMAND_KINDS: usize = 24;
+const COMMAND_KINDS: usize = 27;
 
 /// Exhaustive on purpose: a new command kind does not compile until it is listed here.
 fn command_kind(command: &Command) -> usize {
@@ -279,6 +282,9 @@ fn command_kind(command: &Command) -> usize {
         Command::SetRole { .. } => 21,
         Command::End => 22,
         Command::SetSpeaking { .. } => 23,
+        Command::StartRecording => 24,
+        Command::StopRecording => 25,
+        Command::RecordingLost => 26,
     }
 }
 

@@ -1,0 +1,337 @@
+//! `/api/v1/rooms/{room}/recording` (start, stop) and `/api/v1/rooms/{room}/recordings` (list,
+//! who spoke when, the audio with range requests). Moderators of the room or the operator.
+//! Starting and stopping ask the live room (forwarded to its node in a cluster); a recording's
+//! file is served by the node that holds it.
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiPath, ApiQuery, Caller, room_id};
+use super::page_request;
+use super::participants::live_room;
+use super::state::AppState;
+use super::views::{PageQuery, RecordingDetail, RecordingPage, RecordingView};
+use crate::control::{ControlError, Recording, RecordingId};
+use crate::room::Command;
+
+/// Start recording the room's mix. Everyone in the room is told; the audit log names who.
+/// Starting a room that is recorded already answers its current recording.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
+    params(("room" = String, Path, description = "Room id")),
+    responses((status = 201, body = RecordingView), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, description = "Nobody is in the room", body = Problem),
+        (status = 410, body = Problem), (status = 503, description = "The recording could not start", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn start_recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(room): ApiPath<String>,
+) -> Result<(StatusCode, axum::Json<RecordingView>), ApiError> {
+    let room = live_room(&state, &caller, &room).await?;
+    state
+        .live
+        .command(&room, caller.room_actor(), Command::StartRecording)
+        .await?;
+    match state.recordings.current(&room) {
+        Some(recording) => Ok((StatusCode::CREATED, axum::Json(recording.into()))),
+        None => Err(ApiError {
+            retry_after_secs: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                "the server could not start recording this room (see its log)",
+            )
+        }),
+    }
+}
+
+/// Stop recording; the file is closed when this answers.
+#[utoipa::path(delete, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
+    params(("room" = String, Path, description = "Room id")),
+    responses((status = 204, description = "Stopped (or was not recorded)"), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 410, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn stop_recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(room): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let room = live_room(&state, &caller, &room).await?;
+    state
+        .live
+        .command(&room, caller.room_actor(), Command::StopRecording)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The room's recordings, oldest first (ended rooms' too).
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/recordings", tag = "recordings",
+    params(("room" = String, Path, description = "Room id"), PageQuery),
+    responses((status = 200, body = RecordingPage), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_recordings(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<axum::Json<RecordingPage>, ApiError> {
+    let room = room_id(&room)?;
+    caller.require_moderator_of(&room)?;
+    let page = state
+        .store
+        .list_recordings(room, page_request(&query, &state)?)
+        .await?;
+    Ok(axum::Json(RecordingPage::new(
+        page.map(RecordingView::from),
+    )))
+}
+
+/// The recording of `room` named by `id`, for a moderator of that room.
+async fn find(
+    state: &AppState,
+    caller: &Caller,
+    room: &str,
+    id: &str,
+) -> Result<Recording, ApiError> {
+    let room = room_id(room)?;
+    caller.require_moderator_of(&room)?;
+    let id = RecordingId::parse(id).ok_or(ControlError::RecordingNotFound)?;
+    Ok(state.store.recording(room, id).await?)
+}
+
+/// In a cluster, a request about a file another node holds is answered by that node.
+async fn on_its_node(
+    state: &AppState,
+    recording: &Recording,
+    request: Request,
+) -> Option<Result<Response, ApiError>> {
+    let cluster = state.cluster.as_ref()?;
+    if recording.node == state.node.name {
+        return None;
+    }
+    let node = match cluster.node(&recording.node).await {
+        Ok(Some(node)) => node,
+        _ => {
+            return Some(Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_unreachable",
+                "the node that holds this recording is not in the cluster now",
+            )));
+        }
+    };
+    let client_ip = match request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+    {
+        Some(ConnectInfo(addr)) => super::extract::client_ip(state, request.headers(), addr.ip()),
+        None => return Some(Err(ApiError::internal())),
+    };
+    let now = state.clock.now_ms();
+    Some(
+        super::forward::pass_on(state, &node.node_url, &node.name, client_ip, request, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(node = %node.name, error = %e, "the recording's node did not answer");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unreachable",
+                    "the node that holds this recording did not answer; try again in a moment",
+                )
+            }),
+    )
+}
+
+/// One recording, with who spoke when.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/recordings/{recording}", tag = "recordings",
+    params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
+    responses((status = 200, body = RecordingDetail), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((room, id)): ApiPath<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let recording = find(&state, &caller, &room, &id).await?;
+    if let Some(answer) = on_its_node(&state, &recording, request).await {
+        return answer;
+    }
+    let speakers = state.recordings.timeline(&recording.id).await;
+    Ok(axum::Json(RecordingDetail {
+        recording: recording.into(),
+        speakers,
+    })
+    .into_response())
+}
+
+/// The recording's audio (Ogg Opus), with HTTP range requests. A recording still being
+/// written can be fetched too: up to its last whole page.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/recordings/{recording}/audio", tag = "recordings",
+    params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=start-end`, `bytes=start-` or `bytes=-suffix`")),
+    responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
+        (status = 206, description = "The range asked for", content_type = "audio/ogg"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 416, description = "The range is past the end", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn download_audio(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((room, id)): ApiPath<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let recording = find(&state, &caller, &room, &id).await?;
+    let headers = request.headers().clone();
+    if let Some(answer) = on_its_node(&state, &recording, request).await {
+        return answer;
+    }
+    serve_file(&state.recordings.audio_path(&recording.id), &headers).await
+}
+
+async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "recording_not_found",
+                "this recording has no audio",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open a recording");
+            return Err(ApiError::internal());
+        }
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|_| ApiError::internal())?
+        .len();
+    let asked = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, len));
+    let (status, start, end) = match asked {
+        None | Some(RangeAsked::Ignored) => (StatusCode::OK, 0, len),
+        Some(RangeAsked::Bytes(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Some(RangeAsked::Unsatisfiable) => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the file has {len} bytes"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(end - start)));
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "audio/ogg")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::CACHE_CONTROL, "private, no-store");
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
+    }
+    response.body(body).map_err(|_| ApiError::internal())
+}
+
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsked {
+    /// Bytes `start..end` (end exclusive).
+    Bytes(u64, u64),
+    /// Past the end: 416.
+    Unsatisfiable,
+    /// Not one byte range we understand (several ranges, another unit, malformed): the whole
+    /// file is served, as RFC 9110 allows.
+    Ignored,
+}
+
+fn parse_range(value: &str, len: u64) -> RangeAsked {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAsked::Ignored;
+    };
+    if spec.contains(',') {
+        return RangeAsked::Ignored;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsked::Ignored;
+    };
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.is_empty(), number(first), number(last)) {
+        // `-n`: the last n bytes.
+        (true, _, Some(suffix)) => {
+            if suffix == 0 || len == 0 {
+                RangeAsked::Unsatisfiable
+            } else {
+                RangeAsked::Bytes(len.saturating_sub(suffix), len)
+            }
+        }
+        (false, Some(start), None) if last.is_empty() => {
+            if start >= len {
+                RangeAsked::Unsatisfiable
+            } else {
+                RangeAsked::Bytes(start, len)
+            }
+        }
+        (false, Some(start), Some(end)) if start <= end => {
+            if start >= len {
+                RangeAsked::Unsatisfiable
+            } else {
+                RangeAsked::Bytes(start, end.min(len - 1) + 1)
+            }
+        }
+        _ => RangeAsked::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeAsked::*;
+        let cases = [
+            ("bytes=0-99", Bytes(0, 100)),
+            ("bytes=100-", Bytes(100, 1000)),
+            ("bytes=-100", Bytes(900, 1000)),
+            ("bytes=-5000", Bytes(0, 1000)),
+            ("bytes=990-5000", Bytes(990, 1000)),
+            ("bytes=999-999", Bytes(999, 1000)),
+            ("bytes=1000-", Unsatisfiable),
+            ("bytes=1000-2000", Unsatisfiable),
+            ("bytes=-0", Unsatisfiable),
+            ("bytes=5-4", Ignored),
+            ("bytes=0-1,5-6", Ignored),
+            ("items=0-1", Ignored),
+            ("bytes=a-b", Ignored),
+            ("bytes=-", Ignored),
+            ("bytes=99999999999999999999999-", Ignored),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(parse_range(header, 1000), expected, "{header}");
+        }
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+    }
+}

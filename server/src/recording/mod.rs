@@ -1,0 +1,423 @@
+//! Recordings: a room's broadcast mix (decoded and mixed once, [`crate::broadcast`]) written
+//! to an Ogg Opus file as it happens, with a timeline of who spoke when beside it. The room
+//! decides when to record ([`crate::room::Recorder`]); this writes the file, keeps its row in
+//! the store, and on start closes what a killed process left open. No HTTP here.
+//!
+//! - [`ogg`]: the sans-IO Ogg Opus writer and the reader of a file's last good page.
+//! - this file: one task per recorded room, the files under `{data_dir}/recordings/`, and
+//!   recovery.
+//!
+//! A page is written (to the kernel, not synced) at least every second, so a process killed
+//! mid-recording loses at most the last second and leaves a playable file; at start each
+//! recording this node left `recording` is cut to its last whole page and closed as `ready`.
+
+pub mod ogg;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::broadcast::{Broadcasts, Feed};
+use crate::clock::Clock;
+use crate::control::{
+    ControlError, FinishedRecording, ParticipantId, Recording, RecordingId, RecordingState, RoomId,
+    Store,
+};
+use crate::room::{LiveRooms, Recorder, RecorderFuture};
+use ogg::{OggOpusWriter, StreamInfo};
+
+/// Frames per page: a page a second (50 frames of 20 ms).
+const FLUSH_FRAMES: usize = 50;
+/// Changes of speakers waiting for the writer.
+const TIMELINE_QUEUE: usize = 64;
+/// The largest timeline the API reads back (about a day of changes every few seconds).
+pub const MAX_TIMELINE_BYTES: u64 = 4 * 1024 * 1024;
+const VENDOR: &str = concat!("stoa ", env!("CARGO_PKG_VERSION"));
+
+/// One moment of a recording's timeline: from `at_ms` (into the recording's audio) these were
+/// speaking, loudest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SpeakersAt {
+    pub at_ms: u64,
+    #[schema(value_type = Vec<String>)]
+    pub speakers: Vec<ParticipantId>,
+}
+
+#[derive(Clone)]
+pub struct Recordings {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broadcasts: Broadcasts,
+    store: Store,
+    clock: Clock,
+    dir: PathBuf,
+    node: String,
+    active: DashMap<RoomId, Active>,
+    /// Told when a recording stops by itself; set once the live rooms exist.
+    rooms: OnceLock<LiveRooms>,
+}
+
+/// A recording being written.
+struct Active {
+    recording: Recording,
+    stop: oneshot::Sender<()>,
+    speakers: mpsc::Sender<Vec<ParticipantId>>,
+    writer: JoinHandle<()>,
+}
+
+impl Recordings {
+    /// Recordings of this node (`node`, its name in the store) under `data_dir/recordings`.
+    pub fn new(
+        broadcasts: Broadcasts,
+        store: Store,
+        clock: Clock,
+        data_dir: &Path,
+        node: String,
+    ) -> Self {
+        Recordings {
+            inner: Arc::new(Inner {
+                broadcasts,
+                store,
+                clock,
+                dir: data_dir.join("recordings"),
+                node,
+                active: DashMap::new(),
+                rooms: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The live rooms, told when a recording stops by itself.
+    pub fn attach_rooms(&self, rooms: LiveRooms) {
+        let _ = self.inner.rooms.set(rooms);
+    }
+
+    /// This node's name, as recordings in the store name the node holding the file.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Where a recording's audio is (on the node that holds it).
+    pub fn audio_path(&self, id: &RecordingId) -> PathBuf {
+        self.inner.dir.join(format!("{id}.ogg"))
+    }
+
+    fn timeline_path(&self, id: &RecordingId) -> PathBuf {
+        self.inner.dir.join(format!("{id}.speakers.jsonl"))
+    }
+
+    /// The room's recording being written now, if any.
+    pub fn current(&self, room: &RoomId) -> Option<Recording> {
+        self.inner.active.get(room).map(|a| a.recording.clone())
+    }
+
+    /// Recordings being written on this node.
+    pub fn running(&self) -> usize {
+        self.inner.active.len()
+    }
+
+    /// Who spoke when, as written so far. Lines a crash tore are skipped.
+    pub async fn timeline(&self, id: &RecordingId) -> Vec<SpeakersAt> {
+        let path = self.timeline_path(id);
+        let Ok(meta) = tokio::fs::metadata(&path).await else {
+            return Vec::new();
+        };
+        if meta.len() > MAX_TIMELINE_BYTES {
+            tracing::warn!(recording = %id, "timeline too large to serve");
+            return Vec::new();
+        }
+        let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Closes every recording this node left `recording` (it was killed while writing them):
+    /// each file is cut after its last whole page and the row says how long it plays. Run at
+    /// start, before any room is live.
+    pub async fn recover(&self) -> Result<usize, ControlError> {
+        let left = self
+            .inner
+            .store
+            .unfinished_recordings(self.inner.node.clone())
+            .await?;
+        for recording in &left {
+            let finished = self.settle(&recording.id).await;
+            tracing::info!(
+                recording = %recording.id,
+                state = finished.state.as_str(),
+                duration_ms = finished.duration_ms,
+                "closed a recording left open by a crash"
+            );
+            self.inner
+                .store
+                .finish_recording(recording.id.clone(), finished)
+                .await?;
+        }
+        Ok(left.len())
+    }
+
+    /// What a file on disk holds: cut after its last whole page, measured.
+    async fn settle(&self, id: &RecordingId) -> FinishedRecording {
+        let path = self.audio_path(id);
+        let ended_at_ms = self.inner.clock.now_ms();
+        let measured = tokio::task::spawn_blocking(move || settle_file(&path))
+            .await
+            .ok()
+            .flatten();
+        match measured {
+            Some((tail, size)) => FinishedRecording {
+                state: RecordingState::Ready,
+                ended_at_ms,
+                duration_ms: tail.duration_ms() as i64,
+                size_bytes: size as i64,
+            },
+            None => FinishedRecording {
+                state: RecordingState::Failed,
+                ended_at_ms,
+                duration_ms: 0,
+                size_bytes: 0,
+            },
+        }
+    }
+
+    async fn start_recording(&self, room: &RoomId) -> Result<(), String> {
+        if self.inner.active.contains_key(room) {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(&self.inner.dir)
+            .await
+            .map_err(|e| format!("cannot make {}: {e}", self.inner.dir.display()))?;
+        let feed = self
+            .inner
+            .broadcasts
+            .record(room)
+            .await
+            .map_err(|e| format!("no mix: {e}"))?;
+        let now = self.inner.clock.now_ms();
+        let recording = self
+            .inner
+            .store
+            .create_recording(room.clone(), self.inner.node.clone(), now)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (writer, head) = OggOpusWriter::new(
+            StreamInfo {
+                serial: rand_serial(),
+                channels: 1,
+                pre_skip: feed.pre_skip,
+                frame_samples: crate::broadcast::mix::FRAME as u32,
+                flush_frames: FLUSH_FRAMES,
+            },
+            VENDOR,
+        );
+        let opened = async {
+            let mut audio = tokio::fs::File::create(self.audio_path(&recording.id)).await?;
+            audio.write_all(&head).await?;
+            audio.flush().await?;
+            let timeline = tokio::fs::File::create(self.timeline_path(&recording.id)).await?;
+            std::io::Result::Ok((audio, timeline))
+        }
+        .await;
+        let (audio, timeline) = match opened {
+            Ok(files) => files,
+            Err(e) => {
+                let failed = self.settle(&recording.id).await;
+                let _ = self
+                    .inner
+                    .store
+                    .finish_recording(recording.id.clone(), failed)
+                    .await;
+                return Err(format!("cannot write the recording: {e}"));
+            }
+        };
+        let (stop, stopped) = oneshot::channel();
+        let (speakers, speakers_rx) = mpsc::channel(TIMELINE_QUEUE);
+        let task = Writer {
+            recordings: self.clone(),
+            room: room.clone(),
+            recording: recording.clone(),
+            ogg: writer,
+            audio,
+            timeline,
+        };
+        let handle = tokio::spawn(task.run(feed, stopped, speakers_rx));
+        tracing::info!(%room, recording = %recording.id, "recording started");
+        self.inner.active.insert(
+            room.clone(),
+            Active {
+                recording,
+                stop,
+                speakers,
+                writer: handle,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop_recording(&self, room: &RoomId) {
+        let Some((_, active)) = self.inner.active.remove(room) else {
+            return;
+        };
+        let _ = active.stop.send(());
+        let _ = active.writer.await;
+    }
+}
+
+impl Recorder for Recordings {
+    fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>> {
+        Box::pin(self.start_recording(room))
+    }
+
+    fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()> {
+        Box::pin(self.stop_recording(room))
+    }
+
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]) {
+        if let Some(active) = self.inner.active.get(room) {
+            let _ = active.speakers.try_send(speakers.to_vec());
+        }
+    }
+}
+
+/// One recording's task: frames to pages to the file, speakers to the timeline.
+struct Writer {
+    recordings: Recordings,
+    room: RoomId,
+    recording: Recording,
+    ogg: OggOpusWriter,
+    audio: tokio::fs::File,
+    timeline: tokio::fs::File,
+}
+
+/// Why a recording's task ended.
+enum End {
+    /// Asked to.
+    Stopped,
+    /// The mix stopped (the room ended) or the disk failed.
+    Lost,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut feed: Feed,
+        mut stop: oneshot::Receiver<()>,
+        mut speakers: mpsc::Receiver<Vec<ParticipantId>>,
+    ) {
+        let mut failed = false;
+        let end = loop {
+            tokio::select! {
+                frame = feed.frames.recv() => {
+                    let Some(frame) = frame else { break End::Lost };
+                    if let Some(page) = self.ogg.push(&frame)
+                        && let Err(e) = write_page(&mut self.audio, page).await
+                    {
+                        tracing::error!(recording = %self.recording.id, error = %e, "cannot write");
+                        failed = true;
+                        break End::Lost;
+                    }
+                }
+                _ = &mut stop => break End::Stopped,
+                Some(now) = speakers.recv() => self.note_speakers(now, feed.pre_skip).await,
+            }
+        };
+        let id = self.recording.id.clone();
+        let tail = ogg::Tail {
+            valid_len: 0,
+            granule: self.ogg.granule(),
+            pre_skip: feed.pre_skip,
+        };
+        drop(feed);
+        if !failed {
+            let last = self.ogg.finish();
+            if let Err(e) = write_page(&mut self.audio, &last).await {
+                tracing::error!(recording = %id, error = %e, "cannot write the last page");
+                failed = true;
+            }
+        }
+        failed |= self.audio.sync_all().await.is_err();
+        let _ = self.timeline.flush().await;
+        let size = self.audio.metadata().await.map(|m| m.len());
+        drop(self.audio);
+        let finished = match size {
+            Ok(size) if !failed => FinishedRecording {
+                state: RecordingState::Ready,
+                ended_at_ms: self.recordings.inner.clock.now_ms(),
+                duration_ms: tail.duration_ms() as i64,
+                size_bytes: size as i64,
+            },
+            // Whatever the disk kept, measured as after a crash.
+            _ => self.recordings.settle(&id).await,
+        };
+        if let Err(e) = self
+            .recordings
+            .inner
+            .store
+            .finish_recording(id.clone(), finished)
+            .await
+        {
+            // Left `recording`: the next start closes it from the file.
+            tracing::error!(recording = %id, error = %e, "cannot record the end of a recording");
+        }
+        tracing::info!(room = %self.room, recording = %id, "recording stopped");
+        if let End::Lost = end {
+            let inner = &self.recordings.inner;
+            inner
+                .active
+                .remove_if(&self.room, |_, a| a.recording.id == id);
+            if let Some(rooms) = inner.rooms.get() {
+                rooms.recording_lost(&self.room);
+            }
+        }
+    }
+
+    /// Times are the audio's own: the moment of the file being written now.
+    async fn note_speakers(&mut self, speakers: Vec<ParticipantId>, pre_skip: u16) {
+        let at = ogg::Tail {
+            valid_len: 0,
+            granule: self.ogg.granule(),
+            pre_skip,
+        };
+        let line = SpeakersAt {
+            at_ms: at.duration_ms(),
+            speakers,
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        if let Err(e) = write_page(&mut self.timeline, text.as_bytes()).await {
+            tracing::warn!(recording = %self.recording.id, error = %e, "cannot write the timeline");
+        }
+    }
+}
+
+/// Writes and hands to the kernel before returning: a kill after this loses none of it.
+async fn write_page(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).await?;
+    file.flush().await
+}
+
+/// Cuts a file after its last whole page; its tail and size. `None` if it holds no stream.
+fn settle_file(path: &Path) -> Option<(ogg::Tail, u64)> {
+    let bytes = std::fs::read(path).ok()?;
+    let tail = ogg::read_tail(&bytes)?;
+    if tail.valid_len < bytes.len() as u64 {
+        let file = std::fs::OpenOptions::new().write(true).open(path).ok()?;
+        file.set_len(tail.valid_len).ok()?;
+        file.sync_all().ok()?;
+    }
+    Some((tail, tail.valid_len))
+}
+
+fn rand_serial() -> u32 {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random generator is unavailable");
+    u32::from_le_bytes(bytes)
+}

@@ -1,0 +1,178 @@
+//! Whether the room is recorded: moderators start and stop it, everyone is told, the audit
+//! log names who; the recorder's own failure ends it too. The file is the recorder's business.
+
+use serde_json::json;
+
+use crate::room::permissions::Action;
+use crate::room::state::RoomState;
+use crate::room::{Actor, Audience, AuditAction, Effect, EventKind, Outcome, Refusal};
+
+impl RoomState {
+    pub(super) fn start_recording(
+        &mut self,
+        actor: &Actor,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        self.permit(actor, Action::StartRecording)?;
+        if self.recording {
+            return Ok(());
+        }
+        self.recording = true;
+        out.event(
+            Audience::Everyone,
+            EventKind::RecordingStarted { by: actor.clone() },
+        );
+        out.effect(Effect::StartRecording);
+        out.effect(recording_audit(actor, AuditAction::StartRecording));
+        // The timeline starts with whoever is speaking now.
+        if !self.speakers.is_empty() {
+            out.effect(Effect::RecordSpeakers {
+                speakers: self.speakers.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn stop_recording(
+        &mut self,
+        actor: &Actor,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        self.permit(actor, Action::StopRecording)?;
+        if !self.recording {
+            return Ok(());
+        }
+        self.recording = false;
+        out.event(
+            Audience::Everyone,
+            EventKind::RecordingStopped { by: actor.clone() },
+        );
+        out.effect(Effect::StopRecording);
+        out.effect(recording_audit(actor, AuditAction::StopRecording));
+        Ok(())
+    }
+
+    pub(super) fn lose_recording(
+        &mut self,
+        actor: &Actor,
+        out: &mut Outcome,
+    ) -> Result<(), Refusal> {
+        self.permit(actor, Action::LoseRecording)?;
+        if !self.recording {
+            return Ok(());
+        }
+        self.recording = false;
+        out.event(
+            Audience::Everyone,
+            EventKind::RecordingStopped { by: Actor::System },
+        );
+        out.effect(recording_audit(actor, AuditAction::StopRecording));
+        Ok(())
+    }
+}
+
+fn recording_audit(actor: &Actor, action: AuditAction) -> Effect {
+    Effect::Audit {
+        actor: actor.clone(),
+        action,
+        target: None,
+        detail: json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::room::state::testkit::{audits, cast_room, types, who};
+    use crate::room::{Actor, Audience, AuditAction, Command, Effect, EventKind};
+
+    #[test]
+    fn moderators_start_and_stop_it_everyone_is_told_and_the_audit_names_them() {
+        let (mut room, cast) = cast_room();
+        for refused in [&cast.listener, &cast.speaker] {
+            assert_eq!(
+                room.refused(&who(refused), Command::StartRecording),
+                "not_permitted"
+            );
+        }
+        assert_eq!(
+            room.refused(&Actor::System, Command::StartRecording),
+            "not_permitted"
+        );
+        let out = room.ok(&who(&cast.mod_off), Command::StartRecording);
+        assert_eq!(types(&out), ["recording_started"]);
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        assert_eq!(
+            out.events[0].kind,
+            EventKind::RecordingStarted {
+                by: who(&cast.mod_off)
+            }
+        );
+        assert!(out.effects.contains(&Effect::StartRecording));
+        assert_eq!(audits(&out), [(AuditAction::StartRecording, None)]);
+        assert!(room.state.is_recording());
+        let snapshot = room.state.snapshot_for(&cast.listener).unwrap();
+        assert!(snapshot.recording);
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["recording"], true);
+
+        // A repeat changes nothing; a listener cannot stop it.
+        assert!(
+            room.ok(&who(&cast.mod_on), Command::StartRecording)
+                .is_empty()
+        );
+        assert_eq!(
+            room.refused(&who(&cast.listener), Command::StopRecording),
+            "not_permitted"
+        );
+        let out = room.ok(&Actor::Operator, Command::StopRecording);
+        assert_eq!(types(&out), ["recording_stopped"]);
+        assert!(out.effects.contains(&Effect::StopRecording));
+        assert_eq!(audits(&out), [(AuditAction::StopRecording, None)]);
+        assert!(!room.state.is_recording());
+        let json = serde_json::to_value(room.state.snapshot_for(&cast.listener).unwrap()).unwrap();
+        assert!(json.get("recording").is_none(), "absent when not recorded");
+        assert!(room.ok(&Actor::Operator, Command::StopRecording).is_empty());
+    }
+
+    #[test]
+    fn speakers_are_written_to_the_timeline_while_recorded_only() {
+        let (mut room, cast) = cast_room();
+        let speak = |levels: Vec<_>| Command::SetSpeaking { levels };
+        let out = room.ok(&Actor::System, speak(vec![(cast.speaker.clone(), 10)]));
+        assert!(
+            !out.effects
+                .iter()
+                .any(|e| matches!(e, Effect::RecordSpeakers { .. }))
+        );
+        let out = room.ok(&who(&cast.mod_on), Command::StartRecording);
+        assert!(out.effects.contains(&Effect::RecordSpeakers {
+            speakers: vec![cast.speaker.clone()]
+        }));
+        let out = room.ok(&Actor::System, speak(vec![]));
+        assert!(
+            out.effects
+                .contains(&Effect::RecordSpeakers { speakers: vec![] })
+        );
+    }
+
+    #[test]
+    fn a_lost_recording_is_reported_by_the_system_and_the_end_stops_it() {
+        let (mut room, cast) = cast_room();
+        assert_eq!(
+            room.refused(&who(&cast.mod_on), Command::RecordingLost),
+            "not_permitted"
+        );
+        assert!(room.ok(&Actor::System, Command::RecordingLost).is_empty());
+        room.ok(&who(&cast.mod_on), Command::StartRecording);
+        let out = room.ok(&Actor::System, Command::RecordingLost);
+        assert_eq!(
+            out.events[0].kind,
+            EventKind::RecordingStopped { by: Actor::System }
+        );
+        assert!(!out.effects.contains(&Effect::StopRecording));
+        room.ok(&who(&cast.mod_on), Command::StartRecording);
+        let out = room.ok(&who(&cast.mod_on), Command::End);
+        assert!(out.effects.contains(&Effect::StopRecording));
+        assert_eq!(types(&out), ["room_ended"]);
+    }
+}
