@@ -128,6 +128,10 @@ pub struct ClusterSettings {
     /// signaling socket; `public_url` stays the address everyone shares (the load balancer).
     /// Defaults to `public_url`.
     pub node_url: Option<String>,
+    /// Where the other nodes reach this one to pass calls on (`http://10.0.0.11:8080`, on the
+    /// private network). Defaults to `node_url`, which must then be `http://`: calls between
+    /// nodes are plain HTTP.
+    pub internal_url: Option<String>,
     /// How often the node refreshes its registration and its rooms' leases.
     pub heartbeat_ms: u64,
     /// A node not heard from for this long is gone; its rooms are placed again.
@@ -140,6 +144,7 @@ impl Default for ClusterSettings {
             redis_url: None,
             node_name: None,
             node_url: None,
+            internal_url: None,
             heartbeat_ms: 1_000,
             node_ttl_ms: 5_000,
         }
@@ -180,6 +185,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("redis_url", &self.redis_url.as_deref().map(redact_password))
             .field("node_name", &self.node_name)
             .field("node_url", &self.node_url)
+            .field("internal_url", &self.internal_url)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("node_ttl_ms", &self.node_ttl_ms)
             .finish()
@@ -481,6 +487,9 @@ pub struct Overrides {
     /// This node's own base URL, for signaling sockets (default: --public-url).
     #[arg(long, global = true, env = "STOA_NODE_URL")]
     pub node_url: Option<String>,
+    /// Where the other nodes reach this one (http://, private network; default: --node-url).
+    #[arg(long, global = true, env = "STOA_INTERNAL_URL")]
+    pub internal_url: Option<String>,
     /// PostgreSQL URL (postgres://user:password@host:5432/database); unset, SQLite in the
     /// data folder.
     #[arg(long, global = true, env = "STOA_DATABASE_URL")]
@@ -574,6 +583,9 @@ impl Config {
         }
         if let Some(v) = &o.node_url {
             self.cluster.node_url = Some(v.clone());
+        }
+        if let Some(v) = &o.internal_url {
+            self.cluster.internal_url = Some(v.clone());
         }
         if let Some(v) = &o.database_url {
             self.database.url = Some(v.clone());
@@ -702,6 +714,26 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "cluster: node_url must start with http:// or https://, got {url:?}"
             )));
+        }
+        if let Some(url) = &c.internal_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: internal_url must start with http:// (calls between nodes are plain \
+                 HTTP on the private network), got {url:?}"
+            )));
+        }
+        let own = c.node_url.as_deref().or(self.public_url.as_deref());
+        if c.redis_url.is_some()
+            && c.internal_url.is_none()
+            && own.is_some_and(|url| url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "cluster: this node's URL is https://, and calls between nodes are plain HTTP: \
+                 set internal_url (STOA_INTERNAL_URL) to where the other nodes reach it, \
+                 e.g. http://10.0.0.11:8080"
+                    .into(),
+            ));
         }
         if c.heartbeat_ms < 100 || c.node_ttl_ms < 3 * c.heartbeat_ms {
             return Err(ConfigError::Invalid(
@@ -899,10 +931,21 @@ mod tests {
             node_ttl_ms: 1_000,
             ..ClusterSettings::default()
         }));
+        // An https:// node in a cluster says where the others reach it over plain HTTP.
+        assert!(bad(ClusterSettings {
+            redis_url: Some("redis://127.0.0.1:6379/2".into()),
+            node_url: Some("https://node-a.example.org".into()),
+            ..ClusterSettings::default()
+        }));
+        assert!(bad(ClusterSettings {
+            internal_url: Some("https://10.0.0.11:8080".into()),
+            ..ClusterSettings::default()
+        }));
         assert!(!bad(ClusterSettings {
             redis_url: Some("redis://127.0.0.1:6379/2".into()),
             node_name: Some("node-a.eu_1".into()),
             node_url: Some("https://node-a.example.org".into()),
+            internal_url: Some("http://10.0.0.11:8080".into()),
             ..ClusterSettings::default()
         }));
         assert_eq!(

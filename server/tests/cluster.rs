@@ -111,8 +111,11 @@ impl<'a> NodeSpec<'a> {
             command.env("STOA_DATABASE_URL", url);
         }
         if let Some((url, port)) = &self.behind {
+            // Clients are told `localhost`; the other nodes pass calls to the address.
             command
                 .args(["--public-url", url, "--node-url"])
+                .arg(format!("http://localhost:{port}"))
+                .arg("--internal-url")
                 .arg(format!("http://127.0.0.1:{port}"));
         }
         command
@@ -996,10 +999,22 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
     let (status, ada) = lb.join(&moderator_code, "Ada").await;
     assert_eq!(status, 200, "{ada}");
     let home_url = ada["signal_url"].as_str().unwrap().to_owned();
+    // Clients are given each node's `node_url` (`localhost`); the nodes pass calls to each
+    // other at their `internal_url` (the address), as the registry says.
     let home = nodes
         .iter()
-        .position(|n| n.signal_url() == home_url)
+        .position(|n| n.signal_url().replace("127.0.0.1", "localhost") == home_url)
         .expect("the join names a node's own address, not the load balancer's");
+    let listed = lb.get("/api/v1/cluster/nodes").await;
+    for node in listed["nodes"].as_array().unwrap() {
+        let internal = node["internal_url"].as_str().unwrap();
+        assert!(nodes.iter().any(|n| n.url == internal), "{node}");
+        assert_eq!(
+            node["node_url"].as_str().unwrap(),
+            internal.replace("127.0.0.1", "localhost"),
+            "{node}"
+        );
+    }
     // Invite links carry the shared address.
     let (status, invite) = lb
         .call(

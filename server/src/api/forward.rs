@@ -157,7 +157,7 @@ pub async fn to_home(State(state): State<AppState>, request: Request, next: Next
         Some(ConnectInfo(addr)) => super::extract::client_ip(&state, request.headers(), addr.ip()),
         None => return ApiError::internal().into_response(),
     };
-    match pass_on(&state, &node.node_url, &node.name, client_ip, request, now).await {
+    match pass_on(&state, node.reach(), &node.name, client_ip, request, now).await {
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(node = %node.name, error = %e, "the room's node did not answer");

@@ -132,7 +132,7 @@ async fn on_its_node(
     };
     let now = state.clock.now_ms();
     Some(
-        super::forward::pass_on(state, &node.node_url, &node.name, client_ip, request, now)
+        super::forward::pass_on(state, node.reach(), &node.name, client_ip, request, now)
             .await
             .map_err(|e| {
                 tracing::warn!(node = %node.name, error = %e, "the recording's node did not answer");

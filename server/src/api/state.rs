@@ -14,7 +14,7 @@ use super::origin::Origins;
 use super::views::BroadcastLink;
 use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, KeyedRateLimiter};
-use crate::cluster::{Cluster, NodeInfo};
+use crate::cluster::{Addresses, Cluster, NodeInfo};
 use crate::config::Config;
 use crate::control::{RoomId, Store};
 use crate::media::Media;
@@ -137,11 +137,18 @@ impl AppState {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => base_url.clone(),
         };
+        let internal_url = match &config.cluster.internal_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => node_url.clone(),
+        };
         let node = Arc::new(NodeInfo::starting(
             config.cluster.node_name(),
-            base_url.clone(),
-            node_url.clone(),
-            signal_url_of(&node_url),
+            Addresses {
+                public_url: base_url.clone(),
+                node_url: node_url.clone(),
+                internal_url,
+                signal_url: signal_url_of(&node_url),
+            },
             media.addrs().iter().map(ToString::to_string).collect(),
             u32::try_from(config.media.max_connections).unwrap_or(u32::MAX),
             clock.now_ms(),

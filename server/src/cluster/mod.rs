@@ -27,7 +27,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{ClusterSettings, redact_password};
 
-pub use node::{CpuMeter, Load, NodeInfo};
+pub use node::{Addresses, CpuMeter, Load, NodeInfo};
 pub use placement::{Home, Lease};
 
 const NODE_PREFIX: &str = "stoa:node:";

@@ -14,6 +14,9 @@ pub struct NodeInfo {
     pub public_url: String,
     /// The node's own address.
     pub node_url: String,
+    /// Where the other nodes reach it (plain HTTP on the private network).
+    #[serde(default)]
+    pub internal_url: String,
     /// Where the node's signaling sockets connect.
     pub signal_url: String,
     /// The media workers' UDP addresses.
@@ -36,17 +39,33 @@ pub struct Load {
     pub cpu_percent: f32,
 }
 
+/// Where a node is reached, by whom.
+pub struct Addresses {
+    /// The address everyone shares (invite links).
+    pub public_url: String,
+    /// The node's own address, for its clients.
+    pub node_url: String,
+    /// Where the other nodes reach it.
+    pub internal_url: String,
+    /// Where its signaling sockets connect.
+    pub signal_url: String,
+}
+
 impl NodeInfo {
     /// A node starting now, with a new instance id and no load yet.
     pub fn starting(
         name: String,
-        public_url: String,
-        node_url: String,
-        signal_url: String,
+        addresses: Addresses,
         media: Vec<String>,
         capacity: u32,
         now_ms: i64,
     ) -> Self {
+        let Addresses {
+            public_url,
+            node_url,
+            internal_url,
+            signal_url,
+        } = addresses;
         let mut instance = [0u8; 12];
         getrandom::fill(&mut instance).expect("the OS random generator is unavailable");
         NodeInfo {
@@ -54,12 +73,23 @@ impl NodeInfo {
             instance: instance.iter().map(|b| format!("{b:02x}")).collect(),
             public_url,
             node_url,
+            internal_url,
             signal_url,
             media,
             capacity,
             load: Load::default(),
             started_at: rfc3339(now_ms),
             heartbeat_at: rfc3339(now_ms),
+        }
+    }
+
+    /// The base URL other nodes pass calls to (records from before `internal_url` existed
+    /// name only `node_url`).
+    pub fn reach(&self) -> &str {
+        if self.internal_url.is_empty() {
+            &self.node_url
+        } else {
+            &self.internal_url
         }
     }
 
@@ -140,6 +170,7 @@ mod tests {
             instance: "i".into(),
             public_url: String::new(),
             node_url: String::new(),
+            internal_url: String::new(),
             signal_url: String::new(),
             media: Vec::new(),
             capacity: 1_000,

@@ -112,7 +112,7 @@ impl Cluster {
         {
             let home = self.home(node, lease);
             match &home {
-                Home::Elsewhere(node, _) if !answers(&node.node_url).await => {
+                Home::Elsewhere(node, _) if !answers(node.reach()).await => {
                     // Killed moments ago: the participant's node takes the room when they
                     // arrive; send them to this node, which will.
                     return self.claim(room).await;
@@ -162,7 +162,7 @@ impl Cluster {
                 return Ok(Home::Here(lease));
             }
             match self.node(&lease.node).await? {
-                Some(node) if answers(&node.node_url).await => {
+                Some(node) if answers(node.reach()).await => {
                     return Ok(Home::Elsewhere(Box::new(node), lease));
                 }
                 // Gone (its record expired), or still listed but refusing connections (killed
