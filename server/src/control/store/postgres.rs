@@ -183,22 +183,7 @@ impl PgStore {
         page: PageRequest,
     ) -> Result<Page<Invite>> {
         let c = self.client().await?;
-        room_by_id(&c, &room, "")
-            .await?
-            .ok_or(ControlError::RoomNotFound)?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT seq, {INVITE_COLUMNS} FROM invites
-                     WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                ),
-                &[
-                    &room.as_str(),
-                    &page.after.unwrap_or(0),
-                    &(i64::from(page.limit) + 1),
-                ],
-            )
-            .await?;
+        let rows = room_page(&c, "invites", INVITE_COLUMNS, &room, page).await?;
         let rows = rows
             .iter()
             .map(|r| Ok((r.try_get(0)?, invite_from_row(r, 1)?)))
@@ -584,20 +569,8 @@ impl PgStore {
         page: PageRequest,
     ) -> Result<Page<AuditEvent>> {
         let c = self.client().await?;
-        room_by_id(&c, &room, "")
-            .await?
-            .ok_or(ControlError::RoomNotFound)?;
-        let rows = c
-            .query(
-                "SELECT seq, room_id, at, actor, action, target, detail FROM audit_events
-                 WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[
-                    &room.as_str(),
-                    &page.after.unwrap_or(0),
-                    &(i64::from(page.limit) + 1),
-                ],
-            )
-            .await?;
+        let columns = "room_id, at, actor, action, target, detail";
+        let rows = room_page(&c, "audit_events", columns, &room, page).await?;
         let rows = rows
             .iter()
             .map(|r| {
@@ -695,22 +668,7 @@ impl PgStore {
         page: PageRequest,
     ) -> Result<Page<Recording>> {
         let c = self.client().await?;
-        room_by_id(&c, &room, "")
-            .await?
-            .ok_or(ControlError::RoomNotFound)?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT seq, {RECORDING_COLUMNS} FROM recordings
-                     WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                ),
-                &[
-                    &room.as_str(),
-                    &page.after.unwrap_or(0),
-                    &(i64::from(page.limit) + 1),
-                ],
-            )
-            .await?;
+        let rows = room_page(&c, "recordings", RECORDING_COLUMNS, &room, page).await?;
         let rows = rows
             .iter()
             .map(|r| Ok((r.try_get(0)?, recording_from_row(r, 1)?)))
@@ -962,6 +920,32 @@ fn invite_from_row(r: &Row, at: usize) -> Result<Invite> {
 }
 
 /// The room, read plainly (`lock` empty) or under a row lock (`FOR SHARE`, …).
+/// One page of a room's rows of `table` in `seq` order (`seq`, then `columns`), one row more
+/// than the page for [`rules::paginate`]; the room must exist.
+async fn room_page(
+    c: &impl GenericClient,
+    table: &str,
+    columns: &str,
+    room: &RoomId,
+    page: PageRequest,
+) -> Result<Vec<Row>> {
+    room_by_id(c, room, "")
+        .await?
+        .ok_or(ControlError::RoomNotFound)?;
+    Ok(c.query(
+        &format!(
+            "SELECT seq, {columns} FROM {table} WHERE room_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        ),
+        &[
+            &room.as_str(),
+            &page.after.unwrap_or(0),
+            &(i64::from(page.limit) + 1),
+        ],
+    )
+    .await?)
+}
+
 async fn room_by_id(c: &impl GenericClient, id: &RoomId, lock: &str) -> Result<Option<Room>> {
     c.query_opt(
         &format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1 {lock}"),
