@@ -162,18 +162,9 @@ impl SqliteStore {
         page: PageRequest,
     ) -> Result<Page<Invite>> {
         self.call(move |c| {
-            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT seq, {INVITE_COLUMNS} FROM invites
-                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = stmt
-                .query_map(
-                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
-                    |r| Ok((r.get::<_, i64>(0)?, invite_from_row(r, 1)?)),
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rules::paginate(rows, page.limit))
+            room_page(c, "invites", INVITE_COLUMNS, &room, page, |r| {
+                invite_from_row(r, 1)
+            })
         })
         .await
     }
@@ -560,39 +551,23 @@ impl SqliteStore {
         page: PageRequest,
     ) -> Result<Page<AuditEvent>> {
         self.call(move |c| {
-            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, room_id, at, actor, action, target, detail FROM audit_events
-                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
-            let rows = stmt
-                .query_map(
-                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
-                    |r| {
-                        let detail: String = r.get(6)?;
-                        let seq: i64 = r.get(0)?;
-                        Ok((
-                            seq,
-                            AuditEvent {
-                                seq,
-                                room_id: RoomId::from_trusted(r.get(1)?),
-                                at_ms: r.get(2)?,
-                                actor: r.get(3)?,
-                                action: r.get(4)?,
-                                target: r.get(5)?,
-                                detail: rules::parse_detail(&detail),
-                            },
-                        ))
-                    },
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rules::paginate(rows, page.limit))
+            let columns = "room_id, at, actor, action, target, detail";
+            room_page(c, "audit_events", columns, &room, page, |r| {
+                let detail: String = r.get(6)?;
+                Ok(AuditEvent {
+                    seq: r.get(0)?,
+                    room_id: RoomId::from_trusted(r.get(1)?),
+                    at_ms: r.get(2)?,
+                    actor: r.get(3)?,
+                    action: r.get(4)?,
+                    target: r.get(5)?,
+                    detail: rules::parse_detail(&detail),
+                })
+            })
         })
         .await
     }
 
-    /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking
-    /// the link printed at the previous start. Returns `None` if the demo room was ended.
     pub(super) async fn create_recording(
         &self,
         room: RoomId,
@@ -667,18 +642,9 @@ impl SqliteStore {
         page: PageRequest,
     ) -> Result<Page<Recording>> {
         self.call(move |c| {
-            room_by_id(c, &room)?.ok_or(ControlError::RoomNotFound)?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT seq, {RECORDING_COLUMNS} FROM recordings
-                 WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = stmt
-                .query_map(
-                    params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
-                    |r| Ok((r.get(0)?, recording_from_row(r, 1)?)),
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rules::paginate(rows, page.limit))
+            room_page(c, "recordings", RECORDING_COLUMNS, &room, page, |r| {
+                recording_from_row(r, 1)
+            })
         })
         .await
     }
@@ -697,6 +663,8 @@ impl SqliteStore {
         .await
     }
 
+    /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking
+    /// the link printed at the previous start. Returns `None` if the demo room was ended.
     pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -818,6 +786,29 @@ fn recording_where(c: &Connection, condition: &str, value: &str) -> Result<Vec<R
         .query_map(params![value], |r| recording_from_row(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// One page of a room's rows of `table` in `seq` order (`seq`, then `columns`), each made by
+/// `item`; the room must exist.
+fn room_page<T>(
+    c: &Connection,
+    table: &str,
+    columns: &str,
+    room: &RoomId,
+    page: PageRequest,
+    mut item: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Page<T>> {
+    room_by_id(c, room)?.ok_or(ControlError::RoomNotFound)?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT seq, {columns} FROM {table} WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(
+            params![room.as_str(), page.after.unwrap_or(0), page.limit + 1],
+            |r| Ok((r.get::<_, i64>(0)?, item(r)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rules::paginate(rows, page.limit))
 }
 
 fn room_by_id(c: &Connection, id: &RoomId) -> Result<Option<Room>> {
