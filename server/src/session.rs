@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::control::{Delivery, ParticipantId, Role, RoomId, random_token};
+use crate::control::{
+    Delivery, ParticipantId, RecordingId, ReplayLinkId, Role, RoomId, random_token,
+};
 
 const TOKEN_PREFIX: &str = "st1.";
 const RESUME_PREFIX: &str = "rs1.";
+pub const REPLAY_PREFIX: &str = "rp1.";
 pub const API_KEY_PREFIX: &str = "stoa_sk_";
 
 /// What a session token asserts. Short-lived; bound to one room, participant and role.
@@ -51,6 +54,19 @@ pub struct ResumeClaims {
     /// takes over a newer connection.
     #[serde(rename = "n")]
     pub nonce: u64,
+    pub exp: i64,
+}
+
+/// What a replay token asserts: its holder redeemed replay link `link`, which opens recording
+/// `recording` of room `room` (its detail and audio) and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayClaims {
+    #[serde(rename = "r")]
+    pub room: RoomId,
+    #[serde(rename = "c")]
+    pub recording: RecordingId,
+    #[serde(rename = "l")]
+    pub link: ReplayLinkId,
     pub exp: i64,
 }
 
@@ -109,6 +125,20 @@ impl TokenSigner {
 
     pub fn verify_resume(&self, token: &str, now_ms: i64) -> Result<ResumeClaims, TokenError> {
         let claims: ResumeClaims = self.verify_as(RESUME_PREFIX, token)?;
+        if claims.exp <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// `rp1.…`: opens one recording. The prefix is part of the MAC, so a replay token is
+    /// never accepted as a session or resume token, nor the reverse.
+    pub fn sign_replay(&self, claims: &ReplayClaims) -> String {
+        self.sign_as(REPLAY_PREFIX, claims)
+    }
+
+    pub fn verify_replay(&self, token: &str, now_ms: i64) -> Result<ReplayClaims, TokenError> {
+        let claims: ReplayClaims = self.verify_as(REPLAY_PREFIX, token)?;
         if claims.exp <= now_ms {
             return Err(TokenError::Expired);
         }

@@ -160,6 +160,9 @@ impl From<ControlError> for ApiError {
             ControlError::RecordingNotFound => {
                 ApiError::new(S::NOT_FOUND, "recording_not_found", detail)
             }
+            ControlError::RecordingInProgress => {
+                ApiError::new(S::CONFLICT, "recording_in_progress", detail)
+            }
             ControlError::AlreadyRecording => {
                 ApiError::new(S::CONFLICT, "already_recording", detail)
             }
@@ -167,6 +170,16 @@ impl From<ControlError> for ApiError {
             ControlError::InviteInvalid => ApiError::new(S::NOT_FOUND, "invite_invalid", detail),
             ControlError::InviteExpired => ApiError::new(S::GONE, "invite_expired", detail),
             ControlError::InviteUsedUp => ApiError::new(S::GONE, "invite_used_up", detail),
+            ControlError::ReplayLinkInvalid => {
+                ApiError::new(S::NOT_FOUND, "replay_link_invalid", detail)
+            }
+            ControlError::ReplayLinkExpired => {
+                ApiError::new(S::GONE, "replay_link_expired", detail)
+            }
+            ControlError::ReplayLinkUsedUp => ApiError::new(S::GONE, "replay_link_used_up", detail),
+            ControlError::ReplayLinkNotFound => {
+                ApiError::new(S::NOT_FOUND, "replay_link_not_found", detail)
+            }
             ControlError::Banned => ApiError::new(S::FORBIDDEN, "banned", detail),
             ControlError::Invalid { code, detail } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail)

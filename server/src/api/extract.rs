@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::clock::retry_after_secs;
 use crate::control::{Actor, ParticipantId, Role, RoomId};
-use crate::session::{API_KEY_PREFIX, Claims};
+use crate::session::{API_KEY_PREFIX, Claims, REPLAY_PREFIX};
 
 /// A JSON body that must be an object of exactly the expected shape; rejections are
 /// problem+json. (serde alone would also accept a struct written as a JSON array.)
@@ -171,6 +171,12 @@ async fn authenticate(
     // Checked first, whatever its shape: an operator may set any strong STOA_API_KEY.
     if state.operator_key.matches(value) {
         return Ok(Caller::Operator);
+    }
+    if value.starts_with(REPLAY_PREFIX) {
+        return Err(ApiError::forbidden(
+            "replay_only",
+            "a replay token opens its recording (detail and audio) and nothing else",
+        ));
     }
     if value.starts_with(API_KEY_PREFIX) {
         return Err(ApiError::unauthorized(

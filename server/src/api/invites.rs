@@ -29,24 +29,7 @@ pub async fn create_invite(
 ) -> Result<(StatusCode, axum::Json<CreatedInviteView>), ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;
-    if let Some(n) = body.max_uses
-        && !(1..=MAX_USES).contains(&n)
-    {
-        return Err(ControlError::invalid(
-            "invalid_max_uses",
-            format!("max_uses must be between 1 and {MAX_USES}, got {n}"),
-        )
-        .into());
-    }
-    if let Some(s) = body.expires_in_secs
-        && !(1..=MAX_EXPIRY_SECS).contains(&s)
-    {
-        return Err(ControlError::invalid(
-            "invalid_expiry",
-            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
-        )
-        .into());
-    }
+    check_uses_and_expiry(body.max_uses, body.expires_in_secs)?;
     if body.delivery == Delivery::Broadcast && !state.broadcasts.settings().enabled {
         return Err(ControlError::invalid(
             "broadcast_disabled",
@@ -74,6 +57,30 @@ pub async fn create_invite(
             code: created.code.as_str().to_owned(),
         }),
     ))
+}
+
+/// The bounds of a link's `max_uses` and `expires_in_secs` (invites and replay links alike).
+pub(super) fn check_uses_and_expiry(
+    max_uses: Option<u32>,
+    expires_in_secs: Option<u64>,
+) -> Result<(), ControlError> {
+    if let Some(n) = max_uses
+        && !(1..=MAX_USES).contains(&n)
+    {
+        return Err(ControlError::invalid(
+            "invalid_max_uses",
+            format!("max_uses must be between 1 and {MAX_USES}, got {n}"),
+        ));
+    }
+    if let Some(s) = expires_in_secs
+        && !(1..=MAX_EXPIRY_SECS).contains(&s)
+    {
+        return Err(ControlError::invalid(
+            "invalid_expiry",
+            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
+        ));
+    }
+    Ok(())
 }
 
 /// List a room's invites (without their codes).

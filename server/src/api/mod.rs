@@ -14,6 +14,7 @@ mod join;
 mod origin;
 mod participants;
 mod recordings;
+mod replays;
 mod rooms;
 mod signal;
 mod state;
@@ -126,8 +127,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
             recordings::stop_recording
         ))
         .routes(routes!(recordings::list_recordings))
-        .routes(routes!(recordings::get_recording))
+        .routes(routes!(
+            recordings::get_recording,
+            recordings::delete_recording
+        ))
         .routes(routes!(recordings::download_audio))
+        .routes(routes!(replays::create_replay_link))
+        .routes(routes!(replays::list_replay_links))
+        .routes(routes!(replays::revoke_replay_link))
+        .routes(routes!(replays::redeem_replay))
         .routes(routes!(broadcast::broadcast_link))
         .routes(routes!(cluster::list_nodes))
         .routes(routes!(webhooks::list_deliveries))

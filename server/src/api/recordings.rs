@@ -1,5 +1,6 @@
 //! `/api/v1/rooms/{room}/recording` (start, stop) and `/api/v1/rooms/{room}/recordings` (list,
-//! who spoke when, the audio with range requests). Moderators of the room or the operator.
+//! who spoke when, the audio with range requests). Moderators of the room or the operator; a
+//! recording's detail and audio also open to a replay token for it (see [`super::replays`]).
 //! Starting and stopping ask the live room (forwarded to its node in a cluster); a recording's
 //! file is served by the node that holds it.
 
@@ -13,9 +14,11 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::participants::live_room;
+use super::replays::Viewer;
 use super::state::AppState;
 use super::views::{PageQuery, RecordingDetail, RecordingPage, RecordingView};
-use crate::control::{ControlError, Recording, RecordingId};
+use crate::control::{ControlError, ParticipantId, Recording, RecordingId};
+use crate::recording::SpeakersAt;
 use crate::room::Command;
 
 /// Start recording the room's mix. Everyone in the room is told; the audit log names who.
@@ -90,16 +93,18 @@ pub async fn list_recordings(
     )))
 }
 
-/// The recording of `room` named by `id`, for a moderator of that room.
+/// The recording of `room` named by `id`, for a moderator of that room, the operator, or the
+/// holder of a replay token for it.
 async fn find(
     state: &AppState,
-    caller: &Caller,
+    viewer: &Viewer,
     room: &str,
     id: &str,
 ) -> Result<Recording, ApiError> {
     let room = room_id(room)?;
-    caller.require_moderator_of(&room)?;
-    let id = RecordingId::parse(id).ok_or(ControlError::RecordingNotFound)?;
+    let id = RecordingId::parse(id);
+    viewer.require_reader_of(state, &room, id.as_ref()).await?;
+    let id = id.ok_or(ControlError::RecordingNotFound)?;
     Ok(state.store.recording(room, id).await?)
 }
 
@@ -152,26 +157,85 @@ async fn on_its_node(
     security(("bearer" = [])))]
 pub async fn get_recording(
     State(state): State<AppState>,
-    caller: Caller,
+    viewer: Viewer,
     ApiPath((room, id)): ApiPath<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let recording = find(&state, &caller, &room, &id).await?;
+    let recording = find(&state, &viewer, &room, &id).await?;
     if let Some(answer) = on_its_node(&state, &recording, request).await {
         return answer;
     }
     let speakers = state.recordings.timeline(&recording.id).await;
+    let names = speaker_names(&state, &recording, &speakers).await?;
     Ok(axum::Json(RecordingDetail {
         recording: recording.into(),
         speakers,
+        names,
     })
     .into_response())
+}
+
+/// Delete a recording: its file, its timeline and its replay links. A recording still being
+/// written must be stopped first.
+#[utoipa::path(delete, path = "/api/v1/rooms/{room}/recordings/{recording}", tag = "recordings",
+    params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, description = "Still being written", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_recording(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((room, id)): ApiPath<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let recording = find(&state, &Viewer::Caller(caller.clone()), &room, &id).await?;
+    if let Some(answer) = on_its_node(&state, &recording, request).await {
+        return answer;
+    }
+    let deleted = state
+        .store
+        .delete_recording(
+            recording.room_id,
+            recording.id,
+            caller.actor(),
+            state.clock.now_ms(),
+        )
+        .await?;
+    // The row is gone first: a file left behind by a failure here costs disk, never a
+    // recording listed without its audio.
+    if let Err(e) = state.recordings.delete_files(&deleted.id).await {
+        tracing::error!(recording = %deleted.id, error = %e, "cannot delete a recording's files");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The most participants a detail names (the timeline itself is bounded in bytes).
+const MAX_NAMED: usize = 1000;
+
+/// Display names of who the timeline says spoke.
+async fn speaker_names(
+    state: &AppState,
+    recording: &Recording,
+    timeline: &[SpeakersAt],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let ids: std::collections::BTreeSet<&ParticipantId> =
+        timeline.iter().flat_map(|at| &at.speakers).collect();
+    let ids = ids.into_iter().take(MAX_NAMED).cloned().collect();
+    let names = state
+        .store
+        .display_names(recording.room_id.clone(), ids)
+        .await?;
+    Ok(names
+        .into_iter()
+        .map(|(id, name)| (id.to_string(), name))
+        .collect())
 }
 
 /// The recording's audio (Ogg Opus), with HTTP range requests. A recording still being
 /// written can be fetched too: up to its last whole page.
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/recordings/{recording}/audio", tag = "recordings",
     params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id"),
+        ("access_token" = Option<String>, Query, description = "A replay token, where no Authorization header can be sent (an `<audio>` element)"),
         ("Range" = Option<String>, Header, description = "One byte range, `bytes=start-end`, `bytes=start-` or `bytes=-suffix`")),
     responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
         (status = 206, description = "The range asked for", content_type = "audio/ogg"),
@@ -180,11 +244,11 @@ pub async fn get_recording(
     security(("bearer" = [])))]
 pub async fn download_audio(
     State(state): State<AppState>,
-    caller: Caller,
+    viewer: Viewer,
     ApiPath((room, id)): ApiPath<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let recording = find(&state, &caller, &room, &id).await?;
+    let recording = find(&state, &viewer, &room, &id).await?;
     let headers = request.headers().clone();
     if let Some(answer) = on_its_node(&state, &recording, request).await {
         return answer;

@@ -203,6 +203,11 @@ impl AppState {
     pub fn invite_url(&self, code: &str) -> String {
         format!("{}/i/{code}", self.base_url)
     }
+
+    /// The replay page of a replay link's code.
+    pub fn replay_url(&self, code: &str) -> String {
+        format!("{}/r/{code}", self.base_url)
+    }
 }
 
 /// The signaling endpoint of a node whose base URL is `base`.

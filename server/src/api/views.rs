@@ -6,7 +6,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::clock::rfc3339;
 use crate::control::{
-    AuditEvent, Delivery, Invite, ParticipantId, Recording, RecordingState, Role, Room, RoomId,
+    AuditEvent, Delivery, Invite, ParticipantId, Recording, RecordingId, RecordingState,
+    ReplayLink, Role, Room, RoomId,
 };
 use crate::recording::SpeakersAt;
 
@@ -244,6 +245,7 @@ page_view!(RoomPage, RoomView);
 page_view!(InvitePage, InviteView);
 page_view!(EventPage, EventView);
 page_view!(RecordingPage, RecordingView);
+page_view!(ReplayLinkPage, ReplayLinkView);
 
 /// A recording of a room's mix (Ogg Opus, mono, 48 kHz).
 #[derive(Debug, Serialize, ToSchema)]
@@ -289,6 +291,8 @@ pub struct RecordingDetail {
     /// Each change of who was speaking, from the recording's start: from `at_ms` on, these
     /// were speaking, loudest first (an empty list: nobody).
     pub speakers: Vec<SpeakersAt>,
+    /// The display name of each participant the timeline names (the name they last gave).
+    pub names: std::collections::BTreeMap<String, String>,
 }
 page_view!(ParticipantPage, ParticipantView);
 
@@ -296,4 +300,82 @@ page_view!(ParticipantPage, ParticipantView);
 pub struct Health {
     pub status: String,
     pub version: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReplayLink {
+    /// Up to 100 characters, shown to moderators only.
+    pub label: Option<String>,
+    /// 1 to 1000000; default unlimited. Each redemption is one use.
+    pub max_uses: Option<u32>,
+    /// 1 s to 1 year; default never expires.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A replay link: opens one recording (its detail, who spoke when, its audio) and nothing
+/// else.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayLinkView {
+    pub id: String,
+    #[schema(value_type = String)]
+    pub room_id: RoomId,
+    #[schema(value_type = String)]
+    pub recording_id: RecordingId,
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub created_at: String,
+}
+
+impl From<&ReplayLink> for ReplayLinkView {
+    fn from(l: &ReplayLink) -> Self {
+        ReplayLinkView {
+            id: l.id.to_string(),
+            room_id: l.room_id.clone(),
+            recording_id: l.recording_id.clone(),
+            label: l.label.clone(),
+            max_uses: l.max_uses,
+            uses: l.uses,
+            expires_at: l.expires_at_ms.map(rfc3339),
+            revoked: l.revoked,
+            created_at: rfc3339(l.created_at_ms),
+        }
+    }
+}
+
+/// A replay link as made: the only time its `code` is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedReplayLinkView {
+    #[serde(flatten)]
+    pub link: ReplayLinkView,
+    pub code: String,
+    /// The link to share: `<public url>/r/<code>`, the replay page.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemReplay {
+    /// The replay link's code, or the whole link.
+    pub link: String,
+}
+
+/// A redeemed replay link: a token that opens its recording, and where.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayAnswer {
+    /// `Authorization: Bearer <token>` on the recording's detail and audio (or
+    /// `?access_token=<token>` where a header cannot be set, as for an `<audio>` element).
+    pub token: String,
+    pub expires_at: String,
+    #[schema(value_type = String)]
+    pub room_id: RoomId,
+    #[schema(value_type = String)]
+    pub recording_id: RecordingId,
+    /// The recording's detail (path from the server's root).
+    pub recording_path: String,
+    /// The audio with the token in the query, for an `<audio>` element.
+    pub audio_url: String,
 }

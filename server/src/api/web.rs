@@ -1,6 +1,6 @@
 //! The browser client: its files (embedded at build time from `client-web/`) and the pages
 //! that start it. `/i/{code}` looks the invite up without using it, so the landing page can
-//! show the room's title before anyone joins.
+//! show the room's title before anyone joins; `/r/{code}` is the replay page of a replay link.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,10 +27,11 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The pages and files, each answering GET (and HEAD). Kept as one table so the list the
 /// tests check (`paths`) is the list the router serves.
-fn table() -> [(&'static str, MethodRouter<AppState>); 3] {
+fn table() -> [(&'static str, MethodRouter<AppState>); 4] {
     [
         ("/", get(home)),
         ("/i/{code}", get(invite_page)),
+        ("/r/{code}", get(replay_page)),
         ("/app/{file}", get(asset)),
     ]
 }
@@ -181,6 +182,28 @@ async fn invite_page(
         }
     };
     page(status, info)
+}
+
+/// The replay page of a replay link. It redeems the link itself (`POST /api/v1/replay`), so
+/// the page is the same for every code and looks nothing up.
+async fn replay_page() -> Response {
+    let Some(html) = find("replay.html") else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "client_missing",
+            "this build has no browser client",
+        )
+        .into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 /// `index.html` with the invite data in place of the marker, as a JSON data block. `<` is

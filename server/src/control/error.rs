@@ -12,6 +12,9 @@ pub enum ControlError {
     /// The room is being recorded already (one recording at a time per room).
     #[error("the room is being recorded already")]
     AlreadyRecording,
+    /// A recording still being written cannot be deleted (stop it first).
+    #[error("the recording is still being written; stop it first")]
+    RecordingInProgress,
     #[error("no such participant")]
     ParticipantNotFound,
     #[error("the room has ended")]
@@ -23,6 +26,16 @@ pub enum ControlError {
     InviteExpired,
     #[error("this invite link has been used the maximum number of times")]
     InviteUsedUp,
+    /// Unknown or revoked replay link: the same answer, as for invites.
+    #[error("this replay link is not valid")]
+    ReplayLinkInvalid,
+    #[error("this replay link has expired")]
+    ReplayLinkExpired,
+    #[error("this replay link has been used the maximum number of times")]
+    ReplayLinkUsedUp,
+    /// A replay link a moderator manages (by id) that this room does not have.
+    #[error("no such replay link")]
+    ReplayLinkNotFound,
     #[error("you are banned from this room")]
     Banned,
     #[error("{detail}")]

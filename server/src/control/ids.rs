@@ -88,6 +88,11 @@ prefixed_id!(
     "inv_"
 );
 prefixed_id!(
+    /// A replay link, as moderators manage it (its secret code is never stored).
+    ReplayLinkId,
+    "rpl_"
+);
+prefixed_id!(
     /// A recording of a room's mix, e.g. `rc_3kPq0s9XvB1c2d3e`; also its file's name.
     RecordingId,
     "rc_"

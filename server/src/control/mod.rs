@@ -11,11 +11,14 @@ mod store;
 pub mod validate;
 
 pub use error::{ControlError, error_chain};
-pub use ids::{Delivery, InviteId, ParticipantId, RecordingId, Role, RoomId, random_token};
+pub use ids::{
+    Delivery, InviteId, ParticipantId, RecordingId, ReplayLinkId, Role, RoomId, random_token,
+};
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use model::{
-    Actor, AuditEvent, ClaimedWebhook, CreatedInvite, DeliveryState, FinishedRecording, Invite,
-    NewInvite, NewRoom, NewWebhook, Page, PageRequest, Recording, RecordingState, Redemption, Room,
-    RoomLimits, RoomRecord, RoomWrite, Standing, WebhookAttempt, WebhookDelivery,
+    Actor, AuditEvent, ClaimedWebhook, CreatedInvite, CreatedReplayLink, DeliveryState,
+    FinishedRecording, Invite, NewInvite, NewReplayLink, NewRoom, NewWebhook, Page, PageRequest,
+    Recording, RecordingState, Redemption, ReplayLink, Room, RoomLimits, RoomRecord, RoomWrite,
+    Standing, WebhookAttempt, WebhookDelivery,
 };
 pub use store::Store;

@@ -2,7 +2,8 @@
 //! events, pages. No behaviour beyond small derived facts.
 
 use super::{
-    Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, RecordingId, Role, RoomId,
+    Delivery, IdentitySecret, InviteCode, InviteId, ParticipantId, RecordingId, ReplayLinkId, Role,
+    RoomId,
 };
 
 /// Optional per-room bounds; `None` means the server-wide default.
@@ -112,6 +113,35 @@ impl Standing {
 #[derive(Clone, Debug)]
 pub struct CreatedInvite {
     pub invite: Invite,
+    pub code: InviteCode,
+}
+
+/// A replay link: like an invite, but role-less and for one recording, which it lets its
+/// holder play (detail, who spoke when, audio) and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayLink {
+    pub id: ReplayLinkId,
+    pub room_id: RoomId,
+    pub recording_id: RecordingId,
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewReplayLink {
+    pub label: Option<String>,
+    pub max_uses: Option<u32>,
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A freshly made replay link and its code, shown once.
+#[derive(Clone, Debug)]
+pub struct CreatedReplayLink {
+    pub link: ReplayLink,
     pub code: InviteCode,
 }
 

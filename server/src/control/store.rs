@@ -16,6 +16,7 @@ use super::{
     NewRoom, Page, ParticipantId, Recording, RecordingId, Redemption, Room, RoomId, RoomWrite,
 };
 use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
+use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 
 /// One schema version in both dialects.
 struct Migration {
@@ -53,6 +54,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0007_webhooks.sql"),
         postgres: include_str!("migrations/postgres/0007_webhooks.sql"),
+    },
+    Migration {
+        sqlite: include_str!("migrations/0008_replay_links.sql"),
+        postgres: include_str!("migrations/postgres/0008_replay_links.sql"),
     },
 ];
 
@@ -318,9 +323,78 @@ impl Store {
         on_engine!(self.list_recordings(room, page))
     }
 
+    /// Forgets a finished recording of `room` with its replay links, and writes
+    /// `recording.deleted` to the audit log, in one transaction; the caller then deletes the
+    /// files. Refuses one still being written (`RecordingInProgress`).
+    pub async fn delete_recording(
+        &self,
+        room: RoomId,
+        id: RecordingId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        on_engine!(self.delete_recording(room, id, actor, now_ms))
+    }
+
     /// Recordings `node` left in state `recording` (it was killed while writing them).
     pub async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
         on_engine!(self.unfinished_recordings(node))
+    }
+
+    /// A replay link for one recording of `room` (`RecordingNotFound` for another room's),
+    /// written with its audit line. The recording may be of an ended room.
+    pub async fn create_replay_link(
+        &self,
+        room: RoomId,
+        recording: RecordingId,
+        new: NewReplayLink,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedReplayLink> {
+        on_engine!(self.create_replay_link(room, recording, new, actor, now_ms))
+    }
+
+    /// A room's replay links (of all its recordings), oldest first, without their codes.
+    pub async fn list_replay_links(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<ReplayLink>> {
+        on_engine!(self.list_replay_links(room, page))
+    }
+
+    /// Revokes a replay link of this room; tokens it gave stop working at once. Revoking twice
+    /// is harmless and logged once.
+    pub async fn revoke_replay_link(
+        &self,
+        room: RoomId,
+        link: ReplayLinkId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<ReplayLink> {
+        on_engine!(self.revoke_replay_link(room, link, actor, now_ms))
+    }
+
+    /// Redeems a replay link: checks it and counts the use atomically (concurrent redemptions
+    /// never count past `max_uses`). Unknown and revoked codes fail alike
+    /// (`ReplayLinkInvalid`).
+    pub async fn redeem_replay_link(&self, code: InviteCode, now_ms: i64) -> Result<ReplayLink> {
+        on_engine!(self.redeem_replay_link(code, now_ms))
+    }
+
+    /// A replay link by id, as its tokens are checked (`ReplayLinkInvalid` if it is gone).
+    pub async fn replay_link(&self, id: ReplayLinkId) -> Result<ReplayLink> {
+        on_engine!(self.replay_link(id))
+    }
+
+    /// The display names `participants` of `room` last gave, for a recording's timeline;
+    /// unknown ids are left out.
+    pub async fn display_names(
+        &self,
+        room: RoomId,
+        participants: Vec<ParticipantId>,
+    ) -> Result<Vec<(ParticipantId, String)>> {
+        on_engine!(self.display_names(room, participants))
     }
 
     /// At start: finds or makes the demo room and gives it a fresh moderator link, revoking

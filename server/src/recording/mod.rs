@@ -139,6 +139,18 @@ impl Recordings {
             .collect()
     }
 
+    /// Deletes a recording's files (its audio and its timeline) from this node, once the store
+    /// has forgotten it. A file already gone is not an error.
+    pub async fn delete_files(&self, id: &RecordingId) -> std::io::Result<()> {
+        for path in [self.audio_path(id), self.timeline_path(id)] {
+            match tokio::fs::remove_file(&path).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Closes every recording this node left `recording` (it was killed while writing them):
     /// each file is cut after its last whole page and the row says how long it plays. Run at
     /// start, before any room is live.

@@ -20,6 +20,7 @@ use super::super::{
     Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
+use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -207,17 +208,8 @@ impl PgStore {
             .await?
             .filter(|i| i.room_id == room)
             .ok_or(ControlError::InviteNotFound)?;
-        if !found.revoked {
-            tx.execute(
-                "UPDATE invites SET revoked_at = $2 WHERE id = $1",
-                &[&invite.as_str(), &now_ms],
-            )
-            .await?;
-            let detail = serde_json::json!({});
-            let target = Some(invite.as_str());
-            audit(&tx, &room, &actor, "invite.revoked", target, detail, now_ms).await?;
-            found.revoked = true;
-        }
+        revoke_once(&tx, "invites", invite.as_str(), &room, &actor, now_ms).await?;
+        found.revoked = true;
         tx.commit().await?;
         Ok(found)
     }
@@ -676,6 +668,55 @@ impl PgStore {
         Ok(rules::paginate(rows, page.limit))
     }
 
+    pub(super) async fn delete_recording(
+        &self,
+        room: RoomId,
+        id: RecordingId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RecordingNotFound)?;
+        let recording = tx
+            .query_opt(
+                &format!(
+                    "SELECT {RECORDING_COLUMNS} FROM recordings
+                     WHERE id = $1 AND room_id = $2 FOR UPDATE"
+                ),
+                &[&id.as_str(), &room.as_str()],
+            )
+            .await?
+            .map(|r| recording_from_row(&r, 0))
+            .transpose()?
+            .ok_or(ControlError::RecordingNotFound)?;
+        if recording.state == RecordingState::Recording {
+            return Err(ControlError::RecordingInProgress);
+        }
+        tx.execute(
+            "DELETE FROM replay_links WHERE recording_id = $1",
+            &[&id.as_str()],
+        )
+        .await?;
+        tx.execute("DELETE FROM recordings WHERE id = $1", &[&id.as_str()])
+            .await?;
+        let detail = rules::recording_deleted_detail(&recording);
+        audit(
+            &tx,
+            &room,
+            &actor,
+            "recording.deleted",
+            None,
+            detail,
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(recording)
+    }
+
     pub(super) async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
         let c = self.client().await?;
         c.query(
@@ -689,6 +730,152 @@ impl PgStore {
         .iter()
         .map(|r| recording_from_row(r, 0))
         .collect()
+    }
+
+    pub(super) async fn create_replay_link(
+        &self,
+        room: RoomId,
+        recording: RecordingId,
+        new: NewReplayLink,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedReplayLink> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let found = tx
+            .query_opt(
+                "SELECT 1 FROM recordings WHERE id = $1 AND room_id = $2 FOR SHARE",
+                &[&recording.as_str(), &room.as_str()],
+            )
+            .await?;
+        if found.is_none() {
+            return Err(ControlError::RecordingNotFound);
+        }
+        let created = rules::new_replay_link(&room, &recording, &new, now_ms);
+        let link = &created.link;
+        tx.execute(
+            "INSERT INTO replay_links (id, room_id, recording_id, code_hash, label, max_uses,
+                                       expires_at, created_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &link.id.as_str(),
+                &room.as_str(),
+                &recording.as_str(),
+                &&created.code.hash()[..],
+                &link.label,
+                &link.max_uses.map(i64::from),
+                &link.expires_at_ms,
+                &now_ms,
+                &actor.as_audit_str(),
+            ],
+        )
+        .await?;
+        let detail = rules::replay_link_created_detail(link);
+        let target = Some(link.id.as_str());
+        audit(
+            &tx,
+            &room,
+            &actor,
+            "replay_link.created",
+            target,
+            detail,
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    pub(super) async fn list_replay_links(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<ReplayLink>> {
+        let c = self.client().await?;
+        let rows = room_page(&c, "replay_links", REPLAY_LINK_COLUMNS, &room, page).await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, replay_link_from_row(r, 1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::paginate(rows, page.limit))
+    }
+
+    pub(super) async fn revoke_replay_link(
+        &self,
+        room: RoomId,
+        link: ReplayLinkId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<ReplayLink> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        room_by_id(&tx, &room, "FOR SHARE")
+            .await?
+            .ok_or(ControlError::RoomNotFound)?;
+        let mut found = replay_link_where(&tx, "id = $1", &link.as_str(), "FOR UPDATE")
+            .await?
+            .filter(|l| l.room_id == room)
+            .ok_or(ControlError::ReplayLinkNotFound)?;
+        revoke_once(&tx, "replay_links", link.as_str(), &room, &actor, now_ms).await?;
+        found.revoked = true;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    pub(super) async fn redeem_replay_link(
+        &self,
+        code: InviteCode,
+        now_ms: i64,
+    ) -> Result<ReplayLink> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let mut link = replay_link_where(&tx, "code_hash = $1", &&code.hash()[..], "FOR UPDATE")
+            .await?
+            .ok_or(ControlError::ReplayLinkInvalid)?;
+        rules::check_replay_redeemable(&link, now_ms)?;
+        // Locked, and conditional besides: concurrent redemptions never count past max_uses.
+        let counted = tx
+            .execute(
+                "UPDATE replay_links SET uses = uses + 1
+                 WHERE id = $1 AND (max_uses IS NULL OR uses < max_uses)",
+                &[&link.id.as_str()],
+            )
+            .await?;
+        if counted == 0 {
+            return Err(ControlError::ReplayLinkUsedUp);
+        }
+        tx.commit().await?;
+        link.uses += 1;
+        Ok(link)
+    }
+
+    pub(super) async fn replay_link(&self, id: ReplayLinkId) -> Result<ReplayLink> {
+        let c = self.client().await?;
+        replay_link_where(&c, "id = $1", &id.as_str(), "")
+            .await?
+            .ok_or(ControlError::ReplayLinkInvalid)
+    }
+
+    pub(super) async fn display_names(
+        &self,
+        room: RoomId,
+        participants: Vec<ParticipantId>,
+    ) -> Result<Vec<(ParticipantId, String)>> {
+        let c = self.client().await?;
+        let ids: Vec<&str> = participants.iter().map(|p| p.as_str()).collect();
+        let rows = c
+            .query(
+                "SELECT id, display_name FROM identities
+                 WHERE room_id = $1 AND id = ANY($2) ORDER BY id",
+                &[&room.as_str(), &ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((ParticipantId::from_trusted(r.try_get(0)?), r.try_get(1)?)))
+            .collect()
     }
 
     pub(super) async fn startup_link(&self, now_ms: i64) -> Result<Option<(Room, CreatedInvite)>> {
@@ -972,6 +1159,39 @@ async fn invite_where(
     .transpose()
 }
 
+const REPLAY_LINK_COLUMNS: &str =
+    "id, room_id, recording_id, label, max_uses, uses, expires_at, revoked_at, created_at";
+
+fn replay_link_from_row(r: &Row, at: usize) -> Result<ReplayLink> {
+    Ok(ReplayLink {
+        id: ReplayLinkId::from_trusted(r.try_get(at)?),
+        room_id: RoomId::from_trusted(r.try_get(at + 1)?),
+        recording_id: RecordingId::from_trusted(r.try_get(at + 2)?),
+        label: r.try_get(at + 3)?,
+        max_uses: r.try_get::<_, Option<i64>>(at + 4)?.map(to_u32),
+        uses: to_u32(r.try_get(at + 5)?),
+        expires_at_ms: r.try_get(at + 6)?,
+        revoked: r.try_get::<_, Option<i64>>(at + 7)?.is_some(),
+        created_at_ms: r.try_get(at + 8)?,
+    })
+}
+
+/// The replay link matching `condition` on `$1`, read plainly or under a row lock.
+async fn replay_link_where(
+    c: &impl GenericClient,
+    condition: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+    lock: &str,
+) -> Result<Option<ReplayLink>> {
+    c.query_opt(
+        &format!("SELECT {REPLAY_LINK_COLUMNS} FROM replay_links WHERE {condition} {lock}"),
+        &[value],
+    )
+    .await?
+    .map(|r| replay_link_from_row(&r, 0))
+    .transpose()
+}
+
 async fn is_banned(c: &impl GenericClient, room: &RoomId, participant: &str) -> Result<bool> {
     Ok(c.query_one(
         "SELECT EXISTS (SELECT 1 FROM bans WHERE room_id = $1 AND participant_id = $2)",
@@ -1046,6 +1266,30 @@ async fn insert_invite(
     let target = Some(invite.id.as_str());
     audit(tx, room, actor, "invite.created", target, detail, now_ms).await?;
     Ok(created)
+}
+
+/// Revokes row `id` of `table` (`invites` or `replay_links`, locked by the caller) if it is not
+/// revoked yet, with its audit line (`invite.revoked`, `replay_link.revoked`).
+async fn revoke_once(
+    tx: &deadpool_postgres::Transaction<'_>,
+    table: &str,
+    id: &str,
+    room: &RoomId,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<()> {
+    let changed = tx
+        .execute(
+            &format!("UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"),
+            &[&id, &now_ms],
+        )
+        .await?;
+    if changed == 1 {
+        let action = rules::revoked_action(table);
+        let detail = serde_json::json!({});
+        audit(tx, room, actor, action, Some(id), detail, now_ms).await?;
+    }
+    Ok(())
 }
 
 async fn audit(

@@ -1,11 +1,12 @@
-//! What both engines decide the same way: whether an invite may be redeemed or previewed, the
-//! shape of new rooms and invites, the role a redemption grants, audit details, pages. Plain
-//! functions over values; no SQL here.
+//! What both engines decide the same way: whether an invite or a replay link may be redeemed or
+//! previewed, the shape of new rooms, invites and replay links, the role a redemption grants,
+//! audit details, pages. Plain functions over values; no SQL here.
 
 use super::super::model::CreatedInvite;
 use super::super::{
-    ControlError, Delivery, Invite, InviteCode, InviteId, NewInvite, NewRoom, Page, Role, Room,
-    RoomId, RoomLimits,
+    ControlError, CreatedReplayLink, Delivery, Invite, InviteCode, InviteId, NewInvite,
+    NewReplayLink, NewRoom, Page, RecordingId, ReplayLink, ReplayLinkId, Role, Room, RoomId,
+    RoomLimits,
 };
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -72,9 +73,7 @@ pub(super) fn check_new_invite(new: &NewInvite) -> Result<()> {
 /// A fresh invite of `room` and its code; the caller has checked the room is open and the
 /// invite allowed (`check_new_invite`).
 pub(super) fn new_invite(room: &RoomId, new: &NewInvite, now_ms: i64) -> CreatedInvite {
-    let expires_at_ms = new
-        .expires_in_secs
-        .map(|s| now_ms.saturating_add((s as i64).saturating_mul(1000)));
+    let expires_at_ms = expires_at(new.expires_in_secs, now_ms);
     CreatedInvite {
         invite: Invite {
             id: InviteId::generate(),
@@ -90,6 +89,70 @@ pub(super) fn new_invite(room: &RoomId, new: &NewInvite, now_ms: i64) -> Created
         },
         code: InviteCode::generate(),
     }
+}
+
+/// Whether a replay link may be redeemed now, before its use is counted (the count itself is a
+/// conditional update in the engine). Unknown and revoked codes fail alike.
+pub(super) fn check_replay_redeemable(link: &ReplayLink, now_ms: i64) -> Result<()> {
+    if link.revoked {
+        return Err(ControlError::ReplayLinkInvalid);
+    }
+    if link.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        return Err(ControlError::ReplayLinkExpired);
+    }
+    Ok(())
+}
+
+/// A fresh replay link of `recording` (of `room`) and its code.
+pub(super) fn new_replay_link(
+    room: &RoomId,
+    recording: &RecordingId,
+    new: &NewReplayLink,
+    now_ms: i64,
+) -> CreatedReplayLink {
+    CreatedReplayLink {
+        link: ReplayLink {
+            id: ReplayLinkId::generate(),
+            room_id: room.clone(),
+            recording_id: recording.clone(),
+            label: new.label.clone(),
+            max_uses: new.max_uses,
+            uses: 0,
+            expires_at_ms: expires_at(new.expires_in_secs, now_ms),
+            revoked: false,
+            created_at_ms: now_ms,
+        },
+        code: InviteCode::generate(),
+    }
+}
+
+pub(super) fn replay_link_created_detail(link: &ReplayLink) -> serde_json::Value {
+    serde_json::json!({
+        "recording_id": link.recording_id,
+        "label": link.label,
+        "max_uses": link.max_uses,
+        "expires_at_ms": link.expires_at_ms,
+    })
+}
+
+pub(super) fn recording_deleted_detail(recording: &super::super::Recording) -> serde_json::Value {
+    serde_json::json!({
+        "recording_id": recording.id,
+        "duration_ms": recording.duration_ms,
+        "size_bytes": recording.size_bytes,
+    })
+}
+
+/// The audit action of revoking a row of `table`.
+pub(super) fn revoked_action(table: &str) -> &'static str {
+    match table {
+        "replay_links" => "replay_link.revoked",
+        _ => "invite.revoked",
+    }
+}
+
+fn expires_at(expires_in_secs: Option<u64>, now_ms: i64) -> Option<i64> {
+    expires_in_secs.map(|s| now_ms.saturating_add((s as i64).saturating_mul(1000)))
 }
 
 /// The room `startup_link` makes when there is none.

@@ -15,6 +15,7 @@ use super::super::{
     Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
+use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
 fn migrations() -> Migrations<'static> {
@@ -183,22 +184,8 @@ impl SqliteStore {
             let mut found = invite_by_id(&tx, &invite)?
                 .filter(|i| i.room_id == room)
                 .ok_or(ControlError::InviteNotFound)?;
-            if !found.revoked {
-                tx.execute(
-                    "UPDATE invites SET revoked_at = ?2 WHERE id = ?1",
-                    params![invite.as_str(), now_ms],
-                )?;
-                audit(
-                    &tx,
-                    &room,
-                    &actor,
-                    "invite.revoked",
-                    Some(invite.as_str()),
-                    serde_json::json!({}),
-                    now_ms,
-                )?;
-                found.revoked = true;
-            }
+            revoke_once(&tx, "invites", invite.as_str(), &room, &actor, now_ms)?;
+            found.revoked = true;
             tx.commit()?;
             Ok(found)
         })
@@ -649,6 +636,42 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn delete_recording(
+        &self,
+        room: RoomId,
+        id: RecordingId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Recording> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let recording = recording_where(&tx, "id = ?1", id.as_str())?
+                .into_iter()
+                .find(|r| r.room_id == room)
+                .ok_or(ControlError::RecordingNotFound)?;
+            if recording.state == RecordingState::Recording {
+                return Err(ControlError::RecordingInProgress);
+            }
+            tx.execute(
+                "DELETE FROM replay_links WHERE recording_id = ?1",
+                params![id.as_str()],
+            )?;
+            tx.execute("DELETE FROM recordings WHERE id = ?1", params![id.as_str()])?;
+            audit(
+                &tx,
+                &room,
+                &actor,
+                "recording.deleted",
+                None,
+                rules::recording_deleted_detail(&recording),
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(recording)
+        })
+        .await
+    }
+
     pub(super) async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -657,6 +680,142 @@ impl SqliteStore {
             ))?;
             let rows = stmt
                 .query_map(params![node], |r| recording_from_row(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn create_replay_link(
+        &self,
+        room: RoomId,
+        recording: RecordingId,
+        new: NewReplayLink,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedReplayLink> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
+            recording_where(&tx, "id = ?1", recording.as_str())?
+                .into_iter()
+                .find(|r| r.room_id == room)
+                .ok_or(ControlError::RecordingNotFound)?;
+            let created = rules::new_replay_link(&room, &recording, &new, now_ms);
+            let link = &created.link;
+            tx.execute(
+                "INSERT INTO replay_links (id, room_id, recording_id, code_hash, label, max_uses,
+                                           expires_at, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    link.id.as_str(),
+                    room.as_str(),
+                    recording.as_str(),
+                    &created.code.hash()[..],
+                    link.label,
+                    link.max_uses,
+                    link.expires_at_ms,
+                    now_ms,
+                    actor.as_audit_str()
+                ],
+            )?;
+            audit(
+                &tx,
+                &room,
+                &actor,
+                "replay_link.created",
+                Some(link.id.as_str()),
+                rules::replay_link_created_detail(link),
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    pub(super) async fn list_replay_links(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<ReplayLink>> {
+        self.call(move |c| {
+            room_page(c, "replay_links", REPLAY_LINK_COLUMNS, &room, page, |r| {
+                replay_link_from_row(r, 1)
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_replay_link(
+        &self,
+        room: RoomId,
+        link: ReplayLinkId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<ReplayLink> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
+            let mut found = replay_link_where(&tx, "id = ?1", &link.as_str())?
+                .filter(|l| l.room_id == room)
+                .ok_or(ControlError::ReplayLinkNotFound)?;
+            revoke_once(&tx, "replay_links", link.as_str(), &room, &actor, now_ms)?;
+            found.revoked = true;
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    pub(super) async fn redeem_replay_link(
+        &self,
+        code: InviteCode,
+        now_ms: i64,
+    ) -> Result<ReplayLink> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut link = replay_link_where(&tx, "code_hash = ?1", &&code.hash()[..])?
+                .ok_or(ControlError::ReplayLinkInvalid)?;
+            rules::check_replay_redeemable(&link, now_ms)?;
+            let counted = tx.execute(
+                "UPDATE replay_links SET uses = uses + 1
+                 WHERE id = ?1 AND (max_uses IS NULL OR uses < max_uses)",
+                params![link.id.as_str()],
+            )?;
+            if counted == 0 {
+                return Err(ControlError::ReplayLinkUsedUp);
+            }
+            tx.commit()?;
+            link.uses += 1;
+            Ok(link)
+        })
+        .await
+    }
+
+    pub(super) async fn replay_link(&self, id: ReplayLinkId) -> Result<ReplayLink> {
+        self.call(move |c| {
+            replay_link_where(c, "id = ?1", &id.as_str())?.ok_or(ControlError::ReplayLinkInvalid)
+        })
+        .await
+    }
+
+    pub(super) async fn display_names(
+        &self,
+        room: RoomId,
+        participants: Vec<ParticipantId>,
+    ) -> Result<Vec<(ParticipantId, String)>> {
+        let ids = serde_json::to_string(&participants)
+            .map_err(|e| ControlError::Storage(e.to_string()))?;
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, display_name FROM identities
+                 WHERE room_id = ?1 AND id IN (SELECT value FROM json_each(?2)) ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map(params![room.as_str(), ids], |r| {
+                    Ok((ParticipantId::from_trusted(r.get(0)?), r.get(1)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -788,6 +947,37 @@ fn recording_where(c: &Connection, condition: &str, value: &str) -> Result<Vec<R
     Ok(rows)
 }
 
+const REPLAY_LINK_COLUMNS: &str =
+    "id, room_id, recording_id, label, max_uses, uses, expires_at, revoked_at, created_at";
+
+fn replay_link_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<ReplayLink> {
+    Ok(ReplayLink {
+        id: ReplayLinkId::from_trusted(r.get(at)?),
+        room_id: RoomId::from_trusted(r.get(at + 1)?),
+        recording_id: RecordingId::from_trusted(r.get(at + 2)?),
+        label: r.get(at + 3)?,
+        max_uses: r.get(at + 4)?,
+        uses: r.get(at + 5)?,
+        expires_at_ms: r.get(at + 6)?,
+        revoked: r.get::<_, Option<i64>>(at + 7)?.is_some(),
+        created_at_ms: r.get(at + 8)?,
+    })
+}
+
+/// The replay link matching `condition` on `?1`.
+fn replay_link_where(
+    c: &Connection,
+    condition: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<ReplayLink>> {
+    Ok(c.query_row(
+        &format!("SELECT {REPLAY_LINK_COLUMNS} FROM replay_links WHERE {condition}"),
+        params![value],
+        |r| replay_link_from_row(r, 0),
+    )
+    .optional()?)
+}
+
 /// One page of a room's rows of `table` in `seq` order (`seq`, then `columns`), each made by
 /// `item`; the room must exist.
 fn room_page<T>(
@@ -899,6 +1089,35 @@ fn insert_invite(
         now_ms,
     )?;
     Ok(created)
+}
+
+/// Revokes row `id` of `table` (`invites` or `replay_links`) if it is not revoked yet, with its
+/// audit line (`invite.revoked`, `replay_link.revoked`).
+fn revoke_once(
+    tx: &Transaction<'_>,
+    table: &str,
+    id: &str,
+    room: &RoomId,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<()> {
+    let changed = tx.execute(
+        &format!("UPDATE {table} SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL"),
+        params![id, now_ms],
+    )?;
+    if changed == 1 {
+        let action = rules::revoked_action(table);
+        audit(
+            tx,
+            room,
+            actor,
+            action,
+            Some(id),
+            serde_json::json!({}),
+            now_ms,
+        )?;
+    }
+    Ok(())
 }
 
 fn audit(
