@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * The few REST calls the web client makes: redeem an invite, (moderators) make invite links,
- * and the room's broadcast link.
+ * the room's broadcast link, and on the replay page redeem a replay link and read its recording.
  * Same origin only; problem documents become ApiError with the server's stable code.
  */
 
@@ -109,4 +109,43 @@ export function createInvite(roomId, token, request) {
  */
 export function broadcastLink(roomId, token) {
   return call(`/api/v1/rooms/${encodeURIComponent(roomId)}/broadcast`, { token });
+}
+
+/**
+ * @typedef {Object} ReplayAnswer
+ * @property {string} token
+ * @property {string} expires_at
+ * @property {string} room_id
+ * @property {string} recording_id
+ * @property {string} recording_path
+ * @property {string} audio_url  the audio with the token in its query, for an `<audio>` element
+ */
+
+/**
+ * @typedef {Object} RecordingDetail
+ * @property {string} id
+ * @property {string} state
+ * @property {string} started_at
+ * @property {number} duration_ms
+ * @property {import("./replay-timeline.js").SpeakersAt[]} speakers
+ * @property {Record<string, string>} names  display name by participant id
+ */
+
+/**
+ * Redeems a replay link (its code or the whole link).
+ * @param {string} link
+ * @returns {Promise<ReplayAnswer>}
+ */
+export function redeemReplay(link) {
+  return call("/api/v1/replay", { method: "POST", body: { link } });
+}
+
+/**
+ * A recording's detail and who spoke when, with a replay token.
+ * @param {string} path  `recording_path` of the replay answer
+ * @param {string} token
+ * @returns {Promise<RecordingDetail>}
+ */
+export function recordingDetail(path, token) {
+  return call(path, { token });
 }

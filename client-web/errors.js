@@ -16,6 +16,13 @@ const SENTENCES = {
   invite_used_up: "This invite link has been used as many times as it allows.",
   room_ended: "This room has ended.",
   banned: "You are banned from this room.",
+  // Replay links (the replay page).
+  malformed_replay_link: "This replay link is not valid. Check that you copied all of it.",
+  replay_link_invalid: "This replay link is not valid. Ask the person who sent it for a new one.",
+  replay_link_expired: "This replay link has expired. Ask for a new one.",
+  replay_link_used_up: "This replay link has been used as many times as it allows.",
+  replay_link_revoked: "This replay link was revoked.",
+  recording_not_found: "This recording is no longer available.",
   // REST calls a moderator makes with their session token.
   missing_credentials: "Your session is missing. Open your invite link again.",
   invalid_credentials: "Your session is not valid. Open your invite link again.",
