@@ -184,6 +184,10 @@ async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
         "a hanging receiver slowed the room: {took:?}"
     );
 
+    // Recording is reported too, started and stopped, after everything before it.
+    mo.ok(json!({ "type": "start_recording" })).await;
+    mo.ok(json!({ "type": "stop_recording" })).await;
+
     receiver.set_mode("ok").await;
     let expected = [
         "room.started",
@@ -196,6 +200,8 @@ async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
         "participant.removed",
         "participant.left",
         "participant.muted",
+        "recording.started",
+        "recording.stopped",
     ];
     let got = receiver
         .wait_until("every event", |e| count(e, "ok") >= expected.len())
@@ -222,6 +228,10 @@ async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
     assert_eq!(body(7)["data"]["by"], mo.participant_id().as_str());
     assert_eq!(body(8)["data"]["reason"], "removed");
     assert_eq!(body(9)["data"]["by"], "operator");
+    for i in [10, 11] {
+        assert_eq!(body(i)["data"]["by"], mo.participant_id().as_str());
+        assert_eq!(body(i)["data"]["room_id"], room.as_str());
+    }
     assert!(body(0)["timestamp"].as_str().unwrap().ends_with('Z'));
 
     // The outbox agrees: all delivered, in the order received, after several attempts.

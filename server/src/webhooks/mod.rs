@@ -31,6 +31,8 @@ pub mod event_type {
     pub const PARTICIPANT_ROLE_CHANGED: &str = "participant.role_changed";
     pub const PARTICIPANT_REMOVED: &str = "participant.removed";
     pub const PARTICIPANT_BANNED: &str = "participant.banned";
+    pub const RECORDING_STARTED: &str = "recording.started";
+    pub const RECORDING_STOPPED: &str = "recording.stopped";
 }
 
 /// An event for the outbox: a fresh `webhook-id` and the body every attempt sends,

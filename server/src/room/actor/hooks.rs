@@ -68,6 +68,12 @@ impl RoomTask {
                     json!({ "participant": participant, "by": by }),
                 ),
                 EventKind::RoomEnded { by } => (event_type::ROOM_ENDED, json!({ "by": by })),
+                EventKind::RecordingStarted { by } => {
+                    (event_type::RECORDING_STARTED, json!({ "by": by }))
+                }
+                EventKind::RecordingStopped { by } => {
+                    (event_type::RECORDING_STOPPED, json!({ "by": by }))
+                }
                 _ => continue,
             };
             self.webhook(kind, data, at_ms);
