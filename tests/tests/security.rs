@@ -269,6 +269,44 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: moderators(200),
         },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/recordings/{recording}",
+            path: |w| format!("/api/v1/rooms/{}/recordings/{}", w.room, w.recording),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        // Replay links: made, listed and revoked like invites; redeemed by anyone.
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/recordings/{recording}/replay-links",
+            path: |w| {
+                format!(
+                    "/api/v1/rooms/{}/recordings/{}/replay-links",
+                    w.room, w.recording
+                )
+            },
+            body: |_| Some(json!({})),
+            destructive: false,
+            expect: moderators(201),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/replay-links",
+            path: |w| format!("/api/v1/rooms/{}/replay-links", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/replay-links/{link}",
+            path: |w| format!("/api/v1/rooms/{}/replay-links/{}", w.room, w.replay_link),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
         // The cluster's nodes, their addresses and load: the operator's view.
         Row {
             method: Method::GET,
@@ -302,6 +340,14 @@ fn rest_table() -> Vec<Row> {
             template: "/api/v1/join",
             path: |_| "/api/v1/join".into(),
             body: |w| Some(json!({ "invite": w.code, "display_name": "Walk-in" })),
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/replay",
+            path: |_| "/api/v1/replay".into(),
+            body: |w| Some(json!({ "link": w.replay_code })),
             destructive: false,
             expect: anyone(Yes(200)),
         },
@@ -356,6 +402,14 @@ fn rest_table() -> Vec<Row> {
         },
         Row {
             method: Method::GET,
+            template: "/r/{code}",
+            path: |w| format!("/r/{}", w.replay_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
             template: "/app/{file}",
             path: |_| "/app/app.js".into(),
             body: no_body,
@@ -382,6 +436,9 @@ struct World {
     target: String,
     /// A finished recording of the room.
     recording: String,
+    /// A replay link of that recording: its id and its code.
+    replay_link: String,
+    replay_code: String,
     credentials: Vec<Option<String>>,
     _sockets: Vec<SignalClient>,
 }
@@ -413,6 +470,17 @@ impl World {
         let recorded = format!("/api/v1/rooms/{room}/recording");
         let recording = t.op(Method::POST, &recorded, None).await.expect(201);
         t.op(Method::DELETE, &recorded, None).await.expect(204);
+        let replay = t
+            .op(
+                Method::POST,
+                &format!(
+                    "/api/v1/rooms/{room}/recordings/{}/replay-links",
+                    s(&recording["id"])
+                ),
+                Some(json!({})),
+            )
+            .await
+            .expect(201);
         let banned_socket = sockets.pop().unwrap();
         let removed_socket = sockets.pop().unwrap();
         for mut gone in [removed_socket, banned_socket] {
@@ -445,6 +513,8 @@ impl World {
             code: s(&invite["code"]),
             target: s(&target["participant_id"]),
             recording: s(&recording["id"]),
+            replay_link: s(&replay["id"]),
+            replay_code: s(&replay["code"]),
             credentials,
             _sockets: sockets,
         }
