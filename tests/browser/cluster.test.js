@@ -19,6 +19,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
 import {
+  ARTIFACTS,
   chromiumPeer,
   cleanup,
   freePort,
@@ -152,6 +153,7 @@ async function startNode({ name, port, shared, redis, database }) {
     },
   );
   await until(async () => {
+    if (!node.running()) throw new Error(`${name} exited at start: ${node.output().slice(-2000)}`);
     try {
       return (await fetch(`${own}/healthz`)).ok;
     } catch {
@@ -173,10 +175,36 @@ async function api(/** @type {string} */ base, /** @type {string} */ method, /**
   return { json: text ? JSON.parse(text) : null, node: response.headers.get("stoa-node") };
 }
 
+/**
+ * Runs `scenario`; if it fails, prints what the nodes and nginx said (warnings and errors,
+ * and the nodes' cluster lines) before the error, so a failure in CI explains itself.
+ * @param {() => Promise<void>} scenario
+ */
+async function withLogsOnFailure(scenario) {
+  try {
+    await scenario();
+  } catch (error) {
+    for (const name of ["node-a", "node-b", "nginx", "redis", "postgres"]) {
+      let text = "";
+      try {
+        text = readFileSync(join(ARTIFACTS, `cluster-${name}.log`), "utf8");
+      } catch {
+        continue;
+      }
+      const lines = text
+        .split("\n")
+        .filter((line) => !line.includes(" DEBUG ") && !line.includes("Unsupported Extension Type"))
+        .filter((line) => name !== "node-a" && name !== "node-b" ? true : / (WARN|ERROR) |cluster|room|shutting|listening|redeemed/u.test(line));
+      console.log(`--- cluster-${name}.log (${lines.length} lines kept, the last 40) ---\n${lines.slice(-40).join("\n")}`);
+    }
+    throw error;
+  }
+}
+
 describe("a room's node dies under people in Chromium", { timeout: 120_000 }, () => {
   after(cleanup);
 
-  it("they come back on the other node by themselves, on stage and heard", async () => {
+  it("they come back on the other node by themselves, on stage and heard", () => withLogsOnFailure(async () => {
     const [redis, database] = await Promise.all([startRedis(), startPostgres()]);
     const [lbPort, portA, portB] = [await freePort(), await freePort(), await freePort()];
     const shared = `http://${HOST}:${lbPort}`;
@@ -219,8 +247,11 @@ describe("a room's node dies under people in Chromium", { timeout: 120_000 }, ()
       await page.evaluate(() => {
         const w = /** @type {any} */ (window);
         const pill = /** @type {HTMLElement} */ (document.querySelector('[data-testid="connection-state"]'));
+        // Each change's old value, so a state that lasted less than a task is not missed.
         w.__states = [];
-        new MutationObserver(() => w.__states.push(pill.dataset.state)).observe(pill, { attributes: true, attributeFilter: ["data-state"] });
+        new MutationObserver((records) => {
+          for (const record of records) w.__states.push(record.oldValue);
+        }).observe(pill, { attributes: true, attributeFilter: ["data-state"], attributeOldValue: true });
       });
     }
     const killedAt = Date.now();
@@ -230,7 +261,8 @@ describe("a room's node dies under people in Chromium", { timeout: 120_000 }, ()
     for (const { page } of [speakerBrowser, listenerBrowser]) {
       await until(
         () => page.evaluate(() => {
-          const states = /** @type {any} */ (window).__states;
+          const pill = /** @type {HTMLElement} */ (document.querySelector('[data-testid="connection-state"]'));
+          const states = [.../** @type {any} */ (window).__states, pill.dataset.state];
           return states.includes("reconnecting") && states.at(-1) === "connected";
         }),
         "the page said it was reconnecting, then connected again",
@@ -258,5 +290,5 @@ describe("a room's node dies under people in Chromium", { timeout: 120_000 }, ()
     const heardAfter = Date.now() - killedAt;
     console.log(`room's node killed: pages connected again after ${backAfter} ms, the speaker heard again after ${heardAfter} ms`);
     assert.ok(heardAfter < 10_000, `heard again within 10 s (${heardAfter} ms)`);
-  });
+  }));
 });
