@@ -103,6 +103,10 @@ pub struct DatabaseSettings {
     /// The CA that signed PostgreSQL's certificate (PEM), for `sslmode=require`; unset, the
     /// system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// How long one statement may run or wait for a lock before it is cancelled and the call
+    /// answered 503 `store_unavailable`; a server that does not answer at all is given up
+    /// 5 s later.
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -111,6 +115,7 @@ impl Default for DatabaseSettings {
             url: None,
             max_connections: 16,
             tls_ca: None,
+            statement_timeout_ms: crate::control::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -157,6 +162,8 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.url.as_ref().map(|_| "(set)"))
             .field("max_connections", &self.max_connections)
+            .field("tls_ca", &self.tls_ca)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
             .finish()
     }
 }
@@ -747,6 +754,11 @@ impl Config {
         if d.max_connections == 0 || d.max_connections > 1000 {
             return Err(ConfigError::Invalid(
                 "database: max_connections 1..=1000".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&d.statement_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "database: statement_timeout_ms 100..=600000".into(),
             ));
         }
         self.webhooks.check()

@@ -120,6 +120,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             url,
             config.database.max_connections,
             config.database.tls_ca.as_deref(),
+            std::time::Duration::from_millis(config.database.statement_timeout_ms),
         )
         .await
         .context("cannot open the PostgreSQL database")?,
