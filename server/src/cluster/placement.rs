@@ -79,6 +79,15 @@ pub enum Home {
     Elsewhere(Box<NodeInfo>, Lease),
 }
 
+/// The node with the most room left (by name among equals).
+fn least_full(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
+    nodes.min_by(|a, b| {
+        a.fullness()
+            .total_cmp(&b.fullness())
+            .then(a.name.cmp(&b.name))
+    })
+}
+
 /// Takes the room for `ARGV[1]` unless a registered node holds it; answers the lease.
 const TAKE: &str = r"
 local held = redis.call('GET', KEYS[1])
@@ -139,14 +148,7 @@ impl Cluster {
         }
         let nodes = self.nodes().await?;
         let me = self.me();
-        let least_full = nodes
-            .into_iter()
-            .chain(std::iter::once(me))
-            .min_by(|a, b| {
-                a.fullness()
-                    .total_cmp(&b.fullness())
-                    .then(a.name.cmp(&b.name))
-            })
+        let least_full = least_full(nodes.into_iter().chain(std::iter::once(me)))
             .expect("this node is a candidate");
         let lease = self.take(room, &least_full.name).await?;
         match self.node(&lease.node).await? {
@@ -154,6 +156,20 @@ impl Cluster {
             // The chosen node went away between the two reads: this node takes the room.
             None => self.claim(room).await,
         }
+    }
+
+    /// Leaves the registry (no room is placed here from now on) and names the node this one's
+    /// people should move to: the least full other node that is up, if there is one and Redis
+    /// answers.
+    pub async fn hand_over(&self) -> Option<NodeInfo> {
+        let others = self.nodes().await.ok().map(|nodes| {
+            nodes
+                .into_iter()
+                .filter(|n| n.name != self.inner.name)
+                .collect::<Vec<_>>()
+        });
+        self.leave().await;
+        least_full(others?.into_iter())
     }
 
     /// Where the room lives now, without placing it: `None` when it lives nowhere (nobody
