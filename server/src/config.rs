@@ -115,7 +115,7 @@ impl Default for DatabaseSettings {
             url: None,
             max_connections: 16,
             tls_ca: None,
-            statement_timeout_ms: crate::control::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64,
+            statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
         }
     }
 }
@@ -155,6 +155,9 @@ impl Default for ClusterSettings {
         }
     }
 }
+
+/// How long one PostgreSQL statement may run or wait for a lock, unless configured.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 
 /// Hand-written so that the password in the URL never reaches a log line.
 impl std::fmt::Debug for DatabaseSettings {

@@ -18,4 +18,4 @@ pub use model::{
     NewInvite, NewRoom, NewWebhook, Page, PageRequest, Recording, RecordingState, Redemption, Room,
     RoomLimits, RoomRecord, RoomWrite, Standing, WebhookAttempt, WebhookDelivery,
 };
-pub use store::{DEFAULT_STATEMENT_TIMEOUT, Store};
+pub use store::Store;

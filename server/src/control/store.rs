@@ -56,10 +56,6 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// How long one PostgreSQL statement may run or wait for a lock, unless configured
-/// (`[database] statement_timeout_ms`).
-pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Handle to the control-plane database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -103,7 +99,8 @@ impl Store {
     /// pool of at most `max_connections`, and brings the schema up to date (one node at a
     /// time). Fails if the server cannot be reached or refuses the credentials.
     pub async fn connect_postgres(url: &str, max_connections: usize) -> Result<Store> {
-        Store::connect_postgres_tls(url, max_connections, None, DEFAULT_STATEMENT_TIMEOUT).await
+        let timeout = std::time::Duration::from_millis(crate::config::DEFAULT_STATEMENT_TIMEOUT_MS);
+        Store::connect_postgres_tls(url, max_connections, None, timeout).await
     }
 
     /// Like [`Store::connect_postgres`]; with `sslmode=require` in the URL the connection is TLS,
