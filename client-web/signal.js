@@ -296,11 +296,16 @@ export class SignalClient extends EventTarget {
 
     const reason = this.#closedReason || frameReason || CODE_REASONS.get(code) || "";
     if (reason === "room_elsewhere" && this.#movedTo) {
-      // Not a failure: the same handshake, at once, on the room's node.
+      // Not a failure: the same handshake, at once, on the room's node; or, when the room
+      // moves while we are in it (its node is stopping), a resume there.
       this.#url = this.#movedTo;
       this.#movedTo = "";
-      if (this.#status === "connected") this.#setStatus({ status: "reconnecting", reason, code });
-      this.#connectSoon(0, this.#mode);
+      let mode = this.#mode;
+      if (this.#status === "connected") {
+        this.#setStatus({ status: "reconnecting", reason, code });
+        if (this.#resumeToken) mode = "resume";
+      }
+      this.#connectSoon(0, mode);
       return;
     }
     if (TERMINAL.has(reason)) {

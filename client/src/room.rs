@@ -542,6 +542,9 @@ struct Driver {
 enum Interruption {
     /// The connection dropped: resume.
     Lost,
+    /// The room moved to the node at this signaling address (its node is stopping): resume
+    /// there, at once.
+    Moved(String),
     /// The room is over for this client.
     Closed { code: u16, reason: String },
     /// The `Room` was dropped.
@@ -552,11 +555,14 @@ impl Driver {
     async fn run(mut self, mut session: Session) {
         let (code, reason) = loop {
             let interruption = self.serve(&mut session).await;
-            let url = session.url().to_owned();
+            let url = match &interruption {
+                Interruption::Moved(to) => to.clone(),
+                _ => session.url().to_owned(),
+            };
             // Dropped without a goodbye (the TCP connection closes).
             drop(session);
             match interruption {
-                Interruption::Lost => {
+                Interruption::Lost | Interruption::Moved(_) => {
                     self.fail_pending();
                     self.shared.publish(Event::Reconnecting);
                     match self.resume(&url).await {
@@ -586,6 +592,8 @@ impl Driver {
     async fn serve(&mut self, session: &mut Session) -> Interruption {
         // The reason a `closed` message gave, for the close that follows it.
         let mut closing: Option<String> = None;
+        // Where a `moved` message sends us, for the close (4307 `room_elsewhere`) that follows.
+        let mut moved: Option<String> = None;
         loop {
             tokio::select! {
                 message = session.recv() => match message {
@@ -593,10 +601,19 @@ impl Driver {
                         if message["type"] == "closed" {
                             closing = message["reason"].as_str().map(str::to_owned);
                         }
+                        if message["type"] == "moved" {
+                            moved = message["signal_url"].as_str().map(str::to_owned);
+                            continue;
+                        }
                         self.handle(message);
                     }
                     Err(Error::Closed { code, reason }) => {
                         let reason = closing.take().unwrap_or(reason);
+                        if reason == "room_elsewhere"
+                            && let Some(to) = moved.take()
+                        {
+                            return Interruption::Moved(to);
+                        }
                         if resumable(code, &reason) {
                             return Interruption::Lost;
                         }

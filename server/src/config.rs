@@ -103,6 +103,10 @@ pub struct DatabaseSettings {
     /// The CA that signed PostgreSQL's certificate (PEM), for `sslmode=require`; unset, the
     /// system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// How long one statement may run or wait for a lock before it is cancelled and the call
+    /// answered 503 `store_unavailable`; a server that does not answer at all is given up
+    /// 5 s later.
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -111,6 +115,7 @@ impl Default for DatabaseSettings {
             url: None,
             max_connections: 16,
             tls_ca: None,
+            statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
         }
     }
 }
@@ -151,12 +156,17 @@ impl Default for ClusterSettings {
     }
 }
 
+/// How long one PostgreSQL statement may run or wait for a lock, unless configured.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 10_000;
+
 /// Hand-written so that the password in the URL never reaches a log line.
 impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.url.as_ref().map(|_| "(set)"))
             .field("max_connections", &self.max_connections)
+            .field("tls_ca", &self.tls_ca)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
             .finish()
     }
 }
@@ -747,6 +757,11 @@ impl Config {
         if d.max_connections == 0 || d.max_connections > 1000 {
             return Err(ConfigError::Invalid(
                 "database: max_connections 1..=1000".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&d.statement_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "database: statement_timeout_ms 100..=600000".into(),
             ));
         }
         self.webhooks.check()

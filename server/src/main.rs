@@ -228,19 +228,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %server.addr, "listening");
 
     let handle = server.handle();
-    let live = server.state.live.clone();
-    let media = server.state.media.clone();
-    let cluster = server.state.cluster.clone();
+    let state = server.state.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
-        // Out of the registry first: no new room is placed here, and the rooms that lived
-        // here are taken at once by the node their people reach next.
-        if let Some(cluster) = &cluster {
-            cluster.leave().await;
-        }
-        live.shutdown().await;
-        media.stop().await;
+        stoa::server::stop_rooms(&state).await;
+        state.media.stop().await;
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     server.wait().await

@@ -58,12 +58,7 @@ impl RunningServer {
         if let Some(heartbeat) = &self.heartbeat {
             heartbeat.abort();
         }
-        // Out of the registry first, so no room is placed here while the rest stops; the
-        // rooms that lived here are taken by the next node their people reach.
-        if let Some(cluster) = &self.state.cluster {
-            cluster.leave().await;
-        }
-        self.state.live.shutdown().await;
+        stop_rooms(&self.state).await;
         // Rows it was sending stay leased until their lease ends; the next start sends them.
         if let Some(task) = &self.webhook_task {
             task.abort();
@@ -120,6 +115,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             url,
             config.database.max_connections,
             config.database.tls_ca.as_deref(),
+            std::time::Duration::from_millis(config.database.statement_timeout_ms),
         )
         .await
         .context("cannot open the PostgreSQL database")?,
@@ -318,6 +314,24 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         media_task,
         task,
     })
+}
+
+/// Stops the live rooms for a shutdown. In a cluster the node leaves the registry first (no
+/// room is placed here while the rest stops) and sends its rooms' people to the least full
+/// other node (`moved`), where they resume at once and the rooms go on; alone, or the last
+/// node, it tells them the server is restarting.
+pub async fn stop_rooms(state: &AppState) {
+    let successor = match &state.cluster {
+        Some(cluster) => cluster.hand_over().await,
+        None => None,
+    };
+    if let Some(next) = &successor {
+        tracing::info!(node = %next.name, "handing the live rooms over");
+    }
+    state
+        .live
+        .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
+        .await;
 }
 
 /// Every heartbeat: this node's load into the registry, and its rooms' leases renewed. A

@@ -271,6 +271,14 @@ impl Node {
     }
 }
 
+impl Node {
+    /// SIGTERM, as systemd's `stop` or a rolling upgrade sends; the node stops by itself.
+    fn stop(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
@@ -1104,4 +1112,107 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
     assert_eq!(socket.until("pong").await["id"], 2);
     drop(nginx);
     drop(nodes);
+}
+
+/// A node stopped on purpose (SIGTERM: a rolling upgrade) hands its rooms over: it leaves the
+/// registry, sends everyone in its rooms to the least full other node (`moved`), and they
+/// resume there at once, with their roles and places, and hear each other again. Before, the
+/// people came back to the stopping node itself, which started the room again while it shut
+/// down, and lost it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
+    use stoa_client::audio::AudioSource;
+    use stoa_client::{Event, InviteLink, JoinOptions, Room};
+
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.clone()),
+        ..NodeSpec::new(name, &redis)
+    };
+    let nodes = [spec("node-a").start(), spec("node-b").start()];
+    let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
+    let listener_code = nodes[0].invite(&room, "listener").await;
+    let options = |name: &str| JoinOptions {
+        media: true,
+        ..JoinOptions::new(name)
+    };
+    let mut sam = Room::join(
+        &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
+        options("Sam"),
+    )
+    .await
+    .expect("the speaker joins");
+    let mut lee = Room::join(
+        &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
+        options("Lee"),
+    )
+    .await
+    .expect("the listener joins");
+    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+    let mut hearing = lee.listen().unwrap();
+    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    let home = usize::from(!lease.starts_with("node-a "));
+    let (home_name, other_name) = [("node-a", "node-b"), ("node-b", "node-a")][home];
+    let sam_id = sam.view().me().id.to_string();
+
+    let stopped_at = Instant::now();
+    nodes[home].stop();
+    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
+        next_event_matching(
+            room_of,
+            Duration::from_secs(5),
+            &format!("{name} is back"),
+            |e| matches!(e, Event::Resumed(_)),
+        )
+        .await;
+    }
+    let back_after = stopped_at.elapsed();
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(
+        lease.starts_with(&format!("{other_name} ")),
+        "the room lives on {other_name} now: {lease:?}"
+    );
+    let response = nodes[1 - home]
+        .http
+        .get(format!("{}/api/v1/rooms/{room}", nodes[1 - home].url))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["stoa-node"], other_name, "live there");
+    assert_eq!(
+        sam.view().me().id.to_string(),
+        sam_id,
+        "the same participant"
+    );
+    assert_eq!(sam.view().me().role.to_string(), "speaker");
+    assert!(sam.view().me().on_stage, "Sam is on stage again");
+    assert_eq!(lee.view().me().role.to_string(), "listener");
+    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
+        next_event_matching(
+            room_of,
+            Duration::from_secs(10),
+            &format!("{name}'s media is back"),
+            |e| {
+                assert!(!matches!(e, Event::MediaLost(_)), "{name}: {e:?}");
+                matches!(e, Event::MediaReconnected)
+            },
+        )
+        .await;
+    }
+    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+    let audio_after = stopped_at.elapsed();
+    assert!(
+        back_after < Duration::from_secs(2),
+        "moved over at once, not after a reconnection's backoff: {back_after:?} \
+         ({home_name} stopped)"
+    );
+    println!(
+        "{home_name} stopped (SIGTERM): its people resumed on {other_name} after \
+         {back_after:?}, the speaker heard again after {audio_after:?}"
+    );
 }

@@ -27,6 +27,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{ClusterSettings, redact_password};
 
+// The end-to-end tests' throwaway Redis, shared so there is one way to run one in tests.
+#[cfg(test)]
+#[path = "../../../tests/src/redis.rs"]
+#[allow(dead_code)]
+mod throwaway_redis;
+
 pub use node::{Addresses, CpuMeter, Load, NodeInfo};
 pub use placement::{Home, Lease};
 
@@ -119,7 +125,7 @@ struct Inner {
     /// The Redis URL as it may be logged.
     shown_url: String,
     /// Rooms whose home is this node, with their lease epochs.
-    held: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    held: std::sync::Mutex<std::collections::HashMap<String, placement::Held>>,
 }
 
 /// Fingerprints of the keys every node must share (never the keys themselves).

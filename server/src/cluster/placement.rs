@@ -32,6 +32,23 @@ async fn answers(node_url: &str) -> bool {
     )
 }
 
+/// A lease this node holds: its epoch, and when it was claimed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Held {
+    epoch: u64,
+    claimed: std::time::Instant,
+}
+
+impl Held {
+    /// A room is claimed when someone's socket arrives, a moment before the room is live
+    /// here (their join reads the store first). Through that moment, and a lease's lifetime
+    /// more, the lease is renewed as if the room were live; letting it go would let another
+    /// node take the room while this one starts it: one room, two homes.
+    fn starting(&self, now: std::time::Instant, grace: std::time::Duration) -> bool {
+        now.saturating_duration_since(self.claimed) < grace
+    }
+}
+
 /// A room's lease: who is home and since which placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -60,6 +77,15 @@ pub enum Home {
     Here(Lease),
     /// On another node that is up.
     Elsewhere(Box<NodeInfo>, Lease),
+}
+
+/// The node with the most room left (by name among equals).
+fn least_full(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
+    nodes.min_by(|a, b| {
+        a.fullness()
+            .total_cmp(&b.fullness())
+            .then(a.name.cmp(&b.name))
+    })
 }
 
 /// Takes the room for `ARGV[1]` unless a registered node holds it; answers the lease.
@@ -122,14 +148,7 @@ impl Cluster {
         }
         let nodes = self.nodes().await?;
         let me = self.me();
-        let least_full = nodes
-            .into_iter()
-            .chain(std::iter::once(me))
-            .min_by(|a, b| {
-                a.fullness()
-                    .total_cmp(&b.fullness())
-                    .then(a.name.cmp(&b.name))
-            })
+        let least_full = least_full(nodes.into_iter().chain(std::iter::once(me)))
             .expect("this node is a candidate");
         let lease = self.take(room, &least_full.name).await?;
         match self.node(&lease.node).await? {
@@ -137,6 +156,20 @@ impl Cluster {
             // The chosen node went away between the two reads: this node takes the room.
             None => self.claim(room).await,
         }
+    }
+
+    /// Leaves the registry (no room is placed here from now on) and names the node this one's
+    /// people should move to: the least full other node that is up, if there is one and Redis
+    /// answers.
+    pub async fn hand_over(&self) -> Option<NodeInfo> {
+        let others = self.nodes().await.ok().map(|nodes| {
+            nodes
+                .into_iter()
+                .filter(|n| n.name != self.inner.name)
+                .collect::<Vec<_>>()
+        });
+        self.leave().await;
+        least_full(others?.into_iter())
     }
 
     /// Where the room lives now, without placing it: `None` when it lives nowhere (nobody
@@ -158,7 +191,11 @@ impl Cluster {
         // Twice at most: a holder that vanished between two reads is taken over once.
         for _ in 0..2 {
             if lease.node == self.inner.name {
-                self.held().insert(room.to_owned(), lease.epoch);
+                let held = Held {
+                    epoch: lease.epoch,
+                    claimed: std::time::Instant::now(),
+                };
+                self.held().insert(room.to_owned(), held);
                 return Ok(Home::Here(lease));
             }
             match self.node(&lease.node).await? {
@@ -177,20 +214,24 @@ impl Cluster {
         )))
     }
 
-    /// Renews the leases of the rooms this node holds and still runs (`live` says which);
-    /// lets go of the others. Returns the rooms whose lease another node took meanwhile:
-    /// this node must stop acting for them.
+    /// Renews the leases of the rooms this node holds and still runs (`live` says which) or
+    /// is starting (claimed within a lease's lifetime); lets go of the others. Returns the
+    /// rooms whose lease another node took meanwhile: this node must stop acting for them.
     pub async fn renew(&self, live: impl Fn(&str) -> bool) -> redis::RedisResult<Vec<String>> {
         if self.inner.left.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(Vec::new());
         }
-        let held: Vec<(String, u64)> = self
+        let now = std::time::Instant::now();
+        let grace = std::time::Duration::from_millis(self.inner.settings.node_ttl_ms);
+        let held: Vec<(String, u64, bool)> = self
             .held()
             .iter()
-            .map(|(room, epoch)| (room.clone(), *epoch))
+            .map(|(room, held)| (room.clone(), held.epoch, held.starting(now, grace)))
             .collect();
-        let (running, idle): (Vec<_>, Vec<_>) = held.into_iter().partition(|(room, _)| live(room));
-        for (room, epoch) in idle {
+        let (running, idle): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|(room, _, starting)| *starting || live(room));
+        for (room, epoch, _) in idle {
             self.release(&room, epoch).await?;
         }
         if running.is_empty() {
@@ -199,7 +240,7 @@ impl Cluster {
         let renew = redis::Script::new(RENEW);
         let mut script = renew.prepare_invoke();
         script.arg(self.inner.settings.node_ttl_ms);
-        for (room, epoch) in &running {
+        for (room, epoch, _) in &running {
             script.key(format!("{ROOM_PREFIX}{room}"));
             script.key(format!("{EPOCH_PREFIX}{room}"));
             script.arg(
@@ -213,8 +254,8 @@ impl Cluster {
         let renewed: Vec<i64> = self.note(script.invoke_async(&mut self.redis()).await)?;
         let mut lost = Vec::new();
         let mut held = self.held();
-        for ((room, epoch), ok) in running.into_iter().zip(renewed) {
-            if ok == 0 && held.get(&room) == Some(&epoch) {
+        for ((room, epoch, _), ok) in running.into_iter().zip(renewed) {
+            if ok == 0 && held.get(&room).map(|h| h.epoch) == Some(epoch) {
                 held.remove(&room);
                 lost.push(room);
             }
@@ -239,7 +280,7 @@ impl Cluster {
             .invoke_async(&mut self.redis())
             .await?;
         let mut held = self.held();
-        if held.get(room) == Some(&epoch) {
+        if held.get(room).map(|h| h.epoch) == Some(epoch) {
             held.remove(room);
         }
         Ok(())
@@ -283,7 +324,72 @@ impl Cluster {
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.inner.held.lock().expect("held leases poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Addresses, Cluster, Fingerprints, Load, NodeInfo};
+    use super::Home;
+    use crate::config::ClusterSettings;
+
+    use super::super::throwaway_redis;
+
+    const TTL_MS: u64 = 1_500;
+
+    /// A node of a cluster on `redis`, whose own address accepts connections (as a running
+    /// node's does: placement checks it).
+    async fn node(name: &str, redis: &throwaway_redis::Redis) -> (Cluster, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let settings = ClusterSettings {
+            redis_url: Some(redis.url()),
+            heartbeat_ms: 100,
+            node_ttl_ms: TTL_MS,
+            ..ClusterSettings::default()
+        };
+        let addresses = Addresses {
+            public_url: url.clone(),
+            node_url: url.clone(),
+            internal_url: String::new(),
+            signal_url: format!("{url}/api/v1/signal"),
+        };
+        let me = NodeInfo::starting(name.into(), addresses, Vec::new(), 100, 0);
+        let keys = Fingerprints {
+            signing: "signing".into(),
+            operator: "operator".into(),
+        };
+        let cluster = Cluster::join(&settings, me, keys).await.unwrap();
+        (cluster, listener)
+    }
+
+    /// A room is claimed when someone's socket arrives, and is live here only once their join
+    /// has read the store. A heartbeat in between must not let the lease go: the next person,
+    /// sent by another node, would start the same room there (two homes, each with half of
+    /// the people). A claimed room that never becomes live is let go after a lease's lifetime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_claimed_but_not_yet_live_keeps_its_home() {
+        let redis = throwaway_redis::Redis::start();
+        let (a, _a_listens) = node("node-a", &redis).await;
+        let (b, _b_listens) = node("node-b", &redis).await;
+        let room = "rm_starting";
+        assert!(matches!(a.claim(room).await.unwrap(), Home::Here(_)));
+
+        // A heartbeat while the room is starting: not live yet, the lease is kept.
+        assert!(a.renew(|_| false).await.unwrap().is_empty());
+        match b.claim(room).await.unwrap() {
+            Home::Elsewhere(home, _) => assert_eq!(home.name, "node-a"),
+            Home::Here(lease) => panic!("node-b took a room node-a is starting: {lease:?}"),
+        }
+
+        // Never live within a lease's lifetime (the join failed): let go, and placed anew.
+        std::thread::sleep(std::time::Duration::from_millis(TTL_MS + 100));
+        a.heartbeat(Load::default(), 0).await;
+        b.heartbeat(Load::default(), 0).await;
+        assert!(a.renew(|_| false).await.unwrap().is_empty());
+        assert_eq!(a.rooms_held(), 0);
+        assert!(matches!(b.claim(room).await.unwrap(), Home::Here(_)));
     }
 }

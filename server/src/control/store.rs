@@ -80,7 +80,7 @@ macro_rules! on_engine {
     ($self:ident.$method:ident($($arg:expr),*)) => {
         match &$self.engine {
             Engine::Sqlite(engine) => engine.$method($($arg),*).await,
-            Engine::Postgres(engine) => engine.$method($($arg),*).await,
+            Engine::Postgres(engine) => engine.bounded(engine.$method($($arg),*)).await,
         }
     };
 }
@@ -104,17 +104,22 @@ impl Store {
     /// pool of at most `max_connections`, and brings the schema up to date (one node at a
     /// time). Fails if the server cannot be reached or refuses the credentials.
     pub async fn connect_postgres(url: &str, max_connections: usize) -> Result<Store> {
-        Store::connect_postgres_tls(url, max_connections, None).await
+        let timeout = std::time::Duration::from_millis(crate::config::DEFAULT_STATEMENT_TIMEOUT_MS);
+        Store::connect_postgres_tls(url, max_connections, None, timeout).await
     }
 
     /// Like [`Store::connect_postgres`]; with `sslmode=require` in the URL the connection is TLS,
-    /// the server's certificate verified against `tls_ca` (PEM) or the system's roots.
+    /// the server's certificate verified against `tls_ca` (PEM) or the system's roots. A
+    /// statement that runs (or waits for a lock) longer than `statement_timeout` is cancelled,
+    /// and a call that gets no answer within it is given up: either is `Unavailable`.
     pub async fn connect_postgres_tls(
         url: &str,
         max_connections: usize,
         tls_ca: Option<&Path>,
+        statement_timeout: std::time::Duration,
     ) -> Result<Store> {
-        let store = postgres::PgStore::connect(url, max_connections, tls_ca).await?;
+        let store =
+            postgres::PgStore::connect(url, max_connections, tls_ca, statement_timeout).await?;
         Ok(Store {
             engine: Engine::Postgres(store),
         })

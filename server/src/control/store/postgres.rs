@@ -38,6 +38,9 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(super) struct PgStore {
     pool: Pool,
+    /// A call without an answer after this is given up (the server's own statement timeout,
+    /// the same, cancels what runs; this covers a server that does not answer at all).
+    patience: Duration,
 }
 
 impl PgStore {
@@ -45,6 +48,7 @@ impl PgStore {
         url: &str,
         max_connections: usize,
         tls_ca: Option<&Path>,
+        statement_timeout: Duration,
     ) -> Result<PgStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             ControlError::Storage(format!("the database URL is not a PostgreSQL URL: {e}"))
@@ -72,6 +76,15 @@ impl PgStore {
         // about half a minute instead of the kernel's two hours.
         config.keepalives_idle(Duration::from_secs(15));
         config.tcp_user_timeout(Duration::from_secs(30));
+        // A statement stuck behind somebody's lock, or running away, is cancelled by the
+        // server (SQLSTATE 57014) rather than holding a request and a pooled connection.
+        let timeout_ms = statement_timeout.as_millis().max(1);
+        let options = match config.get_options() {
+            Some(given) if given.contains("statement_timeout") => given.to_owned(),
+            Some(given) => format!("{given} -c statement_timeout={timeout_ms}"),
+            None => format!("-c statement_timeout={timeout_ms}"),
+        };
+        config.options(&options);
         let target = describe(&config);
         // Checks a pooled connection with a round trip before handing it out, so one left
         // broken by a database restart is replaced instead of failing a request.
@@ -102,7 +115,24 @@ impl PgStore {
         migrate(&mut client)
             .await
             .map_err(|e| ControlError::Storage(format!("migration failed: {e}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            // Beyond the server's own timeout: the server cancels first when it can.
+            patience: statement_timeout + POOL_TIMEOUT,
+        })
+    }
+
+    /// `call`, given up as `Unavailable` when the database has not answered within this
+    /// store's patience (a server that is stopped or cut off keeps TCP open, never answering).
+    /// A write given up this way may still be committed later: it was not acknowledged.
+    pub(super) async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.patience, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ControlError::Unavailable(format!(
+                "PostgreSQL did not answer within {} s",
+                self.patience.as_secs()
+            ))),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
@@ -946,6 +976,8 @@ impl PgStore {
 /// together migrate one after the other. Refuses a schema newer than this build knows.
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     let tx = client.transaction().await?;
+    // A migration may rightly take longer than a request's statement timeout.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS stoa_schema_version (version BIGINT NOT NULL)")
@@ -1333,6 +1365,8 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,
+                // The statement timeout: the database is too busy (or locked) to answer now.
+                SqlState::QUERY_CANCELED,
             ]
             .contains(code);
     }

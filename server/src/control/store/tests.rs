@@ -790,3 +790,106 @@ async fn postgres_counts_uses_exactly_under_racing_nodes() {
         .count();
     assert_eq!(redeemed, USES as usize);
 }
+
+/// Holds `LOCK TABLE rooms` in an open transaction on its own connection, as an operator's
+/// long migration or a forgotten `psql` session would.
+async fn lock_rooms(url: &str) -> tokio_postgres::Client {
+    let (locker, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
+/// A write stuck behind somebody's lock is cancelled after the statement timeout and answered
+/// `Unavailable` (503 `store_unavailable` over HTTP), rather than holding the request and a
+/// pooled connection for as long as the lock lasts; the store works again once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_statement_behind_a_lock_gives_up_after_the_statement_timeout() {
+    let url = Postgres::shared().fresh_database();
+    let timeout = std::time::Duration::from_millis(300);
+    let store = Store::connect_postgres_tls(&url, 4, None, timeout)
+        .await
+        .unwrap();
+    let locker = lock_rooms(&url).await;
+    let started = std::time::Instant::now();
+    let refused = store
+        .create_room(room_new("Behind a lock"), Actor::Operator, 1_000)
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(&refused, Err(ControlError::Unavailable(why)) if why.contains("statement timeout")),
+        "{refused:?}"
+    );
+    assert!(
+        waited >= timeout && waited < timeout * 10,
+        "cancelled by the server after its statement timeout: {waited:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let room = store
+        .create_room(room_new("After the lock"), Actor::Operator, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(store.room(room.id).await.unwrap().title, "After the lock");
+}
+
+/// A server that stops answering in the middle of a statement (SIGSTOP: the connection stays
+/// open, nothing comes back, and its own statement timeout cannot fire) is given up by the
+/// store a few seconds after the statement timeout, as `Unavailable`; once the server answers
+/// again, so does the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
+    let server = Postgres::start();
+    let url = server.fresh_database();
+    let timeout = std::time::Duration::from_millis(500);
+    let store = Store::connect_postgres_tls(&url, 4, None, timeout)
+        .await
+        .unwrap();
+    let locker = lock_rooms(&url).await;
+    let call = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let answer = store
+                .create_room(room_new("In flight"), Actor::Operator, 1_000)
+                .await;
+            (answer, started.elapsed())
+        }
+    });
+    // The store's statement is in flight, waiting on the lock: now the server stops.
+    loop {
+        let waiting: i64 = locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    server.pause();
+    let (answer, waited) = call.await.unwrap();
+    server.resume();
+    assert!(
+        matches!(&answer, Err(ControlError::Unavailable(why)) if why.contains("did not answer")),
+        "{answer:?}"
+    );
+    assert!(
+        waited > timeout && waited < timeout + std::time::Duration::from_secs(8),
+        "given up a few seconds after the statement timeout: {waited:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let room = store
+        .create_room(room_new("Answered again"), Actor::Operator, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(store.room(room.id).await.unwrap().title, "Answered again");
+}

@@ -197,7 +197,7 @@ impl<E: Egress> Core<E> {
             .or_insert_with(|| Room::new(&room, setup.slots));
         entry.members.push(key);
         self.routes.add_ufrag(ufrag.clone(), key);
-        let mut conn = Transport {
+        let mut conn = Box::new(Transport {
             pc,
             room: room.key,
             participant,
@@ -220,7 +220,7 @@ impl<E: Egress> Core<E> {
             tap,
             lean: Lean::default(),
             scheduled: None,
-        };
+        });
         conn.hear(entry.selector.slots_for(source));
         conn.schedule(key, &mut self.timers);
         tracing::debug!(worker = setup.index, conn = %key, room = %room.id, participant = %conn.participant, on_stage, slots = conn.slots.len(), "media connection opened");

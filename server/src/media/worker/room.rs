@@ -2,13 +2,12 @@
 //! decides what each member's slots carry, and the speaking levels last reported. Knows
 //! connections only by key; sends nothing itself.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::super::selector::{SelectorConfig, SpeakerSelector};
 use super::super::tap::RoomTap;
-use super::transport::Transport;
+use super::transport::Conns;
 use super::{ConnKey, RoomRef, SourceId};
 use crate::control::{ParticipantId, RoomId};
 
@@ -43,7 +42,7 @@ impl Room {
     }
 
     /// Points every member's slots at what the selection says they hear now.
-    pub fn apply_slots(&self, conns: &mut HashMap<ConnKey, Transport>) {
+    pub fn apply_slots(&self, conns: &mut Conns) {
         for key in &self.members {
             if let Some(conn) = conns.get_mut(key) {
                 conn.hear(self.selector.slots_for(conn.source));
@@ -52,12 +51,7 @@ impl Room {
     }
 
     /// Drops a source that stopped for good from the selection; slots follow.
-    pub fn forget(
-        &mut self,
-        source: SourceId,
-        now_us: u64,
-        conns: &mut HashMap<ConnKey, Transport>,
-    ) {
+    pub fn forget(&mut self, source: SourceId, now_us: u64, conns: &mut Conns) {
         if self.selector.remove(source) {
             self.selector.update(now_us);
             self.apply_slots(conns);
@@ -68,7 +62,7 @@ impl Room {
     /// since the last call.
     pub fn levels_changed(
         &mut self,
-        conns: &HashMap<ConnKey, Transport>,
+        conns: &Conns,
         now_us: u64,
     ) -> Option<Vec<(ParticipantId, u8)>> {
         let mut levels: Vec<(ParticipantId, u8)> = self

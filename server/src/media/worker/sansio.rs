@@ -26,7 +26,7 @@ use super::super::red::{self, Frame, MAX_REDUNDANCY};
 use super::counters::Counters;
 use super::room::Room;
 use super::routes::{Found, Routes};
-use super::transport::{Timers, Transport, queue_writes};
+use super::transport::{Conns, Timers, queue_writes};
 use super::{
     ConnKey, Control, Egress, Fanout, Forwarded, Now, Peer, Report, RoomKey, SourceId, rtcp,
 };
@@ -68,7 +68,7 @@ pub struct Links {
 
 pub struct Core<E: Egress> {
     pub(super) setup: CoreSetup,
-    pub(super) conns: HashMap<ConnKey, Transport>,
+    pub(super) conns: Conns,
     pub(super) routes: Routes,
     pub(super) rooms: HashMap<RoomKey, Room>,
     pub(super) timers: Timers,

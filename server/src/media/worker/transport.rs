@@ -4,7 +4,7 @@
 //! egress; decides nothing about rooms or forwarding.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,12 @@ use crate::control::ParticipantId;
 /// Connections' deadlines, earliest first. A connection's entry is live only while it equals
 /// its `scheduled`; later ones are skipped when they come up.
 pub(super) type Timers = BinaryHeap<Reverse<(Instant, ConnKey)>>;
+
+/// The worker's connections by key. Each one is boxed: a `Transport` is ~9 KiB inline (almost
+/// all of it `rtc`'s `RTCPeerConnection`), and a hash map keeps up to twice its length in empty
+/// buckets (1 024 listeners take 2 048), so inline it cost up to 18 KiB per connection; a box
+/// costs its size plus a pointer per bucket.
+pub(super) type Conns = HashMap<ConnKey, Box<Transport>>;
 
 /// One audio section towards the client: a slot of the room's selection.
 pub(super) struct OutSlot {

@@ -150,8 +150,11 @@ enum RoomMsg {
     Speaking(Vec<(ParticipantId, u8)>),
     /// From the recorder: the recording stopped by itself.
     RecordingLost,
-    /// The server is stopping: tell every socket why, then end the task.
-    Shutdown,
+    /// The server is stopping: tell every socket why, then end the task. With a node's
+    /// signaling address, its people are sent there (`moved`): the room goes on on that node.
+    Shutdown {
+        moved_to: Option<std::sync::Arc<str>>,
+    },
 }
 
 enum ConnectOutcome {

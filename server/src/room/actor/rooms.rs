@@ -302,13 +302,16 @@ impl LiveRooms {
         Err(ConnectError::Refused(Refusal::NotInRoom))
     }
 
-    /// Closes every live socket with 1012 `server_restarting` and stops the room tasks, so
-    /// clients learn why they were cut off and come back by joining again.
-    /// Then waits (up to `SHUTDOWN_DRAIN`) for the rooms' records to be written.
-    pub async fn shutdown(&self) {
+    /// Closes every live socket and stops the room tasks, so clients learn why they were cut
+    /// off: with `moved_to` (another node's signaling address), `moved` and 4307
+    /// `room_elsewhere`, and they resume there at once; without, 1012 `server_restarting`,
+    /// and they come back by resuming here when the server is back. Then waits (up to `SHUTDOWN_DRAIN`) for the rooms' records to be written.
+    pub async fn shutdown(&self, moved_to: Option<&str>) {
+        let moved_to: Option<std::sync::Arc<str>> = moved_to.map(Into::into);
         let handles: Vec<RoomHandle> = self.rooms.iter().map(|h| h.clone()).collect();
         for handle in handles {
-            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+            let moved_to = moved_to.clone();
+            let _ = handle.tx.send(RoomMsg::Shutdown { moved_to }).await;
         }
         let left = self.deps.writers.drain(SHUTDOWN_DRAIN).await;
         if left > 0 {
@@ -323,7 +326,7 @@ impl LiveRooms {
     /// `server_restarting`, and its people come back by joining again, where the room is now.
     pub async fn evict(&self, room: &RoomId) {
         if let Some(handle) = self.get(room) {
-            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+            let _ = handle.tx.send(RoomMsg::Shutdown { moved_to: None }).await;
         }
     }
 

@@ -260,12 +260,26 @@ impl RoomTask {
                     .await
                     .ok();
             }
-            RoomMsg::Shutdown => {
+            RoomMsg::Shutdown { moved_to } => {
+                let moved = moved_to
+                    .as_deref()
+                    .map(|signal_url| Text::from(ServerMessage::Moved { signal_url }.to_json()));
                 for (_, conn) in self.connections.drain() {
-                    let _ = conn.outbox.try_send(Outbound::Close {
-                        code: close_code::SERVER_RESTARTING,
-                        reason: "server_restarting",
-                    });
+                    let close = match &moved {
+                        // Resumed at once on the node named, with the same resume token.
+                        Some(moved) => {
+                            let _ = conn.outbox.try_send(Outbound::Text(moved.clone()));
+                            Outbound::Close {
+                                code: close_code::MOVED,
+                                reason: "room_elsewhere",
+                            }
+                        }
+                        None => Outbound::Close {
+                            code: close_code::SERVER_RESTARTING,
+                            reason: "server_restarting",
+                        },
+                    };
+                    let _ = conn.outbox.try_send(close);
                 }
                 self.stopping = true;
             }
