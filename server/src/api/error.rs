@@ -167,6 +167,15 @@ impl From<ControlError> for ApiError {
             ControlError::InviteInvalid => ApiError::new(S::NOT_FOUND, "invite_invalid", detail),
             ControlError::InviteExpired => ApiError::new(S::GONE, "invite_expired", detail),
             ControlError::InviteUsedUp => ApiError::new(S::GONE, "invite_used_up", detail),
+            ControlError::ListenLinkNotFound => {
+                ApiError::new(S::NOT_FOUND, "listen_link_not_found", detail)
+            }
+            ControlError::ListenLinkInvalid => {
+                ApiError::new(S::NOT_FOUND, "listen_link_invalid", detail)
+            }
+            ControlError::ListenLinkExpired => {
+                ApiError::new(S::GONE, "listen_link_expired", detail)
+            }
             ControlError::Banned => ApiError::new(S::FORBIDDEN, "banned", detail),
             ControlError::Invalid { code, detail } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail)

@@ -6,13 +6,17 @@
 mod error;
 mod ids;
 mod invite_code;
+mod listen_link;
 mod model;
 mod store;
 pub mod validate;
 
 pub use error::{ControlError, error_chain};
-pub use ids::{Delivery, InviteId, ParticipantId, RecordingId, Role, RoomId, random_token};
+pub use ids::{
+    Delivery, InviteId, ListenLinkId, ParticipantId, RecordingId, Role, RoomId, random_token,
+};
 pub use invite_code::{IdentitySecret, InviteCode};
+pub use listen_link::{CreatedListenLink, ListenCode, ListenLink, NewListenLink};
 pub use model::{
     Actor, AuditEvent, ClaimedWebhook, CreatedInvite, DeliveryState, FinishedRecording, Invite,
     NewInvite, NewRoom, NewWebhook, Page, PageRequest, Recording, RecordingState, Redemption, Room,

@@ -22,6 +22,8 @@ use super::super::{
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
+mod listen_links;
+
 type Result<T> = std::result::Result<T, ControlError>;
 
 /// Advisory lock keys (any two constants nobody else uses): one node migrates at a time, and

@@ -17,6 +17,8 @@ use super::super::{
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::{MIGRATIONS, rules};
 
+mod listen_links;
+
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|m| M::up(m.sqlite)).collect())
 }

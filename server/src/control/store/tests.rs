@@ -790,3 +790,5 @@ async fn postgres_counts_uses_exactly_under_racing_nodes() {
         .count();
     assert_eq!(redeemed, USES as usize);
 }
+
+mod listen_links;
