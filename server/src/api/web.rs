@@ -1,6 +1,6 @@
 //! The browser client: its files (embedded at build time from `client-web/`) and the pages
 //! that start it. `/i/{code}` looks the invite up without using it, so the landing page can
-//! show the room's title before anyone joins.
+//! show the room's title before anyone joins; `/l/{code}` is a listen link's page.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,10 +27,11 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The pages and files, each answering GET (and HEAD). Kept as one table so the list the
 /// tests check (`paths`) is the list the router serves.
-fn table() -> [(&'static str, MethodRouter<AppState>); 3] {
+fn table() -> [(&'static str, MethodRouter<AppState>); 4] {
     [
         ("/", get(home)),
         ("/i/{code}", get(invite_page)),
+        ("/l/{code}", get(listen_page)),
         ("/app/{file}", get(asset)),
     ]
 }
@@ -181,6 +182,30 @@ async fn invite_page(
         }
     };
     page(status, info)
+}
+
+/// A listen link's page: the room's public broadcast. The page reads its code from its own
+/// address and asks the link's entry point (rate-limited there), so serving it costs nothing.
+async fn listen_page() -> Response {
+    let Some(html) = find("listen.html") else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "client_missing",
+            "this build has no browser client",
+        )
+        .into_response();
+    };
+    let mut response = (StatusCode::OK, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    response
 }
 
 /// `index.html` with the invite data in place of the marker, as a JSON data block. `<` is
