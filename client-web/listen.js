@@ -61,22 +61,7 @@ async function start() {
   }
   document.title = `${current.title} · Stoa`;
   setText(els.title, current.title);
-  root.replaceChildren(
-    h(
-      "main",
-      { class: "landing" },
-      h(
-        "div",
-        { class: "landing-card" },
-        h("p", { class: "brand" }, brandMark(), "Stoa"),
-        h("p", { class: "eyebrow" }, "Listening to"),
-        els.title,
-        els.status,
-        els.play,
-        els.audio,
-      ),
-    ),
-  );
+  showCard(h("p", { class: "eyebrow" }, "Listening to"), els.title, els.status, els.play, els.audio);
   els.play.addEventListener("click", () => void player?.resumePlayback());
   player = new BroadcastPlayer({ link: current, fetchLink: renew, container: els.audio });
   player.addEventListener("state", (event) => {
@@ -141,19 +126,15 @@ function stop(reason) {
     "Can't reach the room",
     "The server could not be reached. Reload to try again.",
   ];
-  root.replaceChildren(
-    h(
-      "main",
-      { class: "landing" },
-      h(
-        "div",
-        { class: "landing-card" },
-        h("p", { class: "brand" }, brandMark(), "Stoa"),
-        h("h1", { class: "landing-title" }, heading),
-        h("p", { class: "lead", "data-testid": "listen-problem", "data-reason": reason }, message),
-      ),
-    ),
-  );
+  showCard(h("h1", { class: "landing-title" }, heading), h("p", { class: "lead", "data-testid": "listen-problem", "data-reason": reason }, message));
+}
+
+/**
+ * The page: one card under the brand.
+ * @param {...Node} children
+ */
+function showCard(...children) {
+  root.replaceChildren(h("main", { class: "landing" }, h("div", { class: "landing-card" }, h("p", { class: "brand" }, brandMark(), "Stoa"), ...children)));
 }
 
 /** 128 random bits, URL-safe. */

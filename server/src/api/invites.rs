@@ -14,6 +14,18 @@ use crate::control::{ControlError, Delivery, InviteCode, InviteId, NewInvite, va
 const MAX_USES: u32 = 1_000_000;
 const MAX_EXPIRY_SECS: u64 = 365 * 24 * 3600;
 
+/// Refuses an `expires_in_secs` (of an invite or a listen link) out of its bounds.
+pub(super) fn check_expiry(expires_in_secs: Option<u64>) -> Result<(), ApiError> {
+    match expires_in_secs {
+        Some(s) if !(1..=MAX_EXPIRY_SECS).contains(&s) => Err(ControlError::invalid(
+            "invalid_expiry",
+            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Make an invite link.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/invites", tag = "invites",
     params(("room" = String, Path, description = "Room id")),
@@ -38,15 +50,7 @@ pub async fn create_invite(
         )
         .into());
     }
-    if let Some(s) = body.expires_in_secs
-        && !(1..=MAX_EXPIRY_SECS).contains(&s)
-    {
-        return Err(ControlError::invalid(
-            "invalid_expiry",
-            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
-        )
-        .into());
-    }
+    check_expiry(body.expires_in_secs)?;
     if body.delivery == Delivery::Broadcast && !state.broadcasts.settings().enabled {
         return Err(ControlError::invalid(
             "broadcast_disabled",

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::broadcast::{check_link, refusal};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, ClientIp, ListenerAllowance, room_id};
+use super::invites::check_expiry;
 use super::page_request;
 use super::state::AppState;
 use super::views::{
@@ -25,7 +26,6 @@ use crate::broadcast::BroadcastError;
 use crate::broadcast::audience::HEARTBEAT_SECS;
 use crate::control::{ControlError, ListenCode, ListenLinkId, NewListenLink, RoomId, validate};
 
-const MAX_EXPIRY_SECS: u64 = 365 * 24 * 3600;
 /// A heartbeat is `{"client": "<id>"}`; anything much longer is not one.
 const MAX_HEARTBEAT_BYTES: usize = 256;
 /// How long a shared cache may keep the entry point's answer: a revoked link stops this much
@@ -47,15 +47,7 @@ pub async fn create_listen_link(
 ) -> Result<(StatusCode, axum::Json<CreatedListenLinkView>), ApiError> {
     let room = room_id(&room)?;
     caller.require_moderator_of(&room)?;
-    if let Some(s) = body.expires_in_secs
-        && !(1..=MAX_EXPIRY_SECS).contains(&s)
-    {
-        return Err(ControlError::invalid(
-            "invalid_expiry",
-            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
-        )
-        .into());
-    }
+    check_expiry(body.expires_in_secs)?;
     if !state.broadcasts.settings().enabled {
         return Err(ControlError::invalid(
             "broadcast_disabled",
@@ -221,7 +213,12 @@ fn client_of(body: &[u8]) -> Option<String> {
     struct Heartbeat {
         client: String,
     }
-    let Heartbeat { client } = serde_json::from_slice(body).ok()?;
+    // An object only: serde would also read the struct from an array.
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !value.is_object() {
+        return None;
+    }
+    let Heartbeat { client } = serde_json::from_value(value).ok()?;
     let well_formed = (16..=64).contains(&client.len())
         && client
             .bytes()

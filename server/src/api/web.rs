@@ -187,15 +187,24 @@ async fn invite_page(
 /// A listen link's page: the room's public broadcast. The page reads its code from its own
 /// address and asks the link's entry point (rate-limited there), so serving it costs nothing.
 async fn listen_page() -> Response {
-    let Some(html) = find("listen.html") else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "client_missing",
-            "this build has no browser client",
-        )
-        .into_response();
-    };
-    let mut response = (StatusCode::OK, html).into_response();
+    match find("listen.html") {
+        Some(html) => html_page(StatusCode::OK, html),
+        None => client_missing(),
+    }
+}
+
+fn client_missing() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "client_missing",
+        "this build has no browser client",
+    )
+    .into_response()
+}
+
+/// A page of the client, under the client's policy.
+fn html_page(status: StatusCode, html: impl IntoResponse) -> Response {
+    let mut response = (status, html).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -212,12 +221,7 @@ async fn listen_page() -> Response {
 /// escaped so no value (a room title) can close the block.
 fn page(status: StatusCode, info: Value) -> Response {
     let Some(index) = find("index.html") else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "client_missing",
-            "this build has no browser client",
-        )
-        .into_response();
+        return client_missing();
     };
     let data = info.to_string().replace('<', "\\u003c");
     let html = String::from_utf8_lossy(index).replacen(
@@ -225,15 +229,5 @@ fn page(status: StatusCode, info: Value) -> Response {
         &format!(r#"<script type="application/json" id="stoa-invite">{data}</script>"#),
         1,
     );
-    let mut response = (status, html).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    response
+    html_page(status, html)
 }
