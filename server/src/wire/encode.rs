@@ -145,6 +145,10 @@ pub fn event_message(seq: u64, event: &impl Serialize) -> String {
     value.to_string()
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -205,8 +209,4 @@ mod tests {
             json!({ "type": "audience_page", "participants": [], "next": null })
         );
     }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
