@@ -149,3 +149,22 @@ export function redeemReplay(link) {
 export function recordingDetail(path, token) {
   return call(path, { token });
 }
+
+/**
+ * @typedef {Object} ListenAnswer  what a listen link leads to now
+ * @property {string} room_id
+ * @property {string} title
+ * @property {string} playlist_url
+ * @property {string} expires_at
+ * @property {string} heartbeat_url
+ * @property {number} heartbeat_secs
+ */
+
+/**
+ * A listen link's entry point: the room's title and its current broadcast link.
+ * @param {string} code
+ * @returns {Promise<ListenAnswer>}
+ */
+export function openListenLink(code) {
+  return call(`/api/v1/listen/${encodeURIComponent(code)}`);
+}

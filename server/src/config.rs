@@ -400,6 +400,11 @@ pub struct Limits {
     /// that address gets 429 `too_many_failures` until the allowance refills.
     pub auth_failures_per_minute: u32,
     pub auth_failure_burst: u32,
+    /// Calls of anonymous listeners (a listen link's entry point, broadcast heartbeats) allowed
+    /// per client address per minute, and the burst above it. Many listeners may share one
+    /// address (a school, a mobile carrier): each sends about four a minute.
+    pub listener_calls_per_minute: u32,
+    pub listener_call_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -451,6 +456,8 @@ impl Default for Limits {
             max_connections: 0,
             auth_failures_per_minute: 10,
             auth_failure_burst: 20,
+            listener_calls_per_minute: 600,
+            listener_call_burst: 120,
         }
     }
 }
@@ -625,6 +632,11 @@ impl Config {
         if l.max_body_bytes < 1024 || l.joins_per_minute == 0 || l.join_burst == 0 {
             return Err(ConfigError::Invalid(
                 "limits: max_body_bytes >= 1024, joins_per_minute and join_burst > 0".into(),
+            ));
+        }
+        if l.listener_calls_per_minute == 0 || l.listener_call_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: listener_calls_per_minute and listener_call_burst > 0".into(),
             ));
         }
         if l.header_read_timeout_ms < 100 {

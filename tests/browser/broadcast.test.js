@@ -37,6 +37,7 @@ import {
   writeToneWav,
 } from "./harness.js";
 import { inOwnNetns } from "./netns.js";
+import { listenToBroadcast, measureBroadcastElement } from "./broadcast-ear.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const CLIENT = process.env.STOA_CLIENT_BIN ? resolve(process.env.STOA_CLIENT_BIN) : resolve(here, "../../target/release/stoa-client");
@@ -51,104 +52,6 @@ const LISTEN_S = 5;
 
 
 /** @typedef {import("./harness.js").Peer} Peer */
-
-/**
- * Page code, run before the client's: routes the broadcast `<audio>` element, when it first
- * plays, into something that can be measured (see the file's comment).
- */
-function measureBroadcastElement() {
-  const w = /** @type {any} */ (window);
-  const play = HTMLMediaElement.prototype.play;
-  HTMLMediaElement.prototype.play = function () {
-    if (this.dataset.broadcast === undefined || w.__broadcastTap) return play.call(this);
-    const element = /** @type {any} */ (this);
-    if (typeof element.mozCaptureStream === "function") {
-      const recorder = new MediaRecorder(element.mozCaptureStream());
-      const chunks = /** @type {Blob[]} */ ([]);
-      recorder.ondataavailable = (event) => chunks.push(event.data);
-      w.__broadcastTap = { recorder, chunks };
-    } else {
-      const context = new AudioContext();
-      const analyser = context.createAnalyser();
-      analyser.fftSize = 4096;
-      context.createMediaElementSource(this).connect(analyser);
-      analyser.connect(context.destination);
-      context.resume();
-      w.__broadcastTap = { analyser };
-    }
-    return play.call(this);
-  };
-}
-
-/**
- * Listens to the broadcast element for `seconds`; returns, per 100 ms window, the strongest of
- * the candidate frequencies and its level (dB), as heard.
- * @param {Peer} peer
- * @param {number} seconds
- * @param {number[]} candidates
- */
-async function listenToBroadcast(peer, seconds, candidates) {
-  await peer.evaluate(/** @type {() => void} */ (/** @type {unknown} */ (`(() => { const t = window.__broadcastTap; if (t.recorder) t.recorder.start(); })()`)));
-  /** @type {{ hz: number, db: number }[]} */
-  const windows = [];
-  const tapKind = await peer.evaluate(() => (/** @type {any} */ (window).__broadcastTap?.analyser ? "analyser" : "recorder"));
-  if (tapKind === "analyser") {
-    const deadline = Date.now() + seconds * 1000;
-    while (Date.now() < deadline) {
-      const sample = await peer.evaluate(
-        /** @type {() => { hz: number, db: number }} */ (
-          /** @type {unknown} */ (`(() => {
-            const analyser = window.__broadcastTap.analyser;
-            const bins = new Float32Array(analyser.frequencyBinCount);
-            analyser.getFloatFrequencyData(bins);
-            const binHz = analyser.context.sampleRate / analyser.fftSize;
-            const candidates = ${JSON.stringify(candidates)};
-            let best = { hz: 0, db: -Infinity };
-            for (const hz of candidates) {
-              const db = bins[Math.round(hz / binHz)];
-              if (db > best.db) best = { hz, db };
-            }
-            return best;
-          })()`)
-        ),
-      );
-      windows.push(sample);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return windows;
-  }
-  await new Promise((r) => setTimeout(r, seconds * 1000));
-  return peer.evaluate(
-    /** @type {() => Promise<{ hz: number, db: number }[]>} */ (
-      /** @type {unknown} */ (`(async () => {
-        const { recorder, chunks } = window.__broadcastTap;
-        const stopped = new Promise((r) => (recorder.onstop = r));
-        recorder.stop();
-        await stopped;
-        const bytes = await new Blob(chunks).arrayBuffer();
-        const audio = await new OfflineAudioContext(1, 48000, 48000).decodeAudioData(bytes);
-        const pcm = audio.getChannelData(0);
-        const size = Math.round(audio.sampleRate / 10);
-        const power = (from, hz) => {
-          const k = 2 * Math.cos((2 * Math.PI * hz) / audio.sampleRate);
-          let s1 = 0, s2 = 0;
-          for (let i = from; i < from + size; i++) { const s0 = pcm[i] + k * s1 - s2; s2 = s1; s1 = s0; }
-          return s1 * s1 + s2 * s2 - k * s1 * s2;
-        };
-        const out = [];
-        for (let at = 0; at + size <= pcm.length; at += size) {
-          let best = { hz: 0, db: -Infinity };
-          for (const hz of ${JSON.stringify(candidates)}) {
-            const db = 10 * Math.log10(power(at, hz) + 1e-12);
-            if (db > best.db) best = { hz, db };
-          }
-          out.push(best);
-        }
-        return out;
-      })()`)
-    ),
-  );
-}
 
 /**
  * In the ear's page: an analyser on every slot, and the first time (ms since the epoch) a slot

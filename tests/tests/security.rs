@@ -189,6 +189,39 @@ fn rest_table() -> Vec<Row> {
             expect: moderators(204),
         },
         Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/listen-links",
+            path: |w| format!("/api/v1/rooms/{}/listen-links", w.room),
+            body: |_| Some(json!({})),
+            destructive: false,
+            expect: moderators(201),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/listen-links",
+            path: |w| format!("/api/v1/rooms/{}/listen-links", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/listen-links/{link}",
+            path: |w| format!("/api/v1/rooms/{}/listen-links/{}", w.room, w.listen_link_id),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        // A listen link is its own credential: whatever else a caller sends is not looked at.
+        Row {
+            method: Method::GET,
+            template: "/api/v1/listen/{code}",
+            path: |w| format!("/api/v1/listen/{}", w.listen_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
             method: Method::GET,
             template: "/api/v1/rooms/{room}/participants",
             path: |w| format!("/api/v1/rooms/{}/participants", w.room),
@@ -410,6 +443,14 @@ fn rest_table() -> Vec<Row> {
         },
         Row {
             method: Method::GET,
+            template: "/l/{code}",
+            path: |w| format!("/l/{}", w.listen_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
             template: "/app/{file}",
             path: |_| "/app/app.js".into(),
             body: no_body,
@@ -433,6 +474,8 @@ struct World {
     room: String,
     invite_id: String,
     code: String,
+    listen_link_id: String,
+    listen_code: String,
     target: String,
     /// A finished recording of the room.
     recording: String,
@@ -448,6 +491,14 @@ impl World {
         let room = t.create_room("A").await;
         let other = t.create_room("B").await;
         let invite = t.create_invite(&room, "listener", json!({})).await;
+        let listen = t
+            .op(
+                Method::POST,
+                &format!("/api/v1/rooms/{room}/listen-links"),
+                Some(json!({})),
+            )
+            .await
+            .expect(201);
         let listener = t.participant(&room, "listener", "Lee").await;
         let speaker = t.participant(&room, "speaker", "Sam").await;
         let moderator = t.participant(&room, "moderator", "Ada").await;
@@ -511,6 +562,8 @@ impl World {
             room,
             invite_id: s(&invite["id"]),
             code: s(&invite["code"]),
+            listen_link_id: s(&listen["id"]),
+            listen_code: s(&listen["code"]),
             target: s(&target["participant_id"]),
             recording: s(&recording["id"]),
             replay_link: s(&replay["id"]),

@@ -72,7 +72,7 @@ pub async fn broadcast_link(
     Ok(Json(state.broadcast_link(&room)))
 }
 
-fn refusal(error: BroadcastError) -> ApiError {
+pub(super) fn refusal(error: BroadcastError) -> ApiError {
     let (status, code) = match error {
         BroadcastError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
         BroadcastError::RoomEnded => (StatusCode::GONE, "room_ended"),
@@ -145,21 +145,7 @@ async fn serve(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let room = RoomId::parse(room).ok_or_else(ApiError::room_not_found)?;
-    match state.broadcasts.check_access(&room, access) {
-        Access::Valid => {}
-        Access::Expired => {
-            return Err(ApiError::forbidden(
-                "broadcast_link_expired",
-                "this broadcast link has expired; ask for a new one",
-            ));
-        }
-        Access::Invalid => {
-            return Err(ApiError::forbidden(
-                "broadcast_link_invalid",
-                "this is not a valid broadcast link",
-            ));
-        }
-    }
+    check_link(state, &room, access)?;
     if name == "playlist.m3u8" {
         let blocking = blocking_params(query)?;
         let live = state.broadcasts.ensure(&room).await.map_err(refusal)?;
@@ -173,6 +159,21 @@ async fn serve(
         parse_name(stream.id(), name).ok_or_else(not_found)?
     };
     media(&live, resource).await
+}
+
+/// Refuses a request whose `{period}.{signature}` part is not a valid link to the room now.
+pub(super) fn check_link(state: &AppState, room: &RoomId, access: &str) -> Result<(), ApiError> {
+    match state.broadcasts.check_access(room, access) {
+        Access::Valid => Ok(()),
+        Access::Expired => Err(ApiError::forbidden(
+            "broadcast_link_expired",
+            "this broadcast link has expired; ask for a new one",
+        )),
+        Access::Invalid => Err(ApiError::forbidden(
+            "broadcast_link_invalid",
+            "this is not a valid broadcast link",
+        )),
+    }
 }
 
 async fn playlist(live: &Live, blocking: Option<(u64, Option<u32>)>) -> Result<Response, ApiError> {

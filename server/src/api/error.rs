@@ -180,6 +180,15 @@ impl From<ControlError> for ApiError {
             ControlError::ReplayLinkNotFound => {
                 ApiError::new(S::NOT_FOUND, "replay_link_not_found", detail)
             }
+            ControlError::ListenLinkNotFound => {
+                ApiError::new(S::NOT_FOUND, "listen_link_not_found", detail)
+            }
+            ControlError::ListenLinkInvalid => {
+                ApiError::new(S::NOT_FOUND, "listen_link_invalid", detail)
+            }
+            ControlError::ListenLinkExpired => {
+                ApiError::new(S::GONE, "listen_link_expired", detail)
+            }
             ControlError::Banned => ApiError::new(S::FORBIDDEN, "banned", detail),
             ControlError::Invalid { code, detail } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail)

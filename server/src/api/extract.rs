@@ -283,3 +283,20 @@ impl FromRequestParts<AppState> for JoinAllowance {
         }
     }
 }
+
+/// The rate limit of anonymous listeners' calls (a listen link's entry point, heartbeats),
+/// per client address, checked before anything else.
+pub struct ListenerAllowance;
+
+impl FromRequestParts<AppState> for ListenerAllowance {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        state
+            .listener_limiter
+            .check_key(&ip)
+            .map(|()| ListenerAllowance)
+            .map_err(|not_until| ApiError::rate_limited(retry_after_secs(&not_until, &state.clock)))
+    }
+}

@@ -14,6 +14,17 @@ use crate::control::{ControlError, Delivery, InviteCode, InviteId, NewInvite, va
 const MAX_USES: u32 = 1_000_000;
 const MAX_EXPIRY_SECS: u64 = 365 * 24 * 3600;
 
+/// Refuses an `expires_in_secs` (of an invite or a listen link) out of its bounds.
+pub(super) fn check_expiry(expires_in_secs: Option<u64>) -> Result<(), ControlError> {
+    match expires_in_secs {
+        Some(s) if !(1..=MAX_EXPIRY_SECS).contains(&s) => Err(ControlError::invalid(
+            "invalid_expiry",
+            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Make an invite link.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/invites", tag = "invites",
     params(("room" = String, Path, description = "Room id")),
@@ -59,7 +70,8 @@ pub async fn create_invite(
     ))
 }
 
-/// The bounds of a link's `max_uses` and `expires_in_secs` (invites and replay links alike).
+/// The bounds of a link's `max_uses` and `expires_in_secs` (invites and replay links alike;
+/// listen links have no uses).
 pub(super) fn check_uses_and_expiry(
     max_uses: Option<u32>,
     expires_in_secs: Option<u64>,
@@ -72,15 +84,7 @@ pub(super) fn check_uses_and_expiry(
             format!("max_uses must be between 1 and {MAX_USES}, got {n}"),
         ));
     }
-    if let Some(s) = expires_in_secs
-        && !(1..=MAX_EXPIRY_SECS).contains(&s)
-    {
-        return Err(ControlError::invalid(
-            "invalid_expiry",
-            format!("expires_in_secs must be between 1 and {MAX_EXPIRY_SECS}, got {s}"),
-        ));
-    }
-    Ok(())
+    check_expiry(expires_in_secs)
 }
 
 /// List a room's invites (without their codes).

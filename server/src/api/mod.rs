@@ -11,6 +11,7 @@ mod forward;
 mod headers;
 mod invites;
 mod join;
+mod listen;
 mod origin;
 mod participants;
 mod recordings;
@@ -50,6 +51,7 @@ use crate::metrics::HttpLabels;
         (name = "join", description = "Redeeming an invite"),
         (name = "participants", description = "Live participants and moderation"),
         (name = "recordings", description = "Recording a room's mix, and the recordings"),
+        (name = "listen", description = "Listen links: a room's public broadcast, without joining"),
         (name = "signal", description = "The signaling WebSocket (see docs/protocol.md)"),
         (name = "system", description = "Health, metrics, this document"),
     )
@@ -137,6 +139,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(replays::revoke_replay_link))
         .routes(routes!(replays::redeem_replay))
         .routes(routes!(broadcast::broadcast_link))
+        .routes(routes!(
+            listen::create_listen_link,
+            listen::list_listen_links
+        ))
+        .routes(routes!(listen::revoke_listen_link))
+        .routes(routes!(listen::open_listen_link))
         .routes(routes!(cluster::list_nodes))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(system::healthz))
@@ -167,6 +175,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/broadcast/{room}/{access}/{file}",
             axum::routing::get(broadcast::broadcast_file),
+        )
+        .route(
+            "/broadcast/{room}/{access}/heartbeat",
+            axum::routing::post(listen::heartbeat),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -17,7 +17,10 @@ const ROOM_DETAIL_PARTICIPANTS: usize = 200;
 
 fn live_view(state: &AppState, room: &Room) -> RoomView {
     let count = state.live.get(&room.id).map(|h| h.participant_count());
-    RoomView::new(room, count.is_some_and(|c| c > 0), count.unwrap_or(0))
+    RoomView {
+        anonymous_listeners: state.broadcasts.anonymous_listeners(&room.id),
+        ..RoomView::new(room, count.is_some_and(|c| c > 0), count.unwrap_or(0))
+    }
 }
 
 fn bounded(

@@ -51,6 +51,8 @@ pub struct AppState {
     /// What each signaling socket's session is given.
     pub signal: SignalContext,
     pub join_limiter: Arc<KeyedRateLimiter<IpAddr>>,
+    /// Anonymous listeners' calls (listen links, heartbeats) per client address.
+    pub listener_limiter: Arc<KeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Open signaling sockets per client address.
@@ -86,6 +88,14 @@ impl AppState {
             Quota::per_minute(NonZeroU32::new(limits.joins_per_minute).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(limits.join_burst).unwrap_or(NonZeroU32::MIN));
         let join_limiter = Arc::new(RateLimiter::dashmap_with_clock(quota, clock.clone()));
+        let listener_quota = Quota::per_minute(
+            NonZeroU32::new(limits.listener_calls_per_minute).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(limits.listener_call_burst).unwrap_or(NonZeroU32::MIN));
+        let listener_limiter = Arc::new(RateLimiter::dashmap_with_clock(
+            listener_quota,
+            clock.clone(),
+        ));
         let auth_throttle = Arc::new(AuthThrottle::new(
             limits.auth_failures_per_minute,
             limits.auth_failure_burst,
@@ -118,6 +128,7 @@ impl AppState {
             webhooks,
             Arc::new(recordings.clone()),
         );
+        let live = live.count_anonymous_listeners(Arc::new(broadcasts.clone()));
         recordings.attach_rooms(live.clone());
         let signal = SignalContext {
             settings: Arc::new(config.signal.clone()),
@@ -171,6 +182,7 @@ impl AppState {
             recordings,
             signal,
             join_limiter,
+            listener_limiter,
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),
@@ -208,6 +220,11 @@ impl AppState {
     pub fn replay_url(&self, code: &str) -> String {
         format!("{}/r/{code}", self.base_url)
     }
+
+    /// The page of a listen link: the room's broadcast, for anyone who has it.
+    pub fn listen_url(&self, code: &str) -> String {
+        format!("{}/l/{code}", self.base_url)
+    }
 }
 
 /// The signaling endpoint of a node whose base URL is `base`.
@@ -220,4 +237,11 @@ pub fn signal_url_of(base: &str) -> String {
         base.to_string()
     };
     format!("{ws}/api/v1/signal")
+}
+
+/// The rooms count their broadcast's anonymous listeners as the broadcast service heard them.
+impl crate::room::AnonymousListeners for Broadcasts {
+    fn count(&self, room: &RoomId) -> u32 {
+        self.anonymous_listeners(room)
+    }
 }

@@ -35,6 +35,9 @@ pub struct RoomView {
     pub ended_at: Option<String>,
     pub live: bool,
     pub participant_count: u32,
+    /// Listeners on the room's listen links (its public broadcast) heard from in the last
+    /// minute; they are not participants.
+    pub anonymous_listeners: u32,
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
     pub webrtc_audience_cap: Option<u32>,
@@ -49,6 +52,7 @@ impl RoomView {
             ended_at: room.ended_at_ms.map(rfc3339),
             live,
             participant_count,
+            anonymous_listeners: 0,
             max_participants: room.limits.max_participants,
             max_stage: room.limits.max_stage,
             webrtc_audience_cap: room.limits.webrtc_audience_cap,
@@ -246,6 +250,63 @@ page_view!(InvitePage, InviteView);
 page_view!(EventPage, EventView);
 page_view!(RecordingPage, RecordingView);
 page_view!(ReplayLinkPage, ReplayLinkView);
+page_view!(ListenLinkPage, ListenLinkView);
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateListenLink {
+    /// Up to 100 characters, shown to moderators only.
+    pub label: Option<String>,
+    /// 1 to 31536000 (a year); default: until revoked or the room ends.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A listen link: anyone holding it hears the room's broadcast, without joining.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListenLinkView {
+    pub id: String,
+    pub room_id: RoomId,
+    pub label: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub created_at: String,
+}
+
+impl From<&crate::control::ListenLink> for ListenLinkView {
+    fn from(l: &crate::control::ListenLink) -> Self {
+        ListenLinkView {
+            id: l.id.to_string(),
+            room_id: l.room_id.clone(),
+            label: l.label.clone(),
+            expires_at: l.expires_at_ms.map(rfc3339),
+            revoked: l.revoked,
+            created_at: rfc3339(l.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedListenLinkView {
+    #[serde(flatten)]
+    pub link: ListenLinkView,
+    pub code: String,
+    /// The link to share: `<public url>/l/<code>`.
+    pub url: String,
+}
+
+/// What a listen link leads to now: the room's broadcast and where its player reports in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListenView {
+    pub room_id: RoomId,
+    pub title: String,
+    /// The LL-HLS media playlist, valid until `expires_at`: ask this entry point again before.
+    pub playlist_url: String,
+    pub expires_at: String,
+    /// Where the player sends `POST {"client": "<its random id>"}` every `heartbeat_secs`, so
+    /// the room counts it in its audience.
+    pub heartbeat_url: String,
+    pub heartbeat_secs: u64,
+}
 
 /// A recording of a room's mix (Ogg Opus, mono, 48 kHz).
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! The browser client: its files (embedded at build time from `client-web/`) and the pages
 //! that start it. `/i/{code}` looks the invite up without using it, so the landing page can
-//! show the room's title before anyone joins; `/r/{code}` is the replay page of a replay link.
+//! show the room's title before anyone joins; `/r/{code}` is the replay page of a replay link,
+//! `/l/{code}` a listen link's page.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,11 +28,12 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The pages and files, each answering GET (and HEAD). Kept as one table so the list the
 /// tests check (`paths`) is the list the router serves.
-fn table() -> [(&'static str, MethodRouter<AppState>); 4] {
+fn table() -> [(&'static str, MethodRouter<AppState>); 5] {
     [
         ("/", get(home)),
         ("/i/{code}", get(invite_page)),
         ("/r/{code}", get(replay_page)),
+        ("/l/{code}", get(listen_page)),
         ("/app/{file}", get(asset)),
     ]
 }
@@ -187,42 +189,32 @@ async fn invite_page(
 /// The replay page of a replay link. It redeems the link itself (`POST /api/v1/replay`), so
 /// the page is the same for every code and looks nothing up.
 async fn replay_page() -> Response {
-    let Some(html) = find("replay.html") else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "client_missing",
-            "this build has no browser client",
-        )
-        .into_response();
-    };
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-        ],
-        html,
-    )
-        .into_response()
+    match find("replay.html") {
+        Some(html) => html_page(StatusCode::OK, html),
+        None => client_missing(),
+    }
 }
 
-/// `index.html` with the invite data in place of the marker, as a JSON data block. `<` is
-/// escaped so no value (a room title) can close the block.
-fn page(status: StatusCode, info: Value) -> Response {
-    let Some(index) = find("index.html") else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "client_missing",
-            "this build has no browser client",
-        )
-        .into_response();
-    };
-    let data = info.to_string().replace('<', "\\u003c");
-    let html = String::from_utf8_lossy(index).replacen(
-        MARKER,
-        &format!(r#"<script type="application/json" id="stoa-invite">{data}</script>"#),
-        1,
-    );
+/// A listen link's page: the room's public broadcast. The page reads its code from its own
+/// address and asks the link's entry point (rate-limited there), so serving it costs nothing.
+async fn listen_page() -> Response {
+    match find("listen.html") {
+        Some(html) => html_page(StatusCode::OK, html),
+        None => client_missing(),
+    }
+}
+
+fn client_missing() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "client_missing",
+        "this build has no browser client",
+    )
+    .into_response()
+}
+
+/// A page of the client, under the client's policy.
+fn html_page(status: StatusCode, html: impl IntoResponse) -> Response {
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -234,4 +226,19 @@ fn page(status: StatusCode, info: Value) -> Response {
         HeaderValue::from_static(CSP),
     );
     response
+}
+
+/// `index.html` with the invite data in place of the marker, as a JSON data block. `<` is
+/// escaped so no value (a room title) can close the block.
+fn page(status: StatusCode, info: Value) -> Response {
+    let Some(index) = find("index.html") else {
+        return client_missing();
+    };
+    let data = info.to_string().replace('<', "\\u003c");
+    let html = String::from_utf8_lossy(index).replacen(
+        MARKER,
+        &format!(r#"<script type="application/json" id="stoa-invite">{data}</script>"#),
+        1,
+    );
+    html_page(status, html)
 }

@@ -6,6 +6,7 @@
 //! - [`mix`]: the sans-IO mixer (jitter buffers, concealment, the loudest voices, one encoder).
 //! - [`mp4`]: Opus in fragmented MP4 (CMAF).
 //! - [`hls`]: parts, segments and the media playlist.
+//! - [`audience`]: the anonymous listeners (listen links), counted from their heartbeats.
 //! - this file: a room's mix as a task fed by the media workers' tap
 //!   ([`crate::media::tap`]), started on demand, stopped when nobody asks for it and nothing
 //!   records it; its encoded frames go to the HLS stream and to a recording, if one is
@@ -16,6 +17,7 @@
 //! same for everyone in the room during a period, so caches keep one copy; a link works for
 //! one to two periods (5 minutes each by default), so a leaked one soon stops working.
 
+pub mod audience;
 pub mod hls;
 pub mod mix;
 pub mod mp4;
@@ -117,6 +119,8 @@ pub struct Live {
     ended: watch::Sender<bool>,
     /// Requests so far; while the count moves, someone listens.
     requests: AtomicU64,
+    /// Listeners on listen links, by their heartbeats.
+    anonymous: Mutex<audience::AnonymousAudience>,
 }
 
 impl Live {
@@ -131,6 +135,22 @@ impl Live {
 
     pub fn ended(&self) -> bool {
         *self.ended.borrow()
+    }
+
+    /// A heartbeat from an anonymous listener's player, which calls itself `client`.
+    pub fn heard(&self, client: &str, now_ms: i64) {
+        self.anonymous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heard(client, now_ms);
+    }
+
+    /// Anonymous listeners heard from in the last 30 to 60 seconds.
+    pub fn anonymous_listeners(&self, now_ms: i64) -> u32 {
+        self.anonymous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(now_ms)
     }
 
     /// Hands a frame to the recording, if one is attached; whether one is (a recording keeps
@@ -201,6 +221,14 @@ impl Broadcasts {
 
     pub fn hls_settings(&self) -> HlsSettings {
         self.inner.hls
+    }
+
+    /// Anonymous listeners of the room's broadcast heard from in the last minute, on this
+    /// node (0 when its mix does not run here).
+    pub fn anonymous_listeners(&self, room: &RoomId) -> u32 {
+        self.get(room).map_or(0, |live| {
+            live.anonymous_listeners(self.inner.clock.now_ms())
+        })
     }
 
     /// Rooms being mixed now.
@@ -321,6 +349,7 @@ impl Broadcasts {
             published: watch::channel(None).0,
             ended: watch::channel(false).0,
             requests: AtomicU64::new(0),
+            anonymous: Mutex::new(audience::AnonymousAudience::new(now)),
         });
         // Two requests may race to start it: the first one in the map wins.
         let live = match self.inner.live.entry(room.clone()) {

@@ -7,6 +7,13 @@ pub enum ControlError {
     RoomNotFound,
     #[error("no such invite")]
     InviteNotFound,
+    #[error("no such listen link")]
+    ListenLinkNotFound,
+    /// Unknown or revoked listen link: the same answer, so codes cannot be probed.
+    #[error("this listen link is not valid")]
+    ListenLinkInvalid,
+    #[error("this listen link has expired")]
+    ListenLinkExpired,
     #[error("no such recording")]
     RecordingNotFound,
     /// The room is being recorded already (one recording at a time per room).

@@ -98,6 +98,13 @@ prefixed_id!(
     "rc_"
 );
 
+prefixed_id!(
+    /// A listen link (a room's public broadcast), as moderators manage it; its code is never
+    /// stored.
+    ListenLinkId,
+    "ll_"
+);
+
 /// What a participant may do in a room; see the role table in the product brief. Ordered by
 /// reach: listener < speaker < moderator.
 #[derive(

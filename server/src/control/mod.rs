@@ -6,15 +6,18 @@
 mod error;
 mod ids;
 mod invite_code;
+mod listen_link;
 mod model;
 mod store;
 pub mod validate;
 
 pub use error::{ControlError, error_chain};
 pub use ids::{
-    Delivery, InviteId, ParticipantId, RecordingId, ReplayLinkId, Role, RoomId, random_token,
+    Delivery, InviteId, ListenLinkId, ParticipantId, RecordingId, ReplayLinkId, Role, RoomId,
+    random_token,
 };
 pub use invite_code::{IdentitySecret, InviteCode};
+pub use listen_link::{CreatedListenLink, ListenCode, ListenLink, NewListenLink};
 pub use model::{
     Actor, AuditEvent, ClaimedWebhook, CreatedInvite, CreatedReplayLink, DeliveryState,
     FinishedRecording, Invite, NewInvite, NewReplayLink, NewRoom, NewWebhook, Page, PageRequest,

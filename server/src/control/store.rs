@@ -16,6 +16,7 @@ use super::{
     NewRoom, Page, ParticipantId, Recording, RecordingId, Redemption, Room, RoomId, RoomWrite,
 };
 use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
+use super::{CreatedListenLink, ListenCode, ListenLink, ListenLinkId, NewListenLink};
 use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 
 /// One schema version in both dialects.
@@ -58,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0008_replay_links.sql"),
         postgres: include_str!("migrations/postgres/0008_replay_links.sql"),
+    },
+    Migration {
+        sqlite: include_str!("migrations/0009_listen_links.sql"),
+        postgres: include_str!("migrations/postgres/0009_listen_links.sql"),
     },
 ];
 
@@ -194,6 +199,47 @@ impl Store {
     /// the room and the invite. Unknown and revoked codes fail alike (`InviteInvalid`).
     pub async fn preview_invite(&self, code: InviteCode, now_ms: i64) -> Result<(Room, Invite)> {
         on_engine!(self.preview_invite(code, now_ms))
+    }
+
+    /// Makes a listen link of an open room (its public broadcast), written in the audit log.
+    pub async fn create_listen_link(
+        &self,
+        room: RoomId,
+        new: NewListenLink,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<CreatedListenLink> {
+        on_engine!(self.create_listen_link(room, new, actor, now_ms))
+    }
+
+    pub async fn list_listen_links(
+        &self,
+        room: RoomId,
+        page: PageRequest,
+    ) -> Result<Page<ListenLink>> {
+        on_engine!(self.list_listen_links(room, page))
+    }
+
+    /// Revokes a listen link of this room. Revoking twice is harmless and logged once.
+    pub async fn revoke_listen_link(
+        &self,
+        room: RoomId,
+        link: ListenLinkId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<ListenLink> {
+        on_engine!(self.revoke_listen_link(room, link, actor, now_ms))
+    }
+
+    /// What a listen link leads to now: its room and itself. Unknown and revoked codes fail
+    /// alike (`ListenLinkInvalid`); an expired one is `ListenLinkExpired`, an ended room
+    /// `RoomEnded`. Reads only.
+    pub async fn open_listen_link(
+        &self,
+        code: ListenCode,
+        now_ms: i64,
+    ) -> Result<(Room, ListenLink)> {
+        on_engine!(self.open_listen_link(code, now_ms))
     }
 
     /// Redeems an invite: checks it, refuses banned identities, counts the use atomically and

@@ -11,8 +11,8 @@ pub mod snapshot;
 pub mod state;
 
 pub use actor::{
-    Connect, ConnectError, LiveError, LiveRooms, NoRecorder, Outbound, Outbox, Recorder,
-    RecorderFuture, RoomHandle,
+    AnonymousListeners, Connect, ConnectError, LiveError, LiveRooms, NoRecorder, Outbound, Outbox,
+    Recorder, RecorderFuture, RoomHandle,
 };
 pub use command::{Actor, Command, ConnectionId};
 pub use event::{

@@ -26,8 +26,13 @@ pub struct Snapshot {
     /// The room's mix is being recorded (absent when it is not).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recording: bool,
-    /// Everyone not on stage, including moderators in the audience.
+    /// Everyone not on stage, including moderators in the audience and the anonymous
+    /// listeners below.
     pub audience_count: u32,
+    /// Of `audience_count`, listeners on the room's listen links (its public broadcast), who
+    /// never join; absent when there are none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub anonymous: u32,
     /// Moderators only: the first page of everyone not on stage (`next` continues it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<AudiencePage>,
@@ -41,4 +46,8 @@ pub struct Snapshot {
 pub struct AudiencePage {
     pub participants: Vec<ParticipantView>,
     pub next: Option<ParticipantId>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

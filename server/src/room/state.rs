@@ -290,6 +290,7 @@ impl RoomState {
             active_speakers: self.speakers.clone(),
             recording: self.recording,
             audience_count: self.audience_count(),
+            anonymous: 0,
             audience: is_moderator.then(|| self.audience_page(None, SNAPSHOT_AUDIENCE_PAGE)),
             pending_invitations: is_moderator.then(|| {
                 self.participants

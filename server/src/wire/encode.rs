@@ -48,7 +48,12 @@ pub enum ServerMessage<'a> {
         message: &'a str,
     },
     /// How many people are in the audience; coalesced, a few per second at most.
-    AudienceCount { count: u32 },
+    /// `count` includes the `anonymous` listeners on the room's listen links (absent when 0).
+    AudienceCount {
+        count: u32,
+        #[serde(skip_serializing_if = "is_zero")]
+        anonymous: u32,
+    },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
@@ -138,6 +143,10 @@ pub fn event_message(seq: u64, event: &impl Serialize) -> String {
         map.insert("seq".into(), Value::from(seq));
     }
     value.to_string()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

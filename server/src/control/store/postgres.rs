@@ -23,6 +23,8 @@ use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, We
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
+mod listen_links;
+
 type Result<T> = std::result::Result<T, ControlError>;
 
 /// Advisory lock keys (any two constants nobody else uses): one node migrates at a time, and

@@ -18,6 +18,8 @@ use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, We
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
+mod listen_links;
+
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|m| M::up(m.sqlite)).collect())
 }

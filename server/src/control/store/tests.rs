@@ -893,3 +893,4 @@ async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
         .unwrap();
     assert_eq!(store.room(room.id).await.unwrap().title, "Answered again");
 }
+mod listen_links;

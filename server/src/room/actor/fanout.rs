@@ -116,7 +116,7 @@ impl RoomTask {
     }
 
     pub(super) fn refresh_snapshot(&self, participant: &ParticipantId) {
-        if let Some(snapshot) = self.state.snapshot_for(participant) {
+        if let Some(snapshot) = self.snapshot_for(participant) {
             let text = SnapshotMessage {
                 seq: self.seq,
                 snapshot: &snapshot,
@@ -127,8 +127,10 @@ impl RoomTask {
     }
 
     /// The coalesced audience size, to everyone.
-    pub(super) fn send_audience_count(&self, count: u32) {
-        let text: Text = ServerMessage::AudienceCount { count }.to_json().into();
+    pub(super) fn send_audience_count(&self, count: u32, anonymous: u32) {
+        let text: Text = ServerMessage::AudienceCount { count, anonymous }
+            .to_json()
+            .into();
         for conn in self.connections.values() {
             conn.push(&text);
         }

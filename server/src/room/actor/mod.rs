@@ -48,6 +48,23 @@ pub trait Recorder: Send + Sync + 'static {
     fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]);
 }
 
+/// Who counts the room's anonymous listeners: those on its listen links, known only by their
+/// players' heartbeats (the `broadcast` module, above this layer). Read a few times a second;
+/// must not block.
+pub trait AnonymousListeners: Send + Sync + 'static {
+    /// Anonymous listeners of the room heard from in the last minute.
+    fn count(&self, room: &RoomId) -> u32;
+}
+
+/// A server without listen links (unit tests of the room task).
+pub struct NoAnonymousListeners;
+
+impl AnonymousListeners for NoAnonymousListeners {
+    fn count(&self, _: &RoomId) -> u32 {
+        0
+    }
+}
+
 /// A server that records nothing (unit tests of the room task).
 pub struct NoRecorder;
 

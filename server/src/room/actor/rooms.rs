@@ -146,6 +146,8 @@ pub(super) struct Deps {
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
     pub recorder: Arc<dyn super::Recorder>,
+    /// The rooms' anonymous listeners (listen links), counted into their audience.
+    pub anonymous: Arc<dyn super::AnonymousListeners>,
 }
 
 impl LiveRooms {
@@ -174,8 +176,19 @@ impl LiveRooms {
                 media,
                 webrtc_audience_cap,
                 recorder,
+                anonymous: Arc::new(super::NoAnonymousListeners),
             },
         }
+    }
+
+    /// Counts `anonymous` listeners into every room's audience from now on; called at start,
+    /// before any room goes live.
+    pub fn count_anonymous_listeners(
+        mut self,
+        anonymous: Arc<dyn super::AnonymousListeners>,
+    ) -> Self {
+        self.deps.anonymous = anonymous;
+        self
     }
 
     pub fn get(&self, room: &RoomId) -> Option<RoomHandle> {

@@ -31,7 +31,9 @@ pub(super) struct RoomTask {
     pub connections: HashMap<ParticipantId, Conn>,
     /// The number of the last event sent, for clients to notice gaps.
     pub seq: u64,
+    /// The audience size last sent, anonymous listeners included, and how many of it those are.
     pub last_audience_count: u32,
+    pub last_anonymous: u32,
     /// Where the room's records go, in order, to be written off this task.
     pub records: RecordWriter,
     /// What the command being carried out writes down (records and webhook events), handed
@@ -71,6 +73,7 @@ impl RoomTask {
             connections: HashMap::new(),
             seq: 0,
             last_audience_count: 0,
+            last_anonymous: 0,
             stopping: false,
             recording_lost: false,
             handle,
@@ -325,7 +328,7 @@ impl RoomTask {
         self.command(&actor, command, None)
             .await
             .map_err(ConnectError::Refused)?;
-        let Some(snapshot) = self.state.snapshot_for(&c.participant) else {
+        let Some(snapshot) = self.snapshot_for(&c.participant) else {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
         self.welcome(&c.outbox, c.request_id.as_ref(), &c.resume_token, &snapshot);
@@ -343,12 +346,26 @@ impl RoomTask {
         if self.state.next_deadline().is_some_and(|d| d <= self.now()) {
             self.command(&Actor::System, Command::Tick, None).await.ok();
         }
-        let count = self.state.audience_count();
-        if count != self.last_audience_count {
+        let anonymous = self.deps.anonymous.count(self.state.room());
+        let count = self.state.audience_count().saturating_add(anonymous);
+        if (count, anonymous) != (self.last_audience_count, self.last_anonymous) {
             self.last_audience_count = count;
-            self.send_audience_count(count);
+            self.last_anonymous = anonymous;
+            self.send_audience_count(count, anonymous);
             self.drop_slow().await;
         }
+    }
+
+    /// What `participant` is shown of the room, the anonymous listeners last announced
+    /// counted in.
+    pub(super) fn snapshot_for(
+        &self,
+        participant: &ParticipantId,
+    ) -> Option<crate::room::Snapshot> {
+        let mut snapshot = self.state.snapshot_for(participant)?;
+        snapshot.anonymous = self.last_anonymous;
+        snapshot.audience_count = snapshot.audience_count.saturating_add(self.last_anonymous);
+        Some(snapshot)
     }
 
     /// A command from outside the task: applied, carried out, then any socket it left behind
