@@ -721,6 +721,34 @@ async fn hears_tone(
     }
 }
 
+/// Waits until each of `people` has its place back (`Resumed`), after its room moved.
+async fn all_resume(people: [(&mut stoa_client::Room, &str); 2], within: Duration) {
+    for (room_of, name) in people {
+        next_event_matching(room_of, within, &format!("{name} is back"), |e| {
+            matches!(e, stoa_client::Event::Resumed(_))
+        })
+        .await;
+    }
+}
+
+/// Waits until each of `people` has a new media connection on the room's new node (the client
+/// makes it by itself); losing it instead fails the test.
+async fn all_media_back(people: [(&mut stoa_client::Room, &str); 2]) {
+    use stoa_client::Event;
+    for (room_of, name) in people {
+        next_event_matching(
+            room_of,
+            Duration::from_secs(10),
+            &format!("{name}'s media is back"),
+            |e| {
+                assert!(!matches!(e, Event::MediaLost(_)), "{name}: {e:?}");
+                matches!(e, Event::MediaReconnected)
+            },
+        )
+        .await;
+    }
+}
+
 async fn next_event_matching(
     room: &mut stoa_client::Room,
     within: Duration,
@@ -868,15 +896,11 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     // their roles, well within 10 s.
     let killed_at = Instant::now();
     nodes[home].kill();
-    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
-        next_event_matching(
-            room_of,
-            Duration::from_secs(10),
-            &format!("{name} is back"),
-            |e| matches!(e, Event::Resumed(_)),
-        )
-        .await;
-    }
+    all_resume(
+        [(&mut sam, "Sam"), (&mut lee, "Lee")],
+        Duration::from_secs(10),
+    )
+    .await;
     let back_after = killed_at.elapsed();
     assert!(
         back_after < Duration::from_secs(10),
@@ -892,18 +916,7 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     assert_eq!(lee.view().me().role.to_string(), "listener");
     // The new node has no media connection of theirs: the client makes new ones by itself,
     // Sam's microphone plays on, and Lee hears him again.
-    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
-        next_event_matching(
-            room_of,
-            Duration::from_secs(10),
-            &format!("{name}'s media is back"),
-            |e| {
-                assert!(!matches!(e, Event::MediaLost(_)), "{name}: {e:?}");
-                matches!(e, Event::MediaReconnected)
-            },
-        )
-        .await;
-    }
+    all_media_back([(&mut sam, "Sam"), (&mut lee, "Lee")]).await;
     if sam.view().me().muted {
         sam.unmute().await.expect("Sam unmutes");
     }
@@ -1122,7 +1135,7 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
     use stoa_client::audio::AudioSource;
-    use stoa_client::{Event, InviteLink, JoinOptions, Room};
+    use stoa_client::{InviteLink, JoinOptions, Room};
 
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
@@ -1160,15 +1173,11 @@ async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
 
     let stopped_at = Instant::now();
     nodes[home].stop();
-    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
-        next_event_matching(
-            room_of,
-            Duration::from_secs(5),
-            &format!("{name} is back"),
-            |e| matches!(e, Event::Resumed(_)),
-        )
-        .await;
-    }
+    all_resume(
+        [(&mut sam, "Sam"), (&mut lee, "Lee")],
+        Duration::from_secs(5),
+    )
+    .await;
     let back_after = stopped_at.elapsed();
     let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
     assert!(
@@ -1192,18 +1201,7 @@ async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
     assert_eq!(sam.view().me().role.to_string(), "speaker");
     assert!(sam.view().me().on_stage, "Sam is on stage again");
     assert_eq!(lee.view().me().role.to_string(), "listener");
-    for (room_of, name) in [(&mut sam, "Sam"), (&mut lee, "Lee")] {
-        next_event_matching(
-            room_of,
-            Duration::from_secs(10),
-            &format!("{name}'s media is back"),
-            |e| {
-                assert!(!matches!(e, Event::MediaLost(_)), "{name}: {e:?}");
-                matches!(e, Event::MediaReconnected)
-            },
-        )
-        .await;
-    }
+    all_media_back([(&mut sam, "Sam"), (&mut lee, "Lee")]).await;
     hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
     let audio_after = stopped_at.elapsed();
     assert!(
