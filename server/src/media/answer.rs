@@ -81,6 +81,15 @@ impl Plan {
         self.sections.iter().any(|s| s.receives)
     }
 
+    /// The mids of the accepted sections: the answer's BUNDLE group.
+    pub fn bundled_mids(&self) -> Vec<&str> {
+        self.sections
+            .iter()
+            .filter(|s| s.answer.is_some())
+            .filter_map(|s| s.mid.as_deref())
+            .collect()
+    }
+
     pub fn by_mid(&self, mid: &str) -> Option<&SectionPlan> {
         self.sections.iter().find(|s| s.mid.as_deref() == Some(mid))
     }
@@ -116,12 +125,7 @@ pub fn finish(sdp: &str, offer: &Offer, plan: &Plan) -> anyhow::Result<String> {
             }
             all
         });
-    let bundled: Vec<&str> = plan
-        .sections
-        .iter()
-        .filter(|s| s.answer.is_some())
-        .filter_map(|s| s.mid.as_deref())
-        .collect();
+    let bundled = plan.bundled_mids();
 
     let mut out = String::with_capacity(sdp.len() + 256);
     for line in session {
@@ -193,7 +197,7 @@ fn write_m_line(out: &mut String, line: &str, red_pt: Option<u8>) {
     out.push_str("\r\n");
 }
 
-fn write_rejected(out: &mut String, lines: &[&str], offered: &OfferedSection) {
+pub(super) fn write_rejected(out: &mut String, lines: &[&str], offered: &OfferedSection) {
     // `m=<kind> <port> <proto> <fmt> …`: keep kind and proto, port 0, one format.
     let mut words = lines
         .first()
@@ -223,7 +227,7 @@ pub fn answers_format(sdp: &str, mid: Option<&str>, pt: u8) -> bool {
 }
 
 /// The session part's lines and each media section's lines (starting with its `m=`).
-fn split_sections(sdp: &str) -> (Vec<&str>, Vec<Vec<&str>>) {
+pub(super) fn split_sections(sdp: &str) -> (Vec<&str>, Vec<Vec<&str>>) {
     let mut session = Vec::new();
     let mut sections: Vec<Vec<&str>> = Vec::new();
     for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {

@@ -10,6 +10,7 @@ pub mod audio_level;
 pub mod batch;
 pub mod demux;
 pub mod engine;
+pub mod lean;
 pub mod offer;
 pub mod red;
 pub mod rtp;

@@ -44,6 +44,17 @@ pub struct MasterKey {
     salt: [u8; SALT_LEN],
 }
 
+impl MasterKey {
+    /// A master key and salt as RFC 5764 §4.2's exporter gave them (the lean transport's
+    /// path: `None` unless they have AES-128-GCM's lengths).
+    pub fn new(key: &[u8], salt: &[u8]) -> Option<Self> {
+        Some(MasterKey {
+            key: key.try_into().ok()?,
+            salt: salt.try_into().ok()?,
+        })
+    }
+}
+
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(..)")

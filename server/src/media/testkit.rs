@@ -73,3 +73,18 @@ pub fn client_offerer(now: Instant, addr: SocketAddr) -> anyhow::Result<RTCPeerC
     engine::add_host_candidate(&mut pc, addr)?;
     Ok(pc)
 }
+
+/// The client's microphone packet number `seq`: an 80-byte Opus frame at Opus's payload type.
+pub fn mic_packet(seq: u16) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: engine::OPUS_PT,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: CLIENT_MIC_SSRC,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from_static(&[0xfc; 80]),
+    }
+}

@@ -1,0 +1,160 @@
+//! ICE-lite by hand (RFC 8445 §2.5, RFC 7675): a binding request is answered only when its
+//! USERNAME names our ufrag, its FINGERPRINT is right and its MESSAGE-INTEGRITY checks with our
+//! password. No candidates, pairs or checks of our own are kept; the caller remembers the
+//! address that passed and the time (consent). Runs once per check, never per media packet.
+
+use std::net::SocketAddr;
+
+use rtc::crypto::RTCCrypto;
+use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_USE_CANDIDATE, ATTR_USERNAME};
+use rtc::stun::fingerprint::FINGERPRINT;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter};
+use rtc::stun::xoraddr::XorMappedAddress;
+
+/// Why a STUN datagram was not answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StunRefusal {
+    /// Not a well-formed STUN message, or not a binding request.
+    Malformed,
+    /// Its USERNAME does not start with our ufrag.
+    Username,
+    /// No FINGERPRINT, or a wrong one.
+    Fingerprint,
+    /// No MESSAGE-INTEGRITY, or one that does not check with our password (forged).
+    Integrity,
+}
+
+/// A binding request that passed every check.
+pub struct Check {
+    /// The client nominated this pair (`USE-CANDIDATE`): media goes to its address.
+    pub nominated: bool,
+    /// The success response, ready to send back to where the request came from.
+    pub response: Vec<u8>,
+}
+
+/// Checks a binding request from `from` against our credentials and builds its answer.
+pub fn answer_binding(
+    datagram: &[u8],
+    from: SocketAddr,
+    ufrag: &str,
+    password: &str,
+    crypto: &dyn RTCCrypto,
+) -> Result<Check, StunRefusal> {
+    let mut request = Message::new();
+    request.raw = datagram.to_vec();
+    if request.decode().is_err() || request.typ != BINDING_REQUEST {
+        return Err(StunRefusal::Malformed);
+    }
+    let username = request
+        .get(ATTR_USERNAME)
+        .map_err(|_| StunRefusal::Username)?;
+    let named_us = username
+        .strip_prefix(ufrag.as_bytes())
+        .is_some_and(|rest| rest.first() == Some(&b':'));
+    if !named_us {
+        return Err(StunRefusal::Username);
+    }
+    if !request.contains(ATTR_FINGERPRINT) || FINGERPRINT.check(&request).is_err() {
+        return Err(StunRefusal::Fingerprint);
+    }
+    let nominated = request.contains(ATTR_USE_CANDIDATE);
+    // `check` rewrites the header's length while it works, so it gets its own copy; the
+    // response is built from the untouched request (its transaction id).
+    let mut checked = request.clone();
+    if MessageIntegrity::check(&mut checked, password.as_bytes(), crypto).is_err() {
+        return Err(StunRefusal::Integrity);
+    }
+    let mut response = Message::new();
+    let setters: [Box<dyn Setter + '_>; 5] = [
+        Box::new(request),
+        Box::new(BINDING_SUCCESS),
+        Box::new(XorMappedAddress {
+            ip: from.ip(),
+            port: from.port(),
+        }),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            password.to_owned(),
+            crypto,
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    response
+        .build(&setters)
+        .map_err(|_| StunRefusal::Malformed)?;
+    Ok(Check {
+        nominated,
+        response: response.raw,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use rtc::stun::message::Getter;
+    use rtc::stun::textattrs::Username;
+
+    const UFRAG: &str = "leanUfrag0123456";
+    const PWD: &str = "leanPassword0123456789abcdefghij";
+
+    pub(in crate::media::lean) fn request(
+        username: &str,
+        password: &str,
+        fingerprint: bool,
+    ) -> Vec<u8> {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let mut m = Message::new();
+        let mut setters: Vec<Box<dyn Setter + '_>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(rtc::stun::message::TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, username.to_owned())),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                password.to_owned(),
+                provider.crypto(),
+            )),
+        ];
+        if fingerprint {
+            setters.push(Box::new(FINGERPRINT));
+        }
+        m.build(&setters).unwrap();
+        m.raw
+    }
+
+    #[test]
+    fn only_a_request_with_our_credentials_is_answered() {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let crypto = provider.crypto();
+        let from: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let good = request(&format!("{UFRAG}:client"), PWD, true);
+        let check = answer_binding(&good, from, UFRAG, PWD, crypto).expect("answered");
+        assert!(!check.nominated);
+        // The answer carries our integrity: a client checks it with our password.
+        let mut response = Message::new();
+        response.raw = check.response.clone();
+        response.decode().unwrap();
+        assert_eq!(response.typ, BINDING_SUCCESS);
+        assert!(MessageIntegrity::check(&mut response, PWD.as_bytes(), crypto).is_ok());
+        let mut mapped = XorMappedAddress::default();
+        mapped.get_from(&response).unwrap();
+        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), from);
+
+        let refused = |datagram: &[u8]| answer_binding(datagram, from, UFRAG, PWD, crypto).err();
+        let forged = request(
+            &format!("{UFRAG}:client"),
+            "wrongPassword0123456789abcdefghi",
+            true,
+        );
+        assert_eq!(refused(&forged), Some(StunRefusal::Integrity));
+        let other = request("otherUfrag:client", PWD, true);
+        assert_eq!(refused(&other), Some(StunRefusal::Username));
+        let prefix = request(&format!("{UFRAG}x:client"), PWD, true);
+        assert_eq!(refused(&prefix), Some(StunRefusal::Username));
+        let bare = request(&format!("{UFRAG}:client"), PWD, false);
+        assert_eq!(refused(&bare), Some(StunRefusal::Fingerprint));
+        let mut flipped = good.clone();
+        flipped[good.len() - 1] ^= 1;
+        assert_eq!(refused(&flipped), Some(StunRefusal::Fingerprint));
+        assert_eq!(refused(&good[..20]), Some(StunRefusal::Malformed));
+        assert_eq!(refused(&[0u8; 3]), Some(StunRefusal::Malformed));
+    }
+}
