@@ -116,9 +116,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(200);
     let provider =
         rtc::crypto::default_provider().map_err(|e| anyhow::anyhow!("crypto provider: {e:?}"))?;
-    let config = |client: bool| -> anyhow::Result<_> {
-        let certificate =
-            Certificate::generate_self_signed(vec!["stoa".to_owned()], provider.crypto())?;
+    let new_certificate =
+        || Certificate::generate_self_signed(vec!["stoa".to_owned()], provider.crypto());
+    let config_with = |client: bool, certificate: Certificate| -> anyhow::Result<_> {
         Ok(Arc::new(
             ConfigBuilder::default()
                 .with_crypto_provider(provider.clone())
@@ -130,6 +130,7 @@ fn main() -> anyhow::Result<()> {
                 .build(client, None)?,
         ))
     };
+    let config = |client: bool| config_with(client, new_certificate()?);
     // One configuration for every server association (its certificate is the process's).
     let before = live();
     let server_config = server(|| config(false))?;
@@ -262,5 +263,150 @@ fn main() -> anyhow::Result<()> {
         handshake_cpu_ns as f64 / n as f64 / 1e6
     );
     drop(clients);
+    drop(listeners);
+
+    // The whole lean connection (`stoa::media::lean`): ICE-lite check, handshake, keys, one
+    // packet sealed by the worker's `SrtpSender`, the association kept, then dropped.
+    let client_certificate = new_certificate()?;
+    let client_fingerprint: [u8; 32] = provider
+        .crypto()
+        .hash(
+            rtc::crypto::HashAlgorithm::Sha256,
+            client_certificate.certificate[0].as_ref(),
+        )?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a SHA-256 digest"))?;
+    let client_config = config_with(true, client_certificate)?;
+    let process_certificate = stoa::media::engine::certificate()?;
+    let shared = server(|| stoa::media::lean::Shared::new(&process_certificate))?;
+    whole_connections(
+        n,
+        &shared,
+        &client_config,
+        client_fingerprint,
+        provider.crypto(),
+    )
+}
+
+/// `n` lean connections joined by in-memory clients: the server side's live heap per
+/// connection with the DTLS association kept and after it is dropped, and its CPU per join.
+fn whole_connections(
+    n: usize,
+    shared: &Arc<stoa::media::lean::Shared>,
+    client_config: &Arc<rtc::dtls::config::HandshakeConfig>,
+    client_fingerprint: [u8; 32],
+    crypto: &dyn rtc::crypto::RTCCrypto,
+) -> anyhow::Result<()> {
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use stoa::media::lean::{LeanConnection, Setup, State};
+    use stoa::media::rtp::RtpHeader;
+    use stoa::media::worker::Now;
+
+    let local: SocketAddr = "127.0.0.1:5000".parse()?;
+    let mut now = Now::read();
+    SERVER_CPU_NS.with(|c| c.set(0));
+    let before = live();
+    let mut connections = Vec::with_capacity(n);
+    for i in 0..n {
+        let peer: SocketAddr = format!("127.0.0.{}:{}", 2 + i / 60000, 1024 + i % 60000).parse()?;
+        let (ufrag, password) = (format!("lean{i:012}"), format!("{i:032}"));
+        let mut conn = server(|| {
+            LeanConnection::new(
+                Setup {
+                    shared: Arc::clone(shared),
+                    ufrag: ufrag.clone(),
+                    password: password.clone(),
+                    remote_fingerprint: client_fingerprint,
+                    slot_ssrcs: vec![1, 2, 3],
+                    ice_disconnected: std::time::Duration::from_secs(60),
+                    ice_failed: std::time::Duration::from_secs(60),
+                },
+                now.at,
+            )
+        });
+        let mut check = Message::new();
+        let setters: [Box<dyn Setter + '_>; 6] = [
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(rtc::stun::textattrs::Username::new(
+                rtc::stun::attributes::ATTR_USERNAME,
+                format!("{ufrag}:client"),
+            )),
+            Box::new(rtc::ice::attributes::use_candidate::UseCandidateAttr::new()),
+            Box::new(
+                rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
+                    password, crypto,
+                ),
+            ),
+            Box::new(rtc::stun::fingerprint::FINGERPRINT),
+        ];
+        check.build(&setters)?;
+        let mut to_client: Vec<Vec<u8>> = Vec::new();
+        server(|| {
+            conn.handle_datagram(now, peer, &check.raw, &mut |_, d| {
+                to_client.push(d.to_vec())
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("check refused: {e:?}"))?;
+        to_client.clear();
+        let mut client = Endpoint::new(peer, TransportProtocol::UDP, None);
+        client.connect(now.at, local, Arc::clone(client_config), None)?;
+        for _round in 0..20 {
+            while let Some(out) = client.poll_transmit() {
+                server(|| {
+                    conn.handle_datagram(now, peer, &out.message, &mut |_, d| {
+                        to_client.push(d.to_vec())
+                    })
+                })
+                .map_err(|e| anyhow::anyhow!("handshake refused: {e:?}"))?;
+            }
+            for datagram in to_client.drain(..) {
+                client.read(now.at, local, None, BytesMut::from(&datagram[..]))?;
+            }
+            if conn.state() == State::Connected {
+                break;
+            }
+        }
+        anyhow::ensure!(conn.state() == State::Connected, "connection {i} not keyed");
+        // One forwarded packet, sealed in place as the worker does.
+        let mut buf = [0u8; 1500];
+        server(|| {
+            let (sender, _) = conn.sender().expect("connected");
+            let header = RtpHeader {
+                marker: false,
+                payload_type: 111,
+                seq: 1,
+                timestamp: 960,
+                ssrc: 1,
+            };
+            sender.seal(&header, 0, &[0u8; 80], &mut buf).map(drop)
+        })
+        .ok_or_else(|| anyhow::anyhow!("not sealed"))?;
+        connections.push(conn);
+    }
+    let kept = live();
+    let join_cpu_ns = SERVER_CPU_NS.with(Cell::get);
+    // Past the time the association is kept for: every connection drops it.
+    now = now.after(std::time::Duration::from_secs(6));
+    for conn in &mut connections {
+        server(|| conn.handle_timeout(now, &mut |_, _| {}));
+        anyhow::ensure!(!conn.holds_handshake(), "the association is still held");
+    }
+    let dropped = live();
+    let per = |a: isize, b: isize| (b - a) as f64 / n as f64 / 1024.0;
+    println!("lean connections (stoa::media::lean::LeanConnection), per connection:");
+    println!(
+        "  keyed, DTLS association kept:   {:.2} KiB",
+        per(before, kept)
+    );
+    println!(
+        "  after the association is dropped: {:.2} KiB (+{} B inline)",
+        per(before, dropped),
+        std::mem::size_of::<LeanConnection>()
+    );
+    println!(
+        "server CPU per join (ICE check, DTLS handshake, keys): {:.2} ms",
+        join_cpu_ns as f64 / n as f64 / 1e6
+    );
     Ok(())
 }
