@@ -69,6 +69,8 @@ pub enum Refusal {
     Srtp,
     /// Not a kind a connection takes (the worker sorts these out before).
     Other,
+    /// The connection has failed: nothing more is taken.
+    Failed,
 }
 
 /// What an accepted datagram gave.
@@ -237,6 +239,9 @@ impl LeanConnection {
         send: &mut impl FnMut(SocketAddr, &[u8]),
     ) -> Result<Received, Refusal> {
         let Input { from, datagram, .. } = input;
+        if self.state == State::Failed {
+            return Err(Refusal::Failed);
+        }
         let kind = demux::classify(datagram);
         if kind == Kind::Stun {
             return self.check(input, send);

@@ -16,6 +16,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::super::answer::{Plan, answer_problems};
+use super::super::demux::{self, Kind};
 use super::super::engine::OPUS_PT;
 use super::super::offer::check_offer;
 use super::super::rtp::RtpHeader;
@@ -52,6 +53,9 @@ struct Pair {
     server_refused: Vec<Refusal>,
     rollover: Rollover,
     next_seq: u16,
+    /// The server's DTLS datagrams sent as it is keyed (its last flight) are lost, once.
+    lose_last_flight: bool,
+    lost: usize,
 }
 
 impl Pair {
@@ -112,6 +116,8 @@ impl Pair {
             server_refused: Vec::new(),
             rollover: Rollover::default(),
             next_seq: 1,
+            lose_last_flight: false,
+            lost: 0,
         }
     }
 
@@ -141,6 +147,7 @@ impl Pair {
             let mut moved = false;
             while let Some(sent) = self.client.poll_write() {
                 moved = true;
+                let keyed_before = self.server.state() == State::Connected;
                 let received =
                     self.server
                         .handle_datagram(self.now, CLIENT, &sent.message, &mut |to, d| {
@@ -157,6 +164,13 @@ impl Pair {
                     }
                     Ok(Received::Handled) => {}
                     Err(refusal) => self.server_refused.push(refusal),
+                }
+                if self.lose_last_flight && !keyed_before && self.server.state() == State::Connected
+                {
+                    self.lose_last_flight = false;
+                    let before = out.len();
+                    out.retain(|(_, d)| demux::classify(d) != Kind::Dtls);
+                    self.lost += before - out.len();
                 }
             }
             while let Some(event) = self.client.poll_event() {
@@ -351,6 +365,10 @@ fn a_client_with_another_certificate_than_its_offer_s_is_not_keyed() {
     );
     assert!(pair.server.sender().is_none());
     assert_eq!(pair.server.poll_timeout(), None);
+    // Its client's checks go on, unanswered.
+    pair.server_refused.clear();
+    pair.advance(Duration::from_secs(3));
+    assert!(pair.server_refused.contains(&Refusal::Failed));
 }
 
 #[test]
@@ -372,4 +390,61 @@ fn consent_lapses_then_the_connection_fails() {
         states,
         vec![State::Connected, State::Disconnected, State::Failed]
     );
+}
+
+#[test]
+fn a_lost_last_flight_is_sent_again_when_the_client_repeats_its_own() {
+    let mut pair = Pair::new(false, None);
+    pair.lose_last_flight = true;
+    pair.connect();
+    assert!(pair.lost > 0, "the server's last flight was lost");
+    assert!(
+        pair.server.holds_handshake(),
+        "held until the client shows its keys"
+    );
+    pair.forward(0, &[5; 60]);
+    assert_eq!(
+        pair.client_rtp.len(),
+        1,
+        "the client keyed from the repeated flight"
+    );
+    assert_eq!(pair.server_refused, []);
+}
+
+#[test]
+fn garbage_from_the_client_s_address_is_refused_and_harms_nothing() {
+    let mut pair = Pair::new(false, None);
+    pair.connect();
+    let mut out = Vec::new();
+    let mut send = |to: SocketAddr, d: &[u8]| out.push((to, d.to_vec()));
+    let mut seed = 0x2545_f491_u32;
+    let mut refused = 0;
+    for len in 0..400usize {
+        let mut datagram = vec![0u8; len % 200];
+        for byte in &mut datagram {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *byte = seed as u8;
+        }
+        // Every kind by its first byte: STUN, DTLS, RTP/RTCP, other.
+        if let Some(first) = datagram.first_mut() {
+            *first = [0x00, 0x16, 0x80, 0x40][len % 4];
+        }
+        if datagram.len() > 1 && len % 8 == 6 {
+            datagram[1] = 200; // RTCP
+        }
+        match pair
+            .server
+            .handle_datagram(pair.now, CLIENT, &datagram, &mut send)
+        {
+            Err(_) => refused += 1,
+            Ok(_) => panic!("garbage accepted: {datagram:?}"),
+        }
+    }
+    assert_eq!(refused, 400);
+    assert!(out.is_empty(), "nothing answered");
+    assert_eq!(pair.server.state(), State::Connected);
+    pair.forward(1, &[9; 50]);
+    assert_eq!(pair.client_rtp.len(), 1, "the client still hears");
 }
