@@ -309,17 +309,13 @@ impl LeanConnection {
         input: Input<'_>,
         send: &mut impl FnMut(SocketAddr, &[u8]),
     ) -> Result<Received, Refusal> {
-        let Input {
-            now,
-            from,
-            datagram,
-        } = input;
         let shared = Arc::clone(&self.shared);
         let handshake = self
             .handshake
             .as_mut()
             .ok_or(Refusal::Dtls(DtlsRefusal::Record))?;
-        let progress = handshake.read(&shared, now.at, datagram, |d| send(from, d));
+        let (now, from) = (input.now, input.from);
+        let progress = handshake.read(&shared, now.at, input.datagram, |d| send(from, d));
         match progress {
             Ok(Progress::Handshaking) => Ok(Received::Handled),
             Ok(Progress::Keyed(keys)) => {
