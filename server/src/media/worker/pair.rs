@@ -45,6 +45,10 @@ pub struct Memory {
     pub sent: Vec<(SocketAddr, Vec<u8>)>,
     /// Speaker packets whose copies were all queued.
     pub forwarded: u64,
+    /// Count what is sent instead of keeping it (a benchmark's egress).
+    pub discard: bool,
+    /// Datagrams sent while discarding.
+    pub discarded: u64,
 }
 
 impl Egress for Memory {
@@ -53,6 +57,14 @@ impl Egress for Memory {
     }
 
     fn flush(&mut self) {
+        if self.discard {
+            let discarded = &mut self.discarded;
+            self.batch.drain(|_, datagram| {
+                std::hint::black_box(datagram);
+                *discarded += 1;
+            });
+            return;
+        }
         let sent = &mut self.sent;
         self.batch
             .drain(|to, datagram| sent.push((to, datagram.to_vec())));
@@ -345,6 +357,20 @@ impl Pair {
             .is_some_and(|mut sender| sender.write_rtp(self.now.at, packet).is_ok());
         self.shuttle();
         written
+    }
+
+    /// What client `index` sends for `packet` from its microphone (SRTP), kept rather than
+    /// delivered: a benchmark replays it into the core.
+    pub fn sealed_by(&mut self, index: usize, packet: rtc::rtp::Packet) -> Vec<Vec<u8>> {
+        let client = &mut self.clients[index];
+        if let Some(mut sender) = client.pc.rtp_sender(client.mic) {
+            let _ = sender.write_rtp(self.now.at, packet);
+        }
+        let mut out = Vec::new();
+        while let Some(datagram) = client.pc.poll_write() {
+            out.push(datagram.message.to_vec());
+        }
+        out
     }
 
     /// The connections the core closed on its own since the last call.
