@@ -19,12 +19,9 @@
 use std::time::Duration;
 
 use stoa::clock::thread_cpu;
-use stoa::media::engine::OPUS_PT;
-use stoa::media::testkit::CLIENT_MIC_SSRC;
+use stoa::media::testkit::mic_packet;
 use stoa::media::worker::pair::Pair;
 
-/// The forwarded packet's Opus payload, as in `stoa-media-bench`.
-const PAYLOAD: [u8; 80] = [0x5a; 80];
 const FRAME: Duration = Duration::from_millis(20);
 
 fn main() -> anyhow::Result<()> {
@@ -62,20 +59,6 @@ struct Measured {
     lost: u64,
 }
 
-fn packet(seq: u16) -> rtc::rtp::Packet {
-    rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            payload_type: OPUS_PT,
-            sequence_number: seq,
-            timestamp: u32::from(seq).wrapping_mul(960),
-            ssrc: CLIENT_MIC_SSRC,
-            ..Default::default()
-        },
-        payload: bytes::Bytes::from_static(&PAYLOAD),
-    }
-}
-
 fn forward(listeners: usize) -> anyhow::Result<Measured> {
     // Long ICE timeouts: the clients go quiet during the window.
     let mut pair = Pair::new(Duration::from_secs(3600), Duration::from_secs(3600));
@@ -94,7 +77,7 @@ fn forward(listeners: usize) -> anyhow::Result<Measured> {
     }
     let packets = (400_000 / listeners).clamp(200, 4_000);
     let sealed: Vec<Vec<u8>> = (0..packets)
-        .flat_map(|i| pair.sealed_by(speaker, packet(seq.wrapping_add(i as u16))))
+        .flat_map(|i| pair.sealed_by(speaker, mic_packet(seq.wrapping_add(i as u16))))
         .collect();
     anyhow::ensure!(sealed.len() == packets, "the speaker sent {}", sealed.len());
     pair.clients_alive = false;
@@ -157,8 +140,8 @@ fn seal(listeners: usize) -> anyhow::Result<f64> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut header = packet(1).header;
-    let mut plain = rtc::shared::marshal::Marshal::marshal(&packet(1))?.to_vec();
+    let mut header = mic_packet(1).header;
+    let mut plain = rtc::shared::marshal::Marshal::marshal(&mic_packet(1))?.to_vec();
     let rounds = (1_000_000 / listeners).max(10);
     let mut run = |rounds: usize| -> anyhow::Result<Duration> {
         let start = thread_cpu();

@@ -21,9 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::MediaError;
 use super::super::batch::SendBatch;
-use super::super::engine::OPUS_PT;
 use super::super::offer::{Offer, check_offer};
-use super::super::testkit::{CLIENT_MIC_SSRC, certificate, client_offerer};
+use super::super::testkit::{certificate, client_offerer, mic_packet};
 use super::{
     ConnKey, Control, Core, CoreSetup, Egress, Links, Now, Peer, Report, RoomKey, RoomRef,
 };
@@ -333,17 +332,7 @@ impl Pair {
     pub fn speak(&mut self, index: usize) {
         let seq = self.clients[index].next_seq;
         self.clients[index].next_seq = seq.wrapping_add(1);
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: OPUS_PT,
-                sequence_number: seq,
-                timestamp: u32::from(seq) * 960,
-                ssrc: CLIENT_MIC_SSRC,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::from_static(&[0xfc; 80]),
-        };
+        let packet = mic_packet(seq);
         assert!(self.send_rtp(index, packet), "the packet is written");
     }
 
