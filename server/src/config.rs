@@ -294,6 +294,20 @@ pub struct MediaSettings {
     /// each packet repeats this many earlier frames of the same speaker, so a lost packet is
     /// rebuilt from the next ones. 0 leaves RED out of the negotiation (Opus only).
     pub red: usize,
+    /// What a new connection is made of: `rtc`'s full peer connection, or the lean transport
+    /// (ICE-lite, one DTLS handshake, SRTP keys into the worker's sealer; no ICE-TCP).
+    pub listener_transport: ListenerTransport,
+}
+
+/// `[media] listener_transport`: the implementation a new WebRTC connection gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTransport {
+    /// `rtc`'s `RTCPeerConnection` (ICE over UDP and TCP, full DTLS/SRTP stack).
+    #[default]
+    Rtc,
+    /// Stoa's lean connection (`media::lean`): UDP only.
+    Lean,
 }
 
 impl Default for MediaSettings {
@@ -306,6 +320,7 @@ impl Default for MediaSettings {
             max_connections: 20_000,
             tcp: true,
             red: 2,
+            listener_transport: ListenerTransport::Rtc,
         }
     }
 }

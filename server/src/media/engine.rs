@@ -398,24 +398,28 @@ fn apply_offer(
             red_payload_type,
         });
     }
-    let inbound = plan.mic().and_then(|mic| {
-        let offered = offer
-            .sections
-            .iter()
-            .find(|s| s.mid.is_some() && s.mid == mic.mid)?;
-        Some(Inbound {
-            payload_type: offered.opus_pt?,
-            red_payload_type: offered
-                .red_pt
-                .filter(|&red| answer::answers_format(&sdp, mic.mid.as_deref(), red)),
-            vad_off: offered.vad_off,
-        })
-    });
+    let inbound = inbound_of(&plan, &offer, &sdp);
     Ok(Answered {
         sdp,
         plan,
         slots: senders,
         inbound,
+    })
+}
+
+/// What the microphone section of `offer` negotiated in the answer `sdp`, if there is one.
+pub fn inbound_of(plan: &Plan, offer: &Offer, sdp: &str) -> Option<Inbound> {
+    let mic = plan.mic()?;
+    let offered = offer
+        .sections
+        .iter()
+        .find(|s| s.mid.is_some() && s.mid == mic.mid)?;
+    Some(Inbound {
+        payload_type: offered.opus_pt?,
+        red_payload_type: offered
+            .red_pt
+            .filter(|&red| answer::answers_format(sdp, mic.mid.as_deref(), red)),
+        vad_off: offered.vad_off,
     })
 }
 

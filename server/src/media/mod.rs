@@ -123,6 +123,12 @@ impl Media {
     ) -> anyhow::Result<(Media, mpsc::UnboundedReceiver<Report>)> {
         let count = options.settings.worker_count().clamp(1, 64);
         let certificate = engine::certificate()?;
+        // One DTLS server configuration for the whole process, built once, when new
+        // connections are to be lean.
+        let lean = match options.settings.listener_transport {
+            crate::config::ListenerTransport::Lean => Some(lean::Shared::new(&certificate)?),
+            crate::config::ListenerTransport::Rtc => None,
+        };
         let advertised_ip = advertised_ip(options);
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let sources = Arc::new(AtomicU32::new(1));
@@ -195,6 +201,7 @@ impl Media {
                 tcp,
                 advertised: SocketAddr::new(advertised_ip, addr.port()),
                 certificate: certificate.clone(),
+                lean: lean.clone(),
                 slots: options.settings.slots,
                 ice_disconnected: Duration::from_millis(options.settings.ice_disconnected_ms),
                 ice_failed: Duration::from_millis(options.settings.ice_failed_ms),

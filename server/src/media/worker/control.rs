@@ -9,14 +9,16 @@ use std::sync::atomic::Ordering;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::sansio::Protocol;
 
+use super::super::answer::Plan;
 use super::super::engine::{self, AnswerSetup, Answered};
 use super::super::offer::Offer;
 use super::super::red::History;
 use super::super::srtp::{KeyTap, Lean};
 use super::super::{MediaError, random_alnum, random_u32};
+use super::lean_link::{self, LeanLocal};
 use super::room::Room;
 use super::sansio::Core;
-use super::transport::{OutSlot, Transport, queue_writes};
+use super::transport::{Link, OutSlot, Transport, queue_writes};
 use super::{ConnKey, Control, Egress, Now, Report, RoomRef, SourceId, WorkerStats};
 use crate::control::ParticipantId;
 
@@ -71,7 +73,11 @@ impl<E: Egress> Core<E> {
             connections: self.conns.len(),
             connected: self.conns.values().filter(|c| c.connected).count(),
             rooms: self.rooms.len(),
-            lean: self.conns.values().filter(|c| c.lean.is_ready()).count(),
+            lean: self
+                .conns
+                .values()
+                .filter(|c| c.lean.is_ready() || (c.connected && matches!(c.pc, Link::Lean(_))))
+                .count(),
             lean_off: self
                 .conns
                 .values()
@@ -173,30 +179,58 @@ impl<E: Egress> Core<E> {
         let tap = KeyTap::new(Arc::clone(&self.crypto));
         let remote_ufrag = ice_ufrag(&offer.description.sdp);
         let setup = &self.setup;
-        let (pc, answered) = engine::answer(
-            AnswerSetup {
-                certificate: setup.certificate.clone(),
-                ufrag: ufrag.clone(),
-                password: password.clone(),
-                ice_disconnected: setup.ice_disconnected,
-                ice_failed: setup.ice_failed,
-                crypto: Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>,
-                ssrcs: (0..setup.slots).map(|_| random_u32()).collect(),
-                stream: format!("stoa-{key}"),
-                advertised: setup.advertised,
-                advertised_tcp: setup.advertised_tcp,
-                red: setup.red > 0,
-            },
-            offer,
-            on_stage,
-            now.at,
-        )?;
-        let Answered {
-            sdp,
-            slots,
-            inbound,
-            ..
-        } = answered;
+        let (pc, sdp, slots, inbound, mic_ssrc, level_id) = match &setup.lean {
+            Some(shared) => {
+                let plan = Plan::new(&offer.sections, setup.slots, on_stage);
+                let local = LeanLocal {
+                    key,
+                    shared,
+                    ufrag: &ufrag,
+                    password: &password,
+                    advertised: setup.advertised,
+                    red: setup.red > 0,
+                };
+                let timeouts = (setup.ice_disconnected, setup.ice_failed);
+                let (conn, answered, slots) =
+                    lean_link::open(&local, shared, &offer, &plan, timeouts, now.at)?;
+                (
+                    Link::Lean(Box::new(conn)),
+                    answered.sdp,
+                    slots,
+                    answered.inbound,
+                    answered.mic_ssrc,
+                    answered.level_id,
+                )
+            }
+            None => {
+                let (pc, answered) = engine::answer(
+                    AnswerSetup {
+                        certificate: setup.certificate.clone(),
+                        ufrag: ufrag.clone(),
+                        password: password.clone(),
+                        ice_disconnected: setup.ice_disconnected,
+                        ice_failed: setup.ice_failed,
+                        crypto: Arc::clone(&tap) as Arc<dyn RTCCryptoProvider>,
+                        ssrcs: (0..setup.slots).map(|_| random_u32()).collect(),
+                        stream: format!("stoa-{key}"),
+                        advertised: setup.advertised,
+                        advertised_tcp: setup.advertised_tcp,
+                        red: setup.red > 0,
+                    },
+                    offer,
+                    on_stage,
+                    now.at,
+                )?;
+                let Answered {
+                    sdp,
+                    slots,
+                    inbound,
+                    ..
+                } = answered;
+                let slots = slots.into_iter().map(OutSlot::new).collect();
+                (Link::Rtc(Box::new(pc)), sdp, slots, inbound, None, None)
+            }
+        };
         let receiving = inbound.is_some() && on_stage;
         let source = SourceId(setup.sources.fetch_add(1, Ordering::Relaxed));
         let entry = self
@@ -212,11 +246,11 @@ impl<E: Egress> Core<E> {
             ufrag,
             password,
             source,
-            slots: slots.into_iter().map(OutSlot::new).collect(),
+            slots,
             receiving,
             may_send,
-            inbound_ssrc: None,
-            inbound_level_id: None,
+            inbound_ssrc: mic_ssrc,
+            inbound_level_id: level_id,
             inbound,
             history: History::default(),
             voice_bit_seen: false,
@@ -249,7 +283,33 @@ impl<E: Egress> Core<E> {
             .conns
             .get_mut(&key)
             .ok_or_else(|| anyhow::anyhow!("no such connection"))?;
-        let answered = engine::reanswer(&mut conn.pc, offer, self.setup.slots, on_stage, now.at)?;
+        let pc = match &mut conn.pc {
+            Link::Rtc(pc) => pc,
+            Link::Lean(_) => {
+                let shared = self
+                    .setup
+                    .lean
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("no lean configuration"))?;
+                // Renegotiations are rare: the credentials are copied for the answer.
+                let (ufrag, password) = (conn.ufrag.clone(), conn.password.clone());
+                let local = LeanLocal {
+                    key,
+                    shared,
+                    ufrag: &ufrag,
+                    password: &password,
+                    advertised: self.setup.advertised,
+                    red: self.setup.red > 0,
+                };
+                let sdp =
+                    reanswer_lean(conn, &local, &offer, self.setup.slots, on_stage, may_send)?;
+                if let Some(room) = self.rooms.get(&conn.room) {
+                    conn.hear(room.selector.slots_for(conn.source));
+                }
+                return Ok(sdp);
+            }
+        };
+        let answered = engine::reanswer(pc, offer, self.setup.slots, on_stage, now.at)?;
         conn.receiving = answered.inbound.is_some() && on_stage;
         conn.may_send = may_send;
         conn.inbound = answered.inbound;
@@ -260,7 +320,7 @@ impl<E: Egress> Core<E> {
             .slots
             .iter()
             .map(
-                |&sent| match old.iter().position(|o| o.sender == sent.sender) {
+                |&sent| match old.iter().position(|o| o.sender == Some(sent.sender)) {
                     Some(at) => {
                         let mut kept = old.swap_remove(at);
                         kept.payload_type = sent.payload_type;
@@ -293,10 +353,12 @@ impl<E: Egress> Core<E> {
         };
         tracing::debug!(worker = self.setup.index, conn = %key, participant = %conn.participant, by_peer = report, "media connection closed");
         // After a panic the connection may be broken inside: closing it must not panic again.
-        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let _ = conn.pc.close();
-            queue_writes(&mut conn.pc, &mut conn.dest, &mut self.egress);
-        }));
+        if let Link::Rtc(pc) = &mut conn.pc {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let _ = pc.close();
+                queue_writes(pc, &mut conn.dest, &mut self.egress);
+            }));
+        }
         let egress = &mut self.egress;
         self.routes
             .remove(key, &conn.ufrag, &conn.addrs, |from| egress.close_tcp(from));
@@ -340,6 +402,44 @@ impl<E: Egress> Core<E> {
             });
         }
     }
+}
+
+/// A lean connection's renegotiation (onto the stage and back): the same credentials, slots
+/// and SSRCs, the plan's directions and the microphone from the new offer. An offer that
+/// changes how many sections receive is refused: the lean connection keeps its slots.
+fn reanswer_lean(
+    conn: &mut Transport,
+    local: &LeanLocal<'_>,
+    offer: &Offer,
+    slots: usize,
+    on_stage: bool,
+    may_send: bool,
+) -> anyhow::Result<String> {
+    let plan = Plan::new(&offer.sections, slots, on_stage);
+    if plan.slot_count() != conn.slots.len() {
+        anyhow::bail!(
+            "lean transport: a renegotiation must keep the receiving sections ({} slots \
+             before, {} offered)",
+            conn.slots.len(),
+            plan.slot_count()
+        );
+    }
+    let ssrcs: Vec<u32> = conn.slots.iter().map(|s| s.rewriter.ssrc()).collect();
+    let answered = lean_link::answer(local, offer, &plan, &ssrcs)?;
+    for (slot, &(pt, red)) in conn.slots.iter_mut().zip(&answered.payload_types) {
+        slot.payload_type = pt;
+        slot.red_payload_type = red;
+    }
+    if answered.mic_ssrc != conn.inbound_ssrc {
+        // A new stream numbers its timestamps afresh.
+        conn.history.clear();
+    }
+    conn.inbound_ssrc = answered.mic_ssrc;
+    conn.inbound_level_id = answered.level_id;
+    conn.receiving = answered.inbound.is_some() && on_stage;
+    conn.may_send = may_send;
+    conn.inbound = answered.inbound;
+    Ok(answered.sdp)
 }
 
 /// The first `a=ice-ufrag:` of an SDP.

@@ -11,7 +11,7 @@ use super::super::red;
 use super::super::rtp::{HEADER_LEN, RtpHeader};
 use super::super::srtp::{Learned, TAG_LEN};
 use super::sansio::Core;
-use super::transport::{OutSlot, Transport, queue_writes, queue_writes_inspecting};
+use super::transport::{Link, OutSlot, Transport, queue_writes, queue_writes_inspecting};
 use super::{Egress, Forwarded, Now, Peer, SourceId};
 
 /// What one listener gets of a speaker's packet.
@@ -96,6 +96,34 @@ impl<E: Egress> Core<E> {
                 } => (slot, header, rollover),
             };
             let slot = &conn.slots[index];
+            // A lean connection seals with its own keys from the first packet.
+            if let Link::Lean(lean) = &mut conn.pc {
+                let mut body_len = 0;
+                let pushed = lean.sender().is_some_and(|(sender, dest)| {
+                    if self.egress.batch().is_full() {
+                        self.egress.flush();
+                    }
+                    self.egress.batch().push_with(dest, |buf| {
+                        let end = buf.len().checked_sub(TAG_LEN)?;
+                        let body = listener_payload(slot, packet, buf.get_mut(HEADER_LEN..end)?)?;
+                        body_len = body;
+                        sender.seal_in_place(&header, rollover, body, buf)
+                    })
+                });
+                if pushed {
+                    lean.sent(index, header.timestamp, body_len, now.at);
+                    self.counters.forwarded.inc();
+                    if slot.red_payload_type.is_some() {
+                        self.counters.red_out.inc();
+                    }
+                } else {
+                    self.counters.drops.forward_failed.inc();
+                }
+                continue;
+            }
+            let Link::Rtc(pc) = &mut conn.pc else {
+                continue;
+            };
             // The lean path: the payload built and sealed straight into the send batch.
             if let Some(Peer {
                 addr: dest,
@@ -146,9 +174,9 @@ impl<E: Egress> Core<E> {
                 payload: payload.clone(),
             };
             let red_slot = slot.red_payload_type.is_some();
-            let written = conn
-                .pc
-                .rtp_sender(slot.sender)
+            let written = slot
+                .sender
+                .and_then(|sender| pc.rtp_sender(sender))
                 .map(|mut sender| sender.write_rtp(now.at, rtp));
             if matches!(written, Some(Ok(()))) {
                 self.counters.forwarded.inc();
@@ -165,30 +193,23 @@ impl<E: Egress> Core<E> {
                     self.crypto.crypto(),
                     &mut self.probe_buf,
                 );
-                queue_writes_inspecting(
-                    &mut conn.pc,
-                    &mut conn.dest,
-                    &mut self.egress,
-                    |datagram| {
-                        if !is_packet(datagram, &header) {
-                            return;
+                queue_writes_inspecting(pc, &mut conn.dest, &mut self.egress, |datagram| {
+                    if !is_packet(datagram, &header) {
+                        return;
+                    }
+                    match lean.learn(tap, crypto, &header, rollover, &payload, datagram, scratch) {
+                        Learned::Proven => {
+                            tracing::debug!(conn = %key, "lean SRTP path proven")
                         }
-                        match lean
-                            .learn(tap, crypto, &header, rollover, &payload, datagram, scratch)
-                        {
-                            Learned::Proven => {
-                                tracing::debug!(conn = %key, "lean SRTP path proven")
-                            }
-                            Learned::GaveUp => tracing::warn!(
-                                conn = %key,
-                                "SRTP keys never matched rtc's output; staying on rtc's write path"
-                            ),
-                            Learned::NotYet => {}
-                        }
-                    },
-                );
+                        Learned::GaveUp => tracing::warn!(
+                            conn = %key,
+                            "SRTP keys never matched rtc's output; staying on rtc's write path"
+                        ),
+                        Learned::NotYet => {}
+                    }
+                });
             } else {
-                queue_writes(&mut conn.pc, &mut conn.dest, &mut self.egress);
+                queue_writes(pc, &mut conn.dest, &mut self.egress);
             }
             // Writing media does not bring a connection's timers forward; only look when none
             // is queued (asking costs as much as the rest of this loop).

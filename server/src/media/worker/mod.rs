@@ -22,6 +22,7 @@
 mod control;
 mod counters;
 mod forward;
+mod lean_link;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pair;
 mod room;
@@ -225,6 +226,8 @@ pub struct WorkerSetup {
     /// ICE-TCP listener (non-blocking is set here) and the address its candidate advertises.
     pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
     pub certificate: RTCCertificate,
+    /// Set: new connections are lean, on this process-wide DTLS configuration.
+    pub lean: Option<Arc<super::lean::Shared>>,
     pub slots: usize,
     pub ice_disconnected: Duration,
     pub ice_failed: Duration,

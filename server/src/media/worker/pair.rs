@@ -122,6 +122,7 @@ impl Pair {
                 advertised: SERVER,
                 advertised_tcp: None,
                 certificate: certificate(),
+                lean: None,
                 slots: 3,
                 red: crate::config::MediaSettings::default().red,
                 ice_disconnected,
@@ -153,6 +154,38 @@ impl Pair {
             recorded: None,
             next_key: 100,
         }
+    }
+
+    /// A core whose connections are lean (`[media] listener_transport = "lean"`), with the
+    /// given ICE timeouts; the clients stay `rtc`'s full ones, set up like browsers.
+    pub fn lean(ice_disconnected: Duration, ice_failed: Duration) -> Self {
+        let mut pair = Pair::new(ice_disconnected, ice_failed);
+        pair.core.setup.lean =
+            Some(super::super::lean::Shared::new(&certificate()).expect("a DTLS configuration"));
+        pair
+    }
+
+    /// [`Pair::lean`] with the worker's default ICE timeouts.
+    pub fn lean_default() -> Self {
+        Pair::lean(Duration::from_secs(5), Duration::from_secs(15))
+    }
+
+    /// Client `index` offers again (a stage change): the core renegotiates its connection.
+    pub fn restage(&mut self, index: usize, on_stage: bool, may_send: bool) {
+        let key = self.clients[index].key;
+        let pc = &mut self.clients[index].pc;
+        let offer = pc.create_offer(None).expect("an offer");
+        pc.set_local_description(self.now.at, offer).unwrap();
+        let sdp = pc.local_description().expect("the offer").sdp;
+        let offer = check_offer(sdp).expect("a valid offer");
+        let answer = self
+            .reoffer(key, offer, on_stage, may_send)
+            .expect("renegotiated");
+        self.clients[index]
+            .pc
+            .set_remote_description(self.now.at, RTCSessionDescription::answer(answer).unwrap())
+            .expect("the client takes the new answer");
+        self.shuttle();
     }
 
     /// The ICE credentials the core gives the next connections it opens, instead of random

@@ -15,18 +15,21 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
 use super::super::audio_level::AudioLevel;
 use super::super::batch::MAX_DATAGRAM;
 use super::super::demux::{self, Kind};
+use super::super::lean::{Received, Shared as LeanShared};
 use super::super::red::{self, Frame, MAX_REDUNDANCY};
 use super::counters::Counters;
 use super::room::Room;
 use super::routes::{Found, Routes};
-use super::transport::{Conns, Timers, queue_writes};
+use super::transport::{Conns, Link, Timers, queue_writes};
 use super::{
     ConnKey, Control, Egress, Fanout, Forwarded, Now, Peer, Report, RoomKey, SourceId, rtcp,
 };
@@ -49,6 +52,8 @@ pub struct CoreSetup {
     pub advertised: SocketAddr,
     pub advertised_tcp: Option<SocketAddr>,
     pub certificate: RTCCertificate,
+    /// Set: new connections are lean (`media::lean`), on this shared DTLS configuration.
+    pub lean: Option<Arc<LeanShared>>,
     pub slots: usize,
     pub red: usize,
     pub ice_disconnected: Duration,
@@ -181,6 +186,17 @@ impl<E: Egress> Core<E> {
             drops.no_send_path.inc();
             return;
         }
+        if let Link::Lean(_) = conn.pc {
+            if peer.tcp {
+                // A lean answer carries no TCP candidate: nothing of it comes over a stream.
+                drops.rejected.inc();
+                return;
+            }
+            self.guarded(key, now, |core| {
+                core.lean_datagram(key, now, peer.addr, datagram)
+            });
+            return;
+        }
         let local_addr = match peer.tcp {
             true => self.setup.tcp_local.unwrap_or(self.setup.local_addr),
             false => self.setup.local_addr,
@@ -199,8 +215,8 @@ impl<E: Egress> Core<E> {
             message: BytesMut::from(datagram),
         };
         self.guarded(key, now, |core| {
-            if let Some(conn) = core.conns.get_mut(&key)
-                && let Err(e) = conn.pc.handle_read(message)
+            if let Some(Link::Rtc(pc)) = core.conns.get_mut(&key).map(|c| &mut c.pc)
+                && let Err(e) = pc.handle_read(message)
             {
                 core.counters.drops.rejected.inc();
                 tracing::trace!(conn = %key, error = %e, "datagram refused by the connection");
@@ -246,10 +262,16 @@ impl<E: Egress> Core<E> {
             }
             conn.scheduled = None;
             self.guarded(key, now, |core| {
-                if let Some(conn) = core.conns.get_mut(&key)
-                    && let Err(e) = conn.pc.handle_timeout(now.at)
-                {
-                    tracing::trace!(conn = %key, error = %e, "timeout handling failed");
+                match core.conns.get_mut(&key).map(|c| &mut c.pc) {
+                    Some(Link::Rtc(pc)) => {
+                        if let Err(e) = pc.handle_timeout(now.at) {
+                            tracing::trace!(conn = %key, error = %e, "timeout handling failed");
+                        }
+                    }
+                    Some(Link::Lean(lean)) => {
+                        lean.handle_timeout(now, &mut lean_send(&mut core.egress))
+                    }
+                    None => {}
                 }
                 core.drain(key, now);
             });
@@ -307,7 +329,9 @@ impl<E: Egress> Core<E> {
         let closed = match self.conns.get_mut(&key) {
             None => false,
             Some(conn) => {
-                queue_writes(&mut conn.pc, &mut conn.dest, &mut self.egress);
+                if let Link::Rtc(pc) = &mut conn.pc {
+                    queue_writes(pc, &mut conn.dest, &mut self.egress);
+                }
                 let changes = conn.poll_events(now.at);
                 if let Some(took) = changes.first_connected {
                     self.setup
@@ -330,6 +354,41 @@ impl<E: Egress> Core<E> {
         if closed {
             self.close(key, true, now);
         }
+    }
+
+    /// One datagram for a lean connection: it answers checks and handshakes itself (its
+    /// datagrams go straight into the send batch); a decrypted microphone packet goes to
+    /// [`Self::ingress`], receiver reports to the metrics.
+    fn lean_datagram(&mut self, key: ConnKey, now: Now, from: SocketAddr, datagram: &[u8]) {
+        let Some(Link::Lean(lean)) = self.conns.get_mut(&key).map(|c| &mut c.pc) else {
+            return;
+        };
+        match lean.handle_datagram(now, from, datagram, &mut lean_send(&mut self.egress)) {
+            Ok(Received::Handled) => {}
+            Ok(Received::Rtp(plain)) => match rtc::rtp::Packet::unmarshal(&mut &plain[..]) {
+                Ok(packet) => self.inbound.push(packet),
+                Err(_) => {
+                    self.counters.drops.malformed.inc();
+                }
+            },
+            Ok(Received::Rtcp(mut plain)) => match rtc::rtcp::packet::unmarshal(&mut plain) {
+                Ok(packets) => {
+                    for packet in &packets {
+                        if let Some(rr) = packet.as_any().downcast_ref::<ReceiverReport>() {
+                            rtcp::observe_receiver_report(&self.setup.metrics, rr, now.wall);
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.counters.drops.malformed.inc();
+                }
+            },
+            Err(refusal) => {
+                self.counters.drops.rejected.inc();
+                tracing::trace!(conn = %key, ?refusal, "datagram refused by the lean connection");
+            }
+        }
+        self.drain(key, now);
     }
 
     /// A speaker's decrypted packet: checked against their rights, then fanned out.
@@ -429,5 +488,16 @@ impl<E: Egress> Core<E> {
         if let Some(room) = self.rooms.get_mut(&room) {
             room.forget(source, now_us, &mut self.conns);
         }
+    }
+}
+
+/// Where a lean connection's own datagrams (check answers, handshake flights, sender reports)
+/// go: the send batch, flushed when full.
+pub(super) fn lean_send<E: Egress>(egress: &mut E) -> impl FnMut(SocketAddr, &[u8]) + '_ {
+    move |to, datagram| {
+        if egress.batch().is_full() {
+            egress.flush();
+        }
+        egress.batch().push(datagram, to);
     }
 }

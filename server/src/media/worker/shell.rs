@@ -148,6 +148,7 @@ impl Worker {
                     advertised: setup.advertised,
                     advertised_tcp,
                     certificate: setup.certificate,
+                    lean: setup.lean,
                     slots: setup.slots,
                     red: setup.red,
                     ice_disconnected: setup.ice_disconnected,

@@ -9,7 +9,15 @@ use super::*;
 
 #[test]
 fn a_speaker_is_heard_by_a_listener_through_the_core() {
-    let mut h = Pair::default();
+    a_speaker_is_heard(Pair::default());
+}
+
+#[test]
+fn a_speaker_is_heard_by_a_lean_listener_through_the_core() {
+    a_speaker_is_heard(Pair::lean_default());
+}
+
+fn a_speaker_is_heard(mut h: Pair) {
     let speaker = h.join(true, true);
     let listener = h.join(false, false);
     h.connect_all();
@@ -35,7 +43,15 @@ fn a_speaker_is_heard_by_a_listener_through_the_core() {
 
 #[test]
 fn a_listener_has_no_right_to_speak_and_each_refusal_is_counted() {
-    let mut h = Pair::default();
+    no_right_to_speak(Pair::default());
+}
+
+#[test]
+fn a_lean_listener_has_no_right_to_speak_and_each_refusal_is_counted() {
+    no_right_to_speak(Pair::lean_default());
+}
+
+fn no_right_to_speak(mut h: Pair) {
     // On stage but muted by the room: decrypted, then refused.
     let muted = h.join(true, false);
     // A listener: no receiving path; its RTP is refused before any crypto.
@@ -101,8 +117,17 @@ fn a_closed_connection_s_datagrams_are_dropped_and_counted() {
 
 #[test]
 fn timeouts_fire_at_the_deadline_the_core_returned() {
+    timeouts_fire(Pair::new);
+}
+
+#[test]
+fn a_silent_lean_connection_times_out_and_its_close_is_reported() {
+    timeouts_fire(Pair::lean);
+}
+
+fn timeouts_fire(make: fn(Duration, Duration) -> Pair) {
     let failed_after = Duration::from_secs(3);
-    let mut h = Pair::new(Duration::from_secs(1), failed_after);
+    let mut h = make(Duration::from_secs(1), failed_after);
     let listener = h.join(false, false);
     h.connect_all();
     let key = h.clients[listener].key;
@@ -183,4 +208,31 @@ fn a_speaker_s_red_packet_is_read_into_its_frames() {
         .map(|f| (f.timestamp, f.payload.to_vec()))
         .collect();
     assert_eq!(kept, [(960, vec![0xfc, 8]), (0, vec![0xfc, 7])]);
+}
+
+#[test]
+fn a_lean_listener_goes_on_stage_by_renegotiation_and_is_heard() {
+    let mut h = Pair::lean_default();
+    let guest = h.join(false, false);
+    let listener = h.join(false, false);
+    h.connect_all();
+    // Off stage: no receiving path, its packets are refused before any crypto.
+    let _ = h.send_rtp(guest, super::super::testkit::mic_packet(1));
+    assert_eq!(h.rtp_in(), 0);
+    // Invited up: the same lean connection now receives its microphone, and it is heard.
+    h.restage(guest, true, true);
+    for _ in 0..50 {
+        h.speak(guest);
+        h.advance(Duration::from_millis(20));
+    }
+    assert!(h.rtp_in() >= 49, "read {}", h.rtp_in());
+    assert!(h.clients[listener].rtp_received >= 45);
+    // Back to the audience: nothing more is read, and the connection stays.
+    h.restage(guest, false, false);
+    let before = h.rtp_in();
+    for _ in 0..5 {
+        let _ = h.send_rtp(guest, super::super::testkit::mic_packet(200));
+    }
+    assert_eq!(h.rtp_in(), before);
+    assert!(h.is_open(h.clients[guest].key));
 }
