@@ -952,6 +952,24 @@ mod tests {
     }
 
     #[test]
+    fn the_listener_transport_is_rtc_unless_set_to_lean() {
+        let transport = |text: &str| Config::from_toml(text).map(|c| c.media.listener_transport);
+        assert_eq!(transport(""), Ok(ListenerTransport::Rtc));
+        assert_eq!(
+            transport("[media]\nlistener_transport = \"lean\""),
+            Ok(ListenerTransport::Lean)
+        );
+        assert_eq!(
+            transport("[media]\nlistener_transport = \"rtc\""),
+            Ok(ListenerTransport::Rtc)
+        );
+        for bad in ["\"quic\"", "\"Lean\"", "1", "true"] {
+            let text = format!("[media]\nlistener_transport = {bad}");
+            assert!(Config::from_toml(&text).is_err(), "{text} is refused");
+        }
+    }
+
+    #[test]
     fn cluster_settings_are_checked() {
         let bad = |cluster: ClusterSettings| {
             Config {

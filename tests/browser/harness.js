@@ -77,6 +77,22 @@ export function freePort(host = "127.0.0.1") {
  */
 
 /**
+ * `STOA_LISTENER_TRANSPORT=lean|rtc`: the server's `[media] listener_transport`, added to the
+ * config a test gives (into its `[media]` table when it has one). How the lean run of the suite
+ * (`npm run test:lean`) and `bench-join.js` choose the transport without a test of their own.
+ * @param {string | undefined} config
+ */
+export function withListenerTransport(config) {
+  const transport = process.env.STOA_LISTENER_TRANSPORT;
+  if (!transport) return config;
+  if (!/^[a-z]+$/u.test(transport)) throw new Error(`STOA_LISTENER_TRANSPORT=${transport}: rtc or lean`);
+  const line = `listener_transport = "${transport}"`;
+  if (config === undefined) return `[media]\n${line}\n`;
+  if (/^\[media\][ \t]*$/mu.test(config)) return config.replace(/^\[media\][ \t]*$/mu, `[media]\n${line}`);
+  return `${config}\n[media]\n${line}\n`;
+}
+
+/**
  * Starts `stoa serve` with a fresh data folder and a known operator key. `host`: the address
  * it binds (HTTP and media; its ICE candidates carry it), 127.0.0.1 unless told; the Firefox
  * tests give it their network namespace's address. `log`: its file name in artifacts/.
@@ -85,6 +101,7 @@ export function freePort(host = "127.0.0.1") {
  * @returns {Promise<Server>}
  */
 export async function startServer({ host = "127.0.0.1", log: logName = "server.log", config } = {}) {
+  config = withListenerTransport(config);
   const bin = process.env.STOA_BIN ? resolve(process.env.STOA_BIN) : resolve(here, "../../target/release/stoa");
   const dataDir = await tempDir("stoa-browser-data-");
   const configArgs = [];

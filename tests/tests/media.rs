@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use stoa::config::ListenerTransport;
 use stoa_client::audio::{AudioSource, goertzel_power, mean_power};
 use stoa_client::media::{MediaConfig, MediaPeer, OfferChannel};
 use stoa_tests::TestServer;
@@ -92,9 +93,23 @@ async fn metric(t: &TestServer, name: &str, label: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A server whose connections are made by `transport` (`[media] listener_transport`).
+async fn server_on(transport: ListenerTransport) -> TestServer {
+    TestServer::start_with(|c| c.media.listener_transport = transport).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_speakers_reach_a_listener_on_two_slots_with_no_loss() {
-    let t = TestServer::start().await;
+    two_speakers_reach_a_listener(ListenerTransport::Rtc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_speakers_reach_a_lean_listener_on_two_slots_with_no_loss() {
+    two_speakers_reach_a_listener(ListenerTransport::Lean).await;
+}
+
+async fn two_speakers_reach_a_listener(transport: ListenerTransport) {
+    let t = server_on(transport).await;
     let room = t.create_room("Tones").await;
     let low = Member::join(&t, &room, "speaker", "Low", speaking(440.0, -12.0)).await;
     let high = Member::join(&t, &room, "speaker", "High", speaking(880.0, -12.0)).await;
@@ -285,7 +300,17 @@ async fn a_muted_speaker_is_silent_until_they_unmute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invited_listener_is_heard_without_others_renegotiating_until_they_leave_the_stage() {
-    let t = TestServer::start().await;
+    invited_listener_is_heard(ListenerTransport::Rtc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invited_lean_listener_is_heard_without_others_renegotiating_until_they_leave_the_stage()
+{
+    invited_listener_is_heard(ListenerTransport::Lean).await;
+}
+
+async fn invited_listener_is_heard(transport: ListenerTransport) {
+    let t = server_on(transport).await;
     let room = t.create_room("Stage").await;
     let mut moderator = Member::join(&t, &room, "moderator", "Mo", listener).await;
     let mut guest = Member::join(&t, &room, "listener", "Guest", listener).await;
@@ -296,7 +321,7 @@ async fn an_invited_listener_is_heard_without_others_renegotiating_until_they_le
         .peer
         .start_speaking(&mut guest.signal, AudioSource::tone(700.0, -12.0))
         .await;
-    assert!(refused.is_ok());
+    assert!(refused.is_ok(), "{refused:?}");
     assert!(!guest.peer.report().send.answer_accepts_audio);
     guest.peer.stop_speaking(&mut guest.signal).await.unwrap();
 

@@ -232,6 +232,7 @@ impl Media {
             workers = count,
             addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),
             advertised = %advertised_ip,
+            transport = ?options.settings.listener_transport,
             "media workers started"
         );
         let media = Media {

@@ -20,7 +20,7 @@
 //! the server builds all of it); the bytes sent per listener are reported beside the CPU.
 //!
 //! Usage: `stoa-media-bench [--listeners 10,100,1000] [--seconds 10] [--interval-ms 20]
-//! [--red N] [--no-pin]`. Method and results: `docs/benchmarks.md`.
+//! [--red N] [--transport rtc|lean] [--no-pin]`. Method and results: `docs/benchmarks.md`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -831,6 +831,8 @@ struct Options {
     pin: bool,
     /// Earlier frames repeated to RED listeners; 0: the listeners do not offer RED.
     red: usize,
+    /// `[media] listener_transport` of the server side.
+    transport: stoa::config::ListenerTransport,
 }
 
 fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
@@ -856,6 +858,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
             } else {
                 MediaSettings::default().red
             },
+            listener_transport: options.transport,
             ..Default::default()
         },
         bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -1081,6 +1084,7 @@ fn parse_args() -> Result<Options> {
         interval: Duration::from_millis(20),
         pin: true,
         red: 0,
+        transport: stoa::config::ListenerTransport::Rtc,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -1104,10 +1108,17 @@ fn parse_args() -> Result<Options> {
                     return Err("--red: 0, 1 or 2 earlier frames".into());
                 }
             }
+            "--transport" => {
+                options.transport = match value()?.as_str() {
+                    "rtc" => stoa::config::ListenerTransport::Rtc,
+                    "lean" => stoa::config::ListenerTransport::Lean,
+                    _ => return Err("--transport: rtc or lean".into()),
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "stoa-media-bench [--listeners 10,100,1000] [--seconds 10] \
-                     [--interval-ms 20] [--red N] [--no-pin]\n\n\
+                     [--interval-ms 20] [--red N] [--transport rtc|lean] [--no-pin]\n\n\
                      Server CPU per forwarded packet x listener against a bare SRTP encrypt, \
                      loss, and heap per connection. See docs/benchmarks.md."
                 );
@@ -1323,6 +1334,7 @@ fn main() -> Result<()> {
             "cpus": cpus,
             "pinned": options.pin,
             "red": options.red,
+            "transport": format!("{:?}", options.transport).to_lowercase(),
             "total_s": began.elapsed().as_secs_f64(),
             "results": results,
         })

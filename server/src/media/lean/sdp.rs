@@ -79,10 +79,10 @@ pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
             "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:{}\r\na=setup:passive\r\n",
             local.ufrag, local.password, local.fingerprint
         );
-        // The level is read from what we receive only: the microphone's section.
-        if planned.mic
-            && let Some(id) = offered.level_id
-        {
+        // Echoed wherever it is offered, as `rtc`'s answers do: the level is read only from
+        // the microphone, but a client (the `webrtc` crate) offers an extension again only
+        // where the last answer took it, and a listener's section may become its microphone.
+        if let Some(id) = offered.level_id {
             let _ = write!(out, "a=extmap:{id} {AUDIO_LEVEL_URI}\r\n");
         }
         let _ = write!(out, "a={}\r\na=rtcp-mux\r\n", direction.attribute());
