@@ -13,6 +13,7 @@
  * and from polling the connection's `getStats()` every 5 ms once it exists.
  *
  *   node bench-join.js            (JOINS=10 by default)
+ *   STOA_LISTENER_TRANSPORT=lean node bench-join.js   (the server's `[media] listener_transport`)
  */
 
 import { chromiumPeer, cleanup, joinRoom, mediaConnected, openBrowser, startServer, tempDir, writeToneWav } from "./harness.js";

@@ -96,10 +96,22 @@ impl<E: Egress> Core<E> {
                 } => (slot, header, rollover),
             };
             let slot = &conn.slots[index];
-            // A lean connection seals with its own keys from the first packet.
-            if let Link::Lean(lean) = &mut conn.pc {
+            // The lean path: the payload built and sealed straight into the send batch. A lean
+            // connection seals with its own keys from the first packet; an `rtc` one once its
+            // keys are proven, and only over UDP.
+            let lean_link = matches!(conn.pc, Link::Lean(_));
+            let sealer = match &mut conn.pc {
+                Link::Lean(lean) => lean.sender(),
+                Link::Rtc(_) => match conn.dest {
+                    Some(Peer { addr, tcp: false }) => {
+                        conn.lean.sender(&conn.tap).map(|sender| (sender, addr))
+                    }
+                    _ => None,
+                },
+            };
+            if lean_link || sealer.is_some() {
                 let mut body_len = 0;
-                let pushed = lean.sender().is_some_and(|(sender, dest)| {
+                let pushed = sealer.is_some_and(|(sender, dest)| {
                     if self.egress.batch().is_full() {
                         self.egress.flush();
                     }
@@ -111,7 +123,9 @@ impl<E: Egress> Core<E> {
                     })
                 });
                 if pushed {
-                    lean.sent(index, header.timestamp, body_len, now.at);
+                    if let Link::Lean(lean) = &mut conn.pc {
+                        lean.sent(index, header.timestamp, body_len, now.at);
+                    }
                     self.counters.forwarded.inc();
                     if slot.red_payload_type.is_some() {
                         self.counters.red_out.inc();
@@ -124,30 +138,6 @@ impl<E: Egress> Core<E> {
             let Link::Rtc(pc) = &mut conn.pc else {
                 continue;
             };
-            // The lean path: the payload built and sealed straight into the send batch.
-            if let Some(Peer {
-                addr: dest,
-                tcp: false,
-            }) = conn.dest
-                && let Some(sender) = conn.lean.sender(&conn.tap)
-            {
-                if self.egress.batch().is_full() {
-                    self.egress.flush();
-                }
-                if self.egress.batch().push_with(dest, |buf| {
-                    let end = buf.len().checked_sub(TAG_LEN)?;
-                    let body = listener_payload(slot, packet, buf.get_mut(HEADER_LEN..end)?)?;
-                    sender.seal_in_place(&header, rollover, body, buf)
-                }) {
-                    self.counters.forwarded.inc();
-                    if slot.red_payload_type.is_some() {
-                        self.counters.red_out.inc();
-                    }
-                } else {
-                    self.counters.drops.forward_failed.inc();
-                }
-                continue;
-            }
             // `rtc`'s path, until the connection's keys are proven (or for good if they never
             // are); while probing, what it produced for this packet is compared with ours.
             let payload = if slot.red_payload_type.is_some() {
