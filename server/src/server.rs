@@ -225,6 +225,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();
     let auth_throttle = state.auth_throttle.clone();
+    let clip_limiter = state.clip_limiter.clone();
+    let clip_address_limiter = state.clip_address_limiter.clone();
     let housekeeping = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -232,6 +234,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             limiter.retain_recent();
             limiter.shrink_to_fit();
             auth_throttle.retain_recent();
+            clip_limiter.retain_recent();
+            clip_limiter.shrink_to_fit();
+            clip_address_limiter.retain_recent();
+            clip_address_limiter.shrink_to_fit();
         }
     });
     let handle = Handle::new();

@@ -42,10 +42,15 @@ pub trait Recorder: Send + Sync + 'static {
     /// Starts recording the room's mix; an error says why it could not (logged; the room is
     /// told the recording stopped).
     fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>>;
-    /// Stops it and closes its file; returns once the file is closed.
+    /// Stops it and closes its file; returns once the file is closed and its row says so.
+    /// Called after the room's own records of the stop are written, so that what the
+    /// recorder writes (`recording.ready`) follows them.
     fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()>;
     /// Who speaks now, loudest first, for the recording's timeline. Must not block.
     fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]);
+    /// The room became live on this node (`true`) or stopped being live (`false`): its last
+    /// seconds may be kept for clips meanwhile. Must not block.
+    fn live(&self, _room: &RoomId, _live: bool) {}
 }
 
 /// Who counts the room's anonymous listeners: those on its listen links, known only by their

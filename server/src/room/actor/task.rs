@@ -85,6 +85,7 @@ impl RoomTask {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        self.deps.recorder.live(self.state.room(), true);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -113,12 +114,13 @@ impl RoomTask {
         }
         if self.state.is_recording() {
             // Nobody is left to hear it (or the server stops): the file is closed now.
-            self.deps.recorder.stop(self.state.room()).await;
             let detail = serde_json::json!({ "reason": "room_closed" });
             self.audit(Actor::System, AuditAction::StopRecording, None, detail);
+            self.stop_recorder().await;
             self.records.write(std::mem::take(&mut self.pending));
         }
         self.handle.recording.store(false, Ordering::Relaxed);
+        self.deps.recorder.live(self.state.room(), false);
         // An ended room stays in the map, answering that it ended, until its records (its
         // end among them) are written: nobody can start it again in between.
         if self.state.is_ended() {
@@ -465,11 +467,23 @@ impl RoomTask {
                     self.recording_lost = true;
                 }
             }
-            Effect::StopRecording => self.deps.recorder.stop(self.state.room()).await,
+            Effect::StopRecording => self.stop_recorder().await,
             Effect::RecordSpeakers { speakers } => {
                 self.deps.recorder.speakers(self.state.room(), &speakers);
             }
         }
+    }
+
+    /// Stops the recording once what the room gathered so far (the stop's audit line and
+    /// `recording.stopped`) is written: the recorder's `recording.ready` follows them in the
+    /// room's outbox. A stop costs the room one write's wait (it waits for the file anyway),
+    /// at most a second: with the database away the file is closed regardless (and `ready`
+    /// may then come first).
+    async fn stop_recorder(&mut self) {
+        self.records.write(std::mem::take(&mut self.pending));
+        let written = self.records.written();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), written).await;
+        self.deps.recorder.stop(self.state.room()).await;
     }
 
     /// Sockets whose queue filled up are cut loose, so one slow reader never holds the room
