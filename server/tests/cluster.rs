@@ -1150,6 +1150,67 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
     drop(nodes);
 }
 
+/// `node-a` and `node-b`, on `redis` and the PostgreSQL database `database`.
+fn two_nodes(redis: &Redis, database: &str) -> [Node; 2] {
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.to_owned()),
+        ..NodeSpec::new(name, redis)
+    };
+    [spec("node-a").start(), spec("node-b").start()]
+}
+
+/// Two nodes on PostgreSQL and Redis, and a room on one of them where Lee, a listener, hears
+/// Sam, a speaker (a 440 Hz tone).
+struct Heard {
+    nodes: [Node; 2],
+    room: String,
+    sam: stoa_client::Room,
+    lee: stoa_client::Room,
+    hearing: stoa_client::Listener,
+    /// Which of `nodes` is the room's home.
+    home: usize,
+}
+
+impl Heard {
+    async fn start(redis: &Redis, database: &str) -> Heard {
+        use stoa_client::audio::AudioSource;
+        use stoa_client::{InviteLink, JoinOptions, Room};
+
+        let nodes = two_nodes(redis, database);
+        let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
+        let listener_code = nodes[0].invite(&room, "listener").await;
+        let options = |name: &str| JoinOptions {
+            media: true,
+            ..JoinOptions::new(name)
+        };
+        let sam = Room::join(
+            &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
+            options("Sam"),
+        )
+        .await
+        .expect("the speaker joins");
+        let lee = Room::join(
+            &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
+            options("Lee"),
+        )
+        .await
+        .expect("the listener joins");
+        sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+        let mut hearing = lee.listen().unwrap();
+        hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+        let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+        let home = usize::from(!lease.starts_with("node-a "));
+        Heard {
+            nodes,
+            room,
+            sam,
+            lee,
+            hearing,
+            home,
+        }
+    }
+}
+
 /// A node stopped on purpose (SIGTERM: a rolling upgrade) hands its rooms over: it leaves the
 /// registry, sends everyone in its rooms to the least full other node (`moved`), and they
 /// resume there at once, with their roles and places, and hear each other again. Before, the
@@ -1157,40 +1218,17 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
 /// down, and lost it a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
-    use stoa_client::audio::AudioSource;
-    use stoa_client::{InviteLink, JoinOptions, Room};
-
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let database = pg.fresh_database();
-    let spec = |name: &'static str| NodeSpec {
-        database_url: Some(database.clone()),
-        ..NodeSpec::new(name, &redis)
-    };
-    let nodes = [spec("node-a").start(), spec("node-b").start()];
-    let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
-    let listener_code = nodes[0].invite(&room, "listener").await;
-    let options = |name: &str| JoinOptions {
-        media: true,
-        ..JoinOptions::new(name)
-    };
-    let mut sam = Room::join(
-        &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
-        options("Sam"),
-    )
-    .await
-    .expect("the speaker joins");
-    let mut lee = Room::join(
-        &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
-        options("Lee"),
-    )
-    .await
-    .expect("the listener joins");
-    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
-    let mut hearing = lee.listen().unwrap();
-    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
-    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
-    let home = usize::from(!lease.starts_with("node-a "));
+    let Heard {
+        nodes,
+        room,
+        mut sam,
+        mut lee,
+        mut hearing,
+        home,
+    } = Heard::start(&redis, &database).await;
     let (home_name, other_name) = [("node-a", "node-b"), ("node-b", "node-a")][home];
     let sam_id = sam.view().me().id.to_string();
 
@@ -1268,11 +1306,7 @@ struct LiveRoom {
 impl LiveRoom {
     async fn start(redis: &Redis, database: &str) -> LiveRoom {
         use stoa_client::{InviteLink, JoinOptions, Room};
-        let spec = |name: &'static str| NodeSpec {
-            database_url: Some(database.to_owned()),
-            ..NodeSpec::new(name, redis)
-        };
-        let nodes = [spec("node-a").start(), spec("node-b").start()];
+        let nodes = two_nodes(redis, database);
         let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
         let speaker_code = nodes[0].invite(&room, "speaker").await;
         let listener_code = nodes[0].invite(&room, "listener").await;
@@ -1609,41 +1643,19 @@ fn stoa_drain(node: &Endpoint, key: &str) -> (bool, String, String) {
 /// are refused with stable codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_node_takes_no_one_and_hands_its_rooms_over() {
-    use stoa_client::audio::AudioSource;
-    use stoa_client::{InviteLink, JoinOptions, Room};
-
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let database = pg.fresh_database();
-    let spec = |name: &'static str| NodeSpec {
-        database_url: Some(database.clone()),
-        ..NodeSpec::new(name, &redis)
-    };
-    let mut nodes = [spec("node-a").start(), spec("node-b").start()];
-    let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
-    let listener_code = nodes[0].invite(&room, "listener").await;
-    let options = |name: &str| JoinOptions {
-        media: true,
-        ..JoinOptions::new(name)
-    };
-    let mut sam = Room::join(
-        &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
-        options("Sam"),
-    )
-    .await
-    .expect("the speaker joins");
-    let mut lee = Room::join(
-        &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
-        options("Lee"),
-    )
-    .await
-    .expect("the listener joins");
-    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
-    let mut hearing = lee.listen().unwrap();
-    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
-    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
-    let home = usize::from(!lease.starts_with("node-a "));
+    let Heard {
+        mut nodes,
+        room,
+        mut sam,
+        mut lee,
+        mut hearing,
+        home,
+    } = Heard::start(&redis, &database).await;
     let (home_name, other_name) = [("node-a", "node-b"), ("node-b", "node-a")][home];
+    let listener_code = nodes[0].invite(&room, "listener").await;
 
     // Refused: a wrong key, and a participant's token.
     let (ok, _, err) = stoa_drain(

@@ -110,16 +110,22 @@ impl RoomTask {
         }
     }
 
-    /// Hands the room's state as it is now to the writer.
-    pub(super) fn save_now(&mut self) {
+    /// The room's state as it is now, numbered; nothing is due any more.
+    fn take_saved(&mut self) -> Option<(&Keeper, u64, String)> {
         let now = self.deps.clock.now_ms().max(0) as u64;
-        let Some(keeper) = &mut self.keeper else {
-            return;
-        };
+        let keeper = self.keeper.as_mut()?;
         keeper.due = None;
         keeper.seq += 1;
+        let seq = keeper.seq;
         let json = self.state.saved(now).to_json();
-        keeper.latest.send_replace(Some((keeper.seq, json.into())));
+        Some((keeper, seq, json))
+    }
+
+    /// Hands the room's state as it is now to the writer.
+    pub(super) fn save_now(&mut self) {
+        if let Some((keeper, seq, json)) = self.take_saved() {
+            keeper.latest.send_replace(Some((seq, json.into())));
+        }
     }
 
     /// Whether `participant` was put back from the kept state and has not come back since
@@ -133,16 +139,10 @@ impl RoomTask {
     /// The room stops to hand its people over (or the server stops): its state is written
     /// now, and the people are told to move only once it is, so the next home finds it.
     pub(super) async fn save_before_stopping(&mut self) {
-        let now = self.deps.clock.now_ms().max(0) as u64;
-        let Some(keeper) = &mut self.keeper else {
+        let Some((keeper, seq, json)) = self.take_saved() else {
             return;
         };
-        keeper.due = None;
-        keeper.seq += 1;
-        let json = self.state.saved(now).to_json();
-        let write = keeper
-            .cluster
-            .save_room_state(&keeper.room, keeper.seq, &json);
+        let write = keeper.cluster.save_room_state(&keeper.room, seq, &json);
         match tokio::time::timeout(REDIS_WAIT, write).await {
             Ok(Ok(Saved::Written)) => {
                 tracing::debug!(room = %keeper.room, bytes = json.len(), "live state kept for the next home");
