@@ -33,6 +33,9 @@ pub(super) struct Keeper {
     pub due: Option<Instant>,
     /// Put back from the kept state and not back yet: they have no media connection here.
     restored: HashSet<ParticipantId>,
+    /// What was last handed to the writer (its time aside): a change that changed nothing
+    /// kept (a plain listener coming or going) writes nothing.
+    last: Option<SavedRoom>,
 }
 
 impl RoomTask {
@@ -53,6 +56,7 @@ impl RoomTask {
             writer,
             due: None,
             restored: HashSet::new(),
+            last: None,
         };
         if let Some(saved) = self.kept_state(&keeper).await {
             let now = self.deps.clock.now_ms().max(0) as u64;
@@ -110,20 +114,30 @@ impl RoomTask {
         }
     }
 
-    /// The room's state as it is now, numbered; nothing is due any more.
-    fn take_saved(&mut self) -> Option<(&Keeper, u64, String)> {
+    /// The room's state as it is now, numbered, unless it is what was last taken and `force`
+    /// is not set; nothing is due any more.
+    fn take_saved(&mut self, force: bool) -> Option<(&Keeper, u64, String)> {
         let now = self.deps.clock.now_ms().max(0) as u64;
         let keeper = self.keeper.as_mut()?;
         keeper.due = None;
+        let mut saved = self.state.saved(now);
+        if let Some(last) = &keeper.last {
+            saved.at = last.at;
+            if !force && *last == saved {
+                return None;
+            }
+        }
+        saved.at = now;
         keeper.seq += 1;
         let seq = keeper.seq;
-        let json = self.state.saved(now).to_json();
+        let json = saved.to_json();
+        keeper.last = Some(saved);
         Some((keeper, seq, json))
     }
 
-    /// Hands the room's state as it is now to the writer.
+    /// Hands the room's state as it is now to the writer, if it changed.
     pub(super) fn save_now(&mut self) {
-        if let Some((keeper, seq, json)) = self.take_saved() {
+        if let Some((keeper, seq, json)) = self.take_saved(false) {
             keeper.latest.send_replace(Some((seq, json.into())));
         }
     }
@@ -139,7 +153,7 @@ impl RoomTask {
     /// The room stops to hand its people over (or the server stops): its state is written
     /// now, and the people are told to move only once it is, so the next home finds it.
     pub(super) async fn save_before_stopping(&mut self) {
-        let Some((keeper, seq, json)) = self.take_saved() else {
+        let Some((keeper, seq, json)) = self.take_saved(true) else {
             return;
         };
         let write = keeper.cluster.save_room_state(&keeper.room, seq, &json);
