@@ -13,16 +13,7 @@ use opus::{Application, Channels, Encoder};
 use stoa::broadcast::hls::{HlsSettings, Stream};
 use stoa::broadcast::mix::{FRAME, MixSettings, Mixer};
 use stoa::broadcast::mp4::OpusTrack;
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+use stoa::clock::thread_cpu;
 
 /// 20 ms Opus packets of speech-like audio: a tone whose loudness moves like syllables.
 fn speaker(hz: f64, frames: usize) -> Vec<Bytes> {

@@ -625,27 +625,19 @@ impl Default for RestHarness {
 }
 
 // ---- SDP offers and the media path ------------------------------------------------------
+//
+// Both targets drive the real media worker core (`media::worker::pair::Pair`: the core and
+// browser-like `rtc` clients in memory), so what they check is what a worker runs: the routing
+// by STUN USERNAME and address, the demux, the rights per packet, `rtc`'s read path and the
+// forwarding.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-
-use crate::media::audio_level::AudioLevel;
-use crate::media::batch::MAX_DATAGRAM;
 use crate::media::demux::{self, Kind};
-use crate::media::engine::{self, OPUS_PT, RED_PT};
-use crate::media::offer::{Offer, check_offer};
-use crate::media::red;
+use crate::media::engine::{OPUS_PT, RED_PT};
+use crate::media::offer::check_offer;
+use crate::media::worker::pair::Pair;
 
 /// The server's ICE credentials in the harness. A worker draws them at random; fixed ones let
 /// a seed carry a STUN request whose integrity checks out.
@@ -655,12 +647,10 @@ pub const SERVER_PWD: &str = "stoaFuzzServerPassword0123456789";
 pub const BROWSER_UFRAG: &str = "Fz3q";
 pub const BROWSER_PWD: &str = "fuzzBrowserPassword01234";
 
-pub const SERVER_ADDR: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
-    40000,
-);
+pub const SERVER_ADDR: SocketAddr = crate::media::worker::pair::SERVER;
+/// Where the hand-played browser of [`BROWSER_OFFER`] sends from.
 pub const CLIENT_ADDR: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)),
     50000,
 );
 
@@ -758,50 +748,21 @@ a=rtpmap:13 CN/8000\r\n\
 a=rtpmap:110 telephone-event/48000\r\n\
 a=rtpmap:126 telephone-event/8000\r\n";
 
-/// Audio sections per connection, as a default server sends.
-pub fn slots() -> usize {
-    crate::config::MediaSettings::default().slots
-}
+/// Inputs one core serves before it is built afresh, so one input's damage (a closed
+/// connection, a broken SRTP context) does not shadow the next thousands, and the core's
+/// memory of closed connections stays small.
+const PAIR_INPUTS: u32 = 2_000;
 
-/// The server side of a connection, built by the same function a media worker uses
-/// (`engine::answer`), with a `KeyTap` provider as in the worker.
-pub fn answerer(offer: Offer, on_stage: bool, now: Instant) -> anyhow::Result<RTCPeerConnection> {
-    let provider = rtc::crypto::default_provider()
-        .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?;
-    let (pc, _answered) = engine::answer(
-        engine::AnswerSetup {
-            certificate: certificate(),
-            ufrag: SERVER_UFRAG.to_owned(),
-            password: SERVER_PWD.to_owned(),
-            ice_disconnected: Duration::from_secs(5),
-            ice_failed: Duration::from_secs(15),
-            crypto: crate::media::srtp::KeyTap::new(provider),
-            ssrcs: (0..slots()).map(|index| 1000 + index as u32).collect(),
-            stream: "stoa-fuzz".to_owned(),
-            advertised: SERVER_ADDR,
-            advertised_tcp: None,
-            red: crate::config::MediaSettings::default().red > 0,
-        },
-        offer,
-        on_stage,
-        now,
-    )?;
-    Ok(pc)
-}
-
-/// A new offer on an existing connection, as the worker core renegotiates it.
-pub fn renegotiate(
-    pc: &mut RTCPeerConnection,
-    offer: Offer,
-    on_stage: bool,
-    now: Instant,
-) -> anyhow::Result<()> {
-    engine::reanswer(pc, offer, slots(), on_stage, now).map(drop)
-}
-
-/// An SDP offer as it arrives in `media_offer` (`data[0]`: on stage? a renegotiation of a
-/// connection answered from [`BROWSER_OFFER`]?), through the checks and into `rtc`.
+/// Every offer into a worker core: the checks signaling makes (`check_offer`), then the core's
+/// answer — a new connection, or (`data[0]` bit 1) a renegotiation of one answered from
+/// [`BROWSER_OFFER`]; bit 0: on stage. An answer must come back, or a refusal with a stable
+/// code; `rtc` must not panic.
 pub fn sdp_offer(data: &[u8]) {
+    thread_local! {
+        static CORE: std::cell::RefCell<(Option<Pair>, u32)> = const {
+            std::cell::RefCell::new((None, 0))
+        };
+    }
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
@@ -810,298 +771,43 @@ pub fn sdp_offer(data: &[u8]) {
         return;
     };
     let on_stage = flags & 1 != 0;
-    let now = Instant::now();
     let Ok(offer) = check_offer(sdp.to_owned()) else {
         return;
     };
-    if flags & 2 != 0 {
-        let first = check_offer(BROWSER_OFFER.to_owned()).expect("the browser offer passes");
-        let mut pc = answerer(first, !on_stage, now).expect("the browser offer is answered");
-        if renegotiate(&mut pc, offer, on_stage, now).is_ok() {
-            let mut conn = Served::new(pc, on_stage);
-            conn.drain();
+    CORE.with(|cell| {
+        let (pair, served) = &mut *cell.borrow_mut();
+        if pair.is_none() || *served >= PAIR_INPUTS {
+            *pair = Some(Pair::default());
+            *served = 0;
         }
-    } else if let Ok(pc) = answerer(offer, on_stage, now) {
-        let mut conn = Served::new(pc, on_stage);
-        conn.drain();
-        let _ = conn.pc.handle_timeout(now + Duration::from_secs(1));
-        conn.drain();
-    }
-}
-
-/// A server-side connection and what the worker keeps beside it.
-struct Served {
-    pc: RTCPeerConnection,
-    receiving: bool,
-    inbound_ssrc: Option<u32>,
-    /// The speaker's last frames, as the worker core's `ingress` keeps them for RED listeners.
-    history: red::History,
-    level_id: Option<u8>,
-    connected: bool,
-    closed: bool,
-    /// Datagrams the connection sent, kept when a peer is listening.
-    sent: Vec<Vec<u8>>,
-    keep_sent: bool,
-    rtp_in: u64,
-}
-
-impl Served {
-    fn new(pc: RTCPeerConnection, receiving: bool) -> Self {
-        Served {
-            pc,
-            receiving,
-            inbound_ssrc: None,
-            history: red::History::default(),
-            level_id: None,
-            connected: false,
-            closed: false,
-            sent: Vec::new(),
-            keep_sent: false,
-            rtp_in: 0,
-        }
-    }
-
-    /// One datagram from `from`, through the checks a worker makes before `rtc` sees it (the
-    /// routing by USERNAME and address is `Core::handle_datagram`'s, not repeated here).
-    fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
-        if datagram.len() > MAX_DATAGRAM {
-            return;
-        }
-        let kind = demux::classify(datagram);
-        if kind == Kind::Other {
-            return;
-        }
-        if kind == Kind::Stun
-            && let Some(ufrag) = demux::server_ufrag(datagram)
-        {
-            assert!(!ufrag.contains(':'), "the routing key kept the separator");
-        }
-        if kind == Kind::Rtp && !self.receiving {
-            return;
-        }
-        let message = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: SERVER_ADDR,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: BytesMut::from(datagram),
+        *served += 1;
+        let pair = pair.as_mut().expect("just built");
+        let (key, answer) = if flags & 2 != 0 {
+            let first = check_offer(BROWSER_OFFER.to_owned()).expect("the browser offer passes");
+            let (key, first) = pair.offer(first, !on_stage, !on_stage);
+            first.expect("the browser offer is answered");
+            (key, pair.reoffer(key, offer, on_stage, on_stage))
+        } else {
+            pair.offer(offer, on_stage, on_stage)
         };
-        let _ = self.pc.handle_read(message);
-        self.drain();
-    }
-
-    /// What the worker core's `drain` does after every input: datagrams out, events, media in.
-    fn drain(&mut self) {
-        while let Some(out) = self.pc.poll_write() {
-            assert!(out.message.len() <= 64 * 1024, "an oversized datagram out");
-            if self.keep_sent {
-                self.sent.push(out.message.to_vec());
+        match answer {
+            Ok(sdp) => {
+                assert!(
+                    sdp.starts_with("v=0\r\n"),
+                    "an answer that is not SDP: {sdp:?}"
+                );
+                assert!(pair.is_open(key), "answered, but no connection is kept");
             }
+            Err(e) => assert!(
+                ["invalid_sdp", "media_unavailable"].contains(&e.code),
+                "an unstable refusal code {:?}",
+                e.code
+            ),
         }
-        while let Some(event) = self.pc.poll_event() {
-            match event {
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                    RTCPeerConnectionState::Connected => self.connected = true,
-                    RTCPeerConnectionState::Disconnected => self.connected = false,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        self.closed = true;
-                    }
-                    _ => {}
-                },
-                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    self.inbound_ssrc = Some(init.ssrc);
-                    self.level_id = engine::audio_level_id(&mut self.pc, init.receiver_id);
-                }
-                _ => {}
-            }
-        }
-        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-            match message {
-                RTCMessage::RtpPacket(_, packet) => {
-                    self.rtp_in += 1;
-                    // The core's `ingress`: the level from the negotiated extension, a RED payload
-                    // read, and what a RED listener would be sent of it.
-                    let pt = packet.header.payload_type;
-                    if self.inbound_ssrc == Some(packet.header.ssrc)
-                        && (pt == OPUS_PT || pt == RED_PT)
-                    {
-                        let _ = self
-                            .level_id
-                            .and_then(|id| packet.header.get_extension(id))
-                            .and_then(|data| AudioLevel::from_element(&data));
-                        if pt == RED_PT
-                            && let Ok(parsed) = red::parse(&packet.payload, OPUS_PT)
-                        {
-                            let timestamp = packet.header.timestamp;
-                            for (offset, block) in parsed.earlier.into_iter().flatten() {
-                                self.history.remember(red::Frame {
-                                    timestamp: timestamp.wrapping_sub(offset),
-                                    payload: packet.payload.slice(block),
-                                });
-                            }
-                            let primary = packet.payload.slice(parsed.primary);
-                            let earlier = self.history.before(timestamp, red::MAX_REDUNDANCY);
-                            let mut out = [0u8; MAX_DATAGRAM];
-                            let _ = red::write(
-                                &mut out,
-                                OPUS_PT,
-                                &primary,
-                                timestamp,
-                                &earlier,
-                                |_| true,
-                            );
-                            self.history.remember(red::Frame {
-                                timestamp,
-                                payload: primary,
-                            });
-                        }
-                    }
-                }
-                RTCMessage::RtcpPacket(_, packets) => {
-                    for packet in &packets {
-                        if let Some(rr) = packet.as_any().downcast_ref::<ReceiverReport>() {
-                            for report in &rr.reports {
-                                let _ = (report.fraction_lost, report.jitter, report.delay);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The state a fuzzed datagram meets, from the input's first byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DatagramState {
-    /// Just answered: nothing received yet.
-    Fresh,
-    /// Answered, then a valid STUN binding request from the browser's address.
-    AfterBinding,
-    /// ICE and DTLS done with a real `rtc` client: SRTP keys are in place.
-    Connected,
-    /// Connected, and the rest is a plaintext RTP packet that the client encrypts and sends:
-    /// what a speaker controls after the crypto, which random bytes never get past.
-    ConnectedPlainRtp,
-}
-
-/// A client (an `rtc` offerer set up like a browser speaker) and a server-side connection,
-/// connected in memory with a hand-driven clock.
-struct Pair {
-    client: RTCPeerConnection,
-    server: Served,
-    mic: RTCRtpSenderId,
-    client_connected: bool,
-    now: Instant,
-    inputs: u32,
-}
-
-pub use crate::media::testkit::CLIENT_MIC_SSRC;
-use crate::media::testkit::{certificate, client_offerer};
-
-impl Pair {
-    fn connect(mut record: Option<&mut Vec<Vec<u8>>>) -> anyhow::Result<Pair> {
-        let mut now = Instant::now();
-        let mut client = client_offerer(now, CLIENT_ADDR)?;
-        let mic = client
-            .get_senders()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("no microphone sender"))?;
-        let offer = client.create_offer(None)?;
-        client.set_local_description(now, offer)?;
-        let offer_sdp = client
-            .local_description()
-            .ok_or_else(|| anyhow::anyhow!("no offer"))?
-            .sdp;
-        let offer = check_offer(offer_sdp).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let pc = answerer(offer, true, now)?;
-        let answer = pc
-            .local_description()
-            .ok_or_else(|| anyhow::anyhow!("no answer"))?
-            .sdp;
-        client.set_remote_description(now, RTCSessionDescription::answer(answer)?)?;
-        let mut server = Served::new(pc, true);
-        server.keep_sent = true;
-        let mut pair = Pair {
-            client,
-            server,
-            mic,
-            client_connected: false,
-            now,
-            inputs: 0,
-        };
-        for _ in 0..400 {
-            pair.shuttle(record.as_deref_mut());
-            if pair.server.connected && pair.client_connected() {
-                return Ok(pair);
-            }
-            now += Duration::from_millis(5);
-            pair.now = now;
-            let _ = pair.client.handle_timeout(now);
-            let _ = pair.server.pc.handle_timeout(now);
-        }
-        anyhow::bail!("the pair did not connect")
-    }
-
-    fn client_connected(&self) -> bool {
-        self.client_connected
-    }
-
-    /// Moves datagrams both ways until both sides are quiet; returns what the client sent,
-    /// when asked to record it (the seeds are captured this way).
-    fn shuttle(&mut self, mut record: Option<&mut Vec<Vec<u8>>>) {
-        for _ in 0..64 {
-            let mut moved = false;
-            while let Some(out) = self.client.poll_write() {
-                moved = true;
-                if let Some(record) = record.as_deref_mut() {
-                    record.push(out.message.to_vec());
-                }
-                self.server.receive(&out.message, CLIENT_ADDR, self.now);
-            }
-            while let Some(event) = self.client.poll_event() {
-                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                    self.client_connected = state == RTCPeerConnectionState::Connected;
-                }
-            }
-            while self.client.poll_read().is_some() {}
-            for datagram in std::mem::take(&mut self.server.sent) {
-                moved = true;
-                let _ = self.client.handle_read(TaggedBytesMut {
-                    now: self.now,
-                    transport: TransportContext {
-                        local_addr: CLIENT_ADDR,
-                        peer_addr: SERVER_ADDR,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: BytesMut::from(&datagram[..]),
-                });
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Sends `packet` as the client's microphone (SSRC and payload type forced to what was
-    /// negotiated, so the packet gets as far as the server's reading of it).
-    fn send_rtp(&mut self, mut packet: rtc::rtp::Packet, record: Option<&mut Vec<Vec<u8>>>) {
-        packet.header.ssrc = CLIENT_MIC_SSRC;
-        // Opus, or RED when the input asks for RED's payload type (as Chromium sends it).
-        if packet.header.payload_type != RED_PT {
-            packet.header.payload_type = OPUS_PT;
-        }
-        packet.header.version = 2;
-        if let Some(mut sender) = self.client.rtp_sender(self.mic) {
-            let _ = sender.write_rtp(self.now, packet);
-        }
-        self.shuttle(record);
-    }
+        pair.advance(Duration::from_secs(1));
+        pair.close(key);
+        assert_eq!(pair.panicked(), 0, "rtc panicked on an offer");
+    });
 }
 
 /// A STUN binding request from the browser of [`BROWSER_OFFER`] to the harness's server, with
@@ -1138,22 +844,47 @@ pub fn browser_binding_request(transaction: [u8; 12]) -> Vec<u8> {
     message.raw
 }
 
-/// Any datagram into a worker's connection, in one of several states. The input is a state
-/// byte, then datagrams, each prefixed by its length (two bytes, big-endian).
+/// The state a fuzzed datagram meets, from the input's first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramState {
+    /// Just answered: nothing received yet.
+    Fresh,
+    /// Answered, then a valid STUN binding request from the browser's address.
+    AfterBinding,
+    /// ICE and DTLS done with a real `rtc` client: SRTP keys are in place.
+    Connected,
+    /// Connected, and the rest is a plaintext RTP packet that the client encrypts and sends:
+    /// what a speaker controls after the crypto, which random bytes never get past.
+    ConnectedPlainRtp,
+}
+
+/// Any datagram into a worker core, in one of several states. The input is a state byte, then
+/// datagrams, each prefixed by its length (two bytes, big-endian). State byte: bits 0-1 the
+/// [`DatagramState`]; bit 2 the sender is a listener (fresh: on stage otherwise; connected: the
+/// datagrams come from the room's listener instead of its speaker).
+///
+/// What must hold, besides no panic anywhere: a valid binding request is answered; nothing a
+/// listener sends is ever forwarded to anyone.
 pub struct MediaHarness {
-    pair: Option<Pair>,
+    /// Connections answered from [`BROWSER_OFFER`] and played by hand, one per input.
+    fresh: Option<Pair>,
+    /// A speaker and a listener connected to a core through real clients.
+    connected: Option<Pair>,
+    served: [u32; 2],
     pub inputs: [u64; 4],
     pub pairs_built: u64,
 }
 
-/// A connected pair serves this many inputs before it is built afresh, so one input's damage
-/// (a closed connection, a broken SRTP context) does not shadow the next thousands.
-const PAIR_INPUTS: u32 = 2_000;
+/// In the connected pair: who is who.
+const SPEAKER: usize = 0;
+const LISTENER: usize = 1;
 
 impl MediaHarness {
     pub fn new() -> Self {
         MediaHarness {
-            pair: None,
+            fresh: None,
+            connected: None,
+            served: [0; 2],
             inputs: [0; 4],
             pairs_built: 0,
         }
@@ -1164,47 +895,53 @@ impl MediaHarness {
             return;
         };
         let datagrams = split_datagrams(rest);
+        let as_listener = state & 4 != 0;
         let state = match state % 4 {
             0 => DatagramState::Fresh,
             1 => DatagramState::AfterBinding,
             2 => DatagramState::Connected,
             _ => DatagramState::ConnectedPlainRtp,
         };
-        // Bit 2: the browser is on stage (the server has a receiving path for its RTP).
-        let on_stage = state == DatagramState::Connected
-            || state == DatagramState::ConnectedPlainRtp
-            || data[0] & 4 != 0;
         self.inputs[state as usize] += 1;
         match state {
             DatagramState::Fresh | DatagramState::AfterBinding => {
-                let now = Instant::now();
+                let pair = self.fresh();
                 let offer =
                     check_offer(BROWSER_OFFER.to_owned()).expect("the browser offer passes");
-                let pc = answerer(offer, on_stage, now).expect("the browser offer is answered");
-                let mut conn = Served::new(pc, on_stage);
-                conn.drain();
+                let on_stage = !as_listener;
+                let (key, answer) = pair.offer(offer, on_stage, on_stage);
+                answer.expect("the browser offer is answered");
                 if state == DatagramState::AfterBinding {
-                    conn.keep_sent = true;
-                    conn.receive(&browser_binding_request([9; 12]), CLIENT_ADDR, now);
+                    pair.datagram(CLIENT_ADDR, &browser_binding_request([9; 12]));
                     assert!(
-                        !conn.sent.is_empty(),
+                        !pair.take_sent_to(CLIENT_ADDR).is_empty(),
                         "a valid binding request got no answer"
                     );
-                    conn.keep_sent = false;
                 }
+                let forwarded = pair.forwarded();
                 for datagram in datagrams {
-                    conn.receive(datagram, CLIENT_ADDR, now);
+                    pair.datagram(CLIENT_ADDR, datagram);
                 }
-                let _ = conn.pc.handle_timeout(now + Duration::from_secs(1));
-                conn.drain();
+                pair.advance(Duration::from_secs(1));
+                assert_eq!(
+                    pair.forwarded(),
+                    forwarded,
+                    "a connection nobody else is in forwarded audio"
+                );
+                pair.close(key);
+                pair.take_sent_to(CLIENT_ADDR);
+                assert_eq!(pair.panicked(), 0, "rtc panicked on a datagram");
             }
             DatagramState::Connected | DatagramState::ConnectedPlainRtp => {
-                let pair = self.pair();
-                pair.inputs += 1;
-                pair.now += Duration::from_millis(1);
+                let pair = self.connected();
+                pair.advance(Duration::from_millis(1));
+                let from = if as_listener { LISTENER } else { SPEAKER };
+                let (forwarded, rtp_in) = (pair.forwarded(), pair.rtp_in());
                 for datagram in datagrams {
                     if state == DatagramState::Connected {
-                        pair.server.receive(datagram, CLIENT_ADDR, pair.now);
+                        let addr = pair.clients[from].addr;
+                        pair.datagram(addr, datagram);
+                        pair.shuttle();
                     } else {
                         let mut buf = datagram;
                         if let Ok(packet) =
@@ -1212,24 +949,47 @@ impl MediaHarness {
                                 &mut buf,
                             )
                         {
-                            pair.send_rtp(packet, None);
+                            pair.send_rtp(from, as_microphone(packet));
                         }
                     }
                 }
-                pair.server.sent.clear();
-                if pair.server.closed || pair.inputs >= PAIR_INPUTS {
-                    self.pair = None;
+                if as_listener {
+                    assert_eq!(
+                        (pair.forwarded(), pair.rtp_in()),
+                        (forwarded, rtp_in),
+                        "a listener's datagrams were read as audio"
+                    );
+                }
+                assert_eq!(pair.panicked(), 0, "rtc panicked on a datagram");
+                let speaker = pair.clients[SPEAKER].key;
+                if !pair.is_open(speaker) {
+                    self.connected = None;
                 }
             }
         }
     }
 
-    fn pair(&mut self) -> &mut Pair {
-        if self.pair.is_none() {
-            self.pair = Some(Pair::connect(None).expect("a client and the server connect"));
+    /// The core for fresh connections, with the credentials [`browser_binding_request`] signs
+    /// with.
+    fn fresh(&mut self) -> &mut Pair {
+        if self.fresh.is_none() || self.served[0] >= PAIR_INPUTS {
+            let mut pair = Pair::default();
+            pair.fix_credentials(SERVER_UFRAG, SERVER_PWD);
+            self.fresh = Some(pair);
+        }
+        self.served[0] += 1;
+        self.fresh.as_mut().expect("just built")
+    }
+
+    /// The core with a connected speaker and listener.
+    fn connected(&mut self) -> &mut Pair {
+        if self.connected.is_none() || self.served[1] >= PAIR_INPUTS {
+            self.connected = Some(connected_pair());
+            self.served[1] = 0;
             self.pairs_built += 1;
         }
-        self.pair.as_mut().expect("just built")
+        self.served[1] += 1;
+        self.connected.as_mut().expect("just built")
     }
 }
 
@@ -1238,6 +998,29 @@ impl Default for MediaHarness {
         Self::new()
     }
 }
+
+/// A core with a speaker (on stage, allowed to send) and a listener, both connected.
+fn connected_pair() -> Pair {
+    let mut pair = Pair::default();
+    assert_eq!(pair.join(true, true), SPEAKER);
+    assert_eq!(pair.join(false, false), LISTENER);
+    pair.connect_all();
+    pair
+}
+
+/// `packet` as the microphone's: SSRC and payload type forced to what was negotiated (Opus, or
+/// RED when the input asks for RED's payload type, as Chromium sends it), so it gets as far as
+/// the server's reading of it.
+fn as_microphone(mut packet: rtc::rtp::Packet) -> rtc::rtp::Packet {
+    packet.header.ssrc = CLIENT_MIC_SSRC;
+    if packet.header.payload_type != RED_PT {
+        packet.header.payload_type = OPUS_PT;
+    }
+    packet.header.version = 2;
+    packet
+}
+
+pub use crate::media::testkit::CLIENT_MIC_SSRC;
 
 /// Length-prefixed datagrams; a short last one takes what is left.
 pub fn split_datagrams(mut rest: &[u8]) -> Vec<&[u8]> {
@@ -1373,10 +1156,14 @@ pub fn seeds(protocol_md: &str) -> Vec<(&'static str, String, Vec<u8>)> {
         offer,
     ));
 
-    // A real client connecting: STUN checks, the DTLS flights, then speaking.
-    let mut sent = Vec::new();
-    let mut pair = Pair::connect(Some(&mut sent)).expect("the pair connects");
-    let handshake = std::mem::take(&mut sent);
+    // A real client connecting: STUN checks, the DTLS flights, then speaking. The core signs
+    // with the harness's credentials, so the client's STUN requests check out there too.
+    let mut pair = Pair::default();
+    pair.fix_credentials(SERVER_UFRAG, SERVER_PWD);
+    pair.recorded = Some(Vec::new());
+    pair.join(true, true);
+    pair.connect_all();
+    let handshake = pair.recorded.replace(Vec::new()).unwrap_or_default();
     for seq in 0..3u16 {
         let mut header = rtc::rtp::header::Header {
             version: 2,
@@ -1400,15 +1187,13 @@ pub fn seeds(protocol_md: &str) -> Vec<(&'static str, String, Vec<u8>)> {
                 join_datagrams(3, &[plain.to_vec()]),
             ));
         }
-        pair.send_rtp(packet, Some(&mut sent));
+        pair.send_rtp(0, packet);
     }
     // Reports go out on the interceptors' timers.
     for _ in 0..30 {
-        pair.now += Duration::from_millis(200);
-        let _ = pair.client.handle_timeout(pair.now);
-        let _ = pair.server.pc.handle_timeout(pair.now);
-        pair.shuttle(Some(&mut sent));
+        pair.advance(Duration::from_millis(200));
     }
+    let sent = pair.recorded.take().unwrap_or_default();
     let mut by_kind: std::collections::BTreeMap<&str, Vec<Vec<u8>>> = Default::default();
     for datagram in handshake.iter().chain(&sent) {
         let kind = match demux::classify(datagram) {
@@ -1500,11 +1285,25 @@ mod tests {
         assert!(rest.requests >= 10);
     }
 
-    /// The pair used for the connected states really exchanges media: RTP the client sends
-    /// arrives decrypted at the server.
+    /// The pair used for the connected states really exchanges media: RTP the speaker's client
+    /// sends arrives decrypted at the core and reaches the listener.
     #[test]
     fn the_connected_pair_carries_rtp() {
-        let mut pair = Pair::connect(None).expect("the pair connects");
+        let mut pair = connected_pair();
+        for _ in 0..10 {
+            pair.speak(SPEAKER);
+            pair.advance(Duration::from_millis(20));
+        }
+        assert_eq!(pair.rtp_in(), 10);
+        assert!(pair.forwarded() > 0);
+        assert_eq!(pair.clients[LISTENER].rtp_received, pair.forwarded());
+    }
+
+    /// The listener rule the harness checks can fail: the same plaintext RTP the speaker gets
+    /// heard with is refused from the listener.
+    #[test]
+    fn a_listener_s_rtp_is_never_read_as_audio() {
+        let mut harness = MediaHarness::new();
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
@@ -1515,40 +1314,13 @@ mod tests {
             },
             payload: bytes::Bytes::from_static(&[0xfc, 1, 2, 3]),
         };
-        pair.send_rtp(packet, None);
-        assert_eq!(pair.server.rtp_in, 1);
-        // RED (as Chromium sends it) is negotiated too, and read as the worker reads it: one
-        // earlier frame 20 ms back, then the primary.
-        let red = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: RED_PT,
-                sequence_number: 2,
-                timestamp: 960,
-                ssrc: CLIENT_MIC_SSRC,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::from_static(&[
-                0x80 | OPUS_PT,
-                (960u32 >> 6) as u8,
-                ((960u32 & 0x3f) << 2) as u8,
-                2,
-                OPUS_PT,
-                0xfc,
-                7,
-                0xfc,
-                8,
-            ]),
-        };
-        pair.send_rtp(red, None);
-        assert_eq!(pair.server.rtp_in, 2);
-        let kept = pair.server.history.before(1920, 2);
-        let kept: Vec<_> = kept
-            .iter()
-            .flatten()
-            .map(|f| (f.timestamp, f.payload.to_vec()))
-            .collect();
-        assert_eq!(kept, [(960, vec![0xfc, 8]), (0, vec![0xfc, 7])]);
+        let plain = rtc::shared::marshal::Marshal::marshal(&packet).expect("marshals");
+        harness.datagrams(&join_datagrams(3 | 4, &[plain.to_vec()]));
+        let pair = harness.connected.as_ref().expect("built");
+        assert_eq!(pair.rtp_in(), 0);
+        harness.datagrams(&join_datagrams(3, &[plain.to_vec()]));
+        let pair = harness.connected.as_ref().expect("built");
+        assert_eq!(pair.rtp_in(), 1, "the speaker's packet is read");
     }
 
     /// Writes the seed corpora into `fuzz/corpus/` (run by `scripts/fuzz.sh --seeds`).

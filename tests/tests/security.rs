@@ -383,6 +383,18 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: operator_only(200),
         },
+        // Draining this node: the operator's; a node alone has no other to drain to.
+        Row {
+            method: Method::POST,
+            template: "/api/v1/cluster/drain",
+            path: |_| "/api/v1/cluster/drain".into(),
+            body: no_body,
+            destructive: false,
+            expect: {
+                let no = No(403, "operator_only");
+                authenticated(no, no, no, no, No(409, "not_clustered"))
+            },
+        },
         // The webhook outbox: every room's events, the operator's view.
         Row {
             method: Method::GET,

@@ -151,6 +151,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(listen::revoke_listen_link))
         .routes(routes!(listen::open_listen_link))
         .routes(routes!(cluster::list_nodes))
+        .routes(routes!(cluster::drain))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))

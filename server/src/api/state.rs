@@ -214,9 +214,29 @@ impl AppState {
 
     /// This node as a member of `cluster`.
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.live.attach_cluster(cluster.clone());
         self.signal.cluster = Some(cluster.clone());
         self.cluster = Some(cluster);
         self
+    }
+
+    /// Stops the live rooms for a stop or a drain. In a cluster the node leaves the registry
+    /// first (no room is placed here while the rest stops) and sends its rooms' people to the
+    /// least full other node (`moved`), where they resume at once and the rooms go on, their
+    /// live state kept; alone, or the last node, it tells them the server is restarting.
+    /// Returns the node they were sent to.
+    pub async fn hand_rooms_over(&self) -> Option<NodeInfo> {
+        let successor = match &self.cluster {
+            Some(cluster) => cluster.hand_over().await,
+            None => None,
+        };
+        if let Some(next) = &successor {
+            tracing::info!(node = %next.name, "handing the live rooms over");
+        }
+        self.live
+            .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
+            .await;
+        successor
     }
 
     /// `ws(s)://host/api/v1/signal` on this node, derived from its own base URL.

@@ -147,6 +147,15 @@ impl<E: Egress> Core<E> {
         result
     }
 
+    /// A new connection's ICE credentials (ufrag, password): random, or fixed by a test.
+    fn credentials(&self) -> (String, String) {
+        #[cfg(any(test, feature = "fuzzing"))]
+        if let Some(fixed) = &self.fixed_credentials {
+            return fixed.clone();
+        }
+        (random_alnum(16), random_alnum(32))
+    }
+
     fn open(
         &mut self,
         key: ConnKey,
@@ -160,8 +169,7 @@ impl<E: Egress> Core<E> {
             on_stage,
             may_send,
         } = placement;
-        let ufrag = random_alnum(16);
-        let password = random_alnum(32);
+        let (ufrag, password) = self.credentials();
         let tap = KeyTap::new(Arc::clone(&self.crypto));
         let remote_ufrag = ice_ufrag(&offer.description.sdp);
         let setup = &self.setup;

@@ -22,6 +22,8 @@
 mod control;
 mod counters;
 mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod pair;
 mod room;
 mod routes;
 mod rtcp;

@@ -83,6 +83,9 @@ pub struct Core<E: Egress> {
     pub(super) probe_buf: Vec<u8>,
     /// Where a listener's payload is built for `rtc`'s write path (RED is built per listener).
     pub(super) payload_buf: Vec<u8>,
+    /// ICE credentials for the next connections instead of random ones (`pair::Pair`).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fixed_credentials: Option<(String, String)>,
     /// Reused between calls: a connection's decrypted inbound packets.
     inbound: Vec<rtc::rtp::Packet>,
     epoch: Instant,
@@ -107,6 +110,8 @@ impl<E: Egress> Core<E> {
                 .map_err(|e| anyhow::anyhow!("no crypto provider: {e:?}"))?,
             probe_buf: vec![0; MAX_DATAGRAM],
             payload_buf: vec![0; MAX_DATAGRAM],
+            #[cfg(any(test, feature = "fuzzing"))]
+            fixed_credentials: None,
             inbound: Vec::with_capacity(16),
             epoch: now,
             next_select: now + SELECT_EVERY,

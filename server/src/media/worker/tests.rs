@@ -1,295 +1,15 @@
-//! The worker core driven without sockets: real `rtc` clients (set up like browsers) and the
-//! real [`Core`], datagrams carried between them in memory, on a fake clock that moves only
-//! when a test moves it.
+//! The worker core driven without sockets, through [`Pair`]: real `rtc` clients (set up like
+//! browsers) and the real [`Core`], on a clock that moves only when a test moves it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::{mpsc, oneshot};
-
-use super::super::batch::SendBatch;
 use super::super::engine::OPUS_PT;
-use super::super::offer::check_offer;
-use super::super::testkit::{CLIENT_MIC_SSRC, certificate, client_offerer};
+use super::pair::Pair;
 use super::*;
-use crate::metrics::MediaMetrics;
-
-const SERVER: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
-    40000,
-);
-const STEP: Duration = Duration::from_millis(5);
-
-/// The egress of a core under test: what it sends is kept, in order.
-#[derive(Default)]
-struct Memory {
-    batch: SendBatch,
-    sent: Vec<(SocketAddr, Vec<u8>)>,
-    /// Speaker packets whose copies were all queued.
-    forwarded: u64,
-}
-
-impl Egress for Memory {
-    fn batch(&mut self) -> &mut SendBatch {
-        &mut self.batch
-    }
-
-    fn flush(&mut self) {
-        let sent = &mut self.sent;
-        self.batch
-            .drain(|to, datagram| sent.push((to, datagram.to_vec())));
-    }
-
-    fn forwarded(&mut self, _arrived: Instant) {
-        self.flush();
-        self.forwarded += 1;
-    }
-
-    fn send_tcp(&mut self, _to: SocketAddr, _datagram: &[u8]) -> bool {
-        false
-    }
-
-    fn close_tcp(&mut self, _from: SocketAddr) {}
-}
-
-/// A browser-like client: an `rtc` peer connection with a microphone, at its own address.
-struct Client {
-    pc: RTCPeerConnection,
-    addr: SocketAddr,
-    key: ConnKey,
-    mic: RTCRtpSenderId,
-    connected: bool,
-    rtp_received: u64,
-    next_seq: u16,
-}
-
-/// A core, its clients and the clock.
-struct Harness {
-    core: Core<Memory>,
-    now: Now,
-    clients: Vec<Client>,
-    reports: mpsc::UnboundedReceiver<Report>,
-    room: RoomRef,
-    /// Whether the clients answer and keep their timers (false: they went silent).
-    clients_alive: bool,
-}
-
-impl Harness {
-    fn new(ice_disconnected: Duration, ice_failed: Duration) -> Self {
-        let (fanout, _) = mpsc::channel(16);
-        let (control, _) = mpsc::unbounded_channel();
-        let (reports_tx, reports) = mpsc::unbounded_channel();
-        let now = Now::read();
-        let core = Core::new(
-            CoreSetup {
-                index: 0,
-                local_addr: SERVER,
-                tcp_local: None,
-                advertised: SERVER,
-                advertised_tcp: None,
-                certificate: certificate(),
-                slots: 3,
-                red: 0,
-                ice_disconnected,
-                ice_failed,
-                metrics: MediaMetrics::default(),
-                sources: Arc::new(AtomicU32::new(1)),
-            },
-            Links {
-                peers: vec![fanout],
-                peer_controls: vec![control],
-                reports: reports_tx,
-            },
-            Memory::default(),
-            now.at,
-        )
-        .expect("a core");
-        Harness {
-            core,
-            now,
-            clients: Vec::new(),
-            reports,
-            room: RoomRef {
-                key: RoomKey(1),
-                id: RoomId::parse("rm_testroom________").expect("a room id"),
-                workers: Arc::new(AtomicU64::new(1)),
-                tap: Arc::default(),
-            },
-            clients_alive: true,
-        }
-    }
-
-    /// A client offers to join the room; returns its index once the core has answered.
-    fn join(&mut self, on_stage: bool, may_send: bool) -> usize {
-        let index = self.clients.len();
-        let addr = SocketAddr::from(([10, 0, 0, 2], 50000 + index as u16));
-        let mut pc = client_offerer(self.now.at, addr).expect("a client");
-        let mic = pc.get_senders().next().expect("a microphone");
-        let offer = pc.create_offer(None).expect("an offer");
-        pc.set_local_description(self.now.at, offer).unwrap();
-        let sdp = pc.local_description().expect("the offer").sdp;
-        let key = ConnKey(100 + index as u32);
-        let (reply, mut answer) = oneshot::channel();
-        self.core.handle_control(
-            self.now,
-            Control::Offer {
-                key,
-                room: self.room.clone(),
-                participant: ParticipantId::parse(&format!("pt_{index:_<16}")).expect("an id"),
-                offer: Box::new(check_offer(sdp).expect("a valid offer")),
-                on_stage,
-                may_send,
-                reply,
-            },
-        );
-        let answer = answer
-            .try_recv()
-            .expect("answered at once")
-            .expect("accepted");
-        pc.set_remote_description(self.now.at, RTCSessionDescription::answer(answer).unwrap())
-            .unwrap();
-        self.clients.push(Client {
-            pc,
-            addr,
-            key,
-            mic,
-            connected: false,
-            rtp_received: 0,
-            next_seq: 1,
-        });
-        index
-    }
-
-    /// Moves datagrams both ways until nothing is left in flight.
-    fn shuttle(&mut self) {
-        for _ in 0..64 {
-            let mut moved = false;
-            for client in &mut self.clients {
-                while let Some(out) = client.pc.poll_write() {
-                    moved = true;
-                    if self.clients_alive {
-                        self.core
-                            .handle_datagram(self.now, Peer::udp(client.addr), &out.message);
-                    }
-                }
-                while let Some(event) = client.pc.poll_event() {
-                    if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                        client.connected = state == RTCPeerConnectionState::Connected;
-                    }
-                }
-                while let Some(TaggedRTCMessage { message, .. }) = client.pc.poll_read() {
-                    if let RTCMessage::RtpPacket(..) = message {
-                        client.rtp_received += 1;
-                    }
-                }
-            }
-            self.core.egress_mut().flush();
-            for (to, datagram) in std::mem::take(&mut self.core.egress_mut().sent) {
-                moved = true;
-                let Some(client) = self.clients.iter_mut().find(|c| c.addr == to) else {
-                    continue;
-                };
-                if self.clients_alive {
-                    let _ = client.pc.handle_read(TaggedBytesMut {
-                        now: self.now.at,
-                        transport: TransportContext {
-                            local_addr: to,
-                            peer_addr: SERVER,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: BytesMut::from(&datagram[..]),
-                    });
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// The clock moves on by `by`; whatever is due runs, on both sides.
-    fn advance(&mut self, by: Duration) {
-        self.now = self.now.after(by);
-        if self.clients_alive {
-            for client in &mut self.clients {
-                let _ = client.pc.handle_timeout(self.now.at);
-            }
-        }
-        self.core.handle_timeout(self.now);
-        self.shuttle();
-    }
-
-    /// Until every client and its connection on the core are up.
-    fn connect_all(&mut self) {
-        for _ in 0..400 {
-            self.shuttle();
-            let up = self
-                .clients
-                .iter()
-                .all(|c| c.connected && self.core.conns.get(&c.key).is_some_and(|t| t.connected));
-            if up {
-                return;
-            }
-            self.advance(STEP);
-        }
-        panic!("the clients did not connect");
-    }
-
-    /// Client `index` sends one Opus packet from its microphone.
-    fn speak(&mut self, index: usize) {
-        let client = &mut self.clients[index];
-        let seq = client.next_seq;
-        client.next_seq = seq.wrapping_add(1);
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: OPUS_PT,
-                sequence_number: seq,
-                timestamp: u32::from(seq) * 960,
-                ssrc: CLIENT_MIC_SSRC,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::from_static(&[0xfc; 80]),
-        };
-        client
-            .pc
-            .rtp_sender(client.mic)
-            .expect("the microphone's sender")
-            .write_rtp(self.now.at, packet)
-            .expect("the packet is written");
-        self.shuttle();
-    }
-
-    fn closed_reports(&mut self) -> Vec<ConnKey> {
-        let mut closed = Vec::new();
-        while let Ok(report) = self.reports.try_recv() {
-            if let Report::Closed { key, .. } = report {
-                closed.push(key);
-            }
-        }
-        closed
-    }
-}
-
-fn harness() -> Harness {
-    Harness::new(Duration::from_secs(5), Duration::from_secs(15))
-}
 
 #[test]
 fn a_speaker_is_heard_by_a_listener_through_the_core() {
-    let mut h = harness();
+    let mut h = Pair::default();
     let speaker = h.join(true, true);
     let listener = h.join(false, false);
     h.connect_all();
@@ -315,7 +35,7 @@ fn a_speaker_is_heard_by_a_listener_through_the_core() {
 
 #[test]
 fn a_listener_has_no_right_to_speak_and_each_refusal_is_counted() {
-    let mut h = harness();
+    let mut h = Pair::default();
     // On stage but muted by the room: decrypted, then refused.
     let muted = h.join(true, false);
     // A listener: no receiving path; its RTP is refused before any crypto.
@@ -357,7 +77,7 @@ fn a_listener_has_no_right_to_speak_and_each_refusal_is_counted() {
 
 #[test]
 fn a_closed_connection_s_datagrams_are_dropped_and_counted() {
-    let mut h = harness();
+    let mut h = Pair::default();
     let speaker = h.join(true, true);
     h.connect_all();
     let key = h.clients[speaker].key;
@@ -382,7 +102,7 @@ fn a_closed_connection_s_datagrams_are_dropped_and_counted() {
 #[test]
 fn timeouts_fire_at_the_deadline_the_core_returned() {
     let failed_after = Duration::from_secs(3);
-    let mut h = Harness::new(Duration::from_secs(1), failed_after);
+    let mut h = Pair::new(Duration::from_secs(1), failed_after);
     let listener = h.join(false, false);
     h.connect_all();
     let key = h.clients[listener].key;
@@ -423,4 +143,44 @@ fn timeouts_fire_at_the_deadline_the_core_returned() {
         "the worker closed it on its own"
     );
     assert_eq!(h.core.poll_timeout(), None, "nothing left to wake for");
+}
+
+#[test]
+fn a_speaker_s_red_packet_is_read_into_its_frames() {
+    let mut h = Pair::default();
+    let speaker = h.join(true, true);
+    h.connect_all();
+    // RED as Chromium sends it: one earlier frame 20 ms back, then the primary.
+    let red = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: super::super::engine::RED_PT,
+            sequence_number: 2,
+            timestamp: 960,
+            ssrc: super::super::testkit::CLIENT_MIC_SSRC,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from_static(&[
+            0x80 | OPUS_PT,
+            (960u32 >> 6) as u8,
+            ((960u32 & 0x3f) << 2) as u8,
+            2,
+            OPUS_PT,
+            0xfc,
+            7,
+            0xfc,
+            8,
+        ]),
+    };
+    assert!(h.send_rtp(speaker, red));
+    assert_eq!(h.core.counters.rtp_in.get(), 1);
+    let kept = h.core.conns[&h.clients[speaker].key]
+        .history
+        .before(1920, 2);
+    let kept: Vec<_> = kept
+        .iter()
+        .flatten()
+        .map(|f| (f.timestamp, f.payload.to_vec()))
+        .collect();
+    assert_eq!(kept, [(960, vec![0xfc, 8]), (0, vec![0xfc, 7])]);
 }

@@ -9,10 +9,13 @@
 //! - `hooks.rs`: webhook events derived from what the room decided, in one place;
 //! - `records.rs`: the room's writer: its records written to the store in order, off the task;
 //! - `media.rs`: offers, send rights and closes handed to media;
+//! - `keep.rs`: in a cluster, the room's live state kept in Redis for the next home, and taken
+//!   back from there;
 //! - the [`Recorder`]: recordings started and stopped, and the speakers' timeline.
 
 mod fanout;
 mod hooks;
+mod keep;
 mod media;
 mod persist;
 mod records;

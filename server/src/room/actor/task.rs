@@ -47,6 +47,8 @@ pub(super) struct RoomTask {
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     pub deps: Deps,
+    /// In a cluster: the room's live state kept in Redis (`keep.rs`).
+    pub keeper: Option<super::keep::Keeper>,
 }
 
 /// The `ok` a socket is owed for a command it sent, and where it goes.
@@ -79,6 +81,7 @@ impl RoomTask {
             handle,
             rooms,
             deps,
+            keeper: None,
         };
         task.webhook_room_started(started_at);
         task
@@ -88,13 +91,18 @@ impl RoomTask {
         self.deps.recorder.live(self.state.room(), true);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Before anyone is taken in: the people a previous home kept come back first.
+        self.start_keeping().await;
         loop {
+            let save_due = self.keeper.as_ref().and_then(|k| k.due);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                _ = tokio::time::sleep_until(save_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if save_due.is_some() => self.save_now(),
             }
             self.handle
                 .participants
@@ -121,6 +129,7 @@ impl RoomTask {
         }
         self.handle.recording.store(false, Ordering::Relaxed);
         self.deps.recorder.live(self.state.room(), false);
+        self.stop_keeping(self.stopping).await;
         // An ended room stays in the map, answering that it ended, until its records (its
         // end among them) are written: nobody can start it again in between.
         if self.state.is_ended() {
@@ -266,6 +275,8 @@ impl RoomTask {
                     .ok();
             }
             RoomMsg::Shutdown { moved_to } => {
+                // The next home finds the room as it is now when its people arrive there.
+                self.save_before_stopping().await;
                 let moved = moved_to
                     .as_deref()
                     .map(|signal_url| Text::from(ServerMessage::Moved { signal_url }.to_json()));
@@ -333,7 +344,14 @@ impl RoomTask {
         let Some(snapshot) = self.snapshot_for(&c.participant) else {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
-        self.welcome(&c.outbox, c.request_id.as_ref(), &c.resume_token, &snapshot);
+        let reconnect_media = self.first_time_back(&c.participant);
+        self.welcome(
+            &c.outbox,
+            c.request_id.as_ref(),
+            &c.resume_token,
+            &snapshot,
+            reconnect_media,
+        );
         self.connections.insert(
             c.participant,
             Conn {
@@ -399,7 +417,12 @@ impl RoomTask {
         answer: Option<Answer>,
     ) -> Result<(), Refusal> {
         let now = self.now();
+        // Who speaks changes many times a second and is nothing to keep.
+        let keeps = !matches!(command, Command::SetSpeaking { .. });
         let outcome = self.state.apply(actor, command, now)?;
+        if keeps {
+            self.state_changed();
+        }
         self.webhooks_for(&outcome, now as i64);
         self.deliver(outcome.events);
         let mut own_close = None;
