@@ -151,6 +151,27 @@ export function recordingDetail(path, token) {
 }
 
 /**
+ * @typedef {Object} ClipAnswer  what a clip's link opens
+ * @property {string} id
+ * @property {string} room_id
+ * @property {string} [recording_id]  absent for the last seconds of a live room
+ * @property {number} start_ms
+ * @property {number} duration_ms
+ * @property {number} size_bytes
+ * @property {string} created_at
+ * @property {string} audio_path  the clip's audio (Ogg Opus), with range requests
+ */
+
+/**
+ * What a clip's link opens (its code or the whole link; no credentials needed).
+ * @param {string} code
+ * @returns {Promise<ClipAnswer>}
+ */
+export function openClip(code) {
+  return call(`/api/v1/clips/${encodeURIComponent(code)}`);
+}
+
+/**
  * @typedef {Object} ListenAnswer  what a listen link leads to now
  * @property {string} room_id
  * @property {string} title

@@ -174,8 +174,9 @@ function onWelcome({ message, resumed }) {
     startBroadcast();
   } else if (!state.media) {
     startMedia();
-  } else if (!resumed) {
-    // A fresh join: the server made us a new participant session, with no media connection.
+  } else if (!resumed || message.media?.reconnect) {
+    // A fresh join (the server made us a new participant session), or a resume on the node
+    // the room moved to: either way the server has no media connection of ours.
     state.media.restart();
   } else {
     state.media.resync();

@@ -16,6 +16,8 @@ const SENTENCES = {
   invite_used_up: "This invite link has been used as many times as it allows.",
   room_ended: "This room has ended.",
   banned: "You are banned from this room.",
+  // Clips (the clip page).
+  clip_not_found: "This clip does not exist, or it was deleted with its recording.",
   // Replay links (the replay page).
   malformed_replay_link: "This replay link is not valid. Check that you copied all of it.",
   replay_link_invalid: "This replay link is not valid. Ask the person who sent it for a new one.",

@@ -151,6 +151,9 @@ pub struct Welcome {
     pub resume_grace_secs: u64,
     /// How many audio sections a media offer should have.
     pub slots: usize,
+    /// The server has no media connection of this client's (the room moved to another node
+    /// and this client took its place back there): a new one must be made.
+    pub reconnect_media: bool,
     /// The room as this client may see it.
     pub snapshot: Snapshot,
 }
@@ -161,6 +164,8 @@ impl Welcome {
         #[derive(Deserialize)]
         struct Media {
             slots: usize,
+            #[serde(default)]
+            reconnect: bool,
         }
         #[derive(Deserialize)]
         struct Wire {
@@ -178,6 +183,7 @@ impl Welcome {
             resume_token: wire.resume_token,
             resume_grace_secs: wire.resume_grace_secs,
             slots: wire.media.slots,
+            reconnect_media: wire.media.reconnect,
             snapshot: wire.snapshot,
         })
     }

@@ -729,6 +729,9 @@ impl Driver {
             match outcome {
                 Ok((session, fresh)) => {
                     self.welcome = session.welcome().clone();
+                    // Resumed on a node the room moved to, which kept our place but has no
+                    // media connection of ours.
+                    let fresh = fresh || self.welcome.reconnect_media;
                     self.shared
                         .publish(Event::Resumed(Box::new(self.welcome.snapshot.clone())));
                     return Ok((session, fresh));

@@ -49,7 +49,43 @@ pub struct Config {
     pub database: DatabaseSettings,
     pub cluster: ClusterSettings,
     pub webhooks: WebhookSettings,
+    pub recording: RecordingSettings,
 }
+
+/// Recordings and clips (`docs/broadcast.md`, `docs/operations.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingSettings {
+    /// Seconds of a live room's mix kept for clips of "the last seconds" (0: no live clips,
+    /// and a live room's mix runs only while it is broadcast or recorded).
+    pub live_clip_secs: u32,
+    /// The longest clip of a recording, in seconds.
+    pub max_clip_secs: u32,
+    /// Clips one participant (or one address, for replay links) may make per minute, and the
+    /// burst above it.
+    pub clips_per_minute: u32,
+    pub clip_burst: u32,
+    /// Recordings (and their clips) older than this many days are deleted; 0 keeps them.
+    /// A room's own setting (`retention_days`) outranks it.
+    pub retention_days: u32,
+}
+
+impl Default for RecordingSettings {
+    fn default() -> Self {
+        RecordingSettings {
+            live_clip_secs: 30,
+            max_clip_secs: 120,
+            clips_per_minute: 6,
+            clip_burst: 3,
+            retention_days: 0,
+        }
+    }
+}
+
+/// The most seconds a live room keeps for clips (`[recording] live_clip_secs`).
+pub const MAX_LIVE_CLIP_SECS: u32 = 120;
+/// The longest clip of a recording that may be configured (`[recording] max_clip_secs`).
+pub const MAX_CLIP_SECS: u32 = 600;
 
 /// Standard Webhooks sent to one integration for what happens in rooms (`docs/webhooks.md`).
 /// Without `url`, none are made.
@@ -454,6 +490,7 @@ impl Default for Config {
             cluster: ClusterSettings::default(),
             database: DatabaseSettings::default(),
             webhooks: WebhookSettings::default(),
+            recording: RecordingSettings::default(),
         }
     }
 }
@@ -728,6 +765,19 @@ impl Config {
                  link_period_secs > 0, webrtc_audience_cap 1..=1000000"
                     .into(),
             ));
+        }
+        let r = &self.recording;
+        if r.live_clip_secs > MAX_LIVE_CLIP_SECS
+            || !(1..=MAX_CLIP_SECS).contains(&r.max_clip_secs)
+            || r.clips_per_minute == 0
+            || r.clip_burst == 0
+            || r.retention_days > 36_500
+        {
+            return Err(ConfigError::Invalid(format!(
+                "recording: live_clip_secs 0..={MAX_LIVE_CLIP_SECS}, max_clip_secs \
+                 1..={MAX_CLIP_SECS}, clips_per_minute and clip_burst > 0, retention_days \
+                 0..=36500"
+            )));
         }
         let c = &self.cluster;
         if let Some(url) = &c.redis_url

@@ -28,6 +28,12 @@ enum Command {
     /// Manage invite links on a running server.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Drain a running node of a cluster: it takes no more people and hands its rooms over to
+    /// the other nodes (as on a stop), then keeps running, empty, until it is stopped.
+    Drain {
+        #[command(flatten)]
+        target: admin::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
             Command::Room(RoomCommand::Create { title, target }) => {
                 admin::create_room(&config, &target, &title).await
             }
+            Command::Drain { target } => admin::drain(&config, &target).await,
             Command::Room(RoomCommand::List { target }) => {
                 admin::list_rooms(&config, &target).await
             }
@@ -369,6 +376,21 @@ mod admin {
         for row in rows {
             println!("{row}");
         }
+        Ok(())
+    }
+
+    pub async fn drain(config: &Config, target: &Target) -> anyhow::Result<()> {
+        let c = client(config, target)?;
+        let drained = c
+            .send(c.http.post(format!("{}/api/v1/cluster/drain", c.base)))
+            .await?;
+        let node = drained["node"].as_str().unwrap_or("");
+        let rooms = drained["rooms_handed_over"].as_u64().unwrap_or(0);
+        match drained["moved_to"].as_str() {
+            Some(to) => println!("{node} is draining: {rooms} live rooms handed over to {to}"),
+            None => println!("{node} is draining: no live rooms to hand over"),
+        }
+        println!("It takes no more people; stop it when you like.");
         Ok(())
     }
 

@@ -211,6 +211,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         let cluster = Cluster::join(&config.cluster, (*state.node).clone(), fingerprints)
             .await
             .context("cannot join the cluster")?;
+        cluster.set_resume_grace_ms(config.signal.resume_grace_secs.saturating_mul(1000));
         heartbeat = Some(tokio::spawn(keep_in_cluster(
             cluster.clone(),
             state.clone(),
@@ -225,6 +226,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();
     let auth_throttle = state.auth_throttle.clone();
+    let clip_limiter = state.clip_limiter.clone();
+    let clip_address_limiter = state.clip_address_limiter.clone();
     let housekeeping = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -232,6 +235,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             limiter.retain_recent();
             limiter.shrink_to_fit();
             auth_throttle.retain_recent();
+            clip_limiter.retain_recent();
+            clip_limiter.shrink_to_fit();
+            clip_address_limiter.retain_recent();
+            clip_address_limiter.shrink_to_fit();
         }
     });
     let handle = Handle::new();
@@ -316,22 +323,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     })
 }
 
-/// Stops the live rooms for a shutdown. In a cluster the node leaves the registry first (no
-/// room is placed here while the rest stops) and sends its rooms' people to the least full
-/// other node (`moved`), where they resume at once and the rooms go on; alone, or the last
-/// node, it tells them the server is restarting.
+/// Stops the live rooms for a shutdown: handed over to another node in a cluster
+/// ([`AppState::hand_rooms_over`]).
 pub async fn stop_rooms(state: &AppState) {
-    let successor = match &state.cluster {
-        Some(cluster) => cluster.hand_over().await,
-        None => None,
-    };
-    if let Some(next) = &successor {
-        tracing::info!(node = %next.name, "handing the live rooms over");
-    }
-    state
-        .live
-        .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
-        .await;
+    state.hand_rooms_over().await;
 }
 
 /// Every heartbeat: this node's load into the registry, and its rooms' leases renewed. A

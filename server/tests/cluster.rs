@@ -37,6 +37,8 @@ const OTHER_SIGNING_KEY: &str = "b3RoZXItY2x1c3Rlci10ZXN0LXNpZ25pbmcta2V5eHg";
 struct Node {
     child: Child,
     endpoint: Endpoint,
+    /// What it wrote to standard error (also passed on to the test's).
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -126,9 +128,24 @@ impl<'a> NodeSpec<'a> {
         let mut child = self
             .command(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("stoa starts");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let (banner_url, _) = common::read_banner(&mut child, false);
         // The banner names the public URL, which behind a load balancer is not the node's.
         let url = match &self.behind {
@@ -138,6 +155,7 @@ impl<'a> NodeSpec<'a> {
         Node {
             child,
             endpoint: Endpoint::new(url),
+            logs,
             _dir: dir,
         }
     }
@@ -259,6 +277,11 @@ impl Endpoint {
 }
 
 impl Node {
+    /// Its standard error so far.
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -722,7 +745,7 @@ async fn hears_tone(
 }
 
 /// Waits until each of `people` has its place back (`Resumed`), after its room moved.
-async fn all_resume(people: [(&mut stoa_client::Room, &str); 2], within: Duration) {
+async fn all_resume<const N: usize>(people: [(&mut stoa_client::Room, &str); N], within: Duration) {
     for (room_of, name) in people {
         next_event_matching(room_of, within, &format!("{name} is back"), |e| {
             matches!(e, stoa_client::Event::Resumed(_))
@@ -733,7 +756,7 @@ async fn all_resume(people: [(&mut stoa_client::Room, &str); 2], within: Duratio
 
 /// Waits until each of `people` has a new media connection on the room's new node (the client
 /// makes it by itself); losing it instead fails the test.
-async fn all_media_back(people: [(&mut stoa_client::Room, &str); 2]) {
+async fn all_media_back<const N: usize>(people: [(&mut stoa_client::Room, &str); N]) {
     use stoa_client::Event;
     for (room_of, name) in people {
         next_event_matching(
@@ -1127,6 +1150,67 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
     drop(nodes);
 }
 
+/// `node-a` and `node-b`, on `redis` and the PostgreSQL database `database`.
+fn two_nodes(redis: &Redis, database: &str) -> [Node; 2] {
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.to_owned()),
+        ..NodeSpec::new(name, redis)
+    };
+    [spec("node-a").start(), spec("node-b").start()]
+}
+
+/// Two nodes on PostgreSQL and Redis, and a room on one of them where Lee, a listener, hears
+/// Sam, a speaker (a 440 Hz tone).
+struct Heard {
+    nodes: [Node; 2],
+    room: String,
+    sam: stoa_client::Room,
+    lee: stoa_client::Room,
+    hearing: stoa_client::Listener,
+    /// Which of `nodes` is the room's home.
+    home: usize,
+}
+
+impl Heard {
+    async fn start(redis: &Redis, database: &str) -> Heard {
+        use stoa_client::audio::AudioSource;
+        use stoa_client::{InviteLink, JoinOptions, Room};
+
+        let nodes = two_nodes(redis, database);
+        let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
+        let listener_code = nodes[0].invite(&room, "listener").await;
+        let options = |name: &str| JoinOptions {
+            media: true,
+            ..JoinOptions::new(name)
+        };
+        let sam = Room::join(
+            &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
+            options("Sam"),
+        )
+        .await
+        .expect("the speaker joins");
+        let lee = Room::join(
+            &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
+            options("Lee"),
+        )
+        .await
+        .expect("the listener joins");
+        sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+        let mut hearing = lee.listen().unwrap();
+        hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+        let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+        let home = usize::from(!lease.starts_with("node-a "));
+        Heard {
+            nodes,
+            room,
+            sam,
+            lee,
+            hearing,
+            home,
+        }
+    }
+}
+
 /// A node stopped on purpose (SIGTERM: a rolling upgrade) hands its rooms over: it leaves the
 /// registry, sends everyone in its rooms to the least full other node (`moved`), and they
 /// resume there at once, with their roles and places, and hear each other again. Before, the
@@ -1134,40 +1218,17 @@ async fn a_load_balancer_in_front_of_the_nodes_needs_no_stickiness() {
 /// down, and lost it a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
-    use stoa_client::audio::AudioSource;
-    use stoa_client::{InviteLink, JoinOptions, Room};
-
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let database = pg.fresh_database();
-    let spec = |name: &'static str| NodeSpec {
-        database_url: Some(database.clone()),
-        ..NodeSpec::new(name, &redis)
-    };
-    let nodes = [spec("node-a").start(), spec("node-b").start()];
-    let (room, speaker_code) = nodes[0].room_with_invite("speaker").await;
-    let listener_code = nodes[0].invite(&room, "listener").await;
-    let options = |name: &str| JoinOptions {
-        media: true,
-        ..JoinOptions::new(name)
-    };
-    let mut sam = Room::join(
-        &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
-        options("Sam"),
-    )
-    .await
-    .expect("the speaker joins");
-    let mut lee = Room::join(
-        &InviteLink::new(&nodes[1].url, &listener_code).unwrap(),
-        options("Lee"),
-    )
-    .await
-    .expect("the listener joins");
-    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
-    let mut hearing = lee.listen().unwrap();
-    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
-    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
-    let home = usize::from(!lease.starts_with("node-a "));
+    let Heard {
+        nodes,
+        room,
+        mut sam,
+        mut lee,
+        mut hearing,
+        home,
+    } = Heard::start(&redis, &database).await;
     let (home_name, other_name) = [("node-a", "node-b"), ("node-b", "node-a")][home];
     let sam_id = sam.view().me().id.to_string();
 
@@ -1212,5 +1273,471 @@ async fn a_node_stopped_on_purpose_hands_its_rooms_to_another_at_once() {
     println!(
         "{home_name} stopped (SIGTERM): its people resumed on {other_name} after \
          {back_after:?}, the speaker heard again after {audio_after:?}"
+    );
+}
+
+/// How a room's home node goes away.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Departure {
+    /// SIGKILL: nothing is handed over; the room's state is what it last wrote to Redis.
+    Killed,
+    /// SIGTERM: it hands its rooms over (`moved`), its last state written first.
+    Stopped,
+}
+
+/// A room with a stage of three (a moderator, a speaker and a muted speaker), two raised hands
+/// and a pending invitation, on a cluster of two nodes on PostgreSQL and Redis.
+struct LiveRoom {
+    nodes: [Node; 2],
+    /// Which of `nodes` is the room's home.
+    home: usize,
+    room: String,
+    ada: stoa_client::Room,
+    sam: stoa_client::Room,
+    mo: stoa_client::Room,
+    /// Raised the first hand.
+    kim: stoa_client::Room,
+    /// Raised the second hand.
+    bo: stoa_client::Room,
+    /// Invited to the stage.
+    ivy: stoa_client::Room,
+}
+
+impl LiveRoom {
+    async fn start(redis: &Redis, database: &str) -> LiveRoom {
+        use stoa_client::{InviteLink, JoinOptions, Room};
+        let nodes = two_nodes(redis, database);
+        let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
+        let speaker_code = nodes[0].invite(&room, "speaker").await;
+        let listener_code = nodes[0].invite(&room, "listener").await;
+        // The first redemption places the room; everyone's fallback (where a client asks when
+        // the room's node is gone) is the other node.
+        let placed = stoa_client::join::redeem(
+            &InviteLink::new(&nodes[0].url, &moderator_code).unwrap(),
+            "Ada",
+            None,
+        )
+        .await
+        .unwrap();
+        let home = nodes
+            .iter()
+            .position(|n| n.signal_url() == placed.signal_url)
+            .expect("placed on one of the nodes");
+        let fallback = nodes[1 - home].signal_url();
+        let enter = |joined: stoa_client::join::JoinAnswer| {
+            let mut joined = joined;
+            joined.fallback_signal_url = Some(fallback.clone());
+            let options = JoinOptions::new("unused").without_media();
+            async move { Room::enter(joined, options).await.expect("enters") }
+        };
+        let redeem = |code: &str, name: &str| {
+            let link = InviteLink::new(&nodes[0].url, code).unwrap();
+            let name = name.to_owned();
+            async move {
+                stoa_client::join::redeem(&link, &name, None)
+                    .await
+                    .expect("redeems")
+            }
+        };
+        let ada = enter(placed).await;
+        let sam = enter(redeem(&speaker_code, "Sam").await).await;
+        let mo = enter(redeem(&speaker_code, "Mo").await).await;
+        let bo = enter(redeem(&listener_code, "Bo").await).await;
+        let kim = enter(redeem(&listener_code, "Kim").await).await;
+        let ivy = enter(redeem(&listener_code, "Ivy").await).await;
+        ada.mute(mo.me()).await.expect("Ada mutes Mo");
+        // Kim's hand goes up before Bo's, though Bo came first.
+        kim.raise_hand().await.unwrap();
+        bo.raise_hand().await.unwrap();
+        ada.invite_to_stage(ivy.me())
+            .await
+            .expect("Ada invites Ivy");
+        LiveRoom {
+            nodes,
+            home,
+            room,
+            ada,
+            sam,
+            mo,
+            kim,
+            bo,
+            ivy,
+        }
+    }
+
+    fn state_key(&self) -> String {
+        format!("stoa:room-state:{}", self.room)
+    }
+
+    /// The kept state as `redis-cli` reads it: the `{node} {epoch} {seq}` line and the JSON,
+    /// once it shows everything `LiveRoom::start` did.
+    async fn kept_state(&self, redis: &Redis) -> (String, u64, Value) {
+        let mut kept = None;
+        within(Duration::from_secs(5), "the room's state is kept", || {
+            let raw = redis.cli(&["--raw", "GET", &self.state_key()]);
+            let done = raw
+                .split_once('\n')
+                .and_then(|(_, json)| serde_json::from_str::<Value>(json.trim_end()).ok())
+                .is_some_and(|json| json.to_string().contains(r#""i":true"#));
+            if done {
+                kept = Some(raw);
+            }
+            async move { done }
+        })
+        .await;
+        let raw = kept.unwrap();
+        let (header, json) = raw.split_once('\n').unwrap();
+        let fields: Vec<&str> = header.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{header:?}");
+        (
+            fields[0].to_owned(),
+            fields[1].parse().unwrap(),
+            serde_json::from_str(json.trim_end()).unwrap(),
+        )
+    }
+
+    /// What Ada (a moderator) sees is the room `start` made.
+    fn assert_as_made(&self, what: &str) {
+        let view = self.ada.view();
+        let ids = |list: &[stoa_client::protocol::Participant]| -> Vec<String> {
+            list.iter().map(|p| p.id.to_string()).collect()
+        };
+        let id = |room: &stoa_client::Room| room.me().to_string();
+        let stage = ids(&view.snapshot.stage);
+        assert_eq!(
+            stage,
+            [id(&self.ada), id(&self.sam), id(&self.mo)],
+            "{what}: stage"
+        );
+        let hands = ids(&view.snapshot.raised_hands);
+        assert_eq!(
+            hands,
+            [id(&self.kim), id(&self.bo)],
+            "{what}: hands in order"
+        );
+        let muted: Vec<bool> = view.snapshot.stage.iter().map(|p| p.muted).collect();
+        assert_eq!(muted, [false, false, true], "{what}: Mo muted");
+        let invited = view
+            .snapshot
+            .pending_invitations
+            .clone()
+            .unwrap_or_default();
+        let invited: Vec<String> = invited.iter().map(|p| p.to_string()).collect();
+        assert_eq!(invited, [id(&self.ivy)], "{what}: Ivy's invitation");
+        assert!(
+            self.ivy.view().snapshot.invitation_pending,
+            "{what}: Ivy sees it"
+        );
+        assert!(self.mo.view().me().muted, "{what}: Mo sees it");
+    }
+
+    /// The room as the store alone makes it: roles kept, the stage of those whose role puts
+    /// them there, and nothing live (no hand, no mute, no invitation).
+    fn assert_from_the_store(&self, what: &str) {
+        assert!(
+            self.ada.view().snapshot.raised_hands.is_empty(),
+            "{what}: hands gone"
+        );
+        assert!(!self.mo.view().me().muted, "{what}: mute gone");
+        assert!(
+            !self.ivy.view().snapshot.invitation_pending,
+            "{what}: invitation gone"
+        );
+        assert!(
+            self.sam.view().me().on_stage,
+            "{what}: the speaker is on stage again"
+        );
+        assert_eq!(self.ada.view().me().role.to_string(), "moderator", "{what}");
+    }
+
+    fn everyone(&mut self) -> [(&mut stoa_client::Room, &str); 6] {
+        [
+            (&mut self.ada, "Ada"),
+            (&mut self.sam, "Sam"),
+            (&mut self.mo, "Mo"),
+            (&mut self.kim, "Kim"),
+            (&mut self.bo, "Bo"),
+            (&mut self.ivy, "Ivy"),
+        ]
+    }
+}
+
+/// The room's home goes away (killed, or stopped on purpose); its people resume on the other
+/// node and find the room as it was: the stage in order, the hands in order, the mute, the
+/// invitation. The new home goes on from there.
+async fn live_state_survives(departure: Departure) {
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let mut live = LiveRoom::start(&redis, &database).await;
+    live.assert_as_made("before");
+    let home_name = ["node-a", "node-b"][live.home];
+
+    // What the home keeps, read by redis-cli.
+    let (writer, epoch, kept) = live.kept_state(&redis).await;
+    assert_eq!(writer, home_name);
+    assert_eq!(kept["v"], 1);
+    assert_eq!(kept["room"], live.room.as_str());
+    let names: Vec<&str> = kept["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["n"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Ada", "Sam", "Mo", "Ivy", "Kim", "Bo"], "{kept}");
+    let mo = &kept["people"][2];
+    assert_eq!(
+        (mo["r"].as_str(), mo["s"].as_bool(), mo["m"].as_bool()),
+        (Some("speaker"), Some(true), Some(true))
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", &live.state_key()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "the kept state expires: {ttl}");
+
+    let gone_at = Instant::now();
+    match departure {
+        Departure::Killed => live.nodes[live.home].kill(),
+        Departure::Stopped => live.nodes[live.home].stop(),
+    }
+    all_resume(live.everyone(), Duration::from_secs(10)).await;
+    let restored_after = gone_at.elapsed();
+    live.assert_as_made("after the move");
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{}", live.room)]);
+    let other_name = ["node-a", "node-b"][1 - live.home];
+    assert!(lease.starts_with(&format!("{other_name} ")), "{lease:?}");
+    // Written again under the new home's lease.
+    within(
+        Duration::from_secs(5),
+        "the new home keeps the state",
+        || {
+            let raw = redis.cli(&["--raw", "GET", &live.state_key()]);
+            let ok = raw.starts_with(&format!("{other_name} "))
+                && raw.split(' ').nth(1).and_then(|e| e.parse::<u64>().ok()) > Some(epoch);
+            async move { ok }
+        },
+    )
+    .await;
+
+    // The room goes on on its new home: Ivy takes the invitation, Ada lowers Kim's hand.
+    live.ivy.accept_invitation().await.expect("Ivy accepts");
+    live.ada
+        .lower_hand_of(live.kim.me())
+        .await
+        .expect("Ada lowers Kim's hand");
+    let (ivy, kim, bo) = (
+        live.ivy.me().clone(),
+        live.kim.me().clone(),
+        live.bo.me().clone(),
+    );
+    next_event_matching(&mut live.ada, Duration::from_secs(5), "Kim's hand down", |e| {
+        matches!(e, stoa_client::Event::HandLowered { participant, .. } if participant.id == kim)
+    })
+    .await;
+    let view = live.ada.view();
+    assert!(
+        view.snapshot.stage.iter().any(|p| p.id == ivy),
+        "Ivy on stage"
+    );
+    let hands: Vec<_> = view
+        .snapshot
+        .raised_hands
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(hands, [bo]);
+    println!(
+        "{home_name} {departure:?}: the room's live state ({} bytes kept) restored on \
+         {other_name} and everyone back after {restored_after:?}",
+        kept.to_string().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rooms_live_state_survives_its_node_being_killed() {
+    live_state_survives(Departure::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rooms_live_state_survives_its_node_being_stopped() {
+    live_state_survives(Departure::Stopped).await;
+}
+
+/// Garbage, or a state that claims a later placement than the new home's, is refused: the room
+/// starts from the store as it would without one (the mute and the hands are gone, roles are
+/// kept), and the new home's log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_kept_state_is_refused_and_the_room_starts_from_the_store() {
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let mut live = LiveRoom::start(&redis, &database).await;
+    let (_, epoch, _) = live.kept_state(&redis).await;
+    let other = 1 - live.home;
+
+    // Garbage, and the room's node killed: the other node refuses it.
+    redis.cli(&["SET", &live.state_key(), "garbage"]);
+    live.nodes[live.home].kill();
+    all_resume(live.everyone(), Duration::from_secs(10)).await;
+    live.assert_from_the_store("garbage");
+    let logs = live.nodes[other].logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("refusing the room's kept live state") && l.contains("unparsable")),
+        "the refusal is not logged: {logs}"
+    );
+
+    // The room made whole again on its new home, and the killed node back.
+    live.ada.mute(live.mo.me()).await.unwrap();
+    live.kim.raise_hand().await.unwrap();
+    live.bo.raise_hand().await.unwrap();
+    live.ada.invite_to_stage(live.ivy.me()).await.unwrap();
+    let (_, new_epoch, kept) = live.kept_state(&redis).await;
+    assert!(new_epoch > epoch);
+    let home = live.home;
+    live.nodes[home] = NodeSpec {
+        database_url: Some(database.clone()),
+        ..NodeSpec::new(["node-a", "node-b"][home], &redis)
+    }
+    .start();
+    live.home = other;
+
+    // A state that claims a later placement than any: the home's own writes are refused
+    // (fenced) from then on, and the node it hands the room to on a stop refuses it too.
+    let later = format!("node-x {} 1\n{kept}", new_epoch + 100);
+    redis.cli(&["SET", &live.state_key(), &later]);
+    live.ada.lower_hand_of(live.kim.me()).await.unwrap();
+    live.nodes[other].stop();
+    all_resume(live.everyone(), Duration::from_secs(10)).await;
+    live.assert_from_the_store("a later epoch");
+    let logs = live.nodes[home].logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("refusing the room's kept live state")
+                && l.contains("epoch_mismatch")),
+        "the refusal is not logged: {logs}"
+    );
+}
+
+/// Runs `stoa drain` against `node` with the operator key `key`; its exit status, standard
+/// output and standard error.
+fn stoa_drain(node: &Endpoint, key: &str) -> (bool, String, String) {
+    let out = Command::new(common::BIN)
+        .args(["drain", "--server", &node.url])
+        .env("STOA_API_KEY", key)
+        .env_remove("STOA_REDIS_URL")
+        .output()
+        .expect("stoa drain runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `stoa drain`: the node takes no more people (joins are sent to the other node) and hands
+/// its rooms over as on a stop: its people are moved and hear the speaker again. It keeps
+/// running until stopped. A bad key, a participant's token, a node alone and the last node up
+/// are refused with stable codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_takes_no_one_and_hands_its_rooms_over() {
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let Heard {
+        mut nodes,
+        room,
+        mut sam,
+        mut lee,
+        mut hearing,
+        home,
+    } = Heard::start(&redis, &database).await;
+    let (home_name, other_name) = [("node-a", "node-b"), ("node-b", "node-a")][home];
+    let listener_code = nodes[0].invite(&room, "listener").await;
+
+    // Refused: a wrong key, and a participant's token.
+    let (ok, _, err) = stoa_drain(
+        &nodes[home],
+        "stoa_sk_notthekeynotthekeynotthekey0123456789",
+    );
+    assert!(!ok && err.contains("401"), "{err}");
+    let (_, joined) = nodes[0].join(&listener_code, "Pat").await;
+    let response = nodes[home]
+        .http
+        .post(format!("{}/api/v1/cluster/drain", nodes[home].url))
+        .bearer_auth(joined["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "operator_only"
+    );
+
+    let drained_at = Instant::now();
+    let (ok, out, err) = stoa_drain(&nodes[home], API_KEY);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "{home_name} is draining: 1 live rooms handed over to {other_name}"
+        )),
+        "{out}"
+    );
+    all_resume(
+        [(&mut sam, "Sam"), (&mut lee, "Lee")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let back_after = drained_at.elapsed();
+    all_media_back([(&mut sam, "Sam"), (&mut lee, "Lee")]).await;
+    hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
+    let audio_after = drained_at.elapsed();
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(lease.starts_with(&format!("{other_name} ")), "{lease:?}");
+
+    // It takes no one: it is not listed, a redemption through it is sent to the other node,
+    // and so is a socket that reaches it, even for a room nobody is in yet.
+    assert_eq!(nodes[home].node_names().await, [other_name]);
+    let (fresh_room, code) = nodes[home].room_with_invite("moderator").await;
+    let (status, ada) = nodes[home].join(&code, "Ada").await;
+    assert_eq!(status, 200, "{ada}");
+    assert_eq!(ada["signal_url"], nodes[1 - home].signal_url());
+    let (_socket, first) = Socket::open(
+        &nodes[home].signal_url(),
+        json!({"type": "join", "id": 1, "token": ada["token"]}),
+    )
+    .await;
+    assert_eq!(first["type"], "moved", "{first}");
+    assert_eq!(first["signal_url"], nodes[1 - home].signal_url());
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{fresh_room}")]);
+    assert!(lease.starts_with(&format!("{other_name} ")), "{lease:?}");
+    // It keeps running until told; draining it again changes nothing.
+    assert!(
+        nodes[home].child.try_wait().unwrap().is_none(),
+        "still running"
+    );
+    let (ok, out, _) = stoa_drain(&nodes[home], API_KEY);
+    assert!(ok && out.contains("no live rooms"), "{out}");
+
+    // The last node up has nowhere to send its people.
+    let (ok, _, err) = stoa_drain(&nodes[1 - home], API_KEY);
+    assert!(!ok && err.contains("409 no_other_node"), "{err}");
+    nodes[home].terminate();
+
+    // A node alone is not a cluster.
+    let alone = tempfile::tempdir().unwrap();
+    let mut served = common::serve(alone.path(), false, "warn");
+    let endpoint = Endpoint::new(served.url.clone());
+    let key = std::fs::read_to_string(alone.path().join("operator.key")).unwrap();
+    let (ok, _, err) = stoa_drain(&endpoint, key.trim());
+    assert!(!ok && err.contains("409 not_clustered"), "{err}");
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+    println!(
+        "{home_name} drained: its people resumed on {other_name} after {back_after:?}, \
+         the speaker heard again after {audio_after:?}"
     );
 }

@@ -3,12 +3,14 @@
 //! client that asserts ([`signal`]). The clients themselves (signaling, WebRTC, Opus) are the
 //! `stoa-client` library's; the load generator and the soak tool are built on it too.
 
+pub mod decoders;
 pub mod loadgen;
 pub mod nginx;
 pub mod postgres;
 pub mod redis;
 pub mod signal;
 pub mod soak;
+pub mod webhook_receiver;
 
 use std::time::Duration;
 

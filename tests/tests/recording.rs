@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use stoa_client::api::Api;
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
+use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{TestServer, tone_speaker};
 
@@ -33,62 +34,6 @@ async fn fetch(
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     (status, headers, res.bytes().await.unwrap().to_vec())
-}
-
-fn tool(name: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} runs (apt-get install ffmpeg): {e}"));
-    assert!(
-        out.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// What ffprobe says the file's duration is, in seconds.
-fn ffprobe_duration(path: &Path) -> f64 {
-    let out = tool(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name,channels:format=duration",
-            "-of",
-            "json",
-            path.to_str().unwrap(),
-        ],
-    );
-    let probe: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(probe["streams"][0]["codec_name"], "opus", "{probe}");
-    assert_eq!(probe["streams"][0]["channels"], 1, "{probe}");
-    s(&probe["format"]["duration"]).parse().unwrap()
-}
-
-/// The file decoded by ffmpeg: 48 kHz mono PCM.
-fn ffmpeg_pcm(path: &Path) -> Vec<i16> {
-    let raw = tool(
-        "ffmpeg",
-        &[
-            "-v",
-            "error",
-            "-i",
-            path.to_str().unwrap(),
-            "-f",
-            "s16le",
-            "-ac",
-            "1",
-            "-ar",
-            "48000",
-            "-",
-        ],
-    );
-    raw.chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
 }
 
 /// Share of 100 ms windows carrying the tone, from the first one that does.

@@ -340,6 +340,40 @@ fn rest_table() -> Vec<Row> {
             destructive: true,
             expect: moderators(204),
         },
+        // Clips: the last seconds of a live room by anyone in it; a range of a recording by
+        // whoever may read it; opened by anyone with the link.
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/clips",
+            path: |w| format!("/api/v1/rooms/{}/clips", w.room),
+            body: no_body,
+            destructive: false,
+            expect: members(201),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/recordings/{recording}/clips",
+            path: |w| format!("/api/v1/rooms/{}/recordings/{}/clips", w.room, w.recording),
+            body: |_| Some(json!({ "start_ms": 0, "end_ms": 100 })),
+            destructive: false,
+            expect: moderators(201),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/clips/{code}",
+            path: |w| format!("/api/v1/clips/{}", w.clip_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/clips/{code}/audio",
+            path: |w| format!("/api/v1/clips/{}/audio", w.clip_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
         // The cluster's nodes, their addresses and load: the operator's view.
         Row {
             method: Method::GET,
@@ -348,6 +382,18 @@ fn rest_table() -> Vec<Row> {
             body: no_body,
             destructive: false,
             expect: operator_only(200),
+        },
+        // Draining this node: the operator's; a node alone has no other to drain to.
+        Row {
+            method: Method::POST,
+            template: "/api/v1/cluster/drain",
+            path: |_| "/api/v1/cluster/drain".into(),
+            body: no_body,
+            destructive: false,
+            expect: {
+                let no = No(403, "operator_only");
+                authenticated(no, no, no, no, No(409, "not_clustered"))
+            },
         },
         // The webhook outbox: every room's events, the operator's view.
         Row {
@@ -443,6 +489,14 @@ fn rest_table() -> Vec<Row> {
         },
         Row {
             method: Method::GET,
+            template: "/c/{code}",
+            path: |w| format!("/c/{}", w.clip_code),
+            body: no_body,
+            destructive: false,
+            expect: anyone(Yes(200)),
+        },
+        Row {
+            method: Method::GET,
             template: "/l/{code}",
             path: |w| format!("/l/{}", w.listen_code),
             body: no_body,
@@ -482,6 +536,8 @@ struct World {
     /// A replay link of that recording: its id and its code.
     replay_link: String,
     replay_code: String,
+    /// A clip of the live room: its code.
+    clip_code: String,
     credentials: Vec<Option<String>>,
     _sockets: Vec<SignalClient>,
 }
@@ -520,7 +576,13 @@ impl World {
             .expect(204);
         let recorded = format!("/api/v1/rooms/{room}/recording");
         let recording = t.op(Method::POST, &recorded, None).await.expect(201);
+        // Enough audio for the clip rows to cut from.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         t.op(Method::DELETE, &recorded, None).await.expect(204);
+        let clip = t
+            .op(Method::POST, &format!("/api/v1/rooms/{room}/clips"), None)
+            .await
+            .expect(201);
         let replay = t
             .op(
                 Method::POST,
@@ -568,6 +630,7 @@ impl World {
             recording: s(&recording["id"]),
             replay_link: s(&replay["id"]),
             replay_code: s(&replay["code"]),
+            clip_code: s(&clip["code"]),
             credentials,
             _sockets: sockets,
         }
@@ -576,7 +639,8 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_against_every_caller() {
-    let t = TestServer::start().await;
+    // Every caller of every fresh world makes clips from one address: not the limit's test.
+    let t = TestServer::start_with(|c| c.recording.clip_burst = 10_000).await;
     let table = rest_table();
 
     // The table covers exactly the routes the server has: the OpenAPI document is generated

@@ -1,6 +1,8 @@
-//! `GET /api/v1/cluster/nodes`: the nodes of the cluster, with their addresses and load.
+//! `GET /api/v1/cluster/nodes`: the nodes of the cluster, with their addresses and load;
+//! `POST /api/v1/cluster/drain`: this node takes no more people and hands its rooms over.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -54,4 +56,67 @@ pub async fn list_nodes(
         this_node: state.node.name.clone(),
         nodes,
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Drained {
+    /// The node that is draining (the one that answered).
+    pub node: String,
+    pub draining: bool,
+    /// Live rooms handed over by this call (none when the node was draining already).
+    pub rooms_handed_over: usize,
+    /// The node their people were sent to, when there were any.
+    pub moved_to: Option<String>,
+}
+
+/// Drain this node (operator only): it leaves the node list, no room is placed here, and
+/// people who reach it are sent to their room's node; its live rooms are handed over as on a
+/// stop (everyone gets `moved` and resumes on the least full other node, the rooms' live state
+/// kept). The node goes on running, empty, until it is stopped. Repeating it changes nothing.
+#[utoipa::path(post, path = "/api/v1/cluster/drain", tag = "system",
+    responses(
+        (status = 200, body = Drained),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+        (status = 409, description = "`not_clustered`: a node alone has nowhere to send its people; `no_other_node`: no other node is up", body = Problem),
+        (status = 503, description = "Redis is unreachable", body = Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn drain(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<Drained>, ApiError> {
+    caller.require_operator()?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_clustered",
+            "this node is not one of a cluster (no redis_url): there is no other node to drain to",
+        ));
+    };
+    let answer = |rooms_handed_over, moved_to| Drained {
+        node: state.node.name.clone(),
+        draining: true,
+        rooms_handed_over,
+        moved_to,
+    };
+    if cluster.draining() {
+        return Ok(axum::Json(answer(0, None)));
+    }
+    let nodes = cluster.nodes().await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot list the cluster's nodes");
+        ApiError::cluster_unavailable()
+    })?;
+    if nodes.iter().all(|n| n.name == state.node.name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_other_node",
+            "no other node of the cluster is up to take this node's people",
+        ));
+    }
+    cluster.start_draining();
+    let rooms = state.live.live_count();
+    let successor = state.hand_rooms_over().await;
+    tracing::info!(rooms, to = ?successor.as_ref().map(|n| &n.name), "draining: rooms handed over");
+    Ok(axum::Json(answer(rooms, successor.map(|n| n.name))))
 }

@@ -177,6 +177,7 @@ impl From<ControlError> for ApiError {
                 ApiError::new(S::GONE, "replay_link_expired", detail)
             }
             ControlError::ReplayLinkUsedUp => ApiError::new(S::GONE, "replay_link_used_up", detail),
+            ControlError::ClipNotFound => ApiError::new(S::NOT_FOUND, "clip_not_found", detail),
             ControlError::ReplayLinkNotFound => {
                 ApiError::new(S::NOT_FOUND, "replay_link_not_found", detail)
             }

@@ -3,6 +3,7 @@
 
 mod auth_throttle;
 mod broadcast;
+mod clips;
 mod cluster;
 mod error;
 mod events;
@@ -138,6 +139,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(replays::list_replay_links))
         .routes(routes!(replays::revoke_replay_link))
         .routes(routes!(replays::redeem_replay))
+        .routes(routes!(clips::clip_live_room))
+        .routes(routes!(clips::clip_recording))
+        .routes(routes!(clips::get_clip))
+        .routes(routes!(clips::download_clip))
         .routes(routes!(broadcast::broadcast_link))
         .routes(routes!(
             listen::create_listen_link,
@@ -146,6 +151,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(listen::revoke_listen_link))
         .routes(routes!(listen::open_listen_link))
         .routes(routes!(cluster::list_nodes))
+        .routes(routes!(cluster::drain))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))

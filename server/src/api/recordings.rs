@@ -95,7 +95,7 @@ pub async fn list_recordings(
 
 /// The recording of `room` named by `id`, for a moderator of that room, the operator, or the
 /// holder of a replay token for it.
-async fn find(
+pub(super) async fn find(
     state: &AppState,
     viewer: &Viewer,
     room: &str,
@@ -109,16 +109,16 @@ async fn find(
 }
 
 /// In a cluster, a request about a file another node holds is answered by that node.
-async fn on_its_node(
+pub(super) async fn on_its_node(
     state: &AppState,
-    recording: &Recording,
+    holder: &str,
     request: Request,
 ) -> Option<Result<Response, ApiError>> {
     let cluster = state.cluster.as_ref()?;
-    if recording.node == state.node.name {
+    if holder == state.node.name {
         return None;
     }
-    let node = match cluster.node(&recording.node).await {
+    let node = match cluster.node(holder).await {
         Ok(Some(node)) => node,
         _ => {
             return Some(Err(ApiError::new(
@@ -162,7 +162,7 @@ pub async fn get_recording(
     request: Request,
 ) -> Result<Response, ApiError> {
     let recording = find(&state, &viewer, &room, &id).await?;
-    if let Some(answer) = on_its_node(&state, &recording, request).await {
+    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
         return answer;
     }
     let speakers = state.recordings.timeline(&recording.id).await;
@@ -175,7 +175,7 @@ pub async fn get_recording(
     .into_response())
 }
 
-/// Delete a recording: its file, its timeline and its replay links. A recording still being
+/// Delete a recording: its file, its timeline, its replay links and its clips. A recording still being
 /// written must be stopped first.
 #[utoipa::path(delete, path = "/api/v1/rooms/{room}/recordings/{recording}", tag = "recordings",
     params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id")),
@@ -189,10 +189,10 @@ pub async fn delete_recording(
     request: Request,
 ) -> Result<Response, ApiError> {
     let recording = find(&state, &Viewer::Caller(caller.clone()), &room, &id).await?;
-    if let Some(answer) = on_its_node(&state, &recording, request).await {
+    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
         return answer;
     }
-    let deleted = state
+    let (deleted, clips) = state
         .store
         .delete_recording(
             recording.room_id,
@@ -206,6 +206,9 @@ pub async fn delete_recording(
     if let Err(e) = state.recordings.delete_files(&deleted.id).await {
         tracing::error!(recording = %deleted.id, error = %e, "cannot delete a recording's files");
     }
+    // Clips of a recording are cut on the node that holds it: their files are here too.
+    let clips: Vec<_> = clips.into_iter().map(|c| c.id).collect();
+    state.recordings.delete_clip_files(&clips).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -250,13 +253,16 @@ pub async fn download_audio(
 ) -> Result<Response, ApiError> {
     let recording = find(&state, &viewer, &room, &id).await?;
     let headers = request.headers().clone();
-    if let Some(answer) = on_its_node(&state, &recording, request).await {
+    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
         return answer;
     }
     serve_file(&state.recordings.audio_path(&recording.id), &headers).await
 }
 
-async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn serve_file(
+    path: &std::path::Path,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -53,6 +53,11 @@ pub struct AppState {
     pub join_limiter: Arc<KeyedRateLimiter<IpAddr>>,
     /// Anonymous listeners' calls (listen links, heartbeats) per client address.
     pub listener_limiter: Arc<KeyedRateLimiter<IpAddr>>,
+    /// Clips made, per participant (or replay link, or the operator).
+    pub clip_limiter: Arc<KeyedRateLimiter<String>>,
+    /// Clips made, per client address (five times the allowance of one participant: people
+    /// behind one address share it).
+    pub clip_address_limiter: Arc<KeyedRateLimiter<IpAddr>>,
     /// Failed authentications per client address.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Open signaling sockets per client address.
@@ -96,6 +101,18 @@ impl AppState {
             listener_quota,
             clock.clone(),
         ));
+        let clip_quota = Quota::per_minute(
+            NonZeroU32::new(config.recording.clips_per_minute).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(config.recording.clip_burst).unwrap_or(NonZeroU32::MIN));
+        let clip_limiter = Arc::new(RateLimiter::dashmap_with_clock(clip_quota, clock.clone()));
+        let per_address = |n: u32| NonZeroU32::new(n.saturating_mul(5)).unwrap_or(NonZeroU32::MIN);
+        let address_quota = Quota::per_minute(per_address(config.recording.clips_per_minute))
+            .allow_burst(per_address(config.recording.clip_burst));
+        let clip_address_limiter = Arc::new(RateLimiter::dashmap_with_clock(
+            address_quota,
+            clock.clone(),
+        ));
         let auth_throttle = Arc::new(AuthThrottle::new(
             limits.auth_failures_per_minute,
             limits.auth_failure_burst,
@@ -114,6 +131,8 @@ impl AppState {
             clock.clone(),
             &config.data_dir,
             config.cluster.node_name(),
+            config.recording.clone(),
+            config.webhooks.url.is_some(),
         );
         let live = LiveRooms::new(
             store.clone(),
@@ -183,6 +202,8 @@ impl AppState {
             signal,
             join_limiter,
             listener_limiter,
+            clip_limiter,
+            clip_address_limiter,
             auth_throttle,
             sockets_per_address: Arc::new(dashmap::DashMap::new()),
             openapi_json: Arc::new(OnceLock::new()),
@@ -193,9 +214,29 @@ impl AppState {
 
     /// This node as a member of `cluster`.
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.live.attach_cluster(cluster.clone());
         self.signal.cluster = Some(cluster.clone());
         self.cluster = Some(cluster);
         self
+    }
+
+    /// Stops the live rooms for a stop or a drain. In a cluster the node leaves the registry
+    /// first (no room is placed here while the rest stops) and sends its rooms' people to the
+    /// least full other node (`moved`), where they resume at once and the rooms go on, their
+    /// live state kept; alone, or the last node, it tells them the server is restarting.
+    /// Returns the node they were sent to.
+    pub async fn hand_rooms_over(&self) -> Option<NodeInfo> {
+        let successor = match &self.cluster {
+            Some(cluster) => cluster.hand_over().await,
+            None => None,
+        };
+        if let Some(next) = &successor {
+            tracing::info!(node = %next.name, "handing the live rooms over");
+        }
+        self.live
+            .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
+            .await;
+        successor
     }
 
     /// `ws(s)://host/api/v1/signal` on this node, derived from its own base URL.
@@ -217,6 +258,39 @@ impl AppState {
     }
 
     /// The replay page of a replay link's code.
+    /// The page of a clip's link.
+    pub fn clip_url(&self, code: &str) -> String {
+        format!("{}/c/{code}", self.base_url)
+    }
+
+    /// A file held by node `holder` is on another node of the cluster.
+    pub fn holds_elsewhere(&self, holder: &str) -> bool {
+        self.cluster.is_some() && holder != self.node.name
+    }
+
+    /// Counts a clip against who makes it and where from; `too_many_clips` if either has
+    /// none left.
+    pub fn clip_allowance(&self, who: &str, ip: IpAddr) -> Result<(), super::ApiError> {
+        let checks = [
+            self.clip_address_limiter.check_key(&ip),
+            self.clip_limiter.check_key(&who.to_owned()),
+        ];
+        for check in checks {
+            if let Err(not_until) = check {
+                let wait = crate::clock::retry_after_secs(&not_until, &self.clock);
+                return Err(super::ApiError {
+                    retry_after_secs: Some(wait),
+                    ..super::ApiError::new(
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_clips",
+                        format!("too many clips made; retry in {wait} s"),
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn replay_url(&self, code: &str) -> String {
         format!("{}/r/{code}", self.base_url)
     }

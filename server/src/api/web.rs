@@ -1,7 +1,7 @@
 //! The browser client: its files (embedded at build time from `client-web/`) and the pages
 //! that start it. `/i/{code}` looks the invite up without using it, so the landing page can
 //! show the room's title before anyone joins; `/r/{code}` is the replay page of a replay link,
-//! `/l/{code}` a listen link's page.
+//! `/l/{code}` a listen link's page, `/c/{code}` a clip's.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -28,12 +28,13 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The pages and files, each answering GET (and HEAD). Kept as one table so the list the
 /// tests check (`paths`) is the list the router serves.
-fn table() -> [(&'static str, MethodRouter<AppState>); 5] {
+fn table() -> [(&'static str, MethodRouter<AppState>); 6] {
     [
         ("/", get(home)),
         ("/i/{code}", get(invite_page)),
         ("/r/{code}", get(replay_page)),
         ("/l/{code}", get(listen_page)),
+        ("/c/{code}", get(clip_page)),
         ("/app/{file}", get(asset)),
     ]
 }
@@ -199,6 +200,15 @@ async fn replay_page() -> Response {
 /// address and asks the link's entry point (rate-limited there), so serving it costs nothing.
 async fn listen_page() -> Response {
     match find("listen.html") {
+        Some(html) => html_page(StatusCode::OK, html),
+        None => client_missing(),
+    }
+}
+
+/// A clip's page: a player for one clip. It reads its code from its own address and asks the
+/// clip's entry point (rate-limited there).
+async fn clip_page() -> Response {
+    match find("clip.html") {
         Some(html) => html_page(StatusCode::OK, html),
         None => client_missing(),
     }

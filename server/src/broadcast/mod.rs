@@ -7,6 +7,7 @@
 //! - [`mp4`]: Opus in fragmented MP4 (CMAF).
 //! - [`hls`]: parts, segments and the media playlist.
 //! - [`audience`]: the anonymous listeners (listen links), counted from their heartbeats.
+//! - [`ring`]: the last seconds of the mix, kept for clips while the mix runs.
 //! - this file: a room's mix as a task fed by the media workers' tap
 //!   ([`crate::media::tap`]), started on demand, stopped when nobody asks for it and nothing
 //!   records it; its encoded frames go to the HLS stream and to a recording, if one is
@@ -21,6 +22,7 @@ pub mod audience;
 pub mod hls;
 pub mod mix;
 pub mod mp4;
+pub mod ring;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,6 +123,11 @@ pub struct Live {
     requests: AtomicU64,
     /// Listeners on listen links, by their heartbeats.
     anonymous: Mutex<audience::AnonymousAudience>,
+    /// The last seconds of the mix, for clips.
+    ring: Mutex<ring::Ring>,
+    /// Kept running while its room is live, for clips of the last seconds
+    /// ([`Broadcasts::hold`]).
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -151,6 +158,22 @@ impl Live {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .count(now_ms)
+    }
+
+    /// The mix's last seconds now, and the stream's pre-skip.
+    pub fn last_frames(&self) -> (ring::Window, u16) {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        (ring.window(), self.pre_skip)
+    }
+
+    /// Bytes of audio the clip ring holds.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).bytes()
+    }
+
+    /// Keeps the mix running while `held` (its room is live and clips of it may be made).
+    pub fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
     }
 
     /// Hands a frame to the recording, if one is attached; whether one is (a recording keeps
@@ -187,6 +210,9 @@ struct Inner {
     clock: Clock,
     key: [u8; 32],
     live: DashMap<RoomId, Arc<Live>>,
+    /// Frames each mix keeps for clips (`[recording] live_clip_secs`, and a little more for
+    /// the decoder to settle before a clip's first frame).
+    ring_frames: std::sync::atomic::AtomicUsize,
 }
 
 impl Broadcasts {
@@ -206,8 +232,20 @@ impl Broadcasts {
                 clock,
                 key,
                 live: DashMap::new(),
+                ring_frames: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Keeps this many frames of every mix for clips (set once at start).
+    pub fn keep_frames_for_clips(&self, frames: usize) {
+        self.inner.ring_frames.store(frames, Ordering::Relaxed);
+    }
+
+    /// Starts the room's mix (with broadcasts turned off too, like a recording) so that clips
+    /// of its last seconds can be made; [`Live::set_held`] keeps it running.
+    pub async fn hold(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
+        self.start_mix(room).await
     }
 
     pub fn settings(&self) -> &BroadcastSettings {
@@ -350,6 +388,10 @@ impl Broadcasts {
             ended: watch::channel(false).0,
             requests: AtomicU64::new(0),
             anonymous: Mutex::new(audience::AnonymousAudience::new(now)),
+            ring: Mutex::new(ring::Ring::new(
+                self.inner.ring_frames.load(Ordering::Relaxed),
+            )),
+            held: std::sync::atomic::AtomicBool::new(false),
         });
         // Two requests may race to start it: the first one in the map wins.
         let live = match self.inner.live.entry(room.clone()) {
@@ -400,7 +442,9 @@ impl Broadcasts {
                             break;
                         }
                     };
-                    let recorded = live.offer_to_recorder(&frame);
+                    // Recorded, or held for clips: kept running whoever listens.
+                    let needed = live.offer_to_recorder(&frame) | live.held.load(Ordering::Relaxed);
+                    live.ring.lock().unwrap_or_else(|e| e.into_inner()).push(&frame);
                     let now = self.inner.clock.now_ms();
                     let published = live
                         .stream
@@ -410,7 +454,7 @@ impl Broadcasts {
                     if let Some(position) = published {
                         live.published.send_replace(Some(position));
                         let seen = live.requests.load(Ordering::Relaxed);
-                        if seen != last_seen || recorded {
+                        if seen != last_seen || needed {
                             last_seen = seen;
                             idle_since = tokio::time::Instant::now();
                         } else if idle_since.elapsed() >= idle {

@@ -1,6 +1,6 @@
 //! The cluster: nodes that find each other, and agree where each live room lives, through
-//! Redis. Redis holds only what is live (who is up, which node is home to which room); the
-//! durable facts stay in the store.
+//! Redis. Redis holds only what is live (who is up, which node is home to which room, each
+//! live room's stage, hands and mutes); the durable facts stay in the store.
 //!
 //! Keys (all under `stoa:`):
 //!
@@ -10,6 +10,7 @@
 //! | `stoa:node:{name}` | the node's [`NodeInfo`] as JSON | `node_ttl_ms`, refreshed every heartbeat |
 //! | `stoa:room:{id}` | the room's lease, `{node} {epoch}` | `node_ttl_ms`, renewed by its home |
 //! | `stoa:room-epoch:{id}` | the room's last lease epoch | for ever |
+//! | `stoa:room-state:{id}` | the room's live state, `{node} {epoch} {seq}\n{json}` (`room_state.rs`) | `node_ttl_ms` + resume grace from its home's last renewal; deleted when the room ends or empties |
 //!
 //! A node that stops cleanly deletes its own key; one that dies stops refreshing it and is
 //! gone `node_ttl_ms` later, and so are its leases. The epoch grows with every placement, so a
@@ -18,6 +19,7 @@
 
 mod node;
 mod placement;
+mod room_state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,7 @@ mod throwaway_redis;
 
 pub use node::{Addresses, CpuMeter, Load, NodeInfo};
 pub use placement::{Home, Lease};
+pub use room_state::{Found, MAX_ROOM_STATE_BYTES, Saved};
 
 const NODE_PREFIX: &str = "stoa:node:";
 
@@ -126,6 +129,11 @@ struct Inner {
     shown_url: String,
     /// Rooms whose home is this node, with their lease epochs.
     held: std::sync::Mutex<std::collections::HashMap<String, placement::Held>>,
+    /// How long a participant's place is held after their socket drops (the room settings'),
+    /// for how long a room's kept state is worth keeping.
+    resume_grace_ms: std::sync::atomic::AtomicU64,
+    /// Draining (`stoa drain`): no room is placed here, and its rooms went to other nodes.
+    draining: AtomicBool,
 }
 
 /// Fingerprints of the keys every node must share (never the keys themselves).
@@ -181,6 +189,8 @@ impl Cluster {
                 reachable: AtomicBool::new(true),
                 left: AtomicBool::new(false),
                 held: std::sync::Mutex::new(std::collections::HashMap::new()),
+                resume_grace_ms: std::sync::atomic::AtomicU64::new(20_000),
+                draining: AtomicBool::new(false),
                 keys,
                 shown_url: shown.clone(),
             }),
@@ -210,6 +220,11 @@ impl Cluster {
 
     pub fn settings(&self) -> &ClusterSettings {
         &self.inner.settings
+    }
+
+    /// The rooms' resume grace, which a room's kept state outlives its home by.
+    pub fn set_resume_grace_ms(&self, ms: u64) {
+        self.inner.resume_grace_ms.store(ms, Ordering::Relaxed);
     }
 
     /// This node as the others see it.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::{Cluster, NODE_PREFIX, NodeInfo};
 
-const ROOM_PREFIX: &str = "stoa:room:";
+pub(super) const ROOM_PREFIX: &str = "stoa:room:";
 const EPOCH_PREFIX: &str = "stoa:room-epoch:";
 
 /// Whether a node accepts TCP connections at its base URL's address (within half a second):
@@ -35,7 +35,7 @@ async fn answers(node_url: &str) -> bool {
 /// A lease this node holds: its epoch, and when it was claimed.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Held {
-    epoch: u64,
+    pub(super) epoch: u64,
     claimed: std::time::Instant,
 }
 
@@ -46,6 +46,14 @@ impl Held {
     /// node take the room while this one starts it: one room, two homes.
     fn starting(&self, now: std::time::Instant, grace: std::time::Duration) -> bool {
         now.saturating_duration_since(self.claimed) < grace
+    }
+
+    /// A lease of `epoch` claimed now.
+    pub(super) fn now(epoch: u64) -> Held {
+        Held {
+            epoch,
+            claimed: std::time::Instant::now(),
+        }
     }
 }
 
@@ -79,6 +87,14 @@ pub enum Home {
     Elsewhere(Box<NodeInfo>, Lease),
 }
 
+/// No node is up to take a room (this one is draining and is the last).
+fn no_node() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "no node that is up takes rooms (this one is draining)",
+    ))
+}
+
 /// The node with the most room left (by name among equals).
 fn least_full(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
     nodes.min_by(|a, b| {
@@ -100,17 +116,19 @@ local value = ARGV[1] .. ' ' .. epoch
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value";
 
-/// Renews each lease (KEYS[2i - 1], ARGV[i + 1]) still held as given; answers 1 or 0 for
+/// Renews each lease (KEYS[3i - 2], ARGV[i + 2]) still held as given; answers 1 or 0 for
 /// each. A lease that is missing altogether (Redis restarted empty, or it expired while this
 /// node was cut off and nobody took the room) is written back, with the epoch counter
-/// (KEYS[2i]) raised to at least its epoch, so later placements still get new epochs.
+/// (KEYS[3i - 1]) raised to at least its epoch, so later placements still get new epochs. The
+/// room's kept state (KEYS[3i]) lives on for `ARGV[2]` ms from each renewal.
 const RENEW: &str = r"
 local out = {}
-for i = 1, #KEYS / 2 do
-  local lease, counter, value = KEYS[2 * i - 1], KEYS[2 * i], ARGV[i + 1]
+for i = 1, #KEYS / 3 do
+  local lease, counter, state, value = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[i + 2]
   local held = redis.call('GET', lease)
   if held == value then
     redis.call('PEXPIRE', lease, ARGV[1])
+    redis.call('PEXPIRE', state, ARGV[2])
     out[i] = 1
   elseif not held then
     local epoch = tonumber(string.match(value, ' (%d+)$'))
@@ -133,6 +151,9 @@ impl Cluster {
     /// The room's home, placing it on the least full node when it has none that is up. Used
     /// when someone redeems an invite: their socket goes to the answer's node.
     pub async fn place(&self, room: &str) -> redis::RedisResult<Home> {
+        if self.draining() {
+            return self.place_away(room).await;
+        }
         if let Some(lease) = self.lease(room).await?
             && let Some(node) = self.node(&lease.node).await?
         {
@@ -156,6 +177,57 @@ impl Cluster {
             // The chosen node went away between the two reads: this node takes the room.
             None => self.claim(room).await,
         }
+    }
+
+    /// Where a draining node sends someone: the room's home if another node that answers
+    /// holds it, else the least full other node, which the room is placed on. Never here,
+    /// even for a room this node still runs for a moment.
+    async fn place_away(&self, room: &str) -> redis::RedisResult<Home> {
+        let me = self.inner.name.clone();
+        let mut stale = None;
+        if let Some(lease) = self.lease(room).await?
+            && lease.node != me
+        {
+            match self.node(&lease.node).await? {
+                Some(node) if answers(node.reach()).await => {
+                    return Ok(Home::Elsewhere(Box::new(node), lease));
+                }
+                Some(_) => stale = Some(lease),
+                None => {}
+            }
+        }
+        let others = self.nodes().await?.into_iter().filter(|n| n.name != me);
+        let Some(target) = least_full(others) else {
+            return Err(no_node());
+        };
+        if let Some(stale) = stale {
+            let _: i64 = redis::Script::new(RELEASE)
+                .key(format!("{ROOM_PREFIX}{room}"))
+                .arg(stale.value())
+                .invoke_async(&mut self.redis())
+                .await?;
+        }
+        let lease = self.take(room, &target.name).await?;
+        match self.node(&lease.node).await? {
+            Some(node) if node.name != me => Ok(Home::Elsewhere(Box::new(node), lease)),
+            _ => Err(no_node()),
+        }
+    }
+
+    /// Whether this node is draining: it takes no room, and sends people elsewhere.
+    pub fn draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts draining (`stoa drain`): from now on no room is placed here, and someone
+    /// arriving for a room is sent to its home, or to the least full other node. The rooms
+    /// live here now are handed over by the caller, as on a stop ([`Cluster::hand_over`]).
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Leaves the registry (no room is placed here from now on) and names the node this one's
@@ -187,15 +259,14 @@ impl Cluster {
     /// A participant of the room arrived here: the room stays (or becomes) at home here
     /// unless another node that is up holds it.
     pub async fn claim(&self, room: &str) -> redis::RedisResult<Home> {
+        if self.draining() {
+            return self.place_away(room).await;
+        }
         let mut lease = self.take(room, &self.inner.name.clone()).await?;
         // Twice at most: a holder that vanished between two reads is taken over once.
         for _ in 0..2 {
             if lease.node == self.inner.name {
-                let held = Held {
-                    epoch: lease.epoch,
-                    claimed: std::time::Instant::now(),
-                };
-                self.held().insert(room.to_owned(), held);
+                self.held().insert(room.to_owned(), Held::now(lease.epoch));
                 return Ok(Home::Here(lease));
             }
             match self.node(&lease.node).await? {
@@ -240,9 +311,11 @@ impl Cluster {
         let renew = redis::Script::new(RENEW);
         let mut script = renew.prepare_invoke();
         script.arg(self.inner.settings.node_ttl_ms);
+        script.arg(self.room_state_ttl_ms());
         for (room, epoch, _) in &running {
             script.key(format!("{ROOM_PREFIX}{room}"));
             script.key(format!("{EPOCH_PREFIX}{room}"));
+            script.key(format!("{}{room}", super::room_state::STATE_PREFIX));
             script.arg(
                 Lease {
                     node: self.inner.name.clone(),
@@ -268,7 +341,7 @@ impl Cluster {
         self.held().len()
     }
 
-    async fn release(&self, room: &str, epoch: u64) -> redis::RedisResult<()> {
+    pub(super) async fn release(&self, room: &str, epoch: u64) -> redis::RedisResult<()> {
         let value = Lease {
             node: self.inner.name.clone(),
             epoch,
@@ -324,13 +397,13 @@ impl Cluster {
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.inner.held.lock().expect("held leases poisoned")
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{Addresses, Cluster, Fingerprints, Load, NodeInfo};
     use super::Home;
     use crate::config::ClusterSettings;
@@ -341,7 +414,10 @@ mod tests {
 
     /// A node of a cluster on `redis`, whose own address accepts connections (as a running
     /// node's does: placement checks it).
-    async fn node(name: &str, redis: &throwaway_redis::Redis) -> (Cluster, std::net::TcpListener) {
+    pub(crate) async fn node(
+        name: &str,
+        redis: &throwaway_redis::Redis,
+    ) -> (Cluster, std::net::TcpListener) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let settings = ClusterSettings {

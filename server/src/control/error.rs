@@ -22,6 +22,9 @@ pub enum ControlError {
     /// A recording still being written cannot be deleted (stop it first).
     #[error("the recording is still being written; stop it first")]
     RecordingInProgress,
+    /// Unknown clip code (or a deleted clip).
+    #[error("no such clip")]
+    ClipNotFound,
     #[error("no such participant")]
     ParticipantNotFound,
     #[error("the room has ended")]

@@ -99,6 +99,12 @@ prefixed_id!(
 );
 
 prefixed_id!(
+    /// A clip of a room's mix, e.g. `cl_3kPq0s9XvB1c2d3e`; also its file's name.
+    ClipId,
+    "cl_"
+);
+
+prefixed_id!(
     /// A listen link (a room's public broadcast), as moderators manage it; its code is never
     /// stored.
     ListenLinkId,

@@ -3,6 +3,7 @@
 //! rules for creating and redeeming them. Knows SQLite and PostgreSQL; knows nothing of HTTP or
 //! sockets.
 
+mod clip;
 mod error;
 mod ids;
 mod invite_code;
@@ -11,10 +12,11 @@ mod model;
 mod store;
 pub mod validate;
 
+pub use clip::{Clip, ClipCode, NewClip};
 pub use error::{ControlError, error_chain};
 pub use ids::{
-    Delivery, InviteId, ListenLinkId, ParticipantId, RecordingId, ReplayLinkId, Role, RoomId,
-    random_token,
+    ClipId, Delivery, InviteId, ListenLinkId, ParticipantId, RecordingId, ReplayLinkId, Role,
+    RoomId, random_token,
 };
 pub use invite_code::{IdentitySecret, InviteCode};
 pub use listen_link::{CreatedListenLink, ListenCode, ListenLink, NewListenLink};

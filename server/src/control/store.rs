@@ -16,6 +16,7 @@ use super::{
     NewRoom, Page, ParticipantId, Recording, RecordingId, Redemption, Room, RoomId, RoomWrite,
 };
 use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
+use super::{Clip, ClipCode, NewClip};
 use super::{CreatedListenLink, ListenCode, ListenLink, ListenLinkId, NewListenLink};
 use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 
@@ -63,6 +64,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0009_listen_links.sql"),
         postgres: include_str!("migrations/postgres/0009_listen_links.sql"),
+    },
+    Migration {
+        sqlite: include_str!("migrations/0010_clips.sql"),
+        postgres: include_str!("migrations/postgres/0010_clips.sql"),
     },
 ];
 
@@ -350,14 +355,16 @@ impl Store {
         on_engine!(self.create_recording(room, node, now_ms))
     }
 
-    /// Closes a recording that is still `recording`; one already closed is left alone
-    /// (`false`).
+    /// Closes a recording that is still `recording`, with `webhooks` (the events that report
+    /// it) in the same transaction; one already closed is left alone (`false`, nothing
+    /// written).
     pub async fn finish_recording(
         &self,
         id: RecordingId,
         finished: FinishedRecording,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<bool> {
-        on_engine!(self.finish_recording(id, finished))
+        on_engine!(self.finish_recording(id, finished, webhooks))
     }
 
     /// One recording of a room (`RecordingNotFound` for another room's).
@@ -374,17 +381,39 @@ impl Store {
         on_engine!(self.list_recordings(room, page))
     }
 
-    /// Forgets a finished recording of `room` with its replay links, and writes
+    /// Forgets a finished recording of `room` with its replay links and its clips, and writes
     /// `recording.deleted` to the audit log, in one transaction; the caller then deletes the
-    /// files. Refuses one still being written (`RecordingInProgress`).
+    /// files (the recording's and its clips', returned). Refuses one still being written
+    /// (`RecordingInProgress`).
     pub async fn delete_recording(
         &self,
         room: RoomId,
         id: RecordingId,
         actor: Actor,
         now_ms: i64,
-    ) -> Result<Recording> {
+    ) -> Result<(Recording, Vec<Clip>)> {
         on_engine!(self.delete_recording(room, id, actor, now_ms))
+    }
+
+    /// Remembers a clip whose file is written, with its `clip.created` audit line and
+    /// `webhooks`, in one transaction. A clip of a recording deleted meanwhile is refused
+    /// (`RecordingNotFound`): the caller deletes its file. `created_by` names who made it (a
+    /// replay link's id when that is all that is known).
+    pub async fn create_clip(
+        &self,
+        room: RoomId,
+        new: NewClip,
+        actor: Actor,
+        created_by: String,
+        now_ms: i64,
+        webhooks: Vec<NewWebhook>,
+    ) -> Result<Clip> {
+        on_engine!(self.create_clip(room, new, actor, created_by, now_ms, webhooks))
+    }
+
+    /// The clip a link's code opens (`ClipNotFound` for an unknown code or a deleted clip).
+    pub async fn clip_by_code(&self, code: ClipCode) -> Result<Clip> {
+        on_engine!(self.clip_by_code(code))
     }
 
     /// Recordings `node` left in state `recording` (it was killed while writing them).

@@ -11,6 +11,7 @@
 //! mid-recording loses at most the last second and leaves a playable file; at start each
 //! recording this node left `recording` is cut to its last whole page and closed as `ready`.
 
+pub mod clips;
 pub mod ogg;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +25,14 @@ use tokio::task::JoinHandle;
 
 use crate::broadcast::{Broadcasts, Feed};
 use crate::clock::Clock;
+use crate::config::RecordingSettings;
 use crate::control::{
-    ControlError, FinishedRecording, ParticipantId, Recording, RecordingId, RecordingState, RoomId,
-    Store,
+    ClipId, ControlError, FinishedRecording, ParticipantId, Recording, RecordingId, RecordingState,
+    RoomId, Store,
 };
 use crate::room::{LiveRooms, Recorder, RecorderFuture};
+use crate::webhooks::{self, event_type};
+use clips::ClipAudio;
 use ogg::{OggOpusWriter, StreamInfo};
 
 /// Frames per page: a page a second (50 frames of 20 ms).
@@ -37,7 +41,7 @@ const FLUSH_FRAMES: usize = 50;
 const TIMELINE_QUEUE: usize = 64;
 /// The largest timeline the API reads back (about a day of changes every few seconds).
 pub const MAX_TIMELINE_BYTES: u64 = 4 * 1024 * 1024;
-const VENDOR: &str = concat!("stoa ", env!("CARGO_PKG_VERSION"));
+pub(crate) const VENDOR: &str = concat!("stoa ", env!("CARGO_PKG_VERSION"));
 
 /// One moment of a recording's timeline: from `at_ms` (into the recording's audio) these were
 /// speaking, loudest first.
@@ -62,6 +66,11 @@ struct Inner {
     active: DashMap<RoomId, Active>,
     /// Told when a recording stops by itself; set once the live rooms exist.
     rooms: OnceLock<LiveRooms>,
+    settings: RecordingSettings,
+    /// `[webhooks]` is configured: a finished recording makes `recording.ready`.
+    webhooks: bool,
+    /// Live rooms whose mix is held for clips of their last seconds.
+    held: std::sync::Mutex<std::collections::HashSet<RoomId>>,
 }
 
 /// A recording being written.
@@ -80,7 +89,13 @@ impl Recordings {
         clock: Clock,
         data_dir: &Path,
         node: String,
+        settings: RecordingSettings,
+        webhooks: bool,
     ) -> Self {
+        if settings.live_clip_secs > 0 {
+            let frames = settings.live_clip_secs as usize * 50 + clips::PREROLL_FRAMES as usize;
+            broadcasts.keep_frames_for_clips(frames);
+        }
         Recordings {
             inner: Arc::new(Inner {
                 broadcasts,
@@ -90,6 +105,9 @@ impl Recordings {
                 node,
                 active: DashMap::new(),
                 rooms: OnceLock::new(),
+                settings,
+                webhooks,
+                held: Default::default(),
             }),
         }
     }
@@ -168,12 +186,32 @@ impl Recordings {
                 duration_ms = finished.duration_ms,
                 "closed a recording left open by a crash"
             );
-            self.inner
-                .store
-                .finish_recording(recording.id.clone(), finished)
-                .await?;
+            self.finish(recording, finished).await?;
         }
         Ok(left.len())
+    }
+
+    /// Closes a recording's row, with `recording.ready` in the same transaction when it is.
+    async fn finish(
+        &self,
+        recording: &Recording,
+        finished: FinishedRecording,
+    ) -> Result<bool, ControlError> {
+        let mut events = Vec::new();
+        if self.inner.webhooks && finished.state == RecordingState::Ready {
+            let data = serde_json::json!({
+                "room_id": recording.room_id,
+                "recording_id": recording.id,
+                "duration_ms": finished.duration_ms,
+                "size_bytes": finished.size_bytes,
+            });
+            let at = finished.ended_at_ms;
+            events.push(webhooks::event(event_type::RECORDING_READY, data, at));
+        }
+        self.inner
+            .store
+            .finish_recording(recording.id.clone(), finished, events)
+            .await
     }
 
     /// What a file on disk holds: cut after its last whole page, measured.
@@ -242,11 +280,7 @@ impl Recordings {
             Ok(files) => files,
             Err(e) => {
                 let failed = self.settle(&recording.id).await;
-                let _ = self
-                    .inner
-                    .store
-                    .finish_recording(recording.id.clone(), failed)
-                    .await;
+                let _ = self.finish(&recording, failed).await;
                 return Err(format!("cannot write the recording: {e}"));
             }
         };
@@ -283,7 +317,129 @@ impl Recordings {
     }
 }
 
+/// Why a clip could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    /// Its room's mix does not run on this node (nobody is in the room, or live clips are
+    /// turned off).
+    #[error("the room is not live here")]
+    NotLive,
+    /// The mix has made no audio yet.
+    #[error("nothing has been heard yet")]
+    Empty,
+    #[error("the recording does not hold that range")]
+    OutOfRange,
+    #[error("the recording's file cannot be read")]
+    Unreadable,
+    #[error("cannot write the clip: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Recordings {
+    pub fn settings(&self) -> &RecordingSettings {
+        &self.inner.settings
+    }
+
+    /// Where a clip's audio is (on the node that holds it).
+    pub fn clip_path(&self, id: &ClipId) -> PathBuf {
+        self.inner
+            .dir
+            .with_file_name("clips")
+            .join(format!("{id}.ogg"))
+    }
+
+    /// The last seconds of a live room's mix on this node.
+    pub fn clip_live(&self, room: &RoomId) -> Result<ClipAudio, ClipError> {
+        let secs = self.inner.settings.live_clip_secs;
+        let live = self
+            .inner
+            .broadcasts
+            .get(room)
+            .filter(|_| secs > 0)
+            .ok_or(ClipError::NotLive)?;
+        let (window, pre_skip) = live.last_frames();
+        clips::cut_live(&window, pre_skip, secs).ok_or(ClipError::Empty)
+    }
+
+    /// `start_ms..end_ms` of a recording whose file is on this node.
+    pub async fn clip_recording(
+        &self,
+        id: &RecordingId,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> Result<ClipAudio, ClipError> {
+        let path = self.audio_path(id);
+        let cut = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path).map_err(|_| ClipError::Unreadable)?;
+            clips::cut_recording(std::io::BufReader::new(file), start_ms, end_ms).map_err(|e| {
+                match e {
+                    clips::CutError::OutOfRange => ClipError::OutOfRange,
+                    clips::CutError::Unreadable => ClipError::Unreadable,
+                }
+            })
+        });
+        cut.await.map_err(|_| ClipError::Unreadable)?
+    }
+
+    /// Writes a clip's file, synced: the store will say it exists.
+    pub async fn save_clip(&self, id: &ClipId, audio: &ClipAudio) -> Result<(), ClipError> {
+        let path = self.clip_path(id);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut file = tokio::fs::File::create(&path).await?;
+        file.write_all(&audio.bytes).await?;
+        file.sync_all().await?;
+        Ok(())
+    }
+
+    /// Deletes clips' files from this node, once the store has forgotten them.
+    pub async fn delete_clip_files(&self, ids: &[ClipId]) {
+        for id in ids {
+            match tokio::fs::remove_file(self.clip_path(id)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::error!(clip = %id, error = %e, "cannot delete a clip's file");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Holds the room's mix while it is live, so its last seconds can be clipped.
+    fn hold_for_clips(&self, room: &RoomId, live: bool) {
+        if self.inner.settings.live_clip_secs == 0 {
+            return;
+        }
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !live {
+            held.remove(room);
+            if let Some(mix) = self.inner.broadcasts.get(room) {
+                mix.set_held(false);
+            }
+            return;
+        }
+        held.insert(room.clone());
+        drop(held);
+        let this = self.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            match this.inner.broadcasts.hold(&room).await {
+                Ok(mix) => {
+                    // Under the lock: a room that stopped being live meanwhile is let go.
+                    let held = this.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+                    mix.set_held(held.contains(&room));
+                }
+                Err(e) => tracing::warn!(%room, error = %e, "no mix to clip from"),
+            }
+        });
+    }
+}
+
 impl Recorder for Recordings {
+    fn live(&self, room: &RoomId, live: bool) {
+        self.hold_for_clips(room, live);
+    }
+
     fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>> {
         Box::pin(self.start_recording(room))
     }
@@ -369,13 +525,7 @@ impl Writer {
             // Whatever the disk kept, measured as after a crash.
             _ => self.recordings.settle(&id).await,
         };
-        if let Err(e) = self
-            .recordings
-            .inner
-            .store
-            .finish_recording(id.clone(), finished)
-            .await
-        {
+        if let Err(e) = self.recordings.finish(&self.recording, finished).await {
             // Left `recording`: the next start closes it from the file.
             tracing::error!(recording = %id, error = %e, "cannot record the end of a recording");
         }
@@ -428,7 +578,7 @@ fn settle_file(path: &Path) -> Option<(ogg::Tail, u64)> {
     Some((tail, tail.valid_len))
 }
 
-fn rand_serial() -> u32 {
+pub(crate) fn rand_serial() -> u32 {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).expect("the OS random generator is unavailable");
     u32::from_le_bytes(bytes)

@@ -200,6 +200,88 @@ pub fn read_tail(file: &[u8]) -> Option<Tail> {
     tail
 }
 
+/// Reads an Ogg Opus stream's packets in order, page by page from any reader (a file of many
+/// hours is never held whole). Stops at the end or at the first torn or corrupt page, as
+/// [`read_tail`] does.
+pub struct PacketReader<R> {
+    source: R,
+    /// The stream's pre-skip, from its OpusHead.
+    pub pre_skip: u16,
+    page: Vec<u8>,
+    /// Whole packets of the pages read, not handed out yet.
+    ready: std::collections::VecDeque<Vec<u8>>,
+    /// A packet not ended yet (its lacing ended on 255 at the end of a page).
+    partial: Vec<u8>,
+}
+
+impl<R: std::io::Read> PacketReader<R> {
+    /// `None` unless the stream starts with a valid OpusHead, then OpusTags; audio packets
+    /// follow.
+    pub fn new(source: R) -> Option<Self> {
+        let mut reader = PacketReader {
+            source,
+            pre_skip: 0,
+            page: Vec::with_capacity(8 * 1024),
+            ready: std::collections::VecDeque::new(),
+            partial: Vec::new(),
+        };
+        let head = reader.next_packet()?;
+        if head.len() < 19 || &head[..8] != b"OpusHead" {
+            return None;
+        }
+        reader.pre_skip = u16::from_le_bytes([head[10], head[11]]);
+        let tags = reader.next_packet()?;
+        (tags.len() >= 8 && &tags[..8] == b"OpusTags").then_some(reader)
+    }
+
+    /// The next whole packet, or `None` at the end of what is valid.
+    pub fn next_packet(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(packet) = self.ready.pop_front() {
+                return Some(packet);
+            }
+            if !self.read_page() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads and checks the next page; queues the packets that end on it.
+    fn read_page(&mut self) -> bool {
+        let page = &mut self.page;
+        page.resize(HEADER, 0);
+        if self.source.read_exact(page).is_err() {
+            return false;
+        }
+        let segments = usize::from(page[26]);
+        page.resize(HEADER + segments, 0);
+        if self.source.read_exact(&mut page[HEADER..]).is_err() {
+            return false;
+        }
+        let body_len: usize = page[HEADER..].iter().map(|&l| usize::from(l)).sum();
+        page.resize(HEADER + segments + body_len, 0);
+        if self
+            .source
+            .read_exact(&mut page[HEADER + segments..])
+            .is_err()
+            || page_at(page).is_none()
+        {
+            return false;
+        }
+        let (table, body) = page[HEADER..].split_at(segments);
+        let mut at = 0;
+        for &lacing in table {
+            let end = at + usize::from(lacing);
+            self.partial.extend_from_slice(&body[at..end]);
+            at = end;
+            if lacing < 255 {
+                self.ready.push_back(std::mem::take(&mut self.partial));
+            }
+        }
+        true
+    }
+}
+
 /// The page at the start of `bytes`: its length, granule position and body, if it is whole and
 /// its checksum is right.
 fn page_at(bytes: &[u8]) -> Option<(usize, u64, &[u8])> {

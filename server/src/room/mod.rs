@@ -7,6 +7,7 @@ pub mod event;
 pub mod participant;
 pub mod permissions;
 pub mod refusal;
+pub mod saved;
 pub mod snapshot;
 pub mod state;
 
@@ -20,5 +21,6 @@ pub use event::{
 };
 pub use participant::{Participant, ParticipantView, Presence};
 pub use refusal::Refusal;
+pub use saved::{SavedParticipant, SavedRefusal, SavedRoom};
 pub use snapshot::{AudiencePage, Snapshot};
 pub use state::{RoomLimits, RoomState};

@@ -4,6 +4,7 @@
 mod membership;
 mod moderation;
 mod recording;
+mod saving;
 mod stage;
 #[cfg(test)]
 mod testkit;

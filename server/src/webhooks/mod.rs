@@ -33,6 +33,8 @@ pub mod event_type {
     pub const PARTICIPANT_BANNED: &str = "participant.banned";
     pub const RECORDING_STARTED: &str = "recording.started";
     pub const RECORDING_STOPPED: &str = "recording.stopped";
+    pub const RECORDING_READY: &str = "recording.ready";
+    pub const CLIP_CREATED: &str = "clip.created";
 }
 
 /// An event for the outbox: a fresh `webhook-id` and the body every attempt sends,

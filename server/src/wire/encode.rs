@@ -134,6 +134,10 @@ impl<P: Serialize> AudiencePageMessage<'_, P> {
 pub struct MediaInfo {
     /// Audio sections to offer: one per slot (the loudest speakers); the first may send.
     pub slots: usize,
+    /// The server has no media connection of this participant's (the room moved to this
+    /// node after its previous one died or stopped): make a new one. Absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reconnect: bool,
 }
 
 /// A room event as sent: its own fields (`type` among them) plus the room-wide `seq`.
@@ -173,7 +177,10 @@ mod tests {
             seq: 4,
             resume_token: "rs1.x",
             resume_grace_secs: 30,
-            media: MediaInfo { slots: 3 },
+            media: MediaInfo {
+                slots: 3,
+                reconnect: false,
+            },
             snapshot: &snapshot,
         };
         let v: Value = serde_json::from_str(&welcome.to_json()).unwrap();

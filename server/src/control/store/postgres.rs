@@ -15,7 +15,7 @@ use tokio_postgres::{NoTls, Row};
 use super::super::error_chain as chain;
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
-    Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
+    Actor, AuditEvent, Clip, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
     NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
     Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
@@ -23,6 +23,7 @@ use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, We
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
+mod clips;
 mod listen_links;
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -656,12 +657,14 @@ impl PgStore {
         &self,
         id: RecordingId,
         f: FinishedRecording,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<bool> {
-        let c = self.client().await?;
-        let changed = c
-            .execute(
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let room = tx
+            .query_opt(
                 "UPDATE recordings SET state = $2, ended_at = $3, duration_ms = $4, size_bytes = $5
-                 WHERE id = $1 AND state = 'recording'",
+                 WHERE id = $1 AND state = 'recording' RETURNING room_id",
                 &[
                     &id.as_str(),
                     &f.state.as_str(),
@@ -671,7 +674,13 @@ impl PgStore {
                 ],
             )
             .await?;
-        Ok(changed == 1)
+        let Some(room) = room else {
+            return Ok(false);
+        };
+        let room = RoomId::from_trusted(room.try_get(0)?);
+        insert_webhooks(&tx, &room, &webhooks).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub(super) async fn recording(&self, room: RoomId, id: RecordingId) -> Result<Recording> {
@@ -706,7 +715,7 @@ impl PgStore {
         id: RecordingId,
         actor: Actor,
         now_ms: i64,
-    ) -> Result<Recording> {
+    ) -> Result<(Recording, Vec<Clip>)> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         room_by_id(&tx, &room, "FOR SHARE")
@@ -732,6 +741,7 @@ impl PgStore {
             &[&id.as_str()],
         )
         .await?;
+        let clips = clips::delete_clips_of_recording(&tx, &id).await?;
         tx.execute("DELETE FROM recordings WHERE id = $1", &[&id.as_str()])
             .await?;
         let detail = rules::recording_deleted_detail(&recording);
@@ -746,7 +756,7 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(recording)
+        Ok((recording, clips))
     }
 
     pub(super) async fn unfinished_recordings(&self, node: String) -> Result<Vec<Recording>> {

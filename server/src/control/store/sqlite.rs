@@ -10,7 +10,7 @@ use rusqlite_migration::{M, Migrations};
 
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
-    Actor, AuditEvent, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
+    Actor, AuditEvent, Clip, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
     NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
     Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
@@ -18,6 +18,7 @@ use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, We
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 use super::{MIGRATIONS, rules};
 
+mod clips;
 mod listen_links;
 
 fn migrations() -> Migrations<'static> {
@@ -597,20 +598,30 @@ impl SqliteStore {
         &self,
         id: RecordingId,
         f: FinishedRecording,
+        webhooks: Vec<NewWebhook>,
     ) -> Result<bool> {
         self.call(move |c| {
-            let changed = c.execute(
-                "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, size_bytes = ?5
-                 WHERE id = ?1 AND state = 'recording'",
-                params![
-                    id.as_str(),
-                    f.state.as_str(),
-                    f.ended_at_ms,
-                    f.duration_ms,
-                    f.size_bytes
-                ],
-            )?;
-            Ok(changed == 1)
+            let tx = c.transaction()?;
+            let room: Option<String> = tx
+                .query_row(
+                    "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, size_bytes = ?5
+                     WHERE id = ?1 AND state = 'recording' RETURNING room_id",
+                    params![
+                        id.as_str(),
+                        f.state.as_str(),
+                        f.ended_at_ms,
+                        f.duration_ms,
+                        f.size_bytes
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(room) = room else {
+                return Ok(false);
+            };
+            insert_webhooks(&tx, &RoomId::from_trusted(room), &webhooks)?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -644,7 +655,7 @@ impl SqliteStore {
         id: RecordingId,
         actor: Actor,
         now_ms: i64,
-    ) -> Result<Recording> {
+    ) -> Result<(Recording, Vec<Clip>)> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let recording = recording_where(&tx, "id = ?1", id.as_str())?
@@ -658,6 +669,11 @@ impl SqliteStore {
                 "DELETE FROM replay_links WHERE recording_id = ?1",
                 params![id.as_str()],
             )?;
+            let clips = clips::clips_of_recording(&tx, &id)?;
+            tx.execute(
+                "DELETE FROM clips WHERE recording_id = ?1",
+                params![id.as_str()],
+            )?;
             tx.execute("DELETE FROM recordings WHERE id = ?1", params![id.as_str()])?;
             audit(
                 &tx,
@@ -669,7 +685,7 @@ impl SqliteStore {
                 now_ms,
             )?;
             tx.commit()?;
-            Ok(recording)
+            Ok((recording, clips))
         })
         .await
     }

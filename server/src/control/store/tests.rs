@@ -91,7 +91,7 @@ async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
     };
     assert!(
         store
-            .finish_recording(first.id.clone(), finished)
+            .finish_recording(first.id.clone(), finished, Vec::new())
             .await
             .unwrap()
     );
@@ -102,7 +102,7 @@ async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
     };
     assert!(
         !store
-            .finish_recording(first.id.clone(), failed)
+            .finish_recording(first.id.clone(), failed, Vec::new())
             .await
             .unwrap()
     );

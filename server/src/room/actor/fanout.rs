@@ -99,6 +99,7 @@ impl RoomTask {
         request_id: Option<&RequestId>,
         resume_token: &str,
         snapshot: &Snapshot,
+        reconnect_media: bool,
     ) {
         let welcome = Welcome {
             id: request_id,
@@ -108,6 +109,7 @@ impl RoomTask {
             resume_grace_secs: self.deps.settings.resume_grace_secs,
             media: MediaInfo {
                 slots: self.deps.media.slots(),
+                reconnect: reconnect_media,
             },
             snapshot,
         }

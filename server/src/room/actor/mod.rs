@@ -9,10 +9,13 @@
 //! - `hooks.rs`: webhook events derived from what the room decided, in one place;
 //! - `records.rs`: the room's writer: its records written to the store in order, off the task;
 //! - `media.rs`: offers, send rights and closes handed to media;
+//! - `keep.rs`: in a cluster, the room's live state kept in Redis for the next home, and taken
+//!   back from there;
 //! - the [`Recorder`]: recordings started and stopped, and the speakers' timeline.
 
 mod fanout;
 mod hooks;
+mod keep;
 mod media;
 mod persist;
 mod records;
@@ -42,10 +45,15 @@ pub trait Recorder: Send + Sync + 'static {
     /// Starts recording the room's mix; an error says why it could not (logged; the room is
     /// told the recording stopped).
     fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>>;
-    /// Stops it and closes its file; returns once the file is closed.
+    /// Stops it and closes its file; returns once the file is closed and its row says so.
+    /// Called after the room's own records of the stop are written, so that what the
+    /// recorder writes (`recording.ready`) follows them.
     fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()>;
     /// Who speaks now, loudest first, for the recording's timeline. Must not block.
     fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]);
+    /// The room became live on this node (`true`) or stopped being live (`false`): its last
+    /// seconds may be kept for clips meanwhile. Must not block.
+    fn live(&self, _room: &RoomId, _live: bool) {}
 }
 
 /// Who counts the room's anonymous listeners: those on its listen links, known only by their

@@ -148,6 +148,8 @@ pub(super) struct Deps {
     pub recorder: Arc<dyn super::Recorder>,
     /// The rooms' anonymous listeners (listen links), counted into their audience.
     pub anonymous: Arc<dyn super::AnonymousListeners>,
+    /// The cluster this node is one of, once it joined: rooms keep their live state there.
+    pub cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 impl LiveRooms {
@@ -177,6 +179,7 @@ impl LiveRooms {
                 webrtc_audience_cap,
                 recorder,
                 anonymous: Arc::new(super::NoAnonymousListeners),
+                cluster: Arc::new(std::sync::OnceLock::new()),
             },
         }
     }
@@ -189,6 +192,11 @@ impl LiveRooms {
     ) -> Self {
         self.deps.anonymous = anonymous;
         self
+    }
+
+    /// Rooms started from now on keep their live state in `cluster` (set once, at start).
+    pub fn attach_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.deps.cluster.set(cluster);
     }
 
     pub fn get(&self, room: &RoomId) -> Option<RoomHandle> {

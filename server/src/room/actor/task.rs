@@ -47,6 +47,8 @@ pub(super) struct RoomTask {
     handle: RoomHandle,
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     pub deps: Deps,
+    /// In a cluster: the room's live state kept in Redis (`keep.rs`).
+    pub keeper: Option<super::keep::Keeper>,
 }
 
 /// The `ok` a socket is owed for a command it sent, and where it goes.
@@ -79,21 +81,28 @@ impl RoomTask {
             handle,
             rooms,
             deps,
+            keeper: None,
         };
         task.webhook_room_started(started_at);
         task
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        self.deps.recorder.live(self.state.room(), true);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Before anyone is taken in: the people a previous home kept come back first.
+        self.start_keeping().await;
         loop {
+            let save_due = self.keeper.as_ref().and_then(|k| k.due);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                _ = tokio::time::sleep_until(save_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if save_due.is_some() => self.save_now(),
             }
             self.handle
                 .participants
@@ -113,12 +122,14 @@ impl RoomTask {
         }
         if self.state.is_recording() {
             // Nobody is left to hear it (or the server stops): the file is closed now.
-            self.deps.recorder.stop(self.state.room()).await;
             let detail = serde_json::json!({ "reason": "room_closed" });
             self.audit(Actor::System, AuditAction::StopRecording, None, detail);
+            self.stop_recorder().await;
             self.records.write(std::mem::take(&mut self.pending));
         }
         self.handle.recording.store(false, Ordering::Relaxed);
+        self.deps.recorder.live(self.state.room(), false);
+        self.stop_keeping(self.stopping).await;
         // An ended room stays in the map, answering that it ended, until its records (its
         // end among them) are written: nobody can start it again in between.
         if self.state.is_ended() {
@@ -264,6 +275,8 @@ impl RoomTask {
                     .ok();
             }
             RoomMsg::Shutdown { moved_to } => {
+                // The next home finds the room as it is now when its people arrive there.
+                self.save_before_stopping().await;
                 let moved = moved_to
                     .as_deref()
                     .map(|signal_url| Text::from(ServerMessage::Moved { signal_url }.to_json()));
@@ -331,7 +344,14 @@ impl RoomTask {
         let Some(snapshot) = self.snapshot_for(&c.participant) else {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
-        self.welcome(&c.outbox, c.request_id.as_ref(), &c.resume_token, &snapshot);
+        let reconnect_media = self.first_time_back(&c.participant);
+        self.welcome(
+            &c.outbox,
+            c.request_id.as_ref(),
+            &c.resume_token,
+            &snapshot,
+            reconnect_media,
+        );
         self.connections.insert(
             c.participant,
             Conn {
@@ -397,7 +417,12 @@ impl RoomTask {
         answer: Option<Answer>,
     ) -> Result<(), Refusal> {
         let now = self.now();
+        // Who speaks changes many times a second and is nothing to keep.
+        let keeps = !matches!(command, Command::SetSpeaking { .. });
         let outcome = self.state.apply(actor, command, now)?;
+        if keeps {
+            self.state_changed();
+        }
         self.webhooks_for(&outcome, now as i64);
         self.deliver(outcome.events);
         let mut own_close = None;
@@ -465,11 +490,23 @@ impl RoomTask {
                     self.recording_lost = true;
                 }
             }
-            Effect::StopRecording => self.deps.recorder.stop(self.state.room()).await,
+            Effect::StopRecording => self.stop_recorder().await,
             Effect::RecordSpeakers { speakers } => {
                 self.deps.recorder.speakers(self.state.room(), &speakers);
             }
         }
+    }
+
+    /// Stops the recording once what the room gathered so far (the stop's audit line and
+    /// `recording.stopped`) is written: the recorder's `recording.ready` follows them in the
+    /// room's outbox. A stop costs the room one write's wait (it waits for the file anyway),
+    /// at most a second: with the database away the file is closed regardless (and `ready`
+    /// may then come first).
+    async fn stop_recorder(&mut self) {
+        self.records.write(std::mem::take(&mut self.pending));
+        let written = self.records.written();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), written).await;
+        self.deps.recorder.stop(self.state.room()).await;
     }
 
     /// Sockets whose queue filled up are cut loose, so one slow reader never holds the room

@@ -47,8 +47,10 @@ impl RoomState {
             Audience::Everyone,
             EventKind::RecordingStopped { by: actor.clone() },
         );
-        out.effect(Effect::StopRecording);
+        // The audit line first: it is written with `recording.stopped`, before the recorder
+        // closes the file and reports it ready.
         out.effect(recording_audit(actor, AuditAction::StopRecording));
+        out.effect(Effect::StopRecording);
         Ok(())
     }
 

@@ -23,7 +23,7 @@ pub(crate) fn who(id: &ParticipantId) -> Actor {
 pub(crate) struct TestRoom {
     pub state: RoomState,
     pub now: u64,
-    next_connection: u64,
+    pub next_connection: u64,
 }
 
 impl TestRoom {

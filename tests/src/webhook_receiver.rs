@@ -1,0 +1,101 @@
+//! The webhook receiver of the tests: `webhooks/receiver.py`, which verifies every request
+//! with the `standardwebhooks` Python package and logs what it got, run as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SECRET: &str = "whsec_c3RvYSB3ZWJob29rIHRlc3Qgc2VjcmV0LCAzMiBieQ==";
+
+/// How long a test waits for the receiver to see what it expects.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The Python receiver, killed when dropped.
+pub struct Receiver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    pub fn start(mode: &str) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("received.jsonl");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(SECRET)
+            .arg(&log)
+            .env("RECEIVER_MODE", mode)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect(
+                "python3 runs (with the standardwebhooks package: pip install standardwebhooks)",
+            );
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let port = first
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the receiver did not start: {first:?}"));
+        Receiver {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub async fn set_mode(&self, mode: &str) {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/mode", self.port))
+            .body(mode.to_owned())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Every request it got so far, in order.
+    pub fn entries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until `done` holds for what it got (a file another process appends to: looked at
+    /// again every 50 ms, up to `PATIENCE`).
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let entries = self.entries();
+            if done(&entries) {
+                return entries;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not see {what}: {entries:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
