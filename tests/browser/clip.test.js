@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { ARTIFACTS, cleanup, openBrowser, openFirefox, openPages, startServer, tempDir, waitFor, writeToneWav } from "./harness.js";
+import { ARTIFACTS, chromiumPeer, cleanup, openBrowser, openFirefox, joinRoom, openPages, startServer, tempDir, waitFor, writeToneWav } from "./harness.js";
 
 /** @type {import("./harness.js").Server} */
 let server;
@@ -27,18 +27,6 @@ let samFrom;
 
 const pause = (/** @type {number} */ ms) => new Promise((r) => setTimeout(r, ms));
 
-/**
- * @param {import("playwright-core").Page} page
- * @param {string} url
- * @param {string} name
- */
-async function joinRoom(page, url, name) {
-  await page.goto(url);
-  await page.getByTestId("display-name").fill(name);
-  await page.getByTestId("join").click();
-  await page.locator('[data-testid="connection-state"][data-state="connected"]').waitFor({ timeout: 15_000 });
-}
-
 describe("clip page (Chromium) and replay page (Firefox)", { timeout: 150_000 }, () => {
   before(async () => {
     server = await startServer({ log: "clip-server.log" });
@@ -47,13 +35,13 @@ describe("clip page (Chromium) and replay page (Firefox)", { timeout: 150_000 },
     const listenerInvite = await server.api("POST", `/api/v1/rooms/${roomId}/invites`, { role: "listener" });
     const speakerInvite = await server.api("POST", `/api/v1/rooms/${roomId}/invites`, { role: "speaker" });
     const [lee] = await openPages({ names: ["lee"] });
-    await joinRoom(lee.page, listenerInvite.url, "Lee");
+    await joinRoom(chromiumPeer(lee), listenerInvite.url, "Lee");
     const recording = await server.api("POST", `/api/v1/rooms/${roomId}/recording`);
     await pause(1500);
     const wav = join(await tempDir("stoa-clip-wav-"), "tone.wav");
     await writeToneWav(wav, { hz: 440, seconds: 10 });
     const sam = await openBrowser({ name: "sam", wav });
-    await joinRoom(sam.page, speakerInvite.url, "Sam");
+    await joinRoom(chromiumPeer(sam), speakerInvite.url, "Sam");
     samId = await waitFor(
       async () => {
         const people = await server.api("GET", `/api/v1/rooms/${roomId}/participants`);

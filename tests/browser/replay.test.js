@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { ARTIFACTS, cleanup, openBrowser, openPages, startServer, tempDir, waitFor, writeToneWav } from "./harness.js";
+import { ARTIFACTS, chromiumPeer, cleanup, openBrowser, joinRoom, openPages, startServer, tempDir, waitFor, writeToneWav } from "./harness.js";
 
 /** @type {import("./harness.js").Server} */
 let server;
@@ -25,18 +25,6 @@ let samId;
 let pages;
 
 const pause = (/** @type {number} */ ms) => new Promise((r) => setTimeout(r, ms));
-
-/**
- * @param {import("playwright-core").Page} page
- * @param {string} url
- * @param {string} name
- */
-async function joinRoom(page, url, name) {
-  await page.goto(url);
-  await page.getByTestId("display-name").fill(name);
-  await page.getByTestId("join").click();
-  await page.locator('[data-testid="connection-state"][data-state="connected"]').waitFor({ timeout: 15_000 });
-}
 
 /** @param {import("playwright-core").Page} page */
 function replayState(page) {
@@ -68,14 +56,14 @@ describe("replay page", { timeout: 120_000 }, () => {
     const speakerInvite = await server.api("POST", `/api/v1/rooms/${roomId}/invites`, { role: "speaker" });
     pages = await openPages({ names: ["lee", "viewer", "latecomer"] });
     // A listener keeps the room live (and sends nothing) while it is recorded.
-    await joinRoom(pages[0].page, listenerInvite.url, "Lee");
+    await joinRoom(chromiumPeer(pages[0]), listenerInvite.url, "Lee");
     const recording = await server.api("POST", `/api/v1/rooms/${roomId}/recording`);
     // Nobody speaks for the first stretch of the recording.
     await pause(1500);
     const wav = join(await tempDir("stoa-replay-wav-"), "tone.wav");
     await writeToneWav(wav, { hz: 440, seconds: 10, burstMs: 300 });
     const sam = await openBrowser({ name: "sam", wav });
-    await joinRoom(sam.page, speakerInvite.url, "Sam");
+    await joinRoom(chromiumPeer(sam), speakerInvite.url, "Sam");
     samId = await waitFor(
       async () => {
         const people = await server.api("GET", `/api/v1/rooms/${roomId}/participants`);
