@@ -53,6 +53,10 @@ Object.defineProperty(window, "stoa", {
     get broadcast() {
       return state.broadcast;
     },
+    /** Media connections replaced because they did not come up (see media.js). */
+    get mediaReplacements() {
+      return state.media?.replacements ?? 0;
+    },
   },
 });
 

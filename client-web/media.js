@@ -8,16 +8,16 @@
 import { startPlayback } from "./dom.js";
 import { SignalError } from "./signal.js";
 
-/** A connection comes up ~0.1 s after the answer; one still down after this is stale. */
+/**
+ * A connection comes up ~0.1 s after the answer (~0.8 s over ICE-TCP); one still down after
+ * this is replaced by a new one. That is rare but real: Firefox sometimes leaves its only
+ * working pair (ICE-TCP, when UDP is blocked) waiting and never checks it. The new
+ * connection has new ICE credentials, so the server closes its side of the old one when the
+ * new offer arrives. Each replacement that does not come up either doubles the wait, up to
+ * four times this, so a slow network is not flooded with offers.
+ */
 const CONNECT_WATCHDOG_MS = 4000;
 const RETRY_OFFER_MS = 1500;
-/**
- * A safety net: the server replaces its side when an offer comes from a new peer connection
- * (new ICE credentials, as after a reload), so a connection that does not come up is rare. If
- * one still does not, wait until the server has surely dropped it (its ICE timeouts, 6 s +
- * 4 s by default) before offering again.
- */
-const STALE_CONNECTION_WAIT_MS = 11_000;
 
 /**
  * @typedef {Object} MediaSignal
@@ -55,8 +55,10 @@ export class MediaSession extends EventTarget {
   #watchdog;
   /** @type {number | undefined} */
   #retryTimer;
-  /** No offer before this time (ms since epoch): see STALE_CONNECTION_WAIT_MS. */
-  #holdOffersUntil = 0;
+  /** Connections in a row the watchdog replaced: see CONNECT_WATCHDOG_MS. */
+  #stalled = 0;
+  /** Connections the watchdog replaced since the start. */
+  replacements = 0;
   /** @type {AudioContext | null} */
   #audioContext = null;
   /** @type {AnalyserNode | null} */
@@ -205,12 +207,6 @@ export class MediaSession extends EventTarget {
       this.#needsOffer = true;
     }
     if (!this.#needsOffer) return;
-    const wait = this.#holdOffersUntil - Date.now();
-    if (wait > 0) {
-      window.clearTimeout(this.#retryTimer);
-      this.#retryTimer = window.setTimeout(() => this.#schedule(), wait);
-      return;
-    }
     await this.#offer();
   }
 
@@ -249,10 +245,10 @@ export class MediaSession extends EventTarget {
     if (pc.connectionState === "connected") return;
     this.#watchdog = window.setTimeout(() => {
       if (pc !== this.pc || pc.connectionState === "connected" || this.#closed) return;
-      // Closing ours stops its checks, so the server lets its side go; then offer afresh.
-      this.#holdOffersUntil = Date.now() + STALE_CONNECTION_WAIT_MS;
+      this.#stalled += 1;
+      this.replacements += 1;
       this.restart();
-    }, CONNECT_WATCHDOG_MS);
+    }, CONNECT_WATCHDOG_MS * 2 ** Math.min(this.#stalled, 2));
   }
 
   #createConnection() {
@@ -268,7 +264,10 @@ export class MediaSession extends EventTarget {
     pc.addEventListener("connectionstatechange", () => {
       if (pc !== this.pc) return;
       this.dispatchEvent(new CustomEvent("state", { detail: pc.connectionState }));
-      if (pc.connectionState === "connected") window.clearTimeout(this.#watchdog);
+      if (pc.connectionState === "connected") {
+        window.clearTimeout(this.#watchdog);
+        this.#stalled = 0;
+      }
       if (pc.connectionState === "failed" && !this.#closed) this.restart();
     });
     return pc;

@@ -676,13 +676,25 @@ export function mediaStats(peer) {
     const pc = /** @type {RTCPeerConnection | null} */ (/** @type {any} */ (window).stoa?.pc ?? null);
     const descriptions = /** @type {{ error: string | null }[]} */ (/** @type {any} */ (window).__descriptions ?? []);
     const refused = descriptions.map((d) => d.error).filter(Boolean);
-    if (!pc) return { pc: false, refused, connectionState: "none", iceConnectionState: "none", signalingState: "none", offered: false, answered: false, inbound: [], outbound: [] };
+    const replaced = Number(/** @type {any} */ (window).stoa?.mediaReplacements ?? 0);
+    if (!pc) return { pc: false, refused, replaced, connectionState: "none", iceConnectionState: "none", signalingState: "none", offered: false, answered: false, inbound: [], outbound: [], pairs: [] };
     /** @type {{ key: string, packets: number, energy: number, level: number }[]} */
     const inbound = [];
     /** @type {{ key: string, packets: number }[]} */
     const outbound = [];
+    /** Each ICE candidate pair, for failure messages: "udp host→host in-progress 12/0 N". */
+    /** @type {string[]} */
+    const pairs = [];
     const report = await pc.getStats();
     report.forEach((s) => {
+      if (s.type === "candidate-pair") {
+        /** @type {any} */
+        const local = report.get(s.localCandidateId);
+        /** @type {any} */
+        const remote = report.get(s.remoteCandidateId);
+        const requests = `${s.requestsSent ?? "?"}/${s.responsesReceived ?? "?"}`;
+        pairs.push(`${local?.protocol ?? "?"} ${local?.candidateType ?? "?"}→${remote?.candidateType ?? "?"}:${remote?.port ?? "?"} ${s.state} ${requests}${s.nominated ? " N" : ""}`);
+      }
       if (s.kind !== "audio" && s.mediaType !== "audio") return;
       if (s.type === "inbound-rtp") {
         inbound.push({ key: String(s.mid ?? s.ssrc), packets: s.packetsReceived ?? 0, energy: s.totalAudioEnergy ?? 0, level: s.audioLevel ?? 0 });
@@ -700,6 +712,8 @@ export function mediaStats(peer) {
       answered: pc.currentRemoteDescription !== null,
       inbound,
       outbound,
+      pairs,
+      replaced,
     };
   });
 }
@@ -719,6 +733,9 @@ export function account(peer, stats) {
     if (stats.refused.length) parts.push(`answer refused: ${stats.refused.join(" | ")}`);
     if (stats.inbound.length) parts.push(`inbound ${JSON.stringify(stats.inbound)}`);
     if (stats.outbound.length) parts.push(`outbound ${JSON.stringify(stats.outbound)}`);
+    // Requests sent / responses received per pair: which side of ICE went quiet.
+    if (stats.pairs.length) parts.push(`candidate pairs: ${stats.pairs.join(", ")}`);
+    if (stats.replaced) parts.push(`connections replaced by the client's watchdog: ${stats.replaced}`);
   }
   const errors = peer.errors.slice(peer.mark);
   if (errors.length) parts.push(`console errors: ${errors.join(" | ")}`);
