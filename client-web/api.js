@@ -163,6 +163,20 @@ export function recordingDetail(path, token) {
  */
 
 /**
+ * @typedef {ClipAnswer & { code: string, url: string }} MadeClip  a clip just made, with its link
+ */
+
+/**
+ * Clips the last seconds of a live room (anyone in it may).
+ * @param {string} roomId
+ * @param {string} token  the participant's session token
+ * @returns {Promise<MadeClip>}
+ */
+export function clipLiveRoom(roomId, token) {
+  return call(`/api/v1/rooms/${encodeURIComponent(roomId)}/clips`, { method: "POST", token });
+}
+
+/**
  * What a clip's link opens (its code or the whole link; no credentials needed).
  * @param {string} code
  * @returns {Promise<ClipAnswer>}

@@ -5,7 +5,7 @@
  * this file turns what happens into calls on it, and renders it.
  */
 
-import { ApiError, broadcastLink, createInvite, redeemInvite } from "./api.js";
+import { ApiError, broadcastLink, clipLiveRoom, createInvite, redeemInvite } from "./api.js";
 import { AppState } from "./app-state.js";
 import { BroadcastPlayer } from "./broadcast.js";
 import { describeClose, describeError } from "./errors.js";
@@ -133,6 +133,7 @@ function enterRoom(session) {
     onAction: (action) => void ownAction(action),
     onParticipantAction: (action, p) => void participantAction(action, p.id, p.display_name),
     onCreateInvite: makeInvite,
+    onMakeClip: makeClip,
     micLevel: () => state.media?.level() ?? 0,
   });
   const signal = new SignalClient({
@@ -431,6 +432,21 @@ async function makeInvite(request) {
     return { url: created.url };
   } catch (error) {
     const code = error instanceof ApiError ? error.code : "internal";
+    return { error: describeError(code, error instanceof Error ? error.message : undefined) };
+  }
+}
+
+/** @type {import("./clip-dialog.js").MakeClip} */
+async function makeClip() {
+  const session = state.session;
+  if (!session) return { error: describeError("missing_credentials") };
+  try {
+    const clip = await clipLiveRoom(session.room_id, session.token);
+    return { url: clip.url, durationMs: clip.duration_ms };
+  } catch (error) {
+    const code = error instanceof ApiError ? error.code : "internal";
+    // Here the room is live for the caller: its mix does not run on this server.
+    if (code === "room_not_live") return { error: "Clips are not available for this room on this server." };
     return { error: describeError(code, error instanceof Error ? error.message : undefined) };
   }
 }

@@ -111,6 +111,7 @@ const ICONS = {
     "M16 3.1a4 4 0 0 1 0 7.8",
   ],
   copy: ["M9 9h11v11H9z", "M5 15H4V4h11v1"],
+  scissors: ["M6 9a3 3 0 1 0 0-6 3 3 0 0 0 0 6z", "M6 21a3 3 0 1 0 0-6 3 3 0 0 0 0 6z", "M20 4L8.1 15.9", "M14.5 14.5L20 20", "M8.1 8.1L12 12"],
   check: ["M20 6L9 17l-5-5"],
 };
 
@@ -168,4 +169,30 @@ export function startPlayback(element) {
     () => "playing",
     (error) => (error instanceof DOMException && error.name === "NotAllowedError" ? "blocked" : "failed"),
   );
+}
+
+/**
+ * A "Copy" button for the link shown in `link`, and the status line that tells screen-reader
+ * users what happened. When the browser refuses the clipboard, the link is selected instead.
+ * @param {HTMLElement} link
+ * @param {string} testId
+ * @returns {[HTMLElement, HTMLElement]}
+ */
+export function copyButton(link, testId) {
+  const label = h("span", {}, "Copy");
+  const button = h("button", { type: "button", class: "button secondary small", "data-testid": testId }, icon("copy"), label);
+  const status = h("span", { class: "sr-only", role: "status" });
+  button.addEventListener("click", async () => {
+    const ok = await navigator.clipboard.writeText(link.textContent ?? "").then(
+      () => true,
+      () => false,
+    );
+    label.textContent = ok ? "Copied" : "Select and copy";
+    status.textContent = ok ? "Link copied." : "Could not copy; select the link and copy it.";
+    if (!ok) window.getSelection()?.selectAllChildren(link);
+    window.setTimeout(() => {
+      label.textContent = "Copy";
+    }, 2000);
+  });
+  return [button, status];
 }

@@ -18,6 +18,8 @@ const SENTENCES = {
   banned: "You are banned from this room.",
   // Clips (the clip page).
   clip_not_found: "This clip does not exist, or it was deleted with its recording.",
+  nothing_to_clip: "There is nothing to clip yet: the room has been quiet since it started.",
+  too_many_clips: "You have made several clips in a short time. Wait a minute and try again.",
   // Replay links (the replay page).
   malformed_replay_link: "This replay link is not valid. Check that you copied all of it.",
   replay_link_invalid: "This replay link is not valid. Ask the person who sent it for a new one.",

@@ -4,7 +4,7 @@
  * number of uses and expiry in, a link to copy out. Checks the form; making the link is the handler's job (it calls the server).
  */
 
-import { h, icon } from "./dom.js";
+import { copyButton, h } from "./dom.js";
 import { ROLE_LABELS } from "./people.js";
 
 /**
@@ -76,8 +76,7 @@ export class InviteDialog {
     const error = h("p", { class: "form-error", role: "alert" });
     const submit = h("button", { type: "submit", class: "button primary", "data-testid": "invite-submit" }, "Create link");
     const link = h("code", { class: "invite-link", "data-testid": "invite-link" });
-    const copy = h("button", { type: "button", class: "button secondary small", "data-testid": "copy-invite" }, icon("copy"), h("span", {}, "Copy"));
-    const copied = h("span", { class: "sr-only", role: "status" });
+    const [copy, copied] = copyButton(link, "copy-invite");
     const summary = h("p", { class: "hint" });
     const result = h("div", { class: "invite-result", hidden: true },
       h("p", { class: "field-label" }, "Share this link"),
@@ -133,16 +132,6 @@ export class InviteDialog {
       submit.textContent = "Create another";
       copy.focus();
     });
-    copy.addEventListener("click", async () => {
-      const ok = await copyText(link.textContent ?? "");
-      const label = /** @type {HTMLElement} */ (copy.querySelector("span"));
-      label.textContent = ok ? "Copied" : "Select and copy";
-      copied.textContent = ok ? "Link copied." : "Could not copy; select the link and copy it.";
-      if (!ok) window.getSelection()?.selectAllChildren(link);
-      window.setTimeout(() => {
-        label.textContent = "Copy";
-      }, 2000);
-    });
     dialog.append(form);
     dialog.addEventListener("close", () => {
       result.hidden = true;
@@ -150,18 +139,5 @@ export class InviteDialog {
       error.textContent = "";
       this.#opener?.focus();
     });
-  }
-}
-
-/**
- * @param {string} text
- * @returns {Promise<boolean>}
- */
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    return false;
   }
 }

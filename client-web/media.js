@@ -13,8 +13,8 @@ import { SignalError } from "./signal.js";
  * this is replaced by a new one. That is rare but real: Firefox sometimes leaves its only
  * working pair (ICE-TCP, when UDP is blocked) waiting and never checks it. The new
  * connection has new ICE credentials, so the server closes its side of the old one when the
- * new offer arrives. Each replacement that does not come up either doubles the wait, up to
- * four times this, so a slow network is not flooded with offers.
+ * new offer arrives. After a replacement that does not come up either, the wait doubles (once),
+ * so a slow network is not flooded with offers.
  */
 const CONNECT_WATCHDOG_MS = 4000;
 const RETRY_OFFER_MS = 1500;
@@ -248,7 +248,7 @@ export class MediaSession extends EventTarget {
       this.#stalled += 1;
       this.replacements += 1;
       this.restart();
-    }, CONNECT_WATCHDOG_MS * 2 ** Math.min(this.#stalled, 2));
+    }, this.#stalled === 0 ? CONNECT_WATCHDOG_MS : 2 * CONNECT_WATCHDOG_MS);
   }
 
   #createConnection() {

@@ -6,6 +6,7 @@
  * survive updates); reports what the person does through handlers, never acts itself.
  */
 
+import { ClipDialog } from "./clip-dialog.js";
 import { ConfirmDialog } from "./confirm-dialog.js";
 import { Controls } from "./controls.js";
 import { h, icon, setAttr, setText, show } from "./dom.js";
@@ -46,6 +47,7 @@ import { isModerator, me } from "./room.js";
  * @property {(action: OwnAction) => void} onAction
  * @property {(action: ParticipantAction, participant: Participant) => void} onParticipantAction
  * @property {import("./invite-dialog.js").CreateInvite} onCreateInvite
+ * @property {import("./clip-dialog.js").MakeClip} onMakeClip
  * @property {() => number} micLevel  the microphone's level now, 0–1
  */
 
@@ -66,12 +68,14 @@ export class RoomView {
   constructor(root, handlers) {
     const act = (/** @type {OwnAction} */ action) => () => handlers.onAction(action);
     const inviteDialog = new InviteDialog(handlers.onCreateInvite);
+    const clipDialog = new ClipDialog(handlers.onMakeClip);
 
     const els = {
       title: h("h1", { class: "room-title", "data-testid": "room-title" }),
       state: h("span", { class: "state-pill", "data-testid": "connection-state", "data-state": "joining" }, "joining"),
       tools: h("div", { class: "room-tools" }),
       inviteButton: h("button", { type: "button", class: "button secondary small", "data-testid": "create-invite" }, icon("link"), h("span", {}, "Invite")),
+      clipButton: h("button", { type: "button", class: "button secondary small", "data-testid": "make-clip" }, icon("scissors"), h("span", {}, "Clip")),
       recordingMark: h("span", { class: "recording-pill", "data-testid": "recording-mark", role: "status", hidden: true }, "Recording"),
       recordButton: h("button", { type: "button", class: "button secondary small", "data-testid": "toggle-recording", onclick: act("toggle-recording") }, h("span", {}, "Record")),
       endButton: h("button", { type: "button", class: "button danger-quiet small", "data-testid": "end-room", onclick: act("end-room") }, icon("power"), h("span", {}, "End room")),
@@ -102,6 +106,7 @@ export class RoomView {
     this.#controls = new Controls(handlers.onAction, handlers.micLevel);
 
     els.inviteButton.addEventListener("click", () => inviteDialog.open(els.inviteButton));
+    els.clipButton.addEventListener("click", () => clipDialog.open(els.clipButton));
     els.tools.append(els.inviteButton, els.recordButton, els.endButton);
     els.notice.append(
       els.noticeText,
@@ -144,6 +149,7 @@ export class RoomView {
             h("div", { class: "topbar-side" },
               h("span", { class: "sr-only" }, "Connection: "),
               els.state,
+              els.clipButton,
               els.tools,
             ),
           ),
@@ -153,6 +159,7 @@ export class RoomView {
         els.main,
         this.#controls.element,
         inviteDialog.element,
+        clipDialog.element,
         this.#confirm.element,
         els.announcer,
         els.players,
@@ -225,6 +232,7 @@ export class RoomView {
       setText(els.endReason, vm.endReason ?? "");
       show(els.rejoin, vm.canRejoin);
       show(els.tools, false);
+      show(els.clipButton, false);
       show(els.tapToListen, false);
       if (this.#shownConnection !== vm.connection) els.endHeading.focus();
       this.#shownConnection = vm.connection;
@@ -235,6 +243,8 @@ export class RoomView {
     if (!room) return;
 
     show(els.tools, isModerator(room));
+    // Anyone in the room may clip what it just heard.
+    show(els.clipButton, true);
     show(els.endButton, may(me(room).role, "end_room"));
     // Everyone sees that the room is recorded; moderators start and stop it.
     show(els.recordingMark, room.recording);
@@ -260,6 +270,7 @@ export class RoomView {
 
     this.#controls.update(room, { micLive: vm.micLive, live });
     els.inviteButton.disabled = !live;
+    els.clipButton.disabled = !live;
     els.endButton.disabled = !live;
     els.recordButton.disabled = !live;
   }
