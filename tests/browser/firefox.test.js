@@ -38,7 +38,7 @@ import {
   waitFor,
   writeToneWav,
 } from "./harness.js";
-import { blockUdp, currentNetns, inNetns, inOwnNetns, unblockUdp } from "./netns.js";
+import { blockMediaTo, blockUdp, currentNetns, inNetns, inOwnNetns, unblockMedia, unblockUdp } from "./netns.js";
 
 /** Set in the inner run, which runs the tests inside the namespace. */
 const netns = currentNetns();
@@ -218,6 +218,41 @@ function firefoxTests(netns) {
     it("a Firefox listener hears a Firefox speaker (a Firefox-only room)", { timeout: 40_000 }, async (t) => {
       const { sent, heard, connectMs } = await speakerToListener("firefox-only", peers.foxSpeaker, peers.foxListener);
       t.diagnostic(`speaker sent ${sent} packets; listener over 1 s: ${JSON.stringify(heard)}; listener join → connected ${connectMs} ms`);
+    });
+
+    it("a listener whose first media connection never comes up gets a new one and hears the speaker", { timeout: 40_000 }, async (t) => {
+      const speaker = peers.chromeSpeaker;
+      const listener = peers.foxListener;
+      speaker.mark = speaker.errors.length;
+      listener.mark = listener.errors.length;
+      const links = await room("replaced-connection");
+      await joinRoom(speaker, links.speaker, "Sam");
+      await mediaConnected(speaker);
+      // Nothing reaches the server's media ports while the listener joins: its connection
+      // cannot come up, and the page's watchdog replaces it (media.js, 4 s after the answer).
+      const { hostname, port } = new URL(server.base);
+      const joining = Date.now();
+      blockMediaTo(hostname, Number(port));
+      try {
+        await joinRoom(listener, links.listener, "Lee");
+        await waitFor(async () => (await mediaStats(listener)).replaced >= 1, {
+          timeout: 10_000,
+          interval: 100,
+          message: "the page replaces the connection that does not come up",
+        });
+      } finally {
+        unblockMedia();
+      }
+      const replacedAt = Date.now() - joining;
+      // The replacement offers new ICE credentials: the server closes the old connection and
+      // the new one comes up at once, without waiting for the old one's timeouts.
+      await mediaConnected(listener);
+      const connectMs = Date.now() - joining;
+      const heard = await hearsAudio(listener);
+      assert.ok(heard.level > 0);
+      assert.ok(connectMs - replacedAt < 3000, `connected ${connectMs - replacedAt} ms after the replacement`);
+      noConsoleErrors([speaker, listener]);
+      t.diagnostic(`replaced after ${replacedAt} ms; connected ${connectMs} ms after joining; heard ${JSON.stringify(heard)}`);
     });
 
     it("with UDP blocked, Chromium and Firefox are heard over ICE-TCP", { timeout: 60_000 }, async (t) => {

@@ -307,6 +307,28 @@ export function unblockUdp() {
   execFileSync("nft", ["delete", "table", "inet", UDP_BLOCK_TABLE]);
 }
 
+const MEDIA_BLOCK_TABLE = "stoa_block_media";
+
+/**
+ * Drops everything sent inside this process's namespace to `addr` except TCP to or from
+ * `keepPort` (the server's HTTP and signaling; browsers and server share the address, so the
+ * server's answers are sent to it too): no UDP, no ICE-TCP, so no media connection can come
+ * up. Only ever call it inside a namespace of our own.
+ * @param {string} addr
+ * @param {number} keepPort
+ */
+export function blockMediaTo(addr, keepPort) {
+  if (!currentNetns()) throw new Error("blockMediaTo outside the test's network namespace");
+  if (!/^[\d.]+$/u.test(addr) || !Number.isInteger(keepPort)) throw new Error(`bad media block ${addr}:${keepPort}`);
+  const rules = `table inet ${MEDIA_BLOCK_TABLE} {\n chain out {\n type filter hook output priority 0; policy accept;\n ip daddr ${addr} tcp dport ${keepPort} accept\n ip daddr ${addr} tcp sport ${keepPort} accept\n ip daddr ${addr} drop\n }\n}\n`;
+  execFileSync("nft", ["-f", "-"], { input: rules });
+}
+
+/** Lets media through again. */
+export function unblockMedia() {
+  execFileSync("nft", ["delete", "table", "inet", MEDIA_BLOCK_TABLE]);
+}
+
 const LOSS_TABLE = "stoa_loss";
 
 /**
