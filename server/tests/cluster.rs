@@ -864,6 +864,32 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     let mut hearing = lee.listen().unwrap();
     hears_tone(&mut hearing, 440.0, Instant::now(), Duration::from_secs(10)).await;
 
+    // Lee clips the last seconds through a node that is not the room's: the clip is cut where
+    // the room's mix runs, and its audio comes from there through the third node.
+    let lee_token = lee.joined().token.clone();
+    let response = nodes[via_1]
+        .http
+        .post(format!("{}/api/v1/rooms/{room}/clips", nodes[via_1].url))
+        .bearer_auth(&lee_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "a live clip through another node");
+    assert_eq!(response.headers()["stoa-node"], home_name);
+    let clip: Value = response.json().await.unwrap();
+    assert!(clip["duration_ms"].as_u64().unwrap() >= 1000, "{clip}");
+    let audio = nodes[via_2]
+        .http
+        .get(format!("{}{}", nodes[via_2].url, clip["audio_path"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(audio.status(), 200);
+    assert_eq!(audio.headers()["stoa-node"], home_name);
+    let bytes = audio.bytes().await.unwrap();
+    assert_eq!(&bytes[..4], b"OggS", "an Ogg stream");
+    assert_eq!(bytes.len() as u64, clip["size_bytes"].as_u64().unwrap());
+
     // A moderator's REST call on the live room through a node that is not its home: passed on,
     // answered by the room's node.
     let sam_id = sam.view().me().id.to_string();

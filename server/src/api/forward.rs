@@ -103,8 +103,8 @@ impl Forwarding {
 
 /// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}`,
 /// everything under `/api/v1/rooms/{room}/participants`, starting and stopping its recording
-/// (`/api/v1/rooms/{room}/recording`), and the room's broadcast files under
-/// `/broadcast/{room}/` (its mix runs where its media is).
+/// (`/api/v1/rooms/{room}/recording`), clipping its last seconds (`/api/v1/rooms/{room}/clips`),
+/// and the room's broadcast files under `/broadcast/{room}/` (its mix runs where its media is).
 fn live_room_in(path: &str) -> Option<&str> {
     if let Some(rest) = path.strip_prefix("/broadcast/") {
         let (room, _) = rest.split_once('/')?;
@@ -115,7 +115,8 @@ fn live_room_in(path: &str) -> Option<&str> {
     let live = tail.is_empty()
         || tail == "participants"
         || tail.starts_with("participants/")
-        || tail == "recording";
+        || tail == "recording"
+        || tail == "clips";
     (live && !room.is_empty()).then_some(room)
 }
 
@@ -260,6 +261,7 @@ mod tests {
             Some("rm_x")
         );
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/recording"), Some("rm_x"));
+        assert_eq!(live_room_in("/api/v1/rooms/rm_x/clips"), Some("rm_x"));
         // A finished recording is served by the node that holds its file, not the room's.
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/recordings"), None);
         assert_eq!(live_room_in("/api/v1/rooms/rm_x/invites"), None);
