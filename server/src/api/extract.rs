@@ -43,6 +43,32 @@ where
     }
 }
 
+/// A JSON body that may be left out: no body at all (no `Content-Type`, no length) is
+/// `T::default()`; one that is sent is read as [`ApiJson`].
+pub struct OptionalApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let absent = !headers.contains_key(header::CONTENT_TYPE)
+            && !headers.contains_key(header::TRANSFER_ENCODING)
+            && headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|len| len.as_bytes() == b"0");
+        if absent {
+            return Ok(OptionalApiJson(T::default()));
+        }
+        let ApiJson(body) = ApiJson::from_request(req, state).await?;
+        Ok(OptionalApiJson(body))
+    }
+}
+
 /// `axum::extract::Path` whose rejections are problem+json.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
