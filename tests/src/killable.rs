@@ -80,3 +80,60 @@ pub fn last_granule(bytes: &[u8]) -> Option<u64> {
     }
     granule
 }
+
+/// A room on a server of its own where a WebRTC speaker plays `hz`, being recorded (`body`:
+/// the start's JSON, if any).
+pub struct RecordedTone {
+    pub server: Process,
+    pub room: String,
+    pub speaker: stoa_client::Room,
+    pub recording: String,
+}
+
+impl RecordedTone {
+    pub async fn start(data: &Path, key: &str, hz: f32, body: Option<serde_json::Value>) -> Self {
+        let server = serve(data, key);
+        let api = stoa_client::api::Api::new(&server.url, key);
+        let room = api
+            .create_room("Crashing", serde_json::json!({}))
+            .await
+            .expect("room created")["id"]
+            .as_str()
+            .expect("a room id")
+            .to_owned();
+        let speaker = crate::tone_speaker(&server.url, key, &room, hz).await;
+        let mut start = reqwest::Client::new()
+            .post(format!("{}/api/v1/rooms/{room}/recording", server.url))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            start = start.json(&body);
+        }
+        let started = start.send().await.expect("request sent");
+        assert_eq!(started.status().as_u16(), 201);
+        let started: serde_json::Value = started.json().await.unwrap();
+        let recording = started["id"].as_str().expect("a recording id").to_owned();
+        RecordedTone {
+            server,
+            room,
+            speaker,
+            recording,
+        }
+    }
+}
+
+/// Waits (up to 20 s) until the Ogg file at `path` has whole pages of `secs` seconds; the
+/// seconds it has.
+pub async fn wait_written(path: &Path, secs: f64) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seconds = 0.0;
+    while std::time::Instant::now() < deadline {
+        if let Some(granule) = std::fs::read(path).ok().and_then(|b| last_granule(&b)) {
+            seconds = granule as f64 / 48_000.0;
+            if seconds >= secs {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    seconds
+}

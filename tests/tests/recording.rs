@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stoa_client::api::Api;
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
 use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
-use stoa_tests::killable::{last_granule, operator_key, serve};
+use stoa_tests::killable::{RecordedTone, operator_key, serve, wait_written};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{TestServer, tone_speaker};
 
@@ -290,38 +289,16 @@ async fn a_server_killed_while_recording_leaves_a_playable_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = &operator_key();
-    let server = serve(&data, key);
-    let api = Api::new(&server.url, key);
-    let room = api
-        .create_room("Crashing", json!({}))
-        .await
-        .expect("room created");
-    let room = s(&room["id"]);
-    let sam = tone_speaker(&server.url, key, &room, 440.0).await;
+    let RecordedTone {
+        server,
+        room,
+        speaker: sam,
+        recording: id,
+    } = RecordedTone::start(&data, key, 440.0, None).await;
     let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/v1/rooms/{room}/recording", server.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status().as_u16(), 201);
-    let id = s(&started.json::<Value>().await.unwrap()["id"]);
     let file = data.join("recordings").join(format!("{id}.ogg"));
     // Pages reach the file as it is recorded: wait for three seconds' worth of them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seconds = 0.0;
-    while Instant::now() < deadline {
-        if let Ok(bytes) = std::fs::read(&file)
-            && let Some(tail) = last_granule(&bytes)
-        {
-            seconds = tail as f64 / 48_000.0;
-            if seconds >= 3.5 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seconds = wait_written(&file, 3.5).await;
     assert!(seconds >= 3.5, "only {seconds} s written");
     let killed_at = Instant::now();
     server.kill_9();

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stoa_client::api::Api;
 use stoa_client::audio::{WINDOW_SAMPLES, goertzel_power, tone_present};
 use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
-use stoa_tests::killable::{last_granule, operator_key, serve};
+use stoa_tests::killable::{RecordedTone, operator_key, serve, wait_written};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{TestServer, tone_speaker};
 
@@ -248,8 +247,18 @@ async fn options_are_checked_tracks_follow_the_recordings_rules_and_the_default_
         "nothing refused started anything"
     );
 
-    // The server's default (on here) when the start says nothing; off when it says so.
-    let first = t.op(Method::POST, &recording, None).await.expect(201);
+    // The server's default (on here) when the start says nothing (an empty body, even one
+    // labelled JSON); off when it says so.
+    let empty = t
+        .http
+        .post(t.url(&recording))
+        .bearer_auth(&t.api_key)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status().as_u16(), 201);
+    let first: Value = empty.json().await.unwrap();
     t.op(Method::DELETE, &recording, None).await.expect(204);
     let second = t
         .op(
@@ -341,33 +350,17 @@ async fn a_server_killed_while_recording_tracks_leaves_them_playable() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = &operator_key();
-    let server = serve(&data, key);
-    let api = Api::new(&server.url, key);
-    let room = s(&api.create_room("Crashing", json!({})).await.unwrap()["id"]);
-    let sam = tone_speaker(&server.url, key, &room, 440.0).await;
+    let body = json!({ "speaker_tracks": true });
+    let RecordedTone {
+        server,
+        room,
+        speaker: sam,
+        recording: id,
+    } = RecordedTone::start(&data, key, 440.0, Some(body)).await;
     let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/v1/rooms/{room}/recording", server.url))
-        .bearer_auth(key)
-        .json(&json!({ "speaker_tracks": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status().as_u16(), 201);
-    let id = s(&started.json::<Value>().await.unwrap()["id"]);
     let file = data.join("recordings").join(format!("{id}.track1.ogg"));
     // Pages reach the track as it is recorded: wait for three seconds' worth of them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seconds = 0.0;
-    while Instant::now() < deadline {
-        if let Some(granule) = std::fs::read(&file).ok().and_then(|b| last_granule(&b)) {
-            seconds = granule as f64 / 48_000.0;
-            if seconds >= 3.5 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seconds = wait_written(&file, 3.5).await;
     assert!(seconds >= 3.5, "only {seconds} s written");
     server.kill_9();
     let written = std::fs::read(&file).unwrap();

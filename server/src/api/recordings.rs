@@ -287,12 +287,36 @@ pub async fn download_audio(
     ApiPath((room, id)): ApiPath<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let recording = find(&state, &viewer, &room, &id).await?;
-    let headers = request.headers().clone();
-    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
-        return answer;
-    }
+    let (recording, headers) = match held_here(&state, &viewer, &room, &id, request).await? {
+        Held::Here(recording, headers) => (recording, headers),
+        Held::There(answer) => return Ok(answer),
+    };
     serve_file(&state.recordings.audio_path(&recording.id), &headers).await
+}
+
+/// Where a recording's files are, for a download.
+enum Held {
+    /// On this node: the recording and the request's headers (its `Range`).
+    Here(Recording, HeaderMap),
+    /// Another node holds them; its answer.
+    There(Response),
+}
+
+/// The recording a viewer may read, if this node holds its files; else what the node that
+/// does answered.
+async fn held_here(
+    state: &AppState,
+    viewer: &Viewer,
+    room: &str,
+    id: &str,
+    request: Request,
+) -> Result<Held, ApiError> {
+    let recording = find(state, viewer, room, id).await?;
+    let headers = request.headers().clone();
+    match on_its_node(state, &recording.node, request).await {
+        Some(answer) => answer.map(Held::There),
+        None => Ok(Held::Here(recording, headers)),
+    }
 }
 
 /// One speaker's track of a recording (Ogg Opus), with HTTP range requests, open to whoever
@@ -314,11 +338,10 @@ pub async fn download_track(
     ApiPath((room, id, track)): ApiPath<(String, String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let recording = find(&state, &viewer, &room, &id).await?;
-    let headers = request.headers().clone();
-    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
-        return answer;
-    }
+    let (recording, headers) = match held_here(&state, &viewer, &room, &id, request).await? {
+        Held::Here(recording, headers) => (recording, headers),
+        Held::There(answer) => return Ok(answer),
+    };
     let no_track = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
