@@ -2,7 +2,8 @@
 # What recording one room costs the server: starts `stoa` (target/release by default) on a
 # fresh data folder, puts one WebRTC speaker (`stoa-client --tone`) on stage, then measures the
 # server's CPU (utime+stime from /proc) and RSS over SECS seconds without a recording, then
-# SECS seconds while the room is recorded (its mix running and written as Ogg Opus).
+# SECS seconds while the room is recorded (its mix running and written as Ogg Opus), then SECS
+# seconds recorded with speaker tracks (the speaker's packets remuxed into a file of their own).
 # Usage: scripts/bench-recording.sh [SECS] [STOA_BIN] [STOA_CLIENT_BIN]. Needs curl and jq.
 set -euo pipefail
 secs=${1:-30}
@@ -20,7 +21,7 @@ for _ in $(seq 100); do curl -sf "$b/healthz" >/dev/null && break; sleep 0.1; do
 api() { curl -sf -H "Authorization: Bearer $key" -H 'Content-Type: application/json' "$@"; }
 room=$(api -X POST "$b/api/v1/rooms" -d '{"title":"Bench"}' | jq -r .id)
 link=$(api -X POST "$b/api/v1/rooms/$room/invites" -d '{"role":"speaker"}' | jq -r .url)
-"$client" "$link" --name Sam --tone 440 --seconds $((3 * secs + 30)) >/dev/null 2>&1 &
+"$client" "$link" --name Sam --tone 440 --seconds $((4 * secs + 40)) >/dev/null 2>&1 &
 speaker=$!
 sleep 5
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
@@ -39,4 +40,11 @@ api -X POST "$b/api/v1/rooms/$room/recording" >/dev/null
 sleep 2
 measure "speaker, recorded"
 api -X DELETE "$b/api/v1/rooms/$room/recording" >/dev/null
-api "$b/api/v1/rooms/$room/recordings" | jq -c '.items[] | {duration_ms, size_bytes}'
+api -X POST "$b/api/v1/rooms/$room/recording" -d '{"speaker_tracks":true}' >/dev/null
+sleep 2
+measure "speaker, tracks too"
+api -X DELETE "$b/api/v1/rooms/$room/recording" >/dev/null
+for id in $(api "$b/api/v1/rooms/$room/recordings" | jq -r '.items[].id'); do
+  api "$b/api/v1/rooms/$room/recordings/$id" |
+    jq -c '{duration_ms, size_bytes, tracks: [.tracks[] | {duration_ms, size_bytes}]}'
+done

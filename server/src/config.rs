@@ -68,6 +68,9 @@ pub struct RecordingSettings {
     /// Recordings (and their clips) older than this many days are deleted; 0 keeps them.
     /// A room's own setting (`retention_days`) outranks it.
     pub retention_days: u32,
+    /// Recordings keep a track of each speaker besides the mix unless the start says
+    /// otherwise (`speaker_tracks` in its body).
+    pub speaker_tracks: bool,
 }
 
 impl Default for RecordingSettings {
@@ -78,6 +81,7 @@ impl Default for RecordingSettings {
             clips_per_minute: 6,
             clip_burst: 3,
             retention_days: 0,
+            speaker_tracks: false,
         }
     }
 }

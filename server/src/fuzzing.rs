@@ -404,7 +404,7 @@ impl CommandKind {
             | Command::Demote { .. }
             | Command::SetRole { .. }
             | Command::End
-            | Command::StartRecording
+            | Command::StartRecording(_)
             | Command::StopRecording => CommandKind::Moderation,
             Command::LowerHand { .. }
             | Command::Join { .. }

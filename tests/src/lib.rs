@@ -4,6 +4,7 @@
 //! `stoa-client` library's; the load generator and the soak tool are built on it too.
 
 pub mod decoders;
+pub mod killable;
 pub mod loadgen;
 pub mod nginx;
 pub mod postgres;

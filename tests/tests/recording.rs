@@ -3,16 +3,13 @@
 //! moderator's start and stop as everyone sees them, the audit log, range requests, who may
 //! do what, and a server killed with SIGKILL mid-recording leaving a playable file.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stoa_client::api::Api;
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
 use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
+use stoa_tests::killable::{RecordedTone, operator_key, serve, wait_written};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{TestServer, tone_speaker};
 
@@ -287,93 +284,24 @@ async fn only_moderators_of_the_room_start_stop_list_and_download() {
     t.stop().await;
 }
 
-/// A `stoa serve` process of its own, so it can be killed with SIGKILL.
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server_bin() -> PathBuf {
-    stoa_tests::soak::find_server_bin().expect("the stoa binary (cargo build --release)")
-}
-
-fn serve(data: &Path, key: &str) -> Process {
-    let mut child = Command::new(server_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
-        .arg(data)
-        .env("STOA_API_KEY", key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("stoa starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server's banner")
-            .expect("readable output");
-        if let Some(rest) = line.trim().strip_prefix("Stoa is running at ") {
-            break rest.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Process { child, url }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_killed_while_recording_leaves_a_playable_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let key = &format!(
-        "stoa_sk_{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
-    let server = serve(&data, key);
-    let api = Api::new(&server.url, key);
-    let room = api
-        .create_room("Crashing", json!({}))
-        .await
-        .expect("room created");
-    let room = s(&room["id"]);
-    let sam = tone_speaker(&server.url, key, &room, 440.0).await;
+    let key = &operator_key();
+    let RecordedTone {
+        server,
+        room,
+        speaker: sam,
+        recording: id,
+    } = RecordedTone::start(&data, key, 440.0, None).await;
     let http = reqwest::Client::new();
-    let started = http
-        .post(format!("{}/api/v1/rooms/{room}/recording", server.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status().as_u16(), 201);
-    let id = s(&started.json::<Value>().await.unwrap()["id"]);
     let file = data.join("recordings").join(format!("{id}.ogg"));
     // Pages reach the file as it is recorded: wait for three seconds' worth of them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seconds = 0.0;
-    while Instant::now() < deadline {
-        if let Ok(bytes) = std::fs::read(&file)
-            && let Some(tail) = last_granule(&bytes)
-        {
-            seconds = tail as f64 / 48_000.0;
-            if seconds >= 3.5 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seconds = wait_written(&file, 3.5).await;
     assert!(seconds >= 3.5, "only {seconds} s written");
     let killed_at = Instant::now();
-    let pid = server.child.id() as i32;
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    server.kill_9();
     let written = std::fs::read(&file).unwrap();
     drop(server);
     drop(sam);
@@ -417,23 +345,4 @@ async fn a_server_killed_while_recording_leaves_a_playable_file() {
     let reread = dir.path().join("reread.ogg");
     std::fs::write(&reread, &served).unwrap();
     assert!((ffprobe_duration(&reread) - duration).abs() < 0.1);
-}
-
-/// The granule position of the last complete Ogg page in `bytes` (samples at 48 kHz).
-fn last_granule(bytes: &[u8]) -> Option<u64> {
-    let mut at = 0;
-    let mut granule = None;
-    while bytes.len() >= at + 27 && &bytes[at..at + 4] == b"OggS" {
-        let segments = bytes[at + 26] as usize;
-        let table = bytes.get(at + 27..at + 27 + segments)?;
-        let len = 27 + segments + table.iter().map(|&l| l as usize).sum::<usize>();
-        if bytes.len() < at + len {
-            break;
-        }
-        granule = Some(u64::from_le_bytes(
-            bytes[at + 6..at + 14].try_into().unwrap(),
-        ));
-        at += len;
-    }
-    granule
 }

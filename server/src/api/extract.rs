@@ -43,6 +43,45 @@ where
     }
 }
 
+/// A JSON body that may be left out: an empty body (whatever its `Content-Type` says) is
+/// `T::default()`; one that is sent is read as [`ApiJson`].
+pub struct OptionalApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body is larger than the server accepts",
+                    )
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+                }
+            })?;
+        if bytes.is_empty() {
+            return Ok(OptionalApiJson(T::default()));
+        }
+        let mut sent = axum::extract::Request::new(axum::body::Body::from(bytes));
+        if let Some(content_type) = content_type {
+            sent.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
+        let ApiJson(body) = ApiJson::from_request(sent, state).await?;
+        Ok(OptionalApiJson(body))
+    }
+}
+
 /// `axum::extract::Path` whose rejections are problem+json.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]

@@ -135,6 +135,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
             recordings::delete_recording
         ))
         .routes(routes!(recordings::download_audio))
+        .routes(routes!(recordings::download_track))
         .routes(routes!(replays::create_replay_link))
         .routes(routes!(replays::list_replay_links))
         .routes(routes!(replays::revoke_replay_link))

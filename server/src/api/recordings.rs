@@ -11,20 +11,24 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiPath, ApiQuery, Caller, room_id};
+use super::extract::{ApiPath, ApiQuery, Caller, OptionalApiJson, room_id};
 use super::page_request;
 use super::participants::live_room;
 use super::replays::Viewer;
 use super::state::AppState;
-use super::views::{PageQuery, RecordingDetail, RecordingPage, RecordingView};
+use super::views::{
+    PageQuery, RecordingDetail, RecordingPage, RecordingView, StartRecording, TrackView,
+};
 use crate::control::{ControlError, ParticipantId, Recording, RecordingId};
 use crate::recording::SpeakersAt;
-use crate::room::Command;
+use crate::room::{Command, RecordingOptions};
 
-/// Start recording the room's mix. Everyone in the room is told; the audit log names who.
-/// Starting a room that is recorded already answers its current recording.
+/// Start recording the room's mix (and, if asked, a track of each speaker). Everyone in the
+/// room is told; the audit log names who. Starting a room that is recorded already answers its
+/// current recording.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
     params(("room" = String, Path, description = "Room id")),
+    request_body(content = Option<StartRecording>, description = "Optional"),
     responses((status = 201, body = RecordingView), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, description = "Nobody is in the room", body = Problem),
         (status = 410, body = Problem), (status = 503, description = "The recording could not start", body = Problem)),
@@ -33,11 +37,15 @@ pub async fn start_recording(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(room): ApiPath<String>,
+    OptionalApiJson(body): OptionalApiJson<StartRecording>,
 ) -> Result<(StatusCode, axum::Json<RecordingView>), ApiError> {
     let room = live_room(&state, &caller, &room).await?;
+    let options = RecordingOptions {
+        speaker_tracks: body.speaker_tracks,
+    };
     state
         .live
-        .command(&room, caller.room_actor(), Command::StartRecording)
+        .command(&room, caller.room_actor(), Command::StartRecording(options))
         .await?;
     match state.recordings.current(&room) {
         Some(recording) => Ok((StatusCode::CREATED, axum::Json(recording.into()))),
@@ -166,11 +174,35 @@ pub async fn get_recording(
         return answer;
     }
     let speakers = state.recordings.timeline(&recording.id).await;
-    let names = speaker_names(&state, &recording, &speakers).await?;
+    let manifest = state.recordings.tracks(&recording).await;
+    let tracked = manifest
+        .iter()
+        .flat_map(|m| &m.tracks)
+        .map(|t| &t.participant);
+    let names = speaker_names(&state, &recording, &speakers, tracked).await?;
+    let (speaker_tracks, manifest) = match manifest {
+        Some(manifest) => (true, manifest),
+        None => (false, Default::default()),
+    };
+    let base = format!(
+        "/api/v1/rooms/{}/recordings/{}",
+        recording.room_id, recording.id
+    );
+    let tracks = manifest
+        .tracks
+        .into_iter()
+        .map(|track| TrackView {
+            audio_path: format!("{base}/tracks/{}/audio", track.track),
+            track,
+        })
+        .collect();
     Ok(axum::Json(RecordingDetail {
         recording: recording.into(),
         speakers,
         names,
+        speaker_tracks,
+        tracks,
+        untracked: manifest.untracked,
     })
     .into_response())
 }
@@ -215,14 +247,18 @@ pub async fn delete_recording(
 /// The most participants a detail names (the timeline itself is bounded in bytes).
 const MAX_NAMED: usize = 1000;
 
-/// Display names of who the timeline says spoke.
-async fn speaker_names(
+/// Display names of who the timeline says spoke, and of whose tracks there are.
+async fn speaker_names<'a>(
     state: &AppState,
     recording: &Recording,
-    timeline: &[SpeakersAt],
+    timeline: &'a [SpeakersAt],
+    tracked: impl Iterator<Item = &'a ParticipantId>,
 ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    let ids: std::collections::BTreeSet<&ParticipantId> =
-        timeline.iter().flat_map(|at| &at.speakers).collect();
+    let ids: std::collections::BTreeSet<&ParticipantId> = timeline
+        .iter()
+        .flat_map(|at| &at.speakers)
+        .chain(tracked)
+        .collect();
     let ids = ids.into_iter().take(MAX_NAMED).cloned().collect();
     let names = state
         .store
@@ -251,12 +287,74 @@ pub async fn download_audio(
     ApiPath((room, id)): ApiPath<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let recording = find(&state, &viewer, &room, &id).await?;
-    let headers = request.headers().clone();
-    if let Some(answer) = on_its_node(&state, &recording.node, request).await {
-        return answer;
-    }
+    let (recording, headers) = match held_here(&state, &viewer, &room, &id, request).await? {
+        Held::Here(recording, headers) => (recording, headers),
+        Held::There(answer) => return Ok(answer),
+    };
     serve_file(&state.recordings.audio_path(&recording.id), &headers).await
+}
+
+/// Where a recording's files are, for a download.
+enum Held {
+    /// On this node: the recording and the request's headers (its `Range`).
+    Here(Recording, HeaderMap),
+    /// Another node holds them; its answer.
+    There(Response),
+}
+
+/// The recording a viewer may read, if this node holds its files; else what the node that
+/// does answered.
+async fn held_here(
+    state: &AppState,
+    viewer: &Viewer,
+    room: &str,
+    id: &str,
+    request: Request,
+) -> Result<Held, ApiError> {
+    let recording = find(state, viewer, room, id).await?;
+    let headers = request.headers().clone();
+    match on_its_node(state, &recording.node, request).await {
+        Some(answer) => answer.map(Held::There),
+        None => Ok(Held::Here(recording, headers)),
+    }
+}
+
+/// One speaker's track of a recording (Ogg Opus), with HTTP range requests, open to whoever
+/// may play the recording. A recording still being written can be fetched too.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/recordings/{recording}/tracks/{track}/audio", tag = "recordings",
+    params(("room" = String, Path, description = "Room id"), ("recording" = String, Path, description = "Recording id"),
+        ("track" = u32, Path, description = "The track's number, from 1"),
+        ("access_token" = Option<String>, Query, description = "A replay token, where no Authorization header can be sent (an `<audio>` element)"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=start-end`, `bytes=start-` or `bytes=-suffix`")),
+    responses((status = 200, description = "The whole file", content_type = "audio/ogg"),
+        (status = 206, description = "The range asked for", content_type = "audio/ogg"),
+        (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, description = "No such recording, or no such track of it", body = Problem),
+        (status = 416, description = "The range is past the end", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn download_track(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ApiPath((room, id, track)): ApiPath<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (recording, headers) = match held_here(&state, &viewer, &room, &id, request).await? {
+        Held::Here(recording, headers) => (recording, headers),
+        Held::There(answer) => return Ok(answer),
+    };
+    let no_track = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "track_not_found",
+            "this recording has no such speaker track",
+        )
+    };
+    let track = crate::recording::tracks::track_number(&track).ok_or_else(no_track)?;
+    let known = state.recordings.tracks(&recording).await;
+    if !known.is_some_and(|m| m.tracks.iter().any(|t| t.track == track)) {
+        return Err(no_track());
+    }
+    serve_file(&state.recordings.track_path(&recording.id, track), &headers).await
 }
 
 pub(super) async fn serve_file(

@@ -344,6 +344,15 @@ impl From<Recording> for RecordingView {
     }
 }
 
+/// How to record, when starting (all optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRecording {
+    /// Besides the mix, a track of each speaker's own audio; default `[recording]
+    /// speaker_tracks` (false).
+    pub speaker_tracks: Option<bool>,
+}
+
 /// A recording and who spoke when in it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingDetail {
@@ -352,8 +361,25 @@ pub struct RecordingDetail {
     /// Each change of who was speaking, from the recording's start: from `at_ms` on, these
     /// were speaking, loudest first (an empty list: nobody).
     pub speakers: Vec<SpeakersAt>,
-    /// The display name of each participant the timeline names (the name they last gave).
+    /// The display name of each participant the timeline or a track names (the name they
+    /// last gave).
     pub names: std::collections::BTreeMap<String, String>,
+    /// It was recorded with a track of each speaker.
+    pub speaker_tracks: bool,
+    /// Those tracks, in the order their speakers were first heard.
+    pub tracks: Vec<TrackView>,
+    /// Speakers heard once every track was taken: in the mix only.
+    #[schema(value_type = Vec<String>)]
+    pub untracked: Vec<crate::control::ParticipantId>,
+}
+
+/// One speaker's own track of a recording.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackView {
+    #[serde(flatten)]
+    pub track: crate::recording::tracks::TrackEntry,
+    /// Its audio, with range requests (path from the server's root).
+    pub audio_path: String,
 }
 page_view!(ParticipantPage, ParticipantView);
 

@@ -94,26 +94,49 @@ pub enum Access {
     Invalid,
 }
 
-/// Encoded frames of a room's mix, 20 ms each, for a recording. A full queue drops a frame
-/// (the writer is a second behind: something is badly wrong with the disk).
-pub type FrameSink = mpsc::Sender<Bytes>;
+/// What a room's mix hands a recording, in the order the mix saw it.
+pub enum Recorded {
+    /// One encoded 20 ms frame of the mix.
+    Mix(Bytes),
+    /// A speaker's packet as the tap delivered it (a reference, not a copy), for speaker
+    /// tracks: it arrived after the mix frames before it in the queue.
+    Speaker(Arc<crate::media::worker::Forwarded>),
+}
+
+/// Where a recording's end of the mix is fed. A full queue drops (the writer is seconds
+/// behind: something is badly wrong with the disk); speaker packets are counted.
+struct RecorderSink {
+    queue: mpsc::Sender<Recorded>,
+    /// The recording keeps speaker tracks: the speakers' packets go to it too.
+    speakers: bool,
+    dropped: Arc<AtomicU64>,
+}
 
 /// Frames waiting for a recording's writer (about five seconds).
 const RECORD_QUEUE: usize = 256;
+/// With speaker tracks, room for the speakers' packets too (five seconds of six voices).
+const RECORD_QUEUE_WITH_SPEAKERS: usize = 256 * 7;
 
 /// A recording's end of a room's mix.
 pub struct Feed {
-    /// The mix's encoded frames from now on; closed when the mix stops (the room ended).
-    pub frames: mpsc::Receiver<Bytes>,
+    /// The mix's encoded frames from now on, and its speakers' packets if asked for; closed
+    /// when the mix stops (the room ended).
+    pub frames: mpsc::Receiver<Recorded>,
     /// Samples a player drops at the start (the encoder's lookahead).
     pub pre_skip: u16,
+    /// The room's tap: whose each speaker packet's source is.
+    pub tap: Arc<crate::media::tap::RoomTap>,
+    /// Speaker packets the queue had no room for.
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A room's mix while it runs.
 pub struct Live {
     pub stream: Mutex<Stream>,
     /// Where frames go besides the stream: a recording of the room, while it is recorded.
-    recorder: Mutex<Option<FrameSink>>,
+    recorder: Mutex<Option<RecorderSink>>,
+    /// A recording with speaker tracks is attached (read per speaker packet, without a lock).
+    recording_speakers: std::sync::atomic::AtomicBool,
     pre_skip: u16,
     /// The last part published; changes wake blocked playlist requests.
     published: watch::Sender<Option<Position>>,
@@ -183,7 +206,7 @@ impl Live {
         let Some(sink) = recorder.as_ref() else {
             return false;
         };
-        match sink.try_send(frame.clone()) {
+        match sink.queue.try_send(Recorded::Mix(frame.clone())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!("a recording's writer is behind; a frame is dropped");
@@ -191,8 +214,26 @@ impl Live {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 *recorder = None;
+                self.recording_speakers.store(false, Ordering::Relaxed);
                 false
             }
+        }
+    }
+
+    /// Hands a speaker's packet to a recording that keeps speaker tracks; a full queue drops
+    /// it (counted: the track fills its place with silence).
+    fn offer_packet_to_recorder(&self, packet: &Arc<crate::media::worker::Forwarded>) {
+        if !self.recording_speakers.load(Ordering::Relaxed) {
+            return;
+        }
+        let recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = recorder.as_ref().filter(|s| s.speakers)
+            && sink
+                .queue
+                .try_send(Recorded::Speaker(Arc::clone(packet)))
+                .is_err()
+        {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -337,13 +378,27 @@ impl Broadcasts {
     /// The room's mix from now on, for a recording: the mix is started if it is not running
     /// (with broadcasts turned off too: recordings are made from the same mix) and keeps
     /// running while the feed is held. One recording per room: a new feed replaces the old.
-    pub async fn record(&self, room: &RoomId) -> Result<Feed, BroadcastError> {
+    /// With `speakers`, the speakers' packets come too, for speaker tracks.
+    pub async fn record(&self, room: &RoomId, speakers: bool) -> Result<Feed, BroadcastError> {
         let live = self.start_mix(room).await?;
-        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
-        *live.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let depth = if speakers {
+            RECORD_QUEUE_WITH_SPEAKERS
+        } else {
+            RECORD_QUEUE
+        };
+        let (tx, rx) = mpsc::channel(depth);
+        let dropped = Arc::new(AtomicU64::new(0));
+        *live.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(RecorderSink {
+            queue: tx,
+            speakers,
+            dropped: dropped.clone(),
+        });
+        live.recording_speakers.store(speakers, Ordering::Relaxed);
         Ok(Feed {
             frames: rx,
             pre_skip: live.pre_skip,
+            tap: self.inner.media.tap(room),
+            dropped,
         })
     }
 
@@ -383,6 +438,7 @@ impl Broadcasts {
         let live = Arc::new(Live {
             stream: Mutex::new(stream),
             recorder: Mutex::new(None),
+            recording_speakers: std::sync::atomic::AtomicBool::new(false),
             pre_skip: mixer.pre_skip(),
             published: watch::channel(None).0,
             ended: watch::channel(false).0,
@@ -433,6 +489,7 @@ impl Broadcasts {
                     ) {
                         tracing::warn!(room = %room, error = %e, "mixer refused a packet");
                     }
+                    live.offer_packet_to_recorder(&packet);
                 }
                 _ = ticker.tick() => {
                     let frame = match mixer.tick() {

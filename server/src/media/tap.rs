@@ -2,14 +2,17 @@
 //! tier, recordings). The worker a speaker's packet arrives on offers it once, after the
 //! speaker's rights were checked: per speaker packet one atomic load when nobody listens, and
 //! a non-blocking send (an `Arc`, no copy) when someone does. A full queue drops the packet,
-//! as the network would; the mixer conceals it.
+//! as the network would; the mixer conceals it. It also knows whose each source is, for
+//! recordings' speaker tracks (written when a connection opens or closes, never per packet).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use super::worker::Forwarded;
+use crate::control::ParticipantId;
 
 /// What a tap delivers.
 pub type TapSender = mpsc::Sender<Arc<Forwarded>>;
@@ -18,6 +21,8 @@ pub type TapSender = mpsc::Sender<Arc<Forwarded>>;
 pub struct RoomTap {
     on: AtomicBool,
     sink: Mutex<Option<TapSender>>,
+    /// The participant of each of the room's sources ([`Forwarded::source`]) on this node.
+    speakers: Mutex<HashMap<u32, ParticipantId>>,
 }
 
 impl RoomTap {
@@ -34,6 +39,24 @@ impl RoomTap {
 
     pub fn attached(&self) -> bool {
         self.on.load(Ordering::Acquire)
+    }
+
+    /// A connection of the room opened: `source` is `participant`'s audio.
+    pub(crate) fn name(&self, source: u32, participant: &ParticipantId) {
+        let mut speakers = self.speakers.lock().unwrap_or_else(|e| e.into_inner());
+        speakers.insert(source, participant.clone());
+    }
+
+    /// The connection of `source` closed.
+    pub(crate) fn forget(&self, source: u32) {
+        let mut speakers = self.speakers.lock().unwrap_or_else(|e| e.into_inner());
+        speakers.remove(&source);
+    }
+
+    /// Whose audio `source` is, while its connection is open.
+    pub fn speaker(&self, source: u32) -> Option<ParticipantId> {
+        let speakers = self.speakers.lock().unwrap_or_else(|e| e.into_inner());
+        speakers.get(&source).cloned()
     }
 
     /// Called by the worker for each accepted speaker packet. Never blocks: if the sink is

@@ -4,6 +4,8 @@
 //! the store, and on start closes what a killed process left open. No HTTP here.
 //!
 //! - [`ogg`]: the sans-IO Ogg Opus writer and the reader of a file's last good page.
+//! - [`tracks`], [`track_files`]: speaker tracks, each speaker's own packets remuxed beside
+//!   the mix when a recording asks for them.
 //! - this file: one task per recorded room, the files under `{data_dir}/recordings/`, and
 //!   recovery.
 //!
@@ -13,6 +15,8 @@
 
 pub mod clips;
 pub mod ogg;
+pub mod track_files;
+pub mod tracks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -23,17 +27,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::broadcast::{Broadcasts, Feed};
+use crate::broadcast::{Broadcasts, Feed, Recorded};
 use crate::clock::Clock;
 use crate::config::RecordingSettings;
 use crate::control::{
     ClipId, ControlError, FinishedRecording, ParticipantId, Recording, RecordingId, RecordingState,
     RoomId, Store,
 };
-use crate::room::{LiveRooms, Recorder, RecorderFuture};
+use crate::room::{LiveRooms, Recorder, RecorderFuture, RecordingOptions};
 use crate::webhooks::{self, event_type};
 use clips::ClipAudio;
 use ogg::{OggOpusWriter, StreamInfo};
+use track_files::TrackFiles;
 
 /// Frames per page: a page a second (50 frames of 20 ms).
 const FLUSH_FRAMES: usize = 50;
@@ -127,6 +132,16 @@ impl Recordings {
         self.inner.dir.join(format!("{id}.ogg"))
     }
 
+    /// Where one of a recording's speaker tracks is (on the node that holds it).
+    pub fn track_path(&self, id: &RecordingId, track: u32) -> PathBuf {
+        track_files::track_path(&self.inner.dir, id, track)
+    }
+
+    /// A recording's speaker tracks, if it was made with them (files on this node).
+    pub async fn tracks(&self, recording: &Recording) -> Option<tracks::Manifest> {
+        track_files::read(&self.inner.dir, &recording.id).await
+    }
+
     fn timeline_path(&self, id: &RecordingId) -> PathBuf {
         self.inner.dir.join(format!("{id}.speakers.jsonl"))
     }
@@ -157,9 +172,10 @@ impl Recordings {
             .collect()
     }
 
-    /// Deletes a recording's files (its audio and its timeline) from this node, once the store
-    /// has forgotten it. A file already gone is not an error.
+    /// Deletes a recording's files (its audio, its timeline, its speaker tracks) from this
+    /// node, once the store has forgotten it. A file already gone is not an error.
     pub async fn delete_files(&self, id: &RecordingId) -> std::io::Result<()> {
+        track_files::delete(&self.inner.dir, id).await?;
         for path in [self.audio_path(id), self.timeline_path(id)] {
             match tokio::fs::remove_file(&path).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -179,6 +195,7 @@ impl Recordings {
             .unfinished_recordings(self.inner.node.clone())
             .await?;
         for recording in &left {
+            track_files::settle(&self.inner.dir, &recording.id).await;
             let finished = self.settle(&recording.id).await;
             tracing::info!(
                 recording = %recording.id,
@@ -238,17 +255,24 @@ impl Recordings {
         }
     }
 
-    async fn start_recording(&self, room: &RoomId) -> Result<(), String> {
+    async fn start_recording(
+        &self,
+        room: &RoomId,
+        options: RecordingOptions,
+    ) -> Result<(), String> {
         if self.inner.active.contains_key(room) {
             return Ok(());
         }
         tokio::fs::create_dir_all(&self.inner.dir)
             .await
             .map_err(|e| format!("cannot make {}: {e}", self.inner.dir.display()))?;
+        let speaker_tracks = options
+            .speaker_tracks
+            .unwrap_or(self.inner.settings.speaker_tracks);
         let feed = self
             .inner
             .broadcasts
-            .record(room)
+            .record(room, speaker_tracks)
             .await
             .map_err(|e| format!("no mix: {e}"))?;
         let now = self.inner.clock.now_ms();
@@ -273,10 +297,16 @@ impl Recordings {
             audio.write_all(&head).await?;
             audio.flush().await?;
             let timeline = tokio::fs::File::create(self.timeline_path(&recording.id)).await?;
-            std::io::Result::Ok((audio, timeline))
+            let tracks = if speaker_tracks {
+                let (tap, dropped) = (feed.tap.clone(), feed.dropped.clone());
+                Some(TrackFiles::start(&self.inner.dir, &recording.id, tap, dropped).await?)
+            } else {
+                None
+            };
+            std::io::Result::Ok((audio, timeline, tracks))
         }
         .await;
-        let (audio, timeline) = match opened {
+        let (audio, timeline, tracks) = match opened {
             Ok(files) => files,
             Err(e) => {
                 let failed = self.settle(&recording.id).await;
@@ -293,6 +323,7 @@ impl Recordings {
             ogg: writer,
             audio,
             timeline,
+            tracks,
         };
         let handle = tokio::spawn(task.run(feed, stopped, speakers_rx));
         tracing::info!(%room, recording = %recording.id, "recording started");
@@ -440,8 +471,12 @@ impl Recorder for Recordings {
         self.hold_for_clips(room, live);
     }
 
-    fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>> {
-        Box::pin(self.start_recording(room))
+    fn start<'a>(
+        &'a self,
+        room: &'a RoomId,
+        options: RecordingOptions,
+    ) -> RecorderFuture<'a, Result<(), String>> {
+        Box::pin(self.start_recording(room, options))
     }
 
     fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()> {
@@ -463,6 +498,8 @@ struct Writer {
     ogg: OggOpusWriter,
     audio: tokio::fs::File,
     timeline: tokio::fs::File,
+    /// The speakers' own tracks, if asked for.
+    tracks: Option<TrackFiles>,
 }
 
 /// Why a recording's task ended.
@@ -484,7 +521,19 @@ impl Writer {
         let end = loop {
             tokio::select! {
                 frame = feed.frames.recv() => {
-                    let Some(frame) = frame else { break End::Lost };
+                    let frame = match frame {
+                        Some(Recorded::Mix(frame)) => frame,
+                        Some(Recorded::Speaker(packet)) => {
+                            if let Some(tracks) = self.tracks.as_mut() {
+                                tracks.packet(&packet).await;
+                            }
+                            continue;
+                        }
+                        None => break End::Lost,
+                    };
+                    if let Some(tracks) = self.tracks.as_mut() {
+                        tracks.mix_frame().await;
+                    }
                     if let Some(page) = self.ogg.push(&frame)
                         && let Err(e) = write_page(&mut self.audio, page).await
                     {
@@ -504,6 +553,9 @@ impl Writer {
             pre_skip: feed.pre_skip,
         };
         drop(feed);
+        if let Some(tracks) = self.tracks.take() {
+            tracks.finish(tail.pre_skip).await;
+        }
         if !failed {
             let last = self.ogg.finish();
             if let Err(e) = write_page(&mut self.audio, &last).await {

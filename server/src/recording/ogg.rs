@@ -32,6 +32,8 @@ pub struct OggOpusWriter {
     sequence: u32,
     /// Samples of every frame pushed so far (granule of the last complete packet).
     granule: u64,
+    /// The granule of the last page made.
+    sealed: u64,
     /// Lacing values of the page being filled.
     segments: Vec<u8>,
     body: Vec<u8>,
@@ -47,6 +49,7 @@ impl OggOpusWriter {
             info,
             sequence: 0,
             granule: 0,
+            sealed: 0,
             segments: Vec::with_capacity(MAX_SEGMENTS),
             body: Vec::with_capacity(8 * 1024),
             frames: 0,
@@ -74,8 +77,14 @@ impl OggOpusWriter {
         (w, out)
     }
 
-    /// One encoded frame; a full page comes back when it is time to write one.
+    /// One encoded frame of `frame_samples`; a full page comes back when it is time to write
+    /// one.
     pub fn push(&mut self, frame: &[u8]) -> Option<&[u8]> {
+        self.push_samples(frame, self.info.frame_samples)
+    }
+
+    /// One packet of `samples` (at 48 kHz): a speaker's packet may hold 10 to 120 ms.
+    pub fn push_samples(&mut self, frame: &[u8], samples: u32) -> Option<&[u8]> {
         let lacing = frame.len() / 255 + 1;
         let mut early = false;
         if self.segments.len() + lacing > MAX_SEGMENTS {
@@ -85,7 +94,7 @@ impl OggOpusWriter {
             early = true;
         }
         self.add_packet(frame);
-        self.granule += u64::from(self.info.frame_samples);
+        self.granule += u64::from(samples);
         self.frames += 1;
         if early {
             return Some(&self.page);
@@ -108,6 +117,15 @@ impl OggOpusWriter {
     pub fn finish(mut self) -> Vec<u8> {
         self.seal(EOS, self.granule);
         self.page
+    }
+
+    /// The last page, as [`finish`](Self::finish), telling players to stop at `end`: the
+    /// samples of its packets past `end` are not played (RFC 7845 section 4.4, end trimming).
+    /// What earlier pages hold cannot be trimmed; the granule it gives is returned too.
+    pub fn finish_at(mut self, end: u64) -> (Vec<u8>, u64) {
+        let granule = end.clamp(self.sealed, self.granule);
+        self.seal(EOS, granule);
+        (self.page, granule)
     }
 
     /// Samples written so far, pre-skip included.
@@ -143,6 +161,7 @@ impl OggOpusWriter {
         let crc = crc32(page);
         page[22..26].copy_from_slice(&crc.to_le_bytes());
         self.sequence += 1;
+        self.sealed = granule;
         self.segments.clear();
         self.body.clear();
         self.frames = 0;
@@ -461,6 +480,26 @@ mod tests {
         // Not an Ogg Opus file at all.
         assert_eq!(read_tail(b"RIFF....WAVE"), None);
         assert_eq!(read_tail(&[]), None);
+    }
+
+    #[test]
+    fn the_last_page_trims_the_end_but_not_what_earlier_pages_hold() {
+        let (mut w, mut file) = OggOpusWriter::new(info(50), "stoa");
+        for _ in 0..60 {
+            if let Some(page) = w.push(&[3; 20]) {
+                file.extend_from_slice(page);
+            }
+        }
+        let (last, granule) = w.finish_at(58 * 960 + 100);
+        assert_eq!(granule, 58 * 960 + 100);
+        file.extend_from_slice(&last);
+        assert_eq!(read_tail(&file).unwrap().granule, 58 * 960 + 100);
+        // Asked to end inside the first page: only the second's packets can go.
+        let (mut w, _) = OggOpusWriter::new(info(50), "stoa");
+        for _ in 0..60 {
+            w.push(&[3; 20]);
+        }
+        assert_eq!(w.finish_at(10 * 960).1, 50 * 960);
     }
 
     #[test]

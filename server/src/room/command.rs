@@ -151,8 +151,9 @@ pub enum Command {
     },
     /// End the room for everyone.
     End,
-    /// Record the room's mix from now on (a repeat while it is recorded changes nothing).
-    StartRecording,
+    /// Record the room's mix from now on (a repeat while it is recorded changes nothing, its
+    /// options included).
+    StartRecording(RecordingOptions),
     /// Stop recording it (nothing while it is not recorded).
     StopRecording,
     /// The recording stopped without being asked to (it could not start, the disk failed, the
@@ -164,4 +165,12 @@ pub enum Command {
     SetSpeaking {
         levels: Vec<(ParticipantId, u8)>,
     },
+}
+
+/// How a recording is made, as asked when it starts; what is not asked is the server's
+/// default (`[recording]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecordingOptions {
+    /// Besides the mix, a track of each speaker's own audio.
+    pub speaker_tracks: Option<bool>,
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::control::{ParticipantId, Role};
-use crate::room::{Actor, ConnectionId, ParticipantView};
+use crate::room::{Actor, ConnectionId, ParticipantView, RecordingOptions};
 
 /// The result of an accepted command. Both lists may be empty (an idempotent repeat).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,7 +169,7 @@ pub enum Effect {
     /// its own line) is left as it is, so the end is recorded once.
     PersistRoomEnded { by: Actor, participants: usize },
     /// Start recording the room's mix (the recorder reports `RecordingLost` if it cannot).
-    StartRecording,
+    StartRecording(RecordingOptions),
     /// Stop recording it, and close the file.
     StopRecording,
     /// Who is speaking changed while the room is recorded: a line in the recording's

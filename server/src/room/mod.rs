@@ -15,7 +15,7 @@ pub use actor::{
     AnonymousListeners, Connect, ConnectError, LiveError, LiveRooms, NoRecorder, Outbound, Outbox,
     Recorder, RecorderFuture, RoomHandle,
 };
-pub use command::{Actor, Command, ConnectionId};
+pub use command::{Actor, Command, ConnectionId, RecordingOptions};
 pub use event::{
     Audience, AuditAction, CloseReason, Effect, Event, EventKind, LeaveReason, Outcome,
 };

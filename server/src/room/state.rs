@@ -172,7 +172,7 @@ impl RoomState {
             Command::Demote { target } => self.demote(actor, &target, &mut out),
             Command::SetRole { target, role } => self.set_role(actor, &target, role, &mut out),
             Command::End => self.end(actor, &mut out),
-            Command::StartRecording => self.start_recording(actor, &mut out),
+            Command::StartRecording(options) => self.start_recording(actor, options, &mut out),
             Command::StopRecording => self.stop_recording(actor, &mut out),
             Command::RecordingLost => self.lose_recording(actor, &mut out),
             Command::SetSpeaking { levels } => self.set_speaking(actor, levels),

@@ -20,7 +20,8 @@ use crate::config::SignalSettings;
 use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, RoomId, Standing, Store};
 use crate::metrics::Metrics;
 use crate::room::{
-    Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, Refusal, RoomHandle,
+    Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, RecordingOptions, Refusal,
+    RoomHandle,
 };
 use crate::session::{ResumeClaims, TokenError, TokenSigner};
 use crate::wire::{ClientMessage, RequestId, ServerMessage, close_code, decode};
@@ -675,7 +676,9 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
             role,
         },
         ClientMessage::EndRoom {} => Command::End,
-        ClientMessage::StartRecording {} => Command::StartRecording,
+        ClientMessage::StartRecording { speaker_tracks } => {
+            Command::StartRecording(RecordingOptions { speaker_tracks })
+        }
         ClientMessage::StopRecording {} => Command::StopRecording,
         ClientMessage::Leave {} => Command::Leave,
         ClientMessage::Join { .. }

@@ -72,8 +72,12 @@ pub enum ClientMessage {
         role: Role,
     },
     EndRoom {},
-    /// A moderator starts recording the room's mix.
-    StartRecording {},
+    /// A moderator starts recording the room's mix; `speaker_tracks` (optional, a boolean)
+    /// asks for each speaker's own track too.
+    StartRecording {
+        #[serde(default)]
+        speaker_tracks: Option<bool>,
+    },
     StopRecording {},
     ListAudience {
         after: Option<ParticipantId>,

@@ -264,6 +264,7 @@ impl<E: Egress> Core<E> {
             scheduled: None,
         });
         conn.hear(entry.selector.slots_for(source));
+        entry.tap.name(source.0, &conn.participant);
         conn.schedule(key, &mut self.timers);
         tracing::debug!(worker = setup.index, conn = %key, room = %room.id, participant = %conn.participant, on_stage, slots = conn.slots.len(), "media connection opened");
         self.conns.insert(key, conn);
@@ -365,6 +366,7 @@ impl<E: Egress> Core<E> {
         self.counters.connections.set(self.conns.len() as i64);
         let room_id = self.rooms.get(&conn.room).map(|r| r.id.clone());
         if let Some(room) = self.rooms.get_mut(&conn.room) {
+            room.tap.forget(conn.source.0);
             room.members.retain(|k| *k != key);
             let mask = room.workers.load(Ordering::Relaxed);
             for (index, peer) in self.links.peer_controls.iter().enumerate() {

@@ -24,7 +24,7 @@ mod task;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Actor, Command, ConnectionId, ParticipantView, Refusal};
+use super::{Actor, Command, ConnectionId, ParticipantView, RecordingOptions, Refusal};
 use crate::control::{Delivery, ParticipantId, Role};
 use crate::wire::{RequestId, Text};
 
@@ -44,7 +44,11 @@ pub type RecorderFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Recorder: Send + Sync + 'static {
     /// Starts recording the room's mix; an error says why it could not (logged; the room is
     /// told the recording stopped).
-    fn start<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, Result<(), String>>;
+    fn start<'a>(
+        &'a self,
+        room: &'a RoomId,
+        options: RecordingOptions,
+    ) -> RecorderFuture<'a, Result<(), String>>;
     /// Stops it and closes its file; returns once the file is closed and its row says so.
     /// Called after the room's own records of the stop are written, so that what the
     /// recorder writes (`recording.ready`) follows them.
@@ -77,7 +81,11 @@ impl AnonymousListeners for NoAnonymousListeners {
 pub struct NoRecorder;
 
 impl Recorder for NoRecorder {
-    fn start<'a>(&'a self, _: &'a RoomId) -> RecorderFuture<'a, Result<(), String>> {
+    fn start<'a>(
+        &'a self,
+        _: &'a RoomId,
+        _: RecordingOptions,
+    ) -> RecorderFuture<'a, Result<(), String>> {
         Box::pin(async { Err("this server does not record".to_owned()) })
     }
 

@@ -484,8 +484,9 @@ impl RoomTask {
                 target,
                 detail,
             } => self.audit(actor, action, target, detail),
-            Effect::StartRecording => {
-                if let Err(why) = self.deps.recorder.start(self.state.room()).await {
+            Effect::StartRecording(options) => {
+                let started = self.deps.recorder.start(self.state.room(), options);
+                if let Err(why) = started.await {
                     tracing::error!(room = %self.state.room(), %why, "cannot record");
                     self.recording_lost = true;
                 }

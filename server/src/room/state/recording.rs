@@ -5,12 +5,15 @@ use serde_json::json;
 
 use crate::room::permissions::Action;
 use crate::room::state::RoomState;
-use crate::room::{Actor, Audience, AuditAction, Effect, EventKind, Outcome, Refusal};
+use crate::room::{
+    Actor, Audience, AuditAction, Effect, EventKind, Outcome, RecordingOptions, Refusal,
+};
 
 impl RoomState {
     pub(super) fn start_recording(
         &mut self,
         actor: &Actor,
+        options: RecordingOptions,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
         self.permit(actor, Action::StartRecording)?;
@@ -22,7 +25,7 @@ impl RoomState {
             Audience::Everyone,
             EventKind::RecordingStarted { by: actor.clone() },
         );
-        out.effect(Effect::StartRecording);
+        out.effect(Effect::StartRecording(options));
         out.effect(recording_audit(actor, AuditAction::StartRecording));
         // The timeline starts with whoever is speaking now.
         if !self.speakers.is_empty() {
@@ -84,6 +87,7 @@ fn recording_audit(actor: &Actor, action: AuditAction) -> Effect {
 
 #[cfg(test)]
 mod tests {
+    use crate::room::command::RecordingOptions;
     use crate::room::state::testkit::{audits, cast_room, types, who};
     use crate::room::{Actor, Audience, AuditAction, Command, Effect, EventKind};
 
@@ -92,15 +96,18 @@ mod tests {
         let (mut room, cast) = cast_room();
         for refused in [&cast.listener, &cast.speaker] {
             assert_eq!(
-                room.refused(&who(refused), Command::StartRecording),
+                room.refused(&who(refused), Command::StartRecording(Default::default())),
                 "not_permitted"
             );
         }
         assert_eq!(
-            room.refused(&Actor::System, Command::StartRecording),
+            room.refused(&Actor::System, Command::StartRecording(Default::default())),
             "not_permitted"
         );
-        let out = room.ok(&who(&cast.mod_off), Command::StartRecording);
+        let out = room.ok(
+            &who(&cast.mod_off),
+            Command::StartRecording(Default::default()),
+        );
         assert_eq!(types(&out), ["recording_started"]);
         assert_eq!(out.events[0].audience, Audience::Everyone);
         assert_eq!(
@@ -109,7 +116,10 @@ mod tests {
                 by: who(&cast.mod_off)
             }
         );
-        assert!(out.effects.contains(&Effect::StartRecording));
+        assert!(
+            out.effects
+                .contains(&Effect::StartRecording(Default::default()))
+        );
         assert_eq!(audits(&out), [(AuditAction::StartRecording, None)]);
         assert!(room.state.is_recording());
         let snapshot = room.state.snapshot_for(&cast.listener).unwrap();
@@ -119,8 +129,11 @@ mod tests {
 
         // A repeat changes nothing; a listener cannot stop it.
         assert!(
-            room.ok(&who(&cast.mod_on), Command::StartRecording)
-                .is_empty()
+            room.ok(
+                &who(&cast.mod_on),
+                Command::StartRecording(Default::default())
+            )
+            .is_empty()
         );
         assert_eq!(
             room.refused(&who(&cast.listener), Command::StopRecording),
@@ -146,7 +159,10 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Effect::RecordSpeakers { .. }))
         );
-        let out = room.ok(&who(&cast.mod_on), Command::StartRecording);
+        let out = room.ok(
+            &who(&cast.mod_on),
+            Command::StartRecording(Default::default()),
+        );
         assert!(out.effects.contains(&Effect::RecordSpeakers {
             speakers: vec![cast.speaker.clone()]
         }));
@@ -165,14 +181,22 @@ mod tests {
             "not_permitted"
         );
         assert!(room.ok(&Actor::System, Command::RecordingLost).is_empty());
-        room.ok(&who(&cast.mod_on), Command::StartRecording);
+        room.ok(
+            &who(&cast.mod_on),
+            Command::StartRecording(Default::default()),
+        );
         let out = room.ok(&Actor::System, Command::RecordingLost);
         assert_eq!(
             out.events[0].kind,
             EventKind::RecordingStopped { by: Actor::System }
         );
         assert!(!out.effects.contains(&Effect::StopRecording));
-        room.ok(&who(&cast.mod_on), Command::StartRecording);
+        // What was asked goes to the recorder as it was asked.
+        let tracks = RecordingOptions {
+            speaker_tracks: Some(true),
+        };
+        let out = room.ok(&who(&cast.mod_on), Command::StartRecording(tracks));
+        assert!(out.effects.contains(&Effect::StartRecording(tracks)));
         let out = room.ok(&who(&cast.mod_on), Command::End);
         assert!(out.effects.contains(&Effect::StopRecording));
         assert_eq!(types(&out), ["room_ended"]);

@@ -241,7 +241,7 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
             role: Role::Listener,
         },
         Command::End,
-        Command::StartRecording,
+        Command::StartRecording(Default::default()),
         Command::StopRecording,
         Command::RecordingLost,
         Command::SetSpeaking {
@@ -282,7 +282,7 @@ fn command_kind(command: &Command) -> usize {
         Command::SetRole { .. } => 21,
         Command::End => 22,
         Command::SetSpeaking { .. } => 23,
-        Command::StartRecording => 24,
+        Command::StartRecording(_) => 24,
         Command::StopRecording => 25,
         Command::RecordingLost => 26,
     }
