@@ -4,6 +4,7 @@
 //! the store, and on start closes what a killed process left open. No HTTP here.
 //!
 //! - [`ogg`]: the sans-IO Ogg Opus writer and the reader of a file's last good page.
+//! - [`retention`]: recordings and live clips deleted once their retention runs out.
 //! - this file: one task per recorded room, the files under `{data_dir}/recordings/`, and
 //!   recovery.
 //!
@@ -13,6 +14,7 @@
 
 pub mod clips;
 pub mod ogg;
+pub mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
