@@ -71,6 +71,11 @@ pub struct RecordingSettings {
     /// Recordings keep a track of each speaker besides the mix unless the start says
     /// otherwise (`speaker_tracks` in its body).
     pub speaker_tracks: bool,
+    /// Every room records whenever it goes live, unless its own `record_by_default` says
+    /// otherwise.
+    pub record_by_default: bool,
+    /// How often each node looks for recordings and clips past their retention.
+    pub retention_check_secs: u64,
 }
 
 impl Default for RecordingSettings {
@@ -82,12 +87,16 @@ impl Default for RecordingSettings {
             clip_burst: 3,
             retention_days: 0,
             speaker_tracks: false,
+            record_by_default: false,
+            retention_check_secs: 3600,
         }
     }
 }
 
 /// The most seconds a live room keeps for clips (`[recording] live_clip_secs`).
 pub const MAX_LIVE_CLIP_SECS: u32 = 120;
+/// The longest retention the server or a room may ask for (a hundred years).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// The longest clip of a recording that may be configured (`[recording] max_clip_secs`).
 pub const MAX_CLIP_SECS: u32 = 600;
 
@@ -775,12 +784,13 @@ impl Config {
             || !(1..=MAX_CLIP_SECS).contains(&r.max_clip_secs)
             || r.clips_per_minute == 0
             || r.clip_burst == 0
-            || r.retention_days > 36_500
+            || r.retention_days > MAX_RETENTION_DAYS
+            || !(1..=86_400).contains(&r.retention_check_secs)
         {
             return Err(ConfigError::Invalid(format!(
                 "recording: live_clip_secs 0..={MAX_LIVE_CLIP_SECS}, max_clip_secs \
                  1..={MAX_CLIP_SECS}, clips_per_minute and clip_burst > 0, retention_days \
-                 0..=36500"
+                 0..=36500, retention_check_secs 1..=86400"
             )));
         }
         let c = &self.cluster;

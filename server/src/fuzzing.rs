@@ -493,6 +493,7 @@ impl RestHarness {
                             max_stage: None,
                             webrtc_audience_cap: None,
                         },
+                        recording: Default::default(),
                     },
                     crate::control::Actor::Operator,
                     now,

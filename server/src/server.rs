@@ -44,6 +44,8 @@ pub struct RunningServer {
     pub state: AppState,
     handle: Handle<SocketAddr>,
     housekeeping: tokio::task::JoinHandle<()>,
+    /// Deletes this node's recordings and clips past their retention.
+    retention: tokio::task::JoinHandle<()>,
     /// Keeps this node and its rooms' leases alive in the cluster.
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// Sends the webhook outbox, when webhooks are configured.
@@ -67,6 +69,7 @@ impl RunningServer {
         self.media_task.abort();
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
         self.housekeeping.abort();
+        self.retention.abort();
         self.task.await.context("server task panicked")??;
         Ok(())
     }
@@ -78,6 +81,7 @@ impl RunningServer {
             heartbeat.abort();
         }
         self.housekeeping.abort();
+        self.retention.abort();
         self.media_task.abort();
         if let Some(task) = &self.webhook_task {
             task.abort();
@@ -206,6 +210,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         Ok(n) => tracing::info!(recordings = n, "closed recordings left open"),
         Err(e) => tracing::error!(error = %e, "cannot close recordings left open"),
     }
+    let retention = tokio::spawn(state.recordings.clone().keep_retention());
     let mut heartbeat = None;
     if config.cluster.enabled() {
         let cluster = Cluster::join(&config.cluster, (*state.node).clone(), fingerprints)
@@ -318,6 +323,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         state,
         handle,
         housekeeping,
+        retention,
         media_task,
         task,
     })

@@ -158,6 +158,17 @@ impl SignalClient {
         self.wait(|m| m["type"] == kind).await
     }
 
+    /// Waits for an `active_speakers` event that names `participant` among the speakers.
+    pub async fn wait_speaking(&mut self, participant: &str) -> Value {
+        self.wait(|e| {
+            e["type"] == "active_speakers"
+                && e["speakers"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|p| p == participant))
+        })
+        .await
+    }
+
     /// Waits for an event of `kind` about `participant`.
     pub async fn wait_about(&mut self, kind: &str, participant: &str) -> Value {
         self.wait(|m| {

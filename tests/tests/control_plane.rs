@@ -850,6 +850,7 @@ async fn openapi_lists_every_route(engine: Engine) {
         "POST /api/v1/rooms",
         "GET /api/v1/rooms",
         "GET /api/v1/rooms/{room}",
+        "PATCH /api/v1/rooms/{room}",
         "DELETE /api/v1/rooms/{room}",
         "POST /api/v1/rooms/{room}/invites",
         "GET /api/v1/rooms/{room}/invites",

@@ -157,6 +157,14 @@ fn rest_table() -> Vec<Row> {
             expect: moderators(200),
         },
         Row {
+            method: Method::PATCH,
+            template: "/api/v1/rooms/{room}",
+            path: |w| format!("/api/v1/rooms/{}", w.room),
+            body: |_| Some(json!({ "retention_days": 30 })),
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
             method: Method::DELETE,
             template: "/api/v1/rooms/{room}",
             path: |w| format!("/api/v1/rooms/{}", w.room),

@@ -116,7 +116,11 @@ impl Modify for ProblemContentType {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(rooms::create_room, rooms::list_rooms))
-        .routes(routes!(rooms::get_room, rooms::end_room))
+        .routes(routes!(
+            rooms::get_room,
+            rooms::update_room,
+            rooms::end_room
+        ))
         .routes(routes!(invites::create_invite, invites::list_invites))
         .routes(routes!(invites::revoke_invite))
         .routes(routes!(join::redeem))

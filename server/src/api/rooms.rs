@@ -1,5 +1,5 @@
-//! `/api/v1/rooms`: create, list, show and end rooms. Thin: authenticate, validate the
-//! body, ask the store, render.
+//! `/api/v1/rooms`: create, list, show, change (the recording policy) and end rooms. Thin:
+//! authenticate, validate the body, ask the store, render.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,8 +8,11 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, room_id};
 use super::page_request;
 use super::state::AppState;
-use super::views::{CreateRoom, PageQuery, RoomDetail, RoomPage, RoomView};
-use crate::control::{ControlError, NewRoom, Room, RoomLimits, validate};
+use super::views::{CreateRoom, PageQuery, RoomDetail, RoomPage, RoomView, UpdateRoom};
+use crate::control::{
+    ControlError, MAX_RETENTION_DAYS, NewRoom, RecordingPolicy, RecordingPolicyChange, Room,
+    RoomLimits, validate,
+};
 use crate::room::{Command, LiveError};
 
 /// How many participants `GET /rooms/{room}` lists; the participants endpoint pages the rest.
@@ -33,6 +36,18 @@ fn bounded(
         Some(v) if v == 0 || v > max => Err(ControlError::invalid(
             code,
             format!("{what} must be between 1 and {max}, got {v}"),
+        )
+        .into()),
+        other => Ok(other),
+    }
+}
+
+/// A room's retention, within 0 (keep) to [`MAX_RETENTION_DAYS`].
+fn retention(days: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match days {
+        Some(d) if d > MAX_RETENTION_DAYS => Err(ControlError::invalid(
+            "invalid_retention",
+            format!("retention_days must be between 0 and {MAX_RETENTION_DAYS}, got {d}"),
         )
         .into()),
         other => Ok(other),
@@ -69,6 +84,10 @@ pub async fn create_room(
                 "invalid_limit",
                 "webrtc_audience_cap",
             )?,
+        },
+        recording: RecordingPolicy {
+            record_by_default: body.record_by_default,
+            retention_days: retention(body.retention_days)?,
         },
     };
     let room = state
@@ -128,6 +147,40 @@ pub async fn get_room(
         room: live_view(&state, &room),
         participants,
     }))
+}
+
+/// Change the room's recording policy: whether it records whenever it goes live, and how
+/// long its recordings and live clips are kept.
+#[utoipa::path(patch, path = "/api/v1/rooms/{room}", tag = "rooms",
+    params(("room" = String, Path, description = "Room id")),
+    request_body = UpdateRoom,
+    responses((status = 200, description = "The room as it is now", body = RoomView), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn update_room(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(room): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateRoom>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    let room = room_id(&room)?;
+    caller.require_moderator_of(&room)?;
+    let change = RecordingPolicyChange {
+        record_by_default: body.record_by_default,
+        retention_days: body.retention_days.map(retention).transpose()?,
+    };
+    let room = if change == RecordingPolicyChange::default() {
+        state.store.room(room).await?
+    } else {
+        let now = state.clock.now_ms();
+        let room = state
+            .store
+            .update_recording_policy(room, change, caller.actor(), now)
+            .await?;
+        tracing::info!(room = %room.id, "room's recording policy changed");
+        room
+    };
+    Ok(axum::Json(live_view(&state, &room)))
 }
 
 /// End the room for everyone: links stop working.

@@ -146,7 +146,8 @@ impl AppState {
                 .then_some(config.broadcast.webrtc_audience_cap),
             webhooks,
             Arc::new(recordings.clone()),
-        );
+        )
+        .record_by_default(config.recording.record_by_default);
         let live = live.count_anonymous_listeners(Arc::new(broadcasts.clone()));
         recordings.attach_rooms(live.clone());
         let signal = SignalContext {

@@ -23,6 +23,34 @@ pub struct CreateRoom {
     /// Most listeners on WebRTC at once (1 to 100000); listeners who join past it hear the
     /// room over its broadcast. Default: the server's `[broadcast] webrtc_audience_cap`.
     pub webrtc_audience_cap: Option<u32>,
+    /// Record whenever the room goes live. Default: the server's
+    /// `[recording] record_by_default`.
+    pub record_by_default: Option<bool>,
+    /// Days its recordings and live clips are kept (0 to 36500; 0 keeps them). Default: the
+    /// server's `[recording] retention_days`.
+    pub retention_days: Option<u32>,
+}
+
+/// `PATCH /api/v1/rooms/{room}`: each field given changes; `null` goes back to the server's
+/// setting; a field left out stays as it is.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoom {
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Option<bool>)]
+    pub record_by_default: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Option<u32>)]
+    pub retention_days: Option<Option<u32>>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`.
+fn given<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -41,6 +69,10 @@ pub struct RoomView {
     pub max_participants: Option<u32>,
     pub max_stage: Option<u32>,
     pub webrtc_audience_cap: Option<u32>,
+    /// The room's own; `null`: the server's `[recording] record_by_default`.
+    pub record_by_default: Option<bool>,
+    /// The room's own; `null`: the server's `[recording] retention_days`.
+    pub retention_days: Option<u32>,
 }
 
 impl RoomView {
@@ -56,6 +88,8 @@ impl RoomView {
             max_participants: room.limits.max_participants,
             max_stage: room.limits.max_stage,
             webrtc_audience_cap: room.limits.webrtc_audience_cap,
+            record_by_default: room.recording.record_by_default,
+            retention_days: room.recording.retention_days,
         }
     }
 }

@@ -109,6 +109,7 @@ mod tests {
             created_at_ms: 0,
             ended_at_ms: ended.then_some(5),
             limits: Default::default(),
+            recording: Default::default(),
         }
     }
 

@@ -22,8 +22,9 @@ pub use invite_code::{IdentitySecret, InviteCode};
 pub use listen_link::{CreatedListenLink, ListenCode, ListenLink, NewListenLink};
 pub use model::{
     Actor, AuditEvent, ClaimedWebhook, CreatedInvite, CreatedReplayLink, DeliveryState,
-    FinishedRecording, Invite, NewInvite, NewReplayLink, NewRoom, NewWebhook, Page, PageRequest,
-    Recording, RecordingState, Redemption, ReplayLink, Room, RoomLimits, RoomRecord, RoomWrite,
-    Standing, WebhookAttempt, WebhookDelivery,
+    FinishedRecording, Invite, MAX_RETENTION_DAYS, NewInvite, NewReplayLink, NewRoom, NewWebhook,
+    Page, PageRequest, Recording, RecordingPolicy, RecordingPolicyChange, RecordingState,
+    Redemption, ReplayLink, Room, RoomLimits, RoomRecord, RoomWrite, Standing, WebhookAttempt,
+    WebhookDelivery,
 };
 pub use store::Store;

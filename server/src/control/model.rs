@@ -15,6 +15,40 @@ pub struct RoomLimits {
     pub webrtc_audience_cap: Option<u32>,
 }
 
+/// A room's own recording policy; `None` means the server's `[recording]` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordingPolicy {
+    /// A recording starts whenever the room goes live.
+    pub record_by_default: Option<bool>,
+    /// Days its recordings and live clips are kept; 0 keeps them.
+    pub retention_days: Option<u32>,
+}
+
+/// The longest retention a room may ask for, as the server's own.
+pub const MAX_RETENTION_DAYS: u32 = crate::config::MAX_RETENTION_DAYS;
+
+impl RecordingPolicy {
+    /// Whether the room records when it goes live, given the server's default.
+    pub fn records_by_default(&self, server: bool) -> bool {
+        self.record_by_default.unwrap_or(server)
+    }
+
+    /// A change to a policy: `Some(None)` goes back to the server's setting, `None` keeps it.
+    pub fn changed(self, change: &RecordingPolicyChange) -> RecordingPolicy {
+        RecordingPolicy {
+            record_by_default: change.record_by_default.unwrap_or(self.record_by_default),
+            retention_days: change.retention_days.unwrap_or(self.retention_days),
+        }
+    }
+}
+
+/// What `PATCH /rooms/{room}` changes of a room's recording policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordingPolicyChange {
+    pub record_by_default: Option<Option<bool>>,
+    pub retention_days: Option<Option<u32>>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room {
     pub id: RoomId,
@@ -22,6 +56,7 @@ pub struct Room {
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     pub limits: RoomLimits,
+    pub recording: RecordingPolicy,
 }
 
 impl Room {
@@ -34,6 +69,7 @@ impl Room {
 pub struct NewRoom {
     pub title: String,
     pub limits: RoomLimits,
+    pub recording: RecordingPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::{
     NewRoom, Page, ParticipantId, Recording, RecordingId, Redemption, Room, RoomId, RoomWrite,
 };
 use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
-use super::{Clip, ClipCode, NewClip};
+use super::{Clip, ClipCode, ClipId, NewClip, RecordingPolicyChange};
 use super::{CreatedListenLink, ListenCode, ListenLink, ListenLinkId, NewListenLink};
 use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
 
@@ -68,6 +68,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0010_clips.sql"),
         postgres: include_str!("migrations/postgres/0010_clips.sql"),
+    },
+    Migration {
+        sqlite: include_str!("migrations/0011_room_recording_policy.sql"),
+        postgres: include_str!("migrations/postgres/0011_room_recording_policy.sql"),
     },
 ];
 
@@ -153,6 +157,57 @@ impl Store {
 
     pub async fn list_rooms(&self, page: PageRequest) -> Result<Page<Room>> {
         on_engine!(self.list_rooms(page))
+    }
+
+    /// Changes a room's recording policy, with its `room.updated` audit line, in one
+    /// transaction; the room as it is now. An ended room's too: its retention still counts.
+    pub async fn update_recording_policy(
+        &self,
+        room: RoomId,
+        change: RecordingPolicyChange,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Room> {
+        on_engine!(self.update_recording_policy(room, change, actor, now_ms))
+    }
+
+    /// Up to `limit` finished recordings whose file `node` holds and whose retention has run
+    /// out at `now_ms` (counted from their start): their room's `retention_days`, or
+    /// `default_days` where the room has none; 0 keeps them. Oldest first; never one still
+    /// being written.
+    pub async fn expired_recordings(
+        &self,
+        node: String,
+        default_days: u32,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Recording>> {
+        on_engine!(self.expired_recordings(node, default_days, now_ms, limit))
+    }
+
+    /// Up to `limit` clips of live rooms (not of recordings: those go with their recording)
+    /// whose file `node` holds and whose retention has run out, as for recordings.
+    pub async fn expired_live_clips(
+        &self,
+        node: String,
+        default_days: u32,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Clip>> {
+        on_engine!(self.expired_live_clips(node, default_days, now_ms, limit))
+    }
+
+    /// Forgets a clip of a live room with its `clip.deleted` audit line, in one transaction;
+    /// the caller then deletes its file. `ClipNotFound` if it is gone already (or is a clip of
+    /// a recording, which goes with its recording).
+    pub async fn delete_live_clip(
+        &self,
+        room: RoomId,
+        id: ClipId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<Clip> {
+        on_engine!(self.delete_live_clip(room, id, actor, now_ms))
     }
 
     /// Marks the room ended; its invites stop working. Refuses a room already ended. With

@@ -6,6 +6,7 @@
 //! - [`ogg`]: the sans-IO Ogg Opus writer and the reader of a file's last good page.
 //! - [`tracks`], [`track_files`]: speaker tracks, each speaker's own packets remuxed beside
 //!   the mix when a recording asks for them.
+//! - [`retention`]: recordings and live clips deleted once their retention runs out.
 //! - this file: one task per recorded room, the files under `{data_dir}/recordings/`, and
 //!   recovery.
 //!
@@ -17,6 +18,7 @@ pub mod clips;
 pub mod ogg;
 pub mod track_files;
 pub mod tracks;
+pub mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -421,7 +421,15 @@ pub const PERMISSIONS: &[Rule] = &[
     Rule {
         action: Action::StartRecording,
         message: Some("start_recording"),
-        actors: MODERATION,
+        // The server too: a room that records by default starts when it goes live.
+        actors: [
+            NOT_PERMITTED,
+            NOT_PERMITTED,
+            Allowed,
+            Allowed,
+            Allowed,
+            Allowed,
+        ],
         target: None,
     },
     Rule {

@@ -16,8 +16,8 @@ use super::super::error_chain as chain;
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, Clip, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
-    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
-    Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
+    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingPolicy,
+    RecordingState, Redemption, Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
@@ -25,6 +25,7 @@ use super::{MIGRATIONS, rules};
 
 mod clips;
 mod listen_links;
+mod recording_policy;
 
 type Result<T> = std::result::Result<T, ControlError>;
 
@@ -1090,8 +1091,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{user}@{host}:{port}/{db}")
 }
 
-const ROOM_COLUMNS: &str =
-    "id, title, created_at, ended_at, max_participants, max_stage, webrtc_audience_cap";
+const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage, \
+     webrtc_audience_cap, record_by_default, retention_days";
 const INVITE_COLUMNS: &str =
     "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
@@ -1099,6 +1100,11 @@ const INVITE_COLUMNS: &str =
 /// unsigned types); the schema's checks keep them in range.
 fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Retention days are `INTEGER` in the schema; the API bounds them to 36500.
+fn days_to_i32(days: u32) -> i32 {
+    i32::try_from(days).unwrap_or(i32::MAX)
 }
 
 const RECORDING_COLUMNS: &str =
@@ -1128,6 +1134,12 @@ fn room_from_row(r: &Row, at: usize) -> Result<Room> {
             max_participants: r.try_get::<_, Option<i64>>(at + 4)?.map(to_u32),
             max_stage: r.try_get::<_, Option<i64>>(at + 5)?.map(to_u32),
             webrtc_audience_cap: r.try_get::<_, Option<i64>>(at + 6)?.map(to_u32),
+        },
+        recording: RecordingPolicy {
+            record_by_default: r.try_get(at + 7)?,
+            retention_days: r
+                .try_get::<_, Option<i32>>(at + 8)?
+                .map(|d| to_u32(d.into())),
         },
     })
 }
@@ -1254,8 +1266,8 @@ async fn insert_room(
     let room = rules::new_room(new, now_ms);
     tx.execute(
         "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo,
-                            webrtc_audience_cap)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                            webrtc_audience_cap, record_by_default, retention_days)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &room.id.as_str(),
             &room.title,
@@ -1264,6 +1276,8 @@ async fn insert_room(
             &room.limits.max_stage.map(i64::from),
             &demo,
             &room.limits.webrtc_audience_cap.map(i64::from),
+            &room.recording.record_by_default,
+            &room.recording.retention_days.map(days_to_i32),
         ],
     )
     .await?;

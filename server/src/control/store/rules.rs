@@ -52,6 +52,7 @@ pub(super) fn new_room(new: &NewRoom, now_ms: i64) -> Room {
         created_at_ms: now_ms,
         ended_at_ms: None,
         limits: new.limits,
+        recording: new.recording,
     }
 }
 
@@ -160,6 +161,7 @@ pub(super) fn demo_room() -> NewRoom {
     NewRoom {
         title: "Demo room".into(),
         limits: RoomLimits::default(),
+        recording: Default::default(),
     }
 }
 
@@ -172,6 +174,20 @@ pub(super) fn startup_invite() -> NewInvite {
         max_uses: None,
         expires_in_secs: Some(24 * 3600),
     }
+}
+
+/// What a `room.updated` line says: the fields changed, as they are now (`null`: the server's).
+pub(super) fn room_updated_detail(
+    change: &super::super::RecordingPolicyChange,
+) -> serde_json::Value {
+    let mut detail = serde_json::Map::new();
+    if let Some(value) = change.record_by_default {
+        detail.insert("record_by_default".into(), serde_json::json!(value));
+    }
+    if let Some(value) = change.retention_days {
+        detail.insert("retention_days".into(), serde_json::json!(value));
+    }
+    serde_json::Value::Object(detail)
 }
 
 pub(super) fn room_created_detail(room: &Room) -> serde_json::Value {

@@ -11,8 +11,8 @@ use rusqlite_migration::{M, Migrations};
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, Clip, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
-    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingState, Redemption,
-    Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
+    NewInvite, NewRoom, Page, ParticipantId, Recording, RecordingId, RecordingPolicy,
+    RecordingState, Redemption, Role, Room, RoomId, RoomLimits, RoomRecord, RoomWrite,
 };
 use super::super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDelivery};
 use super::super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
@@ -20,6 +20,7 @@ use super::{MIGRATIONS, rules};
 
 mod clips;
 mod listen_links;
+mod recording_policy;
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|m| M::up(m.sqlite)).collect())
@@ -901,8 +902,8 @@ impl SqliteStore {
     }
 }
 
-const ROOM_COLUMNS: &str =
-    "id, title, created_at, ended_at, max_participants, max_stage, webrtc_audience_cap";
+const ROOM_COLUMNS: &str = "id, title, created_at, ended_at, max_participants, max_stage, \
+     webrtc_audience_cap, record_by_default, retention_days";
 const INVITE_COLUMNS: &str =
     "id, room_id, role, label, max_uses, uses, expires_at, revoked_at, created_at, delivery";
 
@@ -916,6 +917,10 @@ fn room_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Room> {
             max_participants: r.get(at + 4)?,
             max_stage: r.get(at + 5)?,
             webrtc_audience_cap: r.get(at + 6)?,
+        },
+        recording: RecordingPolicy {
+            record_by_default: r.get(at + 7)?,
+            retention_days: r.get(at + 8)?,
         },
     })
 }
@@ -1049,8 +1054,8 @@ fn insert_room(tx: &Transaction<'_>, new: &NewRoom, demo: bool, now_ms: i64) -> 
     let room = rules::new_room(new, now_ms);
     tx.execute(
         "INSERT INTO rooms (id, title, created_at, max_participants, max_stage, is_demo,
-                            webrtc_audience_cap)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            webrtc_audience_cap, record_by_default, retention_days)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             room.id.as_str(),
             room.title,
@@ -1058,7 +1063,9 @@ fn insert_room(tx: &Transaction<'_>, new: &NewRoom, demo: bool, now_ms: i64) -> 
             room.limits.max_participants,
             room.limits.max_stage,
             demo,
-            room.limits.webrtc_audience_cap
+            room.limits.webrtc_audience_cap,
+            room.recording.record_by_default,
+            room.recording.retention_days
         ],
     )?;
     Ok(room)

@@ -444,6 +444,7 @@ async fn delivery_and_audience_cap_are_stored_and_checked(store: Store) {
             webrtc_audience_cap: Some(2),
             ..RoomLimits::default()
         },
+        recording: Default::default(),
     };
     let room = store
         .create_room(capped, Actor::Operator, 1_000)
@@ -536,6 +537,7 @@ fn room_new(title: &str) -> NewRoom {
     NewRoom {
         title: title.into(),
         limits: RoomLimits::default(),
+        recording: Default::default(),
     }
 }
 
@@ -894,3 +896,4 @@ async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
     assert_eq!(store.room(room.id).await.unwrap().title, "Answered again");
 }
 mod listen_links;
+mod recording_policy;

@@ -150,6 +150,8 @@ pub(super) struct Deps {
     pub anonymous: Arc<dyn super::AnonymousListeners>,
     /// The cluster this node is one of, once it joined: rooms keep their live state there.
     pub cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
+    /// `[recording] record_by_default`: rooms without their own setting record when live.
+    record_by_default: bool,
 }
 
 impl LiveRooms {
@@ -180,6 +182,7 @@ impl LiveRooms {
                 recorder,
                 anonymous: Arc::new(super::NoAnonymousListeners),
                 cluster: Arc::new(std::sync::OnceLock::new()),
+                record_by_default: false,
             },
         }
     }
@@ -191,6 +194,13 @@ impl LiveRooms {
         anonymous: Arc<dyn super::AnonymousListeners>,
     ) -> Self {
         self.deps.anonymous = anonymous;
+        self
+    }
+
+    /// Rooms without a `record_by_default` of their own record whenever they go live
+    /// (`[recording] record_by_default`); called at start, before any room goes live.
+    pub fn record_by_default(mut self, on: bool) -> Self {
+        self.deps.record_by_default = on;
         self
     }
 
@@ -280,13 +290,16 @@ impl LiveRooms {
             webrtc_audience_cap: limits.webrtc_audience_cap,
             recording: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        let task = RoomTask::new(
+        let mut task = RoomTask::new(
             RoomState::new(room.id.clone(), limits, self.deps.clock.now_ms() as u64),
             room.title.clone(),
             handle.clone(),
             self.rooms.clone(),
             self.deps.clone(),
         );
+        task.record_when_joined = room
+            .recording
+            .records_by_default(self.deps.record_by_default);
         self.deps.metrics.live_rooms.inc();
         tracing::debug!(room = %room.id, "room is live");
         tokio::spawn(task.run(rx));

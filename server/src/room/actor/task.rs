@@ -49,6 +49,9 @@ pub(super) struct RoomTask {
     pub deps: Deps,
     /// In a cluster: the room's live state kept in Redis (`keep.rs`).
     pub keeper: Option<super::keep::Keeper>,
+    /// The room records by default: the server starts recording once the first person is in
+    /// (so they see it start), once per time the room goes live.
+    pub record_when_joined: bool,
 }
 
 /// The `ok` a socket is owed for a command it sent, and where it goes.
@@ -82,6 +85,7 @@ impl RoomTask {
             rooms,
             deps,
             keeper: None,
+            record_when_joined: false,
         };
         task.webhook_room_started(started_at);
         task
@@ -193,7 +197,13 @@ impl RoomTask {
         match msg {
             RoomMsg::Connect(connect, reply) => {
                 let result = self.connect(*connect).await;
+                let joined = result.is_ok();
                 let _ = reply.send(result.map_err(ConnectOutcome::Failed));
+                if joined && std::mem::take(&mut self.record_when_joined) {
+                    self.command(&Actor::System, Command::StartRecording(Default::default()), None)
+                        .await
+                        .ok();
+                }
             }
             RoomMsg::Disconnect {
                 participant,

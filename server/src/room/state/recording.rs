@@ -1,5 +1,6 @@
-//! Whether the room is recorded: moderators start and stop it, everyone is told, the audit
-//! log names who; the recorder's own failure ends it too. The file is the recorder's business.
+//! Whether the room is recorded: moderators start and stop it (and the server starts it when a
+//! room that records by default goes live), everyone is told, the audit log names who; the
+//! recorder's own failure ends it too. The file is the recorder's business.
 
 use serde_json::json;
 
@@ -26,7 +27,12 @@ impl RoomState {
             EventKind::RecordingStarted { by: actor.clone() },
         );
         out.effect(Effect::StartRecording(options));
-        out.effect(recording_audit(actor, AuditAction::StartRecording));
+        let mut audit = recording_audit(actor, AuditAction::StartRecording);
+        if let (Actor::System, Effect::Audit { detail, .. }) = (actor, &mut audit) {
+            // The server starts a recording only for a room that records by default.
+            *detail = json!({ "reason": "record_by_default" });
+        }
+        out.effect(audit);
         // The timeline starts with whoever is speaking now.
         if !self.speakers.is_empty() {
             out.effect(Effect::RecordSpeakers {
@@ -100,10 +106,6 @@ mod tests {
                 "not_permitted"
             );
         }
-        assert_eq!(
-            room.refused(&Actor::System, Command::StartRecording(Default::default())),
-            "not_permitted"
-        );
         let out = room.ok(
             &who(&cast.mod_off),
             Command::StartRecording(Default::default()),
@@ -147,6 +149,47 @@ mod tests {
         let json = serde_json::to_value(room.state.snapshot_for(&cast.listener).unwrap()).unwrap();
         assert!(json.get("recording").is_none(), "absent when not recorded");
         assert!(room.ok(&Actor::Operator, Command::StopRecording).is_empty());
+    }
+
+    #[test]
+    fn the_server_starts_a_room_that_records_by_default_and_a_moderator_stops_it() {
+        let (mut room, cast) = cast_room();
+        let out = room.ok(&Actor::System, Command::StartRecording(Default::default()));
+        assert_eq!(types(&out), ["recording_started"]);
+        assert_eq!(out.events[0].audience, Audience::Everyone);
+        assert_eq!(
+            out.events[0].kind,
+            EventKind::RecordingStarted { by: Actor::System }
+        );
+        assert!(out.effects.contains(&Effect::StartRecording(Default::default())));
+        assert!(out.effects.contains(&Effect::Audit {
+            actor: Actor::System,
+            action: AuditAction::StartRecording,
+            target: None,
+            detail: serde_json::json!({ "reason": "record_by_default" }),
+        }));
+        assert!(room.state.is_recording());
+        assert!(room.state.snapshot_for(&cast.listener).unwrap().recording);
+        // Once started, the server asking again changes nothing; nor can a speaker stop it.
+        assert!(room.ok(&Actor::System, Command::StartRecording(Default::default())).is_empty());
+        assert_eq!(
+            room.refused(&who(&cast.speaker), Command::StopRecording),
+            "not_permitted"
+        );
+        let out = room.ok(&who(&cast.mod_on), Command::StopRecording);
+        assert_eq!(
+            out.events[0].kind,
+            EventKind::RecordingStopped {
+                by: who(&cast.mod_on)
+            }
+        );
+        assert!(out.effects.contains(&Effect::StopRecording));
+        assert!(!room.state.is_recording());
+        // The server stops nothing by itself: only the recorder's loss does.
+        assert_eq!(
+            room.refused(&Actor::System, Command::StopRecording),
+            "not_permitted"
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@ use super::super::super::{
 };
 use super::{PgStore, Result, audit, insert_webhooks, room_by_id};
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, room_id, recording_id, start_ms, duration_ms, size_bytes, node, created_at, created_by";
 
-fn from_row(r: &Row) -> Result<Clip> {
+pub(super) fn from_row(r: &Row) -> Result<Clip> {
     Ok(Clip {
         id: ClipId::from_trusted(r.try_get(0)?),
         room_id: RoomId::from_trusted(r.try_get(1)?),

@@ -9,10 +9,10 @@ use super::super::super::{
 };
 use super::{Result, SqliteStore, audit, insert_webhooks, room_by_id};
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, room_id, recording_id, start_ms, duration_ms, size_bytes, node, created_at, created_by";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Clip> {
+pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Clip> {
     Ok(Clip {
         id: ClipId::from_trusted(r.get(0)?),
         room_id: RoomId::from_trusted(r.get(1)?),
