@@ -26,4 +26,5 @@ pub use model::{
     Recording, RecordingState, Redemption, ReplayLink, Room, RoomLimits, RoomRecord, RoomWrite,
     Standing, WebhookAttempt, WebhookDelivery,
 };
+pub use model::{Destination, RoomWebhook, RoomWebhookChange, WebhookLane};
 pub use store::Store;
