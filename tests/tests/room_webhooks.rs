@@ -42,24 +42,8 @@ fn webhook(room: &str) -> String {
 
 /// Every page of a deliveries list (`path` without a query).
 async fn all_deliveries(t: &TestServer, path: &str, state: Option<&str>) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
-        let page = t
-            .op(
-                Method::GET,
-                &format!("{path}?limit=20{filter}{cursor}"),
-                None,
-            )
-            .await
-            .expect(200);
-        items.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return items,
-        }
-    }
+    let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+    t.every_item(&format!("{path}?limit=20{filter}")).await
 }
 
 /// Polls until `done` holds for what `fetch` returns, up to `PATIENCE`.
