@@ -284,6 +284,63 @@ async fn a_rooms_endpoint_gets_its_rooms_events_once_in_order(engine: Engine) {
     t.stop().await;
 }
 
+/// With no server endpoint a room makes events only while it has an endpoint of its own: a
+/// live room is told when one is set or deleted, before the call answers.
+async fn a_live_room_makes_events_only_while_it_has_an_endpoint(engine: Engine) {
+    let rx = Receiver::start("ok");
+    let t = TestServer::start_with(|c| {
+        engine.configure(c);
+        c.webhooks.room_allow_private = true;
+    })
+    .await;
+    let room = t.create_room("Told").await;
+    let mut mo = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let body = Some(json!({ "url": rx.url() }));
+    let made = t
+        .op(Method::PUT, &webhook(&room), body.clone())
+        .await
+        .expect(201);
+    rx.set_secret(made["secret"].as_str().unwrap()).await;
+    let lee = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    mo.wait_about("participant_joined", &lee.participant_id())
+        .await;
+    t.op(Method::DELETE, &webhook(&room), None)
+        .await
+        .expect(204);
+    let kim = SignalClient::join(&t.participant(&room, "listener", "Kim").await).await;
+    mo.wait_about("participant_joined", &kim.participant_id())
+        .await;
+    let made = t.op(Method::PUT, &webhook(&room), body).await.expect(201);
+    rx.set_secret(made["secret"].as_str().unwrap()).await;
+    let zed = SignalClient::join(&t.participant(&room, "listener", "Zed").await).await;
+    let got = rx
+        .wait_until("Lee's and Zed's joins", |e| count(e, "ok") >= 2)
+        .await;
+    let names: Vec<&str> = got
+        .iter()
+        .map(|e| {
+            e["body"]["data"]["participant"]["display_name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["Lee", "Zed"], "{got:#?}");
+    assert_eq!(
+        zed.participant_id(),
+        got[1]["body"]["data"]["participant"]["id"]
+            .as_str()
+            .unwrap()
+    );
+    // The outbox has those two and nothing for a server endpoint there is not.
+    let outbox = t.every_item("/api/v1/webhooks/deliveries?limit=50").await;
+    assert_eq!(outbox.len(), 2, "{outbox:#?}");
+    assert!(
+        outbox.iter().all(|d| d["endpoint"].is_string()),
+        "{outbox:#?}"
+    );
+    t.stop().await;
+}
+
 async fn refused_callers_urls_and_addresses(engine: Engine) {
     let t = TestServer::start_on(engine).await;
     let room = t.create_room("Guarded").await;
@@ -593,6 +650,7 @@ async fn a_server_killed_with_room_deliveries_pending_sends_them_when_back(engin
 
 on_both_engines!(
     a_rooms_endpoint_gets_its_rooms_events_once_in_order,
+    a_live_room_makes_events_only_while_it_has_an_endpoint,
     refused_callers_urls_and_addresses,
     the_address_is_checked_again_when_sending,
     a_server_killed_with_room_deliveries_pending_sends_them_when_back,
