@@ -4,7 +4,7 @@
 use super::super::model::PageRequest;
 use super::super::{
     ControlError, Delivery, DeliveryState, NewInvite, NewRoom, NewWebhook, Role, RoomLimits,
-    RoomRecord, RoomWrite, WebhookAttempt,
+    RoomRecord, RoomWrite, WebhookAttempt, WebhookLane,
 };
 use super::*;
 
@@ -179,8 +179,14 @@ async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
 async fn two_nodes_never_claim_the_same_webhook() {
     let url = Postgres::shared().fresh_database();
     let nodes = [
-        Store::connect_postgres(&url, 8).await.unwrap(),
-        Store::connect_postgres(&url, 8).await.unwrap(),
+        Store::connect_postgres(&url, 8)
+            .await
+            .unwrap()
+            .with_server_webhooks(true),
+        Store::connect_postgres(&url, 8)
+            .await
+            .unwrap()
+            .with_server_webhooks(true),
     ];
     const ROOMS: usize = 6;
     const PER_ROOM: usize = 10;
@@ -203,7 +209,7 @@ async fn two_nodes_never_claim_the_same_webhook() {
         let mut idle = 0;
         while idle < 50 {
             let rows = store
-                .claim_webhooks(owner.into(), 2_000, 60_000, 4)
+                .claim_webhooks(owner.into(), 2_000, 60_000, 4, WebhookLane::Server)
                 .await
                 .unwrap();
             if rows.is_empty() {
@@ -265,6 +271,7 @@ fn hook(id: &str, at: i64) -> NewWebhook {
 }
 
 async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) {
+    let store = store.with_server_webhooks(true);
     let a = store
         .create_room(room_new("a"), Actor::Operator, 1_000)
         .await
@@ -290,7 +297,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
         .unwrap();
     // One row per room: each room's oldest.
     let claimed = store
-        .claim_webhooks("n1".into(), 2_000, 10_000, 10)
+        .claim_webhooks("n1".into(), 2_000, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
@@ -299,7 +306,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     // Leased: another sender gets nothing, not even a room's next row.
     assert!(
         store
-            .claim_webhooks("n2".into(), 2_001, 10_000, 10)
+            .claim_webhooks("n2".into(), 2_001, 10_000, 10, WebhookLane::Server)
             .await
             .unwrap()
             .is_empty()
@@ -332,13 +339,13 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     // a1 waits for its retry time, and a2 waits for a1.
     assert!(
         store
-            .claim_webhooks("n2".into(), 4_999, 10_000, 10)
+            .claim_webhooks("n2".into(), 4_999, 10_000, 10, WebhookLane::Server)
             .await
             .unwrap()
             .is_empty()
     );
     let again = store
-        .claim_webhooks("n2".into(), 5_000, 10_000, 10)
+        .claim_webhooks("n2".into(), 5_000, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(
@@ -356,7 +363,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
             .unwrap()
     );
     let next = store
-        .claim_webhooks("n1".into(), 5_002, 10_000, 10)
+        .claim_webhooks("n1".into(), 5_002, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(
@@ -365,7 +372,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     );
     // A lease that ran out lets another sender take the row.
     let taken = store
-        .claim_webhooks("n2".into(), 15_002, 10_000, 10)
+        .claim_webhooks("n2".into(), 15_002, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(taken[0].id, "a2");
@@ -897,3 +904,4 @@ async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
 }
 mod listen_links;
 mod recording_policy;
+mod room_webhooks;
