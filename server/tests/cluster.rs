@@ -881,7 +881,11 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
     assert!(clip["duration_ms"].as_u64().unwrap() > 0, "{clip}");
     let audio = nodes[via_2]
         .http
-        .get(format!("{}{}", nodes[via_2].url, clip["audio_path"].as_str().unwrap()))
+        .get(format!(
+            "{}{}",
+            nodes[via_2].url,
+            clip["audio_path"].as_str().unwrap()
+        ))
         .send()
         .await
         .unwrap();

@@ -16,9 +16,9 @@
 
 pub mod clips;
 pub mod ogg;
+pub mod retention;
 pub mod track_files;
 pub mod tracks;
-pub mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

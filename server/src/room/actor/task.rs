@@ -204,9 +204,13 @@ impl RoomTask {
                 let joined = result.is_ok();
                 let _ = reply.send(result.map_err(ConnectOutcome::Failed));
                 if joined && std::mem::take(&mut self.record_when_joined) {
-                    self.command(&Actor::System, Command::StartRecording(Default::default()), None)
-                        .await
-                        .ok();
+                    self.command(
+                        &Actor::System,
+                        Command::StartRecording(Default::default()),
+                        None,
+                    )
+                    .await
+                    .ok();
                 }
             }
             RoomMsg::Disconnect {

@@ -161,7 +161,10 @@ mod tests {
             out.events[0].kind,
             EventKind::RecordingStarted { by: Actor::System }
         );
-        assert!(out.effects.contains(&Effect::StartRecording(Default::default())));
+        assert!(
+            out.effects
+                .contains(&Effect::StartRecording(Default::default()))
+        );
         assert!(out.effects.contains(&Effect::Audit {
             actor: Actor::System,
             action: AuditAction::StartRecording,
@@ -171,7 +174,10 @@ mod tests {
         assert!(room.state.is_recording());
         assert!(room.state.snapshot_for(&cast.listener).unwrap().recording);
         // Once started, the server asking again changes nothing; nor can a speaker stop it.
-        assert!(room.ok(&Actor::System, Command::StartRecording(Default::default())).is_empty());
+        assert!(
+            room.ok(&Actor::System, Command::StartRecording(Default::default()))
+                .is_empty()
+        );
         assert_eq!(
             room.refused(&who(&cast.speaker), Command::StopRecording),
             "not_permitted"
