@@ -25,6 +25,7 @@ import {
   chromiumPeer,
   cleanup,
   firefoxPeer,
+  hearsAudio,
   joinRoom,
   mediaConnected,
   noConsoleErrors,
@@ -142,6 +143,10 @@ function broadcastTests(netns) {
         const ear = chromiumPeer(await openBrowser({ name: `ear-${engine}`, origin }));
         await joinRoom(ear, links.listener, "Ear");
         await mediaConnected(ear);
+        // The room's mix runs from the moment it is live (for clips), so its broadcast also
+        // carries the moments before Sam's tone reached it. The fan, who starts a few parts
+        // behind the live edge, joins once the tone has been in the room for over a second.
+        await hearsAudio(ear);
 
         /** @type {Peer} */
         let fan;

@@ -310,17 +310,19 @@ export function unblockUdp() {
 const MEDIA_BLOCK_TABLE = "stoa_block_media";
 
 /**
- * Drops everything sent inside this process's namespace to `addr` except TCP to or from
- * `keepPort` (the server's HTTP and signaling; browsers and server share the address, so the
- * server's answers are sent to it too): no UDP, no ICE-TCP, so no media connection can come
- * up. Only ever call it inside a namespace of our own.
+ * Drops everything that arrives inside this process's namespace for `addr` except TCP to or
+ * from `keepPort` (the server's HTTP and signaling; browsers and server share the address, so
+ * the server's answers arrive there too): no UDP, no ICE-TCP, so no media connection can come
+ * up. On the input hook, as a network loses packets: the sender is not told (on the output
+ * hook its send would fail with EPERM, and Firefox gives up on a pair whose send failed).
+ * Only ever call it inside a namespace of our own.
  * @param {string} addr
  * @param {number} keepPort
  */
 export function blockMediaTo(addr, keepPort) {
   if (!currentNetns()) throw new Error("blockMediaTo outside the test's network namespace");
   if (!/^[\d.]+$/u.test(addr) || !Number.isInteger(keepPort)) throw new Error(`bad media block ${addr}:${keepPort}`);
-  const rules = `table inet ${MEDIA_BLOCK_TABLE} {\n chain out {\n type filter hook output priority 0; policy accept;\n ip daddr ${addr} tcp dport ${keepPort} accept\n ip daddr ${addr} tcp sport ${keepPort} accept\n ip daddr ${addr} drop\n }\n}\n`;
+  const rules = `table inet ${MEDIA_BLOCK_TABLE} {\n chain in {\n type filter hook input priority 0; policy accept;\n ip daddr ${addr} tcp dport ${keepPort} accept\n ip daddr ${addr} tcp sport ${keepPort} accept\n ip daddr ${addr} drop\n }\n}\n`;
   execFileSync("nft", ["-f", "-"], { input: rules });
 }
 
