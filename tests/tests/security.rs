@@ -315,6 +315,24 @@ fn rest_table() -> Vec<Row> {
             expect: moderators(200),
         },
         Row {
+            method: Method::GET,
+            // The world's recording has no speaker tracks: whoever may read it is told so.
+            template: "/api/v1/rooms/{room}/recordings/{recording}/tracks/{track}/audio",
+            path: |w| {
+                format!(
+                    "/api/v1/rooms/{}/recordings/{}/tracks/1/audio",
+                    w.room, w.recording
+                )
+            },
+            body: no_body,
+            destructive: false,
+            expect: {
+                let none = No(404, "track_not_found");
+                let no = No(403, "moderator_only");
+                authenticated(no, no, none, No(403, "wrong_room"), none)
+            },
+        },
+        Row {
             method: Method::DELETE,
             template: "/api/v1/rooms/{room}/recordings/{recording}",
             path: |w| format!("/api/v1/rooms/{}/recordings/{}", w.room, w.recording),
