@@ -48,7 +48,7 @@ pub struct RunningServer {
     retention: tokio::task::JoinHandle<()>,
     /// Keeps this node and its rooms' leases alive in the cluster.
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// Sends the webhook outbox.
+    /// Sends the webhook outbox, when webhooks are configured.
     webhook_task: Option<tokio::task::JoinHandle<()>>,
     media_task: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -123,8 +123,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         )
         .await
         .context("cannot open the PostgreSQL database")?,
-    }
-    .with_server_webhooks(config.webhooks.url.is_some());
+    };
     let (operator_key, key_source) = match &config.api_key {
         Some(key) => (OperatorKey::new(key), KeySource::Environment),
         None => {
@@ -179,13 +178,19 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let (media, media_reports) =
         Media::start(&media_options, &metrics.media).context("cannot start the media workers")?;
 
-    // The webhook outbox is drained whatever happens to rooms here: rooms' own endpoints
-    // always, the server's when `[webhooks] url` is set.
-    let (webhooks, webhook_task) = {
-        let (sender, task) =
-            crate::webhooks::Sender::start(store.clone(), config.webhooks.clone(), metrics.clone())
-                .context("cannot start the webhook sender")?;
-        (Some(sender), Some(task))
+    // The webhook outbox is drained whatever happens to rooms here; without a URL, rooms make
+    // no webhook events.
+    let (webhooks, webhook_task) = match &config.webhooks.url {
+        Some(_) => {
+            let (sender, task) = crate::webhooks::Sender::start(
+                store.clone(),
+                config.webhooks.clone(),
+                metrics.clone(),
+            )
+            .context("cannot start the webhook sender")?;
+            (Some(sender), Some(task))
+        }
+        None => (None, None),
     };
     let config = Arc::new(config);
     let mut state = AppState::new(

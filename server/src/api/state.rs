@@ -71,6 +71,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `[webhooks]` is configured: what happens makes webhook events.
+    pub fn webhooks_enabled(&self) -> bool {
+        self.config.webhooks.url.is_some()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
@@ -127,9 +132,7 @@ impl AppState {
             &config.data_dir,
             config.cluster.node_name(),
             config.recording.clone(),
-            // A finished recording's `recording.ready` is written for the endpoints that want
-            // it (the server's, the room's own), if any: the store decides.
-            true,
+            config.webhooks.url.is_some(),
         );
         let live = LiveRooms::new(
             store.clone(),
@@ -142,7 +145,6 @@ impl AppState {
                 .enabled
                 .then_some(config.broadcast.webrtc_audience_cap),
             webhooks,
-            config.webhooks.url.is_some(),
             Arc::new(recordings.clone()),
         )
         .record_by_default(config.recording.record_by_default);

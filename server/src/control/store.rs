@@ -19,7 +19,6 @@ use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDe
 use super::{Clip, ClipCode, ClipId, NewClip, RecordingPolicyChange};
 use super::{CreatedListenLink, ListenCode, ListenLink, ListenLinkId, NewListenLink};
 use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
-use super::{RoomWebhook, RoomWebhookChange, WebhookLane};
 
 /// One schema version in both dialects.
 struct Migration {
@@ -73,10 +72,6 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sqlite: include_str!("migrations/0011_room_recording_policy.sql"),
         postgres: include_str!("migrations/postgres/0011_room_recording_policy.sql"),
-    },
-    Migration {
-        sqlite: include_str!("migrations/0012_room_webhooks.sql"),
-        postgres: include_str!("migrations/postgres/0012_room_webhooks.sql"),
     },
 ];
 
@@ -142,17 +137,6 @@ impl Store {
         Ok(Store {
             engine: Engine::Postgres(store),
         })
-    }
-
-    /// Writes every webhook event for the server's own endpoint too (`[webhooks] url` is
-    /// set), besides the room's endpoint if it has one. Off by default: events are then
-    /// written only for rooms that have an endpoint of their own.
-    pub fn with_server_webhooks(mut self, on: bool) -> Store {
-        match &mut self.engine {
-            Engine::Sqlite(engine) => engine.server_webhooks = on,
-            Engine::Postgres(engine) => engine.server_webhooks = on,
-        }
-        self
     }
 
     /// `"sqlite"` or `"postgres"`, for logs.
@@ -372,20 +356,18 @@ impl Store {
         on_engine!(self.write_room(room, write))
     }
 
-    /// Takes up to `limit` webhook rows of `lane` to send now, each the oldest pending row of
-    /// its room for its endpoint and due, leased to `owner` for `lease_ms`: a row leased to
-    /// another node (or this one) is not taken again until its lease ends, so two senders
-    /// never send the same row at once, and a room's next row for an endpoint waits until the
-    /// one before it is finished (its rows for another endpoint do not).
+    /// Takes up to `limit` webhook rows to send now, each the oldest pending row of its room
+    /// and due, leased to `owner` for `lease_ms`: a row leased to another node (or this one)
+    /// is not taken again until its lease ends, so two senders never send the same row at
+    /// once, and a room's next row waits until the one before it is finished.
     pub async fn claim_webhooks(
         &self,
         owner: String,
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
-        lane: WebhookLane,
     ) -> Result<Vec<ClaimedWebhook>> {
-        on_engine!(self.claim_webhooks(owner, now_ms, lease_ms, limit, lane))
+        on_engine!(self.claim_webhooks(owner, now_ms, lease_ms, limit))
     }
 
     /// Records how an attempt ended, if `owner` still holds the row's lease (false if not).
@@ -406,62 +388,6 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<WebhookDelivery>> {
         on_engine!(self.list_webhook_deliveries(state, page))
-    }
-
-    /// Sets the room's own webhook endpoint to `url`: made with `new_secret` if the room has
-    /// none, its URL replaced (secret kept) if it has one; with its audit line. An ended room
-    /// gets none.
-    pub async fn set_room_webhook(
-        &self,
-        room: RoomId,
-        url: String,
-        new_secret: String,
-        actor: Actor,
-        now_ms: i64,
-    ) -> Result<(RoomWebhook, RoomWebhookChange)> {
-        on_engine!(self.set_room_webhook(room, url, new_secret, actor, now_ms))
-    }
-
-    /// The room's own webhook endpoint.
-    pub async fn room_webhook(&self, room: RoomId) -> Result<RoomWebhook> {
-        on_engine!(self.room_webhook(room))
-    }
-
-    /// How many rows for a room endpoint (`rwh_…`) wait, and how many were given up.
-    pub async fn room_webhook_backlog(&self, endpoint: String) -> Result<(u64, u64)> {
-        on_engine!(self.room_webhook_backlog(endpoint))
-    }
-
-    /// Replaces the secret of the room's endpoint; attempts from now on are signed with it.
-    pub async fn rotate_room_webhook_secret(
-        &self,
-        room: RoomId,
-        secret: String,
-        actor: Actor,
-        now_ms: i64,
-    ) -> Result<RoomWebhook> {
-        on_engine!(self.rotate_room_webhook_secret(room, secret, actor, now_ms))
-    }
-
-    /// Deletes the room's endpoint and the rows still waiting for it (returns how many); its
-    /// delivered and failed rows stay listed.
-    pub async fn delete_room_webhook(
-        &self,
-        room: RoomId,
-        actor: Actor,
-        now_ms: i64,
-    ) -> Result<u64> {
-        on_engine!(self.delete_room_webhook(room, actor, now_ms))
-    }
-
-    /// What was sent (or waits, or failed) to the room's own endpoints, oldest first.
-    pub async fn list_room_webhook_deliveries(
-        &self,
-        room: RoomId,
-        state: Option<DeliveryState>,
-        page: PageRequest,
-    ) -> Result<Page<WebhookDelivery>> {
-        on_engine!(self.list_room_webhook_deliveries(room, state, page))
     }
 
     /// Forgets delivered rows finished before `before_ms`; returns how many.

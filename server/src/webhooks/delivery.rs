@@ -1,13 +1,10 @@
-//! The sender: one task per node that drains the webhook outbox, in two lanes with their own
-//! attempts in flight: rows for the server's endpoint (when `[webhooks] url` is set) and rows
-//! for rooms' own endpoints, so a room's failing receiver never holds the server's. Each lane
-//! takes due rows from the store (each the oldest pending row of its room for its endpoint,
-//! leased to this node so no other node sends it at the same time), POSTs each with its
-//! signature, and records how it went: delivered, tried again later (doubling waits with
-//! jitter), or given up after `max_attempts` or `max_age_secs`. Attempts for different rooms
-//! run side by side; a room's next event for an endpoint waits for the one before it. Never on
-//! a room's task; a receiver that hangs costs one slot of its lane until `timeout_ms`. Rooms'
-//! endpoints are reached only at addresses the operator allows (`address.rs`).
+//! The sender: one task per node that drains the webhook outbox. It takes due rows from the
+//! store (each the oldest pending row of its room, leased to this node so no other node sends
+//! it at the same time), POSTs each with its signature, and records how it went: delivered,
+//! tried again later (doubling waits with jitter), or given up after `max_attempts` or
+//! `max_age_secs`. Attempts for different rooms run side by side; a room's next event waits
+//! for the one before it. Never on a room's task; a receiver that hangs costs one slot until
+//! `timeout_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +12,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::address::{AddressPolicy, GuardedResolver};
 use crate::clock::{Backoff, Clock, jittered};
 use crate::config::{WebhookSettings, signing_key};
 use crate::control::{
-    ClaimedWebhook, ControlError, Destination, Store, WebhookAttempt, WebhookLane, error_chain,
-    random_token,
+    ClaimedWebhook, ControlError, Store, WebhookAttempt, error_chain, random_token,
 };
 use crate::metrics::Metrics;
 
@@ -37,107 +32,46 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The handle the rest of the server has: wakes the sender when rows were written.
 #[derive(Clone)]
 pub struct Sender {
-    wake: [Arc<Notify>; 2],
+    wake: Arc<Notify>,
 }
 
 impl Sender {
-    /// Starts the sender for `settings`: the rooms' lane always, the server's lane when it
-    /// has a URL (which must then have a valid secret).
+    /// Starts the sender for `settings` (which must have a URL and a valid secret).
     pub fn start(
         store: Store,
         settings: WebhookSettings,
         metrics: Metrics,
     ) -> anyhow::Result<(Sender, tokio::task::JoinHandle<()>)> {
-        let wake = [Arc::new(Notify::new()), Arc::new(Notify::new())];
-        let owner = format!("sender_{}", random_token(9));
-        let client = |policy: Option<Arc<AddressPolicy>>| {
-            let builder = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_millis(settings.timeout_ms))
-                .user_agent(concat!("stoa/", env!("CARGO_PKG_VERSION")));
-            match policy {
-                // Through no proxy: the addresses connected to are the ones checked.
-                Some(policy) => builder
-                    .no_proxy()
-                    .dns_resolver(Arc::new(GuardedResolver(policy))),
-                None => builder,
-            }
-            .build()
-        };
-        let server_lane = match &settings.url {
-            Some(url) => {
-                let key = signing_key(settings.secret.as_deref().unwrap_or_default())
-                    .map_err(anyhow::Error::msg)?;
-                Some(Lane::Server {
-                    url: url.clone(),
-                    key: Arc::new(key),
-                })
-            }
-            None => None,
-        };
-        let policy = Arc::new(AddressPolicy::new(&settings));
-        let worker = |lane: Lane, http: reqwest::Client, wake: Arc<Notify>| Worker {
-            store: store.clone(),
+        let url = settings
+            .url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("webhooks: no url"))?;
+        let key = signing_key(settings.secret.as_deref().unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .user_agent(concat!("stoa/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let wake = Arc::new(Notify::new());
+        let worker = Worker {
+            store,
             // Attempts, leases and retries are real time, whatever clock the rooms run on.
             clock: Clock::system(),
             http,
-            lane: Arc::new(lane),
-            owner: owner.clone(),
-            settings: settings.clone(),
-            metrics: metrics.clone(),
-            wake,
+            url,
+            key: Arc::new(key),
+            owner: format!("sender_{}", random_token(9)),
+            settings,
+            metrics,
+            wake: wake.clone(),
         };
-        let rooms = worker(
-            Lane::Rooms {
-                policy: policy.clone(),
-            },
-            client(Some(policy))?,
-            wake[1].clone(),
-        );
-        let server = match server_lane {
-            Some(lane) => Some(worker(lane, client(None)?, wake[0].clone())),
-            None => None,
-        };
-        let task = tokio::spawn(async move {
-            match server {
-                Some(server) => {
-                    tokio::join!(server.run(), rooms.run());
-                }
-                None => rooms.run().await,
-            }
-        });
-        Ok((Sender { wake }, task))
+        Ok((Sender { wake }, tokio::spawn(worker.run())))
     }
 
     /// Rows were written: look at the outbox now rather than at the next poll.
     pub fn wake(&self) {
-        for lane in &self.wake {
-            lane.notify_one();
-        }
-    }
-}
-
-/// What one lane sends to.
-enum Lane {
-    /// The server's `[webhooks] url`, signed with its secret.
-    Server { url: String, key: Arc<Vec<u8>> },
-    /// Each row's room endpoint, at addresses `policy` allows.
-    Rooms { policy: Arc<AddressPolicy> },
-}
-
-impl Lane {
-    fn which(&self) -> WebhookLane {
-        match self {
-            Lane::Server { .. } => WebhookLane::Server,
-            Lane::Rooms { .. } => WebhookLane::Rooms,
-        }
-    }
-
-    fn concurrency(&self, settings: &WebhookSettings) -> usize {
-        match self {
-            Lane::Server { .. } => settings.concurrency,
-            Lane::Rooms { .. } => settings.room_concurrency,
-        }
+        self.wake.notify_one();
     }
 }
 
@@ -146,7 +80,8 @@ struct Worker {
     store: Store,
     clock: Clock,
     http: reqwest::Client,
-    lane: Arc<Lane>,
+    url: String,
+    key: Arc<Vec<u8>>,
     /// This sender's name on the rows it leases.
     owner: String,
     settings: WebhookSettings,
@@ -167,17 +102,14 @@ impl Worker {
         let mut store_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut next_prune = tokio::time::Instant::now();
         loop {
-            // One lane prunes for both.
-            if self.lane.which() == WebhookLane::Rooms && tokio::time::Instant::now() >= next_prune
-            {
+            if tokio::time::Instant::now() >= next_prune {
                 next_prune += PRUNE_EVERY;
                 let keep = (self.settings.keep_delivered_secs * 1000) as i64;
                 if let Err(e) = self.store.prune_webhooks(self.clock.now_ms() - keep).await {
                     tracing::warn!(error = %e, "could not prune delivered webhooks");
                 }
             }
-            let concurrency = self.lane.concurrency(&self.settings);
-            let free = concurrency.saturating_sub(in_flight.len());
+            let free = self.settings.concurrency.saturating_sub(in_flight.len());
             if free > 0 {
                 match self
                     .store
@@ -186,7 +118,6 @@ impl Worker {
                         self.clock.now_ms(),
                         self.lease_ms(),
                         free as u32,
-                        self.lane.which(),
                     )
                     .await
                 {
@@ -231,8 +162,7 @@ impl Worker {
             }
             Err((status, error)) => {
                 let age_ms = now - row.created_at_ms;
-                if row.destination == Destination::RoomGone
-                    || attempts >= self.settings.max_attempts
+                if attempts >= self.settings.max_attempts
                     || age_ms >= (self.settings.max_age_secs * 1000) as i64
                 {
                     self.metrics.webhook_attempt("given_up");
@@ -287,31 +217,13 @@ impl Worker {
         jittered(doubled.min(max))
     }
 
-    /// Where the row goes and the key that signs it, or why it cannot be sent.
-    fn target(&self, row: &ClaimedWebhook) -> Result<(String, Arc<Vec<u8>>), String> {
-        match (&*self.lane, &row.destination) {
-            (Lane::Server { url, key }, Destination::Server) => Ok((url.clone(), key.clone())),
-            (Lane::Rooms { policy }, Destination::Room { url, secret }) => {
-                // Checked again: the operator's rule may have changed since it was set.
-                policy
-                    .check_url(url)
-                    .map_err(|refused| refused.detail().to_owned())?;
-                let key = signing_key(secret).map_err(str::to_owned)?;
-                Ok((url.clone(), Arc::new(key)))
-            }
-            (_, Destination::RoomGone) => Err("the room's endpoint was deleted".into()),
-            _ => Err("a row of the other lane".into()),
-        }
-    }
-
     /// POSTs the row: the status of a 2xx answer, or the status (if any) and why not.
     async fn post(&self, row: &ClaimedWebhook) -> Result<u16, (Option<u16>, String)> {
-        let (url, key) = self.target(row).map_err(|why| (None, why))?;
         let timestamp = self.clock.now_ms() / 1000;
-        let signature = super::signature(&key, &row.id, timestamp, &row.body);
+        let signature = super::signature(&self.key, &row.id, timestamp, &row.body);
         let sent = self
             .http
-            .post(&url)
+            .post(&self.url)
             .header("content-type", "application/json")
             .header("webhook-id", &row.id)
             .header("webhook-timestamp", timestamp.to_string())

@@ -4,7 +4,7 @@
 use super::super::model::PageRequest;
 use super::super::{
     ControlError, Delivery, DeliveryState, NewInvite, NewRoom, NewWebhook, Role, RoomLimits,
-    RoomRecord, RoomWrite, WebhookAttempt, WebhookLane,
+    RoomRecord, RoomWrite, WebhookAttempt,
 };
 use super::*;
 
@@ -179,14 +179,8 @@ async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
 async fn two_nodes_never_claim_the_same_webhook() {
     let url = Postgres::shared().fresh_database();
     let nodes = [
-        Store::connect_postgres(&url, 8)
-            .await
-            .unwrap()
-            .with_server_webhooks(true),
-        Store::connect_postgres(&url, 8)
-            .await
-            .unwrap()
-            .with_server_webhooks(true),
+        Store::connect_postgres(&url, 8).await.unwrap(),
+        Store::connect_postgres(&url, 8).await.unwrap(),
     ];
     const ROOMS: usize = 6;
     const PER_ROOM: usize = 10;
@@ -209,7 +203,7 @@ async fn two_nodes_never_claim_the_same_webhook() {
         let mut idle = 0;
         while idle < 50 {
             let rows = store
-                .claim_webhooks(owner.into(), 2_000, 60_000, 4, WebhookLane::Server)
+                .claim_webhooks(owner.into(), 2_000, 60_000, 4)
                 .await
                 .unwrap();
             if rows.is_empty() {
@@ -271,7 +265,6 @@ fn hook(id: &str, at: i64) -> NewWebhook {
 }
 
 async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) {
-    let store = store.with_server_webhooks(true);
     let a = store
         .create_room(room_new("a"), Actor::Operator, 1_000)
         .await
@@ -297,7 +290,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
         .unwrap();
     // One row per room: each room's oldest.
     let claimed = store
-        .claim_webhooks("n1".into(), 2_000, 10_000, 10, WebhookLane::Server)
+        .claim_webhooks("n1".into(), 2_000, 10_000, 10)
         .await
         .unwrap();
     let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
@@ -306,7 +299,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     // Leased: another sender gets nothing, not even a room's next row.
     assert!(
         store
-            .claim_webhooks("n2".into(), 2_001, 10_000, 10, WebhookLane::Server)
+            .claim_webhooks("n2".into(), 2_001, 10_000, 10)
             .await
             .unwrap()
             .is_empty()
@@ -339,13 +332,13 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     // a1 waits for its retry time, and a2 waits for a1.
     assert!(
         store
-            .claim_webhooks("n2".into(), 4_999, 10_000, 10, WebhookLane::Server)
+            .claim_webhooks("n2".into(), 4_999, 10_000, 10)
             .await
             .unwrap()
             .is_empty()
     );
     let again = store
-        .claim_webhooks("n2".into(), 5_000, 10_000, 10, WebhookLane::Server)
+        .claim_webhooks("n2".into(), 5_000, 10_000, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -363,7 +356,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
             .unwrap()
     );
     let next = store
-        .claim_webhooks("n1".into(), 5_002, 10_000, 10, WebhookLane::Server)
+        .claim_webhooks("n1".into(), 5_002, 10_000, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -372,7 +365,7 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     );
     // A lease that ran out lets another sender take the row.
     let taken = store
-        .claim_webhooks("n2".into(), 15_002, 10_000, 10, WebhookLane::Server)
+        .claim_webhooks("n2".into(), 15_002, 10_000, 10)
         .await
         .unwrap();
     assert_eq!(taken[0].id, "a2");
@@ -904,4 +897,3 @@ async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
 }
 mod listen_links;
 mod recording_policy;
-mod room_webhooks;

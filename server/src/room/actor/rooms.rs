@@ -141,11 +141,8 @@ pub(super) struct Deps {
     pub media: Media,
     /// The rooms' record writers, by room.
     pub writers: Writers,
-    /// The server has a webhook endpoint: every room makes webhook events (others only
-    /// while they have an endpoint of their own).
+    /// Webhooks are configured: the rooms make webhook events.
     pub webhooks: bool,
-    /// The durable facts, for what a room looks up when it starts.
-    pub store: Store,
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
     pub recorder: Arc<dyn super::Recorder>,
@@ -168,15 +165,13 @@ impl LiveRooms {
         media: Media,
         webrtc_audience_cap: Option<u32>,
         webhooks: Option<webhooks::Sender>,
-        server_webhooks: bool,
         recorder: Arc<dyn super::Recorder>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
             deps: Deps {
-                webhooks: server_webhooks,
-                writers: Writers::new(store.clone(), metrics.clone(), webhooks),
-                store,
+                webhooks: webhooks.is_some(),
+                writers: Writers::new(store, metrics.clone(), webhooks),
                 clock,
                 metrics,
                 settings: Arc::new(settings),
@@ -238,18 +233,6 @@ impl LiveRooms {
                 let _ = tx.send(RoomMsg::RecordingLost).await;
             });
         }
-    }
-
-    /// Tells a live room whether it has a webhook endpoint of its own now, and waits until it
-    /// took that in: events it decides after this are made accordingly. Nothing if the room
-    /// is not live here (it looks the endpoint up when it starts).
-    pub async fn room_webhook_changed(&self, room: &RoomId, room_endpoint: bool) {
-        let _ = self
-            .ask(room, |done| RoomMsg::Webhooks {
-                room_endpoint,
-                done,
-            })
-            .await;
     }
 
     /// Whether a live room is recorded now, as its task last said.
