@@ -9,6 +9,8 @@ import { copyButton, h } from "./dom.js";
 
 /** @typedef {() => Promise<{ url: string, durationMs: number } | { error: string }>} MakeClip */
 
+const SUBMIT = "Clip the last 30 seconds";
+
 export class ClipDialog {
   #dialog;
   /** @type {HTMLElement | null} */
@@ -39,7 +41,7 @@ export class ClipDialog {
   #build(makeClip) {
     const dialog = this.#dialog;
     const error = h("p", { class: "form-error", role: "alert", "data-testid": "clip-error" });
-    const submit = h("button", { type: "submit", class: "button primary", "data-testid": "clip-submit" }, "Clip the last 30 seconds");
+    const submit = h("button", { type: "submit", class: "button primary", "data-testid": "clip-submit" }, SUBMIT);
     const link = h("code", { class: "invite-link", "data-testid": "clip-link" });
     const [copy, copied] = copyButton(link, "copy-clip");
     const openLink = /** @type {HTMLAnchorElement} */ (h("a", { class: "button quiet small", target: "_blank", rel: "noopener", "data-testid": "open-clip" }, "Open"));
@@ -80,7 +82,7 @@ export class ClipDialog {
     dialog.append(form);
     dialog.addEventListener("close", () => {
       result.hidden = true;
-      submit.textContent = "Clip the last 30 seconds";
+      submit.textContent = SUBMIT;
       error.textContent = "";
       this.#opener?.focus();
     });
