@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use stoa::control::{Delivery, ParticipantId, Role};
 use stoa::fuzzing::RoomHarness;
-use stoa::room::{Actor, Command, ConnectionId};
+use stoa::room::{Actor, Command, ConnectionId, RecordingOptions};
 
 /// Participants are drawn from a small set, so commands keep finding their targets.
 const PEOPLE: u8 = 12;
@@ -82,7 +82,8 @@ enum What {
     SetRole(u8, RolePick),
     End,
     SetSpeaking(Vec<(u8, u8)>),
-    StartRecording,
+    /// With or without per-speaker tracks, or the server's default.
+    StartRecording(Option<bool>),
     StopRecording,
     RecordingLost,
 }
@@ -156,7 +157,9 @@ fn command(what: What) -> Command {
             role: role(pick),
         },
         What::End => Command::End,
-        What::StartRecording => Command::StartRecording,
+        What::StartRecording(speaker_tracks) => {
+            Command::StartRecording(RecordingOptions { speaker_tracks })
+        }
         What::StopRecording => Command::StopRecording,
         What::RecordingLost => Command::RecordingLost,
         What::SetSpeaking(levels) => Command::SetSpeaking {
