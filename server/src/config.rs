@@ -122,6 +122,16 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// Delivered events are forgotten this long after delivery (failed ones are kept).
     pub keep_delivered_secs: u64,
+    /// Rooms' own endpoints (set by their moderators through the API) may be on loopback,
+    /// private, link-local and other non-public addresses. Off: the server is not a way into
+    /// the operator's network for whoever moderates a room.
+    pub room_allow_private: bool,
+    /// Hosts (exact names, or IP addresses) a room's endpoint may use whatever they resolve
+    /// to: the receivers on the operator's own network that rooms may send to.
+    pub room_allowed_hosts: Vec<String>,
+    /// Attempts in flight at once to rooms' own endpoints, apart from `concurrency` (the
+    /// server's endpoint): a room's failing receiver never holds the server's.
+    pub room_concurrency: usize,
 }
 
 impl Default for WebhookSettings {
@@ -136,6 +146,9 @@ impl Default for WebhookSettings {
             retry_max_ms: 10 * 60 * 1000,
             concurrency: 16,
             keep_delivered_secs: 7 * 24 * 3600,
+            room_allow_private: false,
+            room_allowed_hosts: Vec::new(),
+            room_concurrency: 16,
         }
     }
 }
@@ -233,6 +246,9 @@ impl std::fmt::Debug for WebhookSettings {
             .field("retry_max_ms", &self.retry_max_ms)
             .field("concurrency", &self.concurrency)
             .field("keep_delivered_secs", &self.keep_delivered_secs)
+            .field("room_allow_private", &self.room_allow_private)
+            .field("room_allowed_hosts", &self.room_allowed_hosts)
+            .field("room_concurrency", &self.room_concurrency)
             .finish()
     }
 }
@@ -886,12 +902,21 @@ impl WebhookSettings {
             || self.retry_first_ms == 0
             || self.retry_max_ms < self.retry_first_ms
             || self.concurrency == 0
+            || self.room_concurrency == 0
         {
             return invalid(
-                "max_attempts, max_age_secs, concurrency > 0; timeout_ms >= 100; \
-                 retry_max_ms >= retry_first_ms > 0"
+                "max_attempts, max_age_secs, concurrency, room_concurrency > 0; \
+                 timeout_ms >= 100; retry_max_ms >= retry_first_ms > 0"
                     .into(),
             );
+        }
+        if self.room_allowed_hosts.len() > 100
+            || self
+                .room_allowed_hosts
+                .iter()
+                .any(|h| h.is_empty() || h.len() > 253)
+        {
+            return invalid("room_allowed_hosts: at most 100 host names of 1 to 253 bytes".into());
         }
         Ok(())
     }

@@ -524,7 +524,6 @@ impl RestHarness {
                 crate::session::TokenSigner::new([7; 32]),
                 metrics,
                 media,
-                None,
             );
             (
                 crate::api::router(state),

@@ -48,8 +48,8 @@ pub struct RunningServer {
     retention: tokio::task::JoinHandle<()>,
     /// Keeps this node and its rooms' leases alive in the cluster.
     heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// Sends the webhook outbox, when webhooks are configured.
-    webhook_task: Option<tokio::task::JoinHandle<()>>,
+    /// Sends the webhook outbox.
+    webhook_task: tokio::task::JoinHandle<()>,
     media_task: tokio::task::JoinHandle<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -62,9 +62,7 @@ impl RunningServer {
         }
         stop_rooms(&self.state).await;
         // Rows it was sending stay leased until their lease ends; the next start sends them.
-        if let Some(task) = &self.webhook_task {
-            task.abort();
-        }
+        self.webhook_task.abort();
         self.state.media.stop().await;
         self.media_task.abort();
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
@@ -83,9 +81,7 @@ impl RunningServer {
         self.housekeeping.abort();
         self.retention.abort();
         self.media_task.abort();
-        if let Some(task) = &self.webhook_task {
-            task.abort();
-        }
+        self.webhook_task.abort();
         result.context("server task panicked")??;
         Ok(())
     }
@@ -123,7 +119,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         )
         .await
         .context("cannot open the PostgreSQL database")?,
-    };
+    }
+    .with_server_webhooks(config.webhooks.url.is_some());
     let (operator_key, key_source) = match &config.api_key {
         Some(key) => (OperatorKey::new(key), KeySource::Environment),
         None => {
@@ -178,20 +175,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let (media, media_reports) =
         Media::start(&media_options, &metrics.media).context("cannot start the media workers")?;
 
-    // The webhook outbox is drained whatever happens to rooms here; without a URL, rooms make
-    // no webhook events.
-    let (webhooks, webhook_task) = match &config.webhooks.url {
-        Some(_) => {
-            let (sender, task) = crate::webhooks::Sender::start(
-                store.clone(),
-                config.webhooks.clone(),
-                metrics.clone(),
-            )
+    // The webhook outbox is drained whatever happens to rooms here: rooms' own endpoints
+    // always, the server's when `[webhooks] url` is set.
+    let webhook_task =
+        crate::webhooks::start_sender(store.clone(), config.webhooks.clone(), metrics.clone())
             .context("cannot start the webhook sender")?;
-            (Some(sender), Some(task))
-        }
-        None => (None, None),
-    };
     let config = Arc::new(config);
     let mut state = AppState::new(
         store.clone(),
@@ -202,7 +190,6 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         signer,
         metrics,
         media.clone(),
-        webhooks,
     );
     // Recordings a kill left open are closed before any room can be recorded again.
     match state.recordings.recover().await {

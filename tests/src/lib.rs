@@ -273,6 +273,24 @@ impl TestServer {
         .await
     }
 
+    /// Every item of a paginated list as the operator sees it, following `next_cursor`;
+    /// `path_and_query` already has a `?` (and any filter).
+    pub async fn every_item(&self, path_and_query: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .op(Method::GET, &format!("{path_and_query}{cursor}"), None)
+                .await
+                .expect(200);
+            items.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return items,
+            }
+        }
+    }
+
     /// Makes an invite of `role` in `room` and redeems it: the join answer.
     pub async fn participant(&self, room: &str, role: &str, name: &str) -> Value {
         let invite = self.create_invite(room, role, json!({})).await;

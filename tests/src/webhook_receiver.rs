@@ -58,12 +58,22 @@ impl Receiver {
     }
 
     pub async fn set_mode(&self, mode: &str) {
-        reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/mode", self.port))
-            .body(mode.to_owned())
+        self.tell("mode", mode).await;
+    }
+
+    /// Verifies what comes next with `secret` (a room endpoint's, which the server made).
+    pub async fn set_secret(&self, secret: &str) {
+        self.tell("secret", secret).await;
+    }
+
+    async fn tell(&self, what: &str, value: &str) {
+        let told = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/{what}", self.port))
+            .body(value.to_owned())
             .send()
             .await
             .unwrap();
+        assert_eq!(told.status().as_u16(), 204, "the receiver took no {what}");
     }
 
     /// Every request it got so far, in order.

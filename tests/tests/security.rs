@@ -130,6 +130,10 @@ fn no_body(_: &World) -> Option<Value> {
 
 const FALLBACK: &str = "(any other path)";
 
+/// Every world's room has its own webhook endpoint here: nothing listens, so its events fail
+/// at once (allowed by the matrix server's `room_allow_private`).
+const WEBHOOK_URL: &str = "http://127.0.0.1:9/hook";
+
 fn rest_table() -> Vec<Row> {
     vec![
         Row {
@@ -430,6 +434,49 @@ fn rest_table() -> Vec<Row> {
             destructive: false,
             expect: operator_only(200),
         },
+        // A room's own webhook endpoint: whoever manages the room (its moderators, the
+        // operator). It sends the room's events elsewhere and makes the server send requests,
+        // so listeners and speakers may not, nor other rooms' moderators.
+        Row {
+            method: Method::PUT,
+            template: "/api/v1/rooms/{room}/webhook",
+            path: |w| format!("/api/v1/rooms/{}/webhook", w.room),
+            body: |_| Some(json!({ "url": WEBHOOK_URL })),
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/webhook",
+            path: |w| format!("/api/v1/rooms/{}/webhook", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::DELETE,
+            template: "/api/v1/rooms/{room}/webhook",
+            path: |w| format!("/api/v1/rooms/{}/webhook", w.room),
+            body: no_body,
+            destructive: true,
+            expect: moderators(204),
+        },
+        Row {
+            method: Method::POST,
+            template: "/api/v1/rooms/{room}/webhook/secret",
+            path: |w| format!("/api/v1/rooms/{}/webhook/secret", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
+        Row {
+            method: Method::GET,
+            template: "/api/v1/rooms/{room}/webhook/deliveries",
+            path: |w| format!("/api/v1/rooms/{}/webhook/deliveries", w.room),
+            body: no_body,
+            destructive: false,
+            expect: moderators(200),
+        },
         // The broadcast carries nothing a member cannot already hear: anyone of the room.
         Row {
             method: Method::GET,
@@ -572,6 +619,13 @@ impl World {
     async fn new(t: &TestServer) -> World {
         let room = t.create_room("A").await;
         let other = t.create_room("B").await;
+        t.op(
+            Method::PUT,
+            &format!("/api/v1/rooms/{room}/webhook"),
+            Some(json!({ "url": WEBHOOK_URL })),
+        )
+        .await
+        .expect(201);
         let invite = t.create_invite(&room, "listener", json!({})).await;
         let listen = t
             .op(
@@ -666,7 +720,11 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_against_every_caller() {
     // Every caller of every fresh world makes clips from one address: not the limit's test.
-    let t = TestServer::start_with(|c| c.recording.clip_burst = 10_000).await;
+    let t = TestServer::start_with(|c| {
+        c.recording.clip_burst = 10_000;
+        c.webhooks.room_allow_private = true;
+    })
+    .await;
     let table = rest_table();
 
     // The table covers exactly the routes the server has: the OpenAPI document is generated

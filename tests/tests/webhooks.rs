@@ -31,24 +31,9 @@ async fn start_server(engine: Engine, receiver: &Receiver) -> TestServer {
 
 /// The outbox through the operator API, every page.
 async fn deliveries(t: &TestServer, state: Option<&str>) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
-        let page = t
-            .op(
-                Method::GET,
-                &format!("/api/v1/webhooks/deliveries?limit=20{filter}{cursor}"),
-                None,
-            )
-            .await
-            .expect(200);
-        items.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return items,
-        }
-    }
+    let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+    t.every_item(&format!("/api/v1/webhooks/deliveries?limit=20{filter}"))
+        .await
 }
 
 async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {

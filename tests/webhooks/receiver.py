@@ -7,7 +7,8 @@ request to /hook: {"answer": ..., "id": ..., "type": ..., "body": ...}. `answer`
 did: `ok` (verified and accepted, 204), `fail` (answered 500), `hang` (never answered),
 `invalid` (the signature did not verify, answered 400). POST /mode with `ok`, `fail` or `hang`
 as the body switches what it does to the next requests; it starts in the mode given by the
-RECEIVER_MODE environment variable (default `ok`).
+RECEIVER_MODE environment variable (default `ok`). POST /secret with a `whsec_` secret as
+the body verifies the next requests with it (a room's endpoint gets its secret from the server).
 """
 
 import json
@@ -21,9 +22,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 SECRET, LOG_FILE = sys.argv[1], sys.argv[2]
-WEBHOOK = Webhook(SECRET)
 LOCK = threading.Lock()
-STATE = {"mode": os.environ.get("RECEIVER_MODE", "ok")}
+STATE = {"mode": os.environ.get("RECEIVER_MODE", "ok"), "webhook": Webhook(SECRET)}
 
 
 def log(entry):
@@ -49,6 +49,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/mode":
             STATE["mode"] = body.decode().strip()
             return self.answer(204)
+        if self.path == "/secret":
+            STATE["webhook"] = Webhook(body.decode().strip())
+            return self.answer(204)
         if self.path != "/hook":
             return self.answer(404)
         mode = STATE["mode"]
@@ -61,7 +64,7 @@ class Handler(BaseHTTPRequestHandler):
             log(entry)
             return self.answer(500, b"receiver told to fail")
         try:
-            payload = WEBHOOK.verify(body, dict(self.headers.items()))
+            payload = STATE["webhook"].verify(body, dict(self.headers.items()))
         except WebhookVerificationError as e:
             entry.update(answer="invalid", error=str(e))
             log(entry)

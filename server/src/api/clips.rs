@@ -255,20 +255,18 @@ async fn save(
         .map_err(clip_error)?;
     let now = state.clock.now_ms();
     let url = state.clip_url(new.code.as_str());
-    let mut events = Vec::new();
-    if state.webhooks_enabled() {
-        let data = serde_json::json!({
-            "room_id": room,
-            "clip_id": new.id,
-            "recording_id": new.recording_id,
-            "start_ms": new.start_ms,
-            "duration_ms": new.duration_ms,
-            "size_bytes": new.size_bytes,
-            "url": url,
-            "by": created_by,
-        });
-        events.push(webhooks::event(event_type::CLIP_CREATED, data, now));
-    }
+    // The store writes it for the endpoints that want it (the server's, the room's), if any.
+    let data = serde_json::json!({
+        "room_id": room,
+        "clip_id": new.id,
+        "recording_id": new.recording_id,
+        "start_ms": new.start_ms,
+        "duration_ms": new.duration_ms,
+        "size_bytes": new.size_bytes,
+        "url": url,
+        "by": created_by,
+    });
+    let events = vec![webhooks::event(event_type::CLIP_CREATED, data, now)];
     let code = new.code.clone();
     let id = new.id.clone();
     let saved = state

@@ -157,6 +157,9 @@ impl From<ControlError> for ApiError {
             ControlError::ParticipantNotFound => {
                 ApiError::new(S::NOT_FOUND, "participant_not_found", detail)
             }
+            ControlError::RoomWebhookNotFound => {
+                ApiError::new(S::NOT_FOUND, "webhook_not_found", detail)
+            }
             ControlError::RecordingNotFound => {
                 ApiError::new(S::NOT_FOUND, "recording_not_found", detail)
             }

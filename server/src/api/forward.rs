@@ -104,7 +104,9 @@ impl Forwarding {
 /// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}`,
 /// everything under `/api/v1/rooms/{room}/participants`, starting and stopping its recording
 /// (`/api/v1/rooms/{room}/recording`), clipping its last seconds (`/api/v1/rooms/{room}/clips`),
-/// and the room's broadcast files under `/broadcast/{room}/` (its mix runs where its media is).
+/// its webhook endpoint (`/api/v1/rooms/{room}/webhook`: the live room is told when it
+/// changes), and the room's broadcast files under `/broadcast/{room}/` (its mix runs where its
+/// media is).
 fn live_room_in(path: &str) -> Option<&str> {
     if let Some(rest) = path.strip_prefix("/broadcast/") {
         let (room, _) = rest.split_once('/')?;
@@ -116,7 +118,8 @@ fn live_room_in(path: &str) -> Option<&str> {
         || tail == "participants"
         || tail.starts_with("participants/")
         || tail == "recording"
-        || tail == "clips";
+        || tail == "clips"
+        || tail == "webhook";
     (live && !room.is_empty()).then_some(room)
 }
 

@@ -17,6 +17,7 @@ mod origin;
 mod participants;
 mod recordings;
 mod replays;
+mod room_webhooks;
 mod rooms;
 mod signal;
 mod state;
@@ -54,6 +55,7 @@ use crate::metrics::HttpLabels;
         (name = "recordings", description = "Recording a room's mix, and the recordings"),
         (name = "listen", description = "Listen links: a room's public broadcast, without joining"),
         (name = "signal", description = "The signaling WebSocket (see docs/protocol.md)"),
+        (name = "webhooks", description = "A room's own webhook endpoint (see docs/webhooks.md)"),
         (name = "system", description = "Health, metrics, this document"),
     )
 )]
@@ -158,6 +160,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster::list_nodes))
         .routes(routes!(cluster::drain))
         .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(
+            room_webhooks::set_room_webhook,
+            room_webhooks::get_room_webhook,
+            room_webhooks::delete_room_webhook
+        ))
+        .routes(routes!(room_webhooks::rotate_room_webhook_secret))
+        .routes(routes!(room_webhooks::list_room_webhook_deliveries))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))

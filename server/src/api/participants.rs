@@ -139,13 +139,13 @@ pub async fn remove(
         Err(LiveError::NotLive | LiveError::Refused(Refusal::ParticipantNotFound)) if query.ban => {
             let now = state.clock.now_ms();
             let actor = caller.actor();
-            let webhooks = state
-                .webhooks_enabled()
-                .then(|| {
-                    crate::webhooks::participant_banned(&room, &target, actor.as_audit_str(), now)
-                })
-                .into_iter()
-                .collect();
+            // Written for the endpoints that want it (the server's, the room's), if any.
+            let webhooks = vec![crate::webhooks::participant_banned(
+                &room,
+                &target,
+                actor.as_audit_str(),
+                now,
+            )];
             state
                 .store
                 .ban(

@@ -207,11 +207,12 @@ pub async fn end_room(
         Err(LiveError::NotLive) => {
             let now = state.clock.now_ms();
             let actor = caller.actor();
-            let webhooks = state
-                .webhooks_enabled()
-                .then(|| crate::webhooks::room_ended(&room, actor.as_audit_str(), now))
-                .into_iter()
-                .collect();
+            // Written for the endpoints that want it (the server's, the room's), if any.
+            let webhooks = vec![crate::webhooks::room_ended(
+                &room,
+                actor.as_audit_str(),
+                now,
+            )];
             state
                 .store
                 .end_room(

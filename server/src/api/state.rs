@@ -71,11 +71,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `[webhooks]` is configured: what happens makes webhook events.
-    pub fn webhooks_enabled(&self) -> bool {
-        self.config.webhooks.url.is_some()
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
@@ -86,7 +81,6 @@ impl AppState {
         signer: TokenSigner,
         metrics: Metrics,
         media: Media,
-        webhooks: Option<crate::webhooks::Sender>,
     ) -> Self {
         let limits = &config.limits;
         let quota =
@@ -132,7 +126,9 @@ impl AppState {
             &config.data_dir,
             config.cluster.node_name(),
             config.recording.clone(),
-            config.webhooks.url.is_some(),
+            // A finished recording's `recording.ready` is written for the endpoints that want
+            // it (the server's, the room's own), if any: the store decides.
+            true,
         );
         let live = LiveRooms::new(
             store.clone(),
@@ -144,7 +140,7 @@ impl AppState {
                 .broadcast
                 .enabled
                 .then_some(config.broadcast.webrtc_audience_cap),
-            webhooks,
+            config.webhooks.url.is_some(),
             Arc::new(recordings.clone()),
         )
         .record_by_default(config.recording.record_by_default);

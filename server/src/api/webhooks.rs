@@ -31,6 +31,8 @@ pub struct DeliveryView {
     /// The `webhook-id` every attempt carried.
     pub id: String,
     pub room_id: String,
+    /// The room endpoint (`rwh_…`) it is for; null: the server's `[webhooks] url`.
+    pub endpoint: Option<String>,
     /// The event's `type`, e.g. `participant.banned`.
     pub event_type: String,
     /// `pending`, `delivered` or `failed` (given up).
@@ -53,6 +55,7 @@ impl From<WebhookDelivery> for DeliveryView {
         DeliveryView {
             id: d.id,
             room_id: d.room_id.to_string(),
+            endpoint: d.endpoint,
             event_type: d.event_type,
             state: d.state,
             attempts: d.attempts,

@@ -27,6 +27,9 @@ pub enum ControlError {
     ClipNotFound,
     #[error("no such participant")]
     ParticipantNotFound,
+    /// The room has no webhook endpoint of its own.
+    #[error("this room has no webhook endpoint")]
+    RoomWebhookNotFound,
     #[error("the room has ended")]
     RoomEnded,
     /// Unknown or revoked code: deliberately the same answer, so codes cannot be probed.

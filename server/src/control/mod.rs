@@ -27,4 +27,5 @@ pub use model::{
     Redemption, ReplayLink, Room, RoomLimits, RoomRecord, RoomWrite, Standing, WebhookAttempt,
     WebhookDelivery,
 };
+pub use model::{Destination, RoomWebhook, RoomWebhookChange, WebhookLane};
 pub use store::Store;

@@ -288,6 +288,53 @@ pub struct ClaimedWebhook {
     /// Attempts before this one.
     pub attempts: u32,
     pub created_at_ms: i64,
+    pub destination: Destination,
+}
+
+/// Where an outbox row goes, as it stands when the row is taken (a room's endpoint may have
+/// been moved or given a new secret since the event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The server's `[webhooks] url`, signed with its secret.
+    Server,
+    /// A room's own endpoint.
+    Room { url: String, secret: String },
+    /// A room's endpoint deleted while this row was being taken: it is given up.
+    RoomGone,
+}
+
+/// Which of the outbox's two lanes a sender drains: rows for the server's endpoint, or rows
+/// for rooms' own endpoints. Each lane has its own attempts in flight, so a room's failing
+/// receiver never delays the server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookLane {
+    Server,
+    Rooms,
+}
+
+/// A room's own webhook endpoint (`PUT /api/v1/rooms/{room}/webhook`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomWebhook {
+    /// `rwh_…`, named on the outbox rows meant for it.
+    pub id: String,
+    pub room_id: RoomId,
+    pub url: String,
+    /// `whsec_…`: shown once, when made or rotated.
+    pub secret: String,
+    pub created_at_ms: i64,
+    /// `operator` or the participant id of the moderator who set it.
+    pub created_by: String,
+    pub updated_at_ms: i64,
+    pub secret_rotated_at_ms: i64,
+}
+
+/// What setting a room's endpoint did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomWebhookChange {
+    /// The room had none: made, with the new secret.
+    Created,
+    /// The room had one: its URL replaced, its secret kept.
+    Updated,
 }
 
 /// How an attempt to send an outbox row ended.
@@ -342,6 +389,8 @@ impl DeliveryState {
 pub struct WebhookDelivery {
     pub id: String,
     pub room_id: RoomId,
+    /// The room endpoint (`rwh_…`) it is for; `None`: the server's.
+    pub endpoint: Option<String>,
     pub event_type: String,
     pub state: DeliveryState,
     pub attempts: u32,

@@ -10,6 +10,8 @@ mod tests;
 
 use std::path::Path;
 
+use tokio::sync::watch;
+
 use super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::{
     Actor, AuditEvent, ControlError, IdentitySecret, Invite, InviteCode, InviteId, NewInvite,
@@ -19,6 +21,7 @@ use super::{ClaimedWebhook, DeliveryState, NewWebhook, WebhookAttempt, WebhookDe
 use super::{Clip, ClipCode, ClipId, NewClip, RecordingPolicyChange};
 use super::{CreatedListenLink, ListenCode, ListenLink, ListenLinkId, NewListenLink};
 use super::{CreatedReplayLink, NewReplayLink, ReplayLink, ReplayLinkId};
+use super::{RoomWebhook, RoomWebhookChange, WebhookLane};
 
 /// One schema version in both dialects.
 struct Migration {
@@ -73,12 +76,19 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0011_room_recording_policy.sql"),
         postgres: include_str!("migrations/postgres/0011_room_recording_policy.sql"),
     },
+    Migration {
+        sqlite: include_str!("migrations/0012_room_webhooks.sql"),
+        postgres: include_str!("migrations/postgres/0012_room_webhooks.sql"),
+    },
 ];
 
 /// Handle to the control-plane database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
+    /// Bumped after every committed write that may have added rows to the webhook outbox,
+    /// so this node's sender looks at it then rather than polling (see `watch_outbox`).
+    outbox: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -100,18 +110,39 @@ macro_rules! on_engine {
 }
 
 impl Store {
+    fn new(engine: Engine) -> Store {
+        Store {
+            engine,
+            outbox: watch::channel(0).0,
+        }
+    }
+
+    /// Changes each time a write on this node has committed webhook rows (and possibly at
+    /// other times): the sender waits on it instead of polling an outbox that is usually
+    /// empty. Rows written by other nodes are not seen here; their own senders take them.
+    pub fn watch_outbox(&self) -> watch::Receiver<u64> {
+        self.outbox.subscribe()
+    }
+
+    /// `result` of a write that carried `webhooks` rows: on success, the outbox's watchers
+    /// are told (after the commit, so what they read has the rows).
+    fn wrote_webhooks<T>(&self, result: Result<T>, webhooks: bool) -> Result<T> {
+        if result.is_ok() && webhooks {
+            self.outbox.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        result
+    }
+
     /// Opens (creating if needed) an SQLite database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
-        Ok(Store {
-            engine: Engine::Sqlite(sqlite::SqliteStore::open(path)?),
-        })
+        Ok(Store::new(Engine::Sqlite(sqlite::SqliteStore::open(path)?)))
     }
 
     /// A private in-memory SQLite database, for unit tests.
     pub fn open_in_memory() -> Result<Store> {
-        Ok(Store {
-            engine: Engine::Sqlite(sqlite::SqliteStore::open_in_memory()?),
-        })
+        Ok(Store::new(Engine::Sqlite(
+            sqlite::SqliteStore::open_in_memory()?,
+        )))
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://user:password@host:port/database`) with a
@@ -134,9 +165,24 @@ impl Store {
     ) -> Result<Store> {
         let store =
             postgres::PgStore::connect(url, max_connections, tls_ca, statement_timeout).await?;
-        Ok(Store {
-            engine: Engine::Postgres(store),
-        })
+        Ok(Store::new(Engine::Postgres(store)))
+    }
+
+    /// Writes every webhook event for the server's own endpoint too (`[webhooks] url` is
+    /// set), besides the room's endpoint if it has one. Off by default: events are then
+    /// written only for rooms that have an endpoint of their own.
+    pub fn with_server_webhooks(mut self, on: bool) -> Store {
+        match &mut self.engine {
+            Engine::Sqlite(engine) => engine.server_webhooks = on,
+            Engine::Postgres(engine) => engine.server_webhooks = on,
+        }
+        self
+    }
+
+    /// Whether other nodes write to this store too (PostgreSQL): then what this node has not
+    /// written itself is seen only by looking.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
     }
 
     /// `"sqlite"` or `"postgres"`, for logs.
@@ -222,7 +268,9 @@ impl Store {
         audit_detail: Option<serde_json::Value>,
         webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
-        on_engine!(self.end_room(id, actor, now_ms, audit_detail, webhooks))
+        let wrote = !webhooks.is_empty();
+        let result = on_engine!(self.end_room(id, actor, now_ms, audit_detail, webhooks));
+        self.wrote_webhooks(result, wrote)
     }
 
     pub async fn create_invite(
@@ -329,7 +377,8 @@ impl Store {
         record: bool,
         webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
-        on_engine!(self.ban(
+        let wrote = !webhooks.is_empty();
+        let result = on_engine!(self.ban(
             room,
             participant,
             revoke_invite,
@@ -337,7 +386,8 @@ impl Store {
             now_ms,
             record,
             webhooks
-        ))
+        ));
+        self.wrote_webhooks(result, wrote)
     }
 
     /// Where an identity stands in its room now: banned, its live role, its last removal.
@@ -353,21 +403,32 @@ impl Store {
     /// one transaction. `ControlError::Unavailable` means nothing was written and the same
     /// call may be made again.
     pub async fn write_room(&self, room: RoomId, write: RoomWrite) -> Result<()> {
-        on_engine!(self.write_room(room, write))
+        let wrote = !write.webhooks.is_empty();
+        let result = on_engine!(self.write_room(room, write));
+        self.wrote_webhooks(result, wrote)
     }
 
-    /// Takes up to `limit` webhook rows to send now, each the oldest pending row of its room
-    /// and due, leased to `owner` for `lease_ms`: a row leased to another node (or this one)
-    /// is not taken again until its lease ends, so two senders never send the same row at
-    /// once, and a room's next row waits until the one before it is finished.
+    /// Takes up to `limit` webhook rows of `lane` to send now, each the oldest pending row of
+    /// its room for its endpoint and due, leased to `owner` for `lease_ms`: a row leased to
+    /// another node (or this one) is not taken again until its lease ends, so two senders
+    /// never send the same row at once, and a room's next row for an endpoint waits until the
+    /// one before it is finished (its rows for another endpoint do not).
     pub async fn claim_webhooks(
         &self,
         owner: String,
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        lane: WebhookLane,
     ) -> Result<Vec<ClaimedWebhook>> {
-        on_engine!(self.claim_webhooks(owner, now_ms, lease_ms, limit))
+        on_engine!(self.claim_webhooks(owner, now_ms, lease_ms, limit, lane))
+    }
+
+    /// When the earliest row of `lane` that is not due yet becomes due: the oldest pending
+    /// row of each room for each endpoint, at its next attempt or when its lease ends (None
+    /// when the lane has nothing pending). A sender sleeps until then.
+    pub async fn next_webhook_due(&self, lane: WebhookLane) -> Result<Option<i64>> {
+        on_engine!(self.next_webhook_due(lane))
     }
 
     /// Records how an attempt ended, if `owner` still holds the row's lease (false if not).
@@ -388,6 +449,62 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<WebhookDelivery>> {
         on_engine!(self.list_webhook_deliveries(state, page))
+    }
+
+    /// Sets the room's own webhook endpoint to `url`: made with `new_secret` if the room has
+    /// none, its URL replaced (secret kept) if it has one; with its audit line. An ended room
+    /// gets none.
+    pub async fn set_room_webhook(
+        &self,
+        room: RoomId,
+        url: String,
+        new_secret: String,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<(RoomWebhook, RoomWebhookChange)> {
+        on_engine!(self.set_room_webhook(room, url, new_secret, actor, now_ms))
+    }
+
+    /// The room's own webhook endpoint.
+    pub async fn room_webhook(&self, room: RoomId) -> Result<RoomWebhook> {
+        on_engine!(self.room_webhook(room))
+    }
+
+    /// How many rows for a room endpoint (`rwh_…`) wait, and how many were given up.
+    pub async fn room_webhook_backlog(&self, endpoint: String) -> Result<(u64, u64)> {
+        on_engine!(self.room_webhook_backlog(endpoint))
+    }
+
+    /// Replaces the secret of the room's endpoint; attempts from now on are signed with it.
+    pub async fn rotate_room_webhook_secret(
+        &self,
+        room: RoomId,
+        secret: String,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<RoomWebhook> {
+        on_engine!(self.rotate_room_webhook_secret(room, secret, actor, now_ms))
+    }
+
+    /// Deletes the room's endpoint and the rows still waiting for it (returns how many); its
+    /// delivered and failed rows stay listed.
+    pub async fn delete_room_webhook(
+        &self,
+        room: RoomId,
+        actor: Actor,
+        now_ms: i64,
+    ) -> Result<u64> {
+        on_engine!(self.delete_room_webhook(room, actor, now_ms))
+    }
+
+    /// What was sent (or waits, or failed) to the room's own endpoints, oldest first.
+    pub async fn list_room_webhook_deliveries(
+        &self,
+        room: RoomId,
+        state: Option<DeliveryState>,
+        page: PageRequest,
+    ) -> Result<Page<WebhookDelivery>> {
+        on_engine!(self.list_room_webhook_deliveries(room, state, page))
     }
 
     /// Forgets delivered rows finished before `before_ms`; returns how many.
@@ -419,7 +536,9 @@ impl Store {
         finished: FinishedRecording,
         webhooks: Vec<NewWebhook>,
     ) -> Result<bool> {
-        on_engine!(self.finish_recording(id, finished, webhooks))
+        let wrote = !webhooks.is_empty();
+        let result = on_engine!(self.finish_recording(id, finished, webhooks));
+        self.wrote_webhooks(result, wrote)
     }
 
     /// One recording of a room (`RecordingNotFound` for another room's).
@@ -463,7 +582,9 @@ impl Store {
         now_ms: i64,
         webhooks: Vec<NewWebhook>,
     ) -> Result<Clip> {
-        on_engine!(self.create_clip(room, new, actor, created_by, now_ms, webhooks))
+        let wrote = !webhooks.is_empty();
+        let result = on_engine!(self.create_clip(room, new, actor, created_by, now_ms, webhooks));
+        self.wrote_webhooks(result, wrote)
     }
 
     /// The clip a link's code opens (`ClipNotFound` for an unknown code or a deleted clip).

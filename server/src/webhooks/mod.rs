@@ -2,9 +2,12 @@
 //! and the sender that drains the store's outbox. Events are made by the room task and
 //! written to the outbox with the facts they report; nothing here runs on a room's task.
 //!
-//! - `delivery.rs`: the sender: takes due rows (one per room at a time, under a lease), POSTs
-//!   them, records the outcome, retries with backoff, gives up after the configured limit.
+//! - `delivery.rs`: the sender: takes due rows (one per room and endpoint at a time, under a
+//!   lease), POSTs them, records the outcome, retries with backoff, gives up after the
+//!   configured limit.
+//! - `address.rs`: where a room's own endpoint may point (no private addresses by default).
 
+pub mod address;
 mod delivery;
 
 use base64::Engine as _;
@@ -15,7 +18,7 @@ use sha2::Sha256;
 use crate::clock::rfc3339;
 use crate::control::{NewWebhook, ParticipantId, RoomId, random_token};
 
-pub use delivery::Sender;
+pub use delivery::start as start_sender;
 
 /// Every event type sent, as it appears in `type`. A new one is one line here and one call
 /// where it happens (`docs/webhooks.md` lists their payloads).
@@ -75,6 +78,14 @@ pub fn participant_banned(
     event(event_type::PARTICIPANT_BANNED, data, at_ms)
 }
 
+/// A fresh signing secret for a room's endpoint: `whsec_` + base64 of 32 random bytes, the
+/// shape `[webhooks] secret` has.
+pub fn new_secret() -> String {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("the OS random generator is unavailable");
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
 /// The `webhook-signature` value for one attempt: `v1,` + base64 of HMAC-SHA256 over
 /// `{id}.{timestamp}.{body}` with the secret's key.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
@@ -97,6 +108,13 @@ mod tests {
             signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn a_new_secret_is_a_valid_one_and_never_the_same() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_eq!(crate::config::signing_key(&a).unwrap().len(), 32);
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use deadpool_postgres::{
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{NoTls, Row};
 
+use super::super::WebhookLane;
 use super::super::error_chain as chain;
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
@@ -26,6 +27,7 @@ use super::{MIGRATIONS, rules};
 mod clips;
 mod listen_links;
 mod recording_policy;
+mod room_webhooks;
 
 type Result<T> = std::result::Result<T, ControlError>;
 
@@ -45,6 +47,8 @@ pub(super) struct PgStore {
     /// A call without an answer after this is given up (the server's own statement timeout,
     /// the same, cancels what runs; this covers a server that does not answer at all).
     patience: Duration,
+    /// Events are written for the server's own endpoint (`[webhooks] url` is set).
+    pub(super) server_webhooks: bool,
 }
 
 impl PgStore {
@@ -123,6 +127,7 @@ impl PgStore {
             pool,
             // Beyond the server's own timeout: the server cancels first when it can.
             patience: statement_timeout + POOL_TIMEOUT,
+            server_webhooks: false,
         })
     }
 
@@ -193,7 +198,7 @@ impl PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let room = end_in(&tx, &id, &actor, now_ms, audit_detail).await?;
-        insert_webhooks(&tx, &id, &webhooks).await?;
+        insert_webhooks(&tx, &id, &webhooks, self.server_webhooks).await?;
         tx.commit().await?;
         Ok(room)
     }
@@ -410,7 +415,7 @@ impl PgStore {
         )
         .await?;
         if banned {
-            insert_webhooks(&tx, &room, &webhooks).await?;
+            insert_webhooks(&tx, &room, &webhooks, self.server_webhooks).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -453,7 +458,7 @@ impl PgStore {
         for record in write.records {
             record_in(&tx, &room, record).await?;
         }
-        insert_webhooks(&tx, &room, &write.webhooks).await?;
+        insert_webhooks(&tx, &room, &write.webhooks, self.server_webhooks).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -464,6 +469,7 @@ impl PgStore {
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        lane: WebhookLane,
     ) -> Result<Vec<ClaimedWebhook>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
@@ -471,13 +477,16 @@ impl PgStore {
         // it claimed before carries its lease.
         let rows = tx
             .query(
-                "SELECT seq, id, body, attempts, created_at FROM webhook_deliveries
-                 WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries
-                               WHERE state = 'pending' GROUP BY room_id)
-                   AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
-                 ORDER BY seq LIMIT $2
-                 FOR UPDATE SKIP LOCKED",
-                &[&now_ms, &i64::from(limit)],
+                "SELECT d.seq, d.id, d.body, d.attempts, d.created_at, d.endpoint, w.url, w.secret
+                 FROM webhook_deliveries d LEFT JOIN room_webhooks w ON w.id = d.endpoint
+                 WHERE d.seq IN (SELECT MIN(seq) FROM webhook_deliveries
+                                 WHERE state = 'pending' AND (endpoint IS NULL) = $3
+                                 GROUP BY room_id, endpoint)
+                   AND d.next_attempt_at <= $1
+                   AND (d.lease_until IS NULL OR d.lease_until <= $1)
+                 ORDER BY d.seq LIMIT $2
+                 FOR UPDATE OF d SKIP LOCKED",
+                &[&now_ms, &i64::from(limit), &(lane == WebhookLane::Server)],
             )
             .await?;
         let claimed = rows
@@ -489,6 +498,7 @@ impl PgStore {
                     body: r.try_get(2)?,
                     attempts: to_u32(r.try_get(3)?),
                     created_at_ms: r.try_get(4)?,
+                    destination: rules::destination(r.try_get(5)?, r.try_get(6)?, r.try_get(7)?),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -501,6 +511,21 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    pub(super) async fn next_webhook_due(&self, lane: WebhookLane) -> Result<Option<i64>> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_until, 0)))
+                 FROM webhook_deliveries
+                 WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries
+                               WHERE state = 'pending' AND (endpoint IS NULL) = $1
+                               GROUP BY room_id, endpoint)",
+                &[&(lane == WebhookLane::Server)],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     pub(super) async fn finish_webhook(
@@ -541,11 +566,10 @@ impl PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT seq, id, room_id, event_type, state, attempts, created_at,
-                        CASE WHEN state = 'pending' THEN next_attempt_at END,
-                        last_status, last_error, finished_at
-                 FROM webhook_deliveries
-                 WHERE ($1::TEXT IS NULL OR state = $1) AND seq > $2 ORDER BY seq LIMIT $3",
+                &format!(
+                    "SELECT seq, {WEBHOOK_COLUMNS} FROM webhook_deliveries
+                     WHERE ($1::TEXT IS NULL OR state = $1) AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
                 &[
                     &state.map(DeliveryState::as_str),
                     &page.after.unwrap_or(0),
@@ -555,27 +579,7 @@ impl PgStore {
             .await?;
         let rows = rows
             .iter()
-            .map(|r| {
-                let state: String = r.try_get(4)?;
-                Ok((
-                    r.try_get(0)?,
-                    WebhookDelivery {
-                        id: r.try_get(1)?,
-                        room_id: RoomId::from_trusted(r.try_get(2)?),
-                        event_type: r.try_get(3)?,
-                        // The schema's CHECK admits the three states only.
-                        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
-                        attempts: to_u32(r.try_get(5)?),
-                        created_at_ms: r.try_get(6)?,
-                        next_attempt_at_ms: r.try_get(7)?,
-                        last_status: r
-                            .try_get::<_, Option<i64>>(8)?
-                            .and_then(|s| u16::try_from(s).ok()),
-                        last_error: r.try_get(9)?,
-                        finished_at_ms: r.try_get(10)?,
-                    },
-                ))
-            })
+            .map(delivery_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok(rules::paginate(rows, page.limit))
     }
@@ -679,7 +683,7 @@ impl PgStore {
             return Ok(false);
         };
         let room = RoomId::from_trusted(room.try_get(0)?);
-        insert_webhooks(&tx, &room, &webhooks).await?;
+        insert_webhooks(&tx, &room, &webhooks, self.server_webhooks).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1446,28 +1450,84 @@ async fn end_in(
     Ok(room)
 }
 
-/// Adds events to the webhook outbox inside `tx`, due at once.
+/// Adds events to the webhook outbox inside `tx`, due at once: one row per event for the
+/// server's endpoint (`to_server`), and one for the room's own endpoint if it has one.
 async fn insert_webhooks(
     tx: &deadpool_postgres::Transaction<'_>,
     room: &RoomId,
     hooks: &[NewWebhook],
+    to_server: bool,
 ) -> Result<()> {
-    for hook in hooks {
-        tx.execute(
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let room_endpoint = room_webhooks::endpoint_of(tx, room).await?.map(|e| e.id);
+    let insert = tx
+        .prepare_cached(
             "INSERT INTO webhook_deliveries
-                 (id, room_id, event_type, body, created_at, next_attempt_at)
-             VALUES ($1, $2, $3, $4, $5, $5)",
-            &[
-                &hook.id,
-                &room.as_str(),
-                &hook.event_type,
-                &hook.body,
-                &hook.created_at_ms,
-            ],
+                 (id, room_id, event_type, body, created_at, next_attempt_at, endpoint)
+             VALUES ($1, $2, $3, $4, $5, $5, $6)",
         )
         .await?;
+    for hook in hooks {
+        if to_server {
+            tx.execute(
+                &insert,
+                &[
+                    &hook.id,
+                    &room.as_str(),
+                    &hook.event_type,
+                    &hook.body,
+                    &hook.created_at_ms,
+                    &None::<String>,
+                ],
+            )
+            .await?;
+        }
+        if let Some(endpoint) = &room_endpoint {
+            tx.execute(
+                &insert,
+                &[
+                    &rules::room_copy_id(),
+                    &room.as_str(),
+                    &hook.event_type,
+                    &hook.body,
+                    &hook.created_at_ms,
+                    endpoint,
+                ],
+            )
+            .await?;
+        }
     }
     Ok(())
+}
+
+const WEBHOOK_COLUMNS: &str = "id, room_id, event_type, state, attempts, created_at,
+    CASE WHEN state = 'pending' THEN next_attempt_at END, last_status, last_error, finished_at,
+    endpoint";
+
+/// A row of `SELECT seq, {WEBHOOK_COLUMNS}` as a page entry.
+fn delivery_from_row(r: &tokio_postgres::Row) -> Result<(i64, WebhookDelivery)> {
+    let state: String = r.try_get(4)?;
+    Ok((
+        r.try_get(0)?,
+        WebhookDelivery {
+            id: r.try_get(1)?,
+            room_id: RoomId::from_trusted(r.try_get(2)?),
+            event_type: r.try_get(3)?,
+            // The schema's CHECK admits the three states only.
+            state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+            attempts: to_u32(r.try_get(5)?),
+            created_at_ms: r.try_get(6)?,
+            next_attempt_at_ms: r.try_get(7)?,
+            last_status: r
+                .try_get::<_, Option<i64>>(8)?
+                .and_then(|s| u16::try_from(s).ok()),
+            last_error: r.try_get(9)?,
+            finished_at_ms: r.try_get(10)?,
+            endpoint: r.try_get(11)?,
+        },
+    ))
 }
 
 /// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.

@@ -274,3 +274,29 @@ pub(super) fn finished_webhook(
         },
     }
 }
+
+/// A new room endpoint's id, `rwh_` + 16 URL-safe characters like every id.
+pub(super) fn new_room_webhook_id() -> String {
+    format!("rwh_{}", super::super::random_token(12))
+}
+
+/// The `webhook-id` of an event's copy for a room's endpoint: an id of its own, so that each
+/// endpoint's receiver deduplicates its own deliveries and the outbox keeps one id per row.
+pub(super) fn room_copy_id() -> String {
+    format!("msg_{}", super::super::random_token(16))
+}
+
+/// Whether a claimed row's destination columns (`endpoint`, and the room endpoint's URL and
+/// secret found for it) say server, room, or a room endpoint deleted meanwhile.
+pub(super) fn destination(
+    endpoint: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+) -> super::super::Destination {
+    use super::super::Destination;
+    match (endpoint, url, secret) {
+        (None, _, _) => Destination::Server,
+        (Some(_), Some(url), Some(secret)) => Destination::Room { url, secret },
+        (Some(_), _, _) => Destination::RoomGone,
+    }
+}

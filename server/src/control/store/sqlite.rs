@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use rusqlite_migration::{M, Migrations};
 
+use super::super::WebhookLane;
 use super::super::model::{CreatedInvite, FinishedRecording, PageRequest, Standing};
 use super::super::{
     Actor, AuditEvent, Clip, ControlError, Delivery, IdentitySecret, Invite, InviteCode, InviteId,
@@ -21,6 +22,7 @@ use super::{MIGRATIONS, rules};
 mod clips;
 mod listen_links;
 mod recording_policy;
+mod room_webhooks;
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|m| M::up(m.sqlite)).collect())
@@ -30,6 +32,8 @@ fn migrations() -> Migrations<'static> {
 #[derive(Clone)]
 pub(super) struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Events are written for the server's own endpoint (`[webhooks] url` is set).
+    pub(super) server_webhooks: bool,
 }
 
 type Result<T> = std::result::Result<T, ControlError>;
@@ -59,6 +63,7 @@ impl SqliteStore {
             .map_err(|e| ControlError::Storage(format!("migration failed: {e}")))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            server_webhooks: false,
         })
     }
 
@@ -135,10 +140,11 @@ impl SqliteStore {
         audit_detail: Option<serde_json::Value>,
         webhooks: Vec<NewWebhook>,
     ) -> Result<Room> {
+        let to_server = self.server_webhooks;
         self.call(move |c| {
             let tx = c.transaction()?;
             let room = end_in(&tx, &id, &actor, now_ms, audit_detail)?;
-            insert_webhooks(&tx, &id, &webhooks)?;
+            insert_webhooks(&tx, &id, &webhooks, to_server)?;
             tx.commit()?;
             Ok(room)
         })
@@ -357,6 +363,7 @@ impl SqliteStore {
         record: bool,
         webhooks: Vec<NewWebhook>,
     ) -> Result<()> {
+        let to_server = self.server_webhooks;
         self.call(move |c| {
             let tx = c.transaction()?;
             let banned = ban_in(
@@ -369,7 +376,7 @@ impl SqliteStore {
                 record,
             )?;
             if banned {
-                insert_webhooks(&tx, &room, &webhooks)?;
+                insert_webhooks(&tx, &room, &webhooks, to_server)?;
             }
             tx.commit()?;
             Ok(())
@@ -409,12 +416,13 @@ impl SqliteStore {
     }
 
     pub(super) async fn write_room(&self, room: RoomId, write: RoomWrite) -> Result<()> {
+        let to_server = self.server_webhooks;
         self.call(move |c| {
             let tx = c.transaction()?;
             for record in write.records {
                 record_in(&tx, &room, record)?;
             }
-            insert_webhooks(&tx, &room, &write.webhooks)?;
+            insert_webhooks(&tx, &room, &write.webhooks, to_server)?;
             tx.commit()?;
             Ok(())
         })
@@ -427,18 +435,21 @@ impl SqliteStore {
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        lane: WebhookLane,
     ) -> Result<Vec<ClaimedWebhook>> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let claimed = {
                 let mut stmt = tx.prepare_cached(CLAIM_WEBHOOKS)?;
-                stmt.query_map(params![now_ms, limit], |r| {
+                let server_lane = lane == WebhookLane::Server;
+                stmt.query_map(params![now_ms, limit, server_lane], |r| {
                     Ok(ClaimedWebhook {
                         seq: r.get(0)?,
                         id: r.get(1)?,
                         body: r.get(2)?,
                         attempts: r.get(3)?,
                         created_at_ms: r.get(4)?,
+                        destination: rules::destination(r.get(5)?, r.get(6)?, r.get(7)?),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?
@@ -451,6 +462,16 @@ impl SqliteStore {
             }
             tx.commit()?;
             Ok(claimed)
+        })
+        .await
+    }
+
+    pub(super) async fn next_webhook_due(&self, lane: WebhookLane) -> Result<Option<i64>> {
+        self.call(move |c| {
+            let due = c
+                .prepare_cached(NEXT_WEBHOOK_DUE)?
+                .query_row(params![lane == WebhookLane::Server], |r| r.get(0))?;
+            Ok(due)
         })
         .await
     }
@@ -498,26 +519,7 @@ impl SqliteStore {
                         page.after.unwrap_or(0),
                         page.limit + 1
                     ],
-                    |r| {
-                        let state: String = r.get(4)?;
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            WebhookDelivery {
-                                id: r.get(1)?,
-                                room_id: RoomId::from_trusted(r.get(2)?),
-                                event_type: r.get(3)?,
-                                // The schema's CHECK admits the three states only.
-                                state: DeliveryState::parse(&state)
-                                    .unwrap_or(DeliveryState::Pending),
-                                attempts: r.get(5)?,
-                                created_at_ms: r.get(6)?,
-                                next_attempt_at_ms: r.get(7)?,
-                                last_status: r.get(8)?,
-                                last_error: r.get(9)?,
-                                finished_at_ms: r.get(10)?,
-                            },
-                        ))
-                    },
+                    delivery_from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rules::paginate(rows, page.limit))
@@ -601,6 +603,7 @@ impl SqliteStore {
         f: FinishedRecording,
         webhooks: Vec<NewWebhook>,
     ) -> Result<bool> {
+        let to_server = self.server_webhooks;
         self.call(move |c| {
             let tx = c.transaction()?;
             let room: Option<String> = tx
@@ -620,7 +623,7 @@ impl SqliteStore {
             let Some(room) = room else {
                 return Ok(false);
             };
-            insert_webhooks(&tx, &RoomId::from_trusted(room), &webhooks)?;
+            insert_webhooks(&tx, &RoomId::from_trusted(room), &webhooks, to_server)?;
             tx.commit()?;
             Ok(true)
         })
@@ -1192,23 +1195,68 @@ fn end_in(
     Ok(room)
 }
 
-/// Adds events to the webhook outbox inside `tx`, due at once.
-fn insert_webhooks(tx: &Transaction<'_>, room: &RoomId, hooks: &[NewWebhook]) -> Result<()> {
+/// Adds events to the webhook outbox inside `tx`, due at once: one row per event for the
+/// server's endpoint (`to_server`), and one for the room's own endpoint if it has one.
+fn insert_webhooks(
+    tx: &Transaction<'_>,
+    room: &RoomId,
+    hooks: &[NewWebhook],
+    to_server: bool,
+) -> Result<()> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let room_endpoint = room_webhooks::endpoint_of(tx, room)?.map(|e| e.id);
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO webhook_deliveries
+             (id, room_id, event_type, body, created_at, next_attempt_at, endpoint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+    )?;
     for hook in hooks {
-        tx.execute(
-            "INSERT INTO webhook_deliveries
-                 (id, room_id, event_type, body, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![
+        if to_server {
+            insert.execute(params![
                 hook.id,
                 room.as_str(),
                 hook.event_type,
                 hook.body,
-                hook.created_at_ms
-            ],
-        )?;
+                hook.created_at_ms,
+                None::<String>
+            ])?;
+        }
+        if let Some(endpoint) = &room_endpoint {
+            insert.execute(params![
+                rules::room_copy_id(),
+                room.as_str(),
+                hook.event_type,
+                hook.body,
+                hook.created_at_ms,
+                endpoint
+            ])?;
+        }
     }
     Ok(())
+}
+
+/// A row of `SELECT seq, {WEBHOOK_COLUMNS}` as a page entry.
+fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, WebhookDelivery)> {
+    let state: String = r.get(4)?;
+    Ok((
+        r.get::<_, i64>(0)?,
+        WebhookDelivery {
+            id: r.get(1)?,
+            room_id: RoomId::from_trusted(r.get(2)?),
+            event_type: r.get(3)?,
+            // The schema's CHECK admits the three states only.
+            state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+            attempts: r.get(5)?,
+            created_at_ms: r.get(6)?,
+            next_attempt_at_ms: r.get(7)?,
+            last_status: r.get(8)?,
+            last_error: r.get(9)?,
+            finished_at_ms: r.get(10)?,
+            endpoint: r.get(11)?,
+        },
+    ))
 }
 
 /// Bans inside `tx`; `record` writes the ban's audit line. Whether the ban is new.
@@ -1272,13 +1320,26 @@ fn ban_in(
 }
 
 const WEBHOOK_COLUMNS: &str = "id, room_id, event_type, state, attempts, created_at,
-    CASE WHEN state = 'pending' THEN next_attempt_at END, last_status, last_error, finished_at";
+    CASE WHEN state = 'pending' THEN next_attempt_at END, last_status, last_error, finished_at,
+    endpoint";
 
-/// Each room's oldest pending row, if it is due and nobody holds it.
-const CLAIM_WEBHOOKS: &str = "SELECT seq, id, body, attempts, created_at FROM webhook_deliveries
-    WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries WHERE state = 'pending' GROUP BY room_id)
-      AND next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
-    ORDER BY seq LIMIT ?2";
+/// The oldest pending row of each room for each endpoint of one lane (?3: the server's), if
+/// it is due and nobody holds it, with where it goes.
+const CLAIM_WEBHOOKS: &str = "SELECT d.seq, d.id, d.body, d.attempts, d.created_at,
+        d.endpoint, w.url, w.secret
+    FROM webhook_deliveries d LEFT JOIN room_webhooks w ON w.id = d.endpoint
+    WHERE d.seq IN (SELECT MIN(seq) FROM webhook_deliveries
+                    WHERE state = 'pending' AND (endpoint IS NULL) = ?3
+                    GROUP BY room_id, endpoint)
+      AND d.next_attempt_at <= ?1 AND (d.lease_until IS NULL OR d.lease_until <= ?1)
+    ORDER BY d.seq LIMIT ?2";
+
+/// When the next head row of a lane is due (its next attempt, or its lease's end).
+const NEXT_WEBHOOK_DUE: &str = "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0)))
+    FROM webhook_deliveries
+    WHERE seq IN (SELECT MIN(seq) FROM webhook_deliveries
+                  WHERE state = 'pending' AND (endpoint IS NULL) = ?1
+                  GROUP BY room_id, endpoint)";
 
 /// An attempt's end, only by the lease's holder.
 const FINISH_WEBHOOK: &str = "UPDATE webhook_deliveries

@@ -4,7 +4,7 @@
 use super::super::model::PageRequest;
 use super::super::{
     ControlError, Delivery, DeliveryState, NewInvite, NewRoom, NewWebhook, Role, RoomLimits,
-    RoomRecord, RoomWrite, WebhookAttempt,
+    RoomRecord, RoomWrite, WebhookAttempt, WebhookLane,
 };
 use super::*;
 
@@ -179,8 +179,14 @@ async fn recordings_one_at_a_time_closed_once_listed_per_room(store: Store) {
 async fn two_nodes_never_claim_the_same_webhook() {
     let url = Postgres::shared().fresh_database();
     let nodes = [
-        Store::connect_postgres(&url, 8).await.unwrap(),
-        Store::connect_postgres(&url, 8).await.unwrap(),
+        Store::connect_postgres(&url, 8)
+            .await
+            .unwrap()
+            .with_server_webhooks(true),
+        Store::connect_postgres(&url, 8)
+            .await
+            .unwrap()
+            .with_server_webhooks(true),
     ];
     const ROOMS: usize = 6;
     const PER_ROOM: usize = 10;
@@ -203,7 +209,7 @@ async fn two_nodes_never_claim_the_same_webhook() {
         let mut idle = 0;
         while idle < 50 {
             let rows = store
-                .claim_webhooks(owner.into(), 2_000, 60_000, 4)
+                .claim_webhooks(owner.into(), 2_000, 60_000, 4, WebhookLane::Server)
                 .await
                 .unwrap();
             if rows.is_empty() {
@@ -265,6 +271,7 @@ fn hook(id: &str, at: i64) -> NewWebhook {
 }
 
 async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) {
+    let store = store.with_server_webhooks(true);
     let a = store
         .create_room(room_new("a"), Actor::Operator, 1_000)
         .await
@@ -277,6 +284,14 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
         records: Vec::new(),
         webhooks: hooks,
     };
+    let due = || store.next_webhook_due(WebhookLane::Server);
+    assert_eq!(due().await.unwrap(), None, "nothing pending");
+    let outbox = store.watch_outbox();
+    store
+        .write_room(a.id.clone(), write(Vec::new()))
+        .await
+        .unwrap();
+    assert!(!outbox.has_changed().unwrap(), "no events, no wake-up");
     store
         .write_room(
             a.id.clone(),
@@ -284,13 +299,15 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
         )
         .await
         .unwrap();
+    assert!(outbox.has_changed().unwrap(), "the sender is woken");
     store
         .write_room(b.id.clone(), write(vec![hook("b1", 1_002)]))
         .await
         .unwrap();
+    assert_eq!(due().await.unwrap(), Some(1_000));
     // One row per room: each room's oldest.
     let claimed = store
-        .claim_webhooks("n1".into(), 2_000, 10_000, 10)
+        .claim_webhooks("n1".into(), 2_000, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
@@ -299,11 +316,13 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     // Leased: another sender gets nothing, not even a room's next row.
     assert!(
         store
-            .claim_webhooks("n2".into(), 2_001, 10_000, 10)
+            .claim_webhooks("n2".into(), 2_001, 10_000, 10, WebhookLane::Server)
             .await
             .unwrap()
             .is_empty()
     );
+    // Both heads are leased: nothing is due before the leases end (a2 waits for a1).
+    assert_eq!(due().await.unwrap(), Some(12_000));
     // Only the lease's holder records the outcome.
     let retry = WebhookAttempt::Retry {
         status: Some(500),
@@ -330,15 +349,16 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
             .unwrap()
     );
     // a1 waits for its retry time, and a2 waits for a1.
+    assert_eq!(due().await.unwrap(), Some(5_000));
     assert!(
         store
-            .claim_webhooks("n2".into(), 4_999, 10_000, 10)
+            .claim_webhooks("n2".into(), 4_999, 10_000, 10, WebhookLane::Server)
             .await
             .unwrap()
             .is_empty()
     );
     let again = store
-        .claim_webhooks("n2".into(), 5_000, 10_000, 10)
+        .claim_webhooks("n2".into(), 5_000, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(
@@ -355,8 +375,13 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
             .await
             .unwrap()
     );
+    assert_eq!(
+        due().await.unwrap(),
+        Some(1_001),
+        "a2 is due since it was written"
+    );
     let next = store
-        .claim_webhooks("n1".into(), 5_002, 10_000, 10)
+        .claim_webhooks("n1".into(), 5_002, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(
@@ -365,10 +390,15 @@ async fn webhooks_are_claimed_one_per_room_in_order_under_a_lease(store: Store) 
     );
     // A lease that ran out lets another sender take the row.
     let taken = store
-        .claim_webhooks("n2".into(), 15_002, 10_000, 10)
+        .claim_webhooks("n2".into(), 15_002, 10_000, 10, WebhookLane::Server)
         .await
         .unwrap();
     assert_eq!(taken[0].id, "a2");
+    assert_eq!(due().await.unwrap(), Some(25_002));
+    assert_eq!(
+        store.next_webhook_due(WebhookLane::Rooms).await.unwrap(),
+        None
+    );
 
     let all = PageRequest {
         after: None,
@@ -897,3 +927,4 @@ async fn postgres_a_server_that_stops_answering_mid_statement_is_given_up() {
 }
 mod listen_links;
 mod recording_policy;
+mod room_webhooks;

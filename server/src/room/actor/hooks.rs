@@ -5,11 +5,35 @@
 use serde_json::{Value, json};
 
 use super::task::RoomTask;
-use crate::control::ParticipantId;
+use crate::control::{ControlError, ParticipantId};
 use crate::room::{AuditAction, Effect, EventKind, LeaveReason, Outcome};
 use crate::webhooks::{self, event_type};
 
 impl RoomTask {
+    /// Whether this room makes events, when it starts: always if the server has an endpoint,
+    /// else if the room has one of its own. A store that cannot say counts as yes: the store
+    /// writes events only for the endpoints there are, so making one too many costs a write.
+    pub(super) async fn look_up_webhooks(&mut self) {
+        if self.deps.webhooks {
+            self.webhooks = true;
+            return;
+        }
+        self.webhooks = match self
+            .deps
+            .store
+            .room_webhook(self.state.room().clone())
+            .await
+        {
+            Ok(_) => true,
+            Err(ControlError::RoomWebhookNotFound | ControlError::RoomNotFound) => false,
+            Err(e) => {
+                tracing::warn!(room = %self.state.room(), error = %e,
+                    "cannot tell whether the room has a webhook endpoint; making its events");
+                true
+            }
+        };
+    }
+
     /// The room became live on this node.
     pub(super) fn webhook_room_started(&mut self, at_ms: i64) {
         let data = json!({ "title": self.title });
@@ -18,7 +42,7 @@ impl RoomTask {
 
     /// The webhook events an applied command stands for, in the order it decided them.
     pub(super) fn webhooks_for(&mut self, outcome: &Outcome, at_ms: i64) {
-        if !self.deps.webhooks {
+        if !self.webhooks {
             return;
         }
         for event in &outcome.events {
@@ -81,7 +105,7 @@ impl RoomTask {
     }
 
     fn webhook(&mut self, kind: &str, mut data: Value, at_ms: i64) {
-        if !self.deps.webhooks {
+        if !self.webhooks {
             return;
         }
         data["room_id"] = json!(self.state.room());

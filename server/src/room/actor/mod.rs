@@ -183,6 +183,12 @@ enum RoomMsg {
     Speaking(Vec<(ParticipantId, u8)>),
     /// From the recorder: the recording stopped by itself.
     RecordingLost,
+    /// The room's own webhook endpoint was set (or deleted): events are made from now on (or
+    /// only if the server has an endpoint). `done` once the room took it in.
+    Webhooks {
+        room_endpoint: bool,
+        done: oneshot::Sender<()>,
+    },
     /// The server is stopping: tell every socket why, then end the task. With a node's
     /// signaling address, its people are sent there (`moved`): the room goes on on that node.
     Shutdown {

@@ -24,7 +24,6 @@ use super::LiveError;
 use crate::clock::Backoff;
 use crate::control::{ControlError, RoomId, RoomWrite, Store};
 use crate::metrics::Metrics;
-use crate::webhooks;
 
 /// The most entries a room's queue holds. At one moderation a second that is over an hour of
 /// a database outage; a few hundred kilobytes of memory at most.
@@ -75,19 +74,16 @@ pub(super) struct Writers {
     map: Arc<DashMap<RoomId, Arc<Shared>>>,
     store: Store,
     metrics: Metrics,
-    /// Told when webhook events were written.
-    sender: Option<webhooks::Sender>,
     /// A writer ended (for `drain`).
     ended: Arc<Notify>,
 }
 
 impl Writers {
-    pub fn new(store: Store, metrics: Metrics, sender: Option<webhooks::Sender>) -> Self {
+    pub fn new(store: Store, metrics: Metrics) -> Self {
         Writers {
             map: Arc::new(DashMap::new()),
             store,
             metrics,
-            sender,
             ended: Arc::new(Notify::new()),
         }
     }
@@ -196,11 +192,6 @@ impl Writers {
             {
                 Ok(()) => {
                     backoff.reset();
-                    if let Some(sender) = &self.sender
-                        && !write.webhooks.is_empty()
-                    {
-                        sender.wake();
-                    }
                     let mut q = shared.lock();
                     if q.stalled {
                         q.stalled = false;

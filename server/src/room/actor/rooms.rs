@@ -18,7 +18,6 @@ use crate::control::{ParticipantId, Room, RoomId, Store};
 use crate::media::Media;
 use crate::metrics::Metrics;
 use crate::room::{Actor, Command, ConnectionId, ParticipantView, Refusal, RoomLimits, RoomState};
-use crate::webhooks;
 use crate::wire::RequestId;
 
 /// How long a stopping server waits for its rooms' records to be written.
@@ -141,8 +140,11 @@ pub(super) struct Deps {
     pub media: Media,
     /// The rooms' record writers, by room.
     pub writers: Writers,
-    /// Webhooks are configured: the rooms make webhook events.
+    /// The server has a webhook endpoint: every room makes webhook events (others only
+    /// while they have an endpoint of their own).
     pub webhooks: bool,
+    /// The durable facts, for what a room looks up when it starts.
+    pub store: Store,
     /// The server's WebRTC audience cap; `None` when it serves no broadcasts.
     webrtc_audience_cap: Option<u32>,
     pub recorder: Arc<dyn super::Recorder>,
@@ -164,14 +166,15 @@ impl LiveRooms {
         settings: SignalSettings,
         media: Media,
         webrtc_audience_cap: Option<u32>,
-        webhooks: Option<webhooks::Sender>,
+        server_webhooks: bool,
         recorder: Arc<dyn super::Recorder>,
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
             deps: Deps {
-                webhooks: webhooks.is_some(),
-                writers: Writers::new(store, metrics.clone(), webhooks),
+                webhooks: server_webhooks,
+                writers: Writers::new(store.clone(), metrics.clone()),
+                store,
                 clock,
                 metrics,
                 settings: Arc::new(settings),
@@ -233,6 +236,18 @@ impl LiveRooms {
                 let _ = tx.send(RoomMsg::RecordingLost).await;
             });
         }
+    }
+
+    /// Tells a live room whether it has a webhook endpoint of its own now, and waits until it
+    /// took that in: events it decides after this are made accordingly. Nothing if the room
+    /// is not live here (it looks the endpoint up when it starts).
+    pub async fn room_webhook_changed(&self, room: &RoomId, room_endpoint: bool) {
+        let _ = self
+            .ask(room, |done| RoomMsg::Webhooks {
+                room_endpoint,
+                done,
+            })
+            .await;
     }
 
     /// Whether a live room is recorded now, as its task last said.

@@ -39,6 +39,9 @@ pub(super) struct RoomTask {
     /// What the command being carried out writes down (records and webhook events), handed
     /// to `records` once it is carried out.
     pub pending: RoomWrite,
+    /// This room makes webhook events: the server has an endpoint, or the room one of its own
+    /// (looked up when the task starts, and told when it changes).
+    pub webhooks: bool,
     /// The server is shutting down.
     stopping: bool,
     /// The recorder could not start the recording the room asked for: the room is told once
@@ -69,8 +72,7 @@ impl RoomTask {
         rooms: Arc<DashMap<RoomId, RoomHandle>>,
         deps: Deps,
     ) -> Self {
-        let started_at = deps.clock.now_ms();
-        let mut task = RoomTask {
+        RoomTask {
             records: deps.writers.open(state.room()),
             pending: RoomWrite::default(),
             state,
@@ -79,6 +81,7 @@ impl RoomTask {
             seq: 0,
             last_audience_count: 0,
             last_anonymous: 0,
+            webhooks: deps.webhooks,
             stopping: false,
             recording_lost: false,
             handle,
@@ -86,12 +89,13 @@ impl RoomTask {
             deps,
             keeper: None,
             record_when_joined: false,
-        };
-        task.webhook_room_started(started_at);
-        task
+        }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        let started_at = self.deps.clock.now_ms();
+        self.look_up_webhooks().await;
+        self.webhook_room_started(started_at);
         self.deps.recorder.live(self.state.room(), true);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,6 +281,13 @@ impl RoomTask {
                 if self.is_current(&participant, connection) {
                     self.media_offer(participant, request_id, sdp);
                 }
+            }
+            RoomMsg::Webhooks {
+                room_endpoint,
+                done,
+            } => {
+                self.webhooks = self.deps.webhooks || room_endpoint;
+                let _ = done.send(());
             }
             RoomMsg::RecordingLost => {
                 self.command(&Actor::System, Command::RecordingLost, None)

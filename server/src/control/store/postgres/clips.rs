@@ -101,7 +101,7 @@ impl PgStore {
             now_ms,
         )
         .await?;
-        insert_webhooks(&tx, &room, &webhooks).await?;
+        insert_webhooks(&tx, &room, &webhooks, self.server_webhooks).await?;
         tx.commit().await?;
         Ok(clip)
     }

@@ -52,6 +52,7 @@ impl SqliteStore {
         now_ms: i64,
         webhooks: Vec<NewWebhook>,
     ) -> Result<Clip> {
+        let to_server = self.server_webhooks;
         self.call(move |c| {
             let tx = c.transaction()?;
             room_by_id(&tx, &room)?.ok_or(ControlError::RoomNotFound)?;
@@ -96,7 +97,7 @@ impl SqliteStore {
                 new.audit_detail(),
                 now_ms,
             )?;
-            insert_webhooks(&tx, &room, &webhooks)?;
+            insert_webhooks(&tx, &room, &webhooks, to_server)?;
             tx.commit()?;
             Ok(clip)
         })
