@@ -105,7 +105,8 @@ pub const MAX_CLIP_SECS: u32 = 600;
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
-    /// Where events are POSTed: `http://…` (the client has no TLS yet; see the docs).
+    /// Where events are POSTed: `https://…` (the receiver's certificate verified against the
+    /// system's roots and `tls_ca`) or `http://…`.
     pub url: Option<String>,
     /// The signing secret, `whsec_` + base64 of 24 to 64 random bytes.
     pub secret: Option<String>,
@@ -132,6 +133,9 @@ pub struct WebhookSettings {
     /// Attempts in flight at once to rooms' own endpoints, apart from `concurrency` (the
     /// server's endpoint): a room's failing receiver never holds the server's.
     pub room_concurrency: usize,
+    /// More CA certificates (PEM) trusted for `https://` receivers, besides the system's: a
+    /// receiver on the operator's network with a certificate of a private CA.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for WebhookSettings {
@@ -149,6 +153,7 @@ impl Default for WebhookSettings {
             room_allow_private: false,
             room_allowed_hosts: Vec::new(),
             room_concurrency: 16,
+            tls_ca: None,
         }
     }
 }
@@ -249,6 +254,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("room_allow_private", &self.room_allow_private)
             .field("room_allowed_hosts", &self.room_allowed_hosts)
             .field("room_concurrency", &self.room_concurrency)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -881,10 +887,9 @@ impl WebhookSettings {
         match (&self.url, &self.secret) {
             (None, None) => {}
             (Some(url), Some(secret)) => {
-                if !url.starts_with("http://") {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return invalid(format!(
-                        "url must start with http:// (https:// receivers are not supported yet; \
-                         see docs/webhooks.md), got {url:?}"
+                        "url must start with https:// or http://, got {url:?}"
                     ));
                 }
                 if reqwest::Url::parse(url).is_err() {

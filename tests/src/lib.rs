@@ -3,6 +3,7 @@
 //! client that asserts ([`signal`]). The clients themselves (signaling, WebRTC, Opus) are the
 //! `stoa-client` library's; the load generator and the soak tool are built on it too.
 
+pub mod certs;
 pub mod decoders;
 pub mod killable;
 pub mod loadgen;

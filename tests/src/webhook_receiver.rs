@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::certs::Authority;
+
 pub const SECRET: &str = "whsec_c3RvYSB3ZWJob29rIHRlc3Qgc2VjcmV0LCAzMiBieQ==";
 
 /// How long a test waits for the receiver to see what it expects.
@@ -17,16 +19,37 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Receiver {
     child: Child,
     port: u16,
+    /// It speaks HTTPS (and nothing else).
+    tls: bool,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Receiver {
     pub fn start(mode: &str) -> Receiver {
+        Receiver::spawn(mode, None)
+    }
+
+    /// A receiver that speaks HTTPS only, with `authority`'s certificate for 127.0.0.1. Its
+    /// mode and secret stay the ones it started with.
+    pub fn start_tls(mode: &str, authority: &Authority) -> Receiver {
+        Receiver::spawn(mode, Some(authority))
+    }
+
+    fn spawn(mode: &str, tls: Option<&Authority>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("received.jsonl");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        if let Some(authority) = tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, &authority.server_cert_pem).unwrap();
+            std::fs::write(&key, &authority.server_key_pem).unwrap();
+            command
+                .env("RECEIVER_TLS_CERT", cert)
+                .env("RECEIVER_TLS_KEY", key);
+        }
+        let mut child = command
             .arg(script)
             .arg(SECRET)
             .arg(&log)
@@ -48,13 +71,15 @@ impl Receiver {
         Receiver {
             child,
             port,
+            tls: tls.is_some(),
             log,
             _dir: dir,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/hook", self.port)
     }
 
     pub async fn set_mode(&self, mode: &str) {
@@ -67,6 +92,10 @@ impl Receiver {
     }
 
     async fn tell(&self, what: &str, value: &str) {
+        assert!(
+            !self.tls,
+            "a receiver over TLS keeps the mode and secret it started with"
+        );
         let told = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/{what}", self.port))
             .body(value.to_owned())

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use stoa_tests::TestServer;
+use stoa_tests::certs::Authority;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,41 +104,14 @@ async fn a_silent_tls_connection_is_closed_on_the_idle_timer() {
 
 const API_KEY: &str = "stoa_sk_tlstestkeytlstestkeytlstestkey0123456789";
 
-/// A certificate authority made here, and a server certificate for 127.0.0.1 it signed.
-struct Authority {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-}
-
-fn authority(name: &str) -> Authority {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let ca =
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    Authority {
-        ca_pem: ca.pem(),
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-    }
-}
-
 /// PostgreSQL that takes TCP connections over TLS only: with `sslmode=require` and the CA that
 /// signed its certificate the server starts and works; without TLS, or with a CA that did not
 /// sign it, it refuses to start and says why (a password never goes to an unproven server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_over_tls_with_the_servers_certificate_verified() {
     use stoa::{Clock, Config};
-    let ours = authority("Stoa test CA");
-    let theirs = authority("Another CA");
+    let ours = Authority::new("Stoa test CA");
+    let theirs = Authority::new("Another CA");
     let pg =
         stoa_tests::postgres::Postgres::start_with_tls(&ours.server_cert_pem, &ours.server_key_pem);
     let url = pg.fresh_database();

@@ -1,12 +1,14 @@
 //! Webhooks end to end: a live room's events reach a receiver that verifies every signature
 //! with the `standardwebhooks` Python package (`tests/webhooks/receiver.py`), exactly once and
 //! in order, through a receiver that fails, then hangs, then comes back; and a receiver that
-//! never answers does not slow the room down.
+//! never answers does not slow the room down; and a receiver over HTTPS, its certificate
+//! verified.
 
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use stoa_tests::certs::Authority;
 use stoa_tests::signal::SignalClient;
 use stoa_tests::webhook_receiver::{PATIENCE, Receiver, SECRET};
 use stoa_tests::{Engine, TestServer, on_both_engines};
@@ -254,7 +256,75 @@ async fn a_receiver_that_keeps_failing_is_given_up_and_listed(engine: Engine) {
     t.stop().await;
 }
 
+/// An `https://` receiver: with the CA that signed its certificate in `[webhooks] tls_ca`, it
+/// gets every event over TLS with valid signatures; a server that trusts only the system's
+/// roots refuses its certificate, never sends it an event, and lists why.
+async fn an_https_receiver_is_reached_over_verified_tls(engine: Engine) {
+    let ours = Authority::new("Hooks test CA");
+    let receiver = Receiver::start_tls("ok", &ours);
+    assert!(receiver.url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("hooks-ca.pem");
+    std::fs::write(&ca, &ours.ca_pem).unwrap();
+    let start = |tls_ca: Option<std::path::PathBuf>| {
+        let url = receiver.url();
+        TestServer::start_with(move |c| {
+            engine.configure(c);
+            c.webhooks.url = Some(url);
+            c.webhooks.secret = Some(SECRET.into());
+            c.webhooks.tls_ca = tls_ca;
+            c.webhooks.retry_first_ms = 20;
+            c.webhooks.retry_max_ms = 40;
+            c.webhooks.max_attempts = 3;
+        })
+    };
+
+    let t = start(Some(ca)).await;
+    let room = t.create_room("Over TLS").await;
+    let joined = t.participant(&room, "moderator", "Mo").await;
+    let mo = SignalClient::join(&joined).await;
+    let got = receiver
+        .wait_until("room.started and participant.joined", |e| {
+            count(e, "ok") >= 2
+        })
+        .await;
+    let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["room.started", "participant.joined"], "{got:#?}");
+    assert_eq!(got[0]["body"]["data"]["room_id"], room.as_str());
+    drop(mo);
+    t.stop().await;
+
+    // The system's roots do not include this CA: refused, retried, given up, and listed.
+    let before = receiver.entries().len();
+    let t = start(None).await;
+    let room = t.create_room("Unknown issuer").await;
+    let joined = t.participant(&room, "moderator", "Mo").await;
+    let _mo = SignalClient::join(&joined).await;
+    let deadline = Instant::now() + PATIENCE;
+    let failed = loop {
+        let failed = deliveries(&t, Some("failed")).await;
+        if failed.len() == 2 || Instant::now() > deadline {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    for d in &failed {
+        assert_eq!(d["attempts"], 3, "{d}");
+        assert_eq!(d["last_status"], Value::Null, "{d}");
+        let error = d["last_error"].as_str().unwrap();
+        assert!(error.contains("certificate"), "{error}");
+    }
+    assert_eq!(
+        receiver.entries().len(),
+        before,
+        "nothing reached the receiver"
+    );
+    t.stop().await;
+}
+
 on_both_engines!(
     every_event_once_in_order_through_failures_and_hangs,
     a_receiver_that_keeps_failing_is_given_up_and_listed,
+    an_https_receiver_is_reached_over_verified_tls,
 );

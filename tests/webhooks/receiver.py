@@ -9,10 +9,13 @@ did: `ok` (verified and accepted, 204), `fail` (answered 500), `hang` (never ans
 as the body switches what it does to the next requests; it starts in the mode given by the
 RECEIVER_MODE environment variable (default `ok`). POST /secret with a `whsec_` secret as
 the body verifies the next requests with it (a room's endpoint gets its secret from the server).
+With RECEIVER_TLS_CERT and RECEIVER_TLS_KEY (PEM files) it speaks HTTPS only, with that
+certificate.
 """
 
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -79,5 +82,11 @@ class Server(ThreadingHTTPServer):
 
 
 server = Server(("127.0.0.1", 0), Handler)
+if os.environ.get("RECEIVER_TLS_CERT"):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(os.environ["RECEIVER_TLS_CERT"], os.environ["RECEIVER_TLS_KEY"])
+    # A client that refuses the certificate fails its handshake in accept(), an OSError the
+    # server ignores; the next connection is served.
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
 print(f"port {server.server_address[1]}", flush=True)
 server.serve_forever()

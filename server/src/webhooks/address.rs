@@ -62,7 +62,7 @@ impl AddressPolicy {
         }
     }
 
-    /// The URL's shape: `http://`, a host, no credentials, no fragment, at most
+    /// The URL's shape: `http://` or `https://`, a host, no credentials, no fragment, at most
     /// [`MAX_URL_BYTES`]; and an IP-literal host must be one rooms may send to.
     pub fn check_url(&self, raw: &str) -> Result<Url, Refusal> {
         let invalid = |why: &str| Err(Refusal::Invalid(why.to_owned()));
@@ -72,15 +72,8 @@ impl AddressPolicy {
         let Ok(url) = Url::parse(raw) else {
             return invalid("not an absolute URL");
         };
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return invalid(
-                    "https:// endpoints are not supported yet (the server's HTTP client has no \
-                     TLS); put a TLS-terminating relay in front of the receiver",
-                );
-            }
-            _ => return invalid("the URL must start with http://"),
+        if !matches!(url.scheme(), "http" | "https") {
+            return invalid("the URL must start with https:// or http://");
         }
         if !url.username().is_empty() || url.password().is_some() {
             return invalid(
@@ -295,10 +288,11 @@ mod tests {
         let code = |raw: &str| p.check_url(raw).err().map(|r| r.code());
         assert_eq!(code("http://hooks.example.org/stoa?x=1"), None);
         assert_eq!(code("http://8.8.8.8:8080/in"), None);
+        assert_eq!(code("https://hooks.example.org/stoa"), None);
+        assert_eq!(code("https://8.8.8.8/in"), None);
         for invalid in [
             "hooks.example.org/stoa",
             "ftp://hooks.example.org/",
-            "https://hooks.example.org/",
             "http://user:pw@hooks.example.org/",
             "http://user@hooks.example.org/",
             "http://hooks.example.org/#frag",

@@ -47,8 +47,13 @@ pub fn start(
     metrics: Metrics,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let owner = format!("sender_{}", random_token(9));
+    let extra_roots = match &settings.tls_ca {
+        Some(path) => ca_certificates(path)?,
+        None => Vec::new(),
+    };
     let client = |policy: Option<Arc<AddressPolicy>>| {
         let builder = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots.clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(settings.timeout_ms))
             .user_agent(concat!("stoa/", env!("CARGO_PKG_VERSION")));
@@ -358,6 +363,18 @@ impl Worker {
             Err((Some(status), format!("answered {status}: {}", said.trim())))
         }
     }
+}
+
+/// The certificates in the PEM file `[webhooks] tls_ca`; an error names the file.
+fn ca_certificates(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read webhooks.tls_ca {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("webhooks.tls_ca {} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("webhooks.tls_ca {} holds no certificate", path.display());
+    }
+    Ok(certs)
 }
 
 /// Sleeps until `at`, or for ever.
