@@ -193,6 +193,8 @@ export class BroadcastPlayer extends EventTarget {
           next = step.next;
           break;
         case "wait":
+          // At the live edge: play what is buffered, if not playing yet.
+          this.#begin();
           // The part the server is making: ask for it now (the server holds the request until
           // it exists), and for the playlist that lists it.
           if (playlist.preloadHint) this.#prefetch(playlist.preloadHint);
@@ -243,18 +245,30 @@ export class BroadcastPlayer extends EventTarget {
     const end = buffered.end(buffered.length - 1);
     const now = this.audio.currentTime;
     const inside = Array.from({ length: buffered.length }, (_, i) => [buffered.start(i), buffered.end(i)]).some(([a, b]) => now >= a && now < b);
-    if (!this.#started || !inside) {
-      // The first audio, or a hole (we started over further on): play from what is there.
+    if (!this.#started) {
+      // Playback starts once the hold-back is buffered: the parts behind the live edge come
+      // back to back, and starting on the first alone ran the buffer dry while the next was
+      // fetched (a gap, and "Connecting…" again, a moment after the sound began). At the live
+      // edge it starts with what there is (the "wait" step).
+      if (end - buffered.start(buffered.length - 1) + 0.001 >= this.#holdBack) this.#begin();
+    } else if (!inside) {
+      // A hole (we started over further on): play from what is there.
       this.audio.currentTime = Math.max(buffered.start(buffered.length - 1), end - this.#holdBack);
     } else if (end - now > MAX_LAG_S) {
       this.audio.currentTime = end - this.#holdBack;
     }
-    if (!this.#started) {
-      this.#started = true;
-      void this.#play();
-    }
     const first = buffered.start(0);
     if (now - first > KEEP_BEHIND_S) await this.#remove(first, now - KEEP_BEHIND_S / 2);
+  }
+
+  /** Starts playing what is buffered, the hold-back behind its end; once per stream. */
+  #begin() {
+    const buffered = this.audio.buffered;
+    if (this.#started || !buffered.length) return;
+    const end = buffered.end(buffered.length - 1);
+    this.audio.currentTime = Math.max(buffered.start(buffered.length - 1), end - this.#holdBack);
+    this.#started = true;
+    void this.#play();
   }
 
   /** @param {ArrayBuffer} bytes */
