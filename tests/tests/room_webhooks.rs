@@ -355,6 +355,7 @@ async fn refused_callers_urls_and_addresses(engine: Engine) {
         "http://[::1]/hook",
         "http://169.254.169.254/latest/meta-data/",
         "http://10.0.0.7/hook",
+        "https://10.0.0.7/hook",
         "http://2130706433/hook",
     ] {
         put(json!(private))
@@ -362,7 +363,7 @@ async fn refused_callers_urls_and_addresses(engine: Engine) {
             .expect_problem(422, "webhook_address_refused");
     }
     for invalid in [
-        "https://hooks.example.org/stoa",
+        "javascript:alert(1)",
         "ftp://hooks.example.org/",
         "http://user:password@8.8.8.8/hook",
         "http://8.8.8.8/hook#part",
