@@ -200,6 +200,14 @@ impl RoomHarness {
                     "{shown}: a system command from elsewhere"
                 )
             }
+            CommandKind::StartRecording => match actor {
+                Actor::Operator | Actor::RestModerator(_) | Actor::System => {}
+                Actor::Participant(_) => assert_eq!(
+                    live_role,
+                    Some(Role::Moderator),
+                    "{shown}: a recording started by a non-moderator"
+                ),
+            },
             CommandKind::Moderation | CommandKind::Ban => match actor {
                 Actor::Operator | Actor::RestModerator(_) => {}
                 Actor::System => panic!("{shown}: moderation by the system"),
@@ -380,6 +388,9 @@ enum CommandKind {
     SystemOnly,
     /// Moderators (live role) and the operator.
     Moderation,
+    /// `StartRecording`: moderators, the operator, and the system (a room that records by
+    /// default starts when it goes live).
+    StartRecording,
     Ban,
     /// A participant about themselves.
     Own,
@@ -404,8 +415,8 @@ impl CommandKind {
             | Command::Demote { .. }
             | Command::SetRole { .. }
             | Command::End
-            | Command::StartRecording(_)
             | Command::StopRecording => CommandKind::Moderation,
+            Command::StartRecording(_) => CommandKind::StartRecording,
             Command::LowerHand { .. }
             | Command::Join { .. }
             | Command::Resume { .. }
