@@ -397,3 +397,35 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
         tracing::error!(error = %e, "a webhook attempt failed unexpectedly");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_ca_that_cannot_be_used_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = ca_certificates(&missing).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read webhooks.tls_ca"), "{err}");
+        assert!(err.contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = ca_certificates(&empty).unwrap_err().to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+        // And the sender does not start with it.
+        let settings = WebhookSettings {
+            tls_ca: Some(empty),
+            ..WebhookSettings::default()
+        };
+        let store = Store::open_in_memory().unwrap();
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                start(store, settings, Metrics::default()).map(|task| task.abort())
+            });
+        assert!(started.is_err());
+    }
+}
