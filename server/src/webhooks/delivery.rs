@@ -51,9 +51,23 @@ pub fn start(
         Some(path) => ca_certificates(path)?,
         None => Vec::new(),
     };
+    // A machine without root certificates (no ca-certificates) still runs the server: its
+    // https:// receivers are then verified against `tls_ca` alone.
+    let system_roots = !rustls_native_certs::load_native_certs().certs.is_empty();
+    if !system_roots {
+        tracing::warn!(
+            tls_ca = extra_roots.len(),
+            "the system has no root certificates (install ca-certificates): https:// webhook \
+             receivers are verified against [webhooks] tls_ca only"
+        );
+    }
     let client = |policy: Option<Arc<AddressPolicy>>| {
-        let builder = reqwest::Client::builder()
-            .tls_certs_merge(extra_roots.clone())
+        let builder = if system_roots {
+            reqwest::Client::builder().tls_certs_merge(extra_roots.clone())
+        } else {
+            reqwest::Client::builder().tls_certs_only(extra_roots.clone())
+        };
+        let builder = builder
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(settings.timeout_ms))
             .user_agent(concat!("stoa/", env!("CARGO_PKG_VERSION")));
