@@ -38,6 +38,18 @@ async fn deliveries(t: &TestServer, state: Option<&str>) -> Vec<Value> {
         .await
 }
 
+/// The failed deliveries, once there are `n` of them (or whatever there is after `PATIENCE`).
+async fn failed_deliveries(t: &TestServer, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let failed = deliveries(t, Some("failed")).await;
+        if failed.len() == n || Instant::now() > deadline {
+            return failed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn every_event_once_in_order_through_failures_and_hangs(engine: Engine) {
     let receiver = Receiver::start("fail");
     let t = start_server(engine, &receiver).await;
@@ -209,14 +221,7 @@ async fn a_receiver_that_keeps_failing_is_given_up_and_listed(engine: Engine) {
     receiver
         .wait_until("six failures", |e| count(e, "fail") >= 6)
         .await;
-    let deadline = Instant::now() + PATIENCE;
-    let failed = loop {
-        let failed = deliveries(&t, Some("failed")).await;
-        if failed.len() == 2 || Instant::now() > deadline {
-            break failed;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = failed_deliveries(&t, 2).await;
     let types: Vec<&str> = failed
         .iter()
         .map(|d| d["event_type"].as_str().unwrap())
@@ -300,14 +305,7 @@ async fn an_https_receiver_is_reached_over_verified_tls(engine: Engine) {
     let room = t.create_room("Unknown issuer").await;
     let joined = t.participant(&room, "moderator", "Mo").await;
     let _mo = SignalClient::join(&joined).await;
-    let deadline = Instant::now() + PATIENCE;
-    let failed = loop {
-        let failed = deliveries(&t, Some("failed")).await;
-        if failed.len() == 2 || Instant::now() > deadline {
-            break failed;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = failed_deliveries(&t, 2).await;
     assert_eq!(failed.len(), 2, "{failed:#?}");
     for d in &failed {
         assert_eq!(d["attempts"], 3, "{d}");
