@@ -300,7 +300,7 @@ fn whole_connections(
     use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
     use stoa::media::lean::{LeanConnection, Setup, State};
     use stoa::media::rtp::RtpHeader;
-    use stoa::media::worker::Now;
+    use stoa::media::worker::{Now, Peer};
 
     let local: SocketAddr = "127.0.0.1:5000".parse()?;
     let mut now = Now::read();
@@ -318,6 +318,7 @@ fn whole_connections(
                     password: password.clone(),
                     remote_fingerprint: client_fingerprint,
                     slot_ssrcs: vec![1, 2, 3],
+                    microphone: None,
                     ice_disconnected: std::time::Duration::from_secs(60),
                     ice_failed: std::time::Duration::from_secs(60),
                 },
@@ -343,7 +344,7 @@ fn whole_connections(
         check.build(&setters)?;
         let mut to_client: Vec<Vec<u8>> = Vec::new();
         server(|| {
-            conn.handle_datagram(now, peer, &check.raw, &mut |_, d| {
+            conn.handle_datagram(now, Peer::udp(peer), &check.raw, &mut |_, d| {
                 to_client.push(d.to_vec())
             })
         })
@@ -354,7 +355,7 @@ fn whole_connections(
         for _round in 0..20 {
             while let Some(out) = client.poll_transmit() {
                 server(|| {
-                    conn.handle_datagram(now, peer, &out.message, &mut |_, d| {
+                    conn.handle_datagram(now, Peer::udp(peer), &out.message, &mut |_, d| {
                         to_client.push(d.to_vec())
                     })
                 })

@@ -727,7 +727,16 @@ async fn media_over_ipv6() {
 /// blocks UDP): both reach the server over ICE-TCP, and the listener hears the speaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_can_only_use_tcp_speak_and_hear() {
-    let t = TestServer::start().await;
+    tcp_only_clients_speak_and_hear(ListenerTransport::Rtc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_can_only_use_tcp_speak_and_hear_on_lean_connections() {
+    tcp_only_clients_speak_and_hear(ListenerTransport::Lean).await;
+}
+
+async fn tcp_only_clients_speak_and_hear(transport: ListenerTransport) {
+    let t = server_on(transport).await;
     let room = t.create_room("TCP only").await;
     let _speaker = Member::join(&t, &room, "speaker", "Sam", |name, slots| {
         MediaConfig::speaker(name, slots, AudioSource::tone(440.0, -12.0)).over_tcp_only()

@@ -2,7 +2,9 @@
 //! crates instead of its `RTCPeerConnection` — ICE-lite answers (`ice`), one DTLS server
 //! handshake with a configuration shared by the process (`dtls`), SRTP keys from the exported
 //! keying material feeding the worker's own `SrtpSender` from the first packet, SRTP/SRTCP in
-//! through `rtc::srtp`, sender reports out per slot (`rtcp`), and the answer's text (`sdp`).
+//! through `rtc::srtp`, sender reports out per slot and receiver reports about a speaker's
+//! microphone (`rtcp`), and the answer's text (`sdp`). It is reached over UDP or over one of
+//! the worker's ICE-TCP streams ([`Peer`]).
 //!
 //! Sans-IO like the worker's core: every input carries its time, nothing here reads a clock,
 //! owns a socket or spawns anything; datagrams to send go to the caller's `send`.
@@ -14,7 +16,6 @@ pub mod sdp;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +25,13 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 
 pub use dtls::{DtlsRefusal, Shared, offered_fingerprint};
 pub use ice::StunRefusal;
-pub use rtcp::SlotReport;
+pub use rtcp::{Reception, SlotReport};
 
 use self::dtls::{Handshake, Keys, Progress};
-use self::rtcp::SENDER_REPORT_LEN;
+use self::rtcp::{RECEIVER_REPORT_LEN, SENDER_REPORT_LEN};
 use super::demux::{self, Kind};
 use super::srtp::{MasterKey, SrtpSender};
-use super::worker::Now;
+use super::worker::{Now, Peer};
 
 /// Addresses a connection may be reached from (a browser checks from several).
 const MAX_ADDRS: usize = 8;
@@ -39,7 +40,7 @@ const MAX_ADDRS: usize = 8;
 const KEEP_HANDSHAKE: Duration = Duration::from_secs(5);
 /// The most slots a connection carries (`[media] slots` is 1–8).
 const MAX_SLOTS: usize = 8;
-/// How often each slot's sender report goes out.
+/// How often each slot's sender report and the microphone's receiver report go out.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a lean connection stands.
@@ -88,7 +89,7 @@ pub enum Received {
 #[derive(Clone, Copy)]
 struct Input<'a> {
     now: Now,
-    from: SocketAddr,
+    from: Peer,
     datagram: &'a [u8],
 }
 
@@ -101,6 +102,8 @@ pub struct Setup {
     pub remote_fingerprint: [u8; 32],
     /// The SSRC of each slot this connection carries, in slot order.
     pub slot_ssrcs: Vec<u32>,
+    /// The microphone's SSRC (the offer's `a=ssrc`), for its receiver reports.
+    pub microphone: Option<u32>,
     pub ice_disconnected: Duration,
     pub ice_failed: Duration,
 }
@@ -119,6 +122,7 @@ pub struct Counts {
     pub checks: u64,
     pub refused: u64,
     pub sender_reports: u64,
+    pub receiver_reports: u64,
 }
 
 pub struct LeanConnection {
@@ -127,11 +131,12 @@ pub struct LeanConnection {
     password: String,
     state: State,
     created: Instant,
-    /// Addresses that passed a binding check, newest last.
-    addrs: Vec<SocketAddr>,
+    /// Addresses that passed a binding check (over UDP or one of the worker's ICE-TCP
+    /// streams), newest last.
+    addrs: Vec<Peer>,
     /// Where audio and reports go: the nominated pair's address (before a nomination, the
     /// latest that passed a check).
-    dest: Option<SocketAddr>,
+    dest: Option<Peer>,
     nominated: bool,
     /// The last valid binding request (RFC 7675 consent).
     consent_at: Option<Instant>,
@@ -139,12 +144,17 @@ pub struct LeanConnection {
     keep_handshake_until: Option<Instant>,
     crypto: Option<Box<Crypto>>,
     slots: Vec<SlotReport>,
+    /// What arrived of the microphone, while the connection has one.
+    microphone: Option<Reception>,
     next_report: Option<Instant>,
     /// Answer to first keys, once.
     connect_took: Option<Duration>,
     ice_disconnected: Duration,
     ice_failed: Duration,
     pub counts: Counts,
+    /// Every compound report sent, in clear (the tests read them back with `rtc`'s parser).
+    #[cfg(test)]
+    reports_sent: Vec<Vec<u8>>,
 }
 
 impl LeanConnection {
@@ -165,11 +175,14 @@ impl LeanConnection {
             keep_handshake_until: None,
             crypto: None,
             slots: setup.slot_ssrcs.into_iter().map(SlotReport::new).collect(),
+            microphone: setup.microphone.map(Reception::new),
             next_report: None,
             connect_took: None,
             ice_disconnected: setup.ice_disconnected,
             ice_failed: setup.ice_failed,
             counts: Counts::default(),
+            #[cfg(test)]
+            reports_sent: Vec::new(),
         }
     }
 
@@ -192,18 +205,36 @@ impl LeanConnection {
     }
 
     /// The addresses that passed a binding check.
-    pub fn addrs(&self) -> &[SocketAddr] {
+    pub fn addrs(&self) -> &[Peer] {
         &self.addrs
+    }
+
+    /// The ICE-TCP stream at `peer` ended: the client is no longer reached there (it checks
+    /// again from wherever it still is).
+    pub fn forget(&mut self, peer: Peer) {
+        self.addrs.retain(|a| *a != peer);
+        if self.dest == Some(peer) {
+            self.dest = None;
+            self.nominated = false;
+        }
     }
 
     /// What forwarded audio is sealed with and where it goes, while connected: the worker's
     /// lean path from the very first packet.
-    pub fn sender(&mut self) -> Option<(&mut SrtpSender, SocketAddr)> {
+    pub fn sender(&mut self) -> Option<(&mut SrtpSender, Peer)> {
         if self.state != State::Connected {
             return None;
         }
         let dest = self.dest?;
         self.crypto.as_mut().map(|c| (&mut c.sender, dest))
+    }
+
+    /// The microphone is now the stream `ssrc` (a renegotiation onto the stage or off it):
+    /// its receiver reports start over, or stop.
+    pub fn set_microphone(&mut self, ssrc: Option<u32>) {
+        if self.microphone.map(|m| m.ssrc) != ssrc {
+            self.microphone = ssrc.map(Reception::new);
+        }
     }
 
     /// A packet went out on `slot` (for its sender reports). Arithmetic only.
@@ -217,9 +248,9 @@ impl LeanConnection {
     pub fn handle_datagram(
         &mut self,
         now: Now,
-        from: SocketAddr,
+        from: Peer,
         datagram: &[u8],
-        send: &mut impl FnMut(SocketAddr, &[u8]),
+        send: &mut impl FnMut(Peer, &[u8]),
     ) -> Result<Received, Refusal> {
         let input = Input {
             now,
@@ -236,7 +267,7 @@ impl LeanConnection {
     fn read(
         &mut self,
         input: Input<'_>,
-        send: &mut impl FnMut(SocketAddr, &[u8]),
+        send: &mut impl FnMut(Peer, &[u8]),
     ) -> Result<Received, Refusal> {
         let Input { from, datagram, .. } = input;
         if self.state == State::Failed {
@@ -261,16 +292,41 @@ impl LeanConnection {
                 // The client has the keys: our last flight arrived, the association can go.
                 self.handshake = None;
                 self.keep_handshake_until = None;
+                self.observe(&plain, input.now.at);
                 Ok(plain)
             }
             Kind::Stun | Kind::Other => Err(Refusal::Other),
         }
     }
 
+    /// Counts what a decrypted packet says about the microphone, for its receiver reports.
+    fn observe(&mut self, plain: &Received, at: Instant) {
+        let Some(mic) = &mut self.microphone else {
+            return;
+        };
+        match plain {
+            Received::Rtp(p) if p.len() >= 12 && p[8..12] == mic.ssrc.to_be_bytes() => {
+                let seq = u16::from_be_bytes([p[2], p[3]]);
+                let timestamp = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                let since = at.saturating_duration_since(self.created);
+                let arrival = since.as_micros() as u64 * rtcp::CLOCK_RATE / 1_000_000;
+                mic.received(seq, timestamp, arrival);
+            }
+            Received::Rtcp(p) => {
+                for (ssrc, ntp) in rtcp::sender_reports(p) {
+                    if ssrc == mic.ssrc {
+                        mic.sender_report(ntp, at);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn check(
         &mut self,
         input: Input<'_>,
-        send: &mut impl FnMut(SocketAddr, &[u8]),
+        send: &mut impl FnMut(Peer, &[u8]),
     ) -> Result<Received, Refusal> {
         let Input {
             now,
@@ -279,7 +335,7 @@ impl LeanConnection {
         } = input;
         let check = ice::answer_binding(
             datagram,
-            from,
+            from.addr,
             &self.ufrag,
             &self.password,
             self.shared.crypto.crypto(),
@@ -307,7 +363,7 @@ impl LeanConnection {
     fn handshake_step(
         &mut self,
         input: Input<'_>,
-        send: &mut impl FnMut(SocketAddr, &[u8]),
+        send: &mut impl FnMut(Peer, &[u8]),
     ) -> Result<Received, Refusal> {
         let shared = Arc::clone(&self.shared);
         let handshake = self
@@ -392,7 +448,7 @@ impl LeanConnection {
 
     /// Runs what is due at `now`: DTLS retransmissions, dropping the association, consent,
     /// sender reports.
-    pub fn handle_timeout(&mut self, now: Now, send: &mut impl FnMut(SocketAddr, &[u8])) {
+    pub fn handle_timeout(&mut self, now: Now, send: &mut impl FnMut(Peer, &[u8])) {
         if self.state == State::Failed {
             return;
         }
@@ -422,25 +478,52 @@ impl LeanConnection {
         }
     }
 
-    /// One compound SRTCP packet with a sender report for every slot that has sent.
-    fn send_reports(&mut self, now: Now, send: &mut impl FnMut(SocketAddr, &[u8])) {
+    /// One compound SRTCP packet: a sender report for every slot that has sent, then a
+    /// receiver report about the microphone once something of it arrived.
+    fn send_reports(&mut self, now: Now, send: &mut impl FnMut(Peer, &[u8])) {
         let (Some(crypto), Some(dest)) = (self.crypto.as_mut(), self.dest) else {
             return;
         };
-        let mut compound = [0u8; SENDER_REPORT_LEN * MAX_SLOTS];
+        let mut compound = [0u8; SENDER_REPORT_LEN * MAX_SLOTS + RECEIVER_REPORT_LEN];
         let mut len = 0;
-        for slot in &self.slots {
+        let mut senders = 0;
+        for slot in self.slots.iter().take(MAX_SLOTS) {
             let mut report = [0u8; SENDER_REPORT_LEN];
-            if slot.write(now, &mut report) && len + SENDER_REPORT_LEN <= compound.len() {
+            if slot.write(now, &mut report) {
                 compound[len..len + SENDER_REPORT_LEN].copy_from_slice(&report);
                 len += SENDER_REPORT_LEN;
+                senders += 1;
+            }
+        }
+        // Our first slot's SSRC; a connection without slots reports under one drawn from its
+        // (random) ufrag.
+        let reporter = match self.slots.first() {
+            Some(slot) => slot.ssrc,
+            None => self.ufrag.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            }),
+        };
+        let mut receiver = false;
+        if let Some(mic) = &mut self.microphone {
+            let mut report = [0u8; RECEIVER_REPORT_LEN];
+            if mic.write(reporter, now.at, &mut report) {
+                compound[len..len + RECEIVER_REPORT_LEN].copy_from_slice(&report);
+                len += RECEIVER_REPORT_LEN;
+                receiver = true;
             }
         }
         if len == 0 {
             return;
         }
+        #[cfg(test)]
+        self.reports_sent.push(compound[..len].to_vec());
         if let Ok(sealed) = crypto.outbound_rtcp.encrypt_rtcp(&compound[..len]) {
-            self.counts.sender_reports += 1;
+            if senders > 0 {
+                self.counts.sender_reports += 1;
+            }
+            if receiver {
+                self.counts.receiver_reports += 1;
+            }
             send(dest, &sealed);
         }
     }

@@ -17,8 +17,11 @@ pub struct Local<'a> {
     pub password: &'a str,
     /// `sha-256 AB:CD:…` (`Shared::fingerprint`).
     pub fingerprint: &'a str,
-    /// The worker's advertised UDP address: the one host candidate.
+    /// The worker's advertised UDP address: the host candidate.
     pub candidate: SocketAddr,
+    /// The worker's ICE-TCP listener, when it has one: a passive TCP host candidate
+    /// (RFC 6544), ranked below the UDP one so that UDP wins wherever it gets through.
+    pub tcp_candidate: Option<SocketAddr>,
     /// Each slot's SSRC, in slot order.
     pub slot_ssrcs: &'a [u32],
     /// RED is answered where the client offers it over its Opus (`[media] red` > 0).
@@ -29,6 +32,9 @@ pub struct Local<'a> {
 
 /// RFC 8445 §5.1.2.1 with type preference 126 (host), local preference 65535, component 1.
 const HOST_PRIORITY: u32 = (126 << 24) | (65_535 << 8) | 255;
+/// RFC 6544 §4.2 for a passive TCP host candidate: local preference 2^13 × 4 (passive's
+/// direction preference for a host) + 8191, so below every UDP host candidate.
+const TCP_PASSIVE_PRIORITY: u32 = (126 << 24) | (((4 << 13) + 8191) << 8) | 255;
 
 /// The answer to `offer` as `plan` decided it.
 pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
@@ -105,8 +111,17 @@ pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
         }
         let _ = write!(
             out,
-            "a=candidate:1 1 udp {HOST_PRIORITY} {ip} {port} typ host\r\na=end-of-candidates\r\n"
+            "a=candidate:1 1 udp {HOST_PRIORITY} {ip} {port} typ host\r\n"
         );
+        if let Some(tcp) = local.tcp_candidate {
+            let _ = write!(
+                out,
+                "a=candidate:2 1 tcp {TCP_PASSIVE_PRIORITY} {} {} typ host tcptype passive\r\n",
+                tcp.ip(),
+                tcp.port()
+            );
+        }
+        out.push_str("a=end-of-candidates\r\n");
     }
     out
 }
@@ -154,6 +169,7 @@ mod tests {
                                 password: "leanPassword0123456789abcdefghij",
                                 fingerprint: "sha-256 AB:CD",
                                 candidate: "10.0.0.1:40000".parse().unwrap(),
+                                tcp_candidate: on_stage.then(|| "10.0.0.1:40001".parse().unwrap()),
                                 slot_ssrcs: &[11, 12, 13],
                                 red: true,
                                 session_id: 7,
@@ -162,6 +178,11 @@ mod tests {
                         let problems = answer_problems(&sdp, &text);
                         assert!(problems.is_empty(), "{problems:?}\n{sdp}\n{text}");
                         assert!(text.contains("a=ice-lite") && text.contains("a=setup:passive"));
+                        assert_eq!(
+                            text.contains("tcp 2124414975 10.0.0.1 40001 typ host tcptype passive"),
+                            on_stage,
+                            "{text}"
+                        );
                         answered += 1;
                     }
                 }

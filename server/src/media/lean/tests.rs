@@ -12,6 +12,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -33,6 +34,11 @@ const CLIENT: SocketAddr = SocketAddr::new(
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
     50000,
 );
+/// The client as the connection sees it: over UDP.
+const FROM_CLIENT: Peer = Peer {
+    addr: CLIENT,
+    tcp: false,
+};
 const STEP: Duration = Duration::from_millis(5);
 
 /// `rtc`'s full client and one lean connection, datagrams carried in memory.
@@ -82,6 +88,7 @@ impl Pair {
                 password: &password,
                 fingerprint: &shared.fingerprint,
                 candidate: SERVER,
+                tcp_candidate: None,
                 slot_ssrcs: &slot_ssrcs,
                 red: false,
                 session_id: 1,
@@ -95,6 +102,7 @@ impl Pair {
                 password,
                 remote_fingerprint: expected.unwrap_or(remote_fingerprint),
                 slot_ssrcs: slot_ssrcs.clone(),
+                microphone: on_stage.then_some(CLIENT_MIC_SSRC),
                 ice_disconnected: Duration::from_secs(5),
                 ice_failed: Duration::from_secs(5),
             },
@@ -121,9 +129,9 @@ impl Pair {
         }
     }
 
-    fn deliver_to_client(&mut self, datagrams: Vec<(SocketAddr, Vec<u8>)>) {
+    fn deliver_to_client(&mut self, datagrams: Vec<(Peer, Vec<u8>)>) {
         for (to, datagram) in datagrams {
-            assert_eq!(to, CLIENT, "sent where the client is");
+            assert_eq!(to, FROM_CLIENT, "sent where the client is");
             let read = self.client.handle_read(TaggedBytesMut {
                 now: self.now.at,
                 transport: TransportContext {
@@ -148,11 +156,12 @@ impl Pair {
             while let Some(sent) = self.client.poll_write() {
                 moved = true;
                 let keyed_before = self.server.state() == State::Connected;
-                let received =
-                    self.server
-                        .handle_datagram(self.now, CLIENT, &sent.message, &mut |to, d| {
-                            out.push((to, d.to_vec()))
-                        });
+                let received = self.server.handle_datagram(
+                    self.now,
+                    FROM_CLIENT,
+                    &sent.message,
+                    &mut |to, d| out.push((to, d.to_vec())),
+                );
                 match received {
                     Ok(Received::Rtp(packet)) => self.rtp_in.push(packet),
                     Ok(Received::Rtcp(mut packet)) => {
@@ -256,7 +265,7 @@ fn rtc_s_full_client_connects_and_hears_what_the_lean_path_seals() {
     let mut pair = Pair::new(false, None);
     pair.connect();
     assert!(pair.server.take_connect_time().is_some());
-    assert_eq!(pair.server.addrs(), &[CLIENT]);
+    assert_eq!(pair.server.addrs(), &[FROM_CLIENT]);
     for i in 0..50u8 {
         pair.forward(usize::from(i % 3), &[i; 80]);
         pair.advance(Duration::from_millis(20));
@@ -309,14 +318,79 @@ fn a_speaker_s_microphone_is_decrypted() {
 }
 
 #[test]
+fn a_speaker_gets_receiver_reports_about_its_microphone() {
+    let mut pair = Pair::new(true, None);
+    pair.connect();
+    let mic = pair.client.get_senders().next().expect("a microphone");
+    // 50 packets, one second of audio, with packet 20 lost on the way; the speaker also
+    // hears someone on slot 0.
+    for seq in (1..=50u16).filter(|s| *s != 20) {
+        pair.forward(0, &[1; 40]);
+        pair.client
+            .rtp_sender(mic)
+            .expect("the microphone's sender")
+            .write_rtp(pair.now.at, mic_packet(seq))
+            .expect("written");
+        pair.shuttle();
+        pair.advance(Duration::from_millis(20));
+    }
+    // Two more report intervals: the client's own sender report (sent a second in) is
+    // echoed in the next one.
+    for _ in 0..21 {
+        pair.advance(Duration::from_millis(100));
+    }
+    assert_eq!(pair.rtp_in.len(), 49);
+    assert!(pair.server.counts.receiver_reports >= 1);
+    // `rtc`'s client decrypts our reports but keeps what it reads of receiver reports to its
+    // interceptors (its statistics never take them in), so the compounds are read back in clear
+    // with `rtc`'s parser: sender reports first, then the receiver report.
+    assert_eq!(pair.client_refused, 0, "the client decrypted every report");
+    let mut about_mic = Vec::new();
+    for compound in &pair.server.reports_sent {
+        let packets = rtc::rtcp::packet::unmarshal(&mut &compound[..]).expect("RTCP");
+        assert!(
+            packets[0].as_any().is::<SenderReport>(),
+            "a sender report leads"
+        );
+        for packet in &packets {
+            if let Some(rr) = packet.as_any().downcast_ref::<ReceiverReport>() {
+                assert_eq!(rr.ssrc, pair.slot_ssrcs[0], "reported by our first slot");
+                about_mic.extend(
+                    rr.reports
+                        .iter()
+                        .filter(|r| r.ssrc == CLIENT_MIC_SSRC)
+                        .cloned(),
+                );
+            }
+        }
+    }
+    let last = about_mic.last().expect("a report about the microphone");
+    assert_eq!(last.last_sequence_number, 50);
+    assert_eq!(last.total_lost, 1);
+    assert_ne!(
+        last.last_sender_report, 0,
+        "the client's last sender report is echoed, for its round trip"
+    );
+    assert!(
+        about_mic.iter().any(|r| r.fraction_lost > 0),
+        "the interval with the loss says so: {about_mic:?}"
+    );
+    // A listener's connection has no microphone and reports on nothing.
+    let mut listener = Pair::new(false, None);
+    listener.connect();
+    listener.advance(Duration::from_millis(2_100));
+    assert_eq!(listener.server.counts.receiver_reports, 0);
+}
+
+#[test]
 fn forged_checks_and_strangers_are_refused_and_counted() {
     let mut pair = Pair::new(false, None);
     pair.connect();
     let refused_before = pair.server.counts.refused;
     let mut out = Vec::new();
-    let mut send = |to: SocketAddr, d: &[u8]| out.push((to, d.to_vec()));
+    let mut send = |to: Peer, d: &[u8]| out.push((to, d.to_vec()));
     // A binding request with our ufrag but not our password, from an attacker's address.
-    let attacker: SocketAddr = "10.0.0.66:6666".parse().unwrap();
+    let attacker = Peer::udp("10.0.0.66:6666".parse().unwrap());
     let forged = super::ice::tests::request(
         &format!("{}:client", pair.server.ufrag()),
         "notOurPassword0123456789abcdefgh",
@@ -341,13 +415,13 @@ fn forged_checks_and_strangers_are_refused_and_counted() {
     // From the client's own address, but not authentic: refused by SRTP.
     assert_eq!(
         pair.server
-            .handle_datagram(pair.now, CLIENT, &rtp, &mut send)
+            .handle_datagram(pair.now, FROM_CLIENT, &rtp, &mut send)
             .err(),
         Some(Refusal::Srtp)
     );
     assert!(out.is_empty(), "nothing answered to any of them");
     assert_eq!(pair.server.counts.refused, refused_before + 4);
-    assert_eq!(pair.server.addrs(), &[CLIENT], "no address added");
+    assert_eq!(pair.server.addrs(), &[FROM_CLIENT], "no address added");
     pair.forward(0, &[7; 40]);
     assert_eq!(pair.client_rtp.len(), 1, "the client still hears");
 }
@@ -416,7 +490,7 @@ fn garbage_from_the_client_s_address_is_refused_and_harms_nothing() {
     let mut pair = Pair::new(false, None);
     pair.connect();
     let mut out = Vec::new();
-    let mut send = |to: SocketAddr, d: &[u8]| out.push((to, d.to_vec()));
+    let mut send = |to: Peer, d: &[u8]| out.push((to, d.to_vec()));
     let mut seed = 0x2545_f491_u32;
     let mut refused = 0;
     for len in 0..400usize {
@@ -436,7 +510,7 @@ fn garbage_from_the_client_s_address_is_refused_and_harms_nothing() {
         }
         match pair
             .server
-            .handle_datagram(pair.now, CLIENT, &datagram, &mut send)
+            .handle_datagram(pair.now, FROM_CLIENT, &datagram, &mut send)
         {
             Err(_) => refused += 1,
             Ok(_) => panic!("garbage accepted: {datagram:?}"),

@@ -188,6 +188,7 @@ impl<E: Egress> Core<E> {
                     ufrag: &ufrag,
                     password: &password,
                     advertised: setup.advertised,
+                    advertised_tcp: setup.advertised_tcp,
                     red: setup.red > 0,
                 };
                 let timeouts = (setup.ice_disconnected, setup.ice_failed);
@@ -300,6 +301,7 @@ impl<E: Egress> Core<E> {
                     ufrag: &ufrag,
                     password: &password,
                     advertised: self.setup.advertised,
+                    advertised_tcp: self.setup.advertised_tcp,
                     red: self.setup.red > 0,
                 };
                 let sdp =
@@ -441,6 +443,9 @@ fn reanswer_lean(
     conn.receiving = answered.inbound.is_some() && on_stage;
     conn.may_send = may_send;
     conn.inbound = answered.inbound;
+    if let Link::Lean(lean) = &mut conn.pc {
+        lean.set_microphone(answered.mic_ssrc.filter(|_| conn.receiving));
+    }
     Ok(answered.sdp)
 }
 

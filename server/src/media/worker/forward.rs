@@ -97,14 +97,14 @@ impl<E: Egress> Core<E> {
             };
             let slot = &conn.slots[index];
             // The lean path: the payload built and sealed straight into the send batch. A lean
-            // connection seals with its own keys from the first packet; an `rtc` one once its
-            // keys are proven, and only over UDP.
+            // connection seals with its own keys from the first packet, over UDP or its ICE-TCP
+            // stream; an `rtc` one once its keys are proven, and only over UDP.
             let lean_link = matches!(conn.pc, Link::Lean(_));
             let sealer = match &mut conn.pc {
                 Link::Lean(lean) => lean.sender(),
                 Link::Rtc(_) => match conn.dest {
-                    Some(Peer { addr, tcp: false }) => {
-                        conn.lean.sender(&conn.tap).map(|sender| (sender, addr))
+                    Some(peer @ Peer { tcp: false, .. }) => {
+                        conn.lean.sender(&conn.tap).map(|sender| (sender, peer))
                     }
                     _ => None,
                 },
@@ -112,15 +112,23 @@ impl<E: Egress> Core<E> {
             if lean_link || sealer.is_some() {
                 let mut body_len = 0;
                 let pushed = sealer.is_some_and(|(sender, dest)| {
-                    if self.egress.batch().is_full() {
-                        self.egress.flush();
-                    }
-                    self.egress.batch().push_with(dest, |buf| {
+                    let mut seal = |buf: &mut [u8]| {
                         let end = buf.len().checked_sub(TAG_LEN)?;
                         let body = listener_payload(slot, packet, buf.get_mut(HEADER_LEN..end)?)?;
                         body_len = body;
                         sender.seal_in_place(&header, rollover, body, buf)
-                    })
+                    };
+                    if dest.tcp {
+                        // The few who cannot use UDP: sealed aside, then copied into the
+                        // stream's queue (the one allocation ICE-TCP costs per packet).
+                        return seal(&mut self.payload_buf).is_some_and(|len| {
+                            self.egress.send_tcp(dest.addr, &self.payload_buf[..len])
+                        });
+                    }
+                    if self.egress.batch().is_full() {
+                        self.egress.flush();
+                    }
+                    self.egress.batch().push_with(dest.addr, seal)
                 });
                 if pushed {
                     if let Link::Lean(lean) = &mut conn.pc {

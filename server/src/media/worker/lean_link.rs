@@ -31,6 +31,7 @@ pub(super) struct LeanLocal<'a> {
     pub ufrag: &'a str,
     pub password: &'a str,
     pub advertised: std::net::SocketAddr,
+    pub advertised_tcp: Option<std::net::SocketAddr>,
     pub red: bool,
 }
 
@@ -50,6 +51,7 @@ pub(super) fn answer(
             password: local.password,
             fingerprint: &local.shared.fingerprint,
             candidate: local.advertised,
+            tcp_candidate: local.advertised_tcp,
             slot_ssrcs: ssrcs,
             red: local.red,
             session_id: u64::from(local.key.0),
@@ -110,6 +112,7 @@ pub(super) fn open(
             password: local.password.to_owned(),
             remote_fingerprint,
             slot_ssrcs: ssrcs,
+            microphone: answered.mic_ssrc.filter(|_| plan.receives()),
             ice_disconnected: timeouts.0,
             ice_failed: timeouts.1,
         },

@@ -187,13 +187,8 @@ impl<E: Egress> Core<E> {
             return;
         }
         if let Link::Lean(_) = conn.pc {
-            if peer.tcp {
-                // A lean answer carries no TCP candidate: nothing of it comes over a stream.
-                drops.rejected.inc();
-                return;
-            }
             self.guarded(key, now, |core| {
-                core.lean_datagram(key, now, peer.addr, datagram)
+                core.lean_datagram(key, now, peer, datagram)
             });
             return;
         }
@@ -241,6 +236,9 @@ impl<E: Egress> Core<E> {
             conn.addrs.retain(|a| *a != peer);
             if conn.dest == Some(peer) {
                 conn.dest = None;
+            }
+            if let Link::Lean(lean) = &mut conn.pc {
+                lean.forget(peer);
             }
         }
     }
@@ -359,7 +357,7 @@ impl<E: Egress> Core<E> {
     /// One datagram for a lean connection: it answers checks and handshakes itself (its
     /// datagrams go straight into the send batch); a decrypted microphone packet goes to
     /// [`Self::ingress`], receiver reports to the metrics.
-    fn lean_datagram(&mut self, key: ConnKey, now: Now, from: SocketAddr, datagram: &[u8]) {
+    fn lean_datagram(&mut self, key: ConnKey, now: Now, from: Peer, datagram: &[u8]) {
         let Some(Link::Lean(lean)) = self.conns.get_mut(&key).map(|c| &mut c.pc) else {
             return;
         };
@@ -491,13 +489,17 @@ impl<E: Egress> Core<E> {
     }
 }
 
-/// Where a lean connection's own datagrams (check answers, handshake flights, sender reports)
-/// go: the send batch, flushed when full.
-pub(super) fn lean_send<E: Egress>(egress: &mut E) -> impl FnMut(SocketAddr, &[u8]) + '_ {
+/// Where a lean connection's own datagrams (check answers, handshake flights, reports) go:
+/// the send batch, flushed when full, or the ICE-TCP stream they answer.
+pub(super) fn lean_send<E: Egress>(egress: &mut E) -> impl FnMut(Peer, &[u8]) + '_ {
     move |to, datagram| {
+        if to.tcp {
+            egress.send_tcp(to.addr, datagram);
+            return;
+        }
         if egress.batch().is_full() {
             egress.flush();
         }
-        egress.batch().push(datagram, to);
+        egress.batch().push(datagram, to.addr);
     }
 }
