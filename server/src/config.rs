@@ -365,8 +365,9 @@ pub struct MediaSettings {
     /// each packet repeats this many earlier frames of the same speaker, so a lost packet is
     /// rebuilt from the next ones. 0 leaves RED out of the negotiation (Opus only).
     pub red: usize,
-    /// What a new connection is made of: `rtc`'s full peer connection, or the lean transport
-    /// (ICE-lite, one DTLS handshake, SRTP keys into the worker's sealer; no ICE-TCP).
+    /// What a new connection is made of: the lean transport (the default: ICE-lite over UDP
+    /// and ICE-TCP, one DTLS handshake, SRTP keys into the worker's sealer), or `rtc`'s full
+    /// peer connection. Named for listeners, it applies to every connection.
     pub listener_transport: ListenerTransport,
 }
 
@@ -374,10 +375,10 @@ pub struct MediaSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTransport {
-    /// `rtc`'s `RTCPeerConnection` (ICE over UDP and TCP, full DTLS/SRTP stack).
-    #[default]
+    /// `rtc`'s `RTCPeerConnection` (full ICE, DTLS and SRTP stack): ~90 KiB per connection.
     Rtc,
-    /// Stoa's lean connection (`media::lean`): UDP only.
+    /// Stoa's lean connection (`media::lean`): ~16 KiB per connection, over UDP or ICE-TCP.
+    #[default]
     Lean,
 }
 
@@ -391,7 +392,7 @@ impl Default for MediaSettings {
             max_connections: 20_000,
             tcp: true,
             red: 2,
-            listener_transport: ListenerTransport::Rtc,
+            listener_transport: ListenerTransport::Lean,
         }
     }
 }
@@ -1046,9 +1047,9 @@ mod tests {
     }
 
     #[test]
-    fn the_listener_transport_is_rtc_unless_set_to_lean() {
+    fn the_listener_transport_is_lean_unless_set_to_rtc() {
         let transport = |text: &str| Config::from_toml(text).map(|c| c.media.listener_transport);
-        assert_eq!(transport(""), Ok(ListenerTransport::Rtc));
+        assert_eq!(transport(""), Ok(ListenerTransport::Lean));
         assert_eq!(
             transport("[media]\nlistener_transport = \"lean\""),
             Ok(ListenerTransport::Lean)

@@ -79,7 +79,7 @@ export function freePort(host = "127.0.0.1") {
 /**
  * `STOA_LISTENER_TRANSPORT=lean|rtc`: the server's `[media] listener_transport`, added to the
  * config a test gives (into its `[media]` table when it has one). How the lean run of the suite
- * (`npm run test:lean`) and `bench-join.js` choose the transport without a test of their own.
+ * (`npm run test:rtc`, the `rtc` run of the interop tests) and `bench-join.js` choose the transport without a test of their own.
  * @param {string | undefined} config
  */
 export function withListenerTransport(config) {

@@ -341,9 +341,15 @@ function lossTests(netns) {
         }
         clearLoss();
         const { results, redOut } = window;
-        t.diagnostic(`speaker's uplink as the server reports it: ${JSON.stringify(await uplinkReports(speaker))}`);
+        const uplink = await uplinkReports(speaker);
+        t.diagnostic(`speaker's uplink as the server reports it: ${JSON.stringify(uplink)}`);
         await writeFile(join(ARTIFACTS, "loss.json"), JSON.stringify({ windowMs: WINDOW_MS, config: EXPLORE ?? null, redOut, results }, null, 2));
         if (EXPLORE) return;
+        // The server's receiver reports about the microphone reached the speaker's browser,
+        // which measured its round trip from them (they echo its own sender reports).
+        // (Chromium leaves `reportsReceived` out; the round trip exists only once one came.)
+        assert.ok(uplink && typeof uplink.fractionLost === "number", `receiver reports reached the speaker: ${JSON.stringify(uplink)}`);
+        assert.ok(typeof uplink.rtt === "number" && uplink.rtt > 0 && uplink.rtt < 0.5, `a round trip from them: ${JSON.stringify(uplink)}`);
         const expected = WINDOW_MS / 20;
         for (const { name } of LISTENERS) {
           assert.ok(results[name].packets > expected / 2, `${name} received audio throughout: ${JSON.stringify(results[name])}`);

@@ -1084,7 +1084,8 @@ fn parse_args() -> Result<Options> {
         interval: Duration::from_millis(20),
         pin: true,
         red: 0,
-        transport: stoa::config::ListenerTransport::Rtc,
+        // The server's own default.
+        transport: stoa::config::ListenerTransport::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
