@@ -5,7 +5,7 @@
 //! which the speaker's browser measures its round trip). Receiver reports about our slots come
 //! in through SRTCP and are read by the worker (`worker/rtcp.rs`). The time is passed in.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::super::worker::Now;
 
@@ -13,6 +13,9 @@ use super::super::worker::Now;
 pub const CLOCK_RATE: u64 = 48_000;
 /// One sender report without report blocks.
 pub const SENDER_REPORT_LEN: usize = 28;
+/// A slot is a sender (and sends sender reports) while it has carried audio this recently:
+/// two report intervals (RFC 3550 §6.3.8). A silent room's slots stop reporting.
+const SENDER_FOR: Duration = Duration::from_secs(2);
 /// One receiver report with one report block.
 pub const RECEIVER_REPORT_LEN: usize = 32;
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
@@ -52,11 +55,14 @@ impl SlotReport {
     }
 
     /// Writes this slot's sender report at `now` into `out`; `false` while it has sent nothing
-    /// (RFC 3550 §6.4: only a sender sends one).
+    /// lately (RFC 3550 §6.4: only a sender sends one).
     pub fn write(&self, now: Now, out: &mut [u8; SENDER_REPORT_LEN]) -> bool {
         let Some(last_at) = self.last_at else {
             return false;
         };
+        if now.at.saturating_duration_since(last_at) > SENDER_FOR {
+            return false;
+        }
         // The RTP time that corresponds to `now`, running on from the last packet sent.
         let elapsed = now.at.saturating_duration_since(last_at);
         let ticks = (elapsed.as_micros() as u64 * CLOCK_RATE / 1_000_000) as u32;
@@ -255,6 +261,11 @@ mod tests {
         // 500 ms after the last packet: 24 000 ticks at 48 kHz.
         assert_eq!(sr.rtp_time, 1_960 + 24_000);
         assert_eq!(sr.ntp_time >> 32, later.wall.as_secs() + NTP_UNIX_OFFSET);
+        // Silent for longer than two report intervals: no longer a sender, no report.
+        let quiet = start.after(Duration::from_millis(20 + 2_100));
+        assert!(!slot.write(quiet, &mut out));
+        slot.sent(2_920, 70, quiet.at);
+        assert!(slot.write(quiet, &mut out), "a sender again");
     }
 
     fn read_back(reception: &mut Reception, now: Instant) -> ReceptionReport {
