@@ -304,6 +304,15 @@ async fn a_live_room_makes_events_only_while_it_has_an_endpoint(engine: Engine) 
     let lee = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
     mo.wait_about("participant_joined", &lee.participant_id())
         .await;
+    // Lee's delivery is recorded before the endpoint goes: deleting an endpoint drops what it
+    // still owes, and a row whose attempt is under way (the receiver may have it already) is
+    // still owed. Under load the DELETE could otherwise come between the two.
+    eventually(
+        "Lee's join recorded delivered",
+        || all_deliveries(&t, "/api/v1/webhooks/deliveries", Some("delivered")),
+        |d| d.len() == 1,
+    )
+    .await;
     t.op(Method::DELETE, &webhook(&room), None)
         .await
         .expect(204);
