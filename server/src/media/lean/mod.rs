@@ -447,7 +447,7 @@ impl LeanConnection {
     }
 
     /// Runs what is due at `now`: DTLS retransmissions, dropping the association, consent,
-    /// sender reports.
+    /// the reports (sender reports, and the receiver report about a microphone).
     pub fn handle_timeout(&mut self, now: Now, send: &mut impl FnMut(Peer, &[u8])) {
         if self.state == State::Failed {
             return;
