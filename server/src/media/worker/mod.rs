@@ -120,6 +120,19 @@ pub trait Egress {
     fn send_tcp(&mut self, to: SocketAddr, datagram: &[u8]) -> bool;
     /// The connection reached over the ICE-TCP stream from `from` is gone: end the stream.
     fn close_tcp(&mut self, from: SocketAddr);
+
+    /// Queues one datagram for `to`: on its ICE-TCP stream, or in the batch (flushed first
+    /// when full).
+    fn send_to(&mut self, to: Peer, datagram: &[u8]) {
+        if to.tcp {
+            self.send_tcp(to.addr, datagram);
+            return;
+        }
+        if self.batch().is_full() {
+            self.flush();
+        }
+        self.batch().push(datagram, to.addr);
+    }
 }
 
 /// A room as a worker sees it.

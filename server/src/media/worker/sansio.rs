@@ -492,14 +492,5 @@ impl<E: Egress> Core<E> {
 /// Where a lean connection's own datagrams (check answers, handshake flights, reports) go:
 /// the send batch, flushed when full, or the ICE-TCP stream they answer.
 pub(super) fn lean_send<E: Egress>(egress: &mut E) -> impl FnMut(Peer, &[u8]) + '_ {
-    move |to, datagram| {
-        if to.tcp {
-            egress.send_tcp(to.addr, datagram);
-            return;
-        }
-        if egress.batch().is_full() {
-            egress.flush();
-        }
-        egress.batch().push(datagram, to.addr);
-    }
+    move |to, datagram| egress.send_to(to, datagram)
 }

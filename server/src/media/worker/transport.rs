@@ -256,13 +256,6 @@ pub(super) fn queue_writes_inspecting(
             *dest = Some(peer);
         }
         inspect(&out.message);
-        if peer.tcp {
-            egress.send_tcp(peer.addr, &out.message);
-            continue;
-        }
-        if egress.batch().is_full() {
-            egress.flush();
-        }
-        egress.batch().push(&out.message, peer.addr);
+        egress.send_to(peer, &out.message);
     }
 }
