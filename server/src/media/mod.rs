@@ -17,6 +17,7 @@ pub mod rtp;
 pub mod selector;
 pub mod slot;
 pub mod srtp;
+pub mod stun;
 pub mod tap;
 pub mod tcp;
 #[cfg(any(test, feature = "fuzzing"))]

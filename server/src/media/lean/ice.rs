@@ -5,12 +5,7 @@
 
 use std::net::SocketAddr;
 
-use rtc::crypto::RTCCrypto;
-use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_USE_CANDIDATE, ATTR_USERNAME};
-use rtc::stun::fingerprint::FINGERPRINT;
-use rtc::stun::integrity::MessageIntegrity;
-use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter};
-use rtc::stun::xoraddr::XorMappedAddress;
+use crate::media::stun::{Binding, MAX_RESPONSE};
 
 /// Why a STUN datagram was not answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,70 +24,57 @@ pub enum StunRefusal {
 pub struct Check {
     /// The client nominated this pair (`USE-CANDIDATE`): media goes to its address.
     pub nominated: bool,
-    /// The success response, ready to send back to where the request came from.
-    pub response: Vec<u8>,
+    response: [u8; MAX_RESPONSE],
+    len: usize,
 }
 
-/// Checks a binding request from `from` against our credentials and builds its answer.
+impl Check {
+    /// The success response, ready to send back to where the request came from.
+    pub fn response(&self) -> &[u8] {
+        &self.response[..self.len]
+    }
+}
+
+/// Checks a binding request from `from` against our credentials and builds its answer, in
+/// place: nothing is allocated.
 pub fn answer_binding(
     datagram: &[u8],
     from: SocketAddr,
     ufrag: &str,
     password: &str,
-    crypto: &dyn RTCCrypto,
 ) -> Result<Check, StunRefusal> {
-    let mut request = Message::new();
-    request.raw = datagram.to_vec();
-    if request.decode().is_err() || request.typ != BINDING_REQUEST {
-        return Err(StunRefusal::Malformed);
-    }
-    let username = request
-        .get(ATTR_USERNAME)
-        .map_err(|_| StunRefusal::Username)?;
+    let request = Binding::parse(datagram).ok_or(StunRefusal::Malformed)?;
+    let username = request.username(datagram).ok_or(StunRefusal::Username)?;
     let named_us = username
         .strip_prefix(ufrag.as_bytes())
         .is_some_and(|rest| rest.first() == Some(&b':'));
     if !named_us {
         return Err(StunRefusal::Username);
     }
-    if !request.contains(ATTR_FINGERPRINT) || FINGERPRINT.check(&request).is_err() {
+    if !request.fingerprint_ok(datagram) {
         return Err(StunRefusal::Fingerprint);
     }
-    let nominated = request.contains(ATTR_USE_CANDIDATE);
-    // `check` rewrites the header's length while it works, so it gets its own copy; the
-    // response is built from the untouched request (its transaction id).
-    let mut checked = request.clone();
-    if MessageIntegrity::check(&mut checked, password.as_bytes(), crypto).is_err() {
+    if !request.integrity_ok(datagram, password.as_bytes()) {
         return Err(StunRefusal::Integrity);
     }
-    let mut response = Message::new();
-    let setters: [Box<dyn Setter + '_>; 5] = [
-        Box::new(request),
-        Box::new(BINDING_SUCCESS),
-        Box::new(XorMappedAddress {
-            ip: from.ip(),
-            port: from.port(),
-        }),
-        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-            password.to_owned(),
-            crypto,
-        )),
-        Box::new(FINGERPRINT),
-    ];
-    response
-        .build(&setters)
-        .map_err(|_| StunRefusal::Malformed)?;
+    let mut response = [0u8; MAX_RESPONSE];
+    let len = Binding::write_success(datagram, from, password.as_bytes(), &mut response);
     Ok(Check {
-        nominated,
-        response: response.raw,
+        nominated: request.use_candidate,
+        response,
+        len,
     })
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use rtc::stun::message::Getter;
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, Setter};
     use rtc::stun::textattrs::Username;
+    use rtc::stun::xoraddr::XorMappedAddress;
 
     const UFRAG: &str = "leanUfrag0123456";
     const PWD: &str = "leanPassword0123456789abcdefghij";
@@ -126,11 +108,11 @@ pub(super) mod tests {
         let crypto = provider.crypto();
         let from: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let good = request(&format!("{UFRAG}:client"), PWD, true);
-        let check = answer_binding(&good, from, UFRAG, PWD, crypto).expect("answered");
+        let check = answer_binding(&good, from, UFRAG, PWD).expect("answered");
         assert!(!check.nominated);
         // The answer carries our integrity: a client checks it with our password.
         let mut response = Message::new();
-        response.raw = check.response.clone();
+        response.raw = check.response().to_vec();
         response.decode().unwrap();
         assert_eq!(response.typ, BINDING_SUCCESS);
         assert!(MessageIntegrity::check(&mut response, PWD.as_bytes(), crypto).is_ok());
@@ -138,7 +120,7 @@ pub(super) mod tests {
         mapped.get_from(&response).unwrap();
         assert_eq!(SocketAddr::new(mapped.ip, mapped.port), from);
 
-        let refused = |datagram: &[u8]| answer_binding(datagram, from, UFRAG, PWD, crypto).err();
+        let refused = |datagram: &[u8]| answer_binding(datagram, from, UFRAG, PWD).err();
         let forged = request(
             &format!("{UFRAG}:client"),
             "wrongPassword0123456789abcdefghi",

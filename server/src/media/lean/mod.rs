@@ -146,6 +146,8 @@ pub struct LeanConnection {
     slots: Vec<SlotReport>,
     /// What arrived of the microphone, while the connection has one.
     microphone: Option<Reception>,
+    /// When the next compound report is due; armed only while there is something to report
+    /// (a slot carried audio, the microphone was heard), so a silent listener costs no wake-ups.
     next_report: Option<Instant>,
     /// Answer to first keys, once.
     connect_took: Option<Duration>,
@@ -237,11 +239,23 @@ impl LeanConnection {
         }
     }
 
-    /// A packet went out on `slot` (for its sender reports). Arithmetic only.
-    pub fn sent(&mut self, slot: usize, timestamp: u32, payload_len: usize, at: Instant) {
+    /// A packet went out on `slot` (for its sender reports). Arithmetic only. Returns whether
+    /// this armed the report timer, which brings [`poll_timeout`](Self::poll_timeout) forward.
+    pub fn sent(&mut self, slot: usize, timestamp: u32, payload_len: usize, at: Instant) -> bool {
         if let Some(report) = self.slots.get_mut(slot) {
             report.sent(timestamp, payload_len, at);
         }
+        self.arm_reports(at)
+    }
+
+    /// Something to report happened at `at`: the next report is due a report interval later,
+    /// unless one already is. Returns whether this armed it.
+    fn arm_reports(&mut self, at: Instant) -> bool {
+        if self.next_report.is_some() {
+            return false;
+        }
+        self.next_report = Some(at + REPORT_EVERY);
+        true
     }
 
     /// One datagram from `from`; what the connection answers goes to `send`.
@@ -311,6 +325,7 @@ impl LeanConnection {
                 let since = at.saturating_duration_since(self.created);
                 let arrival = since.as_micros() as u64 * rtcp::CLOCK_RATE / 1_000_000;
                 mic.received(seq, timestamp, arrival);
+                self.arm_reports(at);
             }
             Received::Rtcp(p) => {
                 for (ssrc, ntp) in rtcp::sender_reports(p) {
@@ -333,14 +348,8 @@ impl LeanConnection {
             from,
             datagram,
         } = input;
-        let check = ice::answer_binding(
-            datagram,
-            from.addr,
-            &self.ufrag,
-            &self.password,
-            self.shared.crypto.crypto(),
-        )
-        .map_err(Refusal::Stun)?;
+        let check = ice::answer_binding(datagram, from.addr, &self.ufrag, &self.password)
+            .map_err(Refusal::Stun)?;
         self.counts.checks += 1;
         if !self.addrs.contains(&from) {
             if self.addrs.len() == MAX_ADDRS {
@@ -356,7 +365,7 @@ impl LeanConnection {
         if self.state == State::Disconnected {
             self.state = State::Connected;
         }
-        send(from, &check.response);
+        send(from, check.response());
         Ok(Received::Handled)
     }
 
@@ -413,7 +422,6 @@ impl LeanConnection {
             inbound: context(&client_key, &client_salt)?,
         }));
         self.keep_handshake_until = Some(now + KEEP_HANDSHAKE);
-        self.next_report = Some(now + REPORT_EVERY);
         self.connect_took = Some(now.saturating_duration_since(self.created));
         self.state = State::Connected;
         Ok(())
@@ -473,16 +481,19 @@ impl LeanConnection {
             self.state = State::Disconnected;
         }
         if self.state == State::Connected && self.next_report.is_some_and(|at| at <= now.at) {
-            self.next_report = Some(now.at + REPORT_EVERY);
-            self.send_reports(now, send);
+            // Reports go on while there is something to say, then the timer rests until a
+            // packet goes out or comes in again.
+            let reported = self.send_reports(now, send);
+            self.next_report = reported.then(|| now.at + REPORT_EVERY);
         }
     }
 
     /// One compound SRTCP packet: a sender report for every slot that has sent, then a
-    /// receiver report about the microphone once something of it arrived.
-    fn send_reports(&mut self, now: Now, send: &mut impl FnMut(Peer, &[u8])) {
+    /// receiver report about the microphone once something of it arrived. Returns whether there
+    /// was anything to report.
+    fn send_reports(&mut self, now: Now, send: &mut impl FnMut(Peer, &[u8])) -> bool {
         let (Some(crypto), Some(dest)) = (self.crypto.as_mut(), self.dest) else {
-            return;
+            return false;
         };
         let mut compound = [0u8; SENDER_REPORT_LEN * MAX_SLOTS + RECEIVER_REPORT_LEN];
         let mut len = 0;
@@ -513,7 +524,7 @@ impl LeanConnection {
             }
         }
         if len == 0 {
-            return;
+            return false;
         }
         #[cfg(test)]
         self.reports_sent.push(compound[..len].to_vec());
@@ -526,5 +537,6 @@ impl LeanConnection {
             }
             send(dest, &sealed);
         }
+        true
     }
 }

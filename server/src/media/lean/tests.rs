@@ -295,6 +295,54 @@ fn rtc_s_full_client_connects_and_hears_what_the_lean_path_seals() {
 }
 
 #[test]
+fn reports_rest_while_nothing_is_sent_and_resume_with_audio() {
+    let mut pair = Pair::new(false, None);
+    pair.connect();
+    // Once the association is let go, only consent is due while the room is silent (a
+    // consent period after the client's last check), not a report every second.
+    let reports_due = |pair: &Pair| {
+        pair.server
+            .poll_timeout()
+            .is_some_and(|at| at <= pair.now.at + Duration::from_secs(1))
+    };
+    for _ in 0..6 {
+        pair.advance(Duration::from_secs(1));
+    }
+    assert!(!pair.server.holds_handshake(), "the association was let go");
+    assert!(
+        !reports_due(&pair),
+        "a silent listener's report timer rests"
+    );
+    assert_eq!(pair.server.counts.sender_reports, 0);
+
+    // Audio arms it; sender reports follow while the slot sends.
+    pair.forward(0, &[1; 80]);
+    assert!(reports_due(&pair), "the first copy arms the reports");
+    for _ in 0..100 {
+        pair.forward(0, &[2; 80]);
+        pair.advance(Duration::from_millis(20));
+    }
+    let sent = pair.server.counts.sender_reports;
+    assert!(sent >= 1, "sender reports while audio flows");
+
+    // Silence again: reports for the two intervals RFC 3550 keeps a sender, then rest.
+    for _ in 0..5 {
+        pair.advance(Duration::from_secs(1));
+    }
+    let after_silence = pair.server.counts.sender_reports;
+    assert!(after_silence > sent && after_silence <= sent + 3);
+    assert!(
+        !reports_due(&pair),
+        "the timer rests once the slot stopped sending"
+    );
+    for _ in 0..3 {
+        pair.advance(Duration::from_secs(1));
+    }
+    assert_eq!(pair.server.counts.sender_reports, after_silence);
+    assert_eq!(pair.server.state(), State::Connected, "consent still holds");
+}
+
+#[test]
 fn a_speaker_s_microphone_is_decrypted() {
     let mut pair = Pair::new(true, None);
     pair.connect();

@@ -131,12 +131,15 @@ impl<E: Egress> Core<E> {
                     self.egress.batch().push_with(dest.addr, seal)
                 });
                 if pushed {
-                    if let Link::Lean(lean) = &mut conn.pc {
-                        lean.sent(index, header.timestamp, body_len, now.at);
-                    }
                     self.counters.forwarded.inc();
                     if slot.red_payload_type.is_some() {
                         self.counters.red_out.inc();
+                    }
+                    // The first copy after a silence arms the connection's report timer.
+                    if let Link::Lean(lean) = &mut conn.pc
+                        && lean.sent(index, header.timestamp, body_len, now.at)
+                    {
+                        conn.schedule(key, &mut self.timers);
                     }
                 } else {
                     self.counters.drops.forward_failed.inc();

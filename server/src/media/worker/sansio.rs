@@ -174,7 +174,7 @@ impl<E: Egress> Core<E> {
         if matches!(found, Found::ByUfrag(_)) && !conn.addrs.contains(&peer) {
             // Only a request that proves it knows our password may add a route; a forged one
             // is left to `rtc`, which refuses it, and changes nothing here.
-            if !demux::binding_integrity_ok(datagram, &conn.password, self.crypto.crypto()) {
+            if !demux::binding_integrity_ok(datagram, &conn.password) {
                 drops.rejected.inc();
                 return;
             }
