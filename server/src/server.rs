@@ -92,6 +92,24 @@ impl RunningServer {
 }
 
 /// Starts a server with the system clock.
+/// Connections the kernel may hold for us before we accept them. `std`'s 128 overflowed when
+/// 500 people joined at once (each a redeem and a signaling socket): the dropped SYNs came
+/// back after the kernel's one-second retransmission, the whole burst's tail. The kernel caps
+/// it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The HTTP listener on `addr`, with room for a burst of joins in its accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `std`'s bind does: a restarted server may bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     start_with_clock(config, Clock::system()).await
 }
@@ -150,8 +168,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         operator: operator_key.fingerprint(),
     };
 
-    let listener = TcpListener::bind(config.bind)
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let listener =
+        listen(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;
     let base_url = match &config.public_url {
         Some(_) => config.public_base_url(),
@@ -398,4 +416,31 @@ fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A burst of joins finds room in the accept queue: 600 connections complete their
+    /// handshake before the server accepts any of them. With `std`'s backlog of 128 the 130th
+    /// SYN is dropped and its connect waits for the kernel's retransmission a second later.
+    #[tokio::test]
+    async fn the_accept_queue_holds_a_burst_of_joins() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::task::spawn_blocking(move || {
+            (0..600)
+                .map(|i| {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                        .map_err(|e| format!("connection {i}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(held.map(|c| c.len()), Ok(600));
+        drop(listener);
+    }
 }

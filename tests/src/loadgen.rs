@@ -296,6 +296,33 @@ impl ServerUsage {
     }
 }
 
+/// The server's CPU while the listeners joined: what a join costs it, and whether the joins
+/// were bounded by it (a share near 100 % of one core on a server pinned to one).
+#[derive(Clone, Debug, Default)]
+pub struct JoinCpu {
+    /// From the first listener's join request until every listener's media settled.
+    pub wall_seconds: f64,
+    pub cpu_seconds: f64,
+    /// Of which the media worker threads (ICE, DTLS handshakes; also the forwarding to the
+    /// listeners already connected, as the speakers talk during the joins).
+    pub media_cpu_seconds: f64,
+    /// The load generator's own CPU over the same time (its clients' ICE and DTLS).
+    pub client_cpu_seconds: f64,
+    pub joins: usize,
+}
+
+impl JoinCpu {
+    pub fn ms_per_join(&self) -> f64 {
+        self.cpu_seconds * 1e3 / self.joins.max(1) as f64
+    }
+    pub fn media_ms_per_join(&self) -> f64 {
+        self.media_cpu_seconds * 1e3 / self.joins.max(1) as f64
+    }
+    pub fn share(&self) -> f64 {
+        self.cpu_seconds / self.wall_seconds.max(1e-9)
+    }
+}
+
 /// The load generator's own CPU over the window.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClientUsage {
@@ -346,6 +373,10 @@ pub struct Report {
     pub datagram_bytes: f64,
     pub checks: Checks,
     pub server: Option<ServerUsage>,
+    /// The server's CPU during the listeners' joins (with `--server-pid`).
+    pub join_cpu: Option<JoinCpu>,
+    /// Every join's time in each of [`JOIN_STEPS`], ms.
+    pub join_steps: [Vec<f64>; JOIN_STEPS.len()],
     pub client: ClientUsage,
 }
 
@@ -456,6 +487,19 @@ impl Report {
             "checks": { "decrypted": c.decrypted, "confirmed": c.confirmed, "remapped": c.remapped, "header_only": c.header_only },
             "delay_us": self.delay_us.json(),
             "server": server,
+            "join_steps_ms": JOIN_STEPS.iter().zip(&self.join_steps)
+                .map(|(name, ms)| (name.to_string(), Dist::of(ms.clone()).json()))
+                .collect::<serde_json::Map<_, _>>(),
+            "join_cpu": self.join_cpu.as_ref().map(|j| json!({
+                "wall_seconds": j.wall_seconds,
+                "cpu_seconds": j.cpu_seconds,
+                "media_cpu_seconds": j.media_cpu_seconds,
+                "client_cpu_seconds": j.client_cpu_seconds,
+                "joins": j.joins,
+                "ms_per_join": j.ms_per_join(),
+                "media_ms_per_join": j.media_ms_per_join(),
+                "cpu_share": j.share(),
+            })),
             "client": {
                 "cpu_share": self.client.cpu_share,
                 "media_share": self.client.media_share,
@@ -484,6 +528,29 @@ impl Report {
             "joins: listener redeem → first audio ms: p50 {:.1}  p95 {:.1}  max {:.1}; all connected {:.2} s, all hearing {:.2} s after the first listener's join request\n",
             f.p50, f.p95, f.max, self.all_connected_s, self.all_hearing_s
         );
+        let steps: Vec<String> = JOIN_STEPS
+            .iter()
+            .zip(&self.join_steps)
+            .map(|(name, ms)| {
+                let d = Dist::of(ms.clone());
+                format!("{name} {:.1}/{:.1}", d.p50, d.p95)
+            })
+            .collect();
+        out += &format!(
+            "joins: steps ms p50/p95 (speakers' included): {}\n",
+            steps.join(", ")
+        );
+        if let Some(j) = &self.join_cpu {
+            out += &format!(
+                "joins: server CPU {:.0} ms over {:.2} s of joining ({:.0}% of a core): {:.2} ms per join, {:.2} ms of it in the media workers; load generator CPU {:.0}% of a core\n",
+                j.cpu_seconds * 1e3,
+                j.wall_seconds,
+                j.share() * 100.0,
+                j.ms_per_join(),
+                j.media_ms_per_join(),
+                j.client_cpu_seconds / j.wall_seconds.max(1e-9) * 100.0,
+            );
+        }
         for e in &self.join_errors {
             out += &format!("  join error: {e}\n");
         }
@@ -639,8 +706,8 @@ fn local_ip(server: IpAddr) -> IpAddr {
 
 /// Join tasks and what they report.
 struct Joins {
-    outcomes: tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
-    outcome_tx: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    outcomes: tokio::sync::mpsc::UnboundedReceiver<Result<JoinSteps, String>>,
+    outcome_tx: tokio::sync::mpsc::UnboundedSender<Result<JoinSteps, String>>,
     stop: tokio::sync::watch::Sender<bool>,
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -674,8 +741,8 @@ impl Joins {
             let joined = join_one(&link, &name, speaker, commands).await;
             drop(permit);
             match joined {
-                Ok(mut signal) => {
-                    let _ = outcome_tx.send(Ok(()));
+                Ok((mut signal, steps)) => {
+                    let _ = outcome_tx.send(Ok(steps));
                     while !*stop.borrow() && signal.closed().is_none() {
                         tokio::select! {
                             _ = stop.changed() => {}
@@ -707,9 +774,12 @@ impl Joins {
             )
             .await
             {
-                Ok(Some(Ok(()))) => {
+                Ok(Some(Ok(steps))) => {
                     report.joins_ok += 1;
                     answered += 1;
+                    for (all, ms) in report.join_steps.iter_mut().zip(steps.0) {
+                        all.push(ms);
+                    }
                 }
                 Ok(Some(Err(e))) => {
                     report.joins_failed += 1;
@@ -846,6 +916,9 @@ pub async fn run(options: Options) -> Result<Report, String> {
     shared.sending.store(true, Ordering::Relaxed);
 
     // Phase 2: the listeners, `join_concurrency` at a time.
+    let joins_start = options.server_pid.and_then(ProcessSample::read);
+    let joins_client_start = ProcessSample::read(std::process::id());
+    let joins_started = Instant::now();
     for i in 0..options.listeners {
         joins.spawn(&links[1], format!("listener{i}"), false, &commands);
     }
@@ -861,6 +934,25 @@ pub async fn run(options: Options) -> Result<Report, String> {
         || show("connecting", &report, &shared),
     )
     .await;
+    if let (Some(a), Some(b), Some(ca), Some(cb)) = (
+        &joins_start,
+        options.server_pid.and_then(ProcessSample::read),
+        &joins_client_start,
+        ProcessSample::read(std::process::id()),
+    ) {
+        let threads = b.cpu.threads_since(&a.cpu);
+        report.join_cpu = Some(JoinCpu {
+            wall_seconds: joins_started.elapsed().as_secs_f64(),
+            cpu_seconds: b.cpu.since(&a.cpu),
+            media_cpu_seconds: threads
+                .iter()
+                .filter(|(name, _)| name.starts_with("stoa-media"))
+                .map(|(_, s)| s)
+                .sum(),
+            client_cpu_seconds: cb.cpu.since(&ca.cpu),
+            joins: report.joins_ok.saturating_sub(options.speakers),
+        });
+    }
 
     // Phase 3: settle, then the window.
     tokio::time::sleep(options.settle).await;
@@ -951,20 +1043,35 @@ pub async fn run(options: Options) -> Result<Report, String> {
 
 /// Redeems, joins over the signaling socket and negotiates media. The socket is returned so
 /// that it stays open (and answers pings) while the media flows.
+/// How long each step of one join took, ms, in the order of [`JOIN_STEPS`].
+struct JoinSteps([f64; JOIN_STEPS.len()]);
+
+/// The steps of a join, from the redeem request to the answer applied (ICE and DTLS follow,
+/// in the media thread: "redeem → media connected" less these).
+pub const JOIN_STEPS: [&str; 5] = ["redeem", "socket join", "offer", "answer", "applied"];
+
 async fn join_one(
     link: &InviteLink,
     name: &str,
     speaker: bool,
     commands: mpsc::Sender<Command>,
-) -> Result<Session, String> {
+) -> Result<(Session, JoinSteps), String> {
     let started = Instant::now();
     let started_rt = realtime_ns();
+    let mut steps = JoinSteps([0.0; JOIN_STEPS.len()]);
+    let mut mark = started;
+    let mut step = |i: usize| {
+        steps.0[i] = mark.elapsed().as_secs_f64() * 1e3;
+        mark = Instant::now();
+    };
     let answer = redeem(link, name, None)
         .await
         .map_err(|e| format!("POST /api/v1/join: {e}"))?;
+    step(0);
     let mut signal = Session::join(&answer)
         .await
         .map_err(|e| format!("signaling: {e}"))?;
+    step(1);
     let slots = signal.slots();
     let (reply, offer) = tokio::sync::oneshot::channel();
     commands
@@ -977,16 +1084,19 @@ async fn join_one(
         })
         .map_err(|_| "media thread gone")?;
     let (index, sdp) = offer.await.map_err(|_| "media thread gone")??;
+    step(2);
     let sdp = signal
         .exchange(sdp)
         .await
         .map_err(|e| format!("media_offer refused: {e}"))?;
+    step(3);
     let (reply, done) = tokio::sync::oneshot::channel();
     commands
         .send(Command::Answer { index, sdp, reply })
         .map_err(|_| "media thread gone")?;
     done.await.map_err(|_| "media thread gone")??;
-    Ok(signal)
+    step(4);
+    Ok((signal, steps))
 }
 
 // ---------------------------------------------------------------------------------------------

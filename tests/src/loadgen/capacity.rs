@@ -605,6 +605,9 @@ impl CapacityReport {
                 "first_audio_ms": b.report.first_audio_ms.json(),
                 "all_connected_s": b.report.all_connected_s,
                 "all_hearing_s": b.report.all_hearing_s,
+                "server_ms_per_join": b.report.join_cpu.as_ref().map(|j| j.ms_per_join()),
+                "server_media_ms_per_join": b.report.join_cpu.as_ref().map(|j| j.media_ms_per_join()),
+                "server_cpu_share_while_joining": b.report.join_cpu.as_ref().map(|j| j.share()),
                 "step": b.to_json(),
             })),
         })
@@ -691,6 +694,16 @@ impl CapacityReport {
                 r.all_hearing_s,
                 b.line(),
             );
+            if let Some(j) = &r.join_cpu {
+                out += &format!(
+                    "  server CPU while joining: {:.0}% of its core over {:.2} s, {:.2} ms per join ({:.2} ms in the media worker); load generator {:.0}% of its core\n",
+                    j.share() * 100.0,
+                    j.wall_seconds,
+                    j.ms_per_join(),
+                    j.media_ms_per_join(),
+                    j.client_cpu_seconds / j.wall_seconds.max(1e-9) * 100.0,
+                );
+            }
         }
         out
     }
