@@ -4,8 +4,9 @@
 //! no sockets, no wakeups and no shell. Set against a bare SRTP seal of the same packet, timed in
 //! the same run: what the core adds to the one thing it cannot avoid.
 //!
-//! `cargo run --release -p stoa --features fuzzing --example core_bench [N...]` (default
-//! 10 100 1000). Per N it prints:
+//! `cargo run --release -p stoa --features fuzzing --example core_bench [--rtc] [N...]`
+//! (default 10 100 1000; lean connections, the default transport, unless `--rtc`). Per N it
+//! prints:
 //! - forward: ns per packet × listener inside `Core::handle_datagram` (decrypt once, rights,
 //!   selection, per listener the slot rewrite, the payload and the seal into the send batch);
 //! - seal: ns per `encrypt_rtp_with_header` of the same packet, one context per listener;
@@ -25,8 +26,11 @@ use stoa::media::worker::pair::Pair;
 const FRAME: Duration = Duration::from_millis(20);
 
 fn main() -> anyhow::Result<()> {
-    let counts: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rtc = args.iter().any(|a| a == "--rtc");
+    let counts: Vec<usize> = args
+        .iter()
+        .filter(|a| *a != "--rtc")
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let counts = if counts.is_empty() {
@@ -38,9 +42,10 @@ fn main() -> anyhow::Result<()> {
         "one reading of the thread's CPU clock: {:?}",
         clock_reading()
     );
+    println!("transport: {}", if rtc { "rtc" } else { "lean" });
     println!("listeners | forward ns/pkt×l | seal ns | forward/seal | timers ms/s per 1k | lost");
     for listeners in counts {
-        let core = forward(listeners)?;
+        let core = forward(listeners, rtc)?;
         let seal = seal(listeners)?;
         println!(
             "{listeners:>9} | {:>16.0} | {seal:>7.0} | {:>12.2} | {:>18.1} | {}",
@@ -59,9 +64,13 @@ struct Measured {
     lost: u64,
 }
 
-fn forward(listeners: usize) -> anyhow::Result<Measured> {
+fn forward(listeners: usize, rtc: bool) -> anyhow::Result<Measured> {
     // Long ICE timeouts: the clients go quiet during the window.
-    let mut pair = Pair::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let quiet = Duration::from_secs(3600);
+    let mut pair = match rtc {
+        true => Pair::new(quiet, quiet),
+        false => Pair::lean(quiet, quiet),
+    };
     let speaker = pair.join(true, true);
     for _ in 0..listeners {
         pair.join(false, false);
