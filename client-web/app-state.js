@@ -169,6 +169,17 @@ export class AppState {
   }
 
   /**
+   * A renewed session token and its expiry (RFC 3339).
+   * @param {string} token
+   * @param {string} expiresAt
+   */
+  setToken(token, expiresAt) {
+    if (!this.#session) return;
+    this.#session.token = token;
+    this.#session.expires_at = expiresAt;
+  }
+
+  /**
    * The room as a `welcome` or `snapshot` message has it.
    * @param {string} title
    * @param {any} snapshot

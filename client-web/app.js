@@ -419,6 +419,49 @@ async function participantAction(action, participant, name) {
   }
 }
 
+/** A session token with less than this left is renewed before a REST call. */
+const RENEW_BEFORE_MS = 60_000;
+
+/**
+ * The session token for a REST call: renewed over the signaling socket when it is about to
+ * expire (it lives `session_ttl_secs`, 15 minutes by default, and a visit may last hours), or
+ * at once with `force` (the server said `token_expired`: the two clocks disagree).
+ * @param {boolean} force
+ * @returns {Promise<string>}
+ */
+async function sessionToken(force) {
+  const { session, signal } = state;
+  if (!session) throw new ApiError("missing_credentials", "not in a room", 401);
+  const fresh = Date.parse(session.expires_at) - Date.now() > RENEW_BEFORE_MS;
+  if ((fresh && !force) || !signal) return session.token;
+  try {
+    const answer = await signal.request("renew_session");
+    state.setToken(answer.token, answer.expires_at);
+    signal.renewToken(answer.token, Date.parse(answer.expires_at));
+    storage.setSession(/** @type {string} */ (state.invite.code), session);
+    return answer.token;
+  } catch {
+    // Not connected right now: the call goes with the old token and says what is wrong.
+    return session.token;
+  }
+}
+
+/**
+ * A REST call with the session token, renewed first if needed and once more if the server
+ * says it expired.
+ * @template T
+ * @param {(token: string) => Promise<T>} call
+ * @returns {Promise<T>}
+ */
+async function withSessionToken(call) {
+  try {
+    return await call(await sessionToken(false));
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.code !== "token_expired") throw error;
+    return call(await sessionToken(true));
+  }
+}
+
 /**
  * Makes an invite link with the moderator's own session token.
  * @param {import("./invite-dialog.js").InviteRequest} request
@@ -428,7 +471,7 @@ async function makeInvite(request) {
   const session = state.session;
   if (!session) return { error: describeError("missing_credentials") };
   try {
-    const created = await createInvite(session.room_id, session.token, request);
+    const created = await withSessionToken((token) => createInvite(session.room_id, token, request));
     return { url: created.url };
   } catch (error) {
     const code = error instanceof ApiError ? error.code : "internal";
@@ -441,7 +484,7 @@ async function makeClip() {
   const session = state.session;
   if (!session) return { error: describeError("missing_credentials") };
   try {
-    const clip = await clipLiveRoom(session.room_id, session.token);
+    const clip = await withSessionToken((token) => clipLiveRoom(session.room_id, token));
     return { url: clip.url, durationMs: clip.duration_ms };
   } catch (error) {
     const code = error instanceof ApiError ? error.code : "internal";

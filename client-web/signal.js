@@ -18,7 +18,7 @@ const CODE_REASONS = new Map([
 ]);
 
 /** Answers that settle a request, by message type. */
-const ANSWERS = new Set(["ok", "welcome", "media_answer", "audience_page", "pong"]);
+const ANSWERS = new Set(["ok", "welcome", "media_answer", "audience_page", "pong", "broadcast_link", "session"]);
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -112,6 +112,16 @@ export class SignalClient extends EventTarget {
   /** The latest resume token, to survive a reload of the page. */
   get resumeToken() {
     return this.#resumeToken;
+  }
+
+  /**
+   * A renewed session token (`renew_session`): a join after a lost resume uses it.
+   * @param {string} token
+   * @param {number} expiresAt  Unix milliseconds
+   */
+  renewToken(token, expiresAt) {
+    this.#token = token;
+    this.#tokenExpiresAt = expiresAt;
   }
 
   /** Opens the connection: `resume` if a resume token is known, else `join`. */

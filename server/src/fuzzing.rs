@@ -58,6 +58,7 @@ pub fn signal_message(data: &[u8]) {
                             | ClientMessage::Resume { .. }
                             | ClientMessage::Ping {}
                             | ClientMessage::BroadcastLink {}
+                            | ClientMessage::RenewSession {}
                             | ClientMessage::ListAudience { .. }
                             | ClientMessage::MediaOffer { .. }
                             | ClientMessage::IceCandidate { .. }

@@ -877,3 +877,84 @@ async fn an_end_racing_a_join_is_recorded_once() {
     assert_eq!(ends, 1, "{events}");
     t.stop().await;
 }
+
+/// A session token expires (`session_ttl_secs`) while its holder is still in the room; the
+/// socket renews it with the role the room gives them now, and a role changed afterwards
+/// still outranks the renewed token, as it does every token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_token_is_renewed_over_the_socket() {
+    let t = TestServer::start().await;
+    let room = t.create_room("Long").await;
+    let mo = t.participant(&room, "moderator", "Mo").await;
+    let lee = t.participant(&room, "listener", "Lee").await;
+    let mut m = SignalClient::join(&mo).await;
+    let mut l = SignalClient::join(&lee).await;
+    let lee_id = l.participant_id();
+    m.wait_about("participant_joined", &lee_id).await;
+    let invites = format!("/api/v1/rooms/{room}/invites");
+    let invite = |token: String| {
+        let (t, invites) = (&t, invites.clone());
+        async move {
+            t.call(
+                Method::POST,
+                &invites,
+                Some(&token),
+                Some(json!({ "role": "listener" })),
+            )
+            .await
+        }
+    };
+    invite(s(&mo["token"])).await.expect(201);
+
+    t.clock
+        .advance(Duration::from_secs(t.config.limits.session_ttl_secs + 1));
+    invite(s(&mo["token"]))
+        .await
+        .expect_problem(401, "token_expired");
+    let renewed = m.request(json!({ "type": "renew_session" })).await;
+    assert_eq!(renewed["type"], "session", "{renewed}");
+    assert_ne!(renewed["token"], mo["token"]);
+    let ttl_ms = t.config.limits.session_ttl_secs as i64 * 1000;
+    assert_eq!(
+        renewed["expires_at"],
+        stoa::clock::rfc3339(t.clock.now_ms() + ttl_ms),
+        "a whole TTL from now"
+    );
+    invite(s(&renewed["token"])).await.expect(201);
+
+    // A listener's renewed token is a listener's.
+    let lee_renewed = s(&l.request(json!({ "type": "renew_session" })).await["token"]);
+    invite(lee_renewed.clone())
+        .await
+        .expect_problem(403, "moderator_only");
+    // Made a moderator live: the token renewed before outranked by the room's role, and one
+    // renewed after claims it.
+    m.ok(json!({ "type": "set_role", "participant": lee_id, "role": "moderator" }))
+        .await;
+    l.wait_about("role_changed", &lee_id).await;
+    invite(lee_renewed).await.expect(201);
+    let as_moderator = s(&l.request(json!({ "type": "renew_session" })).await["token"]);
+    invite(as_moderator.clone()).await.expect(201);
+    // Made a listener again: that token no longer acts as a moderator.
+    m.ok(json!({ "type": "set_role", "participant": lee_id, "role": "listener" }))
+        .await;
+    l.wait_about("role_changed", &lee_id).await;
+    invite(as_moderator)
+        .await
+        .expect_problem(403, "moderator_only");
+
+    // Removed: the socket is closed, and the token renewed before is void.
+    let before_removal = s(&l.request(json!({ "type": "renew_session" })).await["token"]);
+    m.ok(json!({ "type": "remove", "participant": lee_id }))
+        .await;
+    l.wait_closed().await;
+    t.call(
+        Method::GET,
+        &format!("/api/v1/rooms/{room}"),
+        Some(&before_removal),
+        None,
+    )
+    .await
+    .expect_problem(401, "removed");
+    t.stop().await;
+}

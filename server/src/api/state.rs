@@ -156,6 +156,7 @@ impl AppState {
             cluster: None,
             broadcasts: broadcasts.clone(),
             base_url: base_url.as_str().into(),
+            session_ttl_ms: (config.limits.session_ttl_secs as i64).saturating_mul(1000),
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));

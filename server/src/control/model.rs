@@ -125,6 +125,9 @@ pub struct Standing {
     pub live_role_generation: i64,
     /// When it was last removed; tokens issued before then are void.
     pub removed_at_ms: Option<i64>,
+    /// The identity's token generation now (its latest redemption's): what a session token
+    /// renewed for it carries.
+    pub token_generation: i64,
 }
 
 impl Standing {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broadcast::Broadcasts;
-use crate::clock::{Clock, DirectRateLimiter};
+use crate::clock::{Clock, DirectRateLimiter, rfc3339};
 use crate::cluster::{Cluster, Home};
 use crate::config::SignalSettings;
 use crate::control::{ControlError, Delivery, ParticipantId, Role, Room, RoomId, Standing, Store};
@@ -23,7 +23,7 @@ use crate::room::{
     Command, Connect, ConnectError, ConnectionId, LiveRooms, Outbound, RecordingOptions, Refusal,
     RoomHandle,
 };
-use crate::session::{ResumeClaims, TokenError, TokenSigner};
+use crate::session::{Claims, ResumeClaims, TokenError, TokenSigner};
 use crate::wire::{ClientMessage, RequestId, ServerMessage, close_code, decode};
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -53,6 +53,8 @@ pub struct SignalContext {
     pub broadcasts: Broadcasts,
     /// The server's public URL, which links are absolute to.
     pub base_url: Arc<str>,
+    /// How long a session token lives (`[limits] session_ttl_secs`), renewed ones too.
+    pub session_ttl_ms: i64,
 }
 
 /// Runs one upgraded signaling socket until it closes.
@@ -432,6 +434,60 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A fresh session token for the joined participant, with the role the room gives them
+    /// now and the identity's current token generation, so that a role the room changes later
+    /// still outranks it (as it does every token of that generation). Refused when the socket
+    /// no longer speaks for them in the room (replaced, removed) or they are banned.
+    async fn renew_session(&mut self, id: Option<&RequestId>, joined: &Joined) {
+        let who = joined
+            .room
+            .whoami(joined.participant.clone(), joined.connection)
+            .await;
+        let Some(who) = who else {
+            let message = "this socket no longer speaks for you in the room";
+            self.error(id, "not_in_room", message).await;
+            return;
+        };
+        let standing = self
+            .state
+            .store
+            .standing(joined.room_id.clone(), joined.participant.clone())
+            .await;
+        let standing = match standing {
+            Ok(s) if s.banned => {
+                self.error(id, "banned", "you are banned from this room")
+                    .await;
+                return;
+            }
+            Ok(s) => s,
+            Err(_) => {
+                let message = "the server could not renew the session now; try again";
+                self.error(id, "store_unavailable", message).await;
+                return;
+            }
+        };
+        let now = self.state.clock.now_ms();
+        let claims = Claims {
+            room: joined.room_id.clone(),
+            participant: joined.participant.clone(),
+            role: who.role,
+            name: who.display_name,
+            iat: now,
+            exp: now.saturating_add(self.state.session_ttl_ms),
+            generation: standing.token_generation,
+            delivery: who.delivery,
+        };
+        let token = self.state.signer.sign(&claims);
+        self.send(ServerMessage::Session {
+            id,
+            token: &token,
+            expires_at: &rfc3339(claims.exp),
+        })
+        .await;
+    }
+}
+
 /// The room exists and has not ended; returns where this identity stands in it.
 async fn room_open_to(
     store: &crate::control::Store,
@@ -571,6 +627,10 @@ impl Session {
                 .await;
                 return Flow::Continue;
             }
+            ClientMessage::RenewSession {} => {
+                self.renew_session(id.as_ref(), joined).await;
+                return Flow::Continue;
+            }
             ClientMessage::ListAudience { after, limit } => {
                 let limit = limit.unwrap_or(50).clamp(1, 200) as usize;
                 let ok = joined
@@ -685,6 +745,7 @@ pub(crate) fn command_for(message: ClientMessage) -> Option<Command> {
         | ClientMessage::Resume { .. }
         | ClientMessage::Ping {}
         | ClientMessage::BroadcastLink {}
+        | ClientMessage::RenewSession {}
         | ClientMessage::ListAudience { .. }
         | ClientMessage::MediaOffer { .. }
         | ClientMessage::IceCandidate { .. } => return None,

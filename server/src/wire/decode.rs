@@ -87,6 +87,9 @@ pub enum ClientMessage {
     MediaOffer {
         sdp: String,
     },
+    /// Asks for a fresh session token (`session`): the one from `POST /api/v1/join` expires
+    /// after `session_ttl_secs`, and the page still needs one for REST (invites, clips).
+    RenewSession {},
     /// Asks for a fresh link to the room's broadcast (LL-HLS links rotate; the session token
     /// that REST would need may have expired long before the visit ends).
     BroadcastLink {},
@@ -129,6 +132,7 @@ const KNOWN_TYPES: &[&str] = &[
     "media_offer",
     "ice_candidate",
     "broadcast_link",
+    "renew_session",
 ];
 
 /// Why a message could not be decoded; `code()` is what the client sees.

@@ -68,6 +68,14 @@ pub enum ServerMessage<'a> {
         playlist_url: &'a str,
         expires_at: &'a str,
     },
+    /// The answer to `renew_session`: a session token as `POST /api/v1/join` gives, with the
+    /// role the room gives its holder now.
+    Session {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        token: &'a str,
+        expires_at: &'a str,
+    },
     /// Sent just before the server closes the socket on purpose.
     Closed { reason: &'a str },
 }

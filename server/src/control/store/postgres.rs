@@ -429,21 +429,22 @@ impl PgStore {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT live_role, live_role_generation, removed_at FROM identities
-                 WHERE id = $1 AND room_id = $2",
+                "SELECT live_role, live_role_generation, removed_at, token_generation
+                 FROM identities WHERE id = $1 AND room_id = $2",
                 &[&participant.as_str(), &room.as_str()],
             )
             .await?;
-        let (role, live_role_generation, removed_at_ms): (Option<String>, i64, Option<i64>) =
-            match row {
-                Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-                None => (None, 0, None),
-            };
+        type Row = (Option<String>, i64, Option<i64>, i64);
+        let (role, live_role_generation, removed_at_ms, token_generation): Row = match row {
+            Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
+            None => (None, 0, None, 0),
+        };
         Ok(Standing {
             banned: is_banned(&c, &room, participant.as_str()).await?,
             live_role: role.as_deref().and_then(Role::parse),
             live_role_generation,
             removed_at_ms,
+            token_generation,
         })
     }
 

@@ -391,20 +391,22 @@ impl SqliteStore {
         participant: ParticipantId,
     ) -> Result<Standing> {
         self.call(move |c| {
-            let row: Option<(Option<String>, i64, Option<i64>)> = c
+            let row: Option<(Option<String>, i64, Option<i64>, i64)> = c
                 .query_row(
-                    "SELECT live_role, live_role_generation, removed_at FROM identities
-                     WHERE id = ?1 AND room_id = ?2",
+                    "SELECT live_role, live_role_generation, removed_at, token_generation
+                     FROM identities WHERE id = ?1 AND room_id = ?2",
                     params![participant.as_str(), room.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            let (role, live_role_generation, removed_at_ms) = row.unwrap_or((None, 0, None));
+            let (role, live_role_generation, removed_at_ms, token_generation) =
+                row.unwrap_or((None, 0, None, 0));
             Ok(Standing {
                 banned: is_banned(c, &room, participant.as_str())?,
                 live_role: role.as_deref().and_then(Role::parse),
                 live_role_generation,
                 removed_at_ms,
+                token_generation,
             })
         })
         .await

@@ -172,6 +172,13 @@ enum RoomMsg {
         limit: usize,
         reply: oneshot::Sender<(Vec<ParticipantView>, Option<ParticipantId>)>,
     },
+    /// Who the participant on `connection` is in the room now (for a renewed session token);
+    /// `None` if that connection no longer speaks for them.
+    Whoami {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        reply: oneshot::Sender<Option<Whoami>>,
+    },
     /// The participant's WebRTC offer; the answer goes out through their socket.
     MediaOffer {
         participant: ParticipantId,
@@ -194,6 +201,14 @@ enum RoomMsg {
     Shutdown {
         moved_to: Option<std::sync::Arc<str>>,
     },
+}
+
+/// A participant as the room sees them now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Whoami {
+    pub role: Role,
+    pub display_name: String,
+    pub delivery: Delivery,
 }
 
 enum ConnectOutcome {

@@ -100,6 +100,25 @@ impl RoomHandle {
 }
 
 impl RoomHandle {
+    /// Who the participant on `connection` is now; `None` if the connection no longer speaks
+    /// for them (replaced, removed) or the room has stopped.
+    pub async fn whoami(
+        &self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+    ) -> Option<super::Whoami> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Whoami {
+                participant,
+                connection,
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+
     /// Hands a WebRTC offer to the room, which knows whether the participant may speak.
     pub async fn media_offer(
         &self,

@@ -272,6 +272,22 @@ impl RoomTask {
                     }
                 }
             }
+            RoomMsg::Whoami {
+                participant,
+                connection,
+                reply,
+            } => {
+                let who = self
+                    .state
+                    .participant(&participant)
+                    .filter(|_| self.is_current(&participant, connection))
+                    .map(|p| super::Whoami {
+                        role: p.role,
+                        display_name: p.display_name.clone(),
+                        delivery: p.delivery,
+                    });
+                let _ = reply.send(who);
+            }
             RoomMsg::MediaOffer {
                 participant,
                 connection,
