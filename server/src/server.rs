@@ -91,7 +91,6 @@ impl RunningServer {
     }
 }
 
-/// Starts a server with the system clock.
 /// Connections the kernel may hold for us before we accept them. `std`'s 128 overflowed when
 /// 500 people joined at once (each a redeem and a signaling socket): the dropped SYNs came
 /// back after the kernel's one-second retransmission, the whole burst's tail. The kernel caps
@@ -110,6 +109,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
+/// Starts a server with the system clock.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     start_with_clock(config, Clock::system()).await
 }

@@ -184,7 +184,7 @@ fn hmac_sha1(key: &[u8]) -> Hmac<Sha1> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rtc::ice::attributes::use_candidate::UseCandidateAttr;
     use rtc::stun::attributes::ATTR_USERNAME as USER;
@@ -196,8 +196,13 @@ mod tests {
 
     const PWD: &str = "stunPassword0123456789abcdefghij";
 
-    /// A request built by `rtc`'s STUN, an implementation we did not write.
-    fn request(username: &str, password: &str, nominate: bool, fingerprint: bool) -> Vec<u8> {
+    /// A binding request built by `rtc`'s STUN, an implementation we did not write.
+    pub(crate) fn request(
+        username: &str,
+        password: &str,
+        nominate: bool,
+        fingerprint: bool,
+    ) -> Vec<u8> {
         let provider = rtc::crypto::default_provider().unwrap();
         let mut m = Message::new();
         let mut setters: Vec<Box<dyn Setter + '_>> = vec![

@@ -69,37 +69,20 @@ pub fn answer_binding(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::fingerprint::FINGERPRINT;
     use rtc::stun::integrity::MessageIntegrity;
-    use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, Setter};
-    use rtc::stun::textattrs::Username;
+    use rtc::stun::message::{BINDING_SUCCESS, Getter, Message};
     use rtc::stun::xoraddr::XorMappedAddress;
 
     const UFRAG: &str = "leanUfrag0123456";
     const PWD: &str = "leanPassword0123456789abcdefghij";
 
+    /// A binding request as `rtc`'s STUN writes it (no nomination).
     pub(in crate::media::lean) fn request(
         username: &str,
         password: &str,
         fingerprint: bool,
     ) -> Vec<u8> {
-        let provider = rtc::crypto::default_provider().unwrap();
-        let mut m = Message::new();
-        let mut setters: Vec<Box<dyn Setter + '_>> = vec![
-            Box::new(BINDING_REQUEST),
-            Box::new(rtc::stun::message::TransactionId::new()),
-            Box::new(Username::new(ATTR_USERNAME, username.to_owned())),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                password.to_owned(),
-                provider.crypto(),
-            )),
-        ];
-        if fingerprint {
-            setters.push(Box::new(FINGERPRINT));
-        }
-        m.build(&setters).unwrap();
-        m.raw
+        crate::media::stun::tests::request(username, password, false, fingerprint)
     }
 
     #[test]
