@@ -1117,6 +1117,14 @@ fn signal_table() -> Vec<Action> {
             expect: [Reply::Other("broadcast_link"); 4],
         },
         Action {
+            kind: "renew_session",
+            setup: nothing,
+            // Everyone in the room may renew their own session; the token carries their own
+            // role (tests/tests/live_rooms.rs checks what it may do).
+            message: |_, _| json!({ "type": "renew_session" }),
+            expect: [Reply::Other("session"); 4],
+        },
+        Action {
             kind: "ice_candidate",
             setup: nothing,
             message: |_, _| {
