@@ -1216,6 +1216,7 @@ pub fn seeds(protocol_md: &str) -> Vec<(&'static str, String, Vec<u8>)> {
             Kind::Dtls => "dtls",
             Kind::Rtp => "srtp",
             Kind::Rtcp => "srtcp",
+            Kind::Relay => "relay",
             Kind::Other => "other",
         };
         let list = by_kind.entry(kind).or_default();

@@ -61,6 +61,10 @@ pub struct MediaMetrics {
     pub rtp_red_in: Family<WorkerLabels, Counter>,
     pub rtp_red_out: Family<WorkerLabels, Counter>,
     pub rtp_forwarded: Family<WorkerLabels, Counter>,
+    /// Speakers' packets sent to other nodes of the cluster (one per packet and node).
+    pub relay_out: Family<WorkerLabels, Counter>,
+    /// Speakers' packets taken from other nodes.
+    pub relay_in: Family<WorkerLabels, Counter>,
     pub dropped: Family<DropLabels, Counter>,
     pub connections: Family<WorkerLabels, Gauge>,
     /// Datagrams that arrived framed on an ICE-TCP stream (also counted in `datagrams_in`).
@@ -88,6 +92,8 @@ impl Default for MediaMetrics {
             rtp_red_in: Family::default(),
             rtp_red_out: Family::default(),
             rtp_forwarded: Family::default(),
+            relay_out: Family::default(),
+            relay_in: Family::default(),
             dropped: Family::default(),
             connections: Family::default(),
             tcp_frames_in: Family::default(),
@@ -143,6 +149,16 @@ impl MediaMetrics {
             "rtp_red_out",
             "Of those, RED packets (to listeners that negotiated it)",
             self.rtp_red_out.clone(),
+        );
+        r.register(
+            "relay_out",
+            "Speakers' packets sent to other nodes that serve their room, one per packet and node",
+            self.relay_out.clone(),
+        );
+        r.register(
+            "relay_in",
+            "Speakers' packets taken from other nodes that serve their room",
+            self.relay_in.clone(),
         );
         r.register(
             "dropped",

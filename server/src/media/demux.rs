@@ -8,6 +8,8 @@ pub enum Kind {
     Dtls,
     Rtp,
     Rtcp,
+    /// Audio relayed from another node of the cluster (`media::relay`).
+    Relay,
     /// Anything else (ZRTP, TURN channel data, garbage): dropped.
     Other,
 }
@@ -29,6 +31,11 @@ pub fn classify(datagram: &[u8]) -> Kind {
             }
         }
         128..=191 if datagram.len() >= 8 && (192..=223).contains(&datagram[1]) => Kind::Rtcp,
+        crate::media::relay::MARKER
+            if datagram.len() >= crate::media::relay::HEADER + 1 + crate::media::relay::TAG =>
+        {
+            Kind::Relay
+        }
         _ => Kind::Other,
     }
 }
@@ -152,6 +159,9 @@ mod tests {
         assert_eq!(classify(&[0x80, 111, 0]), Kind::Other);
         assert_eq!(classify(&[64u8; 40]), Kind::Other);
         assert_eq!(classify(&[255u8; 40]), Kind::Other);
+        // A relayed datagram: its marker and room for a header, one byte of body and a tag.
+        assert_eq!(classify(&[0xE5; 31]), Kind::Relay);
+        assert_eq!(classify(&[0xE5; 30]), Kind::Other);
         assert_eq!(classify(&[]), Kind::Other);
     }
 }

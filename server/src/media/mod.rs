@@ -13,6 +13,7 @@ pub mod engine;
 pub mod lean;
 pub mod offer;
 pub mod red;
+pub mod relay;
 pub mod rtp;
 pub mod selector;
 pub mod slot;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::MediaSettings;
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::MediaMetrics;
+use relay::{InLink, OutLink, RelayOut};
 use tap::RoomTap;
 use worker::{ConnKey, Control, Report, RoomKey, RoomRef, Worker, WorkerLink, WorkerSetup};
 
@@ -89,8 +91,18 @@ struct HubRoom {
     key: RoomKey,
     workers: Arc<AtomicU64>,
     tap: Arc<RoomTap>,
+    relay: Arc<RelayOut>,
     /// Connections of the room per worker.
     counts: Vec<u32>,
+    /// Links this node takes the room's audio from other nodes on.
+    links_in: u32,
+}
+
+impl HubRoom {
+    /// Nothing here needs the room any more: no connections, no links from other nodes.
+    fn unused(&self) -> bool {
+        self.links_in == 0 && self.counts.iter().all(|c| *c == 0)
+    }
 }
 
 struct Inner {
@@ -101,6 +113,13 @@ struct Inner {
     rooms: DashMap<RoomId, HubRoom>,
     /// Taps of rooms that have one, whether or not the room has connections right now.
     taps: DashMap<RoomId, Arc<RoomTap>>,
+    /// The links to other nodes of rooms that have some, whether or not the room has
+    /// connections right now.
+    relays: DashMap<RoomId, Arc<RelayOut>>,
+    /// Links this node takes audio from other nodes on: their room and worker.
+    links_in: DashMap<u32, (RoomId, usize)>,
+    /// The workers' addresses as other nodes reach them (what the candidates advertise).
+    advertised: Vec<SocketAddr>,
     next_key: AtomicU32,
     next_room: AtomicU32,
     slots: usize,
@@ -181,6 +200,7 @@ impl Media {
         let (control_tx, control_rx): (Vec<_>, Vec<_>) =
             (0..count).map(|_| mpsc::unbounded_channel()).unzip();
         let mut links = Vec::with_capacity(count);
+        let mut advertised = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for (index, (((socket, tcp), fanout), control_rx)) in sockets
             .into_iter()
@@ -196,6 +216,7 @@ impl Media {
                 }
                 None => None,
             };
+            advertised.push(SocketAddr::new(advertised_ip, addr.port()));
             let setup = WorkerSetup {
                 index,
                 socket,
@@ -244,6 +265,9 @@ impl Media {
                 conns: DashMap::new(),
                 rooms: DashMap::new(),
                 taps: DashMap::new(),
+                relays: DashMap::new(),
+                links_in: DashMap::new(),
+                advertised,
                 next_key: AtomicU32::new(1),
                 next_room: AtomicU32::new(1),
                 slots: options.settings.slots,
@@ -482,17 +506,7 @@ impl Media {
             }
         }
         self.inner.load[worker].fetch_add(1, Ordering::Relaxed);
-        let workers = self.inner.workers.len();
-        let mut hub_room = self
-            .inner
-            .rooms
-            .entry(room.clone())
-            .or_insert_with(|| HubRoom {
-                key: RoomKey(self.inner.next_room.fetch_add(1, Ordering::Relaxed)),
-                workers: Arc::new(AtomicU64::new(0)),
-                tap: self.inner.taps.entry(room.clone()).or_default().clone(),
-                counts: vec![0; workers],
-            });
+        let mut hub_room = self.hub_room(room);
         hub_room.counts[worker] += 1;
         hub_room.workers.fetch_or(1 << worker, Ordering::Relaxed);
         Ok(placed)
@@ -510,16 +524,120 @@ impl Media {
                         .workers
                         .fetch_and(!(1 << placed.worker), Ordering::Relaxed);
                 }
-                hub_room.counts.iter().all(|c| *c == 0)
+                hub_room.unused()
             }
             None => false,
         };
         if empty {
-            self.inner
-                .rooms
-                .remove_if(room, |_, r| r.counts.iter().all(|c| *c == 0));
-            self.inner.taps.remove_if(room, |_, t| !t.attached());
+            self.forget_if_unused(room);
         }
+    }
+
+    /// The room's entry, made when it has none.
+    fn hub_room(&self, room: &RoomId) -> dashmap::mapref::one::RefMut<'_, RoomId, HubRoom> {
+        let workers = self.inner.workers.len();
+        self.inner
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| HubRoom {
+                key: RoomKey(self.inner.next_room.fetch_add(1, Ordering::Relaxed)),
+                workers: Arc::new(AtomicU64::new(0)),
+                tap: self.inner.taps.entry(room.clone()).or_default().clone(),
+                relay: self.inner.relays.entry(room.clone()).or_default().clone(),
+                counts: vec![0; workers],
+                links_in: 0,
+            })
+    }
+
+    /// Drops the room's entry, tap and links out once nothing uses them.
+    fn forget_if_unused(&self, room: &RoomId) {
+        self.inner.rooms.remove_if(room, |_, r| r.unused());
+        if !self.inner.rooms.contains_key(room) {
+            self.inner.taps.remove_if(room, |_, t| !t.attached());
+            self.inner.relays.remove_if(room, |_, r| r.is_empty());
+        }
+    }
+
+    /// The workers' addresses as other nodes reach them: worker `i`'s is where relayed
+    /// datagrams of lane `i` leave from, and where links granted on it take them.
+    pub fn relay_addrs(&self) -> &[SocketAddr] {
+        &self.inner.advertised
+    }
+
+    /// `room`'s speakers' audio also goes to another node, on `link` (made with the key both
+    /// nodes derived for it, `relay::derive_key`). Refused if the room has a link with that
+    /// number already.
+    pub fn relay_to(&self, room: &RoomId, link: OutLink) -> Result<(), MediaError> {
+        let relay = self.inner.relays.entry(room.clone()).or_default().clone();
+        match relay.add(link) {
+            true => Ok(()),
+            false => Err(MediaError::new(
+                "relay_link_taken",
+                "the room already sends on a link with this number",
+            )),
+        }
+    }
+
+    /// Stops sending `room`'s audio on `link`; whether it was sent.
+    pub fn stop_relay_to(&self, room: &RoomId, link: u32) -> bool {
+        let removed = self
+            .inner
+            .relays
+            .get(room)
+            .map(|r| r.clone())
+            .is_some_and(|r| r.remove(link));
+        self.forget_if_unused(room);
+        removed
+    }
+
+    /// Takes `room`'s audio from another node on `link`, on the least loaded worker; the
+    /// address the other node must send to. Refused if the link's number is taken.
+    pub fn accept_relay(&self, room: &RoomId, link: InLink) -> Result<SocketAddr, MediaError> {
+        let worker = (0..self.inner.load.len())
+            .min_by_key(|&i| self.inner.load[i].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        match self.inner.links_in.entry(link.link) {
+            Entry::Occupied(_) => {
+                return Err(MediaError::new(
+                    "relay_link_taken",
+                    "a link with this number is open on this node",
+                ));
+            }
+            Entry::Vacant(e) => {
+                e.insert((room.clone(), worker));
+            }
+        }
+        let room_ref = {
+            let mut hub_room = self.hub_room(room);
+            hub_room.links_in += 1;
+            RoomRef {
+                key: hub_room.key,
+                id: room.clone(),
+                workers: hub_room.workers.clone(),
+                tap: hub_room.tap.clone(),
+                relay: hub_room.relay.clone(),
+            }
+        };
+        let _ = self.inner.workers[worker].control.send(Control::RelayIn {
+            room: room_ref,
+            link: Box::new(link),
+        });
+        Ok(self.inner.advertised[worker])
+    }
+
+    /// Stops taking audio on `link`: what it brought leaves the room. Whether it was open.
+    pub fn close_relay(&self, link: u32) -> bool {
+        let Some((_, (room, worker))) = self.inner.links_in.remove(&link) else {
+            return false;
+        };
+        let _ = self.inner.workers[worker]
+            .control
+            .send(Control::RelayInClose { link });
+        if let Some(mut hub_room) = self.inner.rooms.get_mut(&room) {
+            hub_room.links_in = hub_room.links_in.saturating_sub(1);
+        }
+        self.forget_if_unused(&room);
+        true
     }
 
     /// The room's tap, for the mixer: [`RoomTap::attach`] a queue to receive its speakers'
@@ -544,6 +662,7 @@ impl Media {
             id: room.clone(),
             workers: r.workers.clone(),
             tap: r.tap.clone(),
+            relay: r.relay.clone(),
         })
     }
 }

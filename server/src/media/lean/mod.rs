@@ -309,7 +309,7 @@ impl LeanConnection {
                 self.observe(&plain, input.now.at);
                 Ok(plain)
             }
-            Kind::Stun | Kind::Other => Err(Refusal::Other),
+            Kind::Stun | Kind::Relay | Kind::Other => Err(Refusal::Other),
         }
     }
 

@@ -64,6 +64,8 @@ impl<E: Egress> Core<E> {
                 let _ = reply.send(self.stats());
             }
             Control::Forget { room, source } => self.forget(room, source, now),
+            Control::RelayIn { room, link } => self.relay_in_open(room, *link),
+            Control::RelayInClose { link } => self.relay_in_close(link, now),
             Control::Stop => {}
         }
     }
@@ -367,6 +369,7 @@ impl<E: Egress> Core<E> {
             .remove(key, &conn.ufrag, &conn.addrs, |from| egress.close_tcp(from));
         self.counters.connections.set(self.conns.len() as i64);
         let room_id = self.rooms.get(&conn.room).map(|r| r.id.clone());
+        self.relay_forget(conn.room, conn.source, None);
         if let Some(room) = self.rooms.get_mut(&conn.room) {
             room.tap.forget(conn.source.0);
             room.members.retain(|k| *k != key);
@@ -380,7 +383,8 @@ impl<E: Egress> Core<E> {
                     });
                 }
             }
-            if room.members.is_empty() {
+            let relayed_here = self.relay_in.values().any(|r| r.room.key == conn.room);
+            if room.members.is_empty() && !relayed_here {
                 let id = room.id.clone();
                 let had_levels = !room.last_levels.is_empty();
                 self.rooms.remove(&conn.room);

@@ -15,6 +15,8 @@ pub(super) struct Counters {
     pub red_in: Counter,
     pub forwarded: Counter,
     pub red_out: Counter,
+    pub relay_out: Counter,
+    pub relay_in: Counter,
     pub connections: Gauge,
     pub drops: Drops,
 }
@@ -43,6 +45,11 @@ pub(super) struct Drops {
     pub stale: Counter,
     /// `rtc` panicked on a connection, which was closed.
     pub panicked: Counter,
+    /// A datagram on a relay link from another node that was not from the granted address,
+    /// did not authenticate, was replayed, or did not read (`media::relay::Refused`).
+    pub relay_refused: Counter,
+    /// A relayed packet that would not fit in a datagram.
+    pub relay_too_big: Counter,
 }
 
 /// What the shell counts: output and the ICE-TCP streams.
@@ -82,6 +89,8 @@ impl Counters {
             red_in: m.rtp_red_in.get_or_create(&w).clone(),
             forwarded: m.rtp_forwarded.get_or_create(&w).clone(),
             red_out: m.rtp_red_out.get_or_create(&w).clone(),
+            relay_out: m.relay_out.get_or_create(&w).clone(),
+            relay_in: m.relay_in.get_or_create(&w).clone(),
             connections: m.connections.get_or_create(&w).clone(),
             drops: Drops {
                 unroutable: drop("unroutable"),
@@ -96,6 +105,8 @@ impl Counters {
                 forward_failed: drop("forward_failed"),
                 stale: drop("stale"),
                 panicked: drop("panicked"),
+                relay_refused: drop("relay_refused"),
+                relay_too_big: drop("relay_too_big"),
             },
         }
     }

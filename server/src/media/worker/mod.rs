@@ -25,6 +25,9 @@ mod forward;
 mod lean_link;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pair;
+mod relay;
+#[cfg(test)]
+mod relay_tests;
 mod room;
 mod routes;
 mod rtcp;
@@ -49,6 +52,7 @@ use super::audio_level::AudioLevel;
 use super::batch::SendBatch;
 use super::offer::Offer;
 use super::red::{Frame, MAX_REDUNDANCY};
+use super::relay::{InLink, RelayOut};
 use super::tap::RoomTap;
 use crate::control::{ParticipantId, RoomId};
 use crate::metrics::MediaMetrics;
@@ -144,6 +148,8 @@ pub struct RoomRef {
     pub workers: Arc<AtomicU64>,
     /// Where the room's speakers' packets also go while it is mixed.
     pub tap: Arc<RoomTap>,
+    /// The other nodes the room's speakers' packets go to (a cluster's room across nodes).
+    pub relay: Arc<RelayOut>,
 }
 
 pub enum Control {
@@ -172,6 +178,15 @@ pub enum Control {
     Forget {
         room: RoomKey,
         source: SourceId,
+    },
+    /// Take the room's audio from another node on this link (datagrams to this worker).
+    RelayIn {
+        room: RoomRef,
+        link: Box<InLink>,
+    },
+    /// The link ends: its sources leave the room here.
+    RelayInClose {
+        link: u32,
     },
     Stop,
 }

@@ -104,6 +104,8 @@ pub struct Pair {
     /// When set, every datagram a client sends is also kept here (how the fuzz seeds are
     /// captured).
     pub recorded: Option<Vec<Vec<u8>>>,
+    /// Relayed datagrams the core sent to other nodes, kept for a test to carry.
+    pub relayed: Vec<(SocketAddr, Vec<u8>)>,
     next_key: u32,
 }
 
@@ -149,9 +151,11 @@ impl Pair {
                 id: RoomId::parse("rm_testroom________").expect("a room id"),
                 workers: Arc::new(AtomicU64::new(1)),
                 tap: Arc::default(),
+                relay: Arc::default(),
             },
             clients_alive: true,
             recorded: None,
+            relayed: Vec::new(),
             next_key: 100,
         }
     }
@@ -233,6 +237,29 @@ impl Pair {
         answer.try_recv().expect("answered at once")
     }
 
+    /// The room every client of this core joins.
+    pub fn room(&self) -> &RoomRef {
+        &self.room
+    }
+
+    /// The core takes the room's audio from another node on `link`.
+    pub fn open_relay_in(&mut self, link: super::super::relay::InLink) {
+        let room = self.room.clone();
+        self.core.handle_control(
+            self.now,
+            Control::RelayIn {
+                room,
+                link: Box::new(link),
+            },
+        );
+    }
+
+    /// The core's link `link` from another node ends.
+    pub fn close_relay_in(&mut self, link: u32) {
+        self.core
+            .handle_control(self.now, Control::RelayInClose { link });
+    }
+
     /// Closes connection `key` as its room does.
     pub fn close(&mut self, key: ConnKey) {
         self.core.handle_control(self.now, Control::Close { key });
@@ -312,6 +339,9 @@ impl Pair {
             for (to, datagram) in std::mem::take(&mut self.core.egress_mut().sent) {
                 moved = true;
                 let Some(client) = self.clients.iter_mut().find(|c| c.addr == to) else {
+                    if datagram.first() == Some(&super::super::relay::MARKER) {
+                        self.relayed.push((to, datagram));
+                    }
                     continue;
                 };
                 if self.clients_alive {

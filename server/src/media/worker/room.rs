@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::super::relay::{OutLink, RelayOut};
 use super::super::selector::{SelectorConfig, SpeakerSelector};
 use super::super::tap::RoomTap;
 use super::transport::Conns;
@@ -16,6 +17,9 @@ pub(super) struct Room {
     /// Bit `i`: worker `i` hosts connections of this room.
     pub workers: Arc<AtomicU64>,
     pub tap: Arc<RoomTap>,
+    /// The other nodes the room's audio goes to, and the links as this worker last read them.
+    pub relay: Arc<RelayOut>,
+    out_links: (u64, Arc<[Arc<OutLink>]>),
     pub selector: SpeakerSelector<SourceId>,
     /// This worker's connections in the room.
     pub members: Vec<ConnKey>,
@@ -29,6 +33,8 @@ impl Room {
             id: room.id.clone(),
             workers: room.workers.clone(),
             tap: room.tap.clone(),
+            relay: room.relay.clone(),
+            out_links: room.relay.links(),
             selector: SpeakerSelector::with_capacity(
                 SelectorConfig {
                     slots,
@@ -39,6 +45,14 @@ impl Room {
             members: Vec::new(),
             last_levels: Vec::new(),
         }
+    }
+
+    /// The links to other nodes now: read again only when the hub changed them.
+    pub fn out_links(&mut self) -> &[Arc<OutLink>] {
+        if self.relay.version() != self.out_links.0 {
+            self.out_links = self.relay.links();
+        }
+        &self.out_links.1
     }
 
     /// Points every member's slots at what the selection says they hear now.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -27,6 +27,7 @@ use super::super::demux::{self, Kind};
 use super::super::lean::{Received, Shared as LeanShared};
 use super::super::red::{self, Frame, MAX_REDUNDANCY};
 use super::counters::Counters;
+use super::relay::RelayIn;
 use super::room::Room;
 use super::routes::{Found, Routes};
 use super::transport::{Conns, Link, Timers, queue_writes};
@@ -91,6 +92,10 @@ pub struct Core<E: Egress> {
     /// ICE credentials for the next connections instead of random ones (`pair::Pair`).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fixed_credentials: Option<(String, String)>,
+    /// The links this worker takes other nodes' audio on, by link number.
+    pub(super) relay_in: HashMap<u32, RelayIn>,
+    /// Where relayed datagrams are sealed and opened.
+    pub(super) relay_buf: Vec<u8>,
     /// Reused between calls: a connection's decrypted inbound packets.
     inbound: Vec<rtc::rtp::Packet>,
     epoch: Instant,
@@ -117,6 +122,8 @@ impl<E: Egress> Core<E> {
             payload_buf: vec![0; MAX_DATAGRAM],
             #[cfg(any(test, feature = "fuzzing"))]
             fixed_credentials: None,
+            relay_in: HashMap::new(),
+            relay_buf: vec![0; MAX_DATAGRAM],
             inbound: Vec::with_capacity(16),
             epoch: now,
             next_select: now + SELECT_EVERY,
@@ -158,6 +165,10 @@ impl<E: Egress> Core<E> {
         let kind = demux::classify(datagram);
         if kind == Kind::Other {
             drops.malformed.inc();
+            return;
+        }
+        if kind == Kind::Relay {
+            self.relay_datagram(now, peer, datagram);
             return;
         }
         // The connection verifies a request's integrity itself, so a forged one only maps the
@@ -462,22 +473,7 @@ impl<E: Egress> Core<E> {
             redundancy,
             arrived: now.at,
         });
-        let Some(room) = self.rooms.get(&conn.room) else {
-            return;
-        };
-        room.tap.offer(&forwarded);
-        let mask = room.workers.load(Ordering::Relaxed);
-        for (index, peer) in self.links.peers.iter().enumerate() {
-            if index != self.setup.index
-                && mask & (1 << index) != 0
-                && peer
-                    .try_send(Fanout::Packet(Arc::clone(&forwarded)))
-                    .is_err()
-            {
-                self.counters.drops.fanout_full.inc();
-            }
-        }
-        self.forward(&forwarded, now);
+        self.enter(forwarded, None, now);
     }
 
     /// A source of `room` stopped for good: it leaves the selection here.
