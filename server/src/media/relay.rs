@@ -645,12 +645,8 @@ mod tests {
         for i in [5, 3, 4, 0, 1, 2] {
             assert_eq!(open(&sealed[i]), Ok(()), "counter {i}");
         }
-        for i in 0..6 {
-            assert_eq!(
-                open(&sealed[i]),
-                Err(Refused::Replayed),
-                "counter {i} again"
-            );
+        for (i, again) in sealed.iter().enumerate().take(6) {
+            assert_eq!(open(again), Err(Refused::Replayed), "counter {i} again");
         }
         // Far ahead, then one 63 behind is still fresh, 64 behind is too old to tell.
         assert_eq!(open(&sealed[90]), Ok(()));
