@@ -184,6 +184,30 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// This process's threads named `name`, oldest first (thread ids grow).
+pub fn threads_named(name: &str) -> Vec<i32> {
+    let mut tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+/// CPU time of thread `tid` of this process, ns (`schedstat`); 0 if it is gone.
+pub fn tid_cpu_ns(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Online CPUs of the machine (whatever this process is pinned to).
 pub fn cpus() -> usize {
     // SAFETY: no memory.
