@@ -61,7 +61,8 @@ pub struct MediaMetrics {
     pub rtp_red_in: Family<WorkerLabels, Counter>,
     pub rtp_red_out: Family<WorkerLabels, Counter>,
     pub rtp_forwarded: Family<WorkerLabels, Counter>,
-    /// Speakers' packets sent to other nodes of the cluster (one per packet and node).
+    /// Datagrams sent to other nodes of the cluster (one per speaker packet, or end of a
+    /// source, and node).
     pub relay_out: Family<WorkerLabels, Counter>,
     /// Speakers' packets taken from other nodes.
     pub relay_in: Family<WorkerLabels, Counter>,
@@ -152,7 +153,7 @@ impl MediaMetrics {
         );
         r.register(
             "relay_out",
-            "Speakers' packets sent to other nodes that serve their room, one per packet and node",
+            "Datagrams sent to other nodes that serve a room: one per speaker packet (or end of a source) and node",
             self.relay_out.clone(),
         );
         r.register(
