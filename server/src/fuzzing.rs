@@ -873,7 +873,10 @@ pub enum DatagramState {
 /// Any datagram into a worker core, in one of several states. The input is a state byte, then
 /// datagrams, each prefixed by its length (two bytes, big-endian). State byte: bits 0-1 the
 /// [`DatagramState`]; bit 2 the sender is a listener (fresh: on stage otherwise; connected: the
-/// datagrams come from the room's listener instead of its speaker).
+/// datagrams come from the room's listener instead of its speaker); bit 3, when connected: the
+/// core also takes the room's audio from another node on a relay link whose lanes are the
+/// speaker's and the listener's addresses, and each datagram is a relay body this harness
+/// seals for that link (so arbitrary bodies get past the tag to the core's reading of them).
 ///
 /// What must hold, besides no panic anywhere: a valid binding request is answered; nothing a
 /// listener sends is ever forwarded to anyone.
@@ -945,12 +948,21 @@ impl MediaHarness {
                 assert_eq!(pair.panicked(), 0, "rtc panicked on a datagram");
             }
             DatagramState::Connected | DatagramState::ConnectedPlainRtp => {
+                let relayed = data[0] & 8 != 0;
                 let pair = self.connected();
                 pair.advance(Duration::from_millis(1));
                 let from = if as_listener { LISTENER } else { SPEAKER };
                 let (forwarded, rtp_in) = (pair.forwarded(), pair.rtp_in());
                 for datagram in datagrams {
-                    if state == DatagramState::Connected {
+                    if relayed {
+                        let lane = from as u8;
+                        let mut sealed = [0u8; MAX_RELAYED];
+                        if let Some(len) = relay_link().seal_body(lane, datagram, &mut sealed) {
+                            let addr = pair.clients[from].addr;
+                            pair.datagram(addr, &sealed[..len]);
+                            pair.shuttle();
+                        }
+                    } else if state == DatagramState::Connected {
                         let addr = pair.clients[from].addr;
                         pair.datagram(addr, datagram);
                         pair.shuttle();
@@ -965,7 +977,7 @@ impl MediaHarness {
                         }
                     }
                 }
-                if as_listener {
+                if as_listener && !relayed {
                     assert_eq!(
                         (pair.forwarded(), pair.rtp_in()),
                         (forwarded, rtp_in),
@@ -1011,13 +1023,38 @@ impl Default for MediaHarness {
     }
 }
 
-/// A core with a speaker (on stage, allowed to send) and a listener, both connected.
+/// A core with a speaker (on stage, allowed to send) and a listener, both connected, and a
+/// relay link from "another node" whose lanes 0 and 1 are their addresses.
 fn connected_pair() -> Pair {
     let mut pair = Pair::default();
     assert_eq!(pair.join(true, true), SPEAKER);
     assert_eq!(pair.join(false, false), LISTENER);
     pair.connect_all();
+    let lanes = [pair.clients[SPEAKER].addr, pair.clients[LISTENER].addr];
+    pair.open_relay_in(crate::media::relay::InLink::new(
+        RELAY_LINK, 0, &lanes, &RELAY_KEY,
+    ));
     pair
+}
+
+/// The fuzz pair's relay link: its number and key.
+const RELAY_LINK: u32 = 0x5354_4f41;
+const RELAY_KEY: [u8; 16] = [0x42; 16];
+/// A relayed datagram the harness seals: at most a media datagram.
+const MAX_RELAYED: usize = crate::media::batch::MAX_DATAGRAM;
+
+/// The sending end of the fuzz pair's relay link; its counters go on across inputs, so every
+/// datagram is fresh to the core's replay window.
+fn relay_link() -> &'static crate::media::relay::OutLink {
+    static LINK: std::sync::OnceLock<crate::media::relay::OutLink> = std::sync::OnceLock::new();
+    LINK.get_or_init(|| {
+        crate::media::relay::OutLink::new(
+            RELAY_LINK,
+            crate::media::worker::pair::SERVER,
+            0,
+            &RELAY_KEY,
+        )
+    })
 }
 
 /// `packet` as the microphone's: SSRC and payload type forced to what was negotiated (Opus, or
@@ -1235,6 +1272,23 @@ pub fn seeds(protocol_md: &str) -> Vec<(&'static str, String, Vec<u8>)> {
             }
         }
     }
+    // Relay bodies from another node (sealed by the harness): a speaker's packet with one
+    // repeated frame, and the end of that source.
+    let mut packet = vec![1u8];
+    packet.extend_from_slice(&7u32.to_be_bytes());
+    packet.extend_from_slice(&100u16.to_be_bytes());
+    packet.extend_from_slice(&96_000u32.to_be_bytes());
+    packet.extend_from_slice(&[0b11, 0x80 | 20, 1]);
+    packet.extend_from_slice(&95_040u32.to_be_bytes());
+    packet.extend_from_slice(&3u16.to_be_bytes());
+    packet.extend_from_slice(&[0xfc, 0xff, 0xfe, 0xfc, 0x01, 0x02, 0x03]);
+    let mut forget = vec![2u8];
+    forget.extend_from_slice(&7u32.to_be_bytes());
+    out.push((
+        "media_datagram",
+        "relay-packet-then-forget".to_owned(),
+        join_datagrams(2 | 8, &[packet.clone(), packet, forget]),
+    ));
     out.push((
         "media_datagram",
         "browser-binding-request".to_owned(),
@@ -1334,6 +1388,32 @@ mod tests {
         harness.datagrams(&join_datagrams(3, &[plain.to_vec()]));
         let pair = harness.connected.as_ref().expect("built");
         assert_eq!(pair.rtp_in(), 1, "the speaker's packet is read");
+    }
+
+    /// Relay bodies the harness seals get through the link's checks to the core, and what they
+    /// carry reaches the listener.
+    #[test]
+    fn relayed_bodies_reach_the_core() {
+        let mut harness = MediaHarness::new();
+        let seeds = seeds(include_str!("../../docs/protocol.md"));
+        let (_, _, relayed) = seeds
+            .iter()
+            .find(|(_, name, _)| name == "relay-packet-then-forget")
+            .expect("the seed");
+        harness.datagrams(relayed);
+        let pair = harness.connected.as_ref().expect("built");
+        // Two packets (the same one twice, sealed twice: fresh to the link), one end.
+        assert_eq!(pair.relayed_in(), 2);
+        assert_eq!(pair.relay_refused(), 0);
+        // A body in the clear with a made-up tag, on the link from the right address: forged.
+        let mut forged = vec![crate::media::relay::MARKER, 0];
+        forged.extend_from_slice(&RELAY_LINK.to_be_bytes());
+        forged.extend_from_slice(&u64::MAX.to_be_bytes());
+        forged.extend_from_slice(&[2, 0, 0, 0, 7]);
+        forged.extend_from_slice(&[0; 16]);
+        harness.datagrams(&join_datagrams(2, &[forged]));
+        let pair = harness.connected.as_ref().expect("built");
+        assert_eq!((pair.relayed_in(), pair.relay_refused()), (2, 1));
     }
 
     /// Writes the seed corpora into `fuzz/corpus/` (run by `scripts/fuzz.sh --seeds`).

@@ -82,12 +82,7 @@ fn link(from: &NodeMedia, to: &NodeMedia, room: &RoomId, number: u32) {
         .media
         .accept_relay(
             room,
-            InLink::new(
-                number,
-                node_tag(from.name),
-                from.media.relay_addrs(),
-                &key,
-            ),
+            InLink::new(number, node_tag(from.name), from.media.relay_addrs(), &key),
         )
         .expect("granted");
     from.media
@@ -194,7 +189,10 @@ async fn speakers_on_two_nodes_are_heard_on_both_with_one_copy_per_packet_and_no
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (node, before, now) in [("A", before_a, counts(&a)), ("B", before_b, counts(&b))] {
         let (relayed, taken) = (now.0 - before.0, now.1 - before.1);
-        assert!(taken >= 40, "{node} took {taken} packets from its speaker in a second");
+        assert!(
+            taken >= 40,
+            "{node} took {taken} packets from its speaker in a second"
+        );
         assert!(
             relayed.abs_diff(taken) <= 2,
             "{node} relayed {relayed} datagrams for {taken} packets"
@@ -250,7 +248,11 @@ async fn a_relayed_datagram_from_anywhere_else_is_refused_and_nobody_hears_it() 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = packets(&listener);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(packets(&listener), before, "nothing arrives after the link ends");
+    assert_eq!(
+        packets(&listener),
+        before,
+        "nothing arrives after the link ends"
+    );
     assert!(b.total("unroutable") > 0, "what A still sends is not taken");
 
     speaker.close().await;

@@ -196,6 +196,17 @@ impl OutLink {
         self.seal(lane, out, 5)
     }
 
+    /// Seals any `body` as this link's next datagram (test and fuzzing builds: how the media
+    /// fuzz target gets arbitrary bodies past the tag to the reader).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn seal_body(&self, lane: u8, body: &[u8], out: &mut [u8]) -> Option<usize> {
+        if out.len() < HEADER + body.len() + TAG {
+            return None;
+        }
+        out[HEADER..HEADER + body.len()].copy_from_slice(body);
+        self.seal(lane, out, body.len())
+    }
+
     /// Writes the header before a body of `body_len` bytes at `out[HEADER..]`, seals the body
     /// in place and appends the tag.
     fn seal(&self, lane: u8, out: &mut [u8], body_len: usize) -> Option<usize> {

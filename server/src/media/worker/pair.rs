@@ -446,6 +446,16 @@ impl Pair {
         self.core.counters.rtp_in.get()
     }
 
+    /// Speakers' packets taken from other nodes on relay links.
+    pub fn relayed_in(&self) -> u64 {
+        self.core.counters.relay_in.get()
+    }
+
+    /// Relayed datagrams refused (wrong sender, forged, replayed, unreadable).
+    pub fn relay_refused(&self) -> u64 {
+        self.core.counters.drops.relay_refused.get()
+    }
+
     /// Times `rtc` panicked inside the core (each closed one connection).
     pub fn panicked(&self) -> u64 {
         self.core.counters.drops.panicked.get()
