@@ -119,10 +119,19 @@ impl Source {
             let decoded = match self.waiting.remove(&next) {
                 Some((payload, level)) => {
                     self.level = level;
+                    self.idle = 0;
                     self.decoder.decode(&payload, scratch, false)?
                 }
                 // Lost (a later one is here): concealment fills its 20 ms.
                 None if !self.waiting.is_empty() => {
+                    self.decoder.decode(&[], &mut scratch[..FRAME], false)?
+                }
+                // Nothing here yet: the packet is late (a stalled sender or network) or the
+                // speaker went quiet. Concealment keeps the voice going in time, as a WebRTC
+                // receiver's would, instead of a gap of silence in everyone's broadcast; the
+                // packet is dropped as too late if it still comes.
+                None if self.idle < IDLE_TICKS => {
+                    self.idle += 1;
                     self.decoder.decode(&[], &mut scratch[..FRAME], false)?
                 }
                 None => break,
@@ -131,16 +140,13 @@ impl Source {
             self.next = Some(next + 1);
         }
         if self.pcm.len() < FRAME {
-            self.idle += 1;
-            if self.idle > IDLE_TICKS {
-                self.playing = false;
-                self.next = None;
-                self.pcm.clear();
-                self.level = SILENT;
-                self.decoder.reset_state()?;
-            }
-        } else {
+            // Nothing for IDLE_TICKS: the voice stops, and buffers anew when it comes back.
+            self.playing = false;
+            self.next = None;
+            self.pcm.clear();
+            self.level = SILENT;
             self.idle = 0;
+            self.decoder.reset_state()?;
         }
         Ok(())
     }
@@ -309,6 +315,53 @@ mod tests {
             out.push(mixer.tick().unwrap().to_vec());
         }
         assert!(share_at(&out, 440.0) > 0.8, "{}", share_at(&out, 440.0));
+    }
+
+    /// Decodes each of the mixer's packets on its own and returns each frame's RMS.
+    fn frame_levels(packets: &[Vec<u8>]) -> Vec<f64> {
+        let mut dec = Decoder::new(48_000, Channels::Mono).unwrap();
+        let mut buf = [0i16; 3 * FRAME];
+        packets
+            .iter()
+            .map(|p| {
+                let n = dec.decode(p, &mut buf, false).unwrap();
+                let sum: f64 = buf[..n].iter().map(|&x| f64::from(x).powi(2)).sum();
+                (sum / n.max(1) as f64).sqrt()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_speaker_is_concealed_not_silenced() {
+        let mut mixer = Mixer::new(MixSettings::default()).unwrap();
+        let packets = tone(440.0, 60);
+        let mut out = Vec::new();
+        let mut sent = 0;
+        for tick in 0..60 {
+            // Ticks 20-23: the speaker's packets are held up (a loaded sender), then come in
+            // a burst at tick 24 with the ones of that moment.
+            let due = if (20..24).contains(&tick) { sent } else { tick + 1 };
+            while sent < due.min(packets.len()) {
+                mixer
+                    .push(7, sent as u16, packets[sent].clone(), Some(30))
+                    .unwrap();
+                sent += 1;
+            }
+            out.push(mixer.tick().unwrap().to_vec());
+        }
+        let levels = frame_levels(&out);
+        let steady = levels[10..20].iter().sum::<f64>() / 10.0;
+        // From the moment the voice plays (after the jitter buffer and the encoder's lookahead)
+        // to the end, no frame falls silent: the stall is concealed.
+        let quietest = levels[5..]
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            quietest > steady / 10.0,
+            "a frame at {quietest:.0} RMS against {steady:.0}: {levels:.0?}"
+        );
+        assert!(share_at(&out, 440.0) > 0.8);
     }
 
     #[test]
