@@ -340,7 +340,11 @@ mod tests {
         for tick in 0..60 {
             // Ticks 20-23: the speaker's packets are held up (a loaded sender), then come in
             // a burst at tick 24 with the ones of that moment.
-            let due = if (20..24).contains(&tick) { sent } else { tick + 1 };
+            let due = if (20..24).contains(&tick) {
+                sent
+            } else {
+                tick + 1
+            };
             while sent < due.min(packets.len()) {
                 mixer
                     .push(7, sent as u16, packets[sent].clone(), Some(30))
@@ -353,10 +357,7 @@ mod tests {
         let steady = levels[10..20].iter().sum::<f64>() / 10.0;
         // From the moment the voice plays (after the jitter buffer and the encoder's lookahead)
         // to the end, no frame falls silent: the stall is concealed.
-        let quietest = levels[5..]
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
+        let quietest = levels[5..].iter().copied().fold(f64::INFINITY, f64::min);
         assert!(
             quietest > steady / 10.0,
             "a frame at {quietest:.0} RMS against {steady:.0}: {levels:.0?}"

@@ -125,6 +125,10 @@ impl<E: Egress> Core<E> {
             }
         }
         let lane = self.setup.index as u8;
+        let source = SourceId(forwarded.source);
+        if !room.out_links().is_empty() && !room.relayed.contains(&source) {
+            room.relayed.push(source);
+        }
         let packet = packet_ref(&forwarded);
         send_relayed(
             room,
@@ -160,11 +164,16 @@ impl<E: Egress> Core<E> {
         self.forget(room, source, now);
     }
 
-    /// Tells the other nodes of `room` but `origin` that `source` stopped for good.
+    /// Tells the other nodes of `room` but `origin` that `source` stopped for good, if this
+    /// worker ever relayed its packets.
     pub(super) fn relay_forget(&mut self, room: RoomKey, source: SourceId, origin: Option<u64>) {
         let Some(hosted) = self.rooms.get_mut(&room) else {
             return;
         };
+        let Some(at) = hosted.relayed.iter().position(|s| *s == source) else {
+            return;
+        };
+        hosted.relayed.swap_remove(at);
         let lane = self.setup.index as u8;
         send_relayed(
             hosted,

@@ -265,6 +265,19 @@ fn a_speaker_who_leaves_or_a_link_that_ends_frees_the_slots_on_other_nodes() {
     };
     assert_eq!(on_slots(&b), 2, "both speakers are on B's slots");
 
+    // A listener who leaves A is nothing to B: no datagram.
+    let near = a.pair.join(false, false);
+    a.pair.connect_all();
+    carry(&mut a, &mut b);
+    let near_key = a.pair.clients[near].key;
+    a.pair.close(near_key);
+    a.pair.shuttle();
+    assert_eq!(
+        carry(&mut a, &mut b),
+        0,
+        "a listener's leaving does not cross"
+    );
+
     let gone = a.pair.clients[speakers[0]].key;
     a.pair.close(gone);
     a.pair.shuttle();

@@ -20,6 +20,9 @@ pub(super) struct Room {
     /// The other nodes the room's audio goes to, and the links as this worker last read them.
     pub relay: Arc<RelayOut>,
     out_links: (u64, Arc<[Arc<OutLink>]>),
+    /// Sources whose packets this worker relayed to other nodes: only their ends are passed
+    /// on (a listener who leaves is nothing to the other nodes).
+    pub relayed: Vec<SourceId>,
     pub selector: SpeakerSelector<SourceId>,
     /// This worker's connections in the room.
     pub members: Vec<ConnKey>,
@@ -35,6 +38,7 @@ impl Room {
             tap: room.tap.clone(),
             relay: room.relay.clone(),
             out_links: room.relay.links(),
+            relayed: Vec::new(),
             selector: SpeakerSelector::with_capacity(
                 SelectorConfig {
                     slots,
