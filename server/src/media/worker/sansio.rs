@@ -109,7 +109,7 @@ impl<E: Egress> Core<E> {
         Ok(Core {
             counters: Counters::new(&setup.metrics, setup.index),
             setup,
-            conns: HashMap::new(),
+            conns: Conns::default(),
             routes: Routes::default(),
             rooms: HashMap::new(),
             timers: Timers::new(),

@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,8 +35,31 @@ pub(super) type Timers = BinaryHeap<Reverse<(Instant, ConnKey)>>;
 /// The worker's connections by key. Each one is boxed: a `Transport` is ~9 KiB inline (almost
 /// all of it `rtc`'s `RTCPeerConnection`), and a hash map keeps up to twice its length in empty
 /// buckets (1 024 listeners take 2 048), so inline it cost up to 18 KiB per connection; a box
-/// costs its size plus a pointer per bucket.
-pub(super) type Conns = HashMap<ConnKey, Box<Transport>>;
+/// costs its size plus a pointer per bucket. Looked up once per listener per forwarded packet,
+/// so keyed by [`KeyHash`], not SipHash: the keys are the hub's own numbers, never a client's.
+pub(super) type Conns = HashMap<ConnKey, Box<Transport>, BuildHasherDefault<KeyHash>>;
+
+/// Fibonacci hashing of the hub's connection numbers: one multiply. `hashbrown` picks a bucket
+/// from the low bits (distinct for consecutive keys) and its tag from the top seven (mixed by
+/// the multiply). Not for keys anyone outside the server chooses.
+#[derive(Default)]
+pub(super) struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// One audio section towards the client: a slot of the room's selection.
 pub(super) struct OutSlot {
