@@ -296,3 +296,65 @@ fn a_speaker_who_leaves_or_a_link_that_ends_frees_the_slots_on_other_nodes() {
     carry(&mut a, &mut b);
     assert_eq!(b.pair.core.counters.drops.unroutable.get(), before + 1);
 }
+
+/// A microphone packet number `seq` at RFC 6464 `level` (-dBov; voice activity set).
+fn loud(seq: u16, level: u8) -> rtc::rtp::Packet {
+    let mut packet = crate::media::testkit::mic_packet(seq);
+    packet
+        .header
+        .set_extension(1, bytes::Bytes::from(vec![0x80 | level]))
+        .expect("a one-byte extension");
+    packet
+}
+
+#[test]
+fn every_node_puts_the_same_loudest_speakers_on_its_slots() {
+    let mut a = Node::new("node-a", 1, false);
+    let mut b = Node::new("node-b", 2, true);
+    // Four speakers for three slots: the quietest must be left out, on both nodes.
+    let speakers: Vec<usize> = (0..4).map(|_| a.pair.join(true, true)).collect();
+    a.pair.join(false, false);
+    b.pair.join(false, false);
+    a.pair.connect_all();
+    b.pair.connect_all();
+    link(&mut a, &mut b, 11);
+    let levels = [25u8, 10, 90, 40];
+    for seq in 1..60u16 {
+        for (&speaker, &level) in speakers.iter().zip(&levels) {
+            assert!(a.pair.send_rtp(speaker, loud(seq, level)));
+        }
+        carry(&mut a, &mut b);
+        advance(&mut [&mut a, &mut b]);
+    }
+    let room = a.pair.room().key;
+    let on_slots = |node: &Node| -> Vec<u32> {
+        let mut sources: Vec<u32> = node.pair.core.rooms[&room]
+            .selector
+            .slots()
+            .iter()
+            .flatten()
+            .map(|s| s.0)
+            .collect();
+        sources.sort_unstable();
+        sources
+    };
+    let source_of = |i: usize| a.pair.core.conns[&a.pair.clients[speakers[i]].key].source.0;
+    let mut loudest = vec![source_of(1), source_of(0), source_of(3)];
+    loudest.sort_unstable();
+    assert_eq!(on_slots(&a), loudest, "A's slots: the three loudest");
+    // B knows them by its own numbers: translate back through the link.
+    let mapped = &b.pair.core.relay_in[&11].sources;
+    let mut on_b: Vec<u32> = on_slots(&b)
+        .into_iter()
+        .map(|local| {
+            *mapped
+                .iter()
+                .find(|(_, l)| l.0 == local)
+                .expect("a relayed source")
+                .0
+        })
+        .collect();
+    on_b.sort_unstable();
+    assert_eq!(on_b, loudest, "B's slots: the same three");
+    assert!(!on_b.contains(&source_of(2)), "the quiet one is left out");
+}
