@@ -303,9 +303,20 @@ pub struct Metrics {
     pub room_records_lost: Family<ReasonLabels, Counter>,
     /// Webhook attempts by outcome: `delivered`, `failed` (tried again), `given_up`.
     pub webhook_attempts: Family<OutcomeLabels, Counter>,
+    /// What retention deleted, by kind: `recording`, `clip` (with its recording, or live).
+    pub retention_deleted: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
+    /// Counts what a retention pass deleted.
+    pub fn retention_deleted(&self, kind: &str, count: u64) {
+        self.retention_deleted
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc_by(count);
+    }
+
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("stoa");
         r.register(
@@ -323,6 +334,11 @@ impl Metrics {
             "invites_created",
             "Invite links created",
             self.invites_created.clone(),
+        );
+        r.register(
+            "retention_deleted",
+            "Recordings and clips deleted because their retention ran out, by kind (recording, clip)",
+            self.retention_deleted.clone(),
         );
         r.register(
             "live_rooms",

@@ -330,6 +330,20 @@ async fn retention_deletes_what_ran_out_and_keeps_the_rest(engine: Engine) {
             ("clip.deleted".to_owned(), "system".to_owned()),
         ]
     );
+    // Operators see it too: one recording, and two clips (its own, and the week's live one).
+    let metrics = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (kind, count) in [("recording", 1), ("clip", 2)] {
+        let line = format!("stoa_retention_deleted_total{{kind=\"{kind}\"}} {count}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics"
+        );
+    }
 
     // Stopped, the long-due recording goes at the next pass; one made today stays.
     t.op(

@@ -129,6 +129,7 @@ impl AppState {
             // A finished recording's `recording.ready` is written for the endpoints that want
             // it (the server's, the room's own), if any: the store decides.
             true,
+            metrics.clone(),
         );
         let live = LiveRooms::new(
             store.clone(),

@@ -78,6 +78,8 @@ struct Inner {
     webhooks: bool,
     /// Live rooms whose mix is held for clips of their last seconds.
     held: std::sync::Mutex<std::collections::HashSet<RoomId>>,
+    /// Where retention counts what it deleted.
+    metrics: crate::metrics::Metrics,
 }
 
 /// A recording being written.
@@ -98,7 +100,12 @@ impl Recordings {
         node: String,
         settings: RecordingSettings,
         webhooks: bool,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
+        // Exported from the start, at 0.
+        for kind in ["recording", "clip"] {
+            metrics.retention_deleted(kind, 0);
+        }
         if settings.live_clip_secs > 0 {
             let frames = settings.live_clip_secs as usize * 50 + clips::PREROLL_FRAMES as usize;
             broadcasts.keep_frames_for_clips(frames);
@@ -115,6 +122,7 @@ impl Recordings {
                 settings,
                 webhooks,
                 held: Default::default(),
+                metrics,
             }),
         }
     }

@@ -86,6 +86,8 @@ impl Recordings {
                     }
                     let clips: Vec<_> = clips.into_iter().map(|c| c.id).collect();
                     self.delete_clip_files(&clips).await;
+                    inner.metrics.retention_deleted("recording", 1);
+                    inner.metrics.retention_deleted("clip", clips.len() as u64);
                     tracing::info!(room = %recording.room_id, recording = %recording.id,
                         started_at_ms = recording.started_at_ms, clips = clips.len(),
                         "retention: deleted a recording and its clips");
@@ -122,6 +124,7 @@ impl Recordings {
             {
                 Ok(clip) => {
                     self.delete_clip_files(std::slice::from_ref(&clip.id)).await;
+                    inner.metrics.retention_deleted("clip", 1);
                     tracing::info!(room = %clip.room_id, clip = %clip.id,
                         created_at_ms = clip.created_at_ms, "retention: deleted a live clip");
                     deleted += 1;
