@@ -126,9 +126,6 @@ impl AppState {
             &config.data_dir,
             config.cluster.node_name(),
             config.recording.clone(),
-            // A finished recording's `recording.ready` is written for the endpoints that want
-            // it (the server's, the room's own), if any: the store decides.
-            true,
             metrics.clone(),
         );
         let live = LiveRooms::new(

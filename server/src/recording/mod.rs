@@ -74,8 +74,6 @@ struct Inner {
     /// Told when a recording stops by itself; set once the live rooms exist.
     rooms: OnceLock<LiveRooms>,
     settings: RecordingSettings,
-    /// `[webhooks]` is configured: a finished recording makes `recording.ready`.
-    webhooks: bool,
     /// Live rooms whose mix is held for clips of their last seconds.
     held: std::sync::Mutex<std::collections::HashSet<RoomId>>,
     /// Where retention counts what it deleted.
@@ -99,7 +97,6 @@ impl Recordings {
         data_dir: &Path,
         node: String,
         settings: RecordingSettings,
-        webhooks: bool,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         // Exported from the start, at 0.
@@ -120,7 +117,6 @@ impl Recordings {
                 active: DashMap::new(),
                 rooms: OnceLock::new(),
                 settings,
-                webhooks,
                 held: Default::default(),
                 metrics,
             }),
@@ -225,7 +221,9 @@ impl Recordings {
         finished: FinishedRecording,
     ) -> Result<bool, ControlError> {
         let mut events = Vec::new();
-        if self.inner.webhooks && finished.state == RecordingState::Ready {
+        // A finished recording's `recording.ready` is written for the endpoints that want it
+        // (the server's, the room's own), if any: the store decides.
+        if finished.state == RecordingState::Ready {
             let data = serde_json::json!({
                 "room_id": recording.room_id,
                 "recording_id": recording.id,
