@@ -205,6 +205,18 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The server's `/metrics`, as Prometheus would scrape it.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics is text")
+    }
+
     /// Sends a request with an optional bearer credential and JSON body.
     pub async fn call(
         &self,

@@ -327,15 +327,7 @@ fn caching_nginx(origin: &str) -> Nginx {
 
 /// Requests the origin answered for broadcast files, from its `/metrics`.
 async fn origin_requests(t: &TestServer) -> u64 {
-    let text = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with("stoa_http_requests_total") && l.contains("route=\"/broadcast/"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

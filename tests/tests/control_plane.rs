@@ -915,15 +915,7 @@ async fn health_and_metrics(engine: Engine) {
     t.join("AAAAAAAAAAAAAAAAAAAAAA", "B")
         .await
         .expect_problem(404, "invite_invalid");
-    let text = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics_text().await;
     assert!(
         text.contains("stoa_joins_total{outcome=\"ok\"} 1"),
         "{text}"

@@ -81,16 +81,7 @@ async fn hears(member: &Member, hz: f32) -> usize {
 
 /// Sum of a counter family over its label sets, from `/metrics`.
 async fn metric(t: &TestServer, name: &str, label: &str) -> u64 {
-    sample(&metrics_text(t).await, name, label)
-}
-
-async fn metrics_text(t: &TestServer) -> String {
-    reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    sample(&t.metrics_text().await, name, label)
 }
 
 /// The sum of `name`'s samples with `label` in one scrape.
@@ -753,7 +744,7 @@ async fn tcp_only_clients_speak_and_hear(transport: ListenerTransport) {
     // that came over UDP would keep the first count above the second for good.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = metrics_text(&t).await;
+        let text = t.metrics_text().await;
         let datagrams = sample(&text, "stoa_media_datagrams_in_total", "");
         let frames = sample(&text, "stoa_media_tcp_frames_in_total", "");
         if datagrams == frames {

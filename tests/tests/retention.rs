@@ -331,12 +331,7 @@ async fn retention_deletes_what_ran_out_and_keeps_the_rest(engine: Engine) {
         ]
     );
     // Operators see it too: one recording, and two clips (its own, and the week's live one).
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     for (kind, count) in [("recording", 1), ("clip", 2)] {
         let line = format!("stoa_retention_deleted_total{{kind=\"{kind}\"}} {count}");
         assert!(

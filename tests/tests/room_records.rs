@@ -163,12 +163,7 @@ async fn moderation_goes_on_while_postgres_is_away_and_every_record_lands_in_ord
     );
     assert_eq!(facts, "moderator|t|1");
 
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         metrics
             .lines()
