@@ -208,6 +208,9 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     /// A node not heard from for this long is gone; its rooms are placed again.
     pub node_ttl_ms: u64,
+    /// How full a room's home may be (0 to 1, its `fullness`) before the room's new audience
+    /// is served by other nodes, as edges: the rest is kept for the stage, which stays home.
+    pub home_full_at: f64,
 }
 
 impl Default for ClusterSettings {
@@ -219,6 +222,7 @@ impl Default for ClusterSettings {
             internal_url: None,
             heartbeat_ms: 1_000,
             node_ttl_ms: 5_000,
+            home_full_at: 0.9,
         }
     }
 }
@@ -269,6 +273,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("internal_url", &self.internal_url)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("node_ttl_ms", &self.node_ttl_ms)
+            .field("home_full_at", &self.home_full_at)
             .finish()
     }
 }
@@ -864,6 +869,12 @@ impl Config {
                 "cluster: heartbeat_ms >= 100 and node_ttl_ms >= 3 × heartbeat_ms".into(),
             ));
         }
+        if !(c.home_full_at > 0.0 && c.home_full_at <= 1.0) {
+            return Err(ConfigError::Invalid(
+                "cluster: home_full_at is a fraction of the home's capacity, above 0 and at most 1"
+                    .into(),
+            ));
+        }
         let d = &self.database;
         if let Some(url) = &d.url {
             check_database_url(url)?;
@@ -1086,6 +1097,12 @@ mod tests {
             node_ttl_ms: 1_000,
             ..ClusterSettings::default()
         }));
+        for home_full_at in [0.0, -0.5, 1.5, f64::NAN] {
+            assert!(bad(ClusterSettings {
+                home_full_at,
+                ..ClusterSettings::default()
+            }));
+        }
         // An https:// node in a cluster says where the others reach it over plain HTTP.
         assert!(bad(ClusterSettings {
             redis_url: Some("redis://127.0.0.1:6379/2".into()),

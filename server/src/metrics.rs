@@ -289,6 +289,11 @@ pub struct Metrics {
     pub invites_created: Counter,
     pub live_rooms: Gauge,
     pub signal_sockets: Gauge,
+    /// Of the signaling sockets, those another node opened for its people (this node is the
+    /// room's home, that one its edge): not counted in this node's load.
+    pub signal_sockets_from_edges: Gauge,
+    /// Sockets served here as an edge of a room whose home is another node, by outcome.
+    pub edge_sessions: Family<OutcomeLabels, Counter>,
     pub signal_messages: Family<KindLabels, Counter>,
     pub signal_errors: Family<CodeLabels, Counter>,
     pub media: MediaMetrics,
@@ -349,6 +354,16 @@ impl Metrics {
             "signal_sockets",
             "Open signaling WebSockets",
             self.signal_sockets.clone(),
+        );
+        r.register(
+            "signal_sockets_from_edges",
+            "Of the open signaling WebSockets, those other nodes opened for their people as edges of a room that lives here",
+            self.signal_sockets_from_edges.clone(),
+        );
+        r.register(
+            "signal_edge_sessions",
+            "Sockets served here as an edge of a room whose home is another node, by outcome (served, sent_home, no_relay, home_unreachable)",
+            self.edge_sessions.clone(),
         );
         r.register(
             "signal_messages",
@@ -433,6 +448,14 @@ impl Metrics {
         self.signal_errors
             .get_or_create(&CodeLabels {
                 code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn edge_session(&self, outcome: &str) {
+        self.edge_sessions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

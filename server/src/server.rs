@@ -222,11 +222,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             .await
             .context("cannot join the cluster")?;
         cluster.set_resume_grace_ms(config.signal.resume_grace_secs.saturating_mul(1000));
-        heartbeat = Some(tokio::spawn(keep_in_cluster(
-            cluster.clone(),
-            state.clone(),
-        )));
-        state = state.with_cluster(cluster);
+        state = state.with_cluster(cluster.clone());
+        heartbeat = Some(tokio::spawn(keep_in_cluster(cluster, state.clone())));
     }
     let live = state.live.clone();
     let media_task = tokio::spawn(media.run_reports(media_reports, move |room, levels| {
@@ -366,6 +363,13 @@ async fn keep_in_cluster(cluster: Cluster, state: AppState) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "cannot renew room leases"),
+        }
+        // Relay links: an edge renews the ones it took, a home drops those not renewed.
+        if let Some(links) = &state.signal.relay_links {
+            links.sweep(Duration::from_millis(cluster.settings().node_ttl_ms));
+            let links = links.clone();
+            // Calls on other nodes: a slow one must not hold up this node's own heartbeat.
+            tokio::spawn(async move { links.renew().await });
         }
     }
 }

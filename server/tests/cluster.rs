@@ -66,6 +66,10 @@ struct NodeSpec<'a> {
     /// Behind a load balancer: its address (the nodes' public URL, and the peer whose
     /// `X-Forwarded-For` they take) and the node's own port (its `node_url`).
     behind: Option<(String, u16)>,
+    /// The node's capacity (`[media] max_connections`).
+    capacity: usize,
+    /// `[cluster] home_full_at`, when not the default.
+    home_full_at: Option<f64>,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -77,6 +81,8 @@ impl<'a> NodeSpec<'a> {
             signing_key: SIGNING_KEY,
             api_key: API_KEY,
             behind: None,
+            capacity: 10,
+            home_full_at: None,
         }
     }
 
@@ -86,11 +92,15 @@ impl<'a> NodeSpec<'a> {
             &config,
             format!(
                 "trust_forwarded_for = {}\n\
-                 [cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n\
-                 [media]\nworkers = 1\nmax_connections = 10\n\
+                 [cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n{}\
+                 [media]\nworkers = 1\nmax_connections = {}\n\
                  [signal]\nmax_sockets_per_address = 1000\n\
                  [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n",
-                self.behind.is_some()
+                self.behind.is_some(),
+                self.home_full_at
+                    .map(|f| format!("home_full_at = {f}\n"))
+                    .unwrap_or_default(),
+                self.capacity,
             ),
         )
         .unwrap();
@@ -725,7 +735,8 @@ async fn hears_tone(
     within: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + within;
-    let mut recent: std::collections::VecDeque<i16> = std::collections::VecDeque::new();
+    // Per slot: with several speakers their frames arrive interleaved.
+    let mut slots: Vec<std::collections::VecDeque<i16>> = Vec::new();
     loop {
         let frame = tokio::time::timeout_at(deadline, listener.next())
             .await
@@ -734,6 +745,10 @@ async fn hears_tone(
         if frame.at < since {
             continue;
         }
+        if slots.len() <= frame.slot {
+            slots.resize_with(frame.slot + 1, Default::default);
+        }
+        let recent = &mut slots[frame.slot];
         recent.extend(frame.pcm.iter().copied());
         while recent.len() > 4_800 {
             recent.pop_front();
@@ -1771,4 +1786,324 @@ async fn a_drained_node_takes_no_one_and_hands_its_rooms_over() {
         "{home_name} drained: its people resumed on {other_name} after {back_after:?}, \
          the speaker heard again after {audio_after:?}"
     );
+}
+
+/// The sum of every series of `name` in a node's `/metrics`.
+async fn metric(node: &Endpoint, name: &str) -> f64 {
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.url))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the registry says node `name` carries.
+async fn connections_of(node: &Endpoint, name: &str) -> u64 {
+    let list = node.get("/api/v1/cluster/nodes").await;
+    list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .map_or(0, |n| n["load"]["connections"].as_u64().unwrap())
+}
+
+/// Waits until `room` hears `hz`, from frames that arrive from now on.
+async fn hears(room: &stoa_client::Room, hz: f32, what: &str) {
+    let mut listener = room.listen().unwrap_or_else(|e| panic!("{what}: {e}"));
+    println!("waiting for {hz} Hz: {what}");
+    hears_tone(&mut listener, hz, Instant::now(), Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_once() {
+    use stoa_client::audio::AudioSource;
+    use stoa_client::{Event, InviteLink, JoinOptions, Room};
+
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let names = ["node-a", "node-b", "node-c"];
+    // Three connections each; a home is full for new listeners at two (the rest is the stage's).
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.clone()),
+        capacity: 3,
+        home_full_at: Some(0.6),
+        ..NodeSpec::new(name, &redis)
+    };
+    let mut nodes = vec![
+        spec(names[0]).start(),
+        spec(names[1]).start(),
+        spec(names[2]).start(),
+    ];
+    let index_of = |url: &str| {
+        nodes
+            .iter()
+            .position(|n| n.signal_url() == url)
+            .unwrap_or_else(|| panic!("{url} is none of the nodes"))
+    };
+
+    // Ada (a moderator, no media) and Sam (a speaker) fill the room's home.
+    let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
+    let options = |name: &str| JoinOptions {
+        media: true,
+        ..JoinOptions::new(name)
+    };
+    let ada = Room::join(
+        &InviteLink::new(&nodes[0].url, &moderator_code).unwrap(),
+        JoinOptions::new("Ada"),
+    )
+    .await
+    .expect("Ada joins");
+    let home = index_of(&ada.joined().signal_url);
+    let speaker_code = nodes[0].invite(&room, "speaker").await;
+    let sam = Room::join(
+        &InviteLink::new(&nodes[0].url, &speaker_code).unwrap(),
+        options("Sam"),
+    )
+    .await
+    .expect("Sam joins");
+    assert_eq!(
+        index_of(&sam.joined().signal_url),
+        home,
+        "the stage is home"
+    );
+    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+    within(
+        Duration::from_secs(5),
+        "the home reports its load",
+        || async { connections_of(&nodes[0], names[home]).await >= 2 },
+    )
+    .await;
+
+    // Lee, a listener, is placed on another node: an edge. He hears Sam through it.
+    let listener_code = nodes[0].invite(&room, "listener").await;
+    let mut lee = Room::join(
+        &InviteLink::new(&nodes[home].url, &listener_code).unwrap(),
+        options("Lee"),
+    )
+    .await
+    .expect("Lee joins");
+    let edge = index_of(&lee.joined().signal_url);
+    assert_ne!(edge, home, "a full home's new listener is served elsewhere");
+    let other = (0..3).find(|i| *i != home && *i != edge).unwrap();
+    assert_eq!(lee.view().me().role.to_string(), "listener");
+    hears(&lee, 440.0, "Lee on the edge").await;
+    let edges = redis.cli(&[
+        "--raw",
+        "ZRANGE",
+        &format!("stoa:room-edges:{room}"),
+        "0",
+        "-1",
+    ]);
+    assert_eq!(
+        edges.trim(),
+        names[edge],
+        "the edge is listed as serving the room"
+    );
+
+    // Kim and Bo come in after him: the edge that serves the room already takes them. Bo's
+    // invite link names the third node, which his client falls back to.
+    let kim = Room::join(
+        &InviteLink::new(&nodes[home].url, &listener_code).unwrap(),
+        options("Kim"),
+    )
+    .await
+    .expect("Kim joins");
+    assert_eq!(index_of(&kim.joined().signal_url), edge);
+    let mut bo = Room::join(
+        &InviteLink::new(&nodes[other].url, &listener_code).unwrap(),
+        options("Bo"),
+    )
+    .await
+    .expect("Bo joins");
+    assert_eq!(index_of(&bo.joined().signal_url), edge);
+    hears(&kim, 440.0, "Kim on the edge").await;
+    hears(&bo, 440.0, "Bo on the edge").await;
+    // The home counts them all (they are in the room), but only its own sockets are its load.
+    within(
+        Duration::from_secs(5),
+        "Ada counts three in the audience",
+        || async { ada.view().snapshot.audience_count == 3 },
+    )
+    .await;
+    assert_eq!(metric(&nodes[home], "stoa_signal_sockets").await, 2.0);
+    assert_eq!(
+        metric(&nodes[home], "stoa_signal_sockets_from_edges").await,
+        3.0
+    );
+
+    // Once per node, not once per listener: the home relays each of Sam's packets once, and
+    // the edge hands each one to its three listeners.
+    let (rtp_in, relay_out) = (
+        metric(&nodes[home], "stoa_media_rtp_in_total").await,
+        metric(&nodes[home], "stoa_media_relay_out_total").await,
+    );
+    let (relay_in, forwarded) = (
+        metric(&nodes[edge], "stoa_media_relay_in_total").await,
+        metric(&nodes[edge], "stoa_media_rtp_forwarded_total").await,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = metric(&nodes[home], "stoa_media_rtp_in_total").await - rtp_in;
+    let relayed = metric(&nodes[home], "stoa_media_relay_out_total").await - relay_out;
+    let taken = metric(&nodes[edge], "stoa_media_relay_in_total").await - relay_in;
+    let copies = metric(&nodes[edge], "stoa_media_rtp_forwarded_total").await - forwarded;
+    println!("in 2 s: {sent} packets from Sam, {relayed} relayed, {taken} taken, {copies} copies");
+    assert!(sent > 60.0, "Sam speaks: {sent}");
+    assert!(
+        (relayed - sent).abs() <= 6.0,
+        "one datagram per packet: {relayed} for {sent}"
+    );
+    assert!((taken - relayed).abs() <= 6.0, "{taken} taken of {relayed}");
+    assert!(
+        (copies - 3.0 * taken).abs() <= 12.0,
+        "{copies} copies of {taken}"
+    );
+
+    // Roles act across nodes. Ada promotes Kim, who stays in the audience on the edge, and
+    // runs the room from there: Lee raises his hand, Kim invites him, he accepts.
+    let kim_id = kim.view().me().id.clone();
+    let lee_id = lee.view().me().id.clone();
+    ada.promote(&kim_id).await.expect("Ada promotes Kim");
+    let mut kim = kim;
+    next_event_matching(
+        &mut kim,
+        Duration::from_secs(5),
+        "Kim is a moderator",
+        |e| matches!(e, Event::RoleChanged { participant, .. } if participant.id == kim_id),
+    )
+    .await;
+    lee.raise_hand().await.expect("Lee raises his hand");
+    next_event_matching(
+        &mut kim,
+        Duration::from_secs(5),
+        "Kim sees the hand",
+        |e| matches!(e, Event::HandRaised(p) if p.id == lee_id),
+    )
+    .await;
+    kim.invite_to_stage(&lee_id).await.expect("Kim invites Lee");
+    next_event_matching(
+        &mut lee,
+        Duration::from_secs(5),
+        "Lee is invited",
+        |e| matches!(e, Event::InvitedToStage { participant, .. } if *participant == lee_id),
+    )
+    .await;
+    lee.accept_invitation().await.expect("Lee accepts");
+    // On stage, his place is the home: the edge sends him there and his client resumes.
+    next_event_matching(
+        &mut lee,
+        Duration::from_secs(10),
+        "Lee is back, at home",
+        |e| matches!(e, Event::Resumed(_)),
+    )
+    .await;
+    assert!(lee.view().me().on_stage, "Lee is on stage");
+    all_media_back([(&mut lee, "Lee")]).await;
+    lee.speak(AudioSource::tone(660.0, -20.0))
+        .await
+        .expect("Lee speaks");
+    // Heard on the home and on the edge.
+    hears(&sam, 660.0, "Sam, at home, hears Lee").await;
+    hears(&bo, 660.0, "Bo, on the edge, hears Lee").await;
+    assert_eq!(
+        metric(&nodes[edge], "stoa_signal_edge_sessions_total").await,
+        3.0 + 1.0,
+        "three sessions served, one sent home (Lee): counted by outcome"
+    );
+
+    // A moderator on the edge mutes a speaker at home; everyone sees it.
+    kim.mute(&lee_id).await.expect("Kim mutes Lee");
+    let mut ada = ada;
+    next_event_matching(
+        &mut ada,
+        Duration::from_secs(5),
+        "Ada sees Lee muted",
+        |e| matches!(e, Event::Muted { participant, .. } if participant.id == lee_id),
+    )
+    .await;
+
+    // A moderator at home removes someone on the edge: their socket closes with the reason.
+    ada.remove(&kim_id).await.expect("Ada removes Kim");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), kim.next_event()).await {
+            Ok(Some(Event::Closed { reason, .. })) => {
+                assert_eq!(reason, "removed");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("Kim is not told she was removed: {other:?}"),
+        }
+    }
+
+    // Nobody but the cluster's nodes may grant a relay link.
+    let (status, refused) = nodes[home]
+        .call(
+            reqwest::Method::POST,
+            "/internal/v1/relay-links",
+            Some(json!({"room": room, "link": 7, "nonce": "00".repeat(16), "to": "127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (401, Some("unauthorized_node"))
+    );
+
+    // The edge dies. Bo's client falls back to the node his link named, which serves him as
+    // the room's edge now; he hears Sam again within seconds.
+    let killed_at = Instant::now();
+    nodes[edge].kill();
+    next_event_matching(&mut bo, Duration::from_secs(10), "Bo is back", |e| {
+        matches!(e, Event::Resumed(_))
+    })
+    .await;
+    all_media_back([(&mut bo, "Bo")]).await;
+    hears(&bo, 440.0, "Bo, on the new edge").await;
+    let back = killed_at.elapsed();
+    println!("the edge killed: Bo hears the room again after {back:?}");
+    assert!(back < Duration::from_secs(5), "back after {back:?}");
+    let edges = redis.cli(&[
+        "--raw",
+        "ZRANGE",
+        &format!("stoa:room-edges:{room}"),
+        "0",
+        "-1",
+    ]);
+    assert!(edges.contains(names[other]), "{edges:?}");
+    // The dead edge stopped renewing its link: the home dropped it and sends to one node, not
+    // two, and the dead one left the room's list.
+    tokio::time::sleep(Duration::from_millis(2 * NODE_TTL_MS)).await;
+    let (rtp_in, relay_out) = (
+        metric(&nodes[home], "stoa_media_rtp_in_total").await,
+        metric(&nodes[home], "stoa_media_relay_out_total").await,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = metric(&nodes[home], "stoa_media_rtp_in_total").await - rtp_in;
+    let relayed = metric(&nodes[home], "stoa_media_relay_out_total").await - relay_out;
+    assert!(sent > 30.0, "{sent}");
+    assert!(
+        (relayed - sent).abs() <= 6.0,
+        "one link left: {relayed} for {sent}"
+    );
+    let edges = redis.cli(&[
+        "--raw",
+        "ZRANGE",
+        &format!("stoa:room-edges:{room}"),
+        "0",
+        "-1",
+    ]);
+    assert_eq!(edges.trim(), names[other]);
+    drop(nodes);
 }

@@ -120,3 +120,66 @@ pub async fn drain(
     tracing::info!(rooms, to = ?successor.as_ref().map(|n| &n.name), "draining: rooms handed over");
     Ok(axum::Json(answer(rooms, successor.map(|n| n.name))))
 }
+
+/// `POST` / `DELETE /internal/v1/relay-links`: an edge asks this node, the room's home, to
+/// send a room's audio on a link it granted (again each heartbeat), or gives the link back.
+/// Only the cluster's nodes call it: the `Stoa-Node-Call` header, which covers the body, names
+/// the calling node. Not part of the public API (operators need not expose `/internal/`).
+pub async fn relay_link(
+    State(state): State<AppState>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    use crate::signal::relay_links::{GRANTS_PATH, Grant};
+    let Some(links) = state.signal.relay_links.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node is not part of a cluster",
+        ));
+    };
+    let now = state.clock.now_ms();
+    let Some(from) = state
+        .forwarding
+        .verify_call(&headers, &method, GRANTS_PATH, &body, now)
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized_node",
+            "only the cluster's nodes may call this, with a valid Stoa-Node-Call header",
+        ));
+    };
+    let grant: Grant = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            format!("not a relay grant: {e}"),
+        )
+    })?;
+    if method == axum::http::Method::DELETE {
+        links.withdraw(&from, &grant);
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if state.live.get(&grant.room).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "room_not_here",
+            "the room is not live on this node",
+        ));
+    }
+    match links.grant(&from, &grant).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => {
+            let status = match e {
+                crate::signal::relay_links::GrantError::Taken => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(
+                status,
+                e.code(),
+                "the relay grant was refused",
+            ))
+        }
+    }
+}

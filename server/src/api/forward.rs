@@ -11,98 +11,18 @@
 //! verify is ignored: the request is handled as the client's own.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::error::ApiError;
 use super::state::AppState;
 use crate::cluster::Home;
 
-pub const HEADER: &str = "stoa-forwarded";
-/// A forwarded request older than this is not trusted (clocks of nodes agree within it).
-const MAX_AGE_MS: i64 = 30_000;
-
-/// The key and HTTP client nodes use to pass requests to each other.
-#[derive(Clone)]
-pub struct Forwarding {
-    key: [u8; 32],
-    http: reqwest::Client,
-}
-
-impl Forwarding {
-    pub fn new(key: [u8; 32]) -> Self {
-        // Calls between nodes are plain HTTP (`internal_url`): no root certificates needed,
-        // so a machine without any (no ca-certificates) still builds this client.
-        let http = reqwest::Client::builder()
-            .tls_certs_only(Vec::new())
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a plain HTTP client");
-        Forwarding { key, http }
-    }
-
-    fn mac(&self, node: &str, ip: IpAddr, at_ms: i64, method: &Method, path: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        for part in [
-            "v1",
-            node,
-            &ip.to_string(),
-            &at_ms.to_string(),
-            method.as_str(),
-            path,
-        ] {
-            mac.update(part.as_bytes());
-            mac.update(b"\n");
-        }
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    }
-
-    fn header(&self, node: &str, ip: IpAddr, at_ms: i64, method: &Method, path: &str) -> String {
-        let mac = self.mac(node, ip, at_ms, method, path);
-        format!("v1 {node} {ip} {at_ms} {mac}")
-    }
-
-    /// The client address a valid forwarding header vouches for.
-    pub fn verify(
-        &self,
-        headers: &HeaderMap,
-        method: &Method,
-        path: &str,
-        now_ms: i64,
-    ) -> Option<IpAddr> {
-        let value = headers.get(HEADER)?.to_str().ok()?;
-        let mut fields = value.split(' ');
-        let (Some("v1"), Some(node), Some(ip), Some(at), Some(mac), None) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            return None;
-        };
-        let ip: IpAddr = ip.parse().ok()?;
-        let at: i64 = at.parse().ok()?;
-        if (now_ms - at).abs() > MAX_AGE_MS {
-            return None;
-        }
-        let expected = self.mac(node, ip, at, method, path);
-        use subtle::ConstantTimeEq;
-        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then_some(ip)
-    }
-}
+use crate::cluster::HEADER;
 
 /// The room a path acts on live, if it is one of those paths: `/api/v1/rooms/{room}`,
 /// everything under `/api/v1/rooms/{room}/participants`, starting and stopping its recording
@@ -218,7 +138,7 @@ pub(super) async fn pass_on(
         .unwrap_or_default();
     let mut outgoing = state
         .forwarding
-        .http
+        .http()
         .request(parts.method.clone(), target)
         .body(body);
     for (name, value) in &parts.headers {
@@ -282,34 +202,5 @@ mod tests {
         );
         assert_eq!(live_room_in("/broadcast/"), None);
         assert_eq!(live_room_in("/broadcast//x"), None);
-    }
-
-    #[test]
-    fn a_forwarding_header_verifies_only_as_signed() {
-        let f = Forwarding::new([7; 32]);
-        let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        let path = "/api/v1/rooms/rm_x/participants/pt_y/mute";
-        let mut headers = HeaderMap::new();
-        let header = f.header("node-a", ip, 1_000_000, &Method::POST, path);
-        headers.insert(HEADER, header.parse().unwrap());
-        assert_eq!(f.verify(&headers, &Method::POST, path, 1_000_500), Some(ip));
-        // Another method, path, time far off, or key: not trusted.
-        assert_eq!(f.verify(&headers, &Method::DELETE, path, 1_000_500), None);
-        assert_eq!(
-            f.verify(&headers, &Method::POST, "/api/v1/rooms/rm_z", 1_000_500),
-            None
-        );
-        assert_eq!(
-            f.verify(&headers, &Method::POST, path, 1_000_000 + MAX_AGE_MS + 1),
-            None
-        );
-        assert_eq!(
-            Forwarding::new([8; 32]).verify(&headers, &Method::POST, path, 1_000_500),
-            None
-        );
-        // Another client address claimed with the same MAC: not trusted.
-        let forged = header.replace("203.0.113.9", "198.51.100.1");
-        headers.insert(HEADER, forged.parse().unwrap());
-        assert_eq!(f.verify(&headers, &Method::POST, path, 1_000_500), None);
     }
 }

@@ -67,9 +67,23 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
     // Placed before redeeming, so a join the cluster cannot serve spends no use of the invite.
     let signal_url = match &state.cluster {
         Some(cluster) => match state.store.preview_invite(code.clone(), now).await {
-            Ok((room, _)) => match cluster.place(room.id.as_str()).await {
-                Ok(Home::Here(_)) => state.signal_url(),
-                Ok(Home::Elsewhere(node, _)) => node.signal_url,
+            Ok((room, invite)) => match cluster.place(room.id.as_str()).await {
+                Ok(home) => {
+                    let home = match home {
+                        Home::Here(_) => cluster.me(),
+                        Home::Elsewhere(node, _) => *node,
+                    };
+                    // A full home's new audience goes to an edge; the stage stays home.
+                    let edge = match invite.role {
+                        Role::Speaker => None,
+                        _ => cluster
+                            .edge_for(room.id.as_str(), &home)
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    edge.unwrap_or(home).signal_url
+                }
                 Err(e) => {
                     tracing::warn!(room = %room.id, error = %e, "cannot place the room");
                     return Err(ApiError::cluster_unavailable());

@@ -200,6 +200,10 @@ pub fn router(state: AppState) -> Router {
             "/broadcast/{room}/{access}/heartbeat",
             axum::routing::post(listen::heartbeat),
         )
+        .route(
+            crate::signal::relay_links::GRANTS_PATH,
+            axum::routing::post(cluster::relay_link).delete(cluster::relay_link),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -22,6 +22,7 @@ use crate::signal;
 pub async fn signal(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = match upgrade {
@@ -37,6 +38,18 @@ pub async fn signal(
             "too many signaling connections from your address",
         )
     })?;
+    // Opened by another node for someone it serves as an edge of a room that lives here: the
+    // person is counted where they are, so the socket is not part of this node's load.
+    let from_edge = state.cluster.is_some()
+        && state
+            .forwarding
+            .verify(
+                &headers,
+                &axum::http::Method::GET,
+                "/api/v1/signal",
+                state.clock.now_ms(),
+            )
+            .is_some();
     // Messages up to this size are read and refused politely; larger ones end the socket.
     let hard_cap = (state.config.signal.max_message_bytes * 16).max(1 << 20);
     Ok(upgrade
@@ -48,9 +61,13 @@ pub async fn signal(
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| async move {
-            state.metrics.signal_sockets.inc();
-            signal::run(socket, state.signal.clone()).await;
-            state.metrics.signal_sockets.dec();
+            let open = match from_edge {
+                true => state.metrics.signal_sockets_from_edges.clone(),
+                false => state.metrics.signal_sockets.clone(),
+            };
+            open.inc();
+            signal::run(socket, state.signal.clone(), ip, from_edge).await;
+            open.dec();
             drop(slot);
         }))
 }

@@ -8,12 +8,12 @@ use std::sync::{Arc, OnceLock};
 use governor::{Quota, RateLimiter};
 
 use super::auth_throttle::AuthThrottle;
-use super::forward::Forwarding;
 use super::headers::SecurityHeaders;
 use super::origin::Origins;
 use super::views::BroadcastLink;
 use crate::broadcast::Broadcasts;
 use crate::clock::{Clock, KeyedRateLimiter};
+use crate::cluster::Forwarding;
 use crate::cluster::{Addresses, Cluster, NodeInfo};
 use crate::config::Config;
 use crate::control::{RoomId, Store};
@@ -155,6 +155,7 @@ impl AppState {
             broadcasts: broadcasts.clone(),
             base_url: base_url.as_str().into(),
             session_ttl_ms: (config.limits.session_ttl_secs as i64).saturating_mul(1000),
+            relay_links: None,
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
@@ -175,7 +176,11 @@ impl AppState {
                 internal_url,
                 signal_url: signal_url_of(&node_url),
             },
-            media.addrs().iter().map(ToString::to_string).collect(),
+            media
+                .relay_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             u32::try_from(config.media.max_connections).unwrap_or(u32::MAX),
             clock.now_ms(),
         ));
@@ -212,6 +217,12 @@ impl AppState {
     pub fn with_cluster(mut self, cluster: Cluster) -> Self {
         self.live.attach_cluster(cluster.clone());
         self.signal.cluster = Some(cluster.clone());
+        self.signal.relay_links = Some(crate::signal::RelayLinks::new(
+            self.media.clone(),
+            cluster.clone(),
+            self.forwarding.clone(),
+            self.signer.derive("relay links"),
+        ));
         self.cluster = Some(cluster);
         self
     }
@@ -226,6 +237,10 @@ impl AppState {
             Some(cluster) => cluster.hand_over().await,
             None => None,
         };
+        // The people this node serves as an edge of other nodes' rooms go to those rooms' homes.
+        if let Some(links) = &self.signal.relay_links {
+            links.start_leaving();
+        }
         if let Some(next) = &successor {
             tracing::info!(node = %next.name, "handing the live rooms over");
         }

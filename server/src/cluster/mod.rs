@@ -10,6 +10,7 @@
 //! | `stoa:node:{name}` | the node's [`NodeInfo`] as JSON | `node_ttl_ms`, refreshed every heartbeat |
 //! | `stoa:room:{id}` | the room's lease, `{node} {epoch}` | `node_ttl_ms`, renewed by its home |
 //! | `stoa:room-epoch:{id}` | the room's last lease epoch | for ever |
+//! | `stoa:room-edges:{id}` | the nodes serving the room as edges (sorted by when each claim runs out, `edges.rs`) | `node_ttl_ms` past the last claim's renewal |
 //! | `stoa:room-state:{id}` | the room's live state, `{node} {epoch} {seq}\n{json}` (`room_state.rs`) | `node_ttl_ms` + resume grace from its home's last renewal; deleted when the room ends or empties |
 //!
 //! A node that stops cleanly deletes its own key; one that dies stops refreshing it and is
@@ -17,6 +18,8 @@
 //! node that lost a lease (it was unreachable while another took the room) finds out at its
 //! next renewal and lets the room go.
 
+mod edges;
+mod forwarded;
 mod node;
 mod placement;
 mod room_state;
@@ -35,7 +38,9 @@ use crate::config::{ClusterSettings, redact_password};
 #[allow(dead_code)]
 mod throwaway_redis;
 
+pub use forwarded::{CALL_HEADER, Forwarding, HEADER};
 pub use node::{Addresses, CpuMeter, Load, NodeInfo};
+use placement::least_full;
 pub use placement::{Home, Lease};
 pub use room_state::{Found, MAX_ROOM_STATE_BYTES, Saved};
 

@@ -19,7 +19,8 @@ pub struct NodeInfo {
     pub internal_url: String,
     /// Where the node's signaling sockets connect.
     pub signal_url: String,
-    /// The media workers' UDP addresses.
+    /// The media workers' UDP addresses, as advertised (where clients and other nodes send;
+    /// relay links are taken only from these).
     pub media: Vec<String>,
     /// WebRTC connections the node accepts in all.
     pub capacity: u32,

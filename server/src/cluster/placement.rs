@@ -96,7 +96,7 @@ fn no_node() -> redis::RedisError {
 }
 
 /// The node with the most room left (by name among equals).
-fn least_full(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
+pub(super) fn least_full(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
     nodes.min_by(|a, b| {
         a.fullness()
             .total_cmp(&b.fullness())

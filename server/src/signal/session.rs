@@ -55,20 +55,53 @@ pub struct SignalContext {
     pub base_url: Arc<str>,
     /// How long a session token lives (`[limits] session_ttl_secs`), renewed ones too.
     pub session_ttl_ms: i64,
+    /// In a cluster: the relay links to and from other nodes, and this node's media, for the
+    /// sockets it serves as an edge of a room whose home is full (`session/edge.rs`).
+    pub relay_links: Option<crate::signal::RelayLinks>,
 }
 
-/// Runs one upgraded signaling socket until it closes.
-pub async fn run(socket: WebSocket, context: SignalContext) {
-    Session::new(socket, context).run().await;
+mod edge;
+
+/// Runs one upgraded signaling socket until it closes. `client_ip` is the client's address
+/// (vouched for by the node that passed the socket on, if one did); `from_edge` says another
+/// node opened the socket as an edge, so it is never served as an edge again.
+pub async fn run(
+    socket: WebSocket,
+    context: SignalContext,
+    client_ip: std::net::IpAddr,
+    from_edge: bool,
+) {
+    let mut session = Session::new(socket, context, client_ip);
+    session.from_edge = from_edge;
+    session.run().await;
 }
 
 struct Session {
     socket: WebSocket,
     state: SignalContext,
+    client_ip: std::net::IpAddr,
+    from_edge: bool,
     /// Messages per second, on the server's clock.
     limiter: DirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
+}
+
+/// Where a socket that joined goes on.
+enum Entered {
+    /// The room is live here.
+    Here(Joined),
+    /// Its home is another node, which is full: served here as an edge of it.
+    Edge(edge::EdgeJoin),
+}
+
+/// Whether a socket's room lives here.
+enum Placed {
+    Here,
+    /// On `home`, and this node serves the socket as an edge of it.
+    Edge(Box<crate::cluster::NodeInfo>),
+    /// Refused or sent on; the socket is closed.
+    Gone,
 }
 
 /// Who this socket speaks for, once joined.
@@ -86,13 +119,15 @@ enum Flow {
 }
 
 impl Session {
-    fn new(socket: WebSocket, state: SignalContext) -> Self {
+    fn new(socket: WebSocket, state: SignalContext, client_ip: std::net::IpAddr) -> Self {
         let s = &state.settings;
         let quota =
             Quota::per_second(NonZeroU32::new(s.messages_per_sec).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(s.message_burst).unwrap_or(NonZeroU32::MIN));
         Session {
             socket,
+            client_ip,
+            from_edge: false,
             limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             strikes: 0,
             strikes_since: Instant::now(),
@@ -101,10 +136,11 @@ impl Session {
     }
 
     async fn run(mut self) {
-        let Some(joined) = self.handshake().await else {
-            return;
-        };
-        self.relay(joined).await;
+        match self.handshake().await {
+            Some(Entered::Here(joined)) => self.relay(joined).await,
+            Some(Entered::Edge(edge)) => self.serve_as_edge(edge).await,
+            None => {}
+        }
     }
 
     /// Writes one frame, giving up when the client does not take it within the ping timeout:
@@ -130,13 +166,16 @@ impl Session {
         if !self.send(ServerMessage::Closed { reason }).await {
             return;
         }
-        if !self
-            .write(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await
-        {
+        self.close_with(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+    }
+
+    /// Writes a close frame as given and waits for the client's.
+    async fn close_with(&mut self, frame: Option<CloseFrame>) {
+        if !self.write(Message::Close(frame)).await {
             return;
         }
         // Finish the closing handshake, reading (and ignoring) whatever the client still
@@ -208,7 +247,7 @@ impl Session {
     }
 
     /// Waits for `join` or `resume`, authenticates it and enters the room.
-    async fn handshake(&mut self) -> Option<Joined> {
+    async fn handshake(&mut self) -> Option<Entered> {
         let deadline = Instant::now() + Duration::from_millis(self.state.settings.join_timeout_ms);
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
@@ -237,9 +276,11 @@ impl Session {
                 Ok(Some(m)) => m,
             };
             match message {
-                ClientMessage::Join { token } => return self.join(id, Some(token), None).await,
+                ClientMessage::Join { token } => {
+                    return self.join(id, Some(token), None, text.as_str()).await;
+                }
                 ClientMessage::Resume { resume_token } => {
-                    return self.join(id, None, Some(resume_token)).await;
+                    return self.join(id, None, Some(resume_token), text.as_str()).await;
                 }
                 ClientMessage::Ping {} => {
                     self.send(ServerMessage::Pong { id: id.as_ref() }).await;
@@ -256,26 +297,36 @@ impl Session {
     }
 
     /// In a cluster, whether the room lives here (taking it if it lives nowhere); when it
-    /// lives on another node, tells the client where and closes. While Redis is unreachable
-    /// only rooms already live here take people in.
-    async fn at_home(&mut self, id: Option<&RequestId>, room: &RoomId) -> bool {
+    /// lives on another node, either serves the socket as an edge of it (the home is full, or
+    /// this node already serves the room; `may_edge` says whether this person may be served
+    /// off the room's home at all), or tells the client where and closes. While Redis is
+    /// unreachable only rooms already live here take people in.
+    async fn at_home(&mut self, id: Option<&RequestId>, room: &RoomId, may_edge: bool) -> Placed {
         let Some(cluster) = self.state.cluster.clone() else {
-            return true;
+            return Placed::Here;
         };
         match cluster.claim(room.as_str()).await {
-            Ok(Home::Here(_)) => true,
+            Ok(Home::Here(_)) => Placed::Here,
             Ok(Home::Elsewhere(node, _)) => {
+                if may_edge
+                    && !cluster.draining()
+                    && let Some(links) = &self.state.relay_links
+                    && (links.serves(room, &node.name) || cluster.home_is_full(&node))
+                {
+                    tracing::debug!(%room, home = %node.name, "serving a socket as an edge");
+                    return Placed::Edge(node);
+                }
                 tracing::debug!(%room, node = %node.name, "room lives on another node");
                 self.send(ServerMessage::Moved {
                     signal_url: &node.signal_url,
                 })
                 .await;
                 self.close(close_code::MOVED, "room_elsewhere").await;
-                false
+                Placed::Gone
             }
             Err(e) if self.state.live.get(room).is_some() => {
                 tracing::warn!(%room, error = %e, "Redis unreachable; the room is live here");
-                true
+                Placed::Here
             }
             Err(e) => {
                 tracing::warn!(%room, error = %e, "Redis unreachable; cannot place the room");
@@ -285,7 +336,7 @@ impl Session {
                 );
                 self.error(id, code, message).await;
                 self.close(close_code::TRY_AGAIN_LATER, code).await;
-                false
+                Placed::Gone
             }
         }
     }
@@ -295,7 +346,8 @@ impl Session {
         id: Option<RequestId>,
         token: Option<String>,
         resume_token: Option<String>,
-    ) -> Option<Joined> {
+        hello: &str,
+    ) -> Option<Entered> {
         let now = self.state.clock.now_ms();
         let signer = self.state.signer.clone();
         let mut presented_nonce = None;
@@ -345,10 +397,20 @@ impl Session {
                 return None;
             }
         };
-        // The token names the room: a node that is not its home sends the client on before
-        // reading anything.
-        if !self.at_home(id.as_ref(), &room_id).await {
-            return None;
+        // The token names the room: a node that is not its home sends the client on, or
+        // serves them as an edge, before reading anything. Speakers' invites put them on stage,
+        // which lives on the home.
+        let may_edge = !self.from_edge && (resume || joining.0 != Role::Speaker);
+        match self.at_home(id.as_ref(), &room_id, may_edge).await {
+            Placed::Here => {}
+            Placed::Gone => return None,
+            Placed::Edge(home) => {
+                return Some(Entered::Edge(edge::EdgeJoin {
+                    home: *home,
+                    room: room_id,
+                    hello: hello.to_owned(),
+                }));
+            }
         }
         let store = self.state.store.clone();
         let (room, standing) = match room_open_to(&store, &room_id, &participant).await {
@@ -392,17 +454,18 @@ impl Session {
             outbox,
             request_id: id.clone(),
             resume_token,
+            via_edge: self.from_edge,
         };
         match self.state.live.connect(&room, connect).await {
             Ok(handle) => {
                 tracing::debug!(room = %room_id, %participant, resume, "socket joined");
-                Some(Joined {
+                Some(Entered::Here(Joined {
                     room: handle,
                     room_id: room_id.clone(),
                     participant,
                     connection,
                     outbox: inbox,
-                })
+                }))
             }
             Err(e) => {
                 let (code, message, close) = match &e {

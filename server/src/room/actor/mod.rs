@@ -123,6 +123,9 @@ pub struct Connect {
     pub outbox: Outbox,
     pub request_id: Option<RequestId>,
     pub resume_token: String,
+    /// Another node opened this socket as an edge of the room: the person's media connection
+    /// is on that node, not here.
+    pub via_edge: bool,
 }
 
 #[derive(Debug)]

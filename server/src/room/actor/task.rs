@@ -29,6 +29,8 @@ pub(super) struct RoomTask {
     pub title: String,
     /// The socket each connected participant speaks through.
     pub connections: HashMap<ParticipantId, Conn>,
+    /// Those whose last socket came through an edge node, whose media connection is there.
+    via_edge: std::collections::HashSet<ParticipantId>,
     /// The number of the last event sent, for clients to notice gaps.
     pub seq: u64,
     /// The audience size last sent, anonymous listeners included, and how many of it those are.
@@ -78,6 +80,7 @@ impl RoomTask {
             state,
             title,
             connections: HashMap::new(),
+            via_edge: Default::default(),
             seq: 0,
             last_audience_count: 0,
             last_anonymous: 0,
@@ -385,7 +388,16 @@ impl RoomTask {
         let Some(snapshot) = self.snapshot_for(&c.participant) else {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
-        let reconnect_media = self.first_time_back(&c.participant);
+        // Back here after the room moved (no media connection of theirs here), or after an
+        // edge sent them home (theirs was on the edge).
+        let came_home = match c.via_edge {
+            true => {
+                self.via_edge.insert(c.participant.clone());
+                false
+            }
+            false => self.via_edge.remove(&c.participant),
+        };
+        let reconnect_media = self.first_time_back(&c.participant) | came_home;
         self.welcome(
             &c.outbox,
             c.request_id.as_ref(),
