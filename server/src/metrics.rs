@@ -362,7 +362,7 @@ impl Metrics {
         );
         r.register(
             "signal_edge_sessions",
-            "Sockets served here as an edge of a room whose home is another node, by outcome (served, sent_home, no_relay, home_unreachable)",
+            "Sockets served here as an edge of a room whose home is another node, by outcome (served; sent_home: went on stage; handed_over: this node stopped or drained; no_relay, home_unreachable: refused)",
             self.edge_sessions.clone(),
         );
         r.register(

@@ -1836,11 +1836,11 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
     let pg = postgres::Postgres::start();
     let database = pg.fresh_database();
     let names = ["node-a", "node-b", "node-c"];
-    // Three connections each; a home is full for new listeners at two (the rest is the stage's).
+    // Four connections each; a home is full for new listeners at two (the rest is the stage's).
     let spec = |name: &'static str| NodeSpec {
         database_url: Some(database.clone()),
-        capacity: 3,
-        home_full_at: Some(0.6),
+        capacity: 4,
+        home_full_at: Some(0.5),
         ..NodeSpec::new(name, &redis)
     };
     let mut nodes = vec![
@@ -1855,7 +1855,7 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
             .unwrap_or_else(|| panic!("{url} is none of the nodes"))
     };
 
-    // Ada (a moderator, no media) and Sam (a speaker) fill the room's home.
+    // Ada (a moderator) and Sam (a speaker) fill the room's home.
     let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
     let options = |name: &str| JoinOptions {
         media: true,
@@ -1863,7 +1863,7 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
     };
     let ada = Room::join(
         &InviteLink::new(&nodes[0].url, &moderator_code).unwrap(),
-        JoinOptions::new("Ada"),
+        JoinOptions::new("Ada").without_media(),
     )
     .await
     .expect("Ada joins");
@@ -2105,5 +2105,24 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
         "-1",
     ]);
     assert_eq!(edges.trim(), names[other]);
+
+    // The new edge is drained: no other node has room, so Bo goes to the home, in one resume.
+    let drained_at = Instant::now();
+    let (ok, out, err) = stoa_drain(&nodes[other], API_KEY);
+    assert!(ok, "{out}{err}");
+    next_event_matching(&mut bo, Duration::from_secs(5), "Bo is moved home", |e| {
+        matches!(e, Event::Resumed(_))
+    })
+    .await;
+    all_media_back([(&mut bo, "Bo")]).await;
+    hears(&bo, 440.0, "Bo, at home").await;
+    let back = drained_at.elapsed();
+    println!("the edge drained: Bo hears the room at home after {back:?}");
+    assert!(back < Duration::from_secs(3), "back after {back:?}");
+    assert_eq!(
+        metric(&nodes[other], "stoa_signal_edge_sessions_total").await,
+        2.0,
+        "Bo served, then handed over"
+    );
     drop(nodes);
 }

@@ -222,7 +222,7 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut leaving = links.leaving();
         if *leaving.borrow_and_update() {
-            self.send_home(&edge.home, upstream).await;
+            self.leave_for_another(links, edge, upstream).await;
             return Ended::ForGood;
         }
         let (answers_tx, mut answers) = mpsc::channel::<String>(4);
@@ -314,8 +314,7 @@ impl Session {
                     }
                 },
                 _ = leaving.changed() => {
-                    // This node stops or drains: its people go to the room's home.
-                    self.send_home(&edge.home, upstream).await;
+                    self.leave_for_another(links, edge, upstream).await;
                     return Ended::ForGood;
                 },
                 _ = ping.tick() => {
@@ -417,12 +416,34 @@ impl Session {
     /// Sends the person to the room's home (`moved`, as a stopping node does): their client
     /// resumes there. The socket to the home closes first, so the home holds their place.
     async fn send_home(&mut self, home: &NodeInfo, upstream: &mut Upstream) {
-        let _ = upstream.close(None).await;
         self.state.metrics.edge_session("sent_home");
-        self.send(ServerMessage::Moved {
-            signal_url: &home.signal_url,
-        })
-        .await;
+        self.send_to(&home.signal_url, upstream).await;
+    }
+
+    /// This node stops or drains (it has left the registry): the person goes to another
+    /// edge of the room if the home is still full and one has room, else to the home.
+    async fn leave_for_another(
+        &mut self,
+        links: &RelayLinks,
+        edge: &EdgeJoin,
+        upstream: &mut Upstream,
+    ) {
+        let cluster = links.cluster();
+        let home = match cluster.node(&edge.home.name).await {
+            Ok(Some(home)) => home,
+            _ => edge.home.clone(),
+        };
+        let target = match cluster.edge_for(edge.room.as_str(), &home).await {
+            Ok(Some(other)) => other,
+            _ => home,
+        };
+        self.state.metrics.edge_session("handed_over");
+        self.send_to(&target.signal_url, upstream).await;
+    }
+
+    async fn send_to(&mut self, signal_url: &str, upstream: &mut Upstream) {
+        let _ = upstream.close(None).await;
+        self.send(ServerMessage::Moved { signal_url }).await;
         self.close(close_code::MOVED, "room_elsewhere").await;
     }
 
