@@ -240,6 +240,8 @@ pub struct ListenerReport {
     /// Packets whose payload no speaker sent in this run, or whose header maps to no packet
     /// (should stay 0).
     pub unmatched: u64,
+    /// The signaling URL its join answer named (the node serving it, in a cluster).
+    pub node: String,
 }
 
 impl ListenerReport {
@@ -369,6 +371,9 @@ pub struct Report {
     pub per_listener: Vec<ListenerReport>,
     /// Server-added delay over the window, µs.
     pub delay_us: Dist,
+    /// The same, per node the listeners were sent to (by signaling URL), in the order they
+    /// were first seen.
+    pub node_delay_us: Vec<(String, Dist)>,
     /// Mean size of the datagrams the listeners received, bytes.
     pub datagram_bytes: f64,
     pub checks: Checks,
@@ -486,6 +491,11 @@ impl Report {
             },
             "checks": { "decrypted": c.decrypted, "confirmed": c.confirmed, "remapped": c.remapped, "header_only": c.header_only },
             "delay_us": self.delay_us.json(),
+            "by_node": self.node_delay_us.iter().map(|(node, d)| {
+                let on_node = self.per_listener.iter().filter(|l| l.node == *node);
+                let (lost, expected, listeners) = on_node.fold((0, 0, 0), |(l, e, n), r| (l + r.lost, e + r.expected, n + 1));
+                json!({ "signal_url": node, "listeners": listeners, "delay_us": d.json(), "loss": lost as f64 / (expected as f64).max(1.0) })
+            }).collect::<Vec<_>>(),
             "server": server,
             "join_steps_ms": JOIN_STEPS.iter().zip(&self.join_steps)
                 .map(|(name, ms)| (name.to_string(), Dist::of(ms.clone()).json()))
@@ -585,6 +595,25 @@ impl Report {
             "server-added delay µs ({} samples): p50 {:.0}  p95 {:.0}  p99 {:.0}  max {:.0}\n",
             d.count, d.p50, d.p95, d.p99, d.max
         );
+        if self.node_delay_us.len() > 1 {
+            for (node, d) in &self.node_delay_us {
+                let on_node: Vec<&ListenerReport> = self
+                    .per_listener
+                    .iter()
+                    .filter(|l| l.node == *node)
+                    .collect();
+                let lost: u64 = on_node.iter().map(|l| l.lost).sum();
+                let expected: u64 = on_node.iter().map(|l| l.expected).sum();
+                out += &format!(
+                    "  via {node}: {} listeners, delay µs p50 {:.0}  p99 {:.0}  max {:.0}, loss {:.4}%\n",
+                    on_node.len(),
+                    d.p50,
+                    d.p99,
+                    d.max,
+                    100.0 * lost as f64 / expected.max(1) as f64
+                );
+            }
+        }
         if let Some(s) = &self.server {
             let threads: Vec<String> = s
                 .threads
@@ -651,6 +680,8 @@ enum Command {
         slots: usize,
         started: Instant,
         started_rt: i64,
+        /// The signaling URL the join answer named: in a cluster, the node serving the client.
+        node: String,
         reply: tokio::sync::oneshot::Sender<Result<(usize, String), String>>,
     },
     Answer {
@@ -1024,6 +1055,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
         _ => 0.0,
     };
     report.delay_us = media.delay.dist();
+    report.node_delay_us = media.node_delay.clone();
     report.sent = media.sent;
     report.window_sent = media.window_sent;
     report.datagram_bytes = media.datagram_bytes;
@@ -1080,6 +1112,7 @@ async fn join_one(
             slots,
             started,
             started_rt,
+            node: answer.signal_url.clone(),
             reply,
         })
         .map_err(|_| "media thread gone")?;
@@ -1151,6 +1184,8 @@ struct Stream {
 #[derive(Default)]
 struct Ear {
     started: Option<Instant>,
+    /// Index in [`Meter::nodes`].
+    node: usize,
     started_rt: i64,
     streams: Vec<Stream>,
     heard: u64,
@@ -1175,6 +1210,10 @@ struct Meter {
     check_every: u32,
     window: (i64, i64),
     delay: Histogram,
+    /// The signaling URLs listeners were sent to (the nodes that serve them), and the delay
+    /// on each.
+    nodes: Vec<String>,
+    node_delay: Vec<Histogram>,
     checks: Checks,
     datagram_bytes: u64,
     datagrams: u64,
@@ -1209,6 +1248,7 @@ impl Meter {
         if in_window {
             ear.window_received += 1;
             self.delay.add((stamp - sent) as f64 / 1e3);
+            self.node_delay[ear.node].add((stamp - sent) as f64 / 1e3);
         }
     }
 }
@@ -1310,6 +1350,7 @@ struct MediaResult {
     first_listener_rt: Option<i64>,
     last_first_audio: Option<i64>,
     delay: Histogram,
+    node_delay: Vec<(String, Dist)>,
     sent: u64,
     window_sent: u64,
     datagram_bytes: f64,
@@ -1353,6 +1394,8 @@ impl MediaThread {
                 check_every,
                 window: (0, 0),
                 delay: Histogram::default(),
+                nodes: Vec::new(),
+                node_delay: Vec::new(),
                 checks: Checks::default(),
                 datagram_bytes: 0,
                 datagrams: 0,
@@ -1377,6 +1420,7 @@ impl MediaThread {
         slots: usize,
         started: Instant,
         started_rt: i64,
+        node: String,
     ) -> Result<(usize, String), BoxError> {
         let speakers_so_far = self
             .meter
@@ -1393,9 +1437,18 @@ impl MediaThread {
         } else {
             let l = self.meter.ears.len();
             self.meter.roles.push(Role::Listener(l));
+            let node = match self.meter.nodes.iter().position(|n| *n == node) {
+                Some(i) => i,
+                None => {
+                    self.meter.nodes.push(node);
+                    self.meter.node_delay.push(Histogram::default());
+                    self.meter.nodes.len() - 1
+                }
+            };
             self.meter.ears.push(Ear {
                 started: Some(started),
                 started_rt,
+                node,
                 ..Ear::default()
             });
             let meter = &mut self.meter;
@@ -1422,10 +1475,11 @@ impl MediaThread {
                     slots,
                     started,
                     started_rt,
+                    node,
                     reply,
                 }) => {
                     let _ = reply.send(
-                        self.open(speaker, slots, started, started_rt)
+                        self.open(speaker, slots, started, started_rt, node)
                             .map_err(|e| e.to_string()),
                     );
                 }
@@ -1562,6 +1616,7 @@ impl MediaThread {
                 lost: window_sent.saturating_sub(ear.window_received),
                 seq_lost: ear.streams.iter().map(|s| s.span.lost()).sum(),
                 unmatched: ear.unmatched,
+                node: meter.nodes.get(ear.node).cloned().unwrap_or_default(),
             });
         }
         MediaResult {
@@ -1572,6 +1627,12 @@ impl MediaThread {
             first_listener_rt: meter.first_listener_rt,
             last_first_audio: meter.last_first_audio,
             delay: meter.delay.clone(),
+            node_delay: meter
+                .nodes
+                .iter()
+                .cloned()
+                .zip(meter.node_delay.iter().map(Histogram::dist))
+                .collect(),
             sent,
             window_sent,
             datagram_bytes: meter.datagram_bytes as f64 / meter.datagrams.max(1) as f64,

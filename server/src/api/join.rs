@@ -77,12 +77,14 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
                     let edge = match invite.role {
                         Role::Speaker => None,
                         _ => cluster
-                            .edge_for(room.id.as_str(), &home)
+                            .edge_for(room.id.as_str(), &home, None)
                             .await
                             .ok()
                             .flatten(),
                     };
-                    edge.unwrap_or(home).signal_url
+                    let target = edge.unwrap_or(home);
+                    cluster.placed_on(&target.name).await;
+                    target.signal_url
                 }
                 Err(e) => {
                     tracing::warn!(room = %room.id, error = %e, "cannot place the room");

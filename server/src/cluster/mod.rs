@@ -10,6 +10,7 @@
 //! | `stoa:node:{name}` | the node's [`NodeInfo`] as JSON | `node_ttl_ms`, refreshed every heartbeat |
 //! | `stoa:room:{id}` | the room's lease, `{node} {epoch}` | `node_ttl_ms`, renewed by its home |
 //! | `stoa:room-epoch:{id}` | the room's last lease epoch | for ever |
+//! | `stoa:node-placed:{name}` | people placed on the node since its last heartbeat (`edges.rs`) | until its next heartbeat, or `node_ttl_ms` |
 //! | `stoa:room-edges:{id}` | the nodes serving the room as edges (sorted by when each claim runs out, `edges.rs`) | `node_ttl_ms` past the last claim's renewal |
 //! | `stoa:room-state:{id}` | the room's live state, `{node} {epoch} {seq}\n{json}` (`room_state.rs`) | `node_ttl_ms` + resume grace from its home's last renewal; deleted when the room ends or empties |
 //!
@@ -298,7 +299,8 @@ impl Cluster {
             tracing::error!(node = %self.inner.name, error = %e, "the cluster's keys changed");
         }
         match self.note(self.register().await) {
-            Ok(None) | Err(_) => {}
+            Ok(None) => self.placements_counted().await,
+            Err(_) => {}
             Ok(Some(holder)) => tracing::error!(
                 node = %self.inner.name,
                 other = %holder.instance,

@@ -301,27 +301,58 @@ impl Session {
     /// this node already serves the room; `may_edge` says whether this person may be served
     /// off the room's home at all), or tells the client where and closes. While Redis is
     /// unreachable only rooms already live here take people in.
-    async fn at_home(&mut self, id: Option<&RequestId>, room: &RoomId, may_edge: bool) -> Placed {
+    ///
+    /// The join answer placed the person from the loads the nodes last reported and the
+    /// placements since; people who joined elsewhere, or redeemed long before, can still find
+    /// a node full. So the node the socket reaches checks its own count too: a home at
+    /// capacity sends a new listener to an edge with room, and a full edge to another edge,
+    /// or the home.
+    async fn at_home(
+        &mut self,
+        id: Option<&RequestId>,
+        room: &RoomId,
+        may_edge: bool,
+        new_listener: bool,
+    ) -> Placed {
         let Some(cluster) = self.state.cluster.clone() else {
             return Placed::Here;
         };
+        let links = self.state.relay_links.clone().filter(|_| may_edge);
         match cluster.claim(room.as_str()).await {
-            Ok(Home::Here(_)) => Placed::Here,
+            Ok(Home::Here(_)) => {
+                let me = self.me_now(&cluster);
+                if new_listener
+                    && links.is_some()
+                    && me.load.connections > me.capacity
+                    && let Ok(Some(edge)) = cluster.edge_for(room.as_str(), &me, None).await
+                {
+                    tracing::debug!(%room, edge = %edge.name, "the home is full: a new listener goes to an edge");
+                    self.moved(&edge.signal_url).await;
+                    return Placed::Gone;
+                }
+                Placed::Here
+            }
             Ok(Home::Elsewhere(node, _)) => {
-                if may_edge
-                    && !cluster.draining()
-                    && let Some(links) = &self.state.relay_links
+                if !cluster.draining()
+                    && let Some(links) = &links
                     && (links.serves(room, &node.name) || cluster.home_is_full(&node))
                 {
-                    tracing::debug!(%room, home = %node.name, "serving a socket as an edge");
-                    return Placed::Edge(node);
+                    let me = self.me_now(&cluster);
+                    if me.load.connections <= me.capacity {
+                        tracing::debug!(%room, home = %node.name, "serving a socket as an edge");
+                        return Placed::Edge(node);
+                    }
+                    let other = cluster
+                        .edge_for(room.as_str(), &node, Some(&me.name))
+                        .await
+                        .ok()
+                        .flatten();
+                    let to = other.as_ref().map_or(&node.signal_url, |n| &n.signal_url);
+                    self.moved(to).await;
+                    return Placed::Gone;
                 }
                 tracing::debug!(%room, node = %node.name, "room lives on another node");
-                self.send(ServerMessage::Moved {
-                    signal_url: &node.signal_url,
-                })
-                .await;
-                self.close(close_code::MOVED, "room_elsewhere").await;
+                self.moved(&node.signal_url).await;
                 Placed::Gone
             }
             Err(e) if self.state.live.get(room).is_some() => {
@@ -339,6 +370,18 @@ impl Session {
                 Placed::Gone
             }
         }
+    }
+
+    /// This node with the sockets it holds now (the registry's count is a heartbeat old).
+    fn me_now(&self, cluster: &crate::cluster::Cluster) -> crate::cluster::NodeInfo {
+        let mut me = cluster.me();
+        me.load.connections = u32::try_from(self.state.metrics.signal_sockets.get()).unwrap_or(0);
+        me
+    }
+
+    async fn moved(&mut self, signal_url: &str) {
+        self.send(ServerMessage::Moved { signal_url }).await;
+        self.close(close_code::MOVED, "room_elsewhere").await;
     }
 
     async fn join(
@@ -401,7 +444,11 @@ impl Session {
         // serves them as an edge, before reading anything. Speakers' invites put them on stage,
         // which lives on the home.
         let may_edge = !self.from_edge && (resume || joining.0 != Role::Speaker);
-        match self.at_home(id.as_ref(), &room_id, may_edge).await {
+        let new_listener = !resume && joining.0 == Role::Listener;
+        match self
+            .at_home(id.as_ref(), &room_id, may_edge, new_listener)
+            .await
+        {
             Placed::Here => {}
             Placed::Gone => return None,
             Placed::Edge(home) => {

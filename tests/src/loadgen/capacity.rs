@@ -94,6 +94,19 @@ impl ServerProcess {
         cpu: Option<usize>,
         max_connections: usize,
     ) -> Result<Self, String> {
+        Self::start_with(stoa, cpu, max_connections, "", &[], None).await
+    }
+
+    /// [`ServerProcess::start`] with more configuration (`extra`, TOML sections of its own),
+    /// environment variables, and a given operator key (the nodes of a cluster share one).
+    pub async fn start_with(
+        stoa: &Path,
+        cpu: Option<usize>,
+        max_connections: usize,
+        extra: &str,
+        env: &[(&str, String)],
+        api_key: Option<String>,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -106,18 +119,20 @@ impl ServerProcess {
                 "demo_room = false\n\
                  [limits]\njoins_per_minute = 1000000\njoin_burst = 1000000\n\
                  [signal]\nmax_sockets_per_address = 1000000\nroom_max_participants = 1000000\n\
-                 [media]\nworkers = 1\nmax_connections = {max_connections}\n"
+                 [media]\nworkers = 1\nmax_connections = {max_connections}\n{extra}"
             ),
         )
         .map_err(|e| e.to_string())?;
         let log =
             std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
         // 128 random bits: the server refuses weaker operator keys.
-        let api_key = format!(
-            "stoa_sk_loadgen_{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
+        let api_key = api_key.unwrap_or_else(|| {
+            format!(
+                "stoa_sk_loadgen_{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            )
+        });
         let mut command = Command::new(stoa);
         command
             .arg("serve")
@@ -129,6 +144,7 @@ impl ServerProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--no-demo")
             .env("STOA_API_KEY", &api_key)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
@@ -181,6 +197,11 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What it wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     fn log_tail(&self) -> String {

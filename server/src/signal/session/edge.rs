@@ -433,7 +433,10 @@ impl Session {
             Ok(Some(home)) => home,
             _ => edge.home.clone(),
         };
-        let target = match cluster.edge_for(edge.room.as_str(), &home).await {
+        let target = match cluster
+            .edge_for(edge.room.as_str(), &home, Some(cluster.node_name()))
+            .await
+        {
             Ok(Some(other)) => other,
             _ => home,
         };
