@@ -2126,3 +2126,105 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
     );
     drop(nodes);
 }
+
+/// The room's home dies while an edge serves some of its people: the room is re-homed from
+/// its kept live state, the edge's people come back with their hands still raised and hear
+/// the speaker again, wherever the room now lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_with_an_edge_survives_its_home_being_killed() {
+    use stoa_client::audio::AudioSource;
+    use stoa_client::{InviteLink, JoinOptions, Room};
+
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let database = pg.fresh_database();
+    let names = ["node-a", "node-b", "node-c"];
+    let spec = |name: &'static str| NodeSpec {
+        database_url: Some(database.clone()),
+        capacity: 4,
+        home_full_at: Some(0.5),
+        ..NodeSpec::new(name, &redis)
+    };
+    let mut nodes = vec![
+        spec(names[0]).start(),
+        spec(names[1]).start(),
+        spec(names[2]).start(),
+    ];
+    let index_of = |url: &str| nodes.iter().position(|n| n.signal_url() == url).unwrap();
+
+    // Ada and Sam fill the home; their links name another node, which they fall back to.
+    let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
+    let speaker_code = nodes[0].invite(&room, "speaker").await;
+    let listener_code = nodes[0].invite(&room, "listener").await;
+    let mut ada = Room::join(
+        &InviteLink::new(&nodes[1].url, &moderator_code).unwrap(),
+        JoinOptions::new("Ada").without_media(),
+    )
+    .await
+    .expect("Ada joins");
+    let home = index_of(&ada.joined().signal_url);
+    let fallback = (0..3).find(|i| *i != home).unwrap();
+    let mut sam = Room::join(
+        &InviteLink::new(&nodes[fallback].url, &speaker_code).unwrap(),
+        JoinOptions::new("Sam"),
+    )
+    .await
+    .expect("Sam joins");
+    sam.speak(AudioSource::tone(440.0, -20.0)).await.unwrap();
+    within(
+        Duration::from_secs(5),
+        "the home reports its load",
+        || async { connections_of(&nodes[fallback], names[home]).await >= 2 },
+    )
+    .await;
+    let mut lee = Room::join(
+        &InviteLink::new(&nodes[fallback].url, &listener_code).unwrap(),
+        JoinOptions::new("Lee"),
+    )
+    .await
+    .expect("Lee joins");
+    let edge = index_of(&lee.joined().signal_url);
+    assert_ne!(edge, home);
+    hears(&lee, 440.0, "Lee on the edge").await;
+    lee.raise_hand().await.expect("Lee raises his hand");
+    let lee_id = lee.view().me().id.clone();
+    within(Duration::from_secs(5), "Ada sees the hand", || async {
+        ada.view()
+            .snapshot
+            .raised_hands
+            .iter()
+            .any(|p| p.id == lee_id)
+    })
+    .await;
+    // The home keeps the room's live state in Redis a moment after each change.
+    within(Duration::from_secs(5), "the hand is kept", || {
+        let kept = redis.cli(&["--raw", "GET", &format!("stoa:room-state:{room}")]);
+        async move { kept.contains(r#""h":true"#) }
+    })
+    .await;
+
+    let killed_at = Instant::now();
+    nodes[home].kill();
+    all_resume(
+        [(&mut ada, "Ada"), (&mut sam, "Sam"), (&mut lee, "Lee")],
+        Duration::from_secs(10),
+    )
+    .await;
+    let back = killed_at.elapsed();
+    assert!(lee.view().me().hand_raised, "Lee's hand is still up");
+    assert!(sam.view().me().on_stage, "Sam is on stage again");
+    assert_eq!(ada.view().me().role.to_string(), "moderator");
+    all_media_back([(&mut sam, "Sam")]).await;
+    if sam.view().me().muted {
+        sam.unmute().await.expect("Sam unmutes");
+    }
+    hears(&lee, 440.0, "Lee, after the home died").await;
+    let heard = killed_at.elapsed();
+    println!("the home killed: everyone back after {back:?}, Lee hears Sam after {heard:?}");
+    let lease = redis.cli(&["--raw", "GET", &format!("stoa:room:{room}")]);
+    assert!(
+        !lease.starts_with(&format!("{} ", names[home])),
+        "{lease:?}"
+    );
+    drop(nodes);
+}

@@ -426,6 +426,13 @@ impl RelayLinks {
         sessions.contains_key(&(room.clone(), participant.clone()))
     }
 
+    /// `participant` is in a room that lives here now: a session of theirs served as an edge
+    /// no longer closes their media connection when its grace runs out.
+    pub fn forget_session(&self, room: &RoomId, participant: &ParticipantId) {
+        let mut sessions = self.inner.sessions.lock().expect("relay links poisoned");
+        sessions.remove(&(room.clone(), participant.clone()));
+    }
+
     /// An edge session for `participant` began; its number, for [`RelayLinks::session_ended`].
     pub fn session_began(&self, room: &RoomId, participant: &ParticipantId) -> u64 {
         let mut sessions = self.inner.sessions.lock().expect("relay links poisoned");

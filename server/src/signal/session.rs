@@ -449,7 +449,13 @@ impl Session {
             .at_home(id.as_ref(), &room_id, may_edge, new_listener)
             .await
         {
-            Placed::Here => {}
+            Placed::Here => {
+                // This node served them as an edge until the room moved here: their media
+                // connection is the room's to manage now, not a lingering edge session's.
+                if let Some(links) = &self.state.relay_links {
+                    links.forget_session(&room_id, &participant);
+                }
+            }
             Placed::Gone => return None,
             Placed::Edge(home) => {
                 return Some(Entered::Edge(edge::EdgeJoin {
