@@ -118,7 +118,10 @@ impl<'a> NodeSpec<'a> {
             .env("STOA_NODE_NAME", self.name)
             .env("STOA_API_KEY", self.api_key)
             .env("STOA_SIGNING_KEY", self.signing_key)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("STOA_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         if let Some(url) = &self.database_url {
             command.env("STOA_DATABASE_URL", url);
         }
@@ -799,6 +802,9 @@ async fn next_event_matching(
             .await
             .unwrap_or_else(|_| panic!("{what}: not within {within:?}"))
             .unwrap_or_else(|| panic!("{what}: the room closed"));
+        if std::env::var_os("STOA_TEST_NODE_LOG").is_some() {
+            println!("{what}: {event:?}");
+        }
         if pick(&event) {
             return;
         }
@@ -2153,17 +2159,21 @@ async fn a_room_with_an_edge_survives_its_home_being_killed() {
     let index_of = |url: &str| nodes.iter().position(|n| n.signal_url() == url).unwrap();
 
     // Ada and Sam fill the home; their links name another node, which they fall back to.
+    // (A first redemption places the room, so that their links can avoid its home.)
     let (room, moderator_code) = nodes[0].room_with_invite("moderator").await;
     let speaker_code = nodes[0].invite(&room, "speaker").await;
     let listener_code = nodes[0].invite(&room, "listener").await;
+    let (status, placed) = nodes[0].join(&moderator_code, "Placement").await;
+    assert_eq!(status, 200, "{placed}");
+    let home = index_of(placed["signal_url"].as_str().unwrap());
+    let fallback = (0..3).find(|i| *i != home).unwrap();
     let mut ada = Room::join(
-        &InviteLink::new(&nodes[1].url, &moderator_code).unwrap(),
+        &InviteLink::new(&nodes[fallback].url, &moderator_code).unwrap(),
         JoinOptions::new("Ada").without_media(),
     )
     .await
     .expect("Ada joins");
-    let home = index_of(&ada.joined().signal_url);
-    let fallback = (0..3).find(|i| *i != home).unwrap();
+    assert_eq!(index_of(&ada.joined().signal_url), home);
     let mut sam = Room::join(
         &InviteLink::new(&nodes[fallback].url, &speaker_code).unwrap(),
         JoinOptions::new("Sam"),

@@ -288,6 +288,13 @@ impl Media {
         self.inner.workers.iter().map(|w| w.addr).collect()
     }
 
+    /// Whether `participant` has a media connection in `room` here (connecting included).
+    pub fn has_connection(&self, room: &RoomId, participant: &ParticipantId) -> bool {
+        self.inner
+            .conns
+            .contains_key(&(room.clone(), participant.clone()))
+    }
+
     /// Connections placed on workers (including ones still connecting).
     pub fn connection_count(&self) -> usize {
         self.inner.conns.len()

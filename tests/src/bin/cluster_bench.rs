@@ -147,6 +147,11 @@ async fn bench() -> Result<(), String> {
     let pids: Vec<u32> = nodes.iter().map(ServerProcess::pid).collect();
     let sampling = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, Vec<f64>)>::new()));
     let samples = sampling.clone();
+    // And the most each held: resident memory, clients' sockets, sockets from edges.
+    let peaks = std::sync::Arc::new(std::sync::Mutex::new(vec![(0u64, 0f64, 0f64); pids.len()]));
+    let peaks_kept = peaks.clone();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let (sampler_http, sampler_key) = (http.clone(), api_key.clone());
     let sampler = tokio::spawn(async move {
         loop {
             let cpu: Vec<f64> = pids
@@ -154,6 +159,21 @@ async fn bench() -> Result<(), String> {
                 .map(|pid| CpuSample::read(*pid).map_or(0.0, |s| s.since(&CpuSample::default())))
                 .collect();
             samples.lock().unwrap().push((Instant::now(), cpu));
+            for (i, pid) in pids.iter().enumerate() {
+                let rss = stoa_tests::loadgen::procfs::rss_kib(*pid).unwrap_or(0);
+                let own =
+                    metric(&sampler_http, &urls[i], &sampler_key, "stoa_signal_sockets").await;
+                let relayed = metric(
+                    &sampler_http,
+                    &urls[i],
+                    &sampler_key,
+                    "stoa_signal_sockets_from_edges",
+                )
+                .await;
+                let mut peaks = peaks_kept.lock().unwrap();
+                let p = &mut peaks[i];
+                *p = (p.0.max(rss), p.1.max(own), p.2.max(relayed));
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
@@ -221,8 +241,9 @@ async fn bench() -> Result<(), String> {
         let relay_in =
             metric(&http, &node.url, &api_key, "stoa_media_relay_in_total").await - before[i].1;
         let cpu = (cpu1[i] - cpu0[i]) / wall;
+        let (rss_kib, sockets, from_edges) = peaks.lock().unwrap()[i];
         println!(
-            "{}: {} listeners, delay µs {delay}, loss {:.4}%, CPU {:.1}% of a core, relay out {relay_out:.0} in {relay_in:.0} (whole run)",
+            "{}: {} listeners, delay µs {delay}, loss {:.4}%, CPU {:.1}% of a core, relay out {relay_out:.0} in {relay_in:.0} (whole run), at most {sockets:.0} sockets + {from_edges:.0} from edges and {rss_kib} KiB resident",
             NAMES[i],
             served.len(),
             100.0 * lost as f64 / expected.max(1) as f64,
@@ -236,6 +257,9 @@ async fn bench() -> Result<(), String> {
             "cpu_share": cpu,
             "relay_out": relay_out,
             "relay_in": relay_in,
+            "peak_signal_sockets": sockets,
+            "peak_signal_sockets_from_edges": from_edges,
+            "peak_rss_kib": rss_kib,
         }));
     }
     let out = json!({

@@ -389,7 +389,7 @@ impl RoomTask {
             return Err(ConnectError::Refused(Refusal::NotInRoom));
         };
         // Back here after the room moved (no media connection of theirs here), or after an
-        // edge sent them home (theirs was on the edge).
+        // edge sent them home (theirs was on the edge), they make a new one.
         let came_home = match c.via_edge {
             true => {
                 self.via_edge.insert(c.participant.clone());
@@ -397,7 +397,13 @@ impl RoomTask {
             }
             false => self.via_edge.remove(&c.participant),
         };
-        let reconnect_media = self.first_time_back(&c.participant) | came_home;
+        // Unless this node has one of theirs already: it served them as an edge of the room
+        // before the room moved here, and that connection goes on.
+        let reconnect_media = (self.first_time_back(&c.participant) | came_home)
+            && !self
+                .deps
+                .media
+                .has_connection(self.state.room(), &c.participant);
         self.welcome(
             &c.outbox,
             c.request_id.as_ref(),

@@ -113,7 +113,10 @@ impl Session {
                     "the node this room lives on did not answer; try again in a moment",
                 );
                 self.error(None, code, message).await;
-                self.close(close_code::TRY_AGAIN_LATER, code).await;
+                // A home killed a moment ago can still look alive: the client resumes, and
+                // finds the room wherever it is by then.
+                self.close(close_code::SERVER_RESTARTING, "server_restarting")
+                    .await;
                 return;
             }
         };
@@ -176,7 +179,10 @@ impl Session {
                     "the node this room lives on did not answer; try again in a moment",
                 );
                 self.error(None, code, message).await;
-                self.close(close_code::TRY_AGAIN_LATER, code).await;
+                // A home killed a moment ago can still look alive: the client resumes, and
+                // finds the room wherever it is by then.
+                self.close(close_code::SERVER_RESTARTING, "server_restarting")
+                    .await;
                 return;
             }
         };
