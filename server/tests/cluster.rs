@@ -1826,6 +1826,25 @@ async fn connections_of(node: &Endpoint, name: &str) -> u64 {
         .map_or(0, |n| n["load"]["connections"].as_u64().unwrap())
 }
 
+const EDGE_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+/// Three nodes on `database` whose rooms' homes are full for new listeners at two
+/// connections of four (the rest is the stage's), so that a few clients show edges at work.
+fn edge_cluster(redis: &Redis, database: &str) -> Vec<Node> {
+    EDGE_NODES
+        .iter()
+        .map(|name| {
+            NodeSpec {
+                database_url: Some(database.to_owned()),
+                capacity: 4,
+                home_full_at: Some(0.5),
+                ..NodeSpec::new(name, redis)
+            }
+            .start()
+        })
+        .collect()
+}
+
 /// Waits until `room` hears `hz`, from frames that arrive from now on.
 async fn hears(room: &stoa_client::Room, hz: f32, what: &str) {
     let mut listener = room.listen().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -1840,20 +1859,8 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
 
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
-    let database = pg.fresh_database();
-    let names = ["node-a", "node-b", "node-c"];
-    // Four connections each; a home is full for new listeners at two (the rest is the stage's).
-    let spec = |name: &'static str| NodeSpec {
-        database_url: Some(database.clone()),
-        capacity: 4,
-        home_full_at: Some(0.5),
-        ..NodeSpec::new(name, &redis)
-    };
-    let mut nodes = vec![
-        spec(names[0]).start(),
-        spec(names[1]).start(),
-        spec(names[2]).start(),
-    ];
+    let names = EDGE_NODES;
+    let mut nodes = edge_cluster(&redis, &pg.fresh_database());
     let index_of = |url: &str| {
         nodes
             .iter()
@@ -2066,6 +2073,75 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
         (status, refused["code"].as_str()),
         (401, Some("unauthorized_node"))
     );
+    // Signed as a node would sign it (the key derives from the cluster's signing key): a body
+    // changed after signing, a bad nonce, an address that is not the node's media, and a room
+    // that does not live there are each refused with their code.
+    let forwarding = stoa::cluster::Forwarding::new(
+        stoa::session::TokenSigner::from_text(SIGNING_KEY)
+            .unwrap()
+            .derive("node forwarding"),
+    );
+    let edge_media = {
+        let list = nodes[home].get("/api/v1/cluster/nodes").await;
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == names[other])
+            .unwrap()["media"][0]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let grant = |room: &str, nonce: &str, to: &str| {
+        serde_json::to_vec(&json!({"room": room, "link": 7, "nonce": nonce, "to": to})).unwrap()
+    };
+    let signed_call = |signed: Vec<u8>, sent: Vec<u8>| {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let path = "/internal/v1/relay-links";
+        let header = forwarding.sign_call(names[other], at, &reqwest::Method::POST, path, &signed);
+        let request = nodes[home]
+            .http
+            .post(format!("{}{path}", nodes[home].url))
+            .header("stoa-node-call", header)
+            .body(sent);
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await.unwrap_or_default();
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let good_nonce = "ab".repeat(16);
+    let cases = [
+        (
+            grant(&room, &good_nonce, &edge_media),
+            grant(&room, &good_nonce, "127.0.0.1:9"),
+            (401, "unauthorized_node"),
+        ),
+        (
+            grant(&room, "xyz", &edge_media),
+            grant(&room, "xyz", &edge_media),
+            (400, "invalid_grant"),
+        ),
+        (
+            grant(&room, &good_nonce, "127.0.0.1:9"),
+            grant(&room, &good_nonce, "127.0.0.1:9"),
+            (400, "not_its_address"),
+        ),
+        (
+            grant("rm_notlivehere00000", &good_nonce, &edge_media),
+            grant("rm_notlivehere00000", &good_nonce, &edge_media),
+            (404, "room_not_here"),
+        ),
+    ];
+    for (signed, sent, (status, code)) in cases {
+        let answer = signed_call(signed, sent).await;
+        assert_eq!(answer, (status, code.to_owned()));
+    }
 
     // The edge dies. Bo's client falls back to the node his link named, which serves him as
     // the room's edge now; he hears Sam again within seconds.
@@ -2143,19 +2219,8 @@ async fn a_room_with_an_edge_survives_its_home_being_killed() {
 
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
-    let database = pg.fresh_database();
-    let names = ["node-a", "node-b", "node-c"];
-    let spec = |name: &'static str| NodeSpec {
-        database_url: Some(database.clone()),
-        capacity: 4,
-        home_full_at: Some(0.5),
-        ..NodeSpec::new(name, &redis)
-    };
-    let mut nodes = vec![
-        spec(names[0]).start(),
-        spec(names[1]).start(),
-        spec(names[2]).start(),
-    ];
+    let names = EDGE_NODES;
+    let mut nodes = edge_cluster(&redis, &pg.fresh_database());
     let index_of = |url: &str| nodes.iter().position(|n| n.signal_url() == url).unwrap();
 
     // Ada and Sam fill the home; their links name another node, which they fall back to.

@@ -73,10 +73,11 @@ async fn redeem_checked(state: &AppState, body: JoinRequest) -> Result<JoinAnswe
                         Home::Here(_) => cluster.me(),
                         Home::Elsewhere(node, _) => *node,
                     };
-                    // A full home's new audience goes to an edge; the stage stays home.
+                    // A full home's new listeners go to an edge. The stage stays home, and so
+                    // do moderators, who start on it when it has room.
                     let edge = match invite.role {
-                        Role::Speaker => None,
-                        _ => cluster
+                        Role::Speaker | Role::Moderator => None,
+                        Role::Listener => cluster
                             .edge_for(room.id.as_str(), &home, None)
                             .await
                             .ok()

@@ -13,7 +13,7 @@ pub mod state;
 
 pub use actor::{
     AnonymousListeners, Connect, ConnectError, LiveError, LiveRooms, NoRecorder, Outbound, Outbox,
-    Recorder, RecorderFuture, RoomHandle,
+    Recorder, RecorderFuture, RoomHandle, answer_text,
 };
 pub use command::{Actor, Command, ConnectionId, RecordingOptions};
 pub use event::{

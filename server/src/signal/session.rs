@@ -441,9 +441,9 @@ impl Session {
             }
         };
         // The token names the room: a node that is not its home sends the client on, or
-        // serves them as an edge, before reading anything. Speakers' invites put them on stage,
-        // which lives on the home.
-        let may_edge = !self.from_edge && (resume || joining.0 != Role::Speaker);
+        // serves them as an edge, before reading anything. Only listeners are served off the
+        // home (a resume's standing is the home's to say; an edge sends someone on stage home).
+        let may_edge = !self.from_edge && (resume || joining.0 == Role::Listener);
         let new_listener = !resume && joining.0 == Role::Listener;
         match self
             .at_home(id.as_ref(), &room_id, may_edge, new_listener)

@@ -45,31 +45,7 @@ impl RoomTask {
         let outbox = conn.outbox.clone();
         let metrics = self.deps.metrics.clone();
         tokio::spawn(async move {
-            let text = match tokio::time::timeout(OFFER_TIMEOUT, answer).await {
-                Ok(Ok(Ok(sdp))) => ServerMessage::MediaAnswer {
-                    id: request_id.as_ref(),
-                    sdp: &sdp,
-                }
-                .to_json(),
-                Ok(Ok(Err(e))) => {
-                    metrics.signal_error(e.code);
-                    ServerMessage::Error {
-                        id: request_id.as_ref(),
-                        code: e.code,
-                        message: &e.message,
-                    }
-                    .to_json()
-                }
-                _ => {
-                    metrics.signal_error("media_unavailable");
-                    ServerMessage::Error {
-                        id: request_id.as_ref(),
-                        code: "media_unavailable",
-                        message: "the media service did not answer; try again",
-                    }
-                    .to_json()
-                }
-            };
+            let text = answer_text(answer, request_id.as_ref(), &metrics).await;
             let _ = outbox.try_send(Outbound::Text(text.into()));
         });
     }
@@ -86,5 +62,35 @@ impl RoomTask {
 
     pub(super) fn media_close_room(&self) {
         self.deps.media.close_room(self.state.room());
+    }
+}
+
+/// The message a socket gets for its offer once media has answered (or not, within
+/// [`OFFER_TIMEOUT`]): `media_answer`, or `error` with media's code.
+pub async fn answer_text(
+    answer: oneshot::Receiver<Result<String, crate::media::MediaError>>,
+    id: Option<&RequestId>,
+    metrics: &crate::metrics::Metrics,
+) -> String {
+    match tokio::time::timeout(OFFER_TIMEOUT, answer).await {
+        Ok(Ok(Ok(sdp))) => ServerMessage::MediaAnswer { id, sdp: &sdp }.to_json(),
+        Ok(Ok(Err(e))) => {
+            metrics.signal_error(e.code);
+            ServerMessage::Error {
+                id,
+                code: e.code,
+                message: &e.message,
+            }
+            .to_json()
+        }
+        _ => {
+            metrics.signal_error("media_unavailable");
+            ServerMessage::Error {
+                id,
+                code: "media_unavailable",
+                message: "the media service did not answer; try again",
+            }
+            .to_json()
+        }
     }
 }

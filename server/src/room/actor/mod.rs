@@ -28,6 +28,7 @@ use super::{Actor, Command, ConnectionId, ParticipantView, RecordingOptions, Ref
 use crate::control::{Delivery, ParticipantId, Role};
 use crate::wire::{RequestId, Text};
 
+pub use media::answer_text;
 pub use rooms::{LiveRooms, RoomHandle};
 
 use std::future::Future;

@@ -38,8 +38,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ANSWERS_WAIT: Duration = Duration::from_secs(2);
 /// Requests followed for their answers (the rate limit keeps it far below this).
 const MAX_UNANSWERED: usize = 64;
-/// How long media may take to answer an offer.
-const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -107,16 +105,7 @@ impl Session {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::warn!(home = %edge.home.name, error = %e, "an edge could not reach the room's home");
-                self.state.metrics.edge_session("home_unreachable");
-                let (code, message) = (
-                    "node_unreachable",
-                    "the node this room lives on did not answer; try again in a moment",
-                );
-                self.error(None, code, message).await;
-                // A home killed a moment ago can still look alive: the client resumes, and
-                // finds the room wherever it is by then.
-                self.close(close_code::SERVER_RESTARTING, "server_restarting")
-                    .await;
+                self.home_lost("home_unreachable").await;
                 return;
             }
         };
@@ -172,17 +161,8 @@ impl Session {
             Ok(seat) => seat,
             Err(e) => {
                 tracing::warn!(room = %edge.room, home = %edge.home.name, error = %e, "the home did not grant a relay link");
-                self.state.metrics.edge_session("no_relay");
                 let _ = upstream.close(None).await;
-                let (code, message) = (
-                    "node_unreachable",
-                    "the node this room lives on did not answer; try again in a moment",
-                );
-                self.error(None, code, message).await;
-                // A home killed a moment ago can still look alive: the client resumes, and
-                // finds the room wherever it is by then.
-                self.close(close_code::SERVER_RESTARTING, "server_restarting")
-                    .await;
+                self.home_lost("no_relay").await;
                 return;
             }
         };
@@ -372,31 +352,7 @@ impl Session {
                 let answers = passing.answers.clone();
                 let metrics = self.state.metrics.clone();
                 tokio::spawn(async move {
-                    let text = match tokio::time::timeout(OFFER_TIMEOUT, answer).await {
-                        Ok(Ok(Ok(sdp))) => ServerMessage::MediaAnswer {
-                            id: id.as_ref(),
-                            sdp: &sdp,
-                        }
-                        .to_json(),
-                        Ok(Ok(Err(e))) => {
-                            metrics.signal_error(e.code);
-                            ServerMessage::Error {
-                                id: id.as_ref(),
-                                code: e.code,
-                                message: &e.message,
-                            }
-                            .to_json()
-                        }
-                        _ => {
-                            metrics.signal_error("media_unavailable");
-                            ServerMessage::Error {
-                                id: id.as_ref(),
-                                code: "media_unavailable",
-                                message: "the media service did not answer; try again",
-                            }
-                            .to_json()
-                        }
-                    };
+                    let text = crate::room::answer_text(answer, id.as_ref(), &metrics).await;
                     let _ = answers.send(text).await;
                 });
             }
@@ -417,6 +373,17 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// The home did not take the socket, or did not grant the link: `node_unreachable`, and a
+    /// close the client resumes after. A home killed a moment ago can still look alive, and
+    /// the resume finds the room wherever it is by then.
+    async fn home_lost(&mut self, outcome: &str) {
+        self.state.metrics.edge_session(outcome);
+        let message = "the node this room lives on did not answer; try again in a moment";
+        self.error(None, "node_unreachable", message).await;
+        self.close(close_code::SERVER_RESTARTING, "server_restarting")
+            .await;
     }
 
     /// Sends the person to the room's home (`moved`, as a stopping node does): their client
