@@ -153,9 +153,13 @@ async fn each_speaker_gets_a_track_of_their_own_in_step_with_the_mix() {
         };
         // Its own tone, from its start on, and never the other's.
         let (with, since) = tone_windows(&pcm, own);
+        let pattern: String = pcm
+            .chunks_exact(WINDOW_SAMPLES)
+            .map(|w| if tone_present(w, own) { '+' } else { '.' })
+            .collect();
         assert!(
             with >= 20 && with as f64 >= 0.9 * since as f64,
-            "track {n}: {with} of {since}"
+            "track {n}: {with} of {since} windows hold its tone: {pattern}"
         );
         assert_eq!(
             tone_windows(&pcm, other).0,
