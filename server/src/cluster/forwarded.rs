@@ -83,26 +83,10 @@ impl Forwarding {
         path: &str,
         now_ms: i64,
     ) -> Option<IpAddr> {
-        let value = headers.get(HEADER)?.to_str().ok()?;
-        let mut fields = value.split(' ');
-        let (Some("v1"), Some(node), Some(ip), Some(at), Some(mac), None) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            return None;
-        };
+        let [node, ip, at, mac] = fields(headers, HEADER)?;
         let ip: IpAddr = ip.parse().ok()?;
-        let at: i64 = at.parse().ok()?;
-        if (now_ms - at).abs() > MAX_AGE_MS {
-            return None;
-        }
-        let expected = self.mac(node, ip, at, method, path);
-        use subtle::ConstantTimeEq;
-        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then_some(ip)
+        let at = fresh(at, now_ms)?;
+        same(&self.mac(node, ip, at, method, path), mac).then_some(ip)
     }
     fn call_mac(&self, node: &str, at_ms: i64, method: &Method, path: &str, body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
@@ -145,25 +129,32 @@ impl Forwarding {
         body: &[u8],
         now_ms: i64,
     ) -> Option<String> {
-        let value = headers.get(CALL_HEADER)?.to_str().ok()?;
-        let mut fields = value.split(' ');
-        let (Some("v1"), Some(node), Some(at), Some(mac), None) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            return None;
-        };
-        let at: i64 = at.parse().ok()?;
-        if (now_ms - at).abs() > MAX_AGE_MS {
-            return None;
-        }
-        let expected = self.call_mac(node, at, method, path, body);
-        use subtle::ConstantTimeEq;
-        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then(|| node.to_owned())
+        let [node, at, mac] = fields(headers, CALL_HEADER)?;
+        let at = fresh(at, now_ms)?;
+        same(&self.call_mac(node, at, method, path, body), mac).then(|| node.to_owned())
     }
+}
+
+/// The `N` fields after `v1` of header `name`, when it has exactly those.
+fn fields<'a, const N: usize>(headers: &'a HeaderMap, name: &str) -> Option<[&'a str; N]> {
+    let mut parts = headers.get(name)?.to_str().ok()?.split(' ');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let fields: [&str; N] = std::array::from_fn(|_| parts.next().unwrap_or(""));
+    (parts.next().is_none() && fields.iter().all(|f| !f.is_empty())).then_some(fields)
+}
+
+/// The time a header was made at, if it is recent enough to trust.
+fn fresh(at: &str, now_ms: i64) -> Option<i64> {
+    let at: i64 = at.parse().ok()?;
+    ((now_ms - at).abs() <= MAX_AGE_MS).then_some(at)
+}
+
+/// Whether a received MAC is the expected one, in constant time.
+fn same(expected: &str, received: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(expected.as_bytes().ct_eq(received.as_bytes()))
 }
 
 #[cfg(test)]
