@@ -47,14 +47,14 @@ export function measureBroadcastElement() {
  */
 export async function listenToBroadcast(peer, seconds, candidates) {
   await peer.evaluate(/** @type {() => void} */ (/** @type {unknown} */ (`(() => { const t = window.__broadcastTap; if (t.recorder) t.recorder.start(); })()`)));
-  /** @type {{ hz: number, db: number }[]} */
+  /** @type {{ hz: number, db: number, at?: number, ahead?: number }[]} */
   const windows = [];
   const tapKind = await peer.evaluate(() => (/** @type {any} */ (window).__broadcastTap?.analyser ? "analyser" : "recorder"));
   if (tapKind === "analyser") {
     const deadline = Date.now() + seconds * 1000;
     while (Date.now() < deadline) {
       const sample = await peer.evaluate(
-        /** @type {() => { hz: number, db: number }} */ (
+        /** @type {() => { hz: number, db: number, at?: number, ahead?: number }} */ (
           /** @type {unknown} */ (`(() => {
             const analyser = window.__broadcastTap.analyser;
             const bins = new Float32Array(analyser.frequencyBinCount);
@@ -65,6 +65,13 @@ export async function listenToBroadcast(peer, seconds, candidates) {
             for (const hz of candidates) {
               const db = bins[Math.round(hz / binHz)];
               if (db > best.db) best = { hz, db };
+            }
+            // Where the player was, and how much it had ahead (a gap says which side it is on).
+            const audio = document.querySelector("audio[data-broadcast]");
+            if (audio) {
+              const b = audio.buffered;
+              best.at = Math.round(audio.currentTime * 1000);
+              best.ahead = b.length ? Math.round((b.end(b.length - 1) - audio.currentTime) * 1000) : 0;
             }
             return best;
           })()`)

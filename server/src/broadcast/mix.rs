@@ -10,11 +10,18 @@ use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
 /// Samples per 20 ms frame at 48 kHz, mono: one tick of the mix.
 pub const FRAME: usize = 960;
-/// Packets a source gathers before it starts playing (40 ms of jitter absorbed).
-const DEPTH: usize = 2;
+/// Ticks a source's first packet waits before it is played (then the rest follow in order):
+/// a sender or network that stalls up to 280 ms is played as it was sent, not concealed. A
+/// broadcast is a second or more behind anyway (LL-HLS parts and hold-back), so 300 ms more
+/// costs its listeners nothing they notice; gaps they do notice. It was one tick until CI
+/// caught a loaded machine's speaker stalling 200 ms: 200 ms of fading concealment, then
+/// silence, in the broadcast. Counted in ticks,
+/// not packets, so that where a packet is played depends only on when the first one came:
+/// recordings' speaker tracks place packets in step with the mix by it.
+pub const PLAYOUT_DELAY_FRAMES: u64 = 15;
 /// Packets a source may hold; past that it skips ahead (a speaker whose packets came in a
 /// burst after a stall must not keep the mix behind).
-const MAX_WAITING: usize = 25;
+const MAX_WAITING: usize = PLAYOUT_DELAY_FRAMES as usize + 25;
 /// Ticks without a packet after which a source stops playing (and starts buffering anew).
 const IDLE_TICKS: u32 = 10;
 /// The largest Opus packet (RFC 6716: 1275 bytes per frame, up to 3 frames of 20 ms).
@@ -54,6 +61,8 @@ struct Source {
     /// Decoded samples not yet mixed.
     pcm: VecDeque<i16>,
     playing: bool,
+    /// Ticks the first packet has waited, while not playing.
+    held: u64,
     idle: u32,
     /// Level of the audio being played (0 loudest, 127 silence).
     level: u8,
@@ -68,6 +77,7 @@ impl Source {
             last: None,
             pcm: VecDeque::with_capacity(4 * FRAME),
             playing: false,
+            held: 0,
             idle: 0,
             level: SILENT,
         })
@@ -91,10 +101,12 @@ impl Source {
         ext
     }
 
-    fn push(&mut self, seq: u16, payload: Bytes, level: u8) {
+    /// Keeps a packet for its tick: how many ticks from now it will be played, or `None` if
+    /// it came too late for the mix.
+    fn push(&mut self, seq: u16, payload: Bytes, level: u8) -> Option<u64> {
         let ext = self.extend(seq);
         if self.next.is_some_and(|next| ext < next) {
-            return; // too late: its time has passed
+            return None; // too late: its time has passed
         }
         self.waiting.insert(ext, (payload, level));
         while self.waiting.len() > MAX_WAITING {
@@ -103,15 +115,32 @@ impl Source {
                 self.next = Some(next.max(first));
             }
         }
+        if !self.waiting.contains_key(&ext) {
+            return None;
+        }
+        match self.next {
+            Some(next) => Some(ext - next),
+            None => {
+                let first = *self.waiting.first_key_value()?.0;
+                Some(PLAYOUT_DELAY_FRAMES - self.held + (ext - first))
+            }
+        }
     }
 
-    /// Decodes until a frame's worth of samples is ready, or there is nothing to decode.
-    fn fill(&mut self, scratch: &mut [i16; 3 * FRAME]) -> Result<(), MixError> {
+    /// Decodes until a frame's worth of samples is ready, or there is nothing to decode; the
+    /// frames concealed.
+    fn fill(&mut self, scratch: &mut [i16; 3 * FRAME]) -> Result<u64, MixError> {
+        let mut concealed = 0;
         if !self.playing {
-            if self.waiting.len() < DEPTH {
-                return Ok(());
+            if self.waiting.is_empty() {
+                return Ok(0);
+            }
+            if self.held < PLAYOUT_DELAY_FRAMES {
+                self.held += 1;
+                return Ok(0);
             }
             self.playing = true;
+            self.held = 0;
             self.next = self.waiting.first_key_value().map(|(k, _)| *k);
         }
         while self.pcm.len() < FRAME {
@@ -124,6 +153,7 @@ impl Source {
                 }
                 // Lost (a later one is here): concealment fills its 20 ms.
                 None if !self.waiting.is_empty() => {
+                    concealed += 1;
                     self.decoder.decode(&[], &mut scratch[..FRAME], false)?
                 }
                 // Nothing here yet: the packet is late (a stalled sender or network) or the
@@ -132,6 +162,7 @@ impl Source {
                 // packet is dropped as too late if it still comes.
                 None if self.idle < IDLE_TICKS => {
                     self.idle += 1;
+                    concealed += 1;
                     self.decoder.decode(&[], &mut scratch[..FRAME], false)?
                 }
                 None => break,
@@ -148,13 +179,24 @@ impl Source {
             self.idle = 0;
             self.decoder.reset_state()?;
         }
-        Ok(())
+        Ok(concealed)
     }
+}
+
+/// What the mixer had to make up for, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MixStats {
+    /// 20 ms of a voice synthesized by Opus concealment: a lost or late packet, and the
+    /// moments after a voice stops.
+    pub concealed: u64,
+    /// Packets that came after their tick had passed (dropped).
+    pub late: u64,
 }
 
 /// The mixer of one room.
 pub struct Mixer {
     settings: MixSettings,
+    stats: MixStats,
     sources: HashMap<u32, Source>,
     encoder: Encoder,
     scratch: Box<[i16; 3 * FRAME]>,
@@ -172,6 +214,7 @@ impl Mixer {
         let pre_skip = encoder.get_lookahead()? as u16;
         Ok(Mixer {
             settings,
+            stats: MixStats::default(),
             sources: HashMap::new(),
             encoder,
             scratch: Box::new([0; 3 * FRAME]),
@@ -183,25 +226,31 @@ impl Mixer {
         })
     }
 
+    pub fn stats(&self) -> MixStats {
+        self.stats
+    }
+
     /// Samples a player drops at the start of the stream (the encoder's lookahead).
     pub fn pre_skip(&self) -> u16 {
         self.pre_skip
     }
 
-    /// A speaker's packet: `level` is its RFC 6464 level (0 loudest), if it had one.
+    /// A speaker's packet: `level` is its RFC 6464 level (0 loudest), if it had one. Says in
+    /// how many ticks it will be played (0: the next), or `None` if it came too late for that.
     pub fn push(
         &mut self,
         source: u32,
         seq: u16,
         payload: Bytes,
         level: Option<u8>,
-    ) -> Result<(), MixError> {
+    ) -> Result<Option<u64>, MixError> {
         let entry = match self.sources.entry(source) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Source::new()?),
         };
-        entry.push(seq, payload, level.unwrap_or(SILENT / 2));
-        Ok(())
+        let plays_in = entry.push(seq, payload, level.unwrap_or(SILENT / 2));
+        self.stats.late += u64::from(plays_in.is_none());
+        Ok(plays_in)
     }
 
     /// A speaker left: their voice stops at once.
@@ -213,7 +262,7 @@ impl Mixer {
     pub fn tick(&mut self) -> Result<&[u8], MixError> {
         let scratch = &mut *self.scratch;
         for source in self.sources.values_mut() {
-            source.fill(scratch)?;
+            self.stats.concealed += source.fill(scratch)?;
         }
         // The loudest voices with something to say this tick.
         self.chosen.clear();
@@ -334,13 +383,15 @@ mod tests {
     #[test]
     fn a_stalled_speaker_is_concealed_not_silenced() {
         let mut mixer = Mixer::new(MixSettings::default()).unwrap();
-        let packets = tone(440.0, 60);
+        let d = PLAYOUT_DELAY_FRAMES as usize;
+        let packets = tone(440.0, 3 * d + 60);
         let mut out = Vec::new();
         let mut sent = 0;
-        for tick in 0..60 {
-            // Ticks 20-23: the speaker's packets are held up (a loaded sender), then come in
-            // a burst at tick 24 with the ones of that moment.
-            let due = if (20..24).contains(&tick) {
+        // The speaker's packets are held up (a loaded sender) for four ticks longer than the
+        // jitter buffer holds, then come in a burst with the ones of that moment.
+        let stall = 2 * d + 10..3 * d + 14;
+        for tick in 0..3 * d + 60 {
+            let due = if stall.contains(&tick) {
                 sent
             } else {
                 tick + 1
@@ -354,15 +405,66 @@ mod tests {
             out.push(mixer.tick().unwrap().to_vec());
         }
         let levels = frame_levels(&out);
-        let steady = levels[10..20].iter().sum::<f64>() / 10.0;
+        let steady = levels[d + 5..d + 15].iter().sum::<f64>() / 10.0;
         // From the moment the voice plays (after the jitter buffer and the encoder's lookahead)
         // to the end, no frame falls silent: the stall is concealed.
-        let quietest = levels[5..].iter().copied().fold(f64::INFINITY, f64::min);
+        let quietest = levels[d + 2..]
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
         assert!(
             quietest > steady / 10.0,
             "a frame at {quietest:.0} RMS against {steady:.0}: {levels:.0?}"
         );
         assert!(share_at(&out, 440.0) > 0.8);
+    }
+
+    /// Where a voice starts depends on when its first packet came, not on how the next ones
+    /// came: recordings' speaker tracks rely on it to stay in step with the mix.
+    #[test]
+    fn a_voice_starts_a_fixed_delay_after_its_first_packet_in_a_burst_or_not() {
+        let packets = tone(440.0, 30);
+        let onset = |burst: bool| {
+            let mut mixer = Mixer::new(MixSettings::default()).unwrap();
+            let mut out = Vec::new();
+            for tick in 0..30 {
+                if tick >= 5 {
+                    // A burst: six at once, then one a tick, ahead of their time.
+                    let due = match (burst, tick) {
+                        (true, 5) => 0..6,
+                        (true, _) => tick..tick + 1,
+                        (false, _) => tick - 5..tick - 4,
+                    };
+                    for i in due.filter(|i| *i < packets.len()) {
+                        let plays_in = mixer
+                            .push(7, i as u16, packets[i].clone(), Some(30))
+                            .unwrap();
+                        // Where it says each packet will be played: one frame after another
+                        // from the first one's place.
+                        assert_eq!(
+                            plays_in.map(|n| n as usize + tick),
+                            Some(5 + PLAYOUT_DELAY_FRAMES as usize + i),
+                            "packet {i} at tick {tick}"
+                        );
+                    }
+                }
+                out.push(mixer.tick().unwrap().to_vec());
+            }
+            let levels = frame_levels(&out);
+            levels
+                .iter()
+                .position(|l| *l > 100.0)
+                .expect("the voice is heard")
+        };
+        let (spaced, burst) = (onset(false), onset(true));
+        assert_eq!(spaced, burst);
+        // Its first packet came before tick 5: it plays in frame 5 + the delay, which the
+        // decoder hears within the encoder's lookahead (under a frame).
+        assert!(
+            (5 + PLAYOUT_DELAY_FRAMES as usize..=6 + PLAYOUT_DELAY_FRAMES as usize)
+                .contains(&spaced),
+            "{spaced}"
+        );
     }
 
     #[test]

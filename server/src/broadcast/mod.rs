@@ -100,7 +100,12 @@ pub enum Recorded {
     Mix(Bytes),
     /// A speaker's packet as the tap delivered it (a reference, not a copy), for speaker
     /// tracks: it arrived after the mix frames before it in the queue.
-    Speaker(Arc<crate::media::worker::Forwarded>),
+    Speaker {
+        packet: Arc<crate::media::worker::Forwarded>,
+        /// In how many frames the mix plays it (0: the next one), or `None` if it came too
+        /// late for the mix.
+        plays_in: Option<u64>,
+    },
 }
 
 /// Where a recording's end of the mix is fed. A full queue drops (the writer is seconds
@@ -110,6 +115,36 @@ struct RecorderSink {
     /// The recording keeps speaker tracks: the speakers' packets go to it too.
     speakers: bool,
     dropped: Arc<AtomicU64>,
+}
+
+/// A room's recording, and what it needs to start in step with the mix.
+#[derive(Default)]
+struct Recorder {
+    sink: Option<RecorderSink>,
+    /// Frames the mix made so far.
+    frames: u64,
+    /// The speaker packets the mix holds and has not played yet, each with the frame that
+    /// plays it: a recording with speaker tracks that starts now gets them first, so that a
+    /// voice already speaking starts in its track where it does in the mix.
+    waiting: std::collections::VecDeque<(Arc<crate::media::worker::Forwarded>, u64)>,
+}
+
+/// Packets [`Recorder::waiting`] keeps at most (what the mix holds of ten voices).
+const HELD_FOR_RECORDINGS: usize = 10 * (mix::PLAYOUT_DELAY_FRAMES as usize + 2);
+
+impl Recorder {
+    /// Attaches a recording: a recording with speaker tracks gets the packets the mix holds.
+    fn attach(&mut self, sink: RecorderSink) {
+        if sink.speakers {
+            for (packet, plays_at) in &self.waiting {
+                let _ = sink.queue.try_send(Recorded::Speaker {
+                    packet: Arc::clone(packet),
+                    plays_in: Some(plays_at - self.frames),
+                });
+            }
+        }
+        self.sink = Some(sink);
+    }
 }
 
 /// Frames waiting for a recording's writer (about five seconds).
@@ -134,9 +169,7 @@ pub struct Feed {
 pub struct Live {
     pub stream: Mutex<Stream>,
     /// Where frames go besides the stream: a recording of the room, while it is recorded.
-    recorder: Mutex<Option<RecorderSink>>,
-    /// A recording with speaker tracks is attached (read per speaker packet, without a lock).
-    recording_speakers: std::sync::atomic::AtomicBool,
+    recorder: Mutex<Recorder>,
     pre_skip: u16,
     /// The last part published; changes wake blocked playlist requests.
     published: watch::Sender<Option<Position>>,
@@ -203,7 +236,10 @@ impl Live {
     /// the mix running). A recording that stopped has closed its end: it is let go here.
     fn offer_to_recorder(&self, frame: &Bytes) -> bool {
         let mut recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sink) = recorder.as_ref() else {
+        recorder.frames += 1;
+        let frames = recorder.frames;
+        recorder.waiting.retain(|(_, plays_at)| *plays_at >= frames);
+        let Some(sink) = recorder.sink.as_ref() else {
             return false;
         };
         match sink.queue.try_send(Recorded::Mix(frame.clone())) {
@@ -213,24 +249,35 @@ impl Live {
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                *recorder = None;
-                self.recording_speakers.store(false, Ordering::Relaxed);
+                recorder.sink = None;
                 false
             }
         }
     }
 
     /// Hands a speaker's packet to a recording that keeps speaker tracks; a full queue drops
-    /// it (counted: the track fills its place with silence).
-    fn offer_packet_to_recorder(&self, packet: &Arc<crate::media::worker::Forwarded>) {
-        if !self.recording_speakers.load(Ordering::Relaxed) {
-            return;
+    /// it (counted: the track fills its place with silence). Kept until the mix plays it, for
+    /// a recording that starts meanwhile.
+    fn offer_packet_to_recorder(
+        &self,
+        packet: &Arc<crate::media::worker::Forwarded>,
+        plays_in: Option<u64>,
+    ) {
+        let mut recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plays_in) = plays_in {
+            if recorder.waiting.len() >= HELD_FOR_RECORDINGS {
+                recorder.waiting.pop_front();
+            }
+            let plays_at = recorder.frames + plays_in;
+            recorder.waiting.push_back((Arc::clone(packet), plays_at));
         }
-        let recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sink) = recorder.as_ref().filter(|s| s.speakers)
+        if let Some(sink) = recorder.sink.as_ref().filter(|s| s.speakers)
             && sink
                 .queue
-                .try_send(Recorded::Speaker(Arc::clone(packet)))
+                .try_send(Recorded::Speaker {
+                    packet: Arc::clone(packet),
+                    plays_in,
+                })
                 .is_err()
         {
             sink.dropped.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +333,7 @@ impl Broadcasts {
     /// Starts the room's mix (with broadcasts turned off too, like a recording) so that clips
     /// of its last seconds can be made; [`Live::set_held`] keeps it running.
     pub async fn hold(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
-        self.start_mix(room).await
+        self.start_mix(room, None).await
     }
 
     pub fn settings(&self) -> &BroadcastSettings {
@@ -372,7 +419,7 @@ impl Broadcasts {
         if !self.inner.settings.enabled {
             return Err(BroadcastError::Disabled);
         }
-        self.start_mix(room).await
+        self.start_mix(room, None).await
     }
 
     /// The room's mix from now on, for a recording: the mix is started if it is not running
@@ -380,7 +427,6 @@ impl Broadcasts {
     /// running while the feed is held. One recording per room: a new feed replaces the old.
     /// With `speakers`, the speakers' packets come too, for speaker tracks.
     pub async fn record(&self, room: &RoomId, speakers: bool) -> Result<Feed, BroadcastError> {
-        let live = self.start_mix(room).await?;
         let depth = if speakers {
             RECORD_QUEUE_WITH_SPEAKERS
         } else {
@@ -388,12 +434,12 @@ impl Broadcasts {
         };
         let (tx, rx) = mpsc::channel(depth);
         let dropped = Arc::new(AtomicU64::new(0));
-        *live.recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some(RecorderSink {
+        let sink = RecorderSink {
             queue: tx,
             speakers,
             dropped: dropped.clone(),
-        });
-        live.recording_speakers.store(speakers, Ordering::Relaxed);
+        };
+        let live = self.start_mix(room, Some(sink)).await?;
         Ok(Feed {
             frames: rx,
             pre_skip: live.pre_skip,
@@ -402,9 +448,22 @@ impl Broadcasts {
         })
     }
 
-    async fn start_mix(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
+    /// The room's mix, started if it is not running, with `recorder` attached before any
+    /// packet reaches a new mix (a speaker track then has every packet the mix had).
+    async fn start_mix(
+        &self,
+        room: &RoomId,
+        recorder: Option<RecorderSink>,
+    ) -> Result<Arc<Live>, BroadcastError> {
+        let attached = |live: Arc<Live>, recorder: Option<RecorderSink>| {
+            if let Some(sink) = recorder {
+                let mut recorder = live.recorder.lock().unwrap_or_else(|e| e.into_inner());
+                recorder.attach(sink);
+            }
+            live
+        };
         if let Some(live) = self.inner.live.get(room) {
-            return Ok(live.clone());
+            return Ok(attached(live.clone(), recorder));
         }
         match self.inner.store.room(room.clone()).await {
             Ok(r) if r.is_ended() => return Err(BroadcastError::RoomEnded),
@@ -437,8 +496,7 @@ impl Broadcasts {
         );
         let live = Arc::new(Live {
             stream: Mutex::new(stream),
-            recorder: Mutex::new(None),
-            recording_speakers: std::sync::atomic::AtomicBool::new(false),
+            recorder: Mutex::new(Recorder::default()),
             pre_skip: mixer.pre_skip(),
             published: watch::channel(None).0,
             ended: watch::channel(false).0,
@@ -451,8 +509,10 @@ impl Broadcasts {
         });
         // Two requests may race to start it: the first one in the map wins.
         let live = match self.inner.live.entry(room.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(e) => return Ok(e.get().clone()),
-            dashmap::mapref::entry::Entry::Vacant(e) => e.insert(live).clone(),
+            dashmap::mapref::entry::Entry::Occupied(e) => {
+                return Ok(attached(e.get().clone(), recorder));
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => e.insert(attached(live, recorder)).clone(),
         };
         let (tx, rx) = mpsc::channel(TAP_QUEUE);
         self.inner.media.tap(room).attach(tx);
@@ -478,21 +538,14 @@ impl Broadcasts {
         let idle = Duration::from_secs(self.inner.settings.idle_secs);
         let mut idle_since = tokio::time::Instant::now();
         let mut last_seen = live.requests.load(Ordering::Relaxed);
+        let mut reported = mix::MixStats::default();
         loop {
             tokio::select! {
-                Some(packet) = packets.recv() => {
-                    if let Err(e) = mixer.push(
-                        packet.source,
-                        packet.seq,
-                        packet.payload.clone(),
-                        packet.level.map(|l| l.level),
-                    ) {
-                        tracing::warn!(room = %room, error = %e, "mixer refused a packet");
-                    }
-                    live.offer_packet_to_recorder(&packet);
-                }
+                Some(packet) = packets.recv() => take_packet(&room, &mut mixer, &live, &packet),
                 _ = ticker.tick() => {
-                    let frame = match mixer.tick() {
+                    let frame = match tick(&mut mixer, &mut packets, |mixer, packet| {
+                        take_packet(&room, mixer, &live, packet)
+                    }) {
                         Ok(frame) => Bytes::copy_from_slice(frame),
                         Err(e) => {
                             tracing::error!(room = %room, error = %e, "mix failed");
@@ -520,6 +573,16 @@ impl Broadcasts {
                     }
                 }
                 _ = room_check.tick() => {
+                    let stats = mixer.stats();
+                    if stats.late > reported.late {
+                        tracing::info!(
+                            room = %room,
+                            late = stats.late - reported.late,
+                            concealed = stats.concealed - reported.concealed,
+                            "speakers' packets came after their tick: concealed in the mix"
+                        );
+                    }
+                    reported = stats;
                     match self.inner.store.room(room.clone()).await {
                         Ok(r) if !r.is_ended() => {}
                         // Ended (or gone): players see the end of the playlist, then it stops.
@@ -537,6 +600,47 @@ impl Broadcasts {
             .remove_if(&room, |_, running| Arc::ptr_eq(running, &live));
         tracing::info!(room = %room, "broadcast stopped");
     }
+}
+
+/// One tick of the mix: first every packet that came before it, then the next 20 ms mixed.
+/// After a stall of the mix's task, its late ticks and the packets queued meanwhile are ready
+/// at once, and `select!` picks between them at random: without draining the queue first,
+/// ticks would run ahead of packets that came in time, and the mix (and a recording's tracks)
+/// would conceal them, then drop them as late. CI caught this as a dip in a broadcast and gaps
+/// in a speaker track on a loaded machine.
+fn tick<'m>(
+    mixer: &'m mut Mixer,
+    packets: &mut mpsc::Receiver<Arc<crate::media::worker::Forwarded>>,
+    mut take: impl FnMut(&mut Mixer, &Arc<crate::media::worker::Forwarded>),
+) -> Result<&'m [u8], mix::MixError> {
+    for _ in 0..TAP_QUEUE {
+        let Ok(packet) = packets.try_recv() else {
+            break;
+        };
+        take(mixer, &packet);
+    }
+    mixer.tick()
+}
+
+/// A speaker's packet, to the mixer and to a recording's tracks.
+fn take_packet(
+    room: &RoomId,
+    mixer: &mut Mixer,
+    live: &Live,
+    packet: &Arc<crate::media::worker::Forwarded>,
+) {
+    let plays_in = mixer
+        .push(
+            packet.source,
+            packet.seq,
+            packet.payload.clone(),
+            packet.level.map(|l| l.level),
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!(room = %room, error = %e, "mixer refused a packet");
+            None
+        });
+    live.offer_packet_to_recorder(packet, plays_in);
 }
 
 #[cfg(test)]
@@ -602,5 +706,73 @@ mod tests {
         );
         assert!(link.expires_at_ms <= clock.now_ms());
         assert_ne!(b.link(&room).path, link.path, "a new link replaces it");
+    }
+
+    /// A speaker's packet as a worker hands it to the tap.
+    fn packet(seq: u16, payload: Bytes) -> Arc<crate::media::worker::Forwarded> {
+        Arc::new(crate::media::worker::Forwarded {
+            room: crate::media::worker::RoomKey(1),
+            source: 7,
+            seq,
+            timestamp: u32::from(seq) * 960,
+            marker: false,
+            level: None,
+            payload,
+            redundancy: Default::default(),
+            arrived: std::time::Instant::now(),
+        })
+    }
+
+    /// The mix's task stalled (a busy machine) while a speaker's packets kept coming in time:
+    /// the first late tick takes them all, and the ticks that catch up play them, in order,
+    /// with nothing concealed.
+    #[test]
+    fn a_late_tick_mixes_every_packet_queued_before_it() {
+        let mut mixer = Mixer::new(mix::MixSettings::default()).unwrap();
+        let mut encoder =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Audio).unwrap();
+        let (tx, mut rx) = mpsc::channel(TAP_QUEUE);
+        let mut tone = (0u16..).map(move |seq| {
+            let pcm: Vec<i16> = (0..mix::FRAME)
+                .map(|i| {
+                    let t = (usize::from(seq) * mix::FRAME + i) as f64 / 48_000.0;
+                    ((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
+                })
+                .collect();
+            packet(seq, Bytes::from(encoder.encode_vec(&pcm, 4000).unwrap()))
+        });
+        let take = |mixer: &mut Mixer, p: &Arc<crate::media::worker::Forwarded>| {
+            mixer
+                .push(p.source, p.seq, p.payload.clone(), None)
+                .unwrap();
+        };
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut pcm = vec![0i16; 3 * mix::FRAME];
+        let mut levels = Vec::new();
+        for round in 0..5 {
+            // Half a second in time, then 200 ms of the task not running.
+            for _ in 0..25 {
+                tx.try_send(tone.next().unwrap()).unwrap();
+                let frame = tick(&mut mixer, &mut rx, take).unwrap();
+                let n = decoder.decode(frame, &mut pcm, false).unwrap();
+                levels.push((round, pcm[..n].iter().map(|&x| i64::from(x).abs()).max()));
+            }
+            for _ in 0..10 {
+                tx.try_send(tone.next().unwrap()).unwrap();
+            }
+            for _ in 0..10 {
+                let frame = tick(&mut mixer, &mut rx, take).unwrap();
+                let n = decoder.decode(frame, &mut pcm, false).unwrap();
+                levels.push((round, pcm[..n].iter().map(|&x| i64::from(x).abs()).max()));
+            }
+        }
+        // After the jitter buffer filled and the encoder's start, every frame is the tone at
+        // its level: nothing was concealed, nothing came late.
+        let faded: Vec<_> = levels[mix::PLAYOUT_DELAY_FRAMES as usize + 1..]
+            .iter()
+            .filter(|(_, peak)| peak.unwrap_or(0) < 4000)
+            .collect();
+        assert_eq!(faded, Vec::<&(usize, Option<i64>)>::new(), "{levels:?}");
+        assert!(rx.is_empty());
     }
 }

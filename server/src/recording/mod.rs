@@ -531,9 +531,9 @@ impl Writer {
                 frame = feed.frames.recv() => {
                     let frame = match frame {
                         Some(Recorded::Mix(frame)) => frame,
-                        Some(Recorded::Speaker(packet)) => {
+                        Some(Recorded::Speaker { packet, plays_in }) => {
                             if let Some(tracks) = self.tracks.as_mut() {
-                                tracks.packet(&packet).await;
+                                tracks.packet(&packet, plays_in).await;
                             }
                             continue;
                         }

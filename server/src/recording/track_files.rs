@@ -133,14 +133,17 @@ impl TrackFiles {
         }
     }
 
-    /// A speaker's packet, to their track (made at their first packet, while there is room).
-    pub async fn packet(&mut self, packet: &Forwarded) {
+    /// A speaker's packet, to their track (made at their first packet, while there is room);
+    /// `plays_in` is where the mix plays it ([`super::tracks::SpeakerTracks::packet`]).
+    pub async fn packet(&mut self, packet: &Forwarded, plays_in: Option<u64>) {
         let tap = &self.tap;
-        let heard =
-            self.tracks
-                .packet(packet.source, packet.timestamp, &packet.payload, |source| {
-                    tap.speaker(source)
-                });
+        let heard = self.tracks.packet(
+            packet.source,
+            packet.timestamp,
+            &packet.payload,
+            plays_in,
+            |source| tap.speaker(source),
+        );
         let Some((index, new)) = heard else { return };
         if new {
             self.open(index).await;

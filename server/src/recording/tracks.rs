@@ -3,10 +3,10 @@
 //! (the clock) and speakers' packets in, pages out as bytes per track; the recording's task
 //! owns the files. Nothing is decoded, and nothing is allocated per packet.
 //!
-//! Timing: a packet goes where its RTP timestamp says, counted from where its source was first
-//! heard (the mix frames written by then, plus the one tick the mix's jitter buffer holds a
-//! packet). A source whose timestamps stray more than [`RESYNC_SAMPLES`] from when its packets
-//! arrive (a new sender, a stalled clock) is placed anew by arrival. Every gap (silence, DTX,
+//! Timing: a packet goes where its RTP timestamp says, counted from where the mix played its
+//! source's first packet (the mix says, with each packet, in how many frames it plays it). A
+//! source whose timestamps stray more than [`RESYNC_SAMPLES`] from where the mix plays its
+//! packets (a new sender, a stalled clock) is placed anew where the mix plays it. Every gap (silence, DTX,
 //! mute, off stage, loss) is filled with a precomputed 20 ms Opus frame of silence, so a track
 //! plays in step with the mix from the recording's first sample (pre-skip 0) and decoders need
 //! no support for granule jumps.
@@ -24,13 +24,17 @@ use crate::control::ParticipantId;
 pub const MAX_TRACKS: usize = 10;
 /// Samples of the silence frame (20 ms at 48 kHz).
 const FRAME: u64 = 960;
-/// The mix plays a packet one tick after it arrives (its jitter buffer starts at two packets).
-const LATENCY_FRAMES: u64 = 1;
 /// A quiet track is filled with silence up to this many frames behind the mix; a packet later
-/// than that is dropped (counted), as a jitter buffer would.
-const HOLD_FRAMES: u64 = 6;
-/// A source whose timestamps put a packet further than this from its arrival is re-anchored.
-pub const RESYNC_SAMPLES: i64 = 10 * FRAME as i64;
+/// than that is dropped (counted). A recording has nobody waiting for it live, so it waits far
+/// longer than a listener's jitter buffer would: a speaker whose machine stalls for half a
+/// second still has every packet in their track (it was 6 until CI caught gaps on a loaded
+/// machine).
+const HOLD_FRAMES: u64 = 25;
+/// A source whose timestamps put a packet further than this from its arrival is re-anchored
+/// (a new sender clock). More than a packet may be late and still be placed, so that a late
+/// packet goes where its timestamp says.
+pub const RESYNC_SAMPLES: i64 =
+    2 * (HOLD_FRAMES + crate::broadcast::mix::PLAYOUT_DELAY_FRAMES) as i64 * FRAME as i64;
 /// Sources (connections) one recording remembers; packets of more are not tracked.
 const MAX_SOURCES: usize = 1024;
 /// Speakers beyond [`MAX_TRACKS`] that a recording lists.
@@ -164,13 +168,15 @@ impl SpeakerTracks {
     }
 
     /// A speaker's packet (`source` as the tap names it, its RTP timestamp and Opus payload);
-    /// `who` says whose the source is, asked once per source. The track it went to, and
-    /// whether that track is new (its file must be made).
+    /// `plays_in` is how many frames after the ones written so far the mix plays it (`None`:
+    /// it came too late for the mix). `who` says whose the source is, asked once per source.
+    /// The track it went to, and whether that track is new (its file must be made).
     pub fn packet(
         &mut self,
         source: u32,
         timestamp: u32,
         payload: &[u8],
+        plays_in: Option<u64>,
         who: impl FnOnce(u32) -> Option<ParticipantId>,
     ) -> Option<(usize, bool)> {
         let Some(samples) = opus_samples(payload) else {
@@ -196,7 +202,8 @@ impl SpeakerTracks {
                 },
             );
         }
-        let arrival = (self.mix_frames + LATENCY_FRAMES) * FRAME;
+        // Where the mix plays it; one too late for the mix would have been played about now.
+        let arrival = (self.mix_frames + plays_in.unwrap_or(0)) * FRAME;
         let state = self.sources.get_mut(&source)?;
         let Some(index) = state.track else {
             self.skipped.untracked += 1;
@@ -324,6 +331,9 @@ fn silence() -> &'static [u8] {
 mod tests {
     use super::*;
 
+    /// Where the mix plays a packet that came in time, after a voice's first.
+    const LATENCY_FRAMES: u64 = crate::broadcast::mix::PLAYOUT_DELAY_FRAMES;
+
     fn pt(n: u8) -> ParticipantId {
         ParticipantId::parse(&format!("pt_{n:0>16}")).unwrap()
     }
@@ -385,34 +395,51 @@ mod tests {
         for _ in 0..100 {
             t.mix_frame();
         }
-        // The first packet goes one tick after its arrival: 101 frames in.
-        let (i, new) = t.packet(7, 5000, &voice(1), |_| Some(a.clone())).unwrap();
+        // The first packet goes where the mix plays it, a few ticks after its arrival.
+        let at = 100 + LATENCY_FRAMES;
+        let (i, new) = t
+            .packet(7, 5000, &voice(1), Some(LATENCY_FRAMES), |_| {
+                Some(a.clone())
+            })
+            .unwrap();
         assert_eq!((i, new), (0, true));
-        assert_eq!(t.tracks()[0].written, 102 * 960);
+        assert_eq!(t.tracks()[0].written, (at + 1) * 960);
         t.mix_frame();
-        t.packet(7, 5960, &voice(2), |_| unreachable!()).unwrap();
+        t.packet(7, 5960, &voice(2), Some(LATENCY_FRAMES), |_| unreachable!())
+            .unwrap();
         // A 60 ms gap in the timestamps (lost packets, DTX): three frames of silence.
         t.mix_frame();
-        t.packet(7, 5960 + 4 * 960, &voice(3), |_| unreachable!())
-            .unwrap();
-        assert_eq!(t.tracks()[0].written, (102 + 1 + 3 + 1) * 960);
+        t.packet(
+            7,
+            5960 + 4 * 960,
+            &voice(3),
+            Some(LATENCY_FRAMES),
+            |_| unreachable!(),
+        )
+        .unwrap();
+        assert_eq!(t.tracks()[0].written, (at + 1 + 1 + 3 + 1) * 960);
         // A duplicate, and a packet from before the track's position: too late.
-        assert!(t.packet(7, 5960, &voice(2), |_| unreachable!()).is_none());
+        assert!(
+            t.packet(7, 5960, &voice(2), Some(LATENCY_FRAMES), |_| unreachable!())
+                .is_none()
+        );
         assert_eq!(t.skipped.late, 1);
         t.finish(0);
         let got = packets(t.pending(0));
-        assert_eq!(got.len(), 102 + 1 + 3 + 1);
-        assert!(got[..101].iter().all(|p| p == silence()));
-        assert_eq!(got[101], voice(1));
-        assert_eq!(got[102], voice(2));
-        assert!(got[103..106].iter().all(|p| p == silence()));
-        assert_eq!(got[106], voice(3));
+        let at = at as usize;
+        assert_eq!(got.len(), at + 1 + 1 + 3 + 1);
+        assert!(got[..at].iter().all(|p| p == silence()));
+        assert_eq!(got[at], voice(1));
+        assert_eq!(got[at + 1], voice(2));
+        assert!(got[at + 2..at + 5].iter().all(|p| p == silence()));
+        assert_eq!(got[at + 5], voice(3));
     }
 
     #[test]
     fn a_quiet_track_keeps_up_with_the_mix_and_ends_with_it() {
         let mut t = SpeakerTracks::new();
-        t.packet(1, 0, &voice(1), |_| Some(pt(0))).unwrap();
+        t.packet(1, 0, &voice(1), Some(LATENCY_FRAMES), |_| Some(pt(0)))
+            .unwrap();
         for _ in 0..510 {
             t.mix_frame();
         }
@@ -434,29 +461,79 @@ mod tests {
     fn a_source_that_strays_is_placed_by_arrival_and_a_new_source_continues_its_track() {
         let a = pt(0);
         let mut t = SpeakerTracks::new();
-        t.packet(1, 1_000_000, &voice(1), |_| Some(a.clone()))
-            .unwrap();
+        t.packet(1, 1_000_000, &voice(1), Some(LATENCY_FRAMES), |_| {
+            Some(a.clone())
+        })
+        .unwrap();
         for _ in 0..50 {
             t.mix_frame();
         }
         // A jump of a minute in the timestamps (the sender restarted its clock): by arrival.
-        t.packet(1, 1_000_000 + 60 * 48_000, &voice(2), |_| unreachable!())
-            .unwrap();
-        assert_eq!(t.tracks()[0].written, 52 * 960);
+        t.packet(
+            1,
+            1_000_000 + 60 * 48_000,
+            &voice(2),
+            Some(LATENCY_FRAMES),
+            |_| unreachable!(),
+        )
+        .unwrap();
+        assert_eq!(t.tracks()[0].written, (50 + LATENCY_FRAMES + 1) * 960);
         // The same speaker on a new connection (off stage and back): the same track.
         for _ in 0..50 {
             t.mix_frame();
         }
-        let (i, new) = t.packet(2, 77, &voice(3), |_| Some(a.clone())).unwrap();
+        let (i, new) = t
+            .packet(2, 77, &voice(3), Some(LATENCY_FRAMES), |_| Some(a.clone()))
+            .unwrap();
         assert_eq!((i, new), (0, false));
-        assert_eq!(t.tracks()[0].written, 102 * 960);
+        assert_eq!(t.tracks()[0].written, (100 + LATENCY_FRAMES + 1) * 960);
         // Timestamps wrap around 2^32 without a jump.
         t.mix_frame();
-        t.packet(3, u32::MAX - 959, &voice(4), |_| Some(a.clone()))
-            .unwrap();
+        t.packet(3, u32::MAX - 959, &voice(4), Some(LATENCY_FRAMES), |_| {
+            Some(a.clone())
+        })
+        .unwrap();
         t.mix_frame();
-        t.packet(3, 0, &voice(5), |_| unreachable!()).unwrap();
-        assert_eq!(t.tracks()[0].written, 104 * 960);
+        t.packet(3, 0, &voice(5), Some(LATENCY_FRAMES), |_| unreachable!())
+            .unwrap();
+        assert_eq!(t.tracks()[0].written, (101 + LATENCY_FRAMES + 2) * 960);
+    }
+
+    /// A speaker's machine stalls for 400 ms, then sends what it held back at once: every
+    /// packet goes where its timestamp says (the mix has to conceal them; a recording can wait).
+    #[test]
+    fn a_stalled_speakers_late_packets_all_reach_their_places() {
+        let mut t = SpeakerTracks::new();
+        let mut ts = 0u32;
+        let mut next = |t: &mut SpeakerTracks| {
+            let placed = t.packet(1, ts, &voice(ts as u8), Some(LATENCY_FRAMES), |_| {
+                Some(pt(0))
+            });
+            ts += 960;
+            placed.is_some()
+        };
+        for _ in 0..50 {
+            assert!(next(&mut t));
+            t.mix_frame();
+        }
+        for _ in 0..20 {
+            t.mix_frame();
+        }
+        for _ in 0..21 {
+            assert!(next(&mut t), "a late packet was dropped");
+        }
+        for _ in 0..50 {
+            t.mix_frame();
+            assert!(next(&mut t));
+        }
+        assert_eq!(t.skipped.late, 0);
+        t.finish(0);
+        let got = packets(t.pending(0));
+        let lat = LATENCY_FRAMES as usize;
+        assert!(got[..lat].iter().all(|p| p == silence()));
+        let spoken: Vec<u8> = (0..121u32).map(|n| (n * 960) as u8).collect();
+        let heard: Vec<u8> = got[lat..lat + 121].iter().map(|p| p[3]).collect();
+        assert_eq!(heard, spoken, "in order, in place, no silence in between");
     }
 
     #[test]
@@ -464,10 +541,16 @@ mod tests {
         let mut t = SpeakerTracks::new();
         for n in 0..MAX_TRACKS as u32 + 2 {
             let who = pt(n as u8);
-            let made = t.packet(n, 0, &voice(1), |_| Some(who));
+            let made = t.packet(n, 0, &voice(1), Some(LATENCY_FRAMES), |_| Some(who));
             assert_eq!(made.is_some(), (n as usize) < MAX_TRACKS, "speaker {n}");
         }
-        t.packet(MAX_TRACKS as u32, 960, &voice(1), |_| unreachable!());
+        t.packet(
+            MAX_TRACKS as u32,
+            960,
+            &voice(1),
+            Some(LATENCY_FRAMES),
+            |_| unreachable!(),
+        );
         assert_eq!(t.tracks().len(), MAX_TRACKS);
         assert_eq!(
             t.untracked(),
@@ -475,9 +558,15 @@ mod tests {
         );
         assert_eq!(t.skipped.untracked, 3);
         // An unknown source (its connection closed before its packet was read) has no track.
-        assert!(t.packet(99, 0, &voice(1), |_| None).is_none());
+        assert!(
+            t.packet(99, 0, &voice(1), Some(LATENCY_FRAMES), |_| None)
+                .is_none()
+        );
         // Not Opus.
-        assert!(t.packet(1, 960, &[], |_| unreachable!()).is_none());
+        assert!(
+            t.packet(1, 960, &[], Some(LATENCY_FRAMES), |_| unreachable!())
+                .is_none()
+        );
         assert_eq!(t.skipped.malformed, 1);
     }
 }
