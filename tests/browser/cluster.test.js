@@ -9,6 +9,10 @@
  * new node is stopped on purpose (SIGTERM, as in a rolling upgrade): it sends everyone to the
  * last node, where they resume at once.
  *
+ * And a room too full for its node (issue #15): its new listeners, in Chromium and in aiortc,
+ * are placed on another node (an edge) and hear the stage there; one of them, invited on
+ * stage, is sent to the room's node and heard there.
+ *
  * Real engines, started here on ephemeral ports in temporary folders: Debian's redis-server,
  * PostgreSQL (as its `postgres` user when run as root) and nginx.
  */
@@ -126,16 +130,16 @@ async function startLoadBalancer(/** @type {number} */ port, /** @type {number[]
 }
 
 /**
- * One Stoa node of the cluster.
- * @param {{ name: string, port: number, shared: string, redis: string, database: string }} options
+ * One Stoa node of the cluster; `cluster` and `media` are more lines for those sections.
+ * @param {{ name: string, port: number, shared: string, redis: string, database: string, cluster?: string, media?: string }} options
  */
-async function startNode({ name, port, shared, redis, database }) {
+async function startNode({ name, port, shared, redis, database, cluster = "", media = "" }) {
   const dir = await tempDir(`stoa-cluster-${name}-`);
   const config = join(dir, "stoa.toml");
   await writeFile(
     config,
-    "trust_forwarded_for = true\n[cluster]\nheartbeat_ms = 200\nnode_ttl_ms = 1000\n" +
-      "[limits]\njoins_per_minute = 10000\njoin_burst = 10000\n",
+    `trust_forwarded_for = true\n[cluster]\nheartbeat_ms = 200\nnode_ttl_ms = 1000\n${cluster}` +
+      `[media]\n${media}[limits]\njoins_per_minute = 10000\njoin_burst = 10000\n`,
   );
   const own = `http://${HOST}:${port}`;
   const node = await startProcess(
@@ -203,19 +207,37 @@ async function withLogsOnFailure(scenario) {
   }
 }
 
+/**
+ * Redis, PostgreSQL, three nodes and nginx in front of them, as in docs/operations.md.
+ * @param {{ cluster?: string, media?: string }} [config]  more lines for every node's sections
+ */
+async function startCluster(config = {}) {
+  const [redis, database] = await Promise.all([startRedis(), startPostgres()]);
+  const [lbPort, portA, portB, portC] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const shared = `http://${HOST}:${lbPort}`;
+  // One at a time: the first runs the migrations, and the nodes' key fingerprints agree.
+  const nodes = [];
+  for (const [name, port] of [["node-a", portA], ["node-b", portB], ["node-c", portC]]) {
+    nodes.push(await startNode({ name, port: Number(port), shared, redis, database, ...config }));
+  }
+  await startLoadBalancer(lbPort, [portA, portB, portC]);
+  return { shared, nodes, redis };
+}
+
+/** A node's metric, summed over its labels. */
+async function nodeMetric(/** @type {{ own: string }} */ node, /** @type {string} */ name) {
+  const text = await (await fetch(`${node.own}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `))
+    .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
+}
+
 describe("a room's node dies under people in Chromium", { timeout: 120_000 }, () => {
   after(cleanup);
 
   it("they come back on the other node by themselves, on stage and heard", () => withLogsOnFailure(async () => {
-    const [redis, database] = await Promise.all([startRedis(), startPostgres()]);
-    const [lbPort, portA, portB, portC] = [await freePort(), await freePort(), await freePort(), await freePort()];
-    const shared = `http://${HOST}:${lbPort}`;
-    // One at a time: the first runs the migrations, and the nodes' key fingerprints agree.
-    const nodes = [];
-    for (const [name, port] of [["node-a", portA], ["node-b", portB], ["node-c", portC]]) {
-      nodes.push(await startNode({ name, port, shared, redis, database }));
-    }
-    await startLoadBalancer(lbPort, [portA, portB, portC]);
+    const { shared, nodes } = await startCluster();
 
     const { json: room } = await api(shared, "POST", "/api/v1/rooms", { title: "Failover" });
     const links = {};
@@ -313,5 +335,105 @@ describe("a room's node dies under people in Chromium", { timeout: 120_000 }, ()
       home.node.child.kill("SIGTERM");
     });
     assert.ok(stopped.backAfter < 2_000, `resumed on the next node at once (${stopped.backAfter} ms)`);
+  }));
+});
+
+const AIORTC = resolve(here, "../interop/aiortc_client.py");
+const PYTHON = process.env.STOA_PYTHON ?? "python3";
+
+describe("a full room's new listeners are served by another node (issue #15)", { timeout: 150_000 }, () => {
+  after(cleanup);
+
+  it("Chromium and aiortc hear the stage through an edge; a listener put on stage is sent home", () => withLogsOnFailure(async () => {
+    // Two connections a node, and a room's node counts as full at one: everyone who comes
+    // after the speaker is placed on another node, an edge that takes the room's audio once.
+    const { shared, nodes } = await startCluster({ cluster: "home_full_at = 0.5\n", media: "workers = 1\nmax_connections = 2\n" });
+    const { json: room } = await api(shared, "POST", "/api/v1/rooms", { title: "Full house" });
+    /** @type {Record<string, { url: string, code: string }>} */
+    const invites = {};
+    for (const role of ["speaker", "listener"]) {
+      const { json: invite } = await api(shared, "POST", `/api/v1/rooms/${room.id}/invites`, { role });
+      invites[role] = invite;
+    }
+    const tone = join(await tempDir("stoa-edge-tone-"), "tone.wav");
+    await writeToneWav(tone, { hz: 440, seconds: 4, amplitude: 0.5, burstMs: 400 });
+    const leesTone = join(await tempDir("stoa-edge-tone-"), "tone.wav");
+    await writeToneWav(leesTone, { hz: 660, seconds: 4, amplitude: 0.5, burstMs: 400 });
+    const speakerBrowser = await openBrowser({ name: "edge-speaker", wav: tone });
+    const listenerBrowser = await openBrowser({ name: "edge-listener", wav: leesTone });
+    const speaker = chromiumPeer({ name: "speaker", ...speakerBrowser });
+    const listener = chromiumPeer({ name: "listener", ...listenerBrowser });
+    await joinRoom(speaker, invites.speaker.url, "Sam");
+    await mediaConnected(speaker);
+    const { node: homeName } = await api(shared, "GET", `/api/v1/rooms/${room.id}`);
+    const home = nodes.find((n) => n.name === homeName);
+    assert.ok(home, `the room lives on a node: ${homeName}`);
+    // Placement reads the nodes' heartbeats: wait until the home's says it holds the speaker.
+    await until(async () => {
+      const { json } = await api(shared, "GET", "/api/v1/cluster/nodes");
+      return json.nodes.some((/** @type {any} */ n) => n.name === homeName && n.load.connections >= 1);
+    }, "the home's heartbeat counts the speaker");
+
+    /** The signaling sockets Lee's page opens, in order. */
+    const sockets = /** @type {string[]} */ ([]);
+    listenerBrowser.page.on("websocket", (ws) => sockets.push(ws.url()));
+    const homeHost = new URL(home.own).host;
+    await joinRoom(listener, invites.listener.url, "Lee");
+    await mediaConnected(listener);
+    const edge = nodes.find((n) => n !== home && sockets[0]?.includes(new URL(n.own).host));
+    assert.ok(edge, `Lee's page was sent to another node than the room's (${homeHost}): ${sockets.join(", ")}`);
+    await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 1, "the home holds Lee's socket from the edge");
+    await hearsAudio(listener);
+
+    // aiortc, a client nobody here wrote, follows the join answer to an edge too.
+    const aiortc = await startProcess(
+      PYTHON,
+      ["-u", AIORTC, "--server", shared, `--invite=${invites.listener.code}`, "--name", "aiortc listener", "--mode", "listen", "--seconds", "20", "--min-tone", "1"],
+      { log: "edge-aiortc-listen.log" },
+    );
+    const ended = await aiortc.exited;
+    const output = aiortc.output();
+    const lines = output.trim().split("\n");
+    /** @type {any} */
+    const result = JSON.parse(lines.findLast((line) => line.startsWith("{")) ?? "{}");
+    assert.equal(ended, "exit 0", `the aiortc listener failed: ${output.slice(-3000)}`);
+    const aiortcSignal = /signal_url (\S+)/u.exec(output)?.[1] ?? "";
+    assert.ok(aiortcSignal && !aiortcSignal.includes(homeHost), `aiortc was sent to an edge, not the home (${homeHost}): ${aiortcSignal}`);
+    /** @type {any[]} */
+    const slots = result.slots ?? [];
+    const loudest = slots.reduce((top, s) => (top === null || s.loud_frames > top.loud_frames ? s : top), null);
+    assert.ok(loudest && loudest.hz !== null && Math.abs(loudest.hz - 440) <= 10, `aiortc decodes the speaker's 440 Hz through the edge: ${JSON.stringify(slots)}`);
+
+    // Lee is invited on stage and accepts: the edge sends the page home (`moved`), where it
+    // resumes, makes a new media connection and is on stage, heard by the speaker.
+    const { json: people } = await api(shared, "GET", `/api/v1/rooms/${room.id}/participants`);
+    const lee = people.items.find((/** @type {any} */ p) => p.display_name === "Lee");
+    assert.ok(lee, `Lee is in the room: ${JSON.stringify(people)}`);
+    const oldPc = await listenerBrowser.page.evaluate(() => {
+      const w = /** @type {any} */ (window);
+      w.__oldPc = w.stoa.pc;
+      return true;
+    });
+    assert.ok(oldPc);
+    await api(shared, "POST", `/api/v1/rooms/${room.id}/participants/${lee.id}/role`, { role: "speaker" });
+    await listener.waitForTestId("accept-invitation");
+    await listener.click("accept-invitation");
+    for (const { page } of [speakerBrowser, listenerBrowser]) {
+      const onStage = page.getByTestId("stage").locator('[data-testid="participant"][data-name="Lee"]');
+      await onStage.waitFor({ timeout: 10_000 });
+      assert.equal(await onStage.getAttribute("data-role"), "speaker");
+    }
+    await until(
+      () => listenerBrowser.page.evaluate(() => {
+        const w = /** @type {any} */ (window);
+        return w.stoa.pc !== w.__oldPc && w.stoa.pc.connectionState === "connected";
+      }),
+      "Lee's page made a new media connection at the room's node",
+    );
+    assert.ok(sockets.at(-1)?.includes(homeHost), `Lee's page resumed at the room's node: ${sockets.join(", ")}`);
+    await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 0, "no socket of Lee's comes through an edge any more");
+    await listener.waitForTestId("connection-state", "connected");
+    await hearsAudio(speaker);
+    console.log(`edge: Lee's sockets ${sockets.join(" → ")}; aiortc at ${aiortcSignal}, heard ${JSON.stringify(loudest)}`);
   }));
 });
