@@ -331,6 +331,7 @@ impl Recordings {
             ogg: writer,
             audio,
             timeline,
+            timeline_lines: 0,
             tracks,
         };
         let handle = tokio::spawn(task.run(feed, stopped, speakers_rx));
@@ -506,6 +507,8 @@ struct Writer {
     ogg: OggOpusWriter,
     audio: tokio::fs::File,
     timeline: tokio::fs::File,
+    /// Lines the timeline has so far.
+    timeline_lines: u64,
     /// The speakers' own tracks, if asked for.
     tracks: Option<TrackFiles>,
 }
@@ -608,8 +611,17 @@ impl Writer {
             granule: self.ogg.granule(),
             pre_skip,
         };
+        // Who speaks now is heard in the mix once its jitter buffer has played out: that is
+        // where the change goes. The first line says who speaks from the start (the mix's
+        // first moments are from just before, with the same people, most likely).
+        let delay = if self.timeline_lines == 0 {
+            0
+        } else {
+            crate::broadcast::mix::PLAYOUT_DELAY_FRAMES * 20
+        };
+        self.timeline_lines += 1;
         let line = SpeakersAt {
-            at_ms: at.duration_ms(),
+            at_ms: at.duration_ms() + delay,
             speakers,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
