@@ -233,6 +233,25 @@ async function nodeMetric(/** @type {{ own: string }} */ node, /** @type {string
     .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
 }
 
+/** Waits until `name` is on stage as a speaker in each of `pages`. */
+async function onStageAsSpeaker(/** @type {import("playwright-core").Page[]} */ pages, /** @type {string} */ name) {
+  for (const page of pages) {
+    const person = page.getByTestId("stage").locator(`[data-testid="participant"][data-name="${name}"]`);
+    await person.waitFor({ timeout: 10_000 });
+    assert.equal(await person.getAttribute("data-role"), "speaker");
+  }
+}
+
+/** Waits until `page` has replaced the connection it had at `window.__oldPc` with one that is up. */
+const newMediaConnection = (/** @type {import("playwright-core").Page} */ page, /** @type {string} */ message) =>
+  until(
+    () => page.evaluate(() => {
+      const w = /** @type {any} */ (window);
+      return w.stoa.pc !== w.__oldPc && w.stoa.pc.connectionState === "connected";
+    }),
+    message,
+  );
+
 describe("a room's node dies under people in Chromium", { timeout: 120_000 }, () => {
   after(cleanup);
 
@@ -305,18 +324,8 @@ describe("a room's node dies under people in Chromium", { timeout: 120_000 }, ()
       const backAfter = Date.now() - stoppedAt;
       const { node: newHome } = await api(shared, "GET", `/api/v1/rooms/${room.id}`);
       assert.ok(nodes.some((n) => n.name === newHome), `${what}: the room moved to a node that is up (${newHome})`);
-      for (const { page } of [speakerBrowser, listenerBrowser]) {
-        const sam = page.getByTestId("stage").locator('[data-testid="participant"][data-name="Sam"]');
-        await sam.waitFor({ timeout: 10_000 });
-        assert.equal(await sam.getAttribute("data-role"), "speaker");
-      }
-      await until(
-        () => listenerBrowser.page.evaluate(() => {
-          const w = /** @type {any} */ (window);
-          return w.stoa.pc !== w.__oldPc && w.stoa.pc.connectionState === "connected";
-        }),
-        `${what}: the listener's new media connection is up`,
-      );
+      await onStageAsSpeaker([speakerBrowser.page, listenerBrowser.page], "Sam");
+      await newMediaConnection(listenerBrowser.page, `${what}: the listener's new media connection is up`);
       await hearsAudio(listener);
       const heardAfter = Date.now() - stoppedAt;
       console.log(`${what}: pages connected again after ${backAfter} ms, the speaker heard again after ${heardAfter} ms`);
@@ -409,27 +418,15 @@ describe("a full room's new listeners are served by another node (issue #15)", {
     const { json: people } = await api(shared, "GET", `/api/v1/rooms/${room.id}/participants`);
     const lee = people.items.find((/** @type {any} */ p) => p.display_name === "Lee");
     assert.ok(lee, `Lee is in the room: ${JSON.stringify(people)}`);
-    const oldPc = await listenerBrowser.page.evaluate(() => {
+    await listenerBrowser.page.evaluate(() => {
       const w = /** @type {any} */ (window);
       w.__oldPc = w.stoa.pc;
-      return true;
     });
-    assert.ok(oldPc);
     await api(shared, "POST", `/api/v1/rooms/${room.id}/participants/${lee.id}/role`, { role: "speaker" });
     await listener.waitForTestId("accept-invitation");
     await listener.click("accept-invitation");
-    for (const { page } of [speakerBrowser, listenerBrowser]) {
-      const onStage = page.getByTestId("stage").locator('[data-testid="participant"][data-name="Lee"]');
-      await onStage.waitFor({ timeout: 10_000 });
-      assert.equal(await onStage.getAttribute("data-role"), "speaker");
-    }
-    await until(
-      () => listenerBrowser.page.evaluate(() => {
-        const w = /** @type {any} */ (window);
-        return w.stoa.pc !== w.__oldPc && w.stoa.pc.connectionState === "connected";
-      }),
-      "Lee's page made a new media connection at the room's node",
-    );
+    await onStageAsSpeaker([speakerBrowser.page, listenerBrowser.page], "Lee");
+    await newMediaConnection(listenerBrowser.page, "Lee's page made a new media connection at the room's node");
     assert.ok(sockets.at(-1)?.includes(homeHost), `Lee's page resumed at the room's node: ${sockets.join(", ")}`);
     await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 0, "no socket of Lee's comes through an edge any more");
     await listener.waitForTestId("connection-state", "connected");
