@@ -47,6 +47,14 @@ export class MediaSession extends EventTarget {
   #muted = false;
   #micRefused = false;
   #needsOffer = true;
+  /**
+   * The connection `restart()` gave up on, until it is replaced: nothing more is offered or
+   * answered on it. A step already under way (the microphone starting after `joined_stage`,
+   * while the socket moved to a node that has no connection of ours) would otherwise offer it
+   * to that node, whose answer is for a new connection, with new ICE credentials.
+   * @type {RTCPeerConnection | null}
+   */
+  #abandoned = null;
   #closed = false;
   #playbackBlocked = false;
   /** @type {Promise<void>} */
@@ -116,6 +124,7 @@ export class MediaSession extends EventTarget {
    * The server no longer has our media connection (we joined afresh): start a new one.
    */
   restart() {
+    this.#abandoned = this.pc;
     this.#enqueue(async () => {
       this.#replaceConnection();
     });
@@ -212,6 +221,7 @@ export class MediaSession extends EventTarget {
 
   async #offer() {
     const pc = this.pc;
+    if (pc === this.#abandoned) return;
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     let answer;
@@ -229,7 +239,10 @@ export class MediaSession extends EventTarget {
       }
       return;
     }
-    if (pc !== this.pc || pc.signalingState !== "have-local-offer") return;
+    if (pc !== this.pc || pc === this.#abandoned || pc.signalingState !== "have-local-offer") {
+      await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      return;
+    }
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     this.#needsOffer = false;
     this.#armWatchdog(pc);
