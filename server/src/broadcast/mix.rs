@@ -11,13 +11,13 @@ use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 /// Samples per 20 ms frame at 48 kHz, mono: one tick of the mix.
 pub const FRAME: usize = 960;
 /// Ticks a source's first packet waits before it is played (then the rest follow in order):
-/// a sender or network that stalls up to 20 ms more than its packets' spacing is played as
-/// sent, not concealed. Deeper buffers (300 ms) removed the broadcast's dips on a loaded
-/// machine, but put a speaker's voice 200 ms later in recordings than their timeline said
-/// (clip.test.js), for a reason not found yet: see docs/broadcast.md. Counted in ticks,
-/// not packets, so that where a packet is played depends only on when the first one came:
-/// recordings' speaker tracks place packets in step with the mix by it.
-pub const PLAYOUT_DELAY_FRAMES: u64 = 2;
+/// 300 ms, so a speaker whose machine or network stalls for up to ~280 ms more than its
+/// packets' spacing is played as sent, not concealed (on a loaded machine a speaker stalling
+/// for 200 ms was heard as fading, then silence, with 40 ms). A broadcast is seconds behind
+/// live anyway; recordings' timelines move changes by it. Counted in ticks, not packets, so
+/// that where a packet is played depends only on when the first one came: recordings'
+/// speaker tracks place packets in step with the mix by it.
+pub const PLAYOUT_DELAY_FRAMES: u64 = 15;
 /// Packets a source may hold; past that it skips ahead: a speaker whose packets came in a
 /// burst (after a stall, or as a connection starts) must not keep their voice further behind
 /// than the jitter buffer means to, for the rest of the broadcast.

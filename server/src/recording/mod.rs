@@ -84,8 +84,15 @@ struct Inner {
 struct Active {
     recording: Recording,
     stop: oneshot::Sender<()>,
-    speakers: mpsc::Sender<Vec<ParticipantId>>,
+    speakers: mpsc::Sender<SpeakersNow>,
     writer: JoinHandle<()>,
+}
+
+/// A line for a recording's timeline, from the room.
+struct SpeakersNow {
+    speakers: Vec<ParticipantId>,
+    /// Who speaks as the recording starts (its first line), not a change while it runs.
+    from_start: bool,
 }
 
 impl Recordings {
@@ -331,7 +338,6 @@ impl Recordings {
             ogg: writer,
             audio,
             timeline,
-            timeline_lines: 0,
             tracks,
         };
         let handle = tokio::spawn(task.run(feed, stopped, speakers_rx));
@@ -492,9 +498,12 @@ impl Recorder for Recordings {
         Box::pin(self.stop_recording(room))
     }
 
-    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]) {
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool) {
         if let Some(active) = self.inner.active.get(room) {
-            let _ = active.speakers.try_send(speakers.to_vec());
+            let _ = active.speakers.try_send(SpeakersNow {
+                speakers: speakers.to_vec(),
+                from_start,
+            });
         }
     }
 }
@@ -507,8 +516,6 @@ struct Writer {
     ogg: OggOpusWriter,
     audio: tokio::fs::File,
     timeline: tokio::fs::File,
-    /// Lines the timeline has so far.
-    timeline_lines: u64,
     /// The speakers' own tracks, if asked for.
     tracks: Option<TrackFiles>,
 }
@@ -526,7 +533,7 @@ impl Writer {
         mut self,
         mut feed: Feed,
         mut stop: oneshot::Receiver<()>,
-        mut speakers: mpsc::Receiver<Vec<ParticipantId>>,
+        mut speakers: mpsc::Receiver<SpeakersNow>,
     ) {
         let mut failed = false;
         let end = loop {
@@ -605,24 +612,23 @@ impl Writer {
     }
 
     /// Times are the audio's own: the moment of the file being written now.
-    async fn note_speakers(&mut self, speakers: Vec<ParticipantId>, pre_skip: u16) {
+    async fn note_speakers(&mut self, now: SpeakersNow, pre_skip: u16) {
         let at = ogg::Tail {
             valid_len: 0,
             granule: self.ogg.granule(),
             pre_skip,
         };
-        // Who speaks now is heard in the mix once its jitter buffer has played out: that is
-        // where the change goes. The first line says who speaks from the start (the mix's
-        // first moments are from just before, with the same people, most likely).
-        let delay = if self.timeline_lines == 0 {
+        // A change is heard in the mix once its jitter buffer has played out: that is where
+        // the line goes. The line a recording starts with says who speaks from its start (the
+        // mix's first moments are from just before, with the same people, most likely).
+        let delay = if now.from_start {
             0
         } else {
             crate::broadcast::mix::PLAYOUT_DELAY_FRAMES * 20
         };
-        self.timeline_lines += 1;
         let line = SpeakersAt {
             at_ms: at.duration_ms() + delay,
-            speakers,
+            speakers: now.speakers,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');

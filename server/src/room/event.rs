@@ -172,9 +172,12 @@ pub enum Effect {
     StartRecording(RecordingOptions),
     /// Stop recording it, and close the file.
     StopRecording,
-    /// Who is speaking changed while the room is recorded: a line in the recording's
-    /// timeline, loudest first.
-    RecordSpeakers { speakers: Vec<ParticipantId> },
+    /// A line in the recording's timeline, loudest first: who speaks as the recording starts
+    /// (`from_start`), or who speaks after a change while it runs.
+    RecordSpeakers {
+        speakers: Vec<ParticipantId>,
+        from_start: bool,
+    },
     /// One line in the room's audit log, for every moderation action whoever did it.
     Audit {
         actor: Actor,

@@ -189,6 +189,7 @@ impl RoomState {
             if self.recording {
                 out.effect(Effect::RecordSpeakers {
                     speakers: self.speakers.clone(),
+                    from_start: false,
                 });
             }
         }

@@ -54,8 +54,9 @@ pub trait Recorder: Send + Sync + 'static {
     /// Called after the room's own records of the stop are written, so that what the
     /// recorder writes (`recording.ready`) follows them.
     fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()>;
-    /// Who speaks now, loudest first, for the recording's timeline. Must not block.
-    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId]);
+    /// Who speaks now, loudest first, for the recording's timeline: as it starts
+    /// (`from_start`), or after a change. Must not block.
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool);
     /// The room became live on this node (`true`) or stopped being live (`false`): its last
     /// seconds may be kept for clips meanwhile. Must not block.
     fn live(&self, _room: &RoomId, _live: bool) {}
@@ -94,7 +95,7 @@ impl Recorder for NoRecorder {
         Box::pin(async {})
     }
 
-    fn speakers(&self, _: &RoomId, _: &[ParticipantId]) {}
+    fn speakers(&self, _: &RoomId, _: &[ParticipantId], _: bool) {}
 }
 
 /// What a room sends to one signaling socket.

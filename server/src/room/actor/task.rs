@@ -551,8 +551,13 @@ impl RoomTask {
                 }
             }
             Effect::StopRecording => self.stop_recorder().await,
-            Effect::RecordSpeakers { speakers } => {
-                self.deps.recorder.speakers(self.state.room(), &speakers);
+            Effect::RecordSpeakers {
+                speakers,
+                from_start,
+            } => {
+                self.deps
+                    .recorder
+                    .speakers(self.state.room(), &speakers, from_start);
             }
         }
     }

@@ -37,6 +37,7 @@ impl RoomState {
         if !self.speakers.is_empty() {
             out.effect(Effect::RecordSpeakers {
                 speakers: self.speakers.clone(),
+                from_start: true,
             });
         }
         Ok(())
@@ -212,14 +213,16 @@ mod tests {
             &who(&cast.mod_on),
             Command::StartRecording(Default::default()),
         );
+        // The line it starts with, then a change.
         assert!(out.effects.contains(&Effect::RecordSpeakers {
-            speakers: vec![cast.speaker.clone()]
+            speakers: vec![cast.speaker.clone()],
+            from_start: true,
         }));
         let out = room.ok(&Actor::System, speak(vec![]));
-        assert!(
-            out.effects
-                .contains(&Effect::RecordSpeakers { speakers: vec![] })
-        );
+        assert!(out.effects.contains(&Effect::RecordSpeakers {
+            speakers: vec![],
+            from_start: false,
+        }));
     }
 
     #[test]
