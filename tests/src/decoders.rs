@@ -43,6 +43,20 @@ pub fn ffprobe_duration(path: &Path) -> f64 {
         .unwrap()
 }
 
+/// How long an Ogg Opus file plays, by ffprobe: its duration less the file's pre-skip, as
+/// ffprobe reports the last granule position without taking it off (RFC 7845 takes it off).
+pub fn ffprobe_playback_secs(path: &Path) -> f64 {
+    let file = std::fs::read(path).unwrap();
+    ffprobe_duration(path) - f64::from(opus_pre_skip(&file)) / 48_000.0
+}
+
+/// The pre-skip in an Ogg Opus file's OpusHead. Its first page holds only OpusHead (a 27-byte
+/// header, one lacing value), and the pre-skip is at bytes 10..12 of the packet.
+pub fn opus_pre_skip(file: &[u8]) -> u16 {
+    assert_eq!(&file[28..36], b"OpusHead", "an Ogg Opus file");
+    u16::from_le_bytes([file[38], file[39]])
+}
+
 /// The file decoded by ffmpeg: 48 kHz mono PCM.
 pub fn ffmpeg_pcm(path: &Path) -> Vec<i16> {
     let raw = tool(

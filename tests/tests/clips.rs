@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
-use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
+use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_playback_secs};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::webhook_receiver::{Receiver, SECRET};
 use stoa_tests::{Engine, TestServer, on_both_engines, tone_speaker};
@@ -73,12 +73,7 @@ async fn fetch_clip(t: &TestServer, clip: &Value, dir: &std::path::Path) -> (f64
     assert_eq!(status, 416);
     let path = dir.join(format!("{}.ogg", s(&clip["id"])));
     std::fs::write(&path, &file).unwrap();
-    // The first page holds only OpusHead (27-byte header, one lacing value): its pre-skip is
-    // at bytes 10..12 of the packet.
-    assert_eq!(&file[28..36], b"OpusHead");
-    let pre_skip = u16::from_le_bytes([file[38], file[39]]);
-    let probed = ffprobe_duration(&path) - f64::from(pre_skip) / 48_000.0;
-    (probed, ffmpeg_pcm(&path))
+    (ffprobe_playback_secs(&path), ffmpeg_pcm(&path))
 }
 
 async fn clips_of_a_live_room_and_of_a_recording(engine: Engine) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
-use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
+use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_playback_secs};
 use stoa_tests::killable::{RecordedTone, operator_key, serve, wait_written};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{TestServer, tone_speaker};
@@ -177,9 +177,9 @@ async fn a_moderator_records_the_stage_tone_and_ffmpeg_reads_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("recording.ogg");
     std::fs::write(&path, &file).unwrap();
-    let probed = ffprobe_duration(&path);
+    let probed = ffprobe_playback_secs(&path);
     assert!(
-        (probed - duration).abs() < 0.1,
+        (probed - duration).abs() < 0.05,
         "ffprobe {probed} s, API {duration} s"
     );
     let pcm = ffmpeg_pcm(&path);
@@ -309,7 +309,7 @@ async fn a_server_killed_while_recording_leaves_a_playable_file() {
     // As the crash left it, the file already plays.
     let crashed = dir.path().join("crashed.ogg");
     std::fs::write(&crashed, &written).unwrap();
-    let probed = ffprobe_duration(&crashed);
+    let probed = ffprobe_playback_secs(&crashed);
     assert!(probed >= 3.0, "{probed} s playable");
     let pcm = ffmpeg_pcm(&crashed);
     let (with, share) = tone_share_after_start(&pcm, 440.0);
@@ -344,5 +344,5 @@ async fn a_server_killed_while_recording_leaves_a_playable_file() {
     assert_eq!(served.len() as u64, rec["size_bytes"].as_u64().unwrap());
     let reread = dir.path().join("reread.ogg");
     std::fs::write(&reread, &served).unwrap();
-    assert!((ffprobe_duration(&reread) - duration).abs() < 0.1);
+    assert!((ffprobe_playback_secs(&reread) - duration).abs() < 0.1);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use stoa_client::audio::{WINDOW_SAMPLES, tone_present};
-use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_duration};
+use stoa_tests::decoders::{ffmpeg_pcm, ffprobe_playback_secs};
 use stoa_tests::signal::SignalClient;
 use stoa_tests::{Engine, TestServer, on_both_engines, tone_speaker};
 
@@ -135,9 +135,9 @@ async fn a_room_that_records_by_default_records_when_it_goes_live(engine: Engine
         .await
         .unwrap();
     std::fs::write(&path, &file).unwrap();
-    let probed = ffprobe_duration(&path);
+    let probed = ffprobe_playback_secs(&path);
     assert!(
-        (probed - duration).abs() < 0.1,
+        (probed - duration).abs() < 0.05,
         "ffprobe {probed} s, API {duration} s"
     );
     let heard = ffmpeg_pcm(&path)

@@ -24,6 +24,10 @@ pub const PLAYOUT_DELAY_FRAMES: u64 = 15;
 const MAX_WAITING: usize = PLAYOUT_DELAY_FRAMES as usize + 25;
 /// Ticks without a packet after which a source stops playing (and starts buffering anew).
 const IDLE_TICKS: u32 = 10;
+/// Frames a stream that starts in the middle of the mix's (a clip, a recording started on a
+/// running mix) carries before its start, for the decoder to settle on: 80 ms, the least RFC
+/// 7845 (section 4.6) asks for. The pre-skip drops them.
+pub const PREROLL_FRAMES: u64 = 4;
 /// The largest Opus packet (RFC 6716: 1275 bytes per frame, up to 3 frames of 20 ms).
 const MAX_PACKET: usize = 4000;
 /// Silence, in RFC 6464 terms (-127 dBov).

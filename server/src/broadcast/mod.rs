@@ -123,6 +123,8 @@ struct Recorder {
     sink: Option<RecorderSink>,
     /// Frames the mix made so far.
     frames: u64,
+    /// The last [`mix::PREROLL_FRAMES`] of them, a recording's pre-roll.
+    recent: std::collections::VecDeque<Bytes>,
     /// The speaker packets the mix holds and has not played yet, each with the frame that
     /// plays it: a recording with speaker tracks that starts now gets them first, so that a
     /// voice already speaking starts in its track where it does in the mix.
@@ -134,7 +136,8 @@ const HELD_FOR_RECORDINGS: usize = 10 * (mix::PLAYOUT_DELAY_FRAMES as usize + 2)
 
 impl Recorder {
     /// Attaches a recording: a recording with speaker tracks gets the packets the mix holds.
-    fn attach(&mut self, sink: RecorderSink) {
+    /// Returns its pre-roll: the frames just before the next one the recording gets.
+    fn attach(&mut self, sink: RecorderSink) -> Vec<Bytes> {
         if sink.speakers {
             for (packet, plays_at) in &self.waiting {
                 let _ = sink.queue.try_send(Recorded::Speaker {
@@ -144,6 +147,32 @@ impl Recorder {
             }
         }
         self.sink = Some(sink);
+        self.recent.iter().cloned().collect()
+    }
+
+    /// The mix made `frame`: to the recording, if one is attached; whether one is.
+    fn frame(&mut self, frame: &Bytes) -> bool {
+        self.frames += 1;
+        let frames = self.frames;
+        self.waiting.retain(|(_, plays_at)| *plays_at >= frames);
+        if self.recent.len() == mix::PREROLL_FRAMES as usize {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(frame.clone());
+        let Some(sink) = self.sink.as_ref() else {
+            return false;
+        };
+        match sink.queue.try_send(Recorded::Mix(frame.clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("a recording's writer is behind; a frame is dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sink = None;
+                false
+            }
+        }
     }
 }
 
@@ -157,7 +186,10 @@ pub struct Feed {
     /// The mix's encoded frames from now on, and its speakers' packets if asked for; closed
     /// when the mix stops (the room ended).
     pub frames: mpsc::Receiver<Recorded>,
-    /// Samples a player drops at the start (the encoder's lookahead).
+    /// The mix's frames from just before `frames`, when the recording starts on a running mix
+    /// (a file that starts mid-stream needs them for its decoder to settle): written first.
+    pub preroll: Vec<Bytes>,
+    /// Samples a player drops at the start: the encoder's lookahead, and the pre-roll.
     pub pre_skip: u16,
     /// The room's tap: whose each speaker packet's source is.
     pub tap: Arc<crate::media::tap::RoomTap>,
@@ -235,24 +267,10 @@ impl Live {
     /// Hands a frame to the recording, if one is attached; whether one is (a recording keeps
     /// the mix running). A recording that stopped has closed its end: it is let go here.
     fn offer_to_recorder(&self, frame: &Bytes) -> bool {
-        let mut recorder = self.recorder.lock().unwrap_or_else(|e| e.into_inner());
-        recorder.frames += 1;
-        let frames = recorder.frames;
-        recorder.waiting.retain(|(_, plays_at)| *plays_at >= frames);
-        let Some(sink) = recorder.sink.as_ref() else {
-            return false;
-        };
-        match sink.queue.try_send(Recorded::Mix(frame.clone())) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!("a recording's writer is behind; a frame is dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                recorder.sink = None;
-                false
-            }
-        }
+        self.recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .frame(frame)
     }
 
     /// Hands a speaker's packet to a recording that keeps speaker tracks; a full queue drops
@@ -333,7 +351,7 @@ impl Broadcasts {
     /// Starts the room's mix (with broadcasts turned off too, like a recording) so that clips
     /// of its last seconds can be made; [`Live::set_held`] keeps it running.
     pub async fn hold(&self, room: &RoomId) -> Result<Arc<Live>, BroadcastError> {
-        self.start_mix(room, None).await
+        Ok(self.start_mix(room, None).await?.0)
     }
 
     pub fn settings(&self) -> &BroadcastSettings {
@@ -419,7 +437,7 @@ impl Broadcasts {
         if !self.inner.settings.enabled {
             return Err(BroadcastError::Disabled);
         }
-        self.start_mix(room, None).await
+        Ok(self.start_mix(room, None).await?.0)
     }
 
     /// The room's mix from now on, for a recording: the mix is started if it is not running
@@ -439,28 +457,35 @@ impl Broadcasts {
             speakers,
             dropped: dropped.clone(),
         };
-        let live = self.start_mix(room, Some(sink)).await?;
+        let (live, preroll) = self.start_mix(room, Some(sink)).await?;
+        let pre_skip = live.pre_skip + (preroll.len() * mix::FRAME) as u16;
         Ok(Feed {
             frames: rx,
-            pre_skip: live.pre_skip,
+            preroll,
+            pre_skip,
             tap: self.inner.media.tap(room),
             dropped,
         })
     }
 
     /// The room's mix, started if it is not running, with `recorder` attached before any
-    /// packet reaches a new mix (a speaker track then has every packet the mix had).
+    /// packet reaches a new mix (a speaker track then has every packet the mix had); with the
+    /// recorder's pre-roll (none for a new mix).
     async fn start_mix(
         &self,
         room: &RoomId,
         recorder: Option<RecorderSink>,
-    ) -> Result<Arc<Live>, BroadcastError> {
+    ) -> Result<(Arc<Live>, Vec<Bytes>), BroadcastError> {
         let attached = |live: Arc<Live>, recorder: Option<RecorderSink>| {
-            if let Some(sink) = recorder {
-                let mut recorder = live.recorder.lock().unwrap_or_else(|e| e.into_inner());
-                recorder.attach(sink);
-            }
-            live
+            let preroll = match recorder {
+                Some(sink) => live
+                    .recorder
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .attach(sink),
+                None => Vec::new(),
+            };
+            (live, preroll)
         };
         if let Some(live) = self.inner.live.get(room) {
             return Ok(attached(live.clone(), recorder));
@@ -508,11 +533,15 @@ impl Broadcasts {
             held: std::sync::atomic::AtomicBool::new(false),
         });
         // Two requests may race to start it: the first one in the map wins.
-        let live = match self.inner.live.entry(room.clone()) {
+        let (live, preroll) = match self.inner.live.entry(room.clone()) {
             dashmap::mapref::entry::Entry::Occupied(e) => {
                 return Ok(attached(e.get().clone(), recorder));
             }
-            dashmap::mapref::entry::Entry::Vacant(e) => e.insert(attached(live, recorder)).clone(),
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                let (live, preroll) = attached(live, recorder);
+                e.insert(live.clone());
+                (live, preroll)
+            }
         };
         let (tx, rx) = mpsc::channel(TAP_QUEUE);
         self.inner.media.tap(room).attach(tx);
@@ -520,7 +549,7 @@ impl Broadcasts {
         let _ = mixer.tick();
         tracing::info!(room = %room, "broadcast started");
         tokio::spawn(self.clone().run(room.clone(), live.clone(), mixer, rx));
-        Ok(live)
+        Ok((live, preroll))
     }
 
     /// Mixes every 20 ms until nobody asks for the broadcast any more.
@@ -646,6 +675,38 @@ fn take_packet(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_on_a_running_mix_gets_the_frames_just_before_its_first_as_pre_roll() {
+        let sink = || {
+            let (queue, rx) = mpsc::channel(16);
+            let dropped = Arc::new(AtomicU64::new(0));
+            let sink = RecorderSink {
+                queue,
+                speakers: false,
+                dropped,
+            };
+            (sink, rx)
+        };
+        let frame = |n: u8| Bytes::from(vec![n; 3]);
+        // A new mix: nothing before the recording's first frame.
+        let mut fresh = Recorder::default();
+        assert!(fresh.attach(sink().0).is_empty());
+        // A mix that made ten frames: the last four, then the eleventh through the queue.
+        let mut recorder = Recorder::default();
+        for n in 0..10 {
+            assert!(!recorder.frame(&frame(n)), "nobody records yet");
+        }
+        let (sink, mut rx) = sink();
+        let preroll = recorder.attach(sink);
+        assert_eq!(preroll, (6..10).map(frame).collect::<Vec<_>>());
+        assert_eq!(preroll.len() as u64, mix::PREROLL_FRAMES);
+        assert!(recorder.frame(&frame(10)));
+        match rx.try_recv() {
+            Ok(Recorded::Mix(first)) => assert_eq!(first, frame(10)),
+            _ => panic!("the recording's first frame is the one after its pre-roll"),
+        }
+    }
 
     fn broadcasts(clock: Clock) -> Broadcasts {
         // A media service is needed for the type only; links never touch it.

@@ -10,10 +10,8 @@ use std::ops::Range;
 
 use super::ogg::{self, OggOpusWriter, PacketReader, StreamInfo};
 use crate::broadcast::mix::FRAME;
+pub use crate::broadcast::mix::PREROLL_FRAMES;
 use crate::broadcast::ring::Window;
-
-/// Frames decoded and dropped before a clip that starts mid-stream (80 ms).
-pub const PREROLL_FRAMES: u64 = 4;
 const FRAME_SAMPLES: u64 = FRAME as u64;
 const SAMPLES_PER_MS: u64 = ogg::GRANULE_RATE / 1000;
 

@@ -536,7 +536,22 @@ impl Writer {
         mut speakers: mpsc::Receiver<SpeakersNow>,
     ) {
         let mut failed = false;
+        // A recording started on a running mix begins with the frames just before its start,
+        // which the pre-skip drops: its decoder has settled by its first sample.
+        let preroll = std::mem::take(&mut feed.preroll);
+        let preroll_samples = (preroll.len() * crate::broadcast::mix::FRAME) as u16;
+        for frame in &preroll {
+            if let Some(page) = self.ogg.push(frame)
+                && let Err(e) = write_page(&mut self.audio, page).await
+            {
+                tracing::error!(recording = %self.recording.id, error = %e, "cannot write");
+                failed = true;
+            }
+        }
         let end = loop {
+            if failed {
+                break End::Lost;
+            }
             tokio::select! {
                 frame = feed.frames.recv() => {
                     let frame = match frame {
@@ -572,7 +587,8 @@ impl Writer {
         };
         drop(feed);
         if let Some(tracks) = self.tracks.take() {
-            tracks.finish(tail.pre_skip).await;
+            // Tracks start with the recording's first frame, after the pre-roll.
+            tracks.finish(tail.pre_skip - preroll_samples).await;
         }
         if !failed {
             let last = self.ogg.finish();
