@@ -280,6 +280,66 @@ fn status_field(status: &str, name: &str) -> Option<i64> {
         .ok()
 }
 
+/// The broadcast tier's mixes (`crate::broadcast`) and what recordings lose of them.
+#[derive(Clone, Default)]
+pub struct BroadcastMetrics {
+    /// Rooms mixed now (for HLS, a recording or clips).
+    pub mixes: Gauge,
+    /// 20 ms frames mixed and encoded, all rooms.
+    pub frames: Counter,
+    /// 20 ms of a voice made up by Opus concealment in a mix: a lost or late packet.
+    pub concealed: Counter,
+    /// Speakers' packets that came after their tick had passed (not in the mix).
+    pub late: Counter,
+    /// Speakers' packets the media workers had for a mix whose queue was full.
+    pub tap_dropped: Counter,
+    /// Mixed frames a recording's writer had no room for (the disk is seconds behind).
+    pub recording_frames_dropped: Counter,
+    /// Speakers' packets a recording with speaker tracks had no room for.
+    pub track_packets_dropped: Counter,
+}
+
+impl BroadcastMetrics {
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("broadcast");
+        r.register(
+            "mixes",
+            "Rooms mixed now (for HLS, a recording or clips)",
+            self.mixes.clone(),
+        );
+        r.register(
+            "frames",
+            "20 ms frames mixed and encoded",
+            self.frames.clone(),
+        );
+        r.register(
+            "concealed_frames",
+            "20 ms of a voice made up by Opus concealment: a lost or late packet",
+            self.concealed.clone(),
+        );
+        r.register(
+            "late_packets",
+            "Speakers' packets that came after their tick had passed, left out of the mix",
+            self.late.clone(),
+        );
+        r.register(
+            "tap_dropped",
+            "Speakers' packets a mix's queue had no room for",
+            self.tap_dropped.clone(),
+        );
+        r.register(
+            "recording_frames_dropped",
+            "Mixed frames a recording's writer had no room for",
+            self.recording_frames_dropped.clone(),
+        );
+        r.register(
+            "track_packets_dropped",
+            "Speakers' packets a recording with speaker tracks had no room for",
+            self.track_packets_dropped.clone(),
+        );
+    }
+}
+
 /// All of the server's metrics. Cloning shares the same underlying atomics.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -297,6 +357,7 @@ pub struct Metrics {
     pub signal_messages: Family<KindLabels, Counter>,
     pub signal_errors: Family<CodeLabels, Counter>,
     pub media: MediaMetrics,
+    pub broadcast: BroadcastMetrics,
     pub process: ProcessMetrics,
     pub connections: crate::connection::ConnectionMetrics,
     pub auth_throttled: Counter,
@@ -416,6 +477,7 @@ impl Metrics {
             self.webhook_attempts.clone(),
         );
         self.media.register(&mut r);
+        self.broadcast.register(&mut r);
         self.process.register(&mut r);
         r
     }

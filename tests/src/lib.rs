@@ -217,6 +217,19 @@ impl TestServer {
             .expect("/metrics is text")
     }
 
+    /// A metric of `/metrics`, summed over its labels; 0 if it is not there.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Sends a request with an optional bearer credential and JSON body.
     pub async fn call(
         &self,

@@ -137,7 +137,31 @@ async fn ffprobe_and_ffmpeg_read_the_stage_tone_from_the_ll_hls_playlist() {
         (windows.len() - first) * window >= 28 * 48_000,
         "the tone started late: window {first}"
     );
-    sam.leave().await.expect("left");
+
+    // What an operator sees of it: one room mixed, a frame every 20 ms since it started.
+    assert_eq!(t.metric("stoa_broadcast_mixes").await, 1.0);
+    let frames = t.metric("stoa_broadcast_frames_total").await;
+    assert!(frames >= 1_450.0, "{frames} frames mixed in 30 s");
+    let text = t.metrics_text().await;
+    for name in [
+        "stoa_broadcast_concealed_frames_total",
+        "stoa_broadcast_late_packets_total",
+        "stoa_broadcast_tap_dropped_total",
+        "stoa_broadcast_recording_frames_dropped_total",
+        "stoa_broadcast_track_packets_dropped_total",
+    ] {
+        assert!(text.contains(&format!("\n{name} ")), "{name} is exported");
+    }
+    // The room ends: its mix stops.
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.metric("stoa_broadcast_mixes").await != 0.0 {
+        assert!(Instant::now() < deadline, "the ended room's mix still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sam.leave().await.ok();
     t.stop().await;
 }
 

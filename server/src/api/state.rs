@@ -118,6 +118,7 @@ impl AppState {
             store.clone(),
             clock.clone(),
             signer.derive("broadcast links"),
+            metrics.broadcast.clone(),
         );
         let recordings = Recordings::new(
             broadcasts.clone(),

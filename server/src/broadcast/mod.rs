@@ -40,6 +40,7 @@ use crate::clock::Clock;
 use crate::config::BroadcastSettings;
 use crate::control::{RoomId, Store};
 use crate::media::Media;
+use crate::metrics::BroadcastMetrics;
 use hls::{HlsSettings, Position, Stream};
 use mix::{MixSettings, Mixer};
 
@@ -115,6 +116,7 @@ struct RecorderSink {
     /// The recording keeps speaker tracks: the speakers' packets go to it too.
     speakers: bool,
     dropped: Arc<AtomicU64>,
+    metrics: BroadcastMetrics,
 }
 
 /// A room's recording, and what it needs to start in step with the mix.
@@ -166,6 +168,7 @@ impl Recorder {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!("a recording's writer is behind; a frame is dropped");
+                sink.metrics.recording_frames_dropped.inc();
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -299,6 +302,7 @@ impl Live {
                 .is_err()
         {
             sink.dropped.fetch_add(1, Ordering::Relaxed);
+            sink.metrics.track_packets_dropped.inc();
         }
     }
 }
@@ -315,6 +319,7 @@ struct Inner {
     store: Store,
     clock: Clock,
     key: [u8; 32],
+    metrics: BroadcastMetrics,
     live: DashMap<RoomId, Arc<Live>>,
     /// Frames each mix keeps for clips (`[recording] live_clip_secs`, and a little more for
     /// the decoder to settle before a clip's first frame).
@@ -328,9 +333,11 @@ impl Broadcasts {
         store: Store,
         clock: Clock,
         key: [u8; 32],
+        metrics: BroadcastMetrics,
     ) -> Self {
         Broadcasts {
             inner: Arc::new(Inner {
+                metrics,
                 settings,
                 hls: HlsSettings::default(),
                 media,
@@ -456,6 +463,7 @@ impl Broadcasts {
             queue: tx,
             speakers,
             dropped: dropped.clone(),
+            metrics: self.inner.metrics.clone(),
         };
         let (live, preroll) = self.start_mix(room, Some(sink)).await?;
         let pre_skip = live.pre_skip + (preroll.len() * mix::FRAME) as u16;
@@ -568,6 +576,10 @@ impl Broadcasts {
         let mut idle_since = tokio::time::Instant::now();
         let mut last_seen = live.requests.load(Ordering::Relaxed);
         let mut reported = mix::MixStats::default();
+        let mut counted = mix::MixStats::default();
+        let metrics = &self.inner.metrics;
+        let tap = self.inner.media.tap(&room);
+        metrics.mixes.inc();
         loop {
             tokio::select! {
                 Some(packet) = packets.recv() => take_packet(&room, &mut mixer, &live, &packet),
@@ -581,6 +593,11 @@ impl Broadcasts {
                             break;
                         }
                     };
+                    let stats = mixer.stats();
+                    metrics.frames.inc();
+                    metrics.concealed.inc_by(stats.concealed - counted.concealed);
+                    metrics.late.inc_by(stats.late - counted.late);
+                    counted = stats;
                     // Recorded, or held for clips: kept running whoever listens.
                     let needed = live.offer_to_recorder(&frame) | live.held.load(Ordering::Relaxed);
                     live.ring.lock().unwrap_or_else(|e| e.into_inner()).push(&frame);
@@ -602,6 +619,7 @@ impl Broadcasts {
                     }
                 }
                 _ = room_check.tick() => {
+                    metrics.tap_dropped.inc_by(tap.take_dropped());
                     let stats = mixer.stats();
                     if stats.late > reported.late {
                         tracing::info!(
@@ -624,6 +642,8 @@ impl Broadcasts {
             }
         }
         self.inner.media.untap(&room);
+        metrics.tap_dropped.inc_by(tap.take_dropped());
+        metrics.mixes.dec();
         self.inner
             .live
             .remove_if(&room, |_, running| Arc::ptr_eq(running, &live));
@@ -685,6 +705,7 @@ mod tests {
                 queue,
                 speakers: false,
                 dropped,
+                metrics: BroadcastMetrics::default(),
             };
             (sink, rx)
         };
@@ -725,7 +746,14 @@ mod tests {
             &crate::metrics::Metrics::default().media,
         )
         .unwrap();
-        Broadcasts::new(BroadcastSettings::default(), media, store, clock, [7; 32])
+        Broadcasts::new(
+            BroadcastSettings::default(),
+            media,
+            store,
+            clock,
+            [7; 32],
+            BroadcastMetrics::default(),
+        )
     }
 
     #[tokio::test]
@@ -782,6 +810,26 @@ mod tests {
             redundancy: Default::default(),
             arrived: std::time::Instant::now(),
         })
+    }
+
+    /// A mix whose queue is full loses packets, and says how many (for `/metrics`), once.
+    #[test]
+    fn a_full_mix_queue_counts_what_the_tap_dropped() {
+        let tap = crate::media::tap::RoomTap::default();
+        let (tx, mut rx) = mpsc::channel(2);
+        tap.offer(&packet(0, Bytes::from_static(b"x")));
+        assert_eq!(
+            tap.take_dropped(),
+            0,
+            "nobody mixes: nothing is offered or lost"
+        );
+        tap.attach(tx);
+        for seq in 0..5 {
+            tap.offer(&packet(seq, Bytes::from_static(b"x")));
+        }
+        assert_eq!(tap.take_dropped(), 3);
+        assert_eq!(tap.take_dropped(), 0, "counted once");
+        assert_eq!(rx.try_recv().unwrap().seq, 0);
     }
 
     /// The mix's task stalled (a busy machine) while a speaker's packets kept coming in time:

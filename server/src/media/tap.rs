@@ -6,7 +6,7 @@
 //! recordings' speaker tracks (written when a connection opens or closes, never per packet).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -23,6 +23,8 @@ pub struct RoomTap {
     sink: Mutex<Option<TapSender>>,
     /// The participant of each of the room's sources ([`Forwarded::source`]) on this node.
     speakers: Mutex<HashMap<u32, ParticipantId>>,
+    /// Packets a full sink had no room for, since the mix last asked.
+    dropped: AtomicU64,
 }
 
 impl RoomTap {
@@ -67,8 +69,14 @@ impl RoomTap {
         }
         if let Ok(sink) = self.sink.try_lock()
             && let Some(sink) = sink.as_ref()
+            && let Err(mpsc::error::TrySendError::Full(_)) = sink.try_send(Arc::clone(packet))
         {
-            let _ = sink.try_send(Arc::clone(packet));
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Packets dropped for a full sink since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 }
