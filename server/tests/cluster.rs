@@ -1617,6 +1617,38 @@ async fn a_rooms_live_state_survives_its_node_being_stopped() {
     live_state_survives(Departure::Stopped).await;
 }
 
+/// What a person's `ok` acknowledged is kept when the home is killed the moment after: Kim
+/// lowers her hand and Sam mutes himself, and the home is killed as soon as both have their
+/// `ok`. The new home has Kim's hand down and Sam muted. (Until 6 December the `ok` went out
+/// at once and the state was written 50 ms later: both were lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_was_acknowledged_survives_its_home_killed_right_after() {
+    let redis = Redis::start();
+    let pg = postgres::Postgres::start();
+    let mut live = LiveRoom::start(&redis, &pg.fresh_database()).await;
+    live.assert_as_made("before");
+    let asked = Instant::now();
+    let (lowered, muted) = tokio::join!(live.kim.lower_hand(), live.sam.mute_self());
+    lowered.expect("Kim's hand down");
+    muted.expect("Sam muted");
+    let acknowledged_after = asked.elapsed();
+    live.nodes[live.home].kill();
+
+    all_resume(live.everyone(), Duration::from_secs(10)).await;
+    let bo = live.bo.me().clone();
+    let view = live.ada.view();
+    let hands: Vec<_> = view
+        .snapshot
+        .raised_hands
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(hands, [bo], "Kim's hand stays down on the new home");
+    assert!(live.sam.view().me().muted, "Sam stays muted");
+    assert!(live.mo.view().me().muted, "Mo's mute is kept too");
+    println!("acknowledged after {acknowledged_after:?}; kept through the kill");
+}
+
 /// Garbage, or a state that claims a later placement than the new home's, is refused: the room
 /// starts from the store as it would without one (the mute and the hands are gone, roles are
 /// kept), and the new home's log says why.

@@ -2,8 +2,14 @@
 //! when the room starts here after another node had it. The room never waits on Redis for a
 //! change: it hands the latest state to a writer task, which writes one at a time (a burst of
 //! changes costs one write); only a room that starts, or stops to hand its people over, waits.
+//!
+//! A person's request that changed what is kept is acknowledged (`ok`) once the state with the
+//! change is written, not before: the room goes on meanwhile, and a home killed a moment after
+//! the `ok` has kept what it acknowledged. Everyone else's events go out at once. While Redis
+//! does not answer, the `ok` goes out after [`OWED_WAIT`] anyway (the room goes on without
+//! Redis; what it does then is kept only on this node).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +19,15 @@ use tokio::time::Instant;
 use super::task::RoomTask;
 use crate::cluster::{Cluster, Found, Saved};
 use crate::control::ParticipantId;
-use crate::room::SavedRoom;
+use crate::room::{ConnectionId, SavedRoom};
+use crate::wire::Text;
 
 /// How long after a change the state is written: the changes within it are written together.
 const SAVE_DELAY: Duration = Duration::from_millis(50);
 /// How long a starting room waits for its kept state, and a stopping one for its last write.
 const REDIS_WAIT: Duration = Duration::from_secs(2);
+/// How long an `ok` waits for its change to be written before it goes out anyway.
+pub(super) const OWED_WAIT: Duration = Duration::from_secs(2);
 
 /// A saved room, numbered in the order this task took them.
 type Latest = Option<(u64, Arc<str>)>;
@@ -36,6 +45,21 @@ pub(super) struct Keeper {
     /// What was last handed to the writer (its time aside): a change that changed nothing
     /// kept (a plain listener coming or going) writes nothing.
     last: Option<SavedRoom>,
+    /// The number of the last state written (or found superseded) in Redis.
+    pub written: watch::Receiver<u64>,
+    /// `ok`s owed for changes not written yet, oldest first.
+    owed: VecDeque<Owed>,
+}
+
+/// An `ok` waiting for the state with its change to be written.
+struct Owed {
+    /// The number of the state that holds the change.
+    state: u64,
+    participant: ParticipantId,
+    connection: ConnectionId,
+    ok: Text,
+    /// When it goes out anyway.
+    deadline: Instant,
 }
 
 impl RoomTask {
@@ -47,7 +71,8 @@ impl RoomTask {
         };
         let room: Arc<str> = self.state.room().as_str().into();
         let (latest, rx) = watch::channel(None);
-        let writer = tokio::spawn(write_latest(cluster.clone(), room.clone(), rx));
+        let (wrote, written) = watch::channel(0);
+        let writer = tokio::spawn(write_latest(cluster.clone(), room.clone(), rx, wrote));
         let mut keeper = Keeper {
             cluster,
             room,
@@ -57,6 +82,8 @@ impl RoomTask {
             due: None,
             restored: HashSet::new(),
             last: None,
+            written,
+            owed: VecDeque::new(),
         };
         if let Some(saved) = self.kept_state(&keeper).await {
             let now = self.deps.clock.now_ms().max(0) as u64;
@@ -135,10 +162,67 @@ impl RoomTask {
         Some((keeper, seq, json))
     }
 
-    /// Hands the room's state as it is now to the writer, if it changed.
+    /// Hands the room's state as it is now to the writer, if it changed. `ok`s owed for a
+    /// change that changed nothing kept wait for the state last handed over instead.
     pub(super) fn save_now(&mut self) {
         if let Some((keeper, seq, json)) = self.take_saved(false) {
             keeper.latest.send_replace(Some((seq, json.into())));
+        } else if let Some(keeper) = &mut self.keeper {
+            let last = keeper.seq;
+            for owed in keeper.owed.iter_mut() {
+                owed.state = owed.state.min(last);
+            }
+            self.pay_owed(false);
+        }
+    }
+
+    /// The `ok` for a person's request that changed the room: now on a single node, once the
+    /// state with the change is written in a cluster (which is then written at once).
+    pub(super) fn acknowledge_change(
+        &mut self,
+        participant: ParticipantId,
+        connection: ConnectionId,
+        ok: Text,
+    ) {
+        let Some(keeper) = &mut self.keeper else {
+            self.send_to(&participant, ok);
+            return;
+        };
+        let now = Instant::now();
+        keeper.owed.push_back(Owed {
+            state: keeper.seq + 1,
+            participant,
+            connection,
+            ok,
+            deadline: now + OWED_WAIT,
+        });
+        keeper.due = Some(now);
+    }
+
+    /// When the oldest owed `ok` goes out even if its change is not written.
+    pub(super) fn owed_deadline(&self) -> Option<Instant> {
+        self.keeper.as_ref()?.owed.front().map(|o| o.deadline)
+    }
+
+    /// Sends the `ok`s whose changes are written; with `all`, every one owed (their deadline
+    /// passed, or the room stops keeping).
+    pub(super) fn pay_owed(&mut self, all: bool) {
+        let Some(keeper) = &mut self.keeper else {
+            return;
+        };
+        let written = *keeper.written.borrow_and_update();
+        let now = Instant::now();
+        let mut paid = Vec::new();
+        while let Some(owed) = keeper.owed.front() {
+            if !(all || owed.state <= written || owed.deadline <= now) {
+                break;
+            }
+            paid.extend(keeper.owed.pop_front());
+        }
+        for owed in paid {
+            if self.is_current(&owed.participant, owed.connection) {
+                self.send_to(&owed.participant, owed.ok);
+            }
         }
     }
 
@@ -160,6 +244,7 @@ impl RoomTask {
         match tokio::time::timeout(REDIS_WAIT, write).await {
             Ok(Ok(Saved::Written)) => {
                 tracing::debug!(room = %keeper.room, bytes = json.len(), "live state kept for the next home");
+                self.pay_owed(true);
             }
             Ok(Ok(other)) => tracing::debug!(room = %keeper.room, ?other, "live state not kept"),
             Ok(Err(e)) => {
@@ -174,6 +259,10 @@ impl RoomTask {
     /// The room is over here: ended, or emptied (not stopped to be handed over). What it kept
     /// is deleted once the writer has finished.
     pub(super) async fn stop_keeping(&mut self, handed_over: bool) {
+        if !handed_over {
+            // Over here: nothing of it is kept for anyone; what was asked was done.
+            self.pay_owed(true);
+        }
         let Some(keeper) = self.keeper.take() else {
             return;
         };
@@ -201,7 +290,12 @@ impl RoomTask {
 /// Writes the latest saved room, one write at a time; states taken while a write is under
 /// way are replaced by the newest. A write that fails is tried again after a heartbeat,
 /// unless a newer state came meanwhile.
-async fn write_latest(cluster: Cluster, room: Arc<str>, mut latest: watch::Receiver<Latest>) {
+async fn write_latest(
+    cluster: Cluster,
+    room: Arc<str>,
+    mut latest: watch::Receiver<Latest>,
+    wrote: watch::Sender<u64>,
+) {
     let retry = Duration::from_millis(cluster.settings().heartbeat_ms);
     while latest.changed().await.is_ok() {
         let Some((seq, json)) = latest.borrow_and_update().clone() else {
@@ -209,7 +303,10 @@ async fn write_latest(cluster: Cluster, room: Arc<str>, mut latest: watch::Recei
         };
         loop {
             match cluster.save_room_state(&room, seq, &json).await {
-                Ok(Saved::Written | Saved::Stale) => break,
+                Ok(Saved::Written | Saved::Stale) => {
+                    wrote.send_replace(seq);
+                    break;
+                }
                 // Lost to another node: the room stops here at the next renewal.
                 Ok(Saved::NotHeld) if cluster.held_epoch(&room).is_none() => break,
                 // Held here, but Redis has no lease (it restarted): the renewal writes it back.

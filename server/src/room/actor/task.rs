@@ -104,8 +104,10 @@ impl RoomTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Before anyone is taken in: the people a previous home kept come back first.
         self.start_keeping().await;
+        let mut written = self.keeper.as_ref().map(|k| k.written.clone());
         loop {
             let save_due = self.keeper.as_ref().and_then(|k| k.due);
+            let owed_deadline = self.owed_deadline();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
@@ -114,6 +116,14 @@ impl RoomTask {
                 _ = tick.tick() => self.on_tick().await,
                 _ = tokio::time::sleep_until(save_due.unwrap_or_else(tokio::time::Instant::now)),
                     if save_due.is_some() => self.save_now(),
+                Some(Ok(())) = async {
+                    match written.as_mut() {
+                        Some(w) => Some(w.changed().await),
+                        None => None,
+                    }
+                } => self.pay_owed(false),
+                _ = tokio::time::sleep_until(owed_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if owed_deadline.is_some() => self.pay_owed(false),
             }
             self.handle
                 .participants
@@ -503,11 +513,16 @@ impl RoomTask {
         self.records.write(std::mem::take(&mut self.pending));
         if let Some(Answer {
             participant,
+            connection,
             ok: Some(ok),
-            ..
         }) = answer
         {
-            self.send_to(&participant, ok);
+            // Acknowledged once it is kept (in a cluster): a leave is not waited for.
+            if keeps && own_close.is_none() {
+                self.acknowledge_change(participant, connection, ok);
+            } else {
+                self.send_to(&participant, ok);
+            }
         }
         if let Some(effect) = own_close {
             self.carry_out(effect).await;
