@@ -202,7 +202,7 @@ impl Room {
         };
         // Negotiated through the driver, which keeps the socket read meanwhile.
         if let Some(media) = room.media.clone() {
-            let connected = match media.negotiate(&mut room.channel()).await {
+            let connected = match media.negotiate_patiently(&mut room.channel()).await {
                 Ok(()) => media.wait_connected(MEDIA_CONNECT).await,
                 Err(error) => Err(error),
             };

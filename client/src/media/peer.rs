@@ -36,6 +36,10 @@ use crate::audio::{
 
 /// How often waits look at the state again.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Offers made again after `media_unavailable` (the server's media was busy, or closed our
+/// previous connection just as the offer came), and the pause before each.
+const UNAVAILABLE_RETRIES: u32 = 5;
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(300);
 /// The most audio sections the server takes in one offer.
 const MAX_SLOTS: usize = 16;
 
@@ -595,7 +599,24 @@ impl MediaPeer {
         if let Some(player) = player {
             self.attach_microphone(player).await?;
         }
-        self.negotiate(channel).await
+        self.negotiate_patiently(channel).await
+    }
+
+    /// [`negotiate`](Self::negotiate), offered again a few times while the server answers
+    /// `media_unavailable` (which says: try again), as the web client does.
+    pub async fn negotiate_patiently(&self, channel: &mut impl OfferChannel) -> Result<(), Error> {
+        let mut tries = 0;
+        loop {
+            match self.negotiate(channel).await {
+                Err(error)
+                    if error.code() == Some("media_unavailable") && tries < UNAVAILABLE_RETRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// This peer's name.

@@ -290,6 +290,53 @@ impl OfferChannel for Refuser {
     }
 }
 
+/// Answers `media_unavailable` `busy` times, then passes offers on to `answerer`.
+struct Busy<'a> {
+    busy: u32,
+    answerer: &'a mut EchoAnswerer,
+}
+
+#[async_trait::async_trait]
+impl OfferChannel for Busy<'_> {
+    async fn exchange(&mut self, offer_sdp: String) -> Result<String, Error> {
+        if self.busy > 0 {
+            self.busy -= 1;
+            return Err(Error::Rejected {
+                code: "media_unavailable".to_owned(),
+                message: "the connection was just closed; offer again".to_owned(),
+            });
+        }
+        self.answerer.exchange(offer_sdp).await
+    }
+}
+
+/// A new connection refused with `media_unavailable` (the server closed the old one just as
+/// the offer came) is offered again, and comes up; a server that keeps saying so is given up
+/// on with its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_a_reconnection_offers_again_while_media_is_unavailable() {
+    let mut answerer = EchoAnswerer::new(2).await;
+    let peer = MediaPeer::new(MediaConfig::listener("patient", 2))
+        .await
+        .unwrap();
+    let mut busy = Busy {
+        busy: 2,
+        answerer: &mut answerer,
+    };
+    peer.reconnect(&mut busy, false).await.unwrap();
+    assert_eq!(busy.busy, 0, "offered again until it was taken");
+    peer.wait_connected(WAIT).await.unwrap();
+    let mut hopeless = Busy {
+        busy: u32::MAX,
+        answerer: &mut answerer,
+    };
+    let error = peer.reconnect(&mut hopeless, false).await.unwrap_err();
+    assert_eq!(error.code(), Some("media_unavailable"), "{error}");
+    assert_eq!(u32::MAX - hopeless.busy, 6, "one offer and five more");
+    peer.close().await;
+    answerer.pc.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_a_refused_offer_leaves_the_peer_usable() {
     let mut answerer = EchoAnswerer::new(2).await;
