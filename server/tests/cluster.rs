@@ -1617,20 +1617,26 @@ async fn a_rooms_live_state_survives_its_node_being_stopped() {
     live_state_survives(Departure::Stopped).await;
 }
 
-/// What a person's `ok` acknowledged is kept when the home is killed the moment after: Kim
-/// lowers her hand and Sam mutes himself, and the home is killed as soon as both have their
-/// `ok`. The new home has Kim's hand down and Sam muted. (Until 6 December the `ok` went out
-/// at once and the state was written 50 ms later: both were lost.)
+/// What was acknowledged is kept when the home is killed the moment after: Kim lowers her hand
+/// (a socket's `ok`) and the operator mutes Sam (a REST call's 204), and the home is killed as
+/// soon as both are answered. The new home has Kim's hand down and Sam muted. (Until 6
+/// December both answers went out before the state was written, 50 ms later: both were lost.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_was_acknowledged_survives_its_home_killed_right_after() {
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let mut live = LiveRoom::start(&redis, &pg.fresh_database()).await;
     live.assert_as_made("before");
+    let sam_id = live.sam.me().to_string();
+    let mute = format!("/api/v1/rooms/{}/participants/{sam_id}/mute", live.room);
+    let home = &live.nodes[live.home];
     let asked = Instant::now();
-    let (lowered, muted) = tokio::join!(live.kim.lower_hand(), live.sam.mute_self());
+    let (lowered, (status, body)) = tokio::join!(
+        live.kim.lower_hand(),
+        home.call(reqwest::Method::POST, &mute, None)
+    );
     lowered.expect("Kim's hand down");
-    muted.expect("Sam muted");
+    assert_eq!(status, 204, "the operator mutes Sam: {body}");
     let acknowledged_after = asked.elapsed();
     live.nodes[live.home].kill();
 
@@ -1643,8 +1649,12 @@ async fn what_was_acknowledged_survives_its_home_killed_right_after() {
         .iter()
         .map(|p| p.id.clone())
         .collect();
-    assert_eq!(hands, [bo], "Kim's hand stays down on the new home");
-    assert!(live.sam.view().me().muted, "Sam stays muted");
+    let kept = (hands == [bo], live.sam.view().me().muted);
+    assert_eq!(
+        kept,
+        (true, true),
+        "(Kim's hand stays down, Sam stays muted) on the new home"
+    );
     assert!(live.mo.view().me().muted, "Mo's mute is kept too");
     println!("acknowledged after {acknowledged_after:?}; kept through the kill");
 }

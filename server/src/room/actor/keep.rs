@@ -3,11 +3,12 @@
 //! change: it hands the latest state to a writer task, which writes one at a time (a burst of
 //! changes costs one write); only a room that starts, or stops to hand its people over, waits.
 //!
-//! A person's request that changed what is kept is acknowledged (`ok`) once the state with the
-//! change is written, not before: the room goes on meanwhile, and a home killed a moment after
-//! the `ok` has kept what it acknowledged. Everyone else's events go out at once. While Redis
-//! does not answer, the `ok` goes out after [`OWED_WAIT`] anyway (the room goes on without
-//! Redis; what it does then is kept only on this node).
+//! A person's request, or an operator's REST call, that changed what is kept is acknowledged
+//! (`ok`, the call's answer) once the state with the change is written, not before: the room
+//! goes on meanwhile, and a home killed a moment after the `ok` has kept what it acknowledged.
+//! Everyone else's events go out at once. While Redis does not answer, the `ok` goes out after
+//! [`OWED_WAIT`] anyway (the room goes on without Redis; what it does then is kept only on
+//! this node).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::records::Ack;
 use super::task::RoomTask;
 use crate::cluster::{Cluster, Found, Saved};
 use crate::control::ParticipantId;
@@ -51,15 +53,25 @@ pub(super) struct Keeper {
     owed: VecDeque<Owed>,
 }
 
-/// An `ok` waiting for the state with its change to be written.
+/// An acknowledgement waiting for the state with its change to be written.
 struct Owed {
     /// The number of the state that holds the change.
     state: u64,
-    participant: ParticipantId,
-    connection: ConnectionId,
-    ok: Text,
+    to: Acknowledgement,
     /// When it goes out anyway.
     deadline: Instant,
+}
+
+/// Whom an acknowledgement is owed to.
+pub(super) enum Acknowledgement {
+    /// A socket's `ok`, if that socket is still the participant's.
+    Socket {
+        participant: ParticipantId,
+        connection: ConnectionId,
+        ok: Text,
+    },
+    /// A REST call's answer, which also waits for the call's records in the store.
+    Rest(Ack),
 }
 
 impl RoomTask {
@@ -176,27 +188,35 @@ impl RoomTask {
         }
     }
 
-    /// The `ok` for a person's request that changed the room: now on a single node, once the
-    /// state with the change is written in a cluster (which is then written at once).
-    pub(super) fn acknowledge_change(
-        &mut self,
-        participant: ParticipantId,
-        connection: ConnectionId,
-        ok: Text,
-    ) {
+    /// Acknowledges a request that changed the room: now on a single node, once the state
+    /// with the change is written in a cluster (which is then written at once).
+    pub(super) fn acknowledge_change(&mut self, to: Acknowledgement) {
         let Some(keeper) = &mut self.keeper else {
-            self.send_to(&participant, ok);
+            self.acknowledge(to);
             return;
         };
         let now = Instant::now();
         keeper.owed.push_back(Owed {
             state: keeper.seq + 1,
-            participant,
-            connection,
-            ok,
+            to,
             deadline: now + OWED_WAIT,
         });
         keeper.due = Some(now);
+    }
+
+    fn acknowledge(&mut self, to: Acknowledgement) {
+        match to {
+            Acknowledgement::Socket {
+                participant,
+                connection,
+                ok,
+            } => {
+                if self.is_current(&participant, connection) {
+                    self.send_to(&participant, ok);
+                }
+            }
+            Acknowledgement::Rest(ack) => self.records.acknowledge(ack),
+        }
     }
 
     /// When the oldest owed `ok` goes out even if its change is not written.
@@ -220,9 +240,7 @@ impl RoomTask {
             paid.extend(keeper.owed.pop_front());
         }
         for owed in paid {
-            if self.is_current(&owed.participant, owed.connection) {
-                self.send_to(&owed.participant, owed.ok);
-            }
+            self.acknowledge(owed.to);
         }
     }
 

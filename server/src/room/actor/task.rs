@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::fanout::Conn;
+use super::keep::Acknowledgement;
 use super::records::RecordWriter;
 use super::rooms::{Deps, RoomHandle};
 use super::{Connect, ConnectError, ConnectOutcome, LiveError, Outbound, RoomMsg};
@@ -277,9 +278,10 @@ impl RoomTask {
                 reply,
             } => {
                 // The call returns once its records are written (or the store is found
-                // unavailable); the room does not wait for that.
+                // unavailable) and, in a cluster, the room's state with it; the room does not
+                // wait for that.
                 match self.command(&actor, command, None).await {
-                    Ok(()) => self.records.acknowledge(reply),
+                    Ok(()) => self.acknowledge_change(Acknowledgement::Rest(reply)),
                     Err(refusal) => {
                         let _ = reply.send(Err(LiveError::Refused(refusal)));
                     }
@@ -519,7 +521,11 @@ impl RoomTask {
         {
             // Acknowledged once it is kept (in a cluster): a leave is not waited for.
             if keeps && own_close.is_none() {
-                self.acknowledge_change(participant, connection, ok);
+                self.acknowledge_change(Acknowledgement::Socket {
+                    participant,
+                    connection,
+                    ok,
+                });
             } else {
                 self.send_to(&participant, ok);
             }
