@@ -1514,6 +1514,16 @@ impl LiveRoom {
     }
 }
 
+/// The raised hands `room` sees, in order.
+fn raised_hands(room: &stoa_client::Room) -> Vec<stoa_client::ParticipantId> {
+    let view = room.view();
+    view.snapshot
+        .raised_hands
+        .iter()
+        .map(|p| p.id.clone())
+        .collect()
+}
+
 /// The room's home goes away (killed, or stopped on purpose); its people resume on the other
 /// node and find the room as it was: the stage in order, the hands in order, the mute, the
 /// invitation. The new home goes on from there.
@@ -1588,18 +1598,11 @@ async fn live_state_survives(departure: Departure) {
         matches!(e, stoa_client::Event::HandLowered { participant, .. } if participant.id == kim)
     })
     .await;
-    let view = live.ada.view();
     assert!(
-        view.snapshot.stage.iter().any(|p| p.id == ivy),
+        live.ada.view().snapshot.stage.iter().any(|p| p.id == ivy),
         "Ivy on stage"
     );
-    let hands: Vec<_> = view
-        .snapshot
-        .raised_hands
-        .iter()
-        .map(|p| p.id.clone())
-        .collect();
-    assert_eq!(hands, [bo]);
+    assert_eq!(raised_hands(&live.ada), [bo]);
     println!(
         "{home_name} {departure:?}: the room's live state ({} bytes kept) restored on \
          {other_name} and everyone back after {restored_after:?}",
@@ -1642,14 +1645,7 @@ async fn what_was_acknowledged_survives_its_home_killed_right_after() {
 
     all_resume(live.everyone(), Duration::from_secs(10)).await;
     let bo = live.bo.me().clone();
-    let view = live.ada.view();
-    let hands: Vec<_> = view
-        .snapshot
-        .raised_hands
-        .iter()
-        .map(|p| p.id.clone())
-        .collect();
-    let kept = (hands == [bo], live.sam.view().me().muted);
+    let kept = (raised_hands(&live.ada) == [bo], live.sam.view().me().muted);
     assert_eq!(
         kept,
         (true, true),

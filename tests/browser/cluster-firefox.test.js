@@ -16,10 +16,9 @@ import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
 import {
   api,
-  keepMediaConnection,
-  newMediaConnection,
+  homeWithSpeaker,
+  invitedOnStageAndSentHome,
   nodeMetric,
-  onStageAsSpeaker,
   recordSockets,
   socketsOf,
   startCluster,
@@ -75,14 +74,7 @@ function edgeTests(netns) {
 
       await joinRoom(sam, speakerInvite.url, "Sam");
       await mediaConnected(sam);
-      const { node: homeName } = await api(shared, "GET", `/api/v1/rooms/${room.id}`);
-      const home = nodes.find((n) => n.name === homeName);
-      assert.ok(home, `the room lives on a node: ${homeName}`);
-      // Placement reads the nodes' heartbeats: wait until the home's says it holds the speaker.
-      await until(async () => {
-        const { json } = await api(shared, "GET", "/api/v1/cluster/nodes");
-        return json.nodes.some((/** @type {any} */ n) => n.name === homeName && n.load.connections >= 1);
-      }, "the home's heartbeat counts the speaker");
+      const home = await homeWithSpeaker(shared, nodes, room.id);
 
       // Firefox follows the join answer to an edge and hears the speaker there.
       const homeHost = new URL(home.own).host;
@@ -97,19 +89,7 @@ function edgeTests(netns) {
 
       // Invited on stage, Lee accepts: the edge sends the page to the room's node, where it
       // resumes, makes a new media connection with its microphone and is heard by Sam.
-      const { json: people } = await api(shared, "GET", `/api/v1/rooms/${room.id}/participants`);
-      const leeId = people.items.find((/** @type {any} */ p) => p.display_name === "Lee")?.id;
-      assert.ok(leeId, `Lee is in the room: ${JSON.stringify(people)}`);
-      await keepMediaConnection(lee);
-      await api(shared, "POST", `/api/v1/rooms/${room.id}/participants/${leeId}/role`, { role: "speaker" });
-      await lee.waitForTestId("accept-invitation");
-      await lee.click("accept-invitation");
-      await onStageAsSpeaker([sam, lee], "Lee");
-      await newMediaConnection(lee, "Lee's page made a new media connection at the room's node");
-      const sockets = await socketsOf(lee);
-      assert.ok(sockets.at(-1)?.includes(homeHost), `Lee's page resumed at the room's node: ${sockets.join(", ")}`);
-      await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 0, "no socket of Lee's comes through an edge any more");
-      await lee.waitForTestId("connection-state", "connected");
+      const sockets = await invitedOnStageAndSentHome({ shared, room: room.id, home, speaker: sam, listener: lee, name: "Lee" });
       const heardAtHome = await hearsAudio(sam);
       noConsoleErrors([sam, lee]);
       console.log(

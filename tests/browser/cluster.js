@@ -262,6 +262,49 @@ export const newMediaConnection = (peer, message) =>
   );
 
 /**
+ * The node the room lives on, once that node's heartbeat counts the speaker who placed it
+ * there (placement reads the heartbeats: only then is it full for the next person).
+ * @param {string} shared
+ * @param {{ name: string, own: string }[]} nodes
+ * @param {string} room
+ */
+export async function homeWithSpeaker(shared, nodes, room) {
+  const { node: homeName } = await api(shared, "GET", `/api/v1/rooms/${room}`);
+  const home = nodes.find((n) => n.name === homeName);
+  assert.ok(home, `the room lives on a node: ${homeName}`);
+  await until(async () => {
+    const { json } = await api(shared, "GET", "/api/v1/cluster/nodes");
+    return json.nodes.some((/** @type {any} */ n) => n.name === homeName && n.load.connections >= 1);
+  }, "the home's heartbeat counts the speaker");
+  return home;
+}
+
+/**
+ * `name`, a listener on an edge, is invited on stage through the REST API and accepts in
+ * `listener`'s page: the edge sends the page home (`moved`), where it resumes, makes a new
+ * media connection and is on stage in both pages; the home holds no socket from an edge any
+ * more. The page must record its sockets (`recordSockets`). Returns them.
+ * @param {{ shared: string, room: string, home: { own: string }, speaker: import("./harness.js").Peer, listener: import("./harness.js").Peer, name: string }} options
+ */
+export async function invitedOnStageAndSentHome({ shared, room, home, speaker, listener, name }) {
+  const { json: people } = await api(shared, "GET", `/api/v1/rooms/${room}/participants`);
+  const id = people.items.find((/** @type {any} */ p) => p.display_name === name)?.id;
+  assert.ok(id, `${name} is in the room: ${JSON.stringify(people)}`);
+  await keepMediaConnection(listener);
+  await api(shared, "POST", `/api/v1/rooms/${room}/participants/${id}/role`, { role: "speaker" });
+  await listener.waitForTestId("accept-invitation");
+  await listener.click("accept-invitation");
+  await onStageAsSpeaker([speaker, listener], name);
+  await newMediaConnection(listener, `${name}'s page made a new media connection at the room's node`);
+  const sockets = await socketsOf(listener);
+  const homeHost = new URL(home.own).host;
+  assert.ok(sockets.at(-1)?.includes(homeHost), `${name}'s page resumed at the room's node: ${sockets.join(", ")}`);
+  await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 0, `no socket of ${name}'s comes through an edge any more`);
+  await listener.waitForTestId("connection-state", "connected");
+  return sockets;
+}
+
+/**
  * Records, before any of the page's code runs, the address of every WebSocket the page opens
  * (`window.__sockets`): which node a page's signaling went to, in any browser.
  */

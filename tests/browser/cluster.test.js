@@ -23,10 +23,13 @@ import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
 import {
   api,
-  keepMediaConnection,
+  homeWithSpeaker,
+  invitedOnStageAndSentHome,
   newMediaConnection,
   nodeMetric,
   onStageAsSpeaker,
+  recordSockets,
+  socketsOf,
   startCluster,
   until,
   withLogsOnFailure,
@@ -168,23 +171,16 @@ describe("a full room's new listeners are served by another node (issue #15)", {
     const listener = chromiumPeer({ name: "listener", ...listenerBrowser });
     await joinRoom(speaker, invites.speaker.url, "Sam");
     await mediaConnected(speaker);
-    const { node: homeName } = await api(shared, "GET", `/api/v1/rooms/${room.id}`);
-    const home = nodes.find((n) => n.name === homeName);
-    assert.ok(home, `the room lives on a node: ${homeName}`);
-    // Placement reads the nodes' heartbeats: wait until the home's says it holds the speaker.
-    await until(async () => {
-      const { json } = await api(shared, "GET", "/api/v1/cluster/nodes");
-      return json.nodes.some((/** @type {any} */ n) => n.name === homeName && n.load.connections >= 1);
-    }, "the home's heartbeat counts the speaker");
+    const home = await homeWithSpeaker(shared, nodes, room.id);
 
-    /** The signaling sockets Lee's page opens, in order. */
-    const sockets = /** @type {string[]} */ ([]);
-    listenerBrowser.page.on("websocket", (ws) => sockets.push(ws.url()));
+    // The signaling sockets Lee's page opens, in order.
+    await listenerBrowser.context.addInitScript(recordSockets);
     const homeHost = new URL(home.own).host;
     await joinRoom(listener, invites.listener.url, "Lee");
     await mediaConnected(listener);
-    const edge = nodes.find((n) => n !== home && sockets[0]?.includes(new URL(n.own).host));
-    assert.ok(edge, `Lee's page was sent to another node than the room's (${homeHost}): ${sockets.join(", ")}`);
+    const firstSockets = await socketsOf(listener);
+    const edge = nodes.find((n) => n !== home && firstSockets[0]?.includes(new URL(n.own).host));
+    assert.ok(edge, `Lee's page was sent to another node than the room's (${homeHost}): ${firstSockets.join(", ")}`);
     await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 1, "the home holds Lee's socket from the edge");
     await hearsAudio(listener);
 
@@ -209,18 +205,7 @@ describe("a full room's new listeners are served by another node (issue #15)", {
 
     // Lee is invited on stage and accepts: the edge sends the page home (`moved`), where it
     // resumes, makes a new media connection and is on stage, heard by the speaker.
-    const { json: people } = await api(shared, "GET", `/api/v1/rooms/${room.id}/participants`);
-    const lee = people.items.find((/** @type {any} */ p) => p.display_name === "Lee");
-    assert.ok(lee, `Lee is in the room: ${JSON.stringify(people)}`);
-    await keepMediaConnection(listener);
-    await api(shared, "POST", `/api/v1/rooms/${room.id}/participants/${lee.id}/role`, { role: "speaker" });
-    await listener.waitForTestId("accept-invitation");
-    await listener.click("accept-invitation");
-    await onStageAsSpeaker([speaker, listener], "Lee");
-    await newMediaConnection(listener, "Lee's page made a new media connection at the room's node");
-    assert.ok(sockets.at(-1)?.includes(homeHost), `Lee's page resumed at the room's node: ${sockets.join(", ")}`);
-    await until(async () => (await nodeMetric(home, "stoa_signal_sockets_from_edges")) === 0, "no socket of Lee's comes through an edge any more");
-    await listener.waitForTestId("connection-state", "connected");
+    const sockets = await invitedOnStageAndSentHome({ shared, room: room.id, home, speaker, listener, name: "Lee" });
     await hearsAudio(speaker);
     noConsoleErrors([speaker, listener]);
     console.log(`edge: Lee's sockets ${sockets.join(" → ")}; aiortc at ${aiortcSignal}, heard ${JSON.stringify(loudest)}`);
