@@ -59,10 +59,16 @@ describe("a listen link in the browser", { timeout: 180_000 }, () => {
     const windows = await listenToBroadcast(fan, LISTEN_S, [STAGE_HZ, 550, 660, 880]);
     const levels = windows.map((w) => w.db).sort((a, b) => a - b);
     const median = levels[Math.floor(levels.length / 2)];
-    const gaps = windows.map((w, i) => ({ i, ...w })).filter((w) => w.hz !== STAGE_HZ || w.db < median - 20);
+    const toned = (/** @type {{ hz: number, db: number }} */ w) => w.hz === STAGE_HZ && w.db >= median - 20;
+    // The page started the room's mix: its stream begins with the silence before a voice's
+    // first packet has waited out the mix's jitter buffer (300 ms). From the first window with
+    // the tone, every one has it.
+    const first = windows.findIndex(toned);
+    assert.ok(first >= 0 && first < 10, `the tone within the first second of listening: window ${first} of ${JSON.stringify(windows.slice(0, 12))}`);
+    const gaps = windows.map((w, i) => ({ i, ...w })).slice(first).filter((w) => !toned(w));
     assert.ok(windows.length >= LISTEN_S * 8, `${windows.length} windows`);
     assert.deepEqual(gaps, [], `100 ms windows without the ${STAGE_HZ} Hz tone (median level ${median.toFixed(1)} dB)`);
-    t.diagnostic(`listen link opened → broadcast playing ${startMs} ms; ${windows.length} windows of ${STAGE_HZ} Hz`);
+    t.diagnostic(`listen link opened → broadcast playing ${startMs} ms; ${windows.length} windows, ${windows.length - first} of ${STAGE_HZ} Hz from window ${first}`);
 
     // Its heartbeat: the room counts one anonymous listener.
     await waitFor(async () => (await server.api("GET", `/api/v1/rooms/${id}`)).anonymous_listeners === 1, {
