@@ -81,7 +81,8 @@ enum What {
     Demote(u8),
     SetRole(u8, RolePick),
     End,
-    SetSpeaking(Vec<(u8, u8)>),
+    /// Levels, and when media heard them (ms on the room's clock: past, now or wrong).
+    SetSpeaking(Vec<(u8, u8)>, u32),
     /// With or without per-speaker tracks, or the server's default.
     StartRecording(Option<bool>),
     StopRecording,
@@ -162,12 +163,13 @@ fn command(what: What) -> Command {
         }
         What::StopRecording => Command::StopRecording,
         What::RecordingLost => Command::RecordingLost,
-        What::SetSpeaking(levels) => Command::SetSpeaking {
+        What::SetSpeaking(levels, heard_at_ms) => Command::SetSpeaking {
             levels: levels
                 .into_iter()
                 .take(16)
                 .map(|(who, level)| (person(who), level % 128))
                 .collect(),
+            heard_at_ms: u64::from(heard_at_ms),
         },
     }
 }

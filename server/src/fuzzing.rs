@@ -176,6 +176,12 @@ impl RoomHarness {
                     }
                 }
                 for effect in &outcome.effects {
+                    if let Effect::RecordSpeakers { at_ms, .. } = effect {
+                        assert!(
+                            *at_ms <= self.now,
+                            "{shown} put a timeline line in the future"
+                        );
+                    }
                     if let Effect::PersistBan { participant, .. } = effect {
                         assert_eq!(kind, CommandKind::Ban, "{shown} banned someone");
                         self.banned.insert(participant.clone());

@@ -226,9 +226,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         heartbeat = Some(tokio::spawn(keep_in_cluster(cluster, state.clone())));
     }
     let live = state.live.clone();
-    let media_task = tokio::spawn(media.run_reports(media_reports, move |room, levels| {
-        live.media_speaking(room, levels)
-    }));
+    let media_task = tokio::spawn(
+        media.run_reports(media_reports, move |room, levels, heard| {
+            live.media_speaking(room, levels, heard)
+        }),
+    );
     let app = api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // The join limiter keeps a bucket per client address; forget the idle ones now and then.
     let limiter = state.join_limiter.clone();

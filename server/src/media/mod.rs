@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -434,7 +434,7 @@ impl Media {
     pub async fn run_reports(
         self,
         mut reports: mpsc::UnboundedReceiver<Report>,
-        speaking: impl Fn(&RoomId, Vec<(ParticipantId, u8)>),
+        speaking: impl Fn(&RoomId, Vec<(ParticipantId, u8)>, Instant),
     ) {
         let mut levels: HashMap<RoomId, HashMap<usize, Vec<(ParticipantId, u8)>>> = HashMap::new();
         while let Some(report) = reports.recv().await {
@@ -443,6 +443,7 @@ impl Media {
                     worker,
                     room,
                     levels: heard,
+                    heard: at,
                 } => {
                     let per_worker = levels.entry(room.clone()).or_default();
                     if heard.is_empty() {
@@ -456,7 +457,7 @@ impl Media {
                     if per_worker.is_empty() {
                         levels.remove(&room);
                     }
-                    speaking(&room, merged);
+                    speaking(&room, merged, at);
                 }
                 Report::Closed {
                     key,

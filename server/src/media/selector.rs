@@ -56,6 +56,8 @@ struct Speaker<K> {
     energy: f32,
     last_packet_us: u64,
     last_speech_us: Option<u64>,
+    /// When the speaker's current run of speech began (their first speech after silence).
+    speech_since_us: u64,
     /// Per tier (slots, reserve): since when this speaker has been louder than the tier's
     /// weakest member by the margin, without a break.
     louder_since_us: [Option<u64>; 2],
@@ -127,6 +129,7 @@ impl<K: Copy + Eq> SpeakerSelector<K> {
                     energy: 0.0,
                     last_packet_us: now_us,
                     last_speech_us: None,
+                    speech_since_us: now_us,
                     louder_since_us: [None; 2],
                 });
                 self.speakers.len() - 1
@@ -142,6 +145,12 @@ impl<K: Copy + Eq> SpeakerSelector<K> {
         speaker.energy += (power - speaker.energy) * self.frame_weight;
         speaker.last_packet_us = speaker.last_packet_us.max(now_us);
         if speech {
+            let resumed = speaker
+                .last_speech_us
+                .is_none_or(|t| now_us.saturating_sub(t) >= self.config.silence_after_us);
+            if resumed {
+                speaker.speech_since_us = now_us;
+            }
             speaker.last_speech_us = Some(speaker.last_speech_us.map_or(now_us, |t| t.max(now_us)));
         }
     }
@@ -211,6 +220,21 @@ impl<K: Copy + Eq> SpeakerSelector<K> {
                 key: s.key,
                 level: level_of(self.energy_at(s, now_us)),
             })
+    }
+
+    /// When `key` changed between speaking and silent last, as of `now_us`: the start of
+    /// their current run of speech if they speak, else the moment their last run was over
+    /// (`silence_after_us` after its last speech). `None` for a speaker it does not know.
+    pub fn speaking_changed_at(&self, key: K, now_us: u64) -> Option<u64> {
+        let speaker = self.speakers.iter().find(|s| s.key == key)?;
+        Some(if self.is_active(speaker, now_us) {
+            speaker.speech_since_us
+        } else {
+            speaker
+                .last_speech_us
+                .map_or(speaker.last_packet_us, |t| t + self.config.silence_after_us)
+                .min(now_us)
+        })
     }
 
     fn tier_range(&self, tier: usize) -> Range<usize> {
@@ -693,6 +717,42 @@ mod tests {
         assert_eq!(
             (room.slots(), room.selector.reserve()),
             (vec![Some(C), Some(B)], Some(D))
+        );
+    }
+
+    #[test]
+    fn a_speaker_changed_between_speaking_and_silent_when_the_audio_did() {
+        let mut room = Room::new(3);
+        room.run(400, &[(A, Silence)]);
+        assert_eq!(
+            room.selector.speaking_changed_at(B, 400_000),
+            None,
+            "unknown"
+        );
+        // Speech from 400 ms on: speaking since its first packet, however late one asks.
+        room.run(1000, &[(A, Speech(30))]);
+        assert_eq!(
+            room.selector.speaking_changed_at(A, 1_400_000),
+            Some(400_000)
+        );
+        // A short pause within the silence window is the same run of speech.
+        room.run(200, &[(A, Silence)]);
+        room.run(200, &[(A, Speech(30))]);
+        assert_eq!(
+            room.selector.speaking_changed_at(A, 1_800_000),
+            Some(400_000)
+        );
+        // Quiet from 1,800 ms (the last speech at 1,780): silent from 500 ms after it.
+        room.run(1000, &[(A, Silence)]);
+        assert_eq!(
+            room.selector.speaking_changed_at(A, 2_800_000),
+            Some(2_280_000)
+        );
+        // Speaking again starts a new run.
+        room.run(100, &[(A, Speech(30))]);
+        assert_eq!(
+            room.selector.speaking_changed_at(A, 2_900_000),
+            Some(2_800_000)
         );
     }
 

@@ -93,7 +93,14 @@ struct SpeakersNow {
     speakers: Vec<ParticipantId>,
     /// Who speaks as the recording starts (its first line), not a change while it runs.
     from_start: bool,
+    /// When the change happened (the clock's ms): media hears a voice start a moment before
+    /// the room is told.
+    at_ms: u64,
 }
+
+/// How far back a change of speakers is placed at most: a report older than this is taken
+/// as this old (the room's queue was stuck), so a line never jumps far back.
+const TIMELINE_BACKDATE_MAX_MS: u64 = 1_000;
 
 impl Recordings {
     /// Recordings of this node (`node`, its name in the store) under `data_dir/recordings`.
@@ -339,6 +346,7 @@ impl Recordings {
             audio,
             timeline,
             tracks,
+            last_line_ms: 0,
         };
         let handle = tokio::spawn(task.run(feed, stopped, speakers_rx));
         tracing::info!(%room, recording = %recording.id, "recording started");
@@ -498,11 +506,12 @@ impl Recorder for Recordings {
         Box::pin(self.stop_recording(room))
     }
 
-    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool) {
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool, at_ms: u64) {
         if let Some(active) = self.inner.active.get(room) {
             let _ = active.speakers.try_send(SpeakersNow {
                 speakers: speakers.to_vec(),
                 from_start,
+                at_ms,
             });
         }
     }
@@ -518,6 +527,8 @@ struct Writer {
     timeline: tokio::fs::File,
     /// The speakers' own tracks, if asked for.
     tracks: Option<TrackFiles>,
+    /// Where the last timeline line went: lines never go back in time.
+    last_line_ms: u64,
 }
 
 /// Why a recording's task ended.
@@ -634,16 +645,24 @@ impl Writer {
             granule: self.ogg.granule(),
             pre_skip,
         };
-        // A change is heard in the mix once its jitter buffer has played out: that is where
-        // the line goes. The line a recording starts with says who speaks from its start (the
-        // mix's first moments are from just before, with the same people, most likely).
-        let delay = if now.from_start {
-            0
+        // A change is heard in the mix once its jitter buffer has played out after the audio
+        // that made it arrived, `ago` before now: that is where the line goes. The line a
+        // recording starts with says who speaks from its start (the mix's first moments are
+        // from just before, with the same people, most likely).
+        let at_ms = if now.from_start {
+            at.duration_ms()
         } else {
-            crate::broadcast::mix::PLAYOUT_DELAY_FRAMES * 20
-        };
+            let clock_ms = self.recordings.inner.clock.now_ms().max(0) as u64;
+            let ago = clock_ms
+                .saturating_sub(now.at_ms)
+                .min(TIMELINE_BACKDATE_MAX_MS);
+            (at.duration_ms() + crate::broadcast::mix::PLAYOUT_DELAY_FRAMES * 20)
+                .saturating_sub(ago)
+        }
+        .max(self.last_line_ms);
+        self.last_line_ms = at_ms;
         let line = SpeakersAt {
-            at_ms: at.duration_ms() + delay,
+            at_ms,
             speakers: now.speakers,
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();

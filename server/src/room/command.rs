@@ -161,9 +161,11 @@ pub enum Command {
     RecordingLost,
     /// From media: the participants heard speaking since the last report, each with its
     /// RFC 6464 audio level (-dBov: 0 is loudest, 127 silence). Anyone not listed is silent.
-    /// System only.
+    /// They have been so since `heard_at_ms` (when media heard the audio that made it so,
+    /// a moment before the report). System only.
     SetSpeaking {
         levels: Vec<(ParticipantId, u8)>,
+        heard_at_ms: u64,
     },
 }
 

@@ -173,10 +173,11 @@ pub enum Effect {
     /// Stop recording it, and close the file.
     StopRecording,
     /// A line in the recording's timeline, loudest first: who speaks as the recording starts
-    /// (`from_start`), or who speaks after a change while it runs.
+    /// (`from_start`), or who speaks after a change while it runs, made at `at_ms`.
     RecordSpeakers {
         speakers: Vec<ParticipantId>,
         from_start: bool,
+        at_ms: u64,
     },
     /// One line in the room's audit log, for every moderation action whoever did it.
     Audit {

@@ -111,6 +111,11 @@ impl RoomState {
             actor => actor,
         };
         let speakers_before = self.speakers.clone();
+        // When a change of who speaks happened: now, or when media heard it.
+        let changed_at_ms = match &command {
+            Command::SetSpeaking { heard_at_ms, .. } => (*heard_at_ms).min(now_ms),
+            _ => now_ms,
+        };
         let mut out = Outcome::default();
         match command {
             Command::Join {
@@ -172,10 +177,12 @@ impl RoomState {
             Command::Demote { target } => self.demote(actor, &target, &mut out),
             Command::SetRole { target, role } => self.set_role(actor, &target, role, &mut out),
             Command::End => self.end(actor, &mut out),
-            Command::StartRecording(options) => self.start_recording(actor, options, &mut out),
+            Command::StartRecording(options) => {
+                self.start_recording(actor, options, now_ms, &mut out)
+            }
             Command::StopRecording => self.stop_recording(actor, &mut out),
             Command::RecordingLost => self.lose_recording(actor, &mut out),
-            Command::SetSpeaking { levels } => self.set_speaking(actor, levels),
+            Command::SetSpeaking { levels, .. } => self.set_speaking(actor, levels),
         }?;
         // Any command can silence a speaker (mute, leave, a dropped connection), so the speaker
         // list is compared once here rather than in every handler.
@@ -190,6 +197,7 @@ impl RoomState {
                 out.effect(Effect::RecordSpeakers {
                     speakers: self.speakers.clone(),
                     from_start: false,
+                    at_ms: changed_at_ms,
                 });
             }
         }
@@ -823,6 +831,7 @@ mod tests {
             setup: none,
             command: |c| Command::SetSpeaking {
                 levels: vec![(c.speaker.clone(), 0)],
+                heard_at_ms: 0,
             },
             expected: [NOT_PERMITTED; 5],
         },
@@ -1130,7 +1139,13 @@ mod tests {
             (who(&cast.speaker), Command::JoinStage),
             (host.clone(), Command::JoinStage),
             (who(&cast.speaker), Command::Unmute),
-            (Actor::System, Command::SetSpeaking { levels: Vec::new() }),
+            (
+                Actor::System,
+                Command::SetSpeaking {
+                    levels: Vec::new(),
+                    heard_at_ms: 0,
+                },
+            ),
             (Actor::System, Command::Tick),
         ];
         for (actor, command) in repeats {

@@ -883,7 +883,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
                     .enable_all()
                     .build()
                     .expect("a runtime");
-                runtime.block_on(media.run_reports(reports, |_, _| {}));
+                runtime.block_on(media.run_reports(reports, |_, _, _| {}));
             })?
     };
     let started_at = Instant::now();

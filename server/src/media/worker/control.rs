@@ -393,6 +393,7 @@ impl<E: Egress> Core<E> {
                         worker: self.setup.index,
                         room: id,
                         levels: Vec::new(),
+                        heard: now.at,
                     });
                 }
             } else {

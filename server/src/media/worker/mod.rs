@@ -216,11 +216,13 @@ pub enum Fanout {
 
 /// What workers tell the rest of the server.
 pub enum Report {
-    /// The speakers this worker receives, heard in `room` lately, loudest first.
+    /// The speakers this worker receives, heard in `room` lately, loudest first, as they
+    /// have been since `heard` (when the audio that changed them arrived).
     Levels {
         worker: usize,
         room: RoomId,
         levels: Vec<(ParticipantId, u8)>,
+        heard: Instant,
     },
     /// The worker closed a connection on its own (its peer went away).
     Closed {

@@ -77,12 +77,20 @@ impl Room {
     }
 
     /// Who of the speakers received here is talking (quietest first), when that changed
-    /// since the last call.
+    /// since the last call, and when it became so (µs, the selector's clock): the moment the
+    /// audio that made the change was heard, not the moment of asking.
     pub fn levels_changed(
         &mut self,
         conns: &Conns,
         now_us: u64,
-    ) -> Option<Vec<(ParticipantId, u8)>> {
+    ) -> Option<(Vec<(ParticipantId, u8)>, u64)> {
+        let source_of = |participant: &ParticipantId| {
+            self.members
+                .iter()
+                .filter_map(|k| conns.get(k))
+                .find(|c| &c.participant == participant)
+                .map(|c| c.source)
+        };
         let mut levels: Vec<(ParticipantId, u8)> = self
             .selector
             .active_speakers(now_us)
@@ -99,7 +107,20 @@ impl Room {
         if who == self.last_levels {
             return None;
         }
+        // The set is as it is since its latest change: someone starting, or falling silent
+        // (one who left the room changed it now).
+        let changed_at = who
+            .iter()
+            .filter(|p| !self.last_levels.contains(p))
+            .chain(self.last_levels.iter().filter(|p| !who.contains(p)))
+            .map(|p| {
+                source_of(p)
+                    .and_then(|source| self.selector.speaking_changed_at(source, now_us))
+                    .unwrap_or(now_us)
+            })
+            .max()
+            .unwrap_or(now_us);
         self.last_levels = who;
-        Some(levels)
+        Some((levels, changed_at))
     }
 }

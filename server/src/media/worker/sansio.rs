@@ -298,11 +298,12 @@ impl<E: Egress> Core<E> {
             self.next_levels = now.at + LEVELS_EVERY;
             let now_us = self.now_us(now.at);
             for room in self.rooms.values_mut() {
-                if let Some(levels) = room.levels_changed(&self.conns, now_us) {
+                if let Some((levels, changed_at)) = room.levels_changed(&self.conns, now_us) {
                     let _ = self.links.reports.send(Report::Levels {
                         worker: self.setup.index,
                         room: room.id.clone(),
                         levels,
+                        heard: self.epoch + Duration::from_micros(changed_at),
                     });
                 }
             }

@@ -55,8 +55,9 @@ pub trait Recorder: Send + Sync + 'static {
     /// recorder writes (`recording.ready`) follows them.
     fn stop<'a>(&'a self, room: &'a RoomId) -> RecorderFuture<'a, ()>;
     /// Who speaks now, loudest first, for the recording's timeline: as it starts
-    /// (`from_start`), or after a change. Must not block.
-    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool);
+    /// (`from_start`), or after a change that happened at `at_ms` (the room's clock; a
+    /// moment ago when media heard it). Must not block.
+    fn speakers(&self, room: &RoomId, speakers: &[ParticipantId], from_start: bool, at_ms: u64);
     /// The room became live on this node (`true`) or stopped being live (`false`): its last
     /// seconds may be kept for clips meanwhile. Must not block.
     fn live(&self, _room: &RoomId, _live: bool) {}
@@ -95,7 +96,7 @@ impl Recorder for NoRecorder {
         Box::pin(async {})
     }
 
-    fn speakers(&self, _: &RoomId, _: &[ParticipantId], _: bool) {}
+    fn speakers(&self, _: &RoomId, _: &[ParticipantId], _: bool, _: u64) {}
 }
 
 /// What a room sends to one signaling socket.
@@ -191,8 +192,11 @@ enum RoomMsg {
         request_id: Option<RequestId>,
         sdp: String,
     },
-    /// From media: who is speaking, loudest first.
-    Speaking(Vec<(ParticipantId, u8)>),
+    /// From media: who is speaking, loudest first, as they have been since `heard`.
+    Speaking {
+        levels: Vec<(ParticipantId, u8)>,
+        heard: std::time::Instant,
+    },
     /// From the recorder: the recording stopped by itself.
     RecordingLost,
     /// The room's own webhook endpoint was set (or deleted): events are made from now on (or

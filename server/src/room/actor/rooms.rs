@@ -238,11 +238,16 @@ impl LiveRooms {
             .filter(|h| !h.tx.is_closed())
     }
 
-    /// Media's report of who is speaking in a room. Dropped if the room is busy: the next
-    /// report comes a moment later.
-    pub fn media_speaking(&self, room: &RoomId, levels: Vec<(ParticipantId, u8)>) {
+    /// Media's report of who is speaking in a room, as they have been since `heard`. Dropped
+    /// if the room is busy: the next report comes a moment later.
+    pub fn media_speaking(
+        &self,
+        room: &RoomId,
+        levels: Vec<(ParticipantId, u8)>,
+        heard: std::time::Instant,
+    ) {
         if let Some(handle) = self.get(room) {
-            let _ = handle.tx.try_send(RoomMsg::Speaking(levels));
+            let _ = handle.tx.try_send(RoomMsg::Speaking { levels, heard });
         }
     }
 

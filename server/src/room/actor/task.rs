@@ -325,10 +325,14 @@ impl RoomTask {
                     .await
                     .ok();
             }
-            RoomMsg::Speaking(levels) => {
-                self.command(&Actor::System, Command::SetSpeaking { levels }, None)
-                    .await
-                    .ok();
+            RoomMsg::Speaking { levels, heard } => {
+                let ago = heard.elapsed().as_millis() as u64;
+                let heard_at_ms = self.now().saturating_sub(ago);
+                let command = Command::SetSpeaking {
+                    levels,
+                    heard_at_ms,
+                };
+                self.command(&Actor::System, command, None).await.ok();
             }
             RoomMsg::Shutdown { moved_to } => {
                 // The next home finds the room as it is now when its people arrive there.
@@ -575,10 +579,11 @@ impl RoomTask {
             Effect::RecordSpeakers {
                 speakers,
                 from_start,
+                at_ms,
             } => {
                 self.deps
                     .recorder
-                    .speakers(self.state.room(), &speakers, from_start);
+                    .speakers(self.state.room(), &speakers, from_start, at_ms);
             }
         }
     }

@@ -15,6 +15,7 @@ impl RoomState {
         &mut self,
         actor: &Actor,
         options: RecordingOptions,
+        now_ms: u64,
         out: &mut Outcome,
     ) -> Result<(), Refusal> {
         self.permit(actor, Action::StartRecording)?;
@@ -38,6 +39,7 @@ impl RoomState {
             out.effect(Effect::RecordSpeakers {
                 speakers: self.speakers.clone(),
                 from_start: true,
+                at_ms: now_ms,
             });
         }
         Ok(())
@@ -202,26 +204,58 @@ mod tests {
     #[test]
     fn speakers_are_written_to_the_timeline_while_recorded_only() {
         let (mut room, cast) = cast_room();
-        let speak = |levels: Vec<_>| Command::SetSpeaking { levels };
-        let out = room.ok(&Actor::System, speak(vec![(cast.speaker.clone(), 10)]));
+        let speak = |levels: Vec<_>, heard_at_ms| Command::SetSpeaking {
+            levels,
+            heard_at_ms,
+        };
+        let now = room.now;
+        let out = room.ok(&Actor::System, speak(vec![(cast.speaker.clone(), 10)], now));
         assert!(
             !out.effects
                 .iter()
                 .any(|e| matches!(e, Effect::RecordSpeakers { .. }))
         );
+        room.now += 1000;
         let out = room.ok(
             &who(&cast.mod_on),
             Command::StartRecording(Default::default()),
         );
-        // The line it starts with, then a change.
+        // The line it starts with, then a change, at the moment media heard it.
         assert!(out.effects.contains(&Effect::RecordSpeakers {
             speakers: vec![cast.speaker.clone()],
             from_start: true,
+            at_ms: room.now,
         }));
-        let out = room.ok(&Actor::System, speak(vec![]));
+        room.now += 1000;
+        let out = room.ok(&Actor::System, speak(vec![], room.now - 240));
         assert!(out.effects.contains(&Effect::RecordSpeakers {
             speakers: vec![],
             from_start: false,
+            at_ms: room.now - 240,
+        }));
+        // Never later than now, whatever the report says.
+        room.now += 1000;
+        let out = room.ok(
+            &Actor::System,
+            speak(vec![(cast.speaker.clone(), 10)], room.now + 50),
+        );
+        assert!(out.effects.contains(&Effect::RecordSpeakers {
+            speakers: vec![cast.speaker.clone()],
+            from_start: false,
+            at_ms: room.now,
+        }));
+        // A change made by a command happened when it was made.
+        room.now += 1000;
+        let out = room.ok(
+            &who(&cast.mod_on),
+            Command::Mute {
+                target: cast.speaker.clone(),
+            },
+        );
+        assert!(out.effects.contains(&Effect::RecordSpeakers {
+            speakers: vec![],
+            from_start: false,
+            at_ms: room.now,
         }));
     }
 

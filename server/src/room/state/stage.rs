@@ -635,6 +635,7 @@ mod tests {
 
         let report = |levels: &[(&ParticipantId, u8)]| Command::SetSpeaking {
             levels: levels.iter().map(|(id, l)| ((*id).clone(), *l)).collect(),
+            heard_at_ms: 0,
         };
         let out = room.ok(
             &Actor::System,

@@ -246,6 +246,7 @@ pub(crate) fn every_command(cast: &Cast) -> Vec<Command> {
         Command::RecordingLost,
         Command::SetSpeaking {
             levels: vec![(t(), 0)],
+            heard_at_ms: 0,
         },
     ];
     let kinds: BTreeSet<usize> = commands.iter().map(command_kind).collect();
