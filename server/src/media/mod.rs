@@ -12,6 +12,7 @@ pub mod demux;
 pub mod engine;
 pub mod lean;
 pub mod offer;
+pub mod prefetch;
 pub mod red;
 pub mod relay;
 pub mod rtp;

@@ -160,6 +160,23 @@ pub struct LeanConnection {
 }
 
 impl LeanConnection {
+    /// Its keys' box and its slots' reports, for the forwarding loop ([`crate::media::prefetch`]).
+    #[inline]
+    pub fn prefetch_crypto(&self) {
+        if let Some(crypto) = &self.crypto {
+            crate::media::prefetch::of(&**crypto);
+        }
+        crate::media::prefetch::lines(self.slots.as_ptr().cast(), 1);
+    }
+
+    /// The cipher's key schedule (its keys' box must be in cache by now).
+    #[inline]
+    pub fn prefetch_cipher(&self) {
+        if let Some(crypto) = &self.crypto {
+            crypto.sender.prefetch();
+        }
+    }
+
     /// A connection answered at `now`, waiting for the client's checks and handshake.
     pub fn new(setup: Setup, now: Instant) -> Self {
         let handshake = Handshake::new(&setup.shared, setup.remote_fingerprint);

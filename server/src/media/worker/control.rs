@@ -240,7 +240,6 @@ impl<E: Egress> Core<E> {
             .rooms
             .entry(room.key)
             .or_insert_with(|| Room::new(&room, setup.slots));
-        entry.members.push(key);
         self.routes.add_ufrag(ufrag.clone(), key);
         let mut conn = Box::new(Transport {
             pc,
@@ -266,6 +265,7 @@ impl<E: Egress> Core<E> {
             lean: Lean::default(),
             scheduled: None,
         });
+        entry.add_member(key, &*conn as *const Transport as usize);
         conn.hear(entry.selector.slots_for(source));
         entry.tap.name(source.0, &conn.participant);
         conn.schedule(key, &mut self.timers);
@@ -372,7 +372,7 @@ impl<E: Egress> Core<E> {
         self.relay_forget(conn.room, conn.source, None);
         if let Some(room) = self.rooms.get_mut(&conn.room) {
             room.tap.forget(conn.source.0);
-            room.members.retain(|k| *k != key);
+            room.remove_member(key);
             let mask = room.workers.load(Ordering::Relaxed);
             for (index, peer) in self.links.peer_controls.iter().enumerate() {
                 if index != self.setup.index && mask & (1 << index) != 0 {

@@ -7,12 +7,13 @@
 use bytes::Bytes;
 
 use super::super::demux::{self, Kind};
+use super::super::prefetch;
 use super::super::red;
 use super::super::rtp::{HEADER_LEN, RtpHeader};
 use super::super::srtp::{Learned, TAG_LEN};
 use super::sansio::Core;
-use super::transport::{Link, OutSlot, Transport, queue_writes, queue_writes_inspecting};
-use super::{Egress, Forwarded, Now, Peer, SourceId};
+use super::transport::{Conns, Link, OutSlot, Transport, queue_writes, queue_writes_inspecting};
+use super::{ConnKey, Egress, Forwarded, Now, Peer, SourceId};
 
 /// What one listener gets of a speaker's packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +80,23 @@ impl<E: Egress> Core<E> {
             // No level extension negotiated: count the packet as plain speech.
             room.selector.observe(source, 30, true, now_us);
         }
-        for &key in &room.members {
-            let Some(conn) = self.conns.get_mut(&key) else {
+        // A listener's state is in a few boxes; while working on one, the CPU is asked for the
+        // next ones', a level deeper per step closer (connection, parts, keys, key schedule).
+        let conns = &mut self.conns;
+        for (i, &key) in room.members.iter().enumerate() {
+            if let Some(&addr) = room.member_addrs.get(i + 4) {
+                prefetch::lines(addr as *const u8, 2);
+            }
+            if let Some(conn) = member(&room.members, conns, i + 3) {
+                conn.prefetch_parts();
+            }
+            if let Some(conn) = member(&room.members, conns, i + 2) {
+                conn.prefetch_crypto();
+            }
+            if let Some(conn) = member(&room.members, conns, i + 1) {
+                conn.prefetch_cipher();
+            }
+            let Some(conn) = conns.get_mut(&key) else {
                 continue;
             };
             let (index, header, rollover) = match decide(conn, packet, now_us) {
@@ -220,6 +236,12 @@ impl<E: Egress> Core<E> {
         }
         self.egress.forwarded(packet.arrived);
     }
+}
+
+/// The connection of the room's `i`th member here, if any.
+#[inline]
+fn member<'a>(members: &[ConnKey], conns: &'a Conns, i: usize) -> Option<&'a Transport> {
+    conns.get(members.get(i)?).map(|conn| &**conn)
 }
 
 /// Writes what `slot`'s listener receives of `packet` into `out`: the Opus frame, or for a RED

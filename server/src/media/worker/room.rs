@@ -26,6 +26,9 @@ pub(super) struct Room {
     pub selector: SpeakerSelector<SourceId>,
     /// This worker's connections in the room.
     pub members: Vec<ConnKey>,
+    /// Where each member's boxed `Transport` lives, in `members`' order: only ever prefetched
+    /// (a hint to the CPU, never read through), so a stale one costs nothing.
+    pub member_addrs: Vec<usize>,
     /// Who was last reported speaking, to report only changes.
     pub last_levels: Vec<ParticipantId>,
 }
@@ -47,7 +50,21 @@ impl Room {
                 8,
             ),
             members: Vec::new(),
+            member_addrs: Vec::new(),
             last_levels: Vec::new(),
+        }
+    }
+
+    /// `key` joins the room on this worker; its connection is boxed at `addr`.
+    pub fn add_member(&mut self, key: ConnKey, addr: usize) {
+        self.members.push(key);
+        self.member_addrs.push(addr);
+    }
+
+    pub fn remove_member(&mut self, key: ConnKey) {
+        if let Some(i) = self.members.iter().position(|k| *k == key) {
+            self.members.remove(i);
+            self.member_addrs.remove(i);
         }
     }
 

@@ -21,10 +21,10 @@ use rtc::shared::TransportProtocol;
 use super::super::demux::{self, Kind};
 use super::super::engine::{self, Inbound, SlotSender};
 use super::super::lean::{self, LeanConnection};
-use super::super::random_u32;
 use super::super::red::History;
 use super::super::slot::SlotRewriter;
 use super::super::srtp::{KeyTap, Lean, Rollover};
+use super::super::{prefetch, random_u32};
 use super::{ConnKey, Egress, Peer, RoomKey, SourceId};
 use crate::control::ParticipantId;
 
@@ -164,6 +164,32 @@ pub(super) struct Changes {
 }
 
 impl Transport {
+    /// The forwarding loop's prefetch, second stage (this connection is in cache): its slots
+    /// and its lean connection.
+    #[inline]
+    pub fn prefetch_parts(&self) {
+        prefetch::lines(self.slots.as_ptr().cast(), 2);
+        if let Link::Lean(lean) = &self.pc {
+            prefetch::lines((&**lean as *const LeanConnection).cast(), 2);
+        }
+    }
+
+    /// Third stage (its lean connection is in cache): its keys' box and its slots' reports.
+    #[inline]
+    pub fn prefetch_crypto(&self) {
+        if let Link::Lean(lean) = &self.pc {
+            lean.prefetch_crypto();
+        }
+    }
+
+    /// Fourth stage (its keys' box is in cache): the cipher's key schedule.
+    #[inline]
+    pub fn prefetch_cipher(&self) {
+        if let Link::Lean(lean) = &self.pc {
+            lean.prefetch_cipher();
+        }
+    }
+
     /// Queues the connection's next deadline if it is earlier than the one already queued.
     pub fn schedule(&mut self, key: ConnKey, timers: &mut Timers) {
         if let Some(at) = self.pc.poll_timeout()
