@@ -18,8 +18,18 @@ const SERVED: &[&str] = &[
 ];
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client-web");
+    // Read when the script runs, not when it was compiled: cargo reuses a compiled build script
+    // across checkouts of the same workspace (their paths hash alike), and a path baked in by
+    // `env!` would then name another checkout's folder.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("../client-web");
     println!("cargo:rerun-if-changed={}", dir.display());
+    if !dir.is_dir() {
+        println!(
+            "cargo:warning=no browser client at {}: this build serves its pages as 503 client_missing",
+            dir.display()
+        );
+    }
     let mut files: Vec<(String, String)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {

@@ -1,5 +1,5 @@
 //! The `stoa-client` command line: what it says when it cannot start. (Its joining, speaking
-//! and listening are the library's, tested against a real server in `tests/tests/client.rs`
+//! and listening are the library's, tested against a real server in `tests/tests/e2e/client.rs`
 //! and by the browser tests, which run this binary as a speaker: this test also makes
 //! `cargo test --workspace` build it for them.)
 

@@ -1,7 +1,7 @@
 /**
  * aiortc speakers heard by Chromium (issue #12): each way an aiortc program offers to speak
  * (`addTrack`, a `sendonly` transceiver, a bot's one `sendonly` section) is heard by a Chromium
- * listener, at the tone it sends. The aiortc-listener half is tests/tests/interop.rs. And the
+ * listener, at the tone it sends. The aiortc-listener half is tests/tests/e2e/interop.rs. And the
  * other way (issue #19): a Chromium speaker, who sends RED, is heard at its tone by an aiortc
  * listener, which does not offer RED and gets the plain Opus the server takes out of it.
  *

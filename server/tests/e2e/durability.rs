@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
-mod common;
+use crate::common;
 
 const DEFAULT_ROUNDS: usize = 30;
 

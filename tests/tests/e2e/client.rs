@@ -17,15 +17,15 @@ use stoa_tests::signal::{SignalClient, WAIT, media_slots};
 use tokio::sync::oneshot;
 
 #[allow(dead_code)]
-#[path = "../../client/examples/stage_player.rs"]
+#[path = "../../../client/examples/stage_player.rs"]
 mod stage_player;
 
 #[allow(dead_code)]
-#[path = "../../client/examples/recorder.rs"]
+#[path = "../../../client/examples/recorder.rs"]
 mod recorder;
 
 #[allow(dead_code)]
-#[path = "../../client/examples/loudness_moderator.rs"]
+#[path = "../../../client/examples/loudness_moderator.rs"]
 mod loudness_moderator;
 
 const CONNECT: Duration = Duration::from_secs(10);

@@ -1,12 +1,12 @@
 //! The `stoa` binary as a user runs it: `stoa serve` prints the URL, the key location and a
 //! demo link; the admin commands talk to it; SIGTERM stops it cleanly.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::{BIN, Served};
+use crate::common::{BIN, Served};
 
 /// Starts `stoa serve` with its demo room: the child, the base URL and the printed link.
 fn serve(data: &Path) -> (Child, String, String) {

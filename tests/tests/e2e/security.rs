@@ -1104,7 +1104,7 @@ fn signal_table() -> Vec<Action> {
         Action {
             kind: "media_offer",
             setup: nothing,
-            // Whether an offer may send is media's decision (tests/tests/media.rs); here: it
+            // Whether an offer may send is media's decision (tests/tests/e2e/media.rs); here: it
             // reaches media from every role and a bad one is refused alike.
             message: |_, _| json!({ "type": "media_offer", "sdp": "v=0" }),
             expect: [Reply::Error("invalid_sdp"); 4],
@@ -1120,7 +1120,7 @@ fn signal_table() -> Vec<Action> {
             kind: "renew_session",
             setup: nothing,
             // Everyone in the room may renew their own session; the token carries their own
-            // role (tests/tests/live_rooms.rs checks what it may do).
+            // role (tests/tests/e2e/live_rooms.rs checks what it may do).
             message: |_, _| json!({ "type": "renew_session" }),
             expect: [Reply::Other("session"); 4],
         },

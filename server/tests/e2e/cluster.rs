@@ -5,13 +5,13 @@
 //!
 //! `redis-cli`, a client nobody on the team wrote, reads what the nodes wrote.
 
-mod common;
-#[path = "../../tests/src/nginx.rs"]
+use crate::common;
+#[path = "../../../tests/src/nginx.rs"]
 mod nginx;
 #[allow(dead_code)] // each test binary compiles this module and uses some of it
-#[path = "../../tests/src/postgres.rs"]
+#[path = "../../../tests/src/postgres.rs"]
 mod postgres;
-#[path = "../../tests/src/redis.rs"]
+#[path = "../../../tests/src/redis.rs"]
 mod redis;
 
 use std::path::Path;
@@ -1032,7 +1032,7 @@ async fn three_nodes_on_postgresql_and_redis_serve_one_room_and_its_people_survi
 /// The load balancer block of `docs/operations.md` ("Behind a load balancer"), as written, with
 /// the three node addresses and the listening address replaced and the TLS lines left out.
 fn load_balancer_from_the_docs(nodes: &[&Node]) -> String {
-    let doc = include_str!("../../docs/operations.md");
+    let doc = include_str!("../../../docs/operations.md");
     let section = &doc[doc
         .find("### Behind a load balancer")
         .expect("operations.md has the section")..];
