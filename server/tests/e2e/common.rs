@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stoa");
 
-#[allow(dead_code)]
 pub struct Served {
     pub child: Child,
     /// The base URL the banner printed.
@@ -18,7 +17,6 @@ pub struct Served {
 
 /// Starts `stoa serve` with `data` as its folder and reads the banner (up to the demo link
 /// when `demo` is set). Logs go to the test's stderr only at `log_level`.
-#[allow(dead_code)]
 pub fn serve(data: &Path, demo: bool, log_level: &str) -> Served {
     serve_with_args(data, demo, log_level, &[])
 }
