@@ -10,7 +10,7 @@ import { AppState } from "./app-state.js";
 import { BroadcastPlayer } from "./broadcast.js";
 import { describeClose, describeError } from "./errors.js";
 import { mountInvalid, mountLanding } from "./landing.js";
-import { MediaSession } from "./media.js";
+import { MediaSession, PreparedConnection } from "./media.js";
 import { commandOf } from "./permissions.js";
 import { me } from "./room.js";
 import { RoomView } from "./room-view.js";
@@ -19,6 +19,15 @@ import * as storage from "./storage.js";
 
 /** @typedef {import("./landing.js").InviteInfo} InviteInfo */
 /** @typedef {import("./storage.js").Session} Session */
+
+/** The slots a room has when the server's `[media] slots` is left as it is. */
+const DEFAULT_SLOTS = 3;
+
+/**
+ * The media connection `join` made ahead, until the welcome adopts it.
+ * @type {PreparedConnection | null}
+ */
+let prepared = null;
 
 /** Close reasons after which coming back through the link makes sense. */
 const REJOINABLE = new Set(["removed", "replaced", "session_expired", "connection_lost", "server_restarting", "room_full", "stage_full"]);
@@ -104,6 +113,10 @@ async function join(name) {
   const invite = state.invite;
   const code = /** @type {string} */ (invite.code);
   storage.setDisplayName(name);
+  // The media connection is made and offered while the invite is redeemed and the socket
+  // opens, for the room's slot count as most servers have it; the welcome adopts it.
+  prepared?.close();
+  prepared = new PreparedConnection(DEFAULT_SLOTS);
   const roomId = invite.room_id ?? storage.roomOfInvite(code);
   let identity = roomId ? storage.identity(roomId) : null;
   for (;;) {
@@ -121,6 +134,8 @@ async function join(name) {
         identity = null;
         continue;
       }
+      prepared?.close();
+      prepared = null;
       return describeError(code, error instanceof Error ? error.message : undefined);
     }
   }
@@ -174,8 +189,11 @@ function onWelcome({ message, resumed }) {
     state.setResumeToken(signal.resumeToken);
     storage.setSession(/** @type {string} */ (state.invite.code), state.session);
   }
-  state.setMediaSlots(message.media?.slots ?? 3);
+  state.setMediaSlots(message.media?.slots ?? DEFAULT_SLOTS);
   if (message.snapshot.delivery === "broadcast" && !state.media) {
+    // Heard over the broadcast tier: no WebRTC connection unless they come on stage.
+    prepared?.close();
+    prepared = null;
     startBroadcast();
   } else if (!state.media) {
     startMedia();
@@ -194,7 +212,8 @@ function onWelcome({ message, resumed }) {
 function startMedia() {
   const { signal, view } = state;
   if (!signal || !view) return;
-  const media = new MediaSession({ signal, slots: state.mediaSlots, container: view.playerContainer });
+  const media = new MediaSession({ signal, slots: state.mediaSlots, container: view.playerContainer, prepared });
+  prepared = null;
   media.addEventListener("autoplay-blocked", () => state.setPlaybackBlocked(true));
   media.addEventListener("playing", () => state.setPlaybackBlocked(false));
   media.addEventListener("mic", () => state.changed());

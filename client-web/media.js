@@ -63,6 +63,11 @@ export class MediaSession extends EventTarget {
   #watchdog;
   /** @type {number | undefined} */
   #retryTimer;
+  /**
+   * The connection offered ahead, until its offer is sent (or found stale).
+   * @type {PreparedConnection | null}
+   */
+  #prepared = null;
   /** Connections in a row the watchdog replaced: see CONNECT_WATCHDOG_MS. */
   #stalled = 0;
   /** Connections the watchdog replaced since the start. */
@@ -75,10 +80,11 @@ export class MediaSession extends EventTarget {
   #samples = null;
 
   /**
-   * @param {{ signal: MediaSignal, slots: number, container: HTMLElement }} options
-   *   `container`: where the (invisible) audio elements go
+   * @param {{ signal: MediaSignal, slots: number, container: HTMLElement, prepared?: PreparedConnection | null }} options
+   *   `container`: where the (invisible) audio elements go; `prepared`: a connection offered
+   *   ahead (adopted if it has `slots` slots, closed otherwise)
    */
-  constructor({ signal, slots, container }) {
+  constructor({ signal, slots, container, prepared = null }) {
     super();
     this.#signal = signal;
     this.#slots = slots;
@@ -89,7 +95,13 @@ export class MediaSession extends EventTarget {
       container.append(audio);
       this.#players.push(audio);
     }
-    this.pc = this.#createConnection();
+    if (prepared && prepared.slots === slots) {
+      this.pc = this.#wire(prepared.pc);
+      this.#prepared = prepared;
+    } else {
+      prepared?.close();
+      this.pc = this.#createConnection();
+    }
   }
 
   /** Whether the microphone is live (on stage, granted). */
@@ -222,8 +234,12 @@ export class MediaSession extends EventTarget {
   async #offer() {
     const pc = this.pc;
     if (pc === this.#abandoned) return;
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
+    // Made ahead and already the local description, or made now.
+    let offer = await this.#preparedOffer(pc);
+    if (!offer) {
+      offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+    }
     let answer;
     try {
       answer = await this.#signal.request("media_offer", { sdp: offer.sdp });
@@ -264,9 +280,29 @@ export class MediaSession extends EventTarget {
     }, this.#stalled === 0 ? CONNECT_WATCHDOG_MS : 2 * CONNECT_WATCHDOG_MS);
   }
 
+  /**
+   * The offer made ahead on `pc` (already its local description), if it still says what is
+   * wanted: every slot receive-only, no microphone yet. Used once.
+   * @param {RTCPeerConnection} pc
+   * @returns {Promise<RTCSessionDescriptionInit | null>}
+   */
+  async #preparedOffer(pc) {
+    const prepared = this.#prepared;
+    this.#prepared = null;
+    if (!prepared || prepared.pc !== pc) return null;
+    if (!pc.getTransceivers().every((t) => t.direction === "recvonly")) return null;
+    return prepared.offer;
+  }
+
   #createConnection() {
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
-    for (let i = 0; i < this.#slots; i++) pc.addTransceiver("audio", { direction: "recvonly" });
+    return this.#wire(newConnection(this.#slots));
+  }
+
+  /**
+   * Plays what arrives on `pc` and reports its state.
+   * @param {RTCPeerConnection} pc
+   */
+  #wire(pc) {
     pc.addEventListener("track", (event) => {
       const index = pc.getTransceivers().indexOf(event.transceiver);
       const audio = this.#players[index];
@@ -337,5 +373,42 @@ export class MediaSession extends EventTarget {
     this.#analyser?.disconnect();
     this.#analyser = null;
     this.#samples = null;
+  }
+}
+
+/**
+ * A receive-only connection with `slots` audio slots, as the server expects a listener's.
+ * @param {number} slots
+ */
+function newConnection(slots) {
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+  for (let i = 0; i < slots; i++) pc.addTransceiver("audio", { direction: "recvonly" });
+  return pc;
+}
+
+/**
+ * A listener's connection made and offered before the server has said anything about media:
+ * while the invite is redeemed and the signaling socket opens. Creating the connection and its
+ * offer takes Chromium ~50-100 ms; made ahead, the offer goes out as soon as the welcome
+ * comes. The first `MediaSession` adopts it when the room's slot count matches; otherwise, or
+ * if the join fails, it is closed.
+ */
+export class PreparedConnection {
+  /** @param {number} slots */
+  constructor(slots) {
+    this.slots = slots;
+    this.pc = newConnection(slots);
+    /** Resolves once the offer is the connection's local description; null if that failed. */
+    this.offer = this.pc
+      .createOffer()
+      .then(async (offer) => {
+        await this.pc.setLocalDescription(offer);
+        return offer;
+      })
+      .catch(() => null);
+  }
+
+  close() {
+    this.pc.close();
   }
 }
