@@ -15,6 +15,11 @@
 //! - heap per listener connection, from a counting global allocator that tags every block with
 //!   the side (server or client) of the code that allocated it.
 //!
+//! - idle: the worker's CPU while every connection is up and nobody speaks (the clients' consent
+//!   checks and little else), against the idle floor: a bare UDP echo thread on the same core
+//!   answering the same number of datagrams a second from as many sockets, one blocking
+//!   receive and one send each, measured in the same run after the server has stopped.
+//!
 //! With `--red N` the listeners offer RED (RFC 2198) as Chromium does and the server repeats N
 //! earlier frames in every packet to them (`[media] red = N`; the speaker sends plain Opus, so
 //! the server builds all of it); the bytes sent per listener are reported beside the CPU.
@@ -792,6 +797,10 @@ struct Outcome {
     rss_per_listener_kib: f64,
     allocs_per_forward: f64,
     idle_cpu_ms_per_s: f64,
+    /// Datagrams the worker received a second while idle (consent checks, reports).
+    idle_datagrams_per_s: f64,
+    /// The idle floor at that rate ([`echo_floor`]); 0 when not pinned.
+    idle_floor_ms_per_s: f64,
     /// CPU 0's steal time over the window, in percent of the window.
     steal_percent: f64,
     late_sends: u64,
@@ -956,12 +965,13 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     let idle_start = probe.snapshot(&clients);
     clients.run_until(Instant::now() + IDLE_WINDOW, false);
     let idle_end = probe.snapshot(&clients);
-    let idle_cpu_ms_per_s = (idle_end.server_cpu_ns - idle_start.server_cpu_ns) as f64
-        / 1e6
-        / idle_end
-            .at
-            .zip(idle_start.at)
-            .map_or(1.0, |(e, s)| e.duration_since(s).as_secs_f64());
+    let idle_s = idle_end
+        .at
+        .zip(idle_start.at)
+        .map_or(1.0, |(e, s)| e.duration_since(s).as_secs_f64());
+    let idle_cpu_ms_per_s =
+        (idle_end.server_cpu_ns - idle_start.server_cpu_ns) as f64 / 1e6 / idle_s;
+    let idle_datagrams_per_s = (idle_end.datagrams_in - idle_start.datagrams_in) as f64 / idle_s;
 
     // Speak; the slot is assigned within a few packets. Heap mark once settled.
     clients.next_send = Instant::now();
@@ -1049,6 +1059,8 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
         rss_per_listener_kib: (heap1.rss_kib - heap0.rss_kib) as f64 / listeners as f64,
         allocs_per_forward,
         idle_cpu_ms_per_s,
+        idle_datagrams_per_s,
+        idle_floor_ms_per_s: 0.0,
         steal_percent: {
             // SAFETY: no memory.
             let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -1070,7 +1082,77 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     drop(clients);
     drop(media);
     let _ = reporter.join();
+    let mut outcome = outcome;
+    if options.pin {
+        outcome.idle_floor_ms_per_s = echo_floor(listeners, outcome.idle_datagrams_per_s)?;
+    }
     Ok(outcome)
+}
+
+/// The idle floor: a bare UDP echo thread on the server's core answers `sockets` client
+/// sockets, which together send `rate` datagrams a second (100 bytes, about a consent check),
+/// spread evenly, from this thread. One blocking receive and one send per datagram, nothing
+/// else: the least a server spends to answer each datagram as it arrives, wake-up included.
+/// Returns the echo thread's CPU, ms per second, over `IDLE_WINDOW` after a short warm-up.
+fn echo_floor(sockets: usize, rate: f64) -> Result<f64> {
+    const WARMUP: Duration = Duration::from_millis(500);
+    let server = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    server.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let to = server.local_addr()?;
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let echo = {
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name("echo-floor".into())
+            .spawn(move || -> f64 {
+                pin(0, SERVER_CPU);
+                let mut buf = [0u8; 2048];
+                let start = Instant::now();
+                let mut mark: Option<(u64, Instant)> = None;
+                let mut result = 0.0;
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok((len, from)) = server.recv_from(&mut buf) {
+                        let _ = server.send_to(&buf[..len], from);
+                    }
+                    match mark {
+                        None if start.elapsed() >= WARMUP => {
+                            mark = Some((thread_cpu_ns(gettid()), Instant::now()))
+                        }
+                        Some((cpu, at)) if result == 0.0 && at.elapsed() >= IDLE_WINDOW => {
+                            let ms = (thread_cpu_ns(gettid()) - cpu) as f64 / 1e6;
+                            result = ms / at.elapsed().as_secs_f64();
+                        }
+                        _ => {}
+                    }
+                }
+                result
+            })?
+    };
+    let clients = (0..sockets.max(1))
+        .map(|_| {
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let payload = [0u8; 100];
+    let mut reply = [0u8; 2048];
+    let end = Instant::now() + WARMUP + IDLE_WINDOW + Duration::from_millis(200);
+    let mut next = Instant::now();
+    let mut i = 0;
+    while next < end {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let client = &clients[i % clients.len()];
+        let _ = client.send_to(&payload, to);
+        // The previous client's answer, as the bench's clients read theirs.
+        let _ = clients[(i + clients.len() - 1) % clients.len()].recv_from(&mut reply);
+        i += 1;
+        next += gap;
+    }
+    done.store(true, Ordering::Relaxed);
+    echo.join()
+        .map_err(|_| "the echo floor's thread panicked".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1245,6 +1327,15 @@ fn main() -> Result<()> {
             o.idle_cpu_ms_per_s,
             o.above_idle_us()
         );
+        if o.idle_floor_ms_per_s > 0.0 {
+            println!(
+                "N={}: idle floor (a bare UDP echo, {:.0} datagrams per s like the idle worker's): {:.1} ms CPU per s; idle {:.2}× the floor",
+                o.listeners,
+                o.idle_datagrams_per_s,
+                o.idle_floor_ms_per_s,
+                o.idle_cpu_ms_per_s / o.idle_floor_ms_per_s
+            );
+        }
     }
     println!();
     for o in &outcomes {
@@ -1293,6 +1384,8 @@ fn main() -> Result<()> {
                 "us_per_packet_listener": o.us_per_forward,
                 "us_per_packet_listener_above_idle": o.above_idle_us(),
                 "idle_server_cpu_ms_per_s": o.idle_cpu_ms_per_s,
+                "idle_datagrams_per_s": o.idle_datagrams_per_s,
+                "idle_floor_cpu_ms_per_s": o.idle_floor_ms_per_s,
                 "srtp_encrypt_us": o.srtp_ns / 1e3,
                 "ratio_to_srtp": o.us_per_forward * 1e3 / o.srtp_ns,
                 "library_write_us": o.library_ns / 1e3,
