@@ -68,8 +68,12 @@ const CLIENT_CPU: usize = 1;
 const TAIL: Duration = Duration::from_millis(300);
 /// From the speaker's first packet to the heap mark (selection settles in ~20–40 ms).
 const SETTLE: Duration = Duration::from_secs(1);
-/// Connected but silent: the worker's background cost.
-const IDLE_WINDOW: Duration = Duration::from_secs(2);
+/// Connected but silent: the worker's background cost, measured over this window...
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// ...once the connections have settled: past the lean handshakes' lingering (5 s after
+/// keying) and a whole consent interval (`[media] ice_disconnected_ms`, 6 s), so that what is
+/// measured is what a silent listener costs for as long as it stays.
+const IDLE_SETTLE: Duration = Duration::from_secs(7);
 /// Window in which allocations per forwarded packet are counted (not timed).
 const ALLOC_WINDOW: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -962,6 +966,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
 
     // Idle: every connection up, nobody speaking. What the worker spends on timers, consent
     // checks and reports alone.
+    clients.run_until(Instant::now() + IDLE_SETTLE, false);
     let idle_start = probe.snapshot(&clients);
     clients.run_until(Instant::now() + IDLE_WINDOW, false);
     let idle_end = probe.snapshot(&clients);

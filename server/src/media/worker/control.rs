@@ -268,7 +268,7 @@ impl<E: Egress> Core<E> {
         entry.add_member(key, &*conn as *const Transport as usize);
         conn.hear(entry.selector.slots_for(source));
         entry.tap.name(source.0, &conn.participant);
-        conn.schedule(key, &mut self.timers);
+        conn.schedule(key, &mut self.timers, now.at);
         tracing::debug!(worker = setup.index, conn = %key, room = %room.id, participant = %conn.participant, on_stage, slots = conn.slots.len(), "media connection opened");
         self.conns.insert(key, conn);
         self.counters.connections.set(self.conns.len() as i64);

@@ -155,7 +155,7 @@ impl<E: Egress> Core<E> {
                     if let Link::Lean(lean) = &mut conn.pc
                         && lean.sent(index, header.timestamp, body_len, now.at)
                     {
-                        conn.schedule(key, &mut self.timers);
+                        conn.schedule(key, &mut self.timers, now.at);
                     }
                 } else {
                     self.counters.drops.forward_failed.inc();
@@ -231,7 +231,7 @@ impl<E: Egress> Core<E> {
             // Writing media does not bring a connection's timers forward; only look when none
             // is queued (asking costs as much as the rest of this loop).
             if conn.scheduled.is_none() {
-                conn.schedule(key, &mut self.timers);
+                conn.schedule(key, &mut self.timers, now.at);
             }
         }
         self.egress.forwarded(packet.arrived);

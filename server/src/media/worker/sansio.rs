@@ -4,7 +4,6 @@
 //! [`Links`]; [`Core::poll_timeout`] says when it next wants [`Core::handle_timeout`]. It never
 //! reads a clock, touches a socket or waits.
 
-use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -112,7 +111,7 @@ impl<E: Egress> Core<E> {
             conns: Conns::default(),
             routes: Routes::default(),
             rooms: HashMap::new(),
-            timers: Timers::new(),
+            timers: Timers::new(now),
             retired: VecDeque::with_capacity(super::control::RETIRED_KEYS),
             links,
             egress,
@@ -142,7 +141,7 @@ impl<E: Egress> Core<E> {
     /// When [`Core::handle_timeout`] is next due; `None`: only when an input comes.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rooms = (!self.rooms.is_empty()).then(|| self.next_select.min(self.next_levels));
-        let timers = self.timers.peek().map(|Reverse((at, _))| *at);
+        let timers = self.timers.peek().map(|(at, _)| at);
         match (rooms, timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -257,7 +256,7 @@ impl<E: Egress> Core<E> {
     /// Runs what is due at `now`: connections' timers, the slots' selection, level reports.
     pub fn handle_timeout(&mut self, now: Now) {
         let mut due = 0;
-        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+        while let Some((at, key)) = self.timers.peek() {
             if at > now.at || due > TIMEOUTS_PER_CALL {
                 break;
             }
@@ -353,7 +352,7 @@ impl<E: Egress> Core<E> {
                 conn.poll_media(&mut inbound, |rr| {
                     rtcp::observe_receiver_report(metrics, rr, now.wall);
                 });
-                conn.schedule(key, &mut self.timers);
+                conn.schedule(key, &mut self.timers, now.at);
                 changes.closed
             }
         };

@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -30,7 +30,58 @@ use crate::control::ParticipantId;
 
 /// Connections' deadlines, earliest first. A connection's entry is live only while it equals
 /// its `scheduled`; later ones are skipped when they come up.
-pub(super) type Timers = BinaryHeap<Reverse<(Instant, ConnKey)>>;
+///
+/// A lean connection's deadlines a second or more away (consent, six seconds after the client's
+/// last check; letting go of the handshake) are moved later, onto a grid of [`GRID`] steps
+/// from the worker's start. None of them needs more precision, and the consent deadlines of a
+/// thousand silent listeners then fall on four instants a second, each one wake-up of the
+/// worker, instead of a wake-up each. Nearer deadlines (a DTLS retransmission, a report) stay
+/// as they are.
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    epoch: Instant,
+}
+
+/// The step of the grid that far deadlines of lean connections are put on.
+const GRID: Duration = Duration::from_millis(250);
+/// How far a deadline must be to go on the grid.
+const FAR: Duration = Duration::from_secs(1);
+
+impl Timers {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            epoch,
+        }
+    }
+
+    /// The earliest entry.
+    pub fn peek(&self) -> Option<(Instant, ConnKey)> {
+        self.heap.peek().map(|Reverse(entry)| *entry)
+    }
+
+    pub fn pop(&mut self) {
+        self.heap.pop();
+    }
+
+    fn push(&mut self, at: Instant, key: ConnKey) {
+        self.heap.push(Reverse((at, key)));
+    }
+
+    /// `at`, or for a deadline at least [`FAR`] after `now` the next point of the grid at or
+    /// after it: never earlier than asked.
+    fn coarse(&self, at: Instant, now: Instant) -> Instant {
+        if at.saturating_duration_since(now) < FAR {
+            return at;
+        }
+        let grid = GRID.as_nanos();
+        let steps = at
+            .saturating_duration_since(self.epoch)
+            .as_nanos()
+            .div_ceil(grid);
+        self.epoch + Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
+    }
+}
 
 /// The worker's connections by key. Each one is boxed: a `Transport` is ~9 KiB inline (almost
 /// all of it `rtc`'s `RTCPeerConnection`), and a hash map keeps up to twice its length in empty
@@ -190,13 +241,19 @@ impl Transport {
         }
     }
 
-    /// Queues the connection's next deadline if it is earlier than the one already queued.
-    pub fn schedule(&mut self, key: ConnKey, timers: &mut Timers) {
-        if let Some(at) = self.pc.poll_timeout()
-            && self.scheduled.is_none_or(|queued| at < queued)
-        {
+    /// Queues the connection's next deadline if it is earlier than the one already queued (a
+    /// lean connection's far ones on the timers' grid).
+    pub fn schedule(&mut self, key: ConnKey, timers: &mut Timers, now: Instant) {
+        let Some(at) = self.pc.poll_timeout() else {
+            return;
+        };
+        let at = match self.pc {
+            Link::Lean(_) => timers.coarse(at, now),
+            Link::Rtc(_) => at,
+        };
+        if self.scheduled.is_none_or(|queued| at < queued) {
             self.scheduled = Some(at);
-            timers.push(Reverse((at, key)));
+            timers.push(at, key);
         }
     }
 
@@ -307,5 +364,46 @@ pub(super) fn queue_writes_inspecting(
         }
         inspect(&out.message);
         egress.send_to(peer, &out.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn far_deadlines_share_a_few_instants_and_none_comes_early() {
+        let epoch = Instant::now();
+        let timers = Timers::new(epoch);
+        let now = epoch + Duration::from_millis(10_123);
+        // A thousand listeners' consent deadlines, six seconds out, spread over one second.
+        let mut instants = BTreeSet::new();
+        for i in 0..1000u64 {
+            let at = now + Duration::from_secs(6) + Duration::from_micros(i * 1000 + 7);
+            let on_grid = timers.coarse(at, now);
+            assert!(on_grid >= at, "never earlier than asked");
+            assert!(on_grid - at < GRID, "at most a step later");
+            instants.insert(on_grid);
+        }
+        assert!(instants.len() <= 5, "{} instants", instants.len());
+        // A deadline on the grid stays where it is.
+        let on = epoch + GRID * 60;
+        assert_eq!(timers.coarse(on, now), on);
+    }
+
+    #[test]
+    fn near_deadlines_are_kept_as_asked() {
+        let epoch = Instant::now();
+        let timers = Timers::new(epoch);
+        let now = epoch + Duration::from_secs(3);
+        for ms in [0, 1, 17, 250, 999] {
+            let at = now + Duration::from_millis(ms);
+            assert_eq!(timers.coarse(at, now), at);
+        }
+        // Already due: as asked too.
+        let past = now - Duration::from_millis(5);
+        assert_eq!(timers.coarse(past, now), past);
     }
 }
