@@ -295,6 +295,8 @@ function onMessage(message) {
 
 /** @param {string} reason */
 function closed(reason) {
+  prepared?.close();
+  prepared = null;
   state.media?.close();
   state.broadcast?.close();
   state.disconnected();

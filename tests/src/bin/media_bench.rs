@@ -13,8 +13,7 @@
 //!   context per listener, timed in the same run on the same core, and the ratio of the two;
 //! - loss: what the listeners received against what the speaker sent;
 //! - heap per listener connection, from a counting global allocator that tags every block with
-//!   the side (server or client) of the code that allocated it.
-//!
+//!   the side (server or client) of the code that allocated it;
 //! - idle: the worker's CPU while every connection is up and nobody speaks (the clients' consent
 //!   checks and little else), against the idle floor: a bare UDP echo thread on the same core
 //!   answering the same number of datagrams a second from as many sockets, one blocking
