@@ -29,6 +29,12 @@ const DEFAULT_SLOTS = 3;
  */
 let prepared = null;
 
+/** Closes the connection made ahead, if it was not adopted. */
+function discardPrepared() {
+  prepared?.close();
+  prepared = null;
+}
+
 /** Close reasons after which coming back through the link makes sense. */
 const REJOINABLE = new Set(["removed", "replaced", "session_expired", "connection_lost", "server_restarting", "room_full", "stage_full"]);
 
@@ -115,7 +121,7 @@ async function join(name) {
   storage.setDisplayName(name);
   // The media connection is made and offered while the invite is redeemed and the socket
   // opens, for the room's slot count as most servers have it; the welcome adopts it.
-  prepared?.close();
+  discardPrepared();
   prepared = new PreparedConnection(DEFAULT_SLOTS);
   const roomId = invite.room_id ?? storage.roomOfInvite(code);
   let identity = roomId ? storage.identity(roomId) : null;
@@ -134,8 +140,7 @@ async function join(name) {
         identity = null;
         continue;
       }
-      prepared?.close();
-      prepared = null;
+      discardPrepared();
       return describeError(code, error instanceof Error ? error.message : undefined);
     }
   }
@@ -192,8 +197,7 @@ function onWelcome({ message, resumed }) {
   state.setMediaSlots(message.media?.slots ?? DEFAULT_SLOTS);
   if (message.snapshot.delivery === "broadcast" && !state.media) {
     // Heard over the broadcast tier: no WebRTC connection unless they come on stage.
-    prepared?.close();
-    prepared = null;
+    discardPrepared();
     startBroadcast();
   } else if (!state.media) {
     startMedia();
@@ -295,8 +299,7 @@ function onMessage(message) {
 
 /** @param {string} reason */
 function closed(reason) {
-  prepared?.close();
-  prepared = null;
+  discardPrepared();
   state.media?.close();
   state.broadcast?.close();
   state.disconnected();

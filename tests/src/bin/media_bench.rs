@@ -1033,7 +1033,7 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     let forwarded = end.forwarded - start.forwarded;
     let server_ns = end.server_cpu_ns - start.server_cpu_ns;
     let stat_ns = end.server_stat_ns - start.server_stat_ns;
-    let outcome = Outcome {
+    let mut outcome = Outcome {
         listeners,
         connect_s,
         window_s: end
@@ -1086,7 +1086,6 @@ fn scenario(options: &Options, listeners: usize) -> Result<Outcome> {
     drop(clients);
     drop(media);
     let _ = reporter.join();
-    let mut outcome = outcome;
     if options.pin {
         outcome.idle_floor_ms_per_s = echo_floor(listeners, outcome.idle_datagrams_per_s)?;
     }
