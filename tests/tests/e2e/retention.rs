@@ -223,6 +223,16 @@ fn exists(dir: &Path, file: &str) -> bool {
     dir.join(file).exists()
 }
 
+/// Waits until `file` is gone from `dir`. A pass deletes the database row first and the files
+/// after it, so the API answers 404 a moment before the files are gone.
+async fn until_no_file(dir: &Path, file: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exists(dir, file) {
+        assert!(Instant::now() < deadline, "{file} was not deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn retention_deletes_what_ran_out_and_keeps_the_rest(engine: Engine) {
     let t = TestServer::start_with(|c| {
         engine.configure(c);
@@ -302,10 +312,10 @@ async fn retention_deletes_what_ran_out_and_keeps_the_rest(engine: Engine) {
         format!("{old_week_id}.ogg"),
         format!("{old_week_id}.speakers.jsonl"),
     ] {
-        assert!(!exists(&recordings_dir, &file), "{file} is deleted");
+        until_no_file(&recordings_dir, &file).await;
     }
     for clip in [&clip_of_old, &week_clip] {
-        assert!(!exists(&clips_dir, &format!("{}.ogg", s(&clip["id"]))));
+        until_no_file(&clips_dir, &format!("{}.ogg", s(&clip["id"]))).await;
     }
     for (room, rec) in [(&month, &old_month), (&forever, &old_forever)] {
         recording_of(&t, room, &s(&rec["id"])).await;
@@ -349,7 +359,7 @@ async fn retention_deletes_what_ran_out_and_keeps_the_rest(engine: Engine) {
     .await
     .expect(204);
     until_gone(&t, &format!("/api/v1/rooms/{week}/recordings/{writing}")).await;
-    assert!(!exists(&recordings_dir, &format!("{writing}.ogg")));
+    until_no_file(&recordings_dir, &format!("{writing}.ogg")).await;
     let young = record_a_while(&t, &month).await;
 
     // Day 31: the server's 30 days ran out for the month's room; not for what is 23 days old,
