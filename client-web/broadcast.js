@@ -79,6 +79,8 @@ export class BroadcastPlayer extends EventTarget {
   #holdBack = 0.6;
   #started = false;
   #playbackBlocked = false;
+  /** The state last told (`state` events). */
+  #told = "";
   /** Requests already under way for parts the server hinted at, by URI. */
   /** @type {Map<string, Promise<ArrayBuffer>>} */
   #prefetched = new Map();
@@ -146,7 +148,14 @@ export class BroadcastPlayer extends EventTarget {
 
   /** @param {string} state */
   #state(state) {
-    if (!this.#closed) this.dispatchEvent(new CustomEvent("state", { detail: state }));
+    if (this.#closed) return;
+    this.#told = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  }
+
+  /** Whether sound is coming out now: playing, with audio ahead of the playback position. */
+  #audible() {
+    return !this.audio.paused && this.audio.readyState >= HTMLMediaElement.HAVE_FUTURE_DATA;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -172,7 +181,9 @@ export class BroadcastPlayer extends EventTarget {
           return;
         }
         if (!(error instanceof HttpError && error.status === 404)) console.warn("broadcast:", error);
-        this.#state("connecting");
+        // What is buffered still plays while we try again: the listener hears the room until
+        // it runs out (the element's `waiting`), and is not told otherwise before.
+        if (!this.#audible()) this.#state("connecting");
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(RETRY_MAX_MS, delay * 2);
       }
@@ -240,6 +251,9 @@ export class BroadcastPlayer extends EventTarget {
   /** @param {ArrayBuffer} bytes */
   async #appendMedia(bytes) {
     await this.#append(bytes);
+    // Back after a failed request that the element did not notice (it played on from its
+    // buffer, so it fires no `playing`): say so.
+    if (this.#told === "connecting" && this.#audible()) this.#state("connected");
     const buffered = this.audio.buffered;
     if (!buffered.length) return;
     const end = buffered.end(buffered.length - 1);

@@ -54,7 +54,9 @@ describe("a listen link in the browser", { timeout: 180_000 }, () => {
     const time = () => fan.evaluate(() => /** @type {HTMLAudioElement | null} */ (document.querySelector("audio[data-broadcast]"))?.currentTime ?? 0);
     await waitFor(async () => (await time()) > 0.5, { timeout: 15_000, message: "the broadcast plays" });
     const startMs = Date.now() - opened;
-    assert.match(/** @type {string} */ (await browser.page.getByTestId("listen-status").textContent()), /Live/);
+    const status = async () => /** @type {string} */ (await browser.page.getByTestId("listen-status").textContent());
+    // A stall of the element (`waiting`) says "Connecting…" until it plays again.
+    await waitFor(async () => /Live/.test(await status()), { timeout: 5_000, message: "the page says it is live" });
 
     const windows = await listenToBroadcast(fan, LISTEN_S, [STAGE_HZ, 550, 660, 880]);
     const levels = windows.map((w) => w.db).sort((a, b) => a - b);
@@ -76,6 +78,15 @@ describe("a listen link in the browser", { timeout: 180_000 }, () => {
       message: "the room counts the page as an anonymous listener",
     });
     noConsoleErrors([fan]);
+
+    // A request for a part fails (a dropped connection; the browser logs it, hence after the
+    // check above): the page tries again and plays on, and says it is live once it does.
+    let dropped = 0;
+    await browser.page.route(/\.m4s(\?|$)/, (route) => (dropped++, route.abort("connectionreset")), { times: 1 });
+    await waitFor(async () => dropped === 1, { timeout: 5_000, message: "a part's request was dropped" });
+    const after = await time();
+    await waitFor(async () => (await time()) > after + 2, { timeout: 10_000, message: "the broadcast plays on" });
+    assert.match(await status(), /Live/);
 
     // Revoked: a new visitor is told so (the page already playing carries on until its
     // broadcast path expires).
