@@ -517,6 +517,31 @@ impl Recorder for Recordings {
     }
 }
 
+/// What a recording's task handles next.
+enum Input {
+    /// The mix's next frame or speaker packet; `None`: the mix stopped.
+    Frame(Option<Recorded>),
+    Stop,
+    Speakers(SpeakersNow),
+}
+
+/// The next input: a stop, then frames, then a change of speakers. A change is placed by where
+/// the file is, so the frames the mix made before it came must be in the file by then. Taken
+/// at random (as `select!` does), a writer that had fallen behind (a slow disk, a loaded
+/// machine) put the line up to its lag too early in the file.
+async fn next_input(
+    frames: &mut mpsc::Receiver<Recorded>,
+    stop: &mut oneshot::Receiver<()>,
+    speakers: &mut mpsc::Receiver<SpeakersNow>,
+) -> Input {
+    tokio::select! {
+        biased;
+        _ = stop => Input::Stop,
+        frame = frames.recv() => Input::Frame(frame),
+        Some(now) = speakers.recv() => Input::Speakers(now),
+    }
+}
+
 /// One recording's task: frames to pages to the file, speakers to the timeline.
 struct Writer {
     recordings: Recordings,
@@ -563,31 +588,30 @@ impl Writer {
             if failed {
                 break End::Lost;
             }
-            tokio::select! {
-                frame = feed.frames.recv() => {
-                    let frame = match frame {
-                        Some(Recorded::Mix(frame)) => frame,
-                        Some(Recorded::Speaker { packet, plays_in }) => {
-                            if let Some(tracks) = self.tracks.as_mut() {
-                                tracks.packet(&packet, plays_in).await;
-                            }
-                            continue;
-                        }
-                        None => break End::Lost,
-                    };
+            let frame = match next_input(&mut feed.frames, &mut stop, &mut speakers).await {
+                Input::Frame(Some(Recorded::Mix(frame))) => frame,
+                Input::Frame(Some(Recorded::Speaker { packet, plays_in })) => {
                     if let Some(tracks) = self.tracks.as_mut() {
-                        tracks.mix_frame().await;
+                        tracks.packet(&packet, plays_in).await;
                     }
-                    if let Some(page) = self.ogg.push(&frame)
-                        && let Err(e) = write_page(&mut self.audio, page).await
-                    {
-                        tracing::error!(recording = %self.recording.id, error = %e, "cannot write");
-                        failed = true;
-                        break End::Lost;
-                    }
+                    continue;
                 }
-                _ = &mut stop => break End::Stopped,
-                Some(now) = speakers.recv() => self.note_speakers(now, feed.pre_skip).await,
+                Input::Frame(None) => break End::Lost,
+                Input::Stop => break End::Stopped,
+                Input::Speakers(now) => {
+                    self.note_speakers(now, feed.pre_skip).await;
+                    continue;
+                }
+            };
+            if let Some(tracks) = self.tracks.as_mut() {
+                tracks.mix_frame().await;
+            }
+            if let Some(page) = self.ogg.push(&frame)
+                && let Err(e) = write_page(&mut self.audio, page).await
+            {
+                tracing::error!(recording = %self.recording.id, error = %e, "cannot write");
+                failed = true;
+                break End::Lost;
             }
         };
         let id = self.recording.id.clone();
@@ -695,4 +719,48 @@ pub(crate) fn rand_serial() -> u32 {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).expect("the OS random generator is unavailable");
     u32::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames the mix made before a change of speakers came are written before it is placed,
+    /// however many are queued; a stop comes before both.
+    #[tokio::test]
+    async fn queued_frames_go_in_before_a_change_of_speakers() {
+        let (frames_tx, mut frames) = mpsc::channel(16);
+        let (speakers_tx, mut speakers) = mpsc::channel(4);
+        let (stop_tx, mut stop) = oneshot::channel();
+        speakers_tx
+            .try_send(SpeakersNow {
+                speakers: Vec::new(),
+                from_start: false,
+                at_ms: 0,
+            })
+            .unwrap();
+        for i in 0..8u8 {
+            frames_tx
+                .try_send(Recorded::Mix(bytes::Bytes::from(vec![i])))
+                .unwrap();
+        }
+        for i in 0..8u8 {
+            match next_input(&mut frames, &mut stop, &mut speakers).await {
+                Input::Frame(Some(Recorded::Mix(frame))) => assert_eq!(frame[..], [i]),
+                _ => panic!("frame {i} was not next"),
+            }
+        }
+        assert!(matches!(
+            next_input(&mut frames, &mut stop, &mut speakers).await,
+            Input::Speakers(_)
+        ));
+        frames_tx
+            .try_send(Recorded::Mix(bytes::Bytes::new()))
+            .unwrap();
+        stop_tx.send(()).unwrap();
+        assert!(matches!(
+            next_input(&mut frames, &mut stop, &mut speakers).await,
+            Input::Stop
+        ));
+    }
 }
