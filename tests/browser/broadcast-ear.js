@@ -51,8 +51,12 @@ export async function listenToBroadcast(peer, seconds, candidates) {
   const windows = [];
   const tapKind = await peer.evaluate(() => (/** @type {any} */ (window).__broadcastTap?.analyser ? "analyser" : "recorder"));
   if (tapKind === "analyser") {
-    const deadline = Date.now() + seconds * 1000;
-    while (Date.now() < deadline) {
+    // Ten readings a second of listening, 100 ms apart or as soon as the last one is in (on a
+    // loaded machine a round trip takes longer; counting to a deadline gave too few readings).
+    let next = Date.now();
+    for (let i = 0; i < seconds * 10; i++) {
+      await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
+      next = Math.max(next + 100, Date.now());
       const sample = await peer.evaluate(
         /** @type {() => { hz: number, db: number, at?: number, ahead?: number }} */ (
           /** @type {unknown} */ (`(() => {
@@ -78,7 +82,6 @@ export async function listenToBroadcast(peer, seconds, candidates) {
         ),
       );
       windows.push(sample);
-      await new Promise((r) => setTimeout(r, 100));
     }
     return windows;
   }

@@ -194,13 +194,25 @@ function broadcastTests(netns) {
         await server.api("POST", `/api/v1/rooms/${links.id}/participants/${me}/role`, { role: "speaker" });
         await fan.waitForTestId("accept-invitation");
         await watchSlots(ear, micHz, candidates);
-        const accepted = Date.now();
+        // Timed from when the page gets the click: the driver's click itself (its checks, and
+        // the protocol to Firefox) took from 0.3 s to 1.5 s on a loaded machine.
+        await fan.evaluate(() =>
+          document.addEventListener(
+            "click",
+            (event) => {
+              const target = /** @type {Element} */ (event.target);
+              if (target.closest?.('[data-testid="accept-invitation"]')) /** @type {any} */ (window).__acceptedAt ??= Date.now();
+            },
+            { capture: true },
+          ),
+        );
         await fan.click("accept-invitation");
         const heardAt = await waitFor(() => ear.evaluate(() => /** @type {any} */ (window).__heardAt), {
           timeout: 10_000,
           interval: 50,
           message: `the ear hears the new speaker's ${micHz} Hz`,
         });
+        const accepted = await fan.evaluate(() => /** @type {number} */ (/** @type {any} */ (window).__acceptedAt));
         const onStageMs = heardAt - accepted;
         t.diagnostic(`${engine}: accepting the invitation → heard over WebRTC by the ear: ${onStageMs} ms`);
         assert.ok(onStageMs < 1500, `on stage within about a second: ${onStageMs} ms`);
