@@ -279,8 +279,11 @@ pub struct ServerUsage {
     pub rss_start_kib: u64,
     pub rss_end_kib: u64,
     pub rss_max_kib: u64,
-    /// Seconds its threads were runnable but waited for a CPU (other processes on its core).
+    /// Seconds its threads were runnable but waited for a CPU (other processes on its core,
+    /// or its own threads behind each other).
     pub waited_seconds: f64,
+    /// The same for the media worker threads alone: what delays forwarding.
+    pub media_waited_seconds: f64,
 }
 
 impl ServerUsage {
@@ -1025,6 +1028,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
             rss_end_kib: b.rss_kib,
             rss_max_kib: rss_max.max(b.rss_kib),
             waited_seconds: b.cpu.waited_since(&a.cpu),
+            media_waited_seconds: b.cpu.waited_since_by(&a.cpu, "stoa-media"),
         });
     }
     if let (Some(a), Some(b)) = (&client_start, &client_end) {

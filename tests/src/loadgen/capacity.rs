@@ -252,13 +252,16 @@ impl Step {
         self.report.client.saturated()
     }
 
-    /// The server's threads waited for their core ≥ 5 % of the window: other processes (or
-    /// its own other threads) held it, so delays say as much about the machine as the server.
+    /// The server's media workers waited for their core ≥ 5 % of the window: something else
+    /// held it, so delays say as much about the machine as about forwarding. Only the
+    /// workers' own wait counts: the server's other threads (signaling, the rooms) queue
+    /// behind a busy worker on its pinned core without delaying a packet, and counted in,
+    /// they tagged every step of a loaded search.
     pub fn disturbed(&self) -> bool {
         self.report
             .server
             .as_ref()
-            .is_some_and(|s| s.waited_seconds >= 0.05 * s.window_seconds)
+            .is_some_and(|s| s.media_waited_seconds >= 0.05 * s.window_seconds)
     }
 
     pub fn line(&self) -> String {
@@ -266,7 +269,7 @@ impl Step {
         let d = &r.delay_us;
         let s = r.server.as_ref();
         format!(
-            "{:>2} spk {:>6} lst  {}  loss {:>7.3}%  delay ms p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} max {:>7.2}  server {:>5.1}% (media {:>5.1}%) {:>6} µs/pkt×lst  RSS {:>7} KiB ({:>6} KiB/client)  client {:>5.1}%{}  waited for a CPU: server {:.1}% client {:.1}%  late sends {}  joins {:.1} s  load {}{}{}{}",
+            "{:>2} spk {:>6} lst  {}  loss {:>7.3}%  delay ms p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} max {:>7.2}  server {:>5.1}% (media {:>5.1}%) {:>6} µs/pkt×lst  RSS {:>7} KiB ({:>6} KiB/client)  client {:>5.1}%{}  waited for a CPU: server {:.1}% (media {:.1}%) client {:.1}%  late sends {}  joins {:.1} s  load {}{}{}{}",
             self.speakers,
             self.listeners,
             if self.held { "held  " } else { "FAILED" },
@@ -290,6 +293,8 @@ impl Step {
                 ""
             },
             s.map_or(0.0, |s| s.waited_seconds / s.window_seconds.max(1e-9)
+                * 100.0),
+            s.map_or(0.0, |s| s.media_waited_seconds / s.window_seconds.max(1e-9)
                 * 100.0),
             r.client.waited_share * 100.0,
             r.client.late_sends,
@@ -324,6 +329,7 @@ impl Step {
             "client_cpu_share": r.client.cpu_share,
             "client_saturated": self.client_saturated(),
             "server_waited_share": s.map(|s| s.waited_seconds / s.window_seconds.max(1e-9)),
+            "media_waited_share": s.map(|s| s.media_waited_seconds / s.window_seconds.max(1e-9)),
             "client_waited_share": r.client.waited_share,
             "late_sends": r.client.late_sends,
             "retry": self.retry,

@@ -67,6 +67,16 @@ impl CpuSample {
         self.delta(earlier).map(|(_, _, wait)| wait).sum::<u64>() as f64 / 1e9
     }
 
+    /// Seconds the threads whose name starts with `prefix` spent runnable but waiting for a
+    /// CPU since `earlier`.
+    pub fn waited_since_by(&self, earlier: &CpuSample, prefix: &str) -> f64 {
+        self.delta(earlier)
+            .filter(|(name, _, _)| name.starts_with(prefix))
+            .map(|(_, _, wait)| wait)
+            .sum::<u64>() as f64
+            / 1e9
+    }
+
     /// CPU seconds since `earlier` per thread name, largest first.
     pub fn threads_since(&self, earlier: &CpuSample) -> Vec<(String, f64)> {
         let mut by_name: HashMap<&str, u64> = HashMap::new();
