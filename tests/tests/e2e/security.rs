@@ -1918,22 +1918,29 @@ async fn connections_past_the_limit_are_refused_counted_and_do_not_starve_others
     })
     .await;
     // The test's own HTTP client must not hold pooled connections that count against the limit.
-    let mut idle = Vec::new();
-    for _ in 0..3 {
-        idle.push(raw(&t, b"").await);
+    // Four at once: the server counts each in a task of its own, so which of them is the
+    // fourth is the runtime's choice (the last opened was not always the one refused).
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(raw(&t, b"").await);
     }
-    // The fourth is closed at once, long before the idle timer.
-    let mut refused = raw(&t, b"").await;
-    let took = closed_within(&mut refused, Duration::from_secs(10))
-        .await
-        .expect("refused");
-    assert!(took < Duration::from_millis(1_500), "{took:?}");
-    // The idle ones go on the timer, and the server serves others again.
-    for stream in &mut idle {
-        closed_within(stream, Duration::from_secs(10))
-            .await
-            .expect("closed by the idle timer");
-    }
+    let closed = futures::future::join_all(
+        streams
+            .iter_mut()
+            .map(|stream| closed_within(stream, Duration::from_secs(10))),
+    )
+    .await;
+    let took: Vec<Duration> = closed
+        .into_iter()
+        .map(|c| c.expect("every connection closed, refused or by the idle timer"))
+        .collect();
+    // One is closed at once, long before the idle timer; the others go on the timer.
+    let refused = took
+        .iter()
+        .filter(|t| **t < Duration::from_millis(1_500))
+        .count();
+    assert_eq!(refused, 1, "closed after {took:?}");
+    // With those gone, the server serves others again.
     let fresh = reqwest::Client::new();
     let metrics = fresh
         .get(t.url("/metrics"))
