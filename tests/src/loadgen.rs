@@ -267,6 +267,9 @@ pub struct Checks {
     pub header_only: u64,
 }
 
+/// How the server's media worker threads' names begin (`stoa-media-0`, …).
+const MEDIA_THREADS: &str = "stoa-media";
+
 /// The server's CPU and memory over the window.
 #[derive(Clone, Debug, Default)]
 pub struct ServerUsage {
@@ -295,7 +298,7 @@ impl ServerUsage {
     pub fn media_cpu_seconds(&self) -> f64 {
         self.threads
             .iter()
-            .filter(|(name, _)| name.starts_with("stoa-media"))
+            .filter(|(name, _)| name.starts_with(MEDIA_THREADS))
             .map(|(_, s)| s)
             .sum()
     }
@@ -980,7 +983,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
             cpu_seconds: b.cpu.since(&a.cpu),
             media_cpu_seconds: threads
                 .iter()
-                .filter(|(name, _)| name.starts_with("stoa-media"))
+                .filter(|(name, _)| name.starts_with(MEDIA_THREADS))
                 .map(|(_, s)| s)
                 .sum(),
             client_cpu_seconds: cb.cpu.since(&ca.cpu),
@@ -1028,7 +1031,7 @@ pub async fn run(options: Options) -> Result<Report, String> {
             rss_end_kib: b.rss_kib,
             rss_max_kib: rss_max.max(b.rss_kib),
             waited_seconds: b.cpu.waited_since(&a.cpu),
-            media_waited_seconds: b.cpu.waited_since_by(&a.cpu, "stoa-media"),
+            media_waited_seconds: b.cpu.waited_since_by(&a.cpu, MEDIA_THREADS),
         });
     }
     if let (Some(a), Some(b)) = (&client_start, &client_end) {

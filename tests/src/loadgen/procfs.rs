@@ -64,11 +64,10 @@ impl CpuSample {
     /// Seconds the process's threads spent runnable but waiting for a CPU since `earlier`:
     /// on a pinned process, the time other processes (or its own threads) held its core.
     pub fn waited_since(&self, earlier: &CpuSample) -> f64 {
-        self.delta(earlier).map(|(_, _, wait)| wait).sum::<u64>() as f64 / 1e9
+        self.waited_since_by(earlier, "")
     }
 
-    /// Seconds the threads whose name starts with `prefix` spent runnable but waiting for a
-    /// CPU since `earlier`.
+    /// The same for the threads whose name starts with `prefix`.
     pub fn waited_since_by(&self, earlier: &CpuSample, prefix: &str) -> f64 {
         self.delta(earlier)
             .filter(|(name, _, _)| name.starts_with(prefix))
