@@ -131,6 +131,14 @@ async function join(name) {
       if (answer.identity) storage.setIdentity(answer.room_id, answer.identity);
       storage.setRoomOfInvite(code, answer.room_id, invite.expires_at);
       enterRoom({ ...answer, resume_token: null });
+      if (answer.delivery === "broadcast" && answer.role === "listener") {
+        // The server put this listener on the broadcast tier: the connection made ahead is not
+        // needed, and the player starts now, while the socket opens, not at the welcome (which
+        // has the last word: a webrtc snapshot starts media, and the player stops once it
+        // carries the room).
+        discardPrepared();
+        startBroadcast();
+      }
       return null;
     } catch (error) {
       const code = error instanceof ApiError ? error.code : "internal";

@@ -6,8 +6,9 @@
  * made ahead it is off the path to the first sound (docs/benchmarks.md). These tests hold the
  * shortcut to what it must not change: a listener hears the room on the connection made ahead;
  * a speaker, whose offer must carry the microphone, offers again on that same connection; a
- * room with another slot count gets a connection of its own shape; a join that fails leaves no
- * connection behind.
+ * room with another slot count gets a connection of its own shape; a listener the server puts
+ * on the broadcast tier closes it at the join answer and starts the player then, not at the
+ * welcome; a join that fails leaves no connection behind.
  */
 
 import assert from "node:assert/strict";
@@ -19,7 +20,8 @@ after(cleanup);
 
 /**
  * Runs in each page before its own scripts: keeps every RTCPeerConnection the page makes, with
- * when it was made, and when the signaling socket's `welcome` came.
+ * when it was made and closed, when the signaling socket's `welcome` came, and when the page
+ * first asked for a broadcast playlist.
  */
 function keepConnections() {
   const w = /** @type {any} */ (window);
@@ -31,6 +33,15 @@ function keepConnections() {
       /** @type {any} */ (this).__madeAt = performance.now();
       w.__connections.push(this);
     }
+    close() {
+      /** @type {any} */ (this).__closedAt ??= performance.now();
+      super.close();
+    }
+  };
+  const fetchAny = window.fetch;
+  window.fetch = (input, init) => {
+    if (w.__playlistAt === undefined && String(input instanceof Request ? input.url : input).includes(".m3u8")) w.__playlistAt = performance.now();
+    return fetchAny(input, init);
   };
   const Socket = window.WebSocket;
   window.WebSocket = class extends Socket {
@@ -59,6 +70,15 @@ function connections(page) {
       sends: pc.getTransceivers().some((t) => t.direction === "sendrecv"),
     }));
   });
+}
+
+/**
+ * Closes a test's browsers: their pages would play on until the file ends, and slow (on two
+ * cores, by seconds) the tests after it.
+ * @param {(import("playwright-core").Page | null)[]} pages
+ */
+async function closePages(...pages) {
+  await Promise.all(pages.map((page) => page?.context().close()));
 }
 
 /**
@@ -104,10 +124,11 @@ describe("the media connection made while joining", { timeout: 120_000 }, () => 
     assert.ok(heard.energy > 0, `the listener hears the speaker: ${JSON.stringify(heard)}`);
     assert.deepEqual(await connections(listenerPage), [{ beforeWelcome: true, slots: 3, signaling: "stable", current: true, sends: false }]);
     assert.deepEqual(listener.errors, [], "no console errors at the listener");
+    await closePages(listenerPage, speakerPage);
   });
 
   it("is replaced by one of the room's shape when the server has another slot count", async () => {
-    const { listenerInvite, listenerPage, listener } = await room("join-ahead-slots", { config: "[media]\nslots = 2\n" });
+    const { listenerInvite, speakerPage, listenerPage, listener } = await room("join-ahead-slots", { config: "[media]\nslots = 2\n" });
     await joinRoom(listener, listenerInvite.url, "Lee");
     await mediaConnected(listener);
     await hearsAudio(listener);
@@ -115,6 +136,29 @@ describe("the media connection made while joining", { timeout: 120_000 }, () => 
       { beforeWelcome: true, slots: 3, signaling: "closed", current: false, sends: false },
       { beforeWelcome: false, slots: 2, signaling: "stable", current: true, sends: false },
     ]);
+    await closePages(listenerPage, speakerPage);
+  });
+
+  it("is closed at the join answer for a broadcast listener, whose player starts before the welcome", async () => {
+    const { server, roomId, speakerPage, listenerPage, listener } = await room("join-ahead-broadcast");
+    const invite = await server.api("POST", `/api/v1/rooms/${roomId}/invites`, { role: "listener", delivery: "broadcast" });
+    await joinRoom(listener, invite.url, "Fan");
+    await waitFor(async () => (await listenerPage.evaluate(() => document.querySelector("audio[data-broadcast]")?.currentTime ?? 0)) > 0.5, {
+      timeout: 15_000,
+      message: "the broadcast plays",
+    });
+    const seen = await listenerPage.evaluate(() => {
+      const w = /** @type {any} */ (window);
+      return {
+        delivery: w.stoa.delivery,
+        media: w.stoa.pc,
+        closed: /** @type {any[]} */ (w.__connections).map((pc) => pc.__closedAt < w.__welcomeAt),
+        playlistBeforeWelcome: w.__playlistAt < w.__welcomeAt,
+      };
+    });
+    assert.deepEqual(seen, { delivery: "broadcast", media: null, closed: [true], playlistBeforeWelcome: true });
+    assert.deepEqual(listener.errors, [], "no console errors at the listener");
+    await closePages(listenerPage, speakerPage);
   });
 
   it("is closed when the join fails", async () => {
