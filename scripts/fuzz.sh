@@ -3,6 +3,7 @@
 # results, and fails if any target found a crash. Usage:
 #   scripts/fuzz.sh [seconds] [target...]   run (all targets when none is named)
 #   scripts/fuzz.sh --seeds                 regenerate the seed corpora in fuzz/corpus/
+#   scripts/fuzz.sh --build                 only build the targets (.ci/run does it early)
 #
 # Works on the stable toolchain: targets are built with `--sanitizer none` (AddressSanitizer
 # needs `-Zsanitizer`, i.e. nightly; our code and `rtc` are safe Rust, where ASan adds little
@@ -28,6 +29,11 @@ if [[ "${1:-}" == "--seeds" ]]; then
   # A test of the server crate writes them, so the main release build is reused.
   cargo test --release -p stoa --lib fuzzing::tests::write_seed_corpus -- --ignored
   du -sh fuzz/corpus
+  exit 0
+fi
+
+if [[ "${1:-}" == "--build" ]]; then
+  cargo fuzz build "${BUILD[@]}"
   exit 0
 fi
 
