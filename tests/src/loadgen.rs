@@ -296,12 +296,17 @@ impl ServerUsage {
 
     /// CPU seconds of the media worker threads (`stoa-media-*`).
     pub fn media_cpu_seconds(&self) -> f64 {
-        self.threads
-            .iter()
-            .filter(|(name, _)| name.starts_with(MEDIA_THREADS))
-            .map(|(_, s)| s)
-            .sum()
+        media_seconds(&self.threads)
     }
+}
+
+/// The seconds of the media worker threads among per-thread seconds.
+fn media_seconds(threads: &[(String, f64)]) -> f64 {
+    threads
+        .iter()
+        .filter(|(name, _)| name.starts_with(MEDIA_THREADS))
+        .map(|(_, s)| s)
+        .sum()
 }
 
 /// The server's CPU while the listeners joined: what a join costs it, and whether the joins
@@ -977,15 +982,10 @@ pub async fn run(options: Options) -> Result<Report, String> {
         &joins_client_start,
         ProcessSample::read(std::process::id()),
     ) {
-        let threads = b.cpu.threads_since(&a.cpu);
         report.join_cpu = Some(JoinCpu {
             wall_seconds: joins_started.elapsed().as_secs_f64(),
             cpu_seconds: b.cpu.since(&a.cpu),
-            media_cpu_seconds: threads
-                .iter()
-                .filter(|(name, _)| name.starts_with(MEDIA_THREADS))
-                .map(|(_, s)| s)
-                .sum(),
+            media_cpu_seconds: media_seconds(&b.cpu.threads_since(&a.cpu)),
             client_cpu_seconds: cb.cpu.since(&ca.cpu),
             joins: report.joins_ok.saturating_sub(options.speakers),
         });
