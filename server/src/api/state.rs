@@ -24,6 +24,10 @@ use crate::room::LiveRooms;
 use crate::session::{OperatorKey, TokenSigner};
 use crate::signal::SignalContext;
 
+/// How long a stopping node waits for its signaling sockets to write their goodbyes (where
+/// to go, or that the server restarts, and the close frame).
+const GOODBYE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -157,6 +161,7 @@ impl AppState {
             base_url: base_url.as_str().into(),
             session_ttl_ms: (config.limits.session_ttl_secs as i64).saturating_mul(1000),
             relay_links: None,
+            goodbyes: tokio_util::task::TaskTracker::new(),
         };
         let https = config.tls_enabled() || base_url.starts_with("https://");
         let security_headers = Arc::new(SecurityHeaders::new(https));
@@ -232,7 +237,9 @@ impl AppState {
     /// first (no room is placed here while the rest stops) and sends its rooms' people to the
     /// least full other node (`moved`), where they resume at once and the rooms go on, their
     /// live state kept; alone, or the last node, it tells them the server is restarting.
-    /// Returns the node they were sent to.
+    /// Returns the node they were sent to, once every socket has written its last words (or
+    /// after [`GOODBYE_WAIT`]): a node that exits before then leaves its people with a broken
+    /// connection and no word of where to go.
     pub async fn hand_rooms_over(&self) -> Option<NodeInfo> {
         let successor = match &self.cluster {
             Some(cluster) => cluster.hand_over().await,
@@ -248,6 +255,20 @@ impl AppState {
         self.live
             .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
             .await;
+        // Sockets opened from now on are counted too; `wait` ends once none is left.
+        let unsaid = &self.signal.goodbyes;
+        unsaid.close();
+        if tokio::time::timeout(GOODBYE_WAIT, unsaid.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sockets = unsaid.len(),
+                "signaling sockets had not said goodbye 3 s after the rooms were handed over \
+                 (sockets that have not joined yet, or clients too slow to take the message)"
+            );
+        }
+        unsaid.reopen();
         successor
     }
 

@@ -58,6 +58,9 @@ pub struct SignalContext {
     /// In a cluster: the relay links to and from other nodes, and this node's media, for the
     /// sockets it serves as an edge of a room whose home is full (`session/edge.rs`).
     pub relay_links: Option<crate::signal::RelayLinks>,
+    /// Every socket that has not yet written its last message and close frame, for a
+    /// stopping node to wait for ([`crate::api::AppState::hand_rooms_over`]).
+    pub goodbyes: tokio_util::task::TaskTracker,
 }
 
 mod edge;
@@ -85,6 +88,9 @@ struct Session {
     limiter: DirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
+    /// Held until the close frame is written (or the socket ends): counted in
+    /// [`SignalContext::goodbyes`].
+    unsaid: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
 /// Where a socket that joined goes on.
@@ -131,6 +137,7 @@ impl Session {
             limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             strikes: 0,
             strikes_since: Instant::now(),
+            unsaid: Some(state.goodbyes.token()),
             state,
         }
     }
@@ -175,7 +182,9 @@ impl Session {
 
     /// Writes a close frame as given and waits for the client's.
     async fn close_with(&mut self, frame: Option<CloseFrame>) {
-        if !self.write(Message::Close(frame)).await {
+        let written = self.write(Message::Close(frame)).await;
+        self.unsaid = None;
+        if !written {
             return;
         }
         // Finish the closing handshake, reading (and ignoring) whatever the client still
