@@ -305,9 +305,10 @@ export class SignalClient extends EventTarget {
     if (this.#status === "closed") return;
 
     const reason = this.#closedReason || frameReason || CODE_REASONS.get(code) || "";
-    if (reason === "room_elsewhere" && this.#movedTo) {
+    if (this.#movedTo && (reason === "room_elsewhere" || !TERMINAL.has(reason))) {
       // Not a failure: the same handshake, at once, on the room's node; or, when the room
-      // moves while we are in it (its node is stopping), a resume there.
+      // moves while we are in it (its node is stopping), a resume there. A connection that
+      // broke between `moved` and its close goes there too.
       this.#url = this.#movedTo;
       this.#movedTo = "";
       let mode = this.#mode;

@@ -609,7 +609,9 @@ impl Driver {
                     }
                     Err(Error::Closed { code, reason }) => {
                         let reason = closing.take().unwrap_or(reason);
-                        if reason == "room_elsewhere"
+                        // Told where the room went, and then the close, or a connection that
+                        // broke before it came: go there either way.
+                        if (reason == "room_elsewhere" || resumable(code, &reason))
                             && let Some(to) = moved.take()
                         {
                             return Interruption::Moved(to);
@@ -736,8 +738,10 @@ impl Driver {
                         .publish(Event::Resumed(Box::new(self.welcome.snapshot.clone())));
                     return Ok((session, fresh));
                 }
-                // The server will not take us back: give up.
-                Err(error @ Error::Rejected { .. }) => return Err(error),
+                // The server will not take us back: give up. Unless it only cannot say yet
+                // where the room lives: an edge whose room's node died a moment ago, or a node
+                // cut off from Redis; that passes, and the next attempt finds the room.
+                Err(error @ Error::Rejected { .. }) if !passing(&error) => return Err(error),
                 Err(error) if Instant::now() + pause > deadline => return Err(error),
                 // The other address is tried at once; the pause grows once both failed.
                 Err(_) if attempt % urls.len() + 1 < urls.len() => {}
@@ -760,6 +764,16 @@ impl Driver {
             )));
         }
     }
+}
+
+/// Whether a refused handshake is worth trying again: the server could not find out where the
+/// room lives just now (`node_unreachable`, `cluster_unavailable`; see the protocol's close
+/// codes 1012 and 1013), which says nothing about the place being held.
+fn passing(error: &Error) -> bool {
+    matches!(
+        error.code(),
+        Some("node_unreachable" | "cluster_unavailable")
+    )
 }
 
 /// Whether a closed connection is worth resuming: it broke, or the server closed it for a

@@ -70,6 +70,8 @@ struct NodeSpec<'a> {
     capacity: usize,
     /// `[cluster] home_full_at`, when not the default.
     home_full_at: Option<f64>,
+    /// `[cluster] node_ttl_ms`: how long a node that stopped answering stays listed.
+    node_ttl_ms: u64,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -83,6 +85,7 @@ impl<'a> NodeSpec<'a> {
             behind: None,
             capacity: 10,
             home_full_at: None,
+            node_ttl_ms: NODE_TTL_MS,
         }
     }
 
@@ -92,11 +95,12 @@ impl<'a> NodeSpec<'a> {
             &config,
             format!(
                 "trust_forwarded_for = {}\n\
-                 [cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {NODE_TTL_MS}\n{}\
+                 [cluster]\nheartbeat_ms = {HEARTBEAT_MS}\nnode_ttl_ms = {}\n{}\
                  [media]\nworkers = 1\nmax_connections = {}\n\
                  [signal]\nmax_sockets_per_address = 1000\n\
                  [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n",
                 self.behind.is_some(),
+                self.node_ttl_ms,
                 self.home_full_at
                     .map(|f| format!("home_full_at = {f}\n"))
                     .unwrap_or_default(),
@@ -298,6 +302,13 @@ impl Node {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: its sockets stay open and the kernel still accepts connections for it, but it
+    /// answers nothing, as a node does for a moment while it is being killed.
+    fn freeze(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
     }
 
     fn terminate(&mut self) {
@@ -1867,8 +1878,9 @@ async fn connections_of(node: &Endpoint, name: &str) -> u64 {
 const EDGE_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 /// Three nodes on `database` whose rooms' homes are full for new listeners at two
-/// connections of four (the rest is the stage's), so that a few clients show edges at work.
-fn edge_cluster(redis: &Redis, database: &str) -> Vec<Node> {
+/// connections of four (the rest is the stage's), so that a few clients show edges at work;
+/// a node that stops answering stays listed for `node_ttl_ms`.
+fn edge_cluster(redis: &Redis, database: &str, node_ttl_ms: u64) -> Vec<Node> {
     EDGE_NODES
         .iter()
         .map(|name| {
@@ -1876,6 +1888,7 @@ fn edge_cluster(redis: &Redis, database: &str) -> Vec<Node> {
                 database_url: Some(database.to_owned()),
                 capacity: 4,
                 home_full_at: Some(0.5),
+                node_ttl_ms,
                 ..NodeSpec::new(name, redis)
             }
             .start()
@@ -1898,7 +1911,7 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let names = EDGE_NODES;
-    let mut nodes = edge_cluster(&redis, &pg.fresh_database());
+    let mut nodes = edge_cluster(&redis, &pg.fresh_database(), NODE_TTL_MS);
     let index_of = |url: &str| {
         nodes
             .iter()
@@ -2249,7 +2262,9 @@ async fn a_full_home_serves_new_listeners_from_an_edge_with_the_audio_relayed_on
 
 /// The room's home dies while an edge serves some of its people: the room is re-homed from
 /// its kept live state, the edge's people come back with their hands still raised and hear
-/// the speaker again, wherever the room now lives.
+/// the speaker again, wherever the room now lives. Someone who resumes at the edge while the
+/// dying home still accepts connections but answers nothing is refused (`node_unreachable`)
+/// and tries again until the room is found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_room_with_an_edge_survives_its_home_being_killed() {
     use stoa_client::audio::AudioSource;
@@ -2258,7 +2273,8 @@ async fn a_room_with_an_edge_survives_its_home_being_killed() {
     let redis = Redis::start();
     let pg = postgres::Postgres::start();
     let names = EDGE_NODES;
-    let mut nodes = edge_cluster(&redis, &pg.fresh_database());
+    // The frozen home below stays listed while Lee's first resume reaches the edge.
+    let mut nodes = edge_cluster(&redis, &pg.fresh_database(), 5_000);
     let index_of = |url: &str| nodes.iter().position(|n| n.signal_url() == url).unwrap();
 
     // Ada and Sam fill the home; their links name another node, which they fall back to.
@@ -2316,6 +2332,20 @@ async fn a_room_with_an_edge_survives_its_home_being_killed() {
     })
     .await;
 
+    // The home frozen first, as a node being killed is for a moment, and Lee's socket dropped:
+    // the edge, which still sees the home listed and accepting, cannot reach it.
+    nodes[home].freeze();
+    lee.interrupt();
+    within(
+        Duration::from_secs(10),
+        "the edge refuses Lee's resume",
+        || async {
+            nodes[edge]
+                .logs()
+                .contains("an edge could not reach the room's home")
+        },
+    )
+    .await;
     let killed_at = Instant::now();
     nodes[home].kill();
     all_resume(
