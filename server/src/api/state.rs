@@ -242,7 +242,11 @@ impl AppState {
     /// connection and no word of where to go.
     pub async fn hand_rooms_over(&self) -> Option<NodeInfo> {
         let successor = match &self.cluster {
-            Some(cluster) => cluster.hand_over().await,
+            Some(cluster) => {
+                // Someone arriving from now on is sent to another node, not given a room here.
+                cluster.start_draining();
+                cluster.hand_over().await
+            }
             None => None,
         };
         // The people this node serves as an edge of other nodes' rooms go to those rooms' homes.
@@ -255,7 +259,9 @@ impl AppState {
         self.live
             .shutdown(successor.as_ref().map(|n| n.signal_url.as_str()))
             .await;
-        // Sockets opened from now on are counted too; `wait` ends once none is left.
+        // Sockets opened from now on are counted too (they are sent on, or told the server is
+        // restarting, at once); `wait` ends once none is left. The tracker stays closed: its
+        // tokens work all the same, and a second caller (a stop after a drain) waits as well.
         let unsaid = &self.signal.goodbyes;
         unsaid.close();
         if tokio::time::timeout(GOODBYE_WAIT, unsaid.wait())
@@ -268,7 +274,6 @@ impl AppState {
                  (sockets that have not joined yet, or clients too slow to take the message)"
             );
         }
-        unsaid.reopen();
         successor
     }
 

@@ -531,6 +531,12 @@ impl Session {
             }
             Err(e) => {
                 let (code, message, close) = match &e {
+                    ConnectError::Stopping => {
+                        // As everyone in its rooms was told: come back when it is back.
+                        self.close(close_code::SERVER_RESTARTING, "server_restarting")
+                            .await;
+                        return None;
+                    }
                     ConnectError::Refused(Refusal::NotInRoom) if resume => (
                         "resume_expired",
                         "your place in the room has expired; join again",

@@ -146,7 +146,8 @@ async fn a_stopped_server_says_goodbye_to_every_socket() {
     let config = dir.path().join("stoa.toml");
     std::fs::write(
         &config,
-        "[signal]\nmax_sockets_per_address = 5000\n\
+        // The sockets are not read between their welcome and the stop: no ping timeout then.
+        "[signal]\nmax_sockets_per_address = 5000\nping_timeout_ms = 120000\n\
          [limits]\njoins_per_minute = 10000\njoin_burst = 10000\n",
     )
     .unwrap();
@@ -250,4 +251,67 @@ async fn a_stopped_server_says_goodbye_to_every_socket() {
         }
     }
     assert_eq!(missed, 0, "of {PEOPLE} sockets, {missed} had no goodbye");
+}
+
+/// Someone who joins (or resumes) while the server stops — a client coming back at once after
+/// its `server_restarting` — is told the same, instead of starting the room again on a server
+/// about to exit. A socket that never joins holds the stop for its 3 s wait for goodbyes,
+/// which leaves the time to try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_while_the_server_stops_is_told_it_restarts() {
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Served {
+        mut child,
+        url,
+        link,
+    } = common::serve(&dir.path().join("data"), true, "warn");
+    let joined: Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/join"))
+        .json(&json!({ "invite": link.unwrap(), "display_name": "Host" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let signal_url = joined["signal_url"].as_str().unwrap().to_owned();
+    let (_idle, _) = tokio_tungstenite::connect_async(signal_url.as_str())
+        .await
+        .unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+
+    let started = std::time::Instant::now();
+    let (said, frame) = loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(signal_url.as_str())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the server took joins until it exited ({:?}): {e}", started.elapsed())
+            });
+        let hello = json!({"type": "join", "id": 1, "token": joined["token"]});
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        let first = match ws.next().await {
+            Some(Ok(Message::Text(text))) => serde_json::from_str::<Value>(text.as_str()).unwrap(),
+            other => panic!("no answer to the join: {other:?}"),
+        };
+        if first["type"] == "welcome" {
+            // The stop has not begun yet.
+            drop(ws);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
+        let frame = match ws.next().await {
+            Some(Ok(Message::Close(frame))) => frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+            other => panic!("after {first}: {other:?}"),
+        };
+        break (first, frame);
+    };
+    assert_eq!((&said["type"], &said["reason"]), (&json!("closed"), &json!("server_restarting")), "{said}");
+    assert_eq!(frame, Some((1012, "server_restarting".to_owned())));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "stoa exited with {exit}");
 }

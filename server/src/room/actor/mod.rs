@@ -136,6 +136,8 @@ pub enum ConnectError {
     Refused(Refusal),
     /// The room is not live and the server already runs `max_live_rooms` rooms.
     TooManyRooms,
+    /// The server is stopping: its rooms were closed, and none starts again.
+    Stopping,
 }
 
 /// Why a REST call could not act on the live room.

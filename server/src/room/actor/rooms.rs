@@ -2,7 +2,7 @@
 //! room's task (bounded by `max_live_rooms`) happens here; running it is `task.rs`'s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -144,6 +144,9 @@ impl RoomHandle {
 pub struct LiveRooms {
     rooms: Arc<DashMap<RoomId, RoomHandle>>,
     deps: Deps,
+    /// The server stops (or drains): no socket joins a room here any more, see
+    /// [`LiveRooms::shutdown`].
+    stopping: Arc<AtomicBool>,
 }
 
 /// What every room task shares.
@@ -190,6 +193,7 @@ impl LiveRooms {
     ) -> Self {
         LiveRooms {
             rooms: Arc::new(DashMap::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
             deps: Deps {
                 webhooks: server_webhooks,
                 writers: Writers::new(store.clone(), metrics.clone()),
@@ -349,8 +353,12 @@ impl LiveRooms {
     pub async fn connect(&self, room: &Room, connect: Connect) -> Result<RoomHandle, ConnectError> {
         let mut connect = Box::new(connect);
         // A room task that just emptied may be shutting down as we reach it; it hands the
-        // request back and the next lookup starts a fresh task. Bounded, to be safe.
+        // request back and the next lookup starts a fresh task (unless the server stops).
+        // Bounded, to be safe.
         for _ in 0..16 {
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(ConnectError::Stopping);
+            }
             let Some(handle) = self.get_or_start(room) else {
                 return Err(ConnectError::TooManyRooms);
             };
@@ -378,8 +386,13 @@ impl LiveRooms {
     /// Closes every live socket and stops the room tasks, so clients learn why they were cut
     /// off: with `moved_to` (another node's signaling address), `moved` and 4307
     /// `room_elsewhere`, and they resume there at once; without, 1012 `server_restarting`,
-    /// and they come back by resuming here when the server is back. Then waits (up to `SHUTDOWN_DRAIN`) for the rooms' records to be written.
+    /// and they come back by resuming here when the server is back. From then on a socket that
+    /// joins or resumes gets the same 1012 `server_restarting` and no room starts again. Then
+    /// waits (up to `SHUTDOWN_DRAIN`) for the rooms' records to be written.
     pub async fn shutdown(&self, moved_to: Option<&str>) {
+        // Someone coming back at once (a client resuming right after the close) would start
+        // the room again here, on a server about to exit.
+        self.stopping.store(true, Ordering::Release);
         let moved_to: Option<std::sync::Arc<str>> = moved_to.map(Into::into);
         let handles: Vec<RoomHandle> = self.rooms.iter().map(|h| h.clone()).collect();
         for handle in handles {
