@@ -690,7 +690,7 @@ impl Session {
                     last_heard = Instant::now();
                     match frame {
                         Message::Text(text) => {
-                            if let Flow::Stop = self.on_text(text.as_str(), &joined).await {
+                            if let Flow::Stop = self.on_text(text.as_str(), &mut joined).await {
                                 break;
                             }
                         }
@@ -723,7 +723,7 @@ impl Session {
         }
     }
 
-    async fn on_text(&mut self, text: &str, joined: &Joined) -> Flow {
+    async fn on_text(&mut self, text: &str, joined: &mut Joined) -> Flow {
         let (id, message) = match self.screen(text).await {
             Err(()) => return Flow::Stop,
             Ok(None) => return Flow::Continue,
@@ -813,10 +813,31 @@ impl Session {
             .from_socket(joined.participant.clone(), joined.connection, id, command)
             .await
         {
-            self.close(close_code::ROOM_ENDED, "room_ended").await;
+            self.room_gone(joined).await;
             return Flow::Stop;
         }
         Flow::Continue
+    }
+
+    /// The room's task stopped while a message of this socket was on its way to it: what the
+    /// room queued for the socket last says why (`moved` to another node, or that the server
+    /// restarts, which the client comes back from); nothing queued means it ended.
+    async fn room_gone(&mut self, joined: &mut Joined) {
+        while let Ok(out) = joined.outbox.try_recv() {
+            match out {
+                Outbound::Text(text) => {
+                    let text = Utf8Bytes::try_from(text.into_bytes()).unwrap_or_default();
+                    if !self.write(Message::Text(text)).await {
+                        return;
+                    }
+                }
+                Outbound::Close { code, reason } => {
+                    self.close(code, reason).await;
+                    return;
+                }
+            }
+        }
+        self.close(close_code::ROOM_ENDED, "room_ended").await;
     }
 }
 
