@@ -294,9 +294,17 @@ async fn a_join_while_the_server_stops_is_told_it_restarts() {
         .await
         .unwrap();
     let signal_url = joined["signal_url"].as_str().unwrap().to_owned();
-    let (_idle, _) = tokio_tungstenite::connect_async(signal_url.as_str())
+    let (mut idle, _) = tokio_tungstenite::connect_async(signal_url.as_str())
         .await
         .unwrap();
+    // Its session runs (it answers) before the stop begins.
+    idle.send(Message::text(json!({"type": "raise_hand"}).to_string()))
+        .await
+        .unwrap();
+    match idle.next().await {
+        Some(Ok(Message::Text(text))) => assert!(text.contains("join_first"), "{text}"),
+        other => panic!("the idle socket: {other:?}"),
+    }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
 
@@ -305,7 +313,10 @@ async fn a_join_while_the_server_stops_is_told_it_restarts() {
         let (mut ws, _) = tokio_tungstenite::connect_async(signal_url.as_str())
             .await
             .unwrap_or_else(|e| {
-                panic!("the server took joins until it exited ({:?}): {e}", started.elapsed())
+                panic!(
+                    "the server took joins until it exited ({:?}): {e}",
+                    started.elapsed()
+                )
             });
         let hello = json!({"type": "join", "id": 1, "token": joined["token"]});
         ws.send(Message::text(hello.to_string())).await.unwrap();
@@ -320,12 +331,18 @@ async fn a_join_while_the_server_stops_is_told_it_restarts() {
             continue;
         }
         let frame = match ws.next().await {
-            Some(Ok(Message::Close(frame))) => frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+            Some(Ok(Message::Close(frame))) => {
+                frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+            }
             other => panic!("after {first}: {other:?}"),
         };
         break (first, frame);
     };
-    assert_eq!((&said["type"], &said["reason"]), (&json!("closed"), &json!("server_restarting")), "{said}");
+    assert_eq!(
+        (&said["type"], &said["reason"]),
+        (&json!("closed"), &json!("server_restarting")),
+        "{said}"
+    );
     assert_eq!(frame, Some((1012, "server_restarting".to_owned())));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "stoa exited with {exit}");
