@@ -30,6 +30,21 @@ fn admin(data: &Path, server: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Redeems `invite` at the server at `url` as `name`: the join answer, which has a token.
+async fn redeem(http: &reqwest::Client, url: &str, invite: &str, name: &str) -> serde_json::Value {
+    let joined: serde_json::Value = http
+        .post(format!("{url}/api/v1/join"))
+        .json(&serde_json::json!({ "invite": invite, "display_name": name }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(joined["token"].is_string(), "{joined}");
+    joined
+}
+
 fn terminate(mut child: Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -49,15 +64,7 @@ async fn serve_prints_a_working_link_and_admin_commands_work() {
 
     // The printed link is redeemable as a moderator of the demo room.
     let http = reqwest::Client::new();
-    let joined: serde_json::Value = http
-        .post(format!("{url}/api/v1/join"))
-        .json(&serde_json::json!({ "invite": link, "display_name": "Me" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let joined = redeem(&http, &url, &link, "Me").await;
     assert_eq!(joined["role"], "moderator", "{joined}");
 
     #[cfg(unix)]
@@ -159,24 +166,7 @@ async fn a_stopped_server_says_goodbye_to_every_socket() {
         &["--config".as_ref(), config.as_os_str()],
     );
     let http = reqwest::Client::new();
-    let join = |invite: String, name: String| {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let joined: Value = http
-                .post(format!("{url}/api/v1/join"))
-                .json(&json!({ "invite": invite, "display_name": name }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert!(joined["token"].is_string(), "{joined}");
-            joined
-        }
-    };
-    let host = join(link.unwrap(), "Host".into()).await;
+    let host = redeem(&http, &url, &link.unwrap(), "Host").await;
     let invite: Value = http
         .post(format!(
             "{url}/api/v1/rooms/{}/invites",
@@ -193,9 +183,9 @@ async fn a_stopped_server_says_goodbye_to_every_socket() {
     let code = invite["code"].as_str().unwrap().to_owned();
     let sockets: Vec<_> = futures::stream::iter(0..PEOPLE)
         .map(|i| {
-            let joined = join(code.clone(), format!("P{i}"));
+            let (http, url, code) = (&http, &url, &code);
             async move {
-                let joined = joined.await;
+                let joined = redeem(http, url, code, &format!("P{i}")).await;
                 let (mut ws, _) =
                     tokio_tungstenite::connect_async(joined["signal_url"].as_str().unwrap())
                         .await
@@ -284,15 +274,7 @@ async fn a_join_while_the_server_stops_is_told_it_restarts() {
         url,
         link,
     } = common::serve(&dir.path().join("data"), true, "warn");
-    let joined: Value = reqwest::Client::new()
-        .post(format!("{url}/api/v1/join"))
-        .json(&json!({ "invite": link.unwrap(), "display_name": "Host" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let joined = redeem(&reqwest::Client::new(), &url, &link.unwrap(), "Host").await;
     let signal_url = joined["signal_url"].as_str().unwrap().to_owned();
     let (mut idle, _) = tokio_tungstenite::connect_async(signal_url.as_str())
         .await
