@@ -141,6 +141,10 @@ impl<S> Accept<TcpStream, S> for GuardedAcceptor {
             return ready(Err(io::Error::other("too many open connections")));
         }
         shared.metrics.open.inc();
+        // Signaling is small messages, often several in a row (an answer, then candidates;
+        // `closed`, then the close frame): Nagle's algorithm would hold each one after the
+        // first until the client acknowledged the one before.
+        let _ = stream.set_nodelay(true);
         let guard = OpenGuard(self.shared.clone());
         ready(Ok((IdleStream::new(stream, shared.idle, guard), service)))
     }

@@ -33,6 +33,10 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 const RESUME_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
 /// How long a closing socket waits for the client to acknowledge the close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long, of that, a stopping server waits for it: long enough for a client on any usual
+/// link to answer (a round trip, and a busy client's turn to read), short enough that
+/// clients which never answer do not hold the stop long.
+const GOODBYE_LINGER: Duration = Duration::from_millis(500);
 /// Refused messages are forgiven after this long.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// An ICE candidate line is under 200 characters in practice.
@@ -88,8 +92,8 @@ struct Session {
     limiter: DirectRateLimiter,
     strikes: u32,
     strikes_since: Instant,
-    /// Held until the close frame is written (or the socket ends): counted in
-    /// [`SignalContext::goodbyes`].
+    /// Held until the client answers the close frame, or [`GOODBYE_LINGER`] after it was
+    /// written, or the socket ends: counted in [`SignalContext::goodbyes`].
     unsaid: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
@@ -181,23 +185,41 @@ impl Session {
     }
 
     /// Writes a close frame as given and waits for the client's.
+    ///
+    /// Finishes the closing handshake, reading (and ignoring) whatever the client still
+    /// sends: a socket closed with unread data is reset by the kernel, and the client can lose
+    /// the close frame that tells it why (a client that writes before it reads, as
+    /// tungstenite does to answer a ping, gets the reset first; some systems drop what was
+    /// received). A stopping server waits for this too, but only [`GOODBYE_LINGER`] of it.
     async fn close_with(&mut self, frame: Option<CloseFrame>) {
-        let written = self.write(Message::Close(frame)).await;
-        self.unsaid = None;
-        if !written {
+        if !self.write(Message::Close(frame)).await {
+            self.unsaid = None;
             return;
         }
-        // Finish the closing handshake, reading (and ignoring) whatever the client still
-        // sends: dropping a socket with unread data makes the kernel reset the connection,
-        // and the client would lose the close frame that tells it why.
+        let written = Instant::now();
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(frame)) = self.socket.recv().await {
-                if matches!(frame, Message::Close(_)) {
-                    break;
+            loop {
+                let frame = if self.unsaid.is_some() {
+                    match tokio::time::timeout_at(written + GOODBYE_LINGER, self.socket.recv())
+                        .await
+                    {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            self.unsaid = None;
+                            continue;
+                        }
+                    }
+                } else {
+                    self.socket.recv().await
+                };
+                match frame {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
                 }
             }
         })
         .await;
+        self.unsaid = None;
     }
 
     /// Counts a refused message; a socket that keeps misbehaving is closed.
