@@ -137,6 +137,8 @@ pub async fn remove(
         // Someone who is not in the room right now can still be banned: the ban is recorded
         // and keeps them out of every later visit.
         Err(LiveError::NotLive | LiveError::Refused(Refusal::ParticipantNotFound)) if query.ban => {
+            // After what the room recorded last (someone's leaving, a moment ago).
+            state.live.settled(&room).await?;
             let now = state.clock.now_ms();
             let actor = caller.actor();
             // Written for the endpoints that want it (the server's, the room's), if any.

@@ -205,6 +205,8 @@ pub async fn end_room(
     {
         Ok(()) => {}
         Err(LiveError::NotLive) => {
+            // After what the room recorded last: the end is the last thing said of it.
+            state.live.settled(&room).await?;
             let now = state.clock.now_ms();
             let actor = caller.actor();
             // Written for the endpoints that want it (the server's, the room's), if any.

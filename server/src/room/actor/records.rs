@@ -147,6 +147,30 @@ impl Writers {
         }
     }
 
+    /// Answers once the records queued for `room` so far are written (at once when it has no
+    /// writer), or with `store_unavailable` as [`RecordWriter::acknowledge`] does. For a call
+    /// that writes to the store itself because the room is not live: a task that stopped a
+    /// moment ago may still have records on their way, and the call's come after them.
+    pub async fn settled(&self, room: &RoomId) -> Result<(), LiveError> {
+        let (ack, answer) = oneshot::channel();
+        {
+            // Under the map's guard: a writer that finds itself idle leaves the map under its
+            // write lock, so the marker never reaches a writer that has ended.
+            let Some(shared) = self.map.get(room) else {
+                return Ok(());
+            };
+            let mut q = shared.lock();
+            if q.entries.len() >= CAPACITY {
+                return Err(unavailable("the room's record queue is full"));
+            }
+            q.entries.push_back(Entry::Ack(ack));
+            drop(q);
+            shared.wake.notify_one();
+        }
+        // A writer gone without answering has written what it had.
+        answer.await.unwrap_or(Ok(()))
+    }
+
     async fn run(self, shared: Arc<Shared>) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {

@@ -416,6 +416,13 @@ impl LiveRooms {
         }
     }
 
+    /// Waits until what the room's last task recorded is written: before a call writes to
+    /// the store itself for a room that is not live, so that its records (a ban, the end) come
+    /// after the room's own, in the store and in the webhooks.
+    pub async fn settled(&self, room: &RoomId) -> Result<(), LiveError> {
+        self.deps.writers.settled(room).await
+    }
+
     /// A moderation call from the REST API.
     pub async fn command(
         &self,
