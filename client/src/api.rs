@@ -97,6 +97,9 @@ fn http() -> Result<&'static reqwest::Client, Error> {
     if let Some(http) = HTTP.get() {
         return Ok(http);
     }
+    // reqwest brings no crypto provider of its own: rustls on *ring*, as the media stack.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    #[allow(clippy::disallowed_methods)]
     let http = reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .pool_max_idle_per_host(0)

@@ -13,6 +13,11 @@ pub(crate) const LAYERS: &[(&str, u8, &str)] = &[
     ("clock", 0, "time as a value"),
     ("config", 0, "settings"),
     ("connection", 0, "bounds on accepted TCP connections"),
+    (
+        "http_client",
+        0,
+        "outgoing HTTP clients, on rustls with ring",
+    ),
     ("metrics", 1, "counters and gauges"),
     (
         "control",

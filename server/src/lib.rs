@@ -89,6 +89,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod http_client;
 // The fuzz targets' harness: built for `fuzz/` (which turns the feature on) and for unit tests,
 // never into a release build.
 #[cfg(any(test, feature = "fuzzing"))]

@@ -305,7 +305,7 @@ mod admin {
         }
         Ok(Client {
             // Plain HTTP only (above): no root certificates needed.
-            http: reqwest::Client::builder()
+            http: stoa::http_client::builder()
                 .tls_certs_only(Vec::new())
                 .build()
                 .context("cannot make an HTTP client")?,

@@ -102,7 +102,7 @@ impl RecordedTone {
             .expect("a room id")
             .to_owned();
         let speaker = crate::tone_speaker(&server.url, key, &room, hz).await;
-        let mut start = reqwest::Client::new()
+        let mut start = stoa::http_client::client()
             .post(format!("{}/api/v1/rooms/{room}/recording", server.url))
             .bearer_auth(key);
         if let Some(body) = body {

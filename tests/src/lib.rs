@@ -162,7 +162,7 @@ impl TestServer {
             .expect("operator key written")
             .trim()
             .to_owned();
-        let http = reqwest::Client::builder()
+        let http = stoa::http_client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();

@@ -570,7 +570,7 @@ impl Sampler {
         let own_ip = (loopback_v4 && std::net::UdpSocket::bind((SAMPLER_IP, 0)).is_ok())
             .then_some(IpAddr::V4(SAMPLER_IP));
         // No idle connections kept: each sample opens its own and closes it.
-        let http = reqwest::Client::builder()
+        let http = stoa::http_client::builder()
             .timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(0)
             .local_address(own_ip)

@@ -96,7 +96,7 @@ impl Receiver {
             !self.tls,
             "a receiver over TLS keeps the mode and secret it started with"
         );
-        let told = reqwest::Client::new()
+        let told = stoa::http_client::client()
             .post(format!("http://127.0.0.1:{}/{what}", self.port))
             .body(value.to_owned())
             .send()

@@ -32,7 +32,7 @@ impl Forwarding {
     pub fn new(key: [u8; 32]) -> Self {
         // Calls between nodes are plain HTTP (`internal_url`): no root certificates needed,
         // so a machine without any (no ca-certificates) still builds this client.
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()
             .tls_certs_only(Vec::new())
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))

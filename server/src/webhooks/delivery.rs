@@ -63,9 +63,9 @@ pub fn start(
     }
     let client = |policy: Option<Arc<AddressPolicy>>| {
         let builder = if system_roots {
-            reqwest::Client::builder().tls_certs_merge(extra_roots.clone())
+            crate::http_client::builder().tls_certs_merge(extra_roots.clone())
         } else {
-            reqwest::Client::builder().tls_certs_only(extra_roots.clone())
+            crate::http_client::builder().tls_certs_only(extra_roots.clone())
         };
         let builder = builder
             .redirect(reqwest::redirect::Policy::none())

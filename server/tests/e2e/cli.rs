@@ -63,7 +63,7 @@ async fn serve_prints_a_working_link_and_admin_commands_work() {
     assert!(link.starts_with(&format!("{url}/i/")), "{link}");
 
     // The printed link is redeemable as a moderator of the demo room.
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let joined = redeem(&http, &url, &link, "Me").await;
     assert_eq!(joined["role"], "moderator", "{joined}");
 
@@ -167,7 +167,7 @@ async fn a_stopped_server_says_goodbye_to_every_socket() {
         "warn",
         &["--config".as_ref(), config.as_os_str()],
     );
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let host = redeem(&http, &url, &link.unwrap(), "Host").await;
     let invite: Value = http
         .post(format!(
@@ -279,7 +279,7 @@ async fn a_join_while_the_server_stops_is_told_it_restarts() {
         url,
         link,
     } = common::serve(&dir.path().join("data"), true, "warn");
-    let joined = redeem(&reqwest::Client::new(), &url, &link.unwrap(), "Host").await;
+    let joined = redeem(&stoa::http_client::client(), &url, &link.unwrap(), "Host").await;
     let signal_url = joined["signal_url"].as_str().unwrap().to_owned();
     let (mut idle, _) = tokio_tungstenite::connect_async(signal_url.as_str())
         .await

@@ -215,7 +215,7 @@ impl Endpoint {
     fn new(url: String) -> Endpoint {
         Endpoint {
             url,
-            http: reqwest::Client::builder()
+            http: stoa::http_client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),

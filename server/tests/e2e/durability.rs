@@ -591,7 +591,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let data = dir.path().join("data");
     let config = dir.path().join("durability.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let http = reqwest::Client::builder()
+    let http = stoa::http_client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

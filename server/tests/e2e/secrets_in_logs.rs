@@ -126,7 +126,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let stdout = drain(stdout, output.clone());
     let addr = url.trim_start_matches("http://").to_owned();
 
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let call = |method: reqwest::Method, path: &str, auth: Option<&str>, body: Option<Value>| {
         let mut request = http.request(method, format!("{url}{path}"));
         if let Some(auth) = auth {

@@ -83,7 +83,7 @@ async fn a_killed_server_resumes_delivery_after_restart_and_loses_nothing() {
         .unwrap()
         .trim()
         .to_owned();
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let api = |path: &str| format!("{}{path}", served.url);
 
     // Three people join a room over signaling: room.started and three joins wait in the outbox.
@@ -152,7 +152,7 @@ async fn a_killed_server_resumes_delivery_after_restart_and_loses_nothing() {
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     drop(sockets);
-    reqwest::Client::new()
+    stoa::http_client::client()
         .post(format!("http://127.0.0.1:{port}/mode"))
         .body("ok")
         .send()

@@ -140,7 +140,7 @@ async fn bench() -> Result<(), String> {
         .await?;
         nodes.push(node);
     }
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let signal_of = |url: &str| format!("{}/api/v1/signal", url.replacen("http://", "ws://", 1));
 
     // Every node's CPU, every half second, to cut the window out afterwards.

@@ -172,7 +172,7 @@ impl ServerProcess {
             url: format!("http://127.0.0.1:{port}"),
             api_key,
         };
-        let http = reqwest::Client::new();
+        let http = stoa::http_client::client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {

@@ -383,7 +383,7 @@ async fn a_thousand_players_behind_nginx_cost_the_origin_about_one_request_per_p
     let path = url.strip_prefix(&t.base).unwrap().to_owned();
     let folder = path.trim_end_matches("playlist.m3u8").to_owned();
     let nginx = caching_nginx(&t.base);
-    let http = reqwest::Client::builder()
+    let http = stoa::http_client::builder()
         .pool_max_idle_per_host(PLAYERS)
         .timeout(Duration::from_secs(30))
         .build()

@@ -22,7 +22,7 @@ fn s(v: &Value) -> String {
 
 /// GET with an optional `Range`, no credentials: status, headers, raw body.
 async fn get_raw(url: &str, range: Option<&str>) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = stoa::http_client::client().get(url);
     if let Some(range) = range {
         req = req.header("range", range);
     }
@@ -154,7 +154,11 @@ async fn clips_of_a_live_room_and_of_a_recording(engine: Engine) {
     assert!(share > 0.9, "the tone fills the clip up to there: {share}");
 
     // The clip's page, and what a wrong code gets.
-    let page = reqwest::get(&s(&live["url"])).await.unwrap();
+    let page = stoa::http_client::client()
+        .get(s(&live["url"]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/app/clip.js"));
     for bad in ["AAAAAAAAAAAAAAAAAAAAAA", "short"] {
@@ -211,7 +215,7 @@ async fn clips_of_a_live_room_and_of_a_recording(engine: Engine) {
     .await;
     assert!(!whole.starts_with(b"OggS"), "no token, no audio");
     let rec_file = dir.path().join("recording.ogg");
-    let file = reqwest::Client::new()
+    let file = stoa::http_client::client()
         .get(t.url(&s(&rec["audio_path"])))
         .bearer_auth(&t.api_key)
         .send()

@@ -23,7 +23,7 @@ async fn fetch(
     auth: &str,
     range: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut req = reqwest::Client::new().get(url).bearer_auth(auth);
+    let mut req = stoa::http_client::client().get(url).bearer_auth(auth);
     if let Some(range) = range {
         req = req.header("range", range);
     }
@@ -295,7 +295,7 @@ async fn a_server_killed_while_recording_leaves_a_playable_file() {
         speaker: sam,
         recording: id,
     } = RecordedTone::start(&data, key, 440.0, None).await;
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let file = data.join("recordings").join(format!("{id}.ogg"));
     // Pages reach the file as it is recorded: wait for three seconds' worth of them.
     let seconds = wait_written(&file, 3.5).await;

@@ -52,7 +52,7 @@ async fn get_raw(
     auth: Option<&str>,
     range: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = stoa::http_client::client().get(url);
     if let Some(auth) = auth {
         req = req.bearer_auth(auth);
     }

@@ -544,7 +544,7 @@ async fn a_server_killed_with_room_deliveries_pending_sends_them_when_back(engin
     };
     let key = format!("stoa_sk_{:032x}", rand::random::<u128>());
     let server = serve(&data, &config, &key, database.as_deref());
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let call = |base: &str, method: Method, path: &str, body: Option<Value>| {
         let mut request = http
             .request(method, format!("{base}{path}"))

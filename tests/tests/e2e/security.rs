@@ -1941,7 +1941,7 @@ async fn connections_past_the_limit_are_refused_counted_and_do_not_starve_others
         .count();
     assert_eq!(refused, 1, "closed after {took:?}");
     // With those gone, the server serves others again.
-    let fresh = reqwest::Client::new();
+    let fresh = stoa::http_client::client();
     let metrics = fresh
         .get(t.url("/metrics"))
         .bearer_auth(&t.api_key)

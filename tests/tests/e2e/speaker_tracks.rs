@@ -20,7 +20,7 @@ fn s(v: &Value) -> String {
 
 /// GET with a bearer credential (and a `Range`): status and body.
 async fn download(url: &str, auth: &str, range: Option<&str>) -> (u16, Vec<u8>) {
-    let mut req = reqwest::Client::new().get(url).bearer_auth(auth);
+    let mut req = stoa::http_client::client().get(url).bearer_auth(auth);
     if let Some(range) = range {
         req = req.header("range", range);
     }
@@ -376,7 +376,7 @@ async fn a_server_killed_while_recording_tracks_leaves_them_playable() {
         speaker: sam,
         recording: id,
     } = RecordedTone::start(&data, key, 440.0, Some(body)).await;
-    let http = reqwest::Client::new();
+    let http = stoa::http_client::client();
     let file = data.join("recordings").join(format!("{id}.track1.ogg"));
     // Pages reach the track as it is recorded: wait for three seconds' worth of them.
     let seconds = wait_written(&file, 3.5).await;

@@ -165,7 +165,7 @@ async fn postgresql_over_tls_with_the_servers_certificate_verified() {
     let (running, _dir) = start(format!("{url}?sslmode=require"), Some(ca))
         .await
         .expect("starts over TLS");
-    let created = reqwest::Client::new()
+    let created = stoa::http_client::client()
         .post(format!("http://{}/api/v1/rooms", running.addr))
         .bearer_auth(API_KEY)
         .json(&serde_json::json!({"title": "Over TLS"}))

@@ -16,7 +16,11 @@ fn invite_data(html: &str) -> Value {
 }
 
 async fn get(t: &TestServer, path: &str) -> reqwest::Response {
-    reqwest::get(t.url(path)).await.expect("request")
+    stoa::http_client::client()
+        .get(t.url(path))
+        .send()
+        .await
+        .expect("request")
 }
 
 #[tokio::test]
