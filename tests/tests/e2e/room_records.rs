@@ -176,3 +176,82 @@ async fn moderation_goes_on_while_postgres_is_away_and_every_record_lands_in_ord
     );
     t.stop().await;
 }
+
+/// A ban and an end through REST, for a room that emptied while PostgreSQL was down, are
+/// recorded after what the room recorded last: the call waits for the room's writer, which
+/// still holds the room's records, rather than writing past it (the writer retries on its own
+/// clock, up to 5 s apart, so the call would otherwise land first nearly every time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_through_rest_after_the_room_emptied_comes_after_the_rooms_own_records() {
+    let mut pg = Postgres::start();
+    let url = pg.fresh_database();
+    let t = TestServer::start_with(|c| c.database.url = Some(url.clone())).await;
+    let room = t.create_room("Emptied").await;
+    let mut mo = SignalClient::join(&t.participant(&room, "moderator", "Mo").await).await;
+    let mut sam = SignalClient::join(&t.participant(&room, "speaker", "Sam").await).await;
+    let mut lee = SignalClient::join(&t.participant(&room, "listener", "Lee").await).await;
+    let (sam_id, lee_id) = (sam.participant_id(), lee.participant_id());
+    for id in [&sam_id, &lee_id] {
+        mo.wait_about("participant_joined", id).await;
+    }
+
+    // The room's last records wait in its writer: PostgreSQL is down as Sam is muted and
+    // everyone leaves.
+    pg.crash();
+    mo.ok(json!({ "type": "mute", "participant": sam_id }))
+        .await;
+    sam.wait_about("muted", &sam_id).await;
+    for client in [&mut lee, &mut sam, &mut mo] {
+        client.ok(json!({ "type": "leave" })).await;
+    }
+    // (Through the metrics: reading the room needs the store.)
+    let emptied = Instant::now() + Duration::from_secs(10);
+    while !t
+        .metrics_text()
+        .await
+        .lines()
+        .any(|l| l == "stoa_live_rooms 0")
+    {
+        assert!(Instant::now() < emptied, "the room stays live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pg.restart();
+    // A writer's try that failed as PostgreSQL came back answers the call 503 (try again),
+    // as the API says; a client tries again.
+    let again = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ban = t
+            .op(
+                Method::DELETE,
+                &format!("/api/v1/rooms/{room}/participants/{lee_id}?ban=true"),
+                None,
+            )
+            .await;
+        if ban.status == 503 && ban.code() == "store_unavailable" && Instant::now() < again {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        ban.expect(204);
+        break;
+    }
+    t.op(Method::DELETE, &format!("/api/v1/rooms/{room}"), None)
+        .await
+        .expect(204);
+
+    let lines = audit_lines(&t, &room).await;
+    let at = |line: &str| {
+        lines
+            .iter()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no {line:?} in {lines:#?}"))
+    };
+    let muted = at(&format!("participant.muted {sam_id}"));
+    let banned = at(&format!("participant.banned {lee_id}"));
+    assert!(muted < banned, "{lines:#?}");
+    assert_eq!(
+        lines.last().map(|l| l.split(' ').next().unwrap()),
+        Some("room.ended"),
+        "{lines:#?}"
+    );
+    t.stop().await;
+}
