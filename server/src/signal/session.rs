@@ -197,29 +197,22 @@ impl Session {
             return;
         }
         let written = Instant::now();
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            loop {
-                let frame = if self.unsaid.is_some() {
-                    match tokio::time::timeout_at(written + GOODBYE_LINGER, self.socket.recv())
-                        .await
-                    {
-                        Ok(frame) => frame,
-                        Err(_) => {
-                            self.unsaid = None;
-                            continue;
-                        }
-                    }
-                } else {
-                    self.socket.recv().await
-                };
-                match frame {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => {}
-                }
-            }
-        })
-        .await;
+        let answered = tokio::time::timeout_at(written + GOODBYE_LINGER, self.read_to_close())
+            .await
+            .is_ok();
         self.unsaid = None;
+        if !answered {
+            let _ = tokio::time::timeout_at(written + CLOSE_LINGER, self.read_to_close()).await;
+        }
+    }
+
+    /// Reads (and ignores) what the client sends until its close frame, or the socket's end.
+    async fn read_to_close(&mut self) {
+        while let Some(Ok(frame)) = self.socket.recv().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
     }
 
     /// Counts a refused message; a socket that keeps misbehaving is closed.

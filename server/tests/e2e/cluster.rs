@@ -2345,16 +2345,13 @@ async fn a_room_with_an_edge_survives_its_home_being_killed() {
     // logs where it placed each socket: when it did not refuse, its log is printed.
     nodes[home].freeze();
     lee.interrupt();
+    let refusal = "an edge could not reach the room's home";
     let deadline = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < deadline
-        && !nodes[edge]
-            .logs()
-            .contains("an edge could not reach the room's home")
-    {
+    while Instant::now() < deadline && !nodes[edge].logs().contains(refusal) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let edge_log = nodes[edge].logs();
-    let refused = edge_log.contains("an edge could not reach the room's home");
+    let refused = edge_log.contains(refusal);
     println!("the edge refused Lee's resume while the home was frozen: {refused}");
     if !refused {
         // For the next time it happens: where the edge placed Lee's resume, if it got one.

@@ -66,6 +66,25 @@ impl Shared {
         // Nothing is left half-done under this lock, so a poisoned one is safe to reuse.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Queues `entry`, or hands it back if the queue is full.
+    fn push(&self, entry: Entry) -> Result<(), Entry> {
+        let mut q = self.lock();
+        if q.entries.len() >= CAPACITY {
+            return Err(entry);
+        }
+        q.entries.push_back(entry);
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// See [`RecordWriter::acknowledge`].
+    fn acknowledge(&self, ack: Ack) {
+        if let Err(Entry::Ack(ack)) = self.push(Entry::Ack(ack)) {
+            let _ = ack.send(Err(unavailable("the room's record queue is full")));
+        }
+    }
 }
 
 /// This node's room writers, by room.
@@ -153,19 +172,11 @@ impl Writers {
     /// moment ago may still have records on their way, and the call's come after them.
     pub async fn settled(&self, room: &RoomId) -> Result<(), LiveError> {
         let (ack, answer) = oneshot::channel();
-        {
-            // Under the map's guard: a writer that finds itself idle leaves the map under its
-            // write lock, so the marker never reaches a writer that has ended.
-            let Some(shared) = self.map.get(room) else {
-                return Ok(());
-            };
-            let mut q = shared.lock();
-            if q.entries.len() >= CAPACITY {
-                return Err(unavailable("the room's record queue is full"));
-            }
-            q.entries.push_back(Entry::Ack(ack));
-            drop(q);
-            shared.wake.notify_one();
+        // Under the map's guard: a writer that finds itself idle leaves the map under its
+        // write lock, so the acknowledgment never reaches a writer that has ended.
+        match self.map.get(room) {
+            Some(shared) => shared.acknowledge(ack),
+            None => return Ok(()),
         }
         // A writer gone without answering has written what it had.
         answer.await.unwrap_or(Ok(()))
@@ -294,9 +305,7 @@ impl RecordWriter {
     /// when the writer's next try finds the store unavailable (as a call that writes to the
     /// store itself would be answered).
     pub fn acknowledge(&self, ack: Ack) {
-        if let Err(Entry::Ack(ack)) = self.push(Entry::Ack(ack)) {
-            let _ = ack.send(Err(unavailable("the room's record queue is full")));
-        }
+        self.shared.acknowledge(ack);
     }
 
     /// Resolves once every record queued so far is written (or the writer is gone).
@@ -309,14 +318,7 @@ impl RecordWriter {
 
     /// Queues `entry`, or hands it back if the queue is full.
     fn push(&self, entry: Entry) -> Result<(), Entry> {
-        let mut q = self.shared.lock();
-        if q.entries.len() >= CAPACITY {
-            return Err(entry);
-        }
-        q.entries.push_back(entry);
-        drop(q);
-        self.shared.wake.notify_one();
-        Ok(())
+        self.shared.push(entry)
     }
 }
 
