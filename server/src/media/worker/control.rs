@@ -36,6 +36,13 @@ struct Placement {
 impl<E: Egress> Core<E> {
     /// One control message. `Stop` is the shell's; here it does nothing.
     pub fn handle_control(&mut self, now: Now, command: Control) {
+        if matches!(
+            command,
+            Control::Offer { .. } | Control::Permission { .. } | Control::RelayIn { .. }
+        ) {
+            // A handshake, or audio, is about to start.
+            self.busy(now.at);
+        }
         match command {
             Control::Offer {
                 key,

@@ -41,6 +41,8 @@ const SELECT_EVERY: Duration = Duration::from_millis(20);
 const LEVELS_EVERY: Duration = Duration::from_millis(250);
 /// Connections' timeouts handled per call, so one call stays short.
 const TIMEOUTS_PER_CALL: usize = 1024;
+/// How long after the last input that wants a prompt answer the core calls itself quiet.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 
 /// What a core is, fixed for its life.
 pub struct CoreSetup {
@@ -100,6 +102,8 @@ pub struct Core<E: Egress> {
     epoch: Instant,
     next_select: Instant,
     next_levels: Instant,
+    /// The last input that wants the socket read promptly (see [`Core::quiet`]).
+    last_busy: Instant,
 }
 
 impl<E: Egress> Core<E> {
@@ -127,7 +131,22 @@ impl<E: Egress> Core<E> {
             epoch: now,
             next_select: now + SELECT_EVERY,
             next_levels: now + LEVELS_EVERY,
+            last_busy: now,
         })
+    }
+
+    /// Whether, for [`QUIET_AFTER`], only settled traffic has come: consent checks and RTCP
+    /// from addresses already known. No offer, no permission to send, no handshake, no audio
+    /// (a speaker's, another worker's or another node's). A quiet worker's datagrams can
+    /// wait a few milliseconds to be read together (the shell's `Gather`); anything else
+    /// ends the quiet at once.
+    pub fn quiet(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_busy) >= QUIET_AFTER
+    }
+
+    /// An input that wants prompt answers came at `now`.
+    pub(super) fn busy(&mut self, now: Instant) {
+        self.last_busy = self.last_busy.max(now);
     }
 
     pub fn egress(&self) -> &E {
@@ -166,6 +185,9 @@ impl<E: Egress> Core<E> {
             drops.malformed.inc();
             return;
         }
+        if !matches!(kind, Kind::Stun | Kind::Rtcp) {
+            self.last_busy = self.last_busy.max(now.at);
+        }
         if kind == Kind::Relay {
             self.relay_datagram(now, peer, datagram);
             return;
@@ -189,6 +211,7 @@ impl<E: Egress> Core<E> {
                 return;
             }
             self.routes.add_addr(key, &mut conn.addrs, peer);
+            self.last_busy = self.last_busy.max(now.at);
         }
         // `rtc` would decrypt and deliver RTP even on a connection we answered without a
         // receiving path, so the rule is applied here, before any crypto is spent.
@@ -232,6 +255,7 @@ impl<E: Egress> Core<E> {
 
     /// A speaker's packet from another worker of the room.
     pub fn handle_fanout(&mut self, now: Now, item: Fanout) {
+        self.busy(now.at);
         match item {
             Fanout::Packet(packet) => self.forward(&packet, now),
         }

@@ -21,6 +21,42 @@ const READ_BURST: usize = 64;
 const FANOUT_BURST: usize = 256;
 /// The longest the loop sleeps without an input.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How long a quiet worker lets datagrams gather in its socket before reading them.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// When a quiet worker reads its socket.
+///
+/// Each datagram that wakes the worker costs a wake-up, which on a quiet worker is most of
+/// what answering it costs. While the core is [quiet](Core::quiet) (its connections up, only
+/// consent checks and reports coming, no audio) and datagrams come densely, the worker leaves
+/// the socket unread for [`GATHER`] after each read and then answers everything that came in
+/// one wake. A sparse trickle is read as it comes, so the gathering never adds wakes. What
+/// ends the quiet (an offer, a permission to send, audio) and comes during a wait waits with
+/// the datagrams, at most [`GATHER`], and ends the gathering.
+#[derive(Debug, Default)]
+struct Gather {
+    last_read: Option<Instant>,
+    hold_until: Option<Instant>,
+}
+
+impl Gather {
+    /// Until when the socket is left unread at `now`, if it is.
+    fn held(&self, now: Instant) -> Option<Instant> {
+        self.hold_until.filter(|at| *at > now)
+    }
+
+    /// The socket was read at `now` and gave `count` datagrams; `quiet` is the core's word.
+    fn read(&mut self, now: Instant, count: usize, quiet: bool) {
+        let dense = count > 1
+            || self
+                .last_read
+                .is_some_and(|last| now.saturating_duration_since(last) < GATHER);
+        // A full burst may have left more behind: read on at once.
+        let drained = count < READ_BURST;
+        self.hold_until = (quiet && dense && drained).then(|| now + GATHER);
+        self.last_read = Some(now);
+    }
+}
 
 /// The sockets the core's output goes out on.
 pub(super) struct Wire {
@@ -177,11 +213,24 @@ impl Worker {
     }
 
     async fn serve(&mut self) {
+        // When the last turn ended; the clock is read once a turn for the timers.
+        let mut turned = Instant::now();
+        let mut gather = Gather::default();
         loop {
             self.core.egress_mut().flush();
             // Wakes at least once a second, even when nothing is due.
-            let idle = Instant::now() + IDLE_WAKE;
+            let idle = turned + IDLE_WAKE;
             let wake = self.core.poll_timeout().map_or(idle, |at| at.min(idle));
+            if self.core.quiet(turned)
+                && let Some(until) = gather.held(turned)
+            {
+                // The thread sleeps outside the runtime: a datagram that arrives meanwhile
+                // must not wake it (the socket stays registered with epoll, which would).
+                // Control messages and other workers' packets wait too, at most `GATHER`;
+                // they only come to a quiet worker when its quiet is about to end.
+                std::thread::sleep(until.min(wake).saturating_duration_since(Instant::now()));
+            }
+            let mut read = 0;
             let Worker {
                 core,
                 control,
@@ -206,7 +255,7 @@ impl Worker {
                 }
                 ready = core.egress().socket.readable() => {
                     if ready.is_ok() {
-                        read_burst(core, recv_buf);
+                        read = read_burst(core, recv_buf);
                     }
                 }
                 Some(accepted) = accept_tcp(core.egress().tcp.as_ref()) => {
@@ -225,25 +274,35 @@ impl Worker {
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
-            self.core.handle_timeout(Now::read());
+            let now = Now::read();
+            turned = now.at;
+            if read > 0 {
+                gather.read(now.at, read, self.core.quiet(now.at));
+            }
+            self.core.handle_timeout(now);
         }
         self.core.close_all(Now::read());
         self.core.egress_mut().flush();
     }
 }
 
-/// Reads up to a burst of datagrams into the core.
-fn read_burst(core: &mut Core<Wire>, buf: &mut [u8]) {
+/// Reads up to a burst of datagrams into the core; how many it read.
+fn read_burst(core: &mut Core<Wire>, buf: &mut [u8]) -> usize {
+    let mut read = 0;
     for _ in 0..READ_BURST {
         match core.egress().socket.try_recv_from(buf) {
-            Ok((n, from)) => core.handle_datagram(Now::read(), Peer::udp(from), &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Ok((n, from)) => {
+                read += 1;
+                core.handle_datagram(Now::read(), Peer::udp(from), &buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => {
                 // ICMP errors surface here on Linux (a peer's port closed); not fatal.
                 tracing::trace!(error = %e, "media socket receive error");
             }
         }
     }
+    read
 }
 
 /// The next ICE-TCP client, or never when TCP is off.
@@ -261,5 +320,64 @@ async fn tcp_event(events: Option<&mut mpsc::Receiver<TcpEvent>>) -> Option<TcpE
     match events {
         Some(events) => events.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_sparse_trickle_is_read_as_it_comes() {
+        let start = Instant::now();
+        let mut gather = Gather::default();
+        for i in 0..10u32 {
+            let at = start + GATHER * 2 * i;
+            assert_eq!(gather.held(at), None);
+            gather.read(at, 1, true);
+            assert_eq!(gather.held(at), None, "read {i} alone held the socket");
+        }
+    }
+
+    #[test]
+    fn dense_datagrams_on_a_quiet_core_gather_for_a_while_and_no_longer() {
+        let start = Instant::now();
+        let mut gather = Gather::default();
+        // Several in one read: dense.
+        gather.read(start, 3, true);
+        assert_eq!(gather.held(start), Some(start + GATHER));
+        assert_eq!(gather.held(start + GATHER - MS), Some(start + GATHER));
+        assert_eq!(gather.held(start + GATHER), None, "the wait is bounded");
+        // One each, but close together: dense too.
+        let mut gather = Gather::default();
+        gather.read(start, 1, true);
+        assert_eq!(gather.held(start), None);
+        let next = start + GATHER / 2;
+        gather.read(next, 1, true);
+        assert_eq!(gather.held(next), Some(next + GATHER));
+        // What gathered in the wait is read together, and the gathering goes on.
+        let later = next + GATHER + MS;
+        gather.read(later, 12, true);
+        assert_eq!(gather.held(later), Some(later + GATHER));
+        // The trickle thins: a read that found one alone after the wait ends it.
+        let thin = later + GATHER + MS;
+        gather.read(thin, 1, true);
+        assert_eq!(gather.held(thin), None);
+    }
+
+    #[test]
+    fn a_busy_core_or_a_full_burst_is_never_held() {
+        let start = Instant::now();
+        let mut gather = Gather::default();
+        gather.read(start, 40, false);
+        assert_eq!(gather.held(start), None, "not quiet");
+        gather.read(start + MS, READ_BURST, true);
+        assert_eq!(
+            gather.held(start + MS),
+            None,
+            "a full burst may have left more"
+        );
     }
 }

@@ -236,3 +236,46 @@ fn a_lean_listener_goes_on_stage_by_renegotiation_and_is_heard() {
     assert_eq!(h.rtp_in(), before);
     assert!(h.is_open(h.clients[guest].key));
 }
+
+#[test]
+fn a_core_is_quiet_once_only_consent_checks_and_reports_come() {
+    let mut h = Pair::lean_default();
+    let speaker = h.join(true, true);
+    h.join(false, false);
+    h.connect_all();
+    assert!(
+        !h.core.quiet(h.now.at),
+        "just connected: the handshakes were not quiet"
+    );
+    let before = h.core.counters.datagrams_in.get();
+    for _ in 0..150 {
+        h.advance(Duration::from_millis(20));
+    }
+    assert!(
+        h.core.counters.datagrams_in.get() > before,
+        "the clients checked consent and reported while nobody spoke"
+    );
+    assert!(h.core.quiet(h.now.at), "3 s of settled traffic");
+
+    // Audio ends the quiet at once, and it lasts a while after the audio stops.
+    h.speak(speaker);
+    assert!(!h.core.quiet(h.now.at));
+    h.advance(Duration::from_secs(1));
+    assert!(!h.core.quiet(h.now.at));
+    h.advance(Duration::from_millis(1500));
+    assert!(h.core.quiet(h.now.at));
+
+    // So do a permission to speak and a new connection's offer.
+    h.core.handle_control(
+        h.now,
+        Control::Permission {
+            key: h.clients[speaker].key,
+            may_send: false,
+        },
+    );
+    assert!(!h.core.quiet(h.now.at));
+    h.advance(Duration::from_millis(2500));
+    assert!(h.core.quiet(h.now.at));
+    h.join(false, false);
+    assert!(!h.core.quiet(h.now.at));
+}
