@@ -41,7 +41,7 @@ impl<E: Egress> Core<E> {
             Control::Offer { .. } | Control::Permission { .. } | Control::RelayIn { .. }
         ) {
             // A handshake, or audio, is about to start.
-            self.busy(now.at);
+            self.activity.mark(now.at);
         }
         match command {
             Control::Offer {

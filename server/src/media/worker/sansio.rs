@@ -44,6 +44,16 @@ const TIMEOUTS_PER_CALL: usize = 1024;
 /// How long after the last input that wants a prompt answer the core calls itself quiet.
 const QUIET_AFTER: Duration = Duration::from_secs(2);
 
+/// When the last input came that wants prompt answers: an offer, a permission to send, a
+/// handshake, audio. Its own field, so it can be marked while a connection is borrowed.
+pub(super) struct Activity(Instant);
+
+impl Activity {
+    pub(super) fn mark(&mut self, at: Instant) {
+        self.0 = self.0.max(at);
+    }
+}
+
 /// What a core is, fixed for its life.
 pub struct CoreSetup {
     pub index: usize,
@@ -102,8 +112,8 @@ pub struct Core<E: Egress> {
     epoch: Instant,
     next_select: Instant,
     next_levels: Instant,
-    /// The last input that wants the socket read promptly (see [`Core::quiet`]).
-    last_busy: Instant,
+    /// When the last input that wants prompt answers came (see [`Core::quiet`]).
+    pub(super) activity: Activity,
 }
 
 impl<E: Egress> Core<E> {
@@ -131,7 +141,7 @@ impl<E: Egress> Core<E> {
             epoch: now,
             next_select: now + SELECT_EVERY,
             next_levels: now + LEVELS_EVERY,
-            last_busy: now,
+            activity: Activity(now),
         })
     }
 
@@ -141,12 +151,7 @@ impl<E: Egress> Core<E> {
     /// wait a few milliseconds to be read together (the shell's `Gather`); anything else
     /// ends the quiet at once.
     pub fn quiet(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_busy) >= QUIET_AFTER
-    }
-
-    /// An input that wants prompt answers came at `now`.
-    pub(super) fn busy(&mut self, now: Instant) {
-        self.last_busy = self.last_busy.max(now);
+        now.saturating_duration_since(self.activity.0) >= QUIET_AFTER
     }
 
     pub fn egress(&self) -> &E {
@@ -186,7 +191,7 @@ impl<E: Egress> Core<E> {
             return;
         }
         if !matches!(kind, Kind::Stun | Kind::Rtcp) {
-            self.last_busy = self.last_busy.max(now.at);
+            self.activity.mark(now.at);
         }
         if kind == Kind::Relay {
             self.relay_datagram(now, peer, datagram);
@@ -211,7 +216,7 @@ impl<E: Egress> Core<E> {
                 return;
             }
             self.routes.add_addr(key, &mut conn.addrs, peer);
-            self.last_busy = self.last_busy.max(now.at);
+            self.activity.mark(now.at);
         }
         // `rtc` would decrypt and deliver RTP even on a connection we answered without a
         // receiving path, so the rule is applied here, before any crypto is spent.
@@ -255,7 +260,7 @@ impl<E: Egress> Core<E> {
 
     /// A speaker's packet from another worker of the room.
     pub fn handle_fanout(&mut self, now: Now, item: Fanout) {
-        self.busy(now.at);
+        self.activity.mark(now.at);
         match item {
             Fanout::Packet(packet) => self.forward(&packet, now),
         }
